@@ -1,0 +1,1 @@
+"""Click command-line interface (``embedx.cli``): parse, call the library, render."""

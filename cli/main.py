@@ -1,0 +1,228 @@
+"""The ``embedx`` command. Parses options, calls the library, renders results; nothing else."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import click
+
+import embedx  # noqa: F401  (applies the torchvision shim first)
+from embedx.errors import EmbedxError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Handler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        click.echo(f"{prefix}{record.getMessage()}", err=True)
+
+
+def _setup_logging(quiet: bool) -> None:
+    log = logging.getLogger("embedx")
+    log.handlers[:] = [_Handler()]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+class EmbedxGroup(click.Group):
+    """Turns library errors into one line on stderr and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EmbedxError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            click.echo("interrupted: committed rows are kept; rerun the same command to resume", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as e:  # a bug: still one line, the traceback on request
+            if os.environ.get("EMBEDX_DEBUG"):
+                raise
+            msg = " ".join(str(e).split())[:300]
+            click.echo(f"error: internal {type(e).__name__}: {msg} (set EMBEDX_DEBUG=1 for the traceback)",
+                       err=True)
+            sys.exit(1)
+
+
+@click.group(cls=EmbedxGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(embedx.__version__, prog_name="embedx")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr; no progress bars.")
+@click.pass_context
+def cli(ctx, quiet):
+    """embedx: embedding analytics for contrastive vision-language models.
+
+    \b
+    Typical session:
+      embedx embed --model ViT-B-32 --pretrained openai --data folder:~/pets --out pets.zarr
+      embedx info pets.zarr
+      embedx import --paired-array feats.npy --out coco.zarr
+      embedx demo
+    """
+    ctx.obj = {"quiet": quiet}
+    _setup_logging(quiet)
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+CODEC_HELP = "Chunk codec (default from bench/results/codec.md)."
+
+
+@cli.command()
+@click.option("--model", "-m", required=True, help="open_clip architecture (e.g. ViT-B-32) or hf-hub:ORG/REPO.")
+@click.option("--pretrained", "-p", default="none", show_default=True,
+              help="Pretrained tag (e.g. openai), a local checkpoint file, or 'none' for seeded random weights.")
+@click.option("--data", "-d", required=True,
+              help="folder:PATH (one subfolder per class), csv:PATH (image + label|caption columns) or digits.")
+@click.option("--out", "-o", required=True, help="Store path (local or fsspec URL). Rerun to resume.")
+@click.option("--seed", default=0, show_default=True, help="Seed for random weights (--pretrained none).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--batch-size", "-b", default=64, show_default=True, type=int)
+@click.option("--workers", type=int, default=None, help="DataLoader workers [default: 0 on <=2 cores, else cores/2].")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--template", "templates", multiple=True,
+              help="Prompt template with {} (repeat for an ensemble), 'simple' or 'openai' (open_clip's "
+                   "ImageNet ensembles), or @FILE. Default: the data source's own template.")
+@click.option("--limit", type=int, default=None, help="Only the first N items of the source.")
+@click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store (complete or not) at --out.")
+@click.option("--codec", type=click.Choice(["none", "zstd1", "zstd3", "blosc-lz4", "blosc-zstd"]),
+              default="none", show_default=True, help=CODEC_HELP)
+@click.option("--chunk-rows", type=int, default=None, help="Rows per chunk [default: about 4 MiB].")
+@click.pass_context
+def embed(ctx, model, pretrained, data, out, seed, dtype, batch_size, workers, device, templates, limit, strict,
+          overwrite, codec, chunk_rows):
+    """Embed images (and class prompts or captions) into a chunked Zarr store.
+
+    Resumable: if the run is killed, rerun the same command and it continues from the last committed
+    batch; the finished store equals an uninterrupted run. A resume with another model, checkpoint, seed,
+    dataset or prompts is refused.
+    """
+    from embedx.embed import embed_to_store
+
+    res = embed_to_store(out, data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
+                         workers=workers, device=device, templates=templates, overwrite=overwrite, strict=strict,
+                         codec=codec, chunk_rows=chunk_rows, limit=limit, progress=not ctx.obj["quiet"])
+    m = res.meta
+    resumed = f" (resumed at item {res.resumed_from})" if res.resumed_from else ""
+    skipped = f", {m['n_skipped']} unreadable skipped (listed in the store's attributes)" if m["n_skipped"] else ""
+    click.echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}{resumed}{skipped}")
+
+
+@cli.command("import")
+@click.option("--images", help="Image embeddings: .npy, .npz[:KEY] or .parquet[:COLUMN], shape (N, d).")
+@click.option("--texts", help="Text embeddings, shape (C, d): one row per class, or per caption with --paired.")
+@click.option("--labels", help="Class index per image (N,), in 0..C-1 (-1 = none).")
+@click.option("--paired", is_flag=True, help="Text row i pairs with image row i (captions).")
+@click.option("--paired-array", help="One (2, N, d) array of paired rows: [0] images, [1] texts.")
+@click.option("--names", type=click.Path(), help="Text file, one class name (or caption) per text row.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--model", default=None, help="Record the model that made these embeddings.")
+@click.option("--dataset", default=None, help="Record the dataset name.")
+@click.option("--out", "-o", required=True, help="Store path (local or fsspec URL).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store at --out (only once the new one is complete).")
+@click.option("--codec", type=click.Choice(["none", "zstd1", "zstd3", "blosc-lz4", "blosc-zstd"]),
+              default="none", show_default=True, help=CODEC_HELP)
+@click.option("--chunk-rows", type=int, default=None, help="Rows per chunk [default: about 4 MiB].")
+def import_(images, texts, labels, paired, paired_array, names, dtype, model, dataset, out, overwrite, codec,
+            chunk_rows):
+    """Build a store from existing embedding arrays.
+
+    \b
+    Examples:
+      embedx import --images X.npy --texts T.npy --labels y.npy --names classes.txt --out s.zarr
+      embedx import --images X.npy --texts captions.npy --paired --out coco.zarr
+      embedx import --paired-array features_clip.npy --out coco.zarr
+
+    Every row is checked before anything is written: NaN/inf or all-zero rows, a dimension mismatch,
+    labels out of range and float16 overflow are refused with one line.
+    """
+    from embedx.importer import import_arrays
+
+    m = import_arrays(out, images=images, texts=texts, labels=labels, paired=paired, names=names,
+                      paired_array=paired_array, dtype=dtype, overwrite=overwrite, codec=codec,
+                      chunk_rows=chunk_rows, model=model, dataset=dataset)
+    n_texts = m["rows_committed"] if m["mode"] == "paired" else None
+    what = f"{n_texts} paired texts" if n_texts else "class texts"
+    click.echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}, {what}")
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info(store, as_json):
+    """Describe a store: schema, model, counts, dims, dtype, chunking, size on disk, completeness.
+
+    Unfinished stores are described too (complete: false), with the rows committed so far.
+    """
+    from embedx.store import Store
+
+    d = Store(store, allow_partial=True).info()
+    if as_json:
+        _echo_json(d)
+        return
+    state = "complete" if d["complete"] else f"UNFINISHED ({d['rows_committed']} rows committed; rerun to resume)"
+    rows = [
+        ("store", d["path"]), ("schema", d["schema"]), ("state", state),
+        ("mode", d["mode"]), ("images", d["n_images"]), ("texts", d["n_texts"]), ("dim", d["dim"]),
+        ("dtype", d["dtype"]), ("chunks", f"{d['chunk_rows']} rows, codec {d['codec']}"),
+        ("size on disk", _human_bytes(d["size_bytes"])), ("model", d["model"]),
+        ("pretrained", d["pretrained"]), ("seed", d["seed"]), ("dataset", d["dataset"]),
+        ("normalized", d["normalized"]), ("skipped inputs", d["n_skipped"]), ("created", d["created"]),
+    ]
+    if d["checkpoint_sha256"]:
+        rows.append(("checkpoint sha256", d["checkpoint_sha256"]))
+    w = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{w}}  {v}")
+
+
+@cli.command()
+@click.option("--out", "-o", default="embedx-demo", show_default=True, help="Folder for the demo stores.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def demo(out, as_json):
+    """Offline tour on real data: CLIP ViT-B/16 COCO image-caption embeddings vs a random-init control.
+
+    The embeddings come from Liang et al., "Mind the Gap" (NeurIPS 2022, MIT license), shipped with embedx.
+    """
+    from embedx.demo import DATASET, run_demo
+
+    rows = run_demo(out)
+    if as_json:
+        _echo_json(rows)
+        return
+    click.echo(f"embedx demo: {DATASET}\n")
+    fields = [("model", "model", "{}"), ("store", "path", "{}"), ("pairs", "n_images", "{}"), ("dim", "dim", "{}"),
+              ("dtype", "dtype", "{}"), ("size on disk", "size_bytes", None),
+              ("paired cosine (mean)", "paired_cosine_mean", "{:.4f}"), ("centroid gap", "centroid_gap", "{:.4f}")]
+    table = [[label] + [(_human_bytes(r[key]) if fmt is None else fmt.format(r[key])) for r in rows]
+             for label, key, fmt in fields]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    click.echo("\nThe trained model pairs captions with their images far better than chance, yet its two "
+               "modalities\nsit apart (the modality gap). Next: `embedx info " + rows[0]["path"] + "`.")
+
+
+def main() -> None:
+    cli(prog_name="embedx")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""The embed workflow: a data source and an open_clip encoder streamed into a store, resumable.
+
+Loading and preprocessing run in DataLoader workers, the forward pass in the main thread, and commits
+(zarr writes + commit marker) in a background thread, so the three overlap. Commits happen after whole
+batches, so a resumed run sees exactly the batches an uninterrupted run would and writes identical rows.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from embedx import store as st
+from embedx.encoders import Encoder, load_encoder
+from embedx.errors import EmbedxError
+from embedx.sources import Source, parse_source
+
+log = logging.getLogger("embedx")
+COMMIT_EVERY_S = 5.0
+
+
+def resolve_templates(templates: Sequence[str] | None, source: Source) -> list[str]:
+    """Templates from ``--template`` values: literal strings with ``{}``, ``simple`` / ``openai`` (open_clip's
+    ImageNet ensembles) or ``@FILE`` (one template per line). Default: the source's own template."""
+    if not templates:
+        return [source.default_template]
+    out: list[str] = []
+    for t in templates:
+        if t in ("simple", "openai"):
+            from open_clip import zero_shot_metadata as zm
+
+            seq = zm.SIMPLE_IMAGENET_TEMPLATES if t == "simple" else zm.OPENAI_IMAGENET_TEMPLATES
+            out += [f("{}") for f in seq]
+        elif t.startswith("@"):
+            path = t[1:]
+            if not os.path.isfile(path):
+                raise EmbedxError(f"template file not found: {path}")
+            with open(path, encoding="utf-8") as f:
+                out += [line.strip() for line in f if line.strip()]
+        else:
+            out.append(t)
+    for t in out:
+        if "{}" not in t:
+            raise EmbedxError(f"template {t!r} has no '{{}}' placeholder for the class name")
+    return out
+
+
+class _Items(Dataset):
+    """Source items from ``start`` on; a failed read yields ``(index, None, reason)``."""
+
+    def __init__(self, source: Source, preprocess, start: int, stop: int):
+        self.source, self.preprocess, self.start, self.stop = source, preprocess, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, k: int):
+        i = self.start + k
+        try:
+            return i, self.preprocess(self.source.load(i)), None
+        except Exception as e:  # unreadable/corrupt image: reported, never dropped silently
+            return i, None, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+
+
+def _collate(batch):
+    idx = [b[0] for b in batch]
+    good = [b for b in batch if b[1] is not None]
+    pixels = torch.stack([b[1] for b in good]) if good else None
+    return idx, [b[0] for b in good], pixels, [(b[0], b[2]) for b in batch if b[1] is None]
+
+
+@dataclass
+class EmbedResult:
+    meta: dict
+    resumed_from: int
+    rows_written: int
+
+
+def default_workers() -> int:
+    """Workers for loading/preprocessing; on 2-core machines the forward pass needs both cores."""
+    n = os.cpu_count() or 1
+    return 0 if n <= 2 else min(8, n // 2)
+
+
+def plan_meta(source: Source, model: str, pretrained: str, seed: int, dtype: str, templates: list[str],
+              checkpoint_sha256: str | None) -> dict:
+    """The store metadata that identifies a run (a resume must match it)."""
+    prompts = {"captions": "csv column 'caption'"} if source.paired else \
+        {"templates": templates, "classnames": list(source.classnames)}
+    return {"model": model, "pretrained": pretrained, "seed": int(seed), "checkpoint_sha256": checkpoint_sha256,
+            "dataset": source.spec, "dataset_sha256": source.fingerprint(), "prompts": prompts,
+            "mode": "paired" if source.paired else "classes", "dtype": dtype, "n_source_items": len(source)}
+
+
+def embed_to_store(out: str, data: str, model: str, pretrained: str = "none", *, seed: int = 0,
+                   dtype: str = "float16", batch_size: int = 64, workers: int | None = None,
+                   device: str = "auto", templates: Sequence[str] | None = None, overwrite: bool = False,
+                   strict: bool = False, codec: str = st.DEFAULT_CODEC, chunk_rows: int | None = None,
+                   commit_every_s: float = COMMIT_EVERY_S, limit: int | None = None,
+                   progress: bool = True, encoder: Encoder | None = None) -> EmbedResult:
+    """Embed ``data`` with ``model`` into the store ``out``; rerunning the same call resumes."""
+    if batch_size < 1:
+        raise EmbedxError(f"--batch-size must be positive, got {batch_size}")
+    if dtype not in st.DTYPES:
+        raise EmbedxError(f"--dtype must be float16 or float32, got {dtype!r}")
+    source = parse_source(data)
+    if limit is not None:
+        if limit < 1:
+            raise EmbedxError(f"--limit must be positive, got {limit}")
+        source = _head(source, limit)
+    tmpl = [] if source.paired else resolve_templates(templates, source)
+    pretrained = pretrained or "none"
+    ckpt_sha = None
+    if os.path.isfile(pretrained):
+        from embedx.encoders import file_sha256
+
+        ckpt_sha = file_sha256(pretrained)
+    elif pretrained.lower() in ("random", ""):
+        pretrained = "none"
+    meta = plan_meta(source, model, pretrained, seed, dtype, tmpl, ckpt_sha)
+
+    writer = None
+    if st.exists(out) and not overwrite:
+        writer = st.StoreWriter.resume(out, meta)  # refuses complete stores and other inputs, before any model load
+    enc = encoder or load_encoder(model, pretrained, seed=seed, device=device)
+    if writer is None:
+        writer = st.StoreWriter.create(out, n_rows=len(source), dim=enc.dim, meta=meta, dtype=dtype,
+                                       n_texts=None if source.paired else len(source.classnames),
+                                       codec=codec, chunk_rows=chunk_rows, overwrite=overwrite)
+    start = writer.source_pos
+    if start:
+        log.info("resuming %s at item %d of %d (%d rows committed)", out, start, len(source), writer.rows_committed)
+    try:
+        if not writer.meta.get("texts_written"):
+            writer.write_texts(enc.encode_classes(source.classnames, tmpl), source.classnames)
+        rows0 = writer.rows_committed
+        _stream(writer, enc, source, start, batch_size, workers, strict, commit_every_s, progress)
+        final = writer.finalize({"device": str(enc.device)})
+    except BaseException:
+        writer.close()
+        raise
+    return EmbedResult(final, start, final["rows_committed"] - rows0)
+
+
+def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, batch_size: int,
+            workers: int | None, strict: bool, commit_every_s: float, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    workers = default_workers() if workers is None else workers
+    loader = DataLoader(_Items(source, enc.preprocess, start, len(source)), batch_size=batch_size,
+                        shuffle=False, num_workers=workers, collate_fn=_collate,
+                        pin_memory=enc.device.type == "cuda", persistent_workers=False,
+                        prefetch_factor=4 if workers else None)
+    labels = source.labels
+    bar = tqdm(total=len(source), initial=start, unit="img", desc="embed", disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)
+    pos = start
+    try:
+        for idx, good, pixels, bad in loader:
+            if bad:
+                if strict:
+                    i, why = bad[0]
+                    raise EmbedxError(f"cannot read image {source.ids[i]!r} ({why}); drop --strict to skip "
+                                      f"unreadable images")
+                writer.skip([{"id": source.ids[i], "error": why} for i, why in bad])
+                bar.set_postfix(skipped=len(writer.skipped) + len(bad), refresh=False)
+            if good:
+                emb = enc.encode_images(pixels)
+                if source.paired:
+                    caps = [source.captions[i] for i in good]
+                    writer.append(emb, None, [source.ids[i] for i in good],
+                                  text_emb=enc.encode_texts(caps), text_names=caps)
+                else:
+                    writer.append(emb, labels[good], [source.ids[i] for i in good])
+            pos = idx[-1] + 1
+            bar.update(len(idx))
+            if writer.should_commit(writer.group["images/embeddings"].chunks[0], commit_every_s):
+                writer.commit(pos)
+    except KeyboardInterrupt:
+        writer.commit(pos)  # whole batches only: the buffered rows are complete
+        writer.wait()
+        raise
+    finally:
+        bar.close()
+    writer.commit(pos)
+
+
+def _head(source: Source, n: int) -> Source:
+    from dataclasses import replace
+
+    n = min(n, len(source))
+    return replace(source, spec=f"{source.spec}[:{n}]", ids=source.ids[:n],
+                   labels=None if source.labels is None else source.labels[:n],
+                   captions=None if source.captions is None else source.captions[:n])

@@ -1,0 +1,198 @@
+"""open_clip encoders: any architecture with a pretrained tag, a local checkpoint file, or an ``hf-hub:`` id.
+
+Random weights only when asked for (``pretrained="none"``), seeded so they are reproducible. Image and text
+embeddings come back L2-normalized as float32 numpy arrays. Class texts follow open_clip's zero-shot
+classifier: every template is embedded and normalized, the templates of a class are averaged, and the mean
+is re-normalized (one template: just the normalized embedding).
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from embedx.errors import EmbedxError
+
+log = logging.getLogger("embedx")
+NO_WEIGHTS = ("none", "random", "")
+HUB_HOST = ("huggingface.co", 443)
+# Extra open_clip architectures shipped with embedx (e.g. ``embedx-tiny``: 2 layers, width 64, 32 px, for
+# fast tests and smoke runs); registered with open_clip on first use.
+MODEL_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_configs")
+_registered = False
+
+
+def register_model_configs() -> None:
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _registered = True
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise EmbedxError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EmbedxError("--device cuda asked for, but torch sees no CUDA device")
+    return dev
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _go_offline() -> None:
+    """Use only the local cache: no 45 s of download retries on a machine without network."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as c
+
+        c.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """open_clip and huggingface_hub log retries and 'no pretrained weights' on the root logger."""
+    loggers = [logging.getLogger(), logging.getLogger("huggingface_hub")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR + 10)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    s = " ".join(str(e).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+@dataclass
+class Encoder:
+    model: torch.nn.Module
+    preprocess: object
+    tokenizer: object
+    device: torch.device
+    name: str
+    pretrained: str
+    seed: int
+    checkpoint_sha256: str | None
+
+    @property
+    def amp(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @property
+    def dim(self) -> int:
+        out = getattr(self.model, "embed_dim", None) or getattr(self.model.text_projection, "shape", [0, 0])[-1]
+        if not out:
+            with torch.no_grad():
+                out = self.encode_texts(["a"]).shape[1]
+        return int(out)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
+        with self.amp:
+            feats = self.model.encode_image(pixels.to(self.device, non_blocking=True), normalize=True)
+        return feats.float().cpu().numpy()
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with self.amp:
+            feats = self.model.encode_text(tokens, normalize=True)
+        return feats.float().cpu().numpy()
+
+    @torch.no_grad()
+    def encode_classes(self, classnames: Sequence[str], templates: Sequence[str], batch: int = 256) -> np.ndarray:
+        """[C, d]: per class, mean of the normalized template embeddings, re-normalized."""
+        out = []
+        for c in classnames:
+            feats = []
+            texts = [t.format(c) for t in templates]
+            for k in range(0, len(texts), batch):
+                feats.append(self.encode_texts(texts[k:k + batch]))
+            f = np.concatenate(feats).astype(np.float64).mean(axis=0)
+            out.append(f / np.linalg.norm(f))
+        return np.stack(out).astype(np.float32)
+
+
+def load_encoder(model: str, pretrained: str = "none", seed: int = 0, device: str = "auto",
+                 offline: bool | None = None) -> Encoder:
+    """Build ``model`` (open_clip name or ``hf-hub:org/repo``) with ``pretrained`` = tag | file | ``none``.
+
+    ``offline=None`` checks once whether the hub answers and, if not, loads from the local cache only.
+    """
+    import open_clip
+
+    register_model_configs()
+    dev = resolve_device(device)
+    is_hub = model.startswith("hf-hub:")
+    if not is_hub and model not in open_clip.list_models():
+        near = difflib.get_close_matches(model, open_clip.list_models(), n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else "; see `python -c 'import open_clip; print(open_clip.list_models())'`"
+        raise EmbedxError(f"unknown open_clip model {model!r}{hint}")
+    pretrained = (pretrained or "none").strip()
+    random_weights = pretrained.lower() in NO_WEIGHTS and not is_hub
+    sha = None
+    if random_weights:
+        log.warning("--pretrained none: %s gets random weights (seed %d); embeddings measure an untrained model",
+                    model, seed)
+        arg = None
+    elif os.path.isfile(pretrained):
+        sha = file_sha256(pretrained)
+        arg = pretrained
+    else:
+        if os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+            raise EmbedxError(f"checkpoint file not found: {pretrained}")
+        arg = None if is_hub else pretrained
+        if offline is None:
+            offline = not hub_reachable()
+        if offline:
+            _go_offline()
+    torch.manual_seed(seed)
+    try:
+        with _quiet_root_logger():
+            net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=arg, device=dev)
+        tokenizer = open_clip.get_tokenizer(model)
+    except Exception as e:  # open_clip raises RuntimeError/ValueError/OSError/HF errors for all of these
+        what = pretrained if not is_hub else model
+        if offline and not random_weights and sha is None:
+            raise EmbedxError(f"cannot load {what!r} for {model} offline: the weights are not in the local "
+                              f"cache and the hub is unreachable ({_one_line(e, 160)}); pass a local checkpoint "
+                              f"file with --pretrained PATH or --pretrained none") from None
+        raise EmbedxError(f"cannot load {model} with pretrained={what!r}: {_one_line(e)}") from None
+    net.eval()
+    return Encoder(net, preprocess, tokenizer, dev, model, "none" if random_weights else pretrained, int(seed), sha)

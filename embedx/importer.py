@@ -1,0 +1,221 @@
+"""``embedx import``: a store from existing arrays (npy / npz / parquet).
+
+Arrays are validated completely before anything is written (NaN/inf rows, zero rows, float16 overflow,
+dimension mismatch, labels out of range), streamed in row blocks so a memory-mapped ``.npy`` of any size
+works, and written to a temporary sibling that replaces ``out`` only once it is complete: an existing
+store is never half-overwritten.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+
+import numpy as np
+
+from embedx import store as st
+from embedx.errors import EmbedxError
+
+BLOCK_ROWS = 65536
+FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def load_array(spec: str, what: str = "array") -> np.ndarray:
+    """``file.npy`` (memory-mapped), ``file.npz[:key]`` or ``file.parquet[:column]``."""
+    path, key = spec, None
+    for ext in (".npz", ".parquet"):
+        head, sep, tail = spec.rpartition(ext + ":")
+        if sep and head:
+            path, key = head + ext, tail
+    if not os.path.isfile(path):
+        raise EmbedxError(f"{what} file not found: {path}")
+    try:
+        if path.endswith(".npy"):
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if key is None:
+                    if len(keys) != 1:
+                        raise EmbedxError(f"{path} holds {len(keys)} arrays ({', '.join(keys)}); name one as "
+                                          f"{path}:KEY")
+                    key = keys[0]
+                if key not in keys:
+                    raise EmbedxError(f"{path} has no array {key!r} (has: {', '.join(keys)})")
+                return z[key]
+        if path.endswith(".parquet"):
+            return _parquet(path, key)
+    except EmbedxError:
+        raise
+    except Exception as e:
+        raise EmbedxError(f"cannot read {what} from {path}: {' '.join(str(e).split())[:200]}") from None
+    raise EmbedxError(f"{what}: unsupported file type {path!r} (use .npy, .npz or .parquet)")
+
+
+def _parquet(path: str, column: str | None) -> np.ndarray:
+    """One list column (each row a vector), or every numeric column as one dimension."""
+    import pyarrow.parquet as pq
+    import pyarrow.types as pt
+
+    table = pq.read_table(path, columns=[column] if column else None)
+    if column is None and table.num_columns == 1:
+        column = table.column_names[0]
+    if column is not None:
+        col = table.column(column).combine_chunks()
+        if pt.is_list(col.type) or pt.is_large_list(col.type) or pt.is_fixed_size_list(col.type):
+            values = col.flatten().to_numpy(zero_copy_only=False)
+            return values.reshape(len(col), -1) if len(col) else values.reshape(0, 0)
+        return col.to_numpy(zero_copy_only=False)
+    cols = [table.column(c).to_numpy() for c in table.column_names]
+    return np.stack(cols, axis=1)
+
+
+def _check_rows(x: np.ndarray, what: str, dtype: str) -> bool:
+    """Raise on NaN/inf rows, zero rows and float16 overflow; return True if every row has unit norm."""
+    if x.ndim != 2:
+        raise EmbedxError(f"{what} must be a 2-D array (rows x dim), got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise EmbedxError(f"{what} is empty (shape {x.shape})")
+    if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
+        raise EmbedxError(f"{what} must be numeric, got dtype {x.dtype}")
+    unit = True
+    for s in range(0, x.shape[0], BLOCK_ROWS):
+        b = np.asarray(x[s:s + BLOCK_ROWS], dtype=np.float64)
+        bad = ~np.isfinite(b).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad) + s
+            raise EmbedxError(f"{what} row {rows[0]} contains NaN or inf ({_count_bad(x, 'nonfinite')} rows "
+                              f"in all)")
+        norms = np.sqrt((b * b).sum(axis=1))
+        if (norms == 0).any():
+            raise EmbedxError(f"{what} row {np.flatnonzero(norms == 0)[0] + s} is all zeros (it has no direction "
+                              f"and cannot be L2-normalized)")
+        if dtype == "float16" and np.abs(b).max() > FP16_MAX:
+            raise EmbedxError(f"{what} has values beyond the float16 range (|x| > {FP16_MAX:g}); "
+                              f"use --dtype float32")
+        unit &= bool(np.abs(norms - 1).max() < 1e-2)
+    return unit
+
+
+def _count_bad(x: np.ndarray, kind: str) -> int:
+    n = 0
+    for s in range(0, x.shape[0], BLOCK_ROWS):
+        b = np.asarray(x[s:s + BLOCK_ROWS], dtype=np.float64)
+        n += int((~np.isfinite(b).all(axis=1)).sum())
+    return n
+
+
+def _check_labels(labels: np.ndarray, n: int, c: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != n:
+        raise EmbedxError(f"labels must be a 1-D array with one entry per image ({n}), got shape {labels.shape}")
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
+            raise EmbedxError("labels must be whole numbers (class indices into the texts)")
+    elif not np.issubdtype(labels.dtype, np.integer):
+        raise EmbedxError(f"labels must be integers, got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    bad = (labels < -1) | (labels >= c)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise EmbedxError(f"labels out of range: row {i} has label {labels[i]}, but the texts have {c} rows "
+                          f"(valid: 0..{c - 1}, or -1 for none)")
+    return labels.astype(np.int32)
+
+
+def _read_names(path: str | None, c: int, what: str) -> list[str]:
+    if path is None:
+        return [str(k) for k in range(c)]
+    if not os.path.isfile(path):
+        raise EmbedxError(f"names file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        names = [line.rstrip("\n") for line in f]
+    while names and names[-1] == "":
+        names.pop()
+    if len(names) != c:
+        raise EmbedxError(f"{path} has {len(names)} names, but there are {c} {what}")
+    return names
+
+
+def import_arrays(out: str, *, images: str | None = None, texts: str | None = None, labels: str | None = None,
+                  paired: bool = False, names: str | None = None, paired_array: str | None = None,
+                  dtype: str = "float16", overwrite: bool = False, codec: str = st.DEFAULT_CODEC,
+                  chunk_rows: int | None = None, model: str | None = None, dataset: str | None = None) -> dict:
+    """Validate the arrays, write them as a complete store at ``out``; return its metadata."""
+    if dtype not in st.DTYPES:
+        raise EmbedxError(f"--dtype must be float16 or float32, got {dtype!r}")
+    if st.exists(out) and not overwrite:
+        state = "complete" if st.read_meta(out).get("complete") else "unfinished"
+        raise EmbedxError(f"{out} already holds a {state} store; pass --overwrite to replace it")
+    if paired_array is not None:
+        if images or texts or labels:
+            raise EmbedxError("--paired-array replaces --images/--texts/--labels; give one or the other")
+        both = load_array(paired_array, "paired array")
+        if both.ndim != 3 or both.shape[0] != 2:
+            raise EmbedxError(f"--paired-array needs shape (2, N, d), got {both.shape}")
+        x, t, paired, sources = both[0], both[1], True, [paired_array]
+    else:
+        if not images or not texts:
+            raise EmbedxError("give --images and --texts (or --paired-array)")
+        x, t = load_array(images, "images"), load_array(texts, "texts")
+        sources = [images, texts] + ([labels] if labels else [])
+    unit = _check_rows(x, "images", dtype) & _check_rows(t, "texts", dtype)
+    if x.shape[1] != t.shape[1]:
+        raise EmbedxError(f"dimension mismatch: images have d={x.shape[1]}, texts have d={t.shape[1]}")
+    n, c = x.shape[0], t.shape[0]
+    if paired:
+        if labels:
+            raise EmbedxError("--paired and --labels exclude each other (paired rows are their own labels)")
+        if c != n:
+            raise EmbedxError(f"--paired needs as many text rows as image rows, got {n} images and {c} texts")
+        y = None
+    else:
+        if not labels:
+            raise EmbedxError("give --labels y.npy (class index per image) or --paired (text i pairs with image i)")
+        y = _check_labels(load_array(labels, "labels"), n, c)
+    text_names = _read_names(names, c, "captions" if paired else "text rows")
+    meta = {"model": model, "pretrained": None, "seed": None, "dataset": dataset or os.path.basename(sources[0]),
+            "mode": "paired" if paired else "classes", "normalized": unit,
+            "source": {"imported_from": [os.path.abspath(s) if not st.is_url(s) else s for s in sources]}}
+    return _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite)
+
+
+def _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite) -> dict:
+    local = not st.is_url(out)
+    target = out.rstrip("/")
+    tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}" if local else target
+    try:
+        w = st.StoreWriter.create(tmp, n_rows=x.shape[0], dim=x.shape[1], meta=meta,
+                                  n_texts=None if y is None else t.shape[0], dtype=dtype, codec=codec,
+                                  chunk_rows=chunk_rows, overwrite=not local and overwrite, background=False)
+        if y is not None:
+            w.write_texts(np.asarray(t), text_names)
+        block = max(w.group["images/embeddings"].chunks[0], (BLOCK_ROWS // w.meta["chunk_rows"] or 1)
+                    * w.meta["chunk_rows"])
+        for s in range(0, x.shape[0], block):
+            e = min(s + block, x.shape[0])
+            ids = [str(i) for i in range(s, e)]
+            if y is None:
+                w.append(np.asarray(x[s:e]), None, ids, text_emb=np.asarray(t[s:e]), text_names=text_names[s:e])
+            else:
+                w.append(np.asarray(x[s:e]), y[s:e], ids)
+            w.commit(e)
+        meta = w.finalize()
+    except BaseException:
+        if local:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if local:
+        _replace_dir(tmp, target)
+    return meta
+
+
+def _replace_dir(new: str, target: str) -> None:
+    """Move ``new`` to ``target``; an old store there is moved aside first and removed only afterwards."""
+    old = None
+    if os.path.exists(target):
+        old = f"{target}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    os.replace(new, target)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)

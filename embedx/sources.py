@@ -1,0 +1,141 @@
+"""Data sources: ``folder:PATH``, ``csv:PATH`` and ``digits``.
+
+A source is an ordered list of items (an id, a class label or a caption) plus a loader that turns an item
+into a PIL image. Order is deterministic (sorted paths), so a resumed run sees the same items at the same
+positions; :meth:`Source.fingerprint` hashes the listing so a resume on changed data is refused.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from embedx.errors import EmbedxError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+DIGIT_NAMES = tuple(str(k) for k in range(10))  # as MNIST in the IIMM code
+DIGITS_TEMPLATE = 'a photo of the number: "{}".'
+DIGITS_SIZE = 64  # 8x8 digits are upscaled (nearest) to this many pixels per side
+
+
+@dataclass
+class Source:
+    """``ids[i]`` is loaded by ``load(i)``; ``labels[i]`` indexes ``classnames`` (class sources) and
+    ``captions[i]`` is its caption (paired sources)."""
+
+    spec: str
+    ids: list[str]
+    load: Callable[[int], Image.Image]
+    classnames: list[str] | None = None
+    labels: np.ndarray | None = None
+    captions: list[str] | None = None
+    default_template: str = "a photo of a {}."
+
+    @property
+    def paired(self) -> bool:
+        return self.captions is not None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def fingerprint(self) -> str:
+        """sha256 over the ordered ids, labels/captions and class names."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.spec, self.classnames], sort_keys=True).encode())
+        for i, item in enumerate(self.ids):
+            tail = self.captions[i] if self.paired else int(self.labels[i])
+            h.update(json.dumps([item, tail]).encode())
+        return h.hexdigest()
+
+
+def _pil_rgb(path: str) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def folder_source(path: str, spec: str) -> Source:
+    """One subfolder per class (sorted); images anywhere below it."""
+    if not os.path.isdir(path):
+        raise EmbedxError(f"folder not found: {path}")
+    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    if not classes:
+        raise EmbedxError(f"{path} has no class subfolders (expected one subfolder per class)")
+    ids, labels = [], []
+    for c, name in enumerate(classes):
+        for root, dirs, files in os.walk(os.path.join(path, name)):
+            dirs.sort()
+            for f in sorted(files):
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    ids.append(os.path.relpath(os.path.join(root, f), path))
+                    labels.append(c)
+    if not ids:
+        raise EmbedxError(f"{path} has class subfolders but no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return Source(spec, ids, lambda i: _pil_rgb(os.path.join(path, ids[i])), classnames=classes,
+                  labels=np.asarray(labels, dtype=np.int32))
+
+
+def csv_source(path: str, spec: str) -> Source:
+    """Columns ``image`` and ``label`` (class names) or ``caption``; relative paths are resolved against
+    the CSV's folder."""
+    if not os.path.isfile(path):
+        raise EmbedxError(f"csv file not found: {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        cols = set(reader.fieldnames or [])
+        rows = list(reader)
+    if "image" not in cols or not ({"label", "caption"} & cols):
+        raise EmbedxError(f"{path} needs a column 'image' and a column 'label' or 'caption' (has: "
+                          f"{', '.join(sorted(cols)) or 'none'})")
+    if not rows:
+        raise EmbedxError(f"{path} has no rows")
+    base = os.path.dirname(os.path.abspath(path))
+    ids = [r["image"] for r in rows]
+    files = [p if os.path.isabs(p) else os.path.join(base, p) for p in ids]
+
+    def load(i: int) -> Image.Image:
+        return _pil_rgb(files[i])
+
+    if "label" in cols:
+        names = [r["label"].strip() for r in rows]
+        if any(not n for n in names):
+            raise EmbedxError(f"{path}: empty label in row {names.index('') + 2}")
+        classes = sorted(set(names))
+        index = {c: k for k, c in enumerate(classes)}
+        return Source(spec, ids, load, classnames=classes,
+                      labels=np.asarray([index[n] for n in names], dtype=np.int32))
+    return Source(spec, ids, load, captions=[r["caption"] for r in rows])
+
+
+def digits_source(spec: str = "digits") -> Source:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), upscaled: a real labelled
+    image set that works offline."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    pixels = np.clip(d.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+
+    def load(i: int) -> Image.Image:
+        im = Image.fromarray(255 - pixels[i], mode="L")  # dark digit on a light background
+        return im.resize((DIGITS_SIZE, DIGITS_SIZE), Image.NEAREST).convert("RGB")
+
+    ids = [f"digits:{i}" for i in range(len(pixels))]
+    return Source(spec, ids, load, classnames=list(DIGIT_NAMES), labels=d.target.astype(np.int32),
+                  default_template=DIGITS_TEMPLATE)
+
+
+def parse_source(spec: str) -> Source:
+    """``folder:PATH`` | ``csv:PATH`` | ``digits``."""
+    kind, _, arg = spec.partition(":")
+    if kind == "digits" and not arg:
+        return digits_source(spec)
+    if kind == "folder" and arg:
+        return folder_source(os.path.expanduser(arg), spec)
+    if kind == "csv" and arg:
+        return csv_source(os.path.expanduser(arg), spec)
+    raise EmbedxError(f"unknown data source {spec!r}; use folder:PATH, csv:PATH or digits")

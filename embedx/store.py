@@ -1,0 +1,473 @@
+"""Embedding stores, schema 1: a Zarr v3 group on a local path or any fsspec URL.
+
+Layout (DESIGN.md)::
+
+    STORE/                      attrs["embedx"] = metadata + commit marker (rows_committed, complete)
+      images/embeddings [N, d]  float16 | float32, chunked by whole rows
+      images/labels     [N]     int32, index into texts, -1 = none
+      images/ids        [N]     source id (path or index)
+      texts/embeddings  [C, d]  one row per class, or per caption (paired stores: C = N, label i = i)
+      texts/names       [C]     class names or captions
+
+Writes are crash-safe: rows are committed in whole batches, data first and the commit marker
+(``rows_committed``, ``source_pos``) last; every key is replaced atomically (zarr's LocalStore writes to a
+temporary file and renames), so a SIGKILL loses at most the uncommitted buffer and a rerun continues from
+``source_pos``. Readers never look past ``rows_committed``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from embedx.errors import StoreError
+
+SCHEMA = 1
+DTYPES = ("float16", "float32")
+# Chosen from bench/results/codec.md: embeddings barely compress, so the default favours read speed.
+DEFAULT_CODEC = "none"
+CODECS = {
+    "none": lambda: None,
+    "zstd1": lambda: ZstdCodec(level=1),
+    "zstd3": lambda: ZstdCodec(level=3),
+    "blosc-lz4": lambda: BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+    "blosc-zstd": lambda: BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"),
+}
+TARGET_CHUNK_BYTES = 4 << 20  # whole rows, about 4 MiB per chunk
+# Metadata keys whose values must match for a resume to be accepted.
+FINGERPRINT_KEYS = ("model", "pretrained", "checkpoint_sha256", "seed", "dataset", "dataset_sha256",
+                    "prompts", "mode", "dtype", "dim")
+
+
+def is_url(path: str) -> bool:
+    return "://" in str(path)
+
+
+def default_chunk_rows(dim: int, dtype: str, n_rows: int) -> int:
+    itemsize = np.dtype(dtype).itemsize
+    rows = max(1, TARGET_CHUNK_BYTES // (dim * itemsize))
+    return int(max(1, min(rows, n_rows)))
+
+
+def _compressors(codec: str):
+    if codec not in CODECS:
+        raise StoreError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+    c = CODECS[codec]()
+    return None if c is None else [c]
+
+
+def exists(path: str) -> bool:
+    """True if a zarr group (complete or not) lives at ``path``."""
+    try:
+        zarr.open_group(str(path), mode="r")
+        return True
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError, OSError):
+        return False
+
+
+def _remove(path: str) -> None:
+    if is_url(path):
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(str(path))
+        if fs.exists(p):
+            fs.rm(p, recursive=True)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _sync(path: str) -> None:
+    """Make the data written so far durable before the commit marker is (local stores only)."""
+    if not is_url(path) and hasattr(os, "sync"):
+        os.sync()
+
+
+@dataclass
+class _Pending:
+    emb: list
+    labels: list
+    ids: list
+    text_emb: list
+    text_names: list
+
+    @classmethod
+    def empty(cls) -> "_Pending":
+        return cls([], [], [], [], [])
+
+    def __len__(self) -> int:
+        return sum(len(e) for e in self.emb)
+
+
+class StoreWriter:
+    """Streams rows into a store. Use :meth:`create` or :meth:`resume`, then ``append``/``commit``/``finalize``.
+
+    ``paired=True`` stores one text row per image row (captions); otherwise texts are written once with
+    :meth:`write_texts` (one row per class).
+    """
+
+    def __init__(self, path: str, group: zarr.Group, background: bool = True):
+        self.path = str(path)
+        self.group = group
+        self.meta = dict(group.attrs["embedx"])
+        self.paired = self.meta["mode"] == "paired"
+        self.dtype = np.dtype(self.meta["dtype"])
+        self.rows_committed = int(self.meta["rows_committed"])
+        self.source_pos = int(self.meta["source_pos"])
+        self.skipped = list(self.meta.get("skipped", []))
+        self._pending = _Pending.empty()
+        self._pending_skipped: list = []
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="embedx-writer") if background else None
+        self._inflight: Future | None = None
+        self._lock = threading.Lock()
+        self._last_commit = time.monotonic()
+
+    # -- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str, *, n_rows: int, dim: int, meta: dict, n_texts: int | None = None,
+               dtype: str = "float16", codec: str = DEFAULT_CODEC, chunk_rows: int | None = None,
+               overwrite: bool = False, background: bool = True) -> "StoreWriter":
+        """Create an empty store with room for ``n_rows`` image rows (trimmed by ``finalize``)."""
+        if dtype not in DTYPES:
+            raise StoreError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if n_rows < 1:
+            raise StoreError("nothing to write: the input has no rows")
+        if dim < 1:
+            raise StoreError(f"embedding dimension must be positive, got {dim}")
+        if exists(path):
+            if not overwrite:
+                state = "complete" if _read_meta(path).get("complete") else "unfinished"
+                raise StoreError(f"{path} already holds a {state} store; pass --overwrite to replace it")
+            _remove(path)
+        paired = meta.get("mode") == "paired"
+        if not paired and n_texts is None:
+            raise StoreError("n_texts is required for stores with class texts")
+        chunk_rows = chunk_rows or default_chunk_rows(dim, dtype, n_rows)
+        compressors = _compressors(codec)
+        g = zarr.open_group(str(path), mode="w")
+        text_rows = n_rows if paired else n_texts
+        text_chunks = chunk_rows if paired else max(1, min(text_rows, chunk_rows))
+        for name, rows, chunks in (("images", n_rows, chunk_rows), ("texts", text_rows, text_chunks)):
+            g.create_array(f"{name}/embeddings", shape=(rows, dim), chunks=(chunks, dim), dtype=dtype,
+                           compressors=compressors, fill_value=0)
+        g.create_array("images/labels", shape=(n_rows,), chunks=(chunk_rows,), dtype="int32", fill_value=-1)
+        g.create_array("images/ids", shape=(n_rows,), chunks=(chunk_rows,), dtype=str)
+        g.create_array("texts/names", shape=(text_rows,), chunks=(text_chunks,), dtype=str)
+        full = {"schema": SCHEMA, "normalized": True, "created": _now(), "embedx_version": _version(),
+                "split": None, "prompts": None, "checkpoint_sha256": None, **meta,
+                "dtype": dtype, "dim": int(dim), "codec": codec, "chunk_rows": int(chunk_rows),
+                "n_rows_max": int(n_rows), "texts_written": paired,
+                "rows_committed": 0, "source_pos": 0, "skipped": [], "complete": False}
+        g.attrs["embedx"] = full
+        return cls(path, g, background=background)
+
+    @classmethod
+    def resume(cls, path: str, meta: dict, background: bool = True) -> "StoreWriter":
+        """Reopen an unfinished store, refusing when it was started with other inputs."""
+        old = _read_meta(path)
+        if old.get("complete"):
+            raise StoreError(f"{path} is already complete; pass --overwrite to replace it")
+        for key in FINGERPRINT_KEYS:
+            if key in meta and old.get(key) != meta[key]:
+                raise StoreError(
+                    f"refusing to resume {path}: it was started with {key}={_short(old.get(key))}, "
+                    f"this run asks for {key}={_short(meta[key])} (use --overwrite to start over)")
+        _clean_partials(path)
+        return cls(path, zarr.open_group(str(path), mode="r+"), background=background)
+
+    # -- writing ------------------------------------------------------------------------------------------
+    def write_texts(self, emb: np.ndarray, names: Sequence[str]) -> None:
+        """Class-text rows, written once before any image row."""
+        if self.paired:
+            raise StoreError("paired stores take their text rows with append()")
+        arr = self.group["texts/embeddings"]
+        if emb.shape != arr.shape:
+            raise StoreError(f"text embeddings have shape {emb.shape}, the store expects {arr.shape}")
+        arr[:] = emb.astype(self.dtype)
+        self.group["texts/names"][:] = np.asarray(list(names), dtype=str)
+        self.meta["texts_written"] = True
+        self._write_meta()
+
+    def append(self, emb: np.ndarray, labels: np.ndarray | None, ids: Sequence[str],
+               text_emb: np.ndarray | None = None, text_names: Sequence[str] | None = None) -> None:
+        """Buffer rows; nothing is durable until :meth:`commit`. Paired stores ignore ``labels``: row i's
+        label is i (image i pairs with text i)."""
+        if len(emb) == 0:
+            return
+        if self.paired and (text_emb is None or text_names is None or len(text_emb) != len(emb)):
+            raise StoreError("paired stores need one text row per image row")
+        p = self._pending
+        p.emb.append(np.asarray(emb, dtype=self.dtype))
+        if not self.paired:
+            p.labels.append(np.asarray(labels, dtype=np.int32))
+        p.ids.append(np.asarray(list(ids), dtype=str))
+        if self.paired:
+            p.text_emb.append(np.asarray(text_emb, dtype=self.dtype))
+            p.text_names.append(np.asarray(list(text_names), dtype=str))
+
+    def skip(self, items: Sequence[dict]) -> None:
+        """Record source items that could not be read (listed in attrs, never dropped silently)."""
+        self._pending_skipped.extend(items)
+
+    @property
+    def rows_buffered(self) -> int:
+        return len(self._pending)
+
+    def should_commit(self, every_rows: int, every_s: float) -> bool:
+        return len(self._pending) >= every_rows or (time.monotonic() - self._last_commit) >= every_s
+
+    def commit(self, source_pos: int) -> None:
+        """Make all buffered rows durable; ``source_pos`` is the next source item to read on resume."""
+        pending, self._pending = self._pending, _Pending.empty()
+        skipped, self._pending_skipped = self._pending_skipped, []
+        self._last_commit = time.monotonic()
+        self.wait()
+        if self._pool is None:
+            self._commit(pending, skipped, source_pos)
+        else:
+            self._inflight = self._pool.submit(self._commit, pending, skipped, source_pos)
+
+    def wait(self) -> None:
+        """Block until the commit in flight (if any) is durable; re-raise its error."""
+        if self._inflight is not None:
+            f, self._inflight = self._inflight, None
+            f.result()
+
+    def _commit(self, p: _Pending, skipped: list, source_pos: int) -> None:
+        with self._lock:
+            n = len(p)
+            r0, r1 = self.rows_committed, self.rows_committed + n
+            if r1 > self.group["images/embeddings"].shape[0]:
+                raise StoreError(f"more rows than the store was created for ({r1} > "
+                                 f"{self.group['images/embeddings'].shape[0]})")
+            if n:
+                g = self.group
+                g["images/embeddings"][r0:r1] = np.concatenate(p.emb)
+                g["images/labels"][r0:r1] = (np.arange(r0, r1, dtype=np.int32) if self.paired
+                                             else np.concatenate(p.labels))
+                g["images/ids"][r0:r1] = np.concatenate(p.ids)
+                if self.paired:
+                    g["texts/embeddings"][r0:r1] = np.concatenate(p.text_emb)
+                    g["texts/names"][r0:r1] = np.concatenate(p.text_names)
+                _sync(self.path)
+            self.rows_committed, self.source_pos = r1, int(source_pos)
+            self.skipped.extend(skipped)
+            self._write_meta()
+
+    def finalize(self, extra: dict | None = None) -> dict:
+        """Commit what is left, trim unused rows (skipped inputs), mark the store complete."""
+        if len(self._pending) or self._pending_skipped:
+            self.commit(self.source_pos)
+        self.wait()
+        if not self.meta.get("texts_written"):
+            raise StoreError("cannot finalize: the class texts were never written")
+        n = self.rows_committed
+        if n == 0:
+            raise StoreError("no rows were written (every input was skipped?)")
+        g = self.group
+        if g["images/embeddings"].shape[0] != n:
+            for key in ("images/embeddings", "images/labels", "images/ids"):
+                g[key].resize((n,) + g[key].shape[1:])
+            if self.paired:
+                for key in ("texts/embeddings", "texts/names"):
+                    g[key].resize((n,) + g[key].shape[1:])
+        self.meta.update(extra or {})
+        self.meta["complete"] = True
+        self.meta["finished"] = _now()
+        _sync(self.path)
+        self._write_meta()
+        _sync(self.path)
+        if self._pool is not None:
+            self._pool.shutdown()
+        return self.meta
+
+    def close(self) -> None:
+        """Wait for the commit in flight; leave the store resumable."""
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+
+    def _write_meta(self) -> None:
+        self.meta.update(rows_committed=self.rows_committed, source_pos=self.source_pos,
+                         skipped=self.skipped, n_skipped=len(self.skipped))
+        self.group.attrs["embedx"] = self.meta
+
+
+def _short(v, n: int = 60) -> str:
+    s = repr(v)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _version() -> str:
+    from embedx import __version__
+
+    return __version__
+
+
+def _clean_partials(path: str) -> None:
+    """Remove temporary files a killed atomic write left behind (local stores)."""
+    if is_url(path):
+        return
+    for root, _, files in os.walk(path):
+        for f in files:
+            if f.endswith(".partial"):
+                os.remove(os.path.join(root, f))
+
+
+def _read_meta(path: str) -> dict:
+    try:
+        g = zarr.open_group(str(path), mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, OSError):
+        raise StoreError(f"no store at {path}") from None
+    except (ValueError, KeyError) as e:
+        raise StoreError(f"{path} is not a readable zarr store ({e})") from None
+    meta = g.attrs.get("embedx")
+    if not isinstance(meta, dict):
+        raise StoreError(f"{path} is a zarr group but not an embedx store (no 'embedx' attributes)")
+    if meta.get("schema") != SCHEMA:
+        raise StoreError(f"{path} has store schema {meta.get('schema')!r}; this embedx reads schema {SCHEMA}")
+    return dict(meta)
+
+
+class Store:
+    """Read access to a store. By default only complete stores open (``allow_partial`` to inspect others).
+
+    Iteration is in row blocks of whole chunks, so memory is bounded by the block size whatever N is.
+    """
+
+    def __init__(self, path: str, allow_partial: bool = False):
+        self.path = str(path)
+        self.meta = _read_meta(self.path)
+        if not self.meta.get("complete") and not allow_partial:
+            raise StoreError(
+                f"{path} is unfinished ({self.meta.get('rows_committed', 0)} of at most "
+                f"{self.meta.get('n_rows_max', '?')} rows committed); rerun the command that wrote it to resume")
+        self.group = zarr.open_group(self.path, mode="r")
+        self._emb = self.group["images/embeddings"]
+
+    # -- shape --------------------------------------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete"))
+
+    @property
+    def n_images(self) -> int:
+        return int(self.meta["rows_committed"]) if not self.complete else int(self._emb.shape[0])
+
+    @property
+    def n_texts(self) -> int:
+        if self.meta["mode"] == "paired":
+            return self.n_images
+        return int(self.group["texts/embeddings"].shape[0]) if self.meta.get("texts_written") else 0
+
+    @property
+    def dim(self) -> int:
+        return int(self._emb.shape[1])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._emb.dtype
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self._emb.chunks[0])
+
+    @property
+    def paired(self) -> bool:
+        return self.meta["mode"] == "paired"
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def block_rows(self, target_bytes: int = 64 << 20) -> int:
+        """Rows per block: whole chunks, about ``target_bytes`` of stored data."""
+        per_chunk = self.chunk_rows * self.dim * self.dtype.itemsize
+        return self.chunk_rows * max(1, target_bytes // per_chunk)
+
+    def iter_images(self, block_rows: int | None = None, dtype=None,
+                    with_labels: bool = False) -> Iterator[tuple]:
+        """Yield ``(start, block)`` (or ``(start, block, labels)``) over the committed image rows."""
+        block_rows = block_rows or self.block_rows()
+        labels = self.group["images/labels"]
+        for start in range(0, self.n_images, block_rows):
+            stop = min(start + block_rows, self.n_images)
+            block = self._emb[start:stop]
+            if dtype is not None:
+                block = block.astype(dtype, copy=False)
+            yield (start, block, labels[start:stop]) if with_labels else (start, block)
+
+    def images(self, rows=None, dtype=None) -> np.ndarray:
+        """Image rows by index (random access) or, with ``rows=None``, all committed rows."""
+        if rows is None:
+            out = self._emb[: self.n_images]
+        else:
+            rows = np.asarray(rows, dtype=np.int64)
+            if rows.size and (rows.min() < -self.n_images or rows.max() >= self.n_images):
+                raise StoreError(f"row index out of range for a store of {self.n_images} images")
+            rows = np.where(rows < 0, rows + self.n_images, rows)
+            out = self._emb.get_orthogonal_selection((rows, slice(None)))
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def labels(self) -> np.ndarray:
+        return self.group["images/labels"][: self.n_images]
+
+    def ids(self) -> np.ndarray:
+        return self.group["images/ids"][: self.n_images]
+
+    def texts(self, dtype=None) -> np.ndarray:
+        out = self.group["texts/embeddings"][: self.n_texts]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def text_names(self) -> np.ndarray:
+        return self.group["texts/names"][: self.n_texts]
+
+    # -- description --------------------------------------------------------------------------------------
+    def info(self) -> dict:
+        m = self.meta
+        return {
+            "path": self.path, "schema": m["schema"], "complete": self.complete,
+            "rows_committed": int(m["rows_committed"]), "n_images": self.n_images, "n_texts": self.n_texts,
+            "dim": self.dim, "dtype": str(self.dtype), "mode": m["mode"],
+            "chunk_rows": self.chunk_rows, "codec": m.get("codec"), "size_bytes": _size_on_disk(self.path),
+            "model": m.get("model"), "pretrained": m.get("pretrained"), "seed": m.get("seed"),
+            "checkpoint_sha256": m.get("checkpoint_sha256"), "dataset": m.get("dataset"),
+            "split": m.get("split"), "prompts": m.get("prompts"), "normalized": m.get("normalized"),
+            "n_skipped": int(m.get("n_skipped", 0)), "created": m.get("created"),
+            "finished": m.get("finished"), "embedx_version": m.get("embedx_version"),
+            "source": m.get("source"),
+        }
+
+
+def _size_on_disk(path: str) -> int:
+    if is_url(path):
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(path)
+        return int(sum(fs.du(p, total=False).values())) if fs.exists(p) else 0
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total
+
+
+def read_meta(path: str) -> dict:
+    """The ``embedx`` attributes of the store at ``path`` (complete or not)."""
+    return _read_meta(path)
