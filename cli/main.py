@@ -53,7 +53,9 @@ class EmbedxGroup(click.Group):
 
 @click.group(cls=EmbedxGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(embedx.__version__, prog_name="embedx")
-@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr; no progress bars.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Only warnings and errors on stderr; no progress bars (shown on a terminal, or with "
+                   "EMBEDX_PROGRESS=1).")
 @click.pass_context
 def cli(ctx, quiet):
     """embedx: embedding analytics for contrastive vision-language models.
@@ -79,6 +81,13 @@ def _human_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def _progress(ctx) -> bool:
+    """Progress bars on an interactive terminal (or EMBEDX_PROGRESS=1), never with --quiet."""
+    if ctx.obj["quiet"]:
+        return False
+    return sys.stderr.isatty() or os.environ.get("EMBEDX_PROGRESS") == "1"
 
 
 CODEC_HELP = "Chunk codec (default from bench/results/codec.md)."
@@ -118,7 +127,7 @@ def embed(ctx, model, pretrained, data, out, seed, dtype, batch_size, workers, d
 
     res = embed_to_store(out, data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
                          workers=workers, device=device, templates=templates, overwrite=overwrite, strict=strict,
-                         codec=codec, chunk_rows=chunk_rows, limit=limit, progress=not ctx.obj["quiet"])
+                         codec=codec, chunk_rows=chunk_rows, limit=limit, progress=_progress(ctx))
     m = res.meta
     resumed = f" (resumed at item {res.resumed_from})" if res.resumed_from else ""
     skipped = f", {m['n_skipped']} unreadable skipped (listed in the store's attributes)" if m["n_skipped"] else ""

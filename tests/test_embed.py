@@ -1,0 +1,216 @@
+"""Data sources, encoders and the embed workflow on real open_clip models (random-init, tiny configs)."""
+import csv
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from embedx.embed import embed_to_store, resolve_templates
+from embedx.encoders import load_encoder
+from embedx.errors import EmbedxError
+from embedx.sources import digits_source, parse_source
+from embedx.store import Store
+from tests.conftest import assert_one_line_error, invoke, run_embedx
+
+
+def _image_folder(root, rng, per_class=(3, 4), bad=True):
+    for c, n in zip(("cat", "dog"), per_class):
+        os.makedirs(root / c)
+        for k in range(n):
+            arr = rng.integers(0, 255, (20 + k, 17, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / c / f"{k}.png")
+    if bad:
+        (root / "dog" / "broken.png").write_bytes(b"this is not a png")
+    return root
+
+
+def test_folder_source_is_sorted_and_labelled(tmp_path, rng):
+    src = parse_source(f"folder:{_image_folder(tmp_path / 'imgs', rng)}")
+    assert src.classnames == ["cat", "dog"]
+    assert src.ids[:3] == ["cat/0.png", "cat/1.png", "cat/2.png"] and src.ids[3] == "dog/0.png"
+    assert list(src.labels) == [0, 0, 0, 1, 1, 1, 1, 1]
+    assert src.load(0).size == (17, 20)
+
+
+def test_digits_source_is_sklearns_digits():
+    from sklearn.datasets import load_digits
+
+    src = digits_source()
+    d = load_digits()
+    assert len(src) == 1797 and src.classnames == [str(k) for k in range(10)]
+    np.testing.assert_array_equal(src.labels, d.target)
+    im = np.asarray(src.load(7).convert("L"))
+    small = im[::8, ::8].astype(float)  # nearest upscale by 8: every 8th pixel is the original
+    np.testing.assert_allclose(255 - small, np.clip(d.images[7] * 255 / 16, 0, 255).astype(np.uint8), atol=1)
+
+
+def test_csv_sources_resolve_relative_paths(tmp_path, rng):
+    _image_folder(tmp_path / "imgs", rng, bad=False)
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label"])
+        w.writerows([["imgs/cat/0.png", "cat"], ["imgs/dog/1.png", "dog"], [str(tmp_path / "imgs/cat/1.png"), "cat"]])
+    src = parse_source(f"csv:{tmp_path / 'labels.csv'}")
+    assert src.classnames == ["cat", "dog"] and list(src.labels) == [0, 1, 0]
+    assert src.load(1).size == (17, 21)
+    with open(tmp_path / "caps.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "caption"])
+        w.writerows([["imgs/cat/0.png", "a cat, sitting"], ["imgs/dog/0.png", "a dog"]])
+    src = parse_source(f"csv:{tmp_path / 'caps.csv'}")
+    assert src.paired and src.captions == ["a cat, sitting", "a dog"]
+
+
+@pytest.mark.parametrize("spec,msg", [("folder:/does/not/exist", "folder not found"), ("csv:/nope.csv", "not found"),
+                                      ("imagenet", "unknown data source"), ("folder:", "unknown data source")])
+def test_bad_source_specs(spec, msg):
+    with pytest.raises(EmbedxError, match=msg):
+        parse_source(spec)
+
+
+def test_empty_folders_are_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmbedxError, match="no class subfolders"):
+        parse_source(f"folder:{tmp_path / 'empty'}")
+    (tmp_path / "empty" / "cat").mkdir()
+    with pytest.raises(EmbedxError, match="no images"):
+        parse_source(f"folder:{tmp_path / 'empty'}")
+
+
+def test_templates():
+    src = digits_source()
+    assert resolve_templates(None, src) == ['a photo of the number: "{}".']
+    simple = resolve_templates(["simple"], src)
+    assert len(simple) > 1 and all("{}" in t for t in simple)
+    assert len(resolve_templates(["openai"], src)) == 80
+    with pytest.raises(EmbedxError, match="placeholder"):
+        resolve_templates(["a photo"], src)
+
+
+def test_random_weights_are_seeded_and_reproducible():
+    a = load_encoder("embedx-tiny", "none", seed=5)
+    b = load_encoder("embedx-tiny", "none", seed=5)
+    c = load_encoder("embedx-tiny", "none", seed=6)
+    x = torch.rand(2, 3, 32, 32)
+    np.testing.assert_array_equal(a.encode_images(x), b.encode_images(x))
+    assert not np.allclose(a.encode_images(x), c.encode_images(x))
+
+
+def test_class_texts_average_normalized_templates_then_renormalize():
+    enc = load_encoder("embedx-tiny", "none", seed=1)
+    templates = ["a photo of a {}.", "a drawing of a {}.", "{}"]
+    got = enc.encode_classes(["cat", "dog"], templates)
+    for k, c in enumerate(["cat", "dog"]):
+        f = enc.encode_texts([t.format(c) for t in templates]).astype(np.float64)
+        f /= np.linalg.norm(f, axis=1, keepdims=True)
+        m = f.mean(0)
+        np.testing.assert_allclose(got[k], m / np.linalg.norm(m), atol=1e-6)
+    # open_clip's own zero-shot classifier agrees
+    import open_clip
+
+    w = open_clip.build_zero_shot_classifier(enc.model, enc.tokenizer, ["cat", "dog"], templates, device="cpu")
+    np.testing.assert_allclose(got, w.T.numpy(), atol=1e-5)
+
+
+def test_local_checkpoint_file_loads_and_is_fingerprinted(tmp_path):
+    enc = load_encoder("embedx-tiny", "none", seed=9)
+    path = tmp_path / "tiny.pt"
+    torch.save(enc.model.state_dict(), path)
+    again = load_encoder("embedx-tiny", str(path))
+    x = torch.rand(3, 3, 32, 32)
+    np.testing.assert_allclose(again.encode_images(x), enc.encode_images(x), atol=1e-6)
+    import hashlib
+
+    assert again.checkpoint_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(EmbedxError, match="cannot load ViT-S-32-alt"):
+        load_encoder("ViT-S-32-alt", str(path))  # a checkpoint of another architecture
+
+
+def test_unknown_model_and_missing_checkpoint():
+    with pytest.raises(EmbedxError, match="unknown open_clip model 'ViT-B-33'.*did you mean"):
+        load_encoder("ViT-B-33")
+    with pytest.raises(EmbedxError, match="checkpoint file not found"):
+        load_encoder("embedx-tiny", "/no/such/file.pt")
+
+
+def test_pretrained_tag_offline_fails_fast_with_one_line():
+    import time
+
+    t = time.time()
+    with pytest.raises(EmbedxError, match="offline") as e:
+        load_encoder("embedx-tiny" if False else "ViT-S-32-alt", "openai", offline=True)
+    assert time.time() - t < 30
+    assert "\n" not in str(e.value)
+
+
+def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, rng):
+    root = _image_folder(tmp_path / "imgs", rng)
+    out = str(tmp_path / "s.zarr")
+    res = embed_to_store(out, f"folder:{root}", "embedx-tiny", seed=2, batch_size=3, progress=False, workers=0)
+    s = Store(out)
+    assert s.n_images == 7 and res.meta["n_skipped"] == 1
+    assert s.meta["skipped"][0]["id"] == "dog/broken.png" and "Error" in s.meta["skipped"][0]["error"]
+    assert "dog/broken.png" not in list(s.ids())
+    np.testing.assert_array_equal(s.labels(), [0, 0, 0, 1, 1, 1, 1])
+    assert s.n_texts == 2 and list(s.text_names()) == ["cat", "dog"]
+    # --strict fails instead, with one line
+    rc, _, err = run_embedx("embed", "-m", "embedx-tiny", "--data", f"folder:{root}", "--out",
+                            str(tmp_path / "strict.zarr"), "--strict", "-b", "2")
+    assert_one_line_error(rc, err, "cannot read image", "broken.png")
+
+
+def test_workers_do_not_change_the_result(tmp_path):
+    a = embed_to_store(str(tmp_path / "a.zarr"), "digits", "embedx-tiny", seed=1, batch_size=16, workers=0,
+                       limit=100, progress=False)
+    b = embed_to_store(str(tmp_path / "b.zarr"), "digits", "embedx-tiny", seed=1, batch_size=16, workers=2,
+                       limit=100, progress=False, dtype="float32")
+    assert a.meta["rows_committed"] == b.meta["rows_committed"] == 100
+    np.testing.assert_allclose(Store(str(tmp_path / "a.zarr")).images().astype(np.float32),
+                               Store(str(tmp_path / "b.zarr")).images(), atol=1e-3)
+    assert Store(str(tmp_path / "b.zarr")).dtype == np.float32
+
+
+def test_captions_make_a_paired_store(tmp_path, rng):
+    _image_folder(tmp_path / "imgs", rng, bad=False)
+    with open(tmp_path / "caps.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "caption"])
+        w.writerows([[f"imgs/cat/{k}.png", f"cat number {k}"] for k in range(3)])
+    out = str(tmp_path / "p.zarr")
+    embed_to_store(out, f"csv:{tmp_path / 'caps.csv'}", "embedx-tiny", seed=0, batch_size=2, progress=False)
+    s = Store(out)
+    assert s.paired and s.n_images == s.n_texts == 3
+    np.testing.assert_array_equal(s.labels(), [0, 1, 2])
+    enc = load_encoder("embedx-tiny", "none", seed=0)
+    np.testing.assert_allclose(s.texts().astype(np.float32), enc.encode_texts([f"cat number {k}" for k in range(3)]),
+                               atol=2e-3)
+
+
+def test_cli_bad_inputs_give_one_line(tmp_path):
+    for args, frag in [
+        (["embed", "-m", "NoSuchNet", "--data", "digits", "--out", tmp_path / "a.zarr"], "unknown open_clip model"),
+        (["embed", "-m", "embedx-tiny", "--data", f"folder:{tmp_path}/missing", "--out", tmp_path / "b.zarr"],
+         "folder not found"),
+        (["embed", "-m", "ViT-S-32-alt", "-p", "openai", "--data", "digits", "--out", tmp_path / "c.zarr"],
+         "cannot load"),
+        (["embed", "-m", "embedx-tiny", "--data", "digits", "-b", "0", "--out", tmp_path / "d.zarr"], "batch-size"),
+        (["info", tmp_path / "nothing.zarr"], "no store at"),
+    ]:
+        rc, _, err = run_embedx(*args, env={"HF_HUB_OFFLINE": "1"})
+        assert_one_line_error(rc, err, frag)
+        assert not os.path.exists(str(args[-1])) or args[0] == "info"
+
+
+def test_info_json_of_an_embedded_store(tmp_path):
+    out = str(tmp_path / "s.zarr")
+    embed_to_store(out, "digits", "embedx-tiny", seed=0, batch_size=64, limit=130, progress=False)
+    r = invoke("info", out, "--json")
+    assert r.exit_code == 0
+    import json
+
+    d = json.loads(r.stdout)
+    assert {k: d[k] for k in ("n_images", "n_texts", "dim", "dtype", "rows_committed", "complete")} == {
+        "n_images": 130, "n_texts": 10, "dim": 32, "dtype": "float16", "rows_committed": 130, "complete": True}
+    assert d["model"] == "embedx-tiny" and d["pretrained"] == "none" and d["size_bytes"] > 0

@@ -1,0 +1,112 @@
+"""The issue's acceptance run: `embedx embed` killed with SIGKILL once rows are committed, then rerun,
+equals an uninterrupted run (same rows, labels, ids, texts)."""
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from embedx.store import Store, read_meta
+from tests.conftest import assert_one_line_error, embedx_cmd, run_embedx
+
+CMD = ["embed", "--model", "ViT-S-32-alt", "--pretrained", "none", "--seed", "3", "--batch-size", "32",
+       "--data", "digits"]
+
+
+def _committed(path):
+    try:
+        return read_meta(path)["rows_committed"]
+    except Exception:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("ref") / "s.zarr")
+    rc, _, err = run_embedx(*CMD, "--out", out)
+    assert rc == 0, err
+    return out
+
+
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, uninterrupted):
+    out = str(tmp_path / "s.zarr")
+    proc = subprocess.Popen(embedx_cmd(*CMD, "--out", out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while _committed(out) == 0 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _committed(out)
+    assert 0 < killed_at < 1797
+    assert not read_meta(out)["complete"]
+
+    rc, stdout, err = run_embedx(*CMD, "--out", out)
+    assert rc == 0, err
+    assert "resumed at item" in stdout
+    a, b = Store(uninterrupted), Store(out)
+    assert a.n_images == b.n_images == 1797
+    np.testing.assert_array_equal(a.images(), b.images())
+    np.testing.assert_array_equal(a.labels(), b.labels())
+    np.testing.assert_array_equal(a.ids(), b.ids())
+    np.testing.assert_array_equal(a.texts(), b.texts())
+    np.testing.assert_array_equal(a.text_names(), b.text_names())
+    from sklearn.datasets import load_digits
+
+    np.testing.assert_array_equal(b.labels(), load_digits().target)
+
+
+def test_store_contents_are_the_models_embeddings(uninterrupted):
+    """Rows equal a direct open_clip forward of the same preprocessed images (fp16 round-off)."""
+    import open_clip
+    import torch
+
+    from embedx.sources import digits_source
+
+    torch.manual_seed(3)
+    model, _, pre = open_clip.create_model_and_transforms("ViT-S-32-alt", pretrained=None)
+    model.eval()
+    src = digits_source()
+    rows = [0, 5, 1796]
+    with torch.no_grad():
+        x = model.encode_image(torch.stack([pre(src.load(i)) for i in rows]), normalize=True).numpy()
+        tok = open_clip.get_tokenizer("ViT-S-32-alt")([f'a photo of the number: "{k}".' for k in range(10)])
+        t = model.encode_text(tok, normalize=True).numpy()
+    s = Store(uninterrupted)
+    np.testing.assert_allclose(s.images(rows).astype(np.float32), x, atol=2e-3)
+    np.testing.assert_allclose(s.texts().astype(np.float32), t, atol=2e-3)
+    assert s.meta["prompts"]["templates"] == ['a photo of the number: "{}".']
+
+
+@pytest.mark.parametrize("change", [["--seed", "4"], ["--model", "ViT-S-32-alt"], ["--template", "digit {}"],
+                                    ["--limit", "100"]])
+def test_resume_with_other_inputs_is_refused(tmp_path, uninterrupted, change):
+    out = str(tmp_path / "s.zarr")
+    rc, _, err = run_embedx("embed", "-m", "embedx-tiny", "--data", "digits", "--limit", "64", "--out", out,
+                            "--batch-size", "32", "--seed", "3")
+    assert rc == 0, err
+    # make it unfinished again, as if killed
+    import zarr
+
+    g = zarr.open_group(out, mode="r+")
+    meta = dict(g.attrs["embedx"], complete=False, rows_committed=32, source_pos=32)
+    g.attrs["embedx"] = meta
+    args = ["embed", "-m", "embedx-tiny", "--data", "digits", "--limit", "64", "--out", out, "--batch-size", "32",
+            "--seed", "3"]
+    for k in range(0, len(change), 2):
+        if change[k] in args:
+            i = args.index(change[k])
+            args[i + 1] = change[k + 1]
+        else:
+            args += change[k:k + 2]
+    rc, _, err = run_embedx(*args)
+    assert_one_line_error(rc, err, "refusing to resume")
+
+
+def test_complete_store_needs_overwrite(uninterrupted):
+    before = os.path.getmtime(os.path.join(uninterrupted, "zarr.json"))
+    rc, _, err = run_embedx(*CMD, "--out", uninterrupted)
+    assert_one_line_error(rc, err, "already complete", "--overwrite")
+    assert os.path.getmtime(os.path.join(uninterrupted, "zarr.json")) == before

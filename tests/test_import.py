@@ -1,0 +1,185 @@
+"""`embedx import`, `embedx info` and `embedx demo`: arrays in, validated stores out."""
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from embedx.data import MODALITY_GAP_DIR
+from embedx.store import Store
+from tests.conftest import SHARED_DATA, assert_one_line_error, invoke, run_embedx
+
+
+def _arrays(tmp_path, rng, n=300, c=7, d=24):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    t = rng.standard_normal((c, d)).astype(np.float32)
+    y = rng.integers(0, c, n)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "t.npy", t)
+    np.save(tmp_path / "y.npy", y)
+    (tmp_path / "names.txt").write_text("\n".join(f"class {k}" for k in range(c)) + "\n")
+    return x, t, y
+
+
+def test_import_classes_npy(tmp_path, rng):
+    x, t, y = _arrays(tmp_path, rng)
+    out = tmp_path / "s.zarr"
+    r = invoke("import", "--images", tmp_path / "x.npy", "--texts", tmp_path / "t.npy", "--labels",
+               tmp_path / "y.npy", "--names", tmp_path / "names.txt", "--dtype", "float32", "--chunk-rows", "64",
+               "--out", out)
+    assert r.exit_code == 0, r.stderr
+    s = Store(str(out))
+    np.testing.assert_array_equal(s.images(), x)
+    np.testing.assert_array_equal(s.texts(), t)
+    np.testing.assert_array_equal(s.labels(), y)
+    assert list(s.text_names()) == [f"class {k}" for k in range(7)] and s.chunk_rows == 64
+    assert s.meta["normalized"] is False and not s.paired
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]  # no temporary left behind
+
+
+def test_import_npz_and_parquet(tmp_path, rng):
+    x, t, y = _arrays(tmp_path, rng, n=50, d=6)
+    np.savez(tmp_path / "all.npz", img=x, txt=t, lab=y)
+    pq.write_table(pa.table({"emb": pa.array(list(x), type=pa.list_(pa.float32()))}), tmp_path / "x.parquet")
+    pq.write_table(pa.table({f"f{k}": t[:, k] for k in range(6)}), tmp_path / "t.parquet")
+    r = invoke("import", "--images", f"{tmp_path}/x.parquet", "--texts", f"{tmp_path}/t.parquet",
+               "--labels", f"{tmp_path}/all.npz:lab", "--dtype", "float32", "--out", tmp_path / "a.zarr")
+    assert r.exit_code == 0, r.stderr
+    s = Store(str(tmp_path / "a.zarr"))
+    np.testing.assert_array_equal(s.images(), x)
+    np.testing.assert_array_equal(s.texts(), t)
+    r = invoke("import", "--images", f"{tmp_path}/all.npz:img", "--texts", f"{tmp_path}/all.npz:txt",
+               "--labels", f"{tmp_path}/all.npz:lab", "--out", tmp_path / "b.zarr")
+    assert r.exit_code == 0, r.stderr
+    np.testing.assert_array_equal(Store(str(tmp_path / "b.zarr")).images(), x.astype(np.float16))
+
+
+def test_import_paired_array_of_the_real_clip_embeddings(tmp_path):
+    src = os.path.join(SHARED_DATA, "features_clip.npy")
+    if not os.path.exists(src):  # the package ships the same file with its attribution
+        src = os.path.join(MODALITY_GAP_DIR, "features_clip.npy")
+    a = np.load(src)
+    r = invoke("import", "--paired-array", src, "--out", tmp_path / "coco.zarr", "--model", "CLIP ViT-B/16")
+    assert r.exit_code == 0, r.stderr
+    s = Store(str(tmp_path / "coco.zarr"))
+    assert s.paired and (s.n_images, s.n_texts, s.dim) == (500, 500, 512)
+    np.testing.assert_array_equal(s.images(), a[0].astype(np.float16))
+    np.testing.assert_array_equal(s.texts(), a[1].astype(np.float16))
+    np.testing.assert_array_equal(s.labels(), np.arange(500))
+    assert s.meta["normalized"] is True and s.meta["model"] == "CLIP ViT-B/16"
+
+
+def test_import_paired_separate_arrays(tmp_path, rng):
+    x = rng.standard_normal((40, 5))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "c.npy", x[::-1].copy())
+    r = invoke("import", "--images", tmp_path / "x.npy", "--texts", tmp_path / "c.npy", "--paired",
+               "--out", tmp_path / "p.zarr")
+    assert r.exit_code == 0, r.stderr
+    np.testing.assert_array_equal(Store(str(tmp_path / "p.zarr")).texts(), x[::-1].astype(np.float16))
+
+
+def _bad(tmp_path, rng, kind):
+    x, t, y = _arrays(tmp_path, rng, n=100, c=5, d=8)
+    base = ["import", "--images", tmp_path / "x.npy", "--texts", tmp_path / "t.npy", "--labels", tmp_path / "y.npy"]
+    if kind == "nan":
+        x[37, 3] = np.nan
+        np.save(tmp_path / "x.npy", x)
+        return base, ["row 37", "nan"]
+    if kind == "inf":
+        t[2, 0] = -np.inf
+        np.save(tmp_path / "t.npy", t)
+        return base, ["texts row 2", "inf"]
+    if kind == "zero":
+        x[5] = 0
+        np.save(tmp_path / "x.npy", x)
+        return base, ["row 5", "zeros"]
+    if kind == "dim":
+        np.save(tmp_path / "t.npy", t[:, :7])
+        return base, ["dimension mismatch", "d=8", "d=7"]
+    if kind == "labels":
+        y[11] = 5
+        np.save(tmp_path / "y.npy", y)
+        return base, ["labels out of range", "row 11"]
+    if kind == "fp16":
+        x[0, 0] = 1e6
+        np.save(tmp_path / "x.npy", x)
+        return base, ["float16 range", "--dtype float32"]
+    if kind == "missing":
+        return ["import", "--images", tmp_path / "nope.npy", "--texts", tmp_path / "t.npy", "--paired"], ["not found"]
+    if kind == "names":
+        (tmp_path / "names.txt").write_text("a\nb\n")
+        return base + ["--names", tmp_path / "names.txt"], ["2 names", "5"]
+    if kind == "paired-count":
+        return ["import", "--images", tmp_path / "x.npy", "--texts", tmp_path / "t.npy", "--paired"], ["as many"]
+    if kind == "paired-shape":
+        return ["import", "--paired-array", tmp_path / "x.npy"], ["(2, N, d)"]
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "zero", "dim", "labels", "fp16", "missing", "names", "paired-count",
+                                  "paired-shape"])
+def test_bad_import_input_is_one_line_and_writes_nothing(tmp_path, rng, kind):
+    args, fragments = _bad(tmp_path, rng, kind)
+    r = invoke(*args, "--out", tmp_path / "s.zarr")
+    assert_one_line_error(r.exit_code, r.stderr, *fragments)
+    assert not os.path.exists(tmp_path / "s.zarr")
+    assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
+
+
+def test_bad_input_through_the_console_script_has_no_traceback(tmp_path, rng):
+    args, fragments = _bad(tmp_path, rng, "nan")
+    rc, _, err = run_embedx(*args, "--out", tmp_path / "s.zarr")
+    assert rc == 2
+    assert_one_line_error(rc, err, *fragments)
+
+
+def test_existing_store_is_kept_unless_overwrite(tmp_path, rng):
+    x, t, y = _arrays(tmp_path, rng, n=30, d=4)
+    args = ["import", "--images", tmp_path / "x.npy", "--texts", tmp_path / "t.npy", "--labels", tmp_path / "y.npy",
+            "--out", tmp_path / "s.zarr"]
+    assert invoke(*args).exit_code == 0
+    np.save(tmp_path / "x.npy", -x)
+    r = invoke(*args)
+    assert_one_line_error(r.exit_code, r.stderr, "already holds a complete store", "--overwrite")
+    np.testing.assert_array_equal(Store(str(tmp_path / "s.zarr")).images(), x.astype(np.float16))
+    assert invoke(*args, "--overwrite").exit_code == 0
+    np.testing.assert_array_equal(Store(str(tmp_path / "s.zarr")).images(), (-x).astype(np.float16))
+    # a failing --overwrite keeps the old store intact
+    x2 = -x
+    x2[3] = np.nan
+    np.save(tmp_path / "x.npy", x2)
+    assert invoke(*args, "--overwrite").exit_code == 2
+    np.testing.assert_array_equal(Store(str(tmp_path / "s.zarr")).images(), (-x).astype(np.float16))
+
+
+def test_info_human_and_json(tmp_path, rng):
+    _arrays(tmp_path, rng, n=77, c=3, d=16)
+    invoke("import", "--images", tmp_path / "x.npy", "--texts", tmp_path / "t.npy", "--labels", tmp_path / "y.npy",
+           "--out", tmp_path / "s.zarr", "--chunk-rows", "10")
+    r = invoke("info", tmp_path / "s.zarr", "--json")
+    d = json.loads(r.stdout)
+    assert (d["n_images"], d["n_texts"], d["dim"], d["dtype"], d["rows_committed"], d["complete"]) == \
+        (77, 3, 16, "float16", 77, True)
+    assert d["chunk_rows"] == 10 and d["size_bytes"] > 77 * 16 * 2
+    r = invoke("info", tmp_path / "s.zarr")
+    assert r.exit_code == 0 and "complete" in r.stdout and "10 rows" in r.stdout
+
+
+def test_demo_runs_offline_on_the_shipped_embeddings(tmp_path):
+    r = invoke("demo", "--out", tmp_path / "demo", "--json")
+    assert r.exit_code == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    clip = np.load(os.path.join(MODALITY_GAP_DIR, "features_clip.npy")).astype(np.float16).astype(np.float64)
+    x, t = clip[0], clip[1]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    assert rows["clip"]["paired_cosine_mean"] == pytest.approx(float((x * t).sum(1).mean()), abs=1e-9)
+    assert rows["clip"]["centroid_gap"] == pytest.approx(float(np.linalg.norm(x.mean(0) - t.mean(0))), abs=1e-9)
+    assert rows["clip"]["centroid_gap"] == pytest.approx(0.85, abs=0.02)  # the dataset's documented gap
+    assert rows["random"]["paired_cosine_mean"] < rows["clip"]["paired_cosine_mean"]
+    assert os.path.exists(os.path.join(MODALITY_GAP_DIR, "LICENSE"))
+    r = invoke("demo", "--out", tmp_path / "demo")  # human table; rerunning replaces the demo stores
+    assert r.exit_code == 0 and "centroid gap" in r.stdout
