@@ -8,7 +8,7 @@ import sys
 
 import click
 
-import embedx  # noqa: F401  (applies the torchvision shim first)
+import embedx
 from embedx.errors import EmbedxError
 
 EXIT_BAD_INPUT = 2

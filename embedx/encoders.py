@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
 
+from embedx import _torchvision_shim
 from embedx.errors import EmbedxError
+
+_torchvision_shim.apply()  # before open_clip (and so torchvision) is imported anywhere below
+import torch  # noqa: E402
 
 log = logging.getLogger("embedx")
 NO_WEIGHTS = ("none", "random", "")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import embedx  # noqa: F401  (torchvision shim before anything else)
+import embedx.encoders  # noqa: F401  (applies the torchvision shim before anything imports torchvision)
 from embedx.cli.main import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
