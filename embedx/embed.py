@@ -127,6 +127,8 @@ def embed_to_store(out: str, data: str, model: str, pretrained: str = "none", *,
     writer = None
     if st.exists(out) and not overwrite:
         writer = st.StoreWriter.resume(out, meta)  # refuses complete stores and other inputs, before any model load
+    else:
+        st.check_target(out, overwrite)  # refuses paths that hold something else, before any model load
     enc = encoder or load_encoder(model, pretrained, seed=seed, device=device)
     if writer is None:
         writer = st.StoreWriter.create(out, n_rows=len(source), dim=enc.dim, meta=meta, dtype=dtype,
@@ -181,10 +183,6 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, ba
             bar.update(len(idx))
             if writer.should_commit(writer.group["images/embeddings"].chunks[0], commit_every_s):
                 writer.commit(pos)
-    except KeyboardInterrupt:
-        writer.commit(pos)  # whole batches only: the buffered rows are complete
-        writer.wait()
-        raise
     finally:
         bar.close()
     writer.commit(pos)

@@ -144,9 +144,7 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
     """Validate the arrays, write them as a complete store at ``out``; return its metadata."""
     if dtype not in st.DTYPES:
         raise EmbedxError(f"--dtype must be float16 or float32, got {dtype!r}")
-    if st.exists(out) and not overwrite:
-        state = "complete" if st.read_meta(out).get("complete") else "unfinished"
-        raise EmbedxError(f"{out} already holds a {state} store; pass --overwrite to replace it")
+    st.check_target(out, overwrite)
     if paired_array is not None:
         if images or texts or labels:
             raise EmbedxError("--paired-array replaces --images/--texts/--labels; give one or the other")

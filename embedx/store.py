@@ -77,6 +77,21 @@ def exists(path: str) -> bool:
         return False
 
 
+def check_target(path: str, overwrite: bool) -> bool:
+    """May a new store be written at ``path``? True if an old store is there (to be replaced).
+
+    Refuses to replace a store without ``overwrite``, and anything that is not an embedx store at all."""
+    if exists(path):
+        meta = _read_meta(path)
+        if not overwrite:
+            state = "complete" if meta.get("complete") else "unfinished"
+            raise StoreError(f"{path} already holds a {state} store; pass --overwrite to replace it")
+        return True
+    if not is_url(path) and os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise StoreError(f"{path} exists and is not an embedx store; refusing to write over it (choose another path)")
+    return False
+
+
 def _remove(path: str) -> None:
     if is_url(path):
         import fsspec
@@ -151,10 +166,7 @@ class StoreWriter:
             raise StoreError("nothing to write: the input has no rows")
         if dim < 1:
             raise StoreError(f"embedding dimension must be positive, got {dim}")
-        if exists(path):
-            if not overwrite:
-                state = "complete" if _read_meta(path).get("complete") else "unfinished"
-                raise StoreError(f"{path} already holds a {state} store; pass --overwrite to replace it")
+        if check_target(path, overwrite):
             _remove(path)
         paired = meta.get("mode") == "paired"
         if not paired and n_texts is None:

@@ -198,9 +198,15 @@ def test_cli_bad_inputs_give_one_line(tmp_path):
         (["embed", "-m", "embedx-tiny", "--data", "digits", "-b", "0", "--out", tmp_path / "d.zarr"], "batch-size"),
         (["info", tmp_path / "nothing.zarr"], "no store at"),
     ]:
-        rc, _, err = run_embedx(*args, env={"HF_HUB_OFFLINE": "1"})
-        assert_one_line_error(rc, err, frag)
+        r = invoke(*args)
+        assert_one_line_error(r.exit_code, r.stderr, frag)
         assert not os.path.exists(str(args[-1])) or args[0] == "info"
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    rc, _, err = run_embedx("embed", "-m", "NoSuchNet", "--data", "digits", "--out", tmp_path / "a.zarr")
+    assert rc == 2
+    assert_one_line_error(rc, err, "unknown open_clip model")
 
 
 def test_info_json_of_an_embedded_store(tmp_path):

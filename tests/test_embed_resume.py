@@ -1,6 +1,7 @@
 """The issue's acceptance run: `embedx embed` killed with SIGKILL once rows are committed, then rerun,
 equals an uninterrupted run (same rows, labels, ids, texts)."""
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from embedx.store import Store, read_meta
-from tests.conftest import assert_one_line_error, embedx_cmd, run_embedx
+from tests.conftest import assert_one_line_error, embedx_cmd, invoke, run_embedx
 
 CMD = ["embed", "--model", "ViT-S-32-alt", "--pretrained", "none", "--seed", "3", "--batch-size", "32",
        "--data", "digits"]
@@ -80,29 +81,47 @@ def test_store_contents_are_the_models_embeddings(uninterrupted):
     assert s.meta["prompts"]["templates"] == ['a photo of the number: "{}".']
 
 
-@pytest.mark.parametrize("change", [["--seed", "4"], ["--model", "ViT-S-32-alt"], ["--template", "digit {}"],
-                                    ["--limit", "100"]])
-def test_resume_with_other_inputs_is_refused(tmp_path, uninterrupted, change):
-    out = str(tmp_path / "s.zarr")
-    rc, _, err = run_embedx("embed", "-m", "embedx-tiny", "--data", "digits", "--limit", "64", "--out", out,
-                            "--batch-size", "32", "--seed", "3")
-    assert rc == 0, err
-    # make it unfinished again, as if killed
+TINY = ["embed", "-m", "embedx-tiny", "--data", "digits", "--limit", "64", "--batch-size", "32", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def tiny_unfinished(tmp_path_factory):
+    """A tiny store made unfinished again, as if killed after its first batch."""
     import zarr
 
+    out = str(tmp_path_factory.mktemp("tiny") / "s.zarr")
+    r = invoke(*TINY, "--out", out)
+    assert r.exit_code == 0, r.stderr
     g = zarr.open_group(out, mode="r+")
-    meta = dict(g.attrs["embedx"], complete=False, rows_committed=32, source_pos=32)
-    g.attrs["embedx"] = meta
-    args = ["embed", "-m", "embedx-tiny", "--data", "digits", "--limit", "64", "--out", out, "--batch-size", "32",
-            "--seed", "3"]
-    for k in range(0, len(change), 2):
-        if change[k] in args:
-            i = args.index(change[k])
-            args[i + 1] = change[k + 1]
-        else:
-            args += change[k:k + 2]
-    rc, _, err = run_embedx(*args)
-    assert_one_line_error(rc, err, "refusing to resume")
+    g.attrs["embedx"] = dict(g.attrs["embedx"], complete=False, rows_committed=32, source_pos=32)
+    return out
+
+
+@pytest.mark.parametrize("change", [["--seed", "4"], ["-m", "ViT-S-32-alt"], ["--template", "digit {}"],
+                                    ["--limit", "100"], ["--data", "folder:."]])
+def test_resume_with_other_inputs_is_refused(tmp_path, tiny_unfinished, change):
+    out = str(tmp_path / "s.zarr")
+    shutil.copytree(tiny_unfinished, out)
+    args = list(TINY)
+    if change[0] in args:
+        args[args.index(change[0]) + 1] = change[1]
+    else:
+        args += change
+    if change[0] == "--data":
+        (tmp_path / "cls").mkdir()
+        (tmp_path / "cls" / "a.png").write_bytes(b"")
+        args[args.index("--data") + 1] = f"folder:{tmp_path}"
+    r = invoke(*args, "--out", out)
+    assert_one_line_error(r.exit_code, r.stderr, "refusing to resume")
+    assert read_meta(out)["rows_committed"] == 32  # untouched
+
+
+def test_same_inputs_resume_and_finish(tmp_path, tiny_unfinished):
+    out = str(tmp_path / "s.zarr")
+    shutil.copytree(tiny_unfinished, out)
+    r = invoke(*TINY, "--out", out)
+    assert r.exit_code == 0 and "resumed at item 32" in r.stdout
+    assert read_meta(out)["complete"] and Store(out).n_images == 64
 
 
 def test_complete_store_needs_overwrite(uninterrupted):
@@ -110,3 +129,23 @@ def test_complete_store_needs_overwrite(uninterrupted):
     rc, _, err = run_embedx(*CMD, "--out", uninterrupted)
     assert_one_line_error(rc, err, "already complete", "--overwrite")
     assert os.path.getmtime(os.path.join(uninterrupted, "zarr.json")) == before
+
+
+def test_ctrl_c_keeps_committed_rows_and_rerun_completes(tmp_path):
+    """SIGINT: one line, exit 130, committed rows kept; the rerun equals an uninterrupted run."""
+    args = ["embed", "-m", "embedx-tiny", "--data", "digits", "--batch-size", "16", "--chunk-rows", "64"]
+    ref = str(tmp_path / "ref.zarr")
+    assert run_embedx(*args, "--out", ref)[0] == 0
+    out = str(tmp_path / "s.zarr")
+    proc = subprocess.Popen(embedx_cmd(*args, "--out", out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while _committed(out) == 0 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and "rerun the same command to resume" in err
+    assert 0 < _committed(out) < 1797
+    assert run_embedx(*args, "--out", out)[0] == 0
+    np.testing.assert_array_equal(Store(ref).images(), Store(out).images())
+    np.testing.assert_array_equal(Store(ref).ids(), Store(out).ids())

@@ -183,3 +183,13 @@ def test_demo_runs_offline_on_the_shipped_embeddings(tmp_path):
     assert os.path.exists(os.path.join(MODALITY_GAP_DIR, "LICENSE"))
     r = invoke("demo", "--out", tmp_path / "demo")  # human table; rerunning replaces the demo stores
     assert r.exit_code == 0 and "centroid gap" in r.stdout
+
+
+def test_import_never_replaces_a_folder_that_is_not_a_store(tmp_path, rng):
+    _arrays(tmp_path, rng, n=10, d=4)
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "notes.txt").write_text("mine")
+    r = invoke("import", "--images", tmp_path / "x.npy", "--texts", tmp_path / "t.npy", "--labels",
+               tmp_path / "y.npy", "--out", tmp_path / "keep", "--overwrite")
+    assert_one_line_error(r.exit_code, r.stderr, "not an embedx store")
+    assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"

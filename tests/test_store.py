@@ -180,3 +180,18 @@ def test_bad_paths_and_foreign_groups(tmp_path):
     g.attrs["embedx"] = {"schema": 99}
     with pytest.raises(StoreError, match="schema 99"):
         st.Store(str(tmp_path / "future.zarr"))
+
+
+def test_never_writes_over_something_that_is_not_a_store(tmp_path):
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "cat.jpg").write_bytes(b"meow")
+    for overwrite in (False, True):
+        with pytest.raises(StoreError, match="not an embedx store"):
+            st.StoreWriter.create(str(precious), n_rows=3, dim=2, n_texts=1, meta=_meta(), overwrite=overwrite)
+    assert (precious / "cat.jpg").read_bytes() == b"meow"
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(StoreError, match="not an embedx store"):
+        st.StoreWriter.create(str(tmp_path / "file.txt"), n_rows=3, dim=2, n_texts=1, meta=_meta())
+    (tmp_path / "empty").mkdir()  # an empty folder is fine
+    st.StoreWriter.create(str(tmp_path / "empty"), n_rows=3, dim=2, n_texts=1, meta=_meta()).close()
