@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from embedx import store as st
-from embedx.encoders import Encoder, load_encoder
+from embedx.encoders import NO_WEIGHTS, Encoder, file_sha256, load_encoder
 from embedx.errors import EmbedxError
 from embedx.sources import Source, parse_source
 
@@ -114,13 +114,13 @@ def embed_to_store(out: str, data: str, model: str, pretrained: str = "none", *,
             raise EmbedxError(f"--limit must be positive, got {limit}")
         source = _head(source, limit)
     tmpl = [] if source.paired else resolve_templates(templates, source)
-    pretrained = pretrained or "none"
+    pretrained = (pretrained or "none").strip()
     ckpt_sha = None
-    if os.path.isfile(pretrained):
-        from embedx.encoders import file_sha256
-
+    if model.startswith("hf-hub:"):
+        pretrained = "hf-hub"  # the weights come with the hub id
+    elif os.path.isfile(pretrained):
         ckpt_sha = file_sha256(pretrained)
-    elif pretrained.lower() in ("random", ""):
+    elif pretrained.lower() in NO_WEIGHTS:
         pretrained = "none"
     meta = plan_meta(source, model, pretrained, seed, dtype, tmpl, ckpt_sha)
 
@@ -181,7 +181,7 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, ba
                     writer.append(emb, labels[good], [source.ids[i] for i in good])
             pos = idx[-1] + 1
             bar.update(len(idx))
-            if writer.should_commit(writer.group["images/embeddings"].chunks[0], commit_every_s):
+            if writer.should_commit(writer.meta["chunk_rows"], commit_every_s):
                 writer.commit(pos)
     finally:
         bar.close()

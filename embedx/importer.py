@@ -84,7 +84,7 @@ def _check_rows(x: np.ndarray, what: str, dtype: str) -> bool:
         bad = ~np.isfinite(b).all(axis=1)
         if bad.any():
             rows = np.flatnonzero(bad) + s
-            raise EmbedxError(f"{what} row {rows[0]} contains NaN or inf ({_count_bad(x, 'nonfinite')} rows "
+            raise EmbedxError(f"{what} row {rows[0]} contains NaN or inf ({_count_nonfinite_rows(x)} rows "
                               f"in all)")
         norms = np.sqrt((b * b).sum(axis=1))
         if (norms == 0).any():
@@ -97,7 +97,7 @@ def _check_rows(x: np.ndarray, what: str, dtype: str) -> bool:
     return unit
 
 
-def _count_bad(x: np.ndarray, kind: str) -> int:
+def _count_nonfinite_rows(x: np.ndarray) -> int:
     n = 0
     for s in range(0, x.shape[0], BLOCK_ROWS):
         b = np.asarray(x[s:s + BLOCK_ROWS], dtype=np.float64)
@@ -188,8 +188,7 @@ def _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite) 
                                   chunk_rows=chunk_rows, overwrite=not local and overwrite, background=False)
         if y is not None:
             w.write_texts(np.asarray(t), text_names)
-        block = max(w.group["images/embeddings"].chunks[0], (BLOCK_ROWS // w.meta["chunk_rows"] or 1)
-                    * w.meta["chunk_rows"])
+        block = max(1, BLOCK_ROWS // w.meta["chunk_rows"]) * w.meta["chunk_rows"]  # whole chunks
         for s in range(0, x.shape[0], block):
             e = min(s + block, x.shape[0])
             ids = [str(i) for i in range(s, e)]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ CODECS = {
     "blosc-lz4": lambda: BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
     "blosc-zstd": lambda: BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"),
 }
+ARRAYS = ("images/embeddings", "images/labels", "images/ids", "texts/embeddings", "texts/names")
 # Embedding chunks are never all fill value; skipping zarr's per-chunk emptiness scan makes writes ~7x faster.
 _WRITE_ALL = {"write_empty_chunks": True}
 TARGET_CHUNK_BYTES = 4 << 20  # whole rows, about 4 MiB per chunk
@@ -82,7 +82,7 @@ def check_target(path: str, overwrite: bool) -> bool:
 
     Refuses to replace a store without ``overwrite``, and anything that is not an embedx store at all."""
     if exists(path):
-        meta = _read_meta(path)
+        meta = read_meta(path)
         if not overwrite:
             state = "complete" if meta.get("complete") else "unfinished"
             raise StoreError(f"{path} already holds a {state} store; pass --overwrite to replace it")
@@ -150,8 +150,9 @@ class StoreWriter:
         self._pending = _Pending.empty()
         self._pending_skipped: list = []
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="embedx-writer") if background else None
+        self._arrays = {k: group[k] for k in ARRAYS}
+        # At most one commit is in flight; the caller's thread touches meta/rows only after wait().
         self._inflight: Future | None = None
-        self._lock = threading.Lock()
         self._last_commit = time.monotonic()
 
     # -- construction -------------------------------------------------------------------------------------
@@ -194,7 +195,7 @@ class StoreWriter:
     @classmethod
     def resume(cls, path: str, meta: dict, background: bool = True) -> "StoreWriter":
         """Reopen an unfinished store, refusing when it was started with other inputs."""
-        old = _read_meta(path)
+        old = read_meta(path)
         if old.get("complete"):
             raise StoreError(f"{path} is already complete; pass --overwrite to replace it")
         for key in FINGERPRINT_KEYS:
@@ -210,11 +211,11 @@ class StoreWriter:
         """Class-text rows, written once before any image row."""
         if self.paired:
             raise StoreError("paired stores take their text rows with append()")
-        arr = self.group["texts/embeddings"]
+        arr = self._arrays["texts/embeddings"]
         if emb.shape != arr.shape:
             raise StoreError(f"text embeddings have shape {emb.shape}, the store expects {arr.shape}")
         arr[:] = emb.astype(self.dtype)
-        self.group["texts/names"][:] = np.asarray(list(names), dtype=str)
+        self._arrays["texts/names"][:] = np.asarray(list(names), dtype=str)
         self.meta["texts_written"] = True
         self._write_meta()
 
@@ -239,10 +240,6 @@ class StoreWriter:
         """Record source items that could not be read (listed in attrs, never dropped silently)."""
         self._pending_skipped.extend(items)
 
-    @property
-    def rows_buffered(self) -> int:
-        return len(self._pending)
-
     def should_commit(self, every_rows: int, every_s: float) -> bool:
         return len(self._pending) >= every_rows or (time.monotonic() - self._last_commit) >= every_s
 
@@ -264,43 +261,38 @@ class StoreWriter:
             f.result()
 
     def _commit(self, p: _Pending, skipped: list, source_pos: int) -> None:
-        with self._lock:
-            n = len(p)
-            r0, r1 = self.rows_committed, self.rows_committed + n
-            if r1 > self.group["images/embeddings"].shape[0]:
-                raise StoreError(f"more rows than the store was created for ({r1} > "
-                                 f"{self.group['images/embeddings'].shape[0]})")
-            if n:
-                g = self.group
-                g["images/embeddings"][r0:r1] = np.concatenate(p.emb)
-                g["images/labels"][r0:r1] = (np.arange(r0, r1, dtype=np.int32) if self.paired
-                                             else np.concatenate(p.labels))
-                g["images/ids"][r0:r1] = np.concatenate(p.ids)
-                if self.paired:
-                    g["texts/embeddings"][r0:r1] = np.concatenate(p.text_emb)
-                    g["texts/names"][r0:r1] = np.concatenate(p.text_names)
-                _sync(self.path)
-            self.rows_committed, self.source_pos = r1, int(source_pos)
-            self.skipped.extend(skipped)
-            self._write_meta()
+        n = len(p)
+        r0, r1 = self.rows_committed, self.rows_committed + n
+        g = self._arrays
+        if r1 > g["images/embeddings"].shape[0]:
+            raise StoreError(f"more rows than the store was created for ({r1} > {g['images/embeddings'].shape[0]})")
+        if n:
+            g["images/embeddings"][r0:r1] = np.concatenate(p.emb)
+            g["images/labels"][r0:r1] = (np.arange(r0, r1, dtype=np.int32) if self.paired
+                                         else np.concatenate(p.labels))
+            g["images/ids"][r0:r1] = np.concatenate(p.ids)
+            if self.paired:
+                g["texts/embeddings"][r0:r1] = np.concatenate(p.text_emb)
+                g["texts/names"][r0:r1] = np.concatenate(p.text_names)
+            _sync(self.path)
+        self.rows_committed, self.source_pos = r1, int(source_pos)
+        self.skipped.extend(skipped)
+        self._write_meta()
 
     def finalize(self, extra: dict | None = None) -> dict:
-        """Commit what is left, trim unused rows (skipped inputs), mark the store complete."""
-        if len(self._pending) or self._pending_skipped:
-            self.commit(self.source_pos)
+        """Trim unused rows (skipped inputs) and mark the store complete. Every row must be committed."""
         self.wait()
+        if len(self._pending) or self._pending_skipped:
+            raise StoreError("finalize() with uncommitted rows: call commit(source_pos) first")
         if not self.meta.get("texts_written"):
             raise StoreError("cannot finalize: the class texts were never written")
         n = self.rows_committed
         if n == 0:
             raise StoreError("no rows were written (every input was skipped?)")
-        g = self.group
-        if g["images/embeddings"].shape[0] != n:
-            for key in ("images/embeddings", "images/labels", "images/ids"):
-                g[key].resize((n,) + g[key].shape[1:])
-            if self.paired:
-                for key in ("texts/embeddings", "texts/names"):
-                    g[key].resize((n,) + g[key].shape[1:])
+        keys = ARRAYS if self.paired else ARRAYS[:3]
+        for key in keys:  # one by one, so a finalize killed half-way is completed by the next one
+            if self._arrays[key].shape[0] != n:
+                self._arrays[key].resize((n,) + self._arrays[key].shape[1:])
         self.meta.update(extra or {})
         self.meta["complete"] = True
         self.meta["finished"] = _now()
@@ -346,7 +338,8 @@ def _clean_partials(path: str) -> None:
                 os.remove(os.path.join(root, f))
 
 
-def _read_meta(path: str) -> dict:
+def read_meta(path: str) -> dict:
+    """The ``embedx`` attributes of the store at ``path`` (complete or not); StoreError if it is none."""
     try:
         g = zarr.open_group(str(path), mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, OSError):
@@ -369,7 +362,7 @@ class Store:
 
     def __init__(self, path: str, allow_partial: bool = False):
         self.path = str(path)
-        self.meta = _read_meta(self.path)
+        self.meta = read_meta(self.path)
         if not self.meta.get("complete") and not allow_partial:
             raise StoreError(
                 f"{path} is unfinished ({self.meta.get('rows_committed', 0)} of at most "
@@ -497,8 +490,3 @@ def _size_on_disk(path: str) -> int:
             except OSError:
                 pass
     return total
-
-
-def read_meta(path: str) -> dict:
-    """The ``embedx`` attributes of the store at ``path`` (complete or not)."""
-    return _read_meta(path)
