@@ -203,6 +203,35 @@ def info(store, as_json):
 
 
 @cli.command()
+@click.argument("store")
+@click.option("--metrics", default=None, help="Comma-separated subset (default: every measure the store supports).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON result.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Also write the JSON to FILE.")
+def measure(store, metrics, as_json, out):
+    """Measures of a store: acs, iimm (+ inter/intra parts), text_intra, gap, modality silhouettes
+    (Euclidean, cosine), zero-shot top-1/top-5/mean per-class recall, and for paired stores retrieval
+    recall@1/5/10 both ways. Exact: every value equals a float64 brute force of its definition.
+    """
+    from embedx.measures import compute
+    from embedx.store import Store
+
+    names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    res = compute(Store(store), names)
+    if out:
+        with open(out, "w") as f:
+            json.dump(res, f, indent=2)
+    if as_json:
+        _echo_json(res)
+        return
+    click.echo(f"{store}: {res['n_images']} images, {res['n_texts']} texts, d={res['dim']}\n")
+    keys = [k for k in res if k not in ("n_images", "n_texts", "dim", "timings_s")]
+    w = max(len(k) for k in keys)
+    for k in keys:
+        click.echo(f"{k:<{w}}  {res[k]: .6f}")
+    click.echo(f"\n{sum(res['timings_s'].values()):.2f} s")
+
+
+@cli.command()
 @click.option("--out", "-o", default="embedx-demo", show_default=True, help="Folder for the demo stores.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def demo(out, as_json):

@@ -1,5 +1,35 @@
-"""Compute kernels (``embedx.kernels``): arrays in, arrays out; nothing here knows about stores or files.
+"""Compute kernels (``embedx.kernels``): tensors in, tensors out; nothing here knows about stores or files.
 
-Populated by the measures work (fused distance + per-cluster sums, blocked top-k) with a Triton path, a
-torch CPU path and one dispatch point.
+Each op lives in one module with its float64 reference, its torch path (CPU/GPU) and its Triton kernel;
+:func:`cluster_distance_sums` is the one dispatch point that picks an implementation by device:
+Triton on CUDA when it is installed, torch otherwise. ``EMBEDX_KERNEL=torch|triton`` forces one (Triton on
+CPU needs ``TRITON_INTERPRET=1`` set before triton is imported).
 """
+from __future__ import annotations
+
+import os
+
+import torch
+
+from embedx.kernels.cluster_distance import (  # noqa: F401
+    cluster_distance_sums_reference,
+    cluster_distance_sums_torch,
+    cluster_distance_sums_triton,
+    triton,
+)
+
+
+def backend_for(device: torch.device) -> str:
+    forced = os.environ.get("EMBEDX_KERNEL")
+    if forced in ("torch", "triton"):
+        return forced
+    return "triton" if device.type == "cuda" and triton is not None else "torch"
+
+
+def cluster_distance_sums(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters: int,
+                          row_offset: int | None = None) -> torch.Tensor:
+    """``S[p, k] = sum_{q: labels[q] = k} ||x_p - y_q||`` as float64, (len(x), n_clusters); with ``row_offset``
+    the rows are ``y[row_offset:row_offset + len(x)]`` and their self-pairs count 0."""
+    if backend_for(x.device) == "triton":
+        return cluster_distance_sums_triton(x, y, labels, n_clusters, row_offset)
+    return cluster_distance_sums_torch(x, y, labels, n_clusters, row_offset)

@@ -1,0 +1,79 @@
+"""Kernels held against their float64 references on fresh random ragged inputs (Triton under
+TRITON_INTERPRET=1 on CPU): fp16 and fp32, one cluster, an empty cluster, singletons, self-pairs."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from embedx import kernels as K
+from embedx.measures import kernels_topk
+
+requires_interpreter = pytest.mark.skipif(
+    K.triton is None or (os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available()),
+    reason="Triton needs a GPU or TRITON_INTERPRET=1 (make test sets it)")
+
+IMPLS = ["torch", pytest.param("triton", marks=requires_interpreter)]
+
+
+def _run(impl, x, y, lab, k, off):
+    tx, ty, tl = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(lab)
+    if impl == "torch":
+        return K.cluster_distance_sums_torch(tx, ty, tl, k, off, block=int(np.random.default_rng().integers(5, 40))).numpy()
+    return K.cluster_distance_sums_triton(tx, ty, tl, k, off).numpy()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("case", ["ragged", "self", "one_cluster", "empty_and_singleton", "many_clusters"])
+def test_cluster_distance_sums_match_reference(rng, impl, dtype, case):
+    m, d = int(rng.integers(2, 150)), int(rng.integers(1, 70))
+    k = {"one_cluster": 1, "many_clusters": 80}.get(case, int(rng.integers(2, 6)))
+    y = rng.standard_normal((m, d)).astype(dtype)
+    lab = np.sort(rng.integers(0, k, m))
+    if case == "empty_and_singleton":
+        k += 2                       # two clusters with no member
+        lab[-1] = k - 1              # ... make the last one a singleton
+        lab = np.sort(lab)
+        lab[lab == k - 2] = 0
+    off = None
+    if case == "self":
+        off = int(rng.integers(0, m))
+        x = y[off:off + int(rng.integers(1, m - off + 1))]
+    else:
+        x = rng.standard_normal((int(rng.integers(1, 90)), d)).astype(dtype)
+    ref = K.cluster_distance_sums_reference(x.astype(np.float64), y.astype(np.float64), lab, k, off)
+    got = _run(impl, x, y, lab, k, off)
+    assert got.dtype == np.float64 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
+    if case == "empty_and_singleton":
+        assert (got[:, k - 2] == 0).all()
+
+
+def test_dispatch_picks_torch_on_cpu(monkeypatch):
+    monkeypatch.delenv("EMBEDX_KERNEL", raising=False)
+    assert K.backend_for(torch.device("cpu")) == "torch"
+    monkeypatch.setenv("EMBEDX_KERNEL", "triton")
+    assert K.backend_for(torch.device("cpu")) == "triton"
+
+
+@requires_interpreter
+def test_silhouette_through_the_triton_kernel_matches_sklearn(rng, monkeypatch):
+    from sklearn.metrics import silhouette_score
+
+    from embedx.measures import silhouette_euclidean
+
+    monkeypatch.setenv("EMBEDX_KERNEL", "triton")
+    x = rng.standard_normal((70, 9)).astype(np.float32)
+    t = rng.standard_normal((4, 9)).astype(np.float32)
+    got = silhouette_euclidean(torch.from_numpy(x), torch.from_numpy(t), block=32)
+    assert got == pytest.approx(silhouette_score(np.vstack([x, t]).astype(np.float64), [1] * 70 + [0] * 4), abs=1e-6)
+
+
+def test_blocked_topk_matches_dense_sort(rng):
+    q = torch.from_numpy(rng.standard_normal((int(rng.integers(1, 300)), 16)).astype(np.float32))
+    g = torch.from_numpy(rng.standard_normal((int(rng.integers(1, 300)), 16)).astype(np.float32))
+    k = int(rng.integers(1, 12))
+    got = kernels_topk(q, g, k, block=int(rng.integers(3, 50)))
+    ref = np.argsort(-(q.double() @ g.double().T).numpy(), axis=1, kind="stable")[:, :min(k, len(g))]
+    np.testing.assert_array_equal(got.numpy(), ref)

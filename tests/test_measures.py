@@ -1,0 +1,159 @@
+"""Every measure against a float64 brute force of its definition (sklearn for both silhouettes)."""
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import silhouette_score
+
+from embedx import measures as M
+from embedx.errors import EmbedxError
+from embedx.importer import import_arrays
+from embedx.store import Store
+from tests.conftest import SHARED_DATA, assert_one_line_error, invoke
+
+
+def brute_force(x, t, y, paired):
+    """float64, O(N^2), straight from the definitions in DESIGN.md, on the stored values."""
+    x = x.astype(np.float64)
+    t = t.astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    n, c = len(x), len(t)
+    sim = x @ t.T
+    lab = np.flatnonzero(y >= 0)
+    r = {"acs": sim[lab, y[lab]].mean(),
+         "iimm_inter": ((sim[lab].sum(1) - sim[lab, y[lab]]) / (c - 1)).mean()}
+    gx = x @ x.T
+    r["iimm_intra"] = gx[np.triu_indices(n, 1)].mean()
+    r["iimm"] = (r["iimm_inter"] + r["iimm_intra"]) / 2
+    r["text_intra"] = (t @ t.T)[np.triu_indices(c, 1)].mean()
+    r["gap"] = np.linalg.norm(x.mean(0) - t.mean(0))
+    pts, mod = np.vstack([x, t]), [1] * n + [0] * c
+    r["silhouette_euclidean"] = silhouette_score(pts, mod, metric="euclidean")
+    r["silhouette_cosine"] = silhouette_score(pts, mod, metric="cosine")
+    order = np.argsort(-sim[lab], axis=1, kind="stable")
+    r["zeroshot_top1"] = (order[:, 0] == y[lab]).mean()
+    r["zeroshot_top5"] = (order[:, :5] == y[lab][:, None]).any(1).mean()
+    hit1 = order[:, 0] == y[lab]
+    r["zeroshot_mean_per_class_recall"] = np.mean([hit1[y[lab] == k].mean() for k in np.unique(y[lab])])
+    if paired:
+        for k in (1, 5, 10):
+            r[f"i2t_recall@{k}"] = (np.argsort(-sim, 1)[:, :k] == np.arange(n)[:, None]).any(1).mean()
+            r[f"t2i_recall@{k}"] = (np.argsort(-sim.T, 1)[:, :k] == np.arange(n)[:, None]).any(1).mean()
+    return r
+
+
+def _store(tmp_path, rng, n, c, d, dtype, paired=False, scale=True, y=None):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    t = (rng.standard_normal((n if paired else c, d)) + 0.3 * rng.standard_normal(d)).astype(np.float32)
+    if paired:
+        t[: n // 2] += 1.5 * x[: n // 2]  # half of the pairs are aligned: recall is neither 0 nor 1
+    if scale:  # unnormalized rows of very different lengths
+        x *= rng.uniform(0.1, 10, (n, 1)).astype(np.float32)
+    if y is None and not paired:
+        y = rng.integers(0, c, n)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "t.npy", t)
+    args = dict(images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"), dtype=dtype, chunk_rows=97)
+    if paired:
+        args["paired"] = True
+    else:
+        np.save(tmp_path / "y.npy", y)
+        args["labels"] = str(tmp_path / "y.npy")
+    import_arrays(str(tmp_path / "s.zarr"), **args)
+    s = Store(str(tmp_path / "s.zarr"))
+    return s, s.images(), s.texts(), s.labels()
+
+
+def _check(store, x, t, y, tol=1e-5):
+    got = M.compute(store)
+    ref = brute_force(x, t, y, store.paired)
+    assert set(got) - {"n_images", "n_texts", "dim", "timings_s"} == set(ref)
+    for k, v in ref.items():
+        assert got[k] == pytest.approx(v, abs=tol), k
+    assert (got["n_images"], got["n_texts"], got["dim"]) == (len(x), len(t), x.shape[1])
+    return got
+
+
+@pytest.mark.parametrize("n,c,d,dtype", [(300, 2, 8, "float16"), (1000, 37, 64, "float32"),
+                                         (3000, 1000, 512, "float16"), (777, 5, 130, "float32")])
+def test_class_stores_match_brute_force(tmp_path, rng, n, c, d, dtype):
+    s, x, t, y = _store(tmp_path, rng, n, c, d, dtype)
+    _check(s, x, t, y)
+
+
+@pytest.mark.parametrize("n,d,dtype", [(400, 16, "float16"), (1500, 512, "float32")])
+def test_paired_stores_match_brute_force(tmp_path, rng, n, d, dtype):
+    s, x, t, y = _store(tmp_path, rng, n, None, d, dtype, paired=True)
+    got = _check(s, x, t, y)
+    assert 0 < got["i2t_recall@1"] < 1
+
+
+def test_one_member_class_empty_class_and_unlabelled_rows(tmp_path, rng):
+    n, c = 200, 6
+    y = rng.integers(0, 4, n)  # classes 4 and 5 have no images
+    y[17] = 4                  # class 4 has exactly one
+    y[:5] = -1                 # unlabelled rows count for image measures only
+    y[y == 4] = 0
+    y[17] = 4
+    s, x, t, y = _store(tmp_path, rng, n, c, 24, "float32", y=y)
+    _check(s, x, t, y)
+
+
+def test_real_clip_coco_embeddings(tmp_path):
+    import os
+
+    src = os.path.join(SHARED_DATA, "features_clip.npy")
+    if not os.path.exists(src):
+        from embedx.data import MODALITY_GAP_DIR
+
+        src = os.path.join(MODALITY_GAP_DIR, "features_clip.npy")
+    import_arrays(str(tmp_path / "coco.zarr"), paired_array=src)
+    s = Store(str(tmp_path / "coco.zarr"))
+    got = _check(s, s.images(), s.texts(), s.labels())
+    assert got["gap"] == pytest.approx(0.85, abs=0.02) and got["i2t_recall@1"] == pytest.approx(0.55, abs=0.02)
+
+
+def test_silhouette_by_class_labels_matches_sklearn(rng):
+    import torch
+
+    x = rng.standard_normal((500, 12)).astype(np.float32)
+    y = rng.integers(0, 9, 500)
+    y[3] = 42  # a singleton cluster
+    got = M.silhouette_euclidean(torch.from_numpy(x), None, labels=y, block=128)
+    assert got == pytest.approx(silhouette_score(x.astype(np.float64), y), abs=1e-6)
+
+
+def test_measure_cli_json_subset_and_errors(tmp_path, rng):
+    s, x, t, y = _store(tmp_path, rng, 120, 4, 16, "float16")
+    out = tmp_path / "m.json"
+    r = invoke("measure", s.path, "--json", "--metrics", "acs,gap", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert set(d) == {"acs", "gap", "n_images", "n_texts", "dim", "timings_s"} and json.loads(out.read_text()) == d
+    ref = brute_force(x, t, y, False)
+    assert d["acs"] == pytest.approx(ref["acs"], abs=1e-5)
+    r = invoke("measure", s.path)
+    assert r.exit_code == 0 and "silhouette_euclidean" in r.stdout
+    r = invoke("measure", s.path, "--metrics", "acs,nope")
+    assert_one_line_error(r.exit_code, r.stderr, "unknown metric 'nope'")
+    r = invoke("measure", s.path, "--metrics", "i2t_recall@1")
+    assert_one_line_error(r.exit_code, r.stderr, "paired store")
+
+
+def test_bad_rows_and_unfinished_stores_are_refused(tmp_path, rng):
+    import zarr
+
+    s, x, t, y = _store(tmp_path, rng, 50, 3, 8, "float32")
+    g = zarr.open_group(s.path, mode="r+")
+    g["images/embeddings"][7] = np.nan
+    r = invoke("measure", s.path)
+    assert_one_line_error(r.exit_code, r.stderr, "images row 7", "nan")
+    g["images/embeddings"][7] = 0
+    r = invoke("measure", s.path)
+    assert_one_line_error(r.exit_code, r.stderr, "images row 7", "zeros")
+    g.attrs["embedx"] = dict(g.attrs["embedx"], complete=False)
+    r = invoke("measure", s.path)
+    assert_one_line_error(r.exit_code, r.stderr, "unfinished")
+    r = invoke("measure", tmp_path / "missing.zarr")
+    assert_one_line_error(r.exit_code, r.stderr, "no store at")
