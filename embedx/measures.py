@@ -256,7 +256,8 @@ def silhouette_euclidean(images: torch.Tensor, texts: torch.Tensor, labels: np.n
     total = 0.0
     for r0 in range(0, len(pts), block):
         rows = pts[r0:r0 + block]
-        s = kernels.cluster_distance_sums(rows, pts, lab_t, k, row_offset=r0).cpu().numpy()
+        rid = torch.arange(r0, r0 + len(rows))
+        s = kernels.cluster_distance_sums(rows, pts, lab_t, k, row_ids=rid).cpu().numpy()
         own = lab[r0:r0 + len(rows)]
         own_sum = s[np.arange(len(rows)), own]
         means = s / sizes[None, :]

@@ -147,6 +147,9 @@ class StoreWriter:
         self.rows_committed = int(self.meta["rows_committed"])
         self.source_pos = int(self.meta["source_pos"])
         self.skipped = list(self.meta.get("skipped", []))
+        sums = self.meta.get("sums") or {}
+        self._sums = {k: np.asarray(sums[k], dtype=np.float64) if sums.get(k) is not None else None
+                      for k in ("images", "texts")}
         self._pending = _Pending.empty()
         self._pending_skipped: list = []
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="embedx-writer") if background else None
@@ -214,8 +217,10 @@ class StoreWriter:
         arr = self._arrays["texts/embeddings"]
         if emb.shape != arr.shape:
             raise StoreError(f"text embeddings have shape {emb.shape}, the store expects {arr.shape}")
-        arr[:] = emb.astype(self.dtype)
+        stored = emb.astype(self.dtype)
+        arr[:] = stored
         self._arrays["texts/names"][:] = np.asarray(list(names), dtype=str)
+        self._sums["texts"] = normalized_sum(stored)
         self.meta["texts_written"] = True
         self._write_meta()
 
@@ -267,12 +272,16 @@ class StoreWriter:
         if r1 > g["images/embeddings"].shape[0]:
             raise StoreError(f"more rows than the store was created for ({r1} > {g['images/embeddings'].shape[0]})")
         if n:
-            g["images/embeddings"][r0:r1] = np.concatenate(p.emb)
+            emb = np.concatenate(p.emb)
+            g["images/embeddings"][r0:r1] = emb
+            self._sums["images"] = _add(self._sums["images"], normalized_sum(emb))
             g["images/labels"][r0:r1] = (np.arange(r0, r1, dtype=np.int32) if self.paired
                                          else np.concatenate(p.labels))
             g["images/ids"][r0:r1] = np.concatenate(p.ids)
             if self.paired:
-                g["texts/embeddings"][r0:r1] = np.concatenate(p.text_emb)
+                temb = np.concatenate(p.text_emb)
+                g["texts/embeddings"][r0:r1] = temb
+                self._sums["texts"] = _add(self._sums["texts"], normalized_sum(temb))
                 g["texts/names"][r0:r1] = np.concatenate(p.text_names)
             _sync(self.path)
         self.rows_committed, self.source_pos = r1, int(source_pos)
@@ -313,8 +322,22 @@ class StoreWriter:
 
     def _write_meta(self) -> None:
         self.meta.update(rows_committed=self.rows_committed, source_pos=self.source_pos,
-                         skipped=self.skipped, n_skipped=len(self.skipped))
+                         skipped=self.skipped, n_skipped=len(self.skipped),
+                         sums={k: None if v is None else v.tolist() for k, v in self._sums.items()})
         self.group.attrs["embedx"] = self.meta
+
+
+def normalized_sum(rows: np.ndarray) -> np.ndarray | None:
+    """float64 sum of the L2-normalized rows (zero rows contribute nothing). Stores keep these sums of the
+    committed rows in attrs["embedx"]["sums"], so measures needing sum_i x_i up front run in one pass."""
+    x = np.asarray(rows, dtype=np.float64)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, x / n, 0.0).sum(0)
+
+
+def _add(a, b):
+    return b if a is None else a + b
 
 
 def _short(v, n: int = 60) -> str:
@@ -411,28 +434,42 @@ class Store:
                     reuse: bool = False) -> Iterator[tuple]:
         """Yield ``(start, block)`` (or ``(start, block, labels)``) over the committed image rows.
 
-        ``reuse=True`` decodes every block into the same preallocated buffer (no page faults, about 2x the
-        throughput): the yielded array is then only valid until the next iteration, so copy what you keep.
+        ``reuse=True`` decodes into two preallocated buffers, reading block k+1 in a background thread while
+        block k is being used (no page faults, I/O overlapped with compute): each yielded array is then only
+        valid until the next iteration, so copy what you keep.
         """
         block_rows = block_rows or self.block_rows()
         labels = self.group["images/labels"]
-        raw = np.empty((min(block_rows, self.n_images), self.dim), dtype=self.dtype) if reuse else None
-        conv = None
-        if reuse and dtype is not None and np.dtype(dtype) != self.dtype:
-            conv = np.empty(raw.shape, dtype=dtype)
-        for start in range(0, self.n_images, block_rows):
-            stop = min(start + block_rows, self.n_images)
-            if reuse:
-                block = raw[: stop - start]
-                self._emb.get_basic_selection(slice(start, stop), out=NDBuffer.from_numpy_array(block))
-                if conv is not None:
-                    block = conv[: stop - start]
-                    np.copyto(block, raw[: stop - start])
-            else:
+        starts = list(range(0, self.n_images, block_rows))
+        if not reuse:
+            for start in starts:
+                stop = min(start + block_rows, self.n_images)
                 block = self._emb[start:stop]
                 if dtype is not None:
                     block = block.astype(dtype, copy=False)
-            yield (start, block, labels[start:stop]) if with_labels else (start, block)
+                yield (start, block, labels[start:stop]) if with_labels else (start, block)
+            return
+        rows = min(block_rows, self.n_images)
+        bufs = [np.empty((rows, self.dim), dtype=self.dtype) for _ in range(2)]
+        conv = np.empty((rows, self.dim), dtype=dtype) if dtype is not None and np.dtype(dtype) != self.dtype else None
+
+        def read(k: int):
+            start = starts[k]
+            stop = min(start + block_rows, self.n_images)
+            buf = bufs[k % 2][: stop - start]
+            self._emb.get_basic_selection(slice(start, stop), out=NDBuffer.from_numpy_array(buf))
+            return buf, (labels[start:stop] if with_labels else None)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="embedx-reader") as pool:
+            nxt = pool.submit(read, 0) if starts else None
+            for k, start in enumerate(starts):
+                block, lab = nxt.result()
+                nxt = pool.submit(read, k + 1) if k + 1 < len(starts) else None
+                if conv is not None:
+                    out = conv[: len(block)]
+                    np.copyto(out, block)
+                    block = out
+                yield (start, block, lab) if with_labels else (start, block)
 
     def images(self, rows=None, dtype=None) -> np.ndarray:
         """Image rows by index (random access) or, with ``rows=None``, all committed rows."""

@@ -27,9 +27,9 @@ def backend_for(device: torch.device) -> str:
 
 
 def cluster_distance_sums(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters: int,
-                          row_offset: int | None = None) -> torch.Tensor:
-    """``S[p, k] = sum_{q: labels[q] = k} ||x_p - y_q||`` as float64, (len(x), n_clusters); with ``row_offset``
-    the rows are ``y[row_offset:row_offset + len(x)]`` and their self-pairs count 0."""
+                          row_ids: torch.Tensor | None = None, col_offset: int = 0) -> torch.Tensor:
+    """``S[p, k] = sum_{q: labels[q] = k} ||x_p - y_q||`` as float64, (len(x), n_clusters). Row p is the point
+    ``row_ids[p]`` of the columns (column j is point ``col_offset + j``); its self-pair counts 0."""
     if backend_for(x.device) == "triton":
-        return cluster_distance_sums_triton(x, y, labels, n_clusters, row_offset)
-    return cluster_distance_sums_torch(x, y, labels, n_clusters, row_offset)
+        return cluster_distance_sums_triton(x, y, labels, n_clusters, row_ids, col_offset)
+    return cluster_distance_sums_torch(x, y, labels, n_clusters, row_ids, col_offset)

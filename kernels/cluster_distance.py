@@ -1,8 +1,10 @@
 """Fused Euclidean distance + per-cluster sums: ``S[p, k] = sum_{q : label_q = k} ||x_p - y_q||_2``.
 
 The distance tile ``sqrt(max(|x|^2 + |y|^2 - 2 x.y, 0))`` is reduced into per-cluster row sums in the same
-pass, so the n x m distance matrix is never materialized. Self-pairs (row ``row_offset + i`` against column
-``i`` of the same point set) count exactly 0, as in sklearn. Partial sums are accumulated in float64.
+pass, so the n x m distance matrix is never materialized. Self-pairs count exactly 0, as in sklearn: row i is
+the point ``row_ids[i]`` of the column set, whose column j is the point ``col_offset + j`` (``row_ids`` None:
+no self-pairs; -1: a row that is not a column). Partial sums are accumulated in float64. Columns may be
+streamed in blocks (``col_offset``) and the partial results added.
 
 Three implementations, held together by tests/test_kernels.py:
   * ``cluster_distance_sums_reference``: float64 brute force (numpy), the definition.
@@ -23,15 +25,15 @@ except ImportError:  # pragma: no cover - exercised only without triton
 ONEHOT_MAX_CLUSTERS = 64  # below this, reduce with a matmul against one-hot labels; above, index_add
 
 
-def cluster_distance_sums_reference(x, y, labels, n_clusters: int, row_offset: int | None = None) -> np.ndarray:
+def cluster_distance_sums_reference(x, y, labels, n_clusters: int, row_ids=None, col_offset: int = 0) -> np.ndarray:
     """float64 brute force of the definition."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     d = np.sqrt(np.maximum(((x[:, None, :] - y[None, :, :]) ** 2).sum(-1), 0))
-    if row_offset is not None:
-        for i in range(len(x)):
-            if 0 <= row_offset + i < len(y):
-                d[i, row_offset + i] = 0.0
+    if row_ids is not None:
+        for i, r in enumerate(np.asarray(row_ids)):
+            if 0 <= r - col_offset < len(y):
+                d[i, r - col_offset] = 0.0
     out = np.zeros((len(x), n_clusters))
     for k in range(n_clusters):
         out[:, k] = d[:, np.asarray(labels) == k].sum(1)
@@ -39,24 +41,24 @@ def cluster_distance_sums_reference(x, y, labels, n_clusters: int, row_offset: i
 
 
 def cluster_distance_sums_torch(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters: int,
-                                row_offset: int | None = None, block: int = 2048) -> torch.Tensor:
-    """Blocked torch: (len(x), n_clusters) float64."""
+                                row_ids: torch.Tensor | None = None, col_offset: int = 0,
+                                block: int = 2048) -> torch.Tensor:
+    """Blocked torch: (len(x), n_clusters) float64. ``y`` may stay float16: it is upcast block by block."""
     x = x.float()
-    y = y.float()
     labels = labels.to(device=y.device, dtype=torch.long)
     xsq = (x * x).sum(1, keepdim=True)
     out = torch.zeros(len(x), n_clusters, dtype=torch.float64, device=x.device)
     onehot = n_clusters <= ONEHOT_MAX_CLUSTERS
     for c0 in range(0, len(y), block):
-        yc = y[c0:c0 + block]
+        yc = y[c0:c0 + block].float()
         lab = labels[c0:c0 + block]
         d = torch.addmm(xsq + (yc * yc).sum(1)[None, :], x, yc.T, alpha=-2.0)
         d.clamp_(min=0).sqrt_()
-        if row_offset is not None:  # zero the self-pairs that fall in this tile
-            lo, hi = max(c0 - row_offset, 0), min(c0 + len(yc) - row_offset, len(x))
-            if lo < hi:
-                i = torch.arange(lo, hi, device=x.device)
-                d[i, i + row_offset - c0] = 0.0
+        if row_ids is not None:  # zero the self-pairs that fall in this tile
+            j = row_ids.to(x.device) - (col_offset + c0)
+            i = ((j >= 0) & (j < len(yc))).nonzero()[:, 0]
+            if len(i):
+                d[i, j[i]] = 0.0
         if onehot:
             oh = torch.nn.functional.one_hot(lab, n_clusters).to(d.dtype)
             out += (d @ oh).double()
@@ -70,13 +72,15 @@ def cluster_distance_sums_torch(x: torch.Tensor, y: torch.Tensor, labels: torch.
 if triton is not None:
 
     @triton.jit
-    def _cluster_distance_kernel(x_ptr, y_ptr, lab_ptr, out_ptr, xsq_ptr, ysq_ptr, n_rows, n_cols, dim,
-                                 row_offset, stride_x, stride_y, stride_out,
+    def _cluster_distance_kernel(x_ptr, y_ptr, lab_ptr, out_ptr, xsq_ptr, ysq_ptr, rid_ptr, n_rows, n_cols, dim,
+                                 col_offset, stride_x, stride_y, stride_out,
                                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_SELF: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid * BM + tl.arange(0, BM)
         rmask = rows < n_rows
         xsq = tl.load(xsq_ptr + rows, mask=rmask, other=0.0)
+        if HAS_SELF:
+            rid = tl.load(rid_ptr + rows, mask=rmask, other=-1) - col_offset
         for c0 in range(0, n_cols, BN):
             cols = c0 + tl.arange(0, BN)
             cmask = cols < n_cols
@@ -94,7 +98,7 @@ if triton is not None:
             d = tl.sqrt(tl.maximum(d2, 0.0))
             valid = rmask[:, None] & cmask[None, :]
             if HAS_SELF:
-                valid = valid & ((rows[:, None] + row_offset) != cols[None, :])
+                valid = valid & (rid[:, None] != cols[None, :])
             d = tl.where(valid, d, 0.0)
             lab = tl.load(lab_ptr + cols, mask=cmask, other=-1)
             k_lo = tl.min(tl.where(cmask, lab, 2147483647), axis=0)
@@ -106,7 +110,7 @@ if triton is not None:
 
 
 def cluster_distance_sums_triton(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters: int,
-                                 row_offset: int | None = None, BM: int = 32, BN: int = 64,
+                                 row_ids: torch.Tensor | None = None, col_offset: int = 0, BM: int = 32, BN: int = 64,
                                  BK: int = 32) -> torch.Tensor:
     """Triton launcher: (len(x), n_clusters) float64. Sort ``y`` by label for speed (not for correctness)."""
     if triton is None:
@@ -119,8 +123,9 @@ def cluster_distance_sums_triton(x: torch.Tensor, y: torch.Tensor, labels: torch
     out = torch.zeros(len(x), n_clusters, dtype=torch.float64, device=x.device)
     if len(x) == 0 or len(y) == 0:
         return out
+    rid = (row_ids if row_ids is not None else torch.zeros(1)).to(device=x.device, dtype=torch.int64).contiguous()
     grid = (triton.cdiv(len(x), BM),)
-    _cluster_distance_kernel[grid](x, y, labels, out, xsq, ysq, len(x), len(y), x.shape[1],
-                                   0 if row_offset is None else int(row_offset), x.stride(0), y.stride(0),
-                                   out.stride(0), BM=BM, BN=BN, BK=BK, HAS_SELF=row_offset is not None)
+    _cluster_distance_kernel[grid](x, y, labels, out, xsq, ysq, rid, len(x), len(y), x.shape[1], int(col_offset),
+                                   x.stride(0), y.stride(0), out.stride(0), BM=BM, BN=BN, BK=BK,
+                                   HAS_SELF=row_ids is not None)
     return out

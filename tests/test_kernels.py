@@ -16,11 +16,13 @@ requires_interpreter = pytest.mark.skipif(
 IMPLS = ["torch", pytest.param("triton", marks=requires_interpreter)]
 
 
-def _run(impl, x, y, lab, k, off):
+def _run(impl, x, y, lab, k, rid, col_offset=0):
     tx, ty, tl = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(lab)
+    rid = None if rid is None else torch.from_numpy(rid)
     if impl == "torch":
-        return K.cluster_distance_sums_torch(tx, ty, tl, k, off, block=int(np.random.default_rng().integers(5, 40))).numpy()
-    return K.cluster_distance_sums_triton(tx, ty, tl, k, off).numpy()
+        return K.cluster_distance_sums_torch(tx, ty, tl, k, rid, col_offset,
+                                             block=int(np.random.default_rng().integers(5, 40))).numpy()
+    return K.cluster_distance_sums_triton(tx, ty, tl, k, rid, col_offset).numpy()
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -36,14 +38,18 @@ def test_cluster_distance_sums_match_reference(rng, impl, dtype, case):
         lab[-1] = k - 1              # ... make the last one a singleton
         lab = np.sort(lab)
         lab[lab == k - 2] = 0
-    off = None
-    if case == "self":
-        off = int(rng.integers(0, m))
-        x = y[off:off + int(rng.integers(1, m - off + 1))]
+    rid, col_offset = None, 0
+    if case == "self":  # rows are a random sample of the columns, which are a block at col_offset
+        col_offset = int(rng.integers(0, 1000))
+        pick = rng.choice(m, int(rng.integers(1, m + 1)), replace=False)
+        x = y[pick].copy()
+        rid = (pick + col_offset).astype(np.int64)
+        rid[::3] = -1  # some rows are not among the columns: other points
+        x[::3] += rng.standard_normal(x[::3].shape).astype(dtype)
     else:
         x = rng.standard_normal((int(rng.integers(1, 90)), d)).astype(dtype)
-    ref = K.cluster_distance_sums_reference(x.astype(np.float64), y.astype(np.float64), lab, k, off)
-    got = _run(impl, x, y, lab, k, off)
+    ref = K.cluster_distance_sums_reference(x.astype(np.float64), y.astype(np.float64), lab, k, rid, col_offset)
+    got = _run(impl, x, y, lab, k, rid, col_offset)
     assert got.dtype == np.float64 and got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
     if case == "empty_and_singleton":
