@@ -1,7 +1,7 @@
 """Compute kernels (``embedx.kernels``): tensors in, tensors out; nothing here knows about stores or files.
 
 Each op lives in one module with its float64 reference, its torch path (CPU/GPU) and its Triton kernel;
-:func:`cluster_distance_sums` is the one dispatch point that picks an implementation by device:
+:func:`cluster_distance_sums` and :func:`topk` are the dispatch points that pick an implementation by device:
 Triton on CUDA when it is installed, torch otherwise. ``EMBEDX_KERNEL=torch|triton`` forces one (Triton on
 CPU needs ``TRITON_INTERPRET=1`` set before triton is imported).
 """
@@ -17,6 +17,7 @@ from embedx.kernels.cluster_distance import (  # noqa: F401
     cluster_distance_sums_triton,
     triton,
 )
+from embedx.kernels.topk import TRITON_MAX_K, topk_reference, topk_torch, topk_triton  # noqa: F401
 
 
 def backend_for(device: torch.device) -> str:
@@ -33,3 +34,10 @@ def cluster_distance_sums(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor
     if backend_for(x.device) == "triton":
         return cluster_distance_sums_triton(x, y, labels, n_clusters, row_ids, col_offset)
     return cluster_distance_sums_torch(x, y, labels, n_clusters, row_ids, col_offset)
+
+
+def topk(q: torch.Tensor, g: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k most similar gallery rows per query (best first, ties to the lower index)."""
+    if backend_for(q.device) == "triton" and min(k, len(g)) <= TRITON_MAX_K:
+        return topk_triton(q, g, k)
+    return topk_torch(q, g, k)

@@ -176,13 +176,15 @@ def test_demo_runs_offline_on_the_shipped_embeddings(tmp_path):
     x, t = clip[0], clip[1]
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     t /= np.linalg.norm(t, axis=1, keepdims=True)
-    assert rows["clip"]["paired_cosine_mean"] == pytest.approx(float((x * t).sum(1).mean()), abs=1e-9)
-    assert rows["clip"]["centroid_gap"] == pytest.approx(float(np.linalg.norm(x.mean(0) - t.mean(0))), abs=1e-9)
-    assert rows["clip"]["centroid_gap"] == pytest.approx(0.85, abs=0.02)  # the dataset's documented gap
-    assert rows["random"]["paired_cosine_mean"] < rows["clip"]["paired_cosine_mean"]
+    m = rows["clip"]["measures"]
+    assert m["acs"] == pytest.approx(float((x * t).sum(1).mean()), abs=1e-6)
+    assert m["gap"] == pytest.approx(float(np.linalg.norm(x.mean(0) - t.mean(0))), abs=1e-6)
+    assert m["gap"] == pytest.approx(0.85, abs=0.02)  # the dataset's documented gap
+    assert m["i2t_recall@1"] == pytest.approx(0.55, abs=0.02) and rows["random"]["measures"]["i2t_recall@1"] < 0.02
+    assert set(m) >= {"silhouette_euclidean", "silhouette_cosine", "iimm", "text_intra", "t2i_recall@10"}
     assert os.path.exists(os.path.join(MODALITY_GAP_DIR, "LICENSE"))
     r = invoke("demo", "--out", tmp_path / "demo")  # human table; rerunning replaces the demo stores
-    assert r.exit_code == 0 and "centroid gap" in r.stdout
+    assert r.exit_code == 0 and "silhouette_cosine" in r.stdout and "i2t_recall@1" in r.stdout
 
 
 def test_import_never_replaces_a_folder_that_is_not_a_store(tmp_path, rng):

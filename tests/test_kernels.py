@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from embedx import kernels as K
-from embedx.measures import kernels_topk
 
 requires_interpreter = pytest.mark.skipif(
     K.triton is None or (os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available()),
@@ -67,19 +66,24 @@ def test_dispatch_picks_torch_on_cpu(monkeypatch):
 def test_silhouette_through_the_triton_kernel_matches_sklearn(rng, monkeypatch):
     from sklearn.metrics import silhouette_score
 
-    from embedx.measures import silhouette_euclidean
+    from embedx.measures.silhouette import silhouette_exact
 
     monkeypatch.setenv("EMBEDX_KERNEL", "triton")
     x = rng.standard_normal((70, 9)).astype(np.float32)
     t = rng.standard_normal((4, 9)).astype(np.float32)
-    got = silhouette_euclidean(torch.from_numpy(x), torch.from_numpy(t), block=32)
+    got = silhouette_exact(torch.from_numpy(np.vstack([x, t])), np.r_[np.ones(70), np.zeros(4)])
     assert got == pytest.approx(silhouette_score(np.vstack([x, t]).astype(np.float64), [1] * 70 + [0] * 4), abs=1e-6)
 
 
-def test_blocked_topk_matches_dense_sort(rng):
-    q = torch.from_numpy(rng.standard_normal((int(rng.integers(1, 300)), 16)).astype(np.float32))
-    g = torch.from_numpy(rng.standard_normal((int(rng.integers(1, 300)), 16)).astype(np.float32))
-    k = int(rng.integers(1, 12))
-    got = kernels_topk(q, g, k, block=int(rng.integers(3, 50)))
-    ref = np.argsort(-(q.double() @ g.double().T).numpy(), axis=1, kind="stable")[:, :min(k, len(g))]
-    np.testing.assert_array_equal(got.numpy(), ref)
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_blocked_topk_matches_dense_stable_sort(rng, impl, dtype):
+    nq, ng, d = int(rng.integers(1, 120)), int(rng.integers(1, 200)), int(rng.integers(1, 40))
+    q = rng.standard_normal((nq, d)).astype(dtype)
+    g = rng.standard_normal((ng, d)).astype(dtype)
+    if ng > 3:
+        g[ng // 2] = g[1]  # exact ties go to the lower index
+    k = int(rng.integers(1, 17))
+    tq, tg = torch.from_numpy(q).float(), torch.from_numpy(g).float()
+    got = K.topk_torch(tq, tg, k, block=int(rng.integers(2, 50))) if impl == "torch" else K.topk_triton(tq, tg, k)
+    np.testing.assert_array_equal(got.numpy(), K.topk_reference(q.astype(np.float32), g.astype(np.float32), k))

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.metrics import silhouette_score
+from sklearn.metrics import silhouette_samples, silhouette_score
 
 from embedx import measures as M
 from embedx.errors import EmbedxError
@@ -120,7 +120,9 @@ def test_silhouette_by_class_labels_matches_sklearn(rng):
     x = rng.standard_normal((500, 12)).astype(np.float32)
     y = rng.integers(0, 9, 500)
     y[3] = 42  # a singleton cluster
-    got = M.silhouette_euclidean(torch.from_numpy(x), None, labels=y, block=128)
+    from embedx.measures.silhouette import silhouette_exact
+
+    got = silhouette_exact(torch.from_numpy(x), y)
     assert got == pytest.approx(silhouette_score(x.astype(np.float64), y), abs=1e-6)
 
 
@@ -157,3 +159,98 @@ def test_bad_rows_and_unfinished_stores_are_refused(tmp_path, rng):
     assert_one_line_error(r.exit_code, r.stderr, "unfinished")
     r = invoke("measure", tmp_path / "missing.zarr")
     assert_one_line_error(r.exit_code, r.stderr, "no store at")
+
+
+def test_stale_recorded_sums_fall_back_to_a_second_pass(tmp_path, rng):
+    """The cosine silhouette uses the store's recorded sum of image rows only if it checks out."""
+    import zarr
+
+    s, x, t, y = _store(tmp_path, rng, 300, 5, 16, "float32")
+    g = zarr.open_group(s.path, mode="r+")
+    g["images/embeddings"][10:20] = rng.standard_normal((10, 16)).astype(np.float32)  # behind embedx's back
+    s = Store(s.path)
+    _check(s, s.images(), t, y)
+
+
+def test_partials_merge_to_the_same_result_whatever_the_blocking(tmp_path, rng):
+    from embedx.measures.stream import PassConfig, Partial, block_partial, check_rows, normalized
+
+    s, x, t, y = _store(tmp_path, rng, 500, 7, 12, "float32")
+    tn = normalized(t)
+    cfg = PassConfig(texts=tn, text_sum=tn.double().sum(0), n_texts=7, n_images=500, sum_x_hint=None, zeroshot=True)
+    totals = []
+    for cuts in ([0, 500], [0, 1, 250, 251, 500], list(range(0, 501, 97)) + [500]):
+        tot = Partial()
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            xb = torch_tensor(x[a:b])
+            tot = tot.merge(block_partial(xb, check_rows(xb, "images", a), y[a:b], cfg))
+        totals.append(tot)
+    for other in totals[1:]:
+        # float32 block sums, float64 across blocks: equal up to float32 rounding, far inside 1e-5
+        np.testing.assert_allclose(other.class_sum, totals[0].class_sum, rtol=1e-6, atol=1e-5)
+        np.testing.assert_array_equal(other.top1, totals[0].top1)
+        assert other.n_labelled == totals[0].n_labelled == 500
+
+
+def torch_tensor(a):
+    import torch
+
+    return torch.from_numpy(np.asarray(a, dtype=np.float32).copy())
+
+
+def test_sampled_silhouette_is_unbiased_with_a_confidence_interval(tmp_path, rng):
+    s, x, t, y = _store(tmp_path, rng, 400, 3, 10, "float32")
+    exact = brute_force(x, t, y, False)["silhouette_euclidean"]
+    full = M.compute(s, ["silhouette_euclidean"], silhouette_mode="sample", sample_size=403)
+    assert full["silhouette_euclidean"] == pytest.approx(exact, abs=1e-6)   # the whole population: exact
+    assert full["estimates"]["silhouette_euclidean"]["stderr"] == pytest.approx(0, abs=1e-12)
+    ests = [M.compute(s, ["silhouette_euclidean"], silhouette_mode="sample", sample_size=60, seed=k)
+            for k in range(40)]
+    vals = np.array([e["silhouette_euclidean"] for e in ests])
+    covered = np.mean([e["estimates"]["silhouette_euclidean"]["ci95"][0] <= exact <=
+                       e["estimates"]["silhouette_euclidean"]["ci95"][1] for e in ests])
+    assert abs(vals.mean() - exact) < 4 * vals.std(ddof=1) / np.sqrt(len(vals))  # no bias beyond noise
+    assert covered >= 0.8
+
+
+def test_per_class_and_class_label_silhouette(tmp_path, rng):
+    s, x, t, y = _store(tmp_path, rng, 300, 4, 10, "float32")
+    r = M.compute(s, ["acs", "silhouette_euclidean", "zeroshot_top1"], per_class=True, silhouette_labels="class")
+    xn = x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    tn = t / np.linalg.norm(t.astype(np.float64), axis=1, keepdims=True)
+    per_point = silhouette_samples(np.vstack([xn, tn]), [1] * 300 + [0] * 4)
+    pred = np.argmax(xn @ tn.T, 1)
+    for k in range(4):
+        row = r["per_class"][str(k)]
+        m = y == k
+        assert row["n_images"] == m.sum()
+        assert row["acs"] == pytest.approx((xn[m] @ tn[k]).mean(), abs=1e-6)
+        assert row["zeroshot_recall"] == pytest.approx((pred[m] == k).mean(), abs=1e-12)
+        assert row["silhouette_euclidean"] == pytest.approx(per_point[:300][m].mean(), abs=1e-5)
+    assert r["silhouette_class_euclidean"] == pytest.approx(silhouette_score(xn, y), abs=1e-5)
+
+
+def test_faiss_and_blocked_retrieval_agree(tmp_path, rng):
+    s, x, t, y = _store(tmp_path, rng, 300, None, 16, "float32", paired=True)
+    a = M.compute(s, list(M.RETRIEVAL))
+    b = M.compute(s, list(M.RETRIEVAL), knn="faiss")
+    for k in M.RETRIEVAL:
+        assert a[k] == pytest.approx(b[k], abs=1e-9)
+
+
+def test_several_positives_per_query(tmp_path, rng):
+    """Three captions of the same image (same id): each is a positive for it."""
+    from embedx.measures.retrieval import recall_at_k
+    import torch
+
+    img = rng.standard_normal((6, 8)).astype(np.float32)
+    txt = rng.standard_normal((6, 8)).astype(np.float32)
+    img[1] = img[2] = img[0]
+    txt[2] = img[0] * 3  # the third caption of image 0 is a perfect match; the first two are not
+    groups = np.array([0, 0, 0, 3, 4, 5])
+    n = lambda a: torch.from_numpy(a / np.linalg.norm(a, axis=1, keepdims=True))
+    r = recall_at_k(n(img), n(txt), groups)
+    sim = n(img).numpy() @ n(txt).numpy().T
+    uimg = [0, 3, 4, 5]
+    top1 = [groups[np.argmax(sim[i])] == groups[i] for i in uimg]
+    assert r["i2t_recall@1"] == pytest.approx(np.mean(top1)) and top1[0]

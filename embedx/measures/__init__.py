@@ -1,0 +1,230 @@
+"""The papers' measures of a store, exact and streamed (definitions: DESIGN.md, "Measures").
+
+Rows are L2-normalized first (float32 compute, float64 sums). X: N images, T: C texts, y: labels (rows with
+y = -1 are left out of the label measures):
+
+  acs          mean_i x_i.t_{y_i}                                       ACS (Niss et al., paper A)
+  iimm_inter   mean_i (sum_c x_i.t_c - x_i.t_{y_i}) / (C-1)             S_inter (paper B)
+  iimm_intra   mean_{i<j} x_i.x_j = (|sum x|^2 - N) / (N(N-1))          S_intra (paper B)
+  iimm         (iimm_inter + iimm_intra) / 2                            IIMM (paper B)
+  text_intra   mean_{c<c'} t_c.t_c'
+  gap          |mean_i x_i - mean_c t_c|                                modality gap (Liang et al. 2022)
+  silhouette_* sklearn silhouette_score(vstack(X, T), [1]*N + [0]*C, metric=euclidean|cosine)  (paper A)
+  zeroshot_*   top-1 / top-5 accuracy of argmax_c x_i.t_c and the mean per-class recall
+  *_recall@k   paired stores: a query hits if any of its positives is among its top k
+
+One streaming pass computes every O(N d) measure and zero-shot accuracy (see ``stream``); the cosine
+silhouette joins that pass when the store's recorded sum of image rows checks out, else it takes a second
+pass. Euclidean silhouette and retrieval go through the kernels in ``embedx.kernels``.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from embedx.errors import EmbedxError
+from embedx.measures import retrieval, silhouette
+from embedx.measures.stream import (PassConfig, Partial, block_partial, check_rows, cosine_silhouette_sum,
+                                    normalized)
+from embedx.store import Store
+
+BASE = ("acs", "iimm_inter", "iimm_intra", "iimm", "text_intra", "gap", "silhouette_euclidean",
+        "silhouette_cosine", "zeroshot_top1", "zeroshot_top5", "zeroshot_mean_per_class_recall")
+RETRIEVAL = tuple(f"{side}_recall@{k}" for side in ("i2t", "t2i") for k in retrieval.KS)
+CLASS_SILHOUETTE = "silhouette_class_euclidean"
+HINT_EFFECT = 1e-7  # use the recorded S_x only if its error moves any a_p by less than this
+
+
+def available(store: Store) -> tuple[str, ...]:
+    return BASE + (RETRIEVAL if store.paired else ())
+
+
+def _check_metrics(store: Store, metrics):
+    want = list(available(store)) if not metrics else list(dict.fromkeys(metrics))
+    for m in want:
+        if m not in available(store) + (CLASS_SILHOUETTE,):
+            extra = " (retrieval recall needs a paired store)" if m in RETRIEVAL else ""
+            raise EmbedxError(f"unknown metric {m!r}{extra}; choose from {', '.join(available(store))}")
+    return want
+
+
+def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sample_size: int = 2000, seed: int = 0,
+            knn: str = "blocked", per_class: bool = False, silhouette_labels: str = "modality") -> dict:
+    """Requested measures of ``store`` -> {name: float, n_images, n_texts, dim, timings_s[, estimates, per_class]}."""
+    want = _check_metrics(store, metrics)
+    if silhouette_labels == "class":
+        if store.paired:
+            raise EmbedxError("--silhouette-labels class needs class labels (this store is paired)")
+        want.append(CLASS_SILHOUETTE)
+    elif silhouette_labels != "modality":
+        raise EmbedxError(f"--silhouette-labels must be modality or class, got {silhouette_labels!r}")
+    if silhouette_mode not in ("exact", "sample"):
+        raise EmbedxError(f"--silhouette must be exact or sample, got {silhouette_mode!r}")
+    n, c = store.n_images, store.n_texts
+    if c == 0:
+        raise EmbedxError(f"{store.path} has no text rows")
+    timings: dict = {}
+    t0 = time.perf_counter()
+    texts = None if store.paired else normalized(store.texts(), "texts")
+    timings["texts"] = time.perf_counter() - t0
+
+    # --- one streaming pass ------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    hints = store.meta.get("sums") or {}
+    sx_hint = torch.tensor(hints["images"], dtype=torch.float64) if hints.get("images") else None
+    st_hint = torch.tensor(hints["texts"], dtype=torch.float64) if hints.get("texts") else None
+    text_sum = texts.double().sum(0) if texts is not None else st_hint
+    want_cos = "silhouette_cosine" in want
+    cfg = PassConfig(texts=texts, text_sum=text_sum, n_texts=c, n_images=n,
+                     sum_x_hint=sx_hint if want_cos and text_sum is not None else None,
+                     zeroshot=not store.paired and any(m.startswith("zeroshot") for m in want))
+    tot, text_cos, st_pass = _stream(store, cfg)
+    timings["stream_pass"] = time.perf_counter() - t0
+
+    sx = tot.sum_x
+    st = st_pass if store.paired else text_sum.numpy()
+    out: dict = {}
+    if store.paired:
+        out["acs"] = tot.correct_dot / n
+        out["iimm_inter"] = (float(sx @ st) - tot.correct_dot) / (n * (n - 1)) if n > 1 else float("nan")
+    elif tot.n_labelled:
+        tn = texts.double().numpy()
+        correct = float((tot.class_sum * tn).sum())
+        out["acs"] = correct / tot.n_labelled
+        out["iimm_inter"] = (float(tot.class_sum.sum(0) @ st) - correct) / (tot.n_labelled * (c - 1)) \
+            if c > 1 else float("nan")
+    else:
+        out["acs"] = out["iimm_inter"] = float("nan")
+    out["iimm_intra"] = (float(sx @ sx) - n) / (n * (n - 1)) if n > 1 else float("nan")
+    out["iimm"] = (out["iimm_inter"] + out["iimm_intra"]) / 2
+    out["text_intra"] = (float(st @ st) - c) / (c * (c - 1)) if c > 1 else float("nan")
+    out["gap"] = float(np.linalg.norm(sx / n - st / c))
+    if cfg.zeroshot:
+        counts, present = tot.class_count, tot.class_count > 0
+        nl = max(int(counts.sum()), 1)
+        out["zeroshot_top1"] = float(tot.top1.sum() / nl)
+        out["zeroshot_top5"] = float(tot.top5.sum() / nl)
+        out["zeroshot_mean_per_class_recall"] = float((tot.top1[present] / counts[present]).mean())
+
+    if want_cos:
+        t0 = time.perf_counter()
+        sx_t, st_t = torch.from_numpy(sx), torch.from_numpy(st)
+        hint_ok = (cfg.sum_x_hint is not None and (store.paired is False or st_hint is not None)
+                   and float(torch.linalg.vector_norm(cfg.sum_x_hint - sx_t)) / max(n - 1, 1) < HINT_EFFECT
+                   and (not store.paired or float(torch.linalg.vector_norm(st_hint - st_t)) / max(c - 1, 1) < HINT_EFFECT))
+        if hint_ok:
+            img_cos = tot.cos_sum
+        else:  # the recorded sums are missing or stale: a second pass with the exact sums
+            img_cos, text_cos = _cosine_pass(store, sx_t, st_t)
+        if texts is not None:
+            w = texts.double() @ torch.stack([st_t, sx_t], 1)
+            text_cos = cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), c, n)
+        out["silhouette_cosine"] = (img_cos + text_cos) / (n + c)
+        timings["silhouette_cosine"] = time.perf_counter() - t0 + (0 if not hint_ok else 0)
+
+    estimates, per_point = {}, None
+    images_all = None
+    if "silhouette_euclidean" in want or CLASS_SILHOUETTE in want:
+        t0 = time.perf_counter()
+        images_all = normalized(store.images(dtype=np.float32), "images")
+        if "silhouette_euclidean" in want:
+            texts_all = texts if texts is not None else normalized(store.texts(dtype=np.float32), "texts")
+            pts = torch.cat([images_all, texts_all])
+            mod = np.r_[np.ones(n, np.int64), np.zeros(c, np.int64)]
+            if silhouette_mode == "exact":
+                per_point = silhouette.silhouette_samples(pts, mod)
+                out["silhouette_euclidean"] = float(per_point.mean())
+            else:
+                est = silhouette.silhouette_sampled(pts, mod, sample_size, seed)
+                out["silhouette_euclidean"] = est["estimate"]
+                estimates["silhouette_euclidean"] = est
+        if CLASS_SILHOUETTE in want:
+            y = store.labels()
+            keep = np.flatnonzero(y >= 0)
+            pts = images_all[torch.from_numpy(keep)]
+            if silhouette_mode == "exact":
+                out[CLASS_SILHOUETTE] = silhouette.silhouette_exact(pts, y[keep])
+            else:
+                est = silhouette.silhouette_sampled(pts, y[keep], sample_size, seed)
+                out[CLASS_SILHOUETTE] = est["estimate"]
+                estimates[CLASS_SILHOUETTE] = est
+        timings["silhouette_euclidean"] = time.perf_counter() - t0
+
+    if store.paired and any(m in RETRIEVAL or m.startswith("zeroshot") for m in want):
+        t0 = time.perf_counter()
+        if images_all is None:
+            images_all = normalized(store.images(dtype=np.float32), "images")
+        rec = retrieval.recall_at_k(images_all, normalized(store.texts(dtype=np.float32), "texts"),
+                                    retrieval.groups_from_ids(store.ids()), knn=knn)
+        out.update(rec)
+        # zero-shot with the N captions as the classes is image -> text retrieval
+        out["zeroshot_top1"], out["zeroshot_top5"] = rec["i2t_recall@1"], rec["i2t_recall@5"]
+        out["zeroshot_mean_per_class_recall"] = rec["i2t_recall@1"]
+        timings["retrieval"] = time.perf_counter() - t0
+
+    result = {k: float(out[k]) for k in want}
+    result.update(n_images=n, n_texts=c, dim=store.dim, timings_s=timings)
+    if estimates:
+        result["estimates"] = estimates
+    if per_class:
+        result["per_class"] = _per_class(store, tot, texts, per_point)
+    return result
+
+
+def _stream(store: Store, cfg: PassConfig):
+    """The pass over image blocks (and, for paired stores, the aligned text blocks)."""
+    tot = Partial()
+    text_cos = 0.0
+    st_pass = np.zeros(store.dim)
+    tarr = store.group["texts/embeddings"]
+    xbuf = None
+    for start, block, y in store.iter_images(with_labels=True, reuse=True):
+        if xbuf is None or len(xbuf) < len(block):
+            xbuf = torch.empty(len(block), store.dim)
+        x = xbuf[: len(block)]
+        x.copy_(torch.from_numpy(block))  # fp16 -> fp32 into a reused buffer (no page faults)
+        nrm = check_rows(x, "images", start)
+        tb = None
+        if store.paired:
+            tb = normalized(tarr[start:start + len(block)], "texts", start)
+            st_pass += tb.double().sum(0).numpy()
+            if cfg.sum_x_hint is not None:
+                w = tb.double() @ torch.stack([cfg.text_sum, cfg.sum_x_hint], 1)
+                text_cos += cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), cfg.n_texts, cfg.n_images)
+        tot = tot.merge(block_partial(x, nrm, y, cfg, tb))
+    return tot, text_cos, st_pass
+
+
+def _cosine_pass(store: Store, sx: torch.Tensor, st: torch.Tensor):
+    """Second pass: cosine-silhouette sums of the images (and paired texts) with the exact S_x, S_t."""
+    n, c = store.n_images, store.n_texts
+    img, txt = 0.0, 0.0
+    tarr = store.group["texts/embeddings"]
+    both = torch.stack([sx, st], 1)
+    for start, block in store.iter_images(dtype=np.float32, reuse=True):
+        w = normalized(block, "images", start).double() @ both
+        img += cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), n, c)
+        if store.paired:
+            w = normalized(tarr[start:start + len(block)], "texts", start).double() @ both
+            txt += cosine_silhouette_sum(w[:, 1].numpy(), w[:, 0].numpy(), c, n)
+    return img, txt
+
+
+def _per_class(store: Store, tot: Partial, texts, per_point) -> dict:
+    """Per class: images, acs, zero-shot recall and mean modality silhouette (Euclidean) of its images."""
+    if store.paired or tot.class_count is None:
+        raise EmbedxError("--per-class needs a store with class labels (this store is paired)")
+    names = [str(s) for s in store.text_names()]
+    y = store.labels()
+    out = {}
+    tn = texts.double().numpy()
+    for k, name in enumerate(names):
+        cnt = int(tot.class_count[k])
+        row = {"n_images": cnt, "acs": float(tot.class_sum[k] @ tn[k] / cnt) if cnt else None,
+               "zeroshot_recall": float(tot.top1[k] / cnt) if cnt and tot.top1 is not None else None}
+        if per_point is not None:
+            row["silhouette_euclidean"] = float(per_point[: store.n_images][y == k].mean()) if cnt else None
+        out[name] = row
+    return out

@@ -1,0 +1,126 @@
+"""The streaming pass: mergeable partial sums over blocks of image rows (one pass, O(N d)).
+
+Every quantity is a sum, so a block (or a Zarr chunk, on any worker) gives a :class:`Partial` and partials
+merge by addition; :meth:`Partial.finalize` turns the total into the measures. With x^ = x/|x|:
+
+  M_c   = sum_{i: y_i = c} x^_i          (per-class sums: acs = sum_c M_c.t_c / n_lab,
+                                          iimm_inter = sum_c M_c.(S_t - t_c) / (n_lab (C-1)))
+  S_x   = sum_i x^_i                      (iimm_intra = (|S_x|^2 - N) / (N (N-1)), gap)
+  cos   = sum_i s_i of the cosine silhouette, when S_x is known up front (the store keeps it): the mean
+          cosine distance of x^ to a cluster G is 1 - x^.(sum_G g)/|G|, self excluded
+  top-1 / top-5 hits per class of argmax_c x.t_c (row scaling does not change the ranking)
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from embedx.errors import EmbedxError
+
+
+def check_rows(x: torch.Tensor, what: str, start: int) -> torch.Tensor:
+    """Row norms of a float32 block; NaN/inf and zero rows are input errors (one line, with the row)."""
+    if not bool(torch.isfinite(x.sum())):
+        bad = (~torch.isfinite(x).all(1)).nonzero()
+        if len(bad):
+            raise EmbedxError(f"{what} row {int(bad[0]) + start} contains NaN or inf")
+    nrm = torch.linalg.vector_norm(x, dim=1)
+    if bool((nrm == 0).any()):
+        raise EmbedxError(f"{what} row {int((nrm == 0).nonzero()[0]) + start} is all zeros (it has no direction)")
+    return nrm
+
+
+def normalized(block, what: str = "rows", start: int = 0) -> torch.Tensor:
+    """float32 L2-normalized rows of a block, after :func:`check_rows`."""
+    x = torch.as_tensor(np.asarray(block)).float()
+    return x / check_rows(x, what, start)[:, None]
+
+
+def silhouette_values(own_sum, own_size, other_mean) -> np.ndarray:
+    """sklearn's convention: s = (b - a)/max(a, b) with a = own_sum/(own_size - 1); singletons and 0/0 -> 0."""
+    own_size = np.asarray(own_size, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = own_sum / (own_size - 1)
+        s = (other_mean - a) / np.maximum(a, other_mean)
+    s = np.where(own_size <= 1, 0.0, s)
+    return np.nan_to_num(s)
+
+
+def cosine_silhouette_sum(dot_own, dot_other, own_n: int, other_n: int) -> float:
+    """Sum of cosine-silhouette values of unit rows from x^.S_own and x^.S_other (self excluded from own)."""
+    own_sum = (own_n - 1) - (np.asarray(dot_own, dtype=np.float64) - 1.0)
+    other_mean = 1.0 - np.asarray(dot_other, dtype=np.float64) / other_n
+    return float(silhouette_values(own_sum, np.full(len(own_sum), own_n), other_mean).sum())
+
+
+@dataclass
+class Partial:
+    """Sums over a set of image rows. ``merge`` is addition; the same result whatever the blocking."""
+
+    n: int = 0
+    sum_x: np.ndarray = None            # S_x (float64, d)
+    class_sum: np.ndarray = None        # M (float64, C x d); paired stores: None
+    class_count: np.ndarray = None      # labelled images per class
+    correct_dot: float = 0.0            # paired stores: sum_i x^_i.t^_i
+    n_labelled: int = 0
+    top1: np.ndarray = None             # per-class hits
+    top5: np.ndarray = None
+    cos_sum: float = 0.0                # cosine-silhouette sum over these image rows (given S_x up front)
+
+    def merge(self, o: "Partial") -> "Partial":
+        def add(a, b):
+            return b if a is None else a if b is None else a + b
+
+        return Partial(self.n + o.n, add(self.sum_x, o.sum_x), add(self.class_sum, o.class_sum),
+                       add(self.class_count, o.class_count), self.correct_dot + o.correct_dot,
+                       self.n_labelled + o.n_labelled, add(self.top1, o.top1), add(self.top5, o.top5),
+                       self.cos_sum + o.cos_sum)
+
+
+@dataclass
+class PassConfig:
+    texts: torch.Tensor | None          # C x d normalized class texts (class stores)
+    text_sum: torch.Tensor              # S_t (float64)
+    n_texts: int
+    n_images: int
+    sum_x_hint: torch.Tensor | None     # S_x known up front (store attrs): cosine silhouette in this pass
+    zeroshot: bool
+
+
+def block_partial(x: torch.Tensor, nrm: torch.Tensor, y: np.ndarray, cfg: PassConfig,
+                  t_block: torch.Tensor | None = None) -> Partial:
+    """Partial sums of one block. ``x``: raw float32 rows, ``nrm``: their norms; ``t_block``: the normalized
+    paired text rows (paired stores)."""
+    inv = 1.0 / nrm
+    p = Partial(n=len(x))
+    lab = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    if t_block is None:  # class stores: per-class sums through a sparse (C x rows) weight matrix
+        c = cfg.n_texts
+        m = lab >= 0
+        rows = m.nonzero()[:, 0]
+        with warnings.catch_warnings():  # CSR is "beta" in torch; the matrix is valid by construction
+            warnings.simplefilter("ignore", UserWarning)
+            w = torch.sparse_coo_tensor(torch.stack([lab[rows], rows]), inv[rows], (c, len(x)),
+                                        check_invariants=False).to_sparse_csr()
+        p.class_sum = (w @ x).double().numpy()
+        p.class_count = np.bincount(lab[rows].numpy(), minlength=c).astype(np.int64)
+        p.n_labelled = int(len(rows))
+        unl = ~m
+        p.sum_x = p.class_sum.sum(0) + ((inv * unl) @ x).double().numpy() if bool(unl.any()) else p.class_sum.sum(0)
+        if cfg.zeroshot and len(rows):
+            top = (x[rows] @ cfg.texts.T).topk(min(5, c), dim=1).indices
+            yl = lab[rows]
+            p.top1 = np.bincount(yl[top[:, 0] == yl].numpy(), minlength=c).astype(np.int64)
+            p.top5 = np.bincount(yl[(top == yl[:, None]).any(1)].numpy(), minlength=c).astype(np.int64)
+    else:
+        p.sum_x = (inv @ x).double().numpy()
+        p.correct_dot = float(((x * t_block).sum(1) * inv).double().sum())
+        p.n_labelled = len(x)
+    if cfg.sum_x_hint is not None:
+        w = (x @ torch.stack([cfg.sum_x_hint.float(), cfg.text_sum.float()], 1)) * inv[:, None]
+        p.cos_sum = cosine_silhouette_sum(w[:, 0].double().numpy(), w[:, 1].double().numpy(), cfg.n_images,
+                                          cfg.n_texts)
+    return p

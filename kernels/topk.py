@@ -1,0 +1,111 @@
+"""Blocked similarity top-k: indices of the k largest ``q_i . g_j`` per query, never materializing
+len(q) x len(g). Ties go to the lower gallery index (as a stable descending sort).
+
+  * ``topk_reference``: float64 dense similarity + stable argsort (the definition).
+  * ``topk_torch``: query blocks x gallery blocks, running top-k merged per block (CPU/GPU).
+  * ``topk_triton``: a Triton kernel keeping a running top-k per query tile in registers (GPU; CPU under
+    ``TRITON_INTERPRET=1``); k <= 16.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+
+TRITON_MAX_K = 16
+
+
+def topk_reference(q, g, k: int) -> np.ndarray:
+    s = np.asarray(q, dtype=np.float64) @ np.asarray(g, dtype=np.float64).T
+    return np.argsort(-s, axis=1, kind="stable")[:, : min(k, s.shape[1])]
+
+
+def topk_torch(q: torch.Tensor, g: torch.Tensor, k: int, block: int = 4096) -> torch.Tensor:
+    """(len(q), min(k, len(g))) int64 indices, best first."""
+    k = min(k, len(g))
+    q = q.float()
+    out = torch.empty(len(q), k, dtype=torch.long, device=q.device)
+    for q0 in range(0, len(q), block):
+        qb = q[q0:q0 + block]
+        best_v = torch.full((len(qb), 0), -float("inf"), device=q.device)
+        best_i = torch.zeros((len(qb), 0), dtype=torch.long, device=q.device)
+        for g0 in range(0, len(g), block):
+            s = qb @ g[g0:g0 + block].float().T
+            v, i = s.topk(min(k, s.shape[1]), dim=1)
+            cat_v, cat_i = torch.cat([best_v, v], 1), torch.cat([best_i, i + g0], 1)
+            # stable: among equal values keep the lower gallery index first
+            order = torch.argsort(cat_i, dim=1)
+            cat_v, cat_i = cat_v.gather(1, order), cat_i.gather(1, order)
+            pos = torch.sort(cat_v, dim=1, descending=True, stable=True).indices[:, :k]
+            best_v, best_i = cat_v.gather(1, pos), cat_i.gather(1, pos)
+        out[q0:q0 + block] = best_i
+    return out
+
+
+if triton is not None:
+
+    @triton.jit
+    def _topk_kernel(q_ptr, g_ptr, out_ptr, n_q, n_g, dim, stride_q, stride_g, K,
+                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KP: tl.constexpr):
+        pid = tl.program_id(0)
+        rows = pid * BM + tl.arange(0, BM)
+        rmask = rows < n_q
+        kcols = tl.arange(0, KP)
+        best_v = tl.full((BM, KP), float("-inf"), tl.float32)
+        best_i = tl.full((BM, KP), 2147483647, tl.int32)
+        for g0 in range(0, n_g, BN):
+            cols = g0 + tl.arange(0, BN)
+            cmask = cols < n_g
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+            for k0 in range(0, dim, BK):
+                ks = k0 + tl.arange(0, BK)
+                kmask = ks < dim
+                a = tl.load(q_ptr + rows[:, None] * stride_q + ks[None, :], mask=rmask[:, None] & kmask[None, :],
+                            other=0.0).to(tl.float32)
+                b = tl.load(g_ptr + cols[:, None] * stride_g + ks[None, :], mask=cmask[:, None] & kmask[None, :],
+                            other=0.0).to(tl.float32)
+                acc += tl.dot(a, tl.trans(b), input_precision="ieee")
+            s = tl.where(cmask[None, :], acc, float("-inf"))
+            idx = tl.where(cmask[None, :], cols[None, :], 2147483647) + tl.zeros((BM, BN), tl.int32)
+            new_v = tl.full((BM, KP), float("-inf"), tl.float32)
+            new_i = tl.full((BM, KP), 2147483647, tl.int32)
+            for j in range(0, K):  # k selection steps over (running best) U (this tile)
+                vs = tl.max(s, axis=1)
+                vb = tl.max(best_v, axis=1)
+                # lowest index among the maxima of each side (ties -> lower gallery index)
+                is_ = tl.min(tl.where(s == vs[:, None], idx, 2147483647), axis=1)
+                ib = tl.min(tl.where(best_v == vb[:, None], best_i, 2147483647), axis=1)
+                take_s = (vs > vb) | ((vs == vb) & (is_ < ib))
+                v = tl.where(take_s, vs, vb)
+                i = tl.where(take_s, is_, ib)
+                new_v = tl.where(kcols[None, :] == j, v[:, None], new_v)
+                new_i = tl.where(kcols[None, :] == j, i[:, None], new_i)
+                s = tl.where(take_s[:, None] & (idx == is_[:, None]), float("-inf"), s)
+                idx = tl.where(take_s[:, None] & (idx == is_[:, None]), 2147483647, idx)
+                best_v = tl.where((~take_s)[:, None] & (best_i == ib[:, None]), float("-inf"), best_v)
+                best_i = tl.where((~take_s)[:, None] & (best_i == ib[:, None]), 2147483647, best_i)
+            best_v = new_v
+            best_i = new_i
+        tl.store(out_ptr + rows[:, None] * K + kcols[None, :], best_i.to(tl.int64),
+                 mask=rmask[:, None] & (kcols[None, :] < K))
+
+
+def topk_triton(q: torch.Tensor, g: torch.Tensor, k: int, BM: int = 16, BN: int = 64, BK: int = 32) -> torch.Tensor:
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    k = min(k, len(g))
+    if k > TRITON_MAX_K:
+        raise ValueError(f"topk_triton supports k <= {TRITON_MAX_K}")
+    q, g = q.contiguous(), g.contiguous()
+    out = torch.empty(len(q), k, dtype=torch.long, device=q.device)
+    if len(q) == 0 or k == 0:
+        return out
+    kp = max(2, triton.next_power_of_2(k))
+    _topk_kernel[(triton.cdiv(len(q), BM),)](q, g, out, len(q), len(g), q.shape[1], q.stride(0), g.stride(0), k,
+                                             BM=BM, BN=BN, BK=BK, KP=kp)
+    return out
