@@ -254,3 +254,29 @@ def test_several_positives_per_query(tmp_path, rng):
     uimg = [0, 3, 4, 5]
     top1 = [groups[np.argmax(sim[i])] == groups[i] for i in uimg]
     assert r["i2t_recall@1"] == pytest.approx(np.mean(top1)) and top1[0]
+
+
+def test_measure_cli_options(tmp_path, rng):
+    s, x, t, y = _store(tmp_path, rng, 150, 3, 8, "float32")
+    r = invoke("measure", s.path, "--silhouette", "sample", "--sample-size", "40", "--per-class",
+               "--silhouette-labels", "class")
+    assert r.exit_code == 0, r.stderr
+    assert "95% CI" in r.stdout and "per class" in r.stdout and "silhouette_class_euclidean" in r.stdout
+    r = invoke("measure", s.path, "--json", "--silhouette", "sample", "--sample-size", "40")
+    d = json.loads(r.stdout)
+    lo, hi = d["estimates"]["silhouette_euclidean"]["ci95"]
+    assert lo <= d["silhouette_euclidean"] <= hi and d["estimates"]["silhouette_euclidean"]["sample_size"] == 40
+
+
+def test_profile_reports_kernels_against_roofline_and_references():
+    r = invoke("profile", "--n", "256", "--d", "32", "--json")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["roofline"]["matmul_gflops"] > 0 and d["roofline"]["copy_gbs"] > 0
+    names = [row["kernel"] for row in d["kernels"]]
+    for prefix in ("cluster_distance_sums", "topk", "stream_pass"):
+        assert any(name.startswith(prefix) for name in names), (prefix, names)
+    for row in d["kernels"]:
+        assert row["seconds"] > 0 and row["reference_seconds"] > 0 and row["roofline_share"] >= 0
+    r = invoke("profile", "--n", "256", "--d", "32")
+    assert r.exit_code == 0 and "roofline" in r.stdout

@@ -79,11 +79,12 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
     want_cos = "silhouette_cosine" in want
     cfg = PassConfig(texts=texts, text_sum=text_sum, n_texts=c, n_images=n,
                      sum_x_hint=sx_hint if want_cos and text_sum is not None else None,
-                     zeroshot=not store.paired and any(m.startswith("zeroshot") for m in want))
+                     zeroshot=not store.paired and any(m.startswith("zeroshot") for m in want),
+                     sums=store.paired or any(not m.startswith("zeroshot") for m in want) or per_class)
     tot, text_cos, st_pass = _stream(store, cfg)
     timings["stream_pass"] = time.perf_counter() - t0
 
-    sx = tot.sum_x
+    sx = tot.sum_x if tot.sum_x is not None else np.full(store.dim, np.nan)
     st = st_pass if store.paired else text_sum.numpy()
     out: dict = {}
     if store.paired:
@@ -91,10 +92,10 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
         out["iimm_inter"] = (float(sx @ st) - tot.correct_dot) / (n * (n - 1)) if n > 1 else float("nan")
     elif tot.n_labelled:
         tn = texts.double().numpy()
-        correct = float((tot.class_sum * tn).sum())
+        correct = float((tot.class_sum * tn).sum()) if tot.class_sum is not None else float("nan")
         out["acs"] = correct / tot.n_labelled
         out["iimm_inter"] = (float(tot.class_sum.sum(0) @ st) - correct) / (tot.n_labelled * (c - 1)) \
-            if c > 1 else float("nan")
+            if c > 1 and tot.class_sum is not None else float("nan")
     else:
         out["acs"] = out["iimm_inter"] = float("nan")
     out["iimm_intra"] = (float(sx @ sx) - n) / (n * (n - 1)) if n > 1 else float("nan")
@@ -180,7 +181,9 @@ def _stream(store: Store, cfg: PassConfig):
     st_pass = np.zeros(store.dim)
     tarr = store.group["texts/embeddings"]
     xbuf = None
-    for start, block, y in store.iter_images(with_labels=True, reuse=True):
+    labels = store.labels()  # 4 bytes a row, read once: far cheaper than many small label chunks per block
+    for start, block in store.iter_images(reuse=True):
+        y = labels[start:start + len(block)]
         if xbuf is None or len(xbuf) < len(block):
             xbuf = torch.empty(len(block), store.dim)
         x = xbuf[: len(block)]

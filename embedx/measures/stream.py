@@ -8,7 +8,8 @@ merge by addition; :meth:`Partial.finalize` turns the total into the measures. W
   S_x   = sum_i x^_i                      (iimm_intra = (|S_x|^2 - N) / (N (N-1)), gap)
   cos   = sum_i s_i of the cosine silhouette, when S_x is known up front (the store keeps it): the mean
           cosine distance of x^ to a cluster G is 1 - x^.(sum_G g)/|G|, self excluded
-  top-1 / top-5 hits per class of argmax_c x.t_c (row scaling does not change the ranking)
+  top-1 / top-5 hits per class: the true class is top-k if fewer than k classes score strictly higher
+          (row scaling does not change the ranking; exact ties count in the image's favour)
 """
 from __future__ import annotations
 
@@ -21,13 +22,16 @@ import torch
 from embedx.errors import EmbedxError
 
 
+ZS_SUB_BLOCK = 4096
+
+
 def check_rows(x: torch.Tensor, what: str, start: int) -> torch.Tensor:
-    """Row norms of a float32 block; NaN/inf and zero rows are input errors (one line, with the row)."""
-    if not bool(torch.isfinite(x.sum())):
-        bad = (~torch.isfinite(x).all(1)).nonzero()
-        if len(bad):
-            raise EmbedxError(f"{what} row {int(bad[0]) + start} contains NaN or inf")
+    """Row norms of a float32 block; NaN/inf and zero rows are input errors (one line, with the row).
+    A non-finite element makes its row norm non-finite (float16/32 inputs cannot overflow the square)."""
     nrm = torch.linalg.vector_norm(x, dim=1)
+    bad = ~torch.isfinite(nrm)
+    if bool(bad.any()):
+        raise EmbedxError(f"{what} row {int(bad.nonzero()[0]) + start} contains NaN or inf")
     if bool((nrm == 0).any()):
         raise EmbedxError(f"{what} row {int((nrm == 0).nonzero()[0]) + start} is all zeros (it has no direction)")
     return nrm
@@ -88,6 +92,10 @@ class PassConfig:
     n_images: int
     sum_x_hint: torch.Tensor | None     # S_x known up front (store attrs): cosine silhouette in this pass
     zeroshot: bool
+    sums: bool = True                   # the O(N d) sums (acs, iimm, gap, ...); off when only zero-shot is asked
+
+    def __post_init__(self):
+        self.texts_t = None if self.texts is None else self.texts.T.contiguous()
 
 
 def block_partial(x: torch.Tensor, nrm: torch.Tensor, y: np.ndarray, cfg: PassConfig,
@@ -100,27 +108,35 @@ def block_partial(x: torch.Tensor, nrm: torch.Tensor, y: np.ndarray, cfg: PassCo
     if t_block is None:  # class stores: per-class sums through a sparse (C x rows) weight matrix
         c = cfg.n_texts
         m = lab >= 0
-        rows = m.nonzero()[:, 0]
-        with warnings.catch_warnings():  # CSR is "beta" in torch; the matrix is valid by construction
-            warnings.simplefilter("ignore", UserWarning)
-            w = torch.sparse_coo_tensor(torch.stack([lab[rows], rows]), inv[rows], (c, len(x)),
-                                        check_invariants=False).to_sparse_csr()
-        p.class_sum = (w @ x).double().numpy()
-        p.class_count = np.bincount(lab[rows].numpy(), minlength=c).astype(np.int64)
+        all_labelled = bool(m.all())
+        rows = torch.arange(len(x)) if all_labelled else m.nonzero()[:, 0]
+        yl = lab if all_labelled else lab[rows]
+        p.class_count = np.bincount(yl.numpy(), minlength=c).astype(np.int64)
         p.n_labelled = int(len(rows))
-        unl = ~m
-        p.sum_x = p.class_sum.sum(0) + ((inv * unl) @ x).double().numpy() if bool(unl.any()) else p.class_sum.sum(0)
-        if cfg.zeroshot and len(rows):
-            top = (x[rows] @ cfg.texts.T).topk(min(5, c), dim=1).indices
-            yl = lab[rows]
-            p.top1 = np.bincount(yl[top[:, 0] == yl].numpy(), minlength=c).astype(np.int64)
-            p.top5 = np.bincount(yl[(top == yl[:, None]).any(1)].numpy(), minlength=c).astype(np.int64)
+        if cfg.sums:
+            with warnings.catch_warnings():  # CSR is "beta" in torch; the matrix is valid by construction
+                warnings.simplefilter("ignore", UserWarning)
+                w = torch.sparse_coo_tensor(torch.stack([yl, rows]), inv[rows], (c, len(x)),
+                                            check_invariants=False).to_sparse_csr()
+            p.class_sum = (w @ x).double().numpy()
+            p.sum_x = p.class_sum.sum(0)
+            if not all_labelled:
+                p.sum_x = p.sum_x + ((inv * ~m) @ x).double().numpy()
+        if cfg.zeroshot:
+            better = torch.empty(len(rows), dtype=torch.long)
+            for s0 in range(0, len(rows), ZS_SUB_BLOCK):  # cache-sized sub-blocks: matmul-bound
+                sub = x[s0:s0 + ZS_SUB_BLOCK] if all_labelled else x[rows[s0:s0 + ZS_SUB_BLOCK]]
+                logits = sub @ cfg.texts_t                      # row scaling does not change the ranking
+                true = logits.gather(1, yl[s0:s0 + ZS_SUB_BLOCK, None])
+                better[s0:s0 + ZS_SUB_BLOCK] = (logits > true).sum(1)  # classes strictly above the true one
+            p.top1 = np.bincount(yl[better == 0].numpy(), minlength=c).astype(np.int64)
+            p.top5 = np.bincount(yl[better < 5].numpy(), minlength=c).astype(np.int64)
     else:
         p.sum_x = (inv @ x).double().numpy()
         p.correct_dot = float(((x * t_block).sum(1) * inv).double().sum())
         p.n_labelled = len(x)
     if cfg.sum_x_hint is not None:
-        w = (x @ torch.stack([cfg.sum_x_hint.float(), cfg.text_sum.float()], 1)) * inv[:, None]
+        w = torch.nn.functional.linear(x, torch.stack([cfg.sum_x_hint.float(), cfg.text_sum.float()])) * inv[:, None]
         p.cos_sum = cosine_silhouette_sum(w[:, 0].double().numpy(), w[:, 1].double().numpy(), cfg.n_images,
                                           cfg.n_texts)
     return p

@@ -1,0 +1,116 @@
+"""``embedx profile``: time each kernel on this device against its reference and the measured roofline.
+
+The roofline is measured in the same run: a large matmul (peak FLOP/s) and a large copy (memory GB/s).
+Each kernel row reports achieved GFLOP/s and GB/s, the share of the roofline bound for its arithmetic
+intensity, and the time of the reference implementation on the same inputs.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from embedx import kernels
+from embedx.encoders import resolve_device  # noqa: F401  (device names as elsewhere)
+from embedx.measures.stream import PassConfig, block_partial, check_rows
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _best(fn, dev, repeats: int = 3) -> float:
+    fn()
+    _sync(dev)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        _sync(dev)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def roofline(dev: torch.device, n: int = 4096, copy_mb: int = 512) -> dict:
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    t = _best(lambda: a @ b, dev)
+    src = torch.empty(copy_mb << 18, device=dev)  # float32: copy_mb MiB
+    dst = torch.empty_like(src)
+    tc = _best(lambda: dst.copy_(src), dev)
+    return {"matmul_gflops": 2 * n ** 3 / t / 1e9, "copy_gbs": 2 * src.numel() * 4 / tc / 1e9,
+            "matmul_shape": [n, n, n], "copy_mib": copy_mb}
+
+
+def _row(name, impl, seconds, flops, nbytes, roof, ref_seconds=None, ref_name=None):
+    gflops, gbs = flops / seconds / 1e9, nbytes / seconds / 1e9
+    intensity = flops / max(nbytes, 1)
+    bound = min(roof["matmul_gflops"], intensity * roof["copy_gbs"])  # roofline: FLOP/s ceiling at this intensity
+    return {"kernel": name, "impl": impl, "seconds": seconds, "gflops": gflops, "gbs": gbs,
+            "arithmetic_intensity": intensity, "roofline_share": gflops / bound if flops else gbs / roof["copy_gbs"],
+            "reference": ref_name, "reference_seconds": ref_seconds,
+            "speedup_vs_reference": (ref_seconds / seconds) if ref_seconds else None}
+
+
+def profile(n: int = 4096, d: int = 512, k: int = 10, device: str = "auto", impls=None, seed: int = 0) -> dict:
+    """Kernels at ``n`` points of dimension ``d``: cluster distance sums (n x n, 2 clusters), top-k (n queries
+    x n gallery), and the streaming pass over an n x d float16 block (C = 100)."""
+    dev = resolve_device(device)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(n, d, generator=g).to(dev)
+    x = x / x.norm(dim=1, keepdim=True)
+    lab = (torch.arange(n, device=dev) >= n // 2).long()
+    roof = roofline(dev)
+    if impls is None:
+        impls = ["torch"] + (["triton"] if dev.type == "cuda" and kernels.triton is not None else [])
+    rows = []
+    flops_cd = 2.0 * n * n * d
+    bytes_cd = 2.0 * n * d * 4 + n * 2 * 8
+
+    def dense_cluster_sums():
+        dist = torch.cdist(x.double(), x.double())
+        return torch.stack([dist[:, lab == 0].sum(1), dist[:, lab == 1].sum(1)], 1)
+
+    ref_t = _best(dense_cluster_sums, dev, repeats=1)
+    rid = torch.arange(n, device=dev)
+    for impl in impls:
+        fn = kernels.cluster_distance_sums_torch if impl == "torch" else kernels.cluster_distance_sums_triton
+        t = _best(lambda: fn(x, x, lab, 2, rid), dev)
+        rows.append(_row("cluster_distance_sums", impl, t, flops_cd, bytes_cd, roof, ref_t, "dense float64 cdist + sums"))
+
+    def dense_topk():
+        return (x @ x.T).topk(k, dim=1).indices
+
+    ref_t = _best(dense_topk, dev)
+    for impl in impls:
+        fn = kernels.topk_torch if impl == "torch" else kernels.topk_triton
+        t = _best(lambda: fn(x, x, k), dev)
+        rows.append(_row(f"topk(k={k})", impl, t, flops_cd, 2.0 * n * d * 4 + n * k * 8, roof, ref_t,
+                         "dense similarity + torch.topk"))
+
+    if dev.type == "cpu":
+        c = 100
+        block = x.cpu().half().numpy()
+        y = np.random.default_rng(seed).integers(0, c, n)
+        tx = torch.randn(c, d, generator=g)
+        tx = tx / tx.norm(dim=1, keepdim=True)
+        cfg = PassConfig(texts=tx, text_sum=tx.double().sum(0), n_texts=c, n_images=n,
+                         sum_x_hint=torch.zeros(d, dtype=torch.float64), zeroshot=False)
+        buf = torch.empty(n, d)
+
+        def stream():
+            buf.copy_(torch.from_numpy(block))
+            block_partial(buf, check_rows(buf, "images", 0), y, cfg)
+
+        def reference_pass():
+            xx = block.astype(np.float64)
+            xx /= np.linalg.norm(xx, axis=1, keepdims=True)
+            return xx.sum(0), np.add.at(np.zeros((c, d)), y, xx)
+
+        ref_t = _best(reference_pass, dev, repeats=1)
+        t = _best(stream, dev)
+        rows.append(_row("stream_pass (O(N d) measures)", "torch", t, 0, n * d * 2.0, roof, ref_t,
+                         "numpy float64 normalize + sums"))
+    return {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "threads": torch.get_num_threads(), "n": n, "d": d, "roofline": roof, "kernels": rows}
