@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 
@@ -71,8 +72,19 @@ def cli(ctx, quiet):
     _setup_logging(quiet)
 
 
+def _jsonable(obj):
+    """NaN/inf (an undefined measure, e.g. iimm_inter with one class) become null: strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
 def _echo_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
+    click.echo(json.dumps(_jsonable(obj), indent=2, default=str, allow_nan=False))
 
 
 def _human_bytes(n: int) -> str:
@@ -230,7 +242,7 @@ def measure(store, metrics, silhouette_mode, sample_size, seed, silhouette_label
                   knn=knn, per_class=per_class, silhouette_labels=silhouette_labels)
     if out:
         with open(out, "w") as f:
-            json.dump(res, f, indent=2)
+            json.dump(_jsonable(res), f, indent=2, allow_nan=False)
     if as_json:
         _echo_json(res)
         return
@@ -241,7 +253,8 @@ def measure(store, metrics, silhouette_mode, sample_size, seed, silhouette_label
     for k in keys:
         est = res.get("estimates", {}).get(k)
         ci = f"   (sample of {est['sample_size']}, 95% CI {est['ci95'][0]:.4f} .. {est['ci95'][1]:.4f})" if est else ""
-        click.echo(f"{k:<{w}}  {res[k]: .6f}{ci}")
+        val = f"{res[k]: .6f}" if math.isfinite(res[k]) else " undefined (needs 2+ classes/points)"
+        click.echo(f"{k:<{w}}  {val}{ci}")
     if per_class:
         click.echo("\nper class: images, acs, zero-shot recall, silhouette")
         for name, row in res["per_class"].items():

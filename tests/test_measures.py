@@ -280,3 +280,17 @@ def test_profile_reports_kernels_against_roofline_and_references():
         assert row["seconds"] > 0 and row["reference_seconds"] > 0 and row["roofline_share"] >= 0
     r = invoke("profile", "--n", "256", "--d", "32")
     assert r.exit_code == 0 and "roofline" in r.stdout
+
+
+def test_one_class_store_reports_undefined_measures_as_null(tmp_path, rng):
+    s, x, t, y = _store(tmp_path, rng, 60, 1, 8, "float32", y=np.zeros(60, np.int64))
+    r = invoke("measure", s.path, "--json")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["iimm_inter"] is None and d["iimm"] is None and d["text_intra"] is None
+    xn = x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    tn = t / np.linalg.norm(t.astype(np.float64), axis=1, keepdims=True)
+    assert d["acs"] == pytest.approx((xn @ tn[0]).mean(), abs=1e-6)
+    assert d["silhouette_euclidean"] == pytest.approx(silhouette_score(np.vstack([xn, tn]), [1] * 60 + [0]), abs=1e-5)
+    assert d["zeroshot_top1"] == 1.0
+    assert "undefined" in invoke("measure", s.path).stdout
