@@ -114,10 +114,13 @@ def block_partial(x: torch.Tensor, nrm: torch.Tensor, y: np.ndarray, cfg: PassCo
         p.class_count = np.bincount(yl.numpy(), minlength=c).astype(np.int64)
         p.n_labelled = int(len(rows))
         if cfg.sums:
+            order = torch.argsort(yl, stable=True)                 # rows grouped by class: a CSR matrix
+            crow = torch.zeros(c + 1, dtype=torch.long)
+            crow[1:] = torch.cumsum(torch.from_numpy(p.class_count), 0)
             with warnings.catch_warnings():  # CSR is "beta" in torch; the matrix is valid by construction
                 warnings.simplefilter("ignore", UserWarning)
-                w = torch.sparse_coo_tensor(torch.stack([yl, rows]), inv[rows], (c, len(x)),
-                                            check_invariants=False).to_sparse_csr()
+                w = torch.sparse_csr_tensor(crow, rows[order], inv[rows[order]], (c, len(x)),
+                                            check_invariants=False)
             p.class_sum = (w @ x).double().numpy()
             p.sum_x = p.class_sum.sum(0)
             if not all_labelled:
