@@ -201,7 +201,7 @@ def main(argv=None):
         return None
     os.makedirs(WORK, exist_ok=True)
     only = set(a.only.split(","))
-    res, rows = {}, []
+    res = {}
     if "a" in only:
         p = make_class_store(os.path.join(WORK, "iimm-20000.zarr"), 20_000, 100, 512)
         e, r = child("iimm_embedx", p), child("iimm_authors", p)
@@ -209,9 +209,9 @@ def main(argv=None):
         res["a_iimm"] = {"embedx": e, "authors": r, "speedup": r["seconds"] / e["seconds"],
                          "abs_diff": abs(e["value"] - r["value"]), "pass": r["seconds"] / e["seconds"] >= 100
                          and abs(e["value"] - r["value"]) <= 1e-6}
-        rows.append(f"| (a) IIMM, N=20,000, d=512, C=100 | {e['seconds']:.3f} s | authors' blocked O(N^2) float64: "
+        res["a_iimm"]["md"] = [f"| (a) IIMM, N=20,000, d=512, C=100 | {e['seconds']:.3f} s | authors' blocked O(N^2) float64: "
                     f"{r['seconds']:.2f} s | **{res['a_iimm']['speedup']:.0f}x**, |diff| {res['a_iimm']['abs_diff']:.1e} "
-                    f"| >= 100x, 1e-6 |")
+                    f"| >= 100x, 1e-6 |"]
     if "b" in only:
         p = make_class_store(os.path.join(WORK, "iimm-20000.zarr"), 20_000, 100, 512)
         e, r = child("sil_embedx", p), child("sil_sklearn", p)
@@ -219,10 +219,10 @@ def main(argv=None):
                                "abs_diff": abs(e["value"] - r["value"])}
         res["b_silhouette"]["pass"] = (res["b_silhouette"]["speedup"] >= 2 and e["peak_rss_mb"] < r["peak_rss_mb"]
                                        and res["b_silhouette"]["abs_diff"] <= 1e-5)
-        rows.append(f"| (b) exact Euclidean silhouette, 20,000 + 100 points, d=512 | {e['seconds']:.2f} s, "
+        res["b_silhouette"]["md"] = [f"| (b) exact Euclidean silhouette, 20,000 + 100 points, d=512 | {e['seconds']:.2f} s, "
                     f"{e['peak_rss_mb']:.0f} MB | sklearn silhouette_score (float64): {r['seconds']:.2f} s, "
                     f"{r['peak_rss_mb']:.0f} MB | **{res['b_silhouette']['speedup']:.1f}x**, |diff| "
-                    f"{res['b_silhouette']['abs_diff']:.1e} | >= 2x, less memory |")
+                    f"{res['b_silhouette']['abs_diff']:.1e} | >= 2x, less memory |"]
     if "c" in only:
         from bench_store_read import build
 
@@ -234,12 +234,12 @@ def main(argv=None):
         zs_share = o["zeroshot_gflops"] / o["matmul_gflops"]
         res["c_one_pass"] = {**o, "pass_over_read": ratio, "zeroshot_share_of_matmul": zs_share,
                              "pass": ratio <= 1.5 and o["peak_rss_mb"] < 1500 and zs_share >= 0.7}
-        rows.append(f"| (c) acs, iimm (+parts), text_intra, gap, silhouette_cosine on 1,000,000 x 512 fp16, C=1,000 "
+        res["c_one_pass"]["md"] = [f"| (c) acs, iimm (+parts), text_intra, gap, silhouette_cosine on 1,000,000 x 512 fp16, C=1,000 "
                     f"| one pass {min(o['pass_s']):.2f} s, peak RSS {o['peak_rss_mb']:.0f} MB | read only: "
-                    f"{min(o['read_s']):.2f} s | **{ratio:.2f}x** the read | <= 1.5x, < 1.5 GB |")
-        rows.append(f"| (c) zero-shot top-1/top-5/per-class on the same store | {min(o['zeroshot_s']):.2f} s, "
+                    f"{min(o['read_s']):.2f} s | **{ratio:.2f}x** the read | <= 1.5x, < 1.5 GB |",
+                                   f"| (c) zero-shot top-1/top-5/per-class on the same store | {min(o['zeroshot_s']):.2f} s, "
                     f"{o['zeroshot_gflops']:.0f} GFLOP/s | sgemm 4096^3: {o['matmul_gflops']:.0f} GFLOP/s | "
-                    f"**{zs_share:.0%}** of matmul | >= 70% |")
+                    f"**{zs_share:.0%}** of matmul | >= 70% |"]
     if "d" in only:
         p = make_paired_store(os.path.join(WORK, "paired-20000.zarr"), 20_000, 512)
         e, r = child("recall_embedx", p), child("recall_dense", p)
@@ -249,11 +249,18 @@ def main(argv=None):
         res["d_recall"] = {"embedx_20k": e, "dense_20k": r, "speedup": r["seconds"] / e["seconds"], "max_diff": diff,
                            "embedx_200k": big, "pass": r["seconds"] / e["seconds"] >= 2 and diff == 0
                            and big["peak_rss_mb"] < 2000}
-        rows.append(f"| (d) recall@1/5/10 both ways, 20,000 pairs | {e['seconds']:.2f} s, {e['peak_rss_mb']:.0f} MB | "
+        res["d_recall"]["md"] = [f"| (d) recall@1/5/10 both ways, 20,000 pairs | {e['seconds']:.2f} s, {e['peak_rss_mb']:.0f} MB | "
                     f"dense similarity + argsort: {r['seconds']:.2f} s, {r['peak_rss_mb']:.0f} MB | "
-                    f"**{res['d_recall']['speedup']:.1f}x**, same values | >= 2x |")
-        rows.append(f"| (d) recall@k, 200,000 pairs | {big['seconds']:.1f} s, peak RSS **{big['peak_rss_mb']:.0f} MB** "
-                    f"| dense: 160 GB of similarities | — | < 2 GB |")
+                    f"**{res['d_recall']['speedup']:.1f}x**, same values | >= 2x |",
+                                 f"| (d) recall@k, 200,000 pairs | {big['seconds']:.1f} s, peak RSS **{big['peak_rss_mb']:.0f} MB** "
+                    f"| dense: 160 GB of similarities | — | < 2 GB |"]
+    old_path = os.path.join(HERE, "results", "measures.json")
+    if os.path.exists(old_path):  # keep the cases not rerun (--only)
+        with open(old_path) as f:
+            old = json.load(f)
+        res = {**{k: v for k, v in old.items() if k.endswith(("_iimm", "_silhouette", "_one_pass", "_recall"))}, **res}
+    res = dict(sorted(res.items()))
+    rows = [line for v in res.values() for line in v.get("md", [])]
     md = ("| case | embedx | reference | result | target |\n|---|---|---|---|---|\n" + "\n".join(rows) +
           "\n\nEach timed case runs in its own process (peak RSS = its VmHWM, Python and libraries included). "
           "Synthetic data: Gaussian class centres with noise and a shared text offset (a), (b); 1M Gaussian rows "

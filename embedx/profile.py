@@ -13,7 +13,7 @@ import torch
 
 from embedx import kernels
 from embedx.encoders import resolve_device  # noqa: F401  (device names as elsewhere)
-from embedx.measures.stream import PassConfig, block_partial, check_rows
+from embedx.measures.stream import PassConfig, block_partial
 
 
 def _sync(dev: torch.device) -> None:
@@ -97,11 +97,8 @@ def profile(n: int = 4096, d: int = 512, k: int = 10, device: str = "auto", impl
         tx = tx / tx.norm(dim=1, keepdim=True)
         cfg = PassConfig(texts=tx, text_sum=tx.double().sum(0), n_texts=c, n_images=n,
                          sum_x_hint=torch.zeros(d, dtype=torch.float64), zeroshot=False)
-        buf = torch.empty(n, d)
-
         def stream():
-            buf.copy_(torch.from_numpy(block))
-            block_partial(buf, check_rows(buf, "images", 0), y, cfg)
+            block_partial(block, y, cfg)
 
         def reference_pass():
             xx = block.astype(np.float64)

@@ -26,8 +26,7 @@ import torch
 
 from embedx.errors import EmbedxError
 from embedx.measures import retrieval, silhouette
-from embedx.measures.stream import (PassConfig, Partial, block_partial, check_rows, cosine_silhouette_sum,
-                                    normalized)
+from embedx.measures.stream import PassConfig, Partial, block_partial, cosine_silhouette_sum, normalized
 from embedx.store import Store
 
 BASE = ("acs", "iimm_inter", "iimm_intra", "iimm", "text_intra", "gap", "silhouette_euclidean",
@@ -180,15 +179,9 @@ def _stream(store: Store, cfg: PassConfig):
     text_cos = 0.0
     st_pass = np.zeros(store.dim)
     tarr = store.group["texts/embeddings"]
-    xbuf = None
     labels = store.labels()  # 4 bytes a row, read once: far cheaper than many small label chunks per block
     for start, block in store.iter_images(reuse=True):
         y = labels[start:start + len(block)]
-        if xbuf is None or len(xbuf) < len(block):
-            xbuf = torch.empty(len(block), store.dim)
-        x = xbuf[: len(block)]
-        x.copy_(torch.from_numpy(block))  # fp16 -> fp32 into a reused buffer (no page faults)
-        nrm = check_rows(x, "images", start)
         tb = None
         if store.paired:
             tb = normalized(tarr[start:start + len(block)], "texts", start)
@@ -196,7 +189,7 @@ def _stream(store: Store, cfg: PassConfig):
             if cfg.sum_x_hint is not None:
                 w = tb.double() @ torch.stack([cfg.text_sum, cfg.sum_x_hint], 1)
                 text_cos += cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), cfg.n_texts, cfg.n_images)
-        tot = tot.merge(block_partial(x, nrm, y, cfg, tb))
+        tot = tot.merge(block_partial(block, y, cfg, start, tb))
     return tot, text_cos, st_pass
 
 
