@@ -431,12 +431,13 @@ class Store:
         return self.chunk_rows * max(1, target_bytes // per_chunk)
 
     def iter_images(self, block_rows: int | None = None, dtype=None, with_labels: bool = False,
-                    reuse: bool = False) -> Iterator[tuple]:
+                    reuse: bool = False, prefetch: bool = True) -> Iterator[tuple]:
         """Yield ``(start, block)`` (or ``(start, block, labels)``) over the committed image rows.
 
         ``reuse=True`` decodes into two preallocated buffers, reading block k+1 in a background thread while
         block k is being used (no page faults, I/O overlapped with compute): each yielded array is then only
-        valid until the next iteration, so copy what you keep.
+        valid until the next iteration, so copy what you keep. ``prefetch=False`` reads in the caller's thread
+        (for compute-bound consumers that need every core).
         """
         block_rows = block_rows or self.block_rows()
         labels = self.group["images/labels"]
@@ -461,10 +462,10 @@ class Store:
             return buf, (labels[start:stop] if with_labels else None)
 
         with ThreadPoolExecutor(1, thread_name_prefix="embedx-reader") as pool:
-            nxt = pool.submit(read, 0) if starts else None
+            nxt = pool.submit(read, 0) if starts and prefetch else None
             for k, start in enumerate(starts):
-                block, lab = nxt.result()
-                nxt = pool.submit(read, k + 1) if k + 1 < len(starts) else None
+                block, lab = nxt.result() if prefetch else read(k)
+                nxt = pool.submit(read, k + 1) if prefetch and k + 1 < len(starts) else None
                 if conv is not None:
                     out = conv[: len(block)]
                     np.copyto(out, block)

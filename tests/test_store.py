@@ -48,8 +48,8 @@ def test_round_trip_ragged_chunks(tmp_path, rng, dtype, codec):
     np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), x.astype(dtype).astype(np.float32))
     np.testing.assert_array_equal(np.concatenate([b[2] for b in blocks]), y)
     # reused buffers give the same blocks, converted or not
-    for dt in (None, np.float32):
-        got = [b.copy() for _, b in s.iter_images(block_rows=2 * chunk, dtype=dt, reuse=True)]
+    for dt, prefetch in ((None, True), (np.float32, True), (np.float32, False)):
+        got = [b.copy() for _, b in s.iter_images(block_rows=2 * chunk, dtype=dt, reuse=True, prefetch=prefetch)]
         np.testing.assert_array_equal(np.concatenate(got), x.astype(dtype).astype(dt or dtype))
     # random access, negative indices included
     rows = rng.integers(-n, n, 17)

@@ -180,7 +180,8 @@ def _stream(store: Store, cfg: PassConfig):
     st_pass = np.zeros(store.dim)
     tarr = store.group["texts/embeddings"]
     labels = store.labels()  # 4 bytes a row, read once: far cheaper than many small label chunks per block
-    for start, block in store.iter_images(reuse=True):
+    # zero-shot alone is matmul-bound: reading in this thread leaves both cores to the matmul
+    for start, block in store.iter_images(reuse=True, prefetch=cfg.sums or not cfg.zeroshot):
         y = labels[start:start + len(block)]
         tb = None
         if store.paired:
