@@ -17,6 +17,7 @@ from embedx.kernels.cluster_distance import (  # noqa: F401
     cluster_distance_sums_triton,
     triton,
 )
+from embedx.kernels.stream_stats import stream_stats_numba, stream_stats_reference  # noqa: F401
 from embedx.kernels.topk import TRITON_MAX_K, topk_reference, topk_torch, topk_triton  # noqa: F401
 
 

@@ -96,3 +96,43 @@ def test_blocked_topk_matches_dense_stable_sort(rng, impl, dtype):
     gaps = np.diff(np.sort(sim, 1)[:, ::-1][:, : k + 1], axis=1)
     clear = (np.abs(gaps) > 1e-4).all(1) if gaps.size else np.ones(nq, bool)
     np.testing.assert_array_equal(got[clear], ref[clear])
+
+
+@pytest.mark.parametrize("case", ["ragged", "one_class", "empty_classes_and_unlabelled", "no_vectors"])
+def test_fused_stream_stats_match_reference(rng, case):
+    n, d = int(rng.integers(1, 700)), int(rng.integers(1, 130))
+    c = 1 if case == "one_class" else int(rng.integers(2, 40))
+    x = (rng.standard_normal((n, d)) * rng.uniform(0.1, 20, (n, 1))).astype(np.float16)
+    x[np.abs(x).sum(1) == 0, 0] = 1  # no zero rows here (the caller rejects them)
+    y = rng.integers(0, c, n)
+    if case == "empty_classes_and_unlabelled":
+        y[y == 0] = -1          # class 0 empty, its rows unlabelled
+    vs = rng.standard_normal((0 if case == "no_vectors" else 2, d))
+    got = K.stream_stats_numba(x, y, vs, c)
+    assert got is not None, "numba is a dependency: the fused kernel must be available"
+    ref = K.stream_stats_reference(x.astype(np.float64), y, vs, c)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5)
+    np.testing.assert_allclose(got[1], ref[1], atol=1e-5)
+    np.testing.assert_allclose(got[2], ref[2], atol=1e-4)
+    assert K.stream_stats_numba(x.astype(np.float32), y, vs, c) is None  # float32 blocks take the torch path
+
+
+def test_fused_and_torch_stream_paths_agree(rng):
+    from embedx.measures.stream import PassConfig, block_partial, normalized
+
+    x = rng.standard_normal((3000, 48)).astype(np.float16)
+    y = rng.integers(-1, 9, 3000)
+    t = normalized(rng.standard_normal((9, 48)))
+    hint = torch.from_numpy(rng.standard_normal(48))
+    parts = []
+    for fused in (True, False):
+        cfg = PassConfig(texts=t, text_sum=t.double().sum(0), n_texts=9, n_images=3000, sum_x_hint=hint,
+                         zeroshot=True, fused=fused)
+        parts.append(block_partial(x, y, cfg, sub_rows=1000))
+    a, b = parts
+    np.testing.assert_allclose(a.class_sum, b.class_sum, atol=1e-4)
+    np.testing.assert_allclose(a.sum_x, b.sum_x, atol=1e-4)
+    assert a.cos_sum == pytest.approx(b.cos_sum, abs=1e-6)
+    np.testing.assert_array_equal(a.top1, b.top1)
+    np.testing.assert_array_equal(a.top5, b.top5)
+    np.testing.assert_array_equal(a.class_count, b.class_count)

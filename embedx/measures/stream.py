@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from embedx import kernels
 from embedx.errors import EmbedxError
 
 
@@ -94,6 +95,7 @@ class PassConfig:
     sum_x_hint: torch.Tensor | None     # S_x known up front (store attrs): cosine silhouette in this pass
     zeroshot: bool
     sums: bool = True                   # the O(N d) sums (acs, iimm, gap, ...); off when only zero-shot is asked
+    fused: bool = True                  # class stores: the fused numba sweep (kernels.stream_stats) when available
 
     def __post_init__(self):
         self.texts_t = None if self.texts is None else self.texts.T.contiguous()
@@ -106,12 +108,65 @@ class PassConfig:
         return self._buf
 
 
+def _check_norms(norms: np.ndarray, what: str, start: int) -> None:
+    bad = ~np.isfinite(norms)
+    if bad.any():
+        raise EmbedxError(f"{what} row {int(np.flatnonzero(bad)[0]) + start} contains NaN or inf")
+    if (norms == 0).any():
+        raise EmbedxError(f"{what} row {int(np.flatnonzero(norms == 0)[0]) + start} is all zeros (it has no direction)")
+
+
+def _class_block_fused(block: np.ndarray, y: np.ndarray, cfg: PassConfig, start: int) -> Partial | None:
+    """Class stores: norms, cosine-silhouette dots and per-class sums in one fused sweep (numba kernel)."""
+    c = cfg.n_texts
+    vs = (np.stack([cfg.sum_x_hint.numpy(), cfg.text_sum.numpy()]) if cfg.sum_x_hint is not None
+          else np.zeros((0, block.shape[1])))
+    out = kernels.stream_stats_numba(block, y, vs, c)
+    if out is None:
+        return None
+    norms, dots, sums = out
+    _check_norms(norms, "images", start)
+    p = Partial(n=len(block))
+    lab = np.asarray(y)
+    p.class_count = np.bincount(lab[lab >= 0], minlength=c).astype(np.int64)
+    p.n_labelled = int(p.class_count.sum())
+    p.class_sum = sums[:c]
+    p.sum_x = sums.sum(0)
+    if cfg.sum_x_hint is not None:
+        p.cos_sum = cosine_silhouette_sum(dots[:, 0].astype(np.float64), dots[:, 1].astype(np.float64),
+                                          cfg.n_images, cfg.n_texts)
+    if cfg.zeroshot:
+        _zeroshot(p, block, lab, cfg)
+    return p
+
+
+def _zeroshot(p: Partial, block: np.ndarray, lab: np.ndarray, cfg: PassConfig) -> None:
+    """Top-1/top-5 hits per class: the true class is top-k if fewer than k classes score strictly higher."""
+    c = cfg.n_texts
+    p.top1, p.top5 = np.zeros(c, np.int64), np.zeros(c, np.int64)
+    keep = np.flatnonzero(lab >= 0)
+    buf = cfg.buffer(min(ZS_ROWS, max(len(keep), 1)), block.shape[1])
+    for z0 in range(0, len(keep), ZS_ROWS):  # cache-sized: matmul-bound, logits stay small
+        idx = keep[z0:z0 + ZS_ROWS]
+        xl = buf[: len(idx)]
+        xl.copy_(torch.from_numpy(block[idx] if len(idx) < len(block) else block))
+        yz = torch.from_numpy(lab[idx].astype(np.int64))
+        logits = xl @ cfg.texts_t                                    # row scaling does not change the ranking
+        better = (logits > logits.gather(1, yz[:, None])).sum(1)
+        p.top1 += np.bincount(yz[better == 0].numpy(), minlength=c)
+        p.top5 += np.bincount(yz[better < 5].numpy(), minlength=c)
+
+
 def block_partial(block, y: np.ndarray, cfg: PassConfig, start: int = 0,
                   t_block: torch.Tensor | None = None, sub_rows: int = SUB_BLOCK) -> Partial:
     """Partial sums of one block of raw rows (any float dtype; ``y`` its labels; ``t_block`` the normalized
     paired text rows of paired stores). Works through sub-blocks: each is upcast once into a
     reused float32 buffer (no page faults); per-block sums accumulate in float32, across blocks in float64."""
     block = np.asarray(block)
+    if t_block is None and cfg.sums and cfg.fused:
+        p = _class_block_fused(block, y, cfg, start)
+        if p is not None:
+            return p
     n = len(block)
     p = Partial(n=n)
     lab_all = torch.as_tensor(np.asarray(y), dtype=torch.long)
