@@ -107,7 +107,8 @@ def profile(n: int = 4096, d: int = 512, k: int = 10, device: str = "auto", impl
 
         ref_t = _best(reference_pass, dev, repeats=1)
         t = _best(stream, dev)
-        rows.append(_row("stream_pass (O(N d) measures)", "torch", t, 0, n * d * 2.0, roof, ref_t,
+        impl = "numba" if kernels.stream_stats_numba(block[:1], y[:1], np.zeros((0, d)), c) is not None else "torch"
+        rows.append(_row("stream_pass (O(N d) measures)", impl, t, 0, n * d * 2.0, roof, ref_t,
                          "numpy float64 normalize + sums"))
     return {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
             "threads": torch.get_num_threads(), "n": n, "d": d, "roofline": roof, "kernels": rows}

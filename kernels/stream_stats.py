@@ -39,7 +39,7 @@ def stream_stats_reference(x, labels, vs, n_classes: int):
 
 if numba is not None:
 
-    @njit(parallel=True, cache=True, fastmath=True)
+    @njit(parallel=True, cache=True, fastmath=True, nogil=True)
     def _sweep(x, labels, table, vs, n_classes, n_parts):  # pragma: no cover - compiled
         n, d = x.shape
         k = vs.shape[0]
@@ -68,7 +68,12 @@ if numba is not None:
                     c = n_classes
                 for j in range(d):
                     sums[t, c, j] += row[j] * inv
-        return norms, dots, sums
+        total = np.zeros((n_classes + 1, d), np.float64)
+        for t in range(n_parts):
+            for c in range(n_classes + 1):
+                for j in range(d):
+                    total[c, j] += sums[t, c, j]
+        return norms, dots, total
 
 
 def stream_stats_numba(x: np.ndarray, labels: np.ndarray, vs: np.ndarray, n_classes: int):
@@ -82,4 +87,4 @@ def stream_stats_numba(x: np.ndarray, labels: np.ndarray, vs: np.ndarray, n_clas
     parts = max(1, min(numba.get_num_threads(), len(x)))
     norms, dots, sums = _sweep(xin, np.ascontiguousarray(labels, dtype=np.int32), F16_TABLE, vs, int(n_classes),
                                parts)
-    return norms, dots, sums.astype(np.float64).sum(0)
+    return norms, dots, sums
