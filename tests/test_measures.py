@@ -191,12 +191,6 @@ def test_partials_merge_to_the_same_result_whatever_the_blocking(tmp_path, rng):
         assert other.n_labelled == totals[0].n_labelled == 500
 
 
-def torch_tensor(a):
-    import torch
-
-    return torch.from_numpy(np.asarray(a, dtype=np.float32).copy())
-
-
 def test_sampled_silhouette_is_unbiased_with_a_confidence_interval(tmp_path, rng):
     s, x, t, y = _store(tmp_path, rng, 400, 3, 10, "float32")
     exact = brute_force(x, t, y, False)["silhouette_euclidean"]
