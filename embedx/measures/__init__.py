@@ -128,19 +128,15 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
     images_all = None
     if "silhouette_euclidean" in want or CLASS_SILHOUETTE in want:
         t0 = time.perf_counter()
-        images_all = normalized(store.images(dtype=np.float32), "images")
-        if "silhouette_euclidean" in want:
-            texts_all = texts if texts is not None else normalized(store.texts(dtype=np.float32), "texts")
-            pts = torch.cat([images_all, texts_all])
-            mod = np.r_[np.ones(n, np.int64), np.zeros(c, np.int64)]
+        if "silhouette_euclidean" in want:  # columns streamed from the store: memory bounded, not O(N d)
+            score, per_point = silhouette.modality_silhouette(store, texts, silhouette_mode, sample_size, seed)
             if silhouette_mode == "exact":
-                per_point = silhouette.silhouette_samples(pts, mod)
-                out["silhouette_euclidean"] = float(per_point.mean())
+                out["silhouette_euclidean"] = score
             else:
-                est = silhouette.silhouette_sampled(pts, mod, sample_size, seed)
-                out["silhouette_euclidean"] = est["estimate"]
-                estimates["silhouette_euclidean"] = est
+                out["silhouette_euclidean"] = score["estimate"]
+                estimates["silhouette_euclidean"] = score
         if CLASS_SILHOUETTE in want:
+            images_all = normalized(store.images(dtype=np.float32), "images")
             y = store.labels()
             keep = np.flatnonzero(y >= 0)
             pts = images_all[torch.from_numpy(keep)]

@@ -72,3 +72,86 @@ def silhouette_sampled(points: torch.Tensor, labels: np.ndarray, sample_size: in
     se = float(vals.std(ddof=1) / math.sqrt(m) * math.sqrt((n - m) / (n - 1))) if n > 1 else 0.0
     return {"estimate": mean, "stderr": se, "ci95": [mean - 1.96 * se, mean + 1.96 * se], "sample_size": m,
             "population": n, "seed": seed, "method": "sample"}
+
+
+# --- modality silhouette streamed from a store: memory bounded by the block sizes, not by N -------------
+STREAM_ROWS = 1024     # point rows per kernel call
+STREAM_COLS = 16384    # store rows per column block (read and normalized once per row block)
+CACHE_BYTES = 512 << 20  # normalized columns up to this size are kept in memory instead of re-read
+
+
+def _modality_columns(store, texts: torch.Tensor | None):
+    """(global offset, normalized fp32 block, dense label) over images (label 1) then texts (label 0)."""
+    from embedx.measures.stream import normalized
+
+    for start, block in store.iter_images(block_rows=store.chunk_rows * max(1, STREAM_COLS // store.chunk_rows)):
+        yield start, normalized(block, "images", start), 1
+    n = store.n_images
+    if texts is not None:
+        yield n, texts, 0
+        return
+    arr = store.group["texts/embeddings"]
+    for start in range(0, store.n_texts, STREAM_COLS):
+        yield n + start, normalized(arr[start:start + STREAM_COLS], "texts", start), 0
+
+
+def _modality_rows(store, texts, ids: np.ndarray) -> torch.Tensor:
+    """Normalized points by global id (images first, then texts), read by random access."""
+    from embedx.measures.stream import normalized
+
+    n = store.n_images
+    img = ids[ids < n]
+    txt = ids[ids >= n] - n
+    parts = []
+    if len(img):
+        parts.append(normalized(store.images(img, dtype=np.float32), "images", 0))
+    if len(txt):
+        t = texts[torch.from_numpy(txt)] if texts is not None else normalized(
+            store.group["texts/embeddings"].get_orthogonal_selection((txt, slice(None))).astype(np.float32), "texts", 0)
+        parts.append(t)
+    return torch.cat(parts)
+
+
+def _streamed_values(store, texts, ids: np.ndarray) -> np.ndarray:
+    """Exact silhouette values of the points ``ids`` (sorted global ids), columns streamed from the store."""
+    n, c = store.n_images, store.n_texts
+    sizes = np.array([c, n])                      # dense labels: texts 0, images 1
+    own = (ids < n).astype(np.int64)
+    rows = _modality_rows(store, texts, ids)
+    rid = torch.from_numpy(ids.astype(np.int64))
+    out = np.empty(len(ids))
+    cached = list(_modality_columns(store, texts)) if (n + c) * store.dim * 4 <= CACHE_BYTES else None
+    for r0 in range(0, len(ids), STREAM_ROWS):
+        sums = torch.zeros(min(STREAM_ROWS, len(ids) - r0), 2, dtype=torch.float64)
+        for off, cols, lab in cached if cached is not None else _modality_columns(store, texts):
+            labels = torch.full((len(cols),), lab, dtype=torch.long)
+            sums += kernels.cluster_distance_sums(rows[r0:r0 + STREAM_ROWS], cols, labels, 2,
+                                                  row_ids=rid[r0:r0 + STREAM_ROWS], col_offset=off).cpu()
+        s = sums.numpy()
+        o = own[r0:r0 + len(s)]
+        ar = np.arange(len(s))
+        other = s[ar, 1 - o] / sizes[1 - o]
+        out[r0:r0 + len(s)] = silhouette_values(s[ar, o], sizes[o], other)
+    return out
+
+
+def modality_silhouette(store, texts: torch.Tensor | None, mode: str = "exact", sample_size: int = 2000,
+                        seed: int = 0):
+    """Silhouette of the store's images + texts labelled by modality (Euclidean), columns streamed from the
+    store. exact -> (score, per-point values in image-then-text order); sample -> (estimate dict, None)."""
+    n, c = store.n_images, store.n_texts
+    total = n + c
+    if total < 3:
+        raise EmbedxError(f"silhouette needs at least 3 points, got {total}")
+    if mode == "exact":
+        vals = _streamed_values(store, texts, np.arange(total))
+        return float(vals.mean()), vals
+    m = min(int(sample_size), total)
+    if m < 2:
+        raise EmbedxError("--sample-size must be at least 2")
+    ids = np.sort(np.random.default_rng(seed).choice(total, m, replace=False))
+    vals = _streamed_values(store, texts, ids)
+    mean = float(vals.mean())
+    se = float(vals.std(ddof=1) / math.sqrt(m) * math.sqrt((total - m) / (total - 1)))
+    return {"estimate": mean, "stderr": se, "ci95": [mean - 1.96 * se, mean + 1.96 * se], "sample_size": m,
+            "population": total, "seed": seed, "method": "sample"}, None
