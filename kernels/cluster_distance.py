@@ -19,6 +19,8 @@ import torch
 try:  # Triton is optional: CPU installs may lack it
     import triton
     import triton.language as tl
+
+    from embedx.kernels.tiles import tile_dot
 except ImportError:  # pragma: no cover - exercised only without triton
     triton = None
 
@@ -84,15 +86,7 @@ if triton is not None:
         for c0 in range(0, n_cols, BN):
             cols = c0 + tl.arange(0, BN)
             cmask = cols < n_cols
-            acc = tl.zeros((BM, BN), dtype=tl.float32)
-            for k0 in range(0, dim, BK):
-                ks = k0 + tl.arange(0, BK)
-                kmask = ks < dim
-                a = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=rmask[:, None] & kmask[None, :],
-                            other=0.0).to(tl.float32)
-                b = tl.load(y_ptr + cols[:, None] * stride_y + ks[None, :], mask=cmask[:, None] & kmask[None, :],
-                            other=0.0).to(tl.float32)
-                acc += tl.dot(a, tl.trans(b), input_precision="ieee")
+            acc = tile_dot(x_ptr, y_ptr, rows, cols, rmask, cmask, dim, stride_x, stride_y, BM, BN, BK)
             ysq = tl.load(ysq_ptr + cols, mask=cmask, other=0.0)
             d2 = xsq[:, None] + ysq[None, :] - 2.0 * acc
             d = tl.sqrt(tl.maximum(d2, 0.0))

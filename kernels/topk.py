@@ -14,6 +14,8 @@ import torch
 try:
     import triton
     import triton.language as tl
+
+    from embedx.kernels.tiles import tile_dot
 except ImportError:  # pragma: no cover
     triton = None
 
@@ -61,15 +63,7 @@ if triton is not None:
         for g0 in range(0, n_g, BN):
             cols = g0 + tl.arange(0, BN)
             cmask = cols < n_g
-            acc = tl.zeros((BM, BN), dtype=tl.float32)
-            for k0 in range(0, dim, BK):
-                ks = k0 + tl.arange(0, BK)
-                kmask = ks < dim
-                a = tl.load(q_ptr + rows[:, None] * stride_q + ks[None, :], mask=rmask[:, None] & kmask[None, :],
-                            other=0.0).to(tl.float32)
-                b = tl.load(g_ptr + cols[:, None] * stride_g + ks[None, :], mask=cmask[:, None] & kmask[None, :],
-                            other=0.0).to(tl.float32)
-                acc += tl.dot(a, tl.trans(b), input_precision="ieee")
+            acc = tile_dot(q_ptr, g_ptr, rows, cols, rmask, cmask, dim, stride_q, stride_g, BM, BN, BK)
             s = tl.where(cmask[None, :], acc, float("-inf"))
             idx = tl.where(cmask[None, :], cols[None, :], 2147483647) + tl.zeros((BM, BN), tl.int32)
             new_v = tl.full((BM, KP), float("-inf"), tl.float32)
