@@ -102,7 +102,14 @@ def _progress(ctx) -> bool:
     return sys.stderr.isatty() or os.environ.get("EMBEDX_PROGRESS") == "1"
 
 
-CODEC_HELP = "Chunk codec (default from bench/results/codec.md)."
+CODECS = ["none", "zstd1", "zstd3", "blosc-lz4", "blosc-zstd"]  # embedx.store.CODECS (not imported: keeps --help fast)
+
+
+def _chunking_options(f):
+    """--codec and --chunk-rows, shared by the commands that write stores."""
+    f = click.option("--chunk-rows", type=int, default=None, help="Rows per chunk [default: about 4 MiB].")(f)
+    return click.option("--codec", type=click.Choice(CODECS), default="none", show_default=True,
+                        help="Chunk codec (default from bench/results/codec.md).")(f)
 
 
 @cli.command()
@@ -123,9 +130,7 @@ CODEC_HELP = "Chunk codec (default from bench/results/codec.md)."
 @click.option("--limit", type=int, default=None, help="Only the first N items of the source.")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (complete or not) at --out.")
-@click.option("--codec", type=click.Choice(["none", "zstd1", "zstd3", "blosc-lz4", "blosc-zstd"]),
-              default="none", show_default=True, help=CODEC_HELP)
-@click.option("--chunk-rows", type=int, default=None, help="Rows per chunk [default: about 4 MiB].")
+@_chunking_options
 @click.pass_context
 def embed(ctx, model, pretrained, data, out, seed, dtype, batch_size, workers, device, templates, limit, strict,
           overwrite, codec, chunk_rows):
@@ -158,9 +163,7 @@ def embed(ctx, model, pretrained, data, out, seed, dtype, batch_size, workers, d
 @click.option("--dataset", default=None, help="Record the dataset name.")
 @click.option("--out", "-o", required=True, help="Store path (local or fsspec URL).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out (only once the new one is complete).")
-@click.option("--codec", type=click.Choice(["none", "zstd1", "zstd3", "blosc-lz4", "blosc-zstd"]),
-              default="none", show_default=True, help=CODEC_HELP)
-@click.option("--chunk-rows", type=int, default=None, help="Rows per chunk [default: about 4 MiB].")
+@_chunking_options
 def import_(images, texts, labels, paired, paired_array, names, dtype, model, dataset, out, overwrite, codec,
             chunk_rows):
     """Build a store from existing embedding arrays.

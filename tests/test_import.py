@@ -195,3 +195,10 @@ def test_import_never_replaces_a_folder_that_is_not_a_store(tmp_path, rng):
                tmp_path / "y.npy", "--out", tmp_path / "keep", "--overwrite")
     assert_one_line_error(r.exit_code, r.stderr, "not an embedx store")
     assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
+
+
+def test_cli_codec_choices_are_the_stores():
+    from embedx.cli.main import CODECS
+    from embedx.store import CODECS as STORE_CODECS
+
+    assert CODECS == list(STORE_CODECS)

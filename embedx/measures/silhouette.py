@@ -57,22 +57,28 @@ def silhouette_exact(points: torch.Tensor, labels: np.ndarray) -> float:
     return float(silhouette_samples(points, labels).mean())
 
 
-def silhouette_sampled(points: torch.Tensor, labels: np.ndarray, sample_size: int, seed: int = 0) -> dict:
-    """Unbiased estimate: the mean of the exact silhouette values of a uniform sample of points drawn without
-    replacement (each value uses all points); 95% interval from the standard error with the finite-population
-    correction."""
-    n = len(points)
-    m = min(int(sample_size), n)
+def _sample_ids(total: int, sample_size: int, seed: int) -> np.ndarray:
+    m = min(int(sample_size), total)
     if m < 2:
         raise EmbedxError("--sample-size must be at least 2")
-    pts, dense, order, k = _prepare(points, labels)
-    pick = np.sort(np.random.default_rng(seed).choice(n, m, replace=False))
-    vals = _values(pts, dense, k, pick)
-    mean = float(vals.mean())
-    se = float(vals.std(ddof=1) / math.sqrt(m) * math.sqrt((n - m) / (n - 1))) if n > 1 else 0.0
-    return {"estimate": mean, "stderr": se, "ci95": [mean - 1.96 * se, mean + 1.96 * se], "sample_size": m,
-            "population": n, "seed": seed, "method": "sample"}
+    return np.sort(np.random.default_rng(seed).choice(total, m, replace=False))
 
+
+def _estimate(vals: np.ndarray, total: int, seed: int) -> dict:
+    """Mean of the exact values of a uniform sample without replacement (unbiased), with a 95% interval from
+    the standard error and the finite-population correction."""
+    m = len(vals)
+    mean = float(vals.mean())
+    se = float(vals.std(ddof=1) / math.sqrt(m) * math.sqrt((total - m) / (total - 1)))
+    return {"estimate": mean, "stderr": se, "ci95": [mean - 1.96 * se, mean + 1.96 * se], "sample_size": m,
+            "population": total, "seed": seed, "method": "sample"}
+
+
+def silhouette_sampled(points: torch.Tensor, labels: np.ndarray, sample_size: int, seed: int = 0) -> dict:
+    """Estimate from the exact silhouette values (each against all points) of a uniform sample of points."""
+    pick = _sample_ids(len(points), sample_size, seed)
+    pts, dense, order, k = _prepare(points, labels)
+    return _estimate(_values(pts, dense, k, pick), len(points), seed)
 
 # --- modality silhouette streamed from a store: memory bounded by the block sizes, not by N -------------
 STREAM_ROWS = 1024     # point rows per kernel call
@@ -146,12 +152,5 @@ def modality_silhouette(store, texts: torch.Tensor | None, mode: str = "exact", 
     if mode == "exact":
         vals = _streamed_values(store, texts, np.arange(total))
         return float(vals.mean()), vals
-    m = min(int(sample_size), total)
-    if m < 2:
-        raise EmbedxError("--sample-size must be at least 2")
-    ids = np.sort(np.random.default_rng(seed).choice(total, m, replace=False))
-    vals = _streamed_values(store, texts, ids)
-    mean = float(vals.mean())
-    se = float(vals.std(ddof=1) / math.sqrt(m) * math.sqrt((total - m) / (total - 1)))
-    return {"estimate": mean, "stderr": se, "ci95": [mean - 1.96 * se, mean + 1.96 * se], "sample_size": m,
-            "population": total, "seed": seed, "method": "sample"}, None
+    ids = _sample_ids(total, sample_size, seed)
+    return _estimate(_streamed_values(store, texts, ids), total, seed), None

@@ -1,7 +1,7 @@
 """The streaming pass: mergeable partial sums over blocks of image rows (one pass, O(N d)).
 
 Every quantity is a sum, so a block (or a Zarr chunk, on any worker) gives a :class:`Partial` and partials
-merge by addition; :meth:`Partial.finalize` turns the total into the measures. With x^ = x/|x|:
+merge by addition; ``embedx.measures.compute`` turns the total into the measures. With x^ = x/|x|:
 
   M_c   = sum_{i: y_i = c} x^_i          (per-class sums: acs = sum_c M_c.t_c / n_lab,
                                           iimm_inter = sum_c M_c.(S_t - t_c) / (n_lab (C-1)))
@@ -31,12 +31,16 @@ def check_rows(x: torch.Tensor, what: str, start: int) -> torch.Tensor:
     """Row norms of a float32 block; NaN/inf and zero rows are input errors (one line, with the row).
     A non-finite element makes its row norm non-finite (float16/32 inputs cannot overflow the square)."""
     nrm = torch.linalg.vector_norm(x, dim=1)
-    bad = ~torch.isfinite(nrm)
-    if bool(bad.any()):
-        raise EmbedxError(f"{what} row {int(bad.nonzero()[0]) + start} contains NaN or inf")
-    if bool((nrm == 0).any()):
-        raise EmbedxError(f"{what} row {int((nrm == 0).nonzero()[0]) + start} is all zeros (it has no direction)")
+    _check_norms(nrm.numpy(), what, start)
     return nrm
+
+
+def _check_norms(norms: np.ndarray, what: str, start: int) -> None:
+    bad = ~np.isfinite(norms)
+    if bad.any():
+        raise EmbedxError(f"{what} row {int(np.flatnonzero(bad)[0]) + start} contains NaN or inf")
+    if (norms == 0).any():
+        raise EmbedxError(f"{what} row {int(np.flatnonzero(norms == 0)[0]) + start} is all zeros (it has no direction)")
 
 
 def normalized(block, what: str = "rows", start: int = 0) -> torch.Tensor:
@@ -108,14 +112,6 @@ class PassConfig:
         return self._buf
 
 
-def _check_norms(norms: np.ndarray, what: str, start: int) -> None:
-    bad = ~np.isfinite(norms)
-    if bad.any():
-        raise EmbedxError(f"{what} row {int(np.flatnonzero(bad)[0]) + start} contains NaN or inf")
-    if (norms == 0).any():
-        raise EmbedxError(f"{what} row {int(np.flatnonzero(norms == 0)[0]) + start} is all zeros (it has no direction)")
-
-
 def _class_block_fused(block: np.ndarray, y: np.ndarray, cfg: PassConfig, start: int) -> Partial | None:
     """Class stores: norms, cosine-silhouette dots and per-class sums in one fused sweep (numba kernel)."""
     c = cfg.n_texts
@@ -140,21 +136,29 @@ def _class_block_fused(block: np.ndarray, y: np.ndarray, cfg: PassConfig, start:
     return p
 
 
+def _zeroshot_hits(x: torch.Tensor, y: torch.Tensor, cfg: PassConfig, top1: np.ndarray, top5: np.ndarray) -> None:
+    """Add the top-1/top-5 hits of float32 rows ``x`` with labels ``y`` (all >= 0) per class: the true class is
+    top-k if fewer than k classes score strictly higher (row scaling does not change the ranking)."""
+    c = cfg.n_texts
+    for z0 in range(0, len(x), ZS_ROWS):  # cache-sized: matmul-bound, logits stay small
+        yz = y[z0:z0 + ZS_ROWS]
+        logits = x[z0:z0 + ZS_ROWS] @ cfg.texts_t
+        better = (logits > logits.gather(1, yz[:, None])).sum(1)
+        top1 += np.bincount(yz[better == 0].numpy(), minlength=c)
+        top5 += np.bincount(yz[better < 5].numpy(), minlength=c)
+
+
 def _zeroshot(p: Partial, block: np.ndarray, lab: np.ndarray, cfg: PassConfig) -> None:
-    """Top-1/top-5 hits per class: the true class is top-k if fewer than k classes score strictly higher."""
+    """Zero-shot hits of a raw block (fused path): labelled rows upcast ZS_ROWS at a time into the buffer."""
     c = cfg.n_texts
     p.top1, p.top5 = np.zeros(c, np.int64), np.zeros(c, np.int64)
     keep = np.flatnonzero(lab >= 0)
     buf = cfg.buffer(min(ZS_ROWS, max(len(keep), 1)), block.shape[1])
-    for z0 in range(0, len(keep), ZS_ROWS):  # cache-sized: matmul-bound, logits stay small
+    for z0 in range(0, len(keep), ZS_ROWS):
         idx = keep[z0:z0 + ZS_ROWS]
         xl = buf[: len(idx)]
         xl.copy_(torch.from_numpy(block[idx] if len(idx) < len(block) else block))
-        yz = torch.from_numpy(lab[idx].astype(np.int64))
-        logits = xl @ cfg.texts_t                                    # row scaling does not change the ranking
-        better = (logits > logits.gather(1, yz[:, None])).sum(1)
-        p.top1 += np.bincount(yz[better == 0].numpy(), minlength=c)
-        p.top5 += np.bincount(yz[better < 5].numpy(), minlength=c)
+        _zeroshot_hits(xl, torch.from_numpy(lab[idx].astype(np.int64)), cfg, p.top1, p.top5)
 
 
 def block_partial(block, y: np.ndarray, cfg: PassConfig, start: int = 0,
@@ -206,13 +210,7 @@ def block_partial(block, y: np.ndarray, cfg: PassConfig, start: int = 0,
                 if not all_labelled:
                     sum_x += (inv * ~m) @ x
             if cfg.zeroshot and len(rows):
-                for z0 in range(0, len(rows), ZS_ROWS):  # cache-sized: matmul-bound, logits stay small
-                    xl = x[z0:z0 + ZS_ROWS] if all_labelled else x[rows[z0:z0 + ZS_ROWS]]
-                    yz = yl[z0:z0 + ZS_ROWS]
-                    logits = xl @ cfg.texts_t                       # row scaling does not change the ranking
-                    better = (logits > logits.gather(1, yz[:, None])).sum(1)  # classes strictly above the true one
-                    top1 += np.bincount(yz[better == 0].numpy(), minlength=c)
-                    top5 += np.bincount(yz[better < 5].numpy(), minlength=c)
+                _zeroshot_hits(x if all_labelled else x[rows], yl, cfg, top1, top5)
         else:
             sum_x += inv @ x
             correct += float(((x * t_block[s0:s0 + len(x)]).sum(1) * inv).double().sum())
