@@ -29,6 +29,7 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 from zarr.core.buffer.cpu import NDBuffer
 
+from embedx.chunkio import direct_reader
 from embedx.errors import StoreError
 
 SCHEMA = 1
@@ -392,6 +393,7 @@ class Store:
                 f"{self.meta.get('n_rows_max', '?')} rows committed); rerun the command that wrote it to resume")
         self.group = zarr.open_group(self.path, mode="r")
         self._emb = self.group["images/embeddings"]
+        self._direct = {}  # array name -> DirectRows | None (plain chunk files read without zarr)
 
     # -- shape --------------------------------------------------------------------------------------------
     @property
@@ -430,6 +432,21 @@ class Store:
         per_chunk = self.chunk_rows * self.dim * self.dtype.itemsize
         return self.chunk_rows * max(1, target_bytes // per_chunk)
 
+    def read_rows_into(self, name: str, start: int, out: np.ndarray) -> np.ndarray:
+        """Rows ``start:start+len(out)`` of array ``name`` (e.g. "images/embeddings") decoded into ``out``
+        (C-contiguous, the array's dtype). Plain local chunk files are read directly (embedx.chunkio), anything
+        else through zarr. Thread-safe."""
+        if name not in self._direct:
+            self._direct[name] = direct_reader(self.group[name])
+        d = self._direct[name]
+        if d is None or not d.read_rows(start, out):
+            self.group[name].get_basic_selection(slice(start, start + len(out)), out=NDBuffer.from_numpy_array(out))
+        return out
+
+    def read_images_into(self, start: int, out: np.ndarray) -> np.ndarray:
+        """Image rows ``start:start+len(out)`` decoded into ``out`` (no allocation; thread-safe)."""
+        return self.read_rows_into("images/embeddings", start, out)
+
     def iter_images(self, block_rows: int | None = None, dtype=None, with_labels: bool = False,
                     reuse: bool = False, prefetch: bool = True) -> Iterator[tuple]:
         """Yield ``(start, block)`` (or ``(start, block, labels)``) over the committed image rows.
@@ -445,7 +462,7 @@ class Store:
         if not reuse:
             for start in starts:
                 stop = min(start + block_rows, self.n_images)
-                block = self._emb[start:stop]
+                block = self.read_images_into(start, np.empty((stop - start, self.dim), self.dtype))
                 if dtype is not None:
                     block = block.astype(dtype, copy=False)
                 yield (start, block, labels[start:stop]) if with_labels else (start, block)
@@ -457,8 +474,7 @@ class Store:
         def read(k: int):
             start = starts[k]
             stop = min(start + block_rows, self.n_images)
-            buf = bufs[k % 2][: stop - start]
-            self._emb.get_basic_selection(slice(start, stop), out=NDBuffer.from_numpy_array(buf))
+            buf = self.read_images_into(start, bufs[k % 2][: stop - start])
             return buf, (labels[start:stop] if with_labels else None)
 
         with ThreadPoolExecutor(1, thread_name_prefix="embedx-reader") as pool:
@@ -475,7 +491,7 @@ class Store:
     def images(self, rows=None, dtype=None) -> np.ndarray:
         """Image rows by index (random access) or, with ``rows=None``, all committed rows."""
         if rows is None:
-            out = self._emb[: self.n_images]
+            out = self.read_images_into(0, np.empty((self.n_images, self.dim), self.dtype))
         else:
             rows = np.asarray(rows, dtype=np.int64)
             if rows.size and (rows.min() < -self.n_images or rows.max() >= self.n_images):
@@ -491,7 +507,8 @@ class Store:
         return self.group["images/ids"][: self.n_images]
 
     def texts(self, dtype=None) -> np.ndarray:
-        out = self.group["texts/embeddings"][: self.n_texts]
+        arr = self.group["texts/embeddings"]
+        out = self.read_rows_into("texts/embeddings", 0, np.empty((self.n_texts,) + arr.shape[1:], arr.dtype))
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def text_names(self) -> np.ndarray:

@@ -195,3 +195,42 @@ def test_never_writes_over_something_that_is_not_a_store(tmp_path):
         st.StoreWriter.create(str(tmp_path / "file.txt"), n_rows=3, dim=2, n_texts=1, meta=_meta())
     (tmp_path / "empty").mkdir()  # an empty folder is fine
     st.StoreWriter.create(str(tmp_path / "empty"), n_rows=3, dim=2, n_texts=1, meta=_meta()).close()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_direct_chunk_reads_equal_zarr_and_fall_back_when_they_cannot(tmp_path, rng, dtype):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from embedx.chunkio import direct_reader
+
+    n, d, chunk = 1000, 24, 64
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    y = rng.integers(0, 3, n).astype(np.int32)
+    _write_classes(str(tmp_path / "plain.zarr"), x, x[:3], y, dtype, chunk)
+    _write_classes(str(tmp_path / "zstd.zarr"), x, x[:3], y, dtype, chunk, codec="zstd1")
+    plain, packed = st.Store(str(tmp_path / "plain.zarr")), st.Store(str(tmp_path / "zstd.zarr"))
+    assert direct_reader(plain.group["images/embeddings"]) is not None
+    assert direct_reader(packed.group["images/embeddings"]) is None      # compressed: zarr decodes
+    assert direct_reader(plain.group["images/labels"]) is None           # labels are compressed
+    want = x.astype(dtype)
+    for s in (plain, packed):
+        # ragged ranges across chunk borders, from several threads at once, each into its own buffer
+        ranges = [(0, 1), (63, 65), (100, 1000), (999, 1000), (0, 1000)] + [
+            tuple(sorted(rng.integers(0, n + 1, 2))) for _ in range(20)]
+
+        def read(r):
+            return s.read_images_into(r[0], np.empty((r[1] - r[0], d), dtype))
+
+        with ThreadPoolExecutor(4) as pool:
+            for (a, b), got in zip(ranges, pool.map(read, ranges)):
+                np.testing.assert_array_equal(got, want[a:b])
+    # a missing or truncated chunk file: the direct read reports it and zarr takes over (fill value / data)
+    os.remove(tmp_path / "plain.zarr" / "images" / "embeddings" / "c" / "3" / "0")
+    got = st.Store(str(tmp_path / "plain.zarr")).images()
+    np.testing.assert_array_equal(got[: 3 * chunk], want[: 3 * chunk])
+    np.testing.assert_array_equal(got[3 * chunk:4 * chunk], 0)
+    np.testing.assert_array_equal(got[4 * chunk:], want[4 * chunk:])
+    with open(tmp_path / "plain.zarr" / "images" / "embeddings" / "c" / "5" / "0", "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(Exception):  # zarr itself refuses a truncated chunk: never silently short data
+        st.Store(str(tmp_path / "plain.zarr")).images()
