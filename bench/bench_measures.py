@@ -86,6 +86,23 @@ def make_paired_store(path, n, d):
 
 
 # ------------------------------------------------------------------------------------------- children ---
+def read_chunks(s):
+    """The I/O floor of the pass: every chunk read into a per-thread buffer, as many threads as the pass uses,
+    nothing computed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = max(1, min(os.cpu_count() or 1, 16))
+    starts = list(range(0, s.n_images, s.chunk_rows))
+
+    def work(part):
+        buf = np.empty((s.chunk_rows, s.dim), s.dtype)
+        for st in part:
+            s.read_images_into(st, buf[: min(s.chunk_rows, s.n_images - st)])
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, [starts[t::threads] for t in range(threads)]))
+
+
 def authors_iimm(images, text, labels, block=10_000):
     """mit-ll/IIMM metrics.py, float64: IIMM = mean(uniformity_image, inter), blocked over all pairs."""
     from sklearn.preprocessing import normalize
@@ -141,31 +158,34 @@ def run_child(name, args):
         s = Store(args[0])
         import torch
 
-        reads, passes, zs = [], [], []
-        for _ in range(3):  # alternate: read only, one pass, zero-shot
+        reads, chunk_reads, passes, zs = [], [], [], []
+        for _ in range(5):  # alternate: block read, chunk read, one pass
             t = time.perf_counter()
             for _, b in s.iter_images(reuse=True):
                 pass
             reads.append(time.perf_counter() - t)
             t = time.perf_counter()
+            read_chunks(s)
+            chunk_reads.append(time.perf_counter() - t)
+            t = time.perf_counter()
             r = compute(s, ONE_PASS)
             passes.append(time.perf_counter() - t)
-        for _ in range(2):
-            t = time.perf_counter()
-            z = compute(s, ZEROSHOT)
-            zs.append(time.perf_counter() - t)
         a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
         a @ b
         mm = []
-        for _ in range(3):
+        for _ in range(3):  # matmul rate and zero-shot alternate too
             t = time.perf_counter()
             a @ b
             mm.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            z = compute(s, ZEROSHOT)
+            zs.append(time.perf_counter() - t)
         rate = 2 * 4096 ** 3 / min(mm)
         zs_flops = 2 * s.n_images * s.n_texts * s.dim
-        return {"read_s": reads, "pass_s": passes, "zeroshot_s": zs, "matmul_gflops": rate / 1e9,
-                "zeroshot_gflops": zs_flops / min(zs) / 1e9, "peak_rss_mb": hwm_mb(),
-                "measures": {k: r[k] for k in ONE_PASS}, "zeroshot_top1": z["zeroshot_top1"]}
+        return {"read_s": reads, "chunk_read_s": chunk_reads, "pass_s": passes, "zeroshot_s": zs,
+                "matmul_gflops": rate / 1e9, "zeroshot_gflops": zs_flops / min(zs) / 1e9, "peak_rss_mb": hwm_mb(),
+                "threads": os.cpu_count(), "measures": {k: r[k] for k in ONE_PASS},
+                "zeroshot_top1": z["zeroshot_top1"]}
     if name == "recall_embedx":
         s = Store(args[0])
         t = time.perf_counter()
@@ -231,15 +251,20 @@ def main(argv=None):
             build(p, 1_000_000, 512)
         o = child("onepass", p)
         ratio = min(o["pass_s"]) / min(o["read_s"])
+        floor_ratio = min(o["pass_s"]) / min(o["chunk_read_s"])
         zs_share = o["zeroshot_gflops"] / o["matmul_gflops"]
-        res["c_one_pass"] = {**o, "pass_over_read": ratio, "zeroshot_share_of_matmul": zs_share,
+        res["c_one_pass"] = {**o, "pass_over_read": ratio, "pass_over_chunk_read": floor_ratio,
+                             "zeroshot_share_of_matmul": zs_share,
                              "pass": ratio <= 1.5 and o["peak_rss_mb"] < 1500 and zs_share >= 0.7}
-        res["c_one_pass"]["md"] = [f"| (c) acs, iimm (+parts), text_intra, gap, silhouette_cosine on 1,000,000 x 512 fp16, C=1,000 "
-                    f"| one pass {min(o['pass_s']):.2f} s, peak RSS {o['peak_rss_mb']:.0f} MB | read only: "
-                    f"{min(o['read_s']):.2f} s | **{ratio:.2f}x** the read | <= 1.5x, < 1.5 GB |",
-                                   f"| (c) zero-shot top-1/top-5/per-class on the same store | {min(o['zeroshot_s']):.2f} s, "
-                    f"{o['zeroshot_gflops']:.0f} GFLOP/s | sgemm 4096^3: {o['matmul_gflops']:.0f} GFLOP/s | "
-                    f"**{zs_share:.0%}** of matmul | >= 70% |"]
+        res["c_one_pass"]["md"] = [
+            f"| (c) acs, iimm (+parts), text_intra, gap, silhouette_cosine on 1,000,000 x 512 fp16, C=1,000 "
+            f"| one pass {min(o['pass_s']):.3f} s, peak RSS {o['peak_rss_mb']:.0f} MB | read only: "
+            f"`Store.iter_images` {min(o['read_s']):.3f} s; raw chunk reads on {o['threads']} threads (I/O floor) "
+            f"{min(o['chunk_read_s']):.3f} s | **{ratio:.2f}x** the read ({floor_ratio:.2f}x the I/O floor) "
+            f"| <= 1.5x, < 1.5 GB |",
+            f"| (c) zero-shot top-1/top-5/per-class on the same store | {min(o['zeroshot_s']):.2f} s, "
+            f"{o['zeroshot_gflops']:.0f} GFLOP/s | sgemm 4096^3: {o['matmul_gflops']:.0f} GFLOP/s | "
+            f"**{zs_share:.0%}** of matmul | >= 70% |"]
     if "d" in only:
         p = make_paired_store(os.path.join(WORK, "paired-20000.zarr"), 20_000, 512)
         e, r = child("recall_embedx", p), child("recall_dense", p)

@@ -228,11 +228,16 @@ def info(store, as_json):
 @click.option("--silhouette-labels", type=click.Choice(["modality", "class"]), default="modality", show_default=True,
               help="'class' adds silhouette_class_euclidean: the images clustered by their class labels.")
 @click.option("--knn", type=click.Choice(["blocked", "faiss"]), default="blocked", show_default=True,
-              help="Top-k search for retrieval recall.")
+              help="Retrieval recall: blocked = exact rank counts streamed from the store (bounded memory); "
+                   "faiss = FAISS top-k with every row in memory.")
 @click.option("--per-class", is_flag=True, help="Also acs, zero-shot recall and silhouette per class.")
+@click.option("--device", default="auto", show_default=True,
+              help="Where the pairwise kernels run (Euclidean silhouette, retrieval): auto (CUDA + Triton when "
+                   "available), cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON result.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Also write the JSON to FILE.")
-def measure(store, metrics, silhouette_mode, sample_size, seed, silhouette_labels, knn, per_class, as_json, out):
+def measure(store, metrics, silhouette_mode, sample_size, seed, silhouette_labels, knn, per_class, device, as_json,
+            out):
     """Measures of a store: acs, iimm (+ inter/intra parts), text_intra, gap, modality silhouettes
     (Euclidean, cosine), zero-shot top-1/top-5/mean per-class recall, and for paired stores retrieval
     recall@1/5/10 both ways. Exact: each value equals a float64 brute force of its definition (1e-5).
@@ -242,7 +247,7 @@ def measure(store, metrics, silhouette_mode, sample_size, seed, silhouette_label
 
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     res = compute(Store(store), names, silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed,
-                  knn=knn, per_class=per_class, silhouette_labels=silhouette_labels)
+                  knn=knn, per_class=per_class, silhouette_labels=silhouette_labels, device=device)
     if out:
         with open(out, "w") as f:
             json.dump(_jsonable(res), f, indent=2, allow_nan=False)

@@ -1,9 +1,9 @@
 """Compute kernels (``embedx.kernels``): tensors in, tensors out; nothing here knows about stores or files.
 
 Each op lives in one module with its float64 reference, its torch path (CPU/GPU) and its Triton kernel;
-:func:`cluster_distance_sums` and :func:`topk` are the dispatch points that pick an implementation by device:
-Triton on CUDA when it is installed, torch otherwise. ``EMBEDX_KERNEL=torch|triton`` forces one (Triton on
-CPU needs ``TRITON_INTERPRET=1`` set before triton is imported).
+:func:`cluster_distance_sums`, :func:`topk` and :func:`rank_count` are the dispatch points that pick an
+implementation by device: Triton on CUDA when it is installed, torch otherwise. ``EMBEDX_KERNEL=torch|triton``
+forces one (Triton on CPU needs ``TRITON_INTERPRET=1`` set before triton is imported).
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from embedx.kernels.cluster_distance import (  # noqa: F401
     cluster_distance_sums_triton,
     triton,
 )
-from embedx.kernels.stream_stats import stream_stats_numba, stream_stats_reference  # noqa: F401
+from embedx.kernels.rank_count import rank_count_reference, rank_count_torch, rank_count_triton  # noqa: F401
+from embedx.kernels.stream_stats import stream_stats, stream_stats_reference  # noqa: F401
 from embedx.kernels.topk import TRITON_MAX_K, topk_reference, topk_torch, topk_triton  # noqa: F401
 
 
@@ -42,3 +43,11 @@ def topk(q: torch.Tensor, g: torch.Tensor, k: int) -> torch.Tensor:
     if backend_for(q.device) == "triton" and min(k, len(g)) <= TRITON_MAX_K:
         return topk_triton(q, g, k)
     return topk_torch(q, g, k)
+
+
+def rank_count(a: torch.Tensor, b: torch.Tensor, a_thr, b_thr, b_pos, row_offset: int = 0,
+               row_counts: torch.Tensor | None = None, col_counts: torch.Tensor | None = None):
+    """int64 ``row_counts[i] = #{j: b_pos[j] != row_offset + i, a_i.b_j > a_thr[i]}`` and ``col_counts[j] =
+    #{i: b_pos[j] != row_offset + i, a_i.b_j > b_thr[j]}``, added into the given tensors (zeros when None)."""
+    impl = rank_count_triton if backend_for(a.device) == "triton" else rank_count_torch
+    return impl(a, b, a_thr, b_thr, b_pos, row_offset, row_counts, col_counts)

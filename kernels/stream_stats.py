@@ -1,35 +1,41 @@
-"""One fused sweep over a block of embedding rows (CPU): per row its norm and its dots with a few vectors
+"""One fused sweep over a block of embedding rows (CPU): per row its norm and its dots with two vectors
 (divided by the norm); per class the sum of the normalized rows (label -1: an extra "unlabelled" row).
 
-    norms[i]   = |x_i|
-    dots[i, q] = x_i . v_q / |x_i|
-    sums[c]    = sum_{i: y_i = c} x_i / |x_i|            (c = n_classes: the rows with y_i = -1)
+    norms[i]   = |x_i|                               (NaN when the row holds a NaN or inf)
+    dots[i, q] = x_i . v_q / |x_i|                   (q = 0, 1)
+    acc[c]    += sum_{i: y_i = c} x_i / |x_i|        (c = n_classes: the rows with y_i = -1; zero rows add nothing)
 
-torch needs four passes over an upcast copy of the block for this (copy, norm, matmul, sparse matmul); the
-numba kernel reads each float16 row once (a 65,536-entry table upcasts it; float16 is the store default), keeps it in registers/L1 and
-does all three, so the streaming measures keep pace with the store read. Float32 accumulation per block,
-float64 across blocks (in the caller).
+torch needs four passes over an upcast copy of the block for this (copy, norm, matmul, sparse matmul). The
+numba kernel reads each row once and keeps it in L1: float16 is widened exactly with integer bit operations
+(sign | (exponent, mantissa) << 13, then x 2^112, which also maps subnormals exactly) so the loops vectorize,
+and a non-finite value is caught by an integer test on its exponent bits (fastmath cannot drop it; for
+float16 only rows whose sum of squares reaches 2^32 need the test, since inf/NaN widen to values >= 2^16).
+Rows are visited grouped by class (a counting sort), so each class's rows are summed in L1 and its
+accumulator row is read and written once per chunk. The kernel is serial and releases the GIL: callers run
+one per thread on cache-sized chunks. float32 accumulation in ``acc`` (callers flush it to float64 every few
+chunks).
 
   * ``stream_stats_reference``: float64 numpy (the definition).
-  * ``stream_stats_numba``: the fused kernel (numba, parallel over row ranges); None when numba is absent.
+  * ``stream_stats``: the fused kernel for float16 / float32 rows.
 """
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-try:
-    import numba
-    from numba import njit, prange
-except ImportError:  # pragma: no cover - numba is a dependency; the torch path covers its absence
-    numba = None
-
-F16_TABLE = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
+F16_EXP_BIAS_SHIFT = np.float32(2.0 ** 112)  # 2^(127 - 15): moves a float16 exponent into float32 range
+# widened this way an inf/NaN float16 becomes a finite value >= 2^16 (finite float16 stop at 65504), so a row
+# holding one has a sum of squares >= 2^32; only such rows get the exact (integer) test
+F16_NONFINITE_SQ = np.float32(2.0 ** 32)
+TINY_NORM = np.float32(2.0 ** -15)  # below this, 2^112 / |x| overflows float32 (rows of subnormal float16)
 
 
 def stream_stats_reference(x, labels, vs, n_classes: int):
+    """(norms, dots, sums) in float64; sums has n_classes + 1 rows."""
     x = np.asarray(x, dtype=np.float64)
     norms = np.linalg.norm(x, axis=1)
-    xn = x / norms[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xn = np.where(norms[:, None] > 0, x / norms[:, None], 0.0)
     dots = xn @ np.asarray(vs, dtype=np.float64).T
     sums = np.zeros((n_classes + 1, x.shape[1]))
     lab = np.where(np.asarray(labels) < 0, n_classes, labels)
@@ -37,54 +43,158 @@ def stream_stats_reference(x, labels, vs, n_classes: int):
     return norms, dots, sums
 
 
-if numba is not None:
-
-    @njit(parallel=True, cache=True, fastmath=True, nogil=True)
-    def _sweep(x, labels, table, vs, n_classes, n_parts):  # pragma: no cover - compiled
-        n, d = x.shape
-        k = vs.shape[0]
-        dots = np.empty((n, k), np.float32)
-        norms = np.empty(n, np.float32)
-        sums = np.zeros((n_parts, n_classes + 1, d), np.float32)
-        step = (n + n_parts - 1) // n_parts
-        for t in prange(n_parts):
-            row = np.empty(d, np.float32)
-            for i in range(t * step, min(n, (t + 1) * step)):
-                s = np.float32(0.0)
-                for j in range(d):
-                    v = table[x[i, j]]
-                    row[j] = v
-                    s += v * v
-                nr = np.sqrt(s)
-                norms[i] = nr
-                inv = np.float32(1.0) / nr
-                for q in range(k):
-                    acc = np.float32(0.0)
-                    for j in range(d):
-                        acc += row[j] * vs[q, j]
-                    dots[i, q] = acc * inv
-                c = labels[i]
-                if c < 0:
-                    c = n_classes
-                for j in range(d):
-                    sums[t, c, j] += row[j] * inv
-        total = np.zeros((n_classes + 1, d), np.float64)
-        for t in range(n_parts):
-            for c in range(n_classes + 1):
-                for j in range(d):
-                    total[c, j] += sums[t, c, j]
-        return norms, dots, total
+@njit(cache=True, nogil=True)
+def _class_order(labels, n_classes):  # pragma: no cover - compiled
+    """Row indices grouped by class (counting sort; label -1 last): rows of a class are summed in L1 and
+    added to the accumulator once per chunk instead of once per row."""
+    counts = np.zeros(n_classes + 2, np.int64)
+    for i in range(labels.shape[0]):
+        c = labels[i]
+        counts[(c if c >= 0 else n_classes) + 1] += 1
+    for c in range(n_classes + 1):
+        counts[c + 1] += counts[c]
+    order = np.empty(labels.shape[0], np.int64)
+    for i in range(labels.shape[0]):
+        c = labels[i]
+        c = c if c >= 0 else n_classes
+        order[counts[c]] = i
+        counts[c] += 1
+    return order
 
 
-def stream_stats_numba(x: np.ndarray, labels: np.ndarray, vs: np.ndarray, n_classes: int):
-    """(norms float32 [n], dots float32 [n, k], sums float64 [n_classes + 1, d]) of a float16 block; None
-    without numba or for other dtypes (the caller's torch path covers those). A non-finite or zero row shows as
-    a non-finite or zero norm (the caller reports it)."""
-    if numba is None or np.asarray(x).dtype != np.float16:
-        return None
-    xin = np.ascontiguousarray(x).view(np.uint16)
-    vs = np.ascontiguousarray(np.asarray(vs, dtype=np.float32).reshape(-1, x.shape[1]))
-    parts = max(1, min(numba.get_num_threads(), len(x)))
-    norms, dots, sums = _sweep(xin, np.ascontiguousarray(labels, dtype=np.int32), F16_TABLE, vs, int(n_classes),
-                               parts)
-    return norms, dots, sums
+@njit(cache=True, fastmath=True, nogil=True)
+def _flush(run, acc, c):  # pragma: no cover - compiled
+    if c >= 0:
+        ac = acc[c]
+        for j in range(run.shape[0]):
+            ac[j] += run[j]
+            run[j] = np.float32(0.0)
+
+
+@njit(cache=True, nogil=True, fastmath=False)  # explicit: callees inherit fastmath, which would fold the two multiplies
+def _add_in_order(run, tmp, scale, inv):  # pragma: no cover - compiled
+    for j in range(tmp.shape[0]):
+        run[j] += (tmp[j] * scale) * inv
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def _row_done(i, tmp, scale, s, a0, a1, bad, run, norms, dots):  # pragma: no cover - compiled
+    """Norm and dots of row i (its values are tmp * scale); add its normalized values to the class run."""
+    if bad:
+        norms[i] = np.float32(-1.0)  # marked; the wrapper turns it into NaN
+        dots[i, 0] = np.float32(0.0)
+        dots[i, 1] = np.float32(0.0)
+        return
+    nr = np.sqrt(s)
+    norms[i] = nr
+    if nr == 0:
+        dots[i, 0] = np.float32(0.0)
+        dots[i, 1] = np.float32(0.0)
+        return
+    inv = np.float32(1.0) / nr
+    dots[i, 0] = a0 * inv
+    dots[i, 1] = a1 * inv
+    if nr < TINY_NORM:  # scale * inv could overflow float32: multiply in two steps, in this order
+        _add_in_order(run, tmp, scale, inv)
+        return
+    w = scale * inv
+    for j in range(tmp.shape[0]):
+        run[j] += tmp[j] * w
+
+
+@njit(cache=True, nogil=True)
+def _has_nonfinite_f16(hi):  # pragma: no cover - compiled
+    for j in range(hi.shape[0]):
+        if (hi[j] & 0x7C00) == 0x7C00:
+            return True
+    return False
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def _sweep_f16(h, labels, vs, n_classes, acc, norms, dots):  # pragma: no cover - compiled
+    n, d = h.shape
+    bits = np.empty(d, np.uint32)
+    tmp = bits.view(np.float32)       # x * 2^-112: the float16 bits moved into float32 position
+    run = np.zeros(d, np.float32)
+    v0, v1 = vs[0], vs[1]
+    order = _class_order(labels, n_classes)
+    cur = -1
+    for k in range(n):
+        i = order[k]
+        c = labels[i] if labels[i] >= 0 else n_classes
+        if c != cur:
+            _flush(run, acc, cur)
+            cur = c
+        hi = h[i]
+        for j in range(d):
+            u = np.uint32(hi[j])
+            bits[j] = ((u & np.uint32(0x7FFF)) << np.uint32(13)) | ((u & np.uint32(0x8000)) << np.uint32(16))
+        s = np.float32(0.0)
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        for j in range(d):
+            v = tmp[j] * F16_EXP_BIAS_SHIFT
+            s += v * v
+            a0 += v * v0[j]
+            a1 += v * v1[j]
+        bad = s >= F16_NONFINITE_SQ and _has_nonfinite_f16(hi)  # finite test first: it costs nothing
+        _row_done(i, tmp, F16_EXP_BIAS_SHIFT, s, a0, a1, bad, run, norms, dots)
+    _flush(run, acc, cur)
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def _sweep_f32(x, labels, vs, n_classes, acc, norms, dots):  # pragma: no cover - compiled
+    n, d = x.shape
+    run = np.zeros(d, np.float32)
+    v0, v1 = vs[0], vs[1]
+    order = _class_order(labels, n_classes)
+    ubits = x.view(np.uint32)
+    cur = -1
+    for k in range(n):
+        i = order[k]
+        c = labels[i] if labels[i] >= 0 else n_classes
+        if c != cur:
+            _flush(run, acc, cur)
+            cur = c
+        xi = x[i]
+        ui = ubits[i]
+        flag = np.uint32(0)
+        s = np.float32(0.0)
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        for j in range(d):
+            v = xi[j]
+            s += v * v
+            a0 += v * v0[j]
+            a1 += v * v1[j]
+            flag |= (ui[j] & np.uint32(0x7F800000)) + np.uint32(0x00800000)  # bit 31 iff exponent all ones
+        _row_done(i, xi, np.float32(1.0), s, a0, a1, (flag & np.uint32(0x80000000)) != 0, run, norms, dots)
+    _flush(run, acc, cur)
+
+
+def stream_stats(x: np.ndarray, labels: np.ndarray, vs: np.ndarray, n_classes: int,
+                 acc: np.ndarray | None = None):
+    """(norms float32 [n], dots float32 [n, 2], acc) for a float16 or float32 block ``x``; ``acc`` (float32,
+    [n_classes + 1, d], allocated when None) has this block's per-class sums of normalized rows added to it.
+    ``vs`` holds up to two vectors (missing ones count as zero). A row holding NaN/inf gets norm NaN, a zero
+    row norm 0; neither adds to ``acc``."""
+    x = np.ascontiguousarray(x)
+    n, d = x.shape
+    v = np.zeros((2, d), np.float32)
+    vs = np.asarray(vs, dtype=np.float32).reshape(-1, d)
+    v[: len(vs)] = vs[:2]
+    if acc is None:
+        acc = np.zeros((n_classes + 1, d), np.float32)
+    lab = np.ascontiguousarray(labels, dtype=np.int32)
+    if lab.size and (lab.max() >= n_classes or lab.min() < -1):
+        raise ValueError(f"labels must lie in [-1, {n_classes}); got {lab.min()}..{lab.max()}")
+    norms = np.empty(n, np.float32)
+    dots = np.empty((n, 2), np.float32)
+    if x.dtype == np.float16:
+        _sweep_f16(x.view(np.uint16), lab, v, int(n_classes), acc, norms, dots)
+    elif x.dtype == np.float32:
+        _sweep_f32(x, lab, v, int(n_classes), acc, norms, dots)
+    else:
+        raise TypeError(f"stream_stats takes float16 or float32 rows, got {x.dtype}")
+    norms[norms < 0] = np.nan
+    return norms, dots, acc

@@ -173,7 +173,7 @@ def test_stale_recorded_sums_fall_back_to_a_second_pass(tmp_path, rng):
 
 
 def test_partials_merge_to_the_same_result_whatever_the_blocking(tmp_path, rng):
-    from embedx.measures.stream import PassConfig, Partial, block_partial, normalized
+    from embedx.measures.stream import PassConfig, Partial, chunk_partial, normalized
 
     s, x, t, y = _store(tmp_path, rng, 500, 7, 12, "float32")
     tn = normalized(t)
@@ -182,10 +182,10 @@ def test_partials_merge_to_the_same_result_whatever_the_blocking(tmp_path, rng):
     for cuts in ([0, 500], [0, 1, 250, 251, 500], list(range(0, 501, 97)) + [500]):
         tot = Partial()
         for a, b in zip(cuts[:-1], cuts[1:]):
-            tot = tot.merge(block_partial(x[a:b], y[a:b], cfg, a, sub_rows=int(rng.integers(1, 80))))
+            tot = tot.merge(chunk_partial(x[a:b], y[a:b], cfg, a))
         totals.append(tot)
     for other in totals[1:]:
-        # float32 block sums, float64 across blocks: equal up to float32 rounding, far inside 1e-5
+        # float32 chunk sums, float64 across chunks: equal up to float32 rounding, far inside 1e-5
         np.testing.assert_allclose(other.class_sum, totals[0].class_sum, rtol=1e-6, atol=1e-5)
         np.testing.assert_array_equal(other.top1, totals[0].top1)
         assert other.n_labelled == totals[0].n_labelled == 500
@@ -221,6 +221,37 @@ def test_per_class_and_class_label_silhouette(tmp_path, rng):
         assert row["zeroshot_recall"] == pytest.approx((pred[m] == k).mean(), abs=1e-12)
         assert row["silhouette_euclidean"] == pytest.approx(per_point[:300][m].mean(), abs=1e-5)
     assert r["silhouette_class_euclidean"] == pytest.approx(silhouette_score(xn, y), abs=1e-5)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_streamed_class_silhouette_matches_sklearn(tmp_path, rng, monkeypatch, cached):
+    """Class-label silhouette read from the store in column blocks (re-read per row block when not cached),
+    unlabelled rows left out, a singleton and an empty class: sklearn on the labelled rows."""
+    from embedx.measures import silhouette as S
+
+    monkeypatch.setattr(S, "STREAM_COLS", 64)
+    monkeypatch.setattr(S, "STREAM_ROWS", 50)
+    if not cached:
+        monkeypatch.setattr(S, "CACHE_BYTES", 0)
+    y = rng.integers(0, 6, 420)
+    y[y == 5] = 4               # class 5 empty
+    y[rng.choice(420, 37, replace=False)] = -1
+    y[y == 3] = 2
+    y[11] = 3                   # class 3 a singleton
+    s, x, t, y = _store(tmp_path, rng, 420, 6, 9, "float16", y=y)
+    keep = y >= 0
+    xn = x[keep].astype(np.float64)
+    xn /= np.linalg.norm(xn, axis=1, keepdims=True)
+    r = M.compute(s, ["acs"], silhouette_labels="class")
+    assert r["silhouette_class_euclidean"] == pytest.approx(silhouette_score(xn, y[keep]), abs=1e-5)
+    whole = M.compute(s, ["acs"], silhouette_labels="class", silhouette_mode="sample", sample_size=10_000)
+    assert whole["silhouette_class_euclidean"] == pytest.approx(r["silhouette_class_euclidean"], abs=1e-9)
+    part = M.compute(s, ["acs"], silhouette_labels="class", silhouette_mode="sample", sample_size=40, seed=3)
+    est = part["estimates"]["silhouette_class_euclidean"]
+    assert est["sample_size"] == 40 and est["population"] == keep.sum()
+    vals = silhouette_samples(xn, y[keep])
+    pick = np.sort(np.random.default_rng(3).choice(keep.sum(), 40, replace=False))
+    assert est["estimate"] == pytest.approx(vals[pick].mean(), abs=1e-5)
 
 
 def test_faiss_and_blocked_retrieval_agree(tmp_path, rng):
@@ -287,3 +318,96 @@ def test_one_class_store_reports_undefined_measures_as_null(tmp_path, rng):
     assert d["silhouette_euclidean"] == pytest.approx(silhouette_score(np.vstack([xn, tn]), [1] * 60 + [0]), abs=1e-5)
     assert d["zeroshot_top1"] == 1.0
     assert "undefined" in invoke("measure", s.path).stdout
+
+
+def _grouped_recall_brute_force(x, t, ids):
+    """float64 dense similarity + stable argsort; queries: the first row of each id, and every text."""
+    x = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    t = t.astype(np.float64) / np.linalg.norm(t.astype(np.float64), axis=1, keepdims=True)
+    first_row = {}
+    for i, v in enumerate(ids):
+        first_row.setdefault(v, i)
+    first = np.array(sorted(first_row.values()))
+    pos = np.searchsorted(first, [first_row[v] for v in ids])
+    sim = x[first] @ t.T
+    i2t = pos[np.argsort(-sim, 1, kind="stable")] == np.arange(len(first))[:, None]
+    t2i = np.argsort(-sim.T, 1, kind="stable") == pos[:, None]
+    r = {}
+    for k in (1, 5, 10):
+        r[f"i2t_recall@{k}"] = i2t[:, :k].any(1).mean()
+        r[f"t2i_recall@{k}"] = t2i[:, :k].any(1).mean()
+    return r
+
+
+def _small_blocks(monkeypatch, cached):
+    from embedx.measures import retrieval
+
+    monkeypatch.setattr(retrieval, "ROW_BLOCK", 40)
+    monkeypatch.setattr(retrieval, "COL_BLOCK", 64)
+    if not cached:  # texts re-read per row block
+        monkeypatch.setattr(retrieval, "CACHE_BYTES", 0)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_streamed_recall_matches_brute_force(tmp_path, rng, monkeypatch, cached, dtype):
+    from embedx.measures.retrieval import recall_at_k_streamed
+
+    _small_blocks(monkeypatch, cached)
+    s, x, t, y = _store(tmp_path, rng, int(rng.integers(150, 400)), None, int(rng.integers(4, 48)), dtype, paired=True)
+    got = recall_at_k_streamed(s)
+    ref = _grouped_recall_brute_force(x, t, [str(i) for i in range(len(x))])
+    assert got == pytest.approx(ref, abs=1e-12)
+    assert 0 < got["i2t_recall@1"] < 1
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_streamed_recall_with_repeated_ids(tmp_path, rng, monkeypatch, cached):
+    """Several captions per image, their rows scattered over the store (image rows of an id need not agree:
+    the id's first row is its image)."""
+    from embedx.store import StoreWriter
+
+    _small_blocks(monkeypatch, cached)
+    n_items, d = int(rng.integers(40, 90)), int(rng.integers(4, 32))
+    ids = rng.permutation(np.repeat(np.arange(n_items), rng.integers(1, 5, n_items)))
+    n = len(ids)
+    img = rng.standard_normal((n_items, d))
+    x = (img[ids] + 0.05 * rng.standard_normal((n, d))).astype(np.float32)
+    t = rng.standard_normal((n, d)).astype(np.float32)
+    t[ids % 2 == 0] += 1.5 * x[ids % 2 == 0]  # the captions of half of the items are aligned
+    path = str(tmp_path / "rep.zarr")
+    meta = {"model": "m", "pretrained": "none", "seed": 0, "dataset": "d", "dataset_sha256": "x", "mode": "paired"}
+    w = StoreWriter.create(path, n_rows=n, dim=d, meta=meta, dtype="float32", chunk_rows=16, background=False)
+    w.append(x, None, [f"img{v}" for v in ids], text_emb=t, text_names=[f"c{i}" for i in range(n)])
+    w.commit(n)
+    w.finalize()
+    s = Store(path)
+    got = M.compute(s, list(M.RETRIEVAL) + ["zeroshot_top1"])
+    ref = _grouped_recall_brute_force(x, t, list(ids))
+    for k, v in ref.items():
+        assert got[k] == pytest.approx(v, abs=1e-12), k
+    assert got["zeroshot_top1"] == got["i2t_recall@1"] and 0 < got["i2t_recall@1"] < 1
+    faiss = M.compute(s, list(M.RETRIEVAL), knn="faiss")
+    for k in M.RETRIEVAL:
+        assert faiss[k] == pytest.approx(got[k], abs=1e-12), k
+
+
+def test_measures_through_the_triton_kernels_match_brute_force(tmp_path, rng, monkeypatch):
+    """The pairwise measures dispatched to the Triton kernels (as on a CUDA device; here the interpreter)."""
+    monkeypatch.setenv("EMBEDX_KERNEL", "triton")
+    s, x, t, y = _store(tmp_path, rng, 70, 3, 16, "float16")
+    _check(s, x, t, y)
+    (tmp_path / "p").mkdir()
+    p, px, pt, py = _store(tmp_path / "p", rng, 60, None, 16, "float32", paired=True)
+    _check(p, px, pt, py)
+
+
+def test_device_option(tmp_path, rng):
+    s, x, t, y = _store(tmp_path, rng, 40, 3, 8, "float32")
+    r = invoke("measure", s.path, "--metrics", "silhouette_euclidean", "--device", "cpu", "--json")
+    assert r.exit_code == 0 and "silhouette_euclidean" in r.stdout
+    if not __import__("torch").cuda.is_available():
+        r = invoke("measure", s.path, "--device", "cuda")
+        assert_one_line_error(r.exit_code, r.stderr, "no CUDA device")
+    r = invoke("measure", s.path, "--device", "tpu9")
+    assert_one_line_error(r.exit_code, r.stderr, "unknown device")

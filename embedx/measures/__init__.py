@@ -24,9 +24,11 @@ import time
 import numpy as np
 import torch
 
+from embedx.encoders import resolve_device
 from embedx.errors import EmbedxError
 from embedx.measures import retrieval, silhouette
-from embedx.measures.stream import PassConfig, Partial, block_partial, cosine_silhouette_sum, normalized
+from embedx.measures.stream import (PassConfig, Partial, block_partial, class_pass, cosine_silhouette_sum,
+                                   normalized)
 from embedx.store import Store
 
 BASE = ("acs", "iimm_inter", "iimm_intra", "iimm", "text_intra", "gap", "silhouette_euclidean",
@@ -50,9 +52,12 @@ def _check_metrics(store: Store, metrics):
 
 
 def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sample_size: int = 2000, seed: int = 0,
-            knn: str = "blocked", per_class: bool = False, silhouette_labels: str = "modality") -> dict:
-    """Requested measures of ``store`` -> {name: float, n_images, n_texts, dim, timings_s[, estimates, per_class]}."""
+            knn: str = "blocked", per_class: bool = False, silhouette_labels: str = "modality",
+            device: str = "auto") -> dict:
+    """Requested measures of ``store`` -> {name: float, n_images, n_texts, dim, timings_s[, estimates, per_class]}.
+    ``device`` runs the pairwise kernels (Euclidean silhouette, retrieval): auto = CUDA when available."""
     want = _check_metrics(store, metrics)
+    dev = resolve_device(device)
     if silhouette_labels == "class":
         if store.paired:
             raise EmbedxError("--silhouette-labels class needs class labels (this store is paired)")
@@ -78,8 +83,7 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
     want_cos = "silhouette_cosine" in want
     cfg = PassConfig(texts=texts, text_sum=text_sum, n_texts=c, n_images=n,
                      sum_x_hint=sx_hint if want_cos and text_sum is not None else None,
-                     zeroshot=not store.paired and any(m.startswith("zeroshot") for m in want),
-                     sums=store.paired or any(not m.startswith("zeroshot") for m in want) or per_class)
+                     zeroshot=not store.paired and any(m.startswith("zeroshot") for m in want))
     tot, text_cos, st_pass = _stream(store, cfg)
     timings["stream_pass"] = time.perf_counter() - t0
 
@@ -125,35 +129,32 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
         timings["silhouette_cosine"] = time.perf_counter() - t0
 
     estimates, per_point = {}, None
-    images_all = None
     if "silhouette_euclidean" in want or CLASS_SILHOUETTE in want:
         t0 = time.perf_counter()
         if "silhouette_euclidean" in want:  # columns streamed from the store: memory bounded, not O(N d)
-            score, per_point = silhouette.modality_silhouette(store, texts, silhouette_mode, sample_size, seed)
+            score, per_point = silhouette.modality_silhouette(store, texts, silhouette_mode, sample_size, seed, dev)
             if silhouette_mode == "exact":
                 out["silhouette_euclidean"] = score
             else:
                 out["silhouette_euclidean"] = score["estimate"]
                 estimates["silhouette_euclidean"] = score
-        if CLASS_SILHOUETTE in want:
-            images_all = normalized(store.images(dtype=np.float32), "images")
-            y = store.labels()
-            keep = np.flatnonzero(y >= 0)
-            pts = images_all[torch.from_numpy(keep)]
+        if CLASS_SILHOUETTE in want:  # the labelled images by class, streamed the same way
+            score, _ = silhouette.class_silhouette(store, silhouette_mode, sample_size, seed, dev)
             if silhouette_mode == "exact":
-                out[CLASS_SILHOUETTE] = silhouette.silhouette_exact(pts, y[keep])
+                out[CLASS_SILHOUETTE] = score
             else:
-                est = silhouette.silhouette_sampled(pts, y[keep], sample_size, seed)
-                out[CLASS_SILHOUETTE] = est["estimate"]
-                estimates[CLASS_SILHOUETTE] = est
+                out[CLASS_SILHOUETTE] = score["estimate"]
+                estimates[CLASS_SILHOUETTE] = score
         timings["silhouette_euclidean"] = time.perf_counter() - t0
 
     if store.paired and any(m in RETRIEVAL or m.startswith("zeroshot") for m in want):
         t0 = time.perf_counter()
-        if images_all is None:
-            images_all = normalized(store.images(dtype=np.float32), "images")
-        rec = retrieval.recall_at_k(images_all, normalized(store.texts(dtype=np.float32), "texts"),
-                                    retrieval.groups_from_ids(store.ids()), knn=knn)
+        if knn == "blocked":  # rank counts streamed from the store: memory bounded, not O(N d)
+            rec = retrieval.recall_at_k_streamed(store, device=dev)
+        else:  # --knn faiss holds every normalized image and text row in memory
+            rec = retrieval.recall_at_k(normalized(store.images(dtype=np.float32), "images"),
+                                        normalized(store.texts(dtype=np.float32), "texts"),
+                                        retrieval.groups_from_ids(store.ids()), knn=knn)
         out.update(rec)
         # zero-shot with the N captions as the classes is image -> text retrieval
         out["zeroshot_top1"], out["zeroshot_top5"] = rec["i2t_recall@1"], rec["i2t_recall@5"]
@@ -170,23 +171,21 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
 
 
 def _stream(store: Store, cfg: PassConfig):
-    """The pass over image blocks (and, for paired stores, the aligned text blocks)."""
+    """The pass: class stores chunk by chunk (``stream.class_pass``); paired stores over aligned image and
+    text blocks. -> (total Partial, paired text cosine-silhouette sum, paired S_t)."""
+    if not store.paired:
+        return class_pass(store, cfg), 0.0, None
     tot = Partial()
     text_cos = 0.0
     st_pass = np.zeros(store.dim)
     tarr = store.group["texts/embeddings"]
-    labels = store.labels()  # 4 bytes a row, read once: far cheaper than many small label chunks per block
-    # zero-shot alone is matmul-bound: reading in this thread leaves both cores to the matmul
-    for start, block in store.iter_images(reuse=True, prefetch=cfg.sums or not cfg.zeroshot):
-        y = labels[start:start + len(block)]
-        tb = None
-        if store.paired:
-            tb = normalized(tarr[start:start + len(block)], "texts", start)
-            st_pass += tb.double().sum(0).numpy()
-            if cfg.sum_x_hint is not None:
-                w = tb.double() @ torch.stack([cfg.text_sum, cfg.sum_x_hint], 1)
-                text_cos += cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), cfg.n_texts, cfg.n_images)
-        tot = tot.merge(block_partial(block, y, cfg, start, tb))
+    for start, block in store.iter_images(reuse=True):
+        tb = normalized(tarr[start:start + len(block)], "texts", start)
+        st_pass += tb.double().sum(0).numpy()
+        if cfg.sum_x_hint is not None:
+            w = tb.double() @ torch.stack([cfg.text_sum, cfg.sum_x_hint], 1)
+            text_cos += cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), cfg.n_texts, cfg.n_images)
+        tot = tot.merge(block_partial(block, cfg, tb, start))
     return tot, text_cos, st_pass
 
 

@@ -1,7 +1,19 @@
-"""Retrieval recall@k for paired stores, through blocked top-k (or FAISS): never materializes N x M.
+"""Retrieval recall@k for paired stores, exact, from rank counts: the similarities are never materialized.
 
-Image and text i share group ``groups[i]``; rows of one group are one item (e.g. the same image with several
-captions: every caption is a positive). A query hits at k if any of its positives is among its top k.
+Rows sharing a source id are one item (an image with several captions: every caption is a positive). The
+image queries are the distinct images u (the first row of each item), the text queries every text j, and
+pos(j) is j's item. With unit rows q_u, t_j and s[u, j] = q_u.t_j:
+
+  i2t  p*_u = max_{j: pos(j) = u} s[u, j]    better_u = #{j : pos(j) != u, s[u, j] > p*_u}
+  t2i  p*_j = s[pos(j), j]                   better_j = #{u != pos(j) : s[u, j] > p*_j}
+
+A query hits at k iff better < k, i.e. a positive is in its top k; exact ties count in the query's favour (as
+in the zero-shot counter). recall@k is the mean over the queries of each side. The thresholds p* come from
+one O(N d) float64 pass over the aligned rows; both sides' counts from one sweep of ``kernels.rank_count``
+over the U x N tiles (distinct images as row blocks, texts as column blocks).
+
+``recall_at_k_streamed`` reads the store in blocks (memory O(block d + N)); ``recall_at_k`` takes rows held in
+memory and also serves ``knn="faiss"`` (FAISS exact inner-product top-k, which needs every row in memory).
 """
 from __future__ import annotations
 
@@ -10,8 +22,12 @@ import torch
 
 from embedx import kernels
 from embedx.errors import EmbedxError
+from embedx.measures.silhouette import CACHE_BYTES
+from embedx.measures.stream import normalized
 
 KS = (1, 5, 10)
+ROW_BLOCK = 4096    # distinct images per sweep row block
+COL_BLOCK = 16384   # text rows per column block read from the store
 
 
 def groups_from_ids(ids) -> np.ndarray:
@@ -20,33 +36,129 @@ def groups_from_ids(ids) -> np.ndarray:
     return first[inv]
 
 
-def topk(q: torch.Tensor, g: torch.Tensor, k: int, knn: str = "blocked") -> torch.Tensor:
-    if knn == "faiss":
-        try:
-            import faiss
-        except ImportError:
-            raise EmbedxError("--knn faiss needs the faiss package (pip install faiss-cpu)") from None
-        index = faiss.IndexFlatIP(g.shape[1])
-        index.add(np.ascontiguousarray(g.float().numpy()))
-        _, idx = index.search(np.ascontiguousarray(q.float().numpy()), min(k, len(g)))
-        return torch.from_numpy(idx.astype(np.int64))
-    if knn != "blocked":
+def _items(groups) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each distinct image, ascending; pos: the item index of every row)."""
+    _, first, inv = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inv.ravel()]
+
+
+def _image_thresholds(b_thr: np.ndarray, pos: np.ndarray, n_items: int) -> np.ndarray:
+    """p*_u = max of the thresholds p*_j of u's texts (s[u, j] for every positive j of u)."""
+    a_thr = np.full(n_items, -np.inf)
+    np.maximum.at(a_thr, pos, b_thr)
+    return a_thr
+
+
+def _recall(i2t_better: np.ndarray, t2i_better: np.ndarray, ks) -> dict:
+    return {f"{side}_recall@{k}": float((better < k).mean())
+            for side, better in (("i2t", i2t_better), ("t2i", t2i_better)) for k in ks}
+
+
+def _count_sweep(row_blocks, col_blocks, a_thr: np.ndarray, b_thr: np.ndarray, pos: np.ndarray, device="cpu"):
+    """better_u and better_j from one sweep: ``row_blocks`` yields (u0, unit image rows u0...), ``col_blocks()``
+    yields (j0, unit text rows j0...) and is called once per row block. Tiles run on ``device`` (the kernel
+    dispatch picks Triton on CUDA)."""
+    dev = torch.device(device)
+    a_thr, b_thr, pos = (torch.from_numpy(v).to(dev) for v in (a_thr, b_thr, pos))
+    i2t = torch.zeros(len(a_thr), dtype=torch.long, device=dev)
+    t2i = torch.zeros(len(b_thr), dtype=torch.long, device=dev)
+    for u0, q in row_blocks:
+        q = q.to(dev)
+        u1 = u0 + len(q)
+        for j0, t in col_blocks():
+            t = t.to(dev)
+            j1 = j0 + len(t)
+            kernels.rank_count(q, t, a_thr[u0:u1], b_thr[j0:j1], pos[j0:j1], u0, i2t[u0:u1], t2i[j0:j1])
+    return i2t.cpu().numpy(), t2i.cpu().numpy()
+
+
+def recall_at_k(images: torch.Tensor, texts: torch.Tensor, groups, ks=KS, knn: str = "blocked",
+                device="cpu") -> dict:
+    """Recall of unit rows held in memory; ``groups[i]`` is row i's item. knn: blocked (rank counts) or faiss."""
+    if knn not in ("blocked", "faiss"):
         raise EmbedxError(f"unknown --knn {knn!r}; use blocked or faiss")
-    return kernels.topk(q, g, k)
+    first, pos = _items(groups)
+    q = images[torch.from_numpy(first)]
+    if knn == "faiss":
+        return _faiss_recall(q, texts, pos, ks)
+    b_thr = (q[torch.from_numpy(pos)].double() * texts.double()).sum(1).numpy()
+    a_thr = _image_thresholds(b_thr, pos, len(first))
+    return _recall(*_count_sweep([(0, q)], lambda: [(0, texts)], a_thr, b_thr, pos, device), ks)
 
 
-def recall_at_k(images: torch.Tensor, texts: torch.Tensor, groups: np.ndarray, ks=KS, knn: str = "blocked") -> dict:
-    """i2t: one query per distinct image against all texts; t2i: every text against the distinct images."""
-    groups = np.asarray(groups, dtype=np.int64)
-    g = torch.from_numpy(groups)
-    uniq, first = np.unique(groups, return_index=True)
-    uq = torch.from_numpy(uniq)
-    q_img = images[torch.from_numpy(first)]
+def _faiss_recall(q: torch.Tensor, texts: torch.Tensor, pos: np.ndarray, ks) -> dict:
+    try:
+        import faiss
+    except ImportError:
+        raise EmbedxError("--knn faiss needs the faiss package (pip install faiss-cpu)") from None
+
+    def search(queries, gallery, k):
+        index = faiss.IndexFlatIP(gallery.shape[1])
+        index.add(np.ascontiguousarray(gallery.float().numpy()))
+        return index.search(np.ascontiguousarray(queries.float().numpy()), min(k, len(gallery)))[1]
+
     kmax = max(ks)
-    hit_i2t = g[topk(q_img, texts, kmax, knn)] == uq[:, None]
-    hit_t2i = uq[topk(texts, q_img, kmax, knn)] == g[:, None]
-    out = {}
-    for side, hit in (("i2t", hit_i2t), ("t2i", hit_t2i)):
-        for k in ks:
-            out[f"{side}_recall@{k}"] = float(hit[:, :k].any(1).double().mean())
-    return out
+    hit_i2t = pos[search(q, texts, kmax)] == np.arange(len(q))[:, None]
+    hit_t2i = search(texts, q, kmax) == pos[:, None]
+    return {f"{side}_recall@{k}": float(hit[:, :k].any(1).mean())
+            for side, hit in (("i2t", hit_i2t), ("t2i", hit_t2i)) for k in ks}
+
+
+def recall_at_k_streamed(store, ks=KS, device="cpu") -> dict:
+    """Recall of a paired store read in blocks: the thresholds pass, then the count sweep with the distinct
+    images as row blocks and the texts as column blocks (kept normalized in memory up to CACHE_BYTES, else
+    re-read per row block). Memory O(block d + N) whatever N."""
+    n = store.n_images
+    first, pos = _items(groups_from_ids(store.ids()))
+    item_row = first[pos]                       # the image row of each text's item (never after the text)
+    tarr = store.group["texts/embeddings"]
+    dev = torch.device(device)
+    cache = [] if n * store.dim * 4 <= CACHE_BYTES else None
+    b_thr = np.empty(n)
+    for start, block in store.iter_images(block_rows=_rows(store, ROW_BLOCK), reuse=True):
+        stop = start + len(block)
+        x = normalized(block, "images", start)
+        t = normalized(tarr[start:stop], "texts", start)
+        r = item_row[start:stop]
+        q = x[torch.from_numpy(np.maximum(r - start, 0))]
+        early = np.flatnonzero(r < start)       # items whose image row lies in an earlier block
+        if len(early):
+            rows, inv = np.unique(r[early], return_inverse=True)
+            q[torch.from_numpy(early)] = normalized(store.images(rows, dtype=np.float32), "images")[
+                torch.from_numpy(inv.ravel())]
+        b_thr[start:stop] = (q.double() * t.double()).sum(1).numpy()
+        if cache is not None:
+            cache.append((start, t.to(dev)))
+    a_thr = _image_thresholds(b_thr, pos, len(first))
+
+    def col_blocks():
+        if cache is not None:
+            return cache
+        return ((j0, normalized(tarr[j0:j0 + COL_BLOCK], "texts", j0)) for j0 in range(0, n, COL_BLOCK))
+
+    return _recall(*_count_sweep(_distinct_blocks(store, first), col_blocks, a_thr, b_thr, pos, dev), ks)
+
+
+def _rows(store, target: int) -> int:
+    """About ``target`` rows in whole chunks."""
+    return store.chunk_rows * max(1, target // store.chunk_rows)
+
+
+def _distinct_blocks(store, first: np.ndarray):
+    """(u0, unit rows of the distinct images u0, u0+1, ...) in blocks of at least ROW_BLOCK (but the last)."""
+    is_first = np.zeros(store.n_images, dtype=bool)
+    is_first[first] = True
+    u0, parts, size = 0, [], 0
+    for start, block in store.iter_images(block_rows=_rows(store, ROW_BLOCK), reuse=True):
+        keep = np.flatnonzero(is_first[start:start + len(block)])
+        if len(keep):
+            parts.append(normalized(block[keep], "images", start))
+            size += len(keep)
+        if size >= ROW_BLOCK:
+            yield u0, torch.cat(parts)
+            u0, parts, size = u0 + size, [], 0
+    if parts:
+        yield u0, torch.cat(parts)

@@ -15,42 +15,11 @@ from embedx import kernels
 from embedx.errors import EmbedxError
 from embedx.measures.stream import silhouette_values
 
-ROW_BLOCK = 1024
-
-
-def _prepare(points: torch.Tensor, labels: np.ndarray):
-    labels = np.asarray(labels)
-    order = np.argsort(labels, kind="stable")            # clusters contiguous: tiles span few clusters
-    _, dense = np.unique(labels[order], return_inverse=True)
-    k = int(dense.max()) + 1 if len(dense) else 0
-    if k < 2 or k > len(points) - 1:
-        raise EmbedxError(f"silhouette needs 2 <= clusters <= points - 1, got {k} clusters of {len(points)} points")
-    return points[torch.from_numpy(order)], dense, order, k
-
-
-def _values(pts, dense, k, row_idx: np.ndarray) -> np.ndarray:
-    sizes = np.bincount(dense, minlength=k)
-    lab_t = torch.from_numpy(dense)
-    out = np.empty(len(row_idx))
-    for r0 in range(0, len(row_idx), ROW_BLOCK):
-        idx = row_idx[r0:r0 + ROW_BLOCK]
-        rid = torch.from_numpy(idx.astype(np.int64))
-        s = kernels.cluster_distance_sums(pts[rid], pts, lab_t, k, row_ids=rid).cpu().numpy()
-        own = dense[idx]
-        ar = np.arange(len(idx))
-        means = s / sizes[None, :]
-        means[ar, own] = np.inf
-        out[r0:r0 + len(idx)] = silhouette_values(s[ar, own], sizes[own], means.min(1))
-    return out
-
 
 def silhouette_samples(points: torch.Tensor, labels: np.ndarray) -> np.ndarray:
-    """Exact per-point values, in the input order (sklearn.metrics.silhouette_samples)."""
-    pts, dense, order, k = _prepare(points, labels)
-    vals = _values(pts, dense, k, np.arange(len(pts)))
-    out = np.empty_like(vals)
-    out[order] = vals
-    return out
+    """Exact per-point values of in-memory points, in the input order (sklearn.metrics.silhouette_samples)."""
+    pts = _ArrayPoints(points, labels)
+    return _streamed_values(pts, np.arange(len(pts.labels)))
 
 
 def silhouette_exact(points: torch.Tensor, labels: np.ndarray) -> float:
@@ -74,83 +43,156 @@ def _estimate(vals: np.ndarray, total: int, seed: int) -> dict:
             "population": total, "seed": seed, "method": "sample"}
 
 
-def silhouette_sampled(points: torch.Tensor, labels: np.ndarray, sample_size: int, seed: int = 0) -> dict:
-    """Estimate from the exact silhouette values (each against all points) of a uniform sample of points."""
-    pick = _sample_ids(len(points), sample_size, seed)
-    pts, dense, order, k = _prepare(points, labels)
-    return _estimate(_values(pts, dense, k, pick), len(points), seed)
-
-# --- modality silhouette streamed from a store: memory bounded by the block sizes, not by N -------------
+# --- silhouettes streamed from a store: memory bounded by the block sizes, not by N -------------------------
 STREAM_ROWS = 1024     # point rows per kernel call
 STREAM_COLS = 16384    # store rows per column block (read and normalized once per row block)
 CACHE_BYTES = 512 << 20  # normalized columns up to this size are kept in memory instead of re-read
 
 
-def _modality_columns(store, texts: torch.Tensor | None):
-    """(global offset, normalized fp32 block, dense label) over images (label 1) then texts (label 0)."""
-    from embedx.measures.stream import normalized
+class _StorePoints:
+    """Points read from a store for a streamed silhouette: ``labels`` (dense cluster id per point, O(n)
+    scalars), ``rows(ids)`` (normalized points by id, random access) and ``columns()`` (first point id,
+    normalized block, its labels) over all points in order."""
 
-    for start, block in store.iter_images(block_rows=store.chunk_rows * max(1, STREAM_COLS // store.chunk_rows)):
-        yield start, normalized(block, "images", start), 1
-    n = store.n_images
-    if texts is not None:
-        yield n, texts, 0
-        return
-    arr = store.group["texts/embeddings"]
-    for start in range(0, store.n_texts, STREAM_COLS):
-        yield n + start, normalized(arr[start:start + STREAM_COLS], "texts", start), 0
+    def __init__(self, store, labels: np.ndarray):
+        self.store = store
+        self.labels = labels
+        self.sizes = np.bincount(labels)
+        if len(self.sizes) < 2 or len(self.sizes) > len(labels) - 1:
+            raise EmbedxError(f"silhouette needs 2 <= clusters <= points - 1, got {len(self.sizes)} clusters of "
+                              f"{len(labels)} points")
+        self.nbytes = len(labels) * store.dim * 4 if store is not None else 0
 
-
-def _modality_rows(store, texts, ids: np.ndarray) -> torch.Tensor:
-    """Normalized points by global id (images first, then texts), read by random access."""
-    from embedx.measures.stream import normalized
-
-    n = store.n_images
-    img = ids[ids < n]
-    txt = ids[ids >= n] - n
-    parts = []
-    if len(img):
-        parts.append(normalized(store.images(img, dtype=np.float32), "images", 0))
-    if len(txt):
-        t = texts[torch.from_numpy(txt)] if texts is not None else normalized(
-            store.group["texts/embeddings"].get_orthogonal_selection((txt, slice(None))).astype(np.float32), "texts", 0)
-        parts.append(t)
-    return torch.cat(parts)
+    def _image_blocks(self):
+        s = self.store
+        return s.iter_images(block_rows=s.chunk_rows * max(1, STREAM_COLS // s.chunk_rows))
 
 
-def _streamed_values(store, texts, ids: np.ndarray) -> np.ndarray:
-    """Exact silhouette values of the points ``ids`` (sorted global ids), columns streamed from the store."""
-    n, c = store.n_images, store.n_texts
-    sizes = np.array([c, n])                      # dense labels: texts 0, images 1
-    own = (ids < n).astype(np.int64)
-    rows = _modality_rows(store, texts, ids)
-    rid = torch.from_numpy(ids.astype(np.int64))
+class _ArrayPoints(_StorePoints):
+    """In-memory points (any labels, made dense), one column block."""
+
+    def __init__(self, points: torch.Tensor, labels: np.ndarray):
+        _, dense = np.unique(np.asarray(labels), return_inverse=True)
+        self.points = points
+        super().__init__(None, dense.astype(np.int64).reshape(-1))
+        self.nbytes = 0
+
+    def columns(self):
+        yield 0, self.points, self.labels
+
+    def rows(self, ids: np.ndarray) -> torch.Tensor:
+        return self.points[torch.from_numpy(ids)]
+
+
+class _ModalityPoints(_StorePoints):
+    """Images (cluster 1) then texts (cluster 0): the papers' modality silhouette."""
+
+    def __init__(self, store, texts: torch.Tensor | None):
+        self.texts = texts
+        super().__init__(store, np.r_[np.ones(store.n_images, np.int64), np.zeros(store.n_texts, np.int64)])
+
+    def columns(self):
+        from embedx.measures.stream import normalized
+
+        n = self.store.n_images
+        for start, block in self._image_blocks():
+            yield start, normalized(block, "images", start), self.labels[start:start + len(block)]
+        if self.texts is not None:
+            yield n, self.texts, self.labels[n:]
+            return
+        arr = self.store.group["texts/embeddings"]
+        for start in range(0, self.store.n_texts, STREAM_COLS):
+            block = normalized(arr[start:start + STREAM_COLS], "texts", start)
+            yield n + start, block, self.labels[n + start:n + start + len(block)]
+
+    def rows(self, ids: np.ndarray) -> torch.Tensor:
+        from embedx.measures.stream import normalized
+
+        n = self.store.n_images
+        img, txt = ids[ids < n], ids[ids >= n] - n
+        parts = []
+        if len(img):
+            parts.append(normalized(self.store.images(img, dtype=np.float32), "images", 0))
+        if len(txt):
+            parts.append(self.texts[torch.from_numpy(txt)] if self.texts is not None else normalized(
+                self.store.group["texts/embeddings"].get_orthogonal_selection((txt, slice(None))).astype(np.float32),
+                "texts", 0))
+        return torch.cat(parts)
+
+
+class _ClassPoints(_StorePoints):
+    """The labelled images, clustered by class label (unlabelled rows, y = -1, are left out)."""
+
+    def __init__(self, store):
+        y = store.labels()
+        self.image_rows = np.flatnonzero(y >= 0)
+        _, dense = np.unique(y[self.image_rows], return_inverse=True)
+        self.before = np.r_[0, np.cumsum(y >= 0)]  # labelled rows before each store row: point ids of a block
+        super().__init__(store, dense.astype(np.int64))
+
+    def columns(self):
+        from embedx.measures.stream import normalized
+
+        for start, block in self._image_blocks():
+            p0, p1 = self.before[start], self.before[start + len(block)]
+            keep = self.image_rows[p0:p1] - start
+            if len(keep):
+                yield p0, normalized(block[keep], "images", start), self.labels[p0:p1]
+
+    def rows(self, ids: np.ndarray) -> torch.Tensor:
+        from embedx.measures.stream import normalized
+
+        return normalized(self.store.images(self.image_rows[ids], dtype=np.float32), "images", 0)
+
+
+def _streamed_values(points: _StorePoints, ids: np.ndarray, device="cpu") -> np.ndarray:
+    """Exact silhouette values of the points ``ids`` (sorted), columns streamed from the store: per row block,
+    every column block adds its per-cluster distance sums (fused kernel on ``device``, float64 sums)."""
+    dev = torch.device(device)
+    sizes = points.sizes
+    k = len(sizes)
+    rows = points.rows(ids).to(dev)
+    rid = torch.from_numpy(ids.astype(np.int64)).to(dev)
+
+    def columns():
+        for off, cols, lab in points.columns():
+            yield off, cols.to(dev), torch.from_numpy(lab).to(dev)
+
     out = np.empty(len(ids))
-    cached = list(_modality_columns(store, texts)) if (n + c) * store.dim * 4 <= CACHE_BYTES else None
+    cached = list(columns()) if points.nbytes <= CACHE_BYTES else None
     for r0 in range(0, len(ids), STREAM_ROWS):
-        sums = torch.zeros(min(STREAM_ROWS, len(ids) - r0), 2, dtype=torch.float64)
-        for off, cols, lab in cached if cached is not None else _modality_columns(store, texts):
-            labels = torch.full((len(cols),), lab, dtype=torch.long)
-            sums += kernels.cluster_distance_sums(rows[r0:r0 + STREAM_ROWS], cols, labels, 2,
-                                                  row_ids=rid[r0:r0 + STREAM_ROWS], col_offset=off).cpu()
-        s = sums.numpy()
-        o = own[r0:r0 + len(s)]
+        sums = torch.zeros(min(STREAM_ROWS, len(ids) - r0), k, dtype=torch.float64, device=dev)
+        for off, cols, lab in cached if cached is not None else columns():
+            sums += kernels.cluster_distance_sums(rows[r0:r0 + STREAM_ROWS], cols, lab, k,
+                                                  row_ids=rid[r0:r0 + STREAM_ROWS], col_offset=off)
+        s = sums.cpu().numpy()
+        own = points.labels[ids[r0:r0 + len(s)]]
         ar = np.arange(len(s))
-        other = s[ar, 1 - o] / sizes[1 - o]
-        out[r0:r0 + len(s)] = silhouette_values(s[ar, o], sizes[o], other)
+        means = s / sizes[None, :]
+        means[ar, own] = np.inf
+        out[r0:r0 + len(s)] = silhouette_values(s[ar, own], sizes[own], means.min(1))
     return out
 
 
-def modality_silhouette(store, texts: torch.Tensor | None, mode: str = "exact", sample_size: int = 2000,
-                        seed: int = 0):
-    """Silhouette of the store's images + texts labelled by modality (Euclidean), columns streamed from the
-    store. exact -> (score, per-point values in image-then-text order); sample -> (estimate dict, None)."""
-    n, c = store.n_images, store.n_texts
-    total = n + c
-    if total < 3:
-        raise EmbedxError(f"silhouette needs at least 3 points, got {total}")
+def _score(points: _StorePoints, mode: str, sample_size: int, seed: int, device):
+    total = len(points.labels)
     if mode == "exact":
-        vals = _streamed_values(store, texts, np.arange(total))
+        vals = _streamed_values(points, np.arange(total), device)
         return float(vals.mean()), vals
     ids = _sample_ids(total, sample_size, seed)
-    return _estimate(_streamed_values(store, texts, ids), total, seed), None
+    return _estimate(_streamed_values(points, ids, device), total, seed), None
+
+
+def modality_silhouette(store, texts: torch.Tensor | None, mode: str = "exact", sample_size: int = 2000,
+                        seed: int = 0, device="cpu"):
+    """Silhouette of the store's images + texts labelled by modality (Euclidean), columns streamed from the
+    store. exact -> (score, per-point values in image-then-text order); sample -> (estimate dict, None)."""
+    if store.n_images + store.n_texts < 3:
+        raise EmbedxError(f"silhouette needs at least 3 points, got {store.n_images + store.n_texts}")
+    return _score(_ModalityPoints(store, texts), mode, sample_size, seed, device)
+
+
+def class_silhouette(store, mode: str = "exact", sample_size: int = 2000, seed: int = 0, device="cpu"):
+    """Silhouette of the store's labelled images clustered by class (Euclidean), streamed like
+    :func:`modality_silhouette`: exact -> (score, per-point values), sample -> (estimate dict, None)."""
+    return _score(_ClassPoints(store), mode, sample_size, seed, device)

@@ -1,7 +1,8 @@
-"""The streaming pass: mergeable partial sums over blocks of image rows (one pass, O(N d)).
+"""The streaming pass: mergeable partial sums over chunks of image rows (one pass, O(N d)).
 
-Every quantity is a sum, so a block (or a Zarr chunk, on any worker) gives a :class:`Partial` and partials
-merge by addition; ``embedx.measures.compute`` turns the total into the measures. With x^ = x/|x|:
+Every quantity is a sum, so a chunk (on any thread, or any worker of a distributed engine) gives a
+:class:`Partial` and partials merge by addition; ``embedx.measures.compute`` turns the total into the measures.
+With x^ = x/|x|:
 
   M_c   = sum_{i: y_i = c} x^_i          (per-class sums: acs = sum_c M_c.t_c / n_lab,
                                           iimm_inter = sum_c M_c.(S_t - t_c) / (n_lab (C-1)))
@@ -10,10 +11,16 @@ merge by addition; ``embedx.measures.compute`` turns the total into the measures
           cosine distance of x^ to a cluster G is 1 - x^.(sum_G g)/|G|, self excluded
   top-1 / top-5 hits per class: the true class is top-k if fewer than k classes score strictly higher
           (row scaling does not change the ranking; exact ties count in the image's favour)
+
+Class stores run :func:`class_pass`: whole Zarr chunks (about 4 MiB, cache-sized) are read straight into a
+per-thread buffer and swept by the fused kernel (``kernels.stream_stats``) while hot, one thread per core; the
+zero-shot matmul, when asked, runs on the same chunk with every core. Paired stores run :func:`block_partial`
+(torch) over aligned image and text blocks.
 """
 from __future__ import annotations
 
-import warnings
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +30,20 @@ from embedx import kernels
 from embedx.errors import EmbedxError
 
 
-SUB_BLOCK = 65536  # rows per sub-block (128 MiB of float32 at d = 512): few, large torch calls measured fastest
-ZS_ROWS = 4096     # zero-shot logits per step: 4096 x C stays in cache (measured best of 2048/4096/8192)
+SUB_BLOCK = 65536   # paired pass: rows per torch sub-block
+ZS_ROWS = 4096      # zero-shot logits per step: 4096 x C stays in cache
+TASK_ROWS = 4096    # class pass: rows per task (whole chunks; at least this many)
+SEGMENT_ROWS = 1 << 20  # class pass: labels are read per segment (4 MiB of int32), so memory is bounded
+FLUSH_ROWS = 65536  # class pass: float32 class sums are added into float64 after this many rows per thread
+
+
+def _first_bad(norms: np.ndarray):
+    """(row, reason) of the first NaN/inf or zero row in ``norms``, or None."""
+    bad = ~np.isfinite(norms) | (norms == 0)
+    if not bad.any():
+        return None
+    i = int(np.flatnonzero(bad)[0])
+    return i, "contains NaN or inf" if not np.isfinite(norms[i]) else "is all zeros (it has no direction)"
 
 
 def check_rows(x: torch.Tensor, what: str, start: int) -> torch.Tensor:
@@ -36,11 +55,9 @@ def check_rows(x: torch.Tensor, what: str, start: int) -> torch.Tensor:
 
 
 def _check_norms(norms: np.ndarray, what: str, start: int) -> None:
-    bad = ~np.isfinite(norms)
-    if bad.any():
-        raise EmbedxError(f"{what} row {int(np.flatnonzero(bad)[0]) + start} contains NaN or inf")
-    if (norms == 0).any():
-        raise EmbedxError(f"{what} row {int(np.flatnonzero(norms == 0)[0]) + start} is all zeros (it has no direction)")
+    bad = _first_bad(norms)
+    if bad is not None:
+        raise EmbedxError(f"{what} row {bad[0] + start} {bad[1]}")
 
 
 def normalized(block, what: str = "rows", start: int = 0) -> torch.Tensor:
@@ -98,131 +115,151 @@ class PassConfig:
     n_images: int
     sum_x_hint: torch.Tensor | None     # S_x known up front (store attrs): cosine silhouette in this pass
     zeroshot: bool
-    sums: bool = True                   # the O(N d) sums (acs, iimm, gap, ...); off when only zero-shot is asked
-    fused: bool = True                  # class stores: the fused numba sweep (kernels.stream_stats) when available
 
-    def __post_init__(self):
-        self.texts_t = None if self.texts is None else self.texts.T.contiguous()
-        self._buf = None
-
-    def buffer(self, rows: int, dim: int) -> torch.Tensor:
-        """A float32 work buffer reused across blocks (no page faults)."""
-        if self._buf is None or self._buf.shape[0] < rows or self._buf.shape[1] != dim:
-            self._buf = torch.empty(rows, dim)
-        return self._buf
+    def cos_vectors(self, dim: int) -> np.ndarray:
+        """The two vectors the sweep dots every normalized row with: S_x (hint) and S_t; zeros if unused."""
+        if self.sum_x_hint is None:
+            return np.zeros((2, dim), np.float32)
+        return np.stack([self.sum_x_hint.numpy(), self.text_sum.numpy()]).astype(np.float32)
 
 
-def _class_block_fused(block: np.ndarray, y: np.ndarray, cfg: PassConfig, start: int) -> Partial | None:
-    """Class stores: norms, cosine-silhouette dots and per-class sums in one fused sweep (numba kernel)."""
-    c = cfg.n_texts
-    vs = (np.stack([cfg.sum_x_hint.numpy(), cfg.text_sum.numpy()]) if cfg.sum_x_hint is not None
-          else np.zeros((0, block.shape[1])))
-    out = kernels.stream_stats_numba(block, y, vs, c)
-    if out is None:
-        return None
-    norms, dots, sums = out
-    _check_norms(norms, "images", start)
-    p = Partial(n=len(block))
-    lab = np.asarray(y)
-    p.class_count = np.bincount(lab[lab >= 0], minlength=c).astype(np.int64)
-    p.n_labelled = int(p.class_count.sum())
-    p.class_sum = sums[:c]
-    p.sum_x = sums.sum(0)
-    if cfg.sum_x_hint is not None:
-        p.cos_sum = cosine_silhouette_sum(dots[:, 0].astype(np.float64), dots[:, 1].astype(np.float64),
-                                          cfg.n_images, cfg.n_texts)
-    if cfg.zeroshot:
-        _zeroshot(p, block, lab, cfg)
-    return p
-
-
-def _zeroshot_hits(x: torch.Tensor, y: torch.Tensor, cfg: PassConfig, top1: np.ndarray, top5: np.ndarray) -> None:
+def _zeroshot_hits(x: torch.Tensor, y: torch.Tensor, texts: torch.Tensor, top1: np.ndarray, top5: np.ndarray) -> None:
     """Add the top-1/top-5 hits of float32 rows ``x`` with labels ``y`` (all >= 0) per class: the true class is
     top-k if fewer than k classes score strictly higher (row scaling does not change the ranking)."""
-    c = cfg.n_texts
+    c = len(texts)
     for z0 in range(0, len(x), ZS_ROWS):  # cache-sized: matmul-bound, logits stay small
         yz = y[z0:z0 + ZS_ROWS]
-        logits = x[z0:z0 + ZS_ROWS] @ cfg.texts_t
+        logits = torch.nn.functional.linear(x[z0:z0 + ZS_ROWS], texts)
         better = (logits > logits.gather(1, yz[:, None])).sum(1)
         top1 += np.bincount(yz[better == 0].numpy(), minlength=c)
         top5 += np.bincount(yz[better < 5].numpy(), minlength=c)
 
 
-def _zeroshot(p: Partial, block: np.ndarray, lab: np.ndarray, cfg: PassConfig) -> None:
-    """Zero-shot hits of a raw block (fused path): labelled rows upcast ZS_ROWS at a time into the buffer."""
-    c = cfg.n_texts
-    p.top1, p.top5 = np.zeros(c, np.int64), np.zeros(c, np.int64)
-    keep = np.flatnonzero(lab >= 0)
-    buf = cfg.buffer(min(ZS_ROWS, max(len(keep), 1)), block.shape[1])
-    for z0 in range(0, len(keep), ZS_ROWS):
-        idx = keep[z0:z0 + ZS_ROWS]
-        xl = buf[: len(idx)]
-        xl.copy_(torch.from_numpy(block[idx] if len(idx) < len(block) else block))
-        _zeroshot_hits(xl, torch.from_numpy(lab[idx].astype(np.int64)), cfg, p.top1, p.top5)
+class ClassWorker:
+    """One thread's share of the class-store pass: a chunk buffer, float32 per-class sums (flushed into float64
+    every FLUSH_ROWS rows), counts, cosine-silhouette and zero-shot sums. ``partial()`` is its :class:`Partial`."""
+
+    def __init__(self, cfg: PassConfig, dim: int, dtype, rows: int):
+        c = cfg.n_texts
+        self.cfg, self.dim = cfg, dim
+        self.buf = np.empty((rows, dim), dtype)
+        self.vs = cfg.cos_vectors(dim)
+        self.acc = np.zeros((c + 1, dim), np.float32)
+        self.pending = 0
+        self.sums = np.zeros((c + 1, dim))
+        self.counts = np.zeros(c, np.int64)
+        self.cos = 0.0
+        self.n = 0
+        self.bad = None  # (global row, reason) of the first bad row this worker met
+        zs = cfg.zeroshot
+        self.top1, self.top5 = (np.zeros(c, np.int64), np.zeros(c, np.int64)) if zs else (None, None)
+        self.xf = torch.empty(min(rows, ZS_ROWS), dim) if zs else None
+
+    def add(self, x: np.ndarray, y: np.ndarray, start: int) -> None:
+        """Fold rows ``x`` (raw float16/float32, global rows start..) with labels ``y`` into the sums."""
+        if self.bad is not None:
+            return
+        cfg = self.cfg
+        norms, dots, _ = kernels.stream_stats(x, y, self.vs, cfg.n_texts, self.acc)
+        bad = _first_bad(norms)
+        if bad is not None:
+            self.bad = (start + bad[0], bad[1])
+            return
+        self.n += len(x)
+        self.pending += len(x)
+        if self.pending >= FLUSH_ROWS:
+            self.flush()
+        keep = y >= 0
+        all_labelled = bool(keep.all())
+        yl = y if all_labelled else y[keep]
+        self.counts += np.bincount(yl, minlength=cfg.n_texts)
+        if cfg.sum_x_hint is not None:
+            self.cos += cosine_silhouette_sum(dots[:, 0], dots[:, 1], cfg.n_images, cfg.n_texts)
+        if cfg.zeroshot and len(yl):
+            xl = x if all_labelled else x[keep]
+            yt = torch.from_numpy(yl.astype(np.int64))
+            for z0 in range(0, len(xl), len(self.xf)):
+                xf = self.xf[: min(len(self.xf), len(xl) - z0)]
+                xf.copy_(torch.from_numpy(xl[z0:z0 + len(xf)]))
+                _zeroshot_hits(xf, yt[z0:z0 + len(xf)], cfg.texts, self.top1, self.top5)
+
+    def flush(self) -> None:
+        self.sums += self.acc
+        self.acc[:] = 0
+        self.pending = 0
+
+    def partial(self) -> Partial:
+        self.flush()
+        c = self.cfg.n_texts
+        return Partial(n=self.n, sum_x=self.sums.sum(0), class_sum=self.sums[:c].copy(), class_count=self.counts,
+                       n_labelled=int(self.counts.sum()), top1=self.top1, top5=self.top5, cos_sum=self.cos)
 
 
-def block_partial(block, y: np.ndarray, cfg: PassConfig, start: int = 0,
-                  t_block: torch.Tensor | None = None, sub_rows: int = SUB_BLOCK) -> Partial:
-    """Partial sums of one block of raw rows (any float dtype; ``y`` its labels; ``t_block`` the normalized
-    paired text rows of paired stores). Works through sub-blocks: each is upcast once into a
-    reused float32 buffer (no page faults); per-block sums accumulate in float32, across blocks in float64."""
+def chunk_partial(x: np.ndarray, y: np.ndarray, cfg: PassConfig, start: int = 0) -> Partial:
+    """The :class:`Partial` of one chunk of raw rows (class stores): the unit a distributed engine maps."""
+    w = ClassWorker(cfg, x.shape[1], x.dtype, 1)
+    w.add(np.asarray(x), np.ascontiguousarray(y, dtype=np.int32), start)
+    if w.bad is not None:
+        raise EmbedxError(f"images row {w.bad[0]} {w.bad[1]}")
+    return w.partial()
+
+
+def class_pass(store, cfg: PassConfig, threads: int | None = None) -> Partial:
+    """Sweep a class store chunk by chunk: each task reads whole chunks into its thread's buffer
+    (``store.read_images_into``, no allocation) and folds them in while they are in cache. Without zero-shot,
+    one thread per core runs the (GIL-free) kernel; with zero-shot, one thread and the matmul takes every core."""
+    n, d = store.n_images, store.dim
+    rows = store.chunk_rows * max(1, TASK_ROWS // store.chunk_rows)
+    if threads is None:
+        threads = 1 if cfg.zeroshot else max(1, min(os.cpu_count() or 1, 16))
+    workers = [ClassWorker(cfg, d, store.dtype, rows) for _ in range(threads)]
+    labels = store.group["images/labels"]
+    seg = max(rows, SEGMENT_ROWS // rows * rows)
+
+    def run(w: ClassWorker, starts, y_seg: np.ndarray, seg0: int) -> None:
+        for s0 in starts:
+            x = store.read_images_into(s0, w.buf[: min(rows, n - s0)])
+            w.add(x, y_seg[s0 - seg0:s0 - seg0 + len(x)], s0)
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="embedx-pass") as pool:
+        for seg0 in range(0, n, seg):
+            y_seg = np.ascontiguousarray(labels[seg0:min(seg0 + seg, n)], dtype=np.int32)
+            if y_seg.size and (y_seg.max() >= cfg.n_texts or y_seg.min() < -1):
+                raise EmbedxError(f"image labels must lie in [-1, {cfg.n_texts}); found {y_seg.min()}..{y_seg.max()}")
+            starts = list(range(seg0, min(seg0 + seg, n), rows))
+            if threads == 1:
+                run(workers[0], starts, y_seg, seg0)
+            else:
+                for f in [pool.submit(run, w, starts[t::threads], y_seg, seg0) for t, w in enumerate(workers)]:
+                    f.result()
+            bad = min((w.bad for w in workers if w.bad is not None), default=None)
+            if bad is not None:
+                raise EmbedxError(f"images row {bad[0]} {bad[1]}")
+    tot = Partial()
+    for w in workers:
+        tot = tot.merge(w.partial())
+    return tot
+
+
+def block_partial(block, cfg: PassConfig, t_block: torch.Tensor, start: int = 0, sub_rows: int = SUB_BLOCK) -> Partial:
+    """Paired stores: partial sums of one block of raw image rows and their normalized paired text rows
+    ``t_block`` (S_x, sum_i x^_i.t^_i, cosine-silhouette sum). float32 within a block, float64 across."""
     block = np.asarray(block)
-    if t_block is None and cfg.sums and cfg.fused:
-        p = _class_block_fused(block, y, cfg, start)
-        if p is not None:
-            return p
     n = len(block)
-    p = Partial(n=n)
-    lab_all = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    c = cfg.n_texts
-    classes = t_block is None
-    buf = cfg.buffer(min(sub_rows, n), block.shape[1])
+    p = Partial(n=n, n_labelled=n)
+    buf = torch.empty(min(sub_rows, n), block.shape[1])
     sum_x = torch.zeros(block.shape[1], dtype=torch.float32)
-    class_sum = torch.zeros(c, block.shape[1]) if classes and cfg.sums else None
-    counts = np.zeros(c, np.int64) if classes else None
-    top1 = np.zeros(c, np.int64) if classes and cfg.zeroshot else None
-    top5 = np.zeros(c, np.int64) if classes and cfg.zeroshot else None
     cos_w = None if cfg.sum_x_hint is None else torch.stack([cfg.sum_x_hint.float(), cfg.text_sum.float()])
     correct = 0.0
     for s0 in range(0, n, sub_rows):
         x = buf[: min(sub_rows, n - s0)]
         x.copy_(torch.from_numpy(block[s0:s0 + len(x)]))
         inv = 1.0 / check_rows(x, "images", start + s0)
-        if classes:
-            lab = lab_all[s0:s0 + len(x)]
-            m = lab >= 0
-            all_labelled = bool(m.all())
-            rows = torch.arange(len(x)) if all_labelled else m.nonzero()[:, 0]
-            yl = lab if all_labelled else lab[rows]
-            cnt = np.bincount(yl.numpy(), minlength=c)
-            counts += cnt
-            if cfg.sums:
-                # rows grouped by class: a CSR matrix (numpy's stable sort of int16 keys is a radix sort)
-                key = yl.numpy().astype(np.int16 if c < 32768 else np.int64)
-                order = torch.from_numpy(np.argsort(key, kind="stable"))
-                crow = torch.zeros(c + 1, dtype=torch.long)
-                crow[1:] = torch.cumsum(torch.from_numpy(cnt), 0)
-                with warnings.catch_warnings():  # CSR is "beta" in torch; the matrix is valid by construction
-                    warnings.simplefilter("ignore", UserWarning)
-                    w = torch.sparse_csr_tensor(crow, rows[order], inv[rows[order]], (c, len(x)),
-                                                check_invariants=False)
-                class_sum += w @ x
-                if not all_labelled:
-                    sum_x += (inv * ~m) @ x
-            if cfg.zeroshot and len(rows):
-                _zeroshot_hits(x if all_labelled else x[rows], yl, cfg, top1, top5)
-        else:
-            sum_x += inv @ x
-            correct += float(((x * t_block[s0:s0 + len(x)]).sum(1) * inv).double().sum())
+        sum_x += inv @ x
+        correct += float(((x * t_block[s0:s0 + len(x)]).sum(1) * inv).double().sum())
         if cos_w is not None:
             w2 = torch.nn.functional.linear(x, cos_w) * inv[:, None]
             p.cos_sum += cosine_silhouette_sum(w2[:, 0].double().numpy(), w2[:, 1].double().numpy(), cfg.n_images,
                                                cfg.n_texts)
-    if classes:
-        p.class_count, p.n_labelled, p.top1, p.top5 = counts, int(counts.sum()), top1, top5
-        if class_sum is not None:
-            p.class_sum = class_sum.double().numpy()
-            p.sum_x = p.class_sum.sum(0) + sum_x.double().numpy()
-    else:
-        p.sum_x, p.correct_dot, p.n_labelled = sum_x.double().numpy(), correct, n
+    p.sum_x, p.correct_dot = sum_x.double().numpy(), correct
     return p

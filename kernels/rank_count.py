@@ -1,0 +1,127 @@
+"""Rank counting for retrieval: how many non-positive candidates score strictly above a threshold, per row
+and per column of ``S = a . b^T``, both in one sweep over the tiles of S (never materialized).
+
+Row i of ``a`` is the global query ``row_offset + i``; column j of ``b`` has the positive ``b_pos[j]`` (a global
+row id). With ``other[i, j] = (b_pos[j] != row_offset + i)``:
+
+  row_counts[i] = #{j : other[i, j] and a_i.b_j > a_thr[i]}
+  col_counts[j] = #{i : other[i, j] and a_i.b_j > b_thr[j]}
+
+With a_thr / b_thr the scores of the best positive, a count is the number of candidates ranked strictly
+ahead of it (exact ties count in the query's favour): recall@k is the share of counts below k. Counts are
+sums, so row and column blocks can be streamed (``row_offset``) and the results added. Positive pairs are
+masked explicitly: a positive's float32 tile value may round above its own float64 threshold.
+
+  * ``rank_count_reference``: float64 numpy (the definition).
+  * ``rank_count_torch``: row block x column block tiles in float32 (CPU/GPU).
+  * ``rank_count_triton``: a program per row tile looping over column tiles, row counts in registers, column
+    counts by ``tl.atomic_add`` (GPU; CPU under ``TRITON_INTERPRET=1``).
+
+The float32 paths compare float32 tile values against the thresholds rounded down to float32, which decides
+``s > thr`` exactly as in float64 for every float32 ``s``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+
+    from embedx.kernels.tiles import tile_dot
+except ImportError:  # pragma: no cover
+    triton = None
+
+
+def rank_count_reference(a, b, a_thr, b_thr, b_pos, row_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """float64 (row_counts [len(a)], col_counts [len(b)]), int64."""
+    s = np.asarray(a, dtype=np.float64) @ np.asarray(b, dtype=np.float64).T
+    other = np.asarray(b_pos)[None, :] != (np.arange(len(s)) + row_offset)[:, None]
+    rows = (other & (s > np.asarray(a_thr, dtype=np.float64)[:, None])).sum(1)
+    cols = (other & (s > np.asarray(b_thr, dtype=np.float64)[None, :])).sum(0)
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
+def _below_f32(thr, device) -> torch.Tensor:
+    """``thr`` rounded down to float32: for float32 s, ``s > result`` iff ``s > thr``."""
+    t = torch.as_tensor(thr, device=device).double()
+    t32 = t.float()
+    return torch.where(t32.double() > t, torch.nextafter(t32, torch.full_like(t32, -float("inf"))), t32)
+
+
+def _outputs(m: int, n: int, device, row_counts, col_counts):
+    rc = torch.zeros(m, dtype=torch.long, device=device) if row_counts is None else row_counts
+    cc = torch.zeros(n, dtype=torch.long, device=device) if col_counts is None else col_counts
+    return rc, cc
+
+
+def rank_count_torch(a: torch.Tensor, b: torch.Tensor, a_thr, b_thr, b_pos, row_offset: int = 0,
+                     row_counts: torch.Tensor | None = None, col_counts: torch.Tensor | None = None,
+                     block_rows: int = 2048, block_cols: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adds the counts into ``row_counts``/``col_counts`` (int64, zeros when None) and returns them."""
+    dev = a.device
+    rc, cc = _outputs(len(a), len(b), dev, row_counts, col_counts)
+    a = a.float()
+    at, bt = _below_f32(a_thr, dev), _below_f32(b_thr, dev)
+    pos = torch.as_tensor(b_pos, device=dev).long() - row_offset  # local row of each column's positive
+    size = min(block_rows, len(a)) * min(block_cols, len(b))
+    s_buf, hit_buf = torch.empty(size, device=dev), torch.empty(size, device=dev)
+    for c0 in range(0, len(b), block_cols):
+        bc = b[c0:c0 + block_cols].float()
+        pc, tc = pos[c0:c0 + block_cols], bt[c0:c0 + block_cols]
+        for r0 in range(0, len(a), block_rows):
+            ab = a[r0:r0 + block_rows]
+            s = torch.mm(ab, bc.T, out=s_buf[:len(ab) * len(bc)].view(len(ab), len(bc)))
+            j = ((pc >= r0) & (pc < r0 + len(s))).nonzero()[:, 0]
+            s[pc[j] - r0, j] = -float("inf")  # positive pairs never count
+            # comparisons into float32 (exact counts up to 2^24 per tile): far faster to sum than bool
+            hit = hit_buf[:s.numel()].view(s.shape)
+            rc[r0:r0 + len(s)] += torch.gt(s, at[r0:r0 + len(s), None], out=hit).sum(1).long()
+            cc[c0:c0 + len(bc)] += torch.gt(s, tc[None, :], out=hit).sum(0).long()
+    return rc, cc
+
+
+if triton is not None:
+
+    @triton.jit
+    def _rank_count_kernel(a_ptr, b_ptr, athr_ptr, bthr_ptr, pos_ptr, rc_ptr, cc_ptr, n_rows, n_cols, dim,
+                           row_offset, stride_a, stride_b, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        pid = tl.program_id(0)
+        rows = pid * BM + tl.arange(0, BM)
+        rmask = rows < n_rows
+        athr = tl.load(athr_ptr + rows, mask=rmask, other=float("inf"))
+        grow = rows.to(tl.int64) + row_offset
+        rcount = tl.zeros((BM,), dtype=tl.int32)
+        for c0 in range(0, n_cols, BN):
+            cols = c0 + tl.arange(0, BN)
+            cmask = cols < n_cols
+            acc = tile_dot(a_ptr, b_ptr, rows, cols, rmask, cmask, dim, stride_a, stride_b, BM, BN, BK)
+            pos = tl.load(pos_ptr + cols, mask=cmask, other=-1)
+            bthr = tl.load(bthr_ptr + cols, mask=cmask, other=float("inf"))
+            other = (pos[None, :] != grow[:, None]) & rmask[:, None] & cmask[None, :]
+            rcount += tl.sum((other & (acc > athr[:, None])).to(tl.int32), axis=1)
+            cpart = tl.sum((other & (acc > bthr[None, :])).to(tl.int32), axis=0)
+            tl.atomic_add(cc_ptr + cols, cpart.to(tl.int64), mask=cmask & (cpart > 0))
+        prev = tl.load(rc_ptr + rows, mask=rmask, other=0)
+        tl.store(rc_ptr + rows, prev + rcount.to(tl.int64), mask=rmask)
+
+
+def rank_count_triton(a: torch.Tensor, b: torch.Tensor, a_thr, b_thr, b_pos, row_offset: int = 0,
+                      row_counts: torch.Tensor | None = None, col_counts: torch.Tensor | None = None,
+                      BM: int = 32, BN: int = 64, BK: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton launcher; same contract as :func:`rank_count_torch` (count tensors must be contiguous int64)."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    dev = a.device
+    rc, cc = _outputs(len(a), len(b), dev, row_counts, col_counts)
+    if len(a) == 0 or len(b) == 0:
+        return rc, cc
+    if not (rc.is_contiguous() and cc.is_contiguous()):
+        raise ValueError("rank_count_triton adds into contiguous count tensors")
+    a, b = a.contiguous(), b.contiguous()
+    at, bt = _below_f32(a_thr, dev).contiguous(), _below_f32(b_thr, dev).contiguous()
+    pos = torch.as_tensor(b_pos, device=dev).long().contiguous()
+    _rank_count_kernel[(triton.cdiv(len(a), BM),)](a, b, at, bt, pos, rc, cc, len(a), len(b), a.shape[1],
+                                                   int(row_offset), a.stride(0), b.stride(0), BM=BM, BN=BN, BK=BK)
+    return rc, cc
