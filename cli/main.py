@@ -332,6 +332,11 @@ def demo(out, as_json):
                f"Next: `embedx measure {rows[0]['info']['path']}`.")
 
 
+from embedx.cli.drift import drift  # noqa: E402  (commands in their own modules)
+
+cli.add_command(drift)
+
+
 def main() -> None:
     cli(prog_name="embedx")
 

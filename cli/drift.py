@@ -1,0 +1,93 @@
+"""``embedx drift``: what moved between two embeddings of the same samples (parse, call, render)."""
+from __future__ import annotations
+
+import json
+import math
+
+import click
+
+
+def _num(v, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:+.4f}" if signed else f"{v:.4f}"
+
+
+def _render(s: dict, report: str | None) -> None:
+    b, a, d = s["before"], s["after"], s["delta"]
+    click.echo(f"{b['path']} -> {a['path']}: {s['n_images']} images, d={s['dim']}\n")
+    w = max([len(m) for m in d] + [7])
+    click.echo(f"{'measure':<{w}}  {'before':>9}  {'after':>9}  {'delta':>9}")
+    for m, v in d.items():
+        click.echo(f"{m:<{w}}  {_num(b[m]):>9}  {_num(a[m]):>9}  {_num(v, True):>9}")
+    k = s["knn_k"]
+    click.echo(f"\ndisplacement mean / p50 / p95  {_num(s['displacement_mean'])} / {_num(s['displacement_p50'])} / "
+               f"{_num(s['displacement_p95'])}   (the mean bounds W1)")
+    click.echo(f"linear CKA                     {_num(s['cka_linear'])}")
+    click.echo(f"kNN overlap@{k:<19}{_num(s[f'knn_overlap@{k}'])}   ({s['knn_sample_size']} queries)")
+    pc = s.get("per_class")
+    if pc:
+        rows = sorted((v["delta"], n, v) for n, v in pc.items() if v["delta"] is not None)
+        shown = rows if len(rows) <= 10 else rows[:5] + rows[-5:]
+        click.echo(f"\nper-class zero-shot top-1 ({'all' if shown is rows else 'largest drops and gains'}):")
+        for dl, n, v in shown:
+            click.echo(f"  {n[:30]:<30} {_num(v['acc_before'])} -> {_num(v['acc_after'])}  {_num(dl, True)}")
+    f = s.get("forgetting")
+    if f:
+        click.echo("\nforgetting (zero-shot top-1 on other tasks):")
+        for n, t in f["tasks"].items():
+            click.echo(f"  {n[:30]:<30} {_num(t['zeroshot_top1_before'])} -> {_num(t['zeroshot_top1_after'])}  "
+                       f"{_num(t['delta'], True)}")
+        click.echo(f"  {'mean':<30} {'':16}  {_num(f['mean_delta'], True)}")
+    if report:
+        click.echo(f"\nreport: {report}")
+    click.echo(f"\n{sum(s['timings_s'].values()):.2f} s")
+
+
+@click.command()
+@click.argument("before")
+@click.argument("after")
+@click.option("--others", multiple=True, metavar="[NAME=]BEFORE:AFTER",
+              help="Stores of another task before/after fine-tuning (repeat): forgetting = zero-shot top-1 change. "
+                   "NAME defaults to BEFORE's basename.")
+@click.option("--report", type=click.Path(dir_okay=False), default=None,
+              help="Write a self-contained HTML report (plots embedded) to FILE.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON result.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Also write the JSON to FILE.")
+@click.option("--metrics", default=None, help="Comma-separated subset of measures (default: all the stores support).")
+@click.option("--silhouette", "silhouette_mode", type=click.Choice(["exact", "sample"]), default="exact",
+              show_default=True, help="Euclidean silhouette: exact, or estimated from --sample-size points.")
+@click.option("--sample-size", default=2000, show_default=True, help="Points for --silhouette sample.")
+@click.option("--seed", default=0, show_default=True, help="Seed for every sample (silhouette, kNN queries, plots).")
+@click.option("--knn", type=click.Choice(["blocked", "faiss"]), default="blocked", show_default=True,
+              help="Top-k search for the retrieval measures.")
+@click.option("--knn-k", default=10, show_default=True, help="Neighbours for the kNN overlap.")
+@click.option("--knn-sample", default=20000, show_default=True,
+              help="Query images for the kNN overlap: all when N is at most this, else a uniform sample.")
+@click.option("--plot-sample", default=2000, show_default=True, help="Images in the 2-D projection plot.")
+def drift(before, after, others, report, as_json, out, metrics, silhouette_mode, sample_size, seed, knn, knn_k,
+          knn_sample, plot_sample):
+    """Drift between two stores of the same samples (e.g. embedded before and after fine-tuning).
+
+    \b
+    Reports every measure before/after and its change, the per-image displacement |x_after - x_before|
+    (mean, p50, p95; the mean bounds the 1-Wasserstein distance), linear CKA, k-NN neighbourhood overlap,
+    per-class zero-shot accuracy change (class stores) and forgetting on --others tasks.
+    Example:
+      embedx drift pets-base.zarr pets-tuned.zarr --others cars=cars-base.zarr:cars-tuned.zarr --report drift.html
+    """
+    from embedx.drift import compare, jsonable, report as rep
+
+    names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    res = compare(before, after, others, metrics=names, silhouette_mode=silhouette_mode, sample_size=sample_size,
+                  seed=seed, knn=knn, knn_k=knn_k, knn_sample=knn_sample, plot_sample=plot_sample)
+    summary = jsonable(res.summary)
+    if report:
+        rep.write(res, report)
+    if out:
+        with open(out, "w") as f:
+            json.dump(summary, f, indent=2, allow_nan=False)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, allow_nan=False))
+        return
+    _render(summary, report)

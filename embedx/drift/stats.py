@@ -1,0 +1,166 @@
+"""Drift statistics of two aligned stores (the same samples in the same order), in one streamed pass.
+
+With x_i, y_i the L2-normalized image rows of BEFORE and AFTER (N rows, float32 compute, float64 sums):
+
+  displacement  delta_i = |y_i - x_i|; all N kept (float32) so that p50/p95 are exact. Its mean bounds the
+                1-Wasserstein distance between the empirical distributions: pairing i <-> i is a coupling.
+  linear CKA    with Xc = X - mean(X):  CKA = |Xc'Yc|_F^2 / (|Xc'Xc|_F |Yc'Yc|_F)  (Kornblith et al. 2019),
+                from the streamed float64 sums  Sx, Sy, X'X, X'Y, Y'Y:  Xc'Yc = X'Y - Sx Sy'/N.
+  kNN overlap   mean over queries q of |N_k^X(q) & N_k^Y(q)| / k, N_k = the k rows of highest cosine to q
+                (q itself excluded): exact top-k through faiss.IndexFlatIP per block, merged across blocks.
+  per class     zero-shot top-1 hits per class: the true class is top-1 when no class scores strictly
+                higher (the convention of embedx.measures).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from embedx.errors import EmbedxError
+from embedx.measures.stream import normalized
+from embedx.store import Store
+
+BLOCK_BYTES = 8 << 20  # stored bytes per block and store (whole chunks): bounds the working memory
+
+
+@dataclass
+class CkaSums:
+    """float64 sums of two aligned row sets; ``merge`` is addition (blocks can come in any order)."""
+
+    n: int = 0
+    sx: np.ndarray = None
+    sy: np.ndarray = None
+    xx: np.ndarray = None
+    xy: np.ndarray = None
+    yy: np.ndarray = None
+
+    def add(self, x: torch.Tensor, y: torch.Tensor, sub_rows: int = 4096) -> None:
+        for s0 in range(0, len(x), sub_rows):  # float64 copies of sub_rows rows at a time
+            xs, ys = x[s0:s0 + sub_rows].double(), y[s0:s0 + sub_rows].double()
+            parts = [p.numpy() for p in (xs.sum(0), ys.sum(0), xs.T @ xs, xs.T @ ys, ys.T @ ys)]
+            if self.sx is None:
+                self.sx, self.sy, self.xx, self.xy, self.yy = parts
+            else:
+                for name, p in zip(("sx", "sy", "xx", "xy", "yy"), parts):
+                    getattr(self, name).__iadd__(p)
+            self.n += len(xs)
+
+    def cka(self) -> float:
+        """Linear CKA from the sums; NaN when either side has no variance."""
+        n = self.n
+        cxx = self.xx - np.outer(self.sx, self.sx) / n
+        cxy = self.xy - np.outer(self.sx, self.sy) / n
+        cyy = self.yy - np.outer(self.sy, self.sy) / n
+        den = np.linalg.norm(cxx) * np.linalg.norm(cyy)
+        return float(np.linalg.norm(cxy) ** 2 / den) if den > 0 else float("nan")
+
+
+class KnnHeap:
+    """Exact top-k by inner product of fixed query rows against a database streamed in blocks.
+
+    ``rows`` are the queries' own row indices (excluded from their neighbours)."""
+
+    def __init__(self, queries: np.ndarray, rows: np.ndarray, k: int):
+        import faiss
+
+        self.faiss, self.q, self.rows, self.k = faiss, np.ascontiguousarray(queries, np.float32), rows, k
+        self.heap = faiss.ResultHeap(len(rows), k, keep_max=True)
+
+    def add(self, block: np.ndarray, start: int) -> None:
+        index = self.faiss.IndexFlatIP(block.shape[1])
+        index.add(np.ascontiguousarray(block, np.float32))
+        dist, idx = index.search(self.q, min(self.k + 1, len(block)))  # k+1: one of them may be the query
+        idx = np.where(idx >= 0, idx + start, -1)
+        drop = (idx < 0) | (idx == self.rows[:, None])
+        dist[drop], idx[drop] = -np.inf, -1
+        self.heap.add_result(dist, idx)
+
+    def result(self) -> np.ndarray:
+        self.heap.finalize()
+        return self.heap.I
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a_q & b_q| / k per query row (neighbour-id arrays Q x k, no repeats within a row)."""
+    return (a[:, :, None] == b[:, None, :]).any(2).sum(1) / a.shape[1]
+
+
+def sample_rows(n: int, size: int | None, seed: int) -> np.ndarray:
+    """All rows when ``size`` is None or >= n, else a sorted uniform sample without replacement."""
+    if size is None or size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
+@dataclass
+class PassResult:
+    displacement: np.ndarray                       # N float32
+    cka: float
+    knn_overlap: float
+    knn_queries: int
+    knn_k: int
+    class_hits: tuple | None = None                # (hits_before, hits_after, counts) per class
+    plot: dict = field(default_factory=dict)       # normalized sampled rows: images_before/after
+
+
+def _hits(x: torch.Tensor, y: np.ndarray, texts_t: torch.Tensor, c: int) -> np.ndarray:
+    keep = np.flatnonzero(y >= 0)
+    if not len(keep):
+        return np.zeros(c, np.int64)
+    yl = torch.from_numpy(y[keep].astype(np.int64))
+    logits = (x if len(keep) == len(x) else x[torch.from_numpy(keep)]) @ texts_t
+    top1 = (logits > logits.gather(1, yl[:, None])).sum(1) == 0
+    return np.bincount(yl[top1].numpy(), minlength=c)
+
+
+def drift_pass(a: Store, b: Store, *, knn_k: int = 10, knn_rows: np.ndarray | None = None,
+               plot_rows: np.ndarray | None = None, block_rows: int | None = None) -> PassResult:
+    """One pass over the image rows of both stores: displacements, CKA sums, kNN top-k, per-class hits."""
+    n = a.n_images
+    if n < 2:
+        raise EmbedxError("drift needs at least 2 images")
+    k = min(knn_k, n - 1)
+    knn_rows = np.arange(n) if knn_rows is None else np.asarray(knn_rows)
+    plot_rows = np.zeros(0, np.int64) if plot_rows is None else np.asarray(plot_rows)
+    block_rows = block_rows or a.block_rows(BLOCK_BYTES)
+    heaps = [KnnHeap(normalized(s.images(knn_rows, np.float32), f"{s.path} images").numpy(), knn_rows, k)
+             for s in (a, b)]
+    classes = not a.paired
+    if classes:
+        labels = a.labels()
+        texts_t = [normalized(s.texts(np.float32), f"{s.path} texts").T.contiguous() for s in (a, b)]
+        c = a.n_texts
+        hits = [np.zeros(c, np.int64), np.zeros(c, np.int64)]
+    disp = np.empty(n, np.float32)
+    sums = CkaSums()
+    plot = [[], []]
+    its = [s.iter_images(block_rows=block_rows, dtype=np.float32, reuse=True) for s in (a, b)]
+    for (start, xa), (_, xb) in zip(*its):
+        stop = start + len(xa)
+        xs = [normalized(xa, f"{a.path} images", start), normalized(xb, f"{b.path} images", start)]
+        disp[start:stop] = torch.linalg.vector_norm(xs[1] - xs[0], dim=1).numpy()
+        sums.add(*xs)
+        sel = plot_rows[(plot_rows >= start) & (plot_rows < stop)] - start
+        for j, x in enumerate(xs):
+            heaps[j].add(x.numpy(), start)
+            plot[j].append(x[torch.from_numpy(sel)].numpy().copy())
+            if classes:
+                hits[j] += _hits(x, labels[start:stop], texts_t[j], c)
+    res = [h.result() for h in heaps]
+    out = PassResult(displacement=disp, cka=sums.cka(), knn_overlap=float(overlap(*res).mean()),
+                     knn_queries=len(knn_rows), knn_k=k,
+                     plot={"images_before": np.concatenate(plot[0]), "images_after": np.concatenate(plot[1])})
+    if classes:
+        lab = labels[labels >= 0]
+        out.class_hits = (hits[0], hits[1], np.bincount(lab, minlength=c))
+    return out
+
+
+def project_2d(fit: np.ndarray, *arrays: np.ndarray) -> list[np.ndarray]:
+    """PCA: the top-2 principal axes of ``fit`` (its mean removed); each array projected on them."""
+    fit = np.asarray(fit, np.float64)
+    mean = fit.mean(0)
+    _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
+    return [(np.asarray(x, np.float64) - mean) @ vt[:2].T for x in arrays]
