@@ -113,9 +113,14 @@ def _chunking_options(f):
 
 
 @cli.command()
-@click.option("--model", "-m", required=True, help="open_clip architecture (e.g. ViT-B-32) or hf-hub:ORG/REPO.")
-@click.option("--pretrained", "-p", default="none", show_default=True,
-              help="Pretrained tag (e.g. openai), a local checkpoint file, or 'none' for seeded random weights.")
+@click.option("--model", "-m", default=None,
+              help="open_clip architecture (e.g. ViT-B-32) or hf-hub:ORG/REPO. Required unless --checkpoint.")
+@click.option("--pretrained", "-p", default=None,
+              help="Pretrained tag (e.g. openai), a local checkpoint file, or 'none' for seeded random weights "
+                   "[default: none].")
+@click.option("--checkpoint", default=None,
+              help="A finished `embedx finetune` run folder: embed with its tuned model (its model, pretrained "
+                   "weights and seed) and record the run in the store.")
 @click.option("--data", "-d", required=True,
               help="folder:PATH (one subfolder per class), csv:PATH (image + label|caption columns) or digits.")
 @click.option("--out", "-o", required=True, help="Store path (local or fsspec URL). Rerun to resume.")
@@ -132,8 +137,8 @@ def _chunking_options(f):
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (complete or not) at --out.")
 @_chunking_options
 @click.pass_context
-def embed(ctx, model, pretrained, data, out, seed, dtype, batch_size, workers, device, templates, limit, strict,
-          overwrite, codec, chunk_rows):
+def embed(ctx, model, pretrained, checkpoint, data, out, seed, dtype, batch_size, workers, device, templates, limit,
+          strict, overwrite, codec, chunk_rows):
     """Embed images (and class prompts or captions) into a chunked Zarr store.
 
     Resumable: if the run is killed, rerun the same command and it continues from the last committed
@@ -144,7 +149,8 @@ def embed(ctx, model, pretrained, data, out, seed, dtype, batch_size, workers, d
 
     res = embed_to_store(out, data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
                          workers=workers, device=device, templates=templates, overwrite=overwrite, strict=strict,
-                         codec=codec, chunk_rows=chunk_rows, limit=limit, progress=_progress(ctx))
+                         codec=codec, chunk_rows=chunk_rows, limit=limit, progress=_progress(ctx),
+                         checkpoint=checkpoint)
     m = res.meta
     resumed = f" (resumed at item {res.resumed_from})" if res.resumed_from else ""
     skipped = f", {m['n_skipped']} unreadable skipped (listed in the store's attributes)" if m["n_skipped"] else ""
@@ -212,6 +218,9 @@ def info(store, as_json):
     ]
     if d["checkpoint_sha256"]:
         rows.append(("checkpoint sha256", d["checkpoint_sha256"]))
+    if d.get("checkpoint"):
+        c = d["checkpoint"]
+        rows.append(("fine-tuned run", f"{c.get('path')} ({c.get('method')}, params sha256 {str(c.get('sha256'))[:12]}...)"))
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{w}}  {v}")
@@ -333,8 +342,10 @@ def demo(out, as_json):
 
 
 from embedx.cli.drift import drift  # noqa: E402  (commands in their own modules)
+from embedx.cli.finetune import finetune  # noqa: E402
 
 cli.add_command(drift)
+cli.add_command(finetune)
 
 
 def main() -> None:

@@ -88,22 +88,53 @@ def default_workers() -> int:
 
 
 def plan_meta(source: Source, model: str, pretrained: str, seed: int, dtype: str, templates: list[str],
-              checkpoint_sha256: str | None) -> dict:
-    """The store metadata that identifies a run (a resume must match it)."""
+              checkpoint_sha256: str | None, checkpoint: dict | None = None) -> dict:
+    """The store metadata that identifies a run (a resume must match it). ``checkpoint``: the finetune run
+    (path, method, sha256 of its params file) whose tuned model embeds, or None."""
     prompts = {"captions": "csv column 'caption'"} if source.paired else \
         {"templates": templates, "classnames": list(source.classnames)}
     return {"model": model, "pretrained": pretrained, "seed": int(seed), "checkpoint_sha256": checkpoint_sha256,
-            "dataset": source.spec, "dataset_sha256": source.fingerprint(), "prompts": prompts,
-            "mode": "paired" if source.paired else "classes", "dtype": dtype, "n_source_items": len(source)}
+            "checkpoint": checkpoint, "dataset": source.spec, "dataset_sha256": source.fingerprint(),
+            "prompts": prompts, "mode": "paired" if source.paired else "classes", "dtype": dtype,
+            "n_source_items": len(source)}
 
 
-def embed_to_store(out: str, data: str, model: str, pretrained: str = "none", *, seed: int = 0,
+def _finetune_run(checkpoint: str, model: str | None, pretrained: str | None) -> tuple[dict, dict]:
+    """(run config, store record) of a finished finetune run; ``model``/``pretrained`` must agree with it."""
+    from embedx.finetune import read_run
+
+    run = read_run(checkpoint)
+    if pretrained and pretrained.strip().lower() in NO_WEIGHTS:
+        pretrained = "none"
+    for key, asked in (("model", model), ("pretrained", pretrained)):
+        if asked and asked != run[key]:
+            raise EmbedxError(f"--{key} {asked} disagrees with the checkpoint, which tunes {key} {run[key]!r} "
+                              f"(leave --{key} out with --checkpoint)")
+    return run, {"path": run["path"], "method": run["method"], "options": run["options"],
+                 "sha256": run["params_sha256"]}
+
+
+def _check_checkpoint(out: str, meta: dict) -> None:
+    """Refuse to resume a store begun with another finetune checkpoint (compared by the params' sha256)."""
+    old = st.read_meta(out)
+    was, now = (c or {} for c in (old.get("checkpoint"), meta["checkpoint"]))
+    if not old.get("complete") and was.get("sha256") != now.get("sha256"):
+        raise st.StoreError(f"refusing to resume {out}: it was started with checkpoint={was.get('path')}, this "
+                            f"run asks for checkpoint={now.get('path')} (use --overwrite to start over)")
+
+
+def embed_to_store(out: str, data: str, model: str | None, pretrained: str | None = "none", *, seed: int = 0,
                    dtype: str = "float16", batch_size: int = 64, workers: int | None = None,
                    device: str = "auto", templates: Sequence[str] | None = None, overwrite: bool = False,
                    strict: bool = False, codec: str = st.DEFAULT_CODEC, chunk_rows: int | None = None,
                    commit_every_s: float = COMMIT_EVERY_S, limit: int | None = None,
-                   progress: bool = True, encoder: Encoder | None = None) -> EmbedResult:
-    """Embed ``data`` with ``model`` into the store ``out``; rerunning the same call resumes."""
+                   progress: bool = True, encoder: Encoder | None = None,
+                   checkpoint: str | None = None) -> EmbedResult:
+    """Embed ``data`` with ``model`` into the store ``out``; rerunning the same call resumes.
+
+    ``checkpoint``: a finished ``embedx finetune`` run folder; its base model (model, pretrained, seed) with
+    the trained parameters applied embeds, and the run is recorded in the store's ``checkpoint`` attribute.
+    """
     if batch_size < 1:
         raise EmbedxError(f"--batch-size must be positive, got {batch_size}")
     if dtype not in st.DTYPES:
@@ -112,8 +143,14 @@ def embed_to_store(out: str, data: str, model: str, pretrained: str = "none", *,
     if limit is not None:
         if limit < 1:
             raise EmbedxError(f"--limit must be positive, got {limit}")
-        source = _head(source, limit)
+        source = source.head(limit)
     tmpl = [] if source.paired else resolve_templates(templates, source)
+    run = ckpt = None
+    if checkpoint:
+        run, ckpt = _finetune_run(checkpoint, model, pretrained)
+        model, pretrained, seed = run["model"], run["pretrained"], run["seed"]
+    elif not model:
+        raise EmbedxError("--model is required (or --checkpoint RUN)")
     pretrained = (pretrained or "none").strip()
     ckpt_sha = None
     if model.startswith("hf-hub:"):
@@ -122,13 +159,18 @@ def embed_to_store(out: str, data: str, model: str, pretrained: str = "none", *,
         ckpt_sha = file_sha256(pretrained)
     elif pretrained.lower() in NO_WEIGHTS:
         pretrained = "none"
-    meta = plan_meta(source, model, pretrained, seed, dtype, tmpl, ckpt_sha)
+    meta = plan_meta(source, model, pretrained, seed, dtype, tmpl, ckpt_sha, ckpt)
 
     writer = None
     if st.exists(out) and not overwrite:
+        _check_checkpoint(out, meta)
         writer = st.StoreWriter.resume(out, meta)  # refuses complete stores and other inputs, before any model load
     else:
         st.check_target(out, overwrite)  # refuses paths that hold something else, before any model load
+    if encoder is None and run is not None:
+        from embedx.finetune import load_tuned
+
+        encoder = load_tuned(run, device=device)
     enc = encoder or load_encoder(model, pretrained, seed=seed, device=device)
     if writer is None:
         writer = st.StoreWriter.create(out, n_rows=len(source), dim=enc.dim, meta=meta, dtype=dtype,
@@ -187,11 +229,3 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, ba
         bar.close()
     writer.commit(pos)
 
-
-def _head(source: Source, n: int) -> Source:
-    from dataclasses import replace
-
-    n = min(n, len(source))
-    return replace(source, spec=f"{source.spec}[:{n}]", ids=source.ids[:n],
-                   labels=None if source.labels is None else source.labels[:n],
-                   captions=None if source.captions is None else source.captions[:n])

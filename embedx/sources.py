@@ -44,6 +44,15 @@ class Source:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def head(self, n: int) -> "Source":
+        """The first ``n`` items (``--limit``)."""
+        from dataclasses import replace
+
+        n = min(n, len(self))
+        return replace(self, spec=f"{self.spec}[:{n}]", ids=self.ids[:n],
+                       labels=None if self.labels is None else self.labels[:n],
+                       captions=None if self.captions is None else self.captions[:n])
+
     def fingerprint(self) -> str:
         """sha256 over the ordered ids, labels/captions and class names."""
         h = hashlib.sha256()

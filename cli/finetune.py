@@ -1,0 +1,105 @@
+"""``embedx finetune``: parse options, call :mod:`embedx.finetune`, render."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+METHOD_NAMES = "full, bitfit, attention, lora, adapter"  # embedx.finetune.METHODS (not imported: keeps --help fast)
+
+
+@click.command()
+@click.option("--model", "-m", required=True, help="open_clip architecture (e.g. ViT-B-32) or hf-hub:ORG/REPO.")
+@click.option("--pretrained", "-p", default="none", show_default=True,
+              help="Pretrained tag, a local checkpoint file, or 'none' for seeded random weights.")
+@click.option("--method", required=True, help=f"One of: {METHOD_NAMES}.")
+@click.option("--data", "-d", default=None,
+              help="folder:PATH, csv:PATH (image + label columns) or digits. Not needed with --dry-run.")
+@click.option("--out", "-o", default=None, help="Run folder (config.json + trained parameters). Rerun to resume.")
+@click.option("--train-blocks", type=int, default=None,
+              help="bitfit, attention: train only the first K blocks of each tower, as the authors' code "
+                   "does [default: all].")
+@click.option("--rank", type=int, default=None, help="lora: rank of the q and v updates [default: 4].")
+@click.option("--reduction", type=int, default=None, help="adapter: bottleneck d -> d/RED -> d [default: 4].")
+@click.option("--epochs", default=10, show_default=True, type=int)
+@click.option("--lr", default=1e-5, show_default=True, type=float,
+              help="Learning rate (the papers' grid: 1e-2 .. 1e-5).")
+@click.option("--weight-decay", "--wd", "weight_decay", default=1e-4, show_default=True, type=float)
+@click.option("--optimizer", default="sgd", show_default=True,
+              help="sgd (momentum 0.9) or adam (betas 0.9, 0.99).")
+@click.option("--batch-size", "-b", default=128, show_default=True, type=int)
+@click.option("--val-fraction", default=0.1, show_default=True, type=float,
+              help="Seeded hold-out slice of the training data (at most 5,000 images) that picks the best "
+                   "epoch; 0 keeps the last epoch.")
+@click.option("--seed", default=0, show_default=True,
+              help="Seeds random weights, the hold-out split, data order and LoRA/adapter initialization.")
+@click.option("--template", "templates", multiple=True,
+              help="Prompt template with {} (repeat for an ensemble), 'simple', 'openai' or @FILE. "
+                   "Default: the data source's own template.")
+@click.option("--limit", type=int, default=None, help="Only the first N items of the source.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", type=int, default=None, help="DataLoader workers [default: 0 on <=2 cores, else cores/2].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run (finished or not) at --out.")
+@click.option("--dry-run", is_flag=True, help="Build the model, print the parameter counts, train nothing.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: with --dry-run exactly {trainable_params, total_params}, else the run's config.")
+@click.pass_context
+def finetune(ctx, model, pretrained, method, data, out, train_blocks, rank, reduction, epochs, lr, weight_decay,
+             optimizer, batch_size, val_fraction, seed, templates, limit, device, workers, overwrite, dry_run,
+             as_json):
+    """Fine-tune an open_clip model on a labelled image source with one of the papers' methods.
+
+    \b
+    Methods (trainable parameters):
+      full       everything
+      bitfit     biases inside the transformer blocks of both towers
+      attention  A-CLIP: attn.in_proj_weight (stacked q, k, v) of every block of both towers
+      lora       peft LoRA on the q and v projections of every block of both towers
+      adapter    CLIP-Adapter: a bottleneck MLP on image and text features, blended 0.2/0.8
+
+    \b
+    Examples:
+      embedx finetune -m ViT-B-32 -p openai --method lora --rank 4 --data folder:~/pets --out pets-lora
+      embedx finetune -m ViT-B-32 --method attention --dry-run --json
+      embedx embed --checkpoint pets-lora --data folder:~/pets --out pets-lora.zarr
+
+    Objective: cross-entropy over logit_scale * cos(image, class prompt), the text tower in the loop. The run
+    folder keeps only the trained parameters of the best epoch (by hold-out accuracy) and config.json.
+    Resumable: rerun the same command after an interruption and it continues from the last finished
+    epoch; a different configuration is refused and a finished run is kept unless --overwrite.
+    """
+    from embedx.errors import EmbedxError
+    from embedx.finetune import dry_run as count, finetune as run
+
+    if dry_run:
+        counts = count(model, pretrained, method, seed=seed, train_blocks=train_blocks, rank=rank,
+                       reduction=reduction)
+        if as_json:
+            click.echo(json.dumps(counts))
+        else:
+            t, n = counts["trainable_params"], counts["total_params"]
+            click.echo(f"{method} on {model}: {t:,} trainable of {n:,} parameters ({100 * t / n:.3g}%)")
+        return
+    if not data or not out:
+        raise EmbedxError("--data and --out are required (unless --dry-run)")
+    cfg = run(out, data, model, pretrained, method, train_blocks=train_blocks, rank=rank, reduction=reduction,
+              templates=templates, seed=seed, epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
+              batch_size=batch_size, val_fraction=val_fraction, limit=limit, device=device, workers=workers,
+              overwrite=overwrite, progress=_progress(ctx))
+    if as_json:
+        click.echo(json.dumps(cfg, indent=2))
+        return
+    acc = cfg["best_val_acc"]
+    size = os.path.getsize(os.path.join(out, cfg["params"]))
+    click.echo(f"wrote {out}: {cfg['method']}, {cfg['trainable_params']:,} trainable of {cfg['total_params']:,} "
+               f"parameters; best epoch {cfg['best_epoch']} of {cfg['epochs']}"
+               f"{'' if acc is None else f' (val acc {acc:.1%})'}; {cfg['params']} {size / 1024:.0f} KiB")
+
+
+def _progress(ctx) -> bool:
+    """As ``embedx.cli.main._progress`` (not imported: main imports this module)."""
+    if (ctx.obj or {}).get("quiet"):
+        return False
+    return sys.stderr.isatty() or os.environ.get("EMBEDX_PROGRESS") == "1"
