@@ -184,8 +184,9 @@ class StoreWriter:
         for name, rows, chunks in (("images", n_rows, chunk_rows), ("texts", text_rows, text_chunks)):
             g.create_array(f"{name}/embeddings", shape=(rows, dim), chunks=(chunks, dim), dtype=dtype,
                            compressors=compressors, fill_value=0, config=_WRITE_ALL)
+        # labels stay uncompressed (4 bytes a row; readers then take them straight from the chunk files)
         g.create_array("images/labels", shape=(n_rows,), chunks=(chunk_rows,), dtype="int32", fill_value=-1,
-                       config=_WRITE_ALL)
+                       compressors=None, config=_WRITE_ALL)
         g.create_array("images/ids", shape=(n_rows,), chunks=(chunk_rows,), dtype=str, config=_WRITE_ALL)
         g.create_array("texts/names", shape=(text_rows,), chunks=(text_chunks,), dtype=str, config=_WRITE_ALL)
         full = {"schema": SCHEMA, "normalized": True, "created": _now(), "embedx_version": _version(),
@@ -500,8 +501,10 @@ class Store:
             out = self._emb.get_orthogonal_selection((rows, slice(None)))
         return out if dtype is None else out.astype(dtype, copy=False)
 
-    def labels(self) -> np.ndarray:
-        return self.group["images/labels"][: self.n_images]
+    def labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """int32 class index of image rows ``start:stop`` (default all committed rows); -1 = none."""
+        stop = self.n_images if stop is None else min(stop, self.n_images)
+        return self.read_rows_into("images/labels", start, np.empty(max(stop - start, 0), np.int32))
 
     def ids(self) -> np.ndarray:
         return self.group["images/ids"][: self.n_images]

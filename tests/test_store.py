@@ -211,7 +211,10 @@ def test_direct_chunk_reads_equal_zarr_and_fall_back_when_they_cannot(tmp_path, 
     plain, packed = st.Store(str(tmp_path / "plain.zarr")), st.Store(str(tmp_path / "zstd.zarr"))
     assert direct_reader(plain.group["images/embeddings"]) is not None
     assert direct_reader(packed.group["images/embeddings"]) is None      # compressed: zarr decodes
-    assert direct_reader(plain.group["images/labels"]) is None           # labels are compressed
+    assert direct_reader(packed.group["images/labels"]) is not None      # labels are never compressed
+    for s in (plain, packed):
+        np.testing.assert_array_equal(s.labels(), y)
+        np.testing.assert_array_equal(s.labels(130, 700), y[130:700])
     want = x.astype(dtype)
     for s in (plain, packed):
         # ragged ranges across chunk borders, from several threads at once, each into its own buffer

@@ -127,10 +127,12 @@ def _zeroshot_hits(x: torch.Tensor, y: torch.Tensor, texts: torch.Tensor, top1: 
     """Add the top-1/top-5 hits of float32 rows ``x`` with labels ``y`` (all >= 0) per class: the true class is
     top-k if fewer than k classes score strictly higher (row scaling does not change the ranking)."""
     c = len(texts)
+    hit = torch.empty(min(ZS_ROWS, len(x)), c)
     for z0 in range(0, len(x), ZS_ROWS):  # cache-sized: matmul-bound, logits stay small
         yz = y[z0:z0 + ZS_ROWS]
         logits = torch.nn.functional.linear(x[z0:z0 + ZS_ROWS], texts)
-        better = (logits > logits.gather(1, yz[:, None])).sum(1)
+        # compared into float32, not bool: summed 4x faster, exact (counts <= C < 2^24)
+        better = torch.gt(logits, logits.gather(1, yz[:, None]), out=hit[: len(yz)]).sum(1)
         top1 += np.bincount(yz[better == 0].numpy(), minlength=c)
         top5 += np.bincount(yz[better < 5].numpy(), minlength=c)
 
@@ -213,7 +215,6 @@ def class_pass(store, cfg: PassConfig, threads: int | None = None) -> Partial:
     if threads is None:
         threads = 1 if cfg.zeroshot else max(1, min(os.cpu_count() or 1, 16))
     workers = [ClassWorker(cfg, d, store.dtype, rows) for _ in range(threads)]
-    labels = store.group["images/labels"]
     seg = max(rows, SEGMENT_ROWS // rows * rows)
 
     def run(w: ClassWorker, starts, y_seg: np.ndarray, seg0: int) -> None:
@@ -223,7 +224,7 @@ def class_pass(store, cfg: PassConfig, threads: int | None = None) -> Partial:
 
     with ThreadPoolExecutor(threads, thread_name_prefix="embedx-pass") as pool:
         for seg0 in range(0, n, seg):
-            y_seg = np.ascontiguousarray(labels[seg0:min(seg0 + seg, n)], dtype=np.int32)
+            y_seg = store.labels(seg0, seg0 + seg)
             if y_seg.size and (y_seg.max() >= cfg.n_texts or y_seg.min() < -1):
                 raise EmbedxError(f"image labels must lie in [-1, {cfg.n_texts}); found {y_seg.min()}..{y_seg.max()}")
             starts = list(range(seg0, min(seg0 + seg, n), rows))
