@@ -121,30 +121,38 @@ def csv_source(path: str, spec: str) -> Source:
     return Source(spec, ids, load, captions=[r["caption"] for r in rows])
 
 
+DIGITS_SPLITS = {"": slice(None), "train": slice(0, 1437), "test": slice(1437, None)}  # 80/20, in file order
+
+
 def digits_source(spec: str = "digits") -> Source:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), upscaled: a real labelled
-    image set that works offline."""
+    image set that works offline. ``digits:train`` / ``digits:test`` are its first 1,437 / last 360 images
+    (the customary 80/20 split, disjoint writers' blocks in file order); ids keep the global index."""
     from sklearn.datasets import load_digits
 
+    split = spec.partition(":")[2]
+    if split not in DIGITS_SPLITS:
+        raise EmbedxError(f"unknown digits split {split!r}; use digits, digits:train or digits:test")
     d = load_digits()
-    pixels = np.clip(d.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    keep = np.arange(len(d.target))[DIGITS_SPLITS[split]]
+    pixels = np.clip(d.images[keep] * (255.0 / 16.0), 0, 255).astype(np.uint8)
 
     def load(i: int) -> Image.Image:
         im = Image.fromarray(255 - pixels[i], mode="L")  # dark digit on a light background
         return im.resize((DIGITS_SIZE, DIGITS_SIZE), Image.NEAREST).convert("RGB")
 
-    ids = [f"digits:{i}" for i in range(len(pixels))]
-    return Source(spec, ids, load, classnames=list(DIGIT_NAMES), labels=d.target.astype(np.int32),
+    ids = [f"digits:{i}" for i in keep]
+    return Source(spec, ids, load, classnames=list(DIGIT_NAMES), labels=d.target[keep].astype(np.int32),
                   default_template=DIGITS_TEMPLATE)
 
 
 def parse_source(spec: str) -> Source:
-    """``folder:PATH`` | ``csv:PATH`` | ``digits``."""
+    """``folder:PATH`` | ``csv:PATH`` | ``digits[:train|:test]``."""
     kind, _, arg = spec.partition(":")
-    if kind == "digits" and not arg:
+    if kind == "digits":
         return digits_source(spec)
     if kind == "folder" and arg:
         return folder_source(os.path.expanduser(arg), spec)
     if kind == "csv" and arg:
         return csv_source(os.path.expanduser(arg), spec)
-    raise EmbedxError(f"unknown data source {spec!r}; use folder:PATH, csv:PATH or digits")
+    raise EmbedxError(f"unknown data source {spec!r}; use folder:PATH, csv:PATH or digits[:train|:test]")

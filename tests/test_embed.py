@@ -44,6 +44,13 @@ def test_digits_source_is_sklearns_digits():
     im = np.asarray(src.load(7).convert("L"))
     small = im[::8, ::8].astype(float)  # nearest upscale by 8: every 8th pixel is the original
     np.testing.assert_allclose(255 - small, np.clip(d.images[7] * 255 / 16, 0, 255).astype(np.uint8), atol=1)
+    train, test = parse_source("digits:train"), parse_source("digits:test")
+    assert (len(train), len(test)) == (1437, 360) and not set(train.ids) & set(test.ids)
+    assert train.ids + test.ids == src.ids
+    np.testing.assert_array_equal(np.r_[train.labels, test.labels], d.target)
+    np.testing.assert_array_equal(np.asarray(test.load(5)), np.asarray(src.load(1437 + 5)))
+    with pytest.raises(Exception, match="digits split"):
+        parse_source("digits:val")
 
 
 def test_csv_sources_resolve_relative_paths(tmp_path, rng):
