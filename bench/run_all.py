@@ -1,5 +1,5 @@
-"""Run every benchmark and refresh bench/results/ (CPU machine: about 30 minutes, most of it the
-200,000-pair retrieval memory check and the 1M-row store)."""
+"""Run every benchmark and refresh bench/results/ (CPU machine: about 25 minutes, most of it the
+200,000-pair retrieval memory check, the 1M-row store and the digits fine-tuning reproduction)."""
 import os
 import sys
 
@@ -7,6 +7,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_codec  # noqa: E402
 import bench_embed  # noqa: E402
+import bench_finetune_digits  # noqa: E402
 import bench_measures  # noqa: E402
 import bench_store_read  # noqa: E402
 from common import save  # noqa: E402
@@ -30,7 +31,7 @@ def profile() -> dict:
 
 if __name__ == "__main__":
     results = {"codec": bench_codec.main(), "store_read": bench_store_read.main([]), "embed": bench_embed.main([]),
-               "measures": bench_measures.main([]), "profile": profile()}
+               "measures": bench_measures.main([]), "profile": profile(), "finetune_digits": bench_finetune_digits.main([])}
     failed = [k for k, r in results.items() if r.get("pass") is False]
     failed += [f"measures:{k}" for k, r in results["measures"].items() if isinstance(r, dict) and r.get("pass") is False]
     print("targets met" if not failed else f"targets missed: {', '.join(failed)}")

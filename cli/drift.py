@@ -60,7 +60,8 @@ def _render(s: dict, report: str | None) -> None:
 @click.option("--sample-size", default=2000, show_default=True, help="Points for --silhouette sample.")
 @click.option("--seed", default=0, show_default=True, help="Seed for every sample (silhouette, kNN queries, plots).")
 @click.option("--knn", type=click.Choice(["blocked", "faiss"]), default="blocked", show_default=True,
-              help="Top-k search for the retrieval measures.")
+              help="Retrieval recall: blocked = exact rank counts streamed (bounded memory); faiss = FAISS "
+                   "top-k, all rows in memory.")
 @click.option("--knn-k", default=10, show_default=True, help="Neighbours for the kNN overlap.")
 @click.option("--knn-sample", default=20000, show_default=True,
               help="Query images for the kNN overlap: all when N is at most this, else a uniform sample.")

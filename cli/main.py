@@ -122,7 +122,8 @@ def _chunking_options(f):
               help="A finished `embedx finetune` run folder: embed with its tuned model (its model, pretrained "
                    "weights and seed) and record the run in the store.")
 @click.option("--data", "-d", required=True,
-              help="folder:PATH (one subfolder per class), csv:PATH (image + label|caption columns) or digits.")
+              help="folder:PATH (one subfolder per class), csv:PATH (image + label|caption columns) or "
+                   "digits[:train|:test] (scikit-learn's digits, 80/20).")
 @click.option("--out", "-o", required=True, help="Store path (local or fsspec URL). Rerun to resume.")
 @click.option("--seed", default=0, show_default=True, help="Seed for random weights (--pretrained none).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)

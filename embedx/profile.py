@@ -54,7 +54,7 @@ def _row(name, impl, seconds, flops, nbytes, roof, ref_seconds=None, ref_name=No
 
 def profile(n: int = 4096, d: int = 512, k: int = 10, device: str = "auto", impls=None, seed: int = 0) -> dict:
     """Kernels at ``n`` points of dimension ``d``: cluster distance sums (n x n, 2 clusters), top-k (n queries
-    x n gallery), and the fused streaming sweep over an n x d float16 block (C = 100; one thread, as each
+    x n gallery), retrieval rank counts (n x n), and the fused streaming sweep over an n x d float16 block (C = 100; one thread, as each
     thread of the pass runs it)."""
     dev = resolve_device(device)
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -88,6 +88,21 @@ def profile(n: int = 4096, d: int = 512, k: int = 10, device: str = "auto", impl
         t = _best(lambda: fn(x, x, k), dev)
         rows.append(_row(f"topk(k={k})", impl, t, flops_cd, 2.0 * n * d * 4 + n * k * 8, roof, ref_t,
                          "dense similarity + torch.topk"))
+
+    thr = (x * x.roll(1, 0)).sum(1)  # a positive per row: its neighbour row
+    pos = torch.arange(n, device=dev).roll(-1)
+
+    def dense_counts():
+        sim = x @ x.T
+        sim[pos, torch.arange(n, device=dev)] = -float("inf")
+        return (sim > thr[:, None]).sum(1), (sim > thr[None, :]).sum(0)
+
+    ref_t = _best(dense_counts, dev)
+    for impl in impls:
+        fn = kernels.rank_count_torch if impl == "torch" else kernels.rank_count_triton
+        t = _best(lambda: fn(x, x, thr, thr, pos), dev)
+        rows.append(_row("rank_count (retrieval)", impl, t, flops_cd, 2.0 * n * d * 4 + 2 * n * 8, roof, ref_t,
+                         "dense similarity + comparisons"))
 
     if dev.type == "cpu":
         c = 100

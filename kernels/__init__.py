@@ -18,7 +18,7 @@ from embedx.kernels.cluster_distance import (  # noqa: F401
     triton,
 )
 from embedx.kernels.rank_count import rank_count_reference, rank_count_torch, rank_count_triton  # noqa: F401
-from embedx.kernels.stream_stats import stream_stats, stream_stats_reference  # noqa: F401
+from embedx.kernels.stream_stats import NUMBA_MIN_ELEMENTS, stream_stats, stream_stats_reference  # noqa: F401
 from embedx.kernels.topk import TRITON_MAX_K, topk_reference, topk_torch, topk_triton  # noqa: F401
 
 

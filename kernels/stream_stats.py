@@ -16,18 +16,23 @@ one per thread on cache-sized chunks. float32 accumulation in ``acc`` (callers f
 chunks).
 
   * ``stream_stats_reference``: float64 numpy (the definition).
-  * ``stream_stats``: the fused kernel for float16 / float32 rows.
+  * ``stream_stats(impl="numba")``: the fused kernel for float16 / float32 rows.
+  * ``stream_stats(impl="torch")``: the same contract in a few torch calls (no JIT: numba's first call in a
+    process costs ~0.3 s of runtime start-up, which small passes never win back; the pass picks torch below
+    ``NUMBA_MIN_ELEMENTS``).
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
 from numba import njit
 
 F16_EXP_BIAS_SHIFT = np.float32(2.0 ** 112)  # 2^(127 - 15): moves a float16 exponent into float32 range
 # widened this way an inf/NaN float16 becomes a finite value >= 2^16 (finite float16 stop at 65504), so a row
 # holding one has a sum of squares >= 2^32; only such rows get the exact (integer) test
 F16_NONFINITE_SQ = np.float32(2.0 ** 32)
-TINY_NORM = np.float32(2.0 ** -15)  # below this, 2^112 / |x| overflows float32 (rows of subnormal float16)
+TINY_NORM = np.float32(2.0 ** -15)
+NUMBA_MIN_ELEMENTS = 1 << 25  # rows x dim of a pass from which the numba kernel pays for its start-up  # below this, 2^112 / |x| overflows float32 (rows of subnormal float16)
 
 
 def stream_stats_reference(x, labels, vs, n_classes: int):
@@ -172,12 +177,23 @@ def _sweep_f32(x, labels, vs, n_classes, acc, norms, dots):  # pragma: no cover 
     _flush(run, acc, cur)
 
 
+def _stream_stats_torch(x: np.ndarray, lab: np.ndarray, v: np.ndarray, n_classes: int, acc: np.ndarray):
+    xf = torch.from_numpy(x).float()
+    norms = torch.linalg.vector_norm(xf, dim=1)
+    ok = torch.isfinite(norms) & (norms > 0)
+    xn = xf * torch.where(ok, 1.0 / norms, 0.0)[:, None]
+    dots = xn @ torch.from_numpy(v).T
+    cls = torch.from_numpy(np.where(lab < 0, n_classes, lab).astype(np.int64))
+    torch.from_numpy(acc).index_add_(0, cls[ok], xn[ok])
+    return norms.numpy(), dots.numpy()
+
+
 def stream_stats(x: np.ndarray, labels: np.ndarray, vs: np.ndarray, n_classes: int,
-                 acc: np.ndarray | None = None):
+                 acc: np.ndarray | None = None, impl: str = "numba"):
     """(norms float32 [n], dots float32 [n, 2], acc) for a float16 or float32 block ``x``; ``acc`` (float32,
     [n_classes + 1, d], allocated when None) has this block's per-class sums of normalized rows added to it.
     ``vs`` holds up to two vectors (missing ones count as zero). A row holding NaN/inf gets norm NaN, a zero
-    row norm 0; neither adds to ``acc``."""
+    row norm 0; neither adds to ``acc``. ``impl``: "numba" (fused kernel) or "torch"."""
     x = np.ascontiguousarray(x)
     n, d = x.shape
     v = np.zeros((2, d), np.float32)
@@ -188,13 +204,19 @@ def stream_stats(x: np.ndarray, labels: np.ndarray, vs: np.ndarray, n_classes: i
     lab = np.ascontiguousarray(labels, dtype=np.int32)
     if lab.size and (lab.max() >= n_classes or lab.min() < -1):
         raise ValueError(f"labels must lie in [-1, {n_classes}); got {lab.min()}..{lab.max()}")
+    if x.dtype not in (np.float16, np.float32):
+        raise TypeError(f"stream_stats takes float16 or float32 rows, got {x.dtype}")
+    if impl == "torch":
+        norms, dots = _stream_stats_torch(x, lab, v, int(n_classes), acc)
+        norms[~np.isfinite(norms)] = np.nan
+        return norms, dots, acc
+    if impl != "numba":
+        raise ValueError(f"impl must be numba or torch, got {impl!r}")
     norms = np.empty(n, np.float32)
     dots = np.empty((n, 2), np.float32)
     if x.dtype == np.float16:
         _sweep_f16(x.view(np.uint16), lab, v, int(n_classes), acc, norms, dots)
-    elif x.dtype == np.float32:
-        _sweep_f32(x, lab, v, int(n_classes), acc, norms, dots)
     else:
-        raise TypeError(f"stream_stats takes float16 or float32 rows, got {x.dtype}")
+        _sweep_f32(x, lab, v, int(n_classes), acc, norms, dots)
     norms[norms < 0] = np.nan
     return norms, dots, acc

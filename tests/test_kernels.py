@@ -98,9 +98,10 @@ def test_blocked_topk_matches_dense_stable_sort(rng, impl, dtype):
     np.testing.assert_array_equal(got[clear], ref[clear])
 
 
+@pytest.mark.parametrize("impl", ["numba", "torch"])
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 @pytest.mark.parametrize("case", ["ragged", "one_class", "empty_classes_and_unlabelled", "one_vector"])
-def test_fused_stream_stats_match_reference(rng, case, dtype):
+def test_fused_stream_stats_match_reference(rng, case, dtype, impl):
     n, d = int(rng.integers(1, 700)), int(rng.integers(1, 130))
     c = 1 if case == "one_class" else int(rng.integers(2, 40))
     x = (rng.standard_normal((n, d)) * rng.uniform(0.1, 20, (n, 1))).astype(dtype)
@@ -110,7 +111,7 @@ def test_fused_stream_stats_match_reference(rng, case, dtype):
         y[y == 0] = -1          # class 0 empty, its rows unlabelled
     vs = rng.standard_normal((1 if case == "one_vector" else 2, d))
     acc0 = rng.standard_normal((c + 1, d)).astype(np.float32)  # the kernel adds into the caller's sums
-    norms, dots, acc = K.stream_stats(x, y, vs, c, acc0.copy())
+    norms, dots, acc = K.stream_stats(x, y, vs, c, acc0.copy(), impl=impl)
     ref = K.stream_stats_reference(x.astype(np.float64), y, vs, c)
     np.testing.assert_allclose(norms, ref[0], rtol=1e-5)
     np.testing.assert_allclose(dots[:, : len(vs)], ref[1], atol=1e-5)
@@ -118,18 +119,19 @@ def test_fused_stream_stats_match_reference(rng, case, dtype):
     np.testing.assert_allclose(acc - acc0, ref[2], atol=1e-4)
 
 
-def test_fused_stream_stats_flag_bad_rows_and_widen_every_float16_exactly(rng):
+@pytest.mark.parametrize("impl", ["numba", "torch"])
+def test_fused_stream_stats_flag_bad_rows_and_widen_every_float16_exactly(rng, impl):
     # every finite float16 bit pattern (subnormals included), 512 to a row: norms as float64 of the same values
     h = np.arange(65536, dtype=np.uint16).view(np.float16)
     fin = h[np.isfinite(h)]
     fin = fin[: len(fin) // 512 * 512].reshape(-1, 512)
-    norms, _, _ = K.stream_stats(fin, np.zeros(len(fin), np.int64), np.zeros((2, 512)), 1)
+    norms, _, _ = K.stream_stats(fin, np.zeros(len(fin), np.int64), np.zeros((2, 512)), 1, impl=impl)
     np.testing.assert_allclose(norms, np.linalg.norm(fin.astype(np.float64), axis=1), rtol=1e-6)
     tiny = np.zeros((3, 8), np.float16)
     tiny[0, 3] = np.float16(6e-8)  # the smallest subnormal: norm 2^-24
     tiny[1] = np.float16(1e-7)     # a row of subnormals
     tiny[2] = np.float16(3e-3)     # a small normal row
-    norms, dots, acc = K.stream_stats(tiny, [0, 0, 1], np.ones((2, 8)), 2)
+    norms, dots, acc = K.stream_stats(tiny, [0, 0, 1], np.ones((2, 8)), 2, impl=impl)
     ref = K.stream_stats_reference(tiny, [0, 0, 1], np.ones((2, 8)), 2)
     np.testing.assert_allclose(norms, ref[0], rtol=1e-6)
     np.testing.assert_allclose(dots, ref[1], rtol=1e-6)
@@ -139,14 +141,14 @@ def test_fused_stream_stats_flag_bad_rows_and_widen_every_float16_exactly(rng):
         x[3, 5], x[9, 0], x[11, 15] = np.nan, np.inf, -np.inf
         x[20] = 0
         acc = np.zeros((3, 16), np.float32)
-        norms, dots, acc = K.stream_stats(x, rng.integers(-1, 2, 40), rng.standard_normal((2, 16)), 2, acc)
+        norms, dots, acc = K.stream_stats(x, rng.integers(-1, 2, 40), rng.standard_normal((2, 16)), 2, acc, impl=impl)
         assert np.flatnonzero(np.isnan(norms)).tolist() == [3, 9, 11]
         assert np.flatnonzero(norms == 0).tolist() == [20]
         ok = np.ones(40, bool)
         ok[[3, 9, 11, 20]] = False
         assert np.isfinite(acc).all() and np.isfinite(dots[ok]).all()
     with pytest.raises(ValueError, match="labels"):
-        K.stream_stats(x, np.full(40, 2), np.zeros((2, 16)), 2)
+        K.stream_stats(x, np.full(40, 2), np.zeros((2, 16)), 2, impl=impl)
 
 
 def test_class_pass_chunks_merge_to_one_partial(tmp_path, rng):
@@ -176,7 +178,9 @@ def test_class_pass_chunks_merge_to_one_partial(tmp_path, rng):
     logits = xn[y >= 0] @ t.double().numpy().T
     yl = y[y >= 0]
     better = (logits > logits[np.arange(len(yl)), yl][:, None]).sum(1)
-    for p in [split] + [class_pass(s, cfg, threads=k) for k in (1, 2, 3)]:
+    passes = [class_pass(s, cfg, threads=k, impl="numba") for k in (1, 2, 3)] + [class_pass(s, cfg, impl="torch"),
+                                                                              class_pass(s, cfg)]
+    for p in [split] + passes:
         np.testing.assert_allclose(p.class_sum, ref_sums, atol=1e-4)
         np.testing.assert_allclose(p.sum_x, xn.sum(0), atol=1e-4)
         np.testing.assert_array_equal(p.top1, np.bincount(yl[better == 0], minlength=c))

@@ -44,7 +44,7 @@ def _estimate(vals: np.ndarray, total: int, seed: int) -> dict:
 
 
 # --- silhouettes streamed from a store: memory bounded by the block sizes, not by N -------------------------
-STREAM_ROWS = 1024     # point rows per kernel call
+STREAM_ROWS = 2048     # point rows per kernel call
 STREAM_COLS = 16384    # store rows per column block (read and normalized once per row block)
 CACHE_BYTES = 512 << 20  # normalized columns up to this size are kept in memory instead of re-read
 

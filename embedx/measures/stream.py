@@ -141,9 +141,9 @@ class ClassWorker:
     """One thread's share of the class-store pass: a chunk buffer, float32 per-class sums (flushed into float64
     every FLUSH_ROWS rows), counts, cosine-silhouette and zero-shot sums. ``partial()`` is its :class:`Partial`."""
 
-    def __init__(self, cfg: PassConfig, dim: int, dtype, rows: int):
+    def __init__(self, cfg: PassConfig, dim: int, dtype, rows: int, impl: str = "numba"):
         c = cfg.n_texts
-        self.cfg, self.dim = cfg, dim
+        self.cfg, self.dim, self.impl = cfg, dim, impl
         self.buf = np.empty((rows, dim), dtype)
         self.vs = cfg.cos_vectors(dim)
         self.acc = np.zeros((c + 1, dim), np.float32)
@@ -162,7 +162,7 @@ class ClassWorker:
         if self.bad is not None:
             return
         cfg = self.cfg
-        norms, dots, _ = kernels.stream_stats(x, y, self.vs, cfg.n_texts, self.acc)
+        norms, dots, _ = kernels.stream_stats(x, y, self.vs, cfg.n_texts, self.acc, impl=self.impl)
         bad = _first_bad(norms)
         if bad is not None:
             self.bad = (start + bad[0], bad[1])
@@ -197,24 +197,27 @@ class ClassWorker:
                        n_labelled=int(self.counts.sum()), top1=self.top1, top5=self.top5, cos_sum=self.cos)
 
 
-def chunk_partial(x: np.ndarray, y: np.ndarray, cfg: PassConfig, start: int = 0) -> Partial:
+def chunk_partial(x: np.ndarray, y: np.ndarray, cfg: PassConfig, start: int = 0, impl: str = "numba") -> Partial:
     """The :class:`Partial` of one chunk of raw rows (class stores): the unit a distributed engine maps."""
-    w = ClassWorker(cfg, x.shape[1], x.dtype, 1)
+    w = ClassWorker(cfg, x.shape[1], x.dtype, 1, impl)
     w.add(np.asarray(x), np.ascontiguousarray(y, dtype=np.int32), start)
     if w.bad is not None:
         raise EmbedxError(f"images row {w.bad[0]} {w.bad[1]}")
     return w.partial()
 
 
-def class_pass(store, cfg: PassConfig, threads: int | None = None) -> Partial:
+def class_pass(store, cfg: PassConfig, threads: int | None = None, impl: str | None = None) -> Partial:
     """Sweep a class store chunk by chunk: each task reads whole chunks into its thread's buffer
     (``store.read_images_into``, no allocation) and folds them in while they are in cache. Without zero-shot,
-    one thread per core runs the (GIL-free) kernel; with zero-shot, one thread and the matmul takes every core."""
+    one thread per core runs the (GIL-free) kernel; with zero-shot, one thread and the matmul takes every core.
+    ``impl`` (default by size): the numba kernel, or torch for passes too small to pay numba's start-up."""
     n, d = store.n_images, store.dim
     rows = store.chunk_rows * max(1, TASK_ROWS // store.chunk_rows)
+    if impl is None:
+        impl = "numba" if n * d >= kernels.NUMBA_MIN_ELEMENTS else "torch"
     if threads is None:
         threads = 1 if cfg.zeroshot else max(1, min(os.cpu_count() or 1, 16))
-    workers = [ClassWorker(cfg, d, store.dtype, rows) for _ in range(threads)]
+    workers = [ClassWorker(cfg, d, store.dtype, rows, impl) for _ in range(threads)]
     seg = max(rows, SEGMENT_ROWS // rows * rows)
 
     def run(w: ClassWorker, starts, y_seg: np.ndarray, seg0: int) -> None:
