@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 

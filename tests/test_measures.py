@@ -6,7 +6,6 @@ import pytest
 from sklearn.metrics import silhouette_samples, silhouette_score
 
 from embedx import measures as M
-from embedx.errors import EmbedxError
 from embedx.importer import import_arrays
 from embedx.store import Store
 from tests.conftest import SHARED_DATA, assert_one_line_error, invoke
