@@ -50,30 +50,32 @@ def stream_stats_reference(x, labels, vs, n_classes: int):
 
 @njit(cache=True, nogil=True)
 def _class_order(labels, n_classes):  # pragma: no cover - compiled
-    """Row indices grouped by class (counting sort; label -1 last): rows of a class are summed in L1 and
-    added to the accumulator once per chunk instead of once per row."""
+    """(rows grouped by class, the class of each visit) by a counting sort; label -1 is class n_classes.
+    Rows of a class are summed in L1 and added to the accumulator once per chunk instead of once per row."""
+    n = labels.shape[0]
+    cls = np.empty(n, np.int64)
     counts = np.zeros(n_classes + 2, np.int64)
-    for i in range(labels.shape[0]):
-        c = labels[i]
-        counts[(c if c >= 0 else n_classes) + 1] += 1
+    for i in range(n):
+        cls[i] = labels[i] if labels[i] >= 0 else n_classes
+        counts[cls[i] + 1] += 1
     for c in range(n_classes + 1):
         counts[c + 1] += counts[c]
-    order = np.empty(labels.shape[0], np.int64)
-    for i in range(labels.shape[0]):
-        c = labels[i]
-        c = c if c >= 0 else n_classes
-        order[counts[c]] = i
-        counts[c] += 1
-    return order
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        order[counts[cls[i]]] = i
+        counts[cls[i]] += 1
+    return order, cls[order]
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def _flush(run, acc, c):  # pragma: no cover - compiled
-    if c >= 0:
-        ac = acc[c]
+def _switch_class(run, acc, cur, c):  # pragma: no cover - compiled
+    """Add the finished run of class ``cur`` into ``acc`` (and clear it) when the visit moves to class ``c``."""
+    if c != cur and cur >= 0:
+        ac = acc[cur]
         for j in range(run.shape[0]):
             ac[j] += run[j]
             run[j] = np.float32(0.0)
+    return c
 
 
 @njit(cache=True, nogil=True, fastmath=False)  # explicit: callees inherit fastmath, which would fold the two multiplies
@@ -122,14 +124,11 @@ def _sweep_f16(h, labels, vs, n_classes, acc, norms, dots):  # pragma: no cover 
     tmp = bits.view(np.float32)       # x * 2^-112: the float16 bits moved into float32 position
     run = np.zeros(d, np.float32)
     v0, v1 = vs[0], vs[1]
-    order = _class_order(labels, n_classes)
+    order, cls = _class_order(labels, n_classes)
     cur = -1
     for k in range(n):
         i = order[k]
-        c = labels[i] if labels[i] >= 0 else n_classes
-        if c != cur:
-            _flush(run, acc, cur)
-            cur = c
+        cur = _switch_class(run, acc, cur, cls[k])
         hi = h[i]
         for j in range(d):
             u = np.uint32(hi[j])
@@ -144,7 +143,7 @@ def _sweep_f16(h, labels, vs, n_classes, acc, norms, dots):  # pragma: no cover 
             a1 += v * v1[j]
         bad = s >= F16_NONFINITE_SQ and _has_nonfinite_f16(hi)  # finite test first: it costs nothing
         _row_done(i, tmp, F16_EXP_BIAS_SHIFT, s, a0, a1, bad, run, norms, dots)
-    _flush(run, acc, cur)
+    _switch_class(run, acc, cur, -1)
 
 
 @njit(cache=True, fastmath=True, nogil=True)
@@ -152,15 +151,12 @@ def _sweep_f32(x, labels, vs, n_classes, acc, norms, dots):  # pragma: no cover 
     n, d = x.shape
     run = np.zeros(d, np.float32)
     v0, v1 = vs[0], vs[1]
-    order = _class_order(labels, n_classes)
+    order, cls = _class_order(labels, n_classes)
     ubits = x.view(np.uint32)
     cur = -1
     for k in range(n):
         i = order[k]
-        c = labels[i] if labels[i] >= 0 else n_classes
-        if c != cur:
-            _flush(run, acc, cur)
-            cur = c
+        cur = _switch_class(run, acc, cur, cls[k])
         xi = x[i]
         ui = ubits[i]
         flag = np.uint32(0)
@@ -174,7 +170,7 @@ def _sweep_f32(x, labels, vs, n_classes, acc, norms, dots):  # pragma: no cover 
             a1 += v * v1[j]
             flag |= (ui[j] & np.uint32(0x7F800000)) + np.uint32(0x00800000)  # bit 31 iff exponent all ones
         _row_done(i, xi, np.float32(1.0), s, a0, a1, (flag & np.uint32(0x80000000)) != 0, run, norms, dots)
-    _flush(run, acc, cur)
+    _switch_class(run, acc, cur, -1)
 
 
 def _stream_stats_torch(x: np.ndarray, lab: np.ndarray, v: np.ndarray, n_classes: int, acc: np.ndarray):

@@ -13,7 +13,7 @@ import torch
 
 from embedx import kernels
 from embedx.errors import EmbedxError
-from embedx.measures.stream import silhouette_values
+from embedx.measures.stream import normalized, silhouette_values
 
 
 def silhouette_samples(points: torch.Tensor, labels: np.ndarray) -> np.ndarray:
@@ -54,14 +54,14 @@ class _StorePoints:
     scalars), ``rows(ids)`` (normalized points by id, random access) and ``columns()`` (first point id,
     normalized block, its labels) over all points in order."""
 
-    def __init__(self, store, labels: np.ndarray):
+    def __init__(self, store, labels: np.ndarray, nbytes: int):
         self.store = store
         self.labels = labels
+        self.nbytes = nbytes  # of all normalized points (decides whether the columns are cached)
         self.sizes = np.bincount(labels)
         if len(self.sizes) < 2 or len(self.sizes) > len(labels) - 1:
             raise EmbedxError(f"silhouette needs 2 <= clusters <= points - 1, got {len(self.sizes)} clusters of "
                               f"{len(labels)} points")
-        self.nbytes = len(labels) * store.dim * 4 if store is not None else 0
 
     def _image_blocks(self):
         s = self.store
@@ -74,8 +74,7 @@ class _ArrayPoints(_StorePoints):
     def __init__(self, points: torch.Tensor, labels: np.ndarray):
         _, dense = np.unique(np.asarray(labels), return_inverse=True)
         self.points = points
-        super().__init__(None, dense.astype(np.int64).reshape(-1))
-        self.nbytes = 0
+        super().__init__(None, dense.astype(np.int64).reshape(-1), 0)  # already in memory: one column block
 
     def columns(self):
         yield 0, self.points, self.labels
@@ -89,11 +88,11 @@ class _ModalityPoints(_StorePoints):
 
     def __init__(self, store, texts: torch.Tensor | None):
         self.texts = texts
-        super().__init__(store, np.r_[np.ones(store.n_images, np.int64), np.zeros(store.n_texts, np.int64)])
+        n = store.n_images + store.n_texts
+        super().__init__(store, np.r_[np.ones(store.n_images, np.int64), np.zeros(store.n_texts, np.int64)],
+                         n * store.dim * 4)
 
     def columns(self):
-        from embedx.measures.stream import normalized
-
         n = self.store.n_images
         for start, block in self._image_blocks():
             yield start, normalized(block, "images", start), self.labels[start:start + len(block)]
@@ -106,8 +105,6 @@ class _ModalityPoints(_StorePoints):
             yield n + start, block, self.labels[n + start:n + start + len(block)]
 
     def rows(self, ids: np.ndarray) -> torch.Tensor:
-        from embedx.measures.stream import normalized
-
         n = self.store.n_images
         img, txt = ids[ids < n], ids[ids >= n] - n
         parts = []
@@ -128,11 +125,9 @@ class _ClassPoints(_StorePoints):
         self.image_rows = np.flatnonzero(y >= 0)
         _, dense = np.unique(y[self.image_rows], return_inverse=True)
         self.before = np.r_[0, np.cumsum(y >= 0)]  # labelled rows before each store row: point ids of a block
-        super().__init__(store, dense.astype(np.int64))
+        super().__init__(store, dense.astype(np.int64), len(dense) * store.dim * 4)
 
     def columns(self):
-        from embedx.measures.stream import normalized
-
         for start, block in self._image_blocks():
             p0, p1 = self.before[start], self.before[start + len(block)]
             keep = self.image_rows[p0:p1] - start
@@ -140,8 +135,6 @@ class _ClassPoints(_StorePoints):
                 yield p0, normalized(block[keep], "images", start), self.labels[p0:p1]
 
     def rows(self, ids: np.ndarray) -> torch.Tensor:
-        from embedx.measures.stream import normalized
-
         return normalized(self.store.images(self.image_rows[ids], dtype=np.float32), "images", 0)
 
 

@@ -123,11 +123,12 @@ class PassConfig:
         return np.stack([self.sum_x_hint.numpy(), self.text_sum.numpy()]).astype(np.float32)
 
 
-def _zeroshot_hits(x: torch.Tensor, y: torch.Tensor, texts: torch.Tensor, top1: np.ndarray, top5: np.ndarray) -> None:
+def _zeroshot_hits(x: torch.Tensor, y: torch.Tensor, texts: torch.Tensor, top1: np.ndarray, top5: np.ndarray,
+                   hit: torch.Tensor) -> None:
     """Add the top-1/top-5 hits of float32 rows ``x`` with labels ``y`` (all >= 0) per class: the true class is
-    top-k if fewer than k classes score strictly higher (row scaling does not change the ranking)."""
+    top-k if fewer than k classes score strictly higher (row scaling does not change the ranking). ``hit``: a
+    float32 work buffer of at least min(ZS_ROWS, len(x)) x C."""
     c = len(texts)
-    hit = torch.empty(min(ZS_ROWS, len(x)), c)
     for z0 in range(0, len(x), ZS_ROWS):  # cache-sized: matmul-bound, logits stay small
         yz = y[z0:z0 + ZS_ROWS]
         logits = torch.nn.functional.linear(x[z0:z0 + ZS_ROWS], texts)
@@ -156,6 +157,7 @@ class ClassWorker:
         zs = cfg.zeroshot
         self.top1, self.top5 = (np.zeros(c, np.int64), np.zeros(c, np.int64)) if zs else (None, None)
         self.xf = torch.empty(min(rows, ZS_ROWS), dim) if zs else None
+        self.hit = torch.empty(min(rows, ZS_ROWS), c) if zs else None  # comparisons of one zero-shot step
 
     def add(self, x: np.ndarray, y: np.ndarray, start: int) -> None:
         """Fold rows ``x`` (raw float16/float32, global rows start..) with labels ``y`` into the sums."""
@@ -183,7 +185,7 @@ class ClassWorker:
             for z0 in range(0, len(xl), len(self.xf)):
                 xf = self.xf[: min(len(self.xf), len(xl) - z0)]
                 xf.copy_(torch.from_numpy(xl[z0:z0 + len(xf)]))
-                _zeroshot_hits(xf, yt[z0:z0 + len(xf)], cfg.texts, self.top1, self.top5)
+                _zeroshot_hits(xf, yt[z0:z0 + len(xf)], cfg.texts, self.top1, self.top5, self.hit)
 
     def flush(self) -> None:
         self.sums += self.acc
