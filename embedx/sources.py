@@ -122,32 +122,84 @@ def csv_source(path: str, spec: str) -> Source:
 
 
 DIGITS_SPLITS = {"": slice(None), "train": slice(0, 1437), "test": slice(1437, None)}  # 80/20, in file order
+DIGITS_SPEC = "digits[:train|:test][:classes=LIST][:rotate=DEG][:noise=SIGMA]"
+
+
+def _digit_classes(value: str) -> list[int]:
+    """``3,5,8`` or ``0-4`` or a mix (``0-2,7``): sorted, distinct digits."""
+    out = set()
+    for part in value.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            a, b = int(lo), int(hi) if dash else int(lo)
+        except ValueError:
+            raise EmbedxError(f"digits classes={value!r}: use digits and ranges like 3,5,8 or 0-4") from None
+        if not 0 <= a <= b <= 9:
+            raise EmbedxError(f"digits classes={value!r}: digits are 0-9 (ranges low-high)")
+        out.update(range(a, b + 1))
+    if len(out) < 2:
+        raise EmbedxError(f"digits classes={value!r}: a task needs at least 2 classes")
+    return sorted(out)
+
+
+def _digits_options(spec: str) -> tuple[str, list[int], float, float]:
+    """(split, classes, rotate degrees, noise sigma) of a digits spec; one-line errors for anything else."""
+    parts = spec.split(":")[1:]
+    split = parts.pop(0) if parts and "=" not in parts[0] else ""
+    if split not in DIGITS_SPLITS:
+        raise EmbedxError(f"unknown digits split {split!r}; use {DIGITS_SPEC}")
+    opts = {"classes": "0-9", "rotate": "0", "noise": "0"}
+    for p in parts:
+        key, eq, value = p.partition("=")
+        if not eq or key not in opts:
+            raise EmbedxError(f"unknown digits option {p!r}; use {DIGITS_SPEC}")
+        opts[key] = value
+    try:
+        rotate, noise = float(opts["rotate"]), float(opts["noise"])
+    except ValueError:
+        raise EmbedxError(f"digits rotate= and noise= take numbers, got {spec!r}") from None
+    if not 0 <= noise <= 10:
+        raise EmbedxError(f"digits noise={noise} must be in [0, 10] (pixel noise std / 255)")
+    return split, _digit_classes(opts["classes"]), rotate, noise
 
 
 def digits_source(spec: str = "digits") -> Source:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), upscaled: a real labelled
     image set that works offline. ``digits:train`` / ``digits:test`` are its first 1,437 / last 360 images
-    (the customary 80/20 split, disjoint writers' blocks in file order); ids keep the global index."""
+    (the customary 80/20 split, disjoint writers' blocks in file order); ids keep the global index.
+
+    Tasks of different difficulty from the same images: ``classes=3,5,8`` (or ``0-4``) keeps those digits,
+    labels renumbered 0..k-1 in order, class names the digits; ``rotate=DEG`` turns every image (a shifted
+    domain); ``noise=SIGMA`` adds Gaussian pixel noise of std SIGMA*255, seeded by the image's global index
+    (the same image always gets the same noise). Example: ``digits:train:classes=0-4:rotate=90``.
+    """
     from sklearn.datasets import load_digits
 
-    split = spec.partition(":")[2]
-    if split not in DIGITS_SPLITS:
-        raise EmbedxError(f"unknown digits split {split!r}; use digits, digits:train or digits:test")
+    split, classes, rotate, noise = _digits_options(spec)
     d = load_digits()
     keep = np.arange(len(d.target))[DIGITS_SPLITS[split]]
+    keep = keep[np.isin(d.target[keep], classes)]
     pixels = np.clip(d.images[keep] * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    relabel = np.full(10, -1, np.int32)
+    relabel[classes] = np.arange(len(classes), dtype=np.int32)
 
     def load(i: int) -> Image.Image:
         im = Image.fromarray(255 - pixels[i], mode="L")  # dark digit on a light background
-        return im.resize((DIGITS_SIZE, DIGITS_SIZE), Image.NEAREST).convert("RGB")
+        im = im.resize((DIGITS_SIZE, DIGITS_SIZE), Image.NEAREST)
+        if rotate % 360:
+            im = im.rotate(rotate, resample=Image.BILINEAR, fillcolor=255)
+        if noise:
+            g = np.random.default_rng(int(keep[i])).standard_normal(im.size[::-1]) * (noise * 255.0)
+            im = Image.fromarray(np.clip(np.asarray(im, np.float64) + g, 0, 255).astype(np.uint8), mode="L")
+        return im.convert("RGB")
 
     ids = [f"digits:{i}" for i in keep]
-    return Source(spec, ids, load, classnames=list(DIGIT_NAMES), labels=d.target[keep].astype(np.int32),
-                  default_template=DIGITS_TEMPLATE)
+    return Source(spec, ids, load, classnames=[DIGIT_NAMES[k] for k in classes],
+                  labels=relabel[d.target[keep]], default_template=DIGITS_TEMPLATE)
 
 
 def parse_source(spec: str) -> Source:
-    """``folder:PATH`` | ``csv:PATH`` | ``digits[:train|:test]``."""
+    """``folder:PATH`` | ``csv:PATH`` | ``digits[:train|:test][:classes=..][:rotate=..][:noise=..]``."""
     kind, _, arg = spec.partition(":")
     if kind == "digits":
         return digits_source(spec)
@@ -155,4 +207,4 @@ def parse_source(spec: str) -> Source:
         return folder_source(os.path.expanduser(arg), spec)
     if kind == "csv" and arg:
         return csv_source(os.path.expanduser(arg), spec)
-    raise EmbedxError(f"unknown data source {spec!r}; use folder:PATH, csv:PATH or digits[:train|:test]")
+    raise EmbedxError(f"unknown data source {spec!r}; use folder:PATH, csv:PATH or {DIGITS_SPEC}")

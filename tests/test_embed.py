@@ -53,6 +53,33 @@ def test_digits_source_is_sklearns_digits():
         parse_source("digits:val")
 
 
+def test_digits_tasks_subset_rotate_and_noise():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    sub = parse_source("digits:test:classes=3,8")
+    rows = 1437 + np.flatnonzero(np.isin(d.target[1437:], [3, 8]))
+    assert sub.ids == [f"digits:{i}" for i in rows] and sub.classnames == ["3", "8"]
+    np.testing.assert_array_equal(sub.labels, (d.target[rows] == 8).astype(np.int32))  # 3 -> 0, 8 -> 1
+    plain = parse_source("digits:test")
+    np.testing.assert_array_equal(np.asarray(sub.load(0)), np.asarray(plain.load(rows[0] - 1437)))
+    assert parse_source("digits:classes=0-2,7").classnames == ["0", "1", "2", "7"]
+
+    turned = parse_source("digits:test:classes=3,8:rotate=180")
+    a, b = np.asarray(sub.load(4).convert("L")), np.asarray(turned.load(4).convert("L"))
+    np.testing.assert_array_equal(b, a[::-1, ::-1])  # 180 degrees is an exact flip of both axes
+    n1, n2 = (np.asarray(parse_source("digits:test:classes=3,8:noise=0.2").load(4).convert("L"), float)
+              for _ in range(2))
+    np.testing.assert_array_equal(n1, n2)  # seeded by the image: the same noise every time
+    assert 20 < np.abs(n1 - a).mean() < 60  # std 51 before clipping
+
+    for bad, msg in [("digits:val", "digits split"), ("digits:train:classes=3", "at least 2"),
+                     ("digits:classes=1-12", "0-9"), ("digits:train:blur=2", "unknown digits option"),
+                     ("digits:rotate=x", "numbers")]:
+        with pytest.raises(EmbedxError, match=msg):
+            parse_source(bad)
+
+
 def test_csv_sources_resolve_relative_paths(tmp_path, rng):
     _image_folder(tmp_path / "imgs", rng, bad=False)
     with open(tmp_path / "labels.csv", "w", newline="") as f:
