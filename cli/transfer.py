@@ -1,0 +1,71 @@
+"""``embedx transfer``: transferability scores of a class store (parse, call, render)."""
+from __future__ import annotations
+
+import json
+import math
+
+import click
+
+SCORES = ("hscore", "gbc", "gbc_diagonal", "transrate", "logme", "sfda", "leep", "nce")  # embedx.transfer.SCORES
+HIGHER = "higher = the features separate the classes more: expected to transfer better (every score)"
+
+
+def _jsonable(res: dict) -> dict:
+    return {k: (float(v) if math.isfinite(v) else None) for k, v in res.items()}
+
+
+@click.command()
+@click.argument("store")
+@click.option("--scores", default=None, metavar="NAME[,NAME...]",
+              help=f"Comma-separated subset of: {', '.join(SCORES)} [default: all but gbc_diagonal].")
+@click.option("--logit-scale", default=100.0, show_default=True, type=float,
+              help="Zero-shot logit scale for leep/nce (CLIP's trained value is 100).")
+@click.option("--json", "as_json", is_flag=True, help="Print exactly {score: value} as JSON (undefined -> null).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Also write that JSON to FILE.")
+@click.pass_context
+def transfer(ctx, store, scores, logit_scale, as_json, out):
+    """Transferability scores of a class store's image embeddings and labels, streamed from the store.
+
+    \b
+    Rows are L2-normalized, computed on in float64; rows labelled -1 are left out. X: features,
+    mu_c: class means, theta(x) = softmax(logit_scale x.T) the zero-shot classifier over the class prompts.
+      hscore        tr(pinv(Cov X) Cov g), g_i = mu_{y_i}                         (Bao et al. 2019)
+      gbc           -sum_{c!=c'} exp(-Bhattacharyya(c, c')), spherical Gaussians  (Pandy et al. 2022)
+      gbc_diagonal  the same with diagonal Gaussians
+      transrate     R(Z) - mean_k R(Z_k), R = 1/2 logdet(I + Z^T Z/(n 1e-4))      (Huang et al. 2022)
+      logme         mean_c max log evidence / N, Bayesian regression of 1[y=c] on X (You et al. 2021)
+      sfda          mean p(y|x') of a shrinkage FDA refitted on ConfMix-ed x'     (Shao et al. 2022)
+      leep          mean_i ln sum_z P(y_i|z) theta(x_i)_z                          (Nguyen et al. 2020)
+      nce           -H(Y|Z), z = argmax theta(x)                                   (Tran et al. 2019)
+    Higher is better for every score.
+
+    \b
+    Example:
+      embedx transfer pets.zarr --scores hscore,logme,leep --json
+    """
+    from embedx.transfer import compute
+
+    quiet = bool(ctx.obj and ctx.obj.get("quiet"))
+    progress = False
+    if not quiet and not as_json:
+        import os
+        import sys
+
+        progress = sys.stderr.isatty() or os.environ.get("EMBEDX_PROGRESS") == "1"
+    names = [s.strip() for s in scores.split(",") if s.strip()] if scores is not None else None
+    res = compute(store, names, logit_scale=logit_scale, progress=progress)
+    values = _jsonable(res)
+    if out:
+        with open(out, "w") as f:
+            json.dump(values, f, indent=2, allow_nan=False)
+    if as_json:
+        click.echo(json.dumps(values, indent=2, allow_nan=False))
+        return
+    secs = res.seconds
+    w = max(len(k) for k in values)
+    click.echo(f"{'score':<{w}}  {'value':>14}  {'seconds':>8}")
+    for k, v in values.items():
+        val = f"{v:14.6g}" if v is not None else f"{'undefined':>14}"
+        click.echo(f"{k:<{w}}  {val}  {secs.get(k, 0.0):8.2f}")
+    click.echo(f"\n{HIGHER}")
+    click.echo(f"{sum(secs.values()):.2f} s in all ({secs.get('shared', 0.0):.2f} s reading and shared sums)")
