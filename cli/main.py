@@ -123,7 +123,8 @@ def _chunking_options(f):
                    "weights and seed) and record the run in the store.")
 @click.option("--data", "-d", required=True,
               help="folder:PATH (one subfolder per class), csv:PATH (image + label|caption columns) or "
-                   "digits[:train|:test] (scikit-learn's digits, 80/20).")
+                   "digits[:train|:test][:classes=0-4][:rotate=DEG][:noise=SIGMA] (scikit-learn's digits, 80/20; a "
+                   "subset of classes, turned or noisy images make tasks of other difficulty).")
 @click.option("--out", "-o", required=True, help="Store path (local or fsspec URL). Rerun to resume.")
 @click.option("--seed", default=0, show_default=True, help="Seed for random weights (--pretrained none).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
@@ -344,9 +345,13 @@ def demo(out, as_json):
 
 from embedx.cli.drift import drift  # noqa: E402  (commands in their own modules)
 from embedx.cli.finetune import finetune  # noqa: E402
+from embedx.cli.predict import predict  # noqa: E402
+from embedx.cli.transfer import transfer  # noqa: E402
 
 cli.add_command(drift)
 cli.add_command(finetune)
+cli.add_command(predict)
+cli.add_command(transfer)
 
 
 def main() -> None:

@@ -1,0 +1,158 @@
+"""``embedx predict``: fit fine-tuning outcomes on zero-shot measures and predict new tasks (parse, call, render)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import click
+
+
+def _jsonable(obj):
+    """NaN/inf become null: strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _n(v, fmt: str = ".4f") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return format(v, fmt)
+
+
+def _p(v) -> str:
+    if v is None:
+        return "-"
+    return "<1e-300" if v == 0 else (f"{v:.4f}" if v >= 1e-3 else f"{v:.1e}")
+
+
+def _render(res: dict) -> None:
+    where = res["where"]
+    wh = (" where " + " and ".join(f"{c}={'|'.join(v)}" for c, v in where.items())) if where else ""
+    click.echo(f"{res['history']}: {res['n_rows']} rows{wh}; outcomes: {', '.join(res['outcomes']) or 'none'}")
+    for o in res["outcomes"]:
+        ranked = res["ranking"][o]
+        failed = [m for m in res["predictors"] if res["fits"][m][o]["error"]]
+        w = max([len(m) for m in res["predictors"]] + [9])
+        click.echo(f"\n{o} ~ predictor, by R²:")
+        click.echo(f"  {'predictor':<{w}}  {'n':>3}  {'slope':>10}  {'intercept':>10}  {'R²':>6}  {'p':>8}  "
+                   f"{'Kendall τ':>9}  {'LOO RMSE':>9}")
+        for m in ranked:
+            f = res["fits"][m][o]
+            click.echo(f"  {m:<{w}}  {f['n']:>3}  {_n(f['slope'], '.4g'):>10}  {_n(f['intercept'], '.4g'):>10}  "
+                       f"{_n(f['r2'], '.3f'):>6}  {_p(f['p_value']):>8}  {_n(f['kendall_tau'], '+.3f'):>9}  "
+                       f"{_n(f['loo_rmse'], '.4f'):>9}")
+        for m in failed:
+            f = res["fits"][m][o]
+            click.echo(f"  {m:<{w}}  {f['n']:>3}  no fit: {f['error']}")
+    for t, e in res["targets"].items():
+        click.echo(f"\ntarget {t}:")
+        for o in res["outcomes"]:
+            order = [m for m in res["ranking"][o] if m in e["predictions"]]
+            order += [m for m in e["predictions"] if m not in order]
+            click.echo(f"  {o} (95% prediction interval), best predictor first:")
+            w = max([len(m) for m in order] + [9])
+            for m in order:
+                p = e["predictions"][m][o]
+                x = e["measures"].get(m)
+                if p is None:
+                    why = "undefined on this store" if x is None else "no fit"
+                    click.echo(f"    {m:<{w}}  -  ({why})")
+                    continue
+                ex = "  (extrapolated)" if p["extrapolated"] else ""
+                r2 = res["fits"][m][o]["r2"]
+                click.echo(f"    {m:<{w}}  {p['value']:+.4f}  [{p['lo']:+.4f}, {p['hi']:+.4f}]   "
+                           f"{m} = {_n(x, '.4g')}, R² {r2:.3f}{ex}")
+        if e.get("not_computable"):
+            click.echo(f"  not computed from a store: {', '.join(e['not_computable'])}")
+
+
+HELP = """Fit fine-tuning outcomes on zero-shot measures of tasks you have fine-tuned, and predict them for new
+tasks (--target STORE).
+
+\b
+The history CSV has one row per fine-tuning run:
+  task,model,method,zs_acc,ft_acc,ood_delta,iimm,silhouette_euclidean
+  cars,ViT-B-32,lora,0.59,0.83,-0.041,0.31,0.52
+  dtd,ViT-B-32,lora,0.44,0.71,-0.020,0.27,0.61
+  eurosat,ViT-B-32,lora,0.45,0.98,-0.062,0.36,0.48
+
+\b
+  zs_acc, ft_acc   zero-shot and fine-tuned accuracy on the task, fractions in [0, 1]; zs_acc < 1
+  ood_delta        mean accuracy change on other tasks after fine-tuning (blank: unknown)
+  store            optional: the task's zero-shot embedding store (relative to the CSV's folder);
+                   predictors missing from the CSV are computed from it (measures, transfer scores)
+  other columns    numeric predictors (blank = missing); rows are counted from 1 after the header
+
+\b
+Outcomes:
+  gain        = (ft_acc - zs_acc) / (1 - zs_acc)   gain normalized by the zero-shot error (paper B)
+  forgetting  = ood_delta, sign as given: negative = accuracy lost on other tasks
+
+\b
+For every predictor and outcome: OLS slope, intercept, R², two-sided p of the slope, Kendall τ (tau-b)
+and leave-one-out prediction error; targets get each fit's prediction with a 95% prediction interval.
+Default predictors: every numeric column, plus with a store column iimm, iimm_inter, iimm_intra, acs,
+gap, silhouette_euclidean, hscore, gbc, transrate, logme, sfda, leep, nce. The paper fits per model,
+often per method: --where model=ViT-B-32 --where method=lora.
+
+\b
+Example:
+  embedx predict --history runs.csv --where model=ViT-B-32 --target pets.zarr --plot fit.png
+"""
+
+
+@click.command(help=HELP)
+@click.option("--history", "history_path", required=True, metavar="H.csv",
+              help="History CSV of fine-tuning runs (format above).")
+@click.option("--target", "targets", multiple=True, metavar="STORE",
+              help="Zero-shot store of a new task to predict (repeat).")
+@click.option("--measures", default=None,
+              help="Comma-separated predictors (CSV columns and/or names computed from stores) [default: all].")
+@click.option("--where", "where", multiple=True, metavar="COL=VALUE",
+              help="Keep rows whose COL equals VALUE (repeat: AND across columns, OR within one column).")
+@click.option("--silhouette", "silhouette_mode", type=click.Choice(["exact", "sample"]), default="exact",
+              show_default=True, help="Euclidean silhouette computed from stores: exact, or estimated from "
+                                      "--sample-size points.")
+@click.option("--sample-size", default=2000, show_default=True, help="Points for --silhouette sample.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --silhouette sample.")
+@click.option("--logit-scale", default=100.0, show_default=True,
+              help="Scale of the zero-shot logits behind LEEP/NCE (the model's learned logit scale).")
+@click.option("--device", default="auto", show_default=True,
+              help="Where the pairwise kernels run for measures computed from stores: auto, cpu, cuda or cuda:N.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON result.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Also write the JSON to FILE.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
+              help="Write a scatter plot per predictor and outcome with the fit, its 95% prediction band and the "
+                   "targets.")
+def predict(history_path, targets, measures, where, silhouette_mode, sample_size, seed, logit_scale, device, as_json,
+            out, plot_path):
+    from embedx.errors import EmbedxError
+    from embedx.predict import predict as run
+    from embedx.predict.history import atomic_write_bytes
+
+    for opt, path in (("--out", out), ("--plot", plot_path)):  # fail before the work, not after it
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder):
+            raise EmbedxError(f"{opt} {path}: folder {folder} does not exist")
+    names = [m.strip() for m in measures.split(",") if m.strip()] if measures else None
+    res = run(history_path, targets, measures=names, where=list(where), silhouette_mode=silhouette_mode,
+              sample_size=sample_size, logit_scale=logit_scale, seed=seed, device=device)
+    doc = _jsonable(res)
+    if out:
+        atomic_write_bytes(out, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+    if plot_path:
+        from embedx.predict.plot import plot
+
+        plot(res, plot_path)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, allow_nan=False))
+        return
+    _render(doc)
+    if plot_path:
+        click.echo(f"\nplot: {os.path.abspath(plot_path)}")
