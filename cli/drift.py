@@ -41,6 +41,10 @@ def _render(s: dict, report: str | None) -> None:
         click.echo(f"  {'mean':<30} {'':16}  {_num(f['mean_delta'], True)}")
     if report:
         click.echo(f"\nreport: {report}")
+    if s.get("history_row"):
+        r = s["history_row"]
+        click.echo(f"\nhistory: appended {r['task']} / {r['method']} (zs_acc {_num(r['zs_acc'])}, ft_acc "
+                   f"{_num(r['ft_acc'])}, ood_delta {_num(r['ood_delta'], True)})")
     click.echo(f"\n{sum(s['timings_s'].values()):.2f} s")
 
 
@@ -66,8 +70,19 @@ def _render(s: dict, report: str | None) -> None:
 @click.option("--knn-sample", default=20000, show_default=True,
               help="Query images for the kNN overlap: all when N is at most this, else a uniform sample.")
 @click.option("--plot-sample", default=2000, show_default=True, help="Images in the 2-D projection plot.")
+@click.option("--history", type=click.Path(dir_okay=False), default=None,
+              help="Append this experiment as a row of a `embedx predict` history CSV (created if missing): task, "
+                   "model, method, zs_acc, ft_acc, ood_delta (with --others), store and its predictors.")
+@click.option("--task", default=None, help="--history: the task's name [default: BEFORE's dataset].")
+@click.option("--method", default=None,
+              help="--history: the fine-tuning method [default: the run recorded in AFTER by embed --checkpoint].")
+@click.option("--history-store", default=None,
+              help="--history: the zero-shot store the predictors are measured on [default: BEFORE]; the papers "
+                   "measure the training split and score accuracy on the test split.")
+@click.option("--logit-scale", default=100.0, show_default=True,
+              help="--history: zero-shot softmax scale for the LEEP/NCE predictors.")
 def drift(before, after, others, report, as_json, out, metrics, silhouette_mode, sample_size, seed, knn, knn_k,
-          knn_sample, plot_sample):
+          knn_sample, plot_sample, history, task, method, history_store, logit_scale):
     """Drift between two stores of the same samples (e.g. embedded before and after fine-tuning).
 
     \b
@@ -76,13 +91,27 @@ def drift(before, after, others, report, as_json, out, metrics, silhouette_mode,
     per-class zero-shot accuracy change (class stores) and forgetting on --others tasks.
     Example:
       embedx drift pets-base.zarr pets-tuned.zarr --others cars=cars-base.zarr:cars-tuned.zarr --report drift.html
+      embedx drift pets-test.zarr pets-lora-test.zarr --others cars=... --history runs.csv --history-store pets-train.zarr
     """
-    from embedx.drift import compare, jsonable, report as rep
+    from embedx.drift import compare, history as hist, jsonable, report as rep
 
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    ident = None
+    if history:
+        from embedx.store import Store
+
+        ident = hist.identify(Store(before), Store(after), task, method)
+        Store(history_store or before)  # a wrong or unfinished store fails before the work
     res = compare(before, after, others, metrics=names, silhouette_mode=silhouette_mode, sample_size=sample_size,
                   seed=seed, knn=knn, knn_k=knn_k, knn_sample=knn_sample, plot_sample=plot_sample)
     summary = jsonable(res.summary)
+    if history:
+        from embedx.predict.history import append_row
+
+        row = hist.row(ident, res.summary, history_store or before, logit_scale=logit_scale,
+                       measure_opts=dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed))
+        append_row(history, row)
+        summary["history_row"] = jsonable(row)
     if report:
         rep.write(res, report)
     if out:

@@ -242,6 +242,57 @@ def test_cli_json_out_report_and_table(tmp_path, rng):
     assert "delta" in stdout and "linear CKA" in stdout and "kNN overlap@5" in stdout and "per-class" in stdout
 
 
+def test_history_rows_feed_predict(tmp_path, rng):
+    """drift --history appends task/model/method, zero-shot and tuned accuracy, forgetting and the predictors of
+    the zero-shot store; three experiments make a history `embedx predict` fits."""
+    import csv
+
+    from embedx import transfer
+    from embedx.predict import DEFAULT_STORE_PREDICTORS
+
+    hist = tmp_path / "h.csv"
+    o = _pair(tmp_path, rng, 90, 3, 8, name="other")
+    for k in range(3):
+        a, b = _pair(tmp_path, rng, 120 + 10 * k, 4, 8, noise=0.3 + 0.3 * k, name=f"t{k}")
+        train = _pair(tmp_path, rng, 100, 4, 8, name=f"train{k}")[0] if k == 2 else a
+        args = ["drift", a.path, b.path, "--history", hist, "--method", "lora", "--knn-sample", "50",
+                "--others", f"{o[0].path}:{o[1].path}"]
+        if k:
+            args += ["--task", f"task{k}"]
+        if k == 2:
+            args += ["--history-store", train.path]
+        r = invoke(*args)
+        assert r.exit_code == 0, r.stderr
+        assert "history: appended" in r.stdout
+        with open(hist, newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == k + 1
+        got = rows[-1]
+        assert (got["task"], got["method"]) == (("t0_before.zarr.x.npy" if k == 0 else f"task{k}"), "lora")
+        zs, ft = (compute(s, ["zeroshot_top1"])["zeroshot_top1"] for s in (a, b))
+        ob, oa = (compute(s, ["zeroshot_top1"])["zeroshot_top1"] for s in o)
+        assert float(got["zs_acc"]) == zs and float(got["ft_acc"]) == ft
+        assert float(got["ood_delta"]) == pytest.approx(oa - ob, abs=1e-15)
+        assert got["store"] == os.path.abspath(train.path)
+        ref = compute(train, ["iimm", "iimm_inter", "iimm_intra", "acs", "gap", "silhouette_euclidean"])
+        ref.update(transfer.compute(train, scores=["hscore", "gbc", "transrate", "logme", "sfda", "leep", "nce"]))
+        for m in DEFAULT_STORE_PREDICTORS:
+            assert float(got[m]) == pytest.approx(ref[m], rel=1e-12, abs=1e-15), m
+    r = invoke("predict", "--history", hist, "--measures", "iimm,leep", "--json")
+    assert r.exit_code == 0, r.stderr
+    fits = json.loads(r.stdout)["fits"]
+    assert fits["iimm"]["gain"]["n"] == 3 and fits["leep"]["forgetting"]["n"] == 3
+
+    p = _pair(tmp_path, rng, 50, None, 8, paired=True, name="cap")
+    rc, _, err = run_embedx("drift", p[0].path, p[1].path, "--history", hist, "--method", "full")
+    assert_one_line_error(rc, err, "class stores")
+    a, b = _pair(tmp_path, rng, 40, 3, 8, name="nockpt")
+    rc, _, err = run_embedx("drift", a.path, b.path, "--history", hist)
+    assert_one_line_error(rc, err, "--method")
+    with open(hist, newline="") as f:
+        assert len(list(csv.DictReader(f))) == 3  # refused runs append nothing
+
+
 def test_undefined_measures_give_null_deltas(tmp_path, rng):
     x = rng.standard_normal((40, 6)).astype(np.float32)
     t = rng.standard_normal((1, 6)).astype(np.float32)
