@@ -79,8 +79,9 @@ def _render(s: dict, report: str | None) -> None:
 @click.option("--history-store", default=None,
               help="--history: the zero-shot store the predictors are measured on [default: BEFORE]; the papers "
                    "measure the training split and score accuracy on the test split.")
-@click.option("--logit-scale", default=100.0, show_default=True,
-              help="--history: zero-shot softmax scale for the LEEP/NCE predictors.")
+@click.option("--logit-scale", default=None, type=float,
+              help="--history: zero-shot softmax scale for the LEEP/NCE predictors [default: the model's own, "
+                   "recorded in the store by `embedx embed`; else 100].")
 def drift(before, after, others, report, as_json, out, metrics, silhouette_mode, sample_size, seed, knn, knn_k,
           knn_sample, plot_sample, history, task, method, history_store, logit_scale):
     """Drift between two stores of the same samples (e.g. embedded before and after fine-tuning).

@@ -121,8 +121,9 @@ Example:
                                       "--sample-size points.")
 @click.option("--sample-size", default=2000, show_default=True, help="Points for --silhouette sample.")
 @click.option("--seed", default=0, show_default=True, help="Seed for --silhouette sample.")
-@click.option("--logit-scale", default=100.0, show_default=True,
-              help="Scale of the zero-shot logits behind LEEP/NCE (the model's learned logit scale).")
+@click.option("--logit-scale", default=None, type=float,
+              help="Scale of the zero-shot logits behind LEEP/NCE [default: each store's model's own, recorded "
+                   "by `embedx embed`; else 100].")
 @click.option("--device", default="auto", show_default=True,
               help="Where the pairwise kernels run for measures computed from stores: auto, cpu, cuda or cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON result.")

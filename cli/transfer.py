@@ -18,8 +18,9 @@ def _jsonable(res: dict) -> dict:
 @click.argument("store")
 @click.option("--scores", default=None, metavar="NAME[,NAME...]",
               help=f"Comma-separated subset of: {', '.join(SCORES)} [default: all but gbc_diagonal].")
-@click.option("--logit-scale", default=100.0, show_default=True, type=float,
-              help="Zero-shot logit scale for leep/nce (CLIP's trained value is 100).")
+@click.option("--logit-scale", default=None, type=float,
+              help="Zero-shot logit scale for leep/nce [default: the model's own, recorded in the store by "
+                   "`embedx embed`; else 100, CLIP's trained value].")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly {score: value} as JSON (undefined -> null).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Also write that JSON to FILE.")
 @click.pass_context

@@ -86,6 +86,14 @@ def default_workers() -> int:
     return 0 if n <= 2 else min(8, n // 2)
 
 
+def model_logit_scale(model) -> float | None:
+    """exp(logit_scale) of an open_clip model (or the one a tuned model wraps): the zero-shot softmax scale."""
+    scale = getattr(model, "logit_scale", None)
+    if scale is None and hasattr(model, "clip"):
+        scale = getattr(model.clip, "logit_scale", None)
+    return float(scale.detach().float().exp()) if isinstance(scale, torch.Tensor) else None
+
+
 def plan_meta(source: Source, model: str, pretrained: str, seed: int, dtype: str, templates: list[str],
               checkpoint_sha256: str | None, checkpoint: dict | None = None) -> dict:
     """The store metadata that identifies a run (a resume must match it). ``checkpoint``: the finetune run
@@ -183,7 +191,7 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
             writer.write_texts(enc.encode_classes(source.classnames, tmpl), source.classnames)
         rows0 = writer.rows_committed
         _stream(writer, enc, source, start, batch_size, workers, strict, commit_every_s, progress)
-        final = writer.finalize({"device": str(enc.device)})
+        final = writer.finalize({"device": str(enc.device), "logit_scale": model_logit_scale(enc.model)})
     except BaseException:
         writer.close()
         raise

@@ -254,3 +254,18 @@ def test_info_json_of_an_embedded_store(tmp_path):
     assert {k: d[k] for k in ("n_images", "n_texts", "dim", "dtype", "rows_committed", "complete")} == {
         "n_images": 130, "n_texts": 10, "dim": 32, "dtype": "float16", "rows_committed": 130, "complete": True}
     assert d["model"] == "embedx-tiny" and d["pretrained"] == "none" and d["size_bytes"] > 0
+
+
+def test_store_records_the_models_logit_scale_for_the_zero_shot_scores(tmp_path):
+    """embed records exp(logit_scale) of the model; LEEP/NCE use it unless a scale is given."""
+    from embedx import transfer
+
+    out = str(tmp_path / "s.zarr")
+    embed_to_store(out, "digits:test:classes=0-4", "embedx-tiny", seed=0, batch_size=64, progress=False)
+    enc = load_encoder("embedx-tiny", "none", seed=0, device="cpu")
+    scale = float(enc.model.logit_scale.detach().exp())
+    s = Store(out)
+    assert s.meta["logit_scale"] == pytest.approx(scale, rel=1e-6) and abs(scale - 100.0) > 1  # open_clip init: 1/0.07
+    got = transfer.compute(s, ["leep", "nce"])
+    assert dict(got) == dict(transfer.compute(s, ["leep", "nce"], logit_scale=s.meta["logit_scale"]))
+    assert got["leep"] != transfer.compute(s, ["leep"], logit_scale=100.0)["leep"]

@@ -38,7 +38,7 @@ def identify(before: Store, after: Store, task: str | None, method: str | None) 
 
 
 def row(ident: dict, summary: dict, history_store: str, *, predictors=None, measure_opts=None,
-        logit_scale: float = 100.0) -> dict:
+        logit_scale: float | None = None) -> dict:
     """The history row of a drift ``summary`` (see the module docstring); predictors come from
     ``history_store``, reusing BEFORE's measures when it is the same store."""
     from embedx.measures import compute

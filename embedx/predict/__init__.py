@@ -53,7 +53,7 @@ def computable(name: str) -> bool:
 class StoreCache:
     """Predictor values of stores, each store opened and each value computed at most once per run."""
 
-    def __init__(self, *, silhouette_mode: str, sample_size: int, seed: int, logit_scale: float, device: str,
+    def __init__(self, *, silhouette_mode: str, sample_size: int, seed: int, logit_scale: float | None, device: str,
                  explicit: bool, warn=None):
         self.opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, device=device)
         self.logit_scale = logit_scale
@@ -139,7 +139,7 @@ def _choose_predictors(hist: H.History, measures) -> list[str]:
 
 
 def predict(history_path: str, targets=(), *, measures=None, where=None, silhouette_mode: str = "exact",
-            sample_size: int = 2000, logit_scale: float = 100.0, seed: int = 0, device: str = "auto") -> dict:
+            sample_size: int = 2000, logit_scale: float | None = None, seed: int = 0, device: str = "auto") -> dict:
     """Fit every (predictor, outcome) pair on the history and predict the outcomes of ``targets`` (store paths).
 
     ``measures``: predictor names (default: every predictor column, plus, when the CSV has a store column, the

@@ -77,16 +77,25 @@ def _names(scores, has_texts: bool) -> list[str]:
     return want
 
 
-def compute(store_or_path, scores=None, *, logit_scale: float = _leep.LOGIT_SCALE, progress: bool = False) -> Result:
+def compute(store_or_path, scores=None, *, logit_scale: float | None = None, progress: bool = False) -> Result:
     """Transfer scores of a class store (a path or an ``embedx.store.Store``), streamed block by block.
 
     ``scores``: names (a list or a comma-separated string), default ``DEFAULT`` (all but gbc_diagonal).
-    ``logit_scale`` scales the zero-shot logits of leep/nce. Returns a :class:`Result` ({score: float},
-    with ``.seconds``)."""
+    ``logit_scale`` scales the zero-shot logits of leep/nce; None = the model's own, recorded by ``embed`` in
+    the store (``meta["logit_scale"]``), else 100 (CLIP's trained value). Returns a :class:`Result`
+    ({score: float}, with ``.seconds``)."""
     from embedx.store import Store
 
     store = store_or_path if isinstance(store_or_path, Store) else Store(str(store_or_path))
+    if logit_scale is None:
+        logit_scale = store_logit_scale(store)
     return _run(StoreSource(store), scores, logit_scale, progress)
+
+
+def store_logit_scale(store) -> float:
+    """The zero-shot logit scale of the model that embedded ``store`` (recorded by embed), else 100."""
+    v = store.meta.get("logit_scale")
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else _leep.LOGIT_SCALE
 
 
 def compute_arrays(x, y, texts=None, scores=None, logit_scale: float = _leep.LOGIT_SCALE) -> Result:
