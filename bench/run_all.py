@@ -1,5 +1,6 @@
-"""Run every benchmark and refresh bench/results/ (CPU machine: about 25 minutes, most of it the
-200,000-pair retrieval memory check, the 1M-row store and the digits fine-tuning reproduction)."""
+"""Run every benchmark and refresh bench/results/ (CPU machine: about 40 minutes, most of it the
+200,000-pair retrieval memory check, the 1M-row store, the digits fine-tuning reproduction and the 30 runs of
+the digits prediction report)."""
 import os
 import sys
 
@@ -9,6 +10,7 @@ import bench_codec  # noqa: E402
 import bench_embed  # noqa: E402
 import bench_finetune_digits  # noqa: E402
 import bench_measures  # noqa: E402
+import bench_predict_digits  # noqa: E402
 import bench_store_read  # noqa: E402
 import bench_transfer  # noqa: E402
 from common import save  # noqa: E402
@@ -33,7 +35,7 @@ def profile() -> dict:
 if __name__ == "__main__":
     results = {"codec": bench_codec.main(), "store_read": bench_store_read.main([]), "embed": bench_embed.main([]),
                "measures": bench_measures.main([]), "profile": profile(), "finetune_digits": bench_finetune_digits.main([]),
-               "transfer": bench_transfer.main([])}
+               "transfer": bench_transfer.main([]), "predict_digits": bench_predict_digits.main([])}
     failed = [k for k, r in results.items() if r.get("pass") is False]
     failed += [f"measures:{k}" for k, r in results["measures"].items() if isinstance(r, dict) and r.get("pass") is False]
     print("targets met" if not failed else f"targets missed: {', '.join(failed)}")
