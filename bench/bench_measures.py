@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -23,23 +22,14 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import save  # noqa: E402
+from common import child_runner, hwm_mb, save  # noqa: E402
 
 WORK = os.path.join(HERE, "_work")
 ONE_PASS = ["acs", "iimm_inter", "iimm_intra", "iimm", "text_intra", "gap", "silhouette_cosine"]
 ZEROSHOT = ["zeroshot_top1", "zeroshot_top5", "zeroshot_mean_per_class_recall"]
 
 
-def hwm_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024
-
-
-def child(name: str, *args: str) -> dict:
-    p = subprocess.run([sys.executable, __file__, "--child", name, *args], capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(p.stderr[-3000:])
-    return json.loads(p.stdout.strip().splitlines()[-1])
+child = child_runner(__file__)
 
 
 # ---------------------------------------------------------------------------------------------- data ---

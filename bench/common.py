@@ -47,3 +47,22 @@ def run_child(code: str, *args: str) -> dict:
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def hwm_mb() -> float:
+    """Peak RSS of this process so far (MB)."""
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024
+
+
+def child_runner(script: str):
+    """``child(name, *args)``: run ``script --child name args`` in a fresh interpreter (its own peak RSS) and
+    return the JSON it prints last."""
+
+    def child(name: str, *args: str) -> dict:
+        p = subprocess.run([sys.executable, script, "--child", name, *args], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr[-3000:])
+        return json.loads(p.stdout.strip().splitlines()[-1])
+
+    return child

@@ -8,17 +8,6 @@ import os
 import click
 
 
-def _jsonable(obj):
-    """NaN/inf become null: strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def _n(v, fmt: str = ".4f") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
@@ -144,6 +133,8 @@ def predict(history_path, targets, measures, where, silhouette_mode, sample_size
     names = [m.strip() for m in measures.split(",") if m.strip()] if measures else None
     res = run(history_path, targets, measures=names, where=list(where), silhouette_mode=silhouette_mode,
               sample_size=sample_size, logit_scale=logit_scale, seed=seed, device=device)
+    from embedx.cli.main import _jsonable
+
     doc = _jsonable(res)
     if out:
         atomic_write_bytes(out, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8"))

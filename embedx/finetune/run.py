@@ -18,10 +18,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Callable
 
 import torch
 
+from embedx.atomic import atomic_write
 from embedx.encoders import Encoder, file_sha256
 from embedx.errors import EmbedxError
 
@@ -29,25 +29,6 @@ CONFIG = "config.json"
 PARAMS = "params.safetensors"
 FORMAT = 1  # config.json["embedx_run"]
 _OURS = ("best-", "state-", PARAMS)
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` then fsync and rename onto ``path``: readers see the old file or the new one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_config(run: str, cfg: dict) -> None:

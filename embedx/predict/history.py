@@ -25,6 +25,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from embedx.atomic import atomic_write_bytes as _atomic_write_bytes
 from embedx.errors import EmbedxError
 
 REQUIRED = ("task", "model", "method", "zs_acc", "ft_acc", "ood_delta")
@@ -202,30 +203,11 @@ def describe_where(where: dict[str, list[str]]) -> str:
 # --- writing ----------------------------------------------------------------------------------------------------
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary file in ``path``'s folder, fsync, rename onto ``path``, fsync the folder:
-    readers (and a crash) see the old file or the new one, never a mix."""
+    """``data`` onto ``path`` atomically (embedx.atomic); a one-line error when the folder does not exist."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise EmbedxError(f"cannot write {path}: folder {folder} does not exist")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders; the rename is done
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _atomic_write_bytes(path, data)
 
 
 def _cell(v) -> str:
