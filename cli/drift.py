@@ -1,10 +1,11 @@
 """``embedx drift``: what moved between two embeddings of the same samples (parse, call, render)."""
 from __future__ import annotations
 
-import json
 import math
 
 import click
+
+from embedx.cli.common import emit_json, jsonable
 
 
 def _num(v, signed: bool = False) -> str:
@@ -94,7 +95,7 @@ def drift(before, after, others, report, as_json, out, metrics, silhouette_mode,
       embedx drift pets-base.zarr pets-tuned.zarr --others cars=cars-base.zarr:cars-tuned.zarr --report drift.html
       embedx drift pets-test.zarr pets-lora-test.zarr --others cars=... --history runs.csv --history-store pets-train.zarr
     """
-    from embedx.drift import compare, history as hist, jsonable, report as rep
+    from embedx.drift import compare, history as hist, report as rep
 
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     ident = None
@@ -115,10 +116,7 @@ def drift(before, after, others, report, as_json, out, metrics, silhouette_mode,
         summary["history_row"] = jsonable(row)
     if report:
         rep.write(res, report)
-    if out:
-        with open(out, "w") as f:
-            json.dump(summary, f, indent=2, allow_nan=False)
+    emit_json(summary, out, as_json)
     if as_json:
-        click.echo(json.dumps(summary, indent=2, allow_nan=False))
         return
     _render(summary, report)

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import click
+
+from embedx.cli.common import progress_enabled
 
 METHOD_NAMES = "full, bitfit, attention, lora, adapter"  # embedx.finetune.METHODS (not imported: keeps --help fast)
 
@@ -89,7 +90,7 @@ def finetune(ctx, model, pretrained, method, data, out, train_blocks, rank, redu
     cfg = run(out, data, model, pretrained, method, train_blocks=train_blocks, rank=rank, reduction=reduction,
               templates=templates, seed=seed, epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
               batch_size=batch_size, val_fraction=val_fraction, limit=limit, device=device, workers=workers,
-              overwrite=overwrite, progress=_progress(ctx))
+              overwrite=overwrite, progress=progress_enabled(ctx))
     if as_json:
         click.echo(json.dumps(cfg, indent=2))
         return
@@ -98,10 +99,3 @@ def finetune(ctx, model, pretrained, method, data, out, train_blocks, rank, redu
     click.echo(f"wrote {out}: {cfg['method']}, {cfg['trainable_params']:,} trainable of {cfg['total_params']:,} "
                f"parameters; best epoch {cfg['best_epoch']} of {cfg['epochs']}"
                f"{'' if acc is None else f' (val acc {acc:.1%})'}; {cfg['params']} {size / 1024:.0f} KiB")
-
-
-def _progress(ctx) -> bool:
-    """As ``embedx.cli.main._progress`` (not imported: main imports this module)."""
-    if (ctx.obj or {}).get("quiet"):
-        return False
-    return sys.stderr.isatty() or os.environ.get("EMBEDX_PROGRESS") == "1"

@@ -1,7 +1,6 @@
 """The ``embedx`` command. Parses options, calls the library, renders results; nothing else."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -10,6 +9,7 @@ import sys
 import click
 
 import embedx
+from embedx.cli.common import emit_json, progress_enabled
 from embedx.errors import EmbedxError
 
 EXIT_BAD_INPUT = 2
@@ -72,34 +72,12 @@ def cli(ctx, quiet):
     _setup_logging(quiet)
 
 
-def _jsonable(obj):
-    """NaN/inf (an undefined measure, e.g. iimm_inter with one class) become null: strict JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
-def _echo_json(obj) -> None:
-    click.echo(json.dumps(_jsonable(obj), indent=2, default=str, allow_nan=False))
-
-
 def _human_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
-
-
-def _progress(ctx) -> bool:
-    """Progress bars on an interactive terminal (or EMBEDX_PROGRESS=1), never with --quiet."""
-    if ctx.obj["quiet"]:
-        return False
-    return sys.stderr.isatty() or os.environ.get("EMBEDX_PROGRESS") == "1"
 
 
 CODECS = ["none", "zstd1", "zstd3", "blosc-lz4", "blosc-zstd"]  # embedx.store.CODECS (not imported: keeps --help fast)
@@ -151,7 +129,7 @@ def embed(ctx, model, pretrained, checkpoint, data, out, seed, dtype, batch_size
 
     res = embed_to_store(out, data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
                          workers=workers, device=device, templates=templates, overwrite=overwrite, strict=strict,
-                         codec=codec, chunk_rows=chunk_rows, limit=limit, progress=_progress(ctx),
+                         codec=codec, chunk_rows=chunk_rows, limit=limit, progress=progress_enabled(ctx),
                          checkpoint=checkpoint)
     m = res.meta
     resumed = f" (resumed at item {res.resumed_from})" if res.resumed_from else ""
@@ -207,7 +185,7 @@ def info(store, as_json):
 
     d = Store(store, allow_partial=True).info()
     if as_json:
-        _echo_json(d)
+        emit_json(d, None, True)
         return
     state = "complete" if d["complete"] else f"UNFINISHED ({d['rows_committed']} rows committed; rerun to resume)"
     rows = [
@@ -259,11 +237,8 @@ def measure(store, metrics, silhouette_mode, sample_size, seed, silhouette_label
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     res = compute(Store(store), names, silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed,
                   knn=knn, per_class=per_class, silhouette_labels=silhouette_labels, device=device)
-    if out:
-        with open(out, "w") as f:
-            json.dump(_jsonable(res), f, indent=2, allow_nan=False)
+    emit_json(res, out, as_json)
     if as_json:
-        _echo_json(res)
         return
     click.echo(f"{store}: {res['n_images']} images, {res['n_texts']} texts, d={res['dim']}\n")
     skip = ("n_images", "n_texts", "dim", "timings_s", "estimates", "per_class")
@@ -298,7 +273,7 @@ def profile(n, dim, k, device, as_json):
         raise click.BadParameter("--n must be >= 2, --d and --k >= 1")
     res = run_profile(n, dim, k, device)
     if as_json:
-        _echo_json(res)
+        emit_json(res, None, True)
         return
     r = res["roofline"]
     click.echo(f"device {res['device']} ({res['device_name']}, {res['threads']} threads): roofline "
@@ -324,7 +299,7 @@ def demo(out, as_json):
 
     rows = run_demo(out)
     if as_json:
-        _echo_json(rows)
+        emit_json(rows, None, True)
         return
     click.echo(f"embedx demo: {DATASET}\n")
     table = [["", *(r["model"] for r in rows)],

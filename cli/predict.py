@@ -1,11 +1,12 @@
 """``embedx predict``: fit fine-tuning outcomes on zero-shot measures and predict new tasks (parse, call, render)."""
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import click
+
+from embedx.cli.common import emit_json, jsonable
 
 
 def _n(v, fmt: str = ".4f") -> str:
@@ -20,9 +21,8 @@ def _p(v) -> str:
     return "<1e-300" if v == 0 else (f"{v:.4f}" if v >= 1e-3 else f"{v:.1e}")
 
 
-def _render(res: dict) -> None:
-    where = res["where"]
-    wh = (" where " + " and ".join(f"{c}={'|'.join(v)}" for c, v in where.items())) if where else ""
+def _render(res: dict, where: str) -> None:
+    wh = f" where {where}" if where else ""
     click.echo(f"{res['history']}: {res['n_rows']} rows{wh}; outcomes: {', '.join(res['outcomes']) or 'none'}")
     for o in res["outcomes"]:
         ranked = res["ranking"][o]
@@ -124,7 +124,7 @@ def predict(history_path, targets, measures, where, silhouette_mode, sample_size
             out, plot_path):
     from embedx.errors import EmbedxError
     from embedx.predict import predict as run
-    from embedx.predict.history import atomic_write_bytes
+    from embedx.predict.history import describe_where
 
     for opt, path in (("--out", out), ("--plot", plot_path)):  # fail before the work, not after it
         folder = os.path.dirname(os.path.abspath(path)) if path else None
@@ -133,18 +133,16 @@ def predict(history_path, targets, measures, where, silhouette_mode, sample_size
     names = [m.strip() for m in measures.split(",") if m.strip()] if measures else None
     res = run(history_path, targets, measures=names, where=list(where), silhouette_mode=silhouette_mode,
               sample_size=sample_size, logit_scale=logit_scale, seed=seed, device=device)
-    from embedx.cli.main import _jsonable
-
-    doc = _jsonable(res)
+    doc = jsonable(res)
     if out:
-        atomic_write_bytes(out, (json.dumps(doc, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+        emit_json(doc, out, False)  # the JSON before the plot
     if plot_path:
         from embedx.predict.plot import plot
 
         plot(res, plot_path)
     if as_json:
-        click.echo(json.dumps(doc, indent=2, allow_nan=False))
+        emit_json(doc, None, True)
         return
-    _render(doc)
+    _render(doc, describe_where(res["where"]))
     if plot_path:
         click.echo(f"\nplot: {os.path.abspath(plot_path)}")

@@ -1,17 +1,13 @@
 """``embedx transfer``: transferability scores of a class store (parse, call, render)."""
 from __future__ import annotations
 
-import json
-import math
 
 import click
 
+from embedx.cli.common import emit_json, jsonable, progress_enabled
+
 SCORES = ("hscore", "gbc", "gbc_diagonal", "transrate", "logme", "sfda", "leep", "nce")  # embedx.transfer.SCORES
 HIGHER = "higher = the features separate the classes more: expected to transfer better (every score)"
-
-
-def _jsonable(res: dict) -> dict:
-    return {k: (float(v) if math.isfinite(v) else None) for k, v in res.items()}
 
 
 @click.command()
@@ -46,21 +42,12 @@ def transfer(ctx, store, scores, logit_scale, as_json, out):
     """
     from embedx.transfer import compute
 
-    quiet = bool(ctx.obj and ctx.obj.get("quiet"))
-    progress = False
-    if not quiet and not as_json:
-        import os
-        import sys
-
-        progress = sys.stderr.isatty() or os.environ.get("EMBEDX_PROGRESS") == "1"
+    progress = not as_json and progress_enabled(ctx)
     names = [s.strip() for s in scores.split(",") if s.strip()] if scores is not None else None
     res = compute(store, names, logit_scale=logit_scale, progress=progress)
-    values = _jsonable(res)
-    if out:
-        with open(out, "w") as f:
-            json.dump(values, f, indent=2, allow_nan=False)
+    values = jsonable(dict(res))
+    emit_json(values, out, as_json)
     if as_json:
-        click.echo(json.dumps(values, indent=2, allow_nan=False))
         return
     secs = res.seconds
     w = max(len(k) for k in values)

@@ -192,15 +192,3 @@ def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode
     summary["timings_s"] = timings
     return Drift(summary=summary, displacement=pr.displacement, projection=proj)
 
-
-def jsonable(obj):
-    """Strict JSON: NaN/inf (undefined measures) become null; numpy scalars become Python numbers."""
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, dict):
-        return {k: jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    return obj

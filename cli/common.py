@@ -1,0 +1,44 @@
+"""What every command shares: strict JSON output, the progress-bar rule. Imports nothing heavy (keeps --help fast)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import click
+
+
+def jsonable(obj):
+    """Strict JSON: NaN/inf (undefined measures) become null; numpy scalars become Python numbers."""
+    if type(obj).__module__ == "numpy" and hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+def dumps(obj) -> str:
+    return json.dumps(jsonable(obj), indent=2, default=str, allow_nan=False)
+
+
+def emit_json(obj, out: str | None, as_json: bool) -> None:
+    """Write ``obj`` as strict JSON to ``out`` (atomically) when given, and print it with ``as_json``."""
+    text = dumps(obj)
+    if out:
+        from embedx.atomic import atomic_write_bytes
+
+        atomic_write_bytes(out, (text + "\n").encode("utf-8"))
+    if as_json:
+        click.echo(text)
+
+
+def progress_enabled(ctx) -> bool:
+    """Progress bars on an interactive terminal (or EMBEDX_PROGRESS=1), never with --quiet."""
+    if ((ctx.obj if ctx is not None else None) or {}).get("quiet"):
+        return False
+    return sys.stderr.isatty() or os.environ.get("EMBEDX_PROGRESS") == "1"
