@@ -218,9 +218,9 @@ def predict(history_path: str, targets=(), *, measures=None, where=None, silhoue
                          key=lambda m: -fits[m][o]["r2"]) for o in outcomes}
 
     tout = {}
+    tn = [m for m in names if computable(m)]
+    not_comp = [m for m in names if not computable(m)]
     for t in targets:
-        tn = [m for m in names if computable(m)]
-        not_comp = [m for m in names if not computable(m)]
         try:
             vals = {m: _finite(v) for m, v in cache.get(t, tn).items()}
         except EmbedxError as e:
@@ -231,11 +231,9 @@ def predict(history_path: str, targets=(), *, measures=None, where=None, silhoue
         if not_comp:
             entry["not_computable"] = not_comp
         tout[t] = entry
-    if targets:
-        nc = [m for m in names if not computable(m)]
-        if nc:
-            warn(f"no target predictions from {', '.join(nc)}: not a measure or transfer score embedx computes "
-                 "from a store")
+    if targets and not_comp:
+        warn(f"no target predictions from {', '.join(not_comp)}: not a measure or transfer score embedx computes "
+             "from a store")
 
     return {"history": hist.path, "n_rows": len(rows), "where": wh, "outcomes": outcomes, "predictors": names,
             "rows": out_rows, "fits": fits, "ranking": ranking, "targets": tout, "warnings": warnings}

@@ -62,9 +62,9 @@ class FDA:
 
 def fit(m: Moments, shrinkage: float | None = None) -> FDA:
     """The regularized FDA of step (1) from the sums of ``m`` (present classes, in label order)."""
-    n, a = m.n, m.a
+    n = m.n
     n_all = n.sum()
-    means = m.shift + a / n[:, None]
+    means = m.class_means
     sw = m.within_scatter() / n_all
     if shrinkage is None:
         shrinkage = max(float(np.exp(-5 * iterative_A(sw, max_iterations=3))), 1e-10)
@@ -93,9 +93,7 @@ class ConfMix:
     def mixed(self, b: Block) -> tuple[np.ndarray, np.ndarray]:
         """(x', class index) of the block's rows."""
         k = self.index[b.y]
-        p = self.fda.proba(b.x)
-        p = np.exp(p)
-        p /= p.sum(axis=1, keepdims=True)  # soften
+        p = softmax(self.fda.proba(b.x))  # soften: the official code's second softmax
         pt = p[np.arange(len(k)), k][:, None]
         out = np.empty_like(b.x)
         for j, lab in enumerate(b.labels):  # rows are sorted by class: one segment per class
