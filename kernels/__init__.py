@@ -30,12 +30,13 @@ def backend_for(device: torch.device) -> str:
 
 
 def cluster_distance_sums(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters: int,
-                          row_ids: torch.Tensor | None = None, col_offset: int = 0) -> torch.Tensor:
+                          row_ids: torch.Tensor | None = None, col_offset: int = 0, x_scale=None,
+                          y_scale=None) -> torch.Tensor:
     """``S[p, k] = sum_{q: labels[q] = k} ||x_p - y_q||`` as float64, (len(x), n_clusters). Row p is the point
-    ``row_ids[p]`` of the columns (column j is point ``col_offset + j``); its self-pair counts 0."""
-    if backend_for(x.device) == "triton":
-        return cluster_distance_sums_triton(x, y, labels, n_clusters, row_ids, col_offset)
-    return cluster_distance_sums_torch(x, y, labels, n_clusters, row_ids, col_offset)
+    ``row_ids[p]`` of the columns (column j is point ``col_offset + j``); its self-pair counts 0. With scales,
+    the points are ``x_scale[p] * x_p`` and ``y_scale[q] * y_q``."""
+    impl = cluster_distance_sums_triton if backend_for(x.device) == "triton" else cluster_distance_sums_torch
+    return impl(x, y, labels, n_clusters, row_ids, col_offset, x_scale=x_scale, y_scale=y_scale)
 
 
 def topk(q: torch.Tensor, g: torch.Tensor, k: int) -> torch.Tensor:
@@ -46,8 +47,10 @@ def topk(q: torch.Tensor, g: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def rank_count(a: torch.Tensor, b: torch.Tensor, a_thr, b_thr, b_pos, row_offset: int = 0,
-               row_counts: torch.Tensor | None = None, col_counts: torch.Tensor | None = None):
+               row_counts: torch.Tensor | None = None, col_counts: torch.Tensor | None = None, a_scale=None,
+               b_scale=None):
     """int64 ``row_counts[i] = #{j: b_pos[j] != row_offset + i, a_i.b_j > a_thr[i]}`` and ``col_counts[j] =
-    #{i: b_pos[j] != row_offset + i, a_i.b_j > b_thr[j]}``, added into the given tensors (zeros when None)."""
+    #{i: b_pos[j] != row_offset + i, a_i.b_j > b_thr[j]}``, added into the given tensors (zeros when None).
+    With scales, the rows are ``a_scale[i] * a_i`` and ``b_scale[j] * b_j``."""
     impl = rank_count_triton if backend_for(a.device) == "triton" else rank_count_torch
-    return impl(a, b, a_thr, b_thr, b_pos, row_offset, row_counts, col_counts)
+    return impl(a, b, a_thr, b_thr, b_pos, row_offset, row_counts, col_counts, a_scale=a_scale, b_scale=b_scale)

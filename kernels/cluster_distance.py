@@ -1,7 +1,9 @@
 """Fused Euclidean distance + per-cluster sums: ``S[p, k] = sum_{q : label_q = k} ||x_p - y_q||_2``.
 
 The distance tile ``sqrt(max(|x|^2 + |y|^2 - 2 x.y, 0))`` is reduced into per-cluster row sums in the same
-pass, so the n x m distance matrix is never materialized. Self-pairs count exactly 0, as in sklearn: row i is
+pass, so the n x m distance matrix is never materialized. Optional per-row scales ``x_scale``/``y_scale`` make
+the points ``x_scale[p] * x_p`` (e.g. raw float16 store rows times their inverse norms: unit rows without
+rounding them to float16 again, so the GPU multiplies on tensor cores exactly). Self-pairs count exactly 0, as in sklearn: row i is
 the point ``row_ids[i]`` of the column set, whose column j is the point ``col_offset + j`` (``row_ids`` None:
 no self-pairs; -1: a row that is not a column). Partial sums are accumulated in float64. Columns may be
 streamed in blocks (``col_offset``) and the partial results added.
@@ -20,17 +22,26 @@ try:  # Triton is optional: CPU installs may lack it
     import triton
     import triton.language as tl
 
-    from embedx.kernels.tiles import tile_dot
+    from embedx.kernels.tiles import launch_config, native_dot, tile_dot
 except ImportError:  # pragma: no cover - exercised only without triton
     triton = None
 
 ONEHOT_MAX_CLUSTERS = 64  # below this, reduce with a matmul against one-hot labels; above, index_add
 
 
-def cluster_distance_sums_reference(x, y, labels, n_clusters: int, row_ids=None, col_offset: int = 0) -> np.ndarray:
+def _scaled(v, scale, dtype):
+    return v if scale is None else v * torch.as_tensor(scale, device=v.device, dtype=dtype)[:, None]
+
+
+def cluster_distance_sums_reference(x, y, labels, n_clusters: int, row_ids=None, col_offset: int = 0,
+                                    x_scale=None, y_scale=None) -> np.ndarray:
     """float64 brute force of the definition."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
+    if x_scale is not None:
+        x = x * np.asarray(x_scale, dtype=np.float64)[:, None]
+    if y_scale is not None:
+        y = y * np.asarray(y_scale, dtype=np.float64)[:, None]
     d = np.sqrt(np.maximum(((x[:, None, :] - y[None, :, :]) ** 2).sum(-1), 0))
     if row_ids is not None:
         for i, r in enumerate(np.asarray(row_ids)):
@@ -44,15 +55,15 @@ def cluster_distance_sums_reference(x, y, labels, n_clusters: int, row_ids=None,
 
 def cluster_distance_sums_torch(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters: int,
                                 row_ids: torch.Tensor | None = None, col_offset: int = 0,
-                                block: int = 2048) -> torch.Tensor:
+                                block: int = 2048, x_scale=None, y_scale=None) -> torch.Tensor:
     """Blocked torch: (len(x), n_clusters) float64. ``y`` may stay float16: it is upcast block by block."""
-    x = x.float()
+    x = _scaled(x.float(), x_scale, torch.float32)
     labels = labels.to(device=y.device, dtype=torch.long)
     xsq = (x * x).sum(1, keepdim=True)
     out = torch.zeros(len(x), n_clusters, dtype=torch.float64, device=x.device)
     onehot = n_clusters <= ONEHOT_MAX_CLUSTERS
     for c0 in range(0, len(y), block):
-        yc = y[c0:c0 + block].float()
+        yc = _scaled(y[c0:c0 + block].float(), None if y_scale is None else y_scale[c0:c0 + block], torch.float32)
         lab = labels[c0:c0 + block]
         d = torch.addmm(xsq + (yc * yc).sum(1)[None, :], x, yc.T, alpha=-2.0)
         d.clamp_(min=0).sqrt_()
@@ -74,19 +85,24 @@ def cluster_distance_sums_torch(x: torch.Tensor, y: torch.Tensor, labels: torch.
 if triton is not None:
 
     @triton.jit
-    def _cluster_distance_kernel(x_ptr, y_ptr, lab_ptr, out_ptr, xsq_ptr, ysq_ptr, rid_ptr, n_rows, n_cols, dim,
-                                 col_offset, stride_x, stride_y, stride_out,
-                                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_SELF: tl.constexpr):
+    def _cluster_distance_kernel(x_ptr, y_ptr, lab_ptr, out_ptr, xsq_ptr, ysq_ptr, xs_ptr, ys_ptr, rid_ptr, n_rows,
+                                 n_cols, dim, col_offset, stride_x, stride_y, stride_out,
+                                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_SELF: tl.constexpr,
+                                 HAS_SCALE: tl.constexpr, NATIVE: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid * BM + tl.arange(0, BM)
         rmask = rows < n_rows
         xsq = tl.load(xsq_ptr + rows, mask=rmask, other=0.0)
+        if HAS_SCALE:
+            xs = tl.load(xs_ptr + rows, mask=rmask, other=0.0)
         if HAS_SELF:
             rid = tl.load(rid_ptr + rows, mask=rmask, other=-1) - col_offset
         for c0 in range(0, n_cols, BN):
             cols = c0 + tl.arange(0, BN)
             cmask = cols < n_cols
-            acc = tile_dot(x_ptr, y_ptr, rows, cols, rmask, cmask, dim, stride_x, stride_y, BM, BN, BK)
+            acc = tile_dot(x_ptr, y_ptr, rows, cols, rmask, cmask, dim, stride_x, stride_y, BM, BN, BK, NATIVE)
+            if HAS_SCALE:
+                acc = acc * xs[:, None] * tl.load(ys_ptr + cols, mask=cmask, other=0.0)[None, :]
             ysq = tl.load(ysq_ptr + cols, mask=cmask, other=0.0)
             d2 = xsq[:, None] + ysq[None, :] - 2.0 * acc
             d = tl.sqrt(tl.maximum(d2, 0.0))
@@ -104,22 +120,33 @@ if triton is not None:
 
 
 def cluster_distance_sums_triton(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters: int,
-                                 row_ids: torch.Tensor | None = None, col_offset: int = 0, BM: int = 32, BN: int = 64,
-                                 BK: int = 32) -> torch.Tensor:
-    """Triton launcher: (len(x), n_clusters) float64. Sort ``y`` by label for speed (not for correctness)."""
+                                 row_ids: torch.Tensor | None = None, col_offset: int = 0, x_scale=None,
+                                 y_scale=None, config: dict | None = None) -> torch.Tensor:
+    """Triton launcher: (len(x), n_clusters) float64. Sort ``y`` by label for speed (not for correctness).
+    ``x``/``y`` both float16 (or both bfloat16) multiply on tensor cores; ``config`` overrides the tiles."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     x = x.contiguous()
     y = y.contiguous()
+    dev = x.device
     labels = labels.to(device=y.device, dtype=torch.int32).contiguous()
-    xsq = (x.float() * x.float()).sum(1).contiguous()
-    ysq = (y.float() * y.float()).sum(1).contiguous()
-    out = torch.zeros(len(x), n_clusters, dtype=torch.float64, device=x.device)
+    xs = None if x_scale is None else torch.as_tensor(x_scale, device=dev, dtype=torch.float32).contiguous()
+    ys = None if y_scale is None else torch.as_tensor(y_scale, device=dev, dtype=torch.float32).contiguous()
+    xsq = (_scaled(x.float(), xs, torch.float32) ** 2).sum(1).contiguous()
+    ysq = (_scaled(y.float(), ys, torch.float32) ** 2).sum(1).contiguous()
+    out = torch.zeros(len(x), n_clusters, dtype=torch.float64, device=dev)
     if len(x) == 0 or len(y) == 0:
         return out
-    rid = (row_ids if row_ids is not None else torch.zeros(1)).to(device=x.device, dtype=torch.int64).contiguous()
-    grid = (triton.cdiv(len(x), BM),)
-    _cluster_distance_kernel[grid](x, y, labels, out, xsq, ysq, rid, len(x), len(y), x.shape[1], int(col_offset),
-                                   x.stride(0), y.stride(0), out.stride(0), BM=BM, BN=BN, BK=BK,
-                                   HAS_SELF=row_ids is not None)
+    has_scale = xs is not None or ys is not None
+    if has_scale:
+        xs = torch.ones(len(x), device=dev) if xs is None else xs
+        ys = torch.ones(len(y), device=dev) if ys is None else ys
+    rid = (row_ids if row_ids is not None else torch.zeros(1)).to(device=dev, dtype=torch.int64).contiguous()
+    native = native_dot(x, y)
+    cfg = config or launch_config(native)
+    grid = (triton.cdiv(len(x), cfg["BM"]),)
+    _cluster_distance_kernel[grid](x, y, labels, out, xsq, ysq, xs if has_scale else xsq, ys if has_scale else ysq,
+                                   rid, len(x), len(y), x.shape[1], int(col_offset), x.stride(0), y.stride(0),
+                                   out.stride(0), HAS_SELF=row_ids is not None, HAS_SCALE=has_scale, NATIVE=native,
+                                   **cfg)
     return out

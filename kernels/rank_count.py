@@ -8,7 +8,9 @@ row id). With ``other[i, j] = (b_pos[j] != row_offset + i)``:
   col_counts[j] = #{i : other[i, j] and a_i.b_j > b_thr[j]}
 
 With a_thr / b_thr the scores of the best positive, a count is the number of candidates ranked strictly
-ahead of it (exact ties count in the query's favour): recall@k is the share of counts below k. Counts are
+ahead of it (exact ties count in the query's favour): recall@k is the share of counts below k. Optional
+per-row scales ``a_scale``/``b_scale`` make the rows ``a_scale[i] * a_i`` (raw float16 rows times their inverse
+norms, so the GPU multiplies on tensor cores without rounding the unit rows to float16 again). Counts are
 sums, so row and column blocks can be streamed (``row_offset``) and the results added. Positive pairs are
 masked explicitly: a positive's float32 tile value may round above its own float64 threshold.
 
@@ -29,14 +31,19 @@ try:
     import triton
     import triton.language as tl
 
-    from embedx.kernels.tiles import tile_dot
+    from embedx.kernels.tiles import launch_config, native_dot, tile_dot
 except ImportError:  # pragma: no cover
     triton = None
 
 
-def rank_count_reference(a, b, a_thr, b_thr, b_pos, row_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _scaled(v: np.ndarray, scale) -> np.ndarray:
+    return v if scale is None else v * np.asarray(scale, dtype=np.float64)[:, None]
+
+
+def rank_count_reference(a, b, a_thr, b_thr, b_pos, row_offset: int = 0, a_scale=None,
+                         b_scale=None) -> tuple[np.ndarray, np.ndarray]:
     """float64 (row_counts [len(a)], col_counts [len(b)]), int64."""
-    s = np.asarray(a, dtype=np.float64) @ np.asarray(b, dtype=np.float64).T
+    s = _scaled(np.asarray(a, dtype=np.float64), a_scale) @ _scaled(np.asarray(b, dtype=np.float64), b_scale).T
     other = np.asarray(b_pos)[None, :] != (np.arange(len(s)) + row_offset)[:, None]
     rows = (other & (s > np.asarray(a_thr, dtype=np.float64)[:, None])).sum(1)
     cols = (other & (s > np.asarray(b_thr, dtype=np.float64)[None, :])).sum(0)
@@ -58,17 +65,22 @@ def _outputs(m: int, n: int, device, row_counts, col_counts):
 
 def rank_count_torch(a: torch.Tensor, b: torch.Tensor, a_thr, b_thr, b_pos, row_offset: int = 0,
                      row_counts: torch.Tensor | None = None, col_counts: torch.Tensor | None = None,
-                     block_rows: int = 2048, block_cols: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+                     block_rows: int = 2048, block_cols: int = 4096, a_scale=None,
+                     b_scale=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Adds the counts into ``row_counts``/``col_counts`` (int64, zeros when None) and returns them."""
     dev = a.device
     rc, cc = _outputs(len(a), len(b), dev, row_counts, col_counts)
     a = a.float()
+    if a_scale is not None:
+        a = a * torch.as_tensor(a_scale, device=dev, dtype=torch.float32)[:, None]
     at, bt = _below_f32(a_thr, dev), _below_f32(b_thr, dev)
     pos = torch.as_tensor(b_pos, device=dev).long() - row_offset  # local row of each column's positive
     size = min(block_rows, len(a)) * min(block_cols, len(b))
     s_buf, hit_buf = torch.empty(size, device=dev), torch.empty(size, device=dev)
     for c0 in range(0, len(b), block_cols):
         bc = b[c0:c0 + block_cols].float()
+        if b_scale is not None:
+            bc = bc * torch.as_tensor(b_scale[c0:c0 + block_cols], device=dev, dtype=torch.float32)[:, None]
         pc, tc = pos[c0:c0 + block_cols], bt[c0:c0 + block_cols]
         for r0 in range(0, len(a), block_rows):
             ab = a[r0:r0 + block_rows]
@@ -85,18 +97,23 @@ def rank_count_torch(a: torch.Tensor, b: torch.Tensor, a_thr, b_thr, b_pos, row_
 if triton is not None:
 
     @triton.jit
-    def _rank_count_kernel(a_ptr, b_ptr, athr_ptr, bthr_ptr, pos_ptr, rc_ptr, cc_ptr, n_rows, n_cols, dim,
-                           row_offset, stride_a, stride_b, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    def _rank_count_kernel(a_ptr, b_ptr, athr_ptr, bthr_ptr, pos_ptr, rc_ptr, cc_ptr, as_ptr, bs_ptr, n_rows, n_cols,
+                           dim, row_offset, stride_a, stride_b, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                           HAS_SCALE: tl.constexpr, NATIVE: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid * BM + tl.arange(0, BM)
         rmask = rows < n_rows
         athr = tl.load(athr_ptr + rows, mask=rmask, other=float("inf"))
         grow = rows.to(tl.int64) + row_offset
+        if HAS_SCALE:
+            sa = tl.load(as_ptr + rows, mask=rmask, other=0.0)
         rcount = tl.zeros((BM,), dtype=tl.int32)
         for c0 in range(0, n_cols, BN):
             cols = c0 + tl.arange(0, BN)
             cmask = cols < n_cols
-            acc = tile_dot(a_ptr, b_ptr, rows, cols, rmask, cmask, dim, stride_a, stride_b, BM, BN, BK)
+            acc = tile_dot(a_ptr, b_ptr, rows, cols, rmask, cmask, dim, stride_a, stride_b, BM, BN, BK, NATIVE)
+            if HAS_SCALE:
+                acc = acc * sa[:, None] * tl.load(bs_ptr + cols, mask=cmask, other=0.0)[None, :]
             pos = tl.load(pos_ptr + cols, mask=cmask, other=-1)
             bthr = tl.load(bthr_ptr + cols, mask=cmask, other=float("inf"))
             other = (pos[None, :] != grow[:, None]) & rmask[:, None] & cmask[None, :]
@@ -109,8 +126,9 @@ if triton is not None:
 
 def rank_count_triton(a: torch.Tensor, b: torch.Tensor, a_thr, b_thr, b_pos, row_offset: int = 0,
                       row_counts: torch.Tensor | None = None, col_counts: torch.Tensor | None = None,
-                      BM: int = 32, BN: int = 64, BK: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton launcher; same contract as :func:`rank_count_torch` (count tensors must be contiguous int64)."""
+                      a_scale=None, b_scale=None, config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton launcher; same contract as :func:`rank_count_torch` (count tensors must be contiguous int64).
+    ``a``/``b`` both float16 (or both bfloat16) multiply on tensor cores; ``config`` overrides the tiles."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     dev = a.device
@@ -122,6 +140,14 @@ def rank_count_triton(a: torch.Tensor, b: torch.Tensor, a_thr, b_thr, b_pos, row
     a, b = a.contiguous(), b.contiguous()
     at, bt = _below_f32(a_thr, dev).contiguous(), _below_f32(b_thr, dev).contiguous()
     pos = torch.as_tensor(b_pos, device=dev).long().contiguous()
-    _rank_count_kernel[(triton.cdiv(len(a), BM),)](a, b, at, bt, pos, rc, cc, len(a), len(b), a.shape[1],
-                                                   int(row_offset), a.stride(0), b.stride(0), BM=BM, BN=BN, BK=BK)
+    has_scale = a_scale is not None or b_scale is not None
+    sa = (torch.ones(len(a), device=dev) if a_scale is None else
+          torch.as_tensor(a_scale, device=dev, dtype=torch.float32)).contiguous()
+    sb = (torch.ones(len(b), device=dev) if b_scale is None else
+          torch.as_tensor(b_scale, device=dev, dtype=torch.float32)).contiguous()
+    native = native_dot(a, b)
+    cfg = config or launch_config(native)
+    _rank_count_kernel[(triton.cdiv(len(a), cfg["BM"]),)](a, b, at, bt, pos, rc, cc, sa, sb, len(a), len(b),
+                                                          a.shape[1], int(row_offset), a.stride(0), b.stride(0),
+                                                          HAS_SCALE=has_scale, NATIVE=native, **cfg)
     return rc, cc

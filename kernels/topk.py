@@ -15,7 +15,7 @@ try:
     import triton
     import triton.language as tl
 
-    from embedx.kernels.tiles import tile_dot
+    from embedx.kernels.tiles import launch_config, native_dot, tile_dot
 except ImportError:  # pragma: no cover
     triton = None
 
@@ -53,7 +53,7 @@ if triton is not None:
 
     @triton.jit
     def _topk_kernel(q_ptr, g_ptr, out_ptr, n_q, n_g, dim, stride_q, stride_g, K,
-                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KP: tl.constexpr):
+                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KP: tl.constexpr, NATIVE: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid * BM + tl.arange(0, BM)
         rmask = rows < n_q
@@ -63,7 +63,7 @@ if triton is not None:
         for g0 in range(0, n_g, BN):
             cols = g0 + tl.arange(0, BN)
             cmask = cols < n_g
-            acc = tile_dot(q_ptr, g_ptr, rows, cols, rmask, cmask, dim, stride_q, stride_g, BM, BN, BK)
+            acc = tile_dot(q_ptr, g_ptr, rows, cols, rmask, cmask, dim, stride_q, stride_g, BM, BN, BK, NATIVE)
             s = tl.where(cmask[None, :], acc, float("-inf"))
             idx = tl.where(cmask[None, :], cols[None, :], 2147483647) + tl.zeros((BM, BN), tl.int32)
             new_v = tl.full((BM, KP), float("-inf"), tl.float32)
@@ -89,7 +89,8 @@ if triton is not None:
                  mask=rmask[:, None] & (kcols[None, :] < K))
 
 
-def topk_triton(q: torch.Tensor, g: torch.Tensor, k: int, BM: int = 16, BN: int = 64, BK: int = 32) -> torch.Tensor:
+def topk_triton(q: torch.Tensor, g: torch.Tensor, k: int, config: dict | None = None) -> torch.Tensor:
+    """(len(q), min(k, len(g))) int64 indices, best first; both float16 (or bfloat16) use tensor cores."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     k = min(k, len(g))
@@ -100,6 +101,8 @@ def topk_triton(q: torch.Tensor, g: torch.Tensor, k: int, BM: int = 16, BN: int 
     if len(q) == 0 or k == 0:
         return out
     kp = max(2, triton.next_power_of_2(k))
-    _topk_kernel[(triton.cdiv(len(q), BM),)](q, g, out, len(q), len(g), q.shape[1], q.stride(0), g.stride(0), k,
-                                             BM=BM, BN=BN, BK=BK, KP=kp)
+    native = native_dot(q, g)
+    cfg = config or launch_config(native, "topk")
+    _topk_kernel[(triton.cdiv(len(q), cfg["BM"]),)](q, g, out, len(q), len(g), q.shape[1], q.stride(0), g.stride(0),
+                                                    k, KP=kp, NATIVE=native, **cfg)
     return out

@@ -55,7 +55,8 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
             knn: str = "blocked", per_class: bool = False, silhouette_labels: str = "modality",
             device: str = "auto") -> dict:
     """Requested measures of ``store`` -> {name: float, n_images, n_texts, dim, timings_s[, estimates, per_class]}.
-    ``device`` runs the pairwise kernels (Euclidean silhouette, retrieval): auto = CUDA when available."""
+    ``device`` runs the pairwise kernels (Euclidean silhouette, retrieval) and the zero-shot matmul: auto = CUDA
+    when available."""
     want = _check_metrics(store, metrics)
     dev = resolve_device(device)
     if silhouette_labels == "class":
@@ -83,7 +84,7 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
     want_cos = "silhouette_cosine" in want
     cfg = PassConfig(texts=texts, text_sum=text_sum, n_texts=c, n_images=n,
                      sum_x_hint=sx_hint if want_cos and text_sum is not None else None,
-                     zeroshot=not store.paired and any(m.startswith("zeroshot") for m in want))
+                     zeroshot=not store.paired and any(m.startswith("zeroshot") for m in want), device=dev)
     tot, text_cos, st_pass = _stream(store, cfg)
     timings["stream_pass"] = time.perf_counter() - t0
 

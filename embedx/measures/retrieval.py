@@ -22,7 +22,7 @@ import torch
 
 from embedx import kernels
 from embedx.errors import EmbedxError
-from embedx.measures.silhouette import CACHE_BYTES
+from embedx.measures.silhouette import CACHE_BYTES, resident_budget, resident_rows
 from embedx.measures.stream import normalized
 
 KS = (1, 5, 10)
@@ -58,20 +58,21 @@ def _recall(i2t_better: np.ndarray, t2i_better: np.ndarray, ks) -> dict:
 
 
 def _count_sweep(row_blocks, col_blocks, a_thr: np.ndarray, b_thr: np.ndarray, pos: np.ndarray, device="cpu"):
-    """better_u and better_j from one sweep: ``row_blocks`` yields (u0, unit image rows u0...), ``col_blocks()``
-    yields (j0, unit text rows j0...) and is called once per row block. Tiles run on ``device`` (the kernel
-    dispatch picks Triton on CUDA)."""
+    """better_u and better_j from one sweep: ``row_blocks`` yields (u0, image rows u0..., scales or None),
+    ``col_blocks()`` yields (j0, text rows j0..., scales or None) and is called once per row block; rows times
+    scales are unit rows. Tiles run on ``device`` (the kernel dispatch picks Triton on CUDA)."""
     dev = torch.device(device)
     a_thr, b_thr, pos = (torch.from_numpy(v).to(dev) for v in (a_thr, b_thr, pos))
     i2t = torch.zeros(len(a_thr), dtype=torch.long, device=dev)
     t2i = torch.zeros(len(b_thr), dtype=torch.long, device=dev)
-    for u0, q in row_blocks:
+    for u0, q, qs in row_blocks:
         q = q.to(dev)
         u1 = u0 + len(q)
-        for j0, t in col_blocks():
+        for j0, t, ts in col_blocks():
             t = t.to(dev)
             j1 = j0 + len(t)
-            kernels.rank_count(q, t, a_thr[u0:u1], b_thr[j0:j1], pos[j0:j1], u0, i2t[u0:u1], t2i[j0:j1])
+            kernels.rank_count(q, t, a_thr[u0:u1], b_thr[j0:j1], pos[j0:j1], u0, i2t[u0:u1], t2i[j0:j1],
+                               a_scale=qs, b_scale=ts)
     return i2t.cpu().numpy(), t2i.cpu().numpy()
 
 
@@ -86,7 +87,7 @@ def recall_at_k(images: torch.Tensor, texts: torch.Tensor, groups, ks=KS, knn: s
         return _faiss_recall(q, texts, pos, ks)
     b_thr = (q[torch.from_numpy(pos)].double() * texts.double()).sum(1).numpy()
     a_thr = _image_thresholds(b_thr, pos, len(first))
-    return _recall(*_count_sweep([(0, q)], lambda: [(0, texts)], a_thr, b_thr, pos, device), ks)
+    return _recall(*_count_sweep([(0, q, None)], lambda: [(0, texts, None)], a_thr, b_thr, pos, device), ks)
 
 
 def _faiss_recall(q: torch.Tensor, texts: torch.Tensor, pos: np.ndarray, ks) -> dict:
@@ -110,13 +111,16 @@ def _faiss_recall(q: torch.Tensor, texts: torch.Tensor, pos: np.ndarray, ks) -> 
 def recall_at_k_streamed(store, ks=KS, device="cpu") -> dict:
     """Recall of a paired store read in blocks: the thresholds pass, then the count sweep with the distinct
     images as row blocks and the texts as column blocks (kept normalized in memory up to CACHE_BYTES, else
-    re-read per row block). Memory O(block d + N) whatever N."""
+    re-read per row block). Memory O(block d + N) whatever N. On a GPU where images and texts fit
+    ``resident_budget``, both sit on the device in their stored precision (float16 on the tensor cores, exact)
+    with float32 inverse norms as scales, and each sweep call takes a row block sized to fill the device."""
     n = store.n_images
     first, pos = _items(groups_from_ids(store.ids()))
     item_row = first[pos]                       # the image row of each text's item (never after the text)
     tarr = store.group["texts/embeddings"]
     dev = torch.device(device)
-    cache = [] if n * store.dim * 4 <= CACHE_BYTES else None
+    resident = 2 * n * store.dim * store.dtype.itemsize <= resident_budget(dev)
+    cache = [] if n * store.dim * 4 <= CACHE_BYTES and not resident else None
     b_thr = np.empty(n)
     for start, block in store.iter_images(block_rows=_rows(store, ROW_BLOCK), reuse=True):
         stop = start + len(block)
@@ -131,15 +135,27 @@ def recall_at_k_streamed(store, ks=KS, device="cpu") -> dict:
                 torch.from_numpy(inv.ravel())]
         b_thr[start:stop] = (q.double() * t.double()).sum(1).numpy()
         if cache is not None:
-            cache.append((start, t.to(dev)))
+            cache.append((start, t.to(dev), None))
     a_thr = _image_thresholds(b_thr, pos, len(first))
+    if resident:  # rows checked by the thresholds pass above
+        texts, t_scale = _on_device(store.texts(), dev)
+        images, i_scale = _on_device(store.images(None if len(first) == n else first), dev)
+        step = resident_rows(dev)
+        rows = ((u0, images[u0:u0 + step], i_scale[u0:u0 + step]) for u0 in range(0, len(first), step))
+        return _recall(*_count_sweep(rows, lambda: [(0, texts, t_scale)], a_thr, b_thr, pos, dev), ks)
 
     def col_blocks():
         if cache is not None:
             return cache
-        return ((j0, normalized(tarr[j0:j0 + COL_BLOCK], "texts", j0)) for j0 in range(0, n, COL_BLOCK))
+        return ((j0, normalized(tarr[j0:j0 + COL_BLOCK], "texts", j0), None) for j0 in range(0, n, COL_BLOCK))
 
     return _recall(*_count_sweep(_distinct_blocks(store, first), col_blocks, a_thr, b_thr, pos, dev), ks)
+
+
+def _on_device(rows: np.ndarray, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stored rows on ``dev`` as they are, with their float32 inverse norms (rows x scales = unit rows)."""
+    t = torch.from_numpy(np.ascontiguousarray(rows)).to(dev)
+    return t, 1.0 / torch.linalg.vector_norm(t.float(), dim=1)
 
 
 def _rows(store, target: int) -> int:
@@ -148,7 +164,7 @@ def _rows(store, target: int) -> int:
 
 
 def _distinct_blocks(store, first: np.ndarray):
-    """(u0, unit rows of the distinct images u0, u0+1, ...) in blocks of at least ROW_BLOCK (but the last)."""
+    """(u0, unit rows of the distinct images u0, u0+1, ..., None) in blocks of at least ROW_BLOCK (but the last)."""
     is_first = np.zeros(store.n_images, dtype=bool)
     is_first[first] = True
     u0, parts, size = 0, [], 0
@@ -158,7 +174,7 @@ def _distinct_blocks(store, first: np.ndarray):
             parts.append(normalized(block[keep], "images", start))
             size += len(keep)
         if size >= ROW_BLOCK:
-            yield u0, torch.cat(parts)
+            yield u0, torch.cat(parts), None
             u0, parts, size = u0 + size, [], 0
     if parts:
-        yield u0, torch.cat(parts)
+        yield u0, torch.cat(parts), None

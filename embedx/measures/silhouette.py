@@ -3,6 +3,13 @@
 Follows sklearn.metrics.silhouette_score exactly: s_p = (b_p - a_p)/max(a_p, b_p) with a_p the mean distance
 to the rest of p's cluster, b_p the smallest mean distance to another (non-empty) cluster; singleton
 clusters score 0; the score is the mean over all points. Never materializes the distance matrix.
+
+Two ways to feed the kernel:
+  * streamed (CPU): normalized float32 column blocks, cached in memory up to CACHE_BYTES, else re-read per
+    row block; memory bounded by the block sizes.
+  * resident (GPU, when every point fits ``resident_budget``): all points sit on the device once, in their
+    stored precision (float16 rows go to the tensor cores exactly) with float32 inverse norms as per-row
+    scales, columns sorted by cluster, and each kernel call takes a row block sized to fill the device.
 """
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ import torch
 
 from embedx import kernels
 from embedx.errors import EmbedxError
-from embedx.measures.stream import normalized, silhouette_values
+from embedx.measures.stream import _check_norms, normalized, silhouette_values
 
 
 def silhouette_samples(points: torch.Tensor, labels: np.ndarray) -> np.ndarray:
@@ -49,10 +56,32 @@ STREAM_COLS = 16384    # store rows per column block (read and normalized once p
 CACHE_BYTES = 512 << 20  # normalized columns up to this size are kept in memory instead of re-read
 
 
+RESIDENT_FRACTION = 0.4  # resident path: all points may take up to this share of the device's free memory
+RESIDENT_WAVES = 4       # resident path: row block = this many waves of the kernel's row tiles per SM
+
+
+def resident_budget(dev: torch.device) -> int:
+    """Bytes the resident path may hold on ``dev``: a share of free GPU memory; 0 on CPU (stream instead)."""
+    if dev.type != "cuda":
+        return 0
+    free, _ = torch.cuda.mem_get_info(dev)
+    return int(free * RESIDENT_FRACTION)
+
+
+def resident_rows(dev: torch.device) -> int:
+    """Rows per resident kernel call: enough 128-row tiles for RESIDENT_WAVES waves over the SMs."""
+    if dev.type != "cuda":
+        return STREAM_ROWS
+    return torch.cuda.get_device_properties(dev).multi_processor_count * 128 * RESIDENT_WAVES
+
+
 class _StorePoints:
     """Points read from a store for a streamed silhouette: ``labels`` (dense cluster id per point, O(n)
-    scalars), ``rows(ids)`` (normalized points by id, random access) and ``columns()`` (first point id,
-    normalized block, its labels) over all points in order."""
+    scalars), ``rows(ids)`` (normalized points by id, random access), ``columns()`` (first point id,
+    normalized block, its labels) over all points in order, and ``raw_blocks()`` (first point id, stored
+    rows, what, first store row) for the resident path; ``unit``: points are the rows L2-normalized."""
+
+    unit = True
 
     def __init__(self, store, labels: np.ndarray, nbytes: int):
         self.store = store
@@ -63,9 +92,12 @@ class _StorePoints:
             raise EmbedxError(f"silhouette needs 2 <= clusters <= points - 1, got {len(self.sizes)} clusters of "
                               f"{len(labels)} points")
 
-    def _image_blocks(self):
+    def _image_blocks(self, reuse: bool = False):
         s = self.store
-        return s.iter_images(block_rows=s.chunk_rows * max(1, STREAM_COLS // s.chunk_rows))
+        return s.iter_images(block_rows=s.chunk_rows * max(1, STREAM_COLS // s.chunk_rows), reuse=reuse)
+
+    def raw_bytes(self) -> int:
+        return len(self.labels) * self.store.dim * self.store.dtype.itemsize
 
 
 class _ArrayPoints(_StorePoints):
@@ -76,8 +108,16 @@ class _ArrayPoints(_StorePoints):
         self.points = points
         super().__init__(None, dense.astype(np.int64).reshape(-1), 0)  # already in memory: one column block
 
+    unit = False  # the points as given (silhouette_samples is Euclidean on raw points)
+
     def columns(self):
         yield 0, self.points, self.labels
+
+    def raw_blocks(self):
+        yield 0, self.points, "points", 0
+
+    def raw_bytes(self) -> int:
+        return self.points.numel() * self.points.element_size()
 
     def rows(self, ids: np.ndarray) -> torch.Tensor:
         return self.points[torch.from_numpy(ids)]
@@ -103,6 +143,12 @@ class _ModalityPoints(_StorePoints):
         for start in range(0, self.store.n_texts, STREAM_COLS):
             block = normalized(arr[start:start + STREAM_COLS], "texts", start)
             yield n + start, block, self.labels[n + start:n + start + len(block)]
+
+    def raw_blocks(self):
+        n = self.store.n_images
+        for start, block in self._image_blocks():
+            yield start, block, "images", start
+        yield n, self.store.texts(), "texts", 0
 
     def rows(self, ids: np.ndarray) -> torch.Tensor:
         n = self.store.n_images
@@ -134,14 +180,70 @@ class _ClassPoints(_StorePoints):
             if len(keep):
                 yield p0, normalized(block[keep], "images", start), self.labels[p0:p1]
 
+    def raw_blocks(self):
+        for start, block in self._image_blocks():
+            p0, p1 = self.before[start], self.before[start + len(block)]
+            if p1 > p0:
+                yield p0, block[self.image_rows[p0:p1] - start], "images", start
+
     def rows(self, ids: np.ndarray) -> torch.Tensor:
         return normalized(self.store.images(self.image_rows[ids], dtype=np.float32), "images", 0)
 
 
+def _finish(points: _StorePoints, ids: np.ndarray, sums: np.ndarray) -> np.ndarray:
+    """Silhouette values of the points ``ids`` from their per-cluster distance sums (float64)."""
+    sizes = points.sizes
+    own = points.labels[ids]
+    ar = np.arange(len(sums))
+    means = sums / sizes[None, :]
+    means[ar, own] = np.inf
+    return silhouette_values(sums[ar, own], sizes[own], means.min(1))
+
+
+def _resident(points: _StorePoints, dev: torch.device):
+    """Every point on ``dev`` once: (stored rows in one dtype, float32 scales or None, labels), columns sorted
+    by cluster, and ``where[p]`` = the column of point p. Bad rows (NaN/inf, zero) are errors, as streamed."""
+    blocks, scales, dtypes = [], [], set()
+    for _, raw, what, start in points.raw_blocks():
+        b = torch.as_tensor(np.asarray(raw)).to(dev)
+        if points.unit:  # inverse norms from the stored values, in float32 (as ``normalized``)
+            nrm = torch.linalg.vector_norm(b.float(), dim=1)
+            _check_norms(nrm.cpu().numpy(), what, start)
+            scales.append(1.0 / nrm)
+        blocks.append(b)
+        dtypes.add(b.dtype)
+    dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32  # mixed: upcast, exact
+    pts = torch.cat([b.to(dtype) for b in blocks])
+    labels = torch.from_numpy(points.labels).to(dev)
+    order = torch.argsort(labels, stable=True)
+    where = torch.empty_like(order)
+    where[order] = torch.arange(len(order), device=dev)
+    scale = torch.cat(scales)[order].contiguous() if scales else None
+    return pts[order].contiguous(), scale, labels[order].contiguous(), where
+
+
+def _resident_values(points: _StorePoints, ids: np.ndarray, dev: torch.device) -> np.ndarray:
+    """Exact silhouette values with every point resident on ``dev`` (see the module docstring)."""
+    pts, scale, lab, where = _resident(points, dev)
+    k = len(points.sizes)
+    step = resident_rows(dev)
+    cols = where[torch.from_numpy(ids.astype(np.int64)).to(dev)]
+    out = np.empty(len(ids))
+    for r0 in range(0, len(ids), step):
+        c = cols[r0:r0 + step]
+        sums = kernels.cluster_distance_sums(pts[c], pts, lab, k, row_ids=c, col_offset=0,
+                                             x_scale=None if scale is None else scale[c], y_scale=scale)
+        out[r0:r0 + len(c)] = _finish(points, ids[r0:r0 + len(c)], sums.cpu().numpy())
+    return out
+
+
 def _streamed_values(points: _StorePoints, ids: np.ndarray, device="cpu") -> np.ndarray:
     """Exact silhouette values of the points ``ids`` (sorted), columns streamed from the store: per row block,
-    every column block adds its per-cluster distance sums (fused kernel on ``device``, float64 sums)."""
+    every column block adds its per-cluster distance sums (fused kernel on ``device``, float64 sums). On a GPU
+    where every point fits :func:`resident_budget`, the resident path runs instead."""
     dev = torch.device(device)
+    if points.raw_bytes() <= resident_budget(dev):
+        return _resident_values(points, ids, dev)
     sizes = points.sizes
     k = len(sizes)
     rows = points.rows(ids).to(dev)
@@ -159,11 +261,7 @@ def _streamed_values(points: _StorePoints, ids: np.ndarray, device="cpu") -> np.
             sums += kernels.cluster_distance_sums(rows[r0:r0 + STREAM_ROWS], cols, lab, k,
                                                   row_ids=rid[r0:r0 + STREAM_ROWS], col_offset=off)
         s = sums.cpu().numpy()
-        own = points.labels[ids[r0:r0 + len(s)]]
-        ar = np.arange(len(s))
-        means = s / sizes[None, :]
-        means[ar, own] = np.inf
-        out[r0:r0 + len(s)] = silhouette_values(s[ar, own], sizes[own], means.min(1))
+        out[r0:r0 + len(s)] = _finish(points, ids[r0:r0 + len(s)], s)
     return out
 
 

@@ -14,7 +14,7 @@ With x^ = x/|x|:
 
 Class stores run :func:`class_pass`: whole Zarr chunks (about 4 MiB, cache-sized) are read straight into a
 per-thread buffer and swept by the fused kernel (``kernels.stream_stats``) while hot, one thread per core; the
-zero-shot matmul, when asked, runs on the same chunk with every core. Paired stores run :func:`block_partial`
+zero-shot matmul, when asked, runs on the same chunk with every core (or on the GPU, ``PassConfig.device``). Paired stores run :func:`block_partial`
 (torch) over aligned image and text blocks.
 """
 from __future__ import annotations
@@ -115,6 +115,7 @@ class PassConfig:
     n_images: int
     sum_x_hint: torch.Tensor | None     # S_x known up front (store attrs): cosine silhouette in this pass
     zeroshot: bool
+    device: torch.device = torch.device("cpu")  # where the zero-shot matmul and counts run
 
     def cos_vectors(self, dim: int) -> np.ndarray:
         """The two vectors the sweep dots every normalized row with: S_x (hint) and S_t; zeros if unused."""
@@ -123,19 +124,20 @@ class PassConfig:
         return np.stack([self.sum_x_hint.numpy(), self.text_sum.numpy()]).astype(np.float32)
 
 
-def _zeroshot_hits(x: torch.Tensor, y: torch.Tensor, texts: torch.Tensor, top1: np.ndarray, top5: np.ndarray,
+def _zeroshot_hits(x: torch.Tensor, y: torch.Tensor, texts: torch.Tensor, top1: torch.Tensor, top5: torch.Tensor,
                    hit: torch.Tensor) -> None:
-    """Add the top-1/top-5 hits of float32 rows ``x`` with labels ``y`` (all >= 0) per class: the true class is
-    top-k if fewer than k classes score strictly higher (row scaling does not change the ranking). ``hit``: a
-    float32 work buffer of at least min(ZS_ROWS, len(x)) x C."""
+    """Add the top-1/top-5 hits of float32 rows ``x`` with labels ``y`` (all >= 0) per class into the int64
+    tensors ``top1``/``top5`` (all on one device): the true class is top-k if fewer than k classes score
+    strictly higher (row scaling does not change the ranking). ``hit``: a float32 work buffer of at least
+    min(ZS_ROWS, len(x)) x C. The matmul is IEEE float32 on every device (CUDA's default: no TF32)."""
     c = len(texts)
     for z0 in range(0, len(x), ZS_ROWS):  # cache-sized: matmul-bound, logits stay small
         yz = y[z0:z0 + ZS_ROWS]
         logits = torch.nn.functional.linear(x[z0:z0 + ZS_ROWS], texts)
         # compared into float32, not bool: summed 4x faster, exact (counts <= C < 2^24)
         better = torch.gt(logits, logits.gather(1, yz[:, None]), out=hit[: len(yz)]).sum(1)
-        top1 += np.bincount(yz[better == 0].numpy(), minlength=c)
-        top5 += np.bincount(yz[better < 5].numpy(), minlength=c)
+        top1 += torch.bincount(yz[better == 0], minlength=c)
+        top5 += torch.bincount(yz[better < 5], minlength=c)
 
 
 class ClassWorker:
@@ -154,10 +156,12 @@ class ClassWorker:
         self.cos = 0.0
         self.n = 0
         self.bad = None  # (global row, reason) of the first bad row this worker met
-        zs = cfg.zeroshot
-        self.top1, self.top5 = (np.zeros(c, np.int64), np.zeros(c, np.int64)) if zs else (None, None)
-        self.xf = torch.empty(min(rows, ZS_ROWS), dim) if zs else None
-        self.hit = torch.empty(min(rows, ZS_ROWS), c) if zs else None  # comparisons of one zero-shot step
+        zs, dev = cfg.zeroshot, cfg.device
+        self.top1, self.top5 = (torch.zeros(c, dtype=torch.long, device=dev),
+                                torch.zeros(c, dtype=torch.long, device=dev)) if zs else (None, None)
+        self.texts = cfg.texts.to(dev) if zs else None
+        self.xf = torch.empty(min(rows, ZS_ROWS), dim, device=dev) if zs else None
+        self.hit = torch.empty(min(rows, ZS_ROWS), c, device=dev) if zs else None  # comparisons of one step
 
     def add(self, x: np.ndarray, y: np.ndarray, start: int) -> None:
         """Fold rows ``x`` (raw float16/float32, global rows start..) with labels ``y`` into the sums."""
@@ -181,11 +185,11 @@ class ClassWorker:
             self.cos += cosine_silhouette_sum(dots[:, 0], dots[:, 1], cfg.n_images, cfg.n_texts)
         if cfg.zeroshot and len(yl):
             xl = x if all_labelled else x[keep]
-            yt = torch.from_numpy(yl.astype(np.int64))
+            yt = torch.from_numpy(yl.astype(np.int64)).to(cfg.device)
             for z0 in range(0, len(xl), len(self.xf)):
                 xf = self.xf[: min(len(self.xf), len(xl) - z0)]
                 xf.copy_(torch.from_numpy(xl[z0:z0 + len(xf)]))
-                _zeroshot_hits(xf, yt[z0:z0 + len(xf)], cfg.texts, self.top1, self.top5, self.hit)
+                _zeroshot_hits(xf, yt[z0:z0 + len(xf)], self.texts, self.top1, self.top5, self.hit)
 
     def flush(self) -> None:
         self.sums += self.acc
@@ -195,8 +199,9 @@ class ClassWorker:
     def partial(self) -> Partial:
         self.flush()
         c = self.cfg.n_texts
+        top1, top5 = ((None, None) if self.top1 is None else (self.top1.cpu().numpy(), self.top5.cpu().numpy()))
         return Partial(n=self.n, sum_x=self.sums.sum(0), class_sum=self.sums[:c].copy(), class_count=self.counts,
-                       n_labelled=int(self.counts.sum()), top1=self.top1, top5=self.top5, cos_sum=self.cos)
+                       n_labelled=int(self.counts.sum()), top1=top1, top5=top5, cos_sum=self.cos)
 
 
 def chunk_partial(x: np.ndarray, y: np.ndarray, cfg: PassConfig, start: int = 0, impl: str = "numba") -> Partial:
@@ -212,13 +217,14 @@ def class_pass(store, cfg: PassConfig, threads: int | None = None, impl: str | N
     """Sweep a class store chunk by chunk: each task reads whole chunks into its thread's buffer
     (``store.read_images_into``, no allocation) and folds them in while they are in cache. Without zero-shot,
     one thread per core runs the (GIL-free) kernel; with zero-shot, one thread and the matmul takes every core.
+    With the zero-shot matmul on a GPU (``cfg.device``), every thread sweeps and sends its chunks there.
     ``impl`` (default by size): the numba kernel, or torch for passes too small to pay numba's start-up."""
     n, d = store.n_images, store.dim
     rows = store.chunk_rows * max(1, TASK_ROWS // store.chunk_rows)
     if impl is None:
         impl = "numba" if n * d >= kernels.NUMBA_MIN_ELEMENTS else "torch"
     if threads is None:
-        threads = 1 if cfg.zeroshot else max(1, min(os.cpu_count() or 1, 16))
+        threads = 1 if cfg.zeroshot and cfg.device.type == "cpu" else max(1, min(os.cpu_count() or 1, 16))
     workers = [ClassWorker(cfg, d, store.dtype, rows, impl) for _ in range(threads)]
     seg = max(rows, SEGMENT_ROWS // rows * rows)
 
