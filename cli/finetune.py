@@ -17,9 +17,9 @@ METHOD_NAMES = "full, bitfit, attention, lora, adapter"  # embedx.finetune.METHO
               help="Pretrained tag, a local checkpoint file, or 'none' for seeded random weights.")
 @click.option("--method", required=True, help=f"One of: {METHOD_NAMES}.")
 @click.option("--data", "-d", default=None,
-              help="folder:PATH, csv:PATH (image + label columns) or digits[:train|:test][:classes=..][:rotate=..]"
-                   "[:noise=..] (see `embedx embed --help`). Not needed with "
-                   "--dry-run.")
+              help="folder:PATH, csv:PATH (image + label columns), digits[:train|:test][:classes=..][:rotate=..]"
+                   "[:noise=..] or synthetic[:N][:size=PX][:classes=C] (see `embedx embed --help`). Not needed "
+                   "with --dry-run.")
 @click.option("--out", "-o", default=None, help="Run folder (config.json + trained parameters). Rerun to resume.")
 @click.option("--train-blocks", type=int, default=None,
               help="bitfit, attention: train only the first K blocks of each tower, as the authors' code "

@@ -102,7 +102,8 @@ def _chunking_options(f):
 @click.option("--data", "-d", required=True,
               help="folder:PATH (one subfolder per class), csv:PATH (image + label|caption columns) or "
                    "digits[:train|:test][:classes=0-4][:rotate=DEG][:noise=SIGMA] (scikit-learn's digits, 80/20; a "
-                   "subset of classes, turned or noisy images make tasks of other difficulty).")
+                   "subset of classes, turned or noisy images make tasks of other difficulty), or "
+                   "synthetic[:N][:size=PX][:classes=C][:seed=S] (seeded noise images, for throughput checks).")
 @click.option("--out", "-o", required=True, help="Store path (local or fsspec URL). Rerun to resume.")
 @click.option("--seed", default=0, show_default=True, help="Seed for random weights (--pretrained none).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)

@@ -1,4 +1,4 @@
-"""Data sources: ``folder:PATH``, ``csv:PATH`` and ``digits``.
+"""Data sources: ``folder:PATH``, ``csv:PATH``, ``digits`` and ``synthetic`` (seeded noise images, benchmarks).
 
 A source is an ordered list of items (an id, a class label or a caption) plus a loader that turns an item
 into a PIL image. Order is deterministic (sorted paths), so a resumed run sees the same items at the same
@@ -198,13 +198,47 @@ def digits_source(spec: str = "digits") -> Source:
                   labels=relabel[d.target[keep]], default_template=DIGITS_TEMPLATE)
 
 
+SYNTHETIC_SPEC = "synthetic[:N][:size=PX][:classes=C][:seed=S]"
+
+
+def synthetic_source(spec: str = "synthetic") -> Source:
+    """N (default 10,000) RGB noise images of PX x PX pixels (default 224: no resize work for most models),
+    image i drawn from a generator seeded by (S, i), label i mod C (default 10), class names ``class k``.
+    For throughput benchmarks and smoke tests: it costs no disk and reads the same everywhere."""
+    parts = spec.split(":")[1:]
+    opts = {"n": "10000", "size": "224", "classes": "10", "seed": "0"}
+    if parts and "=" not in parts[0]:
+        opts["n"] = parts.pop(0)
+    for p in parts:
+        key, eq, value = p.partition("=")
+        if not eq or key not in opts or key == "n":
+            raise EmbedxError(f"unknown synthetic option {p!r}; use {SYNTHETIC_SPEC}")
+        opts[key] = value
+    try:
+        n, size, classes, seed = (int(opts[k]) for k in ("n", "size", "classes", "seed"))
+    except ValueError:
+        raise EmbedxError(f"synthetic options take integers, got {spec!r}; use {SYNTHETIC_SPEC}") from None
+    if n < 1 or size < 1 or classes < 1 or seed < 0:
+        raise EmbedxError(f"synthetic N, size and classes must be positive and seed >= 0, got {spec!r}")
+
+    def load(i: int) -> Image.Image:
+        rgb = np.random.default_rng([seed, i]).integers(0, 256, (size, size, 3), dtype=np.uint8)
+        return Image.fromarray(rgb, mode="RGB")
+
+    return Source(spec, [f"synthetic:{i}" for i in range(n)], load, classnames=[f"class {k}" for k in range(classes)],
+                  labels=(np.arange(n) % classes).astype(np.int32))
+
+
 def parse_source(spec: str) -> Source:
-    """``folder:PATH`` | ``csv:PATH`` | ``digits[:train|:test][:classes=..][:rotate=..][:noise=..]``."""
+    """``folder:PATH`` | ``csv:PATH`` | ``digits[:train|:test][:classes=..][:rotate=..][:noise=..]`` |
+    ``synthetic[:N][:size=PX][:classes=C][:seed=S]``."""
     kind, _, arg = spec.partition(":")
     if kind == "digits":
         return digits_source(spec)
+    if kind == "synthetic":
+        return synthetic_source(spec)
     if kind == "folder" and arg:
         return folder_source(os.path.expanduser(arg), spec)
     if kind == "csv" and arg:
         return csv_source(os.path.expanduser(arg), spec)
-    raise EmbedxError(f"unknown data source {spec!r}; use folder:PATH, csv:PATH or {DIGITS_SPEC}")
+    raise EmbedxError(f"unknown data source {spec!r}; use folder:PATH, csv:PATH, {DIGITS_SPEC} or {SYNTHETIC_SPEC}")

@@ -216,6 +216,20 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
     return cfg
 
 
+def train_step(net: TunedCLIP, enc: Encoder, opt, x: torch.Tensor, y: torch.Tensor, tokens: torch.Tensor,
+               n_classes: int, base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch already on the device: cross-entropy of logit_scale * cos(image, class
+    prompts) under the encoder's autocast (bf16 on CUDA). -> (loss, float32 logits), not synchronized."""
+    with enc.amp:
+        txt = _class_features(net, tokens, n_classes, base)
+        logits = net.logits(net.encode_image(x, normalize=True), txt).float()
+        loss = F.cross_entropy(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, logits
+
+
 def _train_epoch(net: TunedCLIP, enc: Encoder, opt, ds: Dataset, tokens, n_classes: int, batch_size: int,
                  workers: int, epoch_seed: int, desc: str, progress: bool) -> tuple[float, float]:
     from tqdm.auto import tqdm
@@ -233,13 +247,7 @@ def _train_epoch(net: TunedCLIP, enc: Encoder, opt, ds: Dataset, tokens, n_class
     bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True, leave=False)
     for x, y in bar:
         x, y = x.to(enc.device, non_blocking=True), y.to(enc.device, non_blocking=True)
-        with enc.amp:
-            txt = _class_features(net, tokens, n_classes, base)
-            logits = net.logits(net.encode_image(x, normalize=True), txt).float()
-            loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, logits = train_step(net, enc, opt, x, y, tokens, n_classes, base)
         total += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         n += len(y)
