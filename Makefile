@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 CONSTRAINTS := constraints-cpu.txt
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv clean gpu-check
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
+
+# The GPU lane: every CUDA path checked and timed in <= 8 min (bench/gpu/). Without CUDA: a one-line notice and
+# the dry run on the CPU. No venv prerequisite: on a GPU machine it uses that machine's own torch.
+gpu-check:
+	bash bench/gpu/run.sh $(GPU_CHECK_ARGS)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

@@ -42,7 +42,8 @@ def cluster_distance_sums_reference(x, y, labels, n_clusters: int, row_ids=None,
         x = x * np.asarray(x_scale, dtype=np.float64)[:, None]
     if y_scale is not None:
         y = y * np.asarray(y_scale, dtype=np.float64)[:, None]
-    d = np.sqrt(np.maximum(((x[:, None, :] - y[None, :, :]) ** 2).sum(-1), 0))
+    d = np.concatenate([np.sqrt(((x[r:r + 64, None, :] - y[None, :, :]) ** 2).sum(-1))
+                        for r in range(0, len(x), 64)]) if len(x) else np.zeros((0, len(y)))
     if row_ids is not None:
         for i, r in enumerate(np.asarray(row_ids)):
             if 0 <= r - col_offset < len(y):
@@ -84,7 +85,7 @@ def cluster_distance_sums_torch(x: torch.Tensor, y: torch.Tensor, labels: torch.
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n_rows", "n_cols", "col_offset"])
     def _cluster_distance_kernel(x_ptr, y_ptr, lab_ptr, out_ptr, xsq_ptr, ysq_ptr, xs_ptr, ys_ptr, rid_ptr, n_rows,
                                  n_cols, dim, col_offset, stride_x, stride_y, stride_out,
                                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_SELF: tl.constexpr,

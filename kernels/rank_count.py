@@ -96,7 +96,7 @@ def rank_count_torch(a: torch.Tensor, b: torch.Tensor, a_thr, b_thr, b_pos, row_
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n_rows", "n_cols", "row_offset"])
     def _rank_count_kernel(a_ptr, b_ptr, athr_ptr, bthr_ptr, pos_ptr, rc_ptr, cc_ptr, as_ptr, bs_ptr, n_rows, n_cols,
                            dim, row_offset, stride_a, stride_b, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                            HAS_SCALE: tl.constexpr, NATIVE: tl.constexpr):

@@ -51,7 +51,7 @@ def topk_torch(q: torch.Tensor, g: torch.Tensor, k: int, block: int = 4096) -> t
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n_q", "n_g", "K"])
     def _topk_kernel(q_ptr, g_ptr, out_ptr, n_q, n_g, dim, stride_q, stride_g, K,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, KP: tl.constexpr, NATIVE: tl.constexpr):
         pid = tl.program_id(0)

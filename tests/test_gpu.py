@@ -27,7 +27,7 @@ DEVICE = torch.device(os.environ.get("EMBEDX_TEST_DEVICE") or ("cuda" if torch.c
 ON_GPU = DEVICE.type == "cuda"
 if K.triton is None or (not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1"):
     pytest.skip("the GPU lane needs CUDA, or TRITON_INTERPRET=1 on CPU (make test sets it)", allow_module_level=True)
-BIG = 24 if ON_GPU else 1  # shapes grow on the GPU so that the large tensor-core tiles wrap ragged edges
+BIG = 8 if ON_GPU else 1  # shapes grow on the GPU so that the large tensor-core tiles wrap ragged edges
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 

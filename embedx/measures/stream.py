@@ -125,15 +125,16 @@ class PassConfig:
 
 
 def _zeroshot_hits(x: torch.Tensor, y: torch.Tensor, texts: torch.Tensor, top1: torch.Tensor, top5: torch.Tensor,
-                   hit: torch.Tensor) -> None:
+                   hit: torch.Tensor, step: int = ZS_ROWS) -> None:
     """Add the top-1/top-5 hits of float32 rows ``x`` with labels ``y`` (all >= 0) per class into the int64
     tensors ``top1``/``top5`` (all on one device): the true class is top-k if fewer than k classes score
     strictly higher (row scaling does not change the ranking). ``hit``: a float32 work buffer of at least
-    min(ZS_ROWS, len(x)) x C. The matmul is IEEE float32 on every device (CUDA's default: no TF32)."""
+    min(step, len(x)) x C. The matmul is IEEE float32 on every device (CUDA's default: no TF32). ``step`` rows
+    per matmul: cache-sized on CPU; far larger on a GPU, where each step is one launch of a few kernels."""
     c = len(texts)
-    for z0 in range(0, len(x), ZS_ROWS):  # cache-sized: matmul-bound, logits stay small
-        yz = y[z0:z0 + ZS_ROWS]
-        logits = torch.nn.functional.linear(x[z0:z0 + ZS_ROWS], texts)
+    for z0 in range(0, len(x), step):  # cache-sized: matmul-bound, logits stay small
+        yz = y[z0:z0 + step]
+        logits = torch.nn.functional.linear(x[z0:z0 + step], texts)
         # compared into float32, not bool: summed 4x faster, exact (counts <= C < 2^24)
         better = torch.gt(logits, logits.gather(1, yz[:, None]), out=hit[: len(yz)]).sum(1)
         top1 += torch.bincount(yz[better == 0], minlength=c)
