@@ -97,8 +97,46 @@ def test_csv_sources_resolve_relative_paths(tmp_path, rng):
     assert src.paired and src.captions == ["a cat, sitting", "a dog"]
 
 
+def test_synthetic_source_is_seeded_and_sized():
+    a, b = parse_source("synthetic:12:size=40:classes=5:seed=3"), parse_source("synthetic:12:size=40:classes=5:seed=3")
+    assert len(a) == 12 and a.classnames == [f"class {k}" for k in range(5)] and not a.paired
+    assert a.labels.tolist() == [i % 5 for i in range(12)]
+    im = a.load(7)
+    assert im.size == (40, 40) and im.mode == "RGB"
+    assert np.array_equal(np.asarray(im), np.asarray(b.load(7)))
+    assert not np.array_equal(np.asarray(im), np.asarray(a.load(8)))
+    assert not np.array_equal(np.asarray(im), np.asarray(parse_source("synthetic:12:size=40:seed=4").load(7)))
+    assert len(parse_source("synthetic")) == 10000
+
+
+def test_device_normalization_gives_the_same_pixels_and_store(tmp_path, rng):
+    """uint8 from the loaders, x/255 and (x - mean)/std on the device: bit for bit the full transform."""
+    from embedx.encoders import normalize_pixels, split_preprocess
+
+    for model in ("embedx-tiny", "ViT-B-32"):
+        enc = load_encoder(model, "none", device="cpu")
+        pre, norm = split_preprocess(enc.preprocess)
+        assert norm is not None
+        for shape in ((37, 50, 3), (300, 224, 3), (224, 224, 3)):
+            im = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+            u8 = pre(im)
+            assert u8.dtype == torch.uint8
+            assert torch.equal(normalize_pixels(u8[None], *norm)[0], enc.preprocess(im))
+    identity = (lambda im: im)
+    assert split_preprocess(identity) == (identity, None)  # an unknown transform is left as it is
+    outs = []
+    for on_device in (False, True):
+        out = str(tmp_path / f"{on_device}.zarr")
+        embed_to_store(out, "digits", "embedx-tiny", seed=1, batch_size=16, workers=0, limit=50, progress=False,
+                       normalize_on_device=on_device)
+        outs.append(Store(out).images())
+    assert np.array_equal(outs[0], outs[1])
+
+
 @pytest.mark.parametrize("spec,msg", [("folder:/does/not/exist", "folder not found"), ("csv:/nope.csv", "not found"),
-                                      ("imagenet", "unknown data source"), ("folder:", "unknown data source")])
+                                      ("imagenet", "unknown data source"), ("folder:", "unknown data source"),
+                                      ("synthetic:many", "take integers"), ("synthetic:10:colour=red", "unknown synthetic"),
+                                      ("synthetic:0", "must be positive")])
 def test_bad_source_specs(spec, msg):
     with pytest.raises(EmbedxError, match=msg):
         parse_source(spec)

@@ -671,7 +671,10 @@ def part_embed(rec: Record, sz: dict, dry: bool, scratch: str, out: str) -> None
         shutil.rmtree(dst, ignore_errors=True)
         rec.put(pipeline_images_per_s=per_workers)
     best = max(per_workers.values())
-    rec.put(default_workers=default_workers(), overhead=(1 / best) / t_bare - 1,
+    from embedx.encoders import split_preprocess
+
+    rec.put(default_workers=default_workers(), normalize_on_device=dev.type == "cuda"
+            and split_preprocess(enc.preprocess)[1] is not None, overhead=(1 / best) / t_bare - 1,
             overhead_default_workers=(1 / per_workers[str(default_workers())]) / t_bare - 1)
 
 
