@@ -167,7 +167,8 @@ def split_preprocess(preprocess):
     from torchvision import transforms as T
 
     ts = list(getattr(preprocess, "transforms", ()))
-    rgb = len(ts) >= 3 and (getattr(ts[-3], "mode", None) == "RGB" or getattr(ts[-3], "__name__", "") == "_convert_to_rgb")
+    rgb = len(ts) >= 3 and (getattr(ts[-3], "mode", None) == "RGB"
+                            or getattr(ts[-3], "__name__", "") == "_convert_to_rgb")
     if not (rgb and isinstance(ts[-2], T.ToTensor) and isinstance(ts[-1], T.Normalize)):
         return preprocess, None
     return T.Compose(ts[:-2] + [T.PILToTensor()]), (tuple(ts[-1].mean), tuple(ts[-1].std))

@@ -1,12 +1,12 @@
 """Fused Euclidean distance + per-cluster sums: ``S[p, k] = sum_{q : label_q = k} ||x_p - y_q||_2``.
 
 The distance tile ``sqrt(max(|x|^2 + |y|^2 - 2 x.y, 0))`` is reduced into per-cluster row sums in the same
-pass, so the n x m distance matrix is never materialized. Optional per-row scales ``x_scale``/``y_scale`` make
-the points ``x_scale[p] * x_p`` (e.g. raw float16 store rows times their inverse norms: unit rows without
-rounding them to float16 again, so the GPU multiplies on tensor cores exactly). Self-pairs count exactly 0, as in sklearn: row i is
+pass, so the n x m distance matrix is never materialized. Self-pairs count exactly 0, as in sklearn: row i is
 the point ``row_ids[i]`` of the column set, whose column j is the point ``col_offset + j`` (``row_ids`` None:
 no self-pairs; -1: a row that is not a column). Partial sums are accumulated in float64. Columns may be
-streamed in blocks (``col_offset``) and the partial results added.
+streamed in blocks (``col_offset``) and the partial results added. Optional per-row scales ``x_scale`` /
+``y_scale`` make the points ``x_scale[p] * x_p`` (raw float16 store rows times their inverse norms: unit rows
+without rounding them to float16 again, so a GPU multiplies them on its tensor cores exactly).
 
 Three implementations, held together by tests/test_kernels.py:
   * ``cluster_distance_sums_reference``: float64 brute force (numpy), the definition.

@@ -135,7 +135,8 @@ def test_device_normalization_gives_the_same_pixels_and_store(tmp_path, rng):
 
 @pytest.mark.parametrize("spec,msg", [("folder:/does/not/exist", "folder not found"), ("csv:/nope.csv", "not found"),
                                       ("imagenet", "unknown data source"), ("folder:", "unknown data source"),
-                                      ("synthetic:many", "take integers"), ("synthetic:10:colour=red", "unknown synthetic"),
+                                      ("synthetic:many", "take integers"),
+                                      ("synthetic:10:colour=red", "unknown synthetic"),
                                       ("synthetic:0", "must be positive")])
 def test_bad_source_specs(spec, msg):
     with pytest.raises(EmbedxError, match=msg):

@@ -14,8 +14,8 @@ With x^ = x/|x|:
 
 Class stores run :func:`class_pass`: whole Zarr chunks (about 4 MiB, cache-sized) are read straight into a
 per-thread buffer and swept by the fused kernel (``kernels.stream_stats``) while hot, one thread per core; the
-zero-shot matmul, when asked, runs on the same chunk with every core (or on the GPU, ``PassConfig.device``). Paired stores run :func:`block_partial`
-(torch) over aligned image and text blocks.
+zero-shot matmul, when asked, runs on the same chunk with every core (or on the GPU, ``PassConfig.device``).
+Paired stores run :func:`block_partial` (torch) over aligned image and text blocks.
 """
 from __future__ import annotations
 
