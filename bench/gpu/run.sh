@@ -19,6 +19,10 @@ if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"
     "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . \
       || { echo "error: could not install embedx (pip install --no-deps --no-build-isolation -e .)" >&2; exit 1; }
   fi
+  if ! "$PY" -c "import zarr, numcodecs, open_clip, embedx.kernels" >/dev/null 2>&1; then
+    echo "error: embedx's dependencies do not import here; on a machine with no network carry .whl (bench/gpu/wheels.sh)" >&2
+    exit 2
+  fi
   unset TRITON_INTERPRET
   exec "$PY" bench/gpu/gpu_check.py --spent "$(( $(date +%s) - t0 ))" "$@"
 fi
