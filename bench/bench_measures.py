@@ -93,26 +93,6 @@ def read_chunks(s):
         list(pool.map(work, [starts[t::threads] for t in range(threads)]))
 
 
-def authors_iimm(images, text, labels, block=10_000):
-    """mit-ll/IIMM metrics.py, float64: IIMM = mean(uniformity_image, inter), blocked over all pairs."""
-    from sklearn.preprocessing import normalize
-
-    images, text = normalize(images.astype(np.float64)), normalize(text.astype(np.float64))
-    a = text @ images.T
-    a[labels, np.arange(len(labels))] = np.nan
-    uniformity_image = np.nanmean(a, axis=0).mean()
-    n = len(images)
-    total = 0.0
-    for i in range(0, n, block):
-        bi = images[i:i + block]
-        g = bi @ bi.T
-        total += g[np.tril_indices(len(bi), -1)].sum()
-        for j in range(0, i, block):
-            total += (bi @ images[j:j + block].T).sum()
-    inter = total / (n * (n - 1) / 2)
-    return float(np.mean([uniformity_image, inter]))
-
-
 def run_child(name, args):
     from embedx.measures import compute
     from embedx.store import Store
@@ -126,6 +106,8 @@ def run_child(name, args):
         s = Store(args[0])
         x, tx, y = s.images(dtype=np.float32), s.texts(dtype=np.float32), s.labels()
         t = time.perf_counter()
+        from embedx.measures.reference import authors_iimm
+
         v = authors_iimm(x, tx, y)
         return {"seconds": time.perf_counter() - t, "value": v}
     if name == "sil_embedx":

@@ -23,8 +23,9 @@ def brute_force(x, t, y, paired):
     r = {"acs": sim[lab, y[lab]].mean(),
          "iimm_inter": ((sim[lab].sum(1) - sim[lab, y[lab]]) / (c - 1)).mean()}
     gx = x @ x.T
-    r["iimm_intra"] = gx[np.triu_indices(n, 1)].mean()
-    r["iimm"] = (r["iimm_inter"] + r["iimm_intra"]) / 2
+    r["iimm_intra"] = gx[np.triu_indices(n, 1)].mean()  # every image
+    gl = gx[np.ix_(lab, lab)]
+    r["iimm"] = (r["iimm_inter"] + gl[np.triu_indices(len(lab), 1)].mean()) / 2  # both terms: labelled images
     r["text_intra"] = (t @ t.T)[np.triu_indices(c, 1)].mean()
     r["gap"] = np.linalg.norm(x.mean(0) - t.mean(0))
     pts, mod = np.vstack([x, t]), [1] * n + [0] * c
@@ -97,6 +98,27 @@ def test_one_member_class_empty_class_and_unlabelled_rows(tmp_path, rng):
     y[17] = 4
     s, x, t, y = _store(tmp_path, rng, n, c, 24, "float32", y=y)
     _check(s, x, t, y)
+
+
+def test_iimm_on_a_partly_labelled_store_is_the_authors_iimm_of_the_labelled_images(tmp_path, rng):
+    """Paper B's two terms over one image set: unlabelled rows change iimm_intra (every image) and gap, not iimm."""
+    from embedx.measures.reference import authors_iimm
+
+    n, c = 600, 9
+    y = rng.integers(0, c, n)
+    y[rng.random(n) < 0.3] = -1
+    s, x, t, y = _store(tmp_path, rng, n, c, 32, "float16", y=y)
+    x[y < 0] += 3.0  # unlabelled rows far off: a mixed image set would move iimm a lot
+    np.save(tmp_path / "x.npy", x)
+    import_arrays(str(tmp_path / "s2.zarr"), images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"),
+                  labels=str(tmp_path / "y.npy"))
+    got = M.compute(Store(str(tmp_path / "s2.zarr")))
+    lab = y >= 0
+    assert got["iimm"] == pytest.approx(authors_iimm(x[lab], t, y[lab]), abs=1e-6)
+    xn = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    g = xn @ xn.T
+    assert got["iimm_intra"] == pytest.approx(g[np.triu_indices(n, 1)].mean(), abs=1e-6)  # every image
+    assert abs(got["iimm_intra"] - g[np.ix_(lab, lab)][np.triu_indices(lab.sum(), 1)].mean()) > 1e-3
 
 
 def test_real_clip_coco_embeddings(tmp_path):

@@ -5,8 +5,10 @@ y = -1 are left out of the label measures):
 
   acs          mean_i x_i.t_{y_i}                                       ACS (Niss et al., paper A)
   iimm_inter   mean_i (sum_c x_i.t_c - x_i.t_{y_i}) / (C-1)             S_inter (paper B)
-  iimm_intra   mean_{i<j} x_i.x_j = (|sum x|^2 - N) / (N(N-1))          S_intra (paper B)
-  iimm         (iimm_inter + iimm_intra) / 2                            IIMM (paper B)
+  iimm_intra   mean_{i<j} x_i.x_j = (|sum x|^2 - N) / (N(N-1))          S_intra (paper B), over every image
+  iimm         (iimm_inter + S_intra of the labelled images) / 2        IIMM (paper B): both terms over the
+                                                                        labelled images, as the authors' code
+  gap, iimm_intra and the modality silhouettes cover every image, labelled or not.
   text_intra   mean_{c<c'} t_c.t_c'
   gap          |mean_i x_i - mean_c t_c|                                modality gap (Liang et al. 2022)
   silhouette_* sklearn silhouette_score(vstack(X, T), [1]*N + [0]*C, metric=euclidean|cosine)  (paper A)
@@ -102,8 +104,14 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
             if c > 1 and tot.class_sum is not None else float("nan")
     else:
         out["acs"] = out["iimm_inter"] = float("nan")
-    out["iimm_intra"] = (float(sx @ sx) - n) / (n * (n - 1)) if n > 1 else float("nan")
-    out["iimm"] = (out["iimm_inter"] + out["iimm_intra"]) / 2
+    out["iimm_intra"] = _mean_pair_dot(sx, n)  # reported alone: every image, labelled or not
+    # IIMM (paper B): both terms over one image set, the labelled images (all of them in paired stores)
+    if store.paired or tot.n_labelled == n:
+        intra_labelled = out["iimm_intra"]
+    else:
+        sl = tot.class_sum.sum(0) if tot.class_sum is not None and tot.n_labelled else None
+        intra_labelled = _mean_pair_dot(sl, tot.n_labelled) if sl is not None else float("nan")
+    out["iimm"] = (out["iimm_inter"] + intra_labelled) / 2
     out["text_intra"] = (float(st @ st) - c) / (c * (c - 1)) if c > 1 else float("nan")
     out["gap"] = float(np.linalg.norm(sx / n - st / c))
     if cfg.zeroshot:
@@ -169,6 +177,11 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
     if per_class:
         result["per_class"] = _per_class(store, tot, texts, per_point)
     return result
+
+
+def _mean_pair_dot(s: np.ndarray, n: int) -> float:
+    """mean_{i<j} x^_i.x^_j of n unit rows with sum ``s``: (|s|^2 - n) / (n (n - 1)); NaN below two rows."""
+    return (float(s @ s) - n) / (n * (n - 1)) if n > 1 else float("nan")
 
 
 def _stream(store: Store, cfg: PassConfig):
