@@ -15,6 +15,7 @@ import numpy as np
 
 from embedx import store as st
 from embedx.errors import EmbedxError
+from embedx.rows import first_bad_row
 
 BLOCK_ROWS = 65536
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -70,8 +71,12 @@ def _parquet(path: str, column: str | None) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
+STORE_REL_ERROR = 1e-3  # float16 rounds a row by at most 2^-11 of its norm, unless its values are subnormal
+
+
 def _check_rows(x: np.ndarray, what: str, dtype: str) -> bool:
-    """Raise on NaN/inf rows, zero rows and float16 overflow; return True if every row has unit norm."""
+    """Raise on rows the store would not accept (``embedx.rows``), judged on the values as they will be stored
+    (after the conversion to ``dtype``), and on float16 overflow; return True if every row has unit norm."""
     if x.ndim != 2:
         raise EmbedxError(f"{what} must be a 2-D array (rows x dim), got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -80,19 +85,30 @@ def _check_rows(x: np.ndarray, what: str, dtype: str) -> bool:
         raise EmbedxError(f"{what} must be numeric, got dtype {x.dtype}")
     unit = True
     for s in range(0, x.shape[0], BLOCK_ROWS):
-        b = np.asarray(x[s:s + BLOCK_ROWS], dtype=np.float64)
-        bad = ~np.isfinite(b).all(axis=1)
+        raw = np.asarray(x[s:s + BLOCK_ROWS], dtype=np.float64)
+        bad = ~np.isfinite(raw).all(axis=1)
         if bad.any():
             rows = np.flatnonzero(bad) + s
             raise EmbedxError(f"{what} row {rows[0]} contains NaN or inf ({_count_nonfinite_rows(x)} rows "
                               f"in all)")
-        norms = np.sqrt((b * b).sum(axis=1))
-        if (norms == 0).any():
-            raise EmbedxError(f"{what} row {np.flatnonzero(norms == 0)[0] + s} is all zeros (it has no direction "
-                              f"and cannot be L2-normalized)")
-        if dtype == "float16" and np.abs(b).max() > FP16_MAX:
+        if dtype == "float16" and np.abs(raw).max() > FP16_MAX:
             raise EmbedxError(f"{what} has values beyond the float16 range (|x| > {FP16_MAX:g}); "
                               f"use --dtype float32")
+        with np.errstate(over="ignore"):  # a float32 overflow is reported below as a norm out of range
+            b = raw.astype(dtype).astype(np.float64)  # the values as stored
+        norms = np.sqrt((b * b).sum(axis=1))
+        bad = first_bad_row(norms)
+        if bad is not None:
+            raw_ok = first_bad_row(np.sqrt((raw[bad[0]:bad[0] + 1] ** 2).sum(axis=1))) is None
+            stored = f" once stored as {dtype}" if raw_ok else ""
+            raise EmbedxError(f"{what} row {bad[0] + s}{stored} {bad[1]}")
+        moved = np.sqrt(((b - raw) ** 2).sum(axis=1)) / np.sqrt((raw * raw).sum(axis=1))  # rows are nonzero here
+        lossy = np.flatnonzero(moved > STORE_REL_ERROR)
+        if len(lossy):
+            i = int(lossy[0])
+            raise EmbedxError(f"{what} row {i + s} loses its direction when stored as {dtype} (it moves by "
+                              f"{moved[i]:.2g} of its norm {np.sqrt((raw[i] ** 2).sum()):.3g}: its values fall below "
+                              f"{dtype}'s normal range); L2-normalize the rows or use --dtype float32")
         unit &= bool(np.abs(norms - 1).max() < 1e-2)
     return unit
 

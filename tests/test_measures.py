@@ -182,6 +182,45 @@ def test_bad_rows_and_unfinished_stores_are_refused(tmp_path, rng):
     assert_one_line_error(r.exit_code, r.stderr, "no store at")
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_extreme_norms_import_and_measure_agree(tmp_path, rng, dtype):
+    """Rows are judged as stored: inside [NORM_MIN, NORM_MAX] every scale gives the same numbers; outside, import
+    and every measure pass refuse the row in one line (never NaN, inf or a shifted accuracy)."""
+    import zarr
+
+    from embedx.rows import NORM_MAX, NORM_MIN
+
+    s, x, t, y = _store(tmp_path, rng, 300, 6, 16, "float32", scale=False)
+    base = M.compute(s)
+    lo, hi = (1e-2, 1e4) if dtype == "float16" else (NORM_MIN * 10, NORM_MAX / 10)
+    xs = x / np.linalg.norm(x, axis=1, keepdims=True) * np.where(np.arange(300) % 2, lo, hi)[:, None]
+    np.save(tmp_path / "xs.npy", xs)
+    r = invoke("import", "--images", tmp_path / "xs.npy", "--texts", tmp_path / "t.npy", "--labels",
+               tmp_path / "y.npy", "--dtype", dtype, "--out", tmp_path / "scaled.zarr")
+    assert r.exit_code == 0, r.stderr
+    got = M.compute(Store(str(tmp_path / "scaled.zarr")))
+    for k in ("acs", "iimm", "gap", "zeroshot_top1", "silhouette_euclidean", "silhouette_cosine"):
+        assert got[k] == pytest.approx(base[k], abs=1e-3 if dtype == "float16" else 1e-6), k
+
+    bad = {"float16": [(1e-9, "direction"), (1e-5, "direction")], "float32": [(NORM_MIN / 1e3, "outside"), (NORM_MAX * 1e3, "outside"),
+                                                         (1e25, "outside"), (1e40, "nan or inf")]}[dtype]
+    for norm, msg in bad:
+        xb = xs.copy()
+        xb[11] = xb[11] / np.linalg.norm(xb[11]) * norm
+        np.save(tmp_path / "xb.npy", xb)
+        r = invoke("import", "--images", tmp_path / "xb.npy", "--texts", tmp_path / "t.npy", "--labels",
+                   tmp_path / "y.npy", "--dtype", dtype, "--out", tmp_path / "bad.zarr")
+        assert_one_line_error(r.exit_code, r.stderr, "images row 11", msg)
+        assert not (tmp_path / "bad.zarr").exists()
+        if dtype == "float32" and norm < 1e20:  # the same row written past import: every pass refuses it too
+            g = zarr.open_group(str(tmp_path / "scaled.zarr"), mode="r+")
+            g["images/embeddings"][11] = xb[11].astype(np.float32)
+            for extra in ([], ["--silhouette-labels", "class"], ["--metrics", "zeroshot_top1"]):
+                r = invoke("measure", tmp_path / "scaled.zarr", *extra)
+                assert_one_line_error(r.exit_code, r.stderr, "images row 11", "outside")
+            g["images/embeddings"][11] = xs[11].astype(np.float32)
+
+
 def test_stale_recorded_sums_fall_back_to_a_second_pass(tmp_path, rng):
     """The cosine silhouette uses the store's recorded sum of image rows only if it checks out."""
     import zarr

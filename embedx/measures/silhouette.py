@@ -20,7 +20,7 @@ import torch
 
 from embedx import kernels
 from embedx.errors import EmbedxError
-from embedx.measures.stream import _check_norms, normalized, silhouette_values
+from embedx.measures.stream import check_norms, normalized, silhouette_values
 
 
 def silhouette_samples(points: torch.Tensor, labels: np.ndarray) -> np.ndarray:
@@ -208,7 +208,7 @@ def _resident(points: _StorePoints, dev: torch.device):
         b = torch.as_tensor(np.asarray(raw)).to(dev)
         if points.unit:  # inverse norms from the stored values, in float32 (as ``normalized``)
             nrm = torch.linalg.vector_norm(b.float(), dim=1)
-            _check_norms(nrm.cpu().numpy(), what, start)
+            check_norms(nrm.cpu().numpy(), what, start)
             scales.append(1.0 / nrm)
         blocks.append(b)
         dtypes.add(b.dtype)

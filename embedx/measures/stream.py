@@ -28,6 +28,7 @@ import torch
 
 from embedx import kernels
 from embedx.errors import EmbedxError
+from embedx.rows import first_bad_row
 
 
 SUB_BLOCK = 65536   # paired pass: rows per torch sub-block
@@ -37,25 +38,16 @@ SEGMENT_ROWS = 1 << 20  # class pass: labels are read per segment (4 MiB of int3
 FLUSH_ROWS = 65536  # class pass: float32 class sums are added into float64 after this many rows per thread
 
 
-def _first_bad(norms: np.ndarray):
-    """(row, reason) of the first NaN/inf or zero row in ``norms``, or None."""
-    bad = ~np.isfinite(norms) | (norms == 0)
-    if not bad.any():
-        return None
-    i = int(np.flatnonzero(bad)[0])
-    return i, "contains NaN or inf" if not np.isfinite(norms[i]) else "is all zeros (it has no direction)"
-
-
 def check_rows(x: torch.Tensor, what: str, start: int) -> torch.Tensor:
-    """Row norms of a float32 block; NaN/inf and zero rows are input errors (one line, with the row).
-    A non-finite element makes its row norm non-finite (float16/32 inputs cannot overflow the square)."""
+    """Row norms of a float32 block; rows outside ``embedx.rows`` (NaN/inf, zero, a norm outside [NORM_MIN,
+    NORM_MAX]) are input errors (one line, with the row)."""
     nrm = torch.linalg.vector_norm(x, dim=1)
-    _check_norms(nrm.numpy(), what, start)
+    check_norms(nrm.numpy(), what, start)
     return nrm
 
 
-def _check_norms(norms: np.ndarray, what: str, start: int) -> None:
-    bad = _first_bad(norms)
+def check_norms(norms: np.ndarray, what: str, start: int) -> None:
+    bad = first_bad_row(norms)
     if bad is not None:
         raise EmbedxError(f"{what} row {bad[0] + start} {bad[1]}")
 
@@ -170,7 +162,7 @@ class ClassWorker:
             return
         cfg = self.cfg
         norms, dots, _ = kernels.stream_stats(x, y, self.vs, cfg.n_texts, self.acc, impl=self.impl)
-        bad = _first_bad(norms)
+        bad = first_bad_row(norms)
         if bad is not None:
             self.bad = (start + bad[0], bad[1])
             return
