@@ -85,7 +85,8 @@ CODECS = ["none", "zstd1", "zstd3", "blosc-lz4", "blosc-zstd"]  # embedx.store.C
 
 def _chunking_options(f):
     """--codec and --chunk-rows, shared by the commands that write stores."""
-    f = click.option("--chunk-rows", type=int, default=None, help="Rows per chunk [default: about 4 MiB].")(f)
+    f = click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
+                     help="Rows per chunk, at most the row count [default: about 4 MiB].")(f)
     return click.option("--codec", type=click.Choice(CODECS), default="none", show_default=True,
                         help="Chunk codec (default from bench/results/codec.md).")(f)
 

@@ -186,6 +186,10 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
                                        n_texts=None if source.paired else len(source.classnames),
                                        codec=codec, chunk_rows=chunk_rows, overwrite=overwrite)
     start = writer.source_pos
+    known = {item["id"] for item in writer.skipped}
+    left_out = [e for e in source.excluded if e["id"] not in known]  # non-regular files, undecodable names
+    if left_out:
+        writer.skip(left_out)
     if start:
         log.info("resuming %s at item %d of %d (%d rows committed)", out, start, len(source), writer.rows_committed)
     try:

@@ -64,14 +64,33 @@ def _parquet(path: str, column: str | None) -> np.ndarray:
     if column is not None:
         col = table.column(column).combine_chunks()
         if pt.is_list(col.type) or pt.is_large_list(col.type) or pt.is_fixed_size_list(col.type):
-            values = col.flatten().to_numpy(zero_copy_only=False)
-            return values.reshape(len(col), -1) if len(col) else values.reshape(0, 0)
+            return _list_matrix(col, f"{path}:{column}")
         return col.to_numpy(zero_copy_only=False)
     cols = [table.column(c).to_numpy() for c in table.column_names]
     return np.stack(cols, axis=1)
 
 
 STORE_REL_ERROR = 1e-3  # float16 rounds a row by at most 2^-11 of its norm, unless its values are subnormal
+
+
+def _list_matrix(col, what: str) -> np.ndarray:
+    """A list column as a matrix: every row a list of the same length, no null row, no null value (a ragged or
+    gappy column is refused, never reshaped into a wrong matrix)."""
+    import pyarrow.compute as pc
+
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise EmbedxError(f"{what}: row {row} is null ({col.null_count} null rows); every row needs a vector")
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    if len(lengths) and lengths.min() != lengths.max():
+        row = int(np.flatnonzero(lengths != lengths[0])[0])
+        raise EmbedxError(f"{what}: ragged lists (row 0 has {lengths[0]} values, row {row} has {lengths[row]}); "
+                          f"every row needs a vector of the same length")
+    values = col.flatten()
+    if values.null_count:
+        raise EmbedxError(f"{what}: {values.null_count} null values inside the lists; every value must be a number")
+    values = values.to_numpy(zero_copy_only=False)
+    return values.reshape(len(col), -1) if len(col) else values.reshape(0, 0)
 
 
 def _check_rows(x: np.ndarray, what: str, dtype: str) -> bool:

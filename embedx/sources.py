@@ -10,7 +10,7 @@ import csv
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -36,6 +36,7 @@ class Source:
     labels: np.ndarray | None = None
     captions: list[str] | None = None
     default_template: str = "a photo of a {}."
+    excluded: list[dict] = field(default_factory=list)  # files left out when listing: {"id", "error"}
 
     @property
     def paired(self) -> bool:
@@ -64,8 +65,19 @@ class Source:
 
 
 def _pil_rgb(path: str) -> Image.Image:
+    if not os.path.isfile(path):  # a FIFO or device named *.png would block the reader forever
+        raise OSError("not a regular file" if os.path.exists(path) else "no such file")
     with Image.open(path) as im:
         return im.convert("RGB")
+
+
+def _listed_name(rel: str) -> str | None:
+    """``rel`` if it can be stored (valid UTF-8), else None (os.walk keeps undecodable bytes as surrogates)."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return None
 
 
 def folder_source(path: str, spec: str) -> Source:
@@ -75,18 +87,27 @@ def folder_source(path: str, spec: str) -> Source:
     classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
     if not classes:
         raise EmbedxError(f"{path} has no class subfolders (expected one subfolder per class)")
-    ids, labels = [], []
+    ids, labels, excluded = [], [], []
     for c, name in enumerate(classes):
         for root, dirs, files in os.walk(os.path.join(path, name)):
             dirs.sort()
             for f in sorted(files):
                 if f.lower().endswith(IMAGE_EXTENSIONS):
-                    ids.append(os.path.relpath(os.path.join(root, f), path))
-                    labels.append(c)
+                    full = os.path.join(root, f)
+                    rel = _listed_name(os.path.relpath(full, path))
+                    if rel is None:
+                        excluded.append({"id": os.fsencode(os.path.relpath(full, path)).decode("utf-8",
+                                                                                               "backslashreplace"),
+                                         "error": "file name is not valid UTF-8 (rename it to embed it)"})
+                    elif not os.path.isfile(full):
+                        excluded.append({"id": rel, "error": "not a regular file"})
+                    else:
+                        ids.append(rel)
+                        labels.append(c)
     if not ids:
         raise EmbedxError(f"{path} has class subfolders but no images ({', '.join(IMAGE_EXTENSIONS)})")
     return Source(spec, ids, lambda i: _pil_rgb(os.path.join(path, ids[i])), classnames=classes,
-                  labels=np.asarray(labels, dtype=np.int32))
+                  labels=np.asarray(labels, dtype=np.int32), excluded=excluded)
 
 
 def csv_source(path: str, spec: str) -> Source:
@@ -94,18 +115,29 @@ def csv_source(path: str, spec: str) -> Source:
     the CSV's folder."""
     if not os.path.isfile(path):
         raise EmbedxError(f"csv file not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        cols = set(reader.fieldnames or [])
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            cols = set(reader.fieldnames or [])
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise EmbedxError(f"{path} is not a UTF-8 CSV text file ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:120]})") from None
     if "image" not in cols or not ({"label", "caption"} & cols):
         raise EmbedxError(f"{path} needs a column 'image' and a column 'label' or 'caption' (has: "
                           f"{', '.join(sorted(cols)) or 'none'})")
     if not rows:
         raise EmbedxError(f"{path} has no rows")
     base = os.path.dirname(os.path.abspath(path))
-    ids = [r["image"] for r in rows]
+    ids = [r["image"] or "" for r in rows]
+    urls = [p for p in ids if "://" in p]
+    if urls:
+        raise EmbedxError(f"{path}: {len(urls)} of {len(ids)} images are URLs (first: {urls[0][:80]}); embedx reads "
+                          f"local files: download them first (e.g. with img2dataset)")
     files = [p if os.path.isabs(p) else os.path.join(base, p) for p in ids]
+    if not any(os.path.isfile(p) for p in files):
+        raise EmbedxError(f"{path}: none of its {len(files)} image paths is a file (first: {files[0][:120]}); paths "
+                          f"are relative to the CSV's folder")
 
     def load(i: int) -> Image.Image:
         return _pil_rgb(files[i])

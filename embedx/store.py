@@ -176,7 +176,9 @@ class StoreWriter:
         paired = meta.get("mode") == "paired"
         if not paired and n_texts is None:
             raise StoreError("n_texts is required for stores with class texts")
-        chunk_rows = chunk_rows or default_chunk_rows(dim, dtype, n_rows)
+        if chunk_rows is not None and chunk_rows < 1:
+            raise StoreError(f"chunk_rows must be at least 1, got {chunk_rows}")
+        chunk_rows = min(chunk_rows, max(1, n_rows)) if chunk_rows else default_chunk_rows(dim, dtype, n_rows)
         compressors = _compressors(codec)
         g = zarr.open_group(str(path), mode="w")
         text_rows = n_rows if paired else n_texts

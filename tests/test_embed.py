@@ -234,6 +234,33 @@ def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, rng):
     assert_one_line_error(rc, err, "cannot read image", "broken.png")
 
 
+def test_fifos_and_undecodable_names_are_skipped_and_listed(tmp_path, rng):
+    root = _image_folder(tmp_path / "imgs", rng, bad=False)
+    os.mkfifo(root / "cat" / "pipe.png")  # reading it would block forever
+    bad_name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
+    Image.fromarray(rng.integers(0, 255, (9, 9, 3), dtype=np.uint8)).save(os.path.join(root / "dog", bad_name))
+    out = str(tmp_path / "s.zarr")
+    res = embed_to_store(out, f"folder:{root}", "embedx-tiny", seed=0, batch_size=4, progress=False, workers=0)
+    assert res.meta["rows_committed"] == 7
+    skipped = {s["id"]: s["error"] for s in Store(out).meta["skipped"]}
+    assert skipped == {os.path.join("cat", "pipe.png"): "not a regular file",
+                       os.path.join("dog", "caf\\xe9.png"): "file name is not valid UTF-8 (rename it to embed it)"}
+    rc, _, err = run_embedx("embed", "-m", "embedx-tiny", "--data", f"folder:{root}", "--out", out, "--overwrite")
+    assert rc == 0 and "internal" not in err, err  # through the CLI too: no crash, the same listing
+    assert {s["id"] for s in Store(out).meta["skipped"]} == set(skipped)
+
+
+def test_csv_sources_that_cannot_work_are_refused_before_any_store(tmp_path):
+    (tmp_path / "urls.csv").write_text("image,caption\nhttps://x.org/a.jpg,a cat\nhttps://x.org/b.jpg,a dog\n")
+    (tmp_path / "binary.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe" * 50)
+    (tmp_path / "missing.csv").write_text("image,label\nno/such.png,cat\nnor/this.png,dog\n")
+    for name, msg in (("urls", "are URLs"), ("binary", "not a UTF-8 CSV"), ("missing", "none of its 2 image paths")):
+        out = tmp_path / f"{name}.zarr"
+        rc, _, err = run_embedx("embed", "-m", "embedx-tiny", "--data", f"csv:{tmp_path / name}.csv", "--out", out)
+        assert_one_line_error(rc, err, msg)
+        assert not out.exists()
+
+
 def test_workers_do_not_change_the_result(tmp_path):
     a = embed_to_store(str(tmp_path / "a.zarr"), "digits", "embedx-tiny", seed=1, batch_size=16, workers=0,
                        limit=100, progress=False)

@@ -116,11 +116,23 @@ def _bad(tmp_path, rng, kind):
         return ["import", "--images", tmp_path / "x.npy", "--texts", tmp_path / "t.npy", "--paired"], ["as many"]
     if kind == "paired-shape":
         return ["import", "--paired-array", tmp_path / "x.npy"], ["(2, N, d)"]
+    if kind in ("ragged-list", "null-row", "null-value"):  # 100 x 8 values in all: a reshape would "work"
+        rows = [list(map(float, r)) for r in x]
+        if kind == "ragged-list":
+            rows[3], rows[4] = rows[3] + [1.0], rows[4][:-1]
+        elif kind == "null-row":
+            rows[6] = None
+        else:
+            rows[9][2] = None
+        pq.write_table(pa.table({"emb": pa.array(rows, type=pa.list_(pa.float32()))}), tmp_path / "x.parquet")
+        base[2] = f"{tmp_path}/x.parquet"
+        return base, {"ragged-list": ["ragged", "row 3"], "null-row": ["row 6", "null"],
+                      "null-value": ["null values"]}[kind]
     raise AssertionError(kind)
 
 
 @pytest.mark.parametrize("kind", ["nan", "inf", "zero", "dim", "labels", "fp16", "missing", "names", "paired-count",
-                                  "paired-shape"])
+                                  "paired-shape", "ragged-list", "null-row", "null-value"])
 def test_bad_import_input_is_one_line_and_writes_nothing(tmp_path, rng, kind):
     args, fragments = _bad(tmp_path, rng, kind)
     r = invoke(*args, "--out", tmp_path / "s.zarr")
@@ -134,6 +146,27 @@ def test_bad_input_through_the_console_script_has_no_traceback(tmp_path, rng):
     rc, _, err = run_embedx(*args, "--out", tmp_path / "s.zarr")
     assert rc == 2
     assert_one_line_error(rc, err, *fragments)
+
+
+def test_fixed_size_lists_import_and_chunk_rows_are_capped(tmp_path, rng):
+    x, t, y = _arrays(tmp_path, rng, n=30, d=8)
+    pq.write_table(pa.table({"emb": pa.array(list(x), type=pa.list_(pa.float32(), 8))}), tmp_path / "x.parquet")
+    r = invoke("import", "--images", f"{tmp_path}/x.parquet", "--texts", tmp_path / "t.npy", "--labels",
+               tmp_path / "y.npy", "--dtype", "float32", "--chunk-rows", 4_000_000, "--out", tmp_path / "a.zarr")
+    assert r.exit_code == 0, r.stderr
+    s = Store(str(tmp_path / "a.zarr"))
+    np.testing.assert_array_equal(s.images(), x)
+    assert s.chunk_rows == 30  # capped at the row count: no 4,000,000-row chunk on disk
+    r = invoke("import", "--images", tmp_path / "x.npy", "--texts", tmp_path / "t.npy", "--chunk-rows", 0,
+               "--out", tmp_path / "b.zarr")
+    assert r.exit_code == 2 and "--chunk-rows" in r.stderr and not (tmp_path / "b.zarr").exists()
+    from embedx.errors import EmbedxError
+    from embedx.importer import import_arrays
+
+    with pytest.raises(EmbedxError, match="chunk_rows must be at least 1"):
+        import_arrays(str(tmp_path / "c.zarr"), images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"),
+                      labels=str(tmp_path / "y.npy"), chunk_rows=-5)
+    assert not (tmp_path / "c.zarr").exists()
 
 
 def test_existing_store_is_kept_unless_overwrite(tmp_path, rng):
