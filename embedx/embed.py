@@ -18,6 +18,7 @@ from embedx import store as st
 from embedx.encoders import NO_WEIGHTS, Encoder, file_sha256, load_encoder, split_preprocess
 from embedx.errors import EmbedxError
 from embedx.sources import Source, parse_source
+from embedx.storepath import recover, writer_lock
 
 log = logging.getLogger("embedx")
 COMMIT_EVERY_S = 5.0
@@ -170,39 +171,43 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
         pretrained = "none"
     meta = plan_meta(source, model, pretrained, seed, dtype, tmpl, ckpt_sha, ckpt)
 
-    writer = None
-    if st.exists(out) and not overwrite:
-        _check_checkpoint(out, meta)
-        writer = st.StoreWriter.resume(out, meta)  # refuses complete stores and other inputs, before any model load
-    else:
-        st.check_target(out, overwrite)  # refuses paths that hold something else, before any model load
-    if encoder is None and run is not None:
-        from embedx.finetune import load_tuned
+    with writer_lock(out):  # one writer at a time; what killed writers left beside ``out`` is repaired first
+        if not st.is_url(out):
+            for line in recover(out):
+                log.warning(line)
+        writer = None
+        if st.exists(out) and not overwrite:
+            _check_checkpoint(out, meta)
+            writer = st.StoreWriter.resume(out, meta)  # refuses complete stores and other inputs, before any model load
+        else:
+            st.check_target(out, overwrite)  # refuses paths that hold something else, before any model load
+        if encoder is None and run is not None:
+            from embedx.finetune import load_tuned
 
-        encoder = load_tuned(run, device=device)
-    enc = encoder or load_encoder(model, pretrained, seed=seed, device=device)
-    if writer is None:
-        writer = st.StoreWriter.create(out, n_rows=len(source), dim=enc.dim, meta=meta, dtype=dtype,
-                                       n_texts=None if source.paired else len(source.classnames),
-                                       codec=codec, chunk_rows=chunk_rows, overwrite=overwrite)
-    start = writer.source_pos
-    known = {item["id"] for item in writer.skipped}
-    left_out = [e for e in source.excluded if e["id"] not in known]  # non-regular files, undecodable names
-    if left_out:
-        writer.skip(left_out)
-    if start:
-        log.info("resuming %s at item %d of %d (%d rows committed)", out, start, len(source), writer.rows_committed)
-    try:
-        if not writer.meta.get("texts_written"):
-            writer.write_texts(enc.encode_classes(source.classnames, tmpl), source.classnames)
-        rows0 = writer.rows_committed
-        on_device = enc.device.type == "cuda" if normalize_on_device is None else normalize_on_device
-        _stream(writer, enc, source, start, batch_size, workers, strict, commit_every_s, progress, on_device)
-        final = writer.finalize({"device": str(enc.device), "logit_scale": model_logit_scale(enc.model)})
-    except BaseException:
-        writer.close()
-        raise
-    return EmbedResult(final, start, final["rows_committed"] - rows0)
+            encoder = load_tuned(run, device=device)
+        enc = encoder or load_encoder(model, pretrained, seed=seed, device=device)
+        if writer is None:
+            writer = st.StoreWriter.create(out, n_rows=len(source), dim=enc.dim, meta=meta, dtype=dtype,
+                                           n_texts=None if source.paired else len(source.classnames),
+                                           codec=codec, chunk_rows=chunk_rows, overwrite=overwrite)
+        start = writer.source_pos
+        known = {item["id"] for item in writer.skipped}
+        left_out = [e for e in source.excluded if e["id"] not in known]  # non-regular files, undecodable names
+        if left_out:
+            writer.skip(left_out)
+        if start:
+            log.info("resuming %s at item %d of %d (%d rows committed)", out, start, len(source), writer.rows_committed)
+        try:
+            if not writer.meta.get("texts_written"):
+                writer.write_texts(enc.encode_classes(source.classnames, tmpl), source.classnames)
+            rows0 = writer.rows_committed
+            on_device = enc.device.type == "cuda" if normalize_on_device is None else normalize_on_device
+            _stream(writer, enc, source, start, batch_size, workers, strict, commit_every_s, progress, on_device)
+            final = writer.finalize({"device": str(enc.device), "logit_scale": model_logit_scale(enc.model)})
+        except BaseException:
+            writer.close()
+            raise
+        return EmbedResult(final, start, final["rows_committed"] - rows0)
 
 
 def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, batch_size: int,

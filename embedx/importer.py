@@ -7,15 +7,18 @@ store is never half-overwritten.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import uuid
 
 import numpy as np
 
 from embedx import store as st
 from embedx.errors import EmbedxError
 from embedx.rows import first_bad_row
+from embedx.storepath import place, recover, staging_path, writer_lock
+
+log = logging.getLogger("embedx")
 
 BLOCK_ROWS = 65536
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -210,13 +213,18 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
     meta = {"model": model, "pretrained": None, "seed": None, "dataset": dataset or os.path.basename(sources[0]),
             "mode": "paired" if paired else "classes", "normalized": unit,
             "source": {"imported_from": [os.path.abspath(s) if not st.is_url(s) else s for s in sources]}}
-    return _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite)
+    with writer_lock(out):  # one writer at a time; what killed writers left beside ``out`` is repaired first
+        if not st.is_url(out):
+            for line in recover(out):
+                log.warning(line)
+        st.check_target(out, overwrite)
+        return _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite)
 
 
 def _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite) -> dict:
     local = not st.is_url(out)
     target = out.rstrip("/")
-    tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}" if local else target
+    tmp = staging_path(target) if local else target
     try:
         w = st.StoreWriter.create(tmp, n_rows=x.shape[0], dim=x.shape[1], meta=meta,
                                   n_texts=None if y is None else t.shape[0], dtype=dtype, codec=codec,
@@ -238,16 +246,5 @@ def _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite) 
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     if local:
-        _replace_dir(tmp, target)
+        place(tmp, target)  # atomic: the target holds the old store or the new one, whole
     return meta
-
-
-def _replace_dir(new: str, target: str) -> None:
-    """Move ``new`` to ``target``; an old store there is moved aside first and removed only afterwards."""
-    old = None
-    if os.path.exists(target):
-        old = f"{target}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-    os.replace(new, target)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)

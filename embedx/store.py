@@ -20,6 +20,7 @@ import datetime as _dt
 import os
 import shutil
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -31,6 +32,7 @@ from zarr.core.buffer.cpu import NDBuffer
 
 from embedx.chunkio import direct_reader
 from embedx.errors import StoreError
+from embedx.storepath import crash_point, place, staging_path
 
 SCHEMA = 1
 DTYPES = ("float16", "float32")
@@ -171,8 +173,9 @@ class StoreWriter:
             raise StoreError("nothing to write: the input has no rows")
         if dim < 1:
             raise StoreError(f"embedding dimension must be positive, got {dim}")
-        if check_target(path, overwrite):
-            _remove(path)
+        local = not is_url(path)
+        if check_target(path, overwrite) and not local:
+            _remove(path)  # remote: in place; local stores are staged and swapped in whole (embedx.storepath)
         paired = meta.get("mode") == "paired"
         if not paired and n_texts is None:
             raise StoreError("n_texts is required for stores with class texts")
@@ -180,6 +183,21 @@ class StoreWriter:
             raise StoreError(f"chunk_rows must be at least 1, got {chunk_rows}")
         chunk_rows = min(chunk_rows, max(1, n_rows)) if chunk_rows else default_chunk_rows(dim, dtype, n_rows)
         compressors = _compressors(codec)
+        build = staging_path(path) if local else str(path)
+        try:
+            cls._build(build, n_rows, dim, meta, n_texts, dtype, codec, compressors, chunk_rows, paired)
+            if local:
+                crash_point("create:staged")
+                place(build, path)
+        except BaseException:
+            if local and os.path.isdir(build):
+                shutil.rmtree(build, ignore_errors=True)
+            raise
+        return cls(path, zarr.open_group(str(path), mode="r+"), background=background)
+
+    @staticmethod
+    def _build(path, n_rows, dim, meta, n_texts, dtype, codec, compressors, chunk_rows, paired) -> None:
+        """An empty store at ``path``: its arrays, then its metadata (a fresh generation id)."""
         g = zarr.open_group(str(path), mode="w")
         text_rows = n_rows if paired else n_texts
         text_chunks = chunk_rows if paired else max(1, min(text_rows, chunk_rows))
@@ -191,13 +209,14 @@ class StoreWriter:
                        compressors=None, config=_WRITE_ALL)
         g.create_array("images/ids", shape=(n_rows,), chunks=(chunk_rows,), dtype=str, config=_WRITE_ALL)
         g.create_array("texts/names", shape=(text_rows,), chunks=(text_chunks,), dtype=str, config=_WRITE_ALL)
+        crash_point("create:arrays")
         full = {"schema": SCHEMA, "normalized": True, "created": _now(), "embedx_version": _version(),
+                "generation": uuid.uuid4().hex,
                 "split": None, "prompts": None, "checkpoint_sha256": None, **meta,
                 "dtype": dtype, "dim": int(dim), "codec": codec, "chunk_rows": int(chunk_rows),
                 "n_rows_max": int(n_rows), "texts_written": paired,
                 "rows_committed": 0, "source_pos": 0, "skipped": [], "complete": False}
         g.attrs["embedx"] = full
-        return cls(path, g, background=background)
 
     @classmethod
     def resume(cls, path: str, meta: dict, background: bool = True) -> "StoreWriter":
@@ -288,6 +307,7 @@ class StoreWriter:
                 self._sums["texts"] = _add(self._sums["texts"], normalized_sum(temb))
                 g["texts/names"][r0:r1] = np.concatenate(p.text_names)
             _sync(self.path)
+            crash_point("commit:data")
         self.rows_committed, self.source_pos = r1, int(source_pos)
         self.skipped.extend(skipped)
         self._write_meta()
@@ -306,6 +326,7 @@ class StoreWriter:
         for key in keys:  # one by one, so a finalize killed half-way is completed by the next one
             if self._arrays[key].shape[0] != n:
                 self._arrays[key].resize((n,) + self._arrays[key].shape[1:])
+                crash_point("finalize:resize")
         self.meta.update(extra or {})
         self.meta["complete"] = True
         self.meta["finished"] = _now()
@@ -394,6 +415,7 @@ class Store:
             raise StoreError(
                 f"{path} is unfinished ({self.meta.get('rows_committed', 0)} of at most "
                 f"{self.meta.get('n_rows_max', '?')} rows committed); rerun the command that wrote it to resume")
+        self.generation = self.meta.get("generation")  # a new id each time a store is created at a path
         self.group = zarr.open_group(self.path, mode="r")
         self._emb = self.group["images/embeddings"]
         self._direct = {}  # array name -> DirectRows | None (plain chunk files read without zarr)
@@ -428,6 +450,17 @@ class Store:
     @property
     def paired(self) -> bool:
         return self.meta["mode"] == "paired"
+
+    def ensure_unchanged(self) -> None:
+        """Refuse numbers read across a replacement: the store at ``path`` must still be the one opened (same
+        generation id). Readers call it when they finish; a store swapped in meanwhile is an error, not a mix."""
+        try:
+            now = read_meta(self.path).get("generation")
+        except StoreError:
+            now = "(none)"
+        if now != self.generation:
+            raise StoreError(f"{self.path} was replaced while it was being read (another process wrote a new store "
+                             f"there), so these numbers could mix two stores; rerun")
 
     # -- data ---------------------------------------------------------------------------------------------
     def block_rows(self, target_bytes: int = 64 << 20) -> int:

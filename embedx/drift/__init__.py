@@ -188,6 +188,8 @@ def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode
     t0 = time.perf_counter()
     proj = _projection(a, b, plot_rows, pr, seed)
     timings["projection"] = time.perf_counter() - t0
+    for st in (a, b):  # every number came from the stores that were opened
+        st.ensure_unchanged()
     summary["plot_sample_size"] = len(plot_rows)
     summary["timings_s"] = timings
     return Drift(summary=summary, displacement=pr.displacement, projection=proj)

@@ -170,6 +170,7 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
         out["zeroshot_mean_per_class_recall"] = rec["i2t_recall@1"]
         timings["retrieval"] = time.perf_counter() - t0
 
+    store.ensure_unchanged()  # every number above came from the store that was opened
     result = {k: float(out[k]) for k in want}
     result.update(n_images=n, n_texts=c, dim=store.dim, timings_s=timings)
     if estimates:

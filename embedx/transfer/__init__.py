@@ -89,7 +89,9 @@ def compute(store_or_path, scores=None, *, logit_scale: float | None = None, pro
     store = store_or_path if isinstance(store_or_path, Store) else Store(str(store_or_path))
     if logit_scale is None:
         logit_scale = store_logit_scale(store)
-    return _run(StoreSource(store), scores, logit_scale, progress)
+    result = _run(StoreSource(store), scores, logit_scale, progress)
+    store.ensure_unchanged()  # every score came from the store that was opened
+    return result
 
 
 def store_logit_scale(store) -> float:

@@ -1,0 +1,150 @@
+"""A store's life on disk: creation and overwrite are atomic at every kill point (deterministic crash injection
+through EMBEDX_CRASH_AT), leftovers of killed writers are repaired by the next run, one writer at a time, and a
+reader never mixes two stores."""
+import os
+import signal
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embedx import measures
+from embedx.errors import StoreError
+from embedx.importer import import_arrays
+from embedx.store import Store
+from embedx.storepath import writer_lock
+from tests.conftest import assert_one_line_error, invoke, run_embedx
+
+KILLED = -signal.SIGKILL
+
+
+def _folder(root, rng):
+    """8 readable images in two classes and one broken file (skipped, so finalize trims the arrays)."""
+    for c in ("cat", "dog"):
+        os.makedirs(root / c)
+        for k in range(4):
+            Image.fromarray(rng.integers(0, 255, (12 + k, 11, 3), dtype=np.uint8)).save(root / c / f"{k}.png")
+    (root / "dog" / "broken.png").write_bytes(b"not an image")
+    return root
+
+
+def _leftovers(folder):
+    return sorted(p for p in os.listdir(folder) if ".tmp-" in p or ".old-" in p)
+
+
+def _embed(root, out, *extra, env=None):
+    """In a child process when it is to be killed (``env``), else in this one (fast)."""
+    args = ("embed", "-m", "embedx-tiny", "--data", f"folder:{root}", "--out", out, "--batch-size", 3, *extra)
+    if env:
+        return run_embedx(*args, env=env)
+    r = invoke(*args)
+    return r.exit_code, r.stdout, r.stderr
+
+
+@pytest.fixture
+def reference(tmp_path_factory, rng):
+    base = tmp_path_factory.mktemp("ref")
+    root = _folder(base / "imgs", rng)
+    rc, _, err = _embed(root, base / "ref.zarr")
+    assert rc == 0, err
+    return root, Store(str(base / "ref.zarr"))
+
+
+@pytest.mark.parametrize("point", ["create:arrays", "create:staged", "place:start", "commit:data",
+                                   "finalize:resize"])
+def test_a_killed_embed_is_finished_by_the_same_command(tmp_path, reference, point):
+    root, ref = reference
+    out = tmp_path / "s.zarr"
+    rc, _, err = _embed(root, out, env={"EMBEDX_CRASH_AT": point})
+    assert rc == KILLED, (point, err)
+    rc, _, err = _embed(root, out)
+    assert rc == 0, err
+    s = Store(str(out))
+    np.testing.assert_array_equal(s.images(), ref.images())
+    np.testing.assert_array_equal(s.labels(), ref.labels())
+    assert s.meta["n_skipped"] == 1 and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("point,exchange", [("create:arrays", True), ("place:start", True),
+                                            ("place:exchanged", True), ("place:between", False)])
+def test_a_killed_embed_overwrite_leaves_a_store_the_same_command_replaces(tmp_path, reference, point, exchange):
+    root, ref = reference
+    out = tmp_path / "s.zarr"
+    assert _embed(root, out, "--seed", "7")[0] == 0  # an old, complete store with other weights
+    env = {"EMBEDX_CRASH_AT": point} | ({} if exchange else {"EMBEDX_NO_RENAME_EXCHANGE": "1"})
+    rc, _, err = _embed(root, out, "--overwrite", env=env)
+    assert rc == KILLED, err
+    rc, _, err = _embed(root, out, "--overwrite")
+    assert rc == 0, err
+    np.testing.assert_array_equal(Store(str(out)).images(), ref.images())
+    assert _leftovers(tmp_path) == []
+
+
+def _arrays(tmp_path, rng, name, n=40, c=3, d=8):
+    x, t = rng.standard_normal((n, d)).astype(np.float32), rng.standard_normal((c, d)).astype(np.float32)
+    paths = {}
+    for k, arr in (("x", x), ("t", t), ("y", rng.integers(0, c, n))):
+        paths[k] = str(tmp_path / f"{name}-{k}.npy")
+        np.save(paths[k], arr)
+    return paths, x
+
+
+@pytest.mark.parametrize("point,exchange", [("create:arrays", True), ("create:staged", True), ("place:start", True),
+                                            ("place:exchanged", True), ("place:between", False)])
+def test_import_overwrite_always_leaves_the_old_or_the_new_store(tmp_path, rng, point, exchange):
+    old, x_old = _arrays(tmp_path, rng, "old")
+    new, x_new = _arrays(tmp_path, rng, "new")
+    out = str(tmp_path / "s.zarr")
+    import_arrays(out, images=old["x"], texts=old["t"], labels=old["y"], dtype="float32")
+
+    def cli(paths, env=None):
+        args = ("import", "--images", paths["x"], "--texts", paths["t"], "--labels", paths["y"], "--dtype", "float32",
+                "--overwrite", "--out", out)
+        if env:
+            return run_embedx(*args, env=env)
+        r = invoke(*args)
+        return r.exit_code, r.stdout, r.stderr
+
+    for _ in range(2):  # several killed imports: their leftovers pile up until the next run
+        env = {"EMBEDX_CRASH_AT": point} | ({} if exchange else {"EMBEDX_NO_RENAME_EXCHANGE": "1"})
+        rc, _, err = cli(new, env)
+        assert rc == KILLED, err
+        if exchange:  # the target is always one whole store, old or new
+            held = Store(out).images()
+            assert np.array_equal(held, x_old) or np.array_equal(held, x_new)
+    rc, _, err = cli(new)
+    assert rc == 0, err
+    np.testing.assert_array_equal(Store(out).images(), x_new)
+    assert _leftovers(tmp_path) == []
+    assert "removed" in err or "restored" in err or point == "place:exchanged" and exchange  # said what it repaired
+
+
+def test_a_second_writer_is_refused_in_one_line(tmp_path, rng, reference):
+    root, _ = reference
+    paths, _ = _arrays(tmp_path, rng, "a")
+    out = tmp_path / "s.zarr"
+    with writer_lock(str(out)):  # as an embed in progress holds it
+        rc, _, err = _embed(root, out, "--overwrite")
+        assert_one_line_error(rc, err, "being written by another embedx process", f"pid {os.getpid()}")
+        rc, _, err = run_embedx("import", "--images", paths["x"], "--texts", paths["t"], "--labels", paths["y"],
+                                "--out", out)
+        assert_one_line_error(rc, err, "being written by another embedx process")
+    assert not out.exists()
+    assert _embed(root, out)[0] == 0  # the lock went with its holder
+
+
+def test_a_reader_never_mixes_two_stores(tmp_path, rng):
+    from embedx import transfer
+
+    a, _ = _arrays(tmp_path, rng, "a", n=60)
+    b, _ = _arrays(tmp_path, rng, "b", n=60)
+    out = str(tmp_path / "s.zarr")
+    import_arrays(out, images=a["x"], texts=a["t"], labels=a["y"])
+    reader = Store(out)
+    measures.compute(reader, ["acs"])  # fine while it is the same store
+    import_arrays(out, images=b["x"], texts=b["t"], labels=b["y"], overwrite=True)  # replaced under the reader
+    with pytest.raises(StoreError, match="replaced while it was being read"):
+        measures.compute(reader, ["acs", "iimm"])
+    with pytest.raises(StoreError, match="replaced while it was being read"):
+        transfer.compute(reader, ["hscore"])
+    assert measures.compute(Store(out), ["acs"])["acs"] == pytest.approx(measures.compute(Store(out), ["acs"])["acs"])
