@@ -43,6 +43,10 @@ class EmbedxGroup(click.Group):
             sys.exit(EXIT_INTERRUPTED)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
+        except OSError as e:  # an expected failure of the machine (disk full, I/O error, permissions): not a bug
+            where = e.filename if e.filename is not None else "?"
+            click.echo(f"error: {where}: {e.strerror or ' '.join(str(e).split())[:300]}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
         except Exception as e:  # a bug: still one line, the traceback on request
             if os.environ.get("EMBEDX_DEBUG"):
                 raise

@@ -189,9 +189,11 @@ class StoreWriter:
             if local:
                 crash_point("create:staged")
                 place(build, path)
-        except BaseException:
+        except BaseException as e:
             if local and os.path.isdir(build):
                 shutil.rmtree(build, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise StoreError(f"{path}: cannot create the store ({e.strerror or e})") from None
             raise
         return cls(path, zarr.open_group(str(path), mode="r+"), background=background)
 
@@ -289,6 +291,13 @@ class StoreWriter:
             f.result()
 
     def _commit(self, p: _Pending, skipped: list, source_pos: int) -> None:
+        try:
+            self._commit_rows(p, skipped, source_pos)
+        except OSError as e:  # disk full, I/O error: the committed rows stay as they were
+            raise StoreError(f"{self.path}: cannot write ({e.strerror or e}); the rows committed before are "
+                             f"kept: free space and rerun to resume") from None
+
+    def _commit_rows(self, p: _Pending, skipped: list, source_pos: int) -> None:
         n = len(p)
         r0, r1 = self.rows_committed, self.rows_committed + n
         g = self._arrays
@@ -417,7 +426,13 @@ class Store:
                 f"{self.meta.get('n_rows_max', '?')} rows committed); rerun the command that wrote it to resume")
         self.generation = self.meta.get("generation")  # a new id each time a store is created at a path
         self.group = zarr.open_group(self.path, mode="r")
-        self._emb = self.group["images/embeddings"]
+        try:
+            self._emb = self.group["images/embeddings"]
+            for name in ("images/labels", "texts/embeddings"):
+                self.group[name]
+        except Exception as e:  # a missing or garbled array metadata file
+            raise StoreError(f"{self.path}: broken array metadata ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:160]}); the store is damaged") from None
         self._direct = {}  # array name -> DirectRows | None (plain chunk files read without zarr)
 
     # -- shape --------------------------------------------------------------------------------------------
@@ -476,7 +491,15 @@ class Store:
             self._direct[name] = direct_reader(self.group[name])
         d = self._direct[name]
         if d is None or not d.read_rows(start, out):
-            self.group[name].get_basic_selection(slice(start, start + len(out)), out=NDBuffer.from_numpy_array(out))
+            try:
+                self.group[name].get_basic_selection(slice(start, start + len(out)),
+                                                     out=NDBuffer.from_numpy_array(out))
+            except OSError:
+                raise
+            except Exception as e:  # a truncated or garbled chunk: the store is damaged, say where
+                raise StoreError(f"{self.path}: cannot read {name} rows {start}..{start + len(out) - 1} "
+                                 f"({type(e).__name__}: {' '.join(str(e).split())[:160]}); the store is damaged"
+                                 ) from None
         return out
 
     def read_images_into(self, start: int, out: np.ndarray) -> np.ndarray:

@@ -148,3 +148,44 @@ def test_a_reader_never_mixes_two_stores(tmp_path, rng):
     with pytest.raises(StoreError, match="replaced while it was being read"):
         transfer.compute(reader, ["hscore"])
     assert measures.compute(Store(out), ["acs"])["acs"] == pytest.approx(measures.compute(Store(out), ["acs"])["acs"])
+
+
+def _limited(max_bytes):
+    """preexec_fn: files may grow to ``max_bytes``; past that a write fails with EFBIG (as a full disk would)."""
+    import resource
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return apply
+
+
+def test_io_failures_are_one_line_errors_naming_the_path_and_lose_nothing(tmp_path, rng):
+    import subprocess
+    import sys
+
+    paths, x = _arrays(tmp_path, rng, "big", n=4000, d=64)
+    out = str(tmp_path / "s.zarr")
+    import_arrays(out, images=paths["x"], texts=paths["t"], labels=paths["y"], dtype="float32")
+    cmd = [sys.executable, "-m", "embedx.cli.main", "import", "--images", paths["x"], "--texts", paths["t"],
+           "--labels", paths["y"], "--dtype", "float32", "--chunk-rows", "4000", "--overwrite", "--out", out]
+    p = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_limited(256 << 10))  # a 1 MB chunk fails
+    assert_one_line_error(p.returncode, p.stderr, out, "file too large")
+    assert p.returncode == 2 and "internal" not in p.stderr
+    np.testing.assert_array_equal(Store(out).images(), x)  # the old store is untouched
+    assert _leftovers(tmp_path) == []
+
+
+def test_damaged_metadata_and_truncated_chunks_name_the_store(tmp_path, rng):
+    paths, _ = _arrays(tmp_path, rng, "a", n=300)
+    out = tmp_path / "s.zarr"
+    import_arrays(str(out), images=paths["x"], texts=paths["t"], labels=paths["y"], chunk_rows=64, codec="zstd1")
+    chunk = out / "images" / "embeddings" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:10])  # truncated (compressed: zarr decodes it, and fails)
+    r = invoke("measure", out)
+    assert_one_line_error(r.exit_code, r.stderr, str(out), "images/embeddings", "damaged")
+    (out / "texts" / "embeddings" / "zarr.json").write_text("{ not json")
+    r = invoke("measure", out)
+    assert_one_line_error(r.exit_code, r.stderr, str(out), "broken array metadata")
+    assert "internal" not in r.stderr
