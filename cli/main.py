@@ -237,7 +237,7 @@ def measure(store, metrics, silhouette_mode, sample_size, seed, silhouette_label
     (Euclidean, cosine), zero-shot top-1/top-5/mean per-class recall, and for paired stores retrieval
     recall@1/5/10 both ways. Exact: each value equals a float64 brute force of its definition (1e-5).
     """
-    from embedx.measures import compute
+    from embedx.measures import NOT_MEASURES, compute
     from embedx.store import Store
 
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
@@ -247,8 +247,7 @@ def measure(store, metrics, silhouette_mode, sample_size, seed, silhouette_label
     if as_json:
         return
     click.echo(f"{store}: {res['n_images']} images, {res['n_texts']} texts, d={res['dim']}\n")
-    skip = ("n_images", "n_texts", "dim", "timings_s", "estimates", "per_class")
-    keys = [k for k in res if k not in skip]
+    keys = [k for k in res if k not in NOT_MEASURES]
     w = max(len(k) for k in keys)
     for k in keys:
         est = res.get("estimates", {}).get(k)
@@ -261,6 +260,8 @@ def measure(store, metrics, silhouette_mode, sample_size, seed, silhouette_label
             vals = [row["n_images"], row["acs"], row["zeroshot_recall"], row.get("silhouette_euclidean")]
             click.echo(f"  {name:<20} " + "  ".join("-" if v is None else (f"{v}" if isinstance(v, int) else f"{v: .4f}")
                                                   for v in vals))
+    if "ties" in res:
+        click.echo(f"\nties: {res['ties']}")
     click.echo(f"\n{sum(res['timings_s'].values()):.2f} s")
 
 
@@ -302,6 +303,7 @@ def demo(out, as_json):
     The embeddings come from Liang et al., "Mind the Gap" (NeurIPS 2022, MIT license), shipped with embedx.
     """
     from embedx.demo import DATASET, run_demo
+    from embedx.measures import NOT_MEASURES
 
     rows = run_demo(out)
     if as_json:
@@ -312,7 +314,7 @@ def demo(out, as_json):
              ["store", *(r["info"]["path"] for r in rows)],
              ["pairs x dim", *(f"{r['info']['n_images']} x {r['info']['dim']} {r['info']['dtype']}" for r in rows)]]
     for k in rows[0]["measures"]:
-        if k not in ("n_images", "n_texts", "dim", "timings_s"):
+        if k not in NOT_MEASURES:
             table.append([k, *(f"{r['measures'][k]:.4f}" for r in rows)])
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:

@@ -28,3 +28,16 @@ def first_bad_row(norms: np.ndarray):
         return i, "is all zeros (it has no direction and cannot be L2-normalized)"
     return i, (f"has norm {v:.3g}, outside [{NORM_MIN:g}, {NORM_MAX:g}] where float32 normalizes exactly; "
                f"rescale the rows (any scale inside gives the same measures)")
+
+
+def duplicate_groups(rows: np.ndarray) -> list[np.ndarray]:
+    """Indices of rows that are identical, bit for bit, one int64 array per group of two or more (ascending).
+    Identical class texts or captions score exactly the same against every query: their tie goes to the
+    lowest index, as argmax and stable sorting break it."""
+    rows = np.ascontiguousarray(rows)
+    if len(rows) < 2:
+        return []
+    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    return [np.flatnonzero(inverse == g) for g in np.flatnonzero(counts > 1)]

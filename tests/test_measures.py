@@ -68,7 +68,8 @@ def _store(tmp_path, rng, n, c, d, dtype, paired=False, scale=True, y=None):
 def _check(store, x, t, y, tol=1e-5):
     got = M.compute(store)
     ref = brute_force(x, t, y, store.paired)
-    assert set(got) - {"n_images", "n_texts", "dim", "timings_s"} == set(ref)
+    assert set(got) - {"n_images", "n_texts", "dim", "timings_s", "ties"} == set(ref)
+    assert got["ties"].startswith("lowest index wins")  # the tie rule is stated in the result
     for k, v in ref.items():
         assert got[k] == pytest.approx(v, abs=tol), k
     assert (got["n_images"], got["n_texts"], got["dim"]) == (len(x), len(t), x.shape[1])
@@ -119,6 +120,31 @@ def test_iimm_on_a_partly_labelled_store_is_the_authors_iimm_of_the_labelled_ima
     g = xn @ xn.T
     assert got["iimm_intra"] == pytest.approx(g[np.triu_indices(n, 1)].mean(), abs=1e-6)  # every image
     assert abs(got["iimm_intra"] - g[np.ix_(lab, lab)][np.triu_indices(lab.sum(), 1)].mean()) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_duplicate_class_texts_tie_to_the_lowest_index_as_argmax(tmp_path, rng, dtype):
+    """ImageNet has two "crane" classes: identical prompts score identically, and argmax picks the first."""
+    n, c, d = 400, 8, 24
+    y = rng.integers(0, c, n)
+    t = rng.standard_normal((c, d)).astype(np.float32)
+    t[3] = t[1]
+    t[6] = t[1]                  # three identical texts: 1, 3, 6
+    t[7] = t[2]
+    x = (t[y] * 2 + rng.standard_normal((n, d))).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "t.npy", t)
+    np.save(tmp_path / "y.npy", y)
+    import_arrays(str(tmp_path / "s.zarr"), images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"),
+                  labels=str(tmp_path / "y.npy"), dtype=dtype)
+    s = Store(str(tmp_path / "s.zarr"))
+    got = M.compute(s, ["zeroshot_top1", "zeroshot_top5", "zeroshot_mean_per_class_recall"], per_class=True)
+    ref = brute_force(s.images(), s.texts(), s.labels(), False)
+    for k in ("zeroshot_top1", "zeroshot_top5", "zeroshot_mean_per_class_recall"):
+        assert got[k] == pytest.approx(ref[k], abs=1e-12), k
+    assert got["per_class"]["3"]["zeroshot_recall"] == 0 and got["per_class"]["6"]["zeroshot_recall"] == 0
+    assert got["per_class"]["1"]["zeroshot_recall"] > 0.5  # the first of the identical texts takes the hits
+    assert "lowest index wins" in got["ties"]
 
 
 def test_real_clip_coco_embeddings(tmp_path):

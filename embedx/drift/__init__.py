@@ -27,11 +27,10 @@ import numpy as np
 from embedx.drift import stats
 from embedx.drift.stats import project_2d
 from embedx.errors import EmbedxError
-from embedx.measures import compute
+from embedx.measures import NOT_MEASURES, compute
 from embedx.measures.stream import normalized
 from embedx.store import Store
 
-NOT_MEASURES = ("n_images", "n_texts", "dim", "timings_s", "estimates", "per_class")
 PLOT_TEXTS_MAX = 2000
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from embedx.errors import EmbedxError
-from embedx.measures.stream import normalized
+from embedx.measures.stream import ZS_ROWS, _zeroshot_hits, normalized
+from embedx.rows import duplicate_groups
 from embedx.store import Store
 
 BLOCK_BYTES = 8 << 20  # stored bytes per block and store (whole chunks): bounds the working memory
@@ -105,14 +106,15 @@ class PassResult:
     plot: dict = field(default_factory=dict)       # normalized sampled rows: images_before/after
 
 
-def _hits(x: torch.Tensor, y: np.ndarray, texts_t: torch.Tensor, c: int) -> np.ndarray:
+def _hits(x: torch.Tensor, y: np.ndarray, texts: torch.Tensor, c: int, groups) -> np.ndarray:
+    """Per-class zero-shot top-1 hits, counted as ``measure`` counts them (ties to the lowest index)."""
     keep = np.flatnonzero(y >= 0)
-    if not len(keep):
-        return np.zeros(c, np.int64)
-    yl = torch.from_numpy(y[keep].astype(np.int64))
-    logits = (x if len(keep) == len(x) else x[torch.from_numpy(keep)]) @ texts_t
-    top1 = (logits > logits.gather(1, yl[:, None])).sum(1) == 0
-    return np.bincount(yl[top1].numpy(), minlength=c)
+    top1, top5 = torch.zeros(c, dtype=torch.long), torch.zeros(c, dtype=torch.long)
+    if len(keep):
+        xl = x if len(keep) == len(x) else x[torch.from_numpy(keep)]
+        hit = torch.empty(min(ZS_ROWS, len(keep)), c)
+        _zeroshot_hits(xl.float(), torch.from_numpy(y[keep].astype(np.int64)), texts, top1, top5, hit, groups=groups)
+    return top1.numpy()
 
 
 def drift_pass(a: Store, b: Store, *, knn_k: int = 10, knn_rows: np.ndarray | None = None,
@@ -130,7 +132,8 @@ def drift_pass(a: Store, b: Store, *, knn_k: int = 10, knn_rows: np.ndarray | No
     classes = not a.paired
     if classes:
         labels = a.labels()
-        texts_t = [normalized(s.texts(np.float32), f"{s.path} texts").T.contiguous() for s in (a, b)]
+        texts = [normalized(s.texts(np.float32), f"{s.path} texts") for s in (a, b)]
+        groups = [[torch.from_numpy(g) for g in duplicate_groups(t.numpy())] for t in texts]
         c = a.n_texts
         hits = [np.zeros(c, np.int64), np.zeros(c, np.int64)]
     disp = np.empty(n, np.float32)
@@ -147,7 +150,7 @@ def drift_pass(a: Store, b: Store, *, knn_k: int = 10, knn_rows: np.ndarray | No
             heaps[j].add(x.numpy(), start)
             plot[j].append(x[torch.from_numpy(sel)].numpy().copy())
             if classes:
-                hits[j] += _hits(x, labels[start:stop], texts_t[j], c)
+                hits[j] += _hits(x, labels[start:stop], texts[j], c, groups[j])
     res = [h.result() for h in heaps]
     out = PassResult(displacement=disp, cka=sums.cka(), knn_overlap=float(overlap(*res).mean()),
                      knn_queries=len(knn_rows), knn_k=k,

@@ -28,6 +28,7 @@ import torch
 
 from embedx.encoders import resolve_device
 from embedx.errors import EmbedxError
+from embedx.rows import duplicate_groups
 from embedx.measures import retrieval, silhouette
 from embedx.measures.stream import (PassConfig, Partial, block_partial, class_pass, cosine_silhouette_sum,
                                    normalized)
@@ -37,6 +38,8 @@ BASE = ("acs", "iimm_inter", "iimm_intra", "iimm", "text_intra", "gap", "silhoue
         "silhouette_cosine", "zeroshot_top1", "zeroshot_top5", "zeroshot_mean_per_class_recall")
 RETRIEVAL = tuple(f"{side}_recall@{k}" for side in ("i2t", "t2i") for k in retrieval.KS)
 CLASS_SILHOUETTE = "silhouette_class_euclidean"
+TIES = "lowest index wins (as argmax and stable sorting): among candidates scoring exactly the same, the lower index ranks first"
+NOT_MEASURES = ("n_images", "n_texts", "dim", "timings_s", "estimates", "per_class", "ties")  # other result keys
 HINT_EFFECT = 1e-7  # use the recorded S_x only if its error moves any a_p by less than this
 
 
@@ -86,7 +89,8 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
     want_cos = "silhouette_cosine" in want
     cfg = PassConfig(texts=texts, text_sum=text_sum, n_texts=c, n_images=n,
                      sum_x_hint=sx_hint if want_cos and text_sum is not None else None,
-                     zeroshot=not store.paired and any(m.startswith("zeroshot") for m in want), device=dev)
+                     zeroshot=not store.paired and any(m.startswith("zeroshot") for m in want), device=dev,
+                     text_groups=tuple(duplicate_groups(texts.numpy())) if texts is not None else ())
     tot, text_cos, st_pass = _stream(store, cfg)
     timings["stream_pass"] = time.perf_counter() - t0
 
@@ -173,6 +177,8 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
     store.ensure_unchanged()  # every number above came from the store that was opened
     result = {k: float(out[k]) for k in want}
     result.update(n_images=n, n_texts=c, dim=store.dim, timings_s=timings)
+    if any(m.startswith("zeroshot") or m in RETRIEVAL for m in want):
+        result["ties"] = TIES
     if estimates:
         result["estimates"] = estimates
     if per_class:

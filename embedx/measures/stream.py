@@ -9,8 +9,9 @@ With x^ = x/|x|:
   S_x   = sum_i x^_i                      (iimm_intra = (|S_x|^2 - N) / (N (N-1)), gap)
   cos   = sum_i s_i of the cosine silhouette, when S_x is known up front (the store keeps it): the mean
           cosine distance of x^ to a cluster G is 1 - x^.(sum_G g)/|G|, self excluded
-  top-1 / top-5 hits per class: the true class is top-k if fewer than k classes score strictly higher
-          (row scaling does not change the ranking; exact ties count in the image's favour)
+  top-1 / top-5 hits per class: the true class is top-k if fewer than k classes rank before it: those that
+          score strictly higher and, among bit-identical class texts, those of lower index (the lowest index
+          wins a tie, as argmax); row scaling does not change the ranking
 
 Class stores run :func:`class_pass`: whole Zarr chunks (about 4 MiB, cache-sized) are read straight into a
 per-thread buffer and swept by the fused kernel (``kernels.stream_stats``) while hot, one thread per core; the
@@ -108,6 +109,7 @@ class PassConfig:
     sum_x_hint: torch.Tensor | None     # S_x known up front (store attrs): cosine silhouette in this pass
     zeroshot: bool
     device: torch.device = torch.device("cpu")  # where the zero-shot matmul and counts run
+    text_groups: tuple = ()             # bit-identical class texts (rows.duplicate_groups): ties by index
 
     def cos_vectors(self, dim: int) -> np.ndarray:
         """The two vectors the sweep dots every normalized row with: S_x (hint) and S_t; zeros if unused."""
@@ -117,18 +119,27 @@ class PassConfig:
 
 
 def _zeroshot_hits(x: torch.Tensor, y: torch.Tensor, texts: torch.Tensor, top1: torch.Tensor, top5: torch.Tensor,
-                   hit: torch.Tensor, step: int = ZS_ROWS) -> None:
+                   hit: torch.Tensor, step: int = ZS_ROWS, groups=()) -> None:
     """Add the top-1/top-5 hits of float32 rows ``x`` with labels ``y`` (all >= 0) per class into the int64
-    tensors ``top1``/``top5`` (all on one device): the true class is top-k if fewer than k classes score
-    strictly higher (row scaling does not change the ranking). ``hit``: a float32 work buffer of at least
-    min(step, len(x)) x C. The matmul is IEEE float32 on every device (CUDA's default: no TF32). ``step`` rows
-    per matmul: cache-sized on CPU; far larger on a GPU, where each step is one launch of a few kernels."""
+    tensors ``top1``/``top5`` (all on one device). The true class y ranks after every class scoring strictly
+    higher and, among identical class texts (``groups``: index tensors of bit-identical rows, from
+    ``embedx.rows.duplicate_groups``), after those of lower index: the lowest index wins a tie, as argmax.
+    Row scaling does not change the ranking. ``hit``: a float32 work buffer of at least min(step, len(x)) x C.
+    The matmul is IEEE float32 on every device (CUDA's default: no TF32). ``step`` rows per matmul:
+    cache-sized on CPU; far larger on a GPU, where each step is one launch of a few kernels."""
     c = len(texts)
     for z0 in range(0, len(x), step):  # cache-sized: matmul-bound, logits stay small
         yz = y[z0:z0 + step]
         logits = torch.nn.functional.linear(x[z0:z0 + step], texts)
+        true = logits.gather(1, yz[:, None])
         # compared into float32, not bool: summed 4x faster, exact (counts <= C < 2^24)
-        better = torch.gt(logits, logits.gather(1, yz[:, None]), out=hit[: len(yz)]).sum(1)
+        better = torch.gt(logits, true, out=hit[: len(yz)]).sum(1)
+        for g in groups:  # identical texts tie exactly: decided by index, not by float rounding
+            rows = torch.isin(yz, g).nonzero()[:, 0]
+            if len(rows):
+                yr = yz[rows]
+                counted = (logits[rows][:, g] > true[rows]).sum(1)
+                better[rows] += ((g[None, :] < yr[:, None]).sum(1) - counted).to(better.dtype)
         top1 += torch.bincount(yz[better == 0], minlength=c)
         top5 += torch.bincount(yz[better < 5], minlength=c)
 
@@ -153,6 +164,7 @@ class ClassWorker:
         self.top1, self.top5 = (torch.zeros(c, dtype=torch.long, device=dev),
                                 torch.zeros(c, dtype=torch.long, device=dev)) if zs else (None, None)
         self.texts = cfg.texts.to(dev) if zs else None
+        self.groups = [torch.as_tensor(g, dtype=torch.long, device=dev) for g in cfg.text_groups] if zs else []
         self.xf = torch.empty(min(rows, ZS_ROWS), dim, device=dev) if zs else None
         self.hit = torch.empty(min(rows, ZS_ROWS), c, device=dev) if zs else None  # comparisons of one step
 
@@ -182,7 +194,8 @@ class ClassWorker:
             for z0 in range(0, len(xl), len(self.xf)):
                 xf = self.xf[: min(len(self.xf), len(xl) - z0)]
                 xf.copy_(torch.from_numpy(xl[z0:z0 + len(xf)]))
-                _zeroshot_hits(xf, yt[z0:z0 + len(xf)], self.texts, self.top1, self.top5, self.hit)
+                _zeroshot_hits(xf, yt[z0:z0 + len(xf)], self.texts, self.top1, self.top5, self.hit,
+                               groups=self.groups)
 
     def flush(self) -> None:
         self.sums += self.acc
