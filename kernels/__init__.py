@@ -48,9 +48,11 @@ def topk(q: torch.Tensor, g: torch.Tensor, k: int) -> torch.Tensor:
 
 def rank_count(a: torch.Tensor, b: torch.Tensor, a_thr, b_thr, b_pos, row_offset: int = 0,
                row_counts: torch.Tensor | None = None, col_counts: torch.Tensor | None = None, a_scale=None,
-               b_scale=None):
+               b_scale=None, ties=None):
     """int64 ``row_counts[i] = #{j: b_pos[j] != row_offset + i, a_i.b_j > a_thr[i]}`` and ``col_counts[j] =
     #{i: b_pos[j] != row_offset + i, a_i.b_j > b_thr[j]}``, added into the given tensors (zeros when None).
-    With scales, the rows are ``a_scale[i] * a_i`` and ``b_scale[j] * b_j``."""
+    With scales, the rows are ``a_scale[i] * a_i`` and ``b_scale[j] * b_j``; ``ties`` takes out the candidates
+    tied exactly with the best positive (see ``kernels.rank_count``)."""
     impl = rank_count_triton if backend_for(a.device) == "triton" else rank_count_torch
-    return impl(a, b, a_thr, b_thr, b_pos, row_offset, row_counts, col_counts, a_scale=a_scale, b_scale=b_scale)
+    return impl(a, b, a_thr, b_thr, b_pos, row_offset, row_counts, col_counts, a_scale=a_scale, b_scale=b_scale,
+                ties=ties)

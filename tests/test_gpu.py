@@ -77,7 +77,7 @@ def test_cluster_distance_kernel_matches_float64(rng, dtype, case):
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("case", ["ragged", "offset", "ties", "scaled"])
+@pytest.mark.parametrize("case", ["ragged", "offset", "ties", "scaled", "tie_groups"])
 def test_rank_count_kernel_matches_float64(rng, dtype, case):
     m, n = int(rng.integers(2, 120 * BIG)), int(rng.integers(2, 200 * BIG))
     d = int(rng.integers(1, 70 * (2 if ON_GPU else 1)))
@@ -93,12 +93,17 @@ def test_rank_count_kernel_matches_float64(rng, dtype, case):
     sa = sb = None
     if case == "scaled":
         sa, sb = 1.0 / np.linalg.norm(a64, axis=1), 1.0 / np.linalg.norm(b64, axis=1)
+    ties = None
+    if case == "tie_groups":  # group ids (-1: none) and skips (-2: none): candidates the caller ranks by index
+        skip = (lambda k: np.where((v := rng.integers(-2, 3, k)) == -1, -2, v))
+        ties = (rng.integers(-1, 3, m), skip(m), rng.integers(-1, 3, n), skip(n))
     as_t = (lambda v: None if v is None else torch.from_numpy(v).to(DEVICE))
     got = [g.cpu().numpy() for g in K.rank_count_triton(a, b, as_t(a_thr), as_t(b_thr), as_t(pos), row_offset,
-                                                        a_scale=as_t(sa), b_scale=as_t(sb))]
+                                                        a_scale=as_t(sa), b_scale=as_t(sb),
+                                                        ties=None if ties is None else tuple(map(as_t, ties)))]
     # exact, but for a score within float32 round-off of its threshold (either way is right there)
-    lo = K.rank_count_reference(a64, b64, a_thr + 1e-5, b_thr + 1e-5, pos, row_offset, sa, sb)
-    hi = K.rank_count_reference(a64, b64, a_thr - 1e-5, b_thr - 1e-5, pos, row_offset, sa, sb)
+    lo = K.rank_count_reference(a64, b64, a_thr + 1e-5, b_thr + 1e-5, pos, row_offset, sa, sb, ties)
+    hi = K.rank_count_reference(a64, b64, a_thr - 1e-5, b_thr - 1e-5, pos, row_offset, sa, sb, ties)
     for g, low, high in zip(got, lo, hi):
         assert g.shape == low.shape and (low <= g).all() and (g <= high).all()
     assert (lo[0] == hi[0]).mean() > 0.9 and (lo[1] == hi[1]).mean() > 0.9

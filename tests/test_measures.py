@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import silhouette_samples, silhouette_score
 
 from embedx import measures as M
@@ -415,7 +416,10 @@ def _grouped_recall_brute_force(x, t, ids):
         first_row.setdefault(v, i)
     first = np.array(sorted(first_row.values()))
     pos = np.searchsorted(first, [first_row[v] for v in ids])
-    sim = x[first] @ t.T
+    # identical vectors get bit-identical similarities (a BLAS may round identical columns differently)
+    qu, qinv = np.unique(x[first], axis=0, return_inverse=True)
+    tu, tinv = np.unique(t, axis=0, return_inverse=True)
+    sim = (qu @ tu.T)[qinv.ravel()][:, tinv.ravel()]
     i2t = pos[np.argsort(-sim, 1, kind="stable")] == np.arange(len(first))[:, None]
     t2i = np.argsort(-sim.T, 1, kind="stable") == pos[:, None]
     r = {}
@@ -497,3 +501,43 @@ def test_device_option(tmp_path, rng):
         assert_one_line_error(r.exit_code, r.stderr, "no CUDA device")
     r = invoke("measure", s.path, "--device", "tpu9")
     assert_one_line_error(r.exit_code, r.stderr, "unknown device")
+
+
+@pytest.mark.parametrize("path", ["streamed", "uncached", "in_memory", "resident_triton"])
+def test_duplicate_captions_and_images_tie_to_the_lowest_index(tmp_path, rng, monkeypatch, path):
+    """ConVIRT repeats report texts and datasets repeat images: identical vectors tie exactly, and a stable
+    ranking puts the lower index first, for the image and for the text queries alike."""
+    from embedx.measures import retrieval
+    from embedx.store import StoreWriter
+
+    n_items, d = 60, 12
+    ids = np.repeat(np.arange(n_items), rng.integers(1, 3, n_items))  # some images have two captions
+    n = len(ids)
+    img = rng.standard_normal((n_items, d))
+    img[[7, 30, 44]] = img[20]                  # the same image as four items
+    x = img[ids].astype(np.float32)
+    t = (0.6 * x + rng.standard_normal((n, d))).astype(np.float32)
+    base = t[10].copy()
+    for j in (3, 10, 25, 61, n - 1):            # one report text repeated across items (and within one)
+        t[j] = base
+    t[11] = t[12] if ids[11] == ids[12] else t[11]
+    path_s = str(tmp_path / "dup.zarr")
+    meta = {"model": "m", "pretrained": "none", "seed": 0, "dataset": "d", "dataset_sha256": "x", "mode": "paired"}
+    w = StoreWriter.create(path_s, n_rows=n, dim=d, meta=meta, dtype="float32", chunk_rows=16, background=False)
+    w.append(x, None, [f"img{v}" for v in ids], text_emb=t, text_names=[f"c{i}" for i in range(n)])
+    w.commit(n)
+    w.finalize()
+    ref = _grouped_recall_brute_force(x, t, list(ids))
+    _small_blocks(monkeypatch, path != "uncached")
+    if path == "resident_triton":
+        monkeypatch.setenv("EMBEDX_KERNEL", "triton")
+        monkeypatch.setattr(retrieval, "resident_budget", lambda dev: 1 << 40)
+        monkeypatch.setattr(retrieval, "resident_rows", lambda dev: 23)
+    if path == "in_memory":
+        xn = torch.from_numpy(x / np.linalg.norm(x, axis=1, keepdims=True))
+        tn = torch.from_numpy(t / np.linalg.norm(t, axis=1, keepdims=True))
+        got = retrieval.recall_at_k(xn, tn, retrieval.groups_from_ids([f"img{v}" for v in ids]))
+    else:
+        got = M.compute(Store(path_s), list(M.RETRIEVAL))
+    for k, v in ref.items():
+        assert got[k] == pytest.approx(v, abs=1e-12), (k, got[k], v)

@@ -126,3 +126,32 @@ def test_counts_give_dense_argsort_recall(rng, impl, monkeypatch):
         assert got[f"i2t_recall@{k}"] == pytest.approx(i2t, abs=1e-12)
         assert got[f"t2i_recall@{k}"] == pytest.approx(t2i, abs=1e-12)
     assert 0 < got["t2i_recall@1"] < 1
+
+
+def _random_ties(rng, m, n):
+    """Group ids (-1: none) and skip ids (-2: none) for both sides, with plenty of matches."""
+    skip = (lambda k: np.where((v := rng.integers(-2, 3, k)) == -1, -2, v))  # -2 or a group id, never -1
+    return rng.integers(-1, 3, m), skip(m), rng.integers(-1, 3, n), skip(n)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_rank_count_skips_the_exact_tie_groups(rng, impl):
+    m, n, d = int(rng.integers(2, 90)), int(rng.integers(2, 150)), int(rng.integers(2, 40))
+    a, b = _unit(rng, m, d).astype(np.float32), _unit(rng, n, d).astype(np.float32)
+    pos = rng.integers(-3, m + 3, n)
+    a_thr, b_thr = rng.uniform(-0.3, 0.3, m), rng.uniform(-0.3, 0.3, n)
+    ties = _random_ties(rng, m, n)
+    args = [torch.from_numpy(v) for v in (a, b, a_thr, b_thr, pos)]
+    tt = tuple(torch.from_numpy(v) for v in ties)
+    if impl == "torch":
+        got = K.rank_count_torch(*args, block_rows=int(rng.integers(1, 30)), block_cols=int(rng.integers(1, 50)),
+                                 ties=tt)
+    else:
+        got = K.rank_count_triton(*args, ties=tt)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    lo = K.rank_count_reference(a64, b64, a_thr + 1e-5, b_thr + 1e-5, pos, ties=ties)
+    hi = K.rank_count_reference(a64, b64, a_thr - 1e-5, b_thr - 1e-5, pos, ties=ties)
+    plain = K.rank_count_reference(a64, b64, a_thr, b_thr, pos)
+    for g, low, high in zip(got, lo, hi):
+        assert ((low <= g.numpy()) & (g.numpy() <= high)).all()
+    assert (lo[0] < plain[0]).any() or (lo[1] < plain[1]).any()  # the skips took candidates out

@@ -7,8 +7,11 @@ pos(j) is j's item. With unit rows q_u, t_j and s[u, j] = q_u.t_j:
   i2t  p*_u = max_{j: pos(j) = u} s[u, j]    better_u = #{j : pos(j) != u, s[u, j] > p*_u}
   t2i  p*_j = s[pos(j), j]                   better_j = #{u != pos(j) : s[u, j] > p*_j}
 
-A query hits at k iff better < k, i.e. a positive is in its top k; exact ties count in the query's favour (as
-in the zero-shot counter). recall@k is the mean over the queries of each side. The thresholds p* come from
+A query hits at k iff better < k, i.e. a positive is in its top k. Ties follow stable sorting: the lowest
+index wins. Exact ties come from identical vectors (duplicate captions, the same image twice): a candidate
+identical to the best positive j* (i2t; the best positive is the first of the best-scoring ones) ranks ahead of
+it iff its index is lower, and so does an image identical to pos(j) (t2i); these are counted by index
+(:func:`_tie_plan`), the sweep leaves them out. recall@k is the mean over the queries of each side. The thresholds p* come from
 one O(N d) float64 pass over the aligned rows; both sides' counts from one sweep of ``kernels.rank_count``
 over the U x N tiles (distinct images as row blocks, texts as column blocks).
 
@@ -24,6 +27,7 @@ from embedx import kernels
 from embedx.errors import EmbedxError
 from embedx.measures.silhouette import CACHE_BYTES, resident_budget, resident_rows
 from embedx.measures.stream import normalized
+from embedx.rows import duplicate_groups, group_ids, groups_from_hashes, row_hashes
 
 KS = (1, 5, 10)
 ROW_BLOCK = 4096    # distinct images per sweep row block
@@ -57,7 +61,42 @@ def _recall(i2t_better: np.ndarray, t2i_better: np.ndarray, ks) -> dict:
             for side, better in (("i2t", i2t_better), ("t2i", t2i_better)) for k in ks}
 
 
-def _count_sweep(row_blocks, col_blocks, a_thr: np.ndarray, b_thr: np.ndarray, pos: np.ndarray, device="cpu"):
+class _TiePlan:
+    """Exact ties with identical vectors (see the module docstring): the group arrays the sweep skips
+    (``kernels.rank_count``'s ``ties``) and the counts by index that replace them."""
+
+    def __init__(self, image_groups, text_groups, pos: np.ndarray, b_thr: np.ndarray, n_items: int):
+        n = len(pos)
+        self.igid = group_ids(image_groups, n_items)
+        self.tgid = group_ids(text_groups, n)
+        # the best positive of each image query: highest score, then the lowest text index
+        order = np.lexsort((np.arange(n), -b_thr, pos))
+        lead = np.r_[True, pos[order][1:] != pos[order][:-1]]
+        best = np.full(n_items, -1, np.int64)
+        best[pos[order][lead]] = order[lead]
+        tg_best = self.tgid[best]
+        self.a_skip = np.where(tg_best >= 0, tg_best, -2)
+        ig_pos = self.igid[pos]
+        self.b_skip = np.where(ig_pos >= 0, ig_pos, -2)
+        self.i2t_extra = np.zeros(n_items, np.int64)  # identical to the best positive, lower index, not positive
+        for g in text_groups:
+            for u in np.unique(pos[g]):
+                if self.tgid[best[u]] >= 0 and best[u] in g:
+                    self.i2t_extra[u] = int(((g < best[u]) & (pos[g] != u)).sum())
+        rank = np.zeros(n_items, np.int64)  # lower-index images identical to each image
+        for g in image_groups:
+            rank[g] = np.arange(len(g))
+        self.t2i_extra = rank[pos]
+        self.any = bool(image_groups or text_groups)
+
+    def ties(self, u0: int, u1: int, j0: int, j1: int):
+        if not self.any:
+            return None
+        return self.igid[u0:u1], self.a_skip[u0:u1], self.tgid[j0:j1], self.b_skip[j0:j1]
+
+
+def _count_sweep(row_blocks, col_blocks, a_thr: np.ndarray, b_thr: np.ndarray, pos: np.ndarray, device="cpu",
+                 plan: _TiePlan | None = None):
     """better_u and better_j from one sweep: ``row_blocks`` yields (u0, image rows u0..., scales or None),
     ``col_blocks()`` yields (j0, text rows j0..., scales or None) and is called once per row block; rows times
     scales are unit rows. Tiles run on ``device`` (the kernel dispatch picks Triton on CUDA)."""
@@ -71,9 +110,15 @@ def _count_sweep(row_blocks, col_blocks, a_thr: np.ndarray, b_thr: np.ndarray, p
         for j0, t, ts in col_blocks():
             t = t.to(dev)
             j1 = j0 + len(t)
+            ties = None if plan is None else plan.ties(u0, u1, j0, j1)
+            if ties is not None:
+                ties = tuple(torch.from_numpy(v).to(dev) for v in ties)
             kernels.rank_count(q, t, a_thr[u0:u1], b_thr[j0:j1], pos[j0:j1], u0, i2t[u0:u1], t2i[j0:j1],
-                               a_scale=qs, b_scale=ts)
-    return i2t.cpu().numpy(), t2i.cpu().numpy()
+                               a_scale=qs, b_scale=ts, ties=ties)
+    i2t, t2i = i2t.cpu().numpy(), t2i.cpu().numpy()
+    if plan is not None:
+        i2t, t2i = i2t + plan.i2t_extra, t2i + plan.t2i_extra
+    return i2t, t2i
 
 
 def recall_at_k(images: torch.Tensor, texts: torch.Tensor, groups, ks=KS, knn: str = "blocked",
@@ -87,7 +132,8 @@ def recall_at_k(images: torch.Tensor, texts: torch.Tensor, groups, ks=KS, knn: s
         return _faiss_recall(q, texts, pos, ks)
     b_thr = (q[torch.from_numpy(pos)].double() * texts.double()).sum(1).numpy()
     a_thr = _image_thresholds(b_thr, pos, len(first))
-    return _recall(*_count_sweep([(0, q, None)], lambda: [(0, texts, None)], a_thr, b_thr, pos, device), ks)
+    plan = _TiePlan(duplicate_groups(q.numpy()), duplicate_groups(texts.numpy()), pos, b_thr, len(first))
+    return _recall(*_count_sweep([(0, q, None)], lambda: [(0, texts, None)], a_thr, b_thr, pos, device, plan), ks)
 
 
 def _faiss_recall(q: torch.Tensor, texts: torch.Tensor, pos: np.ndarray, ks) -> dict:
@@ -122,10 +168,13 @@ def recall_at_k_streamed(store, ks=KS, device="cpu") -> dict:
     resident = 2 * n * store.dim * store.dtype.itemsize <= resident_budget(dev)
     cache = [] if n * store.dim * 4 <= CACHE_BYTES and not resident else None
     b_thr = np.empty(n)
+    i_hash, t_hash = np.empty(n, np.uint64), np.empty(n, np.uint64)  # identical stored rows: exact ties
     for start, block in store.iter_images(block_rows=_rows(store, ROW_BLOCK), reuse=True):
         stop = start + len(block)
+        traw = tarr[start:stop]
+        i_hash[start:stop], t_hash[start:stop] = row_hashes(block), row_hashes(traw)
         x = normalized(block, "images", start)
-        t = normalized(tarr[start:stop], "texts", start)
+        t = normalized(traw, "texts", start)
         r = item_row[start:stop]
         q = x[torch.from_numpy(np.maximum(r - start, 0))]
         early = np.flatnonzero(r < start)       # items whose image row lies in an earlier block
@@ -137,19 +186,22 @@ def recall_at_k_streamed(store, ks=KS, device="cpu") -> dict:
         if cache is not None:
             cache.append((start, t.to(dev), None))
     a_thr = _image_thresholds(b_thr, pos, len(first))
+    plan = _TiePlan(groups_from_hashes(i_hash[first], lambda idx: store.images(first[idx])),
+                    groups_from_hashes(t_hash, lambda idx: tarr.get_orthogonal_selection((idx, slice(None)))),
+                    pos, b_thr, len(first))
     if resident:  # rows checked by the thresholds pass above
         texts, t_scale = _on_device(store.texts(), dev)
         images, i_scale = _on_device(store.images(None if len(first) == n else first), dev)
         step = resident_rows(dev)
         rows = ((u0, images[u0:u0 + step], i_scale[u0:u0 + step]) for u0 in range(0, len(first), step))
-        return _recall(*_count_sweep(rows, lambda: [(0, texts, t_scale)], a_thr, b_thr, pos, dev), ks)
+        return _recall(*_count_sweep(rows, lambda: [(0, texts, t_scale)], a_thr, b_thr, pos, dev, plan), ks)
 
     def col_blocks():
         if cache is not None:
             return cache
         return ((j0, normalized(tarr[j0:j0 + COL_BLOCK], "texts", j0), None) for j0 in range(0, n, COL_BLOCK))
 
-    return _recall(*_count_sweep(_distinct_blocks(store, first), col_blocks, a_thr, b_thr, pos, dev), ks)
+    return _recall(*_count_sweep(_distinct_blocks(store, first), col_blocks, a_thr, b_thr, pos, dev, plan), ks)
 
 
 def _on_device(rows: np.ndarray, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
