@@ -27,6 +27,13 @@ except ImportError:  # pragma: no cover - exercised only without triton
     triton = None
 
 ONEHOT_MAX_CLUSTERS = 64  # below this, reduce with a matmul against one-hot labels; above, index_add
+# Precision: |x|^2 + |y|^2 - 2 x.y cancels when x and y are close. Pairs with d^2 < NEAR * (|x|^2 + |y|^2) are
+# recomputed as sum_k (x_k - y_k)^2, which keeps the distance's absolute error near float32 round-off of the
+# coordinates (~1e-7 of the norms) down to near-duplicates. The torch path first centres each concentrated
+# column block on its mean, so |x|^2 + |y|^2 shrinks to the spread of the data and tight data stays fast.
+NEAR = 1e-2
+NEAR_PAIRS = 1 << 16  # near pairs recomputed per step (memory: NEAR_PAIRS x d floats)
+CONCENTRATED = 0.25   # centre a column block when |mean|^2 exceeds this share of its mean squared norm
 
 
 def _scaled(v, scale, dtype):
@@ -57,22 +64,41 @@ def cluster_distance_sums_reference(x, y, labels, n_clusters: int, row_ids=None,
 def cluster_distance_sums_torch(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters: int,
                                 row_ids: torch.Tensor | None = None, col_offset: int = 0,
                                 block: int = 2048, x_scale=None, y_scale=None) -> torch.Tensor:
-    """Blocked torch: (len(x), n_clusters) float64. ``y`` may stay float16: it is upcast block by block."""
+    """Blocked torch: (len(x), n_clusters) float64. ``y`` may stay float16: it is upcast block by block. A
+    concentrated column block is centred on its mean first; near pairs are recomputed directly (see ``NEAR``)."""
     x = _scaled(x.float(), x_scale, torch.float32)
     labels = labels.to(device=y.device, dtype=torch.long)
-    xsq = (x * x).sum(1, keepdim=True)
     out = torch.zeros(len(x), n_clusters, dtype=torch.float64, device=x.device)
     onehot = n_clusters <= ONEHOT_MAX_CLUSTERS
+    x_sq = None
     for c0 in range(0, len(y), block):
         yc = _scaled(y[c0:c0 + block].float(), None if y_scale is None else y_scale[c0:c0 + block], torch.float32)
         lab = labels[c0:c0 + block]
-        d = torch.addmm(xsq + (yc * yc).sum(1)[None, :], x, yc.T, alpha=-2.0)
-        d.clamp_(min=0).sqrt_()
-        if row_ids is not None:  # zero the self-pairs that fall in this tile
+        ysq = (yc * yc).sum(1)
+        centre = yc.mean(0)
+        if float(centre @ centre) > CONCENTRATED * float(ysq.mean()):  # a tight block: centre it first
+            xc, yc = x - centre, yc - centre
+            xsq, ysq = (xc * xc).sum(1), (yc * yc).sum(1)
+        else:  # spread out: centring would not shrink the norms
+            if x_sq is None:
+                x_sq = (x * x).sum(1)
+            xc, xsq = x, x_sq
+        d = torch.addmm(xsq[:, None] + ysq[None, :], xc, yc.T, alpha=-2.0)
+        i = None
+        if row_ids is not None:  # self-pairs in this tile: kept out of the near check, zero at the end
             j = row_ids.to(x.device) - (col_offset + c0)
             i = ((j >= 0) & (j < len(yc))).nonzero()[:, 0]
             if len(i):
-                d[i, j[i]] = 0.0
+                d[i, j[i]] = float("inf")
+        if len(d) and len(yc) and float(d.min()) < NEAR * float(xsq.max() + ysq.max()):  # cheap bound first
+            near = (d < NEAR * (xsq[:, None] + ysq[None, :])).nonzero()
+            for p0 in range(0, len(near), NEAR_PAIRS):
+                ni, nj = near[p0:p0 + NEAR_PAIRS].unbind(1)
+                diff = xc[ni] - yc[nj]
+                d[ni, nj] = (diff * diff).sum(1)
+        d.clamp_(min=0).sqrt_()
+        if i is not None and len(i):
+            d[i, j[i]] = 0.0
         if onehot:
             oh = torch.nn.functional.one_hot(lab, n_clusters).to(d.dtype)
             out += (d @ oh).double()
@@ -89,7 +115,7 @@ if triton is not None:
     def _cluster_distance_kernel(x_ptr, y_ptr, lab_ptr, out_ptr, xsq_ptr, ysq_ptr, xs_ptr, ys_ptr, rid_ptr, n_rows,
                                  n_cols, dim, col_offset, stride_x, stride_y, stride_out,
                                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_SELF: tl.constexpr,
-                                 HAS_SCALE: tl.constexpr, NATIVE: tl.constexpr):
+                                 HAS_SCALE: tl.constexpr, NATIVE: tl.constexpr, NEAR_C: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid * BM + tl.arange(0, BM)
         rmask = rows < n_rows
@@ -103,13 +129,26 @@ if triton is not None:
             cmask = cols < n_cols
             acc = tile_dot(x_ptr, y_ptr, rows, cols, rmask, cmask, dim, stride_x, stride_y, BM, BN, BK, NATIVE)
             if HAS_SCALE:
-                acc = acc * xs[:, None] * tl.load(ys_ptr + cols, mask=cmask, other=0.0)[None, :]
+                ys = tl.load(ys_ptr + cols, mask=cmask, other=0.0)
+                acc = acc * xs[:, None] * ys[None, :]
             ysq = tl.load(ysq_ptr + cols, mask=cmask, other=0.0)
             d2 = xsq[:, None] + ysq[None, :] - 2.0 * acc
-            d = tl.sqrt(tl.maximum(d2, 0.0))
             valid = rmask[:, None] & cmask[None, :]
             if HAS_SELF:
                 valid = valid & (rid[:, None] != cols[None, :])
+            near = valid & (d2 < NEAR_C * (xsq[:, None] + ysq[None, :]))
+            if tl.sum(near.to(tl.int32)) > 0:  # rare: close pairs, recomputed as sum_k (x_k - y_k)^2
+                e2 = tl.zeros((BM, BN), dtype=tl.float32)
+                for k in range(0, dim):
+                    xv = tl.load(x_ptr + rows * stride_x + k, mask=rmask, other=0.0).to(tl.float32)
+                    yv = tl.load(y_ptr + cols * stride_y + k, mask=cmask, other=0.0).to(tl.float32)
+                    if HAS_SCALE:
+                        xv = xv * xs
+                        yv = yv * ys
+                    diff = xv[:, None] - yv[None, :]
+                    e2 += diff * diff
+                d2 = tl.where(near, e2, d2)
+            d = tl.sqrt(tl.maximum(d2, 0.0))
             d = tl.where(valid, d, 0.0)
             lab = tl.load(lab_ptr + cols, mask=cmask, other=-1)
             k_lo = tl.min(tl.where(cmask, lab, 2147483647), axis=0)
@@ -149,5 +188,5 @@ def cluster_distance_sums_triton(x: torch.Tensor, y: torch.Tensor, labels: torch
     _cluster_distance_kernel[grid](x, y, labels, out, xsq, ysq, xs if has_scale else xsq, ys if has_scale else ysq,
                                    rid, len(x), len(y), x.shape[1], int(col_offset), x.stride(0), y.stride(0),
                                    out.stride(0), HAS_SELF=row_ids is not None, HAS_SCALE=has_scale, NATIVE=native,
-                                   **cfg)
+                                   NEAR_C=NEAR, **cfg)
     return out

@@ -541,3 +541,52 @@ def test_duplicate_captions_and_images_tie_to_the_lowest_index(tmp_path, rng, mo
         got = M.compute(Store(path_s), list(M.RETRIEVAL))
     for k, v in ref.items():
         assert got[k] == pytest.approx(v, abs=1e-12), (k, got[k], v)
+
+
+def _tight_store(tmp_path, rng, kind, dtype):
+    """Points close together: 'tight' = both modalities within ~1e-3 of their centres (median pairwise distance
+    ~2e-3); 'duplicates' = spread classes whose images come in near-duplicate triples 1e-4 apart."""
+    d, c = 32, 4
+    if kind == "tight":
+        n = 400
+        x = rng.standard_normal(d) + 1e-3 * rng.standard_normal((n, d)) / np.sqrt(d)
+        t = rng.standard_normal(d) + 1e-3 * rng.standard_normal((c, d)) / np.sqrt(d)
+        y = rng.integers(0, c, n)
+    else:
+        base = rng.standard_normal((130, d))
+        base /= np.linalg.norm(base, axis=1, keepdims=True)
+        x = np.repeat(base, 3, axis=0) + 1e-4 * rng.standard_normal((390, d)) / np.sqrt(d)
+        t = rng.standard_normal((c, d))
+        y = np.repeat(rng.integers(0, c, 130), 3)
+    for k, arr in (("x", x), ("t", t), ("y", y)):
+        np.save(tmp_path / f"{k}.npy", arr)
+    import_arrays(str(tmp_path / "s.zarr"), images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"),
+                  labels=str(tmp_path / "y.npy"), dtype=dtype, chunk_rows=64)
+    return Store(str(tmp_path / "s.zarr"))
+
+
+@pytest.mark.parametrize("kind,dtype", [("tight", "float32"), ("duplicates", "float32"), ("duplicates", "float16")])
+@pytest.mark.parametrize("path", ["streamed", "uncached", "resident_triton"])
+def test_silhouettes_stay_exact_on_tight_data_and_near_duplicates(tmp_path, rng, monkeypatch, kind, dtype, path):
+    """Within 1e-5 of sklearn's float64 silhouette whatever the spread: float32 |x|^2 + |y|^2 - 2x.y cancels
+    for close points, so tiles are centred and near pairs recomputed directly (kernels.cluster_distance)."""
+    from embedx.measures import silhouette
+
+    s = _tight_store(tmp_path, rng, kind, dtype)
+    x = s.images().astype(np.float64)
+    t = s.texts().astype(np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    y = s.labels()
+    if path == "uncached":
+        monkeypatch.setattr(silhouette, "CACHE_BYTES", 0)
+        monkeypatch.setattr(silhouette, "STREAM_COLS", 64)
+    if path == "resident_triton":
+        monkeypatch.setenv("EMBEDX_KERNEL", "triton")
+        monkeypatch.setattr(silhouette, "resident_budget", lambda dev: 1 << 40)
+        monkeypatch.setattr(silhouette, "resident_rows", lambda dev: 150)
+    got = M.compute(s, ["silhouette_euclidean"], silhouette_labels="class")
+    ref_mod = silhouette_score(np.vstack([x, t]), [1] * len(x) + [0] * len(t))
+    ref_cls = silhouette_score(x, y)
+    assert got["silhouette_euclidean"] == pytest.approx(ref_mod, abs=1e-5)
+    assert got["silhouette_class_euclidean"] == pytest.approx(ref_cls, abs=1e-5)
