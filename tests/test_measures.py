@@ -19,7 +19,10 @@ def brute_force(x, t, y, paired):
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     t /= np.linalg.norm(t, axis=1, keepdims=True)
     n, c = len(x), len(t)
-    sim = x @ t.T
+    # identical unit rows get bit-identical similarities (a BLAS may round identical columns differently)
+    xu, xinv = np.unique(x, axis=0, return_inverse=True)
+    tu, tinv = np.unique(t, axis=0, return_inverse=True)
+    sim = (xu @ tu.T)[xinv.ravel()][:, tinv.ravel()]
     lab = np.flatnonzero(y >= 0)
     r = {"acs": sim[lab, y[lab]].mean(),
          "iimm_inter": ((sim[lab].sum(1) - sim[lab, y[lab]]) / (c - 1)).mean()}
@@ -39,8 +42,8 @@ def brute_force(x, t, y, paired):
     r["zeroshot_mean_per_class_recall"] = np.mean([hit1[y[lab] == k].mean() for k in np.unique(y[lab])])
     if paired:
         for k in (1, 5, 10):
-            r[f"i2t_recall@{k}"] = (np.argsort(-sim, 1)[:, :k] == np.arange(n)[:, None]).any(1).mean()
-            r[f"t2i_recall@{k}"] = (np.argsort(-sim.T, 1)[:, :k] == np.arange(n)[:, None]).any(1).mean()
+            r[f"i2t_recall@{k}"] = (np.argsort(-sim, 1, kind="stable")[:, :k] == np.arange(n)[:, None]).any(1).mean()
+            r[f"t2i_recall@{k}"] = (np.argsort(-sim.T, 1, kind="stable")[:, :k] == np.arange(n)[:, None]).any(1).mean()
     return r
 
 

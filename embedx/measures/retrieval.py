@@ -8,7 +8,7 @@ pos(j) is j's item. With unit rows q_u, t_j and s[u, j] = q_u.t_j:
   t2i  p*_j = s[pos(j), j]                   better_j = #{u != pos(j) : s[u, j] > p*_j}
 
 A query hits at k iff better < k, i.e. a positive is in its top k. Ties follow stable sorting: the lowest
-index wins. Exact ties come from identical vectors (duplicate captions, the same image twice): a candidate
+index wins. Exact ties come from identical unit vectors (duplicate captions, the same image twice): a candidate
 identical to the best positive j* (i2t; the best positive is the first of the best-scoring ones) ranks ahead of
 it iff its index is lower, and so does an image identical to pos(j) (t2i); these are counted by index
 (:func:`_tie_plan`), the sweep leaves them out. recall@k is the mean over the queries of each side. The thresholds p* come from
@@ -168,13 +168,12 @@ def recall_at_k_streamed(store, ks=KS, device="cpu") -> dict:
     resident = 2 * n * store.dim * store.dtype.itemsize <= resident_budget(dev)
     cache = [] if n * store.dim * 4 <= CACHE_BYTES and not resident else None
     b_thr = np.empty(n)
-    i_hash, t_hash = np.empty(n, np.uint64), np.empty(n, np.uint64)  # identical stored rows: exact ties
+    i_hash, t_hash = np.empty(n, np.uint64), np.empty(n, np.uint64)  # identical unit rows: exact ties
     for start, block in store.iter_images(block_rows=_rows(store, ROW_BLOCK), reuse=True):
         stop = start + len(block)
-        traw = tarr[start:stop]
-        i_hash[start:stop], t_hash[start:stop] = row_hashes(block), row_hashes(traw)
         x = normalized(block, "images", start)
-        t = normalized(traw, "texts", start)
+        t = normalized(tarr[start:stop], "texts", start)
+        i_hash[start:stop], t_hash[start:stop] = row_hashes(x.numpy()), row_hashes(t.numpy())
         r = item_row[start:stop]
         q = x[torch.from_numpy(np.maximum(r - start, 0))]
         early = np.flatnonzero(r < start)       # items whose image row lies in an earlier block
@@ -186,8 +185,9 @@ def recall_at_k_streamed(store, ks=KS, device="cpu") -> dict:
         if cache is not None:
             cache.append((start, t.to(dev), None))
     a_thr = _image_thresholds(b_thr, pos, len(first))
-    plan = _TiePlan(groups_from_hashes(i_hash[first], lambda idx: store.images(first[idx])),
-                    groups_from_hashes(t_hash, lambda idx: tarr.get_orthogonal_selection((idx, slice(None)))),
+    plan = _TiePlan(groups_from_hashes(i_hash[first], lambda idx: normalized(store.images(first[idx])).numpy()),
+                    groups_from_hashes(t_hash, lambda idx: normalized(
+                        tarr.get_orthogonal_selection((idx, slice(None)))).numpy()),
                     pos, b_thr, len(first))
     if resident:  # rows checked by the thresholds pass above
         texts, t_scale = _on_device(store.texts(), dev)
