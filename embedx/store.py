@@ -433,6 +433,7 @@ class Store:
         except Exception as e:  # a missing or garbled array metadata file
             raise StoreError(f"{self.path}: broken array metadata ({type(e).__name__}: "
                              f"{' '.join(str(e).split())[:160]}); the store is damaged") from None
+        self._check_shapes()
         self._direct = {}  # array name -> DirectRows | None (plain chunk files read without zarr)
 
     # -- shape --------------------------------------------------------------------------------------------
@@ -466,6 +467,34 @@ class Store:
     def paired(self) -> bool:
         return self.meta["mode"] == "paired"
 
+    def _check_shapes(self) -> None:
+        """Every row array against the commit marker: an array edited shorter than ``rows_committed`` (or, in a
+        complete store, of another length) is damage, not data; so is a missing chunk file of committed rows."""
+        n = int(self.meta["rows_committed"])
+        names = ARRAYS if self.paired else ARRAYS[:3]
+        for name in names:
+            rows = self.group[name].shape[0]
+            if rows < n or (self.complete and rows != n):
+                raise StoreError(f"{self.path}: {name} has {rows} rows but the store records {n} committed rows; "
+                                 f"the store is damaged")
+        for name in ARRAYS:  # every chunk file of the committed rows is there (a stat each: ~1 ms per 200)
+            self._check_chunks(name, 0, n if name in names else self.n_texts)
+
+    def _check_chunks(self, name: str, start: int, stop: int) -> None:
+        """Every chunk file holding rows ``start:stop`` of ``name`` exists (local stores). Zarr reads a missing chunk
+        as its fill value (zeros, label -1), which would be a silently wrong number: here it is an error."""
+        if is_url(self.path) or stop <= start:
+            return
+        arr = self.group[name]
+        per_file = int((getattr(arr, "shards", None) or arr.chunks)[0])
+        folder = os.path.join(self.path, *name.split("/"))
+        for k in range(start // per_file, (stop - 1) // per_file + 1):
+            key = arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
+            if not os.path.isfile(os.path.join(folder, *key.split("/"))):
+                last = min((k + 1) * per_file, arr.shape[0]) - 1
+                raise StoreError(f"{self.path}: {name} chunk {k} (rows {k * per_file}..{last}) is missing; the store "
+                                 f"is damaged")
+
     def ensure_unchanged(self) -> None:
         """Refuse numbers read across a replacement: the store at ``path`` must still be the one opened (same
         generation id). Readers call it when they finish; a store swapped in meanwhile is an error, not a mix."""
@@ -491,6 +520,7 @@ class Store:
             self._direct[name] = direct_reader(self.group[name])
         d = self._direct[name]
         if d is None or not d.read_rows(start, out):
+            self._check_chunks(name, start, start + len(out))
             try:
                 self.group[name].get_basic_selection(slice(start, start + len(out)),
                                                      out=NDBuffer.from_numpy_array(out))
@@ -565,6 +595,7 @@ class Store:
         return self.read_rows_into("images/labels", start, np.empty(max(stop - start, 0), np.int32))
 
     def ids(self) -> np.ndarray:
+        self._check_chunks("images/ids", 0, self.n_images)
         return self.group["images/ids"][: self.n_images]
 
     def texts(self, dtype=None) -> np.ndarray:
@@ -573,6 +604,7 @@ class Store:
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def text_names(self) -> np.ndarray:
+        self._check_chunks("texts/names", 0, self.n_texts)
         return self.group["texts/names"][: self.n_texts]
 
     # -- description --------------------------------------------------------------------------------------

@@ -189,3 +189,31 @@ def test_damaged_metadata_and_truncated_chunks_name_the_store(tmp_path, rng):
     r = invoke("measure", out)
     assert_one_line_error(r.exit_code, r.stderr, str(out), "broken array metadata")
     assert "internal" not in r.stderr
+
+
+@pytest.mark.parametrize("damage", ["labels chunk deleted", "embeddings chunk deleted", "ids chunk deleted",
+                                    "rows_committed edited larger", "array shape edited shorter"])
+def test_a_damaged_store_is_refused_not_read_as_fill_values(tmp_path, rng, damage):
+    """zarr reads a missing chunk as its fill value: labels would silently become -1 (unlabelled) and rows zeros."""
+    import json
+
+    paths, _ = _arrays(tmp_path, rng, "a", n=300)
+    out = tmp_path / "s.zarr"
+    import_arrays(str(out), images=paths["x"], texts=paths["t"], labels=paths["y"], chunk_rows=64)
+    if damage.endswith("chunk deleted"):
+        name = {"labels": "labels", "embeddings": "embeddings", "ids": "ids"}[damage.split()[0]]
+        os.remove(out / "images" / name / "c" / ("2/0" if name == "embeddings" else "2"))
+        what = f"images/{name} chunk 2 (rows 128..191) is missing"
+    elif damage == "rows_committed edited larger":
+        meta = json.loads((out / "zarr.json").read_text())
+        meta["attributes"]["embedx"]["rows_committed"] = 400
+        (out / "zarr.json").write_text(json.dumps(meta))
+        what = "records 400 committed rows"
+    else:
+        meta = json.loads((out / "images" / "labels" / "zarr.json").read_text())
+        meta["shape"] = [250]
+        (out / "images" / "labels" / "zarr.json").write_text(json.dumps(meta))
+        what = "images/labels has 250 rows"
+    for cmd in (["measure", out], ["measure", out, "--metrics", "zeroshot_top1"], ["transfer", out], ["info", out]):
+        r = invoke(*cmd)
+        assert_one_line_error(r.exit_code, r.stderr, what, "damaged")

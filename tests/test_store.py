@@ -36,7 +36,7 @@ def test_round_trip_ragged_chunks(tmp_path, rng, dtype, codec):
     meta = _write_classes(str(tmp_path / "s.zarr"), x, t, y, dtype, chunk, codec, commit_every=int(rng.integers(5, 90)))
     assert meta["complete"] and meta["rows_committed"] == n
     s = st.Store(str(tmp_path / "s.zarr"))
-    assert (s.n_images, s.n_texts, s.dim, str(s.dtype), s.chunk_rows) == (n, c, d, dtype, chunk)
+    assert (s.n_images, s.n_texts, s.dim, str(s.dtype), s.chunk_rows) == (n, c, d, dtype, min(chunk, n))
     np.testing.assert_array_equal(s.images(), x.astype(dtype))
     np.testing.assert_array_equal(s.texts(), t.astype(dtype))
     np.testing.assert_array_equal(s.labels(), y)
@@ -227,13 +227,17 @@ def test_direct_chunk_reads_equal_zarr_and_fall_back_when_they_cannot(tmp_path, 
         with ThreadPoolExecutor(4) as pool:
             for (a, b), got in zip(ranges, pool.map(read, ranges)):
                 np.testing.assert_array_equal(got, want[a:b])
-    # a missing or truncated chunk file: the direct read reports it and zarr takes over (fill value / data)
-    os.remove(tmp_path / "plain.zarr" / "images" / "embeddings" / "c" / "3" / "0")
-    got = st.Store(str(tmp_path / "plain.zarr")).images()
-    np.testing.assert_array_equal(got[: 3 * chunk], want[: 3 * chunk])
-    np.testing.assert_array_equal(got[3 * chunk:4 * chunk], 0)
-    np.testing.assert_array_equal(got[4 * chunk:], want[4 * chunk:])
-    with open(tmp_path / "plain.zarr" / "images" / "embeddings" / "c" / "5" / "0", "r+b") as f:
+    # a missing chunk file inside the committed rows is damage (zarr would read it as zeros): an error naming it
+    missing = r"images/embeddings chunk 3 \(rows 192..255\) is missing"
+    for store in ("plain.zarr", "zstd.zarr"):
+        opened = st.Store(str(tmp_path / store))
+        os.remove(tmp_path / store / "images" / "embeddings" / "c" / "3" / "0")
+        with pytest.raises(st.StoreError, match=missing):  # when reading (a store opened before the damage)
+            opened.images()
+        opened.read_images_into(0, np.empty((3 * chunk, d), dtype))  # the rows before it still read
+        with pytest.raises(st.StoreError, match=missing):  # and when opening
+            st.Store(str(tmp_path / store))
+    with open(tmp_path / "zstd.zarr" / "images" / "embeddings" / "c" / "5" / "0", "r+b") as f:
         f.truncate(10)
-    with pytest.raises(Exception):  # zarr itself refuses a truncated chunk: never silently short data
-        st.Store(str(tmp_path / "plain.zarr")).images()
+    with pytest.raises(st.StoreError, match="damaged"):  # a truncated chunk: never silently short data
+        opened.read_images_into(5 * chunk, np.empty((chunk, d), dtype))
