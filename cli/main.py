@@ -182,6 +182,31 @@ def import_(images, texts, labels, paired, paired_array, names, dtype, model, da
 @cli.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def verify(store, as_json):
+    """Check a whole store: array lengths against its commit marker, every chunk file of the committed rows
+    present, and every chunk file's crc32c against the inventory recorded when it was finalized.
+
+    Prints each damaged array/chunk and exits 2 when anything is wrong; exit 0 and "ok" otherwise.
+    """
+    from embedx.integrity import verify as check
+
+    res = check(store)
+    if as_json:
+        emit_json(dict(res, path=store), None, True)
+    else:
+        for line in res["problems"]:
+            click.echo(f"damaged: {line}")
+        inv = "" if res["inventory"] else " (no checksums recorded: lengths and chunk files only)"
+        if res["ok"]:
+            click.echo(f"ok: {store}: {res['chunks_checked']} chunk files checked{inv}")
+    if not res["ok"]:
+        click.echo(f"error: {store}: {len(res['problems'])} damaged (see above)", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def info(store, as_json):
     """Describe a store: schema, model, counts, dims, dtype, chunking, size on disk, completeness.
 
@@ -202,6 +227,7 @@ def info(store, as_json):
         ("pretrained", d["pretrained"]), ("seed", d["seed"]), ("dataset", d["dataset"]),
         ("normalized", d["normalized"]), ("skipped inputs", d["n_skipped"]), ("created", d["created"]),
     ]
+    rows.append(("integrity", d["integrity"] or "no checksums recorded (unfinished, remote or older store)"))
     if d["checkpoint_sha256"]:
         rows.append(("checkpoint sha256", d["checkpoint_sha256"]))
     if d.get("checkpoint"):

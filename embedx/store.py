@@ -217,7 +217,8 @@ class StoreWriter:
                 "split": None, "prompts": None, "checkpoint_sha256": None, **meta,
                 "dtype": dtype, "dim": int(dim), "codec": codec, "chunk_rows": int(chunk_rows),
                 "n_rows_max": int(n_rows), "texts_written": paired,
-                "rows_committed": 0, "source_pos": 0, "skipped": [], "complete": False}
+                "rows_committed": 0, "source_pos": 0, "skipped": [], "complete": False,
+                "features": [] if is_url(path) else ["inventory"]}
         g.attrs["embedx"] = full
 
     @classmethod
@@ -337,6 +338,10 @@ class StoreWriter:
                 self._arrays[key].resize((n,) + self._arrays[key].shape[1:])
                 crash_point("finalize:resize")
         self.meta.update(extra or {})
+        if not is_url(self.path):  # crc32c of every chunk file (embedx.integrity; `embedx verify` checks them)
+            from embedx.integrity import inventory
+
+            self.meta["integrity"] = inventory(self.path, self.group, dict(self.meta, rows_committed=n), ARRAYS)
         self.meta["complete"] = True
         self.meta["finished"] = _now()
         _sync(self.path)
@@ -622,6 +627,8 @@ class Store:
             "n_skipped": int(m.get("n_skipped", 0)), "created": m.get("created"),
             "finished": m.get("finished"), "embedx_version": m.get("embedx_version"),
             "source": m.get("source"),
+            "integrity": (f"{m['integrity']['algorithm']} of {sum(map(len, m['integrity']['arrays'].values()))} "
+                          f"chunk files (embedx verify checks them)") if m.get("integrity") else None,
         }
 
 

@@ -217,3 +217,58 @@ def test_a_damaged_store_is_refused_not_read_as_fill_values(tmp_path, rng, damag
     for cmd in (["measure", out], ["measure", out, "--metrics", "zeroshot_top1"], ["transfer", out], ["info", out]):
         r = invoke(*cmd)
         assert_one_line_error(r.exit_code, r.stderr, what, "damaged")
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "garbage", "swap", "shape", "rows_committed",
+                                    "inventory"])
+def test_verify_names_every_kind_of_damage(tmp_path, rng, damage):
+    """The corruption matrix: each case is named by `embedx verify` (exit 2); an intact store verifies ok."""
+    import json
+
+    paths, _ = _arrays(tmp_path, rng, "a", n=300)
+    out = tmp_path / "s.zarr"
+    import_arrays(str(out), images=paths["x"], texts=paths["t"], labels=paths["y"], chunk_rows=64, codec="zstd1")
+    r = invoke("verify", out)
+    assert r.exit_code == 0 and r.stdout.startswith("ok:") and "checked" in r.stdout, r.stdout + r.stderr
+    emb = out / "images" / "embeddings" / "c"
+    want = {"delete": "chunk 2 (rows 128..191): missing", "truncate": "chunk 2 (rows 128..191): checksum mismatch",
+            "garbage": "chunk 2 (rows 128..191): checksum mismatch", "swap": "chunk 1 (rows 64..127): checksum mismatch",
+            "shape": "images/labels: 250 rows", "rows_committed": "400 committed rows",
+            "inventory": "inventory of chunk checksums is missing"}[damage]
+    if damage == "delete":
+        os.remove(emb / "2" / "0")
+    elif damage == "truncate":
+        data = (emb / "2" / "0").read_bytes()
+        (emb / "2" / "0").write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":  # the right size, other bytes
+        size = (emb / "2" / "0").stat().st_size
+        (emb / "2" / "0").write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+    elif damage == "swap":
+        a, b = (emb / "1" / "0").read_bytes(), (emb / "2" / "0").read_bytes()
+        (emb / "1" / "0").write_bytes(b)
+        (emb / "2" / "0").write_bytes(a)
+    elif damage == "shape":
+        meta = json.loads((out / "images" / "labels" / "zarr.json").read_text())
+        meta["shape"] = [250]
+        (out / "images" / "labels" / "zarr.json").write_text(json.dumps(meta))
+    else:
+        meta = json.loads((out / "zarr.json").read_text())
+        if damage == "rows_committed":
+            meta["attributes"]["embedx"]["rows_committed"] = 400
+        else:
+            del meta["attributes"]["embedx"]["integrity"]
+        (out / "zarr.json").write_text(json.dumps(meta))
+    r = invoke("verify", out)
+    assert r.exit_code == 2, r.stdout + r.stderr
+    assert any(want in line and line.startswith("damaged:") for line in r.stdout.splitlines()), r.stdout
+    assert_one_line_error(r.exit_code, r.stderr, "damaged")
+    r = invoke("verify", out, "--json")
+    assert json.loads(r.stdout)["ok"] is False
+
+
+def test_info_shows_the_inventory(tmp_path, rng):
+    paths, _ = _arrays(tmp_path, rng, "a", n=100)
+    out = tmp_path / "s.zarr"
+    import_arrays(str(out), images=paths["x"], texts=paths["t"], labels=paths["y"], chunk_rows=64)
+    r = invoke("info", out)
+    assert "crc32c of 8 chunk files (embedx verify checks them)" in r.stdout  # 3 image arrays x 2, 2 text x 1
