@@ -24,6 +24,7 @@ import shutil
 import signal
 import uuid
 
+from embedx.atomic import fsync_dir
 from embedx.errors import StoreError
 
 STAGING = ".tmp-"
@@ -58,17 +59,6 @@ def _exchange(a: str, b: str) -> bool:
     raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
 
 
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def place(staged: str, target: str) -> None:
     """Move the whole store ``staged`` onto ``target`` (see the module docstring); the old store is removed."""
     target = target.rstrip("/")
@@ -84,7 +74,7 @@ def place(staged: str, target: str) -> None:
         crash_point("place:between")  # no target now: recover() puts the old store back
         os.replace(staged, target)
         shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(os.path.dirname(os.path.abspath(target)))
+    fsync_dir(os.path.dirname(os.path.abspath(target)))
 
 
 def _is_complete_store(path: str) -> bool:
