@@ -156,7 +156,9 @@ class StoreWriter:
         self._pending = _Pending.empty()
         self._pending_skipped: list = []
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="embedx-writer") if background else None
-        self._arrays = {k: group[k] for k in ARRAYS}
+        # write_empty_chunks is a runtime setting, not stored: without it zarr skips (and deletes) a chunk that
+        # equals the fill value, e.g. labels all -1, which readers would then take for a missing, damaged chunk
+        self._arrays = {k: group[k].with_config(_WRITE_ALL) for k in ARRAYS}
         # At most one commit is in flight; the caller's thread touches meta/rows only after wait().
         self._inflight: Future | None = None
         self._last_commit = time.monotonic()
@@ -485,10 +487,16 @@ class Store:
         for name in ARRAYS:  # every chunk file of the committed rows is there (a stat each: ~1 ms per 200)
             self._check_chunks(name, 0, n if name in names else self.n_texts)
 
+    @property
+    def writes_every_chunk(self) -> bool:
+        """Stores made by this embedx write every chunk file (even one equal to the fill value), so a missing one is
+        damage. Older stores may omit chunks of fill values (labels all -1): for them zarr's fill value stands."""
+        return "inventory" in (self.meta.get("features") or [])
+
     def _check_chunks(self, name: str, start: int, stop: int) -> None:
         """Every chunk file holding rows ``start:stop`` of ``name`` exists (local stores). Zarr reads a missing chunk
         as its fill value (zeros, label -1), which would be a silently wrong number: here it is an error."""
-        if is_url(self.path) or stop <= start:
+        if is_url(self.path) or stop <= start or not self.writes_every_chunk:
             return
         arr = self.group[name]
         per_file = int((getattr(arr, "shards", None) or arr.chunks)[0])
