@@ -11,9 +11,9 @@ A query hits at k iff better < k, i.e. a positive is in its top k. Ties follow s
 index wins. Exact ties come from identical unit vectors (duplicate captions, the same image twice): a candidate
 identical to the best positive j* (i2t; the best positive is the first of the best-scoring ones) ranks ahead of
 it iff its index is lower, and so does an image identical to pos(j) (t2i); these are counted by index
-(:func:`_tie_plan`), the sweep leaves them out. recall@k is the mean over the queries of each side. The thresholds p* come from
-one O(N d) float64 pass over the aligned rows; both sides' counts from one sweep of ``kernels.rank_count``
-over the U x N tiles (distinct images as row blocks, texts as column blocks).
+(:class:`_TiePlan`), the sweep leaves them out. recall@k is the mean over the queries of each side. The
+thresholds p* come from one O(N d) float64 pass over the aligned rows; both sides' counts from one sweep of
+``kernels.rank_count`` over the U x N tiles (distinct images as row blocks, texts as column blocks).
 
 ``recall_at_k_streamed`` reads the store in blocks (memory O(block d + N)); ``recall_at_k`` takes rows held in
 memory and also serves ``knn="faiss"`` (FAISS exact inner-product top-k, which needs every row in memory).
