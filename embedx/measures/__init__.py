@@ -31,7 +31,7 @@ from embedx.errors import EmbedxError
 from embedx.rows import duplicate_groups
 from embedx.measures import retrieval, silhouette
 from embedx.measures.stream import (PassConfig, Partial, block_partial, class_pass, cosine_silhouette_sum,
-                                   normalized)
+                                   normalized, silhouette_values)
 from embedx.store import Store
 
 BASE = ("acs", "iimm_inter", "iimm_intra", "iimm", "text_intra", "gap", "silhouette_euclidean",
@@ -139,6 +139,8 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
             w = texts.double() @ torch.stack([st_t, sx_t], 1)
             text_cos = cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), c, n)
         out["silhouette_cosine"] = (img_cos + text_cos) / (n + c)
+        if _cosine_scale(sx, st, n, c) < COSINE_EXACT_BELOW:  # tight clusters close together: float32 is not enough
+            out["silhouette_cosine"] = _cosine_exact(store)
         timings["silhouette_cosine"] = time.perf_counter() - t0
 
     estimates, per_point = {}, None
@@ -208,6 +210,53 @@ def _stream(store: Store, cfg: PassConfig):
             text_cos += cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), cfg.n_texts, cfg.n_images)
         tot = tot.merge(block_partial(block, cfg, tb, start))
     return tot, text_cos, st_pass
+
+
+COSINE_EXACT_BELOW = 1e-2  # cluster scale of cosine distances below which the exact float64 passes run
+
+
+def _cosine_scale(sx: np.ndarray, st: np.ndarray, n: int, c: int) -> float:
+    """The smallest, over the two modalities, of max(mean cosine distance inside it, mean distance between them):
+    a silhouette value's size there. The fast path's float32 unit rows err by ~1e-7 absolute, so below 1e-2 a
+    value could move by more than 1e-5 (or, between overlapping tight clusters, by much more)."""
+    if n < 2 or c < 2:
+        return float("inf")
+    within = [1 - (float(v @ v) - k) / (k * (k - 1)) for v, k in ((sx, n), (st, c))]
+    between = 1 - float(sx @ st) / (n * c)
+    return min(max(w, between) for w in within)
+
+
+def _cosine_exact(store: Store) -> float:
+    """Cosine silhouette from float64 unit rows without cancellation: with D(p, q) = 1 - x^_p.x^_q = |x^_p - x^_q|^2/2
+    and the float64 mean m_G of cluster G, sum_{q in G} |x^_p - x^_q|^2 = n_G (|x^_p - m_G|^2 + V_G), V_G the mean
+    of |x^_q - m_G|^2 over G. Two float64 passes (the means, then |x^_p - m_A|^2 and |x^_p - m_B|^2 per row),
+    run only when :func:`_cosine_scale` says float32 is not enough."""
+    n, c = store.n_images, store.n_texts
+
+    def unit(block):
+        x = np.asarray(block, dtype=np.float64)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def blocks(kind):
+        if kind == "images":
+            for _, b in store.iter_images(reuse=True):
+                yield unit(b)
+        else:
+            arr = store.group["texts/embeddings"]
+            for t0 in range(0, c, store.block_rows()):
+                yield unit(arr[t0:t0 + store.block_rows()])
+
+    means = {k: sum(b.sum(0) for b in blocks(k)) / m for k, m in (("images", n), ("texts", c))}
+    d = {k: np.concatenate([np.stack([((b - means["images"]) ** 2).sum(1), ((b - means["texts"]) ** 2).sum(1)], 1)
+                            for b in blocks(k)]) for k in ("images", "texts")}
+    var = {"images": d["images"][:, 0].mean(), "texts": d["texts"][:, 1].mean()}
+    total = 0.0
+    for k, own, other, size in (("images", 0, 1, n), ("texts", 1, 0, c)):
+        own_v, other_v = var[("images", "texts")[own]], var[("images", "texts")[other]]
+        own_sum = 0.5 * size * (d[k][:, own] + own_v)  # sum of D(p, q) over the rest of p's cluster
+        other_mean = 0.5 * (d[k][:, other] + other_v)
+        total += float(silhouette_values(own_sum, np.full(len(own_sum), size), other_mean).sum())
+    return total / (n + c)
 
 
 def _cosine_pass(store: Store, sx: torch.Tensor, st: torch.Tensor):

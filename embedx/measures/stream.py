@@ -63,8 +63,9 @@ def silhouette_values(own_sum, own_size, other_mean) -> np.ndarray:
     """sklearn's convention: s = (b - a)/max(a, b) with a = own_sum/(own_size - 1); singletons and 0/0 -> 0."""
     own_size = np.asarray(own_size, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        a = own_sum / (own_size - 1)
-        s = (other_mean - a) / np.maximum(a, other_mean)
+        a = np.maximum(own_sum / (own_size - 1), 0.0)  # mean distances are >= 0: round-off never flips a sign
+        b = np.maximum(other_mean, 0.0)
+        s = (b - a) / np.maximum(a, b)
     s = np.where(own_size <= 1, 0.0, s)
     return np.nan_to_num(s)
 
