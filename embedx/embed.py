@@ -18,7 +18,7 @@ from embedx import store as st
 from embedx.encoders import NO_WEIGHTS, Encoder, file_sha256, load_encoder, split_preprocess
 from embedx.errors import EmbedxError
 from embedx.sources import Source, parse_source
-from embedx.storepath import recover, writer_lock
+from embedx.storepath import writer_lock
 
 log = logging.getLogger("embedx")
 COMMIT_EVERY_S = 5.0
@@ -172,9 +172,6 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
     meta = plan_meta(source, model, pretrained, seed, dtype, tmpl, ckpt_sha, ckpt)
 
     with writer_lock(out):  # one writer at a time; what killed writers left beside ``out`` is repaired first
-        if not st.is_url(out):
-            for line in recover(out):
-                log.warning(line)
         writer = None
         if st.exists(out) and not overwrite:
             _check_checkpoint(out, meta)

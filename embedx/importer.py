@@ -7,7 +7,6 @@ store is never half-overwritten.
 """
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 
@@ -16,9 +15,7 @@ import numpy as np
 from embedx import store as st
 from embedx.errors import EmbedxError
 from embedx.rows import first_bad_row
-from embedx.storepath import place, recover, staging_path, writer_lock
-
-log = logging.getLogger("embedx")
+from embedx.storepath import place, staging_path, writer_lock
 
 BLOCK_ROWS = 65536
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -214,9 +211,6 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
             "mode": "paired" if paired else "classes", "normalized": unit,
             "source": {"imported_from": [os.path.abspath(s) if not st.is_url(s) else s for s in sources]}}
     with writer_lock(out):  # one writer at a time; what killed writers left beside ``out`` is repaired first
-        if not st.is_url(out):
-            for line in recover(out):
-                log.warning(line)
         st.check_target(out, overwrite)
         return _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite)
 

@@ -402,6 +402,55 @@ def _clean_partials(path: str) -> None:
                 os.remove(os.path.join(root, f))
 
 
+def chunk_files(root: str, arr, name: str, start: int, stop: int) -> list[tuple[int, str, int, int]]:
+    """(k, file, first row, last row) of each chunk (or shard) file holding rows ``start:stop`` of the array
+    ``name`` of the local store at ``root``."""
+    if stop <= start:
+        return []
+    per_file = int((getattr(arr, "shards", None) or arr.chunks)[0])
+    folder = os.path.join(root, *name.split("/"))
+    out = []
+    for k in range(start // per_file, (stop - 1) // per_file + 1):
+        key = arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
+        out.append((k, os.path.join(folder, *key.split("/")), k * per_file, min((k + 1) * per_file, stop) - 1))
+    return out
+
+
+def committed_rows(meta: dict, group, name: str) -> int:
+    """Rows of array ``name`` that the commit marker vouches for."""
+    if name.startswith("images/") or meta.get("mode") == "paired":
+        return int(meta["rows_committed"])
+    return int(group[name].shape[0]) if meta.get("texts_written") else 0
+
+
+def writes_every_chunk(meta: dict) -> bool:
+    """Stores made by this embedx write every chunk file (even one equal to the fill value), so a missing one is
+    damage. Older stores may omit chunks of fill values (labels all -1): for them zarr's fill value stands."""
+    return "inventory" in (meta.get("features") or [])
+
+
+def layout_problems(root: str, meta: dict, group) -> Iterator[tuple[str, str]]:
+    """(array, one line) for what contradicts the commit marker: broken array metadata, a row array shorter than
+    ``rows_committed`` (or, in a complete store, of another length), a missing chunk file of committed rows
+    (stores that write every chunk; local stores only)."""
+    n = int(meta["rows_committed"])
+    rows_arrays = ARRAYS if meta.get("mode") == "paired" else ARRAYS[:3]
+    for name in ARRAYS:
+        try:
+            arr = group[name]
+        except Exception as e:  # a missing or garbled array metadata file
+            yield name, f"{name}: broken array metadata ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
+            continue
+        if name in rows_arrays and (arr.shape[0] < n or (meta.get("complete") and arr.shape[0] != n)):
+            yield name, f"{name} has {arr.shape[0]} rows but the store records {n} committed rows"
+            continue
+        if is_url(root) or not writes_every_chunk(meta):
+            continue
+        for k, f, r0, r1 in chunk_files(root, arr, name, 0, committed_rows(meta, group, name)):
+            if not os.path.isfile(f):
+                yield name, f"{name} chunk {k} (rows {r0}..{r1}) is missing"
+
+
 def read_meta(path: str) -> dict:
     """The ``embedx`` attributes of the store at ``path`` (complete or not); StoreError if it is none."""
     try:
@@ -433,14 +482,9 @@ class Store:
                 f"{self.meta.get('n_rows_max', '?')} rows committed); rerun the command that wrote it to resume")
         self.generation = self.meta.get("generation")  # a new id each time a store is created at a path
         self.group = zarr.open_group(self.path, mode="r")
-        try:
-            self._emb = self.group["images/embeddings"]
-            for name in ("images/labels", "texts/embeddings"):
-                self.group[name]
-        except Exception as e:  # a missing or garbled array metadata file
-            raise StoreError(f"{self.path}: broken array metadata ({type(e).__name__}: "
-                             f"{' '.join(str(e).split())[:160]}); the store is damaged") from None
-        self._check_shapes()
+        for _, problem in layout_problems(self.path, self.meta, self.group):  # a stat per chunk: 8 ms at 1M rows
+            raise StoreError(f"{self.path}: {problem}; the store is damaged")
+        self._emb = self.group["images/embeddings"]
         self._direct = {}  # array name -> DirectRows | None (plain chunk files read without zarr)
 
     # -- shape --------------------------------------------------------------------------------------------
@@ -474,39 +518,14 @@ class Store:
     def paired(self) -> bool:
         return self.meta["mode"] == "paired"
 
-    def _check_shapes(self) -> None:
-        """Every row array against the commit marker: an array edited shorter than ``rows_committed`` (or, in a
-        complete store, of another length) is damage, not data; so is a missing chunk file of committed rows."""
-        n = int(self.meta["rows_committed"])
-        names = ARRAYS if self.paired else ARRAYS[:3]
-        for name in names:
-            rows = self.group[name].shape[0]
-            if rows < n or (self.complete and rows != n):
-                raise StoreError(f"{self.path}: {name} has {rows} rows but the store records {n} committed rows; "
-                                 f"the store is damaged")
-        for name in ARRAYS:  # every chunk file of the committed rows is there (a stat each: ~1 ms per 200)
-            self._check_chunks(name, 0, n if name in names else self.n_texts)
-
-    @property
-    def writes_every_chunk(self) -> bool:
-        """Stores made by this embedx write every chunk file (even one equal to the fill value), so a missing one is
-        damage. Older stores may omit chunks of fill values (labels all -1): for them zarr's fill value stands."""
-        return "inventory" in (self.meta.get("features") or [])
-
     def _check_chunks(self, name: str, start: int, stop: int) -> None:
-        """Every chunk file holding rows ``start:stop`` of ``name`` exists (local stores). Zarr reads a missing chunk
-        as its fill value (zeros, label -1), which would be a silently wrong number: here it is an error."""
-        if is_url(self.path) or stop <= start or not self.writes_every_chunk:
+        """Every chunk file holding rows ``start:stop`` of ``name`` still exists (checked on open; again before
+        zarr's fallback, which would read a chunk deleted since as its fill value: a silently wrong number)."""
+        if is_url(self.path) or not writes_every_chunk(self.meta):
             return
-        arr = self.group[name]
-        per_file = int((getattr(arr, "shards", None) or arr.chunks)[0])
-        folder = os.path.join(self.path, *name.split("/"))
-        for k in range(start // per_file, (stop - 1) // per_file + 1):
-            key = arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
-            if not os.path.isfile(os.path.join(folder, *key.split("/"))):
-                last = min((k + 1) * per_file, arr.shape[0]) - 1
-                raise StoreError(f"{self.path}: {name} chunk {k} (rows {k * per_file}..{last}) is missing; the store "
-                                 f"is damaged")
+        for k, f, r0, r1 in chunk_files(self.path, self.group[name], name, start, stop):
+            if not os.path.isfile(f):
+                raise StoreError(f"{self.path}: {name} chunk {k} (rows {r0}..{r1}) is missing; the store is damaged")
 
     def ensure_unchanged(self) -> None:
         """Refuse numbers read across a replacement: the store at ``path`` must still be the one opened (same

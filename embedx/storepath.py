@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import errno
 import glob
+import logging
 import os
 import shutil
 import signal
@@ -27,6 +28,7 @@ import uuid
 from embedx.atomic import fsync_dir
 from embedx.errors import StoreError
 
+log = logging.getLogger("embedx")
 STAGING = ".tmp-"
 RETIRED = ".old-"
 _RENAME_EXCHANGE = 2
@@ -110,7 +112,8 @@ def recover(target: str) -> list[str]:
 
 @contextlib.contextmanager
 def writer_lock(target: str):
-    """Hold the only right to write ``target`` for the duration; a second writer gets a one-line StoreError."""
+    """Hold the only right to write ``target`` for the duration (a second writer gets a one-line StoreError),
+    and first repair what killed writers left beside it (:func:`recover`; each repair logged as a warning)."""
     from embedx.store import is_url
 
     if is_url(target):
@@ -133,6 +136,8 @@ def writer_lock(target: str):
                              f"to finish or stop it") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+        for line in recover(target):
+            log.warning(line)
         yield
     finally:
         os.close(fd)  # releases the lock

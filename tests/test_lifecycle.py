@@ -231,9 +231,9 @@ def test_verify_names_every_kind_of_damage(tmp_path, rng, damage):
     r = invoke("verify", out)
     assert r.exit_code == 0 and r.stdout.startswith("ok:") and "checked" in r.stdout, r.stdout + r.stderr
     emb = out / "images" / "embeddings" / "c"
-    want = {"delete": "chunk 2 (rows 128..191): missing", "truncate": "chunk 2 (rows 128..191): checksum mismatch",
+    want = {"delete": "chunk 2 (rows 128..191) is missing", "truncate": "chunk 2 (rows 128..191): checksum mismatch",
             "garbage": "chunk 2 (rows 128..191): checksum mismatch", "swap": "chunk 1 (rows 64..127): checksum mismatch",
-            "shape": "images/labels: 250 rows", "rows_committed": "400 committed rows",
+            "shape": "images/labels has 250 rows", "rows_committed": "400 committed rows",
             "inventory": "inventory of chunk checksums is missing"}[damage]
     if damage == "delete":
         os.remove(emb / "2" / "0")

@@ -293,7 +293,7 @@ def part_zeroshot(rec: Record, sz: dict, dry: bool, scratch: str, out: str) -> N
     import torch
 
     from embedx.measures import compute
-    from embedx.measures.stream import _zeroshot_hits, normalized
+    from embedx.measures.stream import zeroshot_hits, normalized
     from embedx.store import Store
 
     dev = device_paths(dry)
@@ -319,7 +319,7 @@ def part_zeroshot(rec: Record, sz: dict, dry: bool, scratch: str, out: str) -> N
     hit = torch.empty(min(step, len(x)), c, device=dev)
     top1 = torch.zeros(c, dtype=torch.long, device=dev)
     top5 = torch.zeros_like(top1)
-    t_count = timed(lambda: _zeroshot_hits(x, y, texts, top1, top5, hit, step), dev, reps=5)
+    t_count = timed(lambda: zeroshot_hits(x, y, texts, top1, top5, hit, step), dev, reps=5)
     out_buf = torch.empty(min(step, len(x)), c, device=dev)
 
     def bare():

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from embedx.errors import EmbedxError
-from embedx.measures.stream import ZS_ROWS, _zeroshot_hits, normalized
+from embedx.measures.stream import ZS_ROWS, zeroshot_hits, normalized
 from embedx.rows import duplicate_groups
 from embedx.store import Store
 
@@ -113,7 +113,7 @@ def _hits(x: torch.Tensor, y: np.ndarray, texts: torch.Tensor, c: int, groups) -
     if len(keep):
         xl = x if len(keep) == len(x) else x[torch.from_numpy(keep)]
         hit = torch.empty(min(ZS_ROWS, len(keep)), c)
-        _zeroshot_hits(xl.float(), torch.from_numpy(y[keep].astype(np.int64)), texts, top1, top5, hit, groups=groups)
+        zeroshot_hits(xl.float(), torch.from_numpy(y[keep].astype(np.int64)), texts, top1, top5, hit, groups=groups)
     return top1.numpy()
 
 

@@ -246,15 +246,16 @@ def _cosine_exact(store: Store) -> float:
             for t0 in range(0, c, store.block_rows()):
                 yield unit(arr[t0:t0 + store.block_rows()])
 
-    means = {k: sum(b.sum(0) for b in blocks(k)) / m for k, m in (("images", n), ("texts", c))}
-    d = {k: np.concatenate([np.stack([((b - means["images"]) ** 2).sum(1), ((b - means["texts"]) ** 2).sum(1)], 1)
-                            for b in blocks(k)]) for k in ("images", "texts")}
-    var = {"images": d["images"][:, 0].mean(), "texts": d["texts"][:, 1].mean()}
+    kinds = ("images", "texts")
+    means = [sum(b.sum(0) for b in blocks(k)) / m for k, m in zip(kinds, (n, c))]
+    # per row, |x^_p - m_images|^2 and |x^_p - m_texts|^2 (columns 0 and 1)
+    d = [np.concatenate([np.stack([((b - m) ** 2).sum(1) for m in means], 1) for b in blocks(k)]) for k in kinds]
+    var = [d[0][:, 0].mean(), d[1][:, 1].mean()]  # V_images, V_texts
     total = 0.0
-    for k, own, other, size in (("images", 0, 1, n), ("texts", 1, 0, c)):
-        own_v, other_v = var[("images", "texts")[own]], var[("images", "texts")[other]]
-        own_sum = 0.5 * size * (d[k][:, own] + own_v)  # sum of D(p, q) over the rest of p's cluster
-        other_mean = 0.5 * (d[k][:, other] + other_v)
+    for own, size in ((0, n), (1, c)):
+        other = 1 - own
+        own_sum = 0.5 * size * (d[own][:, own] + var[own])  # sum of D(p, q) over the rest of p's cluster
+        other_mean = 0.5 * (d[own][:, other] + var[other])
         total += float(silhouette_values(own_sum, np.full(len(own_sum), size), other_mean).sum())
     return total / (n + c)
 

@@ -92,9 +92,9 @@ class _StorePoints:
             raise EmbedxError(f"silhouette needs 2 <= clusters <= points - 1, got {len(self.sizes)} clusters of "
                               f"{len(labels)} points")
 
-    def _image_blocks(self, reuse: bool = False):
+    def _image_blocks(self):
         s = self.store
-        return s.iter_images(block_rows=s.chunk_rows * max(1, STREAM_COLS // s.chunk_rows), reuse=reuse)
+        return s.iter_images(block_rows=s.chunk_rows * max(1, STREAM_COLS // s.chunk_rows))
 
     def raw_bytes(self) -> int:
         return len(self.labels) * self.store.dim * self.store.dtype.itemsize

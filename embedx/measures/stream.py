@@ -119,7 +119,7 @@ class PassConfig:
         return np.stack([self.sum_x_hint.numpy(), self.text_sum.numpy()]).astype(np.float32)
 
 
-def _zeroshot_hits(x: torch.Tensor, y: torch.Tensor, texts: torch.Tensor, top1: torch.Tensor, top5: torch.Tensor,
+def zeroshot_hits(x: torch.Tensor, y: torch.Tensor, texts: torch.Tensor, top1: torch.Tensor, top5: torch.Tensor,
                    hit: torch.Tensor, step: int = ZS_ROWS, groups=()) -> None:
     """Add the top-1/top-5 hits of float32 rows ``x`` with labels ``y`` (all >= 0) per class into the int64
     tensors ``top1``/``top5`` (all on one device). The true class y ranks after every class scoring strictly
@@ -195,7 +195,7 @@ class ClassWorker:
             for z0 in range(0, len(xl), len(self.xf)):
                 xf = self.xf[: min(len(self.xf), len(xl) - z0)]
                 xf.copy_(torch.from_numpy(xl[z0:z0 + len(xf)]))
-                _zeroshot_hits(xf, yt[z0:z0 + len(xf)], self.texts, self.top1, self.top5, self.hit,
+                zeroshot_hits(xf, yt[z0:z0 + len(xf)], self.texts, self.top1, self.top5, self.hit,
                                groups=self.groups)
 
     def flush(self) -> None:
