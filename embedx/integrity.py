@@ -1,16 +1,30 @@
-"""A store's inventory: the crc32c of every chunk file of its committed rows, recorded when it is finalized, and
-``verify``, which recomputes them (``embedx verify``).
+"""A store's inventory, recorded when it is finalized, and ``verify``, which recomputes it (``embedx verify``).
+
+Two checksums per chunk file (or shard) of the committed rows:
+
+  * ``arrays``: the crc32c of the file's bytes as stored (compressed or not; every array, ids and names too).
+    ``verify`` recomputes them without decoding.
+  * ``content``: the NH2 hash (``kernels.content_hash``) of the decoded values of the chunk's committed rows,
+    for the numeric arrays (``CONTENT_ARRAYS``). Every read of whole chunks checks them as it goes
+    (``Store.read_rows_into``), so a streaming pass never uses a chunk that was overwritten, swapped or
+    taken from another store; at about 20 GB/s a core this costs a few per cent of a pass
+    (bench/results/integrity.md).
 
 Opening a store already refuses missing chunk files and arrays whose length disagrees with the commit marker
-(``embedx.store``); the inventory also catches what keeps the right size: garbage written over a chunk, two
-chunk files swapped, a chunk from another store. Checksums are of the files' bytes as stored (compressed or
-not), so verifying never decodes. Local stores only (a URL store records no inventory).
+(``embedx.store``); the checksums catch what keeps the right size. Local stores only (a URL store records none).
 """
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from embedx.kernels.content_hash import ALGORITHM as CONTENT_ALGORITHM
+from embedx.kernels.content_hash import content_hash
 
 ALGORITHM = "crc32c"
+CONTENT_ARRAYS = ("images/embeddings", "images/labels", "texts/embeddings")
 
 
 def _crc32c(path: str) -> int:
@@ -23,47 +37,110 @@ def _crc32c(path: str) -> int:
     return int.from_bytes(c.digest(), "big")
 
 
+def units(arr, n: int) -> list[tuple[int, int, int]]:
+    """(k, first row, stop row) of each chunk (or shard) of array ``arr`` holding its first ``n`` rows."""
+    per = int((getattr(arr, "shards", None) or arr.chunks)[0])
+    return [(k, k * per, min((k + 1) * per, n)) for k in range((n + per - 1) // per)]
+
+
+def unit_hash(rows: np.ndarray) -> str:
+    """The recorded form of a chunk's content checksum: 16 hex digits (JSON numbers lose bits above 2^53)."""
+    return f"{content_hash(rows):016x}"
+
+
+def _content_hashes(store, name: str, threads: int) -> list[str]:
+    arr = store.group[name]
+    n = store.committed(name)
+
+    def one(u):
+        _, r0, r1 = u
+        return unit_hash(store.read_rows_into(name, r0, np.empty((r1 - r0,) + arr.shape[1:], arr.dtype)))
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, units(arr, n)))
+
+
 def inventory(root: str, group, meta: dict, arrays) -> dict:
-    """{"algorithm", "arrays": {name: [crc32c of chunk file k, ...]}} of the committed rows."""
-    from embedx.store import chunk_files, committed_rows
+    """{"algorithm", "arrays": {name: [crc32c of chunk file k]}, "content": {"algorithm", "arrays": {name:
+    [NH2 of the decoded rows of chunk k]}} of the committed rows (the store at ``root`` is being finalized)."""
+    from embedx.store import Store, chunk_files, committed_rows
 
-    return {"algorithm": ALGORITHM,
-            "arrays": {name: [_crc32c(f) for _, f, _, _ in chunk_files(root, group[name], name, 0,
-                                                                         committed_rows(meta, group, name))]
-                       for name in arrays}}
+    crcs = {name: [_crc32c(f) for _, f, _, _ in chunk_files(root, group[name], name, 0,
+                                                            committed_rows(meta, group, name))]
+            for name in arrays}
+    store = Store(root, allow_partial=True, verify_content=False)
+    threads = max(1, min(os.cpu_count() or 1, 8))
+    content = {name: _content_hashes(store, name, threads) for name in CONTENT_ARRAYS if name in arrays}
+    return {"algorithm": ALGORITHM, "arrays": crcs,
+            "content": {"algorithm": CONTENT_ALGORITHM, "arrays": content}}
 
 
-def verify(path: str) -> dict:
+def verify(path: str, files: bool = True, content: bool = True) -> dict:
     """Every check of a store at once: what opening it checks (``store.layout_problems``: array lengths against
-    the commit marker, chunk files of the committed rows present), and (when recorded) every chunk file's crc32c
-    against the inventory. Returns {"ok", "problems": [one line each], "chunks_checked", "inventory": bool};
-    never raises on damage."""
+    the commit marker, chunk files of the committed rows present); with ``files``, every chunk file's crc32c;
+    with ``content``, every chunk's decoded rows against their NH2 hash (when recorded). Returns {"ok",
+    "problems": [one line each], "chunks_checked", "inventory": bool}; never raises on damage."""
     import zarr
 
-    from embedx.store import ARRAYS, chunk_files, committed_rows, layout_problems, read_meta, writes_every_chunk
+    from embedx.errors import StoreError
+    from embedx.store import ARRAYS, Store, chunk_files, committed_rows, layout_problems, read_meta, \
+        writes_every_chunk
 
     meta = read_meta(path)
     group = zarr.open_group(str(path), mode="r")
     found = list(layout_problems(str(path), meta, group))
     problems = [line for _, line in found]
     damaged = {name for name, _ in found}  # arrays already reported: not checksummed as well
-    inv = (meta.get("integrity") or {}).get("arrays")
+    integrity = meta.get("integrity") or {}
+    inv = integrity.get("arrays")
     if inv is None and meta.get("complete") and writes_every_chunk(meta):
         problems.append("the inventory of chunk checksums is missing from the store's attributes")
+    bad_chunks = set()
     checked = 0
-    for name in ARRAYS:
+    for name in ARRAYS if files else ():
         if name in damaged:
             continue
-        files = chunk_files(str(path), group[name], name, 0, committed_rows(meta, group, name))
-        checked += len(files)
+        chunks = chunk_files(str(path), group[name], name, 0, committed_rows(meta, group, name))
+        checked += len(chunks)
         want = None if inv is None else inv.get(name)
         if want is None:
             continue
-        if len(want) != len(files):
-            problems.append(f"{name}: the inventory lists {len(want)} chunks, the array has {len(files)}")
+        if len(want) != len(chunks):
+            problems.append(f"{name}: the inventory lists {len(want)} chunks, the array has {len(chunks)}")
+            damaged.add(name)
             continue
-        for k, f, r0, r1 in files:
+        for k, f, r0, r1 in chunks:
             if os.path.isfile(f) and _crc32c(f) != want[k]:
+                bad_chunks.add((name, k))
                 problems.append(f"{name} chunk {k} (rows {r0}..{r1}): checksum mismatch (overwritten, swapped or "
                                 f"from another store)")
-    return {"ok": not problems, "problems": problems, "chunks_checked": checked, "inventory": inv is not None}
+    recorded = (integrity.get("content") or {}).get("arrays") or {}
+    if content and recorded and not found:
+        store = Store(str(path), allow_partial=True, verify_content=False)
+        for name, want in recorded.items():
+            if name in damaged:
+                continue
+            arr = store.group[name]
+            us = units(arr, store.committed(name))
+            if len(want) != len(us):
+                problems.append(f"{name}: the inventory lists {len(want)} chunk contents, the array has {len(us)}")
+                continue
+            checked += 0 if files else len(us)
+
+            def one(u, name=name, arr=arr, want=want):
+                k, r0, r1 = u
+                try:
+                    rows = store.read_rows_into(name, r0, np.empty((r1 - r0,) + arr.shape[1:], arr.dtype))
+                except StoreError as e:
+                    return f"{name} chunk {k} (rows {r0}..{r1 - 1}): cannot be read ({e})"
+                if unit_hash(rows) != want[k]:
+                    return (f"{name} chunk {k} (rows {r0}..{r1 - 1}): content checksum mismatch (overwritten, "
+                            f"swapped or from another store)")
+                return None
+
+            with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 8))) as pool:
+                for (k, _, _), line in zip(us, pool.map(one, us)):
+                    if line is not None and (name, k) not in bad_chunks:
+                        problems.append(line)
+    return {"ok": not problems, "problems": problems, "chunks_checked": checked,
+            "inventory": inv is not None or bool(recorded)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
+import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -473,7 +474,7 @@ class Store:
     Iteration is in row blocks of whole chunks, so memory is bounded by the block size whatever N is.
     """
 
-    def __init__(self, path: str, allow_partial: bool = False):
+    def __init__(self, path: str, allow_partial: bool = False, verify_content: bool = True):
         self.path = str(path)
         self.meta = read_meta(self.path)
         if not self.meta.get("complete") and not allow_partial:
@@ -486,6 +487,9 @@ class Store:
             raise StoreError(f"{self.path}: {problem}; the store is damaged")
         self._emb = self.group["images/embeddings"]
         self._direct = {}  # array name -> DirectRows | None (plain chunk files read without zarr)
+        self._content = self._content_inventory() if verify_content else {}
+        self._verified = {name: set() for name in self._content}  # chunks a read has matched to their checksum
+        self._verified_lock = threading.Lock()
 
     # -- shape --------------------------------------------------------------------------------------------
     @property
@@ -527,6 +531,61 @@ class Store:
             if not os.path.isfile(f):
                 raise StoreError(f"{self.path}: {name} chunk {k} (rows {r0}..{r1}) is missing; the store is damaged")
 
+    def committed(self, name: str) -> int:
+        """Rows of array ``name`` that the commit marker vouches for."""
+        return committed_rows(self.meta, self.group, name)
+
+    def _content_inventory(self) -> dict:
+        """{array: [int NH2 of chunk k]} recorded at finalize (embedx.integrity), checked by every read of a whole
+        chunk; a list whose length disagrees with the array is damage."""
+        from embedx.integrity import units
+        from embedx.kernels.content_hash import ALGORITHM
+
+        rec = (self.meta.get("integrity") or {}).get("content") or {}
+        if rec.get("algorithm") != ALGORITHM:
+            return {}
+        out = {}
+        for name, hashes in (rec.get("arrays") or {}).items():
+            n_units = len(units(self.group[name], self.committed(name)))
+            if not isinstance(hashes, list) or len(hashes) != n_units:
+                raise StoreError(f"{self.path}: {name}: the inventory lists {len(hashes)} chunk contents, the array "
+                                 f"has {n_units}; the store is damaged")
+            out[name] = [int(h, 16) for h in hashes]
+        return out
+
+    def chunks_verified(self) -> dict:
+        """{array: sorted chunk indices whose decoded rows matched their recorded checksum in reads so far}."""
+        with self._verified_lock:
+            return {name: sorted(ks) for name, ks in self._verified.items()}
+
+    def content_chunks(self) -> dict:
+        """{array: number of chunks with a recorded content checksum} (empty: nothing to check reads against)."""
+        return {name: len(h) for name, h in self._content.items()}
+
+    def _verify_read(self, name: str, start: int, out: np.ndarray) -> None:
+        """Check every whole chunk inside rows ``start:start+len(out)`` (just read into ``out``) against its
+        recorded content checksum; a mismatch is damage, never a number. Reads covering part of a chunk (random
+        access) are not checked: streaming readers read whole chunks."""
+        from embedx.kernels.content_hash import content_hash
+
+        want = self._content[name]
+        arr = self.group[name]
+        per = int((getattr(arr, "shards", None) or arr.chunks)[0])
+        n, stop = self.committed(name), start + len(out)
+        k = -(-start // per)
+        while k * per < min(stop, n):
+            r0, r1 = k * per, min((k + 1) * per, n)
+            if r1 > stop:
+                break
+            if content_hash(out[r0 - start:r1 - start]) != want[k]:
+                self.ensure_unchanged()  # a store swapped in under this reader is not damage: say so
+                raise StoreError(f"{self.path}: {name} chunk {k} (rows {r0}..{r1 - 1}): content checksum mismatch "
+                                 f"(overwritten, swapped or from another store); the store is damaged (embedx verify "
+                                 f"lists every damaged chunk)")
+            with self._verified_lock:
+                self._verified[name].add(k)
+            k += 1
+
     def ensure_unchanged(self) -> None:
         """Refuse numbers read across a replacement: the store at ``path`` must still be the one opened (same
         generation id). Readers call it when they finish; a store swapped in meanwhile is an error, not a mix."""
@@ -553,16 +612,32 @@ class Store:
         d = self._direct[name]
         if d is None or not d.read_rows(start, out):
             self._check_chunks(name, start, start + len(out))
+            self._zarr_read(name, start, out)
+        if name in self._content:
+            self._verify_read(name, start, out)
+        return out
+
+    def _zarr_read(self, name: str, start: int, out: np.ndarray) -> None:
+        arr = self.group[name]
+        try:
+            arr.get_basic_selection(slice(start, start + len(out)), out=NDBuffer.from_numpy_array(out))
+            return
+        except OSError:
+            raise
+        except Exception as e:  # a truncated or garbled chunk: the store is damaged, say which
+            why = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+        for k, _, r0, r1 in chunk_files(self.path, arr, name, start, start + len(out)):
+            a, b = max(r0, start), min(r1 + 1, start + len(out))
             try:
-                self.group[name].get_basic_selection(slice(start, start + len(out)),
-                                                     out=NDBuffer.from_numpy_array(out))
+                arr.get_basic_selection(slice(a, b), out=NDBuffer.from_numpy_array(out[a - start:b - start]))
             except OSError:
                 raise
-            except Exception as e:  # a truncated or garbled chunk: the store is damaged, say where
-                raise StoreError(f"{self.path}: cannot read {name} rows {start}..{start + len(out) - 1} "
-                                 f"({type(e).__name__}: {' '.join(str(e).split())[:160]}); the store is damaged"
-                                 ) from None
-        return out
+            except Exception as e:
+                why = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+                raise StoreError(f"{self.path}: cannot read {name} rows {a}..{b - 1} ({why}); the store is "
+                                 f"damaged") from None
+        raise StoreError(f"{self.path}: cannot read {name} rows {start}..{start + len(out) - 1} ({why}); the store "
+                         f"is damaged")
 
     def read_images_into(self, start: int, out: np.ndarray) -> np.ndarray:
         """Image rows ``start:start+len(out)`` decoded into ``out`` (no allocation; thread-safe)."""
@@ -578,7 +653,7 @@ class Store:
         (for compute-bound consumers that need every core).
         """
         block_rows = block_rows or self.block_rows()
-        labels = self.group["images/labels"]
+        labels = self.labels
         starts = list(range(0, self.n_images, block_rows))
         if not reuse:
             for start in starts:
@@ -586,7 +661,7 @@ class Store:
                 block = self.read_images_into(start, np.empty((stop - start, self.dim), self.dtype))
                 if dtype is not None:
                     block = block.astype(dtype, copy=False)
-                yield (start, block, labels[start:stop]) if with_labels else (start, block)
+                yield (start, block, labels(start, stop)) if with_labels else (start, block)
             return
         rows = min(block_rows, self.n_images)
         bufs = [np.empty((rows, self.dim), dtype=self.dtype) for _ in range(2)]
@@ -596,7 +671,7 @@ class Store:
             start = starts[k]
             stop = min(start + block_rows, self.n_images)
             buf = self.read_images_into(start, bufs[k % 2][: stop - start])
-            return buf, (labels[start:stop] if with_labels else None)
+            return buf, (labels(start, stop) if with_labels else None)
 
         with ThreadPoolExecutor(1, thread_name_prefix="embedx-reader") as pool:
             nxt = pool.submit(read, 0) if starts and prefetch else None
@@ -635,6 +710,22 @@ class Store:
         out = self.read_rows_into("texts/embeddings", 0, np.empty((self.n_texts,) + arr.shape[1:], arr.dtype))
         return out if dtype is None else out.astype(dtype, copy=False)
 
+    def read_texts(self, start: int, stop: int) -> np.ndarray:
+        """Text rows ``start:stop`` (clipped to the texts) in the stored dtype, through the checked read path."""
+        arr = self.group["texts/embeddings"]
+        stop = min(stop, self.n_texts)
+        return self.read_rows_into("texts/embeddings", start, np.empty((max(stop - start, 0),) + arr.shape[1:], arr.dtype))
+
+    def text_rows(self, rows) -> np.ndarray:
+        """Text rows by index (random access; like ``images(rows)``, not checked against the chunk checksums)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self._check_chunks("texts/embeddings", 0, self.n_texts)
+        return self.group["texts/embeddings"].get_orthogonal_selection((rows, slice(None)))
+
+    def whole_chunks(self, target_rows: int) -> int:
+        """About ``target_rows`` rows, rounded to whole chunks (so streamed reads check every chunk they read)."""
+        return self.chunk_rows * max(1, int(target_rows) // self.chunk_rows)
+
     def text_names(self) -> np.ndarray:
         self._check_chunks("texts/names", 0, self.n_texts)
         return self.group["texts/names"][: self.n_texts]
@@ -654,9 +745,18 @@ class Store:
             "n_skipped": int(m.get("n_skipped", 0)), "created": m.get("created"),
             "finished": m.get("finished"), "embedx_version": m.get("embedx_version"),
             "source": m.get("source"),
-            "integrity": (f"{m['integrity']['algorithm']} of {sum(map(len, m['integrity']['arrays'].values()))} "
-                          f"chunk files (embedx verify checks them)") if m.get("integrity") else None,
+            "integrity": _describe_inventory(m.get("integrity")),
         }
+
+
+def _describe_inventory(inv: dict | None) -> str | None:
+    if not inv:
+        return None
+    line = f"{inv['algorithm']} of {sum(map(len, inv['arrays'].values()))} chunk files"
+    content = (inv.get("content") or {}).get("arrays")
+    if content:
+        line += f", {inv['content']['algorithm']} of {sum(map(len, content.values()))} chunk contents (every read)"
+    return line
 
 
 def _size_on_disk(path: str) -> int:

@@ -219,22 +219,34 @@ def test_a_damaged_store_is_refused_not_read_as_fill_values(tmp_path, rng, damag
         assert_one_line_error(r.exit_code, r.stderr, what, "damaged")
 
 
-@pytest.mark.parametrize("damage", ["delete", "truncate", "garbage", "swap", "shape", "rows_committed",
-                                    "inventory"])
-def test_verify_names_every_kind_of_damage(tmp_path, rng, damage):
-    """The corruption matrix: each case is named by `embedx verify` (exit 2); an intact store verifies ok."""
+@pytest.mark.parametrize("damage,codec", [("delete", "zstd1"), ("truncate", "zstd1"), ("garbage", "zstd1"),
+                                          ("garbage", "none"), ("swap", "zstd1"), ("swap", "none"),
+                                          ("shape", "zstd1"), ("rows_committed", "zstd1"), ("inventory", "zstd1"),
+                                          ("content inventory", "none")])
+def test_every_kind_of_damage_is_named_by_verify_measure_and_info(tmp_path, rng, damage, codec):
+    """The corruption matrix: each case is named by `embedx verify` (exit 2), and `measure` and `info` refuse the
+    store (exit 2, one line): a chunk of the right size with other bytes, or two chunks swapped, is caught by the
+    content checksums that every read checks. An intact store verifies ok."""
     import json
 
     paths, _ = _arrays(tmp_path, rng, "a", n=300)
     out = tmp_path / "s.zarr"
-    import_arrays(str(out), images=paths["x"], texts=paths["t"], labels=paths["y"], chunk_rows=64, codec="zstd1")
+    import_arrays(str(out), images=paths["x"], texts=paths["t"], labels=paths["y"], chunk_rows=64, codec=codec)
     r = invoke("verify", out)
     assert r.exit_code == 0 and r.stdout.startswith("ok:") and "checked" in r.stdout, r.stdout + r.stderr
+    r = invoke("info", out)
+    assert r.exit_code == 0 and "ok, checked now" in r.stdout, r.stdout + r.stderr
     emb = out / "images" / "embeddings" / "c"
     want = {"delete": "chunk 2 (rows 128..191) is missing", "truncate": "chunk 2 (rows 128..191): checksum mismatch",
             "garbage": "chunk 2 (rows 128..191): checksum mismatch", "swap": "chunk 1 (rows 64..127): checksum mismatch",
             "shape": "images/labels has 250 rows", "rows_committed": "400 committed rows",
-            "inventory": "inventory of chunk checksums is missing"}[damage]
+            "inventory": "inventory of chunk checksums is missing",
+            "content inventory": "images/embeddings: the inventory lists 4 chunk contents, the array has 5"}[damage]
+    # what a reading command says (the first damage it meets)
+    read_want = {"garbage": "chunk 2 (rows 128..191): content checksum mismatch" if codec == "none" else
+                 "cannot read images/embeddings rows 128..191",
+                 "truncate": "cannot read images/embeddings rows 128..191",
+                 "swap": "chunk 1 (rows 64..127): content checksum mismatch"}.get(damage, want)
     if damage == "delete":
         os.remove(emb / "2" / "0")
     elif damage == "truncate":
@@ -255,8 +267,10 @@ def test_verify_names_every_kind_of_damage(tmp_path, rng, damage):
         meta = json.loads((out / "zarr.json").read_text())
         if damage == "rows_committed":
             meta["attributes"]["embedx"]["rows_committed"] = 400
-        else:
+        elif damage == "inventory":
             del meta["attributes"]["embedx"]["integrity"]
+        else:
+            meta["attributes"]["embedx"]["integrity"]["content"]["arrays"]["images/embeddings"].pop()
         (out / "zarr.json").write_text(json.dumps(meta))
     r = invoke("verify", out)
     assert r.exit_code == 2, r.stdout + r.stderr
@@ -264,6 +278,13 @@ def test_verify_names_every_kind_of_damage(tmp_path, rng, damage):
     assert_one_line_error(r.exit_code, r.stderr, "damaged")
     r = invoke("verify", out, "--json")
     assert json.loads(r.stdout)["ok"] is False
+    if damage == "inventory":  # nothing left to check content against: reads go on (verify names it)
+        return
+    for cmd in (["measure", out], ["info", out]):
+        r = invoke(*cmd)
+        assert r.exit_code == 2, (cmd, r.stdout, r.stderr)
+        assert read_want in r.stdout + r.stderr, (cmd, r.stdout, r.stderr)
+        assert "damaged" in r.stderr and "internal" not in r.stderr and "Traceback" not in r.stderr
 
 
 def test_info_shows_the_inventory(tmp_path, rng):
@@ -271,7 +292,7 @@ def test_info_shows_the_inventory(tmp_path, rng):
     out = tmp_path / "s.zarr"
     import_arrays(str(out), images=paths["x"], texts=paths["t"], labels=paths["y"], chunk_rows=64)
     r = invoke("info", out)
-    assert "crc32c of 8 chunk files (embedx verify checks them)" in r.stdout  # 3 image arrays x 2, 2 text x 1
+    assert "crc32c of 8 chunk files, nh2-1k of 5 chunk contents (every read)" in r.stdout  # 3 image arrays x 2, 2 text x 1
 
 
 def test_chunks_equal_to_the_fill_value_are_written_and_older_stores_still_open(tmp_path, rng):

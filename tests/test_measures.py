@@ -9,7 +9,7 @@ from sklearn.metrics import silhouette_samples, silhouette_score
 from embedx import measures as M
 from embedx.importer import import_arrays
 from embedx.store import Store
-from tests.conftest import SHARED_DATA, assert_one_line_error, invoke
+from tests.conftest import SHARED_DATA, assert_one_line_error, invoke, write_behind_embedx
 
 
 def brute_force(x, t, y, paired):
@@ -72,7 +72,7 @@ def _store(tmp_path, rng, n, c, d, dtype, paired=False, scale=True, y=None):
 def _check(store, x, t, y, tol=1e-5):
     got = M.compute(store)
     ref = brute_force(x, t, y, store.paired)
-    assert set(got) - {"n_images", "n_texts", "dim", "timings_s", "ties"} == set(ref)
+    assert set(got) - {"n_images", "n_texts", "dim", "timings_s", "ties", "integrity"} == set(ref)
     assert got["ties"].startswith("lowest index wins")  # the tie rule is stated in the result
     for k, v in ref.items():
         assert got[k] == pytest.approx(v, abs=tol), k
@@ -183,7 +183,7 @@ def test_measure_cli_json_subset_and_errors(tmp_path, rng):
     r = invoke("measure", s.path, "--json", "--metrics", "acs,gap", "--out", out)
     assert r.exit_code == 0, r.stderr
     d = json.loads(r.stdout)
-    assert set(d) == {"acs", "gap", "n_images", "n_texts", "dim", "timings_s"} and json.loads(out.read_text()) == d
+    assert set(d) == {"acs", "gap", "n_images", "n_texts", "dim", "timings_s", "integrity"} and json.loads(out.read_text()) == d
     ref = brute_force(x, t, y, False)
     assert d["acs"] == pytest.approx(ref["acs"], abs=1e-5)
     r = invoke("measure", s.path)
@@ -198,13 +198,13 @@ def test_bad_rows_and_unfinished_stores_are_refused(tmp_path, rng):
     import zarr
 
     s, x, t, y = _store(tmp_path, rng, 50, 3, 8, "float32")
-    g = zarr.open_group(s.path, mode="r+")
-    g["images/embeddings"][7] = np.nan
+    write_behind_embedx(s.path, "images/embeddings", 7, np.nan)
     r = invoke("measure", s.path)
     assert_one_line_error(r.exit_code, r.stderr, "images row 7", "nan")
-    g["images/embeddings"][7] = 0
+    write_behind_embedx(s.path, "images/embeddings", 7, 0)
     r = invoke("measure", s.path)
     assert_one_line_error(r.exit_code, r.stderr, "images row 7", "zeros")
+    g = zarr.open_group(s.path, mode="r+")
     g.attrs["embedx"] = dict(g.attrs["embedx"], complete=False)
     r = invoke("measure", s.path)
     assert_one_line_error(r.exit_code, r.stderr, "unfinished")
@@ -216,8 +216,6 @@ def test_bad_rows_and_unfinished_stores_are_refused(tmp_path, rng):
 def test_extreme_norms_import_and_measure_agree(tmp_path, rng, dtype):
     """Rows are judged as stored: inside [NORM_MIN, NORM_MAX] every scale gives the same numbers; outside, import
     and every measure pass refuse the row in one line (never NaN, inf or a shifted accuracy)."""
-    import zarr
-
     from embedx.rows import NORM_MAX, NORM_MIN
 
     s, x, t, y = _store(tmp_path, rng, 300, 6, 16, "float32", scale=False)
@@ -248,21 +246,17 @@ def test_extreme_norms_import_and_measure_agree(tmp_path, rng, dtype):
         assert_one_line_error(r.exit_code, r.stderr, "images row 11", msg)
         assert not (tmp_path / "bad.zarr").exists()
         if dtype == "float32" and norm < 1e20:  # the same row written past import: every pass refuses it too
-            g = zarr.open_group(str(tmp_path / "scaled.zarr"), mode="r+")
-            g["images/embeddings"][11] = xb[11].astype(np.float32)
+            write_behind_embedx(tmp_path / "scaled.zarr", "images/embeddings", 11, xb[11].astype(np.float32))
             for extra in ([], ["--silhouette-labels", "class"], ["--metrics", "zeroshot_top1"]):
                 r = invoke("measure", tmp_path / "scaled.zarr", *extra)
                 assert_one_line_error(r.exit_code, r.stderr, "images row 11", "outside")
-            g["images/embeddings"][11] = xs[11].astype(np.float32)
+            write_behind_embedx(tmp_path / "scaled.zarr", "images/embeddings", 11, xs[11].astype(np.float32))
 
 
 def test_stale_recorded_sums_fall_back_to_a_second_pass(tmp_path, rng):
     """The cosine silhouette uses the store's recorded sum of image rows only if it checks out."""
-    import zarr
-
     s, x, t, y = _store(tmp_path, rng, 300, 5, 16, "float32")
-    g = zarr.open_group(s.path, mode="r+")
-    g["images/embeddings"][10:20] = rng.standard_normal((10, 16)).astype(np.float32)  # behind embedx's back
+    write_behind_embedx(s.path, "images/embeddings", slice(10, 20), rng.standard_normal((10, 16)).astype(np.float32))
     s = Store(s.path)
     _check(s, s.images(), t, y)
 
@@ -624,9 +618,39 @@ def test_cosine_silhouette_stays_exact_when_tight_clusters_overlap(tmp_path, rng
     ref = silhouette_score(np.vstack([xs, ts]), [1] * len(xs) + [0] * len(ts), metric="cosine")
     got = M.compute(s, ["silhouette_cosine", "silhouette_euclidean"])
     assert got["silhouette_cosine"] == pytest.approx(ref, abs=1e-5)
-    if spread < 1e-3:  # the Euclidean one is limited there by float32 unit rows (an open item of issue 11)
-        return
     assert got["silhouette_euclidean"] == pytest.approx(
         silhouette_score(np.vstack([xs / np.linalg.norm(xs, axis=1, keepdims=True),
                                     ts / np.linalg.norm(ts, axis=1, keepdims=True)]), [1] * len(xs) + [0] * len(ts)),
         abs=1e-5)
+
+
+@pytest.mark.parametrize("path", ["streamed", "resident_triton"])
+@pytest.mark.parametrize("spread,dtype", [(1e-3, "float32"), (1e-4, "float32"), (1e-2, "float16")])
+def test_euclidean_silhouettes_stay_exact_when_everything_lies_near_one_direction(tmp_path, rng, monkeypatch,
+                                                                                  path, spread, dtype):
+    """Images and texts within `spread` of one direction, so a_p and b_p are both tiny: unit rows rounded to
+    float32 moved the silhouette by 7e-5 at 1e-4 (they are now centred in float64 before the cast; the GPU's
+    resident path hands such data to the centred streamed path)."""
+    from embedx.measures import silhouette
+
+    d, n, c = 32, 240, 4
+    base = rng.standard_normal(d)
+    x = base + spread * rng.standard_normal((n, d)) / np.sqrt(d)
+    t = base + spread * rng.standard_normal((c, d)) / np.sqrt(d)
+    y = rng.integers(0, c, n)
+    for k, arr in (("x", x), ("t", t), ("y", y)):
+        np.save(tmp_path / f"{k}.npy", arr)
+    import_arrays(str(tmp_path / "s.zarr"), images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"),
+                  labels=str(tmp_path / "y.npy"), dtype=dtype, chunk_rows=64)
+    s = Store(str(tmp_path / "s.zarr"))
+    xs, ts = s.images().astype(np.float64), s.texts().astype(np.float64)
+    xs /= np.linalg.norm(xs, axis=1, keepdims=True)
+    ts /= np.linalg.norm(ts, axis=1, keepdims=True)
+    if path == "resident_triton":
+        monkeypatch.setenv("EMBEDX_KERNEL", "triton")
+        monkeypatch.setattr(silhouette, "resident_budget", lambda dev: 1 << 40)
+        monkeypatch.setattr(silhouette, "resident_rows", lambda dev: 100)
+    got = M.compute(s, ["silhouette_euclidean"], silhouette_labels="class")
+    assert got["silhouette_euclidean"] == pytest.approx(
+        silhouette_score(np.vstack([xs, ts]), [1] * n + [0] * c), abs=1e-5)
+    assert got["silhouette_class_euclidean"] == pytest.approx(silhouette_score(xs, y), abs=1e-5)

@@ -269,7 +269,7 @@ def part_silhouette(rec: Record, sz: dict, dry: bool, scratch: str, out: str) ->
 
     # tile configs of the fused kernel on one resident row block against every column (the tuning record)
     if dev.type == "cuda":
-        points = silhouette._ModalityPoints(Store(path), None)
+        points = silhouette._ModalityPoints(Store(path))
         pts, scale, lab, _ = silhouette._resident(points, dev)
         rows = min(len(pts), silhouette.resident_rows(dev))
         sweep = {}

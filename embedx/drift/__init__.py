@@ -141,7 +141,7 @@ def _projection(a: Store, b: Store, plot_rows: np.ndarray, pr: stats.PassResult,
         trows = plot_rows
     else:
         trows = stats.sample_rows(a.n_texts, PLOT_TEXTS_MAX, seed)
-    texts = [normalized(s.group["texts/embeddings"].get_orthogonal_selection((trows, slice(None))), "texts")
+    texts = [normalized(s.text_rows(trows), "texts")
              .numpy() for s in (a, b)]
     xb, xa = pr.plot["images_before"], pr.plot["images_after"]
     coords = project_2d(np.vstack([xb, texts[0]]), xb, texts[0], xa, texts[1])

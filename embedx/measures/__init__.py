@@ -39,7 +39,8 @@ BASE = ("acs", "iimm_inter", "iimm_intra", "iimm", "text_intra", "gap", "silhoue
 RETRIEVAL = tuple(f"{side}_recall@{k}" for side in ("i2t", "t2i") for k in retrieval.KS)
 CLASS_SILHOUETTE = "silhouette_class_euclidean"
 TIES = "lowest index wins (as argmax and stable sorting): among candidates scoring exactly the same, the lower index ranks first"
-NOT_MEASURES = ("n_images", "n_texts", "dim", "timings_s", "estimates", "per_class", "ties")  # other result keys
+NOT_MEASURES = ("n_images", "n_texts", "dim", "timings_s", "estimates", "per_class", "ties",
+                "integrity")  # other result keys
 HINT_EFFECT = 1e-7  # use the recorded S_x only if its error moves any a_p by less than this
 
 
@@ -147,7 +148,7 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
     if "silhouette_euclidean" in want or CLASS_SILHOUETTE in want:
         t0 = time.perf_counter()
         if "silhouette_euclidean" in want:  # columns streamed from the store: memory bounded, not O(N d)
-            score, per_point = silhouette.modality_silhouette(store, texts, silhouette_mode, sample_size, seed, dev)
+            score, per_point = silhouette.modality_silhouette(store, silhouette_mode, sample_size, seed, dev)
             if silhouette_mode == "exact":
                 out["silhouette_euclidean"] = score
             else:
@@ -185,6 +186,11 @@ def compute(store: Store, metrics=None, *, silhouette_mode: str = "exact", sampl
         result["estimates"] = estimates
     if per_class:
         result["per_class"] = _per_class(store, tot, texts, per_point)
+    recorded = store.content_chunks()
+    if recorded:  # what the reads checked against the chunk checksums recorded at finalize (arrays read)
+        seen = {k: v for k, v in store.chunks_verified().items() if v}
+        result["integrity"] = {"chunks_verified": sum(len(v) for v in seen.values()),
+                               "chunks_recorded": sum(recorded[k] for k in seen)}
     return result
 
 
@@ -201,9 +207,8 @@ def _stream(store: Store, cfg: PassConfig):
     tot = Partial()
     text_cos = 0.0
     st_pass = np.zeros(store.dim)
-    tarr = store.group["texts/embeddings"]
     for start, block in store.iter_images(reuse=True):
-        tb = normalized(tarr[start:start + len(block)], "texts", start)
+        tb = normalized(store.read_texts(start, start + len(block)), "texts", start)
         st_pass += tb.double().sum(0).numpy()
         if cfg.sum_x_hint is not None:
             w = tb.double() @ torch.stack([cfg.text_sum, cfg.sum_x_hint], 1)
@@ -242,9 +247,8 @@ def _cosine_exact(store: Store) -> float:
             for _, b in store.iter_images(reuse=True):
                 yield unit(b)
         else:
-            arr = store.group["texts/embeddings"]
             for t0 in range(0, c, store.block_rows()):
-                yield unit(arr[t0:t0 + store.block_rows()])
+                yield unit(store.read_texts(t0, t0 + store.block_rows()))
 
     kinds = ("images", "texts")
     means = [sum(b.sum(0) for b in blocks(k)) / m for k, m in zip(kinds, (n, c))]
@@ -264,13 +268,12 @@ def _cosine_pass(store: Store, sx: torch.Tensor, st: torch.Tensor):
     """Second pass: cosine-silhouette sums of the images (and paired texts) with the exact S_x, S_t."""
     n, c = store.n_images, store.n_texts
     img, txt = 0.0, 0.0
-    tarr = store.group["texts/embeddings"]
     both = torch.stack([sx, st], 1)
     for start, block in store.iter_images(dtype=np.float32, reuse=True):
         w = normalized(block, "images", start).double() @ both
         img += cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), n, c)
         if store.paired:
-            w = normalized(tarr[start:start + len(block)], "texts", start).double() @ both
+            w = normalized(store.read_texts(start, start + len(block)), "texts", start).double() @ both
             txt += cosine_silhouette_sum(w[:, 1].numpy(), w[:, 0].numpy(), c, n)
     return img, txt
 

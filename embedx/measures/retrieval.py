@@ -163,7 +163,6 @@ def recall_at_k_streamed(store, ks=KS, device="cpu") -> dict:
     n = store.n_images
     first, pos = _items(groups_from_ids(store.ids()))
     item_row = first[pos]                       # the image row of each text's item (never after the text)
-    tarr = store.group["texts/embeddings"]
     dev = torch.device(device)
     resident = 2 * n * store.dim * store.dtype.itemsize <= resident_budget(dev)
     cache = [] if n * store.dim * 4 <= CACHE_BYTES and not resident else None
@@ -172,7 +171,7 @@ def recall_at_k_streamed(store, ks=KS, device="cpu") -> dict:
     for start, block in store.iter_images(block_rows=_rows(store, ROW_BLOCK), reuse=True):
         stop = start + len(block)
         x = normalized(block, "images", start)
-        t = normalized(tarr[start:stop], "texts", start)
+        t = normalized(store.read_texts(start, stop), "texts", start)
         i_hash[start:stop], t_hash[start:stop] = row_hashes(x.numpy()), row_hashes(t.numpy())
         r = item_row[start:stop]
         q = x[torch.from_numpy(np.maximum(r - start, 0))]
@@ -186,8 +185,7 @@ def recall_at_k_streamed(store, ks=KS, device="cpu") -> dict:
             cache.append((start, t.to(dev), None))
     a_thr = _image_thresholds(b_thr, pos, len(first))
     plan = _TiePlan(groups_from_hashes(i_hash[first], lambda idx: normalized(store.images(first[idx])).numpy()),
-                    groups_from_hashes(t_hash, lambda idx: normalized(
-                        tarr.get_orthogonal_selection((idx, slice(None)))).numpy()),
+                    groups_from_hashes(t_hash, lambda idx: normalized(store.text_rows(idx)).numpy()),
                     pos, b_thr, len(first))
     if resident:  # rows checked by the thresholds pass above
         texts, t_scale = _on_device(store.texts(), dev)
@@ -199,7 +197,8 @@ def recall_at_k_streamed(store, ks=KS, device="cpu") -> dict:
     def col_blocks():
         if cache is not None:
             return cache
-        return ((j0, normalized(tarr[j0:j0 + COL_BLOCK], "texts", j0), None) for j0 in range(0, n, COL_BLOCK))
+        step = store.whole_chunks(COL_BLOCK)
+        return ((j0, normalized(store.read_texts(j0, j0 + step), "texts", j0), None) for j0 in range(0, n, step))
 
     return _recall(*_count_sweep(_distinct_blocks(store, first), col_blocks, a_thr, b_thr, pos, dev, plan), ks)
 
@@ -212,7 +211,7 @@ def _on_device(rows: np.ndarray, dev: torch.device) -> tuple[torch.Tensor, torch
 
 def _rows(store, target: int) -> int:
     """About ``target`` rows in whole chunks."""
-    return store.chunk_rows * max(1, target // store.chunk_rows)
+    return store.whole_chunks(target)
 
 
 def _distinct_blocks(store, first: np.ndarray):

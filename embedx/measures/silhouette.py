@@ -5,11 +5,16 @@ to the rest of p's cluster, b_p the smallest mean distance to another (non-empty
 clusters score 0; the score is the mean over all points. Never materializes the distance matrix.
 
 Two ways to feed the kernel:
-  * streamed (CPU): normalized float32 column blocks, cached in memory up to CACHE_BYTES, else re-read per
-    row block; memory bounded by the block sizes.
+  * streamed (CPU): float32 column blocks of the unit rows minus a common centre, cached in memory up to
+    CACHE_BYTES, else re-read per row block; memory bounded by the block sizes. Rows are normalized and centred
+    in float64 before the cast (distances do not change under a shift): unit rows rounded to float32 carry an
+    absolute error of ~3e-9 a coordinate, which moved the silhouette by up to 7e-5 when images and texts lie
+    within 1e-4 of one direction; centred, the rounding scales with the spread of the data instead.
   * resident (GPU, when every point fits ``resident_budget``): all points sit on the device once, in their
     stored precision (float16 rows go to the tensor cores exactly) with float32 inverse norms as per-row
-    scales, columns sorted by cluster, and each kernel call takes a row block sized to fill the device.
+    scales, columns sorted by cluster, and each kernel call takes a row block sized to fill the device. When
+    all points lie so close together (mean squared distance below ``SPREAD_MIN``) that float32 unit rows would
+    limit the result, the streamed path runs instead, on the same device.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import torch
 
 from embedx import kernels
 from embedx.errors import EmbedxError
-from embedx.measures.stream import check_norms, normalized, silhouette_values
+from embedx.measures.stream import check_norms, silhouette_values
 
 
 def silhouette_samples(points: torch.Tensor, labels: np.ndarray) -> np.ndarray:
@@ -56,6 +61,7 @@ STREAM_COLS = 16384    # store rows per column block (read and normalized once p
 CACHE_BYTES = 512 << 20  # normalized columns up to this size are kept in memory instead of re-read
 
 
+SPREAD_MIN = 1e-2  # resident path only above this mean squared distance 2 (1 - |mean unit row|^2) of the points
 RESIDENT_FRACTION = 0.4  # resident path: all points may take up to this share of the device's free memory
 RESIDENT_WAVES = 4       # resident path: row block = this many waves of the kernel's row tiles per SM
 
@@ -85,6 +91,7 @@ class _StorePoints:
 
     def __init__(self, store, labels: np.ndarray, nbytes: int):
         self.store = store
+        self.centre = None  # float64: the mean unit row of the first block normalized (any common shift is exact)
         self.labels = labels
         self.nbytes = nbytes  # of all normalized points (decides whether the columns are cached)
         self.sizes = np.bincount(labels)
@@ -98,6 +105,16 @@ class _StorePoints:
 
     def raw_bytes(self) -> int:
         return len(self.labels) * self.store.dim * self.store.dtype.itemsize
+
+    def unit_rows(self, block, what: str, start: int) -> torch.Tensor:
+        """float32 (x / |x| - centre) of raw rows, normalized and shifted in float64; bad rows are errors."""
+        x = np.asarray(block, dtype=np.float64)
+        nrm = np.linalg.norm(x, axis=1)
+        check_norms(nrm, what, start)
+        u = x / nrm[:, None]
+        if self.centre is None:
+            self.centre = u.mean(0) if len(u) else np.zeros(x.shape[1])
+        return torch.from_numpy((u - self.centre).astype(np.float32))
 
 
 class _ArrayPoints(_StorePoints):
@@ -126,8 +143,7 @@ class _ArrayPoints(_StorePoints):
 class _ModalityPoints(_StorePoints):
     """Images (cluster 1) then texts (cluster 0): the papers' modality silhouette."""
 
-    def __init__(self, store, texts: torch.Tensor | None):
-        self.texts = texts
+    def __init__(self, store):
         n = store.n_images + store.n_texts
         super().__init__(store, np.r_[np.ones(store.n_images, np.int64), np.zeros(store.n_texts, np.int64)],
                          n * store.dim * 4)
@@ -135,13 +151,10 @@ class _ModalityPoints(_StorePoints):
     def columns(self):
         n = self.store.n_images
         for start, block in self._image_blocks():
-            yield start, normalized(block, "images", start), self.labels[start:start + len(block)]
-        if self.texts is not None:
-            yield n, self.texts, self.labels[n:]
-            return
-        arr = self.store.group["texts/embeddings"]
-        for start in range(0, self.store.n_texts, STREAM_COLS):
-            block = normalized(arr[start:start + STREAM_COLS], "texts", start)
+            yield start, self.unit_rows(block, "images", start), self.labels[start:start + len(block)]
+        step = self.store.whole_chunks(STREAM_COLS)
+        for start in range(0, self.store.n_texts, step):
+            block = self.unit_rows(self.store.read_texts(start, start + step), "texts", start)
             yield n + start, block, self.labels[n + start:n + start + len(block)]
 
     def raw_blocks(self):
@@ -155,11 +168,9 @@ class _ModalityPoints(_StorePoints):
         img, txt = ids[ids < n], ids[ids >= n] - n
         parts = []
         if len(img):
-            parts.append(normalized(self.store.images(img, dtype=np.float32), "images", 0))
+            parts.append(self.unit_rows(self.store.images(img), "images", 0))
         if len(txt):
-            parts.append(self.texts[torch.from_numpy(txt)] if self.texts is not None else normalized(
-                self.store.group["texts/embeddings"].get_orthogonal_selection((txt, slice(None))).astype(np.float32),
-                "texts", 0))
+            parts.append(self.unit_rows(self.store.text_rows(txt), "texts", 0))
         return torch.cat(parts)
 
 
@@ -178,7 +189,7 @@ class _ClassPoints(_StorePoints):
             p0, p1 = self.before[start], self.before[start + len(block)]
             keep = self.image_rows[p0:p1] - start
             if len(keep):
-                yield p0, normalized(block[keep], "images", start), self.labels[p0:p1]
+                yield p0, self.unit_rows(block[keep], "images", start), self.labels[p0:p1]
 
     def raw_blocks(self):
         for start, block in self._image_blocks():
@@ -187,7 +198,7 @@ class _ClassPoints(_StorePoints):
                 yield p0, block[self.image_rows[p0:p1] - start], "images", start
 
     def rows(self, ids: np.ndarray) -> torch.Tensor:
-        return normalized(self.store.images(self.image_rows[ids], dtype=np.float32), "images", 0)
+        return self.unit_rows(self.store.images(self.image_rows[ids]), "images", 0)
 
 
 def _finish(points: _StorePoints, ids: np.ndarray, sums: np.ndarray) -> np.ndarray:
@@ -204,14 +215,20 @@ def _resident(points: _StorePoints, dev: torch.device):
     """Every point on ``dev`` once: (stored rows in one dtype, float32 scales or None, labels), columns sorted
     by cluster, and ``where[p]`` = the column of point p. Bad rows (NaN/inf, zero) are errors, as streamed."""
     blocks, scales, dtypes = [], [], set()
+    unit_sum = torch.zeros(points.store.dim if points.unit else 1, dtype=torch.float64, device=dev)
     for _, raw, what, start in points.raw_blocks():
         b = torch.as_tensor(np.asarray(raw)).to(dev)
         if points.unit:  # inverse norms from the stored values, in float32 (as ``normalized``)
             nrm = torch.linalg.vector_norm(b.float(), dim=1)
             check_norms(nrm.cpu().numpy(), what, start)
             scales.append(1.0 / nrm)
+            unit_sum += (b.double() / nrm.double()[:, None]).sum(0)
         blocks.append(b)
         dtypes.add(b.dtype)
+    if points.unit:
+        m = unit_sum / len(points.labels)
+        if 2 * (1 - float(m @ m)) < SPREAD_MIN:  # everything close together: the centred streamed path is exact
+            return None
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32  # mixed: upcast, exact
     pts = torch.cat([b.to(dtype) for b in blocks])
     labels = torch.from_numpy(points.labels).to(dev)
@@ -224,7 +241,10 @@ def _resident(points: _StorePoints, dev: torch.device):
 
 def _resident_values(points: _StorePoints, ids: np.ndarray, dev: torch.device) -> np.ndarray:
     """Exact silhouette values with every point resident on ``dev`` (see the module docstring)."""
-    pts, scale, lab, where = _resident(points, dev)
+    res = _resident(points, dev)
+    if res is None:
+        return None
+    pts, scale, lab, where = res
     k = len(points.sizes)
     step = resident_rows(dev)
     cols = where[torch.from_numpy(ids.astype(np.int64)).to(dev)]
@@ -243,7 +263,9 @@ def _streamed_values(points: _StorePoints, ids: np.ndarray, device="cpu") -> np.
     where every point fits :func:`resident_budget`, the resident path runs instead."""
     dev = torch.device(device)
     if points.raw_bytes() <= resident_budget(dev):
-        return _resident_values(points, ids, dev)
+        vals = _resident_values(points, ids, dev)
+        if vals is not None:
+            return vals
     sizes = points.sizes
     k = len(sizes)
     rows = points.rows(ids).to(dev)
@@ -274,13 +296,13 @@ def _score(points: _StorePoints, mode: str, sample_size: int, seed: int, device)
     return _estimate(_streamed_values(points, ids, device), total, seed), None
 
 
-def modality_silhouette(store, texts: torch.Tensor | None, mode: str = "exact", sample_size: int = 2000,
+def modality_silhouette(store, mode: str = "exact", sample_size: int = 2000,
                         seed: int = 0, device="cpu"):
     """Silhouette of the store's images + texts labelled by modality (Euclidean), columns streamed from the
     store. exact -> (score, per-point values in image-then-text order); sample -> (estimate dict, None)."""
     if store.n_images + store.n_texts < 3:
         raise EmbedxError(f"silhouette needs at least 3 points, got {store.n_images + store.n_texts}")
-    return _score(_ModalityPoints(store, texts), mode, sample_size, seed, device)
+    return _score(_ModalityPoints(store), mode, sample_size, seed, device)
 
 
 def class_silhouette(store, mode: str = "exact", sample_size: int = 2000, seed: int = 0, device="cpu"):

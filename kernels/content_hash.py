@@ -1,0 +1,114 @@
+"""A keyed 64-bit hash of the bytes of a block of rows, fast enough to check every chunk a streaming pass reads.
+
+NH (Black, Halevi, Krawczyk, Krovetz, Rogaway: "UMAC: fast and secure message authentication", CRYPTO 1999),
+in two levels. The bytes, zero-padded to whole blocks of 1 KiB, are read as little-endian uint32 words; block b
+(words w_0 .. w_255) hashes to
+
+    h_b = sum_{j < 128} ((w_j + K_j) mod 2^32) * ((w_{j+128} + K_{j+128}) mod 2^32)      mod 2^64
+
+and the blocks to
+
+    H = sum_b ((lo32(h_b) + L_{2b}) mod 2^32) * ((hi32(h_b) + L_{2b+1}) mod 2^32)           mod 2^64
+
+with fixed keys K_j = low 32 bits of splitmix64(j) and L_i = low 32 bits of splitmix64(2^32 + i). NH is
+2^-32-almost-universal for inputs of one length, so two different chunk contents of the same size collide with
+probability about 2^-31 (as likely as a crc32c collision). It guards against accidental damage (garbage,
+swapped or stale chunks, bit flips), not against an adversary who knows the keys.
+
+Its inner loop is one 32 x 32 -> 64-bit multiply per two words (``vpmuludq``): about 20 GB/s a core, 3-4x
+google-crc32c here (bench/results/integrity.md), which is what lets every read verify what it reads.
+
+  * ``content_hash_reference``: numpy, whole arrays (the definition).
+  * ``content_hash``: the numba kernel (serial, GIL-free: readers call it from their own threads).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+ALGORITHM = "nh2-1k"   # the name stores record with the hashes
+BLOCK_WORDS = 256      # 1 KiB blocks
+HALF = BLOCK_WORDS // 2
+MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def splitmix64(i: np.ndarray) -> np.ndarray:
+    """splitmix64 of the uint64 values ``i`` (Steele, Lea, Flood 2014): the keys' generator."""
+    z = (np.asarray(i, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+BLOCK_KEYS = (splitmix64(np.arange(BLOCK_WORDS, dtype=np.uint64)) & MASK32).astype(np.uint32)
+L_OFFSET = np.uint64(1 << 32)
+
+
+def _words(data) -> np.ndarray:
+    """The bytes of ``data`` (any C-contiguous array or bytes) as uint32 words, zero-padded to whole blocks."""
+    raw = np.frombuffer(memoryview(np.ascontiguousarray(data)).cast("B"), np.uint8)
+    pad = (-len(raw)) % (4 * BLOCK_WORDS)
+    if pad or len(raw) == 0:
+        raw = np.concatenate([raw, np.zeros(pad or 4 * BLOCK_WORDS, np.uint8)])
+    return raw.view("<u4")
+
+
+def content_hash_reference(data) -> int:
+    """The definition above in numpy (uint64 arithmetic wraps mod 2^64). Empty data hash as one zero block."""
+    w = _words(data).reshape(-1, BLOCK_WORDS).astype(np.uint64)
+    k = BLOCK_KEYS.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        a = (w[:, :HALF] + k[:HALF]) & MASK32
+        b = (w[:, HALF:] + k[HALF:]) & MASK32
+        h = (a * b).sum(axis=1, dtype=np.uint64)
+        i = np.arange(len(h), dtype=np.uint64)
+        l0 = splitmix64(L_OFFSET + 2 * i) & MASK32
+        l1 = splitmix64(L_OFFSET + 2 * i + np.uint64(1)) & MASK32
+        return int(((((h & MASK32) + l0) & MASK32) * (((h >> np.uint64(32)) + l1) & MASK32)).sum(dtype=np.uint64))
+
+
+@njit(cache=True, nogil=True)
+def _splitmix64(i):  # pragma: no cover - compiled
+    z = i + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _nh2(w, keys, n_full, tail):  # pragma: no cover - compiled
+    """NH2 of the words ``w``: ``n_full`` whole blocks read in place, then the zero-padded ``tail`` block(s)."""
+    t = np.empty(BLOCK_WORDS, np.uint32)
+    t64 = t.view(np.uint64)
+    q = BLOCK_WORDS // 4
+    m = np.uint64(0xFFFFFFFF)
+    s32 = np.uint64(32)
+    total = np.uint64(0)
+    n_tail = tail.shape[0] // BLOCK_WORDS
+    for b in range(n_full + n_tail):
+        src = w[b * BLOCK_WORDS:(b + 1) * BLOCK_WORDS] if b < n_full else \
+            tail[(b - n_full) * BLOCK_WORDS:(b - n_full + 1) * BLOCK_WORDS]
+        for j in range(BLOCK_WORDS):  # (w_j + K_j) mod 2^32, as 32-bit lanes
+            t[j] = src[j] + keys[j]
+        h = np.uint64(0)
+        for j in range(q):  # word pairs (2j, 2j+128) and (2j+1, 2j+129): the low and high halves of two qwords
+            a = t64[j]
+            c = t64[j + q]
+            h += (a & m) * (c & m) + (a >> s32) * (c >> s32)
+        l0 = _splitmix64(np.uint64(1 << 32) + np.uint64(2 * b)) & m
+        l1 = _splitmix64(np.uint64(1 << 32) + np.uint64(2 * b + 1)) & m
+        total += (((h & m) + l0) & m) * (((h >> s32) + l1) & m)
+    return total
+
+
+def content_hash(data) -> int:
+    """NH2 of the bytes of ``data`` (a C-contiguous array of any dtype, or bytes): see the module docstring."""
+    raw = np.frombuffer(memoryview(np.ascontiguousarray(data)).cast("B"), np.uint8)
+    full = len(raw) // (4 * BLOCK_WORDS)
+    if len(raw) == 0 or full * 4 * BLOCK_WORDS < len(raw):
+        tail = _words(raw[full * 4 * BLOCK_WORDS:])
+    else:
+        tail = np.empty(0, np.uint32)
+    body = raw[: full * 4 * BLOCK_WORDS].view("<u4")
+    return int(_nh2(body, BLOCK_KEYS, full, tail))
