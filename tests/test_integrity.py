@@ -140,3 +140,4 @@ def test_random_access_reads_of_part_of_a_chunk_are_not_checked_but_whole_chunks
     s.read_images_into(256, np.empty((44, 8), np.float16))  # the last chunk (rows 256..299) is whole
     assert s.chunks_verified()["images/embeddings"] == [1, 2, 4]
     assert Store(out, verify_content=False).content_chunks() == {}
+

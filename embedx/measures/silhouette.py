@@ -108,13 +108,13 @@ class _StorePoints:
 
     def unit_rows(self, block, what: str, start: int) -> torch.Tensor:
         """float32 (x / |x| - centre) of raw rows, normalized and shifted in float64; bad rows are errors."""
-        x = np.asarray(block, dtype=np.float64)
-        nrm = np.linalg.norm(x, axis=1)
-        check_norms(nrm, what, start)
-        u = x / nrm[:, None]
+        x = torch.from_numpy(np.asarray(block)).double()
+        nrm = torch.linalg.vector_norm(x, dim=1)
+        check_norms(nrm.numpy(), what, start)
+        u = x.div_(nrm[:, None])
         if self.centre is None:
-            self.centre = u.mean(0) if len(u) else np.zeros(x.shape[1])
-        return torch.from_numpy((u - self.centre).astype(np.float32))
+            self.centre = u.mean(0) if len(u) else torch.zeros(x.shape[1], dtype=torch.float64)
+        return u.sub_(self.centre).float()
 
 
 class _ArrayPoints(_StorePoints):
@@ -268,7 +268,6 @@ def _streamed_values(points: _StorePoints, ids: np.ndarray, device="cpu") -> np.
             return vals
     sizes = points.sizes
     k = len(sizes)
-    rows = points.rows(ids).to(dev)
     rid = torch.from_numpy(ids.astype(np.int64)).to(dev)
 
     def columns():
@@ -277,6 +276,10 @@ def _streamed_values(points: _StorePoints, ids: np.ndarray, device="cpu") -> np.
 
     out = np.empty(len(ids))
     cached = list(columns()) if points.nbytes <= CACHE_BYTES else None
+    if cached is not None and len(ids) == len(points.labels):  # every point: the rows are the cached columns
+        rows = torch.cat([cols for _, cols, _ in cached])
+    else:
+        rows = points.rows(ids).to(dev)
     for r0 in range(0, len(ids), STREAM_ROWS):
         sums = torch.zeros(min(STREAM_ROWS, len(ids) - r0), k, dtype=torch.float64, device=dev)
         for off, cols, lab in cached if cached is not None else columns():
