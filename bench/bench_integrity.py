@@ -135,7 +135,7 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     s = Store(big, verify_content=False)
     for name in integrity.CONTENT_ARRAYS:
-        integrity._content_hashes(s, name, max(1, min(os.cpu_count() or 1, 8)))
+        integrity._content_hashes(s, name, integrity._threads())
     content_s = time.perf_counter() - t
     res["finalize_inventory_s"] = {"crc32c_and_content": inv_s, "content_only": content_s}
     res["verify_s"] = _timed(lambda: integrity.verify(big))

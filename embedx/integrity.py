@@ -39,7 +39,9 @@ def _crc32c(path: str) -> int:
 
 def units(arr, n: int) -> list[tuple[int, int, int]]:
     """(k, first row, stop row) of each chunk (or shard) of array ``arr`` holding its first ``n`` rows."""
-    per = int((getattr(arr, "shards", None) or arr.chunks)[0])
+    from embedx.store import rows_per_file
+
+    per = rows_per_file(arr)
     return [(k, k * per, min((k + 1) * per, n)) for k in range((n + per - 1) // per)]
 
 
@@ -48,16 +50,20 @@ def unit_hash(rows: np.ndarray) -> str:
     return f"{content_hash(rows):016x}"
 
 
+def _threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _read_unit(store, name: str, arr, r0: int, r1: int) -> np.ndarray:
+    """Rows ``r0:r1`` of array ``name`` decoded (through the store's read path)."""
+    return store.read_rows_into(name, r0, np.empty((r1 - r0,) + arr.shape[1:], arr.dtype))
+
+
 def _content_hashes(store, name: str, threads: int) -> list[str]:
     arr = store.group[name]
-    n = store.committed(name)
-
-    def one(u):
-        _, r0, r1 = u
-        return unit_hash(store.read_rows_into(name, r0, np.empty((r1 - r0,) + arr.shape[1:], arr.dtype)))
-
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(one, units(arr, n)))
+        return list(pool.map(lambda u: unit_hash(_read_unit(store, name, arr, u[1], u[2])),
+                             units(arr, store.committed(name))))
 
 
 def inventory(root: str, group, meta: dict, arrays) -> dict:
@@ -69,8 +75,7 @@ def inventory(root: str, group, meta: dict, arrays) -> dict:
                                                             committed_rows(meta, group, name))]
             for name in arrays}
     store = Store(root, allow_partial=True, verify_content=False)
-    threads = max(1, min(os.cpu_count() or 1, 8))
-    content = {name: _content_hashes(store, name, threads) for name in CONTENT_ARRAYS if name in arrays}
+    content = {name: _content_hashes(store, name, _threads()) for name in CONTENT_ARRAYS if name in arrays}
     return {"algorithm": ALGORITHM, "arrays": crcs,
             "content": {"algorithm": CONTENT_ALGORITHM, "arrays": content}}
 
@@ -130,7 +135,7 @@ def verify(path: str, files: bool = True, content: bool = True) -> dict:
             def one(u, name=name, arr=arr, want=want):
                 k, r0, r1 = u
                 try:
-                    rows = store.read_rows_into(name, r0, np.empty((r1 - r0,) + arr.shape[1:], arr.dtype))
+                    rows = _read_unit(store, name, arr, r0, r1)
                 except StoreError as e:
                     return f"{name} chunk {k} (rows {r0}..{r1 - 1}): cannot be read ({e})"
                 if unit_hash(rows) != want[k]:
@@ -138,7 +143,7 @@ def verify(path: str, files: bool = True, content: bool = True) -> dict:
                             f"swapped or from another store)")
                 return None
 
-            with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 8))) as pool:
+            with ThreadPoolExecutor(_threads()) as pool:
                 for (k, _, _), line in zip(us, pool.map(one, us)):
                     if line is not None and (name, k) not in bad_chunks:
                         problems.append(line)

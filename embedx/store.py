@@ -403,12 +403,17 @@ def _clean_partials(path: str) -> None:
                 os.remove(os.path.join(root, f))
 
 
+def rows_per_file(arr) -> int:
+    """Rows held by each chunk file (or shard file) of a row-chunked array."""
+    return int((getattr(arr, "shards", None) or arr.chunks)[0])
+
+
 def chunk_files(root: str, arr, name: str, start: int, stop: int) -> list[tuple[int, str, int, int]]:
     """(k, file, first row, last row) of each chunk (or shard) file holding rows ``start:stop`` of the array
     ``name`` of the local store at ``root``."""
     if stop <= start:
         return []
-    per_file = int((getattr(arr, "shards", None) or arr.chunks)[0])
+    per_file = rows_per_file(arr)
     folder = os.path.join(root, *name.split("/"))
     out = []
     for k in range(start // per_file, (stop - 1) // per_file + 1):
@@ -552,8 +557,7 @@ class Store:
             if not isinstance(hashes, list) or len(hashes) != n_units:
                 raise StoreError(f"{self.path}: {name}: the inventory lists {len(hashes)} chunk contents, the array "
                                  f"has {n_units}; the store is damaged")
-            per = int((getattr(arr, "shards", None) or arr.chunks)[0])
-            out[name] = (per, n, [int(h, 16) for h in hashes])  # looked up once: a zarr array lookup costs 0.5 ms
+            out[name] = (rows_per_file(arr), n, [int(h, 16) for h in hashes])  # looked up once: a zarr array lookup costs 0.5 ms
         return out
 
     def chunks_verified(self) -> dict:
