@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from embedx import kernels
-from embedx.errors import EmbedxError
+from embedx import validate
+from embedx.engine.progress import Bar, enabled
 from embedx.measures.silhouette import CACHE_BYTES, resident_budget, resident_rows
 from embedx.measures.stream import normalized
 from embedx.rows import duplicate_groups, group_ids, groups_from_hashes, row_hashes
@@ -96,7 +97,7 @@ class _TiePlan:
 
 
 def _count_sweep(row_blocks, col_blocks, a_thr: np.ndarray, b_thr: np.ndarray, pos: np.ndarray, device="cpu",
-                 plan: _TiePlan | None = None):
+                 plan: _TiePlan | None = None, progress=None):
     """better_u and better_j from one sweep: ``row_blocks`` yields (u0, image rows u0..., scales or None),
     ``col_blocks()`` yields (j0, text rows j0..., scales or None) and is called once per row block; rows times
     scales are unit rows. Tiles run on ``device`` (the kernel dispatch picks Triton on CUDA)."""
@@ -104,6 +105,15 @@ def _count_sweep(row_blocks, col_blocks, a_thr: np.ndarray, b_thr: np.ndarray, p
     a_thr, b_thr, pos = (torch.from_numpy(v).to(dev) for v in (a_thr, b_thr, pos))
     i2t = torch.zeros(len(a_thr), dtype=torch.long, device=dev)
     t2i = torch.zeros(len(b_thr), dtype=torch.long, device=dev)
+    with Bar(len(a_thr), "retrieval rank counts", enabled(progress), unit="queries") as bar:
+        _sweep_blocks(row_blocks, col_blocks, a_thr, b_thr, pos, dev, plan, i2t, t2i, bar)
+    i2t, t2i = i2t.cpu().numpy(), t2i.cpu().numpy()
+    if plan is not None:
+        i2t, t2i = i2t + plan.i2t_extra, t2i + plan.t2i_extra
+    return i2t, t2i
+
+
+def _sweep_blocks(row_blocks, col_blocks, a_thr, b_thr, pos, dev, plan, i2t, t2i, bar) -> None:
     for u0, q, qs in row_blocks:
         q = q.to(dev)
         u1 = u0 + len(q)
@@ -115,17 +125,14 @@ def _count_sweep(row_blocks, col_blocks, a_thr: np.ndarray, b_thr: np.ndarray, p
                 ties = tuple(torch.from_numpy(v).to(dev) for v in ties)
             kernels.rank_count(q, t, a_thr[u0:u1], b_thr[j0:j1], pos[j0:j1], u0, i2t[u0:u1], t2i[j0:j1],
                                a_scale=qs, b_scale=ts, ties=ties)
-    i2t, t2i = i2t.cpu().numpy(), t2i.cpu().numpy()
-    if plan is not None:
-        i2t, t2i = i2t + plan.i2t_extra, t2i + plan.t2i_extra
-    return i2t, t2i
+        bar.update(len(q))
 
 
 def recall_at_k(images: torch.Tensor, texts: torch.Tensor, groups, ks=KS, knn: str = "blocked",
                 device="cpu") -> dict:
     """Recall of unit rows held in memory; ``groups[i]`` is row i's item. knn: blocked (rank counts) or faiss."""
     if knn not in ("blocked", "faiss"):
-        raise EmbedxError(f"unknown --knn {knn!r}; use blocked or faiss")
+        raise validate.error("knn", f"knn must be blocked or faiss, got {knn!r}")
     first, pos = _items(groups)
     q = images[torch.from_numpy(first)]
     if knn == "faiss":
@@ -140,7 +147,7 @@ def _faiss_recall(q: torch.Tensor, texts: torch.Tensor, pos: np.ndarray, ks) -> 
     try:
         import faiss
     except ImportError:
-        raise EmbedxError("--knn faiss needs the faiss package (pip install faiss-cpu)") from None
+        raise validate.error("knn", "knn='faiss' needs the faiss package (pip install faiss-cpu)") from None
 
     def search(queries, gallery, k):
         index = faiss.IndexFlatIP(gallery.shape[1])
@@ -154,7 +161,7 @@ def _faiss_recall(q: torch.Tensor, texts: torch.Tensor, pos: np.ndarray, ks) -> 
             for side, hit in (("i2t", hit_i2t), ("t2i", hit_t2i)) for k in ks}
 
 
-def recall_at_k_streamed(store, ks=KS, device="cpu") -> dict:
+def recall_at_k_streamed(store, ks=KS, device="cpu", progress=None) -> dict:
     """Recall of a paired store read in blocks: the thresholds pass, then the count sweep with the distinct
     images as row blocks and the texts as column blocks (kept normalized in memory up to CACHE_BYTES, else
     re-read per row block). Memory O(block d + N) whatever N. On a GPU where images and texts fit
@@ -192,7 +199,7 @@ def recall_at_k_streamed(store, ks=KS, device="cpu") -> dict:
         images, i_scale = _on_device(store.images(None if len(first) == n else first), dev)
         step = resident_rows(dev)
         rows = ((u0, images[u0:u0 + step], i_scale[u0:u0 + step]) for u0 in range(0, len(first), step))
-        return _recall(*_count_sweep(rows, lambda: [(0, texts, t_scale)], a_thr, b_thr, pos, dev, plan), ks)
+        return _recall(*_count_sweep(rows, lambda: [(0, texts, t_scale)], a_thr, b_thr, pos, dev, plan, progress), ks)
 
     def col_blocks():
         if cache is not None:
@@ -200,7 +207,8 @@ def recall_at_k_streamed(store, ks=KS, device="cpu") -> dict:
         step = store.whole_chunks(COL_BLOCK)
         return ((j0, normalized(store.read_texts(j0, j0 + step), "texts", j0), None) for j0 in range(0, n, step))
 
-    return _recall(*_count_sweep(_distinct_blocks(store, first), col_blocks, a_thr, b_thr, pos, dev, plan), ks)
+    return _recall(*_count_sweep(_distinct_blocks(store, first), col_blocks, a_thr, b_thr, pos, dev, plan, progress),
+                   ks)
 
 
 def _on_device(rows: np.ndarray, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,13 +19,16 @@ Two ways to feed the kernel:
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
 
 from embedx import kernels
 from embedx.errors import EmbedxError
-from embedx.measures.stream import check_norms, silhouette_values
+from embedx import validate
+from embedx.engine.progress import Bar, enabled, notice
+from embedx.measures.stream import silhouette_values
 
 
 def silhouette_samples(points: torch.Tensor, labels: np.ndarray) -> np.ndarray:
@@ -41,7 +44,7 @@ def silhouette_exact(points: torch.Tensor, labels: np.ndarray) -> float:
 def _sample_ids(total: int, sample_size: int, seed: int) -> np.ndarray:
     m = min(int(sample_size), total)
     if m < 2:
-        raise EmbedxError("--sample-size must be at least 2")
+        raise validate.error("sample_size", "sample_size must be at least 2")
     return np.sort(np.random.default_rng(seed).choice(total, m, replace=False))
 
 
@@ -110,7 +113,7 @@ class _StorePoints:
         """float32 (x / |x| - centre) of raw rows, normalized and shifted in float64; bad rows are errors."""
         x = torch.from_numpy(np.asarray(block)).double()
         nrm = torch.linalg.vector_norm(x, dim=1)
-        check_norms(nrm.numpy(), what, start)
+        validate.rows(nrm.numpy(), what, start)
         u = x.div_(nrm[:, None])
         if self.centre is None:
             self.centre = u.mean(0) if len(u) else torch.zeros(x.shape[1], dtype=torch.float64)
@@ -220,7 +223,7 @@ def _resident(points: _StorePoints, dev: torch.device):
         b = torch.as_tensor(np.asarray(raw)).to(dev)
         if points.unit:  # inverse norms from the stored values, in float32 (as ``normalized``)
             nrm = torch.linalg.vector_norm(b.float(), dim=1)
-            check_norms(nrm.cpu().numpy(), what, start)
+            validate.rows(nrm.cpu().numpy(), what, start)
             scales.append(1.0 / nrm)
             unit_sum += (b.double() / nrm.double()[:, None]).sum(0)
         blocks.append(b)
@@ -239,7 +242,7 @@ def _resident(points: _StorePoints, dev: torch.device):
     return pts[order].contiguous(), scale, labels[order].contiguous(), where
 
 
-def _resident_values(points: _StorePoints, ids: np.ndarray, dev: torch.device) -> np.ndarray:
+def _resident_values(points: _StorePoints, ids: np.ndarray, dev: torch.device, progress=None) -> np.ndarray:
     """Exact silhouette values with every point resident on ``dev`` (see the module docstring)."""
     res = _resident(points, dev)
     if res is None:
@@ -249,21 +252,25 @@ def _resident_values(points: _StorePoints, ids: np.ndarray, dev: torch.device) -
     step = resident_rows(dev)
     cols = where[torch.from_numpy(ids.astype(np.int64)).to(dev)]
     out = np.empty(len(ids))
-    for r0 in range(0, len(ids), step):
-        c = cols[r0:r0 + step]
-        sums = kernels.cluster_distance_sums(pts[c], pts, lab, k, row_ids=c, col_offset=0,
-                                             x_scale=None if scale is None else scale[c], y_scale=scale)
-        out[r0:r0 + len(c)] = _finish(points, ids[r0:r0 + len(c)], sums.cpu().numpy())
+    clock = _CostClock(len(ids), len(points.labels), dev)
+    with Bar(len(ids), "silhouette rows", enabled(progress)) as bar:
+        for r0 in range(0, len(ids), step):
+            c = cols[r0:r0 + step]
+            sums = kernels.cluster_distance_sums(pts[c], pts, lab, k, row_ids=c, col_offset=0,
+                                                 x_scale=None if scale is None else scale[c], y_scale=scale)
+            out[r0:r0 + len(c)] = _finish(points, ids[r0:r0 + len(c)], sums.cpu().numpy())
+            clock.done(len(c))
+            bar.update(len(c))
     return out
 
 
-def _streamed_values(points: _StorePoints, ids: np.ndarray, device="cpu") -> np.ndarray:
+def _streamed_values(points: _StorePoints, ids: np.ndarray, device="cpu", progress=None) -> np.ndarray:
     """Exact silhouette values of the points ``ids`` (sorted), columns streamed from the store: per row block,
     every column block adds its per-cluster distance sums (fused kernel on ``device``, float64 sums). On a GPU
     where every point fits :func:`resident_budget`, the resident path runs instead."""
     dev = torch.device(device)
     if points.raw_bytes() <= resident_budget(dev):
-        vals = _resident_values(points, ids, dev)
+        vals = _resident_values(points, ids, dev, progress)
         if vals is not None:
             return vals
     sizes = points.sizes
@@ -280,35 +287,69 @@ def _streamed_values(points: _StorePoints, ids: np.ndarray, device="cpu") -> np.
         rows = torch.cat([cols for _, cols, _ in cached])
     else:
         rows = points.rows(ids).to(dev)
-    for r0 in range(0, len(ids), STREAM_ROWS):
-        sums = torch.zeros(min(STREAM_ROWS, len(ids) - r0), k, dtype=torch.float64, device=dev)
-        for off, cols, lab in cached if cached is not None else columns():
-            sums += kernels.cluster_distance_sums(rows[r0:r0 + STREAM_ROWS], cols, lab, k,
-                                                  row_ids=rid[r0:r0 + STREAM_ROWS], col_offset=off)
-        s = sums.cpu().numpy()
-        out[r0:r0 + len(s)] = _finish(points, ids[r0:r0 + len(s)], s)
+    clock = _CostClock(len(ids), len(points.labels), dev)
+    with Bar(len(ids), "silhouette rows", enabled(progress)) as bar:
+        for r0 in range(0, len(ids), STREAM_ROWS):
+            sums = torch.zeros(min(STREAM_ROWS, len(ids) - r0), k, dtype=torch.float64, device=dev)
+            for off, cols, lab in cached if cached is not None else columns():
+                sums += kernels.cluster_distance_sums(rows[r0:r0 + STREAM_ROWS], cols, lab, k,
+                                                      row_ids=rid[r0:r0 + STREAM_ROWS], col_offset=off)
+            s = sums.cpu().numpy()
+            out[r0:r0 + len(s)] = _finish(points, ids[r0:r0 + len(s)], s)
+            clock.done(len(s))
+            bar.update(len(s))
     return out
 
 
-def _score(points: _StorePoints, mode: str, sample_size: int, seed: int, device):
+NOTICE_SECONDS = 60.0  # an exact silhouette projected to take longer than this is announced
+
+
+class _CostClock:
+    """Projects an exact silhouette's time from its first row block on this machine and, beyond NOTICE_SECONDS,
+    says so once (naming the sampled estimate that takes seconds)."""
+
+    def __init__(self, rows: int, cols: int, dev: torch.device):
+        self.rows, self.cols, self.dev = rows, cols, dev
+        self.t0 = time.perf_counter()
+        self.told = False
+
+    def done(self, rows_done: int) -> None:
+        if self.told or rows_done >= self.rows:
+            return
+        self.told = True
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+        eta = (time.perf_counter() - self.t0) * self.rows / rows_done
+        if eta > NOTICE_SECONDS:
+            notice(f"exact silhouette of {self.rows:,} x {self.cols:,} point pairs: about {_human(eta)} on this "
+                   f"machine ({self.dev.type}); silhouette_mode='sample' (CLI: --silhouette sample) estimates it "
+                   f"with a 95% interval in seconds")
+
+
+def _human(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _score(points: _StorePoints, mode: str, sample_size: int, seed: int, device, progress=None):
     total = len(points.labels)
     if mode == "exact":
-        vals = _streamed_values(points, np.arange(total), device)
+        vals = _streamed_values(points, np.arange(total), device, progress)
         return float(vals.mean()), vals
     ids = _sample_ids(total, sample_size, seed)
-    return _estimate(_streamed_values(points, ids, device), total, seed), None
+    return _estimate(_streamed_values(points, ids, device, progress), total, seed), None
 
 
 def modality_silhouette(store, mode: str = "exact", sample_size: int = 2000,
-                        seed: int = 0, device="cpu"):
+                        seed: int = 0, device="cpu", progress=None):
     """Silhouette of the store's images + texts labelled by modality (Euclidean), columns streamed from the
     store. exact -> (score, per-point values in image-then-text order); sample -> (estimate dict, None)."""
     if store.n_images + store.n_texts < 3:
         raise EmbedxError(f"silhouette needs at least 3 points, got {store.n_images + store.n_texts}")
-    return _score(_ModalityPoints(store), mode, sample_size, seed, device)
+    return _score(_ModalityPoints(store), mode, sample_size, seed, device, progress)
 
 
-def class_silhouette(store, mode: str = "exact", sample_size: int = 2000, seed: int = 0, device="cpu"):
+def class_silhouette(store, mode: str = "exact", sample_size: int = 2000, seed: int = 0, device="cpu",
+                     progress=None):
     """Silhouette of the store's labelled images clustered by class (Euclidean), streamed like
     :func:`modality_silhouette`: exact -> (score, per-point values), sample -> (estimate dict, None)."""
-    return _score(_ClassPoints(store), mode, sample_size, seed, device)
+    return _score(_ClassPoints(store), mode, sample_size, seed, device, progress)

@@ -20,15 +20,13 @@ Paired stores run :func:`block_partial` (torch) over aligned image and text bloc
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from embedx import kernels
-from embedx.errors import EmbedxError
+from embedx import validate
 from embedx.rows import first_bad_row
 
 
@@ -43,14 +41,8 @@ def check_rows(x: torch.Tensor, what: str, start: int) -> torch.Tensor:
     """Row norms of a float32 block; rows outside ``embedx.rows`` (NaN/inf, zero, a norm outside [NORM_MIN,
     NORM_MAX]) are input errors (one line, with the row)."""
     nrm = torch.linalg.vector_norm(x, dim=1)
-    check_norms(nrm.numpy(), what, start)
+    validate.rows(nrm.numpy(), what, start)
     return nrm
-
-
-def check_norms(norms: np.ndarray, what: str, start: int) -> None:
-    bad = first_bad_row(norms)
-    if bad is not None:
-        raise EmbedxError(f"{what} row {bad[0] + start} {bad[1]}")
 
 
 def normalized(block, what: str = "rows", start: int = 0) -> torch.Tensor:
@@ -216,44 +208,46 @@ def chunk_partial(x: np.ndarray, y: np.ndarray, cfg: PassConfig, start: int = 0,
     w = ClassWorker(cfg, x.shape[1], x.dtype, 1, impl)
     w.add(np.asarray(x), np.ascontiguousarray(y, dtype=np.int32), start)
     if w.bad is not None:
-        raise EmbedxError(f"images row {w.bad[0]} {w.bad[1]}")
+        raise validate.error("images", f"images row {w.bad[0]} {w.bad[1]}")
     return w.partial()
 
 
-def class_pass(store, cfg: PassConfig, threads: int | None = None, impl: str | None = None) -> Partial:
-    """Sweep a class store chunk by chunk: each task reads whole chunks into its thread's buffer
-    (``store.read_images_into``, no allocation) and folds them in while they are in cache. Without zero-shot,
-    one thread per core runs the (GIL-free) kernel; with zero-shot, one thread and the matmul takes every core.
-    With the zero-shot matmul on a GPU (``cfg.device``), every thread sweeps and sends its chunks there.
-    ``impl`` (default by size): the numba kernel, or torch for passes too small to pay numba's start-up."""
+def class_pass(store, cfg: PassConfig, threads: int | None = None, impl: str | None = None, executor=None,
+               bar=None) -> Partial:
+    """Sweep a class store chunk by chunk: each task reads whole chunks into its worker's buffer
+    (``store.read_images_into``, no allocation) and folds them in while they are in cache. The ``executor``
+    (``embedx.engine.executor``; default: threaded in-process) runs the workers: without zero-shot one per core
+    runs the (GIL-free) kernel; with zero-shot on the CPU one worker, and the matmul takes every core. With the
+    zero-shot matmul on a GPU (``cfg.device``), every worker sweeps and sends its chunks there. Workers merge in
+    their fixed order. ``impl`` (default by size): the numba kernel, or torch for passes too small to pay numba's
+    start-up. ``bar``: a progress counter (``embedx.engine.progress.Bar``)."""
+    from embedx.engine.executor import ThreadedExecutor
+
     n, d = store.n_images, store.dim
     rows = store.chunk_rows * max(1, TASK_ROWS // store.chunk_rows)
     if impl is None:
         impl = "numba" if n * d >= kernels.NUMBA_MIN_ELEMENTS else "torch"
+    executor = executor if executor is not None else ThreadedExecutor(threads)
     if threads is None:
-        threads = 1 if cfg.zeroshot and cfg.device.type == "cpu" else max(1, min(os.cpu_count() or 1, 16))
+        threads = 1 if cfg.zeroshot and cfg.device.type == "cpu" else executor.threads
     workers = [ClassWorker(cfg, d, store.dtype, rows, impl) for _ in range(threads)]
     seg = max(rows, SEGMENT_ROWS // rows * rows)
 
-    def run(w: ClassWorker, starts, y_seg: np.ndarray, seg0: int) -> None:
-        for s0 in starts:
-            x = store.read_images_into(s0, w.buf[: min(rows, n - s0)])
-            w.add(x, y_seg[s0 - seg0:s0 - seg0 + len(x)], s0)
+    for seg0 in range(0, n, seg):
+        y_seg = store.labels(seg0, seg0 + seg)
+        validate.label_range(y_seg, cfg.n_texts)
 
-    with ThreadPoolExecutor(threads, thread_name_prefix="embedx-pass") as pool:
-        for seg0 in range(0, n, seg):
-            y_seg = store.labels(seg0, seg0 + seg)
-            if y_seg.size and (y_seg.max() >= cfg.n_texts or y_seg.min() < -1):
-                raise EmbedxError(f"image labels must lie in [-1, {cfg.n_texts}); found {y_seg.min()}..{y_seg.max()}")
-            starts = list(range(seg0, min(seg0 + seg, n), rows))
-            if threads == 1:
-                run(workers[0], starts, y_seg, seg0)
-            else:
-                for f in [pool.submit(run, w, starts[t::threads], y_seg, seg0) for t, w in enumerate(workers)]:
-                    f.result()
-            bad = min((w.bad for w in workers if w.bad is not None), default=None)
-            if bad is not None:
-                raise EmbedxError(f"images row {bad[0]} {bad[1]}")
+        def fold(w: ClassWorker, starts, y_seg=y_seg, seg0=seg0) -> None:
+            for s0 in starts:
+                x = store.read_images_into(s0, w.buf[: min(rows, n - s0)])
+                w.add(x, y_seg[s0 - seg0:s0 - seg0 + len(x)], s0)
+                if bar is not None:
+                    bar.update(len(x))
+
+        executor.partitioned(fold, workers, list(range(seg0, min(seg0 + seg, n), rows)))
+        bad = min((w.bad for w in workers if w.bad is not None), default=None)
+        if bad is not None:
+            raise validate.error("images", f"images row {bad[0]} {bad[1]}")
     tot = Partial()
     for w in workers:
         tot = tot.merge(w.partial())

@@ -1,7 +1,7 @@
 """Block sources and the streamed sums behind the transfer scores.
 
-A :class:`Source` yields the image rows in blocks (a store through ``Store.iter_images``, or in-memory arrays
-sliced the same way), so the store path never holds all N rows. :func:`sweep` reads one pass: each block is
+Rows come from a ``RowSource`` (``embedx.rowsource``: a store, or in-memory arrays) in blocks of whole chunks, so
+a store is never held in memory whole. :func:`sweep` reads one pass: each block is
 upcast to float64, checked (NaN/inf or zero rows are errors naming the row), L2-normalized, stripped of
 unlabelled rows (label -1) and sorted by class (a :class:`Block`), then handed to every accumulator of the pass.
 
@@ -29,25 +29,18 @@ from typing import Iterator
 import numpy as np
 from scipy.linalg import blas
 
-from embedx.errors import EmbedxError
+from embedx import validate
+from embedx.engine.progress import Bar, enabled
 
 BLOCK_BYTES = 32 << 20  # float64 bytes of one block: 8,192 rows at d = 512
 LABEL_BLOCK = 1 << 20
 
 
-def _row_error(what: str, i: int, norm: float) -> EmbedxError:
-    reason = "contains NaN or inf" if not np.isfinite(norm) else "is all zeros (it has no direction)"
-    return EmbedxError(f"{what} row {i} {reason}")
-
-
 def unit_rows(x, what: str = "rows", start: int = 0) -> np.ndarray:
-    """float64 L2-normalized copy of ``x``; NaN/inf and zero rows raise an error naming the row."""
+    """float64 L2-normalized copy of ``x``; rows ``embedx.rows`` refuses (NaN/inf, zero) are errors naming the row."""
     x = np.array(x, dtype=np.float64)
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))
-    bad = ~np.isfinite(norms) | (norms == 0)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise _row_error(what, i + start, norms[i])
+    validate.rows(norms, what, start)
     x /= norms[:, None]
     return x
 
@@ -89,92 +82,30 @@ class Block:
             yield int(lab), int(self.bounds[k]), int(self.bounds[k + 1])
 
 
-class Source:
-    """Image rows, labels and class texts, read in blocks of whole chunks (about BLOCK_BYTES in float64)."""
-
-    n_rows: int
-    dim: int
-    n_labels: int  # labels are 0..n_labels-1, or -1 (unlabelled)
-    texts: np.ndarray | None  # class text rows (raw), or None
-
-    def raw_blocks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        raise NotImplementedError
-
-    def label_blocks(self) -> Iterator[np.ndarray]:
-        raise NotImplementedError
-
-    def block_rows(self, chunk: int = 1) -> int:
-        rows = max(1, BLOCK_BYTES // (8 * self.dim))
-        return chunk * max(1, rows // chunk)
-
-    def label_counts(self) -> np.ndarray:
-        """Rows per label (labels read alone: 4 bytes a row, in blocks)."""
-        counts = np.zeros(self.n_labels, dtype=np.int64)
-        for lab in self.label_blocks():
-            lab = np.asarray(lab, dtype=np.int64)
-            counts += np.bincount(lab[lab >= 0], minlength=self.n_labels)[: self.n_labels]
-        return counts
+def block_rows(source) -> int:
+    """Rows per transfer block: about BLOCK_BYTES of float64 rows, in whole chunks of the source."""
+    chunk = source.chunk_rows
+    return chunk * max(1, max(1, BLOCK_BYTES // (8 * source.dim)) // chunk)
 
 
-class StoreSource(Source):
-    def __init__(self, store):
-        if store.paired:
-            raise EmbedxError("transfer scores need class labels (this store is paired)")
-        self.store = store
-        self.n_rows, self.dim, self.n_labels = store.n_images, store.dim, store.n_texts
-        self.texts = store.texts() if store.n_texts else None
-        self.what = "images"
-
-    def raw_blocks(self):
-        rows = self.block_rows(self.store.chunk_rows)
-        for start, block, lab in self.store.iter_images(block_rows=rows, with_labels=True, reuse=True):
-            yield start, block, lab
-
-    def label_blocks(self):
-        for s in range(0, self.n_rows, LABEL_BLOCK):
-            yield self.store.labels(s, s + LABEL_BLOCK)
+def n_labels(source) -> int:
+    """Labels are 0..n_labels-1 (or -1): the class texts of a class source, else 0..max(label)."""
+    if source.n_texts:
+        return source.n_texts
+    top = -1
+    for s in range(0, source.n_images, LABEL_BLOCK):
+        top = max(top, int(source.labels(s, s + LABEL_BLOCK).max(initial=-1)))
+    return top + 1
 
 
-class ArraySource(Source):
-    """In-memory (or memory-mapped) arrays, sliced into blocks like a store."""
-
-    def __init__(self, x, y, texts=None):
-        x = np.asarray(x) if not hasattr(x, "shape") else x
-        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-            raise EmbedxError(f"images must be a non-empty 2-D array (rows x dim), got shape {x.shape}")
-        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-            raise EmbedxError(f"images must be numeric, got dtype {x.dtype}")
-        y = np.asarray(y)
-        if y.ndim != 1 or len(y) != x.shape[0]:
-            raise EmbedxError(f"labels must be a 1-D array with one entry per image ({x.shape[0]}), got shape "
-                              f"{y.shape}")
-        if np.issubdtype(y.dtype, np.floating):
-            if not np.isfinite(y).all() or (y != np.round(y)).any():
-                raise EmbedxError("labels must be whole numbers (class indices)")
-        elif not np.issubdtype(y.dtype, np.integer):
-            raise EmbedxError(f"labels must be integers, got dtype {y.dtype}")
-        y = y.astype(np.int64)
-        if texts is not None:
-            texts = np.asarray(texts)
-            if texts.ndim != 2 or texts.shape[0] == 0 or texts.shape[1] != x.shape[1]:
-                raise EmbedxError(f"texts must be a (C, {x.shape[1]}) array, got shape {texts.shape}")
-        n_labels = texts.shape[0] if texts is not None else int(max(y.max(initial=-1), -1)) + 1
-        bad = (y < -1) | (y >= max(n_labels, 0))
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            valid = f"0..{n_labels - 1}, or -1 for none" if n_labels else "-1 for none"
-            raise EmbedxError(f"labels out of range: row {i} has label {y[i]} (valid: {valid})")
-        self.x, self.y, self.texts = x, y, texts
-        self.n_rows, self.dim, self.n_labels = x.shape[0], x.shape[1], n_labels
-        self.what = "images"
-
-    def raw_blocks(self):
-        rows = self.block_rows()
-        for s in range(0, self.n_rows, rows):
-            yield s, self.x[s:s + rows], self.y[s:s + rows]
-
-    def label_blocks(self):
-        yield self.y
+def label_counts(source, n: int) -> np.ndarray:
+    """Rows per label 0..n-1 (labels read alone, 4 bytes a row, in blocks; out-of-range labels are errors)."""
+    counts = np.zeros(n, dtype=np.int64)
+    for s in range(0, source.n_images, LABEL_BLOCK):
+        lab = np.asarray(source.labels(s, s + LABEL_BLOCK), dtype=np.int64)
+        validate.label_range(lab, n)
+        counts += np.bincount(lab[lab >= 0], minlength=n)[:n]
+    return counts
 
 
 def scatter_matrix(d: int, *extra: int) -> np.ndarray:
@@ -212,30 +143,20 @@ def symmetric(c: np.ndarray) -> np.ndarray:
     return np.triu(c) + np.triu(c, 1).T
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="rows", unit_scale=True, leave=False)
-
-
-def sweep(source: Source, accumulators, *, validate: bool = False, progress: bool = False,
-          desc: str = "pass") -> float:
-    """One pass over ``source``: every accumulator's ``update(block)`` sees each block; each accumulator's
-    ``seconds`` grows by its own time. Returns the seconds spent reading and preparing the blocks."""
+def sweep(source, accumulators, *, check: bool = False, progress=None, desc: str = "pass") -> float:
+    """One pass over the image rows of ``source`` (a ``RowSource``): every accumulator's ``update(block)`` sees
+    each block; each accumulator's ``seconds`` grows by its own time. ``check``: refuse bad rows (the first pass
+    does). Returns the seconds spent reading and preparing the blocks."""
     prep = 0.0
-    bar = _progress(source.n_rows, desc, progress)
+    bar = Bar(source.n_images, f"transfer {desc}", enabled(progress))
     t0 = time.perf_counter()
     try:
-        for start, raw, lab in source.raw_blocks():
+        blocks = source.iter_images(block_rows=block_rows(source), with_labels=True, reuse=True)
+        for start, raw, lab in blocks:
             xb = np.asarray(raw, dtype=np.float64)
             norms = np.sqrt(np.einsum("ij,ij->i", xb, xb))
-            if validate:
-                bad = ~np.isfinite(norms) | (norms == 0)
-                if bad.any():
-                    i = int(np.flatnonzero(bad)[0])
-                    raise _row_error(source.what, start + i, norms[i])
+            if check:
+                validate.rows(norms, "images", start)
             lab = np.asarray(lab, dtype=np.int64)
             keep = np.flatnonzero(lab >= 0)
             order = keep[np.argsort(lab[keep], kind="stable")]
@@ -248,12 +169,10 @@ def sweep(source: Source, accumulators, *, validate: bool = False, progress: boo
                     t = time.perf_counter()
                     acc.update(block)
                     acc.seconds += time.perf_counter() - t
-            if bar is not None:
-                bar.update(len(lab))
+            bar.update(len(lab))
             t0 = time.perf_counter()
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return prep + (time.perf_counter() - t0)
 
 

@@ -1,0 +1,226 @@
+"""The measures' needs and their run through the planner (``embedx.engine.plan``); formulas: ``scores``.
+
+Rows are L2-normalized first (float32 compute, float64 sums). One streaming pass computes every O(N d) measure
+and zero-shot accuracy (``stream``); the cosine silhouette joins that pass when the store's recorded sum of image
+rows checks out, else it takes a second pass. Euclidean silhouette and retrieval go through the kernels in
+``embedx.kernels``. Needs not asked for do not run: ``--metrics silhouette_euclidean`` reads no stream pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from embedx import validate
+from embedx.encoders import resolve_device  # TODO(merge): embedx.device
+from embedx.engine import registry
+from embedx.engine.executor import resolve
+from embedx.engine.plan import Clock, Context, Need, execute, plan
+from embedx.engine.progress import Bar, enabled
+from embedx.engine.result import Result
+from embedx.measures import retrieval, silhouette
+from embedx.measures.cosine import cosine_silhouette
+from embedx.measures.stream import PassConfig, Partial, block_partial, class_pass, cosine_silhouette_sum, normalized
+from embedx.rows import duplicate_groups
+
+FAMILY = "measure"
+CLASS_SILHOUETTE = "silhouette_class_euclidean"
+TIES = ("lowest index wins (as argmax and stable sorting): among candidates scoring exactly the same, the lower "
+        "index ranks first")
+NOT_MEASURES = ("n_images", "n_texts", "dim", "timings_s", "estimates", "per_class", "ties",
+                "integrity")  # other result keys
+
+
+def kinds(source) -> set:
+    return {"paired", "texts"} if source.paired else {"labels", "texts"}
+
+
+def available(source) -> tuple[str, ...]:
+    """The default measures of ``source``: every registered one it supports."""
+    return registry.names(FAMILY, kinds(source), defaults_only=True)
+
+
+def _check_metrics(source, metrics) -> list[str]:
+    have = available(source)
+    want = list(have) if not metrics else list(dict.fromkeys(metrics))
+    reg = registry.scores(FAMILY)
+    for m in want:
+        if m not in have and m != CLASS_SILHOUETTE:
+            extra = " (retrieval recall needs a paired store)" if m in reg and "paired" in reg[m].requires else ""
+            raise validate.error("metrics", f"unknown metric {m!r}{extra}; choose from {', '.join(have)}")
+    return want
+
+
+# --- needs ------------------------------------------------------------------------------------------------------
+@dataclass
+class Sums:
+    """What the stream pass gives the measures: counts, S_x, S_t, the per-class sums and hits (``tot``)."""
+
+    paired: bool
+    n: int
+    c: int
+    tot: Partial
+    sx: np.ndarray
+    st: np.ndarray
+    correct: float        # class stores: sum_c M_c.t_c
+    text_cos: float       # paired stores: the texts' cosine-silhouette sum (with the recorded sums)
+    texts: object         # class stores: normalized class texts (torch), else None
+    cfg: PassConfig
+
+
+def _texts(ctx):
+    """Class stores: the normalized class texts, S_t, and the groups of bit-identical texts (ties by index)."""
+    src = ctx.source
+    if src.paired:
+        return None
+    t = normalized(src.texts(), "texts")
+    return t, t.double().sum(0), tuple(duplicate_groups(t.numpy()))
+
+
+def _stream(ctx):
+    """The one pass: class stores chunk by chunk on every core (``stream.class_pass``); paired stores over
+    aligned image and text blocks."""
+    src, texts = ctx.source, ctx.results.get("texts")
+    hints = src.meta.get("sums") or {}
+    sx_hint = torch.tensor(hints["images"], dtype=torch.float64) if hints.get("images") else None
+    st_hint = torch.tensor(hints["texts"], dtype=torch.float64) if hints.get("texts") else None
+    t, text_sum, groups = texts if texts is not None else (None, st_hint, ())
+    cfg = PassConfig(texts=t, text_sum=text_sum, n_texts=src.n_texts, n_images=src.n_images,
+                     sum_x_hint=sx_hint if ctx.wants("silhouette_cosine") and text_sum is not None else None,
+                     zeroshot=not src.paired and any(s.name.startswith("zeroshot") for s in ctx.scores),
+                     device=ctx.options["device"], text_groups=groups)
+    bar = Bar(src.n_images, "measures pass", enabled(ctx.progress))
+    with bar:
+        if not src.paired:
+            return class_pass(src, cfg, executor=ctx.executor, bar=bar), 0.0, None, cfg, st_hint
+        tot, text_cos, st_pass = Partial(), 0.0, np.zeros(src.dim)
+        for start, block in src.iter_images(reuse=True):
+            tb = normalized(src.read_texts(start, start + len(block)), "texts", start)
+            st_pass += tb.double().sum(0).numpy()
+            if cfg.sum_x_hint is not None:
+                w = tb.double() @ torch.stack([cfg.text_sum, cfg.sum_x_hint], 1)
+                text_cos += cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), cfg.n_texts, cfg.n_images)
+            tot = tot.merge(block_partial(block, cfg, tb, start))
+            bar.update(len(block))
+        return tot, text_cos, st_pass, cfg, st_hint
+
+
+def _sums(ctx) -> Sums:
+    src = ctx.source
+    tot, text_cos, st_pass, cfg, _ = ctx["stream"]
+    n, c = src.n_images, src.n_texts
+    sx = tot.sum_x if tot.sum_x is not None else np.full(src.dim, np.nan)
+    st = st_pass if src.paired else cfg.text_sum.numpy()
+    correct = float("nan")
+    if not src.paired and tot.class_sum is not None:
+        correct = float((tot.class_sum * cfg.texts.double().numpy()).sum())
+    return Sums(src.paired, n, c, tot, sx, st, correct, text_cos, cfg.texts, cfg)
+
+
+def _cosine(ctx) -> float:
+    s, st_hint = ctx["sums"], ctx["stream"][4]
+    return cosine_silhouette(ctx.source, s.tot, s.sx, s.st, s.cfg, st_hint, s.text_cos, ctx.progress)
+
+
+def _silhouette(kind: str):
+    def run(ctx):
+        o = ctx.options
+        fn = silhouette.modality_silhouette if kind == "modality" else silhouette.class_silhouette
+        score, per_point = fn(ctx.source, o["silhouette_mode"], o["sample_size"], o["seed"], o["device"],
+                              progress=ctx.progress)
+        name = "silhouette_euclidean" if kind == "modality" else CLASS_SILHOUETTE
+        if o["silhouette_mode"] == "exact":
+            ctx.results[f"{name}:per_point"] = per_point
+            return score
+        ctx.results.setdefault("estimates", {})[name] = score
+        return score["estimate"]
+
+    return run
+
+
+def _rank_counts(ctx) -> dict:
+    src, o = ctx.source, ctx.options
+    if o["knn"] == "blocked":  # rank counts streamed from the store: memory bounded, not O(N d)
+        return retrieval.recall_at_k_streamed(src, device=o["device"], progress=ctx.progress)
+    # faiss holds every normalized image and text row in memory
+    return retrieval.recall_at_k(normalized(src.images(dtype=np.float32), "images"),
+                                 normalized(src.texts(dtype=np.float32), "texts"),
+                                 retrieval.groups_from_ids(src.ids()), knn=o["knn"])
+
+
+NEEDS = {n.name: n for n in (
+    Need("texts", "local", run=_texts, timing="texts"),
+    Need("stream", "pass", run=_stream, after=("texts",), timing="stream_pass"),
+    Need("sums", "local", run=_sums, after=("stream",), timing=""),
+    Need("cosine", "local", run=_cosine, after=("sums",), timing="silhouette_cosine"),
+    Need("silhouette_modality", "pairwise", run=_silhouette("modality"), timing="silhouette_euclidean"),
+    Need("silhouette_class", "pairwise", run=_silhouette("class"), timing="silhouette_euclidean"),
+    Need("rank_counts", "pairwise", run=_rank_counts, timing="retrieval"),
+)}
+
+
+@dataclass(frozen=True)
+class _PerClass:
+    """The per-class table as a pseudo-score: it needs the stream sums."""
+
+    name: str = "per_class"
+    needs: tuple = ("sums",)
+    options: dict = None
+
+
+def run(source, metrics=None, *, silhouette_mode: str = "exact", sample_size: int = 2000, seed: int = 0,
+        knn: str = "blocked", per_class: bool = False, silhouette_labels: str = "modality", device="auto",
+        progress=None, executor=None) -> Result:
+    """Requested measures of ``source`` (a ``RowSource``) -> :class:`Result`; see ``embedx.measures.compute``."""
+    want = _check_metrics(source, metrics)
+    validate.choice(silhouette_labels, "silhouette_labels", ("modality", "class"))
+    validate.choice(silhouette_mode, "silhouette_mode", ("exact", "sample"))
+    validate.choice(knn, "knn", ("blocked", "faiss"))
+    if silhouette_labels == "class":
+        if source.paired:
+            raise validate.error("silhouette_labels", "silhouette_labels='class' needs class labels (this store "
+                                                      "is paired)")
+        want.append(CLASS_SILHOUETTE)
+    if per_class and source.paired:
+        raise validate.error("per_class", "per_class needs a store with class labels (this store is paired)")
+    if source.n_texts == 0:
+        raise validate.error("texts", f"{source.path} has no text rows")
+    want = list(dict.fromkeys(want))
+    specs = [registry.get(FAMILY, m) for m in want]
+    opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn,
+                device=resolve_device(device))
+    ctx = Context(source, specs, opts, resolve(executor), progress)
+    clock = Clock(shared=False)
+    extra = [_PerClass()] if per_class else []
+    execute(plan(specs + extra, NEEDS, source.paired), ctx, None, {}, clock)
+    values = {s.name: float(s.finalize(ctx)) for s in specs}
+    source.ensure_unchanged()  # every number above came from the store that was opened
+    info = dict(n_images=source.n_images, n_texts=source.n_texts, dim=source.dim)
+    if any(m.startswith("zeroshot") or "paired" in registry.get(FAMILY, m).requires for m in want):
+        info["ties"] = TIES
+    recorded = source.content_chunks()
+    if recorded:  # what the reads checked against the chunk checksums recorded at finalize (arrays read)
+        seen = {k: v for k, v in source.chunks_verified().items() if v}
+        info["integrity"] = {"chunks_verified": sum(len(v) for v in seen.values()),
+                             "chunks_recorded": sum(recorded[k] for k in seen)}
+    table = _per_class(source, ctx["sums"], ctx.results.get("silhouette_euclidean:per_point")) if per_class else None
+    timings = {k: v for k, v in clock.seconds.items() if k}
+    return Result(values, timings, ctx.results.get("estimates", {}), table, info)
+
+
+def _per_class(source, s: Sums, per_point) -> dict:
+    """Per class: images, acs, zero-shot recall and mean modality silhouette (Euclidean) of its images."""
+    tot = s.tot
+    names = [str(v) for v in source.text_names()]
+    y = source.labels()
+    out = {}
+    tn = s.texts.double().numpy()
+    for k, name in enumerate(names):
+        cnt = int(tot.class_count[k])
+        row = {"n_images": cnt, "acs": float(tot.class_sum[k] @ tn[k] / cnt) if cnt else None,
+               "zeroshot_recall": float(tot.top1[k] / cnt) if cnt and tot.top1 is not None else None}
+        if per_point is not None:
+            row["silhouette_euclidean"] = float(per_point[: source.n_images][y == k].mean()) if cnt else None
+        out[name] = row
+    return out
