@@ -21,8 +21,12 @@ BLOCK_ROWS = 65536
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
-def load_array(spec: str, what: str = "array") -> np.ndarray:
-    """``file.npy`` (memory-mapped), ``file.npz[:key]`` or ``file.parquet[:column]``."""
+def load_array(spec, what: str = "array") -> np.ndarray:
+    """``file.npy`` (memory-mapped), ``file.npz[:key]`` or ``file.parquet[:column]``; an in-memory numpy array or
+    torch tensor is taken as it is."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return spec.detach().cpu().numpy() if hasattr(spec, "detach") else np.asarray(spec)
+    spec = os.fspath(spec)
     path, key = spec, None
     for ext in (".npz", ".parquet"):
         head, sep, tail = spec.rpartition(ext + ":")
@@ -158,9 +162,14 @@ def _check_labels(labels: np.ndarray, n: int, c: int) -> np.ndarray:
     return labels.astype(np.int32)
 
 
-def _read_names(path: str | None, c: int, what: str) -> list[str]:
+def _read_names(path, c: int, what: str) -> list[str]:
     if path is None:
         return [str(k) for k in range(c)]
+    if not isinstance(path, (str, os.PathLike)):  # the names themselves
+        names = [str(v) for v in path]
+        if len(names) != c:
+            raise EmbedxError(f"names has {len(names)} entries, but there are {c} {what}")
+        return names
     if not os.path.isfile(path):
         raise EmbedxError(f"names file not found: {path}")
     with open(path, encoding="utf-8") as f:
@@ -181,35 +190,38 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
         raise EmbedxError(f"--dtype must be float16 or float32, got {dtype!r}")
     st.check_target(out, overwrite)
     if paired_array is not None:
-        if images or texts or labels:
+        if images is not None or texts is not None or labels is not None:
             raise EmbedxError("--paired-array replaces --images/--texts/--labels; give one or the other")
         both = load_array(paired_array, "paired array")
         if both.ndim != 3 or both.shape[0] != 2:
             raise EmbedxError(f"--paired-array needs shape (2, N, d), got {both.shape}")
         x, t, paired, sources = both[0], both[1], True, [paired_array]
     else:
-        if not images or not texts:
+        if images is None or texts is None:
             raise EmbedxError("give --images and --texts (or --paired-array)")
         x, t = load_array(images, "images"), load_array(texts, "texts")
-        sources = [images, texts] + ([labels] if labels else [])
+        sources = [s for s in (images, texts, labels) if s is not None]
     unit = _check_rows(x, "images", dtype) & _check_rows(t, "texts", dtype)
     if x.shape[1] != t.shape[1]:
         raise EmbedxError(f"dimension mismatch: images have d={x.shape[1]}, texts have d={t.shape[1]}")
     n, c = x.shape[0], t.shape[0]
     if paired:
-        if labels:
+        if labels is not None:
             raise EmbedxError("--paired and --labels exclude each other (paired rows are their own labels)")
         if c != n:
             raise EmbedxError(f"--paired needs as many text rows as image rows, got {n} images and {c} texts")
         y = None
     else:
-        if not labels:
+        if labels is None:
             raise EmbedxError("give --labels y.npy (class index per image) or --paired (text i pairs with image i)")
         y = _check_labels(load_array(labels, "labels"), n, c)
     text_names = _read_names(names, c, "captions" if paired else "text rows")
-    meta = {"model": model, "pretrained": None, "seed": None, "dataset": dataset or os.path.basename(sources[0]),
+    files = [os.fspath(s) for s in sources if isinstance(s, (str, os.PathLike))]
+    meta = {"model": model, "pretrained": None, "seed": None,
+            "dataset": dataset or (os.path.basename(files[0]) if files else "arrays"),
             "mode": "paired" if paired else "classes", "normalized": unit,
-            "source": {"imported_from": [os.path.abspath(s) if not st.is_url(s) else s for s in sources]}}
+            "source": {"imported_from": [os.path.abspath(s) if not st.is_url(s) else s for s in files] or
+                       ["<in-memory arrays>"]}}
     with writer_lock(out):  # one writer at a time; what killed writers left beside ``out`` is repaired first
         st.check_target(out, overwrite)
         return _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite)

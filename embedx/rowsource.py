@@ -70,7 +70,7 @@ class ArrayRows:
     ``labels`` (N,) in [-1, C) (``texts=None``: classes 0..max(labels), for the transfer scores that need no
     class prompts); paired sources (``paired=True``, or ``labels=None`` with C == N) pair text i with
     image i. ``ids`` (paired): rows sharing an id are one item (several captions of one image); default one item
-    per row. Nothing is copied beyond the dtype conversion the kernels need, block by block."""
+    per row. Reads hand out copies, block by block: the caller's arrays never change."""
 
     def __init__(self, images, texts, labels=None, *, paired: bool | None = None, ids=None, names=None,
                  chunk_rows: int = ARRAY_CHUNK_ROWS):
@@ -118,12 +118,11 @@ class ArrayRows:
 
     def iter_images(self, block_rows: int | None = None, dtype=None, with_labels: bool = False,
                     reuse: bool = False, prefetch: bool = True) -> Iterator[tuple]:
-        """(start, block[, labels]) slices of the images (views, in their own dtype unless ``dtype``)."""
+        """(start, block[, labels]) copies of the images, in their own dtype unless ``dtype`` (copies: the
+        algorithms may normalize a block in place, and the caller's arrays must not change)."""
         step = block_rows or self.block_rows()
         for start in range(0, self.n_images, step):
-            block = self.x[start:start + step]
-            if dtype is not None:
-                block = block.astype(dtype, copy=False)
+            block = np.array(self.x[start:start + step], dtype=dtype)
             yield (start, block, self.labels(start, start + len(block))) if with_labels else (start, block)
 
     def read_images_into(self, start: int, out: np.ndarray) -> np.ndarray:
@@ -131,20 +130,19 @@ class ArrayRows:
         return out
 
     def images(self, rows=None, dtype=None) -> np.ndarray:
-        out = self.x if rows is None else self.x[np.asarray(rows, dtype=np.int64)]
-        return out if dtype is None else out.astype(dtype, copy=False)
+        return np.array(self.x if rows is None else self.x[np.asarray(rows, dtype=np.int64)], dtype=dtype)
 
     def labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         if self.y is None:
             return np.full(max(min(stop if stop is not None else self.n_images, self.n_images) - start, 0), -1,
                            np.int32)
-        return self.y[start:stop]
+        return self.y[start:stop].copy()
 
     def texts(self, dtype=None) -> np.ndarray:
-        return self.t if dtype is None else self.t.astype(dtype, copy=False)
+        return np.array(self.t, dtype=dtype)
 
     def read_texts(self, start: int, stop: int) -> np.ndarray:
-        return self.t[start:stop]
+        return self.t[start:stop].copy()
 
     def text_rows(self, rows) -> np.ndarray:
         return self.t[np.asarray(rows, dtype=np.int64)]

@@ -12,8 +12,8 @@ import numpy as np
 
 from embedx.engine.registry import register
 
-PAPER_A = "Niss et al., 'Quantifying the effect of fine-tuning...' (paper A)"
-PAPER_B = "'Inter-Intra Modal Measure' (paper B)"
+PAPER_A = "paper A: 'Quantified Task Misalignment to Inform PEFT', arXiv 2402.09613"
+PAPER_B = "paper B: 'The Inter-Intra Modal Measure', arXiv 2407.15731 (ICCV 2025)"
 KS = (1, 5, 10)
 
 

@@ -35,3 +35,7 @@ from embedx.transfer.api import (DEFAULT, NEED_TEXTS, SCORES, SHARED, Result, co
                                  store_logit_scale)
 
 __all__ = ["DEFAULT", "NEED_TEXTS", "SCORES", "SHARED", "Result", "compute", "compute_arrays", "store_logit_scale"]
+
+from embedx._callable import make_callable  # noqa: E402
+
+make_callable(__name__)  # embedx.transfer(...) is the API function even once this package is imported

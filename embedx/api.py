@@ -1,0 +1,97 @@
+"""embedx's Python API: the functions ``embedx.open``, ``measure``, ``transfer``, ``drift``, ``embed`` and
+``import_arrays`` (re-exported by ``embedx``). Each validates its inputs once and runs the library; errors are
+``embedx.EmbedxError`` naming the Python parameter at fault (``err.param``). Heavy imports (torch, open_clip)
+happen inside the functions, so ``import embedx`` stays light.
+
+A *source* is a store path, an open store (``embedx.open``), ``embedx.ArrayRows(images, texts, labels)`` or a
+tuple ``(images, texts[, labels])`` of numpy arrays or torch tensors.
+"""
+from __future__ import annotations
+
+import builtins
+
+
+def open(path, *, allow_partial: bool = False, verify_content: bool = True):  # noqa: A001  (embedx.open)
+    """Open the store at ``path`` (local or fsspec URL) for reading -> ``embedx.store.Store``.
+    ``allow_partial``: an unfinished store too (its committed rows); ``verify_content``: check every whole chunk
+    read against its recorded checksum (the default)."""
+    from embedx.store import Store
+
+    return Store(str(path), allow_partial=allow_partial, verify_content=verify_content)
+
+
+def measure(source, metrics=None, *, device: str = "auto", silhouette: str = "exact", sample_size: int = 2000,
+            seed: int = 0, silhouette_labels: str = "modality", knn: str = "blocked", per_class: bool = False,
+            progress=None, executor=None):
+    """The papers' measures of ``source`` -> ``embedx.engine.result.Result`` (a dict of {name: value, n_images,
+    n_texts, dim, timings_s, ...}; ``.values`` holds the measures alone).
+
+    ``metrics``: names from ``embedx.registry.names("measure")`` (default: every one the source supports).
+    ``silhouette``: "exact" or "sample" (``sample_size`` points, ``seed``). ``device``: "auto", "cpu", "cuda".
+    Same numbers as ``embedx measure`` on a store of the same rows."""
+    from embedx.measures import compute
+
+    return compute(_source(source), metrics, silhouette_mode=silhouette, sample_size=sample_size, seed=seed,
+                   knn=knn, per_class=per_class, silhouette_labels=silhouette_labels, device=device,
+                   progress=progress, executor=executor)
+
+
+def transfer(source, scores=None, *, logit_scale: float | None = None, progress=None, executor=None):
+    """Transferability scores (hscore, gbc, transrate, logme, sfda, leep, nce) of a class ``source`` -> Result
+    ({score: value}; ``.seconds`` per score). ``logit_scale``: the zero-shot scale for leep/nce (None: the one
+    recorded in the store, else 100)."""
+    from embedx.transfer import compute
+
+    return compute(_source(source), scores, logit_scale=logit_scale, progress=progress, executor=executor)
+
+
+def drift(before, after, *, others=(), knn_k: int = 10, device: str = "auto", report: str | None = None,
+          silhouette: str = "exact", sample_size: int = 2000, seed: int = 0):
+    """What moved between two stores of the same samples (before / after fine-tuning) -> the drift summary dict
+    (measures before/after/delta, displacement, CKA, kNN overlap, per class, forgetting on ``others``: a list
+    of (before, after) store pairs). ``report``: also write the HTML report to this path."""
+    from embedx.drift import compare, write_report
+
+    d = compare(str(before), str(after), others=[tuple(map(str, p)) for p in others], knn_k=knn_k, device=device,
+                silhouette_mode=silhouette, sample_size=sample_size, seed=seed)
+    if report is not None:
+        write_report(d, str(report))
+    return d.summary
+
+
+def embed(out, data: str, model: str, pretrained: str | None = None, *, checkpoint: str | None = None,
+          seed: int = 0, device: str = "auto", batch_size: int = 64, dtype: str = "float16", progress=None,
+          **options):
+    """Embed ``data`` ("folder:DIR", "csv:FILE", "digits", "synthetic:N", ...) with an open_clip ``model``
+    into a store at ``out`` (resumable: rerun the same call after a crash) -> the finished store's metadata.
+    ``options``: the rest of ``embedx embed``'s options by their Python names (templates, codec, chunk_rows,
+    limit, workers, overwrite, strict)."""
+    from embedx.embed import embed_to_store
+
+    res = embed_to_store(str(out), data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
+                         device=device, checkpoint=checkpoint, progress=bool(progress), **options)
+    return res.meta
+
+
+def import_arrays(out, images, texts, labels=None, *, paired: bool | None = None, names=None,
+                  dtype: str = "float16", overwrite: bool = False, model: str | None = None,
+                  dataset: str | None = None, **options):
+    """Write arrays (numpy, torch, or .npy/.npz/.parquet paths) as a complete store at ``out`` -> the store's
+    metadata. ``labels``: class index per image (class store; ``texts`` the class prompts); without labels
+    (or ``paired=True``) text i pairs with image i. Every row is checked first (NaN/inf, zero rows, a
+    dimension mismatch, labels out of range, float16 overflow): nothing is written on bad input."""
+    from embedx.importer import import_arrays as run
+
+    if paired is None:
+        paired = labels is None
+    return run(str(out), images=images, texts=texts, labels=labels, paired=paired, names=names, dtype=dtype,
+               overwrite=overwrite, model=model, dataset=dataset, **options)
+
+
+def _source(source):
+    from embedx.rowsource import as_source
+
+    return as_source(source)
+
+
+_ = builtins  # ``open`` above shadows the builtin inside this module only
