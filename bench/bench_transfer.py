@@ -72,7 +72,7 @@ def run_child(name, args):
             alone[k] = time.perf_counter() - t
         best = min(runs, key=lambda z: z["seconds"])
         return {**best, "all_runs_s": [z["seconds"] for z in runs], "alone_s": alone, "peak_rss_mb": peak,
-                "block_rows": T.moments.StoreSource(s).block_rows(s.chunk_rows), "chunk_rows": s.chunk_rows}
+                "block_rows": T.moments.block_rows(s), "chunk_rows": s.chunk_rows}
     if name == "reference":
         from embedx.transfer import reference as R
 

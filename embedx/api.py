@@ -45,17 +45,21 @@ def transfer(source, scores=None, *, logit_scale: float | None = None, progress=
     return compute(_source(source), scores, logit_scale=logit_scale, progress=progress, executor=executor)
 
 
-def drift(before, after, *, others=(), knn_k: int = 10, device: str = "auto", report: str | None = None,
-          silhouette: str = "exact", sample_size: int = 2000, seed: int = 0):
-    """What moved between two stores of the same samples (before / after fine-tuning) -> the drift summary dict
-    (measures before/after/delta, displacement, CKA, kNN overlap, per class, forgetting on ``others``: a list
-    of (before, after) store pairs). ``report``: also write the HTML report to this path."""
-    from embedx.drift import compare, write_report
+def drift(before, after, *, others=(), metrics=None, silhouette: str = "exact", sample_size: int = 2000,
+          seed: int = 0, knn: str = "blocked", knn_k: int = 10, knn_sample: int | None = 20000,
+          plot_sample: int = 2000, report=None) -> dict:
+    """What moved between two stores of the same samples (before / after fine-tuning) -> the drift summary dict:
+    every measure before/after/delta, the drift statistics of ``embedx.registry.names("drift")`` (displacement,
+    CKA, kNN overlap), per class, and forgetting on ``others`` ("[NAME=]BEFORE:AFTER" strings or (name,
+    before, after) tuples). ``report``: also write the HTML report to this path."""
+    from embedx.drift import compare
+    from embedx.drift import report as render
 
-    d = compare(str(before), str(after), others=[tuple(map(str, p)) for p in others], knn_k=knn_k, device=device,
-                silhouette_mode=silhouette, sample_size=sample_size, seed=seed)
+    d = compare(str(before), str(after), others, metrics=metrics, silhouette_mode=silhouette,
+                sample_size=sample_size, seed=seed, knn=knn, knn_k=knn_k, knn_sample=knn_sample,
+                plot_sample=plot_sample)
     if report is not None:
-        write_report(d, str(report))
+        render.write(d, str(report))
     return d.summary
 
 
