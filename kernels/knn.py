@@ -90,7 +90,8 @@ class TopkKnn:
         if impl == "triton" and k + 1 > TRITON_MAX_K:
             raise ValueError(f"the triton knn provider supports k <= {TRITON_MAX_K - 1}")
         self.topk = topk_triton if impl == "triton" else topk_torch
-        self.q = _tensor(queries).float()
+        self.q = _tensor(queries).to(torch.float32, copy=True)  # own memory: the Triton interpreter mishandles
+        # a launch whose inputs share one storage (queries taken from the database array)
         self.k = k
         self.exclude = torch.as_tensor(exclude, dtype=torch.long, device=self.q.device)
         self.best_v = torch.full((len(self.q), 0), -float("inf"), device=self.q.device)

@@ -28,3 +28,17 @@ def test_blocked_topk_matches_dense_stable_sort(rng, impl, dtype):
     gaps = np.diff(np.sort(sim, 1)[:, ::-1][:, : k + 1], axis=1)
     clear = (np.abs(gaps) > 1e-4).all(1) if gaps.size else np.ones(nq, bool)
     np.testing.assert_array_equal(got[clear], ref[clear])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_exact_ties_go_to_the_lower_index(rng, impl):
+    """Integer rows: scores exact in float32, many tied with the k-th; both paths equal the stable sort exactly,
+    across gallery blocks (torch) and tiles (Triton)."""
+    nq, ng, d = int(rng.integers(1, 60)), int(rng.integers(20, 300)), 3
+    q = rng.integers(-1, 2, (nq, d)).astype(np.float32)
+    g = rng.integers(-1, 2, (ng, d)).astype(np.float32)
+    q[0] = 0                                           # a query tied with every gallery row
+    k = int(rng.integers(1, 17))
+    tq, tg = torch.from_numpy(q), torch.from_numpy(g)
+    got = K.topk_torch(tq, tg, k, block=int(rng.integers(2, 50))) if impl == "torch" else K.topk_triton(tq, tg, k)
+    np.testing.assert_array_equal(got.numpy(), K.topk_reference(q, g, k))
