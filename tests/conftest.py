@@ -58,6 +58,19 @@ def rng(request):
     return np.random.default_rng(seed)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip with the reason where torch sees no CUDA device (``gpu`` tests still run: on the
+    CPU they take the Triton interpreter)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device: torch.cuda.is_available() is False")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """A failing test that drew a seed says how to replay it: ``EMBEDX_TEST_SEED=<seed> pytest <nodeid>``."""

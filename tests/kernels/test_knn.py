@@ -98,3 +98,26 @@ def test_drift_knn_overlap_is_the_same_through_every_provider(tmp_path, rng):
     near = sum((np.abs(np.diff(_scores(v[rows], v, K.knn_reference(v[rows], v, 8, exclude=rows))[:, 5:], axis=1))
                 < 1e-5).sum() for v in (xa, xb))
     assert abs(res["faiss"].knn_overlap - want) <= near / (7 * len(rows)) + 1e-12
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_knn_on_cuda_tensors_takes_the_topk_dispatch(rng, dtype, monkeypatch):
+    """Queries on a CUDA device: ``auto`` runs kernels.topk's backend there (Triton when installed, on float32
+    copies), same rows as the reference wherever scores are not within round-off."""
+    import torch
+
+    from embedx.kernels.knn import TopkKnn, knn_stream
+
+    monkeypatch.delenv("EMBEDX_KERNEL", raising=False)
+    nq, ng, d, k = 300, 5000, 64, 10
+    g = rng.standard_normal((ng, d)).astype(dtype)
+    own = rng.choice(ng, nq, replace=False)
+    tq, tg = torch.from_numpy(g[own]).cuda(), torch.from_numpy(g).cuda()
+    assert isinstance(knn_stream(tq, k, own), TopkKnn)
+    got = K.knn(tq, tg, k, exclude=own, block_rows=1777)
+    ref = K.knn_reference(g[own], g, k, exclude=own)
+    np.testing.assert_allclose(_scores(g[own], g, got), _scores(g[own], g, ref), atol=1e-3)
+    s = _scores(g[own], g, K.knn_reference(g[own], g, k + 1, exclude=own))
+    clear = (np.abs(np.diff(s, axis=1)) > 1e-3).all(1)
+    np.testing.assert_array_equal(got[clear], ref[clear])
