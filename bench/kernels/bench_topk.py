@@ -3,7 +3,6 @@ dense + stable argsort) / torch (blocked) / triton."""
 import os
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -124,7 +124,8 @@ def plot(op: str, rows: list[dict], out_dir: str = RESULTS) -> str:
                          if (r["d"], r["c"], r["impl"], r["dtype"]) == (d, c, impl, dtype))
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=f"{impl} {dtype}")
-        ax.set(xscale="log", yscale="log", xlabel="N", ylabel="median ms", title=f"{op}: d={d}" + (f", C={c}" if c else ""))
+        title = f"{op}: d={d}" + (f", C={c}" if c else "")
+        ax.set(xscale="log", yscale="log", xlabel="N", ylabel="median ms", title=title)
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(out_dir, f"{op}.png")
