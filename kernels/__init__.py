@@ -1,6 +1,7 @@
 """Compute kernels (``embedx.kernels``): tensors in, tensors out; nothing here knows about stores or files.
 
-Each op lives in one module with its float64 reference, its torch path (CPU/GPU) and its Triton kernel;
+Each op lives in one module with its float64 reference, its torch path (CPU/GPU) and its Triton kernel where
+it has one;
 :func:`cluster_distance_sums`, :func:`topk` and :func:`rank_count` are the dispatch points that pick an
 implementation by device: Triton on CUDA when it is installed, torch otherwise. ``EMBEDX_KERNEL=torch|triton``
 forces one (Triton on CPU needs ``TRITON_INTERPRET=1`` set before triton is imported). :func:`knn` picks a
@@ -18,10 +19,10 @@ from embedx.kernels.cluster_distance import (  # noqa: F401
     cluster_distance_sums_triton,
     triton,
 )
+from embedx.kernels.knn import PROVIDERS as KNN_PROVIDERS, knn, knn_reference, knn_stream  # noqa: F401
 from embedx.kernels.rank_count import rank_count_reference, rank_count_torch, rank_count_triton  # noqa: F401
 from embedx.kernels.stream_stats import NUMBA_MIN_ELEMENTS, stream_stats, stream_stats_reference  # noqa: F401
 from embedx.kernels.topk import TRITON_MAX_K, topk_reference, topk_torch, topk_triton  # noqa: F401
-from embedx.kernels.knn import PROVIDERS as KNN_PROVIDERS, knn, knn_reference, knn_stream  # noqa: F401
 from embedx.kernels.zeroshot import ZS_ROWS, zeroshot_hits_reference, zeroshot_hits_torch  # noqa: F401
 
 

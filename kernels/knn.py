@@ -13,7 +13,8 @@ Providers (``provider``):
     faiss.ResultHeap. CPU; faiss is imported only here.
   * ``torch`` / ``triton``: per block ``topk_torch`` / ``topk_triton`` for k+1, the own row dropped, merged
     with the running best (float32 scores, ties to the lower row).
-  * ``auto``: ``faiss`` for queries on the CPU when faiss is installed, else ``kernels.topk``'s dispatch.
+  * ``auto``: ``faiss`` for queries on the CPU when faiss is installed (``EMBEDX_KERNEL`` does not change that),
+    else ``kernels.topk``'s backend (Triton on CUDA when installed, or what ``EMBEDX_KERNEL`` forces).
 """
 from __future__ import annotations
 
