@@ -1,9 +1,11 @@
 """Compute kernels (``embedx.kernels``): tensors in, tensors out; nothing here knows about stores or files.
 
-Each op lives in one module with its float64 reference, its torch path (CPU/GPU) and its Triton kernel;
+Each op lives in one module with its float64 reference, its torch path (CPU/GPU) and its Triton kernel where
+it has one;
 :func:`cluster_distance_sums`, :func:`topk` and :func:`rank_count` are the dispatch points that pick an
 implementation by device: Triton on CUDA when it is installed, torch otherwise. ``EMBEDX_KERNEL=torch|triton``
-forces one (Triton on CPU needs ``TRITON_INTERPRET=1`` set before triton is imported).
+forces one (Triton on CPU needs ``TRITON_INTERPRET=1`` set before triton is imported). :func:`knn` picks a
+provider (FAISS on the CPU, else :func:`topk`'s backend); :func:`zeroshot_hits` runs torch on every device.
 """
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ from embedx.kernels.cluster_distance import (  # noqa: F401
     cluster_distance_sums_triton,
     triton,
 )
+from embedx.kernels.knn import PROVIDERS as KNN_PROVIDERS, knn, knn_reference, knn_stream  # noqa: F401
 from embedx.kernels.rank_count import rank_count_reference, rank_count_torch, rank_count_triton  # noqa: F401
 from embedx.kernels.stream_stats import NUMBA_MIN_ELEMENTS, stream_stats, stream_stats_reference  # noqa: F401
 from embedx.kernels.topk import TRITON_MAX_K, topk_reference, topk_torch, topk_triton  # noqa: F401
+from embedx.kernels.zeroshot import ZS_ROWS, zeroshot_hits_reference, zeroshot_hits_torch  # noqa: F401
 
 
 def backend_for(device: torch.device) -> str:
@@ -56,3 +60,10 @@ def rank_count(a: torch.Tensor, b: torch.Tensor, a_thr, b_thr, b_pos, row_offset
     impl = rank_count_triton if backend_for(a.device) == "triton" else rank_count_torch
     return impl(a, b, a_thr, b_thr, b_pos, row_offset, row_counts, col_counts, a_scale=a_scale, b_scale=b_scale,
                 ties=ties)
+
+
+def zeroshot_hits(x: torch.Tensor, y: torch.Tensor, texts: torch.Tensor, top1: torch.Tensor, top5: torch.Tensor,
+                  hit: torch.Tensor, step: int = ZS_ROWS, groups=()) -> None:
+    """Add per class the rows whose true class ranks first (``top1``) or in the first five (``top5``); a tie among
+    identical texts (``groups``) goes to the lowest index (see ``kernels.zeroshot``). Torch on every device."""
+    zeroshot_hits_torch(x, y, texts, top1, top5, hit, step=step, groups=groups)

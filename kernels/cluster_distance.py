@@ -8,7 +8,7 @@ streamed in blocks (``col_offset``) and the partial results added. Optional per-
 ``y_scale`` make the points ``x_scale[p] * x_p`` (raw float16 store rows times their inverse norms: unit rows
 without rounding them to float16 again, so a GPU multiplies them on its tensor cores exactly).
 
-Three implementations, held together by tests/test_kernels.py:
+Three implementations, held together by tests/kernels/test_cluster_distance.py:
   * ``cluster_distance_sums_reference``: float64 brute force (numpy), the definition.
   * ``cluster_distance_sums_torch``: blocked torch (CPU or GPU), fp32 tiles, fp64 accumulation.
   * ``cluster_distance_sums_triton``: a Triton kernel (GPU; CPU under ``TRITON_INTERPRET=1``).

@@ -27,6 +27,19 @@ def topk_reference(q, g, k: int) -> np.ndarray:
     return np.argsort(-s, axis=1, kind="stable")[:, : min(k, s.shape[1])]
 
 
+def block_topk(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest per row of ``s`` and their columns, ties to the lower column. ``torch.topk`` keeps any of the
+    values tied with the k-th: rows where more than k values reach it take a stable sort instead."""
+    v, i = s.topk(k, dim=1)
+    if k == 0:
+        return v, i
+    tied = ((s >= v[:, -1:]).sum(1) > k).nonzero()[:, 0]
+    if len(tied):
+        i[tied] = torch.sort(s[tied], dim=1, descending=True, stable=True).indices[:, :k]
+        v[tied] = s[tied].gather(1, i[tied])
+    return v, i
+
+
 def topk_torch(q: torch.Tensor, g: torch.Tensor, k: int, block: int = 4096) -> torch.Tensor:
     """(len(q), min(k, len(g))) int64 indices, best first."""
     k = min(k, len(g))
@@ -38,7 +51,7 @@ def topk_torch(q: torch.Tensor, g: torch.Tensor, k: int, block: int = 4096) -> t
         best_i = torch.zeros((len(qb), 0), dtype=torch.long, device=q.device)
         for g0 in range(0, len(g), block):
             s = qb @ g[g0:g0 + block].float().T
-            v, i = s.topk(min(k, s.shape[1]), dim=1)
+            v, i = block_topk(s, min(k, s.shape[1]))
             cat_v, cat_i = torch.cat([best_v, v], 1), torch.cat([best_i, i + g0], 1)
             # stable: among equal values keep the lower gallery index first
             order = torch.argsort(cat_i, dim=1)

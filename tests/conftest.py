@@ -38,9 +38,47 @@ def assert_one_line_error(rc, stderr, *fragments):
         assert f.lower() in lines[0].lower(), (f, lines[0])
 
 
+SEED_ENV = "EMBEDX_TEST_SEED"
+
+
+def test_seed() -> int:
+    """``EMBEDX_TEST_SEED`` when set (a replay), else a fresh seed from os.urandom."""
+    forced = os.environ.get(SEED_ENV)
+    return int(forced) if forced else int.from_bytes(os.urandom(4), "little")
+
+
+test_seed.__test__ = False  # a helper, not a test
+
+
 @pytest.fixture
-def rng():
-    return np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+def rng(request):
+    """A numpy Generator seeded by :func:`test_seed`; the seed is kept on the test item for the replay line."""
+    seed = test_seed()
+    request.node.embedx_seed = seed
+    return np.random.default_rng(seed)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip with the reason where torch sees no CUDA device (``gpu`` tests still run: on the
+    CPU they take the Triton interpreter)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device: torch.cuda.is_available() is False")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that drew a seed says how to replay it: ``EMBEDX_TEST_SEED=<seed> pytest <nodeid>``."""
+    outcome = yield
+    report = outcome.get_result()
+    seed = getattr(item, "embedx_seed", None)
+    if seed is not None and report.failed:
+        report.sections.append(("embedx seed", f"replay: {SEED_ENV}={seed} pytest {item.nodeid}"))
 
 
 def write_behind_embedx(path, name: str, index, values) -> None:

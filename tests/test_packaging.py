@@ -1,7 +1,11 @@
 """The wheel must ship every package: pyproject lists them explicitly (kernels/ and cli/ are mapped into the
 embedx namespace), so a new subpackage that is not listed would be missing from non-editable installs."""
 import os
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomllib is 3.11+; tomli is the same parser (the test extra pulls it in)
+    import tomli as tomllib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

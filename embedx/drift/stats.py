@@ -7,9 +7,10 @@ With x_i, y_i the L2-normalized image rows of BEFORE and AFTER (N rows, float32 
   linear CKA    with Xc = X - mean(X):  CKA = |Xc'Yc|_F^2 / (|Xc'Xc|_F |Yc'Yc|_F)  (Kornblith et al. 2019),
                 from the streamed float64 sums  Sx, Sy, X'X, X'Y, Y'Y:  Xc'Yc = X'Y - Sx Sy'/N.
   kNN overlap   mean over queries q of |N_k^X(q) & N_k^Y(q)| / k, N_k = the k rows of highest cosine to q
-                (q itself excluded): exact top-k through faiss.IndexFlatIP per block, merged across blocks.
+                (q itself excluded): exact top-k streamed over blocks by embedx.kernels.knn_stream (the FAISS
+                provider on the CPU; ties at the k-th score as kernels.knn documents).
   per class     zero-shot top-1 hits per class: the true class is top-1 when no class scores strictly
-                higher (the convention of embedx.measures).
+                higher (embedx.kernels.zeroshot_hits, as embedx.measures counts them).
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from embedx import kernels
 from embedx.errors import EmbedxError
-from embedx.measures.stream import ZS_ROWS, zeroshot_hits, normalized
+from embedx.measures.stream import normalized
 from embedx.rows import duplicate_groups
 from embedx.store import Store
 
@@ -58,31 +60,6 @@ class CkaSums:
         return float(np.linalg.norm(cxy) ** 2 / den) if den > 0 else float("nan")
 
 
-class KnnHeap:
-    """Exact top-k by inner product of fixed query rows against a database streamed in blocks.
-
-    ``rows`` are the queries' own row indices (excluded from their neighbours)."""
-
-    def __init__(self, queries: np.ndarray, rows: np.ndarray, k: int):
-        import faiss
-
-        self.faiss, self.q, self.rows, self.k = faiss, np.ascontiguousarray(queries, np.float32), rows, k
-        self.heap = faiss.ResultHeap(len(rows), k, keep_max=True)
-
-    def add(self, block: np.ndarray, start: int) -> None:
-        index = self.faiss.IndexFlatIP(block.shape[1])
-        index.add(np.ascontiguousarray(block, np.float32))
-        dist, idx = index.search(self.q, min(self.k + 1, len(block)))  # k+1: one of them may be the query
-        idx = np.where(idx >= 0, idx + start, -1)
-        drop = (idx < 0) | (idx == self.rows[:, None])
-        dist[drop], idx[drop] = -np.inf, -1
-        self.heap.add_result(dist, idx)
-
-    def result(self) -> np.ndarray:
-        self.heap.finalize()
-        return self.heap.I
-
-
 def overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """|a_q & b_q| / k per query row (neighbour-id arrays Q x k, no repeats within a row)."""
     return (a[:, :, None] == b[:, None, :]).any(2).sum(1) / a.shape[1]
@@ -112,14 +89,17 @@ def _hits(x: torch.Tensor, y: np.ndarray, texts: torch.Tensor, c: int, groups) -
     top1, top5 = torch.zeros(c, dtype=torch.long), torch.zeros(c, dtype=torch.long)
     if len(keep):
         xl = x if len(keep) == len(x) else x[torch.from_numpy(keep)]
-        hit = torch.empty(min(ZS_ROWS, len(keep)), c)
-        zeroshot_hits(xl.float(), torch.from_numpy(y[keep].astype(np.int64)), texts, top1, top5, hit, groups=groups)
+        hit = torch.empty(min(kernels.ZS_ROWS, len(keep)), c)
+        kernels.zeroshot_hits(xl.float(), torch.from_numpy(y[keep].astype(np.int64)), texts, top1, top5, hit,
+                              groups=groups)
     return top1.numpy()
 
 
 def drift_pass(a: Store, b: Store, *, knn_k: int = 10, knn_rows: np.ndarray | None = None,
-               plot_rows: np.ndarray | None = None, block_rows: int | None = None) -> PassResult:
-    """One pass over the image rows of both stores: displacements, CKA sums, kNN top-k, per-class hits."""
+               plot_rows: np.ndarray | None = None, block_rows: int | None = None,
+               knn_provider: str = "auto") -> PassResult:
+    """One pass over the image rows of both stores: displacements, CKA sums, kNN top-k (``knn_provider``: see
+    ``embedx.kernels.knn``), per-class hits."""
     n = a.n_images
     if n < 2:
         raise EmbedxError("drift needs at least 2 images")
@@ -127,8 +107,8 @@ def drift_pass(a: Store, b: Store, *, knn_k: int = 10, knn_rows: np.ndarray | No
     knn_rows = np.arange(n) if knn_rows is None else np.asarray(knn_rows)
     plot_rows = np.zeros(0, np.int64) if plot_rows is None else np.asarray(plot_rows)
     block_rows = block_rows or a.block_rows(BLOCK_BYTES)
-    heaps = [KnnHeap(normalized(s.images(knn_rows, np.float32), f"{s.path} images").numpy(), knn_rows, k)
-             for s in (a, b)]
+    heaps = [kernels.knn_stream(normalized(s.images(knn_rows, np.float32), f"{s.path} images").numpy(), k,
+                                exclude=knn_rows, provider=knn_provider) for s in (a, b)]
     classes = not a.paired
     if classes:
         labels = a.labels()

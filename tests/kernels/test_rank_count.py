@@ -1,23 +1,11 @@
 """Rank counts (kernels/rank_count.py): torch and Triton (TRITON_INTERPRET=1 on CPU) against the float64
 reference on fresh random ragged inputs, and the recall@k they give against dense similarity + stable argsort."""
-import os
-
 import numpy as np
 import pytest
 import torch
 
 from embedx import kernels as K
-
-requires_interpreter = pytest.mark.skipif(
-    K.triton is None or (os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available()),
-    reason="Triton needs a GPU or TRITON_INTERPRET=1 (make test sets it)")
-
-IMPLS = ["torch", pytest.param("triton", marks=requires_interpreter)]
-
-
-def _unit(rng, n, d):
-    x = rng.standard_normal((n, d))
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+from tests.kernels.conftest import IMPLS, unit as _unit
 
 
 def _run(impl, rng, a, b, a_thr, b_thr, pos, row_offset=0, add=False):
