@@ -145,7 +145,8 @@ def paired_store(scratch: str, n: int, d: int, seed: int = 1) -> str:
 def part_correctness(rec: Record, sz: dict, dry: bool, scratch: str, out: str) -> None:
     import re
 
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests/test_gpu.py"]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu or cuda", "-p", "no:cacheprovider", "tests/test_gpu.py",
+           "tests/kernels"]
     if sz["test_filter"]:
         cmd += ["-k", sz["test_filter"]]
     env = dict(os.environ)

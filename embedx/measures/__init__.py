@@ -12,7 +12,8 @@ y = -1 are left out of the label measures):
   text_intra   mean_{c<c'} t_c.t_c'
   gap          |mean_i x_i - mean_c t_c|                                modality gap (Liang et al. 2022)
   silhouette_* sklearn silhouette_score(vstack(X, T), [1]*N + [0]*C, metric=euclidean|cosine)  (paper A)
-  zeroshot_*   top-1 / top-5 accuracy of argmax_c x_i.t_c and the mean per-class recall
+  zeroshot_*   top-1 / top-5: fewer than k class texts score strictly higher than the true one (bit-identical
+               texts: the lowest index first); and the mean per-class recall
   *_recall@k   paired stores: a query hits if any of its positives is among its top k
 
 One streaming pass computes every O(N d) measure and zero-shot accuracy (see ``stream``); the cosine

@@ -96,7 +96,8 @@ def silhouette_cosine(ctx) -> float:
 @register("zeroshot_top1", "measure", needs={"class": ("sums",), "paired": ("rank_counts",)},
           summary="top-1 accuracy of argmax_c x_i.t_c", citation="Radford et al., CLIP, ICML 2021")
 def zeroshot_top1(ctx) -> float:
-    """Fraction of labelled images whose class text scores highest (ties: the lowest index); paired: i2t R@1."""
+    """Fraction of labelled images for which no class text scores strictly higher than the true class's (a
+    bit-identical text of lower index ranks first: the lowest index wins, as argmax); paired: i2t R@1."""
     s = ctx.results.get("sums")
     if s is None or s.paired:
         return ctx["rank_counts"]["i2t_recall@1"]
@@ -106,7 +107,8 @@ def zeroshot_top1(ctx) -> float:
 @register("zeroshot_top5", "measure", needs={"class": ("sums",), "paired": ("rank_counts",)},
           summary="top-5 accuracy", citation="Radford et al., CLIP, ICML 2021")
 def zeroshot_top5(ctx) -> float:
-    """Fraction of labelled images whose class text is among the 5 highest scoring; paired: i2t R@5."""
+    """Fraction of labelled images with fewer than 5 class texts ranking before the true class's (strictly
+    higher, or bit-identical of lower index); paired: i2t R@5."""
     s = ctx.results.get("sums")
     if s is None or s.paired:
         return ctx["rank_counts"]["i2t_recall@5"]

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 from embedx import kernels
+from embedx.kernels import ZS_ROWS, zeroshot_hits  # noqa: F401  (re-exported: the one zero-shot counter)
 from embedx import validate
 from embedx.rows import first_bad_row
 
 
 SUB_BLOCK = 65536   # paired pass: rows per torch sub-block
-ZS_ROWS = 4096      # zero-shot logits per step: 4096 x C stays in cache
 TASK_ROWS = 4096    # class pass: rows per task (whole chunks; at least this many)
 SEGMENT_ROWS = 1 << 20  # class pass: labels are read per segment (4 MiB of int32), so memory is bounded
 FLUSH_ROWS = 65536  # class pass: float32 class sums are added into float64 after this many rows per thread
@@ -109,32 +109,6 @@ class PassConfig:
         if self.sum_x_hint is None:
             return np.zeros((2, dim), np.float32)
         return np.stack([self.sum_x_hint.numpy(), self.text_sum.numpy()]).astype(np.float32)
-
-
-def zeroshot_hits(x: torch.Tensor, y: torch.Tensor, texts: torch.Tensor, top1: torch.Tensor, top5: torch.Tensor,
-                   hit: torch.Tensor, step: int = ZS_ROWS, groups=()) -> None:
-    """Add the top-1/top-5 hits of float32 rows ``x`` with labels ``y`` (all >= 0) per class into the int64
-    tensors ``top1``/``top5`` (all on one device). The true class y ranks after every class scoring strictly
-    higher and, among identical class texts (``groups``: index tensors of bit-identical rows, from
-    ``embedx.rows.duplicate_groups``), after those of lower index: the lowest index wins a tie, as argmax.
-    Row scaling does not change the ranking. ``hit``: a float32 work buffer of at least min(step, len(x)) x C.
-    The matmul is IEEE float32 on every device (CUDA's default: no TF32). ``step`` rows per matmul:
-    cache-sized on CPU; far larger on a GPU, where each step is one launch of a few kernels."""
-    c = len(texts)
-    for z0 in range(0, len(x), step):  # cache-sized: matmul-bound, logits stay small
-        yz = y[z0:z0 + step]
-        logits = torch.nn.functional.linear(x[z0:z0 + step], texts)
-        true = logits.gather(1, yz[:, None])
-        # compared into float32, not bool: summed 4x faster, exact (counts <= C < 2^24)
-        better = torch.gt(logits, true, out=hit[: len(yz)]).sum(1)
-        for g in groups:  # identical texts tie exactly: decided by index, not by float rounding
-            rows = torch.isin(yz, g).nonzero()[:, 0]
-            if len(rows):
-                yr = yz[rows]
-                counted = (logits[rows][:, g] > true[rows]).sum(1)
-                better[rows] += ((g[None, :] < yr[:, None]).sum(1) - counted).to(better.dtype)
-        top1 += torch.bincount(yz[better == 0], minlength=c)
-        top5 += torch.bincount(yz[better < 5], minlength=c)
 
 
 class ClassWorker:
