@@ -57,13 +57,22 @@ def flag_for(command: click.Command | None, param: str) -> str | None:
 
 
 def error_line(e: EmbedxError, command: click.Command | None) -> str:
-    """``error: <message>``, with the Python parameter named by ``e.param`` shown as the command's flag."""
+    """``error: <message>``, each Python parameter named by ``e.param`` shown as the command's flag (its first
+    occurrence; in front of the message when the message does not spell it)."""
     msg = str(e)
-    flag = flag_for(command, e.param) if e.param else None
-    if flag:
-        pattern = rf"(?<![\w-]){re.escape(e.param)}(?![\w-])"
-        msg = re.sub(pattern, flag, msg) if re.search(pattern, msg) else f"{flag}: {msg}"
-    return f"error: {msg}"
+    param = getattr(e, "param", None)  # a subclass may skip EmbedxError.__init__
+    names = (param,) if isinstance(param, str) else tuple(param or ())
+    missing = []
+    for name in names:
+        flag = flag_for(command, name)
+        if flag is None:
+            continue
+        pattern = rf"(?<![\w-]){re.escape(name)}(?![\w-])"
+        if re.search(pattern, msg):
+            msg = re.sub(pattern, flag, msg, count=1)
+        else:
+            missing.append(flag)
+    return f"error: {', '.join(missing)}: {msg}" if missing else f"error: {msg}"
 
 
 class EmbedxGroup(click.Group):

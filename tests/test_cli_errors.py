@@ -38,6 +38,11 @@ def test_error_line_puts_the_flag_in_place_of_the_parameter():
     assert error_line(EmbedxError("must be >= 1", param="knn_k"), command("drift")) == "error: --knn-k: must be >= 1"
     assert (error_line(EmbedxError("knn_k_max and knn_k differ", param="knn_k"), command("drift"))
             == "error: knn_k_max and --knn-k differ")
+    # several parameters: each shown as its flag, once
+    clash = EmbedxError("paired_array replaces images/texts/labels; give one or the other (images: x.npy)",
+                        param=("paired_array", "images", "texts", "labels"))
+    assert error_line(clash, command("import")) == ("error: --paired-array replaces --images/--texts/--labels; give "
+                                                    "one or the other (images: x.npy)")
     # no parameter, or one the command has no flag for (a Python-API-only argument): the message as it is
     assert error_line(StoreError("no store at x"), command("info")) == "error: no store at x"
     assert error_line(EmbedxError("knn_k must be >= 1", param="knn_k"), command("info")) == "error: knn_k must be >= 1"
