@@ -37,7 +37,8 @@ def _rows(d: dict, res: dict | None) -> list[tuple[str, object]]:
         rows.append(("checkpoint sha256", d["checkpoint_sha256"]))
     if d.get("checkpoint"):
         c = d["checkpoint"]
-        rows.append(("fine-tuned run", f"{c.get('path')} ({c.get('method')}, params sha256 {str(c.get('sha256'))[:12]}...)"))
+        run = f"{c.get('path')} ({c.get('method')}, params sha256 {str(c.get('sha256'))[:12]}...)"
+        rows.append(("fine-tuned run", run))
     return rows
 
 

@@ -22,8 +22,8 @@ def _render(store: str, res: dict, keys: list[str], per_class: bool) -> None:
         click.echo("\nper class: images, acs, zero-shot recall, silhouette")
         for name, row in res["per_class"].items():
             vals = [row["n_images"], row["acs"], row["zeroshot_recall"], row.get("silhouette_euclidean")]
-            click.echo(f"  {name:<20} " + "  ".join("-" if v is None else (f"{v}" if isinstance(v, int) else f"{v: .4f}")
-                                                  for v in vals))
+            cells = ("-" if v is None else (f"{v}" if isinstance(v, int) else f"{v: .4f}") for v in vals)
+            click.echo(f"  {name:<20} " + "  ".join(cells))
     if "ties" in res:
         click.echo(f"\nties: {res['ties']}")
     if "integrity" in res:

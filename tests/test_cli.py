@@ -1,10 +1,13 @@
-"""Library errors name Python parameters; the CLI's group shows the running command's flag for them."""
+"""The command group: every command loads under its name and is listed by --help; library errors name Python
+parameters and the group shows the running command's flag for them."""
 import click
 import pytest
 from click.testing import CliRunner
 
 from embedx.cli.main import COMMANDS, EmbedxGroup, cli, error_line, flag_for
 from embedx.errors import EmbedxError, StoreError
+
+from tests.conftest import invoke
 
 
 def command(name):
@@ -65,3 +68,13 @@ def test_every_command_in_the_table_loads_under_its_name():
     for name in COMMANDS:
         assert command(name).name == name
     assert cli.list_commands(None) == sorted(COMMANDS)
+
+
+def test_help_lists_every_command_with_the_first_words_of_its_docstring():
+    r = invoke("--help")
+    assert r.exit_code == 0
+    listing = {ln.split()[0]: ln for ln in r.output.split("Commands:")[1].splitlines() if ln.strip()}
+    assert sorted(listing) == sorted(COMMANDS)
+    for name in COMMANDS:
+        first_words = " ".join(command(name).help.split()[:3])
+        assert first_words in listing[name], (name, listing[name])
