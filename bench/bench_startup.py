@@ -30,6 +30,10 @@ MODEL_STACK = ("open_clip", "timm", "peft")
 NO_MODELS = (*MODEL_STACK, "faiss", "matplotlib")
 ALLOWED = {"--help": NO_MODELS + ("torch",), "info": NO_MODELS + ("torch",), "verify": NO_MODELS + ("torch",),
            "import": NO_MODELS + ("torch",), "measure": MODEL_STACK, "transfer": MODEL_STACK}  # forbidden imports
+TORCH_NOTE = ("\nWhy torch still loads: every store open checks content checksums through `embedx.integrity`, which "
+              "imports `embedx.kernels.content_hash` (numba only); importing it runs `kernels/__init__.py`, which "
+              "imports torch and every op. A lazy `kernels/__init__.py` (tried locally, not in this code) left "
+              "`info` with numba, scipy and zarr only.")
 ORIGINAL = "ef8a7e9"  # the last commit before issue 12's CLI split
 BEFORE = os.path.join(RESULTS, "startup_before.json")
 
@@ -165,6 +169,8 @@ def main(argv=None) -> dict:
               "`import`; no open_clip, timm or peft for `measure`, `transfer`: "
               + ("met." if not missed else "missed: " + "; ".join(f"`{c}` loads {', '.join(m)}"
                                                                     for c, m in missed.items()) + "."))
+    if any("torch" in m for m in missed.values()):
+        md.append(TORCH_NOTE)
     save("startup", res, "\n".join(md))
     return res
 
