@@ -1,4 +1,5 @@
-"""What every command shares: strict JSON output, the progress-bar rule. Imports nothing heavy (keeps --help fast)."""
+"""What every command shares: strict JSON output, the progress-bar rule, the exit codes, the damage report.
+Imports nothing heavy (keeps --help fast)."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,9 @@ import os
 import sys
 
 import click
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 def jsonable(obj):
@@ -42,3 +46,12 @@ def progress_enabled(ctx) -> bool:
     if ((ctx.obj if ctx is not None else None) or {}).get("quiet"):
         return False
     return sys.stderr.isatty() or os.environ.get("EMBEDX_PROGRESS") == "1"
+
+
+def exit_damaged(store: str, problems: list[str], listed: bool = True) -> None:
+    """Report a damaged store (each problem as ``damaged: ...`` when ``listed``), one error line; exit 2."""
+    if listed:
+        for line in problems:
+            click.echo(f"damaged: {line}")
+    click.echo(f"error: {store}: {len(problems)} damaged (see above)", err=True)
+    sys.exit(EXIT_BAD_INPUT)

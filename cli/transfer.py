@@ -1,24 +1,23 @@
 """``embedx transfer``: transferability scores of a class store (parse, call, render)."""
 from __future__ import annotations
 
-
 import click
 
 from embedx.cli.common import emit_json, jsonable, progress_enabled
+from embedx.cli.options import json_out_options, store_argument
 
 SCORES = ("hscore", "gbc", "gbc_diagonal", "transrate", "logme", "sfda", "leep", "nce")  # embedx.transfer.SCORES
 HIGHER = "higher = the features separate the classes more: expected to transfer better (every score)"
 
 
 @click.command()
-@click.argument("store")
+@store_argument
 @click.option("--scores", default=None, metavar="NAME[,NAME...]",
               help=f"Comma-separated subset of: {', '.join(SCORES)} [default: all but gbc_diagonal].")
 @click.option("--logit-scale", default=None, type=float,
               help="Zero-shot logit scale for leep/nce [default: the model's own, recorded in the store by "
                    "`embedx embed`; else 100, CLIP's trained value].")
-@click.option("--json", "as_json", is_flag=True, help="Print exactly {score: value} as JSON (undefined -> null).")
-@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Also write that JSON to FILE.")
+@json_out_options("Print exactly {score: value} as JSON (undefined -> null).", "Also write that JSON to FILE.")
 @click.pass_context
 def transfer(ctx, store, scores, logit_scale, as_json, out):
     """Transferability scores of a class store's image embeddings and labels, streamed from the store.

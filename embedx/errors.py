@@ -1,8 +1,18 @@
 """User-facing errors: one line, no traceback (the CLI prints ``error: <message>`` and exits 2)."""
+from __future__ import annotations
 
 
 class EmbedxError(Exception):
-    """Bad input or a refused operation, explained in one line."""
+    """Bad input or a refused operation, explained in one line.
+
+    ``param`` names the Python parameter at fault (``EmbedxError("knn_k must be >= 1, got 0", param="knn_k")``),
+    or a tuple of them when several clash (``param=("paired", "labels")``). The message spells each name as
+    the identifier; the CLI shows the command's flag in its place (the first occurrence: ``--knn-k``).
+    """
+
+    def __init__(self, message: str = "", param: str | tuple[str, ...] | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class StoreError(EmbedxError):

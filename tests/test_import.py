@@ -231,7 +231,7 @@ def test_import_never_replaces_a_folder_that_is_not_a_store(tmp_path, rng):
 
 
 def test_cli_codec_choices_are_the_stores():
-    from embedx.cli.main import CODECS
+    from embedx.cli.options import CODECS
     from embedx.store import CODECS as STORE_CODECS
 
     assert CODECS == list(STORE_CODECS)

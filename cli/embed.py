@@ -1,0 +1,55 @@
+"""``embedx embed``: images (and class prompts or captions) into a store (parse, call, render)."""
+from __future__ import annotations
+
+import click
+
+from embedx.cli.common import progress_enabled
+from embedx.cli.options import chunking_options, device_option, seed_option
+
+
+@click.command()
+@click.option("--model", "-m", default=None,
+              help="open_clip architecture (e.g. ViT-B-32) or hf-hub:ORG/REPO. Required unless --checkpoint.")
+@click.option("--pretrained", "-p", default=None,
+              help="Pretrained tag (e.g. openai), a local checkpoint file, or 'none' for seeded random weights "
+                   "[default: none].")
+@click.option("--checkpoint", default=None,
+              help="A finished `embedx finetune` run folder: embed with its tuned model (its model, pretrained "
+                   "weights and seed) and record the run in the store.")
+@click.option("--data", "-d", required=True,
+              help="folder:PATH (one subfolder per class), csv:PATH (image + label|caption columns) or "
+                   "digits[:train|:test][:classes=0-4][:rotate=DEG][:noise=SIGMA] (scikit-learn's digits, 80/20; a "
+                   "subset of classes, turned or noisy images make tasks of other difficulty), or "
+                   "synthetic[:N][:size=PX][:classes=C][:seed=S] (seeded noise images, for throughput checks).")
+@click.option("--out", "-o", required=True, help="Store path (local or fsspec URL). Rerun to resume.")
+@seed_option("Seed for random weights (--pretrained none).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--batch-size", "-b", default=64, show_default=True, type=int)
+@click.option("--workers", type=int, default=None, help="DataLoader workers [default: 0 on <=2 cores, else cores/2].")
+@device_option()
+@click.option("--template", "templates", multiple=True,
+              help="Prompt template with {} (repeat for an ensemble), 'simple' or 'openai' (open_clip's "
+                   "ImageNet ensembles), or @FILE. Default: the data source's own template.")
+@click.option("--limit", type=int, default=None, help="Only the first N items of the source.")
+@click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store (complete or not) at --out.")
+@chunking_options
+@click.pass_context
+def embed(ctx, model, pretrained, checkpoint, data, out, seed, dtype, batch_size, workers, device, templates, limit,
+          strict, overwrite, codec, chunk_rows):
+    """Embed images (and class prompts or captions) into a chunked Zarr store.
+
+    Resumable: if the run is killed, rerun the same command and it continues from the last committed
+    batch; the finished store equals an uninterrupted run. A resume with another model, checkpoint, seed,
+    dataset or prompts is refused.
+    """
+    from embedx.embed import embed_to_store
+
+    res = embed_to_store(out, data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
+                         workers=workers, device=device, templates=templates, overwrite=overwrite, strict=strict,
+                         codec=codec, chunk_rows=chunk_rows, limit=limit, progress=progress_enabled(ctx),
+                         checkpoint=checkpoint)
+    m = res.meta
+    resumed = f" (resumed at item {res.resumed_from})" if res.resumed_from else ""
+    skipped = f", {m['n_skipped']} unreadable skipped (listed in the store's attributes)" if m["n_skipped"] else ""
+    click.echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}{resumed}{skipped}")
