@@ -55,3 +55,16 @@ def exit_damaged(store: str, problems: list[str], listed: bool = True) -> None:
             click.echo(f"damaged: {line}")
     click.echo(f"error: {store}: {len(problems)} damaged (see above)", err=True)
     sys.exit(EXIT_BAD_INPUT)
+
+
+def score_lines(family: str, width: int = 14) -> str:
+    """One help line per registered score of ``family``: name, what it is, where it is from (the registry)."""
+    from embedx.engine import registry
+
+    return "\n".join(f"  {s.name:<{width}}{s.summary}  ({s.citation})" for s in registry.scores(family).values())
+
+
+def score_names(family: str, kinds=None) -> str:
+    from embedx.engine import registry
+
+    return ", ".join(registry.names(family, kinds))

@@ -5,7 +5,7 @@ import math
 
 import click
 
-from embedx.cli.common import emit_json
+from embedx.cli.common import emit_json, progress_enabled, score_lines, score_names
 from embedx.cli.options import device_option, json_out_options, silhouette_options, store_argument
 
 
@@ -32,9 +32,22 @@ def _render(store: str, res: dict, keys: list[str], per_class: bool) -> None:
     click.echo(f"\n{sum(res['timings_s'].values()):.2f} s")
 
 
-@click.command()
+HELP = f"""Measures of a store: acs, iimm (+ inter/intra parts), text_intra, gap, modality silhouettes
+(Euclidean, cosine), zero-shot top-1/top-5/mean per-class recall, and for paired stores retrieval
+recall@1/5/10 both ways. Exact: each value equals a float64 brute force of its definition (1e-5).
+Only the passes the asked measures need are read; progress bars show each on a terminal, and an exact
+silhouette projected past a minute says so (then --silhouette sample estimates it in seconds).
+
+\b
+{score_lines("measure", 31)}
+"""
+
+
+@click.command(help=HELP)
 @store_argument
-@click.option("--metrics", default=None, help="Comma-separated subset (default: every measure the store supports).")
+@click.option("--metrics", default=None, metavar="NAME[,NAME...]",
+              help=f"Comma-separated subset of: {score_names('measure')} (default: every measure the store supports; "
+                   f"retrieval recall on paired stores).")
 @silhouette_options("Euclidean silhouette: exact (O(N^2 d) through the fused kernel) or an unbiased estimate from "
                     "--sample-size points with a 95% interval.", "Seed for --silhouette sample.")
 @click.option("--silhouette-labels", type=click.Choice(["modality", "class"]), default="modality", show_default=True,
@@ -46,18 +59,16 @@ def _render(store: str, res: dict, keys: list[str], per_class: bool) -> None:
 @device_option("Where the pairwise kernels run (Euclidean silhouette, retrieval): auto (CUDA + Triton when "
                "available), cpu, cuda or cuda:N.")
 @json_out_options()
-def measure(store, metrics, silhouette_mode, sample_size, seed, silhouette_labels, knn, per_class, device, as_json,
-            out):
-    """Measures of a store: acs, iimm (+ inter/intra parts), text_intra, gap, modality silhouettes
-    (Euclidean, cosine), zero-shot top-1/top-5/mean per-class recall, and for paired stores retrieval
-    recall@1/5/10 both ways. Exact: each value equals a float64 brute force of its definition (1e-5).
-    """
+@click.pass_context
+def measure(ctx, store, metrics, silhouette_mode, sample_size, seed, silhouette_labels, knn, per_class, device,
+            as_json, out):
     from embedx.measures import NOT_MEASURES, compute
     from embedx.store import Store
 
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     res = compute(Store(store), names, silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed,
-                  knn=knn, per_class=per_class, silhouette_labels=silhouette_labels, device=device)
+                  knn=knn, per_class=per_class, silhouette_labels=silhouette_labels, device=device,
+                  progress=progress_enabled(ctx))
     emit_json(res, out, as_json)
     if not as_json:
         _render(store, res, [k for k in res if k not in NOT_MEASURES], per_class)

@@ -3,42 +3,35 @@ from __future__ import annotations
 
 import click
 
-from embedx.cli.common import emit_json, jsonable, progress_enabled
+from embedx.cli.common import emit_json, jsonable, progress_enabled, score_lines, score_names
 from embedx.cli.options import json_out_options, store_argument
 
-SCORES = ("hscore", "gbc", "gbc_diagonal", "transrate", "logme", "sfda", "leep", "nce")  # embedx.transfer.SCORES
+HELP = f"""Transferability scores of a class store's image embeddings and labels, streamed from the store.
+
+\b
+Rows are L2-normalized, computed on in float64; rows labelled -1 are left out. X: features,
+mu_c: class means, theta(x) = softmax(logit_scale x.T) the zero-shot classifier over the class prompts.
+{score_lines("transfer")}
+Higher is better for every score. The planner reads the fewest passes the asked scores need (sfda: 3, leep: 2,
+the others 1, shared).
+
+\b
+Example:
+  embedx transfer pets.zarr --scores hscore,logme,leep --json
+"""
 HIGHER = "higher = the features separate the classes more: expected to transfer better (every score)"
 
 
-@click.command()
+@click.command(help=HELP)
 @store_argument
 @click.option("--scores", default=None, metavar="NAME[,NAME...]",
-              help=f"Comma-separated subset of: {', '.join(SCORES)} [default: all but gbc_diagonal].")
+              help=f"Comma-separated subset of: {score_names('transfer')} [default: all but gbc_diagonal].")
 @click.option("--logit-scale", default=None, type=float,
               help="Zero-shot logit scale for leep/nce [default: the model's own, recorded in the store by "
                    "`embedx embed`; else 100, CLIP's trained value].")
 @json_out_options("Print exactly {score: value} as JSON (undefined -> null).", "Also write that JSON to FILE.")
 @click.pass_context
 def transfer(ctx, store, scores, logit_scale, as_json, out):
-    """Transferability scores of a class store's image embeddings and labels, streamed from the store.
-
-    \b
-    Rows are L2-normalized, computed on in float64; rows labelled -1 are left out. X: features,
-    mu_c: class means, theta(x) = softmax(logit_scale x.T) the zero-shot classifier over the class prompts.
-      hscore        tr(pinv(Cov X) Cov g), g_i = mu_{y_i}                         (Bao et al. 2019)
-      gbc           -sum_{c!=c'} exp(-Bhattacharyya(c, c')), spherical Gaussians  (Pandy et al. 2022)
-      gbc_diagonal  the same with diagonal Gaussians
-      transrate     R(Z) - mean_k R(Z_k), R = 1/2 logdet(I + Z^T Z/(n 1e-4))      (Huang et al. 2022)
-      logme         mean_c max log evidence / N, Bayesian regression of 1[y=c] on X (You et al. 2021)
-      sfda          mean p(y|x') of a shrinkage FDA refitted on ConfMix-ed x'     (Shao et al. 2022)
-      leep          mean_i ln sum_z P(y_i|z) theta(x_i)_z                          (Nguyen et al. 2020)
-      nce           -H(Y|Z), z = argmax theta(x)                                   (Tran et al. 2019)
-    Higher is better for every score.
-
-    \b
-    Example:
-      embedx transfer pets.zarr --scores hscore,logme,leep --json
-    """
     from embedx.transfer import compute
 
     progress = not as_json and progress_enabled(ctx)

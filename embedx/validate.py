@@ -14,9 +14,7 @@ from embedx.rows import first_bad_row
 
 def error(param: str | None, message: str) -> EmbedxError:
     """An input error about the Python parameter ``param``."""
-    e = EmbedxError(message)
-    e.param = param
-    return e
+    return EmbedxError(message, param=param)
 
 
 def matrix(a: np.ndarray, param: str) -> None:

@@ -21,7 +21,7 @@ silhouette joins that pass when the store's recorded sum of image rows checks ou
 pass (``cosine``). Euclidean silhouette and retrieval go through the kernels in ``embedx.kernels``. ``scores``
 registers each measure (``embedx.engine.registry``), ``engine`` holds their needs and runs the planner.
 """
-from embedx.measures.api import (BASE, CLASS_SILHOUETTE, NOT_MEASURES, RETRIEVAL, TIES, available,  # noqa: F401
-                                 compute)
+from embedx import _lazy
 
-__all__ = ["BASE", "CLASS_SILHOUETTE", "NOT_MEASURES", "RETRIEVAL", "TIES", "available", "compute"]
+__all__ = ['BASE', 'CLASS_SILHOUETTE', 'NOT_MEASURES', 'RETRIEVAL', 'TIES', 'available', 'compute']
+__getattr__ = _lazy.exports(__name__, {name: "embedx.measures.api" for name in __all__})  # loaded on first use

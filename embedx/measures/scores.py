@@ -12,8 +12,8 @@ import numpy as np
 
 from embedx.engine.registry import register
 
-PAPER_A = "paper A: 'Quantified Task Misalignment to Inform PEFT', arXiv 2402.09613"
-PAPER_B = "paper B: 'The Inter-Intra Modal Measure', arXiv 2407.15731 (ICCV 2025)"
+PAPER_A = "paper A, arXiv 2402.09613"
+PAPER_B = "paper B, arXiv 2407.15731"
 KS = (1, 5, 10)
 
 
@@ -72,7 +72,7 @@ def text_intra(ctx) -> float:
 
 
 @register("gap", "measure", needs=("sums",), summary="|mean_i x_i - mean_c t_c|",
-          citation="Liang et al., 'Mind the Gap', NeurIPS 2022")
+          citation="Liang et al., NeurIPS 2022")
 def gap(ctx) -> float:
     """Modality gap |S_x / N - S_t / C|."""
     s = ctx["sums"]
@@ -94,7 +94,7 @@ def silhouette_cosine(ctx) -> float:
 
 
 @register("zeroshot_top1", "measure", needs={"class": ("sums",), "paired": ("rank_counts",)},
-          summary="top-1 accuracy of argmax_c x_i.t_c", citation="Radford et al., CLIP, ICML 2021")
+          summary="top-1 accuracy: the true class text scores highest", citation="Radford et al., ICML 2021")
 def zeroshot_top1(ctx) -> float:
     """Fraction of labelled images for which no class text scores strictly higher than the true class's (a
     bit-identical text of lower index ranks first: the lowest index wins, as argmax); paired: i2t R@1."""
@@ -105,7 +105,7 @@ def zeroshot_top1(ctx) -> float:
 
 
 @register("zeroshot_top5", "measure", needs={"class": ("sums",), "paired": ("rank_counts",)},
-          summary="top-5 accuracy", citation="Radford et al., CLIP, ICML 2021")
+          summary="top-5 accuracy", citation="Radford et al., ICML 2021")
 def zeroshot_top5(ctx) -> float:
     """Fraction of labelled images with fewer than 5 class texts ranking before the true class's (strictly
     higher, or bit-identical of lower index); paired: i2t R@5."""
@@ -116,7 +116,7 @@ def zeroshot_top5(ctx) -> float:
 
 
 @register("zeroshot_mean_per_class_recall", "measure", needs={"class": ("sums",), "paired": ("rank_counts",)},
-          summary="mean over classes of the top-1 recall", citation="Radford et al., CLIP, ICML 2021")
+          summary="mean over classes of the top-1 recall", citation="Radford et al., ICML 2021")
 def zeroshot_mean_per_class_recall(ctx) -> float:
     """mean over the classes with images of (top-1 hits / images) of the class; paired: i2t R@1."""
     s = ctx.results.get("sums")

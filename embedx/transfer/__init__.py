@@ -31,10 +31,10 @@ implementations the tests and benchmark hold these against. Memory is bounded by
 float64 rows) plus d x d matrices (and K d^2 for TransRate, in groups beyond ``transrate.BUDGET_BYTES``), whatever
 N is. Passes over the rows: one shared pass for every score, a second for leep and sfda, a third for sfda.
 """
-from embedx.transfer.api import (DEFAULT, NEED_TEXTS, SCORES, SHARED, Result, compute, compute_arrays,  # noqa: F401
-                                 store_logit_scale)
+from embedx import _lazy
 
-__all__ = ["DEFAULT", "NEED_TEXTS", "SCORES", "SHARED", "Result", "compute", "compute_arrays", "store_logit_scale"]
+__all__ = ['DEFAULT', 'NEED_TEXTS', 'SCORES', 'SHARED', 'Result', 'compute', 'compute_arrays', 'store_logit_scale']
+__getattr__ = _lazy.exports(__name__, {name: "embedx.transfer.api" for name in __all__})  # loaded on first use
 
 from embedx._callable import make_callable  # noqa: E402
 

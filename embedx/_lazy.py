@@ -1,0 +1,18 @@
+"""Lazy re-exports for package ``__init__``s (PEP 562): a name is imported from its module on first use, so
+importing a package (or one of its light modules, such as a registry of scores) does not import torch."""
+from __future__ import annotations
+
+import importlib
+
+
+def exports(package: str, names: dict[str, str]):
+    """A module ``__getattr__`` for ``package`` that resolves each of ``names`` (name -> module) on first use."""
+
+    def __getattr__(name: str):
+        if name in names:
+            value = getattr(importlib.import_module(names[name]), name)
+            setattr(importlib.import_module(package), name, value)
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
