@@ -93,29 +93,33 @@ def silhouette_cosine(ctx) -> float:
     return ctx["cosine"]
 
 
-@register("zeroshot_top1", "measure", needs={"class": ("sums",), "paired": ("rank_counts",)},
-          summary="top-1 accuracy: the true class text scores highest", citation="Radford et al., ICML 2021")
+ZEROSHOT = {"class": ("sums",), "paired": ("rank_counts",)}  # paired: the N captions are the classes (i2t)
+
+
+def _zeroshot(ctx, k: int) -> float:
+    s = ctx.results.get("sums")
+    if s is None or s.paired:
+        return ctx["rank_counts"][f"i2t_recall@{k}"]
+    hits = s.tot.top1 if k == 1 else s.tot.top5
+    return float(hits.sum() / max(int(s.tot.class_count.sum()), 1))
+
+
+@register("zeroshot_top1", "measure", needs=ZEROSHOT, summary="top-1 accuracy: the true class text scores highest",
+          citation="Radford et al., ICML 2021")
 def zeroshot_top1(ctx) -> float:
     """Fraction of labelled images for which no class text scores strictly higher than the true class's (a
     bit-identical text of lower index ranks first: the lowest index wins, as argmax); paired: i2t R@1."""
-    s = ctx.results.get("sums")
-    if s is None or s.paired:
-        return ctx["rank_counts"]["i2t_recall@1"]
-    return float(s.tot.top1.sum() / max(int(s.tot.class_count.sum()), 1))
+    return _zeroshot(ctx, 1)
 
 
-@register("zeroshot_top5", "measure", needs={"class": ("sums",), "paired": ("rank_counts",)},
-          summary="top-5 accuracy", citation="Radford et al., ICML 2021")
+@register("zeroshot_top5", "measure", needs=ZEROSHOT, summary="top-5 accuracy", citation="Radford et al., ICML 2021")
 def zeroshot_top5(ctx) -> float:
     """Fraction of labelled images with fewer than 5 class texts ranking before the true class's (strictly
     higher, or bit-identical of lower index); paired: i2t R@5."""
-    s = ctx.results.get("sums")
-    if s is None or s.paired:
-        return ctx["rank_counts"]["i2t_recall@5"]
-    return float(s.tot.top5.sum() / max(int(s.tot.class_count.sum()), 1))
+    return _zeroshot(ctx, 5)
 
 
-@register("zeroshot_mean_per_class_recall", "measure", needs={"class": ("sums",), "paired": ("rank_counts",)},
+@register("zeroshot_mean_per_class_recall", "measure", needs=ZEROSHOT,
           summary="mean over classes of the top-1 recall", citation="Radford et al., ICML 2021")
 def zeroshot_mean_per_class_recall(ctx) -> float:
     """mean over the classes with images of (top-1 hits / images) of the class; paired: i2t R@1."""

@@ -15,25 +15,24 @@ from embedx.transfer import logme as _logme
 from embedx.transfer import transrate as _transrate
 
 LABELS = ("labels",)
+MOMENTS = dict(needs=("moments",), requires=LABELS)  # the scores that are functions of the first pass's sums
 
 
-@register("hscore", "transfer", needs=("moments",), requires=LABELS, scatter=True,
-          summary="tr(pinv(Cov X) Cov g), g_i = mu_{y_i}",
+@register("hscore", "transfer", **MOMENTS, scatter=True, summary="tr(pinv(Cov X) Cov g), g_i = mu_{y_i}",
           citation="Bao et al., ICIP 2019")
 def hscore(ctx) -> float:
     """tr(pinv(Cov X) Cov g), g_i = mu_{y_i}; both covariances 1/(N-1) (``embedx.transfer.hscore``)."""
     return _hscore.score(ctx["moments"])
 
 
-@register("gbc", "transfer", needs=("moments",), requires=LABELS, sumsq=True,
-          summary="-sum_{c!=c'} exp(-Bhattacharyya(c, c')), spherical Gaussians",
-          citation="Pandy et al., CVPR 2022")
+@register("gbc", "transfer", **MOMENTS, sumsq=True, citation="Pandy et al., CVPR 2022",
+          summary="-sum_{c!=c'} exp(-Bhattacharyya(c, c')), spherical Gaussians")
 def gbc(ctx) -> float:
     """-sum_{c1 != c2} exp(-D_B(c1, c2)), per-class spherical Gaussians, variance max(var, 1e-4)."""
     return _gbc.score(ctx["moments"], diagonal=False)
 
 
-@register("gbc_diagonal", "transfer", needs=("moments",), requires=LABELS, sumsq=True, default=False,
+@register("gbc_diagonal", "transfer", **MOMENTS, sumsq=True, default=False,
           summary="gbc with diagonal Gaussians", citation="Pandy et al., CVPR 2022")
 def gbc_diagonal(ctx) -> float:
     """gbc with per-class diagonal Gaussians."""
@@ -48,9 +47,8 @@ def transrate(ctx) -> float:
     return _transrate.score(ctx["moments"], ctx["transrate_rates"])
 
 
-@register("logme", "transfer", needs=("moments",), requires=LABELS, scatter=True,
-          summary="mean_c max log evidence / N, Bayesian regression of 1[y=c] on X",
-          citation="You et al., ICML 2021")
+@register("logme", "transfer", **MOMENTS, scatter=True, citation="You et al., ICML 2021",
+          summary="mean_c max log evidence / N, Bayesian regression of 1[y=c] on X")
 def logme(ctx) -> float:
     """mean_c of the maximum log evidence / N of Bayesian linear regression of the one-hot target of c on X."""
     return _logme.score(ctx["moments"])
