@@ -22,8 +22,8 @@ from typing import Callable
 from torch import nn
 
 from embedx.errors import EmbedxError
-from embedx.finetune.lora import TOWERS, apply_lora
-from embedx.finetune.model import Adapter, TunedCLIP
+from embedx.lora import TOWERS, apply_lora
+from embedx.tunedclip import Adapter, TunedCLIP
 
 DEFAULTS = {"train_blocks": None, "rank": 4, "reduction": 4}  # rank, reduction: the authors' train.py defaults
 
