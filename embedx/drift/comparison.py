@@ -1,19 +1,4 @@
-"""Drift: what moved between two embeddings of the same samples (DESIGN.md, "Drift").
-
-``compare(BEFORE, AFTER)`` takes two stores of the same samples (same N, same ids in the same order, same d)
-and returns:
-
-  before, after   every measure of each store (``embedx.measures.compute``); delta = after - before
-  displacement    |y_i - x_i| of the L2-normalized image rows: mean, p50, p95 (exact, all N kept)
-  w1_upper_bound  = displacement mean. The empirical distributions mu = 1/N sum_i delta_{x_i} and
-                  nu = 1/N sum_i delta_{y_i} are coupled by i <-> i, so W1(mu, nu) <= 1/N sum_i |y_i - x_i|.
-  cka_linear      linear CKA of the normalized image rows, from streamed d x d cross-covariances
-  knn_overlap@k   mean |kNN_before(i) & kNN_after(i)| / k, cosine neighbours among the images (self excluded)
-  per_class       class stores: zero-shot top-1 per class before/after and the change
-  forgetting      per other task (``others``): zero-shot top-1 after - before, and their mean
-
-The formulas are in ``embedx.drift.stats``; ``embedx.drift.report`` renders the HTML report.
-"""
+"""``compare``: the drift between two stores of the same samples (the package docstring lists every key)."""
 from __future__ import annotations
 
 import math
@@ -24,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedx.drift import stats
+import embedx.drift.stats as stats
 from embedx.drift.stats import project_2d
 from embedx.errors import EmbedxError
 from embedx.measures import NOT_MEASURES, compute
