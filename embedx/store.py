@@ -31,7 +31,6 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 from zarr.core.buffer.cpu import NDBuffer
 
-from embedx.checksums import inventory
 from embedx.chunkio import direct_reader
 from embedx.errors import StoreError
 from embedx.storelayout import (  # noqa: F401  (re-exported: the store's public names)
@@ -349,6 +348,8 @@ class StoreWriter:
                 crash_point("finalize:resize")
         self.meta.update(extra or {})
         if not is_url(self.path):  # crc32c of every chunk file (embedx.integrity; `embedx verify` checks them)
+            from embedx.checksums import inventory  # kernels (and torch) only when a store is finalized
+
             meta = dict(self.meta, rows_committed=n)
             reader = Store(self.path, allow_partial=True, verify_content=False)
             self.meta["integrity"] = inventory(self.path, self.group, meta, ARRAYS, reader)
