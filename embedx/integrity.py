@@ -12,6 +12,7 @@ Two checksums per chunk file (or shard) of the committed rows:
 
 Opening a store already refuses missing chunk files and arrays whose length disagrees with the commit marker
 (``embedx.store``); the checksums catch what keeps the right size. Local stores only (a URL store records none).
+The checksums themselves are computed in ``embedx.checksums`` (below ``store``, which records them at finalize).
 """
 from __future__ import annotations
 
