@@ -1,4 +1,4 @@
-"""Run directories: what a fine-tuning run saves, written atomically, and how a finished run is loaded.
+"""Run directories: what a fine-tuning run saves, written atomically (reading a finished run: ``embedx.models``).
 
 ::
 
@@ -11,8 +11,7 @@
 
 Every file is written to a temporary name, fsynced and renamed into place. ``config.json`` is the commit
 marker: it is replaced last and names the files that hold the run; files it does not name are debris of a
-killed write and are removed by the next start. Reading a finished run (``read_run``, ``load_tuned``) is the
-model factory's (``embedx.models``).
+killed write and are removed by the next start.
 """
 from __future__ import annotations
 
