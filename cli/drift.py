@@ -95,24 +95,20 @@ def drift(before, after, others, report, as_json, out, metrics, silhouette_mode,
       embedx drift pets-base.zarr pets-tuned.zarr --others cars=cars-base.zarr:cars-tuned.zarr --report drift.html
       embedx drift pets-test.zarr pets-lora-test.zarr --others cars=... --history runs.csv --history-store pets-train.zarr
     """
-    from embedx.drift import compare, history as hist, report as rep
+    from embedx.drift import compare, report as rep
 
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
-    ident = None
+    opts = dict(metrics=names, silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn,
+                knn_k=knn_k, knn_sample=knn_sample, plot_sample=plot_sample)
     if history:
-        from embedx.store import Store
+        from embedx.predict.experiment import compare_and_record
 
-        ident = hist.identify(Store(before), Store(after), task, method)
-        Store(history_store or before)  # a wrong or unfinished store fails before the work
-    res = compare(before, after, others, metrics=names, silhouette_mode=silhouette_mode, sample_size=sample_size,
-                  seed=seed, knn=knn, knn_k=knn_k, knn_sample=knn_sample, plot_sample=plot_sample)
+        res, row = compare_and_record(before, after, others, history=history, task=task, method=method,
+                                      history_store=history_store, logit_scale=logit_scale, **opts)
+    else:
+        res, row = compare(before, after, others, **opts), None
     summary = jsonable(res.summary)
-    if history:
-        from embedx.predict.history import append_row
-
-        row = hist.row(ident, res.summary, history_store or before, logit_scale=logit_scale,
-                       measure_opts=dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed))
-        append_row(history, row)
+    if row is not None:
         summary["history_row"] = jsonable(row)
     if report:
         rep.write(res, report)

@@ -7,7 +7,6 @@ batches, so a resumed run sees exactly the batches an uninterrupted run would an
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -15,39 +14,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from embedx import store as st
-from embedx.encoders import NO_WEIGHTS, Encoder, file_sha256, load_encoder, split_preprocess
+from embedx.encoders import Encoder, split_preprocess
 from embedx.errors import EmbedxError
-from embedx.sources import Source, parse_source
+from embedx.models import resolve_model
+from embedx.prompts import resolve_templates
+from embedx.sources import Source, default_workers, parse_source
 from embedx.storepath import writer_lock
 
 log = logging.getLogger("embedx")
 COMMIT_EVERY_S = 5.0
-
-
-def resolve_templates(templates: Sequence[str] | None, source: Source) -> list[str]:
-    """Templates from ``--template`` values: literal strings with ``{}``, ``simple`` / ``openai`` (open_clip's
-    ImageNet ensembles) or ``@FILE`` (one template per line). Default: the source's own template."""
-    if not templates:
-        return [source.default_template]
-    out: list[str] = []
-    for t in templates:
-        if t in ("simple", "openai"):
-            from open_clip import zero_shot_metadata as zm
-
-            seq = zm.SIMPLE_IMAGENET_TEMPLATES if t == "simple" else zm.OPENAI_IMAGENET_TEMPLATES
-            out += [f("{}") for f in seq]
-        elif t.startswith("@"):
-            path = t[1:]
-            if not os.path.isfile(path):
-                raise EmbedxError(f"template file not found: {path}")
-            with open(path, encoding="utf-8") as f:
-                out += [line.strip() for line in f if line.strip()]
-        else:
-            out.append(t)
-    for t in out:
-        if "{}" not in t:
-            raise EmbedxError(f"template {t!r} has no '{{}}' placeholder for the class name")
-    return out
 
 
 class _Items(Dataset):
@@ -81,12 +56,6 @@ class EmbedResult:
     rows_written: int
 
 
-def default_workers() -> int:
-    """Workers for loading/preprocessing; on 2-core machines the forward pass needs both cores."""
-    n = os.cpu_count() or 1
-    return 0 if n <= 2 else min(8, n // 2)
-
-
 def model_logit_scale(model) -> float | None:
     """exp(logit_scale) of an open_clip model (or the one a tuned model wraps): the zero-shot softmax scale."""
     scale = getattr(model, "logit_scale", None)
@@ -105,21 +74,6 @@ def plan_meta(source: Source, model: str, pretrained: str, seed: int, dtype: str
             "checkpoint": checkpoint, "dataset": source.spec, "dataset_sha256": source.fingerprint(),
             "prompts": prompts, "mode": "paired" if source.paired else "classes", "dtype": dtype,
             "n_source_items": len(source)}
-
-
-def _finetune_run(checkpoint: str, model: str | None, pretrained: str | None) -> tuple[dict, dict]:
-    """(run config, store record) of a finished finetune run; ``model``/``pretrained`` must agree with it."""
-    from embedx.finetune import read_run
-
-    run = read_run(checkpoint)
-    if pretrained and pretrained.strip().lower() in NO_WEIGHTS:
-        pretrained = "none"
-    for key, asked in (("model", model), ("pretrained", pretrained)):
-        if asked and asked != run[key]:
-            raise EmbedxError(f"--{key} {asked} disagrees with the checkpoint, which tunes {key} {run[key]!r} "
-                              f"(leave --{key} out with --checkpoint)")
-    return run, {"path": run["path"], "method": run["method"], "options": run["options"],
-                 "sha256": run["params_sha256"]}
 
 
 def _check_checkpoint(out: str, meta: dict) -> None:
@@ -155,21 +109,9 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
             raise EmbedxError(f"--limit must be positive, got {limit}")
         source = source.head(limit)
     tmpl = [] if source.paired else resolve_templates(templates, source)
-    run = ckpt = None
-    if checkpoint:
-        run, ckpt = _finetune_run(checkpoint, model, pretrained)
-        model, pretrained, seed = run["model"], run["pretrained"], run["seed"]
-    elif not model:
-        raise EmbedxError("--model is required (or --checkpoint RUN)")
-    pretrained = (pretrained or "none").strip()
-    ckpt_sha = None
-    if model.startswith("hf-hub:"):
-        pretrained = "hf-hub"  # the weights come with the hub id
-    elif os.path.isfile(pretrained):
-        ckpt_sha = file_sha256(pretrained)
-    elif pretrained.lower() in NO_WEIGHTS:
-        pretrained = "none"
-    meta = plan_meta(source, model, pretrained, seed, dtype, tmpl, ckpt_sha, ckpt)
+    spec = resolve_model(model, pretrained, checkpoint=checkpoint, seed=seed)  # loads no weights yet
+    meta = plan_meta(source, spec.model, spec.pretrained, spec.seed, dtype, tmpl, spec.pretrained_sha256,
+                     spec.checkpoint)
 
     with writer_lock(out):  # one writer at a time; what killed writers left beside ``out`` is repaired first
         writer = None
@@ -178,11 +120,7 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
             writer = st.StoreWriter.resume(out, meta)  # refuses complete stores and other inputs, before any model load
         else:
             st.check_target(out, overwrite)  # refuses paths that hold something else, before any model load
-        if encoder is None and run is not None:
-            from embedx.finetune import load_tuned
-
-            encoder = load_tuned(run, device=device)
-        enc = encoder or load_encoder(model, pretrained, seed=seed, device=device)
+        enc = encoder or spec.load(device)
         if writer is None:
             writer = st.StoreWriter.create(out, n_rows=len(source), dim=enc.dim, meta=meta, dtype=dtype,
                                            n_texts=None if source.paired else len(source.classnames),

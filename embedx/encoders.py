@@ -24,6 +24,8 @@ from embedx.errors import EmbedxError
 _torchvision_shim.apply()  # before open_clip (and so torchvision) is imported anywhere below
 import torch  # noqa: E402
 
+from embedx.device import resolve_device  # noqa: E402,F401  (re-exported for now: import it from embedx.device)
+
 log = logging.getLogger("embedx")
 NO_WEIGHTS = ("none", "random", "")
 HUB_HOST = ("huggingface.co", 443)
@@ -40,18 +42,6 @@ def register_model_configs() -> None:
 
         open_clip.add_model_config(MODEL_CONFIG_DIR)
         _registered = True
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise EmbedxError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EmbedxError("--device cuda asked for, but torch sees no CUDA device")
-    return dev
 
 
 def file_sha256(path: str) -> str:

@@ -12,72 +12,35 @@ Two checksums per chunk file (or shard) of the committed rows:
 
 Opening a store already refuses missing chunk files and arrays whose length disagrees with the commit marker
 (``embedx.store``); the checksums catch what keeps the right size. Local stores only (a URL store records none).
+The checksums themselves are computed in ``embedx.checksums`` (below ``store``, which records them at finalize).
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
+import zarr
 
-from embedx.kernels.content_hash import ALGORITHM as CONTENT_ALGORITHM
-from embedx.kernels.content_hash import content_hash
-
-ALGORITHM = "crc32c"
-CONTENT_ARRAYS = ("images/embeddings", "images/labels", "texts/embeddings")
-
-
-def _crc32c(path: str) -> int:
-    import google_crc32c
-
-    c = google_crc32c.Checksum()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(8 << 20), b""):
-            c.update(block)
-    return int.from_bytes(c.digest(), "big")
-
-
-def units(arr, n: int) -> list[tuple[int, int, int]]:
-    """(k, first row, stop row) of each chunk (or shard) of array ``arr`` holding its first ``n`` rows."""
-    from embedx.store import rows_per_file
-
-    per = rows_per_file(arr)
-    return [(k, k * per, min((k + 1) * per, n)) for k in range((n + per - 1) // per)]
-
-
-def unit_hash(rows: np.ndarray) -> str:
-    """The recorded form of a chunk's content checksum: 16 hex digits (JSON numbers lose bits above 2^53)."""
-    return f"{content_hash(rows):016x}"
-
-
-def _threads() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
-
-
-def _read_unit(store, name: str, arr, r0: int, r1: int) -> np.ndarray:
-    """Rows ``r0:r1`` of array ``name`` decoded (through the store's read path)."""
-    return store.read_rows_into(name, r0, np.empty((r1 - r0,) + arr.shape[1:], arr.dtype))
-
-
-def _content_hashes(store, name: str, threads: int) -> list[str]:
-    arr = store.group[name]
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(lambda u: unit_hash(_read_unit(store, name, arr, u[1], u[2])),
-                             units(arr, store.committed(name))))
+from embedx import checksums
+from embedx.checksums import (  # noqa: F401  (re-exported: the inventory's names)
+    ALGORITHM,
+    CONTENT_ALGORITHM,
+    CONTENT_ARRAYS,
+    _content_hashes,
+    _crc32c,
+    _read_unit,
+    _threads,
+    unit_hash,
+)
+from embedx.errors import StoreError
+from embedx.store import Store
+from embedx.storelayout import ARRAYS, chunk_files, committed_rows, layout_problems, read_meta, units, \
+    writes_every_chunk
 
 
 def inventory(root: str, group, meta: dict, arrays) -> dict:
-    """{"algorithm", "arrays": {name: [crc32c of chunk file k]}, "content": {"algorithm", "arrays": {name:
-    [NH2 of the decoded rows of chunk k]}} of the committed rows (the store at ``root`` is being finalized)."""
-    from embedx.store import Store, chunk_files, committed_rows
-
-    crcs = {name: [_crc32c(f) for _, f, _, _ in chunk_files(root, group[name], name, 0,
-                                                            committed_rows(meta, group, name))]
-            for name in arrays}
-    store = Store(root, allow_partial=True, verify_content=False)
-    content = {name: _content_hashes(store, name, _threads()) for name in CONTENT_ARRAYS if name in arrays}
-    return {"algorithm": ALGORITHM, "arrays": crcs,
-            "content": {"algorithm": CONTENT_ALGORITHM, "arrays": content}}
+    """:func:`embedx.checksums.inventory` of the store being finalized at ``root``, read unchecked."""
+    return checksums.inventory(root, group, meta, arrays, Store(root, allow_partial=True, verify_content=False))
 
 
 def verify(path: str, files: bool = True, content: bool = True) -> dict:
@@ -85,12 +48,6 @@ def verify(path: str, files: bool = True, content: bool = True) -> dict:
     the commit marker, chunk files of the committed rows present); with ``files``, every chunk file's crc32c;
     with ``content``, every chunk's decoded rows against their NH2 hash (when recorded). Returns {"ok",
     "problems": [one line each], "chunks_checked", "inventory": bool}; never raises on damage."""
-    import zarr
-
-    from embedx.errors import StoreError
-    from embedx.store import ARRAYS, Store, chunk_files, committed_rows, layout_problems, read_meta, \
-        writes_every_chunk
-
     meta = read_meta(path)
     group = zarr.open_group(str(path), mode="r")
     found = list(layout_problems(str(path), meta, group))

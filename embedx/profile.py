@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from embedx import kernels
-from embedx.encoders import resolve_device  # noqa: F401  (device names as elsewhere)
+from embedx.device import resolve_device
 
 
 def _sync(dev: torch.device) -> None:

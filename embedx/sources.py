@@ -274,3 +274,9 @@ def parse_source(spec: str) -> Source:
     if kind == "csv" and arg:
         return csv_source(os.path.expanduser(arg), spec)
     raise EmbedxError(f"unknown data source {spec!r}; use folder:PATH, csv:PATH, {DIGITS_SPEC} or {SYNTHETIC_SPEC}")
+
+
+def default_workers() -> int:
+    """Workers for loading/preprocessing; on 2-core machines the forward pass needs both cores."""
+    n = os.cpu_count() or 1
+    return 0 if n <= 2 else min(8, n // 2)

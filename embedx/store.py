@@ -33,9 +33,20 @@ from zarr.core.buffer.cpu import NDBuffer
 
 from embedx.chunkio import direct_reader
 from embedx.errors import StoreError
+from embedx.storelayout import (  # noqa: F401  (re-exported: the store's public names)
+    ARRAYS,
+    SCHEMA,
+    chunk_files,
+    committed_rows,
+    is_url,
+    layout_problems,
+    read_meta,
+    rows_per_file,
+    units,
+    writes_every_chunk,
+)
 from embedx.storepath import crash_point, place, staging_path
 
-SCHEMA = 1
 DTYPES = ("float16", "float32")
 # Chosen from bench/results/codec.md: embeddings barely compress, so the default favours read speed.
 DEFAULT_CODEC = "none"
@@ -46,17 +57,12 @@ CODECS = {
     "blosc-lz4": lambda: BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
     "blosc-zstd": lambda: BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"),
 }
-ARRAYS = ("images/embeddings", "images/labels", "images/ids", "texts/embeddings", "texts/names")
 # Embedding chunks are never all fill value; skipping zarr's per-chunk emptiness scan makes writes ~7x faster.
 _WRITE_ALL = {"write_empty_chunks": True}
 TARGET_CHUNK_BYTES = 4 << 20  # whole rows, about 4 MiB per chunk
 # Metadata keys whose values must match for a resume to be accepted.
 FINGERPRINT_KEYS = ("model", "pretrained", "checkpoint_sha256", "seed", "dataset", "dataset_sha256",
                     "prompts", "mode", "dtype", "dim")
-
-
-def is_url(path: str) -> bool:
-    return "://" in str(path)
 
 
 def default_chunk_rows(dim: int, dtype: str, n_rows: int) -> int:
@@ -342,9 +348,11 @@ class StoreWriter:
                 crash_point("finalize:resize")
         self.meta.update(extra or {})
         if not is_url(self.path):  # crc32c of every chunk file (embedx.integrity; `embedx verify` checks them)
-            from embedx.integrity import inventory
+            from embedx.checksums import inventory  # kernels (and torch) only when a store is finalized
 
-            self.meta["integrity"] = inventory(self.path, self.group, dict(self.meta, rows_committed=n), ARRAYS)
+            meta = dict(self.meta, rows_committed=n)
+            reader = Store(self.path, allow_partial=True, verify_content=False)
+            self.meta["integrity"] = inventory(self.path, self.group, meta, ARRAYS, reader)
         self.meta["complete"] = True
         self.meta["finished"] = _now()
         _sync(self.path)
@@ -401,76 +409,6 @@ def _clean_partials(path: str) -> None:
         for f in files:
             if f.endswith(".partial"):
                 os.remove(os.path.join(root, f))
-
-
-def rows_per_file(arr) -> int:
-    """Rows held by each chunk file (or shard file) of a row-chunked array."""
-    return int((getattr(arr, "shards", None) or arr.chunks)[0])
-
-
-def chunk_files(root: str, arr, name: str, start: int, stop: int) -> list[tuple[int, str, int, int]]:
-    """(k, file, first row, last row) of each chunk (or shard) file holding rows ``start:stop`` of the array
-    ``name`` of the local store at ``root``."""
-    if stop <= start:
-        return []
-    per_file = rows_per_file(arr)
-    folder = os.path.join(root, *name.split("/"))
-    out = []
-    for k in range(start // per_file, (stop - 1) // per_file + 1):
-        key = arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
-        out.append((k, os.path.join(folder, *key.split("/")), k * per_file, min((k + 1) * per_file, stop) - 1))
-    return out
-
-
-def committed_rows(meta: dict, group, name: str) -> int:
-    """Rows of array ``name`` that the commit marker vouches for."""
-    if name.startswith("images/") or meta.get("mode") == "paired":
-        return int(meta["rows_committed"])
-    return int(group[name].shape[0]) if meta.get("texts_written") else 0
-
-
-def writes_every_chunk(meta: dict) -> bool:
-    """Stores made by this embedx write every chunk file (even one equal to the fill value), so a missing one is
-    damage. Older stores may omit chunks of fill values (labels all -1): for them zarr's fill value stands."""
-    return "inventory" in (meta.get("features") or [])
-
-
-def layout_problems(root: str, meta: dict, group) -> Iterator[tuple[str, str]]:
-    """(array, one line) for what contradicts the commit marker: broken array metadata, a row array shorter than
-    ``rows_committed`` (or, in a complete store, of another length), a missing chunk file of committed rows
-    (stores that write every chunk; local stores only)."""
-    n = int(meta["rows_committed"])
-    rows_arrays = ARRAYS if meta.get("mode") == "paired" else ARRAYS[:3]
-    for name in ARRAYS:
-        try:
-            arr = group[name]
-        except Exception as e:  # a missing or garbled array metadata file
-            yield name, f"{name}: broken array metadata ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
-            continue
-        if name in rows_arrays and (arr.shape[0] < n or (meta.get("complete") and arr.shape[0] != n)):
-            yield name, f"{name} has {arr.shape[0]} rows but the store records {n} committed rows"
-            continue
-        if is_url(root) or not writes_every_chunk(meta):
-            continue
-        for k, f, r0, r1 in chunk_files(root, arr, name, 0, committed_rows(meta, group, name)):
-            if not os.path.isfile(f):
-                yield name, f"{name} chunk {k} (rows {r0}..{r1}) is missing"
-
-
-def read_meta(path: str) -> dict:
-    """The ``embedx`` attributes of the store at ``path`` (complete or not); StoreError if it is none."""
-    try:
-        g = zarr.open_group(str(path), mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, OSError):
-        raise StoreError(f"no store at {path}") from None
-    except (ValueError, KeyError) as e:
-        raise StoreError(f"{path} is not a readable zarr store ({e})") from None
-    meta = g.attrs.get("embedx")
-    if not isinstance(meta, dict):
-        raise StoreError(f"{path} is a zarr group but not an embedx store (no 'embedx' attributes)")
-    if meta.get("schema") != SCHEMA:
-        raise StoreError(f"{path} has store schema {meta.get('schema')!r}; this embedx reads schema {SCHEMA}")
-    return dict(meta)
 
 
 class Store:
@@ -543,7 +481,6 @@ class Store:
     def _content_inventory(self) -> dict:
         """{array: [int NH2 of chunk k]} recorded at finalize (embedx.integrity), checked by every read of a whole
         chunk; a list whose length disagrees with the array is damage."""
-        from embedx.integrity import units
         from embedx.kernels.content_hash import ALGORITHM
 
         rec = (self.meta.get("integrity") or {}).get("content") or {}

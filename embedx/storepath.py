@@ -27,6 +27,7 @@ import uuid
 
 from embedx.atomic import fsync_dir
 from embedx.errors import StoreError
+from embedx.storelayout import is_url, read_meta
 
 log = logging.getLogger("embedx")
 STAGING = ".tmp-"
@@ -80,8 +81,6 @@ def place(staged: str, target: str) -> None:
 
 
 def _is_complete_store(path: str) -> bool:
-    from embedx.store import read_meta
-
     try:
         return bool(read_meta(path).get("complete"))
     except StoreError:
@@ -114,8 +113,6 @@ def recover(target: str) -> list[str]:
 def writer_lock(target: str):
     """Hold the only right to write ``target`` for the duration (a second writer gets a one-line StoreError),
     and first repair what killed writers left beside it (:func:`recover`; each repair logged as a warning)."""
-    from embedx.store import is_url
-
     if is_url(target):
         yield
         return

@@ -17,10 +17,10 @@ from PIL import Image
 from embedx.embed import plan_meta, resolve_templates
 from embedx.encoders import load_encoder
 from embedx.finetune import build, finetune, load_tuned, methods
-from embedx.finetune.lora import split_attention
-from embedx.finetune.model import ADAPTER_RATIO
 from embedx.finetune.train import _Images, class_source, evaluate
+from embedx.lora import split_attention
 from embedx.store import Store, StoreWriter
+from embedx.tunedclip import ADAPTER_RATIO
 from tests.conftest import assert_one_line_error, embedx_cmd, invoke, run_embedx
 
 METHODS = ["full", "bitfit", "attention", "lora", "adapter"]

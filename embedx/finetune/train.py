@@ -20,13 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from embedx.embed import default_workers, resolve_templates
-from embedx.encoders import NO_WEIGHTS, Encoder, file_sha256, load_encoder
+import embedx.finetune.run as rd
+from embedx import tuning as methods
+from embedx.encoders import NO_WEIGHTS, Encoder, file_sha256
 from embedx.errors import EmbedxError
-from embedx.finetune import methods
-from embedx.finetune import run as rd
-from embedx.finetune.model import TunedCLIP, count_params
-from embedx.sources import Source, parse_source
+from embedx.models import create_tuned as build
+from embedx.prompts import resolve_templates
+from embedx.sources import Source, default_workers, parse_source
+from embedx.tunedclip import TunedCLIP, count_params
 
 log = logging.getLogger("embedx")
 MAX_VAL = 5000  # hold-out cap, as the authors' code
@@ -35,15 +36,6 @@ OPTIMIZERS = ("sgd", "adam")
 PLAN_KEYS = ("model", "pretrained", "pretrained_sha256", "seed", "method", "options", "data", "dataset_sha256",
              "limit", "classnames", "templates", "epochs", "lr", "weight_decay", "optimizer", "batch_size",
              "val_fraction")
-
-
-def build(model: str, pretrained: str, method: str, opts: dict, seed: int = 0, device: str = "auto") -> Encoder:
-    """The base open_clip model (seeded) wrapped in :class:`TunedCLIP` with ``method`` applied."""
-    enc = load_encoder(model, pretrained, seed=seed, device=device)
-    net = TunedCLIP(enc.model)
-    torch.manual_seed(seed)  # LoRA / adapter initialization
-    methods.apply(net, method, opts)
-    return replace(enc, model=net)
 
 
 def dry_run(model: str, pretrained: str = "none", method: str = "lora", *, seed: int = 0,

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from embedx.predict import fit as F
+import embedx.predict.fit as F
 from embedx.predict.history import atomic_write_bytes
 
 MAX_PREDICTORS = 8

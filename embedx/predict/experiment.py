@@ -11,12 +11,16 @@ model (AFTER), and optionally other tasks before/after (forgetting). Its row in 
   <predictors>             the measures and transfer scores of that store (``embedx.predict`` defaults)
 
 so ``embedx predict --history H.csv`` can fit gain and forgetting against every predictor without the stores.
+:func:`compare_and_record` runs the whole workflow: checks, ``embedx.drift.compare``, the row appended.
 """
 from __future__ import annotations
 
 import os
 
+from embedx.drift import Drift, compare
 from embedx.errors import EmbedxError
+from embedx.predict.history import append_row
+from embedx.predict.predictors import DEFAULT_STORE_PREDICTORS, StoreCache
 from embedx.store import Store
 
 
@@ -42,7 +46,6 @@ def row(ident: dict, summary: dict, history_store: str, *, predictors=None, meas
     """The history row of a drift ``summary`` (see the module docstring); predictors come from
     ``history_store``, reusing BEFORE's measures when it is the same store."""
     from embedx.measures import compute
-    from embedx.predict import DEFAULT_STORE_PREDICTORS, StoreCache
 
     opts = {k: v for k, v in (measure_opts or {}).items() if k in ("silhouette_mode", "sample_size", "seed")}
     acc = []
@@ -66,3 +69,17 @@ def row(ident: dict, summary: dict, history_store: str, *, predictors=None, meas
         known.update(cache.get(history_store, rest))
     out.update({m: known[m] for m in want})
     return out
+
+
+def compare_and_record(before: str, after: str, others=(), *, history: str, task: str | None = None,
+                       method: str | None = None, history_store: str | None = None,
+                       logit_scale: float | None = None, **compare_opts) -> tuple[Drift, dict]:
+    """``embedx.drift.compare(before, after, others, **compare_opts)`` and its experiment's row appended to the
+    history CSV ``history`` (created if missing); every input is checked before any work. -> (drift, row)."""
+    ident = identify(Store(before), Store(after), task, method)
+    Store(history_store or before)  # a wrong or unfinished store fails before the work
+    res = compare(before, after, others, **compare_opts)
+    opts = {k: compare_opts[k] for k in ("silhouette_mode", "sample_size", "seed") if k in compare_opts}
+    r = row(ident, res.summary, history_store or before, logit_scale=logit_scale, measure_opts=opts)
+    append_row(history, r)
+    return res, r

@@ -1,0 +1,63 @@
+"""The checksums of a store's inventory (``embedx.integrity`` describes them and verifies them):
+
+  * ``crc32c`` of each chunk (or shard) file's bytes as stored;
+  * NH2 (``kernels.content_hash``) of each chunk's decoded committed rows, for ``CONTENT_ARRAYS``, as 16 hex digits.
+
+The layer under ``store``: reading rows goes through a ``reader`` passed in (a :class:`embedx.store.Store`).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from embedx.kernels.content_hash import ALGORITHM as CONTENT_ALGORITHM
+from embedx.kernels.content_hash import content_hash
+from embedx.storelayout import chunk_files, committed_rows, units
+
+ALGORITHM = "crc32c"
+CONTENT_ARRAYS = ("images/embeddings", "images/labels", "texts/embeddings")
+
+
+def _crc32c(path: str) -> int:
+    import google_crc32c
+
+    c = google_crc32c.Checksum()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            c.update(block)
+    return int.from_bytes(c.digest(), "big")
+
+
+def unit_hash(rows: np.ndarray) -> str:
+    """The recorded form of a chunk's content checksum: 16 hex digits (JSON numbers lose bits above 2^53)."""
+    return f"{content_hash(rows):016x}"
+
+
+def _threads() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _read_unit(store, name: str, arr, r0: int, r1: int) -> np.ndarray:
+    """Rows ``r0:r1`` of array ``name`` decoded (through the store's read path)."""
+    return store.read_rows_into(name, r0, np.empty((r1 - r0,) + arr.shape[1:], arr.dtype))
+
+
+def _content_hashes(store, name: str, threads: int) -> list[str]:
+    arr = store.group[name]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda u: unit_hash(_read_unit(store, name, arr, u[1], u[2])),
+                             units(arr, store.committed(name))))
+
+
+def inventory(root: str, group, meta: dict, arrays, reader) -> dict:
+    """{"algorithm", "arrays": {name: [crc32c of chunk file k]}, "content": {"algorithm", "arrays": {name:
+    [NH2 of the decoded rows of chunk k]}} of the committed rows (the store at ``root`` is being finalized;
+    ``reader`` reads its rows unchecked)."""
+    crcs = {name: [_crc32c(f) for _, f, _, _ in chunk_files(root, group[name], name, 0,
+                                                            committed_rows(meta, group, name))]
+            for name in arrays}
+    content = {name: _content_hashes(reader, name, _threads()) for name in CONTENT_ARRAYS if name in arrays}
+    return {"algorithm": ALGORITHM, "arrays": crcs,
+            "content": {"algorithm": CONTENT_ALGORITHM, "arrays": content}}

@@ -1,0 +1,19 @@
+"""Device names: ``auto`` (CUDA when torch sees one, else CPU), ``cpu``, ``cuda``, ``cuda:N``."""
+from __future__ import annotations
+
+import torch
+
+from embedx.errors import EmbedxError
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device named by ``device``; EmbedxError for an unknown name or CUDA without a CUDA device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise EmbedxError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EmbedxError(f"device={device!r} asked for, but torch sees no CUDA device")
+    return dev

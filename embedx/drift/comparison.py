@@ -1,0 +1,180 @@
+"""``compare``: the drift between two stores of the same samples (the package docstring lists every key)."""
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import embedx.drift.stats as stats
+from embedx.drift.stats import project_2d
+from embedx.errors import EmbedxError
+from embedx.measures import NOT_MEASURES, compute
+from embedx.measures.stream import normalized
+from embedx.store import Store
+
+PLOT_TEXTS_MAX = 2000
+
+
+@dataclass
+class Drift:
+    """``summary``: the JSON result; ``displacement`` (N) and ``projection`` feed the report's plots."""
+
+    summary: dict
+    displacement: np.ndarray
+    projection: dict
+
+
+def open_pair(before: str, after: str) -> tuple[Store, Store]:
+    """Open two complete stores and check that they hold the same samples (one-line error otherwise)."""
+    a, b = Store(before), Store(after)
+    what = f"{before} and {after}"
+    if a.n_images != b.n_images:
+        raise EmbedxError(f"{what} hold different samples: {a.n_images} vs {b.n_images} images "
+                          "(drift compares the same samples embedded twice)")
+    if a.dim != b.dim:
+        raise EmbedxError(f"{what} have different dimensions (d={a.dim} vs d={b.dim}); "
+                          "drift compares embeddings of one dimension")
+    if a.paired != b.paired:
+        raise EmbedxError(f"{what} differ in mode ({a.meta['mode']} vs {b.meta['mode']})")
+    _same(what, "ids", a.ids(), b.ids())
+    if not a.paired:
+        _same(what, "class names", a.text_names(), b.text_names())
+        _same(what, "labels", a.labels(), b.labels())
+    return a, b
+
+
+def _same(what: str, name: str, x: np.ndarray, y: np.ndarray) -> None:
+    if len(x) != len(y):
+        raise EmbedxError(f"{what} have different {name}: {len(x)} vs {len(y)}")
+    diff = np.flatnonzero(np.asarray(x) != np.asarray(y))
+    if len(diff):
+        i = int(diff[0])
+        raise EmbedxError(f"{what} hold different samples: {name} differ at row {i} ({str(x[i])!r} vs "
+                          f"{str(y[i])!r}; {len(diff)} rows differ)")
+
+
+def parse_pair(spec: str) -> tuple[str, str, str]:
+    """``[NAME=]BEFORE:AFTER`` -> (name, before, after); the name defaults to BEFORE's basename.
+
+    The split is at the first ':' not followed by '//', so fsspec URLs (s3://...) work on either side."""
+    name = None
+    m = re.match(r"^([^=:/]+)=(.*)$", spec)
+    if m:
+        name, spec = m.group(1), m.group(2)
+    parts = re.split(r":(?!//)", spec, maxsplit=1)
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise EmbedxError(f"--others takes [NAME=]BEFORE:AFTER, got {spec!r}")
+    before, after = parts
+    return name or os.path.basename(before.rstrip("/")) or before, before, after
+
+
+def delta(before: dict, after: dict) -> dict:
+    """after - before for every measure of both; None when either is undefined."""
+    out = {}
+    for k, v in before.items():
+        if k in NOT_MEASURES or k not in after:
+            continue
+        w = after[k]
+        ok = all(isinstance(z, (int, float)) and math.isfinite(z) for z in (v, w))
+        out[k] = float(w - v) if ok else None
+    return out
+
+
+def open_others(others) -> list[tuple[str, Store, Store]]:
+    """``[NAME=]BEFORE:AFTER`` specs (or (name, before, after) tuples) -> checked pairs of open stores."""
+    pairs, seen = [], set()
+    for spec in others:
+        name, pb, pa = parse_pair(spec) if isinstance(spec, str) else spec
+        if name in seen:
+            raise EmbedxError(f"two --others pairs are named {name!r}; name them NAME=BEFORE:AFTER")
+        seen.add(name)
+        pairs.append((name, *open_pair(pb, pa)))
+    return pairs
+
+
+def forgetting(pairs, **measure_opts) -> dict | None:
+    """Zero-shot top-1 after - before on each other task (negative = forgotten), and the mean change."""
+    if not pairs:
+        return None
+    tasks = {}
+    for name, sb, sa in pairs:
+        acc = [compute(s, ["zeroshot_top1"], **measure_opts)["zeroshot_top1"] for s in (sb, sa)]
+        tasks[name] = {"before": sb.path, "after": sa.path, "zeroshot_top1_before": acc[0],
+                       "zeroshot_top1_after": acc[1], "delta": acc[1] - acc[0]}
+    return {"tasks": tasks, "mean_delta": float(np.mean([t["delta"] for t in tasks.values()]))}
+
+
+def _per_class(a: Store, hits) -> dict:
+    hb, ha, counts = hits
+    out = {}
+    for k, name in enumerate(a.text_names()):
+        cnt = int(counts[k])
+        acc = (hb[k] / cnt, ha[k] / cnt) if cnt else (None, None)
+        out[str(name)] = {"n_images": cnt, "acc_before": None if acc[0] is None else float(acc[0]),
+                          "acc_after": None if acc[1] is None else float(acc[1]),
+                          "delta": None if acc[0] is None else float(acc[1] - acc[0])}
+    return out
+
+
+def _projection(a: Store, b: Store, plot_rows: np.ndarray, pr: stats.PassResult, seed: int) -> dict:
+    """2-D PCA fitted on BEFORE's sampled images + texts; both stores projected on the same axes."""
+    if a.paired:
+        trows = plot_rows
+    else:
+        trows = stats.sample_rows(a.n_texts, PLOT_TEXTS_MAX, seed)
+    texts = [normalized(s.text_rows(trows), "texts")
+             .numpy() for s in (a, b)]
+    xb, xa = pr.plot["images_before"], pr.plot["images_after"]
+    coords = project_2d(np.vstack([xb, texts[0]]), xb, texts[0], xa, texts[1])
+    return dict(zip(("images_before", "texts_before", "images_after", "texts_after"), coords))
+
+
+def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode: str = "exact",
+            sample_size: int = 2000, seed: int = 0, knn: str = "blocked", knn_k: int = 10,
+            knn_sample: int | None = 20000, plot_sample: int = 2000, block_rows: int | None = None) -> Drift:
+    """Drift between two stores of the same samples; see the module docstring for every key."""
+    if knn_k < 1:
+        raise EmbedxError(f"--knn-k must be >= 1, got {knn_k}")
+    if knn_sample is not None and knn_sample < 1:
+        raise EmbedxError(f"--knn-sample must be >= 1, got {knn_sample}")
+    a, b = open_pair(before, after)
+    pairs = open_others(others)  # every input is checked before any work
+    opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn)
+    timings = {}
+    t0 = time.perf_counter()
+    mb, ma = compute(a, metrics, **opts), compute(b, metrics, **opts)
+    timings["measures"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    knn_rows = stats.sample_rows(a.n_images, knn_sample, seed)
+    plot_rows = stats.sample_rows(a.n_images, plot_sample, seed + 1)
+    pr = stats.drift_pass(a, b, knn_k=knn_k, knn_rows=knn_rows, plot_rows=plot_rows, block_rows=block_rows)
+    timings["drift_pass"] = time.perf_counter() - t0
+
+    d64 = pr.displacement.astype(np.float64)
+    p50, p95 = np.percentile(d64, [50, 95])
+    summary = {
+        "before": dict(mb, path=before), "after": dict(ma, path=after), "delta": delta(mb, ma),
+        "n_images": a.n_images, "dim": a.dim, "mode": a.meta["mode"],
+        "displacement_mean": float(d64.mean()), "displacement_p50": float(p50), "displacement_p95": float(p95),
+        "w1_upper_bound": float(d64.mean()),
+        "cka_linear": pr.cka,
+        f"knn_overlap@{pr.knn_k}": pr.knn_overlap, "knn_k": pr.knn_k, "knn_sample_size": pr.knn_queries,
+        "per_class": _per_class(a, pr.class_hits) if pr.class_hits is not None else None,
+    }
+    t0 = time.perf_counter()
+    summary["forgetting"] = forgetting(pairs, **opts)
+    timings["forgetting"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    proj = _projection(a, b, plot_rows, pr, seed)
+    timings["projection"] = time.perf_counter() - t0
+    for st in (a, b):  # every number came from the stores that were opened
+        st.ensure_unchanged()
+    summary["plot_sample_size"] = len(plot_rows)
+    summary["timings_s"] = timings
+    return Drift(summary=summary, displacement=pr.displacement, projection=proj)
+

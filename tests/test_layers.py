@@ -1,0 +1,206 @@
+"""The layering contract, read from the source with ``ast`` (no import-linter dependency):
+
+(a) ``embedx.kernels`` imports nothing of ``embedx`` outside itself; (b) the library never imports ``embedx.cli``;
+(c) package ``__init__.py`` files only re-export (docstring, imports, ``__all__``, ``__version__``);
+(d) the module import graph has no cycle. The graph counts every import, module-level or inside a function,
+and the packages an import runs implicitly: importing ``embedx.a.b`` from ``m`` also runs ``embedx.a/__init__``
+(an edge ``m -> embedx.a``) unless ``embedx.a`` is ``m`` itself or one of its own packages (already running).
+"""
+import ast
+import os
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOTS = {"embedx": "embedx", "embedx.kernels": "kernels", "embedx.cli": "cli"}  # pyproject's package-dir
+
+# The engines in these package __init__s are being moved out in parallel (issue 12): rule (c) and cycles through
+# them are skipped until the move lands. Delete this set after merging.
+PENDING_ENGINE_MOVES = {"embedx.measures", "embedx.transfer"}
+# __init__s with logic, in files another change owns: kernels' dispatch functions (to a kernels/dispatch.py) and
+# the data folder's path constants (to a data/paths.py). Delete this set once they move.
+PENDING_INIT_CLEANUPS = {"embedx.kernels", "embedx.data"}
+
+
+def discover(repo=REPO):
+    """``{module name: source path}`` for every .py under the three package roots."""
+    mods = {}
+    for pkg, folder in ROOTS.items():
+        for dirpath, dirs, files in os.walk(os.path.join(repo, folder)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for f in files:
+                if f.endswith(".py"):
+                    rel = os.path.relpath(os.path.join(dirpath, f), os.path.join(repo, folder))[:-3]
+                    parts = [p for p in rel.split(os.sep) if p != "__init__"]
+                    mods[".".join([pkg] + parts)] = os.path.join(dirpath, f)
+    return mods
+
+
+def _is_package(mods, name):
+    return mods.get(name, "").endswith("__init__.py")
+
+
+def _ancestors(name):
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def imported_modules(tree, mods):
+    """``(module, line, runs_its_code)`` for every ``embedx`` module an AST imports, anywhere in it.
+    ``runs_its_code`` is False for a package named only as the place of the submodules taken from it
+    (``from embedx.p import sub``): the package still runs first, but as an ancestor, not for its names."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno, True) for a in node.names if a.name.split(".")[0] == "embedx"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                and node.module.split(".")[0] == "embedx":
+            subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in mods]
+            out.append((node.module, node.lineno, len(subs) < len(node.names)))
+            out += [(sub, node.lineno, True) for sub in subs]
+    return out
+
+
+def import_graph(mods):
+    """``{module: {imported module: first line}}``, implicit package edges included (see the module docstring):
+    an import of ``m``'s own package counts only when it takes names defined there."""
+    graph = {}
+    for name, path in mods.items():
+        with open(path) as fh:
+            tree = ast.parse(fh.read(), path)
+        own = set(_ancestors(name)) | {name}
+        edges = graph.setdefault(name, {})
+        for target, line, uses_names in imported_modules(tree, mods):
+            for t in _ancestors(target) + [target]:
+                if t in mods and t != name and (t not in own or (t == target and uses_names)):
+                    edges.setdefault(t, line)
+    return graph
+
+
+def find_cycle(graph, skip=()):
+    """One import cycle as ``[m0, m1, ..., m0]`` avoiding the modules in ``skip``, or None."""
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(graph.get(m, ())):
+            if t in skip:
+                continue
+            if state.get(t) == 1:
+                return stack[stack.index(t):] + [t]
+            if t not in state:
+                found = visit(t)
+                if found:
+                    return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in skip and m not in state:
+            found = visit(m)
+            if found:
+                return found
+    return None
+
+
+def init_logic(path):
+    """The lines of a package ``__init__`` that are more than a docstring, imports, ``__all__``/``__version__``."""
+    with open(path) as fh:
+        body = ast.parse(fh.read(), path).body
+    bad = []
+    for i, node in enumerate(body):
+        if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
+                and isinstance(node.value.value, str):
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) and t.id in ("__all__", "__version__")
+                                                for t in node.targets):
+            continue
+        bad.append(f"line {node.lineno}: {type(node).__name__}")
+    return bad
+
+
+MODS = discover()
+GRAPH = import_graph(MODS)
+
+
+def test_discovery_sees_the_three_roots():
+    assert {"embedx", "embedx.store", "embedx.kernels", "embedx.kernels.topk", "embedx.cli", "embedx.cli.main",
+            "embedx.finetune", "embedx.finetune.train"} <= set(MODS)
+
+
+def test_kernels_import_nothing_of_embedx_outside_kernels():
+    bad = [f"{m} imports {t} (line {line})" for m, edges in GRAPH.items() if m.startswith("embedx.kernels")
+           for t, line in edges.items() if not t.startswith("embedx.kernels")]
+    assert not bad, "; ".join(bad)
+
+
+def test_library_never_imports_the_cli():
+    bad = [f"{m} imports {t} (line {line})" for m, edges in GRAPH.items() if not m.startswith("embedx.cli")
+           for t, line in edges.items() if t.startswith("embedx.cli")]
+    assert not bad, "; ".join(bad)
+
+
+def test_package_inits_only_reexport():
+    bad = [f"{m}: {', '.join(lines)}" for m in sorted(MODS) if _is_package(MODS, m)
+           and m not in PENDING_ENGINE_MOVES | PENDING_INIT_CLEANUPS for lines in [init_logic(MODS[m])] if lines]
+    assert not bad, "package __init__ with more than re-exports: " + "; ".join(bad)
+
+
+def test_import_graph_has_no_cycle():
+    pending = {m for m in GRAPH if any(m == p or m.startswith(p + ".") for p in PENDING_ENGINE_MOVES)}
+    cycle = find_cycle(GRAPH, skip=pending)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# The checks above must be able to fail: plant each violation in a copy of the tree's shape.
+def _plant(tmp_path, files):
+    for rel, text in files.items():
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    for folder in ROOTS.values():
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / "__init__.py").touch()
+    mods = discover(str(tmp_path))
+    return mods, import_graph(mods)
+
+
+def test_a_lazy_import_cycle_is_found_and_named(tmp_path):
+    mods, graph = _plant(tmp_path, {"embedx/a.py": "import embedx.b\n",
+                                    "embedx/b.py": "def f():\n    from embedx.a import x\n"})
+    assert find_cycle(graph) == ["embedx.a", "embedx.b", "embedx.a"]
+
+
+def test_a_cycle_through_a_package_init_is_found(tmp_path):
+    mods, graph = _plant(tmp_path, {"embedx/p/__init__.py": "from embedx.q import y\n",
+                                    "embedx/p/m.py": "", "embedx/q.py": "from embedx.p.m import z\n"})
+    assert find_cycle(graph) == ["embedx.p", "embedx.q", "embedx.p"]
+    # a package's own modules importing each other is not a cycle through the package
+    mods, graph = _plant(tmp_path / "2", {"embedx/p/__init__.py": "from embedx.p.m import z\n",
+                                          "embedx/p/m.py": "from embedx.p import n\nimport embedx.p.n\n",
+                                          "embedx/p/n.py": ""})
+    assert find_cycle(graph) is None
+    # but a module taking a name its own package's __init__ defines (or re-exports) depends on that __init__
+    mods, graph = _plant(tmp_path / "3", {"embedx/p/__init__.py": "from embedx.p.m import z\nX = 1\n",
+                                          "embedx/p/m.py": "from embedx.p import X\n"})
+    assert find_cycle(graph) == ["embedx.p", "embedx.p.m", "embedx.p"]
+
+
+def test_planted_kernel_cli_and_init_violations_are_seen(tmp_path):
+    mods, graph = _plant(tmp_path, {"kernels/k.py": "from embedx.store import Store\n", "embedx/store.py": "",
+                                    "embedx/lib.py": "def f():\n    import embedx.cli.main\n", "cli/main.py": "",
+                                    "embedx/pkg/__init__.py": '"""doc."""\nimport os\n__all__ = []\nX = os.sep\n'})
+    assert graph["embedx.kernels.k"] == {"embedx.store": 1}
+    assert "embedx.cli.main" in graph["embedx.lib"]
+    assert init_logic(mods["embedx.pkg"]) == ["line 4: Assign"]
+    assert init_logic(mods["embedx"]) == []
+
+
+@pytest.mark.parametrize("pending", sorted(PENDING_ENGINE_MOVES | PENDING_INIT_CLEANUPS))
+def test_pending_packages_still_have_logic_to_move(pending):
+    assert _is_package(MODS, pending) and init_logic(MODS[pending]), \
+        f"{pending}/__init__.py only re-exports now: drop it from the pending sets"
