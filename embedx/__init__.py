@@ -6,22 +6,13 @@ in-memory rows as ``ArrayRows``; array functions in ``embedx.metrics``; every sc
 use and callable as the API functions (``embedx._callable``). ``import embedx`` stays light (no torch import);
 the modules that use open_clip/timm/peft apply the torchvision import shim before importing them.
 """
-__version__ = "0.1.0"
-
-from embedx import metrics  # noqa: E402,F401
+from embedx import _lazy, metrics  # noqa: E402,F401
 from embedx.api import import_arrays, measure, open  # noqa: E402,F401,A004
 from embedx.engine import registry  # noqa: E402,F401
 from embedx.errors import EmbedxError  # noqa: E402
 from embedx.rowsource import ArrayRows  # noqa: E402
+from embedx.version import __version__  # noqa: E402
 
 __all__ = ["ArrayRows", "EmbedxError", "__version__", "drift", "embed", "import_arrays", "measure", "metrics",
            "open", "registry", "transfer"]
-_CALLABLE_MODULES = ("transfer", "drift", "embed")
-
-
-def __getattr__(name):  # PEP 562: the callable modules are re-exported lazily (they import numpy/scipy/torch)
-    if name in _CALLABLE_MODULES:
-        import importlib
-
-        return importlib.import_module(f"embedx.{name}")
-    raise AttributeError(f"module 'embedx' has no attribute {name!r}")
+__getattr__ = _lazy.exports(__name__, {m: f"embedx.{m}" for m in ("transfer", "drift", "embed")})  # (PEP 562)

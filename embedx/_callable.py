@@ -1,8 +1,8 @@
 """``embedx.transfer``, ``embedx.drift`` and ``embedx.embed`` are both API functions and modules.
 
-Importing a submodule sets it as an attribute of its parent package, which would hide the function of the same
-name (``embedx.transfer(...)`` would then be a module). The module's class is swapped for one whose call is the
-API function (``embedx.api.<name>``), so ``embedx.transfer(...)`` works whatever was imported before.
+Importing a submodule sets it as an attribute of its parent package, which would hide a function of the same name
+(``embedx.transfer(...)`` would then be a module). So the module itself is made callable: its class is swapped for
+one whose call is the API function the module names (``make_callable(__name__, function)``).
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import types
 
 class CallableModule(types.ModuleType):
     def __call__(self, *args, **kwargs):
-        from embedx import api
-
-        return getattr(api, self.__name__.rpartition(".")[2])(*args, **kwargs)
+        return self.__dict__["__api_function__"](*args, **kwargs)
 
 
-def make_callable(module_name: str) -> None:
-    """Let the module ``module_name`` (already in ``sys.modules``) be called as its API function."""
-    sys.modules[module_name].__class__ = CallableModule
+def make_callable(module_name: str, function) -> None:
+    """Let the module ``module_name`` (already in ``sys.modules``) be called as ``function``."""
+    module = sys.modules[module_name]
+    module.__dict__["__api_function__"] = function
+    module.__class__ = CallableModule

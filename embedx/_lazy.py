@@ -6,11 +6,13 @@ import importlib
 
 
 def exports(package: str, names: dict[str, str]):
-    """A module ``__getattr__`` for ``package`` that resolves each of ``names`` (name -> module) on first use."""
+    """A module ``__getattr__`` for ``package`` that resolves each of ``names`` (name -> module) on first use: the
+    module's attribute ``name``, or the module itself when it is ``package.name`` (a lazily loaded submodule)."""
 
     def __getattr__(name: str):
         if name in names:
-            value = getattr(importlib.import_module(names[name]), name)
+            module = importlib.import_module(names[name])
+            value = module if names[name] == f"{package}.{name}" else getattr(module, name)
             setattr(importlib.import_module(package), name, value)
             return value
         raise AttributeError(f"module {package!r} has no attribute {name!r}")

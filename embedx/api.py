@@ -1,5 +1,6 @@
-"""embedx's Python API: the functions ``embedx.open``, ``measure``, ``transfer``, ``drift``, ``embed`` and
-``import_arrays`` (re-exported by ``embedx``). Each validates its inputs once and runs the library; errors are
+"""embedx's Python API: ``embedx.open``, ``measure`` and ``import_arrays`` here; ``embedx.transfer``,
+``embedx.drift`` and ``embedx.embed`` are callable modules whose call is ``embedx.transfer.api.transfer``,
+``embedx.drift.api.drift`` and ``embedx.embed.embed`` (all re-exported by ``embedx``). Each validates its inputs once and runs the library; errors are
 ``embedx.EmbedxError`` naming the Python parameter at fault (``err.param``). Heavy imports (torch, open_clip)
 happen inside the functions, so ``import embedx`` stays light.
 
@@ -34,47 +35,6 @@ def measure(source, metrics=None, *, device: str = "auto", silhouette: str = "ex
     return compute(_source(source), metrics, silhouette_mode=silhouette, sample_size=sample_size, seed=seed,
                    knn=knn, per_class=per_class, silhouette_labels=silhouette_labels, device=device,
                    progress=progress, executor=executor)
-
-
-def transfer(source, scores=None, *, logit_scale: float | None = None, progress=None, executor=None):
-    """Transferability scores (hscore, gbc, transrate, logme, sfda, leep, nce) of a class ``source`` -> Result
-    ({score: value}; ``.seconds`` per score). ``logit_scale``: the zero-shot scale for leep/nce (None: the one
-    recorded in the store, else 100)."""
-    from embedx.transfer import compute
-
-    return compute(_source(source), scores, logit_scale=logit_scale, progress=progress, executor=executor)
-
-
-def drift(before, after, *, others=(), metrics=None, silhouette: str = "exact", sample_size: int = 2000,
-          seed: int = 0, knn: str = "blocked", knn_k: int = 10, knn_sample: int | None = 20000,
-          plot_sample: int = 2000, report=None) -> dict:
-    """What moved between two stores of the same samples (before / after fine-tuning) -> the drift summary dict:
-    every measure before/after/delta, the drift statistics of ``embedx.registry.names("drift")`` (displacement,
-    CKA, kNN overlap), per class, and forgetting on ``others`` ("[NAME=]BEFORE:AFTER" strings or (name,
-    before, after) tuples). ``report``: also write the HTML report to this path."""
-    from embedx.drift import compare
-    from embedx.drift import report as render
-
-    d = compare(str(before), str(after), others, metrics=metrics, silhouette_mode=silhouette,
-                sample_size=sample_size, seed=seed, knn=knn, knn_k=knn_k, knn_sample=knn_sample,
-                plot_sample=plot_sample)
-    if report is not None:
-        render.write(d, str(report))
-    return d.summary
-
-
-def embed(out, data: str, model: str, pretrained: str | None = None, *, checkpoint: str | None = None,
-          seed: int = 0, device: str = "auto", batch_size: int = 64, dtype: str = "float16", progress=None,
-          **options):
-    """Embed ``data`` ("folder:DIR", "csv:FILE", "digits", "synthetic:N", ...) with an open_clip ``model``
-    into a store at ``out`` (resumable: rerun the same call after a crash) -> the finished store's metadata.
-    ``options``: the rest of ``embedx embed``'s options by their Python names (templates, codec, chunk_rows,
-    limit, workers, overwrite, strict)."""
-    from embedx.embed import embed_to_store
-
-    res = embed_to_store(str(out), data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
-                         device=device, checkpoint=checkpoint, progress=bool(progress), **options)
-    return res.meta
 
 
 def import_arrays(out, images, texts, labels=None, *, paired: bool | None = None, names=None,

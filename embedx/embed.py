@@ -185,3 +185,19 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, ba
         bar.close()
     writer.commit(pos)
 
+
+def embed(out, data: str, model: str, pretrained: str | None = None, *, checkpoint: str | None = None,
+          seed: int = 0, device: str = "auto", batch_size: int = 64, dtype: str = "float16", progress=None,
+          **options):
+    """Embed ``data`` ("folder:DIR", "csv:FILE", "digits", "synthetic:N", ...) with an open_clip ``model``
+    into a store at ``out`` (resumable: rerun the same call after a crash) -> the finished store's metadata.
+    ``options``: the rest of ``embedx embed``'s options by their Python names (templates, codec, chunk_rows,
+    limit, workers, overwrite, strict)."""
+    res = embed_to_store(str(out), data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
+                         device=device, checkpoint=checkpoint, progress=bool(progress), **options)
+    return res.meta
+
+
+from embedx._callable import make_callable  # noqa: E402
+
+make_callable(__name__, embed)  # embedx.embed(...) is this function even once this module is imported

@@ -396,7 +396,7 @@ def _short(v, n: int = 60) -> str:
 
 
 def _version() -> str:
-    from embedx import __version__
+    from embedx.version import __version__
 
     return __version__
 

@@ -18,3 +18,8 @@ import embedx.drift.stats as stats
 from embedx.drift.comparison import Drift, compare, delta, forgetting, open_others, open_pair, parse_pair
 
 __all__ = ["Drift", "compare", "delta", "forgetting", "open_others", "open_pair", "parse_pair", "stats"]
+
+from embedx._callable import make_callable  # noqa: E402
+from embedx.drift.api import drift  # noqa: E402
+
+make_callable(__name__, drift)  # embedx.drift(...) is this function even once this package is imported

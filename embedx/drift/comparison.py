@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 import embedx.drift.stats as stats
+from embedx.drift import statistics
+from embedx.engine import registry
 from embedx.drift.stats import project_2d
 from embedx.errors import EmbedxError
 from embedx.measures import NOT_MEASURES, compute
@@ -155,15 +157,12 @@ def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode
     pr = stats.drift_pass(a, b, knn_k=knn_k, knn_rows=knn_rows, plot_rows=plot_rows, block_rows=block_rows)
     timings["drift_pass"] = time.perf_counter() - t0
 
-    d64 = pr.displacement.astype(np.float64)
-    p50, p95 = np.percentile(d64, [50, 95])
     summary = {
         "before": dict(mb, path=before), "after": dict(ma, path=after), "delta": delta(mb, ma),
         "n_images": a.n_images, "dim": a.dim, "mode": a.meta["mode"],
-        "displacement_mean": float(d64.mean()), "displacement_p50": float(p50), "displacement_p95": float(p95),
-        "w1_upper_bound": float(d64.mean()),
-        "cka_linear": pr.cka,
-        f"knn_overlap@{pr.knn_k}": pr.knn_overlap, "knn_k": pr.knn_k, "knn_sample_size": pr.knn_queries,
+        **{statistics.summary_key(s, pr.knn_k): s.finalize({"drift_pass": pr})
+           for s in registry.scores("drift").values()},  # the drift statistics of the registry
+        "knn_k": pr.knn_k, "knn_sample_size": pr.knn_queries,
         "per_class": _per_class(a, pr.class_hits) if pr.class_hits is not None else None,
     }
     t0 = time.perf_counter()

@@ -271,6 +271,6 @@ def _now() -> str:
 
 
 def _version() -> str:
-    from embedx import __version__
+    from embedx.version import __version__
 
     return __version__

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from embedx import validate
-from embedx.encoders import resolve_device  # TODO(merge): embedx.device
+from embedx.device import resolve_device
 from embedx.engine import registry
 from embedx.engine.executor import resolve
 from embedx.engine.plan import Clock, Context, Need, execute, plan

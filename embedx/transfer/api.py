@@ -40,3 +40,10 @@ def compute_arrays(x, y, texts=None, scores=None, logit_scale: float = LOGIT_SCA
     are read in blocks through the same streaming code as a store."""
     return engine.run(ArrayRows(x, texts, y, paired=False), scores, logit_scale=logit_scale, progress=False,
                       executor=executor)
+
+
+def transfer(source, scores=None, *, logit_scale: float | None = None, progress=None, executor=None):
+    """Transferability scores (hscore, gbc, transrate, logme, sfda, leep, nce) of a class ``source`` -> Result
+    ({score: value}; ``.seconds`` per score). ``logit_scale``: the zero-shot scale for leep/nce (None: the one
+    recorded in the store, else 100)."""
+    return compute(source, scores, logit_scale=logit_scale, progress=progress, executor=executor)
