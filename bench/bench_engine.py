@@ -91,7 +91,11 @@ def main(argv=None) -> None:
         rows.append(row)
         print(f"{name}: old {min(t_old):.3f} s, new {min(t_new):.3f} s (best; x{row['ratio_best']:.3f}), "
               f"median x{row['ratio_median']:.3f}, |diff| {diff:.1e}", flush=True)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    sys.path.insert(0, HERE)
+    from common import machine as describe
+
+    m = describe()
+    machine = f"{m.get('cpu', platform.machine())}, {os.cpu_count()} cores"
     with open(os.path.join(RESULTS, "engine.json"), "w") as f:
         json.dump({"machine": machine, "repeats": a.repeats, "rows": rows}, f, indent=1)
     lines = ["# engine (issue 12): the planner vs the code before it", "",

@@ -47,7 +47,7 @@ def _fresh(path: str, make) -> str:
 def rates() -> dict:
     import google_crc32c
 
-    from embedx.kernels.content_hash import content_hash
+    from embedx.kernels.ops.content_hash import content_hash
 
     x = np.random.default_rng(0).standard_normal((4096, 512)).astype(np.float16)  # one default chunk, 4 MiB
     raw = x.tobytes()
@@ -162,7 +162,7 @@ def main(argv=None) -> dict:
                 f"{res['verify_s']:.2f} s | {res['info_check_s']:.2f} s | — | — |")
     md = ("| case | checking on | checking off (reads as before) | cost | target |\n|---|---|---|---|---|\n"
           + "\n".join(rows) + "\n\nChecking on: `Store(path)`, every read of a whole chunk hashes it (NH2, "
-          "`kernels/content_hash.py`) and compares with the hash recorded at finalize. Off: `Store(path, "
+          "`kernels/ops/content_hash.py`) and compares with the hash recorded at finalize. Off: `Store(path, "
           "verify_content=False)`. Alternating rounds in one process, page cache warm; the pass uses every core "
           "(the hash runs in the reading threads). Costs are (on / off) - 1 of the min and of the median.")
     save("integrity", res, md)

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import save  # noqa: E402
 
 from embedx import kernels  # noqa: E402
-from embedx.kernels import cluster_distance as cd  # noqa: E402
+from embedx.kernels.ops import cluster_distance as cd  # noqa: E402
 
 REPEATS = 5
 

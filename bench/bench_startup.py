@@ -31,7 +31,7 @@ NO_MODELS = (*MODEL_STACK, "faiss", "matplotlib")
 ALLOWED = {"--help": NO_MODELS + ("torch",), "info": NO_MODELS + ("torch",), "verify": NO_MODELS + ("torch",),
            "import": NO_MODELS + ("torch",), "measure": MODEL_STACK, "transfer": MODEL_STACK}  # forbidden imports
 TORCH_NOTE = ("\nWhy torch still loads: every store open checks content checksums through `embedx.integrity`, which "
-              "imports `embedx.kernels.content_hash` (numba only); importing it runs `kernels/__init__.py`, which "
+              "imports `embedx.kernels.ops.content_hash` (numba only); importing it runs `kernels/__init__.py`, which "
               "imports torch and every op. A lazy `kernels/__init__.py` (tried locally, not in this code) left "
               "`info` with numba, scipy and zarr only.")
 ORIGINAL = "ef8a7e9"  # the last commit before issue 12's CLI split

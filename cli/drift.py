@@ -6,6 +6,7 @@ import math
 import click
 
 from embedx.cli.common import emit_json, jsonable
+from embedx.cli.options import json_out_options, silhouette_options
 
 
 def _num(v, signed: bool = False) -> str:
@@ -57,13 +58,10 @@ def _render(s: dict, report: str | None) -> None:
                    "NAME defaults to BEFORE's basename.")
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
               help="Write a self-contained HTML report (plots embedded) to FILE.")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON result.")
-@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Also write the JSON to FILE.")
+@json_out_options()
 @click.option("--metrics", default=None, help="Comma-separated subset of measures (default: all the stores support).")
-@click.option("--silhouette", "silhouette_mode", type=click.Choice(["exact", "sample"]), default="exact",
-              show_default=True, help="Euclidean silhouette: exact, or estimated from --sample-size points.")
-@click.option("--sample-size", default=2000, show_default=True, help="Points for --silhouette sample.")
-@click.option("--seed", default=0, show_default=True, help="Seed for every sample (silhouette, kNN queries, plots).")
+@silhouette_options("Euclidean silhouette: exact, or estimated from --sample-size points.",
+                    "Seed for every sample (silhouette, kNN queries, plots).")
 @click.option("--knn", type=click.Choice(["blocked", "faiss"]), default="blocked", show_default=True,
               help="Retrieval recall: blocked = exact rank counts streamed (bounded memory); faiss = FAISS "
                    "top-k, all rows in memory.")

@@ -7,6 +7,7 @@ import os
 import click
 
 from embedx.cli.common import progress_enabled
+from embedx.cli.options import device_option, json_option, seed_option
 
 METHOD_NAMES = "full, bitfit, attention, lora, adapter"  # embedx.finetune.METHODS (not imported: keeps --help fast)
 
@@ -36,18 +37,16 @@ METHOD_NAMES = "full, bitfit, attention, lora, adapter"  # embedx.finetune.METHO
 @click.option("--val-fraction", default=0.1, show_default=True, type=float,
               help="Seeded hold-out slice of the training data (at most 5,000 images) that picks the best "
                    "epoch; 0 keeps the last epoch.")
-@click.option("--seed", default=0, show_default=True,
-              help="Seeds random weights, the hold-out split, data order and LoRA/adapter initialization.")
+@seed_option("Seeds random weights, the hold-out split, data order and LoRA/adapter initialization.")
 @click.option("--template", "templates", multiple=True,
               help="Prompt template with {} (repeat for an ensemble), 'simple', 'openai' or @FILE. "
                    "Default: the data source's own template.")
 @click.option("--limit", type=int, default=None, help="Only the first N items of the source.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option()
 @click.option("--workers", type=int, default=None, help="DataLoader workers [default: 0 on <=2 cores, else cores/2].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run (finished or not) at --out.")
 @click.option("--dry-run", is_flag=True, help="Build the model, print the parameter counts, train nothing.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print JSON: with --dry-run exactly {trainable_params, total_params}, else the run's config.")
+@json_option("Print JSON: with --dry-run exactly {trainable_params, total_params}, else the run's config.")
 @click.pass_context
 def finetune(ctx, model, pretrained, method, data, out, train_blocks, rank, reduction, epochs, lr, weight_decay,
              optimizer, batch_size, val_fraction, seed, templates, limit, device, workers, overwrite, dry_run,

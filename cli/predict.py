@@ -7,6 +7,7 @@ import os
 import click
 
 from embedx.cli.common import emit_json, jsonable
+from embedx.cli.options import device_option, json_out_options, silhouette_options
 
 
 def _n(v, fmt: str = ".4f") -> str:
@@ -105,18 +106,13 @@ Example:
               help="Comma-separated predictors (CSV columns and/or names computed from stores) [default: all].")
 @click.option("--where", "where", multiple=True, metavar="COL=VALUE",
               help="Keep rows whose COL equals VALUE (repeat: AND across columns, OR within one column).")
-@click.option("--silhouette", "silhouette_mode", type=click.Choice(["exact", "sample"]), default="exact",
-              show_default=True, help="Euclidean silhouette computed from stores: exact, or estimated from "
-                                      "--sample-size points.")
-@click.option("--sample-size", default=2000, show_default=True, help="Points for --silhouette sample.")
-@click.option("--seed", default=0, show_default=True, help="Seed for --silhouette sample.")
+@silhouette_options("Euclidean silhouette computed from stores: exact, or estimated from --sample-size points.",
+                    "Seed for --silhouette sample.")
 @click.option("--logit-scale", default=None, type=float,
               help="Scale of the zero-shot logits behind LEEP/NCE [default: each store's model's own, recorded "
                    "by `embedx embed`; else 100].")
-@click.option("--device", default="auto", show_default=True,
-              help="Where the pairwise kernels run for measures computed from stores: auto, cpu, cuda or cuda:N.")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON result.")
-@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Also write the JSON to FILE.")
+@device_option("Where the pairwise kernels run for measures computed from stores: auto, cpu, cuda or cuda:N.")
+@json_out_options()
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
               help="Write a scatter plot per predictor and outcome with the fit, its 95% prediction band and the "
                    "targets.")

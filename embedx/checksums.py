@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from embedx.kernels.content_hash import ALGORITHM as CONTENT_ALGORITHM
-from embedx.kernels.content_hash import content_hash
+from embedx.kernels.ops.content_hash import ALGORITHM as CONTENT_ALGORITHM
+from embedx.kernels.ops.content_hash import content_hash
 from embedx.storelayout import chunk_files, committed_rows, units
 
 ALGORITHM = "crc32c"

@@ -100,13 +100,13 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
     normalizes them (the same pixels bit for bit, a quarter of the bytes, less CPU work per image).
     """
     if batch_size < 1:
-        raise EmbedxError(f"--batch-size must be positive, got {batch_size}")
+        raise EmbedxError(f"batch_size must be positive, got {batch_size}", param="batch_size")
     if dtype not in st.DTYPES:
-        raise EmbedxError(f"--dtype must be float16 or float32, got {dtype!r}")
+        raise EmbedxError(f"dtype must be float16 or float32, got {dtype!r}", param="dtype")
     source = parse_source(data)
     if limit is not None:
         if limit < 1:
-            raise EmbedxError(f"--limit must be positive, got {limit}")
+            raise EmbedxError(f"limit must be positive, got {limit}", param="limit")
         source = source.head(limit)
     tmpl = [] if source.paired else resolve_templates(templates, source)
     spec = resolve_model(model, pretrained, checkpoint=checkpoint, seed=seed)  # loads no weights yet

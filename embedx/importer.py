@@ -13,6 +13,8 @@ import shutil
 import numpy as np
 
 from embedx import store as st
+from embedx import validate
+from embedx.engine.progress import Bar, enabled
 from embedx.errors import EmbedxError
 from embedx.rows import first_bad_row
 from embedx.storepath import place, staging_path, writer_lock
@@ -145,21 +147,8 @@ def _count_nonfinite_rows(x: np.ndarray) -> int:
 
 
 def _check_labels(labels: np.ndarray, n: int, c: int) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or len(labels) != n:
-        raise EmbedxError(f"labels must be a 1-D array with one entry per image ({n}), got shape {labels.shape}")
-    if np.issubdtype(labels.dtype, np.floating):
-        if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
-            raise EmbedxError("labels must be whole numbers (class indices into the texts)")
-    elif not np.issubdtype(labels.dtype, np.integer):
-        raise EmbedxError(f"labels must be integers, got dtype {labels.dtype}")
-    labels = labels.astype(np.int64)
-    bad = (labels < -1) | (labels >= c)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise EmbedxError(f"labels out of range: row {i} has label {labels[i]}, but the texts have {c} rows "
-                          f"(valid: 0..{c - 1}, or -1 for none)")
-    return labels.astype(np.int32)
+    """int32 class index per image, each in [-1, c) (``embedx.validate.labels``)."""
+    return validate.labels(labels, n, c).astype(np.int32)
 
 
 def _read_names(path, c: int, what: str) -> list[str]:
@@ -187,14 +176,14 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
                   chunk_rows: int | None = None, model: str | None = None, dataset: str | None = None) -> dict:
     """Validate the arrays, write them as a complete store at ``out``; return its metadata."""
     if dtype not in st.DTYPES:
-        raise EmbedxError(f"--dtype must be float16 or float32, got {dtype!r}")
+        raise EmbedxError(f"dtype must be float16 or float32, got {dtype!r}", param="dtype")
     st.check_target(out, overwrite)
     if paired_array is not None:
         if images is not None or texts is not None or labels is not None:
             raise EmbedxError("--paired-array replaces --images/--texts/--labels; give one or the other")
         both = load_array(paired_array, "paired array")
         if both.ndim != 3 or both.shape[0] != 2:
-            raise EmbedxError(f"--paired-array needs shape (2, N, d), got {both.shape}")
+            raise EmbedxError(f"paired_array needs shape (2, N, d), got {both.shape}", param="paired_array")
         x, t, paired, sources = both[0], both[1], True, [paired_array]
     else:
         if images is None or texts is None:
@@ -238,7 +227,9 @@ def _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite) 
         if y is not None:
             w.write_texts(np.asarray(t), text_names)
         block = max(1, BLOCK_ROWS // w.meta["chunk_rows"]) * w.meta["chunk_rows"]  # whole chunks
+        bar = Bar(x.shape[0], "import", enabled(None))
         for s in range(0, x.shape[0], block):
+            bar.update(min(block, x.shape[0] - s))
             e = min(s + block, x.shape[0])
             ids = [str(i) for i in range(s, e)]
             if y is None:
@@ -246,6 +237,7 @@ def _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite) 
             else:
                 w.append(np.asarray(x[s:e]), y[s:e], ids)
             w.commit(e)
+        bar.close()
         meta = w.finalize()
     except BaseException:
         if local:

@@ -481,7 +481,7 @@ class Store:
     def _content_inventory(self) -> dict:
         """{array: [int NH2 of chunk k]} recorded at finalize (embedx.integrity), checked by every read of a whole
         chunk; a list whose length disagrees with the array is damage."""
-        from embedx.kernels.content_hash import ALGORITHM
+        from embedx.kernels.ops.content_hash import ALGORITHM
 
         rec = (self.meta.get("integrity") or {}).get("content") or {}
         if rec.get("algorithm") != ALGORITHM:
@@ -510,7 +510,7 @@ class Store:
         """Check every whole chunk inside rows ``start:start+len(out)`` (just read into ``out``) against its
         recorded content checksum; a mismatch is damage, never a number. Reads covering part of a chunk (random
         access) are not checked: streaming readers read whole chunks."""
-        from embedx.kernels.content_hash import content_hash
+        from embedx.kernels.ops.content_hash import content_hash
 
         per, n, want = self._content[name]
         stop = start + len(out)

@@ -59,7 +59,7 @@ def resolve_options(name: str, given: dict) -> dict:
     for key in DEFAULTS:
         v = given.get(key)
         if v is not None and (not isinstance(v, int) or v < 1):
-            raise EmbedxError(f"--{key.replace('_', '-')} must be a positive integer, got {v!r}")
+            raise EmbedxError(f"{key} must be a positive integer, got {v!r}", param=key)
     return {k: given[k] if given.get(k) is not None else DEFAULTS[k] for k in m.options}
 
 
@@ -83,7 +83,7 @@ def _select_in_blocks(model: TunedCLIP, suffix: str, train_blocks: int | None) -
             raise EmbedxError(f"bitfit and attention need open_clip's transformer towers; this model has no "
                               f"{tower}.resblocks") from None
     if train_blocks is not None and train_blocks > max(depth.values()):
-        raise EmbedxError(f"--train-blocks {train_blocks} exceeds the towers' depth "
+        raise EmbedxError(param="train_blocks", message=f"train_blocks {train_blocks} exceeds the towers' depth "
                           f"({depth[TOWERS[0]]} image, {depth[TOWERS[1]]} text blocks)")
     rx = re.compile(rf"({'|'.join(map(re.escape, TOWERS))})\.resblocks\.(\d+)\.{suffix}")
     for name, p in model.clip.named_parameters():
@@ -119,6 +119,6 @@ def _lora(model: TunedCLIP, opts: dict) -> None:
 def _adapter(model: TunedCLIP, opts: dict) -> None:
     d, red = model.embed_dim, opts["reduction"]
     if red > d:
-        raise EmbedxError(f"--reduction {red} exceeds the feature dimension {d}")
+        raise EmbedxError(f"reduction {red} exceeds the feature dimension {d}", param="reduction")
     dev = next(model.clip.parameters()).device
     model.adapters = nn.ModuleDict({k: Adapter(d, red) for k in ("image", "text")}).to(dev)

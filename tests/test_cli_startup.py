@@ -21,11 +21,6 @@ except SystemExit as e:
 print(json.dumps({"rc": rc, "modules": sorted(m for m in %r if m in sys.modules)}))
 """ % (HEAVY,)
 
-# embedx.integrity imports embedx.kernels.content_hash (numba only), but the package embedx.kernels imports
-# torch and every op in its __init__: until that is lazy, a store open loads torch.
-KERNELS_IMPORT_TORCH = pytest.mark.xfail(
-    strict=True, reason="kernels/__init__.py imports torch eagerly (embedx.integrity -> embedx.kernels.content_hash)")
-
 
 def loaded(*args) -> set:
     """The heavy packages ``embedx ARGS`` imported (it must succeed)."""
@@ -60,15 +55,14 @@ def test_help_imports_nothing_heavy():
     assert loaded("measure", "--help") == set()
 
 
-@KERNELS_IMPORT_TORCH
 def test_info_imports_nothing_heavy(store):
     assert loaded("info", store) == set()
 
 
-@KERNELS_IMPORT_TORCH
 def test_verify_and_import_import_nothing_heavy(arrays, store):
     assert loaded("verify", store) == set()
-    assert loaded("import", "--images", arrays / "x.npy", "--out", arrays / "again.zarr") == set()
+    assert loaded("import", "--images", arrays / "x.npy", "--texts", arrays / "t.npy", "--labels", arrays / "y.npy",
+                  "--out", arrays / "again.zarr") == set()
 
 
 def test_info_and_verify_load_no_model_stack(store):

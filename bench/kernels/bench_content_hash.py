@@ -6,7 +6,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
-from embedx.kernels.content_hash import content_hash, content_hash_reference  # noqa: E402
+from embedx.kernels.ops.content_hash import content_hash, content_hash_reference  # noqa: E402
 
 
 def setup(impl, p, rng, device):

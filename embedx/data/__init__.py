@@ -1,5 +1,4 @@
 """Data shipped with embedx (see ``modality_gap/README.md`` for the attribution of the embeddings)."""
-import os
+from embedx.data.paths import DATA_DIR, MODALITY_GAP_DIR
 
-DATA_DIR = os.path.dirname(os.path.abspath(__file__))
-MODALITY_GAP_DIR = os.path.join(DATA_DIR, "modality_gap")
+__all__ = ["DATA_DIR", "MODALITY_GAP_DIR"]

@@ -69,7 +69,7 @@ def parse_pair(spec: str) -> tuple[str, str, str]:
         name, spec = m.group(1), m.group(2)
     parts = re.split(r":(?!//)", spec, maxsplit=1)
     if len(parts) != 2 or not parts[0] or not parts[1]:
-        raise EmbedxError(f"--others takes [NAME=]BEFORE:AFTER, got {spec!r}")
+        raise EmbedxError(f"others takes [NAME=]BEFORE:AFTER, got {spec!r}", param="others")
     before, after = parts
     return name or os.path.basename(before.rstrip("/")) or before, before, after
 
@@ -137,24 +137,26 @@ def _projection(a: Store, b: Store, plot_rows: np.ndarray, pr: stats.PassResult,
 
 def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode: str = "exact",
             sample_size: int = 2000, seed: int = 0, knn: str = "blocked", knn_k: int = 10,
-            knn_sample: int | None = 20000, plot_sample: int = 2000, block_rows: int | None = None) -> Drift:
+            knn_sample: int | None = 20000, plot_sample: int = 2000, block_rows: int | None = None,
+            progress=None) -> Drift:
     """Drift between two stores of the same samples; see the module docstring for every key."""
     if knn_k < 1:
-        raise EmbedxError(f"--knn-k must be >= 1, got {knn_k}")
+        raise EmbedxError(f"knn_k must be >= 1, got {knn_k}", param="knn_k")
     if knn_sample is not None and knn_sample < 1:
-        raise EmbedxError(f"--knn-sample must be >= 1, got {knn_sample}")
+        raise EmbedxError(f"knn_sample must be >= 1, got {knn_sample}", param="knn_sample")
     a, b = open_pair(before, after)
     pairs = open_others(others)  # every input is checked before any work
     opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn)
     timings = {}
     t0 = time.perf_counter()
-    mb, ma = compute(a, metrics, **opts), compute(b, metrics, **opts)
+    mb, ma = compute(a, metrics, progress=progress, **opts), compute(b, metrics, progress=progress, **opts)
     timings["measures"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     knn_rows = stats.sample_rows(a.n_images, knn_sample, seed)
     plot_rows = stats.sample_rows(a.n_images, plot_sample, seed + 1)
-    pr = stats.drift_pass(a, b, knn_k=knn_k, knn_rows=knn_rows, plot_rows=plot_rows, block_rows=block_rows)
+    pr = stats.drift_pass(a, b, knn_k=knn_k, knn_rows=knn_rows, plot_rows=plot_rows, block_rows=block_rows,
+                          progress=progress)
     timings["drift_pass"] = time.perf_counter() - t0
 
     summary = {

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from embedx import kernels
+from embedx.engine.progress import Bar, enabled
 from embedx.errors import EmbedxError
 from embedx.measures.stream import normalized
 from embedx.rows import duplicate_groups
@@ -97,9 +98,9 @@ def _hits(x: torch.Tensor, y: np.ndarray, texts: torch.Tensor, c: int, groups) -
 
 def drift_pass(a: Store, b: Store, *, knn_k: int = 10, knn_rows: np.ndarray | None = None,
                plot_rows: np.ndarray | None = None, block_rows: int | None = None,
-               knn_provider: str = "auto") -> PassResult:
+               knn_provider: str = "auto", progress=None) -> PassResult:
     """One pass over the image rows of both stores: displacements, CKA sums, kNN top-k (``knn_provider``: see
-    ``embedx.kernels.knn``), per-class hits."""
+    ``embedx.kernels.ops.knn``), per-class hits."""
     n = a.n_images
     if n < 2:
         raise EmbedxError("drift needs at least 2 images")
@@ -120,7 +121,9 @@ def drift_pass(a: Store, b: Store, *, knn_k: int = 10, knn_rows: np.ndarray | No
     sums = CkaSums()
     plot = [[], []]
     its = [s.iter_images(block_rows=block_rows, dtype=np.float32, reuse=True) for s in (a, b)]
+    bar = Bar(n, "drift pass", enabled(progress))
     for (start, xa), (_, xb) in zip(*its):
+        bar.update(len(xa))
         stop = start + len(xa)
         xs = [normalized(xa, f"{a.path} images", start), normalized(xb, f"{b.path} images", start)]
         disp[start:stop] = torch.linalg.vector_norm(xs[1] - xs[0], dim=1).numpy()
@@ -131,6 +134,7 @@ def drift_pass(a: Store, b: Store, *, knn_k: int = 10, knn_rows: np.ndarray | No
             plot[j].append(x[torch.from_numpy(sel)].numpy().copy())
             if classes:
                 hits[j] += _hits(x, labels[start:stop], texts[j], c, groups[j])
+    bar.close()
     res = [h.result() for h in heaps]
     out = PassResult(displacement=disp, cka=sums.cka(), knn_overlap=float(overlap(*res).mean()),
                      knn_queries=len(knn_rows), knn_k=k,

@@ -55,7 +55,7 @@ def class_source(data: str, limit: int | None = None) -> Source:
                           f"csv:PATH with a 'label' column, or digits)")
     if limit is not None:
         if limit < 2:
-            raise EmbedxError(f"--limit must be at least 2, got {limit}")
+            raise EmbedxError(f"limit must be at least 2, got {limit}", param="limit")
         src = src.head(limit)
     return src
 
@@ -118,14 +118,14 @@ def _optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim
 
 
 def _check_recipe(epochs, lr, weight_decay, optimizer, batch_size, val_fraction) -> None:
-    for ok, msg in ((epochs >= 1, f"--epochs must be positive, got {epochs}"),
-                    (lr > 0, f"--lr must be positive, got {lr}"),
-                    (weight_decay >= 0, f"--weight-decay must be >= 0, got {weight_decay}"),
-                    (optimizer in OPTIMIZERS, f"--optimizer must be sgd or adam, got {optimizer!r}"),
-                    (batch_size >= 1, f"--batch-size must be positive, got {batch_size}"),
-                    (0 <= val_fraction < 1, f"--val-fraction must be in [0, 1), got {val_fraction}")):
+    for ok, param, msg in ((epochs >= 1, "epochs", f"epochs must be positive, got {epochs}"),
+                           (lr > 0, "lr", f"lr must be positive, got {lr}"),
+                           (weight_decay >= 0, "weight_decay", f"weight_decay must be >= 0, got {weight_decay}"),
+                           (optimizer in OPTIMIZERS, "optimizer", f"optimizer must be sgd or adam, got {optimizer!r}"),
+                           (batch_size >= 1, "batch_size", f"batch_size must be positive, got {batch_size}"),
+                           (0 <= val_fraction < 1, "val_fraction", f"val_fraction must be in [0, 1), got {val_fraction}")):
         if not ok:
-            raise EmbedxError(msg)
+            raise EmbedxError(msg, param=param)
 
 
 def _check_resume(out: str, cfg: dict, plan: dict) -> None:

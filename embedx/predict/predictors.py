@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 
+from embedx.engine import registry
 from embedx.errors import EmbedxError
 
 log = logging.getLogger("embedx")
 
-# The transfer scores of embedx.transfer (the module, and torch behind it, is imported only when one is needed;
-# tests check this list against embedx.transfer.SCORES).
-TRANSFER_SCORES = ("hscore", "gbc", "gbc_diagonal", "transrate", "logme", "sfda", "leep", "nce")
+# The predictors a store gives: every registered measure and transfer score (the registry imports no torch).
+TRANSFER_SCORES = registry.names("transfer")
 DEFAULT_MEASURES = ("iimm", "iimm_inter", "iimm_intra", "acs", "gap", "silhouette_euclidean")
 DEFAULT_TRANSFER = ("hscore", "gbc", "transrate", "logme", "sfda", "leep", "nce")
 DEFAULT_STORE_PREDICTORS = DEFAULT_MEASURES + DEFAULT_TRANSFER
@@ -23,9 +23,7 @@ def _transfer_names() -> tuple[str, ...]:
 
 
 def _measure_names() -> tuple[str, ...]:
-    from embedx.measures import BASE, CLASS_SILHOUETTE, RETRIEVAL
-
-    return BASE + RETRIEVAL + (CLASS_SILHOUETTE,)
+    return registry.names("measure")
 
 
 def computable(name: str) -> bool:

@@ -1,4 +1,4 @@
-"""cluster_distance_sums (kernels/cluster_distance.py): torch and Triton (TRITON_INTERPRET=1 on CPU) against the
+"""cluster_distance_sums (kernels/ops/cluster_distance.py): torch and Triton (TRITON_INTERPRET=1 on CPU) against the
 float64 reference on fresh random ragged inputs: fp16 and fp32, one cluster, an empty cluster, singletons, self-pairs;
 the dispatch; the exact silhouette through the Triton kernel against scikit-learn."""
 import numpy as np

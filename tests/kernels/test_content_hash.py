@@ -1,9 +1,9 @@
-"""Content checksums (kernels/content_hash.py): the NH2 kernel and its reference against the formula written out in
+"""Content checksums (kernels/ops/content_hash.py): the NH2 kernel and its reference against the formula written out in
 Python integers, on ragged arrays, and its sensitivity to any bit flip, swap or move."""
 import numpy as np
 import pytest
 
-from embedx.kernels.content_hash import BLOCK_WORDS, content_hash, content_hash_reference
+from embedx.kernels.ops.content_hash import BLOCK_WORDS, content_hash, content_hash_reference
 
 M64 = (1 << 64) - 1
 M32 = (1 << 32) - 1

@@ -1,4 +1,4 @@
-"""Exact kNN (kernels/knn.py) through every provider against float64 dense scores + stable argsort: ragged sizes,
+"""Exact kNN (kernels/ops/knn.py) through every provider against float64 dense scores + stable argsort: ragged sizes,
 database blocks, the own row excluded, float16 inputs, fewer candidates than k, exact ties (the lower row wins for
 torch/triton; FAISS returns the same scores), and drift's kNN overlap through the dispatch."""
 import numpy as np
@@ -64,7 +64,7 @@ def test_exact_ties(rng, provider):
 def test_auto_is_faiss_on_cpu_and_bad_providers_are_named(monkeypatch):
     monkeypatch.delenv("EMBEDX_KERNEL", raising=False)
     assert K.knn_reference(np.eye(2), np.eye(2), 1).tolist() == [[0], [1]]
-    from embedx.kernels.knn import resolve_provider
+    from embedx.kernels.ops.knn import resolve_provider
 
     assert resolve_provider("auto", on_cpu=True) == "faiss"
     assert resolve_provider("auto", on_cpu=False) == "triton" if K.triton is not None else "torch"
@@ -107,7 +107,7 @@ def test_knn_on_cuda_tensors_takes_the_topk_dispatch(rng, dtype, monkeypatch):
     copies), same rows as the reference wherever scores are not within round-off."""
     import torch
 
-    from embedx.kernels.knn import TopkKnn, knn_stream
+    from embedx.kernels.ops.knn import TopkKnn, knn_stream
 
     monkeypatch.delenv("EMBEDX_KERNEL", raising=False)
     nq, ng, d, k = 300, 5000, 64, 10

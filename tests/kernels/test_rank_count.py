@@ -1,4 +1,4 @@
-"""Rank counts (kernels/rank_count.py): torch and Triton (TRITON_INTERPRET=1 on CPU) against the float64
+"""Rank counts (kernels/ops/rank_count.py): torch and Triton (TRITON_INTERPRET=1 on CPU) against the float64
 reference on fresh random ragged inputs, and the recall@k they give against dense similarity + stable argsort."""
 import numpy as np
 import pytest

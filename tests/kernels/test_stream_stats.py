@@ -1,4 +1,4 @@
-"""Fused stream statistics (kernels/stream_stats.py): numba and torch against the float64 reference (norms, dots,
+"""Fused stream statistics (kernels/ops/stream_stats.py): numba and torch against the float64 reference (norms, dots,
 per-class sums), bad rows flagged, every float16 widened exactly; the class pass built on it."""
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Blocked similarity top-k (kernels/topk.py): torch and Triton against float64 dense similarity + stable argsort."""
+"""Blocked similarity top-k (kernels/ops/topk.py): torch and Triton against float64 dense similarity + stable argsort."""
 import numpy as np
 import pytest
 import torch

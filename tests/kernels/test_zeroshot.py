@@ -1,4 +1,4 @@
-"""Zero-shot hit counts (kernels/zeroshot.py): the torch op through the dispatch against the float64 reference and
+"""Zero-shot hit counts (kernels/ops/zeroshot.py): the torch op through the dispatch against the float64 reference and
 against argmax, on ragged sizes and row steps, float16 inputs, one class, fewer than five classes, duplicate
 (bit-identical) class texts and exact ties between different texts."""
 import numpy as np

@@ -35,7 +35,7 @@ try:
     import triton
     import triton.language as tl
 
-    from embedx.kernels.tiles import launch_config, native_dot, tile_dot
+    from embedx.kernels.ops.tiles import launch_config, native_dot, tile_dot
 except ImportError:  # pragma: no cover
     triton = None
 

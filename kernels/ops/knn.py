@@ -52,7 +52,7 @@ def resolve_provider(provider: str, on_cpu: bool) -> str:
         return provider
     if on_cpu and faiss_available():
         return "faiss"
-    from embedx.kernels import backend_for
+    from embedx.kernels.backend import backend_for
 
     return backend_for(torch.device("cpu" if on_cpu else "cuda"))
 
@@ -86,7 +86,7 @@ class TopkKnn:
     """The torch/triton providers: kernels.topk per block, merged with the running best (ties to the lower row)."""
 
     def __init__(self, queries, exclude: np.ndarray, k: int, impl: str):
-        from embedx.kernels.topk import TRITON_MAX_K, topk_torch, topk_triton
+        from embedx.kernels.ops.topk import TRITON_MAX_K, topk_torch, topk_triton
 
         if impl == "triton" and k + 1 > TRITON_MAX_K:
             raise ValueError(f"the triton knn provider supports k <= {TRITON_MAX_K - 1}")

@@ -22,7 +22,7 @@ try:  # Triton is optional: CPU installs may lack it
     import triton
     import triton.language as tl
 
-    from embedx.kernels.tiles import launch_config, native_dot, tile_dot
+    from embedx.kernels.ops.tiles import launch_config, native_dot, tile_dot
 except ImportError:  # pragma: no cover - exercised only without triton
     triton = None
 

@@ -1,0 +1,54 @@
+"""The dispatch points: pick an op's implementation by device (Triton on CUDA when installed, torch otherwise;
+``EMBEDX_KERNEL=torch|triton`` forces one). The ops themselves are in ``embedx.kernels.ops``."""
+from __future__ import annotations
+
+import torch
+
+from embedx.kernels.backend import backend_for  # noqa: F401
+from embedx.kernels.ops.cluster_distance import (  # noqa: F401
+    cluster_distance_sums_reference,
+    cluster_distance_sums_torch,
+    cluster_distance_sums_triton,
+    triton,
+)
+from embedx.kernels.ops.knn import PROVIDERS as KNN_PROVIDERS, knn, knn_reference, knn_stream  # noqa: F401
+from embedx.kernels.ops.rank_count import rank_count_reference, rank_count_torch, rank_count_triton  # noqa: F401
+from embedx.kernels.ops.stream_stats import NUMBA_MIN_ELEMENTS, stream_stats, stream_stats_reference  # noqa: F401
+from embedx.kernels.ops.topk import TRITON_MAX_K, topk_reference, topk_torch, topk_triton  # noqa: F401
+from embedx.kernels.ops.zeroshot import ZS_ROWS, zeroshot_hits_reference, zeroshot_hits_torch  # noqa: F401
+
+
+def cluster_distance_sums(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters: int,
+                          row_ids: torch.Tensor | None = None, col_offset: int = 0, x_scale=None,
+                          y_scale=None) -> torch.Tensor:
+    """``S[p, k] = sum_{q: labels[q] = k} ||x_p - y_q||`` as float64, (len(x), n_clusters). Row p is the point
+    ``row_ids[p]`` of the columns (column j is point ``col_offset + j``); its self-pair counts 0. With scales,
+    the points are ``x_scale[p] * x_p`` and ``y_scale[q] * y_q``."""
+    impl = cluster_distance_sums_triton if backend_for(x.device) == "triton" else cluster_distance_sums_torch
+    return impl(x, y, labels, n_clusters, row_ids, col_offset, x_scale=x_scale, y_scale=y_scale)
+
+
+def topk(q: torch.Tensor, g: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k most similar gallery rows per query (best first, ties to the lower index)."""
+    if backend_for(q.device) == "triton" and min(k, len(g)) <= TRITON_MAX_K:
+        return topk_triton(q, g, k)
+    return topk_torch(q, g, k)
+
+
+def rank_count(a: torch.Tensor, b: torch.Tensor, a_thr, b_thr, b_pos, row_offset: int = 0,
+               row_counts: torch.Tensor | None = None, col_counts: torch.Tensor | None = None, a_scale=None,
+               b_scale=None, ties=None):
+    """int64 ``row_counts[i] = #{j: b_pos[j] != row_offset + i, a_i.b_j > a_thr[i]}`` and ``col_counts[j] =
+    #{i: b_pos[j] != row_offset + i, a_i.b_j > b_thr[j]}``, added into the given tensors (zeros when None).
+    With scales, the rows are ``a_scale[i] * a_i`` and ``b_scale[j] * b_j``; ``ties`` takes out the candidates
+    tied exactly with the best positive (see ``kernels.rank_count``)."""
+    impl = rank_count_triton if backend_for(a.device) == "triton" else rank_count_torch
+    return impl(a, b, a_thr, b_thr, b_pos, row_offset, row_counts, col_counts, a_scale=a_scale, b_scale=b_scale,
+                ties=ties)
+
+
+def zeroshot_hits(x: torch.Tensor, y: torch.Tensor, texts: torch.Tensor, top1: torch.Tensor, top5: torch.Tensor,
+                  hit: torch.Tensor, step: int = ZS_ROWS, groups=()) -> None:
+    """Add per class the rows whose true class ranks first (``top1``) or in the first five (``top5``); a tie among
+    identical texts (``groups``) goes to the lowest index (see ``kernels.zeroshot``). Torch on every device."""
+    zeroshot_hits_torch(x, y, texts, top1, top5, hit, step=step, groups=groups)
