@@ -77,6 +77,9 @@ def _commands(tmp: str, store: str) -> dict[str, list[str]]:
     }
 
 
+NEUTRAL = tempfile.gettempdir()  # where the timed commands run
+
+
 def _code_at(rev: str, into: str) -> str:
     """The package as it was at git ``rev``, laid out importable (embedx/, embedx/cli, embedx/kernels) in ``into``."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,13 +101,14 @@ def _env(code: str | None) -> dict:
 
 def _run(args: list[str], env: dict) -> tuple[float, int]:
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "embedx.cli.main", "-q", *args], capture_output=True, env=env)
+    p = subprocess.run([sys.executable, "-m", "embedx.cli.main", "-q", *args], capture_output=True, env=env,
+                       cwd=NEUTRAL)  # not the checkout: ``-m`` puts the working directory first on sys.path
     return time.perf_counter() - t0, p.returncode
 
 
 def _heavy(args: list[str], env: dict) -> list[str]:
     p = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), "-q", *args], capture_output=True,
-                       text=True, env=env)
+                       text=True, env=env, cwd=NEUTRAL)
     line = next((ln for ln in p.stderr.splitlines() if ln.startswith("HEAVY ")), "HEAVY null")
     return json.loads(line[6:])
 

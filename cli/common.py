@@ -64,7 +64,21 @@ def score_lines(family: str, width: int = 14) -> str:
     return "\n".join(f"  {s.name:<{width}}{s.summary}  ({s.citation})" for s in registry.scores(family).values())
 
 
-def score_names(family: str, kinds=None) -> str:
-    from embedx.engine import registry
+class LazyHelp(click.Command):
+    """A command whose help text is built on first use by ``help_factory()`` (score lists from the registry,
+    whose modules import numpy and scipy): listing the commands (``embedx --help``) reads only ``short_help``."""
 
-    return ", ".join(registry.names(family, kinds))
+    def __init__(self, *args, help_factory=None, **kwargs):
+        self._factory, self._text = help_factory, None
+        super().__init__(*args, **kwargs)
+
+    @property
+    def help(self):
+        if self._text is None and self._factory is not None:
+            self._text = self._factory()
+        return self._text
+
+    @help.setter
+    def help(self, value):
+        if value is not None:
+            self._text = value

@@ -5,7 +5,7 @@ import math
 
 import click
 
-from embedx.cli.common import emit_json, progress_enabled, score_lines, score_names
+from embedx.cli.common import LazyHelp, emit_json, progress_enabled, score_lines
 from embedx.cli.options import device_option, json_out_options, silhouette_options, store_argument
 
 
@@ -32,7 +32,8 @@ def _render(store: str, res: dict, keys: list[str], per_class: bool) -> None:
     click.echo(f"\n{sum(res['timings_s'].values()):.2f} s")
 
 
-HELP = f"""Measures of a store: acs, iimm (+ inter/intra parts), text_intra, gap, modality silhouettes
+def _help() -> str:
+    return f"""Measures of a store: acs, iimm (+ inter/intra parts), text_intra, gap, modality silhouettes
 (Euclidean, cosine), zero-shot top-1/top-5/mean per-class recall, and for paired stores retrieval
 recall@1/5/10 both ways. Exact: each value equals a float64 brute force of its definition (1e-5).
 Only the passes the asked measures need are read; progress bars show each on a terminal, and an exact
@@ -43,11 +44,12 @@ silhouette projected past a minute says so (then --silhouette sample estimates i
 """
 
 
-@click.command(help=HELP)
+@click.command(cls=LazyHelp, help_factory=_help,
+               short_help="Measures of a store: acs, iimm, gap, silhouettes, zero-shot, recall.")
 @store_argument
 @click.option("--metrics", default=None, metavar="NAME[,NAME...]",
-              help=f"Comma-separated subset of: {score_names('measure')} (default: every measure the store supports; "
-                   f"retrieval recall on paired stores).")
+              help="Comma-separated subset of the measures above (default: every measure the store supports; "
+                   "retrieval recall on paired stores).")
 @silhouette_options("Euclidean silhouette: exact (O(N^2 d) through the fused kernel) or an unbiased estimate from "
                     "--sample-size points with a 95% interval.", "Seed for --silhouette sample.")
 @click.option("--silhouette-labels", type=click.Choice(["modality", "class"]), default="modality", show_default=True,

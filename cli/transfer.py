@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import click
 
-from embedx.cli.common import emit_json, jsonable, progress_enabled, score_lines, score_names
+from embedx.cli.common import LazyHelp, emit_json, jsonable, progress_enabled, score_lines
 from embedx.cli.options import json_out_options, store_argument
 
-HELP = f"""Transferability scores of a class store's image embeddings and labels, streamed from the store.
+def _help() -> str:
+    return f"""Transferability scores of a class store's image embeddings and labels, streamed from the store.
 
 \b
 Rows are L2-normalized, computed on in float64; rows labelled -1 are left out. X: features,
@@ -19,13 +20,15 @@ the others 1, shared).
 Example:
   embedx transfer pets.zarr --scores hscore,logme,leep --json
 """
+
 HIGHER = "higher = the features separate the classes more: expected to transfer better (every score)"
 
 
-@click.command(help=HELP)
+@click.command(cls=LazyHelp, help_factory=_help,
+               short_help="Transferability scores of a class store (hscore ... nce).")
 @store_argument
 @click.option("--scores", default=None, metavar="NAME[,NAME...]",
-              help=f"Comma-separated subset of: {score_names('transfer')} [default: all but gbc_diagonal].")
+              help="Comma-separated subset of the scores above [default: all but gbc_diagonal].")
 @click.option("--logit-scale", default=None, type=float,
               help="Zero-shot logit scale for leep/nce [default: the model's own, recorded in the store by "
                    "`embedx embed`; else 100, CLIP's trained value].")

@@ -6,13 +6,15 @@ in-memory rows as ``ArrayRows``; array functions in ``embedx.metrics``; every sc
 use and callable as the API functions (``embedx._callable``). ``import embedx`` stays light (no torch import);
 the modules that use open_clip/timm/peft apply the torchvision import shim before importing them.
 """
-from embedx import _lazy, metrics  # noqa: E402,F401
-from embedx.api import import_arrays, measure, open  # noqa: E402,F401,A004
-from embedx.engine import registry  # noqa: E402,F401
-from embedx.errors import EmbedxError  # noqa: E402
-from embedx.rowsource import ArrayRows  # noqa: E402
-from embedx.version import __version__  # noqa: E402
+from embedx import _lazy
+from embedx.errors import EmbedxError
+from embedx.version import __version__
 
 __all__ = ["ArrayRows", "EmbedxError", "__version__", "drift", "embed", "import_arrays", "measure", "metrics",
            "open", "registry", "transfer"]
-__getattr__ = _lazy.exports(__name__, {m: f"embedx.{m}" for m in ("transfer", "drift", "embed")})  # (PEP 562)
+# PEP 562: everything else loads on first use (``import embedx`` imports no numpy, let alone torch)
+__getattr__ = _lazy.exports(__name__, {
+    "open": "embedx.api", "measure": "embedx.api", "import_arrays": "embedx.api", "ArrayRows": "embedx.rowsource",
+    "metrics": "embedx.metrics", "registry": "embedx.engine.registry",
+    "transfer": "embedx.transfer", "drift": "embedx.drift", "embed": "embedx.embed",
+})

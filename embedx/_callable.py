@@ -6,17 +6,23 @@ one whose call is the API function the module names (``make_callable(__name__, f
 """
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
 
 class CallableModule(types.ModuleType):
     def __call__(self, *args, **kwargs):
-        return self.__dict__["__api_function__"](*args, **kwargs)
+        function = self.__dict__["__api_function__"]
+        if isinstance(function, str):  # "module:name", imported on the first call
+            module, _, name = function.partition(":")
+            function = self.__dict__["__api_function__"] = getattr(importlib.import_module(module), name)
+        return function(*args, **kwargs)
 
 
 def make_callable(module_name: str, function) -> None:
-    """Let the module ``module_name`` (already in ``sys.modules``) be called as ``function``."""
+    """Let the module ``module_name`` (already in ``sys.modules``) be called as ``function`` (a function, or
+    "module:name" to import on the first call)."""
     module = sys.modules[module_name]
     module.__dict__["__api_function__"] = function
     module.__class__ = CallableModule

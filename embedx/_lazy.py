@@ -7,12 +7,12 @@ import importlib
 
 def exports(package: str, names: dict[str, str]):
     """A module ``__getattr__`` for ``package`` that resolves each of ``names`` (name -> module) on first use: the
-    module's attribute ``name``, or the module itself when it is ``package.name`` (a lazily loaded submodule)."""
+    module's attribute ``name``, or the module itself when its last part is ``name`` (a lazily loaded module)."""
 
     def __getattr__(name: str):
         if name in names:
             module = importlib.import_module(names[name])
-            value = module if names[name] == f"{package}.{name}" else getattr(module, name)
+            value = module if names[name].rpartition(".")[2] == name else getattr(module, name)
             setattr(importlib.import_module(package), name, value)
             return value
         raise AttributeError(f"module {package!r} has no attribute {name!r}")

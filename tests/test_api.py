@@ -80,8 +80,9 @@ def test_arrays_and_a_store_of_the_same_rows_give_the_same_numbers(tmp_path, rng
     embedx.import_arrays(tmp_path / "s.zarr", x32, t32, y, dtype="float32")
     from_store = embedx.measure(embedx.open(tmp_path / "s.zarr"), progress=False)
     from_arrays = embedx.measure((x32, t32, y), progress=False)
-    for k in from_store.values:
-        assert from_arrays[k] == pytest.approx(from_store[k], abs=1e-9), k
+    for k in from_store.values:  # the store's recorded sums let the cosine silhouette join the first pass; arrays
+        # take a second pass: float32 dots summed in another order (both within 1e-5 of float64, tested elsewhere)
+        assert from_arrays[k] == pytest.approx(from_store[k], abs=1e-7 if k == "silhouette_cosine" else 1e-9), k
     tr_store = embedx.transfer(tmp_path / "s.zarr")
     tr_arrays = embedx.transfer((x32, t32, y))
     assert dict(tr_arrays) == pytest.approx(dict(tr_store), rel=1e-9, abs=1e-12)

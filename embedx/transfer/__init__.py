@@ -37,6 +37,5 @@ __all__ = ['DEFAULT', 'NEED_TEXTS', 'SCORES', 'SHARED', 'Result', 'compute', 'co
 __getattr__ = _lazy.exports(__name__, {name: "embedx.transfer.api" for name in __all__})  # loaded on first use
 
 from embedx._callable import make_callable  # noqa: E402
-from embedx.transfer.api import transfer  # noqa: E402
 
-make_callable(__name__, transfer)  # embedx.transfer(...) is this function even once this package is imported
+make_callable(__name__, "embedx.transfer.api:transfer")  # embedx.transfer(...) is this function

@@ -42,7 +42,10 @@ def test_rank_count_matches_reference(rng, impl, dtype, case):
     hi = K.rank_count_reference(a64, b64, a_thr - 1e-5, b_thr - 1e-5, pos, row_offset)
     for g, low, high in zip(got, lo, hi):
         assert g.shape == low.shape and (low <= g).all() and (g <= high).all()
-    assert (lo[0] == hi[0]).mean() > 0.9 and (lo[1] == hi[1]).mean() > 0.9  # the bounds are (nearly) exact
+    # the bounds are (nearly) exact: at most one in ten counts (and at least one: a single row or column) has a
+    # score within round-off of its threshold
+    loose = int((lo[0] != hi[0]).sum() + (lo[1] != hi[1]).sum())
+    assert loose <= max(1, (m + n) // 10), loose
     if case == "offset_and_no_positive":
         assert got[0][0] == 0
 
