@@ -65,7 +65,8 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
 
     import embedx.encoders  # noqa: F401  (torchvision shim first)
-    from embedx.drift import compare, history as hist
+    from embedx.drift import compare
+    from embedx.predict import experiment as hist
     from embedx.embed import embed_to_store
     from embedx.finetune.train import finetune
     from embedx.predict import predict

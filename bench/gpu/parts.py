@@ -456,8 +456,8 @@ def part_finetune(rec: Record, sz: dict, dry: bool, scratch: str, out: str) -> N
 
     from embedx.finetune import METHODS, build
     from embedx.finetune import train
-    from embedx.finetune.methods import resolve_options
-    from embedx.finetune.model import count_params
+    from embedx.tuning import resolve_options
+    from embedx.tunedclip import count_params
 
     dev = device_paths(dry)
     steps = {}

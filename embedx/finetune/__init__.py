@@ -1,6 +1,6 @@
 """Fine-tuning open_clip models with the papers' methods (full, BitFit, A-CLIP attention, LoRA through
 peft, CLIP-Adapter) into small, resumable run folders that ``embedx embed --checkpoint`` re-embeds with."""
-from embedx.finetune import methods
+from embedx import tuning as methods
 from embedx.finetune.train import build, dry_run, finetune
 from embedx.models import load_tuned, read_run
 from embedx.tuning import METHODS
