@@ -133,7 +133,8 @@ def test_complete_store_needs_overwrite(uninterrupted):
 
 def test_ctrl_c_keeps_committed_rows_and_rerun_completes(tmp_path):
     """SIGINT: one line, exit 130, committed rows kept; the rerun equals an uninterrupted run."""
-    args = ["embed", "-m", "embedx-tiny", "--data", "digits", "--batch-size", "16", "--chunk-rows", "64"]
+    # batch 4: the loop runs for seconds after the first commit is visible, so the signal lands inside it
+    args = ["embed", "-m", "embedx-tiny", "--data", "digits", "--batch-size", "4", "--chunk-rows", "64"]
     ref = str(tmp_path / "ref.zarr")
     assert run_embedx(*args, "--out", ref)[0] == 0
     out = str(tmp_path / "s.zarr")
