@@ -16,6 +16,11 @@ CMD = ["embed", "--model", "ViT-S-32-alt", "--pretrained", "none", "--seed", "3"
        "--data", "digits"]
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
 def _committed(path):
     try:
         return read_meta(path)["rows_committed"]
@@ -138,14 +143,17 @@ def test_ctrl_c_keeps_committed_rows_and_rerun_completes(tmp_path):
     ref = str(tmp_path / "ref.zarr")
     assert run_embedx(*args, "--out", ref)[0] == 0
     out = str(tmp_path / "s.zarr")
-    proc = subprocess.Popen(embedx_cmd(*args, "--out", out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the child starts with SIGINT at its default, whatever this test process inherited or set (a SIGINT ignored
+    # by the parent stays ignored in the child, and Python then installs no KeyboardInterrupt handler)
+    proc = subprocess.Popen(embedx_cmd(*args, "--out", out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     deadline = time.time() + 120
     while _committed(out) == 0 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "Traceback" not in err and "rerun the same command to resume" in err
+    assert proc.returncode == 130 and "Traceback" not in err and "rerun the same command to resume" in err, err
     assert 0 < _committed(out) < 1797
     assert run_embedx(*args, "--out", out)[0] == 0
     np.testing.assert_array_equal(Store(ref).images(), Store(out).images())
