@@ -89,9 +89,9 @@ def test_drift_knn_overlap_is_the_same_through_every_provider(tmp_path, rng):
     res = {p: drift_pass(*stores, knn_k=7, knn_rows=rows, block_rows=64, knn_provider=p)
            for p in ("auto", "faiss", "torch")}
     assert res["auto"].knn_overlap == res["faiss"].knn_overlap == res["torch"].knn_overlap
-    xa = x / np.linalg.norm(x, axis=1, keepdims=True)
-    xb = np.load(tmp_path / "b.npy")
-    xb = xb / np.linalg.norm(xb, axis=1, keepdims=True)
+    # the reference reads what drift reads: the stored (float16) rows, normalized in float64
+    xa, xb = (s.images().astype(np.float64) for s in stores)
+    xa, xb = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (xa, xb))
     na, nb = (K.knn_reference(v[rows], v, 7, exclude=rows) for v in (xa, xb))
     want = np.mean([len(set(a) & set(b)) / 7 for a, b in zip(na, nb)])
     # float32 scores in drift: a neighbour within round-off of the 7th may fall either way
