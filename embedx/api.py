@@ -9,8 +9,6 @@ tuple ``(images, texts[, labels])`` of numpy arrays or torch tensors.
 """
 from __future__ import annotations
 
-import builtins
-
 
 def open(path, *, allow_partial: bool = False, verify_content: bool = True):  # noqa: A001  (embedx.open)
     """Open the store at ``path`` (local or fsspec URL) for reading -> ``embedx.store.Store``.
@@ -57,5 +55,3 @@ def _source(source):
 
     return as_source(source)
 
-
-_ = builtins  # ``open`` above shadows the builtin inside this module only

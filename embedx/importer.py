@@ -16,6 +16,7 @@ from embedx import store as st
 from embedx import validate
 from embedx.engine.progress import Bar, enabled
 from embedx.errors import EmbedxError
+from embedx.rowsource import as_numpy
 from embedx.rows import first_bad_row
 from embedx.storepath import place, staging_path, writer_lock
 
@@ -27,7 +28,7 @@ def load_array(spec, what: str = "array") -> np.ndarray:
     """``file.npy`` (memory-mapped), ``file.npz[:key]`` or ``file.parquet[:column]``; an in-memory numpy array or
     torch tensor is taken as it is."""
     if not isinstance(spec, (str, os.PathLike)):
-        return spec.detach().cpu().numpy() if hasattr(spec, "detach") else np.asarray(spec)
+        return as_numpy(spec)
     spec = os.fspath(spec)
     path, key = spec, None
     for ext in (".npz", ".parquet"):

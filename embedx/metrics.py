@@ -62,11 +62,11 @@ def silhouette(points, labels) -> float:
 
     from embedx import validate
     from embedx.measures.silhouette import silhouette_exact
-    from embedx.rowsource import _numpy
+    from embedx.rowsource import as_numpy
 
-    x = _numpy(points, "points")
+    x = as_numpy(points)
     validate.matrix(x, "points")
-    y = np.asarray(_numpy(labels, "labels")).reshape(-1)
+    y = np.asarray(as_numpy(labels)).reshape(-1)
     if len(y) != len(x):
         raise validate.error("labels", f"labels must have one entry per point ({len(x)}), got {len(y)}")
     return silhouette_exact(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), y)

@@ -53,8 +53,8 @@ class RowSource(Protocol):
     def chunks_verified(self) -> dict: ...
 
 
-def _numpy(a, what: str):
-    """numpy view of a numpy array or torch tensor (CUDA tensors are copied to the host)."""
+def as_numpy(a):
+    """numpy view of a numpy array or torch tensor (CUDA tensors are copied to the host); None stays None."""
     if a is None:
         return None
     if hasattr(a, "detach") and hasattr(a, "cpu"):  # torch.Tensor, without importing torch
@@ -74,7 +74,7 @@ class ArrayRows:
 
     def __init__(self, images, texts, labels=None, *, paired: bool | None = None, ids=None, names=None,
                  chunk_rows: int = ARRAY_CHUNK_ROWS):
-        x, t = _numpy(images, "images"), _numpy(texts, "texts")
+        x, t = as_numpy(images), as_numpy(texts)
         validate.matrix(x, "images")
         if t is None:
             if labels is None or paired:
@@ -95,7 +95,7 @@ class ArrayRows:
         else:
             if labels is None:
                 raise validate.error("labels", "a class source needs labels (one class index per image)")
-            y = validate.labels(_numpy(labels, "labels"), len(x), len(t) if len(t) else None).astype(np.int32)
+            y = validate.labels(as_numpy(labels), len(x), len(t) if len(t) else None).astype(np.int32)
         self.x, self.t, self.y = x, t, y
         self.paired = bool(paired)
         self.n_images, self.n_texts, self.dim = x.shape[0], t.shape[0], x.shape[1]
@@ -103,7 +103,7 @@ class ArrayRows:
         self.chunk_rows = int(chunk_rows)
         self.path = "<arrays>"
         self.meta: dict = {"mode": "paired" if paired else "class"}
-        self._ids = None if ids is None else np.asarray(_numpy(ids, "ids")).astype(str)
+        self._ids = None if ids is None else np.asarray(as_numpy(ids)).astype(str)
         if self._ids is not None and len(self._ids) != self.n_images:
             raise validate.error("ids", f"needs one id per image ({self.n_images}), got {len(self._ids)}")
         self._names = None if names is None else np.asarray(list(names), dtype=object)

@@ -65,8 +65,7 @@ class Sums:
     st: np.ndarray
     correct: float        # class stores: sum_c M_c.t_c
     text_cos: float       # paired stores: the texts' cosine-silhouette sum (with the recorded sums)
-    texts: object         # class stores: normalized class texts (torch), else None
-    cfg: PassConfig
+    cfg: PassConfig       # the pass's config; cfg.texts: class stores' normalized class texts (torch), else None
 
 
 def _texts(ctx):
@@ -115,7 +114,7 @@ def _sums(ctx) -> Sums:
     correct = float("nan")
     if not src.paired and tot.class_sum is not None:
         correct = float((tot.class_sum * cfg.texts.double().numpy()).sum())
-    return Sums(src.paired, n, c, tot, sx, st, correct, text_cos, cfg.texts, cfg)
+    return Sums(src.paired, n, c, tot, sx, st, correct, text_cos, cfg)
 
 
 def _cosine(ctx) -> float:
@@ -215,7 +214,7 @@ def _per_class(source, s: Sums, per_point) -> dict:
     names = [str(v) for v in source.text_names()]
     y = source.labels()
     out = {}
-    tn = s.texts.double().numpy()
+    tn = s.cfg.texts.double().numpy()
     for k, name in enumerate(names):
         cnt = int(tot.class_count[k])
         row = {"n_images": cnt, "acs": float(tot.class_sum[k] @ tn[k] / cnt) if cnt else None,

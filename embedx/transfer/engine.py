@@ -42,18 +42,20 @@ def _moments(ctx):
     return Moments(len(ctx["labels"]), ctx.source.dim, scatter=ctx.option("scatter"), sumsq=ctx.option("sumsq"))
 
 
+def _transrate_groups(ctx) -> list:
+    """The present labels in groups whose d x d scatters fit TransRate's memory budget."""
+    return _transrate.groups(np.flatnonzero(ctx["labels"]), ctx.source.dim)
+
+
 def _class_scatter(ctx):
-    counts = ctx["labels"]
-    groups = _transrate.groups(np.flatnonzero(counts), ctx.source.dim)
-    ctx.results["transrate_groups"] = groups
-    return _transrate.ClassScatter(groups[0], ctx["moments"], len(counts), ctx.source.dim)
+    return _transrate.ClassScatter(_transrate_groups(ctx)[0], ctx["moments"], len(ctx["labels"]), ctx.source.dim)
 
 
 def _transrate_rates(ctx):
     """Per-class coding rates: the first class group from pass 1, each further group one more pass."""
     mom, first = ctx["moments"], ctx["class_scatter"]
     rates = _transrate.class_rates(first, mom)
-    for group in ctx["transrate_groups"][1:]:
+    for group in _transrate_groups(ctx)[1:]:
         acc = _transrate.ClassScatter(group, mom, len(ctx["labels"]), ctx.source.dim)
         sweep(ctx.source, [acc], progress=ctx.progress, desc="transrate group")
         rates += _transrate.class_rates(acc, mom)
@@ -71,7 +73,6 @@ def _leep_likelihood(ctx):
 
 def _confmix(ctx):
     fda1 = _sfda.first_fda(ctx["moments"])
-    ctx.results["sfda_fda1"] = fda1
     return _sfda.ConfMix(fda1, ctx["moments"]) if fda1 is not None else None
 
 
@@ -79,7 +80,7 @@ def _sfda_probability(ctx):
     mix = ctx["confmix"]
     if mix is None:
         return None
-    fda2 = _sfda.fit(mix.mixed_moments, shrinkage=ctx["sfda_fda1"].shrinkage)
+    fda2 = _sfda.fit(mix.mixed_moments, shrinkage=mix.fda.shrinkage)
     return _sfda.TrueClassProbability(mix, fda2)
 
 
