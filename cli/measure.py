@@ -6,7 +6,7 @@ import math
 import click
 
 from embedx.cli.common import LazyHelp, emit_json, progress_enabled, score_lines
-from embedx.cli.options import device_option, json_out_options, silhouette_options, store_argument
+from embedx.cli.options import cluster_option, device_option, json_out_options, silhouette_options, store_argument
 
 
 def _render(store: str, res: dict, keys: list[str], per_class: bool) -> None:
@@ -60,17 +60,20 @@ silhouette projected past a minute says so (then --silhouette sample estimates i
 @click.option("--per-class", is_flag=True, help="Also acs, zero-shot recall and silhouette per class.")
 @device_option("Where the pairwise kernels run (Euclidean silhouette, retrieval): auto (CUDA + Triton when "
                "available), cpu, cuda or cuda:N.")
+@cluster_option()
 @json_out_options()
 @click.pass_context
 def measure(ctx, store, metrics, silhouette_mode, sample_size, seed, silhouette_labels, knn, per_class, device,
-            as_json, out):
+            cluster, as_json, out):
+    from embedx.dist.cluster import connect
     from embedx.measures import NOT_MEASURES, compute
     from embedx.store import Store
 
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
-    res = compute(Store(store), names, silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed,
-                  knn=knn, per_class=per_class, silhouette_labels=silhouette_labels, device=device,
-                  progress=progress_enabled(ctx))
+    with connect(cluster) as executor:
+        res = compute(Store(store), names, silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed,
+                      knn=knn, per_class=per_class, silhouette_labels=silhouette_labels, device=device,
+                      progress=progress_enabled(ctx), executor=executor)
     emit_json(res, out, as_json)
     if not as_json:
         _render(store, res, [k for k in res if k not in NOT_MEASURES], per_class)

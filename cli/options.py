@@ -60,3 +60,12 @@ def silhouette_options(silhouette_help: str, seed_help: str):
         click.option("--sample-size", default=2000, show_default=True, help="Points for --silhouette sample."),
         seed_option(seed_help),
     )
+
+
+def cluster_option(what: str = "the passes"):
+    """--cluster local[:N] | tcp://HOST:PORT (Dask; the extra embedx[dist])."""
+    return click.option(
+        "--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT",
+        help=f"Run {what} on a Dask cluster: 'local' (a worker process per core) or 'local:N' starts one for this "
+             f"command; tcp://HOST:PORT uses a running `dask scheduler` (its workers need embedx installed and "
+             f"read the store themselves). Results equal the in-process ones to 1e-9. Needs embedx[dist].")

@@ -17,3 +17,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise EmbedxError(f"device={device!r} asked for, but torch sees no CUDA device")
     return dev
+
+
+def worker_device(cfg):
+    """``cfg`` (a dataclass with ``device`` and ``device_request``) with the device resolved on this process: a
+    cluster worker with a GPU takes it for "auto", one without runs on its CPU."""
+    import dataclasses
+
+    dev = resolve_device(getattr(cfg, "device_request", None) or "auto")
+    return cfg if dev == cfg.device else dataclasses.replace(cfg, device=dev)

@@ -180,3 +180,10 @@ def as_source(obj) -> RowSource:
         return obj
     raise validate.error("source", f"expected a store path, an embedx Store, embedx.ArrayRows or a tuple "
                                    f"(images, texts[, labels]); got {type(obj).__name__}")
+
+
+def resolve(ref):
+    """The source a task was handed (``Executor.ref``): a ``StoreRef`` opened once per process, else as it is."""
+    from embedx.store import StoreRef, open_ref
+
+    return open_ref(ref) if isinstance(ref, StoreRef) else ref

@@ -411,6 +411,40 @@ def _clean_partials(path: str) -> None:
                 os.remove(os.path.join(root, f))
 
 
+@dataclass(frozen=True)
+class StoreRef:
+    """A store as a task on another process opens it: path, the generation id it must still have, and how it was
+    opened. :func:`open_ref` opens it once per process."""
+
+    path: str
+    generation: str | None
+    allow_partial: bool = False
+    verify_content: bool = True
+
+
+_OPENED: dict = {}
+_OPENED_MAX = 8
+_OPENED_LOCK = threading.Lock()
+
+
+def open_ref(ref: "StoreRef") -> "Store":
+    """The store ``ref`` names, opened once per process (tasks of one pass share it); a store replaced since the
+    driver opened it (another generation) is an error, never a mix of two stores."""
+    key = (ref.path, ref.generation, ref.allow_partial, ref.verify_content)
+    with _OPENED_LOCK:
+        s = _OPENED.get(key)
+    if s is None:
+        s = Store(ref.path, allow_partial=ref.allow_partial, verify_content=ref.verify_content)
+        if s.generation != ref.generation:
+            raise StoreError(f"{ref.path} was replaced while it was being read (another process wrote a new store "
+                             f"there), so these numbers could mix two stores; rerun")
+        with _OPENED_LOCK:
+            if len(_OPENED) >= _OPENED_MAX:
+                _OPENED.pop(next(iter(_OPENED)))
+            _OPENED[key] = s
+    return s
+
+
 class Store:
     """Read access to a store. By default only complete stores open (``allow_partial`` to inspect others).
 
@@ -433,6 +467,11 @@ class Store:
         self._content = self._content_inventory() if verify_content else {}
         self._verified = {name: set() for name in self._content}  # chunks a read has matched to their checksum
         self._verified_lock = threading.Lock()
+        self._opened = (allow_partial, verify_content)
+
+    def ref(self) -> StoreRef:
+        """This store as tasks in other processes open it (``open_ref``)."""
+        return StoreRef(self.path, self.generation, *self._opened)
 
     # -- shape --------------------------------------------------------------------------------------------
     @property

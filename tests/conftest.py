@@ -92,3 +92,35 @@ def write_behind_embedx(path, name: str, index, values) -> None:
     meta = dict(g.attrs["embedx"])
     meta["integrity"] = {k: v for k, v in (meta.get("integrity") or {}).items() if k != "content"}
     g.attrs["embedx"] = meta
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A Dask LocalCluster of 2 worker processes (1 thread each) shared by the session's cluster tests; the
+    workers import embedx from this checkout. Torn down at the end of the session."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture
+def small_tasks(monkeypatch):
+    """Pass units, blocks and tasks small enough that a test store of a few thousand rows splits into many tasks.
+    These are driver-side sizes: tasks receive their ranges and unit sizes as arguments."""
+    from embedx.measures import stream
+
+    monkeypatch.setattr(stream, "TASK_ROWS", 64)
+    monkeypatch.setattr(stream, "FLUSH_ROWS", 256)
+    monkeypatch.setattr(stream, "PAIRED_BLOCK_BYTES", 16 << 10)
+
+
+@pytest.fixture
+def dask_executor(dask_client, small_tasks):
+    """A DaskExecutor on the session's 2-worker cluster with 64 KiB tasks (many tasks per test store)."""
+    from embedx.dist.executor import DaskExecutor
+
+    return DaskExecutor(dask_client, task_bytes=64 << 10)

@@ -21,7 +21,7 @@ from embedx.engine.progress import Bar, enabled
 from embedx.engine.result import Result
 from embedx.measures import retrieval, silhouette
 from embedx.measures.cosine import cosine_silhouette
-from embedx.measures.stream import PassConfig, Partial, block_partial, class_pass, cosine_silhouette_sum, normalized
+from embedx.measures.stream import Partial, PassConfig, class_pass, normalized, paired_pass
 from embedx.rows import duplicate_groups
 
 FAMILY = "measure"
@@ -89,19 +89,12 @@ def _stream(ctx):
                      sum_x_hint=sx_hint if ctx.wants("silhouette_cosine") and text_sum is not None else None,
                      zeroshot=not src.paired and any(s.name.startswith("zeroshot") for s in ctx.scores),
                      device=ctx.options["device"], text_groups=groups)
+    cfg.device_request = ctx.options["device_request"]
     bar = Bar(src.n_images, "measures pass", enabled(ctx.progress))
     with bar:
         if not src.paired:
             return class_pass(src, cfg, executor=ctx.executor, bar=bar), 0.0, None, cfg, st_hint
-        tot, text_cos, st_pass = Partial(), 0.0, np.zeros(src.dim)
-        for start, block in src.iter_images(reuse=True):
-            tb = normalized(src.read_texts(start, start + len(block)), "texts", start)
-            st_pass += tb.double().sum(0).numpy()
-            if cfg.sum_x_hint is not None:
-                w = tb.double() @ torch.stack([cfg.text_sum, cfg.sum_x_hint], 1)
-                text_cos += cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), cfg.n_texts, cfg.n_images)
-            tot = tot.merge(block_partial(block, cfg, tb, start))
-            bar.update(len(block))
+        tot, text_cos, st_pass = paired_pass(src, cfg, ctx.executor, bar)
         return tot, text_cos, st_pass, cfg, st_hint
 
 
@@ -188,7 +181,7 @@ def run(source, metrics=None, *, silhouette_mode: str = "exact", sample_size: in
     want = list(dict.fromkeys(want))
     specs = [registry.get(FAMILY, m) for m in want]
     opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn,
-                device=resolve_device(device))
+                device=resolve_device(device), device_request=str(device))
     ctx = Context(source, specs, opts, resolve(executor), progress)
     clock = Clock(shared=False)
     extra = [_PerClass()] if per_class else []

@@ -32,6 +32,8 @@ from embedx.rows import first_bad_row
 
 
 SUB_BLOCK = 65536   # paired pass: rows per torch sub-block
+SUM_ROWS = 8192     # paired pass: rows per float64 slice of S_x
+PAIRED_BLOCK_BYTES = 64 << 20  # paired pass: stored bytes of image rows per block (whole chunks)
 TASK_ROWS = 4096    # class pass: rows per task (whole chunks; at least this many)
 SEGMENT_ROWS = 1 << 20  # class pass: labels are read per segment (4 MiB of int32), so memory is bounded
 FLUSH_ROWS = 65536  # class pass: float32 class sums are added into float64 after this many rows per thread
@@ -102,6 +104,7 @@ class PassConfig:
     sum_x_hint: torch.Tensor | None     # S_x known up front (store attrs): cosine silhouette in this pass
     zeroshot: bool
     device: torch.device = torch.device("cpu")  # where the zero-shot matmul and counts run
+    device_request: str = "auto"        # what was asked ("auto", "cpu", "cuda"): a cluster worker resolves it
     text_groups: tuple = ()             # bit-identical class texts (rows.duplicate_groups): ties by index
 
     def cos_vectors(self, dim: int) -> np.ndarray:
@@ -121,7 +124,6 @@ class ClassWorker:
         self.buf = np.empty((rows, dim), dtype)
         self.vs = cfg.cos_vectors(dim)
         self.acc = np.zeros((c + 1, dim), np.float32)
-        self.pending = 0
         self.sums = np.zeros((c + 1, dim))
         self.counts = np.zeros(c, np.int64)
         self.cos = 0.0
@@ -146,9 +148,6 @@ class ClassWorker:
             self.bad = (start + bad[0], bad[1])
             return
         self.n += len(x)
-        self.pending += len(x)
-        if self.pending >= FLUSH_ROWS:
-            self.flush()
         keep = y >= 0
         all_labelled = bool(keep.all())
         yl = y if all_labelled else y[keep]
@@ -165,9 +164,21 @@ class ClassWorker:
                                groups=self.groups)
 
     def flush(self) -> None:
+        """Add the float32 sums of the rows since the last flush into the float64 sums (once per unit)."""
         self.sums += self.acc
         self.acc[:] = 0
-        self.pending = 0
+
+    def fold_unit(self, store, u0: int, u1: int, y: np.ndarray, y0: int, bar=None) -> None:
+        """Rows ``u0:u1`` (one unit: whole read buffers) with labels ``y`` (``y[0]`` is row ``y0``), then a flush:
+        the float32 sums cover exactly one unit whichever worker folds it, so the float64 total is the same
+        (up to the order of float64 additions) in-process and on a cluster."""
+        rows = len(self.buf)
+        for s0 in range(u0, u1, rows):
+            x = store.read_images_into(s0, self.buf[: min(rows, u1 - s0)])
+            self.add(x, y[s0 - y0:s0 - y0 + len(x)], s0)
+            if bar is not None:
+                bar.update(len(x))
+        self.flush()
 
     def partial(self) -> Partial:
         self.flush()
@@ -186,67 +197,151 @@ def chunk_partial(x: np.ndarray, y: np.ndarray, cfg: PassConfig, start: int = 0,
     return w.partial()
 
 
+def pass_units(store) -> tuple[int, int]:
+    """(rows per read buffer: whole chunks, at least TASK_ROWS; rows per unit: whole buffers, about FLUSH_ROWS).
+    A unit is the class pass's unit of work and of float32 accumulation."""
+    rows = store.chunk_rows * max(1, TASK_ROWS // store.chunk_rows)
+    return rows, rows * max(1, FLUSH_ROWS // rows)
+
+
+def _bad(workers) -> None:
+    bad = min((w.bad for w in workers if w.bad is not None), default=None)
+    if bad is not None:
+        raise validate.error("images", f"images row {bad[0]} {bad[1]}")
+
+
 def class_pass(store, cfg: PassConfig, threads: int | None = None, impl: str | None = None, executor=None,
                bar=None) -> Partial:
-    """Sweep a class store chunk by chunk: each task reads whole chunks into its worker's buffer
+    """Sweep a class store unit by unit (:func:`pass_units`): each worker reads whole chunks into its buffer
     (``store.read_images_into``, no allocation) and folds them in while they are in cache. The ``executor``
     (``embedx.engine.executor``; default: threaded in-process) runs the workers: without zero-shot one per core
     runs the (GIL-free) kernel; with zero-shot on the CPU one worker, and the matmul takes every core. With the
     zero-shot matmul on a GPU (``cfg.device``), every worker sweeps and sends its chunks there. Workers merge in
-    their fixed order. ``impl`` (default by size): the numba kernel, or torch for passes too small to pay numba's
-    start-up. ``bar``: a progress counter (``embedx.engine.progress.Bar``)."""
+    their fixed order. A distributed executor (``embedx.dist``) runs tasks of whole units instead
+    (:func:`class_range_partial`). ``impl`` (default by size): the numba kernel, or torch for passes too small to
+    pay numba's start-up. ``bar``: a progress counter (``embedx.engine.progress.Bar``)."""
     from embedx.engine.executor import ThreadedExecutor
 
     n, d = store.n_images, store.dim
-    rows = store.chunk_rows * max(1, TASK_ROWS // store.chunk_rows)
+    rows, unit = pass_units(store)
     if impl is None:
         impl = "numba" if n * d >= kernels.NUMBA_MIN_ELEMENTS else "torch"
+    if getattr(executor, "distributed", False):
+        per_task = max(1, executor.task_bytes // (unit * d * store.dtype.itemsize))
+        ranges = [(s, min(s + unit * per_task, n)) for s in range(0, n, unit * per_task)]
+        return executor.map_reduce(class_range_partial, ranges, Partial.merge, executor.ref(store), cfg, impl,
+                                   rows, unit, bar=bar, sizes=[b - a for a, b in ranges])
     executor = executor if executor is not None else ThreadedExecutor(threads)
     if threads is None:
         threads = 1 if cfg.zeroshot and cfg.device.type == "cpu" else executor.threads
     workers = [ClassWorker(cfg, d, store.dtype, rows, impl) for _ in range(threads)]
-    seg = max(rows, SEGMENT_ROWS // rows * rows)
+    seg = max(unit, SEGMENT_ROWS // unit * unit)
 
     for seg0 in range(0, n, seg):
         y_seg = store.labels(seg0, seg0 + seg)
         validate.label_range(y_seg, cfg.n_texts)
 
         def fold(w: ClassWorker, starts, y_seg=y_seg, seg0=seg0) -> None:
-            for s0 in starts:
-                x = store.read_images_into(s0, w.buf[: min(rows, n - s0)])
-                w.add(x, y_seg[s0 - seg0:s0 - seg0 + len(x)], s0)
-                if bar is not None:
-                    bar.update(len(x))
+            for u0 in starts:
+                w.fold_unit(store, u0, min(u0 + unit, n), y_seg, seg0, bar)
 
-        executor.partitioned(fold, workers, list(range(seg0, min(seg0 + seg, n), rows)))
-        bad = min((w.bad for w in workers if w.bad is not None), default=None)
-        if bad is not None:
-            raise validate.error("images", f"images row {bad[0]} {bad[1]}")
+        executor.partitioned(fold, workers, list(range(seg0, min(seg0 + seg, n), unit)))
+        _bad(workers)
     tot = Partial()
     for w in workers:
         tot = tot.merge(w.partial())
     return tot
 
 
+def class_range_partial(rng: tuple[int, int], ref, cfg: PassConfig, impl: str, rows: int, unit: int) -> Partial:
+    """A distributed task: the :class:`Partial` of image rows ``rng`` (whole units of ``unit`` rows, read ``rows``
+    at a time) of the store ``ref`` (``embedx.rowsource.resolve``), folded unit by unit as :func:`class_pass`
+    does in-process."""
+    from embedx.device import worker_device
+    from embedx.rowsource import resolve
+
+    store = resolve(ref)
+    start, stop = rng
+    cfg = worker_device(cfg)
+    y = store.labels(start, stop)
+    validate.label_range(y, cfg.n_texts)
+    w = ClassWorker(cfg, store.dim, store.dtype, rows, impl)
+    for u0 in range(start, stop, unit):
+        w.fold_unit(store, u0, min(u0 + unit, stop), y, start)
+        _bad([w])
+    return w.partial()
+
+
 def block_partial(block, cfg: PassConfig, t_block: torch.Tensor, start: int = 0, sub_rows: int = SUB_BLOCK) -> Partial:
     """Paired stores: partial sums of one block of raw image rows and their normalized paired text rows
-    ``t_block`` (S_x, sum_i x^_i.t^_i, cosine-silhouette sum). float32 within a block, float64 across."""
+    ``t_block`` (S_x, sum_i x^_i.t^_i, cosine-silhouette sum). Dots in float32, sums in float64 (S_x in
+    float64 slices, so the result does not depend on the BLAS thread count)."""
     block = np.asarray(block)
     n = len(block)
     p = Partial(n=n, n_labelled=n)
     buf = torch.empty(min(sub_rows, n), block.shape[1])
-    sum_x = torch.zeros(block.shape[1], dtype=torch.float32)
+    sum_x = torch.zeros(block.shape[1], dtype=torch.float64)
     cos_w = None if cfg.sum_x_hint is None else torch.stack([cfg.sum_x_hint.float(), cfg.text_sum.float()])
     correct = 0.0
     for s0 in range(0, n, sub_rows):
         x = buf[: min(sub_rows, n - s0)]
         x.copy_(torch.from_numpy(block[s0:s0 + len(x)]))
         inv = 1.0 / check_rows(x, "images", start + s0)
-        sum_x += inv @ x
+        for r0 in range(0, len(x), SUM_ROWS):  # float64: a float32 gemv sums in an order set by the thread count
+            sum_x += inv[r0:r0 + SUM_ROWS].double() @ x[r0:r0 + SUM_ROWS].double()
         correct += float(((x * t_block[s0:s0 + len(x)]).sum(1) * inv).double().sum())
         if cos_w is not None:
             w2 = torch.nn.functional.linear(x, cos_w) * inv[:, None]
             p.cos_sum += cosine_silhouette_sum(w2[:, 0].double().numpy(), w2[:, 1].double().numpy(), cfg.n_images,
                                                cfg.n_texts)
-    p.sum_x, p.correct_dot = sum_x.double().numpy(), correct
+    p.sum_x, p.correct_dot = sum_x.numpy(), correct
     return p
+
+
+def paired_blocks_partial(rng: tuple[int, int], ref, cfg: PassConfig, block: int):
+    """Paired stores: image rows ``rng`` of the source ``ref`` in blocks of ``block`` rows (block starts are
+    multiples of ``block``: the same blocks whether one process or a cluster task reads them) ->
+    (Partial, texts' cosine-silhouette sum, S_t of the paired texts). The paired pass's unit of work."""
+    from embedx.rowsource import resolve
+
+    src = resolve(ref)
+    out = None
+    buf = np.empty((min(block, rng[1] - rng[0]), src.dim), src.dtype)
+    for start in range(rng[0], rng[1], block):
+        part = _paired_block(src, cfg, start, src.read_images_into(start, buf[: min(block, rng[1] - start)]))
+        out = part if out is None else merge_paired(out, part)
+    return out
+
+
+def _paired_block(src, cfg: PassConfig, start: int, x: np.ndarray):
+    tb = normalized(src.read_texts(start, start + len(x)), "texts", start)
+    st = tb.double().sum(0).numpy()
+    text_cos = 0.0
+    if cfg.sum_x_hint is not None:
+        w = tb.double() @ torch.stack([cfg.text_sum, cfg.sum_x_hint], 1)
+        text_cos = cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), cfg.n_texts, cfg.n_images)
+    return block_partial(x, cfg, tb, start), text_cos, st
+
+
+def merge_paired(a, b):
+    """Merge two :func:`paired_blocks_partial` results."""
+    return a[0].merge(b[0]), a[1] + b[1], a[2] + b[2]
+
+
+def paired_pass(src, cfg: PassConfig, executor=None, bar=None):
+    """The paired pass over every image row: (Partial, texts' cosine sum, S_t) from :func:`paired_blocks_partial`,
+    block by block in-process, or as tasks of whole blocks on a distributed executor."""
+    block = src.block_rows(PAIRED_BLOCK_BYTES)
+    n = src.n_images
+    if getattr(executor, "distributed", False):
+        per_task = max(1, executor.task_bytes // (block * src.dim * np.dtype(src.dtype).itemsize))
+        ranges = [(s, min(s + block * per_task, n)) for s in range(0, n, block * per_task)]
+        return executor.map_reduce(paired_blocks_partial, ranges, merge_paired, executor.ref(src), cfg, block,
+                                   bar=bar, sizes=[b - a for a, b in ranges])
+    out = None
+    for start, x in src.iter_images(block_rows=block, reuse=True):  # the next block is read meanwhile
+        part = _paired_block(src, cfg, start, x)
+        out = part if out is None else merge_paired(out, part)
+        if bar is not None:
+            bar.update(len(x))
+    return out
