@@ -44,3 +44,74 @@ def test_paired_stream_measures_on_cluster(tmp_path, rng, dask_executor):
     store = embedx.open(_paired_store(tmp_path / "p.zarr", rng))
     names = ["acs", "iimm", "gap", "silhouette_cosine"]
     _close(compute(store, names), compute(store, names, executor=dask_executor))
+
+
+def test_cosine_second_pass_on_cluster_with_in_memory_rows(rng, dask_executor):
+    """Rows without recorded sums (ArrayRows) take the cosine silhouette's second pass: as tasks, on the scattered
+    rows, equal to in-process."""
+    x = rng.normal(size=(1500, 16)).astype(np.float32)
+    t = rng.normal(size=(5, 16)).astype(np.float32)
+    y = rng.integers(0, 5, 1500)
+    src = embedx.ArrayRows(x, t, y, chunk_rows=64)
+    names = ["silhouette_cosine", "acs", "iimm"]
+    _close(compute(src, names), compute(src, names, executor=dask_executor))
+
+
+def test_a_worker_killed_mid_measure_gives_the_same_answer(tmp_path, rng, small_tasks):
+    """SIGKILL one of 2 worker processes (by its pid) while the pass runs: Dask recomputes its tasks elsewhere and
+    the result is bit-identical to an uninterrupted cluster run (fixed merge tree) and to in-process (1e-9)."""
+    import logging
+    import os
+    import signal
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from embedx.dist.executor import DaskExecutor
+
+    store = embedx.open(_class_store(tmp_path / "big.zarr", rng, n=60000, d=32, c=8))
+    names = ["acs", "iimm", "gap", "zeroshot_top1"]
+    local = compute(store, names)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
+        ex = DaskExecutor(client, task_bytes=16 << 10)
+        clean = compute(store, names, executor=ex)
+        pids = list(client.run(os.getpid).values())
+        out = {}
+        run = threading.Thread(target=lambda: out.setdefault("r", compute(store, names, executor=ex)))
+        run.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(client.processing().values()):
+            time.sleep(0.005)
+        os.kill(pids[0], signal.SIGKILL)
+        run.join(120)
+        assert "r" in out, "the pass did not finish after a worker was killed"
+        assert out["r"].values == clean.values
+        _close(local, out["r"])
+
+
+def test_cli_measure_on_a_local_cluster_equals_in_process(tmp_path, rng):
+    import json
+
+    from tests.conftest import run_embedx
+
+    path = _paired_store(tmp_path / "p.zarr", rng, n=800)
+    rc, out, err = run_embedx("measure", path, "--metrics", "acs,iimm,gap,i2t_recall@1", "--json")
+    assert rc == 0, err
+    rc2, out2, err2 = run_embedx("measure", path, "--metrics", "acs,iimm,gap,i2t_recall@1", "--json",
+                                 "--cluster", "local:2")
+    assert rc2 == 0, err2
+    a, b = json.loads(out), json.loads(out2)
+    for k in ("acs", "iimm", "gap", "i2t_recall@1"):
+        assert b[k] == pytest.approx(a[k], abs=1e-9), k
+
+
+@pytest.mark.parametrize("spec, fragment", [("locale:2", "unknown --cluster"), ("local:0", "N >= 1"),
+                                            ("tcp://127.0.0.1:9", "cannot reach the dask scheduler")])
+def test_bad_cluster_is_a_one_line_error(tmp_path, rng, spec, fragment):
+    from tests.conftest import assert_one_line_error, run_embedx
+
+    path = _paired_store(tmp_path / "p.zarr", rng, n=100)
+    rc, out, err = run_embedx("measure", path, "--cluster", spec, env={"EMBEDX_CONNECT_TIMEOUT_S": "2"})
+    assert_one_line_error(rc, err, "--cluster", fragment)

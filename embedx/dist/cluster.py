@@ -61,13 +61,13 @@ def _local_cluster(n: int | None):
             from dask_cuda import LocalCUDACluster  # one worker per GPU where dask-cuda is installed
 
             if torch.cuda.is_available():
-                return LocalCUDACluster(n_workers=min(n, torch.cuda.device_count()), dashboard_address=None,
+                return LocalCUDACluster(n_workers=min(n, torch.cuda.device_count()), dashboard_address=":0",
                                         silence_logs=logging.ERROR)
         except ImportError:
             pass
         from distributed import LocalCluster
 
-        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                             silence_logs=logging.ERROR)
 
 
@@ -92,10 +92,13 @@ def connect(cluster=None, client=None, *, task_bytes: int | None = None):
         with _local_cluster(arg) as lc, Client(lc) as c:
             yield DaskExecutor(c, task_bytes=task_bytes, owned=True)
         return
+    timeout = float(os.environ.get("EMBEDX_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
     try:
-        c = Client(arg, timeout=CONNECT_TIMEOUT_S)
+        c = Client(arg, timeout=timeout)
     except (OSError, TimeoutError) as e:
-        raise validate.error("cluster", f"cannot reach the Dask scheduler at {arg} ({e}); start one with "
-                                        f"`dask scheduler` and workers with `dask worker {arg}`") from None
+        why = " ".join(str(e).split())[:120] or type(e).__name__
+        raise validate.error("cluster", f"cannot reach the Dask scheduler at {arg} within {timeout:g} s ({why}); "
+                                        f"start one with `dask scheduler` and workers with `dask worker {arg}`") \
+            from None
     with c:
         yield DaskExecutor(c, task_bytes=task_bytes)

@@ -19,7 +19,7 @@ COSINE_EXACT_BELOW = 1e-2  # cluster scale of cosine distances below which the e
 
 
 def cosine_silhouette(source, tot, sx: np.ndarray, st: np.ndarray, cfg, st_hint, text_cos: float,
-                      progress=None) -> float:
+                      progress=None, executor=None) -> float:
     """The cosine silhouette of ``source`` given the stream pass (``tot``: its Partial; ``cfg``: its config)."""
     n, c = source.n_images, source.n_texts
     sx_t, st_t = torch.from_numpy(sx), torch.from_numpy(st)
@@ -29,7 +29,7 @@ def cosine_silhouette(source, tot, sx: np.ndarray, st: np.ndarray, cfg, st_hint,
     if hint_ok:
         img_cos = tot.cos_sum
     else:  # the recorded sums are missing or stale: a second pass with the exact sums
-        img_cos, text_cos = cosine_pass(source, sx_t, st_t, progress)
+        img_cos, text_cos = cosine_pass(source, sx_t, st_t, progress, executor)
     if cfg.texts is not None:
         w = cfg.texts.double() @ torch.stack([st_t, sx_t], 1)
         text_cos = cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), c, n)
@@ -83,17 +83,49 @@ def cosine_exact(source) -> float:
     return total / (n + c)
 
 
-def cosine_pass(source, sx: torch.Tensor, st: torch.Tensor, progress=None):
-    """Second pass: cosine-silhouette sums of the images (and paired texts) with the exact S_x, S_t."""
-    n, c = source.n_images, source.n_texts
-    img, txt = 0.0, 0.0
-    both = torch.stack([sx, st], 1)
+def cosine_pass(source, sx: torch.Tensor, st: torch.Tensor, progress=None, executor=None):
+    """Second pass: cosine-silhouette sums of the images (and paired texts) with the exact S_x, S_t; blocks of
+    ``source.block_rows()`` rows, in-process or as tasks of whole blocks on a distributed executor."""
+    n = source.n_images
+    block = source.block_rows()
     with Bar(n, "cosine silhouette pass", enabled(progress)) as bar:
-        for start, block in source.iter_images(dtype=np.float32, reuse=True):
-            w = normalized(block, "images", start).double() @ both
-            img += cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), n, c)
-            if source.paired:
-                w = normalized(source.read_texts(start, start + len(block)), "texts", start).double() @ both
-                txt += cosine_silhouette_sum(w[:, 1].numpy(), w[:, 0].numpy(), c, n)
-            bar.update(len(block))
+        if getattr(executor, "distributed", False):
+            per_task = max(1, executor.task_bytes // (block * source.dim * np.dtype(source.dtype).itemsize))
+            ranges = [(s, min(s + block * per_task, n)) for s in range(0, n, block * per_task)]
+            return executor.map_reduce(cosine_range, ranges, add_pairs, executor.ref(source), sx, st, block,
+                                       bar=bar, sizes=[b - a for a, b in ranges])
+        img, txt = 0.0, 0.0
+        for start, x in source.iter_images(block_rows=block, reuse=True):
+            i, t = _cosine_block(source, start, x, sx, st)
+            img, txt = img + i, txt + t
+            bar.update(len(x))
     return img, txt
+
+
+def _cosine_block(source, start: int, block, sx: torch.Tensor, st: torch.Tensor) -> tuple[float, float]:
+    n, c = source.n_images, source.n_texts
+    both = torch.stack([sx, st], 1)
+    w = normalized(block, "images", start).double() @ both
+    img = cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), n, c)
+    txt = 0.0
+    if source.paired:
+        w = normalized(source.read_texts(start, start + len(block)), "texts", start).double() @ both
+        txt = cosine_silhouette_sum(w[:, 1].numpy(), w[:, 0].numpy(), c, n)
+    return img, txt
+
+
+def cosine_range(rng: tuple[int, int], ref, sx: torch.Tensor, st: torch.Tensor, block: int) -> tuple[float, float]:
+    """A distributed task: :func:`cosine_pass`'s sums over image rows ``rng`` (whole blocks of ``block`` rows)."""
+    from embedx.rowsource import resolve
+
+    source = resolve(ref)
+    img, txt = 0.0, 0.0
+    for start in range(rng[0], rng[1], block):
+        x = source.read_images_into(start, np.empty((min(block, rng[1] - start), source.dim), source.dtype))
+        i, t = _cosine_block(source, start, x, sx, st)
+        img, txt = img + i, txt + t
+    return img, txt
+
+
+def add_pairs(a: tuple, b: tuple) -> tuple:
+    return a[0] + b[0], a[1] + b[1]

@@ -112,7 +112,7 @@ def _sums(ctx) -> Sums:
 
 def _cosine(ctx) -> float:
     s, st_hint = ctx["sums"], ctx["stream"][4]
-    return cosine_silhouette(ctx.source, s.tot, s.sx, s.st, s.cfg, st_hint, s.text_cos, ctx.progress)
+    return cosine_silhouette(ctx.source, s.tot, s.sx, s.st, s.cfg, st_hint, s.text_cos, ctx.progress, ctx.executor)
 
 
 def _silhouette(kind: str):
