@@ -6,7 +6,7 @@ import math
 import click
 
 from embedx.cli.common import emit_json, jsonable
-from embedx.cli.options import json_out_options, silhouette_options
+from embedx.cli.options import cluster_option, json_out_options, silhouette_options
 
 
 def _num(v, signed: bool = False) -> str:
@@ -81,8 +81,9 @@ def _render(s: dict, report: str | None) -> None:
 @click.option("--logit-scale", default=None, type=float,
               help="--history: zero-shot softmax scale for the LEEP/NCE predictors [default: the model's own, "
                    "recorded in the store by `embedx embed`; else 100].")
+@cluster_option("the measures and the drift pass's sums (with --history: the predictors too)")
 def drift(before, after, others, report, as_json, out, metrics, silhouette_mode, sample_size, seed, knn, knn_k,
-          knn_sample, plot_sample, history, task, method, history_store, logit_scale):
+          knn_sample, plot_sample, history, task, method, history_store, logit_scale, cluster):
     """Drift between two stores of the same samples (e.g. embedded before and after fine-tuning).
 
     \b
@@ -93,18 +94,21 @@ def drift(before, after, others, report, as_json, out, metrics, silhouette_mode,
       embedx drift pets-base.zarr pets-tuned.zarr --others cars=cars-base.zarr:cars-tuned.zarr --report drift.html
       embedx drift pets-test.zarr pets-lora-test.zarr --others cars=... --history runs.csv --history-store pets-train.zarr
     """
+    from embedx.dist.cluster import connect
     from embedx.drift import compare, report as rep
 
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     opts = dict(metrics=names, silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn,
                 knn_k=knn_k, knn_sample=knn_sample, plot_sample=plot_sample)
-    if history:
-        from embedx.predict.experiment import compare_and_record
+    with connect(cluster) as executor:
+        if history:
+            from embedx.predict.experiment import compare_and_record
 
-        res, row = compare_and_record(before, after, others, history=history, task=task, method=method,
-                                      history_store=history_store, logit_scale=logit_scale, **opts)
-    else:
-        res, row = compare(before, after, others, **opts), None
+            res, row = compare_and_record(before, after, others, history=history, task=task, method=method,
+                                          history_store=history_store, logit_scale=logit_scale, executor=executor,
+                                          **opts)
+        else:
+            res, row = compare(before, after, others, executor=executor, **opts), None
     summary = jsonable(res.summary)
     if row is not None:
         summary["history_row"] = jsonable(row)

@@ -7,7 +7,7 @@ import os
 import click
 
 from embedx.cli.common import emit_json, jsonable
-from embedx.cli.options import device_option, json_out_options, silhouette_options
+from embedx.cli.options import cluster_option, device_option, json_out_options, silhouette_options
 
 
 def _n(v, fmt: str = ".4f") -> str:
@@ -112,12 +112,13 @@ Example:
               help="Scale of the zero-shot logits behind LEEP/NCE [default: each store's model's own, recorded "
                    "by `embedx embed`; else 100].")
 @device_option("Where the pairwise kernels run for measures computed from stores: auto, cpu, cuda or cuda:N.")
+@cluster_option("the measures and transfer scores computed from stores")
 @json_out_options()
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
               help="Write a scatter plot per predictor and outcome with the fit, its 95% prediction band and the "
                    "targets.")
-def predict(history_path, targets, measures, where, silhouette_mode, sample_size, seed, logit_scale, device, as_json,
-            out, plot_path):
+def predict(history_path, targets, measures, where, silhouette_mode, sample_size, seed, logit_scale, device, cluster,
+            as_json, out, plot_path):
     from embedx.errors import EmbedxError
     from embedx.predict import predict as run
     from embedx.predict.history import describe_where
@@ -127,8 +128,11 @@ def predict(history_path, targets, measures, where, silhouette_mode, sample_size
         if folder and not os.path.isdir(folder):
             raise EmbedxError(f"{opt} {path}: folder {folder} does not exist")
     names = [m.strip() for m in measures.split(",") if m.strip()] if measures else None
-    res = run(history_path, targets, measures=names, where=list(where), silhouette_mode=silhouette_mode,
-              sample_size=sample_size, logit_scale=logit_scale, seed=seed, device=device)
+    from embedx.dist.cluster import connect
+
+    with connect(cluster) as executor:
+        res = run(history_path, targets, measures=names, where=list(where), silhouette_mode=silhouette_mode,
+                  sample_size=sample_size, logit_scale=logit_scale, seed=seed, device=device, executor=executor)
     doc = jsonable(res)
     if out:
         emit_json(doc, out, False)  # the JSON before the plot

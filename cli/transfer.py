@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from embedx.cli.common import LazyHelp, emit_json, jsonable, progress_enabled, score_lines
-from embedx.cli.options import json_out_options, store_argument
+from embedx.cli.options import cluster_option, json_out_options, store_argument
+
 
 def _help() -> str:
     return f"""Transferability scores of a class store's image embeddings and labels, streamed from the store.
@@ -32,14 +33,17 @@ HIGHER = "higher = the features separate the classes more: expected to transfer 
 @click.option("--logit-scale", default=None, type=float,
               help="Zero-shot logit scale for leep/nce [default: the model's own, recorded in the store by "
                    "`embedx embed`; else 100, CLIP's trained value].")
+@cluster_option("the passes over the rows")
 @json_out_options("Print exactly {score: value} as JSON (undefined -> null).", "Also write that JSON to FILE.")
 @click.pass_context
-def transfer(ctx, store, scores, logit_scale, as_json, out):
+def transfer(ctx, store, scores, logit_scale, cluster, as_json, out):
+    from embedx.dist.cluster import connect
     from embedx.transfer import compute
 
     progress = not as_json and progress_enabled(ctx)
     names = [s.strip() for s in scores.split(",") if s.strip()] if scores is not None else None
-    res = compute(store, names, logit_scale=logit_scale, progress=progress)
+    with connect(cluster) as executor:
+        res = compute(store, names, logit_scale=logit_scale, progress=progress, executor=executor)
     values = jsonable(dict(res))
     emit_json(values, out, as_json)
     if as_json:

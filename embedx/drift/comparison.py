@@ -138,8 +138,10 @@ def _projection(a: Store, b: Store, plot_rows: np.ndarray, pr: stats.PassResult,
 def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode: str = "exact",
             sample_size: int = 2000, seed: int = 0, knn: str = "blocked", knn_k: int = 10,
             knn_sample: int | None = 20000, plot_sample: int = 2000, block_rows: int | None = None,
-            progress=None) -> Drift:
-    """Drift between two stores of the same samples; see the module docstring for every key."""
+            progress=None, executor=None) -> Drift:
+    """Drift between two stores of the same samples; see the module docstring for every key. ``executor``
+    (``embedx.engine.executor``; a Dask one from ``embedx.dist``) runs the measures of every store and the drift
+    pass's sums."""
     if knn_k < 1:
         raise EmbedxError(f"knn_k must be >= 1, got {knn_k}", param="knn_k")
     if knn_sample is not None and knn_sample < 1:
@@ -149,14 +151,14 @@ def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode
     opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn)
     timings = {}
     t0 = time.perf_counter()
-    mb, ma = compute(a, metrics, progress=progress, **opts), compute(b, metrics, progress=progress, **opts)
+    mb, ma = (compute(s, metrics, progress=progress, executor=executor, **opts) for s in (a, b))
     timings["measures"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     knn_rows = stats.sample_rows(a.n_images, knn_sample, seed)
     plot_rows = stats.sample_rows(a.n_images, plot_sample, seed + 1)
     pr = stats.drift_pass(a, b, knn_k=knn_k, knn_rows=knn_rows, plot_rows=plot_rows, block_rows=block_rows,
-                          progress=progress)
+                          progress=progress, executor=executor)
     timings["drift_pass"] = time.perf_counter() - t0
 
     summary = {
@@ -168,7 +170,7 @@ def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode
         "per_class": _per_class(a, pr.class_hits) if pr.class_hits is not None else None,
     }
     t0 = time.perf_counter()
-    summary["forgetting"] = forgetting(pairs, **opts)
+    summary["forgetting"] = forgetting(pairs, executor=executor, **opts)
     timings["forgetting"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     proj = _projection(a, b, plot_rows, pr, seed)

@@ -46,13 +46,14 @@ def _choose_predictors(hist: H.History, measures) -> list[str]:
 
 
 def predict(history_path: str, targets=(), *, measures=None, where=None, silhouette_mode: str = "exact",
-            sample_size: int = 2000, logit_scale: float | None = None, seed: int = 0, device: str = "auto") -> dict:
+            sample_size: int = 2000, logit_scale: float | None = None, seed: int = 0, device: str = "auto",
+            executor=None) -> dict:
     """Fit every (predictor, outcome) pair on the history and predict the outcomes of ``targets`` (store paths).
 
     ``measures``: predictor names (default: every predictor column, plus, when the CSV has a store column, the
     default store predictors). ``where``: {column: value or [values]} or ["COL=VALUE", ...]. The store options
     (silhouette_mode, sample_size, seed, device: ``embedx.measures.compute``; logit_scale:
-    ``embedx.transfer.compute``) only matter for values computed from stores."""
+    ``embedx.transfer.compute``; executor: where both run) only matter for values computed from stores."""
     hist = H.read(history_path)
     wh = H.parse_where(where)
     rows = H.select(hist, wh)
@@ -67,7 +68,8 @@ def predict(history_path: str, targets=(), *, measures=None, where=None, silhoue
         log.warning("%s", msg)
 
     cache = StoreCache(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed,
-                       logit_scale=logit_scale, device=device, explicit=bool(measures), warn=warn)
+                       logit_scale=logit_scale, device=device, explicit=bool(measures), warn=warn,
+                       executor=executor)
     # only histories with stores (or targets) need embedx.measures (and torch)
     comp = [m for m in names if computable(m)] if hist.has_store or targets else []
     # values: CSV cells first, computed from the row's store where the cell is blank

@@ -42,9 +42,9 @@ def identify(before: Store, after: Store, task: str | None, method: str | None) 
 
 
 def row(ident: dict, summary: dict, history_store: str, *, predictors=None, measure_opts=None,
-        logit_scale: float | None = None) -> dict:
+        logit_scale: float | None = None, executor=None) -> dict:
     """The history row of a drift ``summary`` (see the module docstring); predictors come from
-    ``history_store``, reusing BEFORE's measures when it is the same store."""
+    ``history_store``, reusing BEFORE's measures when it is the same store (``executor``: where they run)."""
     from embedx.measures import compute
 
     opts = {k: v for k, v in (measure_opts or {}).items() if k in ("silhouette_mode", "sample_size", "seed")}
@@ -52,7 +52,7 @@ def row(ident: dict, summary: dict, history_store: str, *, predictors=None, meas
     for side in ("before", "after"):
         v = summary[side].get("zeroshot_top1")
         if v is None:
-            v = compute(Store(summary[side]["path"]), ["zeroshot_top1"], **opts)["zeroshot_top1"]
+            v = compute(Store(summary[side]["path"]), ["zeroshot_top1"], executor=executor, **opts)["zeroshot_top1"]
         acc.append(v)
     forgot = summary.get("forgetting")
     out = {**ident, "zs_acc": acc[0], "ft_acc": acc[1], "ood_delta": forgot["mean_delta"] if forgot else None,
@@ -65,7 +65,8 @@ def row(ident: dict, summary: dict, history_store: str, *, predictors=None, meas
     if rest:
         cache = StoreCache(silhouette_mode=opts.get("silhouette_mode", "exact"),
                            sample_size=opts.get("sample_size", 2000), seed=opts.get("seed", 0),
-                           logit_scale=logit_scale, device="auto", explicit=predictors is not None)
+                           logit_scale=logit_scale, device="auto", explicit=predictors is not None,
+                           executor=executor)
         known.update(cache.get(history_store, rest))
     out.update({m: known[m] for m in want})
     return out
@@ -73,13 +74,14 @@ def row(ident: dict, summary: dict, history_store: str, *, predictors=None, meas
 
 def compare_and_record(before: str, after: str, others=(), *, history: str, task: str | None = None,
                        method: str | None = None, history_store: str | None = None,
-                       logit_scale: float | None = None, **compare_opts) -> tuple[Drift, dict]:
+                       logit_scale: float | None = None, executor=None, **compare_opts) -> tuple[Drift, dict]:
     """``embedx.drift.compare(before, after, others, **compare_opts)`` and its experiment's row appended to the
     history CSV ``history`` (created if missing); every input is checked before any work. -> (drift, row)."""
     ident = identify(Store(before), Store(after), task, method)
     Store(history_store or before)  # a wrong or unfinished store fails before the work
-    res = compare(before, after, others, **compare_opts)
+    res = compare(before, after, others, executor=executor, **compare_opts)
     opts = {k: compare_opts[k] for k in ("silhouette_mode", "sample_size", "seed") if k in compare_opts}
-    r = row(ident, res.summary, history_store or before, logit_scale=logit_scale, measure_opts=opts)
+    r = row(ident, res.summary, history_store or before, logit_scale=logit_scale, measure_opts=opts,
+            executor=executor)
     append_row(history, r)
     return res, r

@@ -32,11 +32,13 @@ def computable(name: str) -> bool:
 
 
 class StoreCache:
-    """Predictor values of stores, each store opened and each value computed at most once per run."""
+    """Predictor values of stores, each store opened and each value computed at most once per run (``executor``:
+    where the measures and transfer scores run; a Dask one from ``embedx.dist``)."""
 
     def __init__(self, *, silhouette_mode: str, sample_size: int, seed: int, logit_scale: float | None, device: str,
-                 explicit: bool, warn=None):
-        self.opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, device=device)
+                 explicit: bool, warn=None, executor=None):
+        self.opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, device=device,
+                         executor=executor)
         self.logit_scale = logit_scale
         self.explicit = explicit  # names came from --measures: no silent skipping
         self.values: dict[str, dict[str, float]] = {}
@@ -78,7 +80,8 @@ class StoreCache:
                     raise EmbedxError(f"transfer scores ({', '.join(scores)}) need embedx.transfer, which "
                                       f"is not installed ({e})") from None
                 try:
-                    res = transfer.compute(store, scores=scores, logit_scale=self.logit_scale)
+                    res = transfer.compute(store, scores=scores, logit_scale=self.logit_scale,
+                                           executor=self.opts["executor"])
                 except EmbedxError as e:
                     if self.explicit:
                         raise

@@ -42,8 +42,15 @@ def compute_arrays(x, y, texts=None, scores=None, logit_scale: float = LOGIT_SCA
                       executor=executor)
 
 
-def transfer(source, scores=None, *, logit_scale: float | None = None, progress=None, executor=None):
+def transfer(source, scores=None, *, logit_scale: float | None = None, progress=None, executor=None, cluster=None,
+             client=None):
     """Transferability scores (hscore, gbc, transrate, logme, sfda, leep, nce) of a class ``source`` -> Result
     ({score: value}; ``.seconds`` per score). ``logit_scale``: the zero-shot scale for leep/nce (None: the one
-    recorded in the store, else 100)."""
-    return compute(source, scores, logit_scale=logit_scale, progress=progress, executor=executor)
+    recorded in the store, else 100). ``cluster``: "local[:N]" or "tcp://HOST:PORT", or ``client``: a
+    ``distributed.Client`` (embedx[dist]): the passes run as Dask tasks of whole blocks, equal to the in-process
+    result to 1e-9 (``executor``: an embedx executor instead)."""
+    from embedx.dist.cluster import connect
+
+    with connect(cluster, client) as dask_executor:
+        return compute(source, scores, logit_scale=logit_scale, progress=progress,
+                       executor=dask_executor or executor)

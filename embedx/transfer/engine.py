@@ -4,6 +4,11 @@ Passes over the rows: pass 1 folds every score's sums (``moments``: counts, clas
 the requested scores ask for; TransRate's first class group; the zero-shot joints); pass 2 leep's likelihood and
 sfda's ConfMix sums; pass 3 sfda's second FDA. TransRate's further class groups (beyond its memory budget) read
 one more pass each.
+
+On a distributed executor (``embedx.dist``) each pass runs as tasks of whole blocks (``moments.distributed_sweep``):
+the accumulators are ``moments.Mergeable`` (partials over disjoint blocks add), and the first pass's shift is
+fixed from the first block before the tasks go out, so the scores equal the in-process ones up to the order of
+float64 additions.
 """
 from __future__ import annotations
 
@@ -57,7 +62,7 @@ def _transrate_rates(ctx):
     rates = _transrate.class_rates(first, mom)
     for group in _transrate_groups(ctx)[1:]:
         acc = _transrate.ClassScatter(group, mom, len(ctx["labels"]), ctx.source.dim)
-        sweep(ctx.source, [acc], progress=ctx.progress, desc="transrate group")
+        sweep(ctx.source, [acc], progress=ctx.progress, desc="transrate group", executor=ctx.executor)
         rates += _transrate.class_rates(acc, mom)
     return rates
 
@@ -131,7 +136,7 @@ def run(source, scores=None, *, logit_scale: float, progress=None, executor=None
 
     def do_sweep(c, accs, desc):
         n_pass[0] += 1
-        return sweep(c.source, accs, check=n_pass[0] == 1, progress=c.progress, desc=desc)
+        return sweep(c.source, accs, check=n_pass[0] == 1, progress=c.progress, desc=desc, executor=c.executor)
 
     execute(plan(specs, NEEDS), ctx, do_sweep, users(specs, NEEDS, False), clock)
     values = {}

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedx.transfer.moments import Block
+from embedx.transfer.moments import Block, Mergeable
 from embedx.transfer.sfda import softmax
 
 LOGIT_SCALE = 100.0
 
 
-class ZeroShot:
+class ZeroShot(Mergeable):
     """Pass 1: the soft joint sum_i theta(x_i)_z [y_i = y] and the hard joint counts of (y_i, argmax theta)."""
+
+    ADDITIVE = ("soft", "hard")
 
     def __init__(self, texts_unit: np.ndarray, n_labels: int, logit_scale: float, soft: bool, hard: bool):
         self.t, self.scale = texts_unit, float(logit_scale)
@@ -50,8 +52,10 @@ def nce(zs: ZeroShot) -> float:
     return float(np.sum(joint[nz] * np.log((joint / np.where(pz > 0, pz, 1.0))[nz])))
 
 
-class LeepLikelihood:
+class LeepLikelihood(Mergeable):
     """Pass 2: sum_i ln sum_z P(y_i | z) theta(x_i)_z."""
+
+    ADDITIVE = ("total",)
 
     def __init__(self, zs: ZeroShot):
         joint = zs.soft / zs.soft.sum()

@@ -19,10 +19,16 @@ from which, with N = sum_c n_c, a = sum_c a_c and mu = s + a/N:
     within scatter   W     = sum_c sum_{y_i=c} (x_i - mu_c)(..)^T = P - sum_c a_c a_c^T / n_c
     Gram             F^T F = sum_i x_i x_i^T            = P + s a^T + a s^T + N s s^T
     class variances  var_c = q_c / n_c - (a_c / n_c)**2 (population, ddof 0)
+
+Every accumulator is :class:`Mergeable`: its sums over disjoint blocks add. On a distributed executor
+:func:`distributed_sweep` fixes the shift from the first block with labelled rows (as in-process), then tasks fold
+whole blocks (the same blocks as in-process) into empty copies and the driver adds their merged sums, so only the
+order of the float64 additions differs.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from typing import Iterator
 
@@ -143,26 +149,35 @@ def symmetric(c: np.ndarray) -> np.ndarray:
     return np.triu(c) + np.triu(c, 1).T
 
 
-def sweep(source, accumulators, *, check: bool = False, progress=None, desc: str = "pass") -> float:
+def prepare(start: int, raw: np.ndarray, lab: np.ndarray, check: bool) -> Block:
+    """The :class:`Block` of raw rows ``start..`` with labels ``lab``: float64, checked (``check``: a bad row is
+    the one-line error naming it), unit norm, unlabelled rows dropped, sorted by label."""
+    xb = np.asarray(raw, dtype=np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", xb, xb))
+    if check:
+        validate.rows(norms, "images", start)
+    lab = np.asarray(lab, dtype=np.int64)
+    keep = np.flatnonzero(lab >= 0)
+    order = keep[np.argsort(lab[keep], kind="stable")]
+    x = xb[order]  # a copy, never the caller's array
+    x /= norms[order, None]
+    return Block(start, x, lab[order])
+
+
+def sweep(source, accumulators, *, check: bool = False, progress=None, desc: str = "pass", executor=None) -> float:
     """One pass over the image rows of ``source`` (a ``RowSource``): every accumulator's ``update(block)`` sees
     each block; each accumulator's ``seconds`` grows by its own time. ``check``: refuse bad rows (the first pass
-    does). Returns the seconds spent reading and preparing the blocks."""
+    does). A distributed ``executor`` (``embedx.dist``) folds the same blocks as tasks (:func:`distributed_sweep`).
+    Returns the seconds spent reading and preparing the blocks (distributed: the pass's wall time)."""
+    if getattr(executor, "distributed", False):
+        return distributed_sweep(source, accumulators, executor, check=check, progress=progress, desc=desc)
     prep = 0.0
     bar = Bar(source.n_images, f"transfer {desc}", enabled(progress))
     t0 = time.perf_counter()
     try:
         blocks = source.iter_images(block_rows=block_rows(source), with_labels=True, reuse=True)
         for start, raw, lab in blocks:
-            xb = np.asarray(raw, dtype=np.float64)
-            norms = np.sqrt(np.einsum("ij,ij->i", xb, xb))
-            if check:
-                validate.rows(norms, "images", start)
-            lab = np.asarray(lab, dtype=np.int64)
-            keep = np.flatnonzero(lab >= 0)
-            order = keep[np.argsort(lab[keep], kind="stable")]
-            x = xb[order]  # a copy, never the caller's array
-            x /= norms[order, None]
-            block = Block(start, x, lab[order])
+            block = prepare(start, raw, lab, check)
             prep += time.perf_counter() - t0
             if len(block):
                 for acc in accumulators:
@@ -176,9 +191,167 @@ def sweep(source, accumulators, *, check: bool = False, progress=None, desc: str
     return prep + (time.perf_counter() - t0)
 
 
-class Moments:
+# -- the pass on a cluster -------------------------------------------------------------------------------------
+class _Zeros:
+    """A zero array still to be made (what a task is sent instead of the zeros themselves)."""
+
+    __slots__ = ("shape", "dtype", "order")
+
+    def __init__(self, a: np.ndarray):
+        self.shape, self.dtype = a.shape, a.dtype
+        self.order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+
+    def make(self) -> np.ndarray:
+        return np.zeros(self.shape, self.dtype, order=self.order)
+
+
+class Mergeable:
+    """An accumulator whose ``ADDITIVE`` fields (arrays, numbers, or nested Mergeables; None = unused) are sums
+    over rows, so partials over disjoint blocks add up: ``fresh()`` is an empty copy keeping every other field
+    (the fixed parameters: shift, classifier, class groups), ``merge(other)`` a new copy holding the sums of
+    both. ``fresh()`` of a ``spec()`` (the copy a task is sent: zeros not yet made, references trimmed by
+    ``light()``) makes the zeros where the task runs."""
+
+    ADDITIVE: tuple = ()
+
+    def light(self):
+        """A copy without what tasks do not read (default: this object)."""
+        return self
+
+    def _copy(self, each):
+        out = copy.copy(self)
+        for f in self.ADDITIVE:
+            setattr(out, f, each(getattr(self, f)))
+        out.seconds = 0.0
+        return out
+
+    def fresh(self):
+        def zero(v):
+            if v is None:
+                return None
+            if isinstance(v, Mergeable):
+                return v.fresh()
+            if isinstance(v, _Zeros):
+                return v.make()
+            if isinstance(v, np.ndarray):
+                return np.zeros_like(v)
+            return type(v)(0)
+
+        return self._copy(zero)
+
+    def spec(self):
+        def blank(v):
+            if isinstance(v, Mergeable):
+                return v.spec()
+            return _Zeros(v) if isinstance(v, np.ndarray) else v
+
+        return self.light()._copy(blank)
+
+    def merge(self, other):
+        out = copy.copy(self)
+        for f in self.ADDITIVE:
+            a, b = getattr(self, f), getattr(other, f)
+            setattr(out, f, a if b is None else b if a is None else a.merge(b) if isinstance(a, Mergeable)
+                    else a + b)
+        out.seconds = self.seconds + other.seconds
+        return out
+
+    def absorb(self, other) -> None:
+        """Add ``other``'s sums into this object, in place (arrays keep their identity and memory order)."""
+        for f in self.ADDITIVE:
+            a, b = getattr(self, f), getattr(other, f)
+            if b is None:
+                continue
+            if isinstance(a, Mergeable):
+                a.absorb(b)
+            elif isinstance(a, np.ndarray):
+                a += b
+            else:
+                setattr(self, f, b if a is None else a + b)
+        self.seconds += other.seconds
+
+
+def read_raw(src, start: int, stop: int) -> np.ndarray:
+    """Image rows ``start:stop`` as ``iter_images`` yields them: the stored dtype (in-memory rows: their own)."""
+    from embedx.rowsource import ArrayRows
+
+    dtype = src.x.dtype if isinstance(src, ArrayRows) else src.dtype
+    return src.read_images_into(start, np.empty((stop - start, src.dim), dtype))
+
+
+def _merge_parts(a, b):
+    """Merge two task results (accumulators, first bad row): the lower bad row wins, else the sums add."""
+    if a[1] is not None or b[1] is not None:
+        return None, min(x[1] for x in (a, b) if x[1] is not None)
+    return [x.merge(y) for x, y in zip(a[0], b[0])], None
+
+
+def blocks_task(rng: tuple[int, int], ref, block: int, specs: list, check: bool):
+    """A distributed task: rows ``rng`` of the source ``ref`` (``embedx.rowsource.resolve``) in blocks of
+    ``block`` rows (block starts are multiples of ``block``: the blocks the in-process sweep folds), folded
+    into ``[s.fresh() for s in specs]`` -> (accumulators, None), or (None, (row, reason)) at the first bad row
+    (``check``)."""
+    from embedx.rowsource import resolve
+    from embedx.rows import first_bad_row
+
+    src = resolve(ref)
+    accs = [s.fresh() for s in specs]
+    for start in range(rng[0], rng[1], block):
+        stop = min(start + block, rng[1])
+        raw = read_raw(src, start, stop)
+        if check:
+            xb = np.asarray(raw, dtype=np.float64)
+            bad = first_bad_row(np.sqrt(np.einsum("ij,ij->i", xb, xb)))
+            if bad is not None:
+                return None, (start + bad[0], bad[1])
+        b = prepare(start, raw, src.labels(start, stop), False)
+        if len(b):
+            for acc in accs:
+                t = time.perf_counter()
+                acc.update(b)
+                acc.seconds += time.perf_counter() - t
+    return accs, None
+
+
+def distributed_sweep(source, accumulators, executor, *, check: bool = False, progress=None,
+                      desc: str = "pass") -> float:
+    """:func:`sweep` as tasks of whole blocks (about ``executor.task_bytes`` of stored rows each), merged in the
+    executor's fixed tree and added into ``accumulators`` (which must be :class:`Mergeable`). Fixed parameters
+    set from the data are set first, as in-process: each accumulator's ``prime(block)`` (Moments' shift) sees
+    the first block with labelled rows, read here. Only the order of the float64 additions differs from
+    in-process. A bad row (``check``) is the one-line error naming the first one."""
+    t0 = time.perf_counter()
+    n, block = source.n_images, block_rows(source)
+    starts = range(0, n, block)
+    primers = [a for a in accumulators if getattr(a, "needs_prime", lambda: False)()]
+    for start in starts if primers else ():
+        stop = min(start + block, n)
+        b = prepare(start, read_raw(source, start, stop), source.labels(start, stop), check)
+        if len(b):
+            for a in primers:
+                a.prime(b)
+            break
+    per_task = max(1, executor.task_bytes // (block * source.dim * np.dtype(source.dtype).itemsize))
+    ranges = [(s, min(s + block * per_task, n)) for s in range(0, n, block * per_task)]
+    bar = Bar(n, f"transfer {desc}", enabled(progress))
+    try:
+        accs, bad = executor.map_reduce(blocks_task, ranges, _merge_parts, executor.ref(source), block,
+                                        [a.spec() for a in accumulators], check, bar=bar,
+                                        sizes=[b - a for a, b in ranges])
+    finally:
+        bar.close()
+    if bad is not None:
+        raise validate.error("images", f"images row {bad[0]} {bad[1]}")
+    for a, part in zip(accumulators, accs):
+        a.absorb(part)
+    return time.perf_counter() - t0
+
+
+class Moments(Mergeable):
     """First-pass sums: class counts and shifted class sums always; the shifted total scatter and per-class
-    per-dimension sums of squares when asked for."""
+    per-dimension sums of squares when asked for. The shift is fixed by the first block seen (``prime``)."""
+
+    ADDITIVE = ("counts", "sums", "scatter", "sumsq")
 
     def __init__(self, n_labels: int, dim: int, *, scatter: bool = False, sumsq: bool = False):
         self.counts = np.zeros(n_labels, dtype=np.int64)
@@ -188,9 +361,16 @@ class Moments:
         self.shift: np.ndarray | None = None
         self.seconds = 0.0
 
-    def update(self, b: Block) -> None:
+    def needs_prime(self) -> bool:
+        return self.shift is None
+
+    def prime(self, b: Block) -> None:
+        """s = the mean of the first block (with labelled rows) this pass sees."""
         if self.shift is None:
             self.shift = b.x.mean(axis=0)
+
+    def update(self, b: Block) -> None:
+        self.prime(b)
         xs = b.shifted(self.shift)
         self.counts[b.labels] += np.diff(b.bounds)
         self.sums[b.labels] += b.class_sums(xs)

@@ -21,13 +21,14 @@ sums and total scatter of x'; (3) x' again and the second FDA's probability of t
 """
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import linalg
 
-from embedx.transfer.moments import Block, Moments
+from embedx.transfer.moments import Block, Mergeable, Moments
 
 log = logging.getLogger("embedx")
 
@@ -76,8 +77,10 @@ def fit(m: Moments, shrinkage: float | None = None) -> FDA:
     return FDA(coef, intercept, shrinkage)
 
 
-class ConfMix:
+class ConfMix(Mergeable):
     """Pass (2): accumulates the sums of the mixed rows x' (a Moments with the first pass's shift)."""
+
+    ADDITIVE = ("mixed_moments",)
 
     def __init__(self, fda: FDA, m: Moments):
         self.fda = fda
@@ -106,9 +109,22 @@ class ConfMix:
     def update(self, b: Block) -> None:
         self.mixed_moments.update(b.with_rows(self.mixed(b)[0]))
 
+    def without_sums(self) -> "ConfMix":
+        """A copy that only mixes rows (what pass (3) tasks need: no d x d sums)."""
+        out = copy.copy(self)
+        out.mixed_moments = None
+        return out
 
-class TrueClassProbability:
+
+class TrueClassProbability(Mergeable):
     """Pass (3): sum over rows of the second FDA's probability of the true class."""
+
+    ADDITIVE = ("total",)
+
+    def light(self):
+        out = copy.copy(self)
+        out.mix = self.mix.without_sums()
+        return out
 
     def __init__(self, mix: ConfMix, fda: FDA):
         self.mix, self.fda = mix, fda

@@ -11,9 +11,14 @@ K d^2 float64; beyond BUDGET_BYTES the classes are processed in groups, one extr
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
-from embedx.transfer.moments import Block, Moments, scatter_matrix, single_threaded_blas, symmetric, syrk_update
+from types import SimpleNamespace
+
+from embedx.transfer.moments import (Block, Mergeable, Moments, scatter_matrix, single_threaded_blas, symmetric,
+                                     syrk_update)
 
 EPS = 1e-4
 BUDGET_BYTES = 1 << 30  # most bytes of per-class scatter matrices held at once
@@ -25,8 +30,10 @@ def groups(present: np.ndarray, dim: int) -> list[np.ndarray]:
     return [present[i:i + size] for i in range(0, len(present), size)]
 
 
-class ClassScatter:
+class ClassScatter(Mergeable):
     """Accumulates P_k for the labels of one group (shift taken from the Moments of the same or a former pass)."""
+
+    ADDITIVE = ("p",)
 
     def __init__(self, labels: np.ndarray, moments: Moments, n_labels: int, dim: int):
         self.labels = np.asarray(labels)
@@ -43,6 +50,12 @@ class ClassScatter:
                 k = self.slot[lab]
                 if k >= 0:
                     syrk_update(self.p[:, :, k], xs[b0:b1])
+
+    def light(self):
+        """Tasks read only the shift of the Moments (set before the pass is sent out)."""
+        out = copy.copy(self)
+        out.moments = SimpleNamespace(shift=self.moments.shift)
+        return out
 
 
 def coding_rate(ztz: np.ndarray, n: float, eps: float = EPS) -> float:
