@@ -445,6 +445,22 @@ def open_ref(ref: "StoreRef") -> "Store":
     return s
 
 
+def opened_verified(ref: "StoreRef", reset: bool = False) -> dict:
+    """{array: chunk indices} this process's reads of ``ref`` matched to their checksums (``reset``: and forget
+    them): how a cluster run reports what its workers checked."""
+    key = (ref.path, ref.generation, ref.allow_partial, ref.verify_content)
+    with _OPENED_LOCK:
+        s = _OPENED.get(key)
+    if s is None:
+        return {}
+    out = s.chunks_verified()
+    if reset:
+        with s._verified_lock:
+            for v in s._verified.values():
+                v.clear()
+    return out
+
+
 class Store:
     """Read access to a store. By default only complete stores open (``allow_partial`` to inspect others).
 

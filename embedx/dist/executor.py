@@ -65,6 +65,20 @@ class DaskExecutor(Executor):
             self._scattered[key] = (source, self.client.scatter(source, broadcast=True, hash=False))
         return self._scattered[key][1]
 
+    def chunks_verified(self, source, reset: bool = False) -> dict:
+        """{array: sorted chunk indices} the workers' reads of ``source`` matched to their recorded checksums (a
+        worker restarted meanwhile forgets its own); ``reset``: forget them (the start of a run)."""
+        make = getattr(source, "ref", None)
+        if make is None:
+            return {}
+        from embedx.store import opened_verified
+
+        out: dict = {}
+        for per_worker in self.client.run(opened_verified, make(), reset).values():
+            for name, ks in per_worker.items():
+                out.setdefault(name, set()).update(ks)
+        return {name: sorted(ks) for name, ks in out.items()}
+
     def _submit(self, fn, items, args, bar, sizes):
         futures = [self.client.submit(fn, item, *args, pure=False, retries=RETRIES) for item in items]
         if bar is not None and sizes is not None:

@@ -183,6 +183,8 @@ def run(source, metrics=None, *, silhouette_mode: str = "exact", sample_size: in
     opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn,
                 device=resolve_device(device), device_request=str(device))
     ctx = Context(source, specs, opts, resolve(executor), progress)
+    if ctx.executor.distributed and source.content_chunks():
+        ctx.executor.chunks_verified(source, reset=True)  # count this run's reads only
     clock = Clock(shared=False)
     extra = [_PerClass()] if per_class else []
     execute(plan(specs + extra, NEEDS, source.paired), ctx, None, {}, clock)
@@ -193,7 +195,11 @@ def run(source, metrics=None, *, silhouette_mode: str = "exact", sample_size: in
         info["ties"] = TIES
     recorded = source.content_chunks()
     if recorded:  # what the reads checked against the chunk checksums recorded at finalize (arrays read)
-        seen = {k: v for k, v in source.chunks_verified().items() if v}
+        seen = {k: set(v) for k, v in source.chunks_verified().items()}
+        if ctx.executor.distributed:  # the workers' reads too
+            for k, v in ctx.executor.chunks_verified(source).items():
+                seen.setdefault(k, set()).update(v)
+        seen = {k: v for k, v in seen.items() if v}
         info["integrity"] = {"chunks_verified": sum(len(v) for v in seen.values()),
                              "chunks_recorded": sum(recorded[k] for k in seen)}
     table = _per_class(source, ctx["sums"], ctx.results.get("silhouette_euclidean:per_point")) if per_class else None
