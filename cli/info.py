@@ -29,7 +29,7 @@ def _rows(d: dict, res: dict | None) -> list[tuple[str, object]]:
         ("pretrained", d["pretrained"]), ("seed", d["seed"]), ("dataset", d["dataset"]),
         ("normalized", d["normalized"]), ("skipped inputs", d["n_skipped"]), ("created", d["created"]),
     ]
-    integrity = d["integrity"] or "no checksums recorded (unfinished, remote or older store)"
+    integrity = d["integrity"] or "no checksums recorded (unfinished or older store)"
     if res is not None:
         integrity += ": ok, checked now" if res["ok"] else f": {len(res['problems'])} DAMAGED (see below)"
     rows.append(("integrity", integrity))

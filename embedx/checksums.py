@@ -14,17 +14,23 @@ import numpy as np
 
 from embedx.kernels.ops.content_hash import ALGORITHM as CONTENT_ALGORITHM
 from embedx.kernels.ops.content_hash import content_hash
-from embedx.storelayout import chunk_files, committed_rows, units
+from embedx.storelayout import chunk_files, committed_rows, is_url, units, url_fs
 
 ALGORITHM = "crc32c"
 CONTENT_ARRAYS = ("images/embeddings", "images/labels", "texts/embeddings")
 
 
 def _crc32c(path: str) -> int:
+    """crc32c of the bytes of the file at ``path`` (a local path, or a URL: read through fsspec)."""
     import google_crc32c
 
     c = google_crc32c.Checksum()
-    with open(path, "rb") as f:
+    if is_url(path):
+        fs, p = url_fs(path)
+        opened = fs.open(p, "rb", block_size=8 << 20)
+    else:
+        opened = open(path, "rb")
+    with opened as f:
         for block in iter(lambda: f.read(8 << 20), b""):
             c.update(block)
     return int.from_bytes(c.digest(), "big")
@@ -55,9 +61,10 @@ def inventory(root: str, group, meta: dict, arrays, reader) -> dict:
     """{"algorithm", "arrays": {name: [crc32c of chunk file k]}, "content": {"algorithm", "arrays": {name:
     [NH2 of the decoded rows of chunk k]}} of the committed rows (the store at ``root`` is being finalized;
     ``reader`` reads its rows unchecked)."""
-    crcs = {name: [_crc32c(f) for _, f, _, _ in chunk_files(root, group[name], name, 0,
-                                                            committed_rows(meta, group, name))]
-            for name in arrays}
+    with ThreadPoolExecutor(_threads()) as pool:  # behind a URL each file is a request: several in flight
+        crcs = {name: list(pool.map(_crc32c, [f for _, f, _, _ in chunk_files(root, group[name], name, 0,
+                                                                             committed_rows(meta, group, name))]))
+                for name in arrays}
     content = {name: _content_hashes(reader, name, _threads()) for name in CONTENT_ARRAYS if name in arrays}
     return {"algorithm": ALGORITHM, "arrays": crcs,
             "content": {"algorithm": CONTENT_ALGORITHM, "arrays": content}}

@@ -11,12 +11,12 @@ Two checksums per chunk file (or shard) of the committed rows:
     (bench/results/integrity.md).
 
 Opening a store already refuses missing chunk files and arrays whose length disagrees with the commit marker
-(``embedx.store``); the checksums catch what keeps the right size. Local stores only (a URL store records none).
+(``embedx.store``); the checksums catch what keeps the right size. Stores behind fsspec URLs (s3://, gs://, ...)
+record and check the same inventory, the files read through fsspec (one request each).
 The checksums themselves are computed in ``embedx.checksums`` (below ``store``, which records them at finalize).
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import zarr
@@ -34,8 +34,8 @@ from embedx.checksums import (  # noqa: F401  (re-exported: the inventory's name
 )
 from embedx.errors import StoreError
 from embedx.store import Store
-from embedx.storelayout import ARRAYS, chunk_files, committed_rows, layout_problems, read_meta, units, \
-    writes_every_chunk
+from embedx.storelayout import ARRAYS, chunk_files, committed_rows, layout_problems, missing_files, read_meta, \
+    units, writes_every_chunk
 
 
 def inventory(root: str, group, meta: dict, arrays) -> dict:
@@ -71,8 +71,12 @@ def verify(path: str, files: bool = True, content: bool = True) -> dict:
             problems.append(f"{name}: the inventory lists {len(want)} chunks, the array has {len(chunks)}")
             damaged.add(name)
             continue
-        for k, f, r0, r1 in chunks:
-            if os.path.isfile(f) and _crc32c(f) != want[k]:
+        gone = missing_files(str(path), name, [f for _, f, _, _ in chunks])  # reported by layout_problems
+        present = [(k, f, r0, r1) for k, f, r0, r1 in chunks if f not in gone]
+        with ThreadPoolExecutor(_threads()) as pool:
+            crcs = list(pool.map(lambda c: _crc32c(c[1]), present))
+        for (k, f, r0, r1), crc in zip(present, crcs):
+            if crc != want[k]:
                 bad_chunks.add((name, k))
                 problems.append(f"{name} chunk {k} (rows {r0}..{r1}): checksum mismatch (overwritten, swapped or "
                                 f"from another store)")

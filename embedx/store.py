@@ -36,13 +36,16 @@ from embedx.errors import StoreError
 from embedx.storelayout import (  # noqa: F401  (re-exported: the store's public names)
     ARRAYS,
     SCHEMA,
+    check_reachable,
     chunk_files,
     committed_rows,
     is_url,
     layout_problems,
+    missing_files,
     read_meta,
     rows_per_file,
     units,
+    url_fs,
     writes_every_chunk,
 )
 from embedx.storepath import crash_point, place, staging_path
@@ -97,16 +100,22 @@ def check_target(path: str, overwrite: bool) -> bool:
             state = "complete" if meta.get("complete") else "unfinished"
             raise StoreError(f"{path} already holds a {state} store; pass --overwrite to replace it")
         return True
-    if not is_url(path) and os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+    if is_url(path):
+        check_reachable(path)
+        fs, p = url_fs(path)
+        fs.invalidate_cache(p)
+        taken = fs.exists(p)
+    else:
+        taken = os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path))
+    if taken:
         raise StoreError(f"{path} exists and is not an embedx store; refusing to write over it (choose another path)")
     return False
 
 
 def _remove(path: str) -> None:
     if is_url(path):
-        import fsspec
-
-        fs, p = fsspec.core.url_to_fs(str(path))
+        fs, p = url_fs(path)
+        fs.invalidate_cache(p)
         if fs.exists(p):
             fs.rm(p, recursive=True)
     elif os.path.isdir(path):
@@ -227,7 +236,7 @@ class StoreWriter:
                 "dtype": dtype, "dim": int(dim), "codec": codec, "chunk_rows": int(chunk_rows),
                 "n_rows_max": int(n_rows), "texts_written": paired,
                 "rows_committed": 0, "source_pos": 0, "skipped": [], "complete": False,
-                "features": [] if is_url(path) else ["inventory"]}
+                "features": ["inventory"]}
         g.attrs["embedx"] = full
 
     @classmethod
@@ -347,7 +356,9 @@ class StoreWriter:
                 self._arrays[key].resize((n,) + self._arrays[key].shape[1:])
                 crash_point("finalize:resize")
         self.meta.update(extra or {})
-        if not is_url(self.path):  # crc32c of every chunk file (embedx.integrity; `embedx verify` checks them)
+        # crc32c of every chunk file (embedx.integrity; `embedx verify` checks them), behind a URL too (URL stores
+        # from before it may lack chunks of fill values: none for them)
+        if not is_url(self.path) or writes_every_chunk(self.meta):
             from embedx.checksums import inventory  # kernels (and torch) only when a store is finalized
 
             meta = dict(self.meta, rows_committed=n)
@@ -520,13 +531,17 @@ class Store:
     def paired(self) -> bool:
         return self.meta["mode"] == "paired"
 
-    def _check_chunks(self, name: str, start: int, stop: int) -> None:
+    def _check_chunks(self, name: str, start: int, stop: int, per_read: bool = False) -> None:
         """Every chunk file holding rows ``start:stop`` of ``name`` still exists (checked on open; again before
-        zarr's fallback, which would read a chunk deleted since as its fill value: a silently wrong number)."""
-        if is_url(self.path) or not writes_every_chunk(self.meta):
+        zarr's fallback, which would read a chunk deleted since as its fill value: a silently wrong number).
+        Behind a URL the check is a listing, so row reads (``per_read``) skip it: opening checked the listing,
+        and a chunk deleted since reads as its fill value, which the content checksums refuse."""
+        if not writes_every_chunk(self.meta) or (per_read and is_url(self.path)):
             return
-        for k, f, r0, r1 in chunk_files(self.path, self.group[name], name, start, stop):
-            if not os.path.isfile(f):
+        chunks = chunk_files(self.path, self.group[name], name, start, stop)
+        gone = missing_files(self.path, name, [f for _, f, _, _ in chunks])
+        for k, f, r0, r1 in chunks:
+            if f in gone:
                 raise StoreError(f"{self.path}: {name} chunk {k} (rows {r0}..{r1}) is missing; the store is damaged")
 
     def committed(self, name: str) -> int:
@@ -605,7 +620,7 @@ class Store:
             self._direct[name] = direct_reader(self.group[name])
         d = self._direct[name]
         if d is None or not d.read_rows(start, out):
-            self._check_chunks(name, start, start + len(out))
+            self._check_chunks(name, start, start + len(out), per_read=True)
             self._zarr_read(name, start, out)
         if name in self._content:
             self._verify_read(name, start, out)
@@ -761,9 +776,8 @@ def _describe_inventory(inv: dict | None) -> str | None:
 
 def _size_on_disk(path: str) -> int:
     if is_url(path):
-        import fsspec
-
-        fs, p = fsspec.core.url_to_fs(path)
+        fs, p = url_fs(path)
+        fs.invalidate_cache(p)
         return int(sum(fs.du(p, total=False).values())) if fs.exists(p) else 0
     total = 0
     for root, _, files in os.walk(path):

@@ -20,6 +20,28 @@ def is_url(path: str) -> bool:
     return "://" in str(path)
 
 
+def url_fs(path: str):
+    """(fsspec filesystem, path within it) of a URL store; credentials and endpoint come from the environment
+    (e.g. ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` for s3://), which Dask workers started locally inherit."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(str(path))
+
+
+def missing_files(root: str, name: str, files: list[str]) -> set[str]:
+    """The ``files`` (chunk files of array ``name`` of the store at ``root``) that do not exist: a stat each on a
+    local disk, one fresh listing of the array's folder behind a URL (never fsspec's cached listing)."""
+    if not files:
+        return set()
+    if not is_url(root):
+        return {f for f in files if not os.path.isfile(f)}
+    fs, base = url_fs(root)
+    folder = f"{base.rstrip('/')}/{name}"
+    fs.invalidate_cache(folder)
+    have = {p.rstrip("/") for p in fs.find(folder)}
+    return {f for f in files if fs._strip_protocol(f).rstrip("/") not in have}
+
+
 def rows_per_file(arr) -> int:
     """Rows held by each chunk file (or shard file) of a row-chunked array."""
     return int((getattr(arr, "shards", None) or arr.chunks)[0])
@@ -27,15 +49,16 @@ def rows_per_file(arr) -> int:
 
 def chunk_files(root: str, arr, name: str, start: int, stop: int) -> list[tuple[int, str, int, int]]:
     """(k, file, first row, last row) of each chunk (or shard) file holding rows ``start:stop`` of the array
-    ``name`` of the local store at ``root``."""
+    ``name`` of the store at ``root`` (a local path, or a URL when ``root`` is one)."""
     if stop <= start:
         return []
     per_file = rows_per_file(arr)
-    folder = os.path.join(root, *name.split("/"))
+    join = (lambda *parts: "/".join([parts[0].rstrip("/"), *parts[1:]])) if is_url(root) else os.path.join
+    folder = join(str(root), *name.split("/"))
     out = []
     for k in range(start // per_file, (stop - 1) // per_file + 1):
         key = arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
-        out.append((k, os.path.join(folder, *key.split("/")), k * per_file, min((k + 1) * per_file, stop) - 1))
+        out.append((k, join(folder, *key.split("/")), k * per_file, min((k + 1) * per_file, stop) - 1))
     return out
 
 
@@ -55,7 +78,7 @@ def writes_every_chunk(meta: dict) -> bool:
 def layout_problems(root: str, meta: dict, group) -> Iterator[tuple[str, str]]:
     """(array, one line) for what contradicts the commit marker: broken array metadata, a row array shorter than
     ``rows_committed`` (or, in a complete store, of another length), a missing chunk file of committed rows
-    (stores that write every chunk; local stores only)."""
+    (stores that write every chunk; behind a URL one listing per array)."""
     n = int(meta["rows_committed"])
     rows_arrays = ARRAYS if meta.get("mode") == "paired" else ARRAYS[:3]
     for name in ARRAYS:
@@ -67,19 +90,60 @@ def layout_problems(root: str, meta: dict, group) -> Iterator[tuple[str, str]]:
         if name in rows_arrays and (arr.shape[0] < n or (meta.get("complete") and arr.shape[0] != n)):
             yield name, f"{name} has {arr.shape[0]} rows but the store records {n} committed rows"
             continue
-        if is_url(root) or not writes_every_chunk(meta):
+        if not writes_every_chunk(meta):
             continue
-        for k, f, r0, r1 in chunk_files(root, arr, name, 0, committed_rows(meta, group, name)):
-            if not os.path.isfile(f):
+        chunks = chunk_files(root, arr, name, 0, committed_rows(meta, group, name))
+        gone = missing_files(root, name, [f for _, f, _, _ in chunks])
+        for k, f, r0, r1 in chunks:
+            if f in gone:
                 yield name, f"{name} chunk {k} (rows {r0}..{r1}) is missing"
+
+
+def check_reachable(path: str) -> None:
+    """Behind a URL, a StoreError saying so when the location cannot be read at all (credentials refused, endpoint
+    unreachable), before zarr (whose concurrent requests would report it as "no store" and leave the others'
+    errors for the interpreter to print at exit). Nothing for a local path or a store that is merely absent."""
+    if not is_url(path):
+        return
+    try:
+        fs, p = url_fs(path)
+        fs.invalidate_cache(p)
+        fs.info(f"{p.rstrip('/')}/zarr.json")
+    except FileNotFoundError:
+        return
+    except PermissionError as e:
+        raise StoreError(f"{path}: access denied ({_why(e)}); check the credentials (for s3://: AWS_ACCESS_KEY_ID "
+                         f"and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)") from None
+    except Exception as e:  # an unknown protocol, a missing fsspec backend, an unreachable endpoint
+        raise StoreError(f"cannot reach {path} ({_why(e)})") from None
+
+
+def _missing_bucket(path: str) -> str:
+    """" (the bucket B does not exist)" for a URL whose bucket (first path part) is missing, else ""."""
+    if not is_url(path):
+        return ""
+    try:
+        fs, p = url_fs(path)
+        bucket = p.strip("/").split("/")[0]
+        if p.startswith("/") or not bucket or fs.exists(bucket):
+            return ""
+    except Exception:
+        return ""
+    return f" (the bucket {bucket} does not exist)"
+
+
+def _why(e: Exception) -> str:
+    text = " ".join(str(getattr(e, "strerror", None) or e).split())[:200]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def read_meta(path: str) -> dict:
     """The ``embedx`` attributes of the store at ``path`` (complete or not); StoreError if it is none."""
+    check_reachable(path)
     try:
         g = zarr.open_group(str(path), mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, OSError):
-        raise StoreError(f"no store at {path}") from None
+        raise StoreError(f"no store at {path}{_missing_bucket(path)}") from None
     except (ValueError, KeyError) as e:
         raise StoreError(f"{path} is not a readable zarr store ({e})") from None
     meta = g.attrs.get("embedx")
