@@ -6,6 +6,8 @@ import torch
 
 from embedx.kernels.backend import backend_for  # noqa: F401
 from embedx.kernels.ops.cluster_distance import (  # noqa: F401
+    cluster_distance_pair_sums_reference,
+    cluster_distance_pair_sums_torch,
     cluster_distance_sums_reference,
     cluster_distance_sums_torch,
     cluster_distance_sums_triton,
@@ -26,6 +28,15 @@ def cluster_distance_sums(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor
     the points are ``x_scale[p] * x_p`` and ``y_scale[q] * y_q``."""
     impl = cluster_distance_sums_triton if backend_for(x.device) == "triton" else cluster_distance_sums_torch
     return impl(x, y, labels, n_clusters, row_ids, col_offset, x_scale=x_scale, y_scale=y_scale)
+
+
+def cluster_distance_pair_sums(x: torch.Tensor, y: torch.Tensor | None, x_labels: torch.Tensor,
+                               y_labels: torch.Tensor | None, n_clusters: int):
+    """Both one-sided per-cluster distance sums of a block pair of one point set from one distance tile:
+    ``(S_xy, S_yx)`` with ``S_xy[p, k] = sum_{q: y_labels[q] = k} ||x_p - y_q||`` and ``S_yx[q, k] = sum_{p:
+    x_labels[p] = k} ||x_p - y_q||`` (float64); ``y`` None: the diagonal block, ``(S_xx, None)`` with self-pairs
+    0. Torch on every device (no Triton kernel for the pair op: on a GPU the tile is one cuBLAS matmul)."""
+    return cluster_distance_pair_sums_torch(x, y, x_labels, y_labels, n_clusters)
 
 
 def topk(q: torch.Tensor, g: torch.Tensor, k: int) -> torch.Tensor:

@@ -120,7 +120,7 @@ def _silhouette(kind: str):
         o = ctx.options
         fn = silhouette.modality_silhouette if kind == "modality" else silhouette.class_silhouette
         score, per_point = fn(ctx.source, o["silhouette_mode"], o["sample_size"], o["seed"], o["device"],
-                              progress=ctx.progress)
+                              progress=ctx.progress, executor=ctx.executor, device_request=o["device_request"])
         name = "silhouette_euclidean" if kind == "modality" else CLASS_SILHOUETTE
         if o["silhouette_mode"] == "exact":
             ctx.results[f"{name}:per_point"] = per_point
@@ -134,7 +134,8 @@ def _silhouette(kind: str):
 def _rank_counts(ctx) -> dict:
     src, o = ctx.source, ctx.options
     if o["knn"] == "blocked":  # rank counts streamed from the store: memory bounded, not O(N d)
-        return retrieval.recall_at_k_streamed(src, device=o["device"], progress=ctx.progress)
+        return retrieval.recall_at_k_streamed(src, device=o["device"], progress=ctx.progress, executor=ctx.executor,
+                                              device_request=o["device_request"])
     # faiss holds every normalized image and text row in memory
     return retrieval.recall_at_k(normalized(src.images(dtype=np.float32), "images"),
                                  normalized(src.texts(dtype=np.float32), "texts"),

@@ -15,10 +15,14 @@ it iff its index is lower, and so does an image identical to pos(j) (t2i); these
 thresholds p* come from one O(N d) float64 pass over the aligned rows; both sides' counts from one sweep of
 ``kernels.rank_count`` over the U x N tiles (distinct images as row blocks, texts as column blocks).
 
-``recall_at_k_streamed`` reads the store in blocks (memory O(block d + N)); ``recall_at_k`` takes rows held in
+``recall_at_k_streamed`` reads the store in blocks (memory O(block d + N)), or on a distributed executor runs the
+thresholds pass as tasks of whole blocks and the sweep as one task per tile, each reading its rows from the store
+and returning (i2t counts of its rows, t2i counts of its columns); ``recall_at_k`` takes rows held in
 memory and also serves ``knn="faiss"`` (FAISS exact inner-product top-k, which needs every row in memory).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -161,15 +165,18 @@ def _faiss_recall(q: torch.Tensor, texts: torch.Tensor, pos: np.ndarray, ks) -> 
             for side, hit in (("i2t", hit_i2t), ("t2i", hit_t2i)) for k in ks}
 
 
-def recall_at_k_streamed(store, ks=KS, device="cpu", progress=None) -> dict:
+def recall_at_k_streamed(store, ks=KS, device="cpu", progress=None, executor=None, device_request=None) -> dict:
     """Recall of a paired store read in blocks: the thresholds pass, then the count sweep with the distinct
     images as row blocks and the texts as column blocks (kept normalized in memory up to CACHE_BYTES, else
     re-read per row block). Memory O(block d + N) whatever N. On a GPU where images and texts fit
     ``resident_budget``, both sit on the device in their stored precision (float16 on the tensor cores, exact)
-    with float32 inverse norms as scales, and each sweep call takes a row block sized to fill the device."""
+    with float32 inverse norms as scales, and each sweep call takes a row block sized to fill the device. A
+    distributed ``executor`` runs both passes as tasks (:func:`_distributed_counts`)."""
     n = store.n_images
     first, pos = _items(groups_from_ids(store.ids()))
     item_row = first[pos]                       # the image row of each text's item (never after the text)
+    if getattr(executor, "distributed", False):
+        return _recall(*_distributed_counts(store, first, pos, item_row, executor, device_request, progress), ks)
     dev = torch.device(device)
     resident = 2 * n * store.dim * store.dtype.itemsize <= resident_budget(dev)
     cache = [] if n * store.dim * 4 <= CACHE_BYTES and not resident else None
@@ -177,23 +184,12 @@ def recall_at_k_streamed(store, ks=KS, device="cpu", progress=None) -> dict:
     i_hash, t_hash = np.empty(n, np.uint64), np.empty(n, np.uint64)  # identical unit rows: exact ties
     for start, block in store.iter_images(block_rows=_rows(store, ROW_BLOCK), reuse=True):
         stop = start + len(block)
-        x = normalized(block, "images", start)
-        t = normalized(store.read_texts(start, stop), "texts", start)
-        i_hash[start:stop], t_hash[start:stop] = row_hashes(x.numpy()), row_hashes(t.numpy())
-        r = item_row[start:stop]
-        q = x[torch.from_numpy(np.maximum(r - start, 0))]
-        early = np.flatnonzero(r < start)       # items whose image row lies in an earlier block
-        if len(early):
-            rows, inv = np.unique(r[early], return_inverse=True)
-            q[torch.from_numpy(early)] = normalized(store.images(rows, dtype=np.float32), "images")[
-                torch.from_numpy(inv.ravel())]
-        b_thr[start:stop] = (q.double() * t.double()).sum(1).numpy()
+        b_thr[start:stop], i_hash[start:stop], t_hash[start:stop], t = _threshold_block(store, start, block,
+                                                                                         item_row[start:stop])
         if cache is not None:
             cache.append((start, t.to(dev), None))
     a_thr = _image_thresholds(b_thr, pos, len(first))
-    plan = _TiePlan(groups_from_hashes(i_hash[first], lambda idx: normalized(store.images(first[idx])).numpy()),
-                    groups_from_hashes(t_hash, lambda idx: normalized(store.text_rows(idx)).numpy()),
-                    pos, b_thr, len(first))
+    plan = _tie_plan(store, first, pos, b_thr, i_hash, t_hash)
     if resident:  # rows checked by the thresholds pass above
         texts, t_scale = _on_device(store.texts(), dev)
         images, i_scale = _on_device(store.images(None if len(first) == n else first), dev)
@@ -209,6 +205,142 @@ def recall_at_k_streamed(store, ks=KS, device="cpu", progress=None) -> dict:
 
     return _recall(*_count_sweep(_distinct_blocks(store, first), col_blocks, a_thr, b_thr, pos, dev, plan, progress),
                    ks)
+
+
+def _threshold_block(store, start: int, block, r: np.ndarray):
+    """Rows ``start..`` of the thresholds pass: p*_j = s[pos(j), j] in float64 of the normalized float32 rows
+    (``r``: the image row of each text's item), the row hashes of the image and text rows (exact ties), and the
+    normalized text rows. An item's image row in an earlier block is read by index."""
+    stop = start + len(block)
+    x = normalized(block, "images", start)
+    t = normalized(store.read_texts(start, stop), "texts", start)
+    i_hash, t_hash = row_hashes(x.numpy()), row_hashes(t.numpy())
+    q = x[torch.from_numpy(np.maximum(r - start, 0))]
+    early = np.flatnonzero(r < start)       # items whose image row lies in an earlier block
+    if len(early):
+        rows, inv = np.unique(r[early], return_inverse=True)
+        q[torch.from_numpy(early)] = normalized(store.images(rows, dtype=np.float32), "images")[
+            torch.from_numpy(inv.ravel())]
+    return (q.double() * t.double()).sum(1).numpy(), i_hash, t_hash, t
+
+
+def _tie_plan(store, first, pos, b_thr, i_hash, t_hash) -> _TiePlan:
+    """The exact ties from the row hashes (a hash collision is checked against the rows themselves)."""
+    return _TiePlan(groups_from_hashes(i_hash[first], lambda idx: normalized(store.images(first[idx])).numpy()),
+                    groups_from_hashes(t_hash, lambda idx: normalized(store.text_rows(idx)).numpy()),
+                    pos, b_thr, len(first))
+
+
+# --- both passes as tasks on a distributed executor ------------------------------------------------------------
+def thresholds_task(item, ref, step: int):
+    """A distributed task: rows ``a..b`` of the thresholds pass (``item = (a, b, item_row[a:b])``), in blocks of
+    ``step`` rows at multiples of ``step`` (the in-process blocks) -> (b_thr, image hashes, text hashes)."""
+    from embedx.rowsource import resolve
+
+    store = resolve(ref)
+    a, b, item_row = item
+    buf = np.empty((min(step, b - a), store.dim), store.dtype)
+    parts = []
+    for start in range(a, b, step):
+        block = store.read_images_into(start, buf[: min(step, b - start)])
+        parts.append(_threshold_block(store, start, block, item_row[start - a:start - a + len(block)])[:3])
+    return tuple(np.concatenate(v) for v in zip(*parts))
+
+
+@dataclass
+class SweepPlan:
+    """What every count task reads (scattered to the workers once): the distinct images' rows ``first``, the
+    thresholds, the positives ``pos`` and the tie plan."""
+
+    first: np.ndarray
+    a_thr: np.ndarray
+    b_thr: np.ndarray
+    pos: np.ndarray
+    plan: _TiePlan
+
+
+def count_task(tile, ref, sweep: SweepPlan, step: int, device_request: str | None):
+    """A distributed task: the tile (distinct images u0..u1-1) x (texts j0..j1-1) through ``kernels.rank_count``
+    -> (i2t counts of its rows, t2i counts of its columns), int64. Image rows are normalized per ``step``-row
+    store block as :func:`_distinct_blocks` does; on this worker's device (``device_request`` resolved here)."""
+    from embedx.device import resolve_device
+    from embedx.rowsource import resolve
+
+    store = resolve(ref)
+    dev = resolve_device(device_request or "auto")
+    u0, u1, j0, j1 = tile
+    q = _distinct_rows(store, sweep.first[u0:u1], step).to(dev)
+    t = normalized(store.read_texts(j0, j1), "texts", j0).to(dev)
+    ties = sweep.plan.ties(u0, u1, j0, j1)
+    if ties is not None:
+        ties = tuple(torch.from_numpy(v).to(dev) for v in ties)
+    i2t, t2i = kernels.rank_count(q, t, *(torch.from_numpy(v).to(dev) for v in (sweep.a_thr[u0:u1],
+                                  sweep.b_thr[j0:j1], sweep.pos[j0:j1])), u0, ties=ties)
+    return i2t.cpu().numpy(), t2i.cpu().numpy()
+
+
+def _distributed_counts(store, first, pos, item_row, executor, device_request=None, progress=None):
+    """better_u and better_j on a distributed executor: the thresholds pass as tasks of whole blocks (about
+    ``executor.task_bytes`` each), the tie plan on the driver (O(N)), then one count task per tile (row block of
+    distinct images, as :func:`_distinct_blocks` cuts them) x (column block of texts, as in-process); the integer
+    counts add up to exactly the in-process ones, tile by tile the same ``kernels.rank_count`` calls."""
+    from embedx.measures.silhouette import ordered_waves
+
+    n, d = store.n_images, store.dim
+    step = _rows(store, ROW_BLOCK)
+    ref = executor.ref(store)
+    per_task = max(1, executor.task_bytes // (2 * step * d * store.dtype.itemsize))
+    ranges = [(a, min(a + step * per_task, n)) for a in range(0, n, step * per_task)]
+    with Bar(n, "retrieval thresholds", enabled(progress)) as bar:
+        parts = executor.map(thresholds_task, [(a, b, item_row[a:b]) for a, b in ranges], ref, step, bar=bar,
+                             sizes=[b - a for a, b in ranges])
+    b_thr, i_hash, t_hash = (np.concatenate(v) for v in zip(*parts))
+    a_thr = _image_thresholds(b_thr, pos, len(first))
+    plan = _tie_plan(store, first, pos, b_thr, i_hash, t_hash)
+    col_step = step if n * d * 4 <= CACHE_BYTES else store.whole_chunks(COL_BLOCK)  # the in-process columns
+    tiles = [(u0, u1, j0, min(j0 + col_step, n)) for u0, u1 in _distinct_bounds(store, first)
+             for j0 in range(0, n, col_step)]
+    i2t, t2i = np.zeros(len(first), np.int64), np.zeros(n, np.int64)
+
+    def consume(k: int, res) -> None:
+        u0, u1, j0, j1 = tiles[k]
+        i2t[u0:u1] += res[0]
+        t2i[j0:j1] += res[1]
+
+    sweep = SweepPlan(first, a_thr, b_thr, pos, plan)
+    with Bar(len(tiles), "retrieval tiles", enabled(progress), unit="tiles") as bar:
+        ordered_waves(executor, count_task, tiles, (ref, executor.ref(sweep), step, device_request), consume,
+                      8 * (ROW_BLOCK + col_step), bar)
+    return i2t + plan.i2t_extra, t2i + plan.t2i_extra
+
+
+def _distinct_bounds(store, first: np.ndarray) -> list[tuple[int, int]]:
+    """The (u0, u1) row blocks of :func:`_distinct_blocks`, from ``first`` alone (nothing read)."""
+    step = _rows(store, ROW_BLOCK)
+    counts = np.bincount(first // step, minlength=-(-store.n_images // step))
+    out, u0, size = [], 0, 0
+    for c in counts:
+        size += int(c)
+        if size >= ROW_BLOCK:
+            out.append((u0, u0 + size))
+            u0, size = u0 + size, 0
+    if size:
+        out.append((u0, u0 + size))
+    return out
+
+
+def _distinct_rows(store, rows: np.ndarray, step: int) -> torch.Tensor:
+    """Unit rows of the image rows ``rows`` (sorted), normalized per ``step``-row store block as
+    :func:`_distinct_blocks` does."""
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    parts = []
+    for s in range(lo // step * step, hi, step):
+        a, b = max(s, lo), min(s + step, hi)
+        keep = rows[(rows >= a) & (rows < b)] - a
+        if len(keep):
+            raw = store.read_images_into(a, np.empty((b - a, store.dim), store.dtype))
+            parts.append(normalized(raw[keep], "images", s))
+    return torch.cat(parts)
 
 
 def _on_device(rows: np.ndarray, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

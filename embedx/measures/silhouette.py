@@ -15,11 +15,21 @@ Two ways to feed the kernel:
     scales, columns sorted by cluster, and each kernel call takes a row block sized to fill the device. When
     all points lie so close together (mean squared distance below ``SPREAD_MIN``) that float32 unit rows would
     limit the result, the streamed path runs instead, on the same device.
+
+On a distributed executor (``embedx.dist``) the exact silhouette runs as block-pair tasks: the points are cut
+into row blocks of PAIR_ROWS (whole chunks), and one task per pair I <= J reads both blocks from the store
+itself, normalizes and centres them (the centre computed on the driver, as in-process) and returns, from one
+distance tile per pair (``kernels.cluster_distance_pair_sums``), S_IJ[p, k] = sum_{q in J, label k} |p - q| and
+S_JI; the driver adds each block's sums over the pairs in their fixed order and finishes exactly as in-process.
+By symmetry each distance is computed once: N^2/2 + O(N * PAIR_ROWS) distances instead of N^2. The exact
+silhouette on the CPU runs the same block pairs in-process (one after another, torch on every core), so a
+cluster and one process compute the very same tiles and agree to float64 round-off.
 """
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,6 +39,7 @@ from embedx.errors import EmbedxError
 from embedx import validate
 from embedx.engine.progress import Bar, enabled, notice
 from embedx.measures.stream import silhouette_values
+from embedx.rows import first_bad_row
 
 
 def silhouette_samples(points: torch.Tensor, labels: np.ndarray) -> np.ndarray:
@@ -84,6 +95,20 @@ def resident_rows(dev: torch.device) -> int:
     return torch.cuda.get_device_properties(dev).multi_processor_count * 128 * RESIDENT_WAVES
 
 
+def _unit(block, what: str, start: int, rows: np.ndarray | None = None) -> torch.Tensor:
+    """float64 x / |x| of raw rows; a bad row (``embedx.rows``: NaN/inf, zero, a norm out of range) is an error
+    naming row ``start + i`` of ``what`` (or ``rows[i]`` when the block's store rows are given)."""
+    x = torch.from_numpy(np.asarray(block)).double()
+    nrm = torch.linalg.vector_norm(x, dim=1)
+    if rows is None:
+        validate.rows(nrm.numpy(), what, start)
+    else:
+        bad = first_bad_row(nrm.numpy())
+        if bad is not None:
+            raise validate.error(what, f"{what} row {rows[bad[0]]} {bad[1]}")
+    return x.div_(nrm[:, None])
+
+
 class _StorePoints:
     """Points read from a store for a streamed silhouette: ``labels`` (dense cluster id per point, O(n)
     scalars), ``rows(ids)`` (normalized points by id, random access), ``columns()`` (first point id,
@@ -111,12 +136,9 @@ class _StorePoints:
 
     def unit_rows(self, block, what: str, start: int) -> torch.Tensor:
         """float32 (x / |x| - centre) of raw rows, normalized and shifted in float64; bad rows are errors."""
-        x = torch.from_numpy(np.asarray(block)).double()
-        nrm = torch.linalg.vector_norm(x, dim=1)
-        validate.rows(nrm.numpy(), what, start)
-        u = x.div_(nrm[:, None])
+        u = _unit(block, what, start)
         if self.centre is None:
-            self.centre = u.mean(0) if len(u) else torch.zeros(x.shape[1], dtype=torch.float64)
+            self.centre = u.mean(0) if len(u) else torch.zeros(u.shape[1], dtype=torch.float64)
         return u.sub_(self.centre).float()
 
 
@@ -183,7 +205,7 @@ class _ClassPoints(_StorePoints):
     def __init__(self, store):
         y = store.labels()
         self.image_rows = np.flatnonzero(y >= 0)
-        _, dense = np.unique(y[self.image_rows], return_inverse=True)
+        self.classes, dense = np.unique(y[self.image_rows], return_inverse=True)
         self.before = np.r_[0, np.cumsum(y >= 0)]  # labelled rows before each store row: point ids of a block
         super().__init__(store, dense.astype(np.int64), len(dense) * store.dim * 4)
 
@@ -313,13 +335,15 @@ class _CostClock:
         self.t0 = time.perf_counter()
         self.told = False
 
-    def done(self, rows_done: int) -> None:
-        if self.told or rows_done >= self.rows:
+    def done(self, rows_done: int, rows: int | None = None) -> None:
+        """``rows_done`` of ``rows`` (default: the point rows; block pairs for the pair path) are done."""
+        rows = self.rows if rows is None else rows
+        if self.told or rows_done >= rows:
             return
         self.told = True
         if self.dev.type == "cuda":
             torch.cuda.synchronize(self.dev)
-        eta = (time.perf_counter() - self.t0) * self.rows / rows_done
+        eta = (time.perf_counter() - self.t0) * rows / rows_done
         if eta > NOTICE_SECONDS:
             notice(f"exact silhouette of {self.rows:,} x {self.cols:,} point pairs: about {_human(eta)} on this "
                    f"machine ({self.dev.type}); silhouette_mode='sample' (CLI: --silhouette sample) estimates it "
@@ -330,26 +354,192 @@ def _human(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def _score(points: _StorePoints, mode: str, sample_size: int, seed: int, device, progress=None):
+def _score(points: _StorePoints, mode: str, sample_size: int, seed: int, device, progress=None, executor=None,
+           device_request=None):
     total = len(points.labels)
+    ids = np.arange(total) if mode == "exact" else _sample_ids(total, sample_size, seed)
+    if len(ids) == total and getattr(executor, "distributed", False):
+        vals = _pair_values(points, executor, device_request, progress)
+    elif len(ids) == total and torch.device(device).type == "cpu":  # the same block pairs, one after another
+        vals = _pair_values(points, _InProcess(), "cpu", progress)
+    else:  # a sample (its rows against every point), or a GPU: streamed or resident, here
+        vals = _streamed_values(points, ids, device, progress)
     if mode == "exact":
-        vals = _streamed_values(points, np.arange(total), device, progress)
         return float(vals.mean()), vals
-    ids = _sample_ids(total, sample_size, seed)
-    return _estimate(_streamed_values(points, ids, device, progress), total, seed), None
+    return _estimate(vals, total, seed), None
 
 
 def modality_silhouette(store, mode: str = "exact", sample_size: int = 2000,
-                        seed: int = 0, device="cpu", progress=None):
+                        seed: int = 0, device="cpu", progress=None, executor=None, device_request=None):
     """Silhouette of the store's images + texts labelled by modality (Euclidean), columns streamed from the
-    store. exact -> (score, per-point values in image-then-text order); sample -> (estimate dict, None)."""
+    store. exact -> (score, per-point values in image-then-text order); sample -> (estimate dict, None). A
+    distributed ``executor`` runs the exact score as block-pair tasks (on each worker's ``device_request``,
+    resolved there); the sampled estimate runs here."""
     if store.n_images + store.n_texts < 3:
         raise EmbedxError(f"silhouette needs at least 3 points, got {store.n_images + store.n_texts}")
-    return _score(_ModalityPoints(store), mode, sample_size, seed, device, progress)
+    return _score(_ModalityPoints(store), mode, sample_size, seed, device, progress, executor, device_request)
 
 
 def class_silhouette(store, mode: str = "exact", sample_size: int = 2000, seed: int = 0, device="cpu",
-                     progress=None):
+                     progress=None, executor=None, device_request=None):
     """Silhouette of the store's labelled images clustered by class (Euclidean), streamed like
     :func:`modality_silhouette`: exact -> (score, per-point values), sample -> (estimate dict, None)."""
-    return _score(_ClassPoints(store), mode, sample_size, seed, device, progress)
+    return _score(_ClassPoints(store), mode, sample_size, seed, device, progress, executor, device_request)
+
+
+# --- the exact silhouette as block-pair tasks on a distributed executor ---------------------------------------
+PAIR_ROWS = 4096          # points per row block (whole chunks): a block pair is ~2 PAIR_ROWS^2 d flops, a task
+RESULT_BYTES = 256 << 20  # results a distributed pass holds on the driver at once (tasks go out in waves)
+WAVE_PER_WORKER = 4       # at least this many tasks per worker in a wave
+
+
+def ordered_waves(executor, fn, items, args, consume, result_bytes: int, bar=None) -> None:
+    """``consume(t, fn(items[t], *args))`` for every item, in item order (so float sums add in a fixed order):
+    the tasks go out in waves of at least WAVE_PER_WORKER per worker and about RESULT_BYTES of results
+    (``result_bytes`` per task), so the driver never holds every task's result at once."""
+    workers = getattr(executor, "n_workers", 1)
+    wave = max(WAVE_PER_WORKER * workers, RESULT_BYTES // max(1, result_bytes))
+    for w0 in range(0, len(items), wave):
+        part = items[w0:w0 + wave]
+        for t, res in enumerate(executor.map(fn, part, *args, bar=bar, sizes=None if bar is None else [1] * len(part)),
+                                w0):
+            consume(t, res)
+
+
+@dataclass(frozen=True)
+class PointSpec:
+    """What a block-pair task needs to read its points: ``kind`` (modality: image rows then text rows, labels
+    1 / 0; class: the labelled image rows, dense labels = index in ``classes``), the driver's ``centre``
+    (float64), the number of clusters ``k``."""
+
+    kind: str
+    n_images: int
+    centre: np.ndarray
+    k: int
+    classes: np.ndarray | None = None
+
+
+def _pair_blocks(points: _StorePoints, rows: int) -> list[tuple[int, int, int, int]]:
+    """Row blocks (p0, p1, r0, r1) of ``rows`` points: point ids p0..p1-1, stored in rows r0..r1-1 (class points:
+    the image rows spanned by those labelled rows; modality points: r = p)."""
+    n = len(points.labels)
+    out = []
+    for p0 in range(0, n, rows):
+        p1 = min(p0 + rows, n)
+        if isinstance(points, _ClassPoints):
+            out.append((p0, p1, int(points.image_rows[p0]), int(points.image_rows[p1 - 1]) + 1))
+        else:
+            out.append((p0, p1, p0, p1))
+    return out
+
+
+def read_block(store, spec: PointSpec, block) -> tuple[torch.Tensor, torch.Tensor]:
+    """A task's points of one row block: float32 (x/|x| - centre), normalized and shifted in float64 as
+    in-process (the same row checks and errors), and their dense labels (int64)."""
+    p0, p1, r0, r1 = block
+    centre = torch.from_numpy(spec.centre)
+    if spec.kind == "class":
+        raw = store.read_images_into(r0, np.empty((r1 - r0, store.dim), store.dtype))
+        y = store.labels(r0, r1)
+        keep = np.flatnonzero(y >= 0)
+        if len(keep) != p1 - p0:
+            raise EmbedxError(f"{store.path}: images rows {r0}..{r1 - 1} hold {len(keep)} labelled rows, expected "
+                              f"{p1 - p0}; the store changed")
+        x = _unit(raw[keep], "images", r0, rows=keep + r0)
+        return x.sub_(centre).float(), torch.from_numpy(np.searchsorted(spec.classes, y[keep]).astype(np.int64))
+    n = spec.n_images
+    parts, labels = [], []
+    if p0 < n:
+        b = min(p1, n)
+        parts.append(_unit(store.read_images_into(p0, np.empty((b - p0, store.dim), store.dtype)), "images", p0))
+        labels.append(np.ones(b - p0, np.int64))
+    if p1 > n:
+        a = max(p0, n) - n
+        parts.append(_unit(store.read_texts(a, p1 - n), "texts", a))
+        labels.append(np.zeros(p1 - n - a, np.int64))
+    return torch.cat(parts).sub_(centre).float(), torch.from_numpy(np.concatenate(labels))
+
+
+def block_pair_sums(pair, ref, spec: PointSpec, device_request: str | None):
+    """A distributed task: the block pair ``(I, J)`` (J None: the diagonal block I) of the points of store
+    ``ref`` -> (S_IJ, S_JI) as float64 numpy (``kernels.cluster_distance_pair_sums``; S_JI None on the diagonal),
+    on this worker's device (``device_request`` resolved here: a worker without a GPU runs on its CPU)."""
+    from embedx.device import resolve_device
+    from embedx.rowsource import resolve
+
+    store = resolve(ref)
+    dev = resolve_device(device_request or "auto")
+    bi, bj = pair
+    xi, li = read_block(store, spec, bi)
+    xj, lj = (None, None) if bj is None else read_block(store, spec, bj)
+    sx, sy = kernels.cluster_distance_pair_sums(xi.to(dev), None if xj is None else xj.to(dev), li.to(dev),
+                                                None if lj is None else lj.to(dev), spec.k)
+    return sx.cpu().numpy(), None if sy is None else sy.cpu().numpy()
+
+
+class _InProcess:
+    """The block-pair tasks run here, one after another (torch takes every core in each tile): the exact
+    silhouette on the CPU computes the very tiles a cluster computes, so both give the same values (a float32
+    tile's round-off depends on its blocking: two blockings differed by ~3e-9 in the score)."""
+
+    distributed = False
+    n_workers = 1
+
+    def __init__(self):
+        self.clock = None
+
+    def ref(self, source):
+        return source
+
+    def map(self, fn, items, *args, bar=None, sizes=None) -> list:
+        out = []
+        for t, item in enumerate(items):
+            out.append(fn(item, *args))
+            if bar is not None:
+                bar.update(1)
+            if self.clock is not None:
+                self.clock.done(t + 1, len(items))
+        return out
+
+
+def _pair_values(points: _StorePoints, executor, device_request=None, progress=None) -> np.ndarray:
+    """Exact silhouette values of every point from block-pair tasks (see the module docstring): the driver
+    adds each block's per-cluster sums over its pairs in pair order (I, J) lexicographic, and finishes a block
+    with :func:`_finish` once its last pair (I, last) is in. Memory on the driver: the open blocks' sums,
+    O(N k) float64. ``executor``: a distributed one, or :class:`_InProcess`."""
+    store = points.store
+    cols = points.columns()  # the centre: the mean unit row of the first column block, as in-process
+    next(cols, None)
+    cols.close()
+    total, k = len(points.labels), len(points.sizes)
+    spec = PointSpec("class" if isinstance(points, _ClassPoints) else "modality", store.n_images,
+                     points.centre.numpy(), k, getattr(points, "classes", None))
+    blocks = _pair_blocks(points, store.whole_chunks(PAIR_ROWS))
+    nb = len(blocks)
+    index = [(i, j) for i in range(nb) for j in range(i, nb)]
+    pairs = [(blocks[i], None if j == i else blocks[j]) for i, j in index]
+    acc = {}
+    out = np.empty(total)
+
+    def add(b: int, s: np.ndarray) -> None:
+        if b in acc:
+            acc[b] += s
+        else:
+            acc[b] = s.copy()
+
+    def consume(t: int, res) -> None:
+        i, j = index[t]
+        add(i, res[0])
+        if res[1] is not None:
+            add(j, res[1])
+        if j == nb - 1:  # block i has every pair in: its sums are complete
+            p0, p1 = blocks[i][:2]
+            out[p0:p1] = _finish(points, np.arange(p0, p1), acc.pop(i))
+
+    size = blocks[0][1] - blocks[0][0]
+    if isinstance(executor, _InProcess):
+        executor.clock = _CostClock(total, total, torch.device("cpu"))
+    with Bar(len(pairs), "silhouette block pairs", enabled(progress), unit="pairs") as bar:
+        ordered_waves(executor, block_pair_sums, pairs, (executor.ref(store), spec, device_request), consume,
+                      2 * size * k * 8, bar)
+    return out

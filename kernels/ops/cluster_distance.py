@@ -12,6 +12,11 @@ Three implementations, held together by tests/kernels/test_cluster_distance.py:
   * ``cluster_distance_sums_reference``: float64 brute force (numpy), the definition.
   * ``cluster_distance_sums_torch``: blocked torch (CPU or GPU), fp32 tiles, fp64 accumulation.
   * ``cluster_distance_sums_triton``: a Triton kernel (GPU; CPU under ``TRITON_INTERPRET=1``).
+
+The symmetric block-pair op for a point set split into row blocks (the distributed exact silhouette: one task
+per block pair I <= J): ``cluster_distance_pair_sums_torch`` computes each distance tile once and reduces it
+both ways, I's rows over J's columns and J's rows over I's columns (torch on CPU and GPU; no Triton kernel);
+``cluster_distance_pair_sums_reference`` is two one-sided float64 references.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ except ImportError:  # pragma: no cover - exercised only without triton
     triton = None
 
 ONEHOT_MAX_CLUSTERS = 64  # below this, reduce with a matmul against one-hot labels; above, index_add
+REDUCE_COLS = 128         # one-hot reduction: float32 sums over this many tile columns, then float64
 # Precision: |x|^2 + |y|^2 - 2 x.y cancels when x and y are close. Pairs with d^2 < NEAR * (|x|^2 + |y|^2) are
 # recomputed as sum_k (x_k - y_k)^2, which keeps the distance's absolute error near float32 round-off of the
 # coordinates (~1e-7 of the norms) down to near-duplicates. The torch path first centres each concentrated
@@ -61,52 +67,140 @@ def cluster_distance_sums_reference(x, y, labels, n_clusters: int, row_ids=None,
     return out
 
 
+def _distance_tile(x: torch.Tensor, x_sq, yc: torch.Tensor, si=None, sj=None):
+    """float32 tile ``d[p, q] = ||x_p - yc_q||`` of float32 rows ``x`` and columns ``yc`` -> (tile, ``x_sq``).
+
+    ``d^2 = |x|^2 + |y|^2 - 2 x.y`` by one matmul; a concentrated column block (``|mean|^2 > CONCENTRATED *
+    mean |y|^2``) is first centred on its mean (distances do not change under a shift); pairs with ``d^2 < NEAR *
+    (|x|^2 + |y|^2)`` are recomputed as ``sum_k (x_k - y_k)^2``. Self-pairs ``(si[t], sj[t])`` are exactly 0.
+    ``x_sq``: x's squared norms when already known (else None; returned for reuse when computed here)."""
+    ysq = (yc * yc).sum(1)
+    centre = yc.mean(0)
+    if float(centre @ centre) > CONCENTRATED * float(ysq.mean()):  # a tight block: centre it first
+        xc, yc = x - centre, yc - centre
+        xsq, ysq = (xc * xc).sum(1), (yc * yc).sum(1)
+    else:  # spread out: centring would not shrink the norms
+        if x_sq is None:
+            x_sq = (x * x).sum(1)
+        xc, xsq = x, x_sq
+    d = torch.addmm(xsq[:, None] + ysq[None, :], xc, yc.T, alpha=-2.0)
+    self_pairs = si is not None and len(si) > 0
+    if self_pairs:  # kept out of the near check, zero at the end
+        d[si, sj] = float("inf")
+    if len(d) and len(yc) and float(d.min()) < NEAR * float(xsq.max() + ysq.max()):  # cheap bound first
+        near = (d < NEAR * (xsq[:, None] + ysq[None, :])).nonzero()
+        for p0 in range(0, len(near), NEAR_PAIRS):
+            ni, nj = near[p0:p0 + NEAR_PAIRS].unbind(1)
+            diff = xc[ni] - yc[nj]
+            d[ni, nj] = (diff * diff).sum(1)
+    d.clamp_(min=0).sqrt_()
+    if self_pairs:
+        d[si, sj] = 0.0
+    return d, x_sq
+
+
+def _reduce_cols(d: torch.Tensor, lab: torch.Tensor, n_clusters: int) -> torch.Tensor:
+    """(rows, n_clusters) float64: ``sum_{q: lab_q = k} d[p, q]``. Up to ONEHOT_MAX_CLUSTERS clusters, a float32
+    matmul against one-hot labels per REDUCE_COLS columns, the partial sums added in float64 (a float32 sum along
+    a whole 2048-column tile drifted by ~1e-7 of the sum); above, a float32 index_add (a cluster then holds few
+    of a tile's columns on average)."""
+    if n_clusters > ONEHOT_MAX_CLUSTERS:
+        part = torch.zeros(len(d), n_clusters, dtype=d.dtype, device=d.device)
+        return part.index_add_(1, lab, d).double()
+    oh = torch.nn.functional.one_hot(lab, n_clusters).to(d.dtype)
+    n, m = d.shape[1], d.shape[1] // REDUCE_COLS * REDUCE_COLS
+    out = torch.zeros(len(d), n_clusters, dtype=torch.float64, device=d.device)
+    if m:  # (segments, rows, k) float32 partial sums, added in float64
+        seg = torch.matmul(d[:, :m].unflatten(1, (-1, REDUCE_COLS)).transpose(0, 1),
+                           oh[:m].unflatten(0, (-1, REDUCE_COLS)))
+        out += seg.double().sum(0)
+    if m < n:
+        out += (d[:, m:] @ oh[m:]).double()
+    return out
+
+
+def _reduce_rows(d: torch.Tensor, lab: torch.Tensor, n_clusters: int) -> torch.Tensor:
+    """(cols, n_clusters) float64: ``sum_{p: lab_p = k} d[p, q]``, as :func:`_reduce_cols` of ``d.T`` (segments
+    of REDUCE_COLS rows: contiguous slices of the tile, nothing copied)."""
+    if n_clusters > ONEHOT_MAX_CLUSTERS:
+        part = torch.zeros(n_clusters, d.shape[1], dtype=d.dtype, device=d.device)
+        return part.index_add_(0, lab, d).double().T
+    oh = torch.nn.functional.one_hot(lab, n_clusters).to(d.dtype)
+    n, m = len(d), len(d) // REDUCE_COLS * REDUCE_COLS
+    out = torch.zeros(n_clusters, d.shape[1], dtype=torch.float64, device=d.device)
+    if m:
+        seg = torch.matmul(oh[:m].unflatten(0, (-1, REDUCE_COLS)).transpose(1, 2), d[:m].unflatten(0, (-1, REDUCE_COLS)))
+        out += seg.double().sum(0)
+    if m < n:
+        out += (oh[m:].T @ d[m:]).double()
+    return out.T
+
+
 def cluster_distance_sums_torch(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters: int,
                                 row_ids: torch.Tensor | None = None, col_offset: int = 0,
                                 block: int = 2048, x_scale=None, y_scale=None) -> torch.Tensor:
     """Blocked torch: (len(x), n_clusters) float64. ``y`` may stay float16: it is upcast block by block. A
-    concentrated column block is centred on its mean first; near pairs are recomputed directly (see ``NEAR``)."""
+    concentrated column block is centred on its mean first; near pairs are recomputed directly (see ``NEAR``).
+    Each ``block``-column tile is reduced in float32 and added into the float64 sums."""
     x = _scaled(x.float(), x_scale, torch.float32)
     labels = labels.to(device=y.device, dtype=torch.long)
     out = torch.zeros(len(x), n_clusters, dtype=torch.float64, device=x.device)
-    onehot = n_clusters <= ONEHOT_MAX_CLUSTERS
     x_sq = None
     for c0 in range(0, len(y), block):
         yc = _scaled(y[c0:c0 + block].float(), None if y_scale is None else y_scale[c0:c0 + block], torch.float32)
-        lab = labels[c0:c0 + block]
-        ysq = (yc * yc).sum(1)
-        centre = yc.mean(0)
-        if float(centre @ centre) > CONCENTRATED * float(ysq.mean()):  # a tight block: centre it first
-            xc, yc = x - centre, yc - centre
-            xsq, ysq = (xc * xc).sum(1), (yc * yc).sum(1)
-        else:  # spread out: centring would not shrink the norms
-            if x_sq is None:
-                x_sq = (x * x).sum(1)
-            xc, xsq = x, x_sq
-        d = torch.addmm(xsq[:, None] + ysq[None, :], xc, yc.T, alpha=-2.0)
-        i = None
-        if row_ids is not None:  # self-pairs in this tile: kept out of the near check, zero at the end
+        si = sj = None
+        if row_ids is not None:  # self-pairs in this tile
             j = row_ids.to(x.device) - (col_offset + c0)
-            i = ((j >= 0) & (j < len(yc))).nonzero()[:, 0]
-            if len(i):
-                d[i, j[i]] = float("inf")
-        if len(d) and len(yc) and float(d.min()) < NEAR * float(xsq.max() + ysq.max()):  # cheap bound first
-            near = (d < NEAR * (xsq[:, None] + ysq[None, :])).nonzero()
-            for p0 in range(0, len(near), NEAR_PAIRS):
-                ni, nj = near[p0:p0 + NEAR_PAIRS].unbind(1)
-                diff = xc[ni] - yc[nj]
-                d[ni, nj] = (diff * diff).sum(1)
-        d.clamp_(min=0).sqrt_()
-        if i is not None and len(i):
-            d[i, j[i]] = 0.0
-        if onehot:
-            oh = torch.nn.functional.one_hot(lab, n_clusters).to(d.dtype)
-            out += (d @ oh).double()
-        else:
-            part = torch.zeros(len(x), n_clusters, dtype=d.dtype, device=d.device)
-            part.index_add_(1, lab, d)
-            out += part.double()
+            si = ((j >= 0) & (j < len(yc))).nonzero()[:, 0]
+            sj = j[si]
+        d, x_sq = _distance_tile(x, x_sq, yc, si, sj)
+        out += _reduce_cols(d, labels[c0:c0 + block], n_clusters)
     return out
+
+
+def cluster_distance_pair_sums_reference(x, y, x_labels, y_labels, n_clusters: int):
+    """float64 brute force of :func:`cluster_distance_pair_sums_torch` by two one-sided calls of
+    :func:`cluster_distance_sums_reference`: ``(S_xy, S_yx)``, or ``(S_xx, None)`` when ``y`` is None (the
+    diagonal block: row i is column i, its self-pair 0)."""
+    if y is None:
+        return cluster_distance_sums_reference(x, x, x_labels, n_clusters, row_ids=np.arange(len(x))), None
+    return (cluster_distance_sums_reference(x, y, y_labels, n_clusters),
+            cluster_distance_sums_reference(y, x, x_labels, n_clusters))
+
+
+def cluster_distance_pair_sums_torch(x: torch.Tensor, y: torch.Tensor | None, x_labels: torch.Tensor,
+                                     y_labels: torch.Tensor | None, n_clusters: int, block: int = 2048):
+    """Both one-sided per-cluster sums of a block pair (I, J) of one point set from one pass over its tiles:
+
+      S_xy[p, k] = sum_{q in J: y_labels[q] = k} ||x_p - y_q||     (I's rows over J's columns)
+      S_yx[q, k] = sum_{p in I: x_labels[p] = k} ||x_p - y_q||     (J's rows over I's columns)
+
+    -> (S_xy, S_yx), float64, (len(x), n_clusters) and (len(y), n_clusters). ``y`` None: the diagonal block
+    (J = I, row i is point i, its self-pair exactly 0) -> (S_xx, None); its tiles are symmetric too, so only
+    the ``block`` x ``block`` sub-tiles on and above the diagonal are computed. Every distance is computed once
+    where two calls of :func:`cluster_distance_sums_torch` would compute it twice. Tiles and their reductions
+    are float32 with the same precision handling (centring, ``NEAR`` recompute: :func:`_distance_tile`), each
+    added into the float64 sums; inputs may be float16 (upcast per tile)."""
+    diagonal = y is None
+    ys, ylab = (x, x_labels) if diagonal else (y, y_labels)
+    dev = x.device
+    xlab = x_labels.to(device=dev, dtype=torch.long)
+    ylab = ylab.to(device=dev, dtype=torch.long)
+    sx = torch.zeros(len(x), n_clusters, dtype=torch.float64, device=dev)
+    sy = sx if diagonal else torch.zeros(len(ys), n_clusters, dtype=torch.float64, device=dev)
+    for r0 in range(0, len(x), block):
+        xr = x[r0:r0 + block].float()
+        x_sq = None
+        for c0 in range(r0 if diagonal else 0, len(ys), block):
+            yc = ys[c0:c0 + block].float()
+            si = sj = None
+            if diagonal and c0 == r0:  # the sub-tile on the diagonal: rows are the columns
+                si = sj = torch.arange(min(len(xr), len(yc)), device=dev)
+            d, x_sq = _distance_tile(xr, x_sq, yc, si, sj)
+            sx[r0:r0 + len(xr)] += _reduce_cols(d, ylab[c0:c0 + len(yc)], n_clusters)
+            if not (diagonal and c0 == r0):  # the transposed tile: J's rows over I's columns
+                sy[c0:c0 + len(yc)] += _reduce_rows(d, xlab[r0:r0 + len(xr)], n_clusters)
+    return sx, (None if diagonal else sy)
 
 
 if triton is not None:

@@ -67,3 +67,67 @@ def test_silhouette_through_the_triton_kernel_matches_sklearn(rng, monkeypatch):
     t = rng.standard_normal((4, 9)).astype(np.float32)
     got = silhouette_exact(torch.from_numpy(np.vstack([x, t])), np.r_[np.ones(70), np.zeros(4)])
     assert got == pytest.approx(silhouette_score(np.vstack([x, t]).astype(np.float64), [1] * 70 + [0] * 4), abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("case", ["ragged", "diagonal", "one_cluster", "singletons", "many_clusters", "tight"])
+def test_cluster_distance_pair_sums_match_two_one_sided_references(rng, dtype, case):
+    """The symmetric block-pair op (one tile, reduced both ways) against two float64 one-sided brute forces."""
+    d = int(rng.integers(1, 40))
+    m, n = int(rng.integers(1, 120)), int(rng.integers(1, 120))
+    k = {"one_cluster": 1, "many_clusters": 80}.get(case, int(rng.integers(2, 6)))
+    x = rng.standard_normal((m, d))
+    y = rng.standard_normal((n, d))
+    if case == "tight":  # all points within 1e-3 of one direction: the centring and NEAR recompute matter
+        x, y = 5.0 + 1e-3 * x, 5.0 + 1e-3 * y
+        x[: m // 3] = y[: m // 3] if m // 3 <= n else x[: m // 3]  # exact duplicates across the blocks
+    x, y = x.astype(dtype), y.astype(dtype)
+    xl, yl = rng.integers(0, k, m), rng.integers(0, k, n)
+    if case == "singletons":  # the clusters k-1, k-2 have one member each (one in I, one in J), k-3 none
+        k += 3
+        xl[0], yl[-1] = k - 1, k - 2
+    block = int(rng.integers(3, 50))
+    if case == "diagonal":
+        ref_x, ref_y = K.cluster_distance_pair_sums_reference(x.astype(np.float64), None, xl, None, k)
+        got_x, got_y = K.cluster_distance_pair_sums_torch(torch.from_numpy(x), None, torch.from_numpy(xl), None, k,
+                                                          block=block)
+        assert ref_y is None and got_y is None
+        # the diagonal block equals the one-sided sums with every row its own column (self-pairs 0)
+        one = K.cluster_distance_sums_reference(x.astype(np.float64), x.astype(np.float64), xl, k,
+                                                np.arange(m), 0)
+        np.testing.assert_allclose(ref_x, one, rtol=0, atol=0)
+    else:
+        ref_x, ref_y = K.cluster_distance_pair_sums_reference(x.astype(np.float64), y.astype(np.float64), xl, yl, k)
+        got_x, got_y = K.cluster_distance_pair_sums_torch(torch.from_numpy(x), torch.from_numpy(y),
+                                                          torch.from_numpy(xl), torch.from_numpy(yl), k,
+                                                          block=block)
+        assert got_y.dtype == torch.float64 and got_y.shape == (n, k)
+        np.testing.assert_allclose(got_y.numpy(), ref_y, rtol=1e-5, atol=1e-4 if case != "tight" else 1e-6)
+        # independent check of the reference itself: the transposed brute-force distance matrix
+        dm = np.sqrt(((x.astype(np.float64)[:, None] - y.astype(np.float64)[None]) ** 2).sum(-1))
+        np.testing.assert_allclose(ref_y, np.stack([dm[xl == c].sum(0) for c in range(k)], 1), rtol=1e-12)
+    assert got_x.dtype == torch.float64 and got_x.shape == (m, k)
+    np.testing.assert_allclose(got_x.numpy(), ref_x, rtol=1e-5, atol=1e-4 if case != "tight" else 1e-6)
+    if case == "singletons":
+        assert (got_x.numpy()[:, k - 3] == 0).all()
+
+
+def test_pair_sums_add_up_to_the_one_sided_sums(rng):
+    """Blocks I <= J of one point set: adding each pair's two sides per block gives every row's sums over all
+    points, as one call of the one-sided op with the self-pairs (float64 reference) does."""
+    n, d, k = int(rng.integers(40, 160)), int(rng.integers(2, 20)), int(rng.integers(2, 5))
+    p = rng.standard_normal((n, d)).astype(np.float32)
+    lab = rng.integers(0, k, n)
+    cuts = np.r_[0, np.sort(rng.choice(np.arange(1, n), 3, replace=False)), n]
+    blocks = list(zip(cuts[:-1], cuts[1:]))
+    acc = np.zeros((n, k))
+    for i, (a0, a1) in enumerate(blocks):
+        for b0, b1 in blocks[i:]:
+            diag = a0 == b0
+            sx, sy = K.cluster_distance_pair_sums(torch.from_numpy(p[a0:a1]), None if diag else torch.from_numpy(p[b0:b1]),
+                                                  torch.from_numpy(lab[a0:a1]), None if diag else torch.from_numpy(lab[b0:b1]), k)
+            acc[a0:a1] += sx.numpy()
+            if not diag:
+                acc[b0:b1] += sy.numpy()
+    ref = K.cluster_distance_sums_reference(p.astype(np.float64), p.astype(np.float64), lab, k, np.arange(n), 0)
+    np.testing.assert_allclose(acc, ref, rtol=1e-5, atol=1e-4)
