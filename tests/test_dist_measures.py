@@ -118,3 +118,20 @@ def test_bad_cluster_is_a_one_line_error(tmp_path, rng, spec, fragment):
     path = _paired_store(tmp_path / "p.zarr", rng, n=100)
     rc, out, err = run_embedx("measure", path, "--cluster", spec, env={"EMBEDX_CONNECT_TIMEOUT_S": "2"})
     assert_one_line_error(rc, err, "--cluster", fragment)
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_every_default_measure_on_cluster(tmp_path, rng, dask_executor, monkeypatch, paired):
+    """The full default set (stream measures, cosine and exact Euclidean silhouettes, zero-shot or retrieval
+    recall, class silhouette for class stores) through 2 worker processes equals in-process to 1e-9."""
+    from embedx.measures import silhouette
+
+    monkeypatch.setattr(silhouette, "PAIR_ROWS", 256)  # several block pairs
+    path = (_paired_store(tmp_path / "p.zarr", rng, n=700) if paired
+            else _class_store(tmp_path / "c.zarr", rng, n=900))
+    store = embedx.open(path)
+    opts = {} if paired else {"silhouette_labels": "class"}
+    local = compute(store, **opts)
+    cluster = compute(store, executor=dask_executor, **opts)
+    assert set(cluster.values) == set(local.values) and len(local.values) >= (10 if paired else 12)
+    _close(local, cluster)
