@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from embedx import store as st
-from embedx.embedplan import stored_sums
+from embedx.embedplan import Items, collate, stored_sums
 from embedx.encoders import Encoder, split_preprocess
 from embedx.errors import EmbedxError
 from embedx.models import resolve_model
@@ -24,30 +24,6 @@ from embedx.storepath import writer_lock
 
 log = logging.getLogger("embedx")
 COMMIT_EVERY_S = 5.0
-
-
-class _Items(Dataset):
-    """Source items from ``start`` on; a failed read yields ``(index, None, reason)``."""
-
-    def __init__(self, source: Source, preprocess, start: int, stop: int):
-        self.source, self.preprocess, self.start, self.stop = source, preprocess, start, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __getitem__(self, k: int):
-        i = self.start + k
-        try:
-            return i, self.preprocess(self.source.load(i)), None
-        except Exception as e:  # unreadable/corrupt image: reported, never dropped silently
-            return i, None, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
-
-
-def _collate(batch):
-    idx = [b[0] for b in batch]
-    good = [b for b in batch if b[1] is not None]
-    pixels = torch.stack([b[1] for b in good]) if good else None
-    return idx, [b[0] for b in good], pixels, [(b[0], b[2]) for b in batch if b[1] is None]
 
 
 @dataclass
@@ -192,8 +168,8 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, ba
 
     workers = default_workers() if workers is None else workers
     preprocess, norm = split_preprocess(enc.preprocess) if normalize_on_device else (enc.preprocess, None)
-    loader = DataLoader(_Items(source, preprocess, start, len(source)), batch_size=batch_size,
-                        shuffle=False, num_workers=workers, collate_fn=_collate,
+    loader = DataLoader(Items(source, preprocess, start, len(source)), batch_size=batch_size,
+                        shuffle=False, num_workers=workers, collate_fn=collate,
                         pin_memory=enc.device.type == "cuda", persistent_workers=False,
                         prefetch_factor=4 if workers else None)
     labels = source.labels

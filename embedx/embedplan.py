@@ -4,6 +4,7 @@
     on a batch boundary (a multiple of ``lcm(chunk_rows, batch_size)`` rows), so every task encodes exactly the
     batches a serial run encodes (the forward pass of a batch need not equal the same rows in other batches to
     the last bit) and writes only its own chunk files.
+  * **Batches** (:class:`Items`, :func:`collate`): source items by position, a failed read reported with its item.
   * **Sums** (:func:`chunk_sums`, :func:`fold`, :func:`stored_sums`): the store's float64 sums of the normalized
     rows (``meta["sums"]``) are the left fold, in chunk order, of each chunk's sum. A serial run computes them
     from its committed rows at finalize (its commits fall wherever time and batch sizes put them), a distributed
@@ -14,8 +15,34 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 
-DEFAULT_TASK_BYTES = 128 << 20  # stored output per task (64-256 MiB: a task then runs for minutes on a GPU)
+from embedx.sources import Source
+
+
+class Items(Dataset):
+    """Source items from ``start`` on; a failed read yields ``(index, None, reason)``."""
+
+    def __init__(self, source: Source, preprocess, start: int, stop: int):
+        self.source, self.preprocess, self.start, self.stop = source, preprocess, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, k: int):
+        i = self.start + k
+        try:
+            return i, self.preprocess(self.source.load(i)), None
+        except Exception as e:  # unreadable/corrupt image: reported, never dropped silently
+            return i, None, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+
+
+def collate(batch):
+    idx = [b[0] for b in batch]
+    good = [b for b in batch if b[1] is not None]
+    pixels = torch.stack([b[1] for b in good]) if good else None
+    return idx, [b[0] for b in good], pixels, [(b[0], b[2]) for b in batch if b[1] is None]
 
 
 def task_rows(chunk_rows: int, batch_size: int, row_bytes: int, task_bytes: int) -> int:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedx import store as st
-from embedx.embedplan import chunk_sums, fold, stored_sums, task_rows
+from embedx.embedplan import Items, chunk_sums, collate, fold, stored_sums, task_rows
 from embedx.errors import EmbedxError, StoreError
 
 PROGRESS = "progress"
@@ -87,7 +87,6 @@ def embed_task(job: EmbedJob, source, t: int) -> dict:
     import zarr
     from torch.utils.data import DataLoader
 
-    from embedx.embed import _collate, _Items
     from embedx.encoders import split_preprocess
     from embedx.sources import default_workers
 
@@ -109,8 +108,8 @@ def embed_task(job: EmbedJob, source, t: int) -> dict:
     workers = default_workers() if job.workers is None else job.workers
     if multiprocessing.current_process().daemon:
         workers = 0  # Dask's worker processes are daemons, which may not start DataLoader processes
-    loader = DataLoader(_Items(source, preprocess, start, stop), batch_size=job.batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=_collate, pin_memory=enc.device.type == "cuda",
+    loader = DataLoader(Items(source, preprocess, start, stop), batch_size=job.batch_size, shuffle=False,
+                        num_workers=workers, collate_fn=collate, pin_memory=enc.device.type == "cuda",
                         prefetch_factor=4 if workers else None)
     skipped, sums, text_sums = [], [], []
     flushed = start
