@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from embedx.cli.common import progress_enabled
-from embedx.cli.options import chunking_options, device_option, seed_option
+from embedx.cli.options import chunking_options, cluster_option, device_option, seed_option
 
 
 @click.command()
@@ -34,22 +34,25 @@ from embedx.cli.options import chunking_options, device_option, seed_option
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (complete or not) at --out.")
 @chunking_options
+@cluster_option("the encoding (tasks of whole chunks; the store equals an in-process run byte for byte)")
 @click.pass_context
 def embed(ctx, model, pretrained, checkpoint, data, out, seed, dtype, batch_size, workers, device, templates, limit,
-          strict, overwrite, codec, chunk_rows):
+          strict, overwrite, codec, chunk_rows, cluster):
     """Embed images (and class prompts or captions) into a chunked Zarr store.
 
     Resumable: if the run is killed, rerun the same command and it continues from the last committed
     batch; the finished store equals an uninterrupted run. A resume with another model, checkpoint, seed,
-    dataset or prompts is refused.
+    dataset or prompts is refused. With --cluster, rerunning skips the tasks already done.
     """
     from embedx.embed import embed_to_store
 
     res = embed_to_store(out, data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
                          workers=workers, device=device, templates=templates, overwrite=overwrite, strict=strict,
                          codec=codec, chunk_rows=chunk_rows, limit=limit, progress=progress_enabled(ctx),
-                         checkpoint=checkpoint)
+                         checkpoint=checkpoint, cluster=cluster)
     m = res.meta
     resumed = f" (resumed at item {res.resumed_from})" if res.resumed_from else ""
+    if res.tasks and res.tasks[0]:
+        resumed = f" (resumed: {res.tasks[0]} of {res.tasks[1]} tasks were done)"
     skipped = f", {m['n_skipped']} unreadable skipped (listed in the store's attributes)" if m["n_skipped"] else ""
     click.echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}{resumed}{skipped}")

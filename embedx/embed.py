@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from embedx import store as st
+from embedx.embedplan import Items, collate, stored_sums
 from embedx.encoders import Encoder, split_preprocess
 from embedx.errors import EmbedxError
 from embedx.models import resolve_model
@@ -25,35 +26,12 @@ log = logging.getLogger("embedx")
 COMMIT_EVERY_S = 5.0
 
 
-class _Items(Dataset):
-    """Source items from ``start`` on; a failed read yields ``(index, None, reason)``."""
-
-    def __init__(self, source: Source, preprocess, start: int, stop: int):
-        self.source, self.preprocess, self.start, self.stop = source, preprocess, start, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __getitem__(self, k: int):
-        i = self.start + k
-        try:
-            return i, self.preprocess(self.source.load(i)), None
-        except Exception as e:  # unreadable/corrupt image: reported, never dropped silently
-            return i, None, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
-
-
-def _collate(batch):
-    idx = [b[0] for b in batch]
-    good = [b for b in batch if b[1] is not None]
-    pixels = torch.stack([b[1] for b in good]) if good else None
-    return idx, [b[0] for b in good], pixels, [(b[0], b[2]) for b in batch if b[1] is None]
-
-
 @dataclass
 class EmbedResult:
     meta: dict
     resumed_from: int
     rows_written: int
+    tasks: tuple[int, int] | None = None  # distributed: (tasks done before this run, tasks in all)
 
 
 def model_logit_scale(model) -> float | None:
@@ -91,11 +69,15 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
                    strict: bool = False, codec: str = st.DEFAULT_CODEC, chunk_rows: int | None = None,
                    commit_every_s: float = COMMIT_EVERY_S, limit: int | None = None,
                    progress: bool = True, encoder: Encoder | None = None,
-                   checkpoint: str | None = None, normalize_on_device: bool | None = None) -> EmbedResult:
+                   checkpoint: str | None = None, normalize_on_device: bool | None = None,
+                   cluster: str | None = None, client=None, task_bytes: int | None = None) -> EmbedResult:
     """Embed ``data`` with ``model`` into the store ``out``; rerunning the same call resumes.
 
     ``checkpoint``: a finished ``embedx finetune`` run folder; its base model (model, pretrained, seed) with
     the trained parameters applied embeds, and the run is recorded in the store's ``checkpoint`` attribute.
+    ``cluster`` ("local[:N]", "tcp://HOST:PORT") or ``client`` (a ``distributed.Client``): tasks of whole chunks
+    run on the Dask workers (``embedx.dist.embed``; ``task_bytes`` of output each, default ``EMBEDX_TASK_BYTES``
+    or 128 MiB) and the store equals the serial one byte for byte; rerunning resumes at the unfinished tasks.
     ``normalize_on_device`` (default: on CUDA): loaders hand over uint8 pixels and the device scales and
     normalizes them (the same pixels bit for bit, a quarter of the bytes, less CPU work per image).
     """
@@ -113,11 +95,17 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
     meta = plan_meta(source, spec.model, spec.pretrained, spec.seed, dtype, tmpl, spec.pretrained_sha256,
                      spec.checkpoint)
 
+    distributed = cluster is not None or client is not None
+    if cluster is not None:
+        from embedx.dist.cluster import parse_cluster
+
+        parse_cluster(cluster)  # a bad spec is refused before any store or model
     with writer_lock(out):  # one writer at a time; what killed writers left beside ``out`` is repaired first
         writer = None
         if st.exists(out) and not overwrite:
             _check_checkpoint(out, meta)
             writer = st.StoreWriter.resume(out, meta)  # refuses complete stores and other inputs, before any model load
+            _check_mode(out, writer.meta, distributed)
         else:
             st.check_target(out, overwrite)  # refuses paths that hold something else, before any model load
         enc = encoder or spec.load(device)
@@ -128,21 +116,49 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
         start = writer.source_pos
         known = {item["id"] for item in writer.skipped}
         left_out = [e for e in source.excluded if e["id"] not in known]  # non-regular files, undecodable names
-        if left_out:
-            writer.skip(left_out)
-        if start:
-            log.info("resuming %s at item %d of %d (%d rows committed)", out, start, len(source), writer.rows_committed)
+        extra = {"device": str(enc.device), "logit_scale": model_logit_scale(enc.model)}
         try:
             if not writer.meta.get("texts_written"):
                 writer.write_texts(enc.encode_classes(source.classnames, tmpl), source.classnames)
+            if distributed:
+                from embedx.dist import embed as dist_embed
+                from embedx.dist.cluster import connect
+
+                job_args = {"model": model, "pretrained": pretrained, "checkpoint": checkpoint, "seed": seed,
+                            "device": device, "workers": workers, "strict": strict,
+                            "normalize_on_device": normalize_on_device}
+                with connect(cluster, client, task_bytes=task_bytes) as executor:
+                    final, before, n_tasks = dist_embed.run(executor, writer, source, meta, job_args,
+                                                            batch_size=batch_size, progress=progress,
+                                                            left_out=left_out, extra=extra)
+                return EmbedResult(final, 0, final["rows_committed"], (before, n_tasks))
+            if left_out:
+                writer.skip(left_out)
+            if start:
+                log.info("resuming %s at item %d of %d (%d rows committed)", out, start, len(source),
+                         writer.rows_committed)
             rows0 = writer.rows_committed
             on_device = enc.device.type == "cuda" if normalize_on_device is None else normalize_on_device
             _stream(writer, enc, source, start, batch_size, workers, strict, commit_every_s, progress, on_device)
-            final = writer.finalize({"device": str(enc.device), "logit_scale": model_logit_scale(enc.model)})
+            writer.wait()
+            if "progress" in writer.group:  # flags a cluster run left after its commit (embedx.dist.embed)
+                del writer.group["progress"]
+            final = writer.finalize(extra, sums=stored_sums(out, source.paired))
         except BaseException:
             writer.close()
             raise
         return EmbedResult(final, start, final["rows_committed"] - rows0)
+
+
+def _check_mode(out: str, meta: dict, distributed: bool) -> None:
+    """A store begun on a cluster resumes on a cluster, one begun in-process resumes in-process."""
+    if distributed:
+        from embedx.dist.embed import check_resumable
+
+        check_resumable(out, meta)
+    elif meta.get("plan") is not None:
+        raise st.StoreError(f"refusing to resume {out} without --cluster: it was begun on a cluster (rerun with "
+                            f"--cluster to resume it, or pass --overwrite)")
 
 
 def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, batch_size: int,
@@ -152,8 +168,8 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, ba
 
     workers = default_workers() if workers is None else workers
     preprocess, norm = split_preprocess(enc.preprocess) if normalize_on_device else (enc.preprocess, None)
-    loader = DataLoader(_Items(source, preprocess, start, len(source)), batch_size=batch_size,
-                        shuffle=False, num_workers=workers, collate_fn=_collate,
+    loader = DataLoader(Items(source, preprocess, start, len(source)), batch_size=batch_size,
+                        shuffle=False, num_workers=workers, collate_fn=collate,
                         pin_memory=enc.device.type == "cuda", persistent_workers=False,
                         prefetch_factor=4 if workers else None)
     labels = source.labels
@@ -192,7 +208,8 @@ def embed(out, data: str, model: str, pretrained: str | None = None, *, checkpoi
     """Embed ``data`` ("folder:DIR", "csv:FILE", "digits", "synthetic:N", ...) with an open_clip ``model``
     into a store at ``out`` (resumable: rerun the same call after a crash) -> the finished store's metadata.
     ``options``: the rest of ``embedx embed``'s options by their Python names (templates, codec, chunk_rows,
-    limit, workers, overwrite, strict)."""
+    limit, workers, overwrite, strict), and ``cluster`` ("local[:N]" | "tcp://HOST:PORT") or ``client`` (a
+    ``distributed.Client``) to embed on a Dask cluster (the same store, byte for byte)."""
     res = embed_to_store(str(out), data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
                          device=device, checkpoint=checkpoint, progress=bool(progress), **options)
     return res.meta

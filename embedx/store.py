@@ -340,9 +340,35 @@ class StoreWriter:
         self.skipped.extend(skipped)
         self._write_meta()
 
-    def finalize(self, extra: dict | None = None) -> dict:
-        """Trim unused rows (skipped inputs) and mark the store complete. Every row must be committed."""
+    def record(self, **fields) -> None:
+        """Commit what other processes wrote (a distributed embed's driver is the only metadata writer):
+        ``rows_committed``, ``source_pos``, ``skipped``, ``sums`` ({"images", "texts"} float64 vectors) and any
+        other metadata fields (None removes one), in one metadata write."""
         self.wait()
+        if "rows_committed" in fields:
+            self.rows_committed = int(fields.pop("rows_committed"))
+        if "source_pos" in fields:
+            self.source_pos = int(fields.pop("source_pos"))
+        if "skipped" in fields:
+            self.skipped = list(fields.pop("skipped"))
+        self._set_sums(fields.pop("sums", None))
+        for k, v in fields.items():
+            if v is None:
+                self.meta.pop(k, None)
+            else:
+                self.meta[k] = v
+        self._write_meta()
+
+    def _set_sums(self, sums: dict | None) -> None:
+        for k, v in (sums or {}).items():
+            self._sums[k] = None if v is None else np.asarray(v, dtype=np.float64)
+
+    def finalize(self, extra: dict | None = None, sums: dict | None = None) -> dict:
+        """Trim unused rows (skipped inputs) and mark the store complete. Every row must be committed.
+        ``sums``: the committed rows' sums as the caller computed them ({"images", "texts"}; embedx.embedplan
+        folds them chunk by chunk, so they do not depend on when commits happened)."""
+        self.wait()
+        self._set_sums(sums)
         if len(self._pending) or self._pending_skipped:
             raise StoreError("finalize() with uncommitted rows: call commit(source_pos) first")
         if not self.meta.get("texts_written"):
