@@ -66,17 +66,20 @@ def make_store(path: str, n: int, d: int, c: int) -> str:
 
 def cluster(n_workers: int, malloc: str = "embedx"):
     """A LocalCluster started as ``--cluster local:N`` starts it (embedx's worker environment unless
-    malloc="dask"), and its startup seconds."""
+    malloc="dask"): (ExitStack closing it, client, startup seconds)."""
+    import contextlib
+
     from distributed import Client
 
-    from embedx.dist import cluster as dc
+    from embedx.dist.cluster import local_cluster
 
     os.environ["EMBEDX_DASK_MALLOC"] = malloc
+    stack = contextlib.ExitStack()
     t = time.perf_counter()
-    lc = dc._local_cluster(n_workers)
-    client = Client(lc)
+    lc = stack.enter_context(local_cluster(n_workers))
+    client = stack.enter_context(Client(lc))
     client.wait_for_workers(n_workers)
-    return lc, client, time.perf_counter() - t
+    return stack, client, time.perf_counter() - t
 
 
 def worker_usage(client) -> dict:
@@ -167,8 +170,7 @@ def main(argv=None):
     gib = store.n_images * store.dim * store.dtype.itemsize / GIB
     clusters = {}
     for n in (1, 2):
-        lc, client, start_s = cluster(n)
-        clusters[n] = (lc, client, start_s)
+        clusters[n] = cluster(n)
     configs = {"in-process": ThreadedExecutor(), "cluster-1": DaskExecutor(clusters[1][1]),
                "cluster-2": DaskExecutor(clusters[2][1])}
     runs = {w: {c: [] for c in configs} for w in ("stream", "zeroshot")}
@@ -199,14 +201,13 @@ def main(argv=None):
     overhead = {"noop_task_s": noop_s, "pass_4MiB_tasks_s": t_small, "pass_128MiB_tasks_s": t_big,
                 "tasks_4MiB": int(round(n_small)), "tasks_128MiB": int(round(n_big)),
                 "per_task_s_from_pass": (t_small - t_big) / (n_small - n_big)}
-    for n, (lc, client, _) in clusters.items():
-        client.close()
-        lc.close()
+    for stack, _, _ in clusters.values():
+        stack.close()
 
     # the worker malloc setting
     malloc = {}
     for setting in ("dask", "embedx", "dask", "embedx"):
-        lc, client, _ = cluster(2, setting)
+        stack, client, _ = cluster(2, setting)
         ex = DaskExecutor(client)
         timed_pass(store, STREAM, ex)  # warm: model of steady state
         before = worker_usage(client)
@@ -215,8 +216,7 @@ def main(argv=None):
         row = {"seconds": s, **{k2: after[k2] - before[k2] for k2 in before}}
         malloc.setdefault(setting, []).append(row)
         print(f"malloc {setting}: {row}", file=sys.stderr)
-        client.close()
-        lc.close()
+        stack.close()
     os.environ.pop("EMBEDX_DASK_MALLOC", None)
 
     best = {w: {c: min(v) for c, v in runs[w].items()} for w in runs}

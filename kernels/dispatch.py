@@ -32,11 +32,20 @@ def cluster_distance_sums(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor
 
 def cluster_distance_pair_sums(x: torch.Tensor, y: torch.Tensor | None, x_labels: torch.Tensor,
                                y_labels: torch.Tensor | None, n_clusters: int):
-    """Both one-sided per-cluster distance sums of a block pair of one point set from one distance tile:
-    ``(S_xy, S_yx)`` with ``S_xy[p, k] = sum_{q: y_labels[q] = k} ||x_p - y_q||`` and ``S_yx[q, k] = sum_{p:
-    x_labels[p] = k} ||x_p - y_q||`` (float64); ``y`` None: the diagonal block, ``(S_xx, None)`` with self-pairs
-    0. Torch on every device (no Triton kernel for the pair op: on a GPU the tile is one cuBLAS matmul)."""
-    return cluster_distance_pair_sums_torch(x, y, x_labels, y_labels, n_clusters)
+    """Both one-sided per-cluster distance sums of a block pair of one point set: ``(S_xy, S_yx)`` with
+    ``S_xy[p, k] = sum_{q: y_labels[q] = k} ||x_p - y_q||`` and ``S_yx[q, k] = sum_{p: x_labels[p] = k}
+    ||x_p - y_q||`` (float64); ``y`` None: the diagonal block, ``(S_xx, None)`` with self-pairs 0.
+
+    torch (CPU): one distance tile serves both sides (every distance computed once). Triton (CUDA): the fused
+    one-sided kernel twice (no tile is ever written to memory, so symmetry would save its flops but cost a tile
+    round trip; the GPU's in-process resident path makes the same choice)."""
+    if backend_for(x.device) != "triton":
+        return cluster_distance_pair_sums_torch(x, y, x_labels, y_labels, n_clusters)
+    if y is None:
+        ids = torch.arange(len(x), device=x.device)
+        return cluster_distance_sums_triton(x, x, x_labels, n_clusters, ids, 0), None
+    return (cluster_distance_sums_triton(x, y, y_labels, n_clusters),
+            cluster_distance_sums_triton(y, x, x_labels, n_clusters))
 
 
 def topk(q: torch.Tensor, g: torch.Tensor, k: int) -> torch.Tensor:

@@ -98,12 +98,11 @@ def write_behind_embedx(path, name: str, index, values) -> None:
 def dask_client():
     """A Dask LocalCluster of 2 worker processes (1 thread each) shared by the session's cluster tests; the
     workers import embedx from this checkout. Torn down at the end of the session."""
-    import logging
+    from distributed import Client
 
-    from distributed import Client, LocalCluster
+    from embedx.dist.cluster import local_cluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    with local_cluster(2) as cluster, Client(cluster) as client:
         yield client
 
 

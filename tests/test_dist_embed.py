@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 import zarr
 
+from embedx.dist.cluster import environ_kept
 from embedx.embed import embed_to_store
 from embedx.store import Store, read_meta
 from tests.conftest import assert_one_line_error, embedx_cmd, invoke
 from tests.test_embed import _image_folder
-
-pytest.importorskip("distributed")
 
 # 480 digits in chunks of 32 rows (64 B a row): tasks of one chunk (2 KiB) make 15 tasks
 ARGS = ["-m", "embedx-tiny", "--seed", "1", "--data", "digits:train", "--limit", "480", "--batch-size", "16",
@@ -93,8 +92,10 @@ def test_killed_worker_is_retried_and_the_store_is_the_same(tmp_path, serial, da
     done = _flags(out)
     assert th.is_alive() and 0 < done < 15, "the run finished before a worker could be killed"
     pid = next(iter(dask_client.run(os.getpid).values()))
-    os.kill(pid, signal.SIGKILL)
-    th.join(240)
+    with environ_kept():  # the nanny writes its worker environment into this process when it restarts the worker
+        os.kill(pid, signal.SIGKILL)
+        th.join(240)
+        dask_client.wait_for_workers(2, timeout=120)
     assert not th.is_alive() and "err" not in box, box.get("err")
     assert_same_store(serial, out)
 

@@ -63,21 +63,20 @@ def test_cosine_second_pass_on_cluster_with_in_memory_rows(rng, dask_executor):
 def test_a_worker_killed_mid_measure_gives_the_same_answer(tmp_path, rng, small_tasks):
     """SIGKILL one of 2 worker processes (by its pid) while the pass runs: Dask recomputes its tasks elsewhere and
     the result is bit-identical to an uninterrupted cluster run (fixed merge tree) and to in-process (1e-9)."""
-    import logging
     import os
     import signal
     import threading
     import time
 
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
+    from embedx.dist.cluster import local_cluster
     from embedx.dist.executor import DaskExecutor
 
     store = embedx.open(_class_store(tmp_path / "big.zarr", rng, n=60000, d=32, c=8))
     names = ["acs", "iimm", "gap", "zeroshot_top1"]
     local = compute(store, names)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
+    with local_cluster(2) as cluster, Client(cluster) as client:
         ex = DaskExecutor(client, task_bytes=16 << 10)
         clean = compute(store, names, executor=ex)
         pids = list(client.run(os.getpid).values())
@@ -135,3 +134,16 @@ def test_every_default_measure_on_cluster(tmp_path, rng, dask_executor, monkeypa
     cluster = compute(store, executor=dask_executor, **opts)
     assert set(cluster.values) == set(local.values) and len(local.values) >= (10 if paired else 12)
     _close(local, cluster)
+
+
+def test_api_cluster_local_equals_in_process_and_leaves_the_environment(tmp_path, rng):
+    """``embedx.measure(path, cluster="local:1")`` starts and tears down its own cluster; distributed's nanny
+    writes its worker environment (OMP_NUM_THREADS=1, ...) into the caller's os.environ, which embedx puts back
+    (later subprocesses of the caller would otherwise run single-threaded)."""
+    import os
+
+    path = _class_store(tmp_path / "c.zarr", rng, n=600)
+    before = dict(os.environ)
+    got = embedx.measure(path, metrics=["acs", "iimm", "zeroshot_top1"], cluster="local:1")
+    assert dict(os.environ) == before
+    _close(embedx.measure(path, metrics=["acs", "iimm", "zeroshot_top1"]), got)

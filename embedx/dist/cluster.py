@@ -51,24 +51,56 @@ def _worker_environ() -> dict:
     return {"distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
 
 
-def _local_cluster(n: int | None):
+def _restore_environ(saved: dict) -> None:
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def environ_kept():
+    """Context: ``os.environ`` is put back as it was on entry, on exit. distributed's nanny writes its worker
+    environment (``OMP_NUM_THREADS=1``, ``MALLOC_TRIM_THRESHOLD_``, ``PYTHONHASHSEED``, ...) into the *calling*
+    process's environment each time it spawns a worker (start-up, and the restart of a worker that died), where
+    every later subprocess of the caller would inherit it."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        _restore_environ(saved)
+
+
+@contextlib.contextmanager
+def local_cluster(n: int | None = None, threads_per_worker: int = 1):
+    """Context: a cluster of ``n`` local worker processes (default one per core) with embedx's worker environment
+    (``LocalCUDACluster``, one worker per GPU, where dask-cuda is installed and CUDA is visible), torn down on
+    exit; the caller's environment is left as it was."""
     import dask
 
     n = n or max(1, os.cpu_count() or 1)
+    saved = dict(os.environ)
     with dask.config.set(_worker_environ()):
+        cluster = None
         try:
             import torch
             from dask_cuda import LocalCUDACluster  # one worker per GPU where dask-cuda is installed
 
             if torch.cuda.is_available():
-                return LocalCUDACluster(n_workers=min(n, torch.cuda.device_count()), dashboard_address=":0",
-                                        silence_logs=logging.ERROR)
+                cluster = LocalCUDACluster(n_workers=min(n, torch.cuda.device_count()), dashboard_address=":0",
+                                           silence_logs=logging.ERROR)
         except ImportError:
             pass
-        from distributed import LocalCluster
+        if cluster is None:
+            from distributed import LocalCluster
 
-        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                            silence_logs=logging.ERROR)
+            cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=True,
+                                   dashboard_address=":0", silence_logs=logging.ERROR)
+    _restore_environ(saved)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+        _restore_environ(saved)  # again: a worker restarted meanwhile wrote it
 
 
 @contextlib.contextmanager
@@ -89,7 +121,7 @@ def connect(cluster=None, client=None, *, task_bytes: int | None = None):
 
     kind, arg = parse_cluster(cluster)
     if kind == "local":
-        with _local_cluster(arg) as lc, Client(lc) as c:
+        with local_cluster(arg) as lc, Client(lc) as c:
             yield DaskExecutor(c, task_bytes=task_bytes, owned=True)
         return
     timeout = float(os.environ.get("EMBEDX_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))

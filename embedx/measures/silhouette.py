@@ -360,7 +360,9 @@ def _score(points: _StorePoints, mode: str, sample_size: int, seed: int, device,
     ids = np.arange(total) if mode == "exact" else _sample_ids(total, sample_size, seed)
     if len(ids) == total and getattr(executor, "distributed", False):
         vals = _pair_values(points, executor, device_request, progress)
-    elif len(ids) == total and torch.device(device).type == "cpu":  # the same block pairs, one after another
+    elif (len(ids) == total and torch.device(device).type == "cpu"
+          and points.raw_bytes() > resident_budget(torch.device(device))):  # CPU: the same block pairs, one
+        # after another (resident_budget is 0 on the CPU; the GPU lane's dry run raises it to run the GPU paths)
         vals = _pair_values(points, _InProcess(), "cpu", progress)
     else:  # a sample (its rows against every point), or a GPU: streamed or resident, here
         vals = _streamed_values(points, ids, device, progress)

@@ -112,9 +112,12 @@ def test_cluster_distance_pair_sums_match_two_one_sided_references(rng, dtype, c
         assert (got_x.numpy()[:, k - 3] == 0).all()
 
 
-def test_pair_sums_add_up_to_the_one_sided_sums(rng):
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_pair_sums_add_up_to_the_one_sided_sums(rng, monkeypatch, backend):
     """Blocks I <= J of one point set: adding each pair's two sides per block gives every row's sums over all
-    points, as one call of the one-sided op with the self-pairs (float64 reference) does."""
+    points, as one call of the one-sided op with the self-pairs (float64 reference) does; through the dispatch on
+    either backend (Triton: the fused one-sided kernel twice, under the interpreter on the CPU)."""
+    monkeypatch.setenv("EMBEDX_KERNEL", backend)
     n, d, k = int(rng.integers(40, 160)), int(rng.integers(2, 20)), int(rng.integers(2, 5))
     p = rng.standard_normal((n, d)).astype(np.float32)
     lab = rng.integers(0, k, n)
