@@ -265,6 +265,7 @@ def main(argv=None):
                      f"{p['cpu_zeroshot_s']:.0f} s | {p['cpu_silhouette_h']:,.0f} h | {p['gpu_stream_s']:.1f} s | "
                      f"{p['gpu_silhouette_h']:.2f} h |")
     save("dist", result, "\n".join(lines))
+    return result
 
 
 if __name__ == "__main__":

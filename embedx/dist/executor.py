@@ -65,6 +65,12 @@ class DaskExecutor(Executor):
             self._scattered[key] = (source, self.client.scatter(source, broadcast=True, hash=False))
         return self._scattered[key][1]
 
+    def row_ranges(self, n: int, unit: int, unit_bytes: int) -> list[tuple[int, int]]:
+        """[start, stop) ranges over ``n`` rows, each whole units of ``unit`` rows (``unit_bytes`` stored bytes a
+        unit) and about ``task_bytes`` (at least one unit): the tasks of a pass."""
+        step = unit * max(1, self.task_bytes // max(1, unit_bytes))
+        return [(s, min(s + step, n)) for s in range(0, n, step)]
+
     def chunks_verified(self, source, reset: bool = False) -> dict:
         """{array: sorted chunk indices} the workers' reads of ``source`` matched to their recorded checksums (a
         worker restarted meanwhile forgets its own); ``reset``: forget them (the start of a run)."""
@@ -117,9 +123,3 @@ class DaskExecutor(Executor):
                 bar.update(size[f.key])
         del leaves
         return level[0].result()
-
-
-def aligned_ranges(n: int, unit: int, units_per_task: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges of ``units_per_task`` whole units of ``unit`` rows over ``n`` rows (the last short)."""
-    step = unit * max(1, units_per_task)
-    return [(s, min(s + step, n)) for s in range(0, n, step)]

@@ -192,8 +192,7 @@ def drift_pass(a: Store, b: Store, *, knn_k: int = 10, knn_rows: np.ndarray | No
     if getattr(executor, "distributed", False):
         from concurrent.futures import ThreadPoolExecutor
 
-        per_task = max(1, executor.task_bytes // (2 * block_rows * a.dim * a.dtype.itemsize))
-        ranges = [(s, min(s + block_rows * per_task, n)) for s in range(0, n, block_rows * per_task)]
+        ranges = executor.row_ranges(n, block_rows, 2 * block_rows * a.dim * a.dtype.itemsize)  # both stores
         pool = ThreadPoolExecutor(1, thread_name_prefix="embedx-drift-tasks")
         tasks = pool.submit(executor.map_reduce, sums_task, ranges, SumsPart.merge,
                             (executor.ref(a), executor.ref(b)), block_rows, cls)

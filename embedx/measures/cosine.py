@@ -90,8 +90,7 @@ def cosine_pass(source, sx: torch.Tensor, st: torch.Tensor, progress=None, execu
     block = source.block_rows()
     with Bar(n, "cosine silhouette pass", enabled(progress)) as bar:
         if getattr(executor, "distributed", False):
-            per_task = max(1, executor.task_bytes // (block * source.dim * np.dtype(source.dtype).itemsize))
-            ranges = [(s, min(s + block * per_task, n)) for s in range(0, n, block * per_task)]
+            ranges = executor.row_ranges(n, block, block * source.dim * np.dtype(source.dtype).itemsize)
             return executor.map_reduce(cosine_range, ranges, add_pairs, executor.ref(source), sx, st, block,
                                        bar=bar, sizes=[b - a for a, b in ranges])
         img, txt = 0.0, 0.0

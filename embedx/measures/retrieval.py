@@ -289,8 +289,7 @@ def _distributed_counts(store, first, pos, item_row, executor, device_request=No
     n, d = store.n_images, store.dim
     step = _rows(store, ROW_BLOCK)
     ref = executor.ref(store)
-    per_task = max(1, executor.task_bytes // (2 * step * d * store.dtype.itemsize))
-    ranges = [(a, min(a + step * per_task, n)) for a in range(0, n, step * per_task)]
+    ranges = executor.row_ranges(n, step, 2 * step * d * store.dtype.itemsize)  # image and text rows
     with Bar(n, "retrieval thresholds", enabled(progress)) as bar:
         parts = executor.map(thresholds_task, [(a, b, item_row[a:b]) for a, b in ranges], ref, step, bar=bar,
                              sizes=[b - a for a, b in ranges])

@@ -227,8 +227,7 @@ def class_pass(store, cfg: PassConfig, threads: int | None = None, impl: str | N
     if impl is None:
         impl = "numba" if n * d >= kernels.NUMBA_MIN_ELEMENTS else "torch"
     if getattr(executor, "distributed", False):
-        per_task = max(1, executor.task_bytes // (unit * d * store.dtype.itemsize))
-        ranges = [(s, min(s + unit * per_task, n)) for s in range(0, n, unit * per_task)]
+        ranges = executor.row_ranges(n, unit, unit * d * store.dtype.itemsize)
         return executor.map_reduce(class_range_partial, ranges, Partial.merge, executor.ref(store), cfg, impl,
                                    rows, unit, bar=bar, sizes=[b - a for a, b in ranges])
     executor = executor if executor is not None else ThreadedExecutor(threads)
@@ -334,8 +333,7 @@ def paired_pass(src, cfg: PassConfig, executor=None, bar=None):
     block = src.block_rows(PAIRED_BLOCK_BYTES)
     n = src.n_images
     if getattr(executor, "distributed", False):
-        per_task = max(1, executor.task_bytes // (block * src.dim * np.dtype(src.dtype).itemsize))
-        ranges = [(s, min(s + block * per_task, n)) for s in range(0, n, block * per_task)]
+        ranges = executor.row_ranges(n, block, block * src.dim * np.dtype(src.dtype).itemsize)
         return executor.map_reduce(paired_blocks_partial, ranges, merge_paired, executor.ref(src), cfg, block,
                                    bar=bar, sizes=[b - a for a, b in ranges])
     out = None

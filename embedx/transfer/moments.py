@@ -331,8 +331,7 @@ def distributed_sweep(source, accumulators, executor, *, check: bool = False, pr
             for a in primers:
                 a.prime(b)
             break
-    per_task = max(1, executor.task_bytes // (block * source.dim * np.dtype(source.dtype).itemsize))
-    ranges = [(s, min(s + block * per_task, n)) for s in range(0, n, block * per_task)]
+    ranges = executor.row_ranges(n, block, block * source.dim * np.dtype(source.dtype).itemsize)
     bar = Bar(n, f"transfer {desc}", enabled(progress))
     try:
         accs, bad = executor.map_reduce(blocks_task, ranges, _merge_parts, executor.ref(source), block,
