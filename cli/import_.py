@@ -7,20 +7,32 @@ from embedx.cli.options import chunking_options
 
 
 @click.command("import")
+@click.argument("src", required=False, metavar="[DIR]")
+@click.option("--from", "kind", type=click.Choice(["clip-retrieval", "datacomp", "npy", "parquet"]), default=None,
+              help="Import a released dump folder DIR: clip-retrieval inference output (img_emb/, text_emb/, "
+                   "metadata/), a DataComp metadata folder ({shard}.npz + {shard}.parquet), or an `embedx export` "
+                   "(npy, parquet). Streamed shard by shard into a paired store.")
+@click.option("--features", default=None,
+              help="--from datacomp: the feature pair NAME_img/NAME_txt [default: l14 if present, else b32].")
+@click.option("--id-column", default=None,
+              help="--from clip-retrieval/datacomp: metadata column of the ids [default: image_path, uid, key, url].")
+@click.option("--caption-column", default=None,
+              help="--from clip-retrieval/datacomp: metadata column of the captions [default: caption, text].")
 @click.option("--images", help="Image embeddings: .npy, .npz[:KEY] or .parquet[:COLUMN], shape (N, d).")
 @click.option("--texts", help="Text embeddings, shape (C, d): one row per class, or per caption with --paired.")
 @click.option("--labels", help="Class index per image (N,), in 0..C-1 (-1 = none).")
 @click.option("--paired", is_flag=True, help="Text row i pairs with image row i (captions).")
 @click.option("--paired-array", help="One (2, N, d) array of paired rows: [0] images, [1] texts.")
 @click.option("--names", type=click.Path(), help="Text file, one class name (or caption) per text row.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
+              help="Stored dtype [default: float16; with --from, the dump's own].")
 @click.option("--model", default=None, help="Record the model that made these embeddings.")
 @click.option("--dataset", default=None, help="Record the dataset name.")
 @click.option("--out", "-o", required=True, help="Store path (local or fsspec URL).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out (only once the new one is complete).")
 @chunking_options
-def import_(images, texts, labels, paired, paired_array, names, dtype, model, dataset, out, overwrite, codec,
-            chunk_rows):
+def import_(src, kind, features, id_column, caption_column, images, texts, labels, paired, paired_array, names, dtype,
+            model, dataset, out, overwrite, codec, chunk_rows):
     """Build a store from existing embedding arrays.
 
     \b
@@ -28,14 +40,36 @@ def import_(images, texts, labels, paired, paired_array, names, dtype, model, da
       embedx import --images X.npy --texts T.npy --labels y.npy --names classes.txt --out s.zarr
       embedx import --images X.npy --texts captions.npy --paired --out coco.zarr
       embedx import --paired-array features_clip.npy --out coco.zarr
+      embedx import --from clip-retrieval embeddings_folder/ --model ViT-B-32 --out laion.zarr
+      embedx import --from datacomp datacomp_small/metadata --features b32 --out pool.zarr
 
     Every row is checked before anything is written: NaN/inf or all-zero rows, a dimension mismatch,
     labels out of range and float16 overflow are refused with one line.
     """
+    if kind is not None or src is not None:
+        if kind is None or src is None:
+            raise click.UsageError("give both --from FORMAT and the dump folder DIR")
+        given = [f for f, v in (("--images", images), ("--texts", texts), ("--labels", labels), ("--paired", paired),
+                                ("--paired-array", paired_array), ("--names", names)) if v]
+        if given:
+            raise click.UsageError(f"--from reads the dump's own files; drop {', '.join(given)}")
+        from embedx.dumps import import_dump
+
+        m = import_dump(out, kind, src, features=features, id_column=id_column, caption_column=caption_column,
+                        dtype=dtype, model=model, dataset=dataset, overwrite=overwrite, codec=codec,
+                        chunk_rows=chunk_rows)
+        src_ = m["source"]
+        parts = src_.get("partitions", src_.get("shards", src_.get("files")))
+        click.echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}, "
+                   f"{'paired texts' if m['mode'] == 'paired' else 'class texts'}, from {parts} {kind} "
+                   f"{'partitions' if kind == 'clip-retrieval' else 'files' if kind in ('npy', 'parquet') else 'shards'}")
+        return
+    if features or id_column or caption_column:
+        raise click.UsageError("--features, --id-column and --caption-column go with --from")
     from embedx.importer import import_arrays
 
     m = import_arrays(out, images=images, texts=texts, labels=labels, paired=paired, names=names,
-                      paired_array=paired_array, dtype=dtype, overwrite=overwrite, codec=codec,
+                      paired_array=paired_array, dtype=dtype or "float16", overwrite=overwrite, codec=codec,
                       chunk_rows=chunk_rows, model=model, dataset=dataset)
     n_texts = m["rows_committed"] if m["mode"] == "paired" else None
     what = f"{n_texts} paired texts" if n_texts else "class texts"

@@ -29,6 +29,11 @@ def _rows(d: dict, res: dict | None) -> list[tuple[str, object]]:
         ("pretrained", d["pretrained"]), ("seed", d["seed"]), ("dataset", d["dataset"]),
         ("normalized", d["normalized"]), ("skipped inputs", d["n_skipped"]), ("created", d["created"]),
     ]
+    src = d.get("source") or {}
+    if src.get("format"):
+        parts = ", ".join(f"{v} {k}" for k, v in src.items() if k in ("partitions", "shards", "files"))
+        feats = f", features {src['features']}" if src.get("features") else ""
+        rows.append(("source", f"{src['format']} ({parts}, {src.get('rows')} rows{feats}) from {src.get('path')}"))
     integrity = d["integrity"] or "no checksums recorded (unfinished or older store)"
     if res is not None:
         integrity += ": ok, checked now" if res["ok"] else f": {len(res['problems'])} DAMAGED (see below)"

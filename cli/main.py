@@ -22,6 +22,7 @@ COMMANDS = {
     "demo": "demo:demo",
     "drift": "drift:drift",
     "embed": "embed:embed",
+    "export": "export:export",
     "finetune": "finetune:finetune",
     "import": "import_:import_",
     "info": "info:info",

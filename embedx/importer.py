@@ -100,9 +100,10 @@ def _list_matrix(col, what: str) -> np.ndarray:
     return values.reshape(len(col), -1) if len(col) else values.reshape(0, 0)
 
 
-def _check_rows(x: np.ndarray, what: str, dtype: str) -> bool:
+def _check_rows(x: np.ndarray, what: str, dtype: str, offset: int = 0) -> bool:
     """Raise on rows the store would not accept (``embedx.rows``), judged on the values as they will be stored
-    (after the conversion to ``dtype``), and on float16 overflow; return True if every row has unit norm."""
+    (after the conversion to ``dtype``), and on float16 overflow; return True if every row has unit norm. Rows are
+    numbered from ``offset`` in the messages."""
     if x.ndim != 2:
         raise EmbedxError(f"{what} must be a 2-D array (rows x dim), got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -114,7 +115,7 @@ def _check_rows(x: np.ndarray, what: str, dtype: str) -> bool:
         raw = np.asarray(x[s:s + BLOCK_ROWS], dtype=np.float64)
         bad = ~np.isfinite(raw).all(axis=1)
         if bad.any():
-            rows = np.flatnonzero(bad) + s
+            rows = np.flatnonzero(bad) + s + offset
             raise EmbedxError(f"{what} row {rows[0]} contains NaN or inf ({_count_nonfinite_rows(x)} rows "
                               f"in all)")
         if dtype == "float16" and np.abs(raw).max() > FP16_MAX:
@@ -127,12 +128,12 @@ def _check_rows(x: np.ndarray, what: str, dtype: str) -> bool:
         if bad is not None:
             raw_ok = first_bad_row(np.sqrt((raw[bad[0]:bad[0] + 1] ** 2).sum(axis=1))) is None
             stored = f" once stored as {dtype}" if raw_ok else ""
-            raise EmbedxError(f"{what} row {bad[0] + s}{stored} {bad[1]}")
+            raise EmbedxError(f"{what} row {bad[0] + s + offset}{stored} {bad[1]}")
         moved = np.sqrt(((b - raw) ** 2).sum(axis=1)) / np.sqrt((raw * raw).sum(axis=1))  # rows are nonzero here
         lossy = np.flatnonzero(moved > STORE_REL_ERROR)
         if len(lossy):
             i = int(lossy[0])
-            raise EmbedxError(f"{what} row {i + s} loses its direction when stored as {dtype} (it moves by "
+            raise EmbedxError(f"{what} row {i + s + offset} loses its direction when stored as {dtype} (it moves by "
                               f"{moved[i]:.2g} of its norm {np.sqrt((raw[i] ** 2).sum()):.3g}: its values fall below "
                               f"{dtype}'s normal range); L2-normalize the rows or use --dtype float32")
         unit &= bool(np.abs(norms - 1).max() < 1e-2)
@@ -225,6 +226,7 @@ def _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite) 
         w = st.StoreWriter.create(tmp, n_rows=x.shape[0], dim=x.shape[1], meta=meta,
                                   n_texts=None if y is None else t.shape[0], dtype=dtype, codec=codec,
                                   chunk_rows=chunk_rows, overwrite=not local and overwrite, background=False)
+        w.durable_commits = not local  # staged: finalize makes it durable before it is placed
         if y is not None:
             w.write_texts(np.asarray(t), text_names)
         block = max(1, BLOCK_ROWS // w.meta["chunk_rows"]) * w.meta["chunk_rows"]  # whole chunks

@@ -178,6 +178,9 @@ class StoreWriter:
         # At most one commit is in flight; the caller's thread touches meta/rows only after wait().
         self._inflight: Future | None = None
         self._last_commit = time.monotonic()
+        # False for a staged store (invisible until finalize, which syncs everything before it is placed): a
+        # commit then need not wait for the disk
+        self.durable_commits = True
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
@@ -334,7 +337,8 @@ class StoreWriter:
                 g["texts/embeddings"][r0:r1] = temb
                 self._sums["texts"] = _add(self._sums["texts"], normalized_sum(temb))
                 g["texts/names"][r0:r1] = np.concatenate(p.text_names)
-            _sync(self.path)
+            if self.durable_commits:
+                _sync(self.path)
             crash_point("commit:data")
         self.rows_committed, self.source_pos = r1, int(source_pos)
         self.skipped.extend(skipped)

@@ -1,0 +1,31 @@
+"""``embedx export``: a store as clip-retrieval partitions, plain npy or parquet (parse, call, render)."""
+from __future__ import annotations
+
+import click
+
+from embedx.cli.options import store_argument
+
+
+@click.command()
+@store_argument
+@click.option("--format", "fmt", type=click.Choice(["clip-retrieval", "npy", "parquet"]), required=True,
+              help="clip-retrieval: img_emb/, text_emb/, metadata/ partitions (autofaiss, clip-retrieval index); "
+                   "npy: images.npy, texts.npy, ids.parquet (+ labels.npy, names.parquet); parquet: one table with "
+                   "the ids, captions/labels and the embeddings as fixed-size float32 lists.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder (created).")
+@click.option("--partition-rows", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+              help="Rows per clip-retrieval partition.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier export at --out (only once the new one is complete).")
+def export(store, fmt, out, partition_rows, overwrite):
+    """Write a store as files other tools read; `embedx import --from FORMAT DIR` reads them back (same arrays,
+    same dtype).
+
+    \b
+    Examples:
+      embedx export coco.zarr --format clip-retrieval --out coco_emb/
+      embedx export coco.zarr --format parquet --out coco_pq/
+    """
+    from embedx.export import export_store
+
+    r = export_store(store, fmt, out, partition_rows=partition_rows, overwrite=overwrite)
+    click.echo(f"wrote {r['out']}: {r['rows']} rows x {r['dim']} {r['dtype']} as {r['format']} ({r['files']} files)")

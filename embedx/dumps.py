@@ -1,0 +1,580 @@
+"""``embedx import --from FORMAT DIR``: released embedding dumps streamed into one store.
+
+Formats (layouts read from the writers' sources, see the commit that added this module):
+
+* ``clip-retrieval`` (clip-retrieval ``inference``, the layout autofaiss indexes): ``img_emb/img_emb_{i}.npy``,
+  ``text_emb/text_emb_{i}.npy``, ``metadata/metadata_{i}.parquet`` (columns ``image_path``, ``caption``, then the
+  webdataset json fields such as ``url``, ``key``); ``i`` is zero-padded to ``int(log10(partitions)) + 1`` digits.
+  The model is not recorded in the dump (``--model`` records it).
+* ``datacomp`` (a DataComp / CommonPool metadata folder): ``{shard}.parquet`` (``uid``, ``url``, ``text``, ...)
+  beside ``{shard}.npz`` (``b32_img``, ``b32_txt``, ``l14_img``, ``l14_txt``, ``dedup``: OpenAI CLIP ViT-B/32 and
+  ViT-L/14 features); shards are hashes, taken in name order.
+* ``npy`` and ``parquet``: what ``embedx export --format npy|parquet`` writes (``embedx.export``).
+
+Every layout problem (a missing or extra partition, a ragged shard, row counts that disagree) is found from the
+file headers before anything is read; rows are then checked as ``embedx import`` checks them, shard by shard, and
+streamed in blocks into a staged store that replaces ``out`` only when complete: an error leaves nothing (or the
+old store). Memory: one block of rows (an ``.npz`` member is decompressed whole: one shard).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embedx import store as st
+from embedx.engine.progress import Bar, enabled
+from embedx.errors import EmbedxError
+from embedx.importer import BLOCK_ROWS, _check_rows
+from embedx.rows import first_bad_row
+from embedx.storepath import place, staging_path, writer_lock
+
+FORMATS = ("clip-retrieval", "datacomp", "npy", "parquet")
+DATACOMP_MODELS = {"l14": ("ViT-L-14", "openai"), "b32": ("ViT-B-32", "openai")}
+ID_COLUMNS = {"clip-retrieval": ("image_path", "key", "url"), "datacomp": ("uid", "url", "key")}
+CAPTION_COLUMNS = {"clip-retrieval": ("caption",), "datacomp": ("text", "caption")}
+META_FILE = "embedx.json"  # written by embedx export: the store's mode, dtype, model, ...
+
+
+# -- array files read by header, then in row ranges ----------------------------------------------------------------
+def _npy_header(f):
+    """(shape, fortran_order, dtype) of the ``.npy`` stream ``f``, left at the first data byte."""
+    major, _ = np.lib.format.read_magic(f)
+    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    return read(f, max_header_size=1 << 20)
+
+
+class NpyRows:
+    """A ``.npy`` file's shape and dtype from its header; rows read on demand with ``pread`` (no mmap: memory is
+    the rows asked for)."""
+
+    def __init__(self, path: str, label: str):
+        self.path, self.label = path, label
+        try:
+            with open(path, "rb") as f:
+                shape, fortran, dtype = _npy_header(f)
+                self.offset = f.tell()
+        except (ValueError, OSError) as e:
+            raise EmbedxError(f"{label}: not a readable .npy file ({' '.join(str(e).split())[:160]})") from None
+        if fortran and len(shape) > 1:
+            raise EmbedxError(f"{label}: Fortran-ordered arrays are not supported; save it in C order")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        need = self.offset + int(np.prod(shape)) * self.dtype.itemsize
+        if os.path.getsize(path) < need:
+            raise EmbedxError(f"{label}: truncated ({os.path.getsize(path)} bytes, its header promises {need})")
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        row = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        out = np.empty((stop - start,) + self.shape[1:], self.dtype)
+        buf = memoryview(out.reshape(-1).view(np.uint8))
+        with open(self.path, "rb", buffering=0) as f:
+            pos, done = self.offset + start * row, 0
+            while done < len(buf):
+                n = os.preadv(f.fileno(), [buf[done:]], pos + done)
+                if n <= 0:
+                    raise EmbedxError(f"{self.label}: truncated while reading rows {start}..{stop - 1}")
+                done += n
+        return out
+
+
+class NpzMember:
+    """One array of an ``.npz``: shape and dtype from the member's header; the array decompressed once (a shard)."""
+
+    def __init__(self, path: str, key: str, label: str):
+        self.path, self.key, self.label = path, key, label
+        self._data = None
+        try:
+            with zipfile.ZipFile(path) as z, z.open(key + ".npy") as f:
+                shape, _, dtype = _npy_header(f)
+        except (ValueError, OSError, KeyError, zipfile.BadZipFile) as e:
+            raise EmbedxError(f"{label}: cannot read {key!r} ({' '.join(str(e).split())[:160]})") from None
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if self._data is None:
+            with np.load(self.path, allow_pickle=False) as z:
+                self._data = z[self.key]
+        return self._data[start:stop]
+
+    def release(self) -> None:
+        self._data = None
+
+
+def npz_keys(path: str, label: str) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+    except (OSError, zipfile.BadZipFile) as e:
+        raise EmbedxError(f"{label}: not a readable .npz file ({' '.join(str(e).split())[:160]})") from None
+
+
+@dataclass
+class Shard:
+    """One shard of a dump: image rows, text rows (same count) and a metadata table (same count, or None)."""
+
+    name: str
+    images: object
+    texts: object
+    table: str | None  # parquet file with the ids/captions (None: ids from ``ids``)
+    rows: int
+    labels: object = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Dump:
+    kind: str
+    path: str
+    shards: list
+    mode: str = "paired"
+    id_column: str | None = None
+    caption_column: str | None = None
+    model: str | None = None
+    pretrained: str | None = None
+    meta: dict = field(default_factory=dict)  # an embedx export's embedx.json
+    source: dict = field(default_factory=dict)
+    class_names: list | None = None
+    class_texts: object = None
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+
+# -- layouts ------------------------------------------------------------------------------------------------------
+def _numbered(folder: str, prefix: str, ext: str, root: str) -> dict:
+    """{partition number: path} of ``folder/{prefix}{digits}{ext}``; two files for one number is an error."""
+    out = {}
+    if not os.path.isdir(folder):
+        return out
+    pat = re.compile(rf"^{re.escape(prefix)}(\d+){re.escape(ext)}$")
+    for name in os.listdir(folder):
+        m = pat.match(name)
+        if not m:
+            continue
+        k = int(m.group(1))
+        if k in out:
+            raise EmbedxError(f"{root}: two files for partition {k}: {os.path.basename(out[k])} and {name}")
+        out[k] = os.path.join(folder, name)
+    return out
+
+
+def _ranges(ks) -> str:
+    ks, out, i = sorted(ks), [], 0
+    while i < len(ks):
+        j = i
+        while j + 1 < len(ks) and ks[j + 1] == ks[j] + 1:
+            j += 1
+        out.append(str(ks[i]) if i == j else f"{ks[i]}-{ks[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def scan_clip_retrieval(path: str) -> Dump:
+    """The partitions of a clip-retrieval inference output, checked from their headers."""
+    rel = lambda p: os.path.relpath(p, path)  # noqa: E731
+    img = _numbered(os.path.join(path, "img_emb"), "img_emb_", ".npy", path)
+    txt = _numbered(os.path.join(path, "text_emb"), "text_emb_", ".npy", path)
+    meta = _numbered(os.path.join(path, "metadata"), "metadata_", ".parquet", path)
+    if not img and not txt:
+        raise EmbedxError(f"{path}: no clip-retrieval partitions (expected img_emb/img_emb_0.npy, "
+                          f"text_emb/text_emb_0.npy and metadata/metadata_0.parquet)")
+    for what, have in (("img_emb", img), ("text_emb", txt), ("metadata", meta)):
+        if not have:
+            raise EmbedxError(f"{path}: no {what}/ partitions; a paired store needs img_emb, text_emb and metadata")
+    every = set(img) | set(txt) | set(meta)
+    missing = sorted(set(range(max(every) + 1)) - every)
+    if missing:
+        raise EmbedxError(f"{path}: partition {missing[0]} is missing ({len(missing)} missing in all; found "
+                          f"partitions {_ranges(every)}); a gap would misnumber the rows")
+    for what, have, ext in (("img_emb", img, "npy"), ("text_emb", txt, "npy"), ("metadata", meta, "parquet")):
+        lack = sorted(every - set(have))
+        if lack:
+            raise EmbedxError(f"{path}: {what}/{what}_{lack[0]}.{ext} is missing (partition {lack[0]} has the "
+                              f"other files)")
+    shards = []
+    for k in sorted(every):
+        x, t = NpyRows(img[k], rel(img[k])), NpyRows(txt[k], rel(txt[k]))
+        rows = _paired_rows(x, t, meta[k], rel(meta[k]))
+        shards.append(Shard(rel(img[k]), x, t, meta[k], rows))
+    _same_dim(shards)
+    return Dump("clip-retrieval", path, shards, source={"partitions": len(shards)})
+
+
+def scan_datacomp(path: str, features: str | None) -> Dump:
+    """The shards of a DataComp metadata folder (``{shard}.parquet`` + ``{shard}.npz``), in name order."""
+    root = path
+    if not any(n.endswith((".npz", ".parquet")) for n in os.listdir(root)) and os.path.isdir(
+            os.path.join(root, "metadata")):
+        root = os.path.join(root, "metadata")  # the --data_dir of download_upstream.py
+    names = os.listdir(root)
+    npz = {n[:-4] for n in names if n.endswith(".npz")}
+    pqs = {n[:-8] for n in names if n.endswith(".parquet")}
+    if not npz and not pqs:
+        raise EmbedxError(f"{path}: no DataComp shards (expected {{shard}}.npz beside {{shard}}.parquet)")
+    for have, other, ext in ((npz, pqs, ".parquet"), (pqs, npz, ".npz")):
+        lack = sorted(have - other)
+        if lack:
+            raise EmbedxError(f"{path}: {lack[0]}{ext} is missing ({len(lack)} shards lack their {ext}; "
+                              f"each .npz needs the .parquet of the same name)")
+    stems = sorted(npz)
+    first = os.path.join(root, stems[0] + ".npz")
+    keys = npz_keys(first, os.path.basename(first))
+    if features is None:
+        features = next((f for f in ("l14", "b32") if f"{f}_img" in keys and f"{f}_txt" in keys), None)
+        if features is None:
+            raise EmbedxError(f"{os.path.basename(first)} has no l14_img/l14_txt or b32_img/b32_txt arrays (has: "
+                              f"{', '.join(keys)}); name the pair with --features NAME (NAME_img, NAME_txt)",
+                              param="features")
+    shards = []
+    for s in stems:
+        f = os.path.join(root, s + ".npz")
+        label = os.path.relpath(f, path)
+        have = keys if f == first else npz_keys(f, label)
+        for key in (f"{features}_img", f"{features}_txt"):
+            if key not in have:
+                raise EmbedxError(f"{label} has no array {key!r} (has: {', '.join(have)}); choose --features "
+                                  f"from the NAME_img/NAME_txt pairs present", param="features")
+        x, t = NpzMember(f, f"{features}_img", label + ":" + features + "_img"), \
+            NpzMember(f, f"{features}_txt", label + ":" + features + "_txt")
+        table = os.path.join(root, s + ".parquet")
+        rows = _paired_rows(x, t, table, os.path.relpath(table, path))
+        shards.append(Shard(label, x, t, table, rows))
+    _same_dim(shards)
+    model, pretrained = DATACOMP_MODELS.get(features, (None, None))
+    return Dump("datacomp", path, shards, model=model, pretrained=pretrained,
+                source={"shards": len(shards), "features": features})
+
+
+def _export_meta(path: str) -> dict:
+    """The ``embedx.json`` an ``embedx export`` left in ``path`` ({} if none)."""
+    mf = os.path.join(path, META_FILE)
+    if not os.path.isfile(mf):
+        return {}
+    try:
+        with open(mf, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise EmbedxError(f"{mf}: unreadable ({' '.join(str(e).split())[:160]})") from None
+    return meta if isinstance(meta, dict) else {}
+
+
+def scan_export(path: str, kind: str) -> Dump:
+    """What ``embedx export --format npy|parquet`` wrote (``embedx.export``)."""
+    meta = _export_meta(path)
+    mode = meta.get("mode", "paired")
+    d = Dump(kind, path, [], mode=mode, model=meta.get("model"), pretrained=meta.get("pretrained"), meta=meta)
+    if kind == "npy":
+        x = NpyRows(_need(path, "images.npy"), "images.npy")
+        t = NpyRows(_need(path, "texts.npy"), "texts.npy")
+        ids = _need(path, "ids.parquet")
+        if mode == "paired":
+            rows = _paired_rows(x, t, ids, "ids.parquet")
+            d.shards = [Shard("images.npy", x, t, ids, rows)]
+        else:
+            y = NpyRows(_need(path, "labels.npy"), "labels.npy")
+            rows = _count_rows(x, "images.npy")
+            _agree(rows, _count_rows(y, "labels.npy", 1), "images.npy", "labels.npy")
+            _agree(rows, _table_rows(ids, "ids.parquet"), "images.npy", "ids.parquet")
+            d.shards = [Shard("images.npy", x, None, ids, rows, labels=y)]
+            d.class_texts = t
+            d.class_names = _column(_need(path, "names.parquet"), "name", "names.parquet")
+            _agree(_count_rows(t, "texts.npy"), len(d.class_names), "texts.npy", "names.parquet")
+        _same_dim(d.shards, d.class_texts)
+    else:
+        table = _need(path, "embeddings.parquet")
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(table)
+        rows = pf.metadata.num_rows
+        d.shards = [Shard("embeddings.parquet", None, None, table, rows, extra={"pf": pf})]
+        if mode != "paired":
+            tf = _need(path, "texts.parquet")
+            tt = pq.read_table(tf)
+            d.class_names = [str(v) for v in tt.column("name").to_pylist()]
+            d.class_texts = _matrix(tt.column("embedding"), "texts.parquet:embedding")
+    d.source = {"files": len(d.shards)}
+    return d
+
+
+def _need(path: str, name: str) -> str:
+    f = os.path.join(path, name)
+    if not os.path.isfile(f):
+        raise EmbedxError(f"{path}: {name} is missing (not an embedx export?)")
+    return f
+
+
+def _count_rows(a, label: str, ndim: int = 2) -> int:
+    if len(a.shape) != ndim:
+        want = "2-D (rows x dim)" if ndim == 2 else "1-D"
+        raise EmbedxError(f"{label} must be {want}, got shape {a.shape}")
+    if not (np.issubdtype(a.dtype, np.floating) if ndim == 2 else np.issubdtype(a.dtype, np.integer)):
+        raise EmbedxError(f"{label} has dtype {a.dtype}; expected {'floats' if ndim == 2 else 'integers'}")
+    return int(a.shape[0])
+
+
+def _table_rows(path: str, label: str) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    except Exception as e:
+        raise EmbedxError(f"{label}: not a readable parquet file ({' '.join(str(e).split())[:160]})") from None
+
+
+def _agree(a: int, b: int, la: str, lb: str) -> None:
+    if a != b:
+        raise EmbedxError(f"row count mismatch: {la} has {a} rows, {lb} has {b}; the rows would be misaligned")
+
+
+def _paired_rows(x, t, table: str, table_label: str) -> int:
+    n = _count_rows(x, x.label)
+    _agree(n, _count_rows(t, t.label), x.label, t.label)
+    if x.shape[1] != t.shape[1]:
+        raise EmbedxError(f"dimension mismatch: {x.label} has d={x.shape[1]}, {t.label} has d={t.shape[1]}")
+    _agree(n, _table_rows(table, table_label), x.label, table_label)
+    return n
+
+
+def _same_dim(shards, extra=None) -> None:
+    arrays = [s.images for s in shards] + ([extra] if extra is not None else [])
+    d0 = arrays[0]
+    for a in arrays[1:]:
+        if a.shape[1] != d0.shape[1]:
+            raise EmbedxError(f"ragged dump: {a.label} has d={a.shape[1]}, {d0.label} has d={d0.shape[1]}")
+
+
+def _column(path: str, column: str, label: str) -> list:
+    import pyarrow.parquet as pq
+
+    names = pq.ParquetFile(path).schema_arrow.names
+    if column not in names:
+        raise EmbedxError(f"{label} has no column {column!r} (has: {', '.join(names)})")
+    return [str(v) for v in pq.read_table(path, columns=[column]).column(column).to_pylist()]
+
+
+def _matrix(col, label: str) -> np.ndarray:
+    from embedx.importer import _list_matrix
+
+    return _list_matrix(col.combine_chunks() if hasattr(col, "combine_chunks") else col, label)
+
+
+def _pick(names, wanted, candidates, label: str, what: str):
+    if wanted is not None:
+        if wanted not in names:
+            raise EmbedxError(f"{label} has no column {wanted!r} (has: {', '.join(names)})")
+        return wanted
+    for c in candidates:
+        if c in names:
+            return c
+    raise EmbedxError(f"{label} has no {what} column ({' / '.join(candidates)}; has: {', '.join(names)}); name one "
+                      f"with --{'id' if what == 'id' else 'caption'}-column")
+
+
+# -- checks -------------------------------------------------------------------------------------------------------
+def check_block(x: np.ndarray, what: str, dtype: str, offset: int) -> bool:
+    """Raise on a row the store would refuse (as ``embedx import``; rows numbered from ``offset``); return True if
+    every row has unit norm. float16 rows take a fast path: stored exactly in either dtype, and any finite nonzero
+    float16 row has an acceptable norm, so finiteness and norms (float32) decide."""
+    if x.dtype != np.float16 or x.ndim != 2:
+        return _check_rows(x, what, dtype, offset=offset)
+    import torch
+
+    norms = torch.linalg.vector_norm(torch.from_numpy(np.ascontiguousarray(x)), dim=1, dtype=torch.float32).numpy()
+    bad = first_bad_row(norms)
+    if bad is not None:
+        raise EmbedxError(f"{what} row {bad[0] + offset} {bad[1]}")
+    return bool(len(norms) == 0 or np.abs(norms - 1).max() < 1e-2)
+
+
+# -- import -------------------------------------------------------------------------------------------------------
+def scan(kind: str, path: str, features: str | None = None) -> Dump:
+    """The dump at ``path`` (layout checked from the headers; nothing read yet)."""
+    if kind not in FORMATS:
+        raise EmbedxError(f"unknown dump format {kind!r}; choose one of {', '.join(FORMATS)}")
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise EmbedxError(f"{path}: no such folder")
+    if not os.listdir(path):
+        raise EmbedxError(f"{path} is empty: no {kind} shards")
+    if features is not None and kind != "datacomp":
+        raise EmbedxError("--features applies to --from datacomp", param="features")
+    if kind == "datacomp":
+        return scan_datacomp(path, features)
+    if kind in ("npy", "parquet"):
+        return scan_export(path, kind)
+    d = scan_clip_retrieval(path)
+    d.meta = _export_meta(path)  # an embedx export in this layout: its model and dtype
+    d.model, d.pretrained = d.meta.get("model"), d.meta.get("pretrained")
+    return d
+
+
+def import_dump(out: str, kind: str, path: str, *, features: str | None = None, id_column: str | None = None,
+                caption_column: str | None = None, dtype: str | None = None, model: str | None = None,
+                dataset: str | None = None, overwrite: bool = False, codec: str = st.DEFAULT_CODEC,
+                chunk_rows: int | None = None) -> dict:
+    """Stream the dump ``kind`` at ``path`` (``FORMATS``) into a complete store at ``out``; return its metadata.
+    ``dtype`` None keeps the dump's (float16 or float32; float16 for any other)."""
+    d = scan(kind, path, features)
+    first = d.shards[0]
+    src_dtype = first.images.dtype if first.images is not None else _parquet_dtype(d)
+    if dtype is None:
+        dtype = d.meta.get("dtype") or (str(src_dtype) if str(src_dtype) in st.DTYPES else "float16")
+    if dtype not in st.DTYPES:
+        raise EmbedxError(f"dtype must be float16 or float32, got {dtype!r}", param="dtype")
+    st.check_target(out, overwrite)
+    if d.rows == 0:
+        raise EmbedxError(f"{path}: the dump has no rows")
+    meta = {"model": model or d.model, "pretrained": d.pretrained if not model else None, "seed": None,
+            "dataset": dataset or d.meta.get("dataset") or os.path.basename(os.path.abspath(path).rstrip("/")),
+            "mode": d.mode, "normalized": True,
+            "source": {"format": kind, **d.source, "rows": d.rows, "path": os.path.abspath(path)}}
+    if d.meta:
+        meta["source"]["exported_from"] = d.meta.get("store")
+    with writer_lock(out):
+        st.check_target(out, overwrite)
+        return _stream(out, d, meta, dtype, codec, chunk_rows, id_column, caption_column)
+
+
+def _parquet_dtype(d: Dump):
+    return np.dtype(d.meta.get("dtype", "float32"))
+
+
+def _stream(out, d: Dump, meta, dtype, codec, chunk_rows, id_column, caption_column) -> dict:
+    local = not st.is_url(out)
+    target = out.rstrip("/")
+    tmp = staging_path(target) if local else target
+    n = d.rows
+    dim = _dim(d)
+    w = None
+    try:
+        w = st.StoreWriter.create(tmp, n_rows=n, dim=dim, meta=meta, dtype=dtype, codec=codec,
+                                  chunk_rows=chunk_rows, n_texts=None if d.mode == "paired" else len(d.class_names),
+                                  background=True)
+        w.durable_commits = not local  # staged: finalize makes it durable before it is placed
+        unit = True
+        if d.mode != "paired":
+            t = d.class_texts if isinstance(d.class_texts, np.ndarray) else d.class_texts.read(0, d.class_texts.shape[0])
+            unit &= check_block(t, "texts", dtype, 0)
+            w.write_texts(t, d.class_names)
+        block = max(1, BLOCK_ROWS // w.meta["chunk_rows"]) * w.meta["chunk_rows"]  # commits of whole chunks
+        bar = Bar(n, "import", enabled(None))
+        pos = 0
+        for shard in d.shards:
+            for s0, x, t, y, ids, caps in _pieces(d, shard, block, pos, id_column, caption_column):
+                e = pos + len(x)
+                unit &= check_block(x, shard.images.label if shard.images is not None else f"{shard.name}:image",
+                                    dtype, s0)
+                if d.mode == "paired":
+                    unit &= check_block(t, shard.texts.label if shard.texts is not None else f"{shard.name}:text",
+                                        dtype, s0)
+                    w.append(x, None, ids, text_emb=t, text_names=caps)
+                else:
+                    w.append(x, _labels(y, len(d.class_names), shard.name, s0), ids)
+                pos = e
+                bar.update(len(x))
+                if pos % block == 0 or pos == n:
+                    w.commit(pos)
+            if isinstance(shard.images, NpzMember):
+                shard.images.release()
+                shard.texts.release()
+        bar.close()
+        meta = w.finalize(extra={"normalized": bool(unit)})
+    except BaseException:
+        if w is not None:
+            try:
+                w.close()
+            except BaseException:
+                pass
+        if local:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if local:
+        place(tmp, target)
+    return meta
+
+
+def _dim(d: Dump) -> int:
+    s = d.shards[0]
+    if s.images is not None:
+        return int(s.images.shape[1])
+    t = s.extra["pf"].schema_arrow.field("image").type
+    return int(t.list_size)
+
+
+def _labels(y: np.ndarray, c: int, label: str, s0: int) -> np.ndarray:
+    bad = np.flatnonzero((y < -1) | (y >= c))
+    if len(bad):
+        raise EmbedxError(f"{label}: label row {bad[0] + s0} is {y[bad[0]]}, outside -1..{c - 1}")
+    return y.astype(np.int32)
+
+
+def _pieces(d: Dump, shard: Shard, block: int, pos: int, id_column, caption_column):
+    """(shard row, images, texts, labels, ids, captions) pieces of ``shard``, cut at the store's commit blocks
+    (global position ``pos`` onwards)."""
+    if d.kind == "parquet":
+        yield from _parquet_pieces(d, shard, block, pos)
+        return
+    ids, caps = _shard_strings(d, shard, id_column, caption_column)
+    s = 0
+    while s < shard.rows:
+        e = min(shard.rows, s + block - (pos + s) % block)
+        x = shard.images.read(s, e)
+        t = shard.texts.read(s, e) if shard.texts is not None else None
+        y = shard.labels.read(s, e) if shard.labels is not None else None
+        yield s, x, t, y, ids[s:e], (caps[s:e] if caps is not None else None)
+        s = e
+
+
+def _shard_strings(d: Dump, shard: Shard, id_column, caption_column):
+    """The shard's ids and captions (one shard of strings in memory)."""
+    import pyarrow.parquet as pq
+
+    label = os.path.relpath(shard.table, d.path)
+    names = pq.ParquetFile(shard.table).schema_arrow.names
+    if d.kind in ("npy", "parquet"):
+        id_col, cap_col = "id", ("caption" if d.mode == "paired" else None)
+    else:
+        id_col = _pick(names, id_column, ID_COLUMNS[d.kind], label, "id")
+        cap_col = _pick(names, caption_column, CAPTION_COLUMNS[d.kind], label, "caption")
+    cols = [c for c in (id_col, cap_col) if c]
+    table = pq.read_table(shard.table, columns=cols)
+    ids = table.column(id_col).cast("string")
+    if ids.null_count:
+        row = int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0])
+        raise EmbedxError(f"{label}: row {row} has no {id_col} (null); every row needs an id")
+    ids = np.asarray(ids.to_pylist(), dtype=str)
+    caps = None
+    if cap_col:
+        caps = np.asarray([v if v is not None else "" for v in table.column(cap_col).cast("string").to_pylist()],
+                          dtype=str)
+    return ids, caps
+
+
+def _parquet_pieces(d: Dump, shard: Shard, block: int, pos: int):
+    pf = shard.extra["pf"]
+    paired = d.mode == "paired"
+    cols = ["id", "image"] + (["caption", "text"] if paired else ["label"])
+    names = pf.schema_arrow.names
+    for c in cols:
+        if c not in names:
+            raise EmbedxError(f"{shard.name} has no column {c!r} (has: {', '.join(names)})")
+    s = 0
+    for batch in pf.iter_batches(batch_size=block, columns=cols):
+        k = 0
+        while k < batch.num_rows:
+            m = min(batch.num_rows - k, block - (pos + s) % block)
+            b = batch.slice(k, m)
+            x = _matrix(b.column("image"), f"{shard.name}:image")
+            t = _matrix(b.column("text"), f"{shard.name}:text") if paired else None
+            y = b.column("label").to_numpy(zero_copy_only=False) if not paired else None
+            ids = np.asarray(b.column("id").to_pylist(), dtype=str)
+            caps = np.asarray(b.column("caption").to_pylist(), dtype=str) if paired else None
+            yield s, x, t, y, ids, caps
+            s += m
+            k += m
