@@ -29,6 +29,11 @@ def _rows(d: dict, res: dict | None) -> list[tuple[str, object]]:
         ("pretrained", d["pretrained"]), ("seed", d["seed"]), ("dataset", d["dataset"]),
         ("normalized", d["normalized"]), ("skipped inputs", d["n_skipped"]), ("created", d["created"]),
     ]
+    src = d.get("source")
+    if isinstance(src, dict) and src.get("format"):  # wds:/parquet: embeds record their format and counts
+        rows.insert(rows.index(("dataset", d["dataset"])) + 1,
+                    ("source", f"{src['format']}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in src.items()
+                                                               if k != "format")))
     integrity = d["integrity"] or "no checksums recorded (unfinished or older store)"
     if res is not None:
         integrity += ": ok, checked now" if res["ok"] else f": {len(res['problems'])} DAMAGED (see below)"
