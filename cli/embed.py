@@ -17,10 +17,25 @@ from embedx.cli.options import chunking_options, cluster_option, device_option, 
               help="A finished `embedx finetune` run folder: embed with its tuned model (its model, pretrained "
                    "weights and seed) and record the run in the store.")
 @click.option("--data", "-d", required=True,
-              help="folder:PATH (one subfolder per class), csv:PATH (image + label|caption columns) or "
+              help="folder:PATH (one subfolder per class), csv:PATH (image + label|caption columns), "
+                   "wds:PATTERN (WebDataset tar shards, e.g. shards/{00000..00099}.tar, local or URL: jpg/png/webp "
+                   "with txt captions, or cls/json labels with --classes), parquet:PATTERN (an image bytes or path "
+                   "column and a caption or label column; see --image-col) or "
                    "digits[:train|:test][:classes=0-4][:rotate=DEG][:noise=SIGMA] (scikit-learn's digits, 80/20; a "
                    "subset of classes, turned or noisy images make tasks of other difficulty), or "
                    "synthetic[:N][:size=PX][:classes=C][:seed=S] (seeded noise images, for throughput checks).")
+@click.option("--classes", default=None,
+              help="wds:/parquet: a class store: a file of class names, one a line (line k names label k).")
+@click.option("--image-col", default=None,
+              help="parquet: the image column (bytes, {bytes, path} struct or path) [default: the first of image, "
+                   "jpg, png, webp, img, image_bytes, path, filepath, file_path, image_path, file_name, filename, "
+                   "url].")
+@click.option("--caption-col", default=None,
+              help="parquet: the caption column [default: caption, text, txt or TEXT]; wds: a field of the json "
+                   "member [default: the txt member].")
+@click.option("--label-col", default=None,
+              help="parquet: the label column [default: label, labels, cls or class]; wds: a field of the json "
+                   "member [default: the cls member, else json 'label'].")
 @click.option("--out", "-o", required=True, help="Store path (local or fsspec URL). Rerun to resume.")
 @seed_option("Seed for random weights (--pretrained none).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
@@ -36,8 +51,8 @@ from embedx.cli.options import chunking_options, cluster_option, device_option, 
 @chunking_options
 @cluster_option("the encoding (tasks of whole chunks; the store equals an in-process run byte for byte)")
 @click.pass_context
-def embed(ctx, model, pretrained, checkpoint, data, out, seed, dtype, batch_size, workers, device, templates, limit,
-          strict, overwrite, codec, chunk_rows, cluster):
+def embed(ctx, model, pretrained, checkpoint, data, classes, image_col, caption_col, label_col, out, seed, dtype,
+          batch_size, workers, device, templates, limit, strict, overwrite, codec, chunk_rows, cluster):
     """Embed images (and class prompts or captions) into a chunked Zarr store.
 
     Resumable: if the run is killed, rerun the same command and it continues from the last committed
@@ -49,7 +64,8 @@ def embed(ctx, model, pretrained, checkpoint, data, out, seed, dtype, batch_size
     res = embed_to_store(out, data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
                          workers=workers, device=device, templates=templates, overwrite=overwrite, strict=strict,
                          codec=codec, chunk_rows=chunk_rows, limit=limit, progress=progress_enabled(ctx),
-                         checkpoint=checkpoint, cluster=cluster)
+                         checkpoint=checkpoint, cluster=cluster, classes=classes, image_col=image_col,
+                         caption_col=caption_col, label_col=label_col)
     m = res.meta
     resumed = f" (resumed at item {res.resumed_from})" if res.resumed_from else ""
     if res.tasks and res.tasks[0]:

@@ -29,11 +29,11 @@ def _rows(d: dict, res: dict | None) -> list[tuple[str, object]]:
         ("pretrained", d["pretrained"]), ("seed", d["seed"]), ("dataset", d["dataset"]),
         ("normalized", d["normalized"]), ("skipped inputs", d["n_skipped"]), ("created", d["created"]),
     ]
-    src = d.get("source") or {}
-    if src.get("format"):
-        parts = ", ".join(f"{v} {k}" for k, v in src.items() if k in ("partitions", "shards", "files"))
-        feats = f", features {src['features']}" if src.get("features") else ""
-        rows.append(("source", f"{src['format']} ({parts}, {src.get('rows')} rows{feats}) from {src.get('path')}"))
+    src = d.get("source")
+    if isinstance(src, dict) and src.get("format"):  # imports of dumps and wds:/parquet: embeds: format, counts
+        counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in src.items() if k not in ("format", "path"))
+        where = f" from {src['path']}" if src.get("path") else ""
+        rows.insert(rows.index(("dataset", d["dataset"])) + 1, ("source", f"{src['format']}: {counts}{where}"))
     integrity = d["integrity"] or "no checksums recorded (unfinished or older store)"
     if res is not None:
         integrity += ": ok, checked now" if res["ok"] else f": {len(res['problems'])} DAMAGED (see below)"

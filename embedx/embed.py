@@ -46,12 +46,14 @@ def plan_meta(source: Source, model: str, pretrained: str, seed: int, dtype: str
               checkpoint_sha256: str | None, checkpoint: dict | None = None) -> dict:
     """The store metadata that identifies a run (a resume must match it). ``checkpoint``: the finetune run
     (path, method, sha256 of its params file) whose tuned model embeds, or None."""
-    prompts = {"captions": "csv column 'caption'"} if source.paired else \
+    captions = getattr(source, "caption_field", None) or "csv column 'caption'"  # wds:, parquet: say theirs
+    prompts = {"captions": captions} if source.paired else \
         {"templates": templates, "classnames": list(source.classnames)}
+    described = {"source": source.info} if getattr(source, "info", None) else {}  # wds:, parquet: (format, counts)
     return {"model": model, "pretrained": pretrained, "seed": int(seed), "checkpoint_sha256": checkpoint_sha256,
             "checkpoint": checkpoint, "dataset": source.spec, "dataset_sha256": source.fingerprint(),
             "prompts": prompts, "mode": "paired" if source.paired else "classes", "dtype": dtype,
-            "n_source_items": len(source)}
+            "n_source_items": len(source), **described}
 
 
 def _check_checkpoint(out: str, meta: dict) -> None:
@@ -70,7 +72,9 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
                    commit_every_s: float = COMMIT_EVERY_S, limit: int | None = None,
                    progress: bool = True, encoder: Encoder | None = None,
                    checkpoint: str | None = None, normalize_on_device: bool | None = None,
-                   cluster: str | None = None, client=None, task_bytes: int | None = None) -> EmbedResult:
+                   cluster: str | None = None, client=None, task_bytes: int | None = None,
+                   classes: str | None = None, image_col: str | None = None, caption_col: str | None = None,
+                   label_col: str | None = None) -> EmbedResult:
     """Embed ``data`` with ``model`` into the store ``out``; rerunning the same call resumes.
 
     ``checkpoint``: a finished ``embedx finetune`` run folder; its base model (model, pretrained, seed) with
@@ -80,12 +84,14 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
     or 128 MiB) and the store equals the serial one byte for byte; rerunning resumes at the unfinished tasks.
     ``normalize_on_device`` (default: on CUDA): loaders hand over uint8 pixels and the device scales and
     normalizes them (the same pixels bit for bit, a quarter of the bytes, less CPU work per image).
+    ``classes``, ``image_col``, ``caption_col``, ``label_col``: how ``wds:``/``parquet:`` data is read
+    (:func:`embedx.sources.parse_source`).
     """
     if batch_size < 1:
         raise EmbedxError(f"batch_size must be positive, got {batch_size}", param="batch_size")
     if dtype not in st.DTYPES:
         raise EmbedxError(f"dtype must be float16 or float32, got {dtype!r}", param="dtype")
-    source = parse_source(data)
+    source = parse_source(data, classes=classes, image_col=image_col, caption_col=caption_col, label_col=label_col)
     if limit is not None:
         if limit < 1:
             raise EmbedxError(f"limit must be positive, got {limit}", param="limit")
@@ -205,11 +211,12 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, ba
 def embed(out, data: str, model: str, pretrained: str | None = None, *, checkpoint: str | None = None,
           seed: int = 0, device: str = "auto", batch_size: int = 64, dtype: str = "float16", progress=None,
           **options):
-    """Embed ``data`` ("folder:DIR", "csv:FILE", "digits", "synthetic:N", ...) with an open_clip ``model``
-    into a store at ``out`` (resumable: rerun the same call after a crash) -> the finished store's metadata.
-    ``options``: the rest of ``embedx embed``'s options by their Python names (templates, codec, chunk_rows,
-    limit, workers, overwrite, strict), and ``cluster`` ("local[:N]" | "tcp://HOST:PORT") or ``client`` (a
-    ``distributed.Client``) to embed on a Dask cluster (the same store, byte for byte)."""
+    """Embed ``data`` ("folder:DIR", "csv:FILE", "wds:SHARDS", "parquet:FILE", "digits", "synthetic:N", ...)
+    with an open_clip ``model`` into a store at ``out`` (resumable: rerun the same call after a crash) -> the
+    finished store's metadata. ``options``: the rest of ``embedx embed``'s options by their Python names
+    (templates, codec, chunk_rows, limit, workers, overwrite, strict, classes, image_col, caption_col,
+    label_col), and ``cluster`` ("local[:N]" | "tcp://HOST:PORT") or ``client`` (a ``distributed.Client``) to
+    embed on a Dask cluster (the same store, byte for byte)."""
     res = embed_to_store(str(out), data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
                          device=device, checkpoint=checkpoint, progress=bool(progress), **options)
     return res.meta

@@ -1,4 +1,6 @@
-"""Data sources: ``folder:PATH``, ``csv:PATH``, ``digits`` and ``synthetic`` (seeded noise images, benchmarks).
+"""Data sources: ``folder:PATH``, ``csv:PATH``, ``wds:PATTERN`` (WebDataset tar shards, ``embedx.sources_wds``),
+``parquet:PATTERN`` (image bytes or paths in Parquet files, ``embedx.sources_parquet``), ``digits`` and ``synthetic``
+(seeded noise images, benchmarks).
 
 A source is an ordered list of items (an id, a class label or a caption) plus a loader that turns an item
 into a PIL image. Order is deterministic (sorted paths), so a resumed run sees the same items at the same
@@ -7,68 +9,18 @@ positions; :meth:`Source.fingerprint` hashes the listing so a resume on changed 
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
 import os
-from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from embedx.errors import EmbedxError
+from embedx.sourcebase import Source, _pil_rgb  # Source: defined there, imported from here as before
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DIGIT_NAMES = tuple(str(k) for k in range(10))  # as MNIST in the IIMM code
 DIGITS_TEMPLATE = 'a photo of the number: "{}".'
 DIGITS_SIZE = 64  # 8x8 digits are upscaled (nearest) to this many pixels per side
-
-
-@dataclass
-class Source:
-    """``ids[i]`` is loaded by ``load(i)``; ``labels[i]`` indexes ``classnames`` (class sources) and
-    ``captions[i]`` is its caption (paired sources)."""
-
-    spec: str
-    ids: list[str]
-    load: Callable[[int], Image.Image]
-    classnames: list[str] | None = None
-    labels: np.ndarray | None = None
-    captions: list[str] | None = None
-    default_template: str = "a photo of a {}."
-    excluded: list[dict] = field(default_factory=list)  # files left out when listing: {"id", "error"}
-
-    @property
-    def paired(self) -> bool:
-        return self.captions is not None
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def head(self, n: int) -> "Source":
-        """The first ``n`` items (``--limit``)."""
-        from dataclasses import replace
-
-        n = min(n, len(self))
-        return replace(self, spec=f"{self.spec}[:{n}]", ids=self.ids[:n],
-                       labels=None if self.labels is None else self.labels[:n],
-                       captions=None if self.captions is None else self.captions[:n])
-
-    def fingerprint(self) -> str:
-        """sha256 over the ordered ids, labels/captions and class names."""
-        h = hashlib.sha256()
-        h.update(json.dumps([self.spec, self.classnames], sort_keys=True).encode())
-        for i, item in enumerate(self.ids):
-            tail = self.captions[i] if self.paired else int(self.labels[i])
-            h.update(json.dumps([item, tail]).encode())
-        return h.hexdigest()
-
-
-def _pil_rgb(path: str) -> Image.Image:
-    if not os.path.isfile(path):  # a FIFO or device named *.png would block the reader forever
-        raise OSError("not a regular file" if os.path.exists(path) else "no such file")
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 def _listed_name(rel: str) -> str | None:
@@ -261,10 +213,30 @@ def synthetic_source(spec: str = "synthetic") -> Source:
                   labels=(np.arange(n) % classes).astype(np.int32))
 
 
-def parse_source(spec: str) -> Source:
-    """``folder:PATH`` | ``csv:PATH`` | ``digits[:train|:test][:classes=..][:rotate=..][:noise=..]`` |
-    ``synthetic[:N][:size=PX][:classes=C][:seed=S]``."""
+def parse_source(spec: str, *, classes: str | None = None, image_col: str | None = None,
+                 caption_col: str | None = None, label_col: str | None = None) -> Source:
+    """``folder:PATH`` | ``csv:PATH`` | ``wds:PATTERN`` | ``parquet:PATTERN`` |
+    ``digits[:train|:test][:classes=..][:rotate=..][:noise=..]`` | ``synthetic[:N][:size=PX][:classes=C][:seed=S]``.
+
+    ``classes`` (a class-names file, one a line), ``caption_col``, ``label_col`` apply to ``wds:`` and ``parquet:``
+    (``image_col`` to ``parquet:`` only): see :func:`embedx.sources_wds.wds_source` and
+    :func:`embedx.sources_parquet.parquet_source`."""
     kind, _, arg = spec.partition(":")
+    opts = {"classes": classes, "image_col": image_col, "caption_col": caption_col, "label_col": label_col}
+    given = [k for k, v in opts.items() if v]
+    takes = {"wds": ("classes", "caption_col", "label_col"), "parquet": tuple(opts)}.get(kind, ())
+    if any(k not in takes for k in given):
+        k = next(k for k in given if k not in takes)
+        raise EmbedxError(f"--{k.replace('_', '-')} applies to "
+                          f"{'parquet: sources' if k == 'image_col' else 'wds: and parquet: sources'}, not {spec!r}")
+    if kind == "wds" and arg:
+        from embedx.sources_wds import wds_source
+
+        return wds_source(arg, spec, classes=classes, caption_col=caption_col, label_col=label_col)
+    if kind == "parquet" and arg:
+        from embedx.sources_parquet import parquet_source
+
+        return parquet_source(arg, spec, **opts)
     if kind == "digits":
         return digits_source(spec)
     if kind == "synthetic":
@@ -273,7 +245,8 @@ def parse_source(spec: str) -> Source:
         return folder_source(os.path.expanduser(arg), spec)
     if kind == "csv" and arg:
         return csv_source(os.path.expanduser(arg), spec)
-    raise EmbedxError(f"unknown data source {spec!r}; use folder:PATH, csv:PATH, {DIGITS_SPEC} or {SYNTHETIC_SPEC}")
+    raise EmbedxError(f"unknown data source {spec!r}; use folder:PATH, csv:PATH, wds:PATTERN, parquet:PATTERN, "
+                      f"{DIGITS_SPEC} or {SYNTHETIC_SPEC}")
 
 
 def default_workers() -> int:

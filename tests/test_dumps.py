@@ -91,7 +91,7 @@ def test_import_clip_retrieval_equals_the_arrays(tmp_path, rng):
     src = s.info()["source"]
     assert src["format"] == "clip-retrieval" and src["partitions"] == 3 and src["rows"] == len(x)
     r = invoke("info", out, "--quick")
-    assert "clip-retrieval (3 partitions, 153 rows)" in r.output, r.output
+    assert "clip-retrieval: partitions 3, rows 153" in r.output, r.output
     # --id-column picks another metadata column; float32 on request
     import_dump(str(tmp_path / "u.zarr"), "clip-retrieval", tmp_path / "cr", id_column="url", dtype="float32")
     u = Store(str(tmp_path / "u.zarr"))

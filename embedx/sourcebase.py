@@ -1,0 +1,60 @@
+"""The data source type (:class:`Source`) that every source module builds: ``embedx.sources`` (folders, CSV, digits,
+synthetic), ``embedx.sources_wds`` and ``embedx.sources_parquet``. Its own module so that those import it without
+importing the dispatch (:func:`embedx.sources.parse_source`), which imports them."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass
+class Source:
+    """``ids[i]`` is loaded by ``load(i)``; ``labels[i]`` indexes ``classnames`` (class sources) and
+    ``captions[i]`` is its caption (paired sources)."""
+
+    spec: str
+    ids: list[str]
+    load: Callable[[int], Image.Image]
+    classnames: list[str] | None = None
+    labels: np.ndarray | None = None
+    captions: list[str] | None = None
+    default_template: str = "a photo of a {}."
+    excluded: list[dict] = field(default_factory=list)  # files left out when listing: {"id", "error"}
+
+    @property
+    def paired(self) -> bool:
+        return self.captions is not None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def head(self, n: int) -> "Source":
+        """The first ``n`` items (``--limit``)."""
+        from dataclasses import replace
+
+        n = min(n, len(self))
+        return replace(self, spec=f"{self.spec}[:{n}]", ids=self.ids[:n],
+                       labels=None if self.labels is None else self.labels[:n],
+                       captions=None if self.captions is None else self.captions[:n])
+
+    def fingerprint(self) -> str:
+        """sha256 over the ordered ids, labels/captions and class names."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.spec, self.classnames], sort_keys=True).encode())
+        for i, item in enumerate(self.ids):
+            tail = self.captions[i] if self.paired else int(self.labels[i])
+            h.update(json.dumps([item, tail]).encode())
+        return h.hexdigest()
+
+
+def _pil_rgb(path: str) -> Image.Image:
+    if not os.path.isfile(path):  # a FIFO or device named *.png would block the reader forever
+        raise OSError("not a regular file" if os.path.exists(path) else "no such file")
+    with Image.open(path) as im:
+        return im.convert("RGB")
