@@ -86,6 +86,29 @@ def child_raw() -> dict:
     return {"seconds": time.perf_counter() - t, "rows": rows, "peak_rss_mb": _hwm()}
 
 
+def child_copy() -> dict:
+    """The durable-write floor of any import: the same rows read as ``child_raw`` reads them and written to plain
+    files in the same blocks, then ``os.sync()`` (as a finished store must be on disk)."""
+    import time
+
+    dst = OUT + ".copy"
+    shutil.rmtree(dst, ignore_errors=True)
+    os.makedirs(dst)
+    t = time.perf_counter()
+    rows = 0
+    for k in range(PARTS):
+        for sub in ("img_emb", "text_emb"):
+            x = np.load(os.path.join(DUMP, sub, f"{sub}_{k}.npy"), mmap_mode="r")
+            with open(os.path.join(dst, f"{sub}_{k}.bin"), "wb") as f:
+                for s in range(0, len(x), 65536):
+                    f.write(np.ascontiguousarray(x[s:s + 65536]).data)
+            rows += len(x) if sub == "img_emb" else 0
+    os.sync()
+    dt = time.perf_counter() - t
+    shutil.rmtree(dst, ignore_errors=True)
+    return {"seconds": dt, "rows": rows, "peak_rss_mb": _hwm()}
+
+
 def child_import() -> dict:
     import time
 
@@ -105,13 +128,13 @@ def main() -> None:
     if a.child:
         import json
 
-        print(json.dumps({"raw": child_raw, "import": child_import}[a.child]()))
+        print(json.dumps({"raw": child_raw, "copy": child_copy, "import": child_import}[a.child]()))
         return
     generate()
     child = child_runner(os.path.abspath(__file__))
-    runs = {"raw": [], "import": []}
+    runs = {"raw": [], "copy": [], "import": []}
     for _ in range(REPEATS):
-        for name in ("raw", "import"):
+        for name in ("raw", "copy", "import"):
             runs[name].append(child(name))
             print(name, runs[name][-1], flush=True)
     best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
@@ -119,9 +142,10 @@ def main() -> None:
     gb = N * D * 2 * 2 / 1e9
     rate = {k: gb / v["seconds"] for k, v in best.items()}
     ratio = best["raw"]["seconds"] / best["import"]["seconds"]
+    floor_ratio = best["copy"]["seconds"] / best["import"]["seconds"]
     shutil.rmtree(OUT, ignore_errors=True)
     res = {"n": N, "dim": D, "dtype": "float16", "partitions": PARTS, "shard_mb": shard_mb, "runs": runs,
-           "best": best, "gb_per_s": rate, "import_vs_raw": ratio, "target": ">= 0.70, peak RSS <= ~1 shard"}
+           "best": best, "gb_per_s": rate, "import_vs_raw": ratio, "import_vs_durable_copy": floor_ratio, "target": ">= 0.70, peak RSS <= ~1 shard"}
     md = f"""1,000,000 x 512 float16 image + text rows ({gb:.2f} GB) in {PARTS} clip-retrieval partitions (one
 partition, image + text: {shard_mb:.0f} MiB) + metadata parquet; best of {REPEATS}, page cache warm, each in a fresh
 process.
@@ -129,9 +153,10 @@ process.
 | reader | seconds | GB/s | rows/s | peak RSS (MB) |
 |---|---|---|---|---|
 | raw: np.load(mmap) + copy every row + metadata columns | {best['raw']['seconds']:.2f} | {rate['raw']:.2f} | {N / best['raw']['seconds']:,.0f} | {best['raw']['peak_rss_mb']:.0f} |
+| durable copy: the same reads written to plain files + `os.sync()` (the floor of any import) | {best['copy']['seconds']:.2f} | {rate['copy']:.2f} | {N / best['copy']['seconds']:,.0f} | {best['copy']['peak_rss_mb']:.0f} |
 | `embedx import --from clip-retrieval` (checks, store write, checksums) | {best['import']['seconds']:.2f} | {rate['import']:.2f} | {N / best['import']['seconds']:,.0f} | {best['import']['peak_rss_mb']:.0f} |
 
-import / raw rate: **{ratio:.2f}** (target >= 0.70).
+import / raw rate: **{ratio:.2f}** (target >= 0.70); import / durable-copy rate: **{floor_ratio:.2f}**.
 """
     if ratio < 0.7:
         md += NOT_MET
