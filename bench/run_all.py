@@ -8,12 +8,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_codec  # noqa: E402
 import bench_dist  # noqa: E402
+import bench_dumps  # noqa: E402
 import bench_embed  # noqa: E402
 import bench_finetune_digits  # noqa: E402
 import bench_measures  # noqa: E402
 import bench_precision  # noqa: E402
 import bench_integrity  # noqa: E402
 import bench_predict_digits  # noqa: E402
+import bench_sources  # noqa: E402
 import bench_startup  # noqa: E402
 import bench_store_read  # noqa: E402
 import bench_transfer  # noqa: E402
@@ -39,7 +41,8 @@ def profile() -> dict:
 if __name__ == "__main__":
     results = {"codec": bench_codec.main(), "store_read": bench_store_read.main([]), "embed": bench_embed.main([]),
                "measures": bench_measures.main([]), "precision": bench_precision.main([]), "integrity": bench_integrity.main([]), "profile": profile(), "finetune_digits": bench_finetune_digits.main([]),
-               "transfer": bench_transfer.main([]), "predict_digits": bench_predict_digits.main([]), "dist": bench_dist.main([]),
+               "transfer": bench_transfer.main([]), "predict_digits": bench_predict_digits.main([]), "dist": bench_dist.main([]), "sources": bench_sources.main(),
+               "dumps": bench_dumps.main(),
                "startup": bench_startup.main(["--before-rev", bench_startup.ORIGINAL])}
     failed = [k for k, r in results.items() if r.get("pass") is False]
     failed += [f"measures:{k}" for k, r in results["measures"].items() if isinstance(r, dict) and r.get("pass") is False]
