@@ -327,17 +327,17 @@ class StoreWriter:
         if r1 > g["images/embeddings"].shape[0]:
             raise StoreError(f"more rows than the store was created for ({r1} > {g['images/embeddings'].shape[0]})")
         if n:
-            emb = np.concatenate(p.emb)
+            emb = _joined(p.emb)
             g["images/embeddings"][r0:r1] = emb
             self._sums["images"] = _add(self._sums["images"], normalized_sum(emb))
             g["images/labels"][r0:r1] = (np.arange(r0, r1, dtype=np.int32) if self.paired
-                                         else np.concatenate(p.labels))
-            g["images/ids"][r0:r1] = np.concatenate(p.ids)
+                                         else _joined(p.labels))
+            g["images/ids"][r0:r1] = _joined(p.ids)
             if self.paired:
-                temb = np.concatenate(p.text_emb)
+                temb = _joined(p.text_emb)
                 g["texts/embeddings"][r0:r1] = temb
                 self._sums["texts"] = _add(self._sums["texts"], normalized_sum(temb))
-                g["texts/names"][r0:r1] = np.concatenate(p.text_names)
+                g["texts/names"][r0:r1] = _joined(p.text_names)
             if self.durable_commits:
                 _sync(self.path)
             crash_point("commit:data")
@@ -433,6 +433,11 @@ def normalized_sum(rows: np.ndarray) -> np.ndarray | None:
         n = np.sqrt(np.einsum("ij,ij->i", s, s))
         out += np.einsum("i,ij->j", np.divide(1.0, n, out=np.zeros_like(n), where=n > 0), s)
     return out
+
+
+def _joined(parts: list) -> np.ndarray:
+    """The buffered pieces as one array (the piece itself when there is one: no copy)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _add(a, b):
