@@ -122,7 +122,7 @@ def connect(cluster=None, client=None, *, task_bytes: int | None = None):
     kind, arg = parse_cluster(cluster)
     if kind == "local":
         with local_cluster(arg) as lc, Client(lc) as c:
-            yield DaskExecutor(c, task_bytes=task_bytes, owned=True)
+            yield DaskExecutor(c, task_bytes=task_bytes)
         return
     timeout = float(os.environ.get("EMBEDX_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
     try:

@@ -23,7 +23,8 @@ SPLIT_EVERY = 8
 RETRIES = 2
 
 
-def _merge_all(merge, *parts):
+def _merge_all(parts: list, merge):
+    """``merge``-fold of ``parts`` left to right (a node of the merge tree)."""
     out = parts[0]
     for p in parts[1:]:
         out = merge(out, p)
@@ -38,11 +39,10 @@ class DaskExecutor(Executor):
     distributed = True
     threads = 1
 
-    def __init__(self, client, task_bytes: int | None = None, split_every: int = SPLIT_EVERY, owned: bool = False):
+    def __init__(self, client, task_bytes: int | None = None, split_every: int = SPLIT_EVERY):
         self.client = client
         self.task_bytes = int(task_bytes or os.environ.get("EMBEDX_TASK_BYTES") or TASK_BYTES)
         self.split_every = max(2, int(split_every))
-        self.owned = owned  # a LocalCluster started for this run
         self._scattered = {}
 
     @property
@@ -85,23 +85,29 @@ class DaskExecutor(Executor):
                 out.setdefault(name, set()).update(ks)
         return {name: sorted(ks) for name, ks in out.items()}
 
-    def _submit(self, fn, items, args, bar, sizes):
-        futures = [self.client.submit(fn, item, *args, pure=False, retries=RETRIES) for item in items]
-        if bar is not None and sizes is not None:
-            from distributed import as_completed
+    def _submit(self, fn, items, args) -> list:
+        return [self.client.submit(fn, item, *args, pure=False, retries=RETRIES) for item in items]
 
-            size = {f.key: s for f, s in zip(futures, sizes)}
-            for f in as_completed(futures):
-                if f.status == "finished":
-                    bar.update(size[f.key])
-        return futures
+    @staticmethod
+    def _progress(futures, bar, sizes) -> None:
+        """Advance ``bar`` by ``sizes[i]`` as future i finishes (returns when all have)."""
+        if bar is None or sizes is None:
+            return
+        from distributed import as_completed
+
+        size = {f.key: s for f, s in zip(futures, sizes)}
+        for f in as_completed(futures):
+            if f.status == "finished":
+                bar.update(size[f.key])
 
     def map(self, fn, items, *args, bar=None, sizes=None) -> list:
         """``[fn(item, *args) for item in items]`` as tasks, results in item order."""
         items = list(items)
         if not items:
             return []
-        return self.client.gather(self._submit(fn, items, args, bar, sizes))
+        futures = self._submit(fn, items, args)
+        self._progress(futures, bar, sizes)
+        return self.client.gather(futures)
 
     def map_reduce(self, fn, items, merge, *args, bar=None, sizes=None):
         """``merge``-fold of ``fn(item, *args)`` over ``items`` in a fixed tree: level by level, groups of
@@ -109,17 +115,10 @@ class DaskExecutor(Executor):
         items = list(items)
         if not items:
             raise ValueError("map_reduce over no items")
-        level = [self.client.submit(fn, item, *args, pure=False, retries=RETRIES) for item in items]
-        leaves = level
+        leaves = level = self._submit(fn, items, args)
         while len(level) > 1:
-            level = [self.client.submit(_merge_all, merge, *level[i:i + self.split_every], pure=False,
-                                        retries=RETRIES)
-                     for i in range(0, len(level), self.split_every)]
-        if bar is not None and sizes is not None:
-            from distributed import as_completed
-
-            size = {f.key: s for f, s in zip(leaves, sizes)}
-            for f in as_completed(leaves):
-                bar.update(size[f.key])
+            groups = [level[i:i + self.split_every] for i in range(0, len(level), self.split_every)]
+            level = self._submit(_merge_all, groups, (merge,))
+        self._progress(leaves, bar, sizes)
         del leaves
         return level[0].result()
