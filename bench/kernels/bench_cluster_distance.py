@@ -1,5 +1,6 @@
 """Benchmark kernels.cluster_distance_sums: S[p, k] = sum over the points q of cluster k of ||x_p - x_q|| (all N
-points against all N, C clusters), reference (float64 numpy) / torch / triton."""
+points against all N, C clusters), reference (float64 numpy) / torch / triton, and torch-pair: the same sums from
+the symmetric block-pair op (kernels.cluster_distance_pair_sums_torch on the diagonal block: each distance once)."""
 import os
 import sys
 
@@ -19,10 +20,12 @@ def setup(impl, p, rng, device):
         x64 = x.astype(np.float64)
         return lambda: K.cluster_distance_sums_reference(x64, x64, lab, p.c)
     tx, tl = torch.from_numpy(x).to(device), torch.from_numpy(lab).to(device)
+    if impl == "torch-pair":
+        return lambda: K.cluster_distance_pair_sums_torch(tx, None, tl, None, p.c)[0]
     fn = K.cluster_distance_sums_torch if impl == "torch" else K.cluster_distance_sums_triton
     return lambda: fn(tx, tx, tl, p.c)
 
 
 if __name__ == "__main__":
-    harness.main("cluster_distance", ["reference", "torch", "triton"], setup, classes=True,
+    harness.main("cluster_distance", ["reference", "torch", "torch-pair", "triton"], setup, classes=True,
                  max_n={"reference": 4096})
