@@ -25,10 +25,8 @@ def store_provenance(store) -> dict:
     out = {"path": str(store.path), "n_images": int(store.n_images), "n_texts": int(store.n_texts)}
     out.update({k: meta.get(k) for k in STORE_FIELDS})
     ck = meta.get("checkpoint") or None
-    out["checkpoint"] = ({k: ck.get(k) for k in ("path", "method", "sha256", "params_sha256") if k in ck}
-                         if isinstance(ck, dict) else ck)
-    if meta.get("checkpoint_sha256") and isinstance(out["checkpoint"], dict):
-        out["checkpoint"].setdefault("sha256", meta.get("checkpoint_sha256"))
+    out["checkpoint"] = ({k: ck.get(k) for k in ("path", "method", "options", "sha256")}
+                         if isinstance(ck, dict) else ck)  # the finetune run (embedx.models.ModelSpec.checkpoint)
     src = meta.get("source")
     if isinstance(src, dict) and src.get("format"):
         out["source_format"] = src.get("format")
