@@ -57,14 +57,21 @@ def _content_hashes(store, name: str, threads: int) -> list[str]:
                              units(arr, store.committed(name))))
 
 
-def inventory(root: str, group, meta: dict, arrays, reader) -> dict:
+def inventory(root: str, group, meta: dict, arrays, reader, known: dict | None = None) -> dict:
     """{"algorithm", "arrays": {name: [crc32c of chunk file k]}, "content": {"algorithm", "arrays": {name:
     [NH2 of the decoded rows of chunk k]}} of the committed rows (the store at ``root`` is being finalized;
-    ``reader`` reads its rows unchecked)."""
+    ``reader`` reads its rows unchecked). ``known``: {name: {"crc32c": [...], "content": [...]}} the writer took
+    of the bytes it wrote itself (one entry per chunk file); those files are not read again."""
+    known = known or {}
+    files = {name: chunk_files(root, group[name], name, 0, committed_rows(meta, group, name)) for name in arrays}
+    for name, got in known.items():
+        if len(got["crc32c"]) != len(files[name]) or len(got.get("content", files[name])) != len(files[name]):
+            raise ValueError(f"{name}: {len(got['crc32c'])} known checksums for {len(files[name])} chunk files")
     with ThreadPoolExecutor(_threads()) as pool:  # behind a URL each file is a request: several in flight
-        crcs = {name: list(pool.map(_crc32c, [f for _, f, _, _ in chunk_files(root, group[name], name, 0,
-                                                                             committed_rows(meta, group, name))]))
+        crcs = {name: (list(known[name]["crc32c"]) if name in known else
+                       list(pool.map(_crc32c, [f for _, f, _, _ in files[name]])))
                 for name in arrays}
-    content = {name: _content_hashes(reader, name, _threads()) for name in CONTENT_ARRAYS if name in arrays}
+    content = {name: (list(known[name]["content"]) if name in known else _content_hashes(reader, name, _threads()))
+               for name in CONTENT_ARRAYS if name in arrays}
     return {"algorithm": ALGORITHM, "arrays": crcs,
             "content": {"algorithm": CONTENT_ALGORITHM, "arrays": content}}

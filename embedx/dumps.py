@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import zipfile
 from dataclasses import dataclass, field
 
@@ -68,6 +69,19 @@ class NpyRows:
         if os.path.getsize(path) < need:
             raise EmbedxError(f"{label}: truncated ({os.path.getsize(path)} bytes, its header promises {need})")
 
+    def read_bytes(self, start: int, stop: int) -> bytes:
+        """The bytes of rows ``start:stop`` (what ``read`` returns, as one ``bytes`` object read by ``pread``)."""
+        row = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        want, pos, parts = (stop - start) * row, self.offset + start * row, []
+        with open(self.path, "rb", buffering=0) as f:
+            while want:
+                b = os.pread(f.fileno(), want, pos)
+                if not b:
+                    raise EmbedxError(f"{self.label}: truncated while reading rows {start}..{stop - 1}")
+                parts.append(b)
+                want, pos = want - len(b), pos + len(b)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
     def read(self, start: int, stop: int) -> np.ndarray:
         row = int(np.prod(self.shape[1:])) * self.dtype.itemsize
         out = np.empty((stop - start,) + self.shape[1:], self.dtype)
@@ -94,12 +108,18 @@ class NpzMember:
         except (ValueError, OSError, KeyError, zipfile.BadZipFile) as e:
             raise EmbedxError(f"{label}: cannot read {key!r} ({' '.join(str(e).split())[:160]})") from None
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self._lock = threading.Lock()
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        if self._data is None:
-            with np.load(self.path, allow_pickle=False) as z:
-                self._data = z[self.key]
-        return self._data[start:stop]
+        with self._lock:  # decompressed once, whichever thread asks first
+            if self._data is None:
+                with np.load(self.path, allow_pickle=False) as z:
+                    self._data = z[self.key]
+            data = self._data
+        return data[start:stop]
+
+    def read_bytes(self, start: int, stop: int) -> bytes:
+        return np.ascontiguousarray(self.read(start, stop)).tobytes()
 
     def release(self) -> None:
         self._data = None
@@ -462,29 +482,14 @@ def _stream(out, d: Dump, meta, dtype, codec, chunk_rows, id_column, caption_col
             t = d.class_texts if isinstance(d.class_texts, np.ndarray) else d.class_texts.read(0, d.class_texts.shape[0])
             unit &= check_block(t, "texts", dtype, 0)
             w.write_texts(t, d.class_names)
-        block = max(1, BLOCK_ROWS // w.meta["chunk_rows"]) * w.meta["chunk_rows"]  # commits of whole chunks
         bar = Bar(n, "import", enabled(None))
-        pos = 0
-        for shard in d.shards:
-            for s0, x, t, y, ids, caps in _pieces(d, shard, block, pos, id_column, caption_column):
-                e = pos + len(x)
-                unit &= check_block(x, shard.images.label if shard.images is not None else f"{shard.name}:image",
-                                    dtype, s0)
-                if d.mode == "paired":
-                    unit &= check_block(t, shard.texts.label if shard.texts is not None else f"{shard.name}:text",
-                                        dtype, s0)
-                    w.append(x, None, ids, text_emb=t, text_names=caps)
-                else:
-                    w.append(x, _labels(y, len(d.class_names), shard.name, s0), ids)
-                pos = e
-                bar.update(len(x))
-                if pos % block == 0 or pos == n:
-                    w.commit(pos)
-            if isinstance(shard.images, NpzMember):
-                shard.images.release()
-                shard.texts.release()
+        direct = _direct_writers(w, d) if local else None  # staged: synced whole before it is placed
+        if direct is not None:
+            ok, known = _write_direct(w, d, direct, dtype, id_column, caption_column, bar)
+        else:
+            ok, known = _write_blocks(w, d, dtype, id_column, caption_column, bar), None
         bar.close()
-        meta = w.finalize(extra={"normalized": bool(unit)})
+        meta = w.finalize(extra={"normalized": bool(unit and ok)}, known=known)
     except BaseException:
         if w is not None:
             try:
@@ -497,6 +502,91 @@ def _stream(out, d: Dump, meta, dtype, codec, chunk_rows, id_column, caption_col
     if local:
         place(tmp, target)
     return meta
+
+
+def _write_blocks(w, d: Dump, dtype, id_column, caption_column, bar) -> bool:
+    """Every row through the store writer's commits (remote or compressed stores, parquet dumps); True if every
+    row has unit norm."""
+    n, unit = d.rows, True
+    block = max(1, BLOCK_ROWS // w.meta["chunk_rows"]) * w.meta["chunk_rows"]  # commits of whole chunks
+    pos = 0
+    for shard in d.shards:
+        for s0, x, t, y, ids, caps in _pieces(d, shard, block, pos, id_column, caption_column):
+            e = pos + len(x)
+            unit &= check_block(x, shard.images.label if shard.images is not None else f"{shard.name}:image",
+                                dtype, s0)
+            if d.mode == "paired":
+                unit &= check_block(t, shard.texts.label if shard.texts is not None else f"{shard.name}:text",
+                                    dtype, s0)
+                w.append(x, None, ids, text_emb=t, text_names=caps)
+            else:
+                w.append(x, _labels(y, len(d.class_names), shard.name, s0), ids)
+            pos = e
+            bar.update(len(x))
+            if pos % block == 0 or pos == n:
+                w.commit(pos)
+        for a in (shard.images, shard.texts):
+            if isinstance(a, NpzMember):
+                a.release()
+    return unit
+
+
+def _direct_writers(w, d: Dump) -> dict | None:
+    """{array: DirectChunks} of the embedding arrays when the store takes whole chunks directly and the dump is
+    read by row ranges (npy/npz shards), else None."""
+    from embedx.chunkio import direct_writer
+
+    if d.kind == "parquet" or any(not hasattr(s.images, "read_bytes") for s in d.shards):
+        return None
+    names = ["images/embeddings"] + (["texts/embeddings"] if d.mode == "paired" else [])
+    writers = {name: direct_writer(w.group[name]) for name in names}
+    return None if any(v is None for v in writers.values()) else writers
+
+
+def _write_direct(w, d: Dump, writers: dict, dtype, id_column, caption_column, bar) -> tuple[bool, dict]:
+    """The embeddings as whole chunks on a thread pool (``embedx.chunkwrite``) while this thread writes the ids,
+    labels and captions shard by shard; the sums recorded. (every row has unit norm, {array: the checksums of
+    its chunks} for finalize)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from embedx.chunkwrite import plan, write_chunks
+
+    cr = int(w.meta["chunk_rows"])
+    sources = {"images/embeddings": "images", "texts/embeddings": "texts"}
+    arrays = {name: (wr, plan([(getattr(s, sources[name]), s.rows) for s in d.shards], cr))
+              for name, wr in writers.items()}
+    ends = np.cumsum([s.rows for s in d.shards])
+    released = [0]
+
+    def on_chunk(name, k, rows):
+        if name == "images/embeddings":
+            bar.update(rows)
+            done = min(len(d.shards), int(np.searchsorted(ends, (k + 1) * cr, side="right")))
+            for s in d.shards[released[0]:done]:  # an npz shard's arrays are freed once its rows are written
+                for a in (s.images, s.texts):
+                    if isinstance(a, NpzMember):
+                        a.release()
+            released[0] = max(released[0], done)
+
+    cancel = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="embedx-import") as bg:
+        job = bg.submit(write_chunks, arrays, dtype, on_chunk=on_chunk, cancel=cancel)
+        try:
+            pos = 0
+            for shard in d.shards:
+                ids, caps = _shard_strings(d, shard, id_column, caption_column)
+                y = None
+                if d.mode != "paired":
+                    y = _labels(shard.labels.read(0, shard.rows), len(d.class_names), shard.name, 0)
+                w.write_row_fields(pos, ids, labels=y, text_names=caps)
+                pos += shard.rows
+        except BaseException:
+            cancel.set()
+            raise
+        res = job.result()
+    w.record(rows_committed=d.rows, source_pos=d.rows, sums={k.split("/")[0]: v["sum"] for k, v in res.items()})
+    return (all(v["unit"] for v in res.values()),
+            {k: {"crc32c": v["crc32c"], "content": v["content"]} for k, v in res.items()})
 
 
 def _dim(d: Dump) -> int:

@@ -289,6 +289,20 @@ class StoreWriter:
             p.text_emb.append(np.asarray(text_emb, dtype=self.dtype))
             p.text_names.append(np.asarray(list(text_names), dtype=str))
 
+    def write_row_fields(self, r0: int, ids: Sequence[str], labels: np.ndarray | None = None,
+                         text_names: Sequence[str] | None = None) -> None:
+        """The ids (and labels; captions of a paired store) of rows ``r0:r0+len(ids)`` written in place, beside
+        embeddings written chunk by chunk (``embedx.chunkwrite``); durable with the next ``record``/``finalize``.
+        Paired stores take no labels (row i's label is i)."""
+        self.wait()
+        r1 = r0 + len(ids)
+        g = self._arrays
+        g["images/ids"][r0:r1] = np.asarray(ids, dtype=str)
+        g["images/labels"][r0:r1] = (np.arange(r0, r1, dtype=np.int32) if self.paired
+                                     else np.asarray(labels, dtype=np.int32))
+        if self.paired:
+            g["texts/names"][r0:r1] = np.asarray(text_names, dtype=str)
+
     def skip(self, items: Sequence[dict]) -> None:
         """Record source items that could not be read (listed in attrs, never dropped silently)."""
         self._pending_skipped.extend(items)
@@ -368,10 +382,12 @@ class StoreWriter:
         for k, v in (sums or {}).items():
             self._sums[k] = None if v is None else np.asarray(v, dtype=np.float64)
 
-    def finalize(self, extra: dict | None = None, sums: dict | None = None) -> dict:
+    def finalize(self, extra: dict | None = None, sums: dict | None = None, known: dict | None = None) -> dict:
         """Trim unused rows (skipped inputs) and mark the store complete. Every row must be committed.
         ``sums``: the committed rows' sums as the caller computed them ({"images", "texts"}; embedx.embedplan
-        folds them chunk by chunk, so they do not depend on when commits happened)."""
+        folds them chunk by chunk, so they do not depend on when commits happened). ``known``: checksums the
+        caller took of the bytes it wrote ({name: {"crc32c": [...], "content": [...]}}, embedx.chunkwrite);
+        those arrays are not read back."""
         self.wait()
         self._set_sums(sums)
         if len(self._pending) or self._pending_skipped:
@@ -394,7 +410,7 @@ class StoreWriter:
 
             meta = dict(self.meta, rows_committed=n)
             reader = Store(self.path, allow_partial=True, verify_content=False)
-            self.meta["integrity"] = inventory(self.path, self.group, meta, ARRAYS, reader)
+            self.meta["integrity"] = inventory(self.path, self.group, meta, ARRAYS, reader, known=known)
         self.meta["complete"] = True
         self.meta["finished"] = _now()
         _sync(self.path)
@@ -421,18 +437,24 @@ class StoreWriter:
 
 def normalized_sum(rows: np.ndarray) -> np.ndarray | None:
     """float64 sum of the L2-normalized rows (zero rows contribute nothing). Stores keep these sums of the
-    committed rows in attrs["embedx"]["sums"], so measures needing sum_i x_i up front run in one pass.
+    committed rows in attrs["embedx"]["sums"], so measures needing sum_i x_i up front run in one pass."""
+    return norms_and_sum(rows)[1]
 
-    sum_i x_i / |x_i| in float64 slices of SUM_SLICE rows: per slice the norms, then one weighted row sum, both
-    numpy einsum loops (single-threaded, so the same bits on any machine; no full-size temporaries: ~30x the
+
+def norms_and_sum(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(|x_i| for each row, sum_i x_i / |x_i|), both float64, in one read of the rows.
+
+    Slices of SUM_SLICE rows: per slice the float64 norms, then one weighted row sum, both numpy einsum loops
+    (single-threaded, so the same bits on any machine; they release the GIL; no full-size temporaries: ~30x the
     speed of normalizing a float64 copy of every row)."""
     x = np.asarray(rows)
     out = np.zeros(x.shape[1])
+    norms = np.empty(len(x))
     for a in range(0, len(x), SUM_SLICE):
         s = x[a:a + SUM_SLICE].astype(np.float64)
-        n = np.sqrt(np.einsum("ij,ij->i", s, s))
+        n = norms[a:a + len(s)] = np.sqrt(np.einsum("ij,ij->i", s, s))
         out += np.einsum("i,ij->j", np.divide(1.0, n, out=np.zeros_like(n), where=n > 0), s)
-    return out
+    return norms, out
 
 
 def _joined(parts: list) -> np.ndarray:

@@ -14,6 +14,7 @@ import pytest
 from embedx import dumps
 from embedx.dumps import import_dump
 from embedx.errors import EmbedxError
+from embedx.integrity import verify
 from embedx.export import export_store
 from embedx.store import Store
 from tests.conftest import assert_one_line_error, invoke, run_embedx
@@ -242,19 +243,57 @@ def test_export_refuses_to_write_over_other_files(tmp_path, rng):
     assert json.load(open(tmp_path / "ex" / "embedx.json"))["format"] == "parquet"
 
 
-def test_reads_one_block_at_a_time(tmp_path, rng, monkeypatch):
-    """Structural bound on memory: the importer never asks a shard for more rows than one commit block, and
-    every block it read is committed before the next shard's rows are read past it."""
+@pytest.mark.parametrize("codec, most", [("none", 16), ("zstd1", 64)])
+def test_reads_one_block_at_a_time(tmp_path, rng, monkeypatch, codec, most):
+    """Structural bound on memory: the importer never asks a shard for more rows than one chunk (the direct chunk
+    path of an uncompressed local store) or one commit block (zarr's path), and reads every row once."""
     clip_retrieval_dir(tmp_path / "cr", rng, sizes=(300, 260), d=8)
     monkeypatch.setattr(dumps, "BLOCK_ROWS", 64)
     reads = []
-    real = dumps.NpyRows.read
+    for name in ("read", "read_bytes"):
+        real = getattr(dumps.NpyRows, name)
 
-    def spy(self, start, stop):
-        reads.append(stop - start)
-        return real(self, start, stop)
+        def spy(self, start, stop, real=real):
+            reads.append(stop - start)
+            return real(self, start, stop)
 
-    monkeypatch.setattr(dumps.NpyRows, "read", spy)
-    import_dump(str(tmp_path / "s.zarr"), "clip-retrieval", tmp_path / "cr", chunk_rows=16)
-    assert max(reads) <= 64 and sum(reads) == 2 * 560
+        monkeypatch.setattr(dumps.NpyRows, name, spy)
+    import_dump(str(tmp_path / "s.zarr"), "clip-retrieval", tmp_path / "cr", chunk_rows=16, codec=codec)
+    assert max(reads) == most and sum(reads) == 2 * 560
     assert Store(str(tmp_path / "s.zarr")).n_images == 560
+
+
+@pytest.mark.parametrize("src_dtype, dtype", [("float16", None), ("float32", "float16"), ("float16", "float32")])
+def test_direct_chunk_path_equals_zarrs_path(tmp_path, rng, src_dtype, dtype):
+    """The direct chunk writer (local uncompressed store) and zarr's path (a compressed store) store the same rows,
+    sums equal to a float64 brute force, and checksums that `embedx verify` finds true; chunks straddle shards."""
+    x, t, ids, caps = clip_retrieval_dir(tmp_path / "cr", rng, sizes=(37, 21, 50), d=24)
+    if src_dtype == "float32":
+        for sub in ("img_emb", "text_emb"):
+            for f in os.listdir(tmp_path / "cr" / sub):
+                np.save(tmp_path / "cr" / sub / f, np.load(tmp_path / "cr" / sub / f).astype(np.float32))
+    stores = {}
+    for codec in ("none", "zstd1"):
+        out = str(tmp_path / f"{codec}.zarr")
+        import_dump(out, "clip-retrieval", tmp_path / "cr", chunk_rows=16, codec=codec, dtype=dtype)
+        stores[codec] = Store(out)
+        assert verify(out)["ok"], verify(out)
+    _same_store(stores["none"], stores["zstd1"])
+    a = stores["none"]
+    assert list(a.ids()) == ids and list(a.text_names()) == caps
+    for name, rows in (("images", a.images()), ("texts", a.texts())):
+        r = rows.astype(np.float64)
+        want = (r / np.linalg.norm(r, axis=1, keepdims=True)).sum(0)
+        np.testing.assert_allclose(a.meta["sums"][name], want, rtol=0, atol=1e-5)  # float32 per chunk (chunkwrite)
+        np.testing.assert_allclose(stores["zstd1"].meta["sums"][name], want, rtol=1e-12, atol=1e-12)
+    assert a.meta["integrity"]["content"] == stores["zstd1"].meta["integrity"]["content"]
+
+
+def test_direct_path_names_a_bad_row_in_a_chunk_across_shards(tmp_path, rng):
+    clip_retrieval_dir(tmp_path / "cr", rng, sizes=(37, 21, 50), d=24)
+    t = np.load(tmp_path / "cr" / "text_emb" / "text_emb_1.npy")
+    t[2, 5] = np.inf  # global row 39: chunk 2 (rows 32..47) holds rows of partitions 0 and 1
+    np.save(tmp_path / "cr" / "text_emb" / "text_emb_1.npy", t)
+    with pytest.raises(EmbedxError, match=r"text_emb/text_emb_1.npy row 2 contains NaN or inf"):
+        import_dump(str(tmp_path / "s.zarr"), "clip-retrieval", tmp_path / "cr", chunk_rows=16)
+    assert not os.path.exists(tmp_path / "s.zarr")
