@@ -7,7 +7,7 @@ For chunk k of ``images/embeddings`` or ``texts/embeddings`` (rows r0:r1, read f
     nonzero, in range: ``embedx.rows.first_bad_row``), taken in the same pass as the sum below; any other
     conversion goes through ``importer._check_rows`` (overflow, lost directions);
   * sum_i x_i / |x_i| of the chunk: float32 norms and one float32 weighted row sum (torch, one thread: about 3x the
-    float64 ``store.norms_and_sum``, within about 1e-6 of it relative), folded in float64 over the chunks in chunk
+    float64 ``store.normalized_sum``, within about 1e-6 of it relative), folded in float64 over the chunks in chunk
     order, so the recorded sums do not depend on the thread count. Stores record these sums as hints; the measures
     check a hint against the sums of their own pass before they use it (``measures.cosine.HINT_EFFECT``);
   * crc32c of the chunk file's bytes and NH2 of its rows (``embedx.checksums``), so finalize need not read back
@@ -32,7 +32,7 @@ from embedx.rows import first_bad_row
 UNIT_TOL = 1e-2  # rows whose norms are all within this of 1 keep the store's "normalized" flag
 
 
-def norms_and_sum(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def chunk_norms_and_sum(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(float32 |x_i|, float64 of the float32 sum_i x_i / |x_i|; zero rows add nothing) of one chunk of rows."""
     import torch
 
@@ -88,7 +88,7 @@ def _stored_rows(seg: Segment, dtype: np.dtype) -> tuple[bytes, np.ndarray, bool
     raw = src.read_bytes(seg.s0, seg.s1)
     x = np.frombuffer(raw, dtype=src.dtype).reshape(seg.s1 - seg.s0, *src.shape[1:])
     if src.dtype == dtype == np.float16:
-        norms, total = norms_and_sum(x)
+        norms, total = chunk_norms_and_sum(x)
         bad = first_bad_row(norms)
         if bad is not None:
             raise EmbedxError(f"{src.label} row {bad[0] + seg.s0} {bad[1]}")
@@ -97,7 +97,7 @@ def _stored_rows(seg: Segment, dtype: np.dtype) -> tuple[bytes, np.ndarray, bool
     if src.dtype != dtype:
         x = np.ascontiguousarray(x.astype(dtype))
         raw = x.tobytes()
-    return raw, x, unit, norms_and_sum(x)[1]
+    return raw, x, unit, chunk_norms_and_sum(x)[1]
 
 
 def _chunk(writer, k: int, segs: list[Segment], dtype: np.dtype) -> ChunkResult:

@@ -437,24 +437,18 @@ class StoreWriter:
 
 def normalized_sum(rows: np.ndarray) -> np.ndarray | None:
     """float64 sum of the L2-normalized rows (zero rows contribute nothing). Stores keep these sums of the
-    committed rows in attrs["embedx"]["sums"], so measures needing sum_i x_i up front run in one pass."""
-    return norms_and_sum(rows)[1]
+    committed rows in attrs["embedx"]["sums"], so measures needing sum_i x_i up front run in one pass.
 
-
-def norms_and_sum(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(|x_i| for each row, sum_i x_i / |x_i|), both float64, in one read of the rows.
-
-    Slices of SUM_SLICE rows: per slice the float64 norms, then one weighted row sum, both numpy einsum loops
-    (single-threaded, so the same bits on any machine; they release the GIL; no full-size temporaries: ~30x the
+    sum_i x_i / |x_i| in float64 slices of SUM_SLICE rows: per slice the norms, then one weighted row sum, both
+    numpy einsum loops (single-threaded, so the same bits on any machine; no full-size temporaries: ~30x the
     speed of normalizing a float64 copy of every row)."""
     x = np.asarray(rows)
     out = np.zeros(x.shape[1])
-    norms = np.empty(len(x))
     for a in range(0, len(x), SUM_SLICE):
         s = x[a:a + SUM_SLICE].astype(np.float64)
-        n = norms[a:a + len(s)] = np.sqrt(np.einsum("ij,ij->i", s, s))
+        n = np.sqrt(np.einsum("ij,ij->i", s, s))
         out += np.einsum("i,ij->j", np.divide(1.0, n, out=np.zeros_like(n), where=n > 0), s)
-    return norms, out
+    return out
 
 
 def _joined(parts: list) -> np.ndarray:
