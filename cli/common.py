@@ -3,6 +3,7 @@ Imports nothing heavy (keeps --help fast)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -11,6 +12,21 @@ import click
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer its reader closed on
+
+
+class _Handler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        click.echo(f"{prefix}{record.getMessage()}", err=True)
+
+
+def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """The ``embedx`` logger on stderr: INFO; WARNING with ``quiet``; DEBUG with ``verbose`` (which wins)."""
+    log = logging.getLogger("embedx")
+    log.handlers[:] = [_Handler()]
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
 
 
 def jsonable(obj):

@@ -183,7 +183,11 @@ def test_measure_cli_json_subset_and_errors(tmp_path, rng):
     r = invoke("measure", s.path, "--json", "--metrics", "acs,gap", "--out", out)
     assert r.exit_code == 0, r.stderr
     d = json.loads(r.stdout)
-    assert set(d) == {"acs", "gap", "n_images", "n_texts", "dim", "timings_s", "integrity"} and json.loads(out.read_text()) == d
+    head = {"schema", "embedx_version", "created", "stores", "options"}  # embedx.provenance
+    assert set(d) == head | {"acs", "gap", "n_images", "n_texts", "dim", "timings_s", "integrity"}
+    assert json.loads(out.read_text()) == d
+    assert d["schema"] == "embedx.measure/1" and d["stores"]["store"]["path"] == s.path
+    assert d["options"]["metrics"] == ["acs", "gap"]
     ref = brute_force(x, t, y, False)
     assert d["acs"] == pytest.approx(ref["acs"], abs=1e-5)
     r = invoke("measure", s.path)
