@@ -57,6 +57,14 @@ def emit_json(obj, out: str | None, as_json: bool) -> None:
         click.echo(text)
 
 
+def table(rows: list[list[str]], right=(), sep: str = " | ") -> list[str]:
+    """``rows`` (the first: the header) as lines whose columns line up: each padded to its widest cell, the
+    columns in ``right`` right-aligned, ``sep`` between columns; trailing blanks dropped."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [sep.join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in rows]
+
+
 def progress_enabled(ctx) -> bool:
     """Progress bars on an interactive terminal (or EMBEDX_PROGRESS=1), never with --quiet."""
     if ((ctx.obj if ctx is not None else None) or {}).get("quiet"):
