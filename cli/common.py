@@ -3,6 +3,7 @@ Imports nothing heavy (keeps --help fast)."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -11,6 +12,21 @@ import click
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer its reader closed on
+
+
+class _Handler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        click.echo(f"{prefix}{record.getMessage()}", err=True)
+
+
+def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """The ``embedx`` logger on stderr: INFO; WARNING with ``quiet``; DEBUG with ``verbose`` (which wins)."""
+    log = logging.getLogger("embedx")
+    log.handlers[:] = [_Handler()]
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
 
 
 def jsonable(obj):
@@ -39,6 +55,14 @@ def emit_json(obj, out: str | None, as_json: bool) -> None:
         atomic_write_bytes(out, (text + "\n").encode("utf-8"))
     if as_json:
         click.echo(text)
+
+
+def table(rows: list[list[str]], right=(), sep: str = " | ") -> list[str]:
+    """``rows`` (the first: the header) as lines whose columns line up: each padded to its widest cell, the
+    columns in ``right`` right-aligned, ``sep`` between columns; trailing blanks dropped."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [sep.join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in rows]
 
 
 def progress_enabled(ctx) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from embedx.cli.common import emit_json
-from embedx.cli.options import json_option
+from embedx.cli.options import json_option, verbosity_options
 
 
 def _render(rows: list[dict], dataset: str, not_measures) -> None:
@@ -29,6 +29,7 @@ def _render(rows: list[dict], dataset: str, not_measures) -> None:
 @click.command()
 @click.option("--out", "-o", default="embedx-demo", show_default=True, help="Folder for the demo stores.")
 @json_option("Machine-readable output.")
+@verbosity_options
 def demo(out, as_json):
     """Offline tour on real data: CLIP ViT-B/16 COCO image-caption embeddings vs a random-init control.
 
@@ -36,7 +37,9 @@ def demo(out, as_json):
     """
     from embedx.demo import DATASET, run_demo
     from embedx.measures import NOT_MEASURES
+    from embedx.outputs import check_output_dir
 
+    check_output_dir(out, "demo folder", param="out")  # fail before the work
     rows = run_demo(out)
     if as_json:
         emit_json(rows, None, True)

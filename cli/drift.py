@@ -6,7 +6,7 @@ import math
 import click
 
 from embedx.cli.common import emit_json, jsonable
-from embedx.cli.options import cluster_option, json_out_options, silhouette_options
+from embedx.cli.options import cluster_option, json_out_options, silhouette_options, verbosity_options
 
 
 def _num(v, signed: bool = False) -> str:
@@ -82,6 +82,7 @@ def _render(s: dict, report: str | None) -> None:
               help="--history: zero-shot softmax scale for the LEEP/NCE predictors [default: the model's own, "
                    "recorded in the store by `embedx embed`; else 100].")
 @cluster_option("the measures and the drift pass's sums (with --history: the predictors too)")
+@verbosity_options
 def drift(before, after, others, report, as_json, out, metrics, silhouette_mode, sample_size, seed, knn, knn_k,
           knn_sample, plot_sample, history, task, method, history_store, logit_scale, cluster):
     """Drift between two stores of the same samples (e.g. embedded before and after fine-tuning).

@@ -4,15 +4,15 @@ from __future__ import annotations
 import click
 
 from embedx.cli.common import progress_enabled
-from embedx.cli.options import chunking_options, cluster_option, device_option, seed_option
+from embedx.cli.options import chunking_options, cluster_option, device_option, seed_option, verbosity_options
 
 
 @click.command()
 @click.option("--model", "-m", default=None,
               help="open_clip architecture (e.g. ViT-B-32) or hf-hub:ORG/REPO. Required unless --checkpoint.")
 @click.option("--pretrained", "-p", default=None,
-              help="Pretrained tag (e.g. openai), a local checkpoint file, or 'none' for seeded random weights "
-                   "[default: none].")
+              help="Pretrained tag (e.g. openai), a local checkpoint file (a torch state dict .pt/.pth/.bin or a "
+                   ".safetensors of the model's weights), or 'none' for seeded random weights [default: none].")
 @click.option("--checkpoint", default=None,
               help="A finished `embedx finetune` run folder: embed with its tuned model (its model, pretrained "
                    "weights and seed) and record the run in the store.")
@@ -50,6 +50,7 @@ from embedx.cli.options import chunking_options, cluster_option, device_option, 
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (complete or not) at --out.")
 @chunking_options
 @cluster_option("the encoding (tasks of whole chunks; the store equals an in-process run byte for byte)")
+@verbosity_options
 @click.pass_context
 def embed(ctx, model, pretrained, checkpoint, data, classes, image_col, caption_col, label_col, out, seed, dtype,
           batch_size, workers, device, templates, limit, strict, overwrite, codec, chunk_rows, cluster):
@@ -60,7 +61,9 @@ def embed(ctx, model, pretrained, checkpoint, data, classes, image_col, caption_
     dataset or prompts is refused. With --cluster, rerunning skips the tasks already done.
     """
     from embedx.embed import embed_to_store
+    from embedx.outputs import check_output_dir
 
+    check_output_dir(out, "store", param="out")  # fail before loading the model, not after it
     res = embed_to_store(out, data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
                          workers=workers, device=device, templates=templates, overwrite=overwrite, strict=strict,
                          codec=codec, chunk_rows=chunk_rows, limit=limit, progress=progress_enabled(ctx),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from embedx.cli.options import store_argument
+from embedx.cli.options import store_argument, verbosity_options
 
 
 @click.command()
@@ -16,6 +16,7 @@ from embedx.cli.options import store_argument
 @click.option("--partition-rows", type=click.IntRange(min=1), default=1_000_000, show_default=True,
               help="Rows per clip-retrieval partition.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier export at --out (only once the new one is complete).")
+@verbosity_options
 def export(store, fmt, out, partition_rows, overwrite):
     """Write a store as files other tools read; `embedx import --from FORMAT DIR` reads them back (same arrays,
     same dtype).
@@ -26,6 +27,8 @@ def export(store, fmt, out, partition_rows, overwrite):
       embedx export coco.zarr --format parquet --out coco_pq/
     """
     from embedx.export import export_store
+    from embedx.outputs import check_output_dir
 
+    check_output_dir(out, "output folder", param="out")  # fail before reading the store
     r = export_store(store, fmt, out, partition_rows=partition_rows, overwrite=overwrite)
     click.echo(f"wrote {r['out']}: {r['rows']} rows x {r['dim']} {r['dtype']} as {r['format']} ({r['files']} files)")

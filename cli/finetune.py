@@ -7,7 +7,7 @@ import os
 import click
 
 from embedx.cli.common import progress_enabled
-from embedx.cli.options import device_option, json_option, seed_option
+from embedx.cli.options import device_option, json_option, seed_option, verbosity_options
 
 METHOD_NAMES = "full, bitfit, attention, lora, adapter"  # embedx.finetune.METHODS (not imported: keeps --help fast)
 
@@ -47,6 +47,7 @@ METHOD_NAMES = "full, bitfit, attention, lora, adapter"  # embedx.finetune.METHO
 @click.option("--overwrite", is_flag=True, help="Replace an existing run (finished or not) at --out.")
 @click.option("--dry-run", is_flag=True, help="Build the model, print the parameter counts, train nothing.")
 @json_option("Print JSON: with --dry-run exactly {trainable_params, total_params}, else the run's config.")
+@verbosity_options
 @click.pass_context
 def finetune(ctx, model, pretrained, method, data, out, train_blocks, rank, reduction, epochs, lr, weight_decay,
              optimizer, batch_size, val_fraction, seed, templates, limit, device, workers, overwrite, dry_run,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from embedx.cli.options import chunking_options
+from embedx.cli.options import chunking_options, verbosity_options
 
 
 @click.command("import")
@@ -31,6 +31,7 @@ from embedx.cli.options import chunking_options
 @click.option("--out", "-o", required=True, help="Store path (local or fsspec URL).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out (only once the new one is complete).")
 @chunking_options
+@verbosity_options
 def import_(src, kind, features, id_column, caption_column, images, texts, labels, paired, paired_array, names, dtype,
             model, dataset, out, overwrite, codec, chunk_rows):
     """Build a store from existing embedding arrays.
@@ -46,6 +47,9 @@ def import_(src, kind, features, id_column, caption_column, images, texts, label
     Every row is checked before anything is written: NaN/inf or all-zero rows, a dimension mismatch,
     labels out of range and float16 overflow are refused with one line.
     """
+    from embedx.outputs import check_output_dir
+
+    check_output_dir(out, "store", param="out")  # fail before reading any input
     if kind is not None or src is not None:
         if kind is None or src is None:
             raise click.UsageError("give both --from FORMAT and the dump folder DIR")

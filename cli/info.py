@@ -6,7 +6,7 @@ import sys
 import click
 
 from embedx.cli.common import EXIT_BAD_INPUT, emit_json, exit_damaged
-from embedx.cli.options import json_option, store_argument
+from embedx.cli.options import json_option, store_argument, verbosity_options
 
 
 def human_bytes(n: int) -> str:
@@ -51,6 +51,7 @@ def _rows(d: dict, res: dict | None) -> list[tuple[str, object]]:
 @store_argument
 @json_option("Machine-readable output.")
 @click.option("--quick", is_flag=True, help="Skip the checksum check of every chunk (metadata and lengths only).")
+@verbosity_options
 def info(store, as_json, quick):
     """Describe a store: schema, model, counts, dims, dtype, chunking, size on disk, completeness, integrity.
 

@@ -6,7 +6,6 @@ Each command lives in its own module (``embedx.cli.<module>``), imported only wh
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 import re
 import sys
@@ -14,7 +13,8 @@ import sys
 import click
 
 import embedx
-from embedx.cli.common import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from embedx.cli.common import EXIT_BAD_INPUT, EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, setup_logging
+from embedx.cli.options import verbosity_options
 from embedx.errors import EmbedxError
 
 # command name -> "module:function" under embedx.cli (see click's "Lazily Loading Subcommands")
@@ -34,17 +34,17 @@ COMMANDS = {
 }
 
 
-class _Handler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        prefix = "warning: " if record.levelno >= logging.WARNING else ""
-        click.echo(f"{prefix}{record.getMessage()}", err=True)
-
-
-def _setup_logging(quiet: bool) -> None:
-    log = logging.getLogger("embedx")
-    log.handlers[:] = [_Handler()]
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    log.propagate = False
+def closed_pipe() -> None:
+    """The reader of stdout went away (``embedx info s.zarr | head -1``): nothing is left to say to it. Point
+    stdout at devnull (so the interpreter's final flush cannot fail again) and exit quietly with 141, as a
+    process killed by SIGPIPE (the Python documentation's recipe for SIGPIPE)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is no real file (an in-process runner)
+        pass
+    sys.exit(EXIT_CLOSED_PIPE)
 
 
 def flag_for(command: click.Command | None, param: str) -> str | None:
@@ -98,6 +98,8 @@ class EmbedxGroup(click.Group):
             sub = ctx.invoked_subcommand
             click.echo(error_line(e, self.get_command(ctx, sub) if sub else None), err=True)
             sys.exit(EXIT_BAD_INPUT)
+        except BrokenPipeError:
+            closed_pipe()
         except KeyboardInterrupt:
             click.echo("interrupted: committed rows are kept; rerun the same command to resume", err=True)
             sys.exit(EXIT_INTERRUPTED)
@@ -118,11 +120,9 @@ class EmbedxGroup(click.Group):
 
 @click.group(cls=EmbedxGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(embedx.__version__, prog_name="embedx")
-@click.option("-q", "--quiet", is_flag=True,
-              help="Only warnings and errors on stderr; no progress bars (shown on a terminal, or with "
-                   "EMBEDX_PROGRESS=1).")
+@verbosity_options
 @click.pass_context
-def cli(ctx, quiet):
+def cli(ctx):
     """embedx: embedding analytics for contrastive vision-language models.
 
     \b
@@ -132,12 +132,18 @@ def cli(ctx, quiet):
       embedx import --paired-array feats.npy --out coco.zarr
       embedx demo
     """
-    ctx.obj = {"quiet": quiet}
-    _setup_logging(quiet)
+    obj = ctx.ensure_object(dict)  # -q/-v (here or after the command: embedx.cli.options.verbosity_options)
+    setup_logging(quiet=bool(obj.get("quiet")), verbose=bool(obj.get("verbose")))
 
 
 def main() -> None:
-    cli(prog_name="embedx")
+    try:
+        try:
+            cli(prog_name="embedx")
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here at the latest, not in the interpreter's exit
+    except BrokenPipeError:
+        closed_pipe()
 
 
 if __name__ == "__main__":

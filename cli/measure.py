@@ -6,7 +6,8 @@ import math
 import click
 
 from embedx.cli.common import LazyHelp, emit_json, progress_enabled, score_lines
-from embedx.cli.options import cluster_option, device_option, json_out_options, silhouette_options, store_argument
+from embedx.cli.options import NamesOption, cluster_option, device_option, json_out_options, silhouette_options, \
+    store_argument, verbosity_options
 
 
 def _render(store: str, res: dict, keys: list[str], per_class: bool) -> None:
@@ -29,7 +30,7 @@ def _render(store: str, res: dict, keys: list[str], per_class: bool) -> None:
     if "integrity" in res:
         i = res["integrity"]
         click.echo(f"\nchecksums: {i['chunks_verified']} of {i['chunks_recorded']} chunks read and matched")
-    click.echo(f"\n{sum(res['timings_s'].values()):.2f} s")
+    click.echo(f"\ntime: {sum(res['timings_s'].values()):.2f} s")
 
 
 def _help() -> str:
@@ -47,7 +48,7 @@ silhouette projected past a minute says so (then --silhouette sample estimates i
 @click.command(cls=LazyHelp, help_factory=_help,
                short_help="Measures of a store: acs, iimm, gap, silhouettes, zero-shot, recall.")
 @store_argument
-@click.option("--metrics", default=None, metavar="NAME[,NAME...]",
+@click.option("--metrics", cls=NamesOption, family="measure", noun="metric", default=None,
               help="Comma-separated subset of the measures above (default: every measure the store supports; "
                    "retrieval recall on paired stores).")
 @silhouette_options("Euclidean silhouette: exact (O(N^2 d) through the fused kernel) or an unbiased estimate from "
@@ -62,18 +63,44 @@ silhouette projected past a minute says so (then --silhouette sample estimates i
                "available), cpu, cuda or cuda:N.")
 @cluster_option()
 @json_out_options()
+@click.option("--format", "fmt", type=click.Choice(["embedx", "clip-benchmark"]), default="embedx",
+              show_default=True,
+              help="Layout of the JSON (--json, --out): embedx = every measure with its provenance (schema "
+                   "embedx.measure/1); clip-benchmark = LAION-AI/CLIP_benchmark's result file (zero-shot "
+                   "classification acc1/acc5/mean_per_class_recall, or retrieval image_/text_retrieval_recall@k on "
+                   "paired stores), computing only those measures; printed when neither --json nor --out is given.")
+@verbosity_options
 @click.pass_context
 def measure(ctx, store, metrics, silhouette_mode, sample_size, seed, silhouette_labels, knn, per_class, device,
-            cluster, as_json, out):
+            cluster, as_json, out, fmt):
+    from embedx import clip_benchmark
     from embedx.dist.cluster import connect
+    from embedx.errors import EmbedxError
     from embedx.measures import NOT_MEASURES, compute
+    from embedx.outputs import check_output_file
+    from embedx.provenance import provenance
     from embedx.store import Store
 
-    names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    check_output_file(out, "JSON file", param="out")  # fail before the work, not after it
+    st = Store(store)
+    names = metrics
+    if fmt == "clip-benchmark":
+        if metrics or per_class:
+            raise EmbedxError("--format clip-benchmark computes its own measures; drop --metrics/--per-class")
+        names = clip_benchmark.measures_needed(st.paired)
+        as_json = as_json or not out
     with connect(cluster) as executor:
-        res = compute(Store(store), names, silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed,
+        res = compute(st, names, silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed,
                       knn=knn, per_class=per_class, silhouette_labels=silhouette_labels, device=device,
                       progress=progress_enabled(ctx), executor=executor)
-    emit_json(res, out, as_json)
+    head = provenance("measure", {"store": st}, options={
+        "metrics": list(names) if names else None, "silhouette": silhouette_mode,
+        "sample_size": sample_size if silhouette_mode == "sample" else None,
+        "seed": seed if silhouette_mode == "sample" else None, "silhouette_labels": silhouette_labels,
+        "knn": knn})
+    if fmt == "clip-benchmark":
+        emit_json(clip_benchmark.result(res, st, head), out, as_json)
+        return
+    emit_json({**head, **res}, out, as_json)
     if not as_json:
         _render(store, res, [k for k in res if k not in NOT_MEASURES], per_class)

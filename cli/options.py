@@ -21,6 +21,65 @@ def bundle(*decorators):
 store_argument = click.argument("store")
 
 
+def _verbosity(ctx, param, value):
+    """-q / -v given before or after the subcommand: recorded in ``ctx.obj`` and applied to the logger at once."""
+    if not value:
+        return
+    from embedx.cli.common import setup_logging
+
+    obj = ctx.ensure_object(dict)
+    obj[param.name] = True
+    setup_logging(quiet=bool(obj.get("quiet")), verbose=bool(obj.get("verbose")))
+
+
+def verbosity_options(f):
+    """-q/--quiet and -v/--verbose on a command (they work before the subcommand too): quiet = warnings and errors
+    only, no progress bars; verbose = debug logging. Not passed to the function (read ``ctx.obj``)."""
+    return bundle(
+        click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_verbosity,
+                     help="Only warnings and errors on stderr; no progress bars."),
+        click.option("-v", "--verbose", is_flag=True, expose_value=False, callback=_verbosity,
+                     help="Debug logging on stderr."),
+    )(f)
+
+
+class NamesOption(click.Option):
+    """A comma-separated list of registered score names (``family``: "measure", "transfer"): the help lists them
+    (read from the registry only when help is shown, which keeps start-up light) and an unknown name is refused
+    with one line naming the valid ones before any work. The value is a list of names, or None."""
+
+    def __init__(self, *args, family: str, noun: str = "name", **kwargs):
+        self.family, self.noun = family, noun
+        kwargs.setdefault("metavar", "NAME[,NAME...]")
+        super().__init__(*args, **kwargs)
+
+    def names(self) -> tuple[str, ...]:
+        from embedx.engine import registry
+
+        return tuple(registry.scores(self.family))
+
+    def get_help_record(self, ctx):
+        rec = super().get_help_record(ctx)
+        if rec is None:
+            return rec
+        return rec[0], f"{rec[1]} Names: {', '.join(self.names())}."
+
+    def process_value(self, ctx, value):
+        value = super().process_value(ctx, value)
+        if value is None:
+            return None
+        names = [m.strip() for m in str(value).split(",") if m.strip()]
+        valid = self.names()
+        bad = [m for m in names if m not in valid]
+        if bad:
+            from embedx.errors import EmbedxError
+
+            flag = next(o for o in self.opts if o.startswith("--"))
+            raise EmbedxError(f"{flag}: unknown {self.noun} {', '.join(map(repr, bad))}; choose from "
+                              f"{', '.join(valid)}")
+        return names or None
+
+
 def device_option(help: str = DEVICE_HELP):
     """--device (auto, cpu, cuda, cuda:N)."""
     return click.option("--device", default="auto", show_default=True, help=help)

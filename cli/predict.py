@@ -7,7 +7,7 @@ import os
 import click
 
 from embedx.cli.common import emit_json, jsonable
-from embedx.cli.options import cluster_option, device_option, json_out_options, silhouette_options
+from embedx.cli.options import cluster_option, device_option, json_out_options, silhouette_options, verbosity_options
 
 
 def _n(v, fmt: str = ".4f") -> str:
@@ -117,23 +117,29 @@ Example:
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, metavar="FILE.png",
               help="Write a scatter plot per predictor and outcome with the fit, its 95% prediction band and the "
                    "targets.")
+@verbosity_options
 def predict(history_path, targets, measures, where, silhouette_mode, sample_size, seed, logit_scale, device, cluster,
             as_json, out, plot_path):
-    from embedx.errors import EmbedxError
+    from embedx.outputs import check_output_file
     from embedx.predict import predict as run
     from embedx.predict.history import describe_where
+    from embedx.provenance import file_provenance, provenance
+    from embedx.store import Store
 
-    for opt, path in (("--out", out), ("--plot", plot_path)):  # fail before the work, not after it
-        folder = os.path.dirname(os.path.abspath(path)) if path else None
-        if folder and not os.path.isdir(folder):
-            raise EmbedxError(f"{opt} {path}: folder {folder} does not exist")
+    check_output_file(out, "JSON file", param="out")  # fail before the work, not after it
+    check_output_file(plot_path, "plot", param="plot_path")
     names = [m.strip() for m in measures.split(",") if m.strip()] if measures else None
     from embedx.dist.cluster import connect
 
     with connect(cluster) as executor:
         res = run(history_path, targets, measures=names, where=list(where), silhouette_mode=silhouette_mode,
                   sample_size=sample_size, logit_scale=logit_scale, seed=seed, device=device, executor=executor)
-    doc = jsonable(res)
+    inputs = {"history": file_provenance(history_path), **{f"targets/{t}": Store(t) for t in targets}}
+    head = provenance("predict", inputs, options={
+        "measures": names, "where": list(where), "silhouette": silhouette_mode,
+        "sample_size": sample_size if silhouette_mode == "sample" else None,
+        "seed": seed if silhouette_mode == "sample" else None, "logit_scale": logit_scale})
+    doc = jsonable({**head, **res})
     if out:
         emit_json(doc, out, False)  # the JSON before the plot
     if plot_path:

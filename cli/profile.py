@@ -3,22 +3,24 @@ from __future__ import annotations
 
 import click
 
-from embedx.cli.common import emit_json
-from embedx.cli.options import device_option, json_option
+from embedx.cli.common import emit_json, table
+from embedx.cli.options import device_option, json_option, verbosity_options
 
 
 def _render(res: dict, n: int, dim: int) -> None:
-    """One line per kernel: time, GFLOP/s, GB/s, share of the roofline, speed-up over the reference."""
+    """One row per kernel: time, GFLOP/s, GB/s, share of the roofline, speed-up over the reference; columns
+    padded to their widest cell (text left, numbers right) and separated by " | "."""
     r = res["roofline"]
     click.echo(f"device {res['device']} ({res['device_name']}, {res['threads']} threads): roofline "
                f"{r['matmul_gflops']:.0f} GFLOP/s matmul, {r['copy_gbs']:.1f} GB/s copy; n={n}, d={dim}\n")
-    head = f"{'kernel':<32} {'impl':<7} {'time':>9} {'GFLOP/s':>8} {'GB/s':>7} {'roofline':>8}  reference"
-    click.echo(head)
+    rows = [["kernel", "impl", "time", "GFLOP/s", "GB/s", "roofline", "reference"]]
     for row in res["kernels"]:
         ref = (f"{row['speedup_vs_reference']:.1f}x vs {row['reference']} ({row['reference_seconds'] * 1e3:.1f} ms)"
                if row["reference_seconds"] else "")
-        click.echo(f"{row['kernel']:<32} {row['impl']:<7} {row['seconds'] * 1e3:7.2f}ms {row['gflops']:8.1f} "
-                   f"{row['gbs']:7.2f} {row['roofline_share']:8.0%}  {ref}")
+        rows.append([row["kernel"], row["impl"], f"{row['seconds'] * 1e3:.2f} ms", f"{row['gflops']:.1f}",
+                     f"{row['gbs']:.2f}", f"{row['roofline_share']:.0%}", ref])
+    for line in table(rows, right=(2, 3, 4, 5)):
+        click.echo(line)
 
 
 @click.command()
@@ -27,6 +29,7 @@ def _render(res: dict, n: int, dim: int) -> None:
 @click.option("--k", default=10, show_default=True, help="k for the top-k kernel.")
 @device_option()
 @json_option("Print JSON (for bench/results/).")
+@verbosity_options
 def profile(n, dim, k, device, as_json):
     """Time each kernel on this device: achieved GFLOP/s and GB/s against the roofline measured in the
     same run (a large matmul, a large copy) and against the reference implementations."""

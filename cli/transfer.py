@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from embedx.cli.common import LazyHelp, emit_json, jsonable, progress_enabled, score_lines
-from embedx.cli.options import cluster_option, json_out_options, store_argument
+from embedx.cli.options import NamesOption, cluster_option, json_out_options, store_argument, verbosity_options
 
 
 def _help() -> str:
@@ -28,24 +28,34 @@ HIGHER = "higher = the features separate the classes more: expected to transfer 
 @click.command(cls=LazyHelp, help_factory=_help,
                short_help="Transferability scores of a class store (hscore ... nce).")
 @store_argument
-@click.option("--scores", default=None, metavar="NAME[,NAME...]",
+@click.option("--scores", cls=NamesOption, family="transfer", noun="transfer score", default=None,
               help="Comma-separated subset of the scores above [default: all but gbc_diagonal].")
 @click.option("--logit-scale", default=None, type=float,
               help="Zero-shot logit scale for leep/nce [default: the model's own, recorded in the store by "
                    "`embedx embed`; else 100, CLIP's trained value].")
 @cluster_option("the passes over the rows")
-@json_out_options("Print exactly {score: value} as JSON (undefined -> null).", "Also write that JSON to FILE.")
+@json_out_options("Print the JSON: {score: value} (undefined -> null) under the provenance header (schema "
+                  "embedx.transfer/1: store, model, dataset, embedx version, options).",
+                  "Also write that JSON to FILE.")
+@verbosity_options
 @click.pass_context
 def transfer(ctx, store, scores, logit_scale, cluster, as_json, out):
     from embedx.dist.cluster import connect
+    from embedx.outputs import check_output_file
+    from embedx.provenance import provenance
+    from embedx.store import Store
     from embedx.transfer import compute
+    from embedx.transfer.engine import logit_scale_of
 
+    check_output_file(out, "JSON file", param="out")  # fail before the work, not after it
+    st = Store(store)
     progress = not as_json and progress_enabled(ctx)
-    names = [s.strip() for s in scores.split(",") if s.strip()] if scores is not None else None
     with connect(cluster) as executor:
-        res = compute(store, names, logit_scale=logit_scale, progress=progress, executor=executor)
+        res = compute(st, scores, logit_scale=logit_scale, progress=progress, executor=executor)
     values = jsonable(dict(res))
-    emit_json(values, out, as_json)
+    head = provenance("transfer", {"store": st}, options={
+        "scores": list(values), "logit_scale": logit_scale if logit_scale is not None else logit_scale_of(st)})
+    emit_json({**head, **values}, out, as_json)
     if as_json:
         return
     secs = res.seconds

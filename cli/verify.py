@@ -4,12 +4,13 @@ from __future__ import annotations
 import click
 
 from embedx.cli.common import emit_json, exit_damaged
-from embedx.cli.options import json_option, store_argument
+from embedx.cli.options import json_option, store_argument, verbosity_options
 
 
 @click.command()
 @store_argument
 @json_option("Machine-readable output.")
+@verbosity_options
 def verify(store, as_json):
     """Check a whole store: array lengths against its commit marker, every chunk file of the committed rows
     present, every chunk file's crc32c and every chunk's decoded rows (NH2 hash) against the inventory recorded

@@ -216,6 +216,11 @@ def load_encoder(model: str, pretrained: str = "none", seed: int = 0, device: st
             raise EmbedxError(f"cannot load {what!r} for {model} offline: the weights are not in the local "
                               f"cache and the hub is unreachable ({_one_line(e, 160)}); pass a local checkpoint "
                               f"file with --pretrained PATH or --pretrained none") from None
+        if sha is not None:  # a local file that is not a checkpoint: say what it should hold, not torch's bare reason
+            raise EmbedxError(f"cannot load {model} with pretrained={what!r}: the file is not a checkpoint of "
+                              f"{model}'s weights; --pretrained FILE takes a torch state dict (.pt/.pth/.bin, as "
+                              f"torch.save(model.state_dict())) or a .safetensors file of this architecture "
+                              f"({_one_line(e, 120)})") from None
         raise EmbedxError(f"cannot load {model} with pretrained={what!r}: {_one_line(e)}") from None
     net.eval()
     return Encoder(net, preprocess, tokenizer, dev, model, "none" if random_weights else pretrained, int(seed), sha)

@@ -53,3 +53,14 @@ def relative_to(path: str, base_file: str) -> str:
         return os.path.relpath(os.path.abspath(path), os.path.dirname(os.path.abspath(base_file)))
     except ValueError:  # another drive (Windows)
         return os.path.abspath(path)
+
+
+def file_provenance(path: str) -> dict:
+    """What identifies an input file that is not a store (a ``predict`` history CSV): its path, size and sha256."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"path": str(path), "bytes": os.path.getsize(path), "sha256": h.hexdigest()}

@@ -273,7 +273,8 @@ def test_history_rows_feed_predict(tmp_path, rng):
         ob, oa = (compute(s, ["zeroshot_top1"])["zeroshot_top1"] for s in o)
         assert float(got["zs_acc"]) == zs and float(got["ft_acc"]) == ft
         assert float(got["ood_delta"]) == pytest.approx(oa - ob, abs=1e-15)
-        assert got["store"] == os.path.abspath(train.path)
+        assert got["store"] == os.path.relpath(train.path, tmp_path)  # relative to the CSV's folder
+        assert not os.path.isabs(got["store"])
         ref = compute(train, ["iimm", "iimm_inter", "iimm_intra", "acs", "gap", "silhouette_euclidean"])
         ref.update(transfer.compute(train, scores=["hscore", "gbc", "transrate", "logme", "sfda", "leep", "nce"]))
         for m in DEFAULT_STORE_PREDICTORS:

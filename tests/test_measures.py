@@ -183,7 +183,11 @@ def test_measure_cli_json_subset_and_errors(tmp_path, rng):
     r = invoke("measure", s.path, "--json", "--metrics", "acs,gap", "--out", out)
     assert r.exit_code == 0, r.stderr
     d = json.loads(r.stdout)
-    assert set(d) == {"acs", "gap", "n_images", "n_texts", "dim", "timings_s", "integrity"} and json.loads(out.read_text()) == d
+    head = {"schema", "embedx_version", "created", "stores", "options"}  # embedx.provenance
+    assert set(d) == head | {"acs", "gap", "n_images", "n_texts", "dim", "timings_s", "integrity"}
+    assert json.loads(out.read_text()) == d
+    assert d["schema"] == "embedx.measure/1" and d["stores"]["store"]["path"] == s.path
+    assert d["options"]["metrics"] == ["acs", "gap"]
     ref = brute_force(x, t, y, False)
     assert d["acs"] == pytest.approx(ref["acs"], abs=1e-5)
     r = invoke("measure", s.path)
@@ -654,3 +658,20 @@ def test_euclidean_silhouettes_stay_exact_when_everything_lies_near_one_directio
     assert got["silhouette_euclidean"] == pytest.approx(
         silhouette_score(np.vstack([xs, ts]), [1] * n + [0] * c), abs=1e-5)
     assert got["silhouette_class_euclidean"] == pytest.approx(silhouette_score(xs, y), abs=1e-5)
+
+
+def test_zero_shot_of_a_store_without_a_labelled_image_is_undefined_not_zero(tmp_path, rng):
+    """Every label -1: no image to score, so zero-shot accuracy is undefined (NaN; null in the JSON), while the
+    measures over every image (gap, iimm_intra) are still the float64 brute force."""
+    n, c = 60, 5
+    s, x, t, y = _store(tmp_path, rng, n, c, 16, "float32", y=np.full(n, -1))
+    got = M.compute(s, ["zeroshot_top1", "zeroshot_top5", "zeroshot_mean_per_class_recall", "gap", "iimm_intra"])
+    for k in ("zeroshot_top1", "zeroshot_top5", "zeroshot_mean_per_class_recall"):
+        assert np.isnan(got[k]), (k, got[k])
+    xn = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    tn = t.astype(np.float64) / np.linalg.norm(t.astype(np.float64), axis=1, keepdims=True)
+    assert got["gap"] == pytest.approx(np.linalg.norm(xn.mean(0) - tn.mean(0)), abs=1e-6)
+    r = invoke("measure", s.path, "--metrics", "zeroshot_top1,gap", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["zeroshot_top1"] is None and doc["gap"] == pytest.approx(got["gap"], abs=1e-9)

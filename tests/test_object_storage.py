@@ -50,10 +50,11 @@ def _json(r):
 
 
 def _without_paths(obj, paths):
-    """``obj`` without the values naming one of ``paths`` and without timings (they differ; numbers must not)."""
+    """``obj`` without the values naming one of ``paths``, without timings and the provenance of the run and store
+    (time, generation id): they differ; numbers must not."""
     if isinstance(obj, dict):
         return {k: _without_paths(v, paths) for k, v in obj.items()
-                if k not in ("timings_s", "seconds") and not (isinstance(v, str) and any(p in v for p in paths))}
+                if k not in ("timings_s", "seconds", "created", "generation") and not (isinstance(v, str) and any(p in v for p in paths))}
     if isinstance(obj, list):
         return [_without_paths(v, paths) for v in obj]
     return obj

@@ -423,6 +423,10 @@ def test_cli_json_plot_and_table(tmp_path, rng):
     doc = json.loads(stdout)
     assert doc == json.load(open(out))
     assert set(doc) >= {"history", "n_rows", "where", "outcomes", "rows", "fits", "ranking", "targets"}
+    import hashlib  # the provenance header: schema, the history file's content hash, the options
+
+    assert doc["schema"] == "embedx.predict/1" and doc["options"]["silhouette"] == "exact"
+    assert doc["stores"]["history"]["sha256"] == hashlib.sha256((tmp_path / "h.csv").read_bytes()).hexdigest()
     for m in ("a", "b", "c"):
         check_fit(doc["fits"][m]["gain"], *_pairs(h, m, "gain"))
     assert doc["rows"][0]["forgetting"] is None  # strict JSON: a blank ood_delta is null
@@ -432,6 +436,15 @@ def test_cli_json_plot_and_table(tmp_path, rng):
     assert r.exit_code == 0, r.output
     assert "gain ~ predictor" in r.output and "forgetting ~ predictor" in r.output and "LOO RMSE" in r.output
     assert " b " not in r.output
+
+
+def test_output_paths_are_checked_before_the_work(tmp_path, rng):
+    """A missing folder for --out or --plot is one error line before the history is even read (the history here
+    does not exist: reaching it would give another error)."""
+    for flag in ("--out", "--plot"):
+        r = invoke("predict", "--history", tmp_path / "absent.csv", flag, tmp_path / "nodir" / "x.json")
+        assert_one_line_error(r.exit_code, r.stderr, flag, "does not exist")
+        assert "absent.csv" not in r.stderr
 
 
 def test_append_row_concurrent_writers_lose_nothing(tmp_path):

@@ -154,7 +154,12 @@ def test_cli_json_matches_compute_and_bad_input(tmp_path, rng):
     assert r.exit_code == 0, r.output
     got = json.loads(r.output)
     ref = T.compute(s, ["hscore", "gbc_diagonal", "nce", "leep"], logit_scale=50.0)
-    assert list(got) == list(ref) and got == pytest.approx(dict(ref), rel=1e-12)
+    head = {"schema", "embedx_version", "created", "stores", "options"}  # embedx.provenance
+    assert set(list(got)[:len(head)]) == head  # the header first, then the scores
+    scores = {k: v for k, v in got.items() if k not in head}
+    assert list(scores) == list(ref) and scores == pytest.approx(dict(ref), rel=1e-12)
+    assert got["schema"] == "embedx.transfer/1" and got["stores"]["store"]["path"] == path
+    assert got["options"] == {"scores": ["hscore", "gbc_diagonal", "nce", "leep"], "logit_scale": 50.0}
     assert json.load(open(tmp_path / "t.json")) == got
     r = invoke("transfer", path)  # the table: every default score, its seconds, what higher means
     assert r.exit_code == 0, r.output

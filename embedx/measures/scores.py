@@ -100,8 +100,11 @@ def _zeroshot(ctx, k: int) -> float:
     s = ctx.results.get("sums")
     if s is None or s.paired:
         return ctx["rank_counts"][f"i2t_recall@{k}"]
+    n = int(s.tot.class_count.sum())
+    if not n:  # no labelled image: accuracy is undefined (NaN -> null in JSON), not 0
+        return float("nan")
     hits = s.tot.top1 if k == 1 else s.tot.top5
-    return float(hits.sum() / max(int(s.tot.class_count.sum()), 1))
+    return float(hits.sum() / n)
 
 
 @register("zeroshot_top1", "measure", needs=ZEROSHOT, summary="top-1 accuracy: the true class text scores highest",
@@ -128,6 +131,8 @@ def zeroshot_mean_per_class_recall(ctx) -> float:
         return ctx["rank_counts"]["i2t_recall@1"]
     counts = s.tot.class_count
     present = counts > 0
+    if not present.any():  # no labelled image: undefined
+        return float("nan")
     return float((s.tot.top1[present] / counts[present]).mean())
 
 

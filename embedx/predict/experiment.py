@@ -7,7 +7,9 @@ model (AFTER), and optionally other tasks before/after (forgetting). Its row in 
   zs_acc, ft_acc           zero-shot top-1 of BEFORE and of AFTER
   ood_delta                mean zero-shot top-1 change on the other tasks (blank without --others)
   store                    the zero-shot store the predictors describe (BEFORE, or --history-store: the
-                           papers measure the training split and score accuracy on the test split)
+                           papers measure the training split and score accuracy on the test split), recorded
+                           relative to the CSV's folder (as ``embedx.predict.history`` reads it; URLs as given),
+                           so a history moved with its stores still reads
   <predictors>             the measures and transfer scores of that store (``embedx.predict`` defaults)
 
 so ``embedx predict --history H.csv`` can fit gain and forgetting against every predictor without the stores.
@@ -21,7 +23,8 @@ from embedx.drift import Drift, compare
 from embedx.errors import EmbedxError
 from embedx.predict.history import append_row
 from embedx.predict.predictors import DEFAULT_STORE_PREDICTORS, StoreCache
-from embedx.store import Store
+from embedx.provenance import relative_to
+from embedx.store import Store, is_url
 
 
 def identify(before: Store, after: Store, task: str | None, method: str | None) -> dict:
@@ -56,7 +59,7 @@ def row(ident: dict, summary: dict, history_store: str, *, predictors=None, meas
         acc.append(v)
     forgot = summary.get("forgetting")
     out = {**ident, "zs_acc": acc[0], "ft_acc": acc[1], "ood_delta": forgot["mean_delta"] if forgot else None,
-           "store": os.path.abspath(history_store)}
+           "store": history_store if is_url(history_store) else os.path.abspath(history_store)}
     want = list(predictors or DEFAULT_STORE_PREDICTORS)
     known = {}
     if os.path.abspath(history_store) == os.path.abspath(summary["before"]["path"]):
@@ -83,5 +86,6 @@ def compare_and_record(before: str, after: str, others=(), *, history: str, task
     opts = {k: compare_opts[k] for k in ("silhouette_mode", "sample_size", "seed") if k in compare_opts}
     r = row(ident, res.summary, history_store or before, logit_scale=logit_scale, measure_opts=opts,
             executor=executor)
+    r["store"] = relative_to(r["store"], history)  # as the history reads it back: from the CSV's folder
     append_row(history, r)
     return res, r
