@@ -1,4 +1,5 @@
-"""Distributed ``embed`` (the shape of clip-retrieval and img2dataset: one writer of the metadata, workers writing disjoint chunks).
+"""Distributed ``embed`` (the shape of clip-retrieval and img2dataset: one writer of the metadata, workers
+writing disjoint chunks).
 
   * **Staging.** The driver creates the full-size store exactly as a serial run does (staged beside the target and
     moved into place, ``complete: false``); tasks then write into it in place. Readers never open it before it is
