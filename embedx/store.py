@@ -225,14 +225,19 @@ class StoreWriter:
         g = zarr.open_group(str(path), mode="w")
         text_rows = n_rows if paired else n_texts
         text_chunks = chunk_rows if paired else max(1, min(text_rows, chunk_rows))
+        # dimension_names (zarr v3): "image" rows in images/, "text" rows in texts/, "dim" columns, so xarray
+        # (open_datatree / open_zarr with group=) and other v3 readers see labelled dimensions
         for name, rows, chunks in (("images", n_rows, chunk_rows), ("texts", text_rows, text_chunks)):
             g.create_array(f"{name}/embeddings", shape=(rows, dim), chunks=(chunks, dim), dtype=dtype,
-                           compressors=compressors, fill_value=0, config=_WRITE_ALL)
+                           compressors=compressors, fill_value=0, config=_WRITE_ALL,
+                           dimension_names=(name[:-1], "dim"))
         # labels stay uncompressed (4 bytes a row; readers then take them straight from the chunk files)
         g.create_array("images/labels", shape=(n_rows,), chunks=(chunk_rows,), dtype="int32", fill_value=-1,
-                       compressors=None, config=_WRITE_ALL)
-        g.create_array("images/ids", shape=(n_rows,), chunks=(chunk_rows,), dtype=str, config=_WRITE_ALL)
-        g.create_array("texts/names", shape=(text_rows,), chunks=(text_chunks,), dtype=str, config=_WRITE_ALL)
+                       compressors=None, config=_WRITE_ALL, dimension_names=("image",))
+        g.create_array("images/ids", shape=(n_rows,), chunks=(chunk_rows,), dtype=str, config=_WRITE_ALL,
+                       dimension_names=("image",))
+        g.create_array("texts/names", shape=(text_rows,), chunks=(text_chunks,), dtype=str, config=_WRITE_ALL,
+                       dimension_names=("text",))
         crash_point("create:arrays")
         full = {"schema": SCHEMA, "normalized": True, "created": _now(), "embedx_version": _version(),
                 "generation": uuid.uuid4().hex,

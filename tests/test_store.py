@@ -241,3 +241,34 @@ def test_direct_chunk_reads_equal_zarr_and_fall_back_when_they_cannot(tmp_path, 
         f.truncate(10)
     with pytest.raises(st.StoreError, match="damaged"):  # a truncated chunk: never silently short data
         opened.read_images_into(5 * chunk, np.empty((chunk, d), dtype))
+
+
+@pytest.mark.parametrize("codec", ["none", "zstd1"])
+def test_xarray_and_dask_open_a_store(tmp_path, rng, codec):
+    """Stores carry zarr v3 dimension_names, so xarray opens them as a tree of labelled arrays and dask reads the
+    embeddings lazily; both give the rows the store gives."""
+    import dask.array as da
+    import xarray as xr  # the test extra installs it
+
+    from embedx.importer import import_arrays
+
+    x, t = rng.standard_normal((70, 12)).astype(np.float32), rng.standard_normal((5, 12)).astype(np.float32)
+    y = rng.integers(-1, 5, 70)
+    for name, a in (("x", x), ("t", t), ("y", y)):
+        np.save(tmp_path / f"{name}.npy", a)
+    (tmp_path / "names.txt").write_text("".join(f"class {k}\n" for k in range(5)))
+    out = str(tmp_path / "s.zarr")
+    import_arrays(out, images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"), labels=str(tmp_path / "y.npy"),
+                  names=str(tmp_path / "names.txt"), codec=codec, chunk_rows=16)
+    s = st.Store(out)
+    tree = xr.open_datatree(out, engine="zarr", consolidated=False)
+    img, txt = tree["images"].to_dataset(), tree["texts"].to_dataset()
+    assert img["embeddings"].dims == ("image", "dim") and txt["embeddings"].dims == ("text", "dim")
+    assert img.sizes == {"image": 70, "dim": 12} and txt.sizes == {"text": 5, "dim": 12}
+    np.testing.assert_array_equal(img["embeddings"].values, s.images())
+    np.testing.assert_array_equal(img["labels"].values, y)
+    np.testing.assert_array_equal(txt["embeddings"].values, s.texts())
+    assert [str(v) for v in txt["names"].values] == [f"class {k}" for k in range(5)]
+    lazy = da.from_zarr(out, component="images/embeddings")
+    assert lazy.chunks[0][0] == 16
+    np.testing.assert_array_equal(lazy.compute(), s.images())
