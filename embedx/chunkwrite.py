@@ -108,11 +108,10 @@ def _chunk(writer, k: int, segs: list[Segment], dtype: np.dtype) -> ChunkResult:
     parts = [_stored_rows(s, dtype) for s in segs]
     raw = parts[0][0] if len(parts) == 1 else b"".join(p[0] for p in parts)
     x = parts[0][1] if len(parts) == 1 else np.frombuffer(raw, dtype=dtype).reshape(-1, *parts[0][1].shape[1:])
-    writer.write_chunk(k, raw)
+    pad = writer.write_chunk(k, raw)
     crc = google_crc32c.value(raw)
-    pad = writer.chunk_rows * writer.row_bytes - len(raw)
     if pad:
-        crc = google_crc32c.extend(crc, bytes(pad))
+        crc = google_crc32c.extend(crc, pad)
     total = parts[0][3] if len(parts) == 1 else np.sum([p[3] for p in parts], axis=0)
     return ChunkResult(total, all(p[2] for p in parts), int(crc), unit_hash(x))
 
@@ -152,3 +151,84 @@ def write_chunks(arrays: dict, dtype, threads: int | None = None, on_chunk=None,
                 f.cancel()
             raise
     return out
+
+
+class RowFields:
+    """The ids, labels and (paired) captions of the rows, written as whole chunks as shards arrive (a chunk may
+    span two shards; the last one is padded by its writer): strings by ``chunkio.StringChunks``, labels as plain
+    int32 chunks. Their checksums (crc32c; NH2 for labels) for finalize, as ``write_chunks`` gives them."""
+
+    def __init__(self, ids, labels, names, chunk_rows: int, paired: bool):
+        self.writers = {"images/ids": ids, "images/labels": labels, "texts/names": names}
+        self.chunk_rows, self.paired = chunk_rows, paired
+        self.pending: list = []  # (ids, labels, captions) pieces not yet in a chunk
+        self.rows = 0  # rows written
+        self.k = 0
+        self.sums = {name: {"crc32c": [], "content": []} for name in self.writers if self.writers[name] is not None}
+
+    @classmethod
+    def open(cls, w) -> "RowFields | None":
+        """For the store writer ``w``, or None if any of its row-field arrays is not written this way."""
+        from embedx.chunkio import direct_writer, string_writer
+
+        ids, labels = string_writer(w.group["images/ids"]), direct_writer(w.group["images/labels"])
+        names = string_writer(w.group["texts/names"]) if w.paired else None
+        if ids is None or labels is None or (w.paired and names is None) or labels.dtype != np.int32:
+            return None
+        return cls(ids, labels, names, int(w.meta["chunk_rows"]), w.paired)
+
+    def add(self, ids, labels: np.ndarray | None, captions=None) -> None:
+        """The next rows' ids (pyarrow strings), labels (int32; None for paired stores: row i's label is i) and
+        captions (pyarrow strings, paired stores)."""
+        self.pending.append((ids, labels, captions))
+        while sum(len(p[0]) for p in self.pending) >= self.chunk_rows:
+            self._flush(self.chunk_rows)
+
+    def close(self) -> dict:
+        """Write the last partial chunk; the checksums {array: {"crc32c", "content"}}."""
+        n = sum(len(p[0]) for p in self.pending)
+        if n:
+            self._flush(n)
+        return {k: (v if k == "images/labels" else {"crc32c": v["crc32c"]}) for k, v in self.sums.items()}
+
+    def _take(self, n: int):
+        import pyarrow as pa
+
+        ids, labels, caps, got = [], [], [], 0
+        while got < n:
+            i, y, c = self.pending[0]
+            m = min(n - got, len(i))
+            ids.append(i.slice(0, m))
+            labels.append(None if y is None else y[:m])
+            caps.append(None if c is None else c.slice(0, m))
+            if m == len(i):
+                self.pending.pop(0)
+            else:
+                self.pending[0] = (i.slice(m), None if y is None else y[m:], None if c is None else c.slice(m))
+            got += m
+        join = (lambda parts: parts[0] if len(parts) == 1 else pa.concat_arrays(parts))
+        return join(ids), (None if labels[0] is None else np.concatenate(labels)), (None if caps[0] is None
+                                                                                    else join(caps))
+
+    def _flush(self, n: int) -> None:
+        import google_crc32c
+
+        from embedx.checksums import unit_hash
+
+        ids, labels, caps = self._take(n)
+        r0 = self.rows
+        if labels is None:
+            labels = np.arange(r0, r0 + n, dtype=np.int32)
+        labels = np.ascontiguousarray(labels, dtype=np.int32)
+        lab = self.writers["images/labels"]
+        raw = labels.tobytes()
+        pad = lab.write_chunk(self.k, raw)
+        crc = google_crc32c.value(raw)
+        self.sums["images/labels"]["crc32c"].append(int(google_crc32c.extend(crc, pad) if pad else crc))
+        self.sums["images/labels"]["content"].append(unit_hash(labels))
+        for name, strings in (("images/ids", ids), ("texts/names", caps)):
+            if self.writers[name] is not None:
+                self.sums[name]["crc32c"].append(int(google_crc32c.value(self.writers[name].write_chunk(self.k,
+                                                                                                        strings))))
+        self.rows += n
+        self.k += 1

@@ -549,7 +549,7 @@ def _write_direct(w, d: Dump, writers: dict, dtype, id_column, caption_column, b
     its chunks} for finalize)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from embedx.chunkwrite import plan, write_chunks
+    from embedx.chunkwrite import RowFields, plan, write_chunks
 
     cr = int(w.meta["chunk_rows"])
     sources = {"images/embeddings": "images", "texts/embeddings": "texts"}
@@ -569,24 +569,29 @@ def _write_direct(w, d: Dump, writers: dict, dtype, id_column, caption_column, b
             released[0] = max(released[0], done)
 
     cancel = threading.Event()
+    fields = RowFields.open(w)  # None: the row fields go through zarr
     with ThreadPoolExecutor(1, thread_name_prefix="embedx-import") as bg:
         job = bg.submit(write_chunks, arrays, dtype, on_chunk=on_chunk, cancel=cancel)
         try:
             pos = 0
             for shard in d.shards:
-                ids, caps = _shard_strings(d, shard, id_column, caption_column)
+                ids, caps = _shard_strings(d, shard, id_column, caption_column, arrow=fields is not None)
                 y = None
                 if d.mode != "paired":
                     y = _labels(shard.labels.read(0, shard.rows), len(d.class_names), shard.name, 0)
-                w.write_row_fields(pos, ids, labels=y, text_names=caps)
+                if fields is not None:
+                    fields.add(ids, y, caps)
+                else:
+                    w.write_row_fields(pos, ids, labels=y, text_names=caps)
                 pos += shard.rows
+            known = fields.close() if fields is not None else {}
         except BaseException:
             cancel.set()
             raise
         res = job.result()
     w.record(rows_committed=d.rows, source_pos=d.rows, sums={k.split("/")[0]: v["sum"] for k, v in res.items()})
-    return (all(v["unit"] for v in res.values()),
-            {k: {"crc32c": v["crc32c"], "content": v["content"]} for k, v in res.items()})
+    known.update({k: {"crc32c": v["crc32c"], "content": v["content"]} for k, v in res.items()})
+    return all(v["unit"] for v in res.values()), known
 
 
 def _dim(d: Dump) -> int:
@@ -621,8 +626,11 @@ def _pieces(d: Dump, shard: Shard, block: int, pos: int, id_column, caption_colu
         s = e
 
 
-def _shard_strings(d: Dump, shard: Shard, id_column, caption_column):
-    """The shard's ids and captions (one shard of strings in memory)."""
+def _shard_strings(d: Dump, shard: Shard, id_column, caption_column, arrow: bool = False):
+    """The shard's ids and captions (one shard of strings in memory): numpy str arrays, or pyarrow string arrays
+    with ``arrow``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     label = os.path.relpath(shard.table, d.path)
@@ -634,16 +642,17 @@ def _shard_strings(d: Dump, shard: Shard, id_column, caption_column):
         cap_col = _pick(names, caption_column, CAPTION_COLUMNS[d.kind], label, "caption")
     cols = [c for c in (id_col, cap_col) if c]
     table = pq.read_table(shard.table, columns=cols)
-    ids = table.column(id_col).cast("string")
+    ids = table.column(id_col).cast(pa.string()).combine_chunks()
     if ids.null_count:
         row = int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0])
         raise EmbedxError(f"{label}: row {row} has no {id_col} (null); every row needs an id")
-    ids = np.asarray(ids.to_pylist(), dtype=str)
     caps = None
     if cap_col:
-        caps = np.asarray([v if v is not None else "" for v in table.column(cap_col).cast("string").to_pylist()],
-                          dtype=str)
-    return ids, caps
+        caps = pc.fill_null(table.column(cap_col).cast(pa.string()), "").combine_chunks()
+    if arrow:
+        return ids, caps
+    return (np.asarray(ids.to_pylist(), dtype=str),
+            None if caps is None else np.asarray(caps.to_pylist(), dtype=str))
 
 
 def _parquet_pieces(d: Dump, shard: Shard, block: int, pos: int):

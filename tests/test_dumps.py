@@ -287,6 +287,8 @@ def test_direct_chunk_path_equals_zarrs_path(tmp_path, rng, src_dtype, dtype):
         np.testing.assert_allclose(a.meta["sums"][name], want, rtol=0, atol=1e-5)  # float32 per chunk (chunkwrite)
         np.testing.assert_allclose(stores["zstd1"].meta["sums"][name], want, rtol=1e-12, atol=1e-12)
     assert a.meta["integrity"]["content"] == stores["zstd1"].meta["integrity"]["content"]
+    for name in ("images/ids", "images/labels", "texts/names"):  # same codecs in both stores: same chunk files
+        assert a.meta["integrity"]["arrays"][name] == stores["zstd1"].meta["integrity"]["arrays"][name], name
 
 
 def test_direct_path_names_a_bad_row_in_a_chunk_across_shards(tmp_path, rng):

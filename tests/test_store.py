@@ -272,3 +272,29 @@ def test_xarray_and_dask_open_a_store(tmp_path, rng, codec):
     lazy = da.from_zarr(out, component="images/embeddings")
     assert lazy.chunks[0][0] == 16
     np.testing.assert_array_equal(lazy.compute(), s.images())
+
+
+@pytest.mark.parametrize("compressors", ["auto", None])
+def test_string_chunk_writer_writes_zarrs_bytes(tmp_path, compressors):
+    """chunkio.StringChunks (numpy vlen-utf8 from arrow's buffers) writes the chunk files zarr writes: empty and
+    non-ASCII strings, a sliced arrow array (offset != 0), large_string input, a padded edge chunk."""
+    import pyarrow as pa
+
+    from embedx.chunkio import string_writer
+
+    vals = ["a", "", "dé€", "x" * 300, "f", "", "g", "日本語", "i", "jj", "k"]
+    arrays = {}
+    for name in ("zarr", "direct"):
+        g = zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="w")
+        arrays[name] = g.create_array("ids", shape=(len(vals),), chunks=(4,), dtype=str, compressors=compressors,
+                                      config={"write_empty_chunks": True})
+    arrays["zarr"][:] = np.asarray(vals)
+    w = string_writer(arrays["direct"])
+    assert w is not None
+    src = pa.array(["skip"] + vals, type=pa.large_string()).slice(1)
+    for k in range(3):
+        w.write_chunk(k, src.slice(4 * k, 4))
+    for k in range(3):
+        assert (tmp_path / "direct.zarr" / "ids" / "c" / str(k)).read_bytes() == \
+            (tmp_path / "zarr.zarr" / "ids" / "c" / str(k)).read_bytes(), k
+    assert list(zarr.open_array(str(tmp_path / "direct.zarr" / "ids"))[:]) == vals
