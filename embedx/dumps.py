@@ -558,9 +558,12 @@ def _write_direct(w, d: Dump, writers: dict, dtype, id_column, caption_column, b
     ends = np.cumsum([s.rows for s in d.shards])
     released = [0]
 
+    last = list(arrays)[-1]  # chunk k of every array is done once this array's is (write_chunks' order)
+
     def on_chunk(name, k, rows):
         if name == "images/embeddings":
             bar.update(rows)
+        if name == last:
             done = min(len(d.shards), int(np.searchsorted(ends, (k + 1) * cr, side="right")))
             for s in d.shards[released[0]:done]:  # an npz shard's arrays are freed once its rows are written
                 for a in (s.images, s.texts):
