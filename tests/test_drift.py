@@ -506,6 +506,23 @@ def test_bad_input_is_one_line(tmp_path, rng):
     assert rc == 2
 
 
+def test_report_axes_do_not_exaggerate_and_colours_follow_direction():
+    """A -0.003 accuracy change gets an axis of at least +-0.05 (it fills 3% of the half-axis); a measure's own
+    axis spans at least +-0.05 and +-5% of its magnitude; green/red only where better/worse is known."""
+    assert report.change_span([-0.003]) == report.MIN_HALF_SPAN == 0.05
+    assert report.change_span([-0.003, 0.3]) == pytest.approx(0.33) and report.change_span([0.99, -2]) == 1.0
+    lo, hi = report.measure_window(0.500, 0.497)
+    assert hi - lo >= 0.1 - 1e-12 and lo < 0.497 < 0.5 < hi
+    lo, hi = report.measure_window(150.0, 150.3)
+    assert hi - lo >= 15.0 - 1e-9
+    lo, hi = report.measure_window(0.1, 0.6)  # a large change still fits its axis
+    assert lo < 0.1 and hi > 0.6
+    assert report.verdict(0.01, report.direction("zeroshot_top1")) == "better"
+    assert report.verdict(-0.01, report.direction("i2t_recall@5")) == "worse"
+    assert report.verdict(-0.01, report.direction("silhouette_euclidean")) == "neutral"  # direction not known
+    assert report.verdict(None, 1) == report.verdict(0.0, 1) == "neutral"
+
+
 # -- the HTML report in headless Chromium ---------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def chromium():
@@ -602,7 +619,9 @@ def test_report_renders_in_headless_chromium(tmp_path, rng, chromium):
     assert all(f"</span>{n}</span>" in legend for n in res.summary["per_class"])  # every class named
     # better / worse only where the direction is known
     rows = re.findall(r'<tr class="measure-row"><td>([^<]+)<.*?<td class="(\w+)">', dom)
-    assert {m for m, c in rows if c != "neutral"} <= {"zeroshot_top1", "zeroshot_top5", "zeroshot_mean_per_class_recall"}
+    assert {m.strip() for m, c in rows if c != "neutral"} <= {"zeroshot_top1", "zeroshot_top5",
+                                                             "zeroshot_mean_per_class_recall"}
+    assert {m.strip() for m, c in rows if c == "neutral"} >= {"acs", "gap", "iimm"}
     shot = tmp_path / "shot.png"
     p = _headless(chromium, tmp_path, page, f"--screenshot={shot}", "--window-size=1200,2400", "--hide-scrollbars")
     assert p.returncode == 0 and shot.exists(), p.stderr[-2000:]

@@ -145,18 +145,21 @@ def _per_class(a: Store, hits) -> dict:
 
 
 def _projection(a: Store, b: Store, plot_rows: np.ndarray, pr: stats.PassResult, seed: int) -> dict:
-    """2-D PCA fitted on BEFORE's sampled images + texts; both stores projected on the same axes. Class stores:
-    ``image_labels`` (the class of each plotted image), ``text_labels`` (of each plotted text) and
-    ``class_names`` colour and name the points."""
+    """2-D PCA fitted on BEFORE's sampled images; both stores' images projected on the same axes, and each side's
+    texts moved by that side's modality gap (mean image - mean text) first, so that each class text lands among
+    the images it points at rather than across the gap (the gap itself is the ``gap`` measure; its length on each
+    side is ``gap_before`` / ``gap_after``). Class stores: ``image_labels`` (the class of each plotted image),
+    ``text_labels`` (of each plotted text) and ``class_names`` colour and name the points."""
     if a.paired:
         trows = plot_rows
     else:
         trows = stats.sample_rows(a.n_texts, PLOT_TEXTS_MAX, seed)
-    texts = [normalized(s.text_rows(trows), "texts")
-             .numpy() for s in (a, b)]
+    texts = [normalized(s.text_rows(trows), "texts").numpy().astype(np.float64) for s in (a, b)]
     xb, xa = pr.plot["images_before"], pr.plot["images_after"]
-    coords = project_2d(np.vstack([xb, texts[0]]), xb, texts[0], xa, texts[1])
+    gaps = [t.mean(0) - x.mean(0) if len(t) and len(x) else 0.0 for t, x in zip(texts, (xb, xa))]
+    coords = project_2d(xb, xb, texts[0] - gaps[0], xa, texts[1] - gaps[1])
     out = dict(zip(("images_before", "texts_before", "images_after", "texts_after"), coords))
+    out.update(gap_before=float(np.linalg.norm(gaps[0])), gap_after=float(np.linalg.norm(gaps[1])))
     if not a.paired:
         out["image_labels"] = a.labels()[plot_rows] if len(plot_rows) else np.zeros(0, np.int32)
         out["text_labels"] = np.asarray(trows)

@@ -39,7 +39,7 @@ td:first-child,th:first-child{text-align:left}
 .better{color:#1a7f37;font-weight:600}.worse{color:#c62828;font-weight:600}.neutral{color:#555}
 .muted{color:#777;font-size:.85em}
 img{max-width:100%;height:auto;display:block;margin:.4em 0}
-td img{margin:0}
+td img{margin:0}tr.measure-row td{padding-top:.05em;padding-bottom:.05em}summary{cursor:pointer;font-size:.9em;color:#444}
 code{background:#f4f4f4;padding:0 .3em}
 .run{background:#f6f8fa;border:1px solid #e1e4e8;border-radius:6px;padding:.6em 1em;font-size:.9em;line-height:1.5}
 .cards{display:flex;flex-wrap:wrap;gap:.8em;margin:.8em 0}
@@ -141,17 +141,17 @@ def _img(fig, alt: str, cls: str = "", dpi: int = 100) -> str:
 def measure_chart(name: str, b: float, a: float) -> str:
     """One measure on its own axis: before (grey) -> after (coloured better / worse / neutral)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.2, 0.45))
+    fig, ax = plt.subplots(figsize=(4.6, 0.13))
     lo, hi = measure_window(b, a)
     col = _colour(a - b, direction(name))
-    ax.plot([b, a], [0, 0], color=col, lw=2, solid_capstyle="butt", zorder=1)
-    ax.scatter([b], [0], s=28, color=BEFORE, zorder=2)
-    ax.scatter([a], [0], s=38, color=col, zorder=3)
+    ax.plot([b, a], [0, 0], color=col, lw=2, solid_capstyle="butt", zorder=1, clip_on=False)
+    ax.scatter([b], [0], s=20, color=BEFORE, zorder=2, clip_on=False)
+    ax.scatter([a], [0], s=40, color=col, marker=">" if a > b else "<" if a < b else "o", zorder=3, clip_on=False)
     ax.set_xlim(lo, hi)
     ax.set_ylim(-1, 1)
     ax.set_yticks([])
     ax.locator_params(axis="x", nbins=4)
-    ax.tick_params(axis="x", labelsize=7, length=2, pad=1)
+    ax.tick_params(axis="x", labelsize=6, length=2, pad=0.5)
     for sp in ("left", "right", "top"):
         ax.spines[sp].set_visible(False)
     return _img(fig, f"{name}: {b:.4f} -> {a:.4f}", "measure-chart", dpi=90)
@@ -163,7 +163,7 @@ def movement_plot(disp: np.ndarray, s: dict) -> str:
     t = s.get("text_drift")
     per = (t or {}).get("per_class") or {}
     top = max([float(np.max(disp)) if len(disp) else 0.0, (t or {}).get("displacement_max") or 0.0, 0.1])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.3), gridspec_kw={"width_ratios": [1.25, 1]})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 2.8), gridspec_kw={"width_ratios": [1.25, 1]})
     ax = axes[0]
     ax.hist(disp, bins=min(60, max(10, int(np.sqrt(len(disp))))), range=(0, top * 1.05), color="#4c72b0")
     ax.axvline(s["displacement_mean"], color="#222", ls="-", lw=1, label=f"mean {s['displacement_mean']:.4f}")
@@ -199,7 +199,7 @@ def per_class_plot(per_class: dict) -> str:
         rows = rows[: PER_CLASS_BARS // 2] + rows[-PER_CLASS_BARS // 2:]
     has_prompt = any("prompt_displacement" in per_class[k] for _, k in rows)
     fig, axes = plt.subplots(1, 2 if has_prompt else 1, figsize=(10 if has_prompt else 7,
-                                                                   max(2.4, 0.24 * len(rows) + 1)),
+                                                                   max(2.2, 0.2 * len(rows) + 0.9)),
                              sharey=True, squeeze=False, gridspec_kw={"width_ratios": [1.6, 1][:2 if has_prompt
                                                                                                 else 1]})
     ax = axes[0, 0]
@@ -233,11 +233,8 @@ def projection_plot(p: dict) -> str:
     plt = _plt()
     keys = ("images_before", "texts_before", "images_after", "texts_after")
     pts = {k: np.pad(p[k], ((0, 0), (0, max(0, 2 - p[k].shape[1])))) for k in keys}
-    allp = np.vstack(list(pts.values()))
-    lo, hi = allp.min(0), allp.max(0)
-    pad = 0.06 * np.maximum(hi - lo, 1e-9)
     names = p.get("class_names")
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 5.2), sharex=True, sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.3))
     for ax, side in zip(axes, ("before", "after")):
         im, tx = pts[f"images_{side}"], pts[f"texts_{side}"]
         if names is not None:
@@ -259,11 +256,14 @@ def projection_plot(p: dict) -> str:
             ax.scatter(im[:, 0], im[:, 1], s=5, alpha=0.5, color="#4c72b0", label=f"images ({len(im)})")
             ax.scatter(tx[:, 0], tx[:, 1], s=5, alpha=0.5, color="#dd8452", label=f"captions ({len(tx)})")
             ax.legend(frameon=False, loc="best", markerscale=3)
+        both = np.vstack([im, tx])
+        lo, hi = both.min(0), both.max(0)
+        pad = 0.06 * np.maximum(hi - lo, 1e-9)
         ax.set_title(side)
         ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
         ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
         ax.set_xlabel("PC1 (fitted on before)")
-    axes[0].set_ylabel("PC2")
+        ax.set_ylabel("PC2")
     fig.tight_layout()
     return _img(fig, "2-D projection before and after, coloured by class")
 
@@ -330,7 +330,7 @@ def _run_block(s: dict) -> str:
                      f"{' + ' + esc(str((r.get('checkpoint') or {}).get('method'))) if r.get('checkpoint') else ''}"
                      f" on <code>{esc(str(r.get('dataset')))}</code>, {r.get('n_images')} images, "
                      f"{r.get('n_texts')} texts, {esc(str(r.get('dtype')))}")
-    lines.append(f"{s['n_images']:,} images, d = {s['dim']}, {esc(s['mode'])} stores &middot; embedx "
+    lines.append(f"{s['n_images']:,} images, d = {s['dim']}, {esc(s['mode'])} mode &middot; embedx "
                  f"{esc(str(s.get('embedx_version')))} &middot; {esc(str(s.get('created')))}")
     return '<div class="run" id="provenance">' + "<br>".join(lines) + "</div>"
 
@@ -354,7 +354,7 @@ def _headline(s: dict) -> str:
     if h.get("n_other_tasks"):
         cards.append(_card("forgetting elsewhere", _fmt(f, True, 3),
                            f"mean zero-shot top-1 change on {h['n_other_tasks']} other task"
-                           f"{'s' if h['n_other_tasks'] != 1 else ''}", verdict(f, 1)))
+                           f"{'s' if h['n_other_tasks'] != 1 else ''} (below 0: forgotten)", verdict(f, 1)))
     else:
         cards.append(_card("forgetting elsewhere", "&ndash;", "not measured: give <code>--others "
                            "NAME=BEFORE:AFTER</code>"))
@@ -377,15 +377,15 @@ def _sides(drift) -> str:
     s = drift.summary
     t = s.get("text_drift") or {}
     k = s["knn_k"]
-    rows = [("displacement mean (= W1 upper bound for images)", s.get("displacement_mean"), t.get("displacement_mean")),
-            ("displacement p50", s.get("displacement_p50"), t.get("displacement_p50")),
-            ("displacement p95", s.get("displacement_p95"), t.get("displacement_p95")),
-            ("linear CKA", s.get("cka_linear"), t.get("cka_linear")),
-            (f"kNN overlap (k = {k}, {s['knn_sample_size']} queries)", s.get("knn_overlap"), None),
-            ("cosine before/after, mean", None, t.get("cosine_mean")),
-            ("cosine before/after, min", None, t.get("cosine_min"))]
-    tab = _table(["statistic", "images", t.get("rows", "texts")],
-                 [f"<tr><td>{html.escape(n)}</td><td>{_fmt(i)}</td><td>{_fmt(x)}</td></tr>" for n, i, x in rows])
+    cols = [("displacement mean", "displacement_mean"), ("p50", "displacement_p50"), ("p95", "displacement_p95"),
+            ("linear CKA", "cka_linear"), (f"kNN overlap (k={k})", "knn_overlap"), ("cosine mean", "cosine_mean"),
+            ("cosine min", "cosine_min")]
+    img = [s.get(key) if key in s else None for _, key in cols]
+    txt = [t.get(key) if key != "knn_overlap" else None for _, key in cols]
+    tab = _table(["embeddings"] + [c for c, _ in cols],
+                 [f"<tr><td>{html.escape(name)}</td>{''.join(f'<td>{_fmt(v)}</td>' for v in vals)}</tr>"
+                  for name, vals in ((f"images ({s['n_images']:,}; kNN on {s['knn_sample_size']:,} queries)", img),
+                                     (f"{t.get('rows', 'texts')} ({t.get('n_texts', 0):,})", txt))])
     return ('<section id="text-drift"><h2>What moved: image side and text side</h2>' + tab +
             movement_plot(drift.displacement, s) +
             '<p class="muted">Displacement: |a &minus; b| of the L2-normalized embeddings of the same image (or the '
@@ -401,14 +401,14 @@ def _measures(s: dict) -> str:
     for m in d:
         sign = direction(m)
         chart = measure_chart(m, b[m], a[m]) if _ok(b.get(m)) and _ok(a.get(m)) else ""
-        dirn = "higher is better" if sign > 0 else "direction not known"
-        rows.append(f'<tr class="measure-row"><td>{html.escape(m)}<br><span class="muted">{dirn}</span></td>'
+        dirn = "&uarr; better" if sign > 0 else ""
+        rows.append(f'<tr class="measure-row"><td>{html.escape(m)} <span class="muted">{dirn}</span></td>'
                     f"<td>{_fmt(b[m])}</td><td>{_fmt(a[m])}</td>{_delta_cell(d[m], sign)}<td>{chart}</td></tr>")
     return ('<section id="measures"><h2>Every measure, each on its own scale</h2>'
-            '<p class="muted">Grey dot: before; coloured dot: after (green better, red worse, grey where better or '
+            '<p class="muted">Grey dot: before; arrow head: after (green better, red worse, grey where better or '
             'worse is not defined). Each axis spans at least &plusmn;0.05 and &plusmn;5% of the value around the '
             'pair, so small changes look small.</p>'
-            + _table(["measure", "before", "after", "change", "before &rarr; after"], rows, "measures")
+            + _table(["measure", "before", "after", "change", "before \u2192 after"], rows, "measures")
             + "</section>")
 
 
@@ -422,16 +422,19 @@ def _per_class(s: dict) -> str:
             f"<td>{_fmt(v.get('prompt_displacement'))}</td></tr>"
             for n, v in sorted(pc.items(), key=lambda kv: (kv[1]["delta"] is None, kv[1]["delta"] or 0))]
     return ('<section id="per-class"><h2>Per-class zero-shot accuracy and class prompt movement</h2>'
-            + per_class_plot(pc) +
-            _table(["class", "images", "top-1 before", "top-1 after", "change", "prompt cosine", "prompt displacement"],
-                   rows) + "</section>")
+            + per_class_plot(pc) + f"<details><summary>every class ({len(pc)}): accuracy and prompt change</summary>"
+            + _table(["class", "images", "top-1 before", "top-1 after", "change", "prompt cosine", "prompt displacement"],
+                     rows) + "</details></section>")
 
 
 def _projection(drift) -> str:
     s = drift.summary
     return ('<section id="projection"><h2>2-D projection</h2>'
-            f"<p class=\"muted\">PCA fitted on the before images (a sample of {s['plot_sample_size']}) and texts; "
-            "both stores projected on the same axes.</p>" + projection_legend(drift.projection)
+            f"<p class=\"muted\">PCA fitted on the before images (a sample of {s['plot_sample_size']}); both stores "
+            "projected on the same axes (each panel zoomed to its points: compare positions, not spreads, across panels). Each side's texts are drawn shifted by that side's modality gap (mean image "
+            f"&minus; mean text; its length {_fmt(drift.projection.get('gap_before'), digits=3)} before, "
+            f"{_fmt(drift.projection.get('gap_after'), digits=3)} after), so each class text sits among the images "
+            "it points at.</p>" + projection_legend(drift.projection)
             + projection_plot(drift.projection) + "</section>")
 
 
