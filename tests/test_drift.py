@@ -232,8 +232,11 @@ def test_text_drift_matches_brute_force(tmp_path, rng, c, d, dtype, paired, bloc
     from embedx.drift.textside import text_drift
 
     a, b = _pair(tmp_path, rng, 300, c, d, dtype, paired)
-    s = D.compare(a.path, b.path, knn_sample=50).summary
+    res = D.compare(a.path, b.path, knn_sample=50)
+    s = res.summary
     t = s["text_drift"]
+    page = report.render(res)  # both store kinds render
+    assert ("captions" if paired else "class prompts") in page and 'id="headline"' in page
     direct = text_drift(a, b, block_rows=block or 16384)  # the blocking does not change a number
     ta, tb = a.texts(), b.texts()  # the stored values
     cos, disp = bf_text_drift(ta, tb)
