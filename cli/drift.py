@@ -22,18 +22,31 @@ def _render(s: dict, report: str | None) -> None:
     click.echo(f"{'measure':<{w}}  {'before':>9}  {'after':>9}  {'delta':>9}")
     for m, v in d.items():
         click.echo(f"{m:<{w}}  {_num(b[m]):>9}  {_num(a[m]):>9}  {_num(v, True):>9}")
-    k = s["knn_k"]
-    click.echo(f"\ndisplacement mean / p50 / p95  {_num(s['displacement_mean'])} / {_num(s['displacement_p50'])} / "
-               f"{_num(s['displacement_p95'])}   (the mean bounds W1)")
-    click.echo(f"linear CKA                     {_num(s['cka_linear'])}")
-    click.echo(f"kNN overlap@{k:<19}{_num(s[f'knn_overlap@{k}'])}   ({s['knn_sample_size']} queries)")
+    h = s.get("headline") or {}
+    run = h.get("run")
+    if run:
+        tp = run.get("trainable_params")
+        click.echo(f"\nrun: {run.get('method')} {run.get('options') or {}} on {run.get('model')}, "
+                   f"{'-' if tp is None else f'{tp:,}'} trainable, trained on {run.get('data') or '-'} ({run.get('path')})")
+    click.echo(f"task gain ({h.get('task')}): {_num(h.get('zeroshot_top1_before'))} -> "
+               f"{_num(h.get('zeroshot_top1_after'))}  {_num(h.get('task_gain'), True)}")
+    if h.get("n_other_tasks"):
+        click.echo(f"forgetting (mean of {h['n_other_tasks']} other tasks): {_num(h.get('forgetting'), True)}")
+    t = s.get("text_drift") or {}
+    click.echo(f"\n{'':31}{'images':>9}  {t.get('rows', 'texts'):>13}")
+    for label, key in (("displacement mean (W1 bound)", "displacement_mean"), ("displacement p50", "displacement_p50"),
+                       ("displacement p95", "displacement_p95"), ("linear CKA", "cka_linear")):
+        click.echo(f"{label:<31}{_num(s[key]):>9}  {_num(t.get(key)):>13}")
+    click.echo(f"{'kNN overlap':<31}{_num(s['knn_overlap']):>9}  {'':>13}   (k={s['knn_k']}, "
+               f"{s['knn_sample_size']} queries)")
     pc = s.get("per_class")
     if pc:
         rows = sorted((v["delta"], n, v) for n, v in pc.items() if v["delta"] is not None)
         shown = rows if len(rows) <= 10 else rows[:5] + rows[-5:]
         click.echo(f"\nper-class zero-shot top-1 ({'all' if shown is rows else 'largest drops and gains'}):")
         for dl, n, v in shown:
-            click.echo(f"  {n[:30]:<30} {_num(v['acc_before'])} -> {_num(v['acc_after'])}  {_num(dl, True)}")
+            click.echo(f"  {n[:30]:<30} {_num(v['acc_before'])} -> {_num(v['acc_after'])}  {_num(dl, True)}"
+                       f"   prompt moved {_num(v.get('prompt_displacement'))}")
     f = s.get("forgetting")
     if f:
         click.echo("\nforgetting (zero-shot top-1 on other tasks):")
@@ -97,7 +110,12 @@ def drift(before, after, others, report, as_json, out, metrics, silhouette_mode,
     """
     from embedx.dist.cluster import connect
     from embedx.drift import compare, report as rep
+    from embedx.outputs import check_output_file
 
+    # every output path is checked before any work (a finished comparison must not fail on a missing folder)
+    check_output_file(report, "--report", param="report")
+    check_output_file(out, "--out", param="out")
+    check_output_file(history, "--history", param="history")
     names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     opts = dict(metrics=names, silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn,
                 knn_k=knn_k, knn_sample=knn_sample, plot_sample=plot_sample)

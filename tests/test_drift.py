@@ -115,8 +115,8 @@ def test_every_number_matches_brute_force(tmp_path, rng, n, c, d, dtype, paired,
     rows = D.stats.sample_rows(n, knn_sample, seed)  # the query rows compare() drew
     assert s["knn_sample_size"] == len(rows) and s["knn_k"] == 10
     ov, ties = bf_overlap(x, y, rows, 10)
-    assert abs(s["knn_overlap@10"] - ov) <= ties / len(rows) + 1e-12, (s["knn_overlap@10"], ov, ties)
-    assert 0 < s["knn_overlap@10"] < 1
+    assert abs(s["knn_overlap"] - ov) <= ties / len(rows) + 1e-12, (s["knn_overlap"], ov, ties)
+    assert 0 < s["knn_overlap"] < 1
     # deltas against two independent compute() calls
     mb, ma = compute(a), compute(b)
     skip = {"n_images", "n_texts", "dim", "timings_s", "ties", "integrity"}
@@ -148,7 +148,7 @@ def test_identical_stores_have_no_drift(tmp_path, rng):
     s = D.compare(a.path, a.path, block_rows=64).summary
     assert s["displacement_mean"] == s["displacement_p50"] == s["displacement_p95"] == 0.0
     assert s["cka_linear"] == pytest.approx(1.0, abs=1e-12)
-    assert s["knn_overlap@10"] == 1.0
+    assert s["knn_overlap"] == 1.0
     assert all(v == 0 for v in s["delta"].values())
     assert all(r["delta"] == 0 for r in s["per_class"].values() if r["n_images"])
 
@@ -167,7 +167,7 @@ def test_cka_is_invariant_to_an_orthogonal_rotation_of_after(tmp_path, rng):
     assert plain["cka_linear"] < 0.99
     assert D.compare(a.path, self_rot.path).summary["cka_linear"] == pytest.approx(1.0, abs=1e-6)
     # cosines are rotation-invariant too: the neighbourhoods and zero-shot accuracy of AFTER do not move
-    assert rotated["knn_overlap@10"] == pytest.approx(plain["knn_overlap@10"], abs=0.01)
+    assert rotated["knn_overlap"] == pytest.approx(plain["knn_overlap"], abs=0.01)
     assert rotated["after"]["zeroshot_top1"] == pytest.approx(plain["after"]["zeroshot_top1"], abs=0.01)
 
 
@@ -217,6 +217,171 @@ def test_parse_pair():
             D.parse_pair(bad)
 
 
+# -- text side, headline, provenance ----------------------------------------------------------------------------
+def bf_text_drift(s, t):
+    """float64 brute force: per row cosine and |t - s| of the normalized rows, their summaries, Gram-form CKA."""
+    u, v = _unit(s), _unit(t)
+    cos = np.sum(u * v, axis=1)
+    disp = np.linalg.norm(v - u, axis=1)
+    return cos, disp
+
+
+@pytest.mark.parametrize("c,d,dtype,paired,block", [(7, 24, "float32", False, None), (30, 16, "float16", False, 4),
+                                                      (None, 12, "float32", True, 37)])
+def test_text_drift_matches_brute_force(tmp_path, rng, c, d, dtype, paired, block):
+    from embedx.drift.textside import text_drift
+
+    a, b = _pair(tmp_path, rng, 300, c, d, dtype, paired)
+    res = D.compare(a.path, b.path, knn_sample=50)
+    s = res.summary
+    t = s["text_drift"]
+    page = report.render(res)  # both store kinds render
+    assert ("captions" if paired else "class prompts") in page and 'id="headline"' in page
+    direct = text_drift(a, b, block_rows=block or 16384)  # the blocking does not change a number
+    ta, tb = a.texts(), b.texts()  # the stored values
+    cos, disp = bf_text_drift(ta, tb)
+    for got in (t, direct):
+        assert got["rows"] == ("captions" if paired else "class prompts") and got["n_texts"] == len(ta)
+        assert got["displacement_mean"] == pytest.approx(disp.mean(), abs=1e-12)
+        assert got["displacement_p50"] == pytest.approx(np.percentile(disp, 50), abs=1e-12)
+        assert got["displacement_p95"] == pytest.approx(np.percentile(disp, 95), abs=1e-12)
+        assert got["displacement_max"] == pytest.approx(disp.max(), abs=1e-12)
+        assert got["cosine_mean"] == pytest.approx(cos.mean(), abs=1e-12)
+        assert got["cosine_min"] == pytest.approx(cos.min(), abs=1e-12)
+        assert got["cka_linear"] == pytest.approx(bf_cka(ta, tb), abs=1e-9)
+    assert 0.05 < t["displacement_mean"] < 1.0 and 0.3 < t["cka_linear"] < 0.9999
+    if paired:
+        assert t["per_class"] is None and s["per_class"] is None
+        return
+    names = [str(v) for v in a.text_names()]
+    assert list(t["per_class"]) == names
+    for k, name in enumerate(names):
+        assert t["per_class"][name]["cosine"] == pytest.approx(cos[k], abs=1e-12)
+        assert t["per_class"][name]["displacement"] == pytest.approx(disp[k], abs=1e-12)
+        # each class row carries its prompt's move beside its accuracy change
+        assert s["per_class"][name]["prompt_displacement"] == t["per_class"][name]["displacement"]
+        assert s["per_class"][name]["prompt_cosine"] == t["per_class"][name]["cosine"]
+
+
+def test_text_drift_sees_a_text_only_change(tmp_path, rng):
+    """The issue's CLIP-Adapter case: images identical, class prompts moved -> image statistics say 'nothing',
+    the text side and the accuracy do not."""
+    x = rng.standard_normal((200, 8)).astype(np.float32)
+    t = rng.standard_normal((4, 8)).astype(np.float32)
+    y = rng.integers(0, 4, 200)
+    x += 1.5 * t[y]
+    t2 = t.copy()
+    t2[1] = t[2]  # prompt 1 now points at class 2's images
+    a = _write(str(tmp_path / "a.zarr"), x, t, y)
+    b = _write(str(tmp_path / "b.zarr"), x, t2, y)
+    s = D.compare(a.path, b.path).summary
+    assert s["displacement_mean"] == 0.0 and s["cka_linear"] == pytest.approx(1.0) and s["knn_overlap"] == 1.0
+    cos, disp = bf_text_drift(t, t2)
+    assert s["text_drift"]["per_class"]["1"]["displacement"] == pytest.approx(disp[1], abs=1e-12) and disp[1] > 0.3
+    assert s["text_drift"]["per_class"]["0"]["displacement"] == 0.0
+    zb, za = (bf_per_class(x, tt, y) for tt in (t, t2))
+    acc_b = np.mean(np.argmax(_unit(x) @ _unit(t).T, 1) == y)
+    acc_a = np.mean(np.argmax(_unit(x) @ _unit(t2).T, 1) == y)
+    h = s["headline"]
+    assert h["zeroshot_top1_before"] == pytest.approx(acc_b, abs=1e-12)
+    assert h["task_gain"] == pytest.approx(acc_a - acc_b, abs=1e-12) and h["task_gain"] < -0.05
+    changes = {str(k): za[k] - zb[k] for k in za}
+    assert h["per_class"]["worst"] == {"class": min(changes, key=changes.get), "delta": min(changes.values())}
+    assert h["per_class"]["lost"] == sum(v < 0 for v in changes.values()) >= 1 and h["per_class"]["classes"] == 4
+
+
+def test_knn_key_is_stable_and_provenance_is_on_top(tmp_path, rng):
+    a, b = _pair(tmp_path, rng, 120, 4, 8)
+    o = _pair(tmp_path, rng, 60, 3, 8, name="cars")
+    for k in (3, 10):
+        s = D.compare(a.path, b.path, [f"cars={o[0].path}:{o[1].path}"], knn_k=k, seed=5).summary
+        assert s["knn_k"] == k and 0 < s["knn_overlap"] <= 1
+        assert not [key for key in s if "@" in key]  # no option in a key name
+    assert s["schema"] == "embedx.drift/1" and s["embedx_version"] and s["created"]
+    assert set(s["stores"]) == {"before", "after", "others/cars/before", "others/cars/after"}
+    assert s["stores"]["before"]["path"] == a.path and s["stores"]["others/cars/after"]["path"] == o[1].path
+    assert s["stores"]["after"]["generation"] == b.generation
+    assert s["options"]["knn_k"] == 10 and s["options"]["seed"] == 5 and s["options"]["silhouette_mode"] == "exact"
+    assert s["headline"]["run"] is None and s["headline"]["n_other_tasks"] == 1
+    assert s["headline"]["forgetting"] == s["forgetting"]["mean_delta"]
+
+
+def test_undefined_is_null_never_zero(tmp_path, rng):
+    """A class store whose images are all unlabelled (-1) has no zero-shot accuracy: null everywhere."""
+    x = rng.standard_normal((60, 6)).astype(np.float32)
+    t = rng.standard_normal((3, 6)).astype(np.float32)
+    none = -np.ones(60, np.int64)
+    a = _write(str(tmp_path / "a.zarr"), x, t, none)
+    b = _write(str(tmp_path / "b.zarr"), x + 0.1, t + 0.2, none)
+    good = _pair(tmp_path, rng, 80, 3, 6, name="good")
+    r = invoke("drift", a.path, b.path, "--others", f"nolabels={a.path}:{b.path}", "--others",
+               f"good={good[0].path}:{good[1].path}", "--json")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+    for key in ("zeroshot_top1", "zeroshot_top5", "zeroshot_mean_per_class_recall"):
+        assert d["before"][key] is None and d["after"][key] is None and d["delta"][key] is None, key
+    h = d["headline"]
+    assert h["zeroshot_top1_before"] is None and h["task_gain"] is None and h["per_class"] is None
+    assert all(v["acc_before"] is None and v["delta"] is None for v in d["per_class"].values())
+    t1 = d["forgetting"]["tasks"]["nolabels"]
+    assert t1["zeroshot_top1_before"] is None and t1["delta"] is None
+    g = d["forgetting"]["tasks"]["good"]
+    assert d["forgetting"]["mean_delta"] == pytest.approx(g["delta"], abs=1e-15)  # the defined tasks only
+    # a single class prompt: text CKA is undefined (no variance across one row) -> null
+    one = _write(str(tmp_path / "one.zarr"), x, t[:1], np.zeros(60, np.int64))
+    one2 = _write(str(tmp_path / "one2.zarr"), x + 0.1, t[:1] + 0.3, np.zeros(60, np.int64))
+    assert D.compare(one.path, one2.path).summary["text_drift"]["cka_linear"] is None
+
+
+def test_outputs_are_checked_before_any_work(tmp_path, rng):
+    import time
+
+    a, b = _pair(tmp_path, rng, 2000, 10, 32)
+    missing = tmp_path / "nodir"
+    for flag, name in (("--report", "r.html"), ("--out", "d.json"), ("--history", "h.csv")):
+        t0 = time.perf_counter()
+        r = invoke("drift", a.path, b.path, flag, missing / name, "--method", "lora")
+        assert_one_line_error(r.exit_code, r.stderr, flag, "does not exist")
+        assert r.exit_code == 2 and time.perf_counter() - t0 < 1.0  # refused before the comparison (seconds)
+    rc, _, err = run_embedx("drift", a.path, b.path, "--report", "nodir/r.html")
+    assert_one_line_error(rc, err, "--report", "nodir")
+    assert rc == 2 and not missing.exists() and not os.path.exists("nodir")
+    with pytest.raises(EmbedxError, match="does not exist"):
+        D.drift(a.path, b.path, report=missing / "r.html")
+    assert not missing.exists()
+
+
+def test_headline_names_the_finetune_run(tmp_path):
+    """A real run: finetune (1 epoch), embed base and tuned; the headline and provenance name the run as its
+    config.json records it, and the text side moved."""
+    run = str(tmp_path / "run")
+    r = invoke("finetune", "-m", "embedx-tiny", "--method", "lora", "--rank", "2", "--epochs", "1", "--data", "digits",
+               "--limit", "96", "--batch-size", "32", "--optimizer", "adam", "--lr", "1e-2", "--out", run)
+    assert r.exit_code == 0, r.stderr
+    base, tuned = str(tmp_path / "base.zarr"), str(tmp_path / "tuned.zarr")
+    assert invoke("embed", "-m", "embedx-tiny", "--data", "digits", "--limit", 48, "--out", base).exit_code == 0
+    assert invoke("embed", "--checkpoint", run, "--data", "digits", "--limit", 48, "--out", tuned).exit_code == 0
+    s = D.compare(base, tuned).summary
+    cfg = json.loads(open(os.path.join(run, "config.json")).read())
+    h = s["headline"]
+    assert h["before_run"] is None
+    got = h["run"]
+    assert got["path"] == os.path.abspath(run) and got["method"] == "lora" and got["options"] == {"rank": 2}
+    assert got["config_found"] and got["config_matches"]
+    for k in ("model", "data", "epochs", "lr", "optimizer", "trainable_params", "total_params", "best_val_acc"):
+        assert got[k] == cfg[k], k
+    assert got["trainable_params"] > 0 and got["data"].startswith("digits")
+    assert s["stores"]["after"]["checkpoint"]["method"] == "lora" and s["stores"]["before"]["checkpoint"] is None
+    ref = [compute(Store(p), ["zeroshot_top1"])["zeroshot_top1"] for p in (base, tuned)]
+    assert h["task_gain"] == pytest.approx(ref[1] - ref[0], abs=1e-12)
+    cos, disp = bf_text_drift(Store(base).texts(), Store(tuned).texts())
+    assert s["text_drift"]["displacement_mean"] == pytest.approx(disp.mean(), abs=1e-12) and disp.mean() > 1e-3
+    page = tmp_path / "r.html"
+    report.write(D.compare(base, tuned), str(page))
+    text = page.read_text()
+    assert "lora" in text and f"{cfg['trainable_params']:,}" in text and "digits" in text
+
+
 # -- CLI ------------------------------------------------------------------------------------------------------
 def test_cli_json_out_report_and_table(tmp_path, rng):
     a, b = _pair(tmp_path, rng, 150, 4, 8)
@@ -228,18 +393,21 @@ def test_cli_json_out_report_and_table(tmp_path, rng):
     d = json.loads(r.stdout)
     assert json.loads(out.read_text()) == d
     for key in ("before", "after", "delta", "displacement_mean", "displacement_p50", "displacement_p95",
-                "w1_upper_bound", "cka_linear", "knn_overlap@10", "knn_sample_size", "per_class", "forgetting"):
+                "w1_upper_bound", "cka_linear", "knn_overlap", "knn_k", "knn_sample_size", "per_class", "forgetting",
+                "text_drift", "headline", "schema", "embedx_version", "created", "stores", "options"):
         assert key in d, key
     assert d["knn_sample_size"] == 60 and d["before"]["estimates"]["silhouette_euclidean"]["sample_size"] == 50
     assert set(d["forgetting"]["tasks"]) == {"task"}
     text = html_path.read_text()
-    assert text.count("<img ") == 5 and "Forgetting" in text and "Per-class" in text
+    assert text.count("<img ") == 4 + text.count('class="measure-chart"') and "Forgetting" in text
+    assert "Per-class" in text and 'id="text-drift"' in text
     # self-contained: every src is a data: URI, nothing is fetched from anywhere
     assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'src="([^"]*)"', text))
     assert not re.search(r"https?://|<link|url\(", text.split("<body>")[1].replace("data:image", ""))
     rc, stdout, stderr = run_embedx("drift", a.path, b.path, "--knn-k", "5")  # the real entry point
     assert rc == 0, stderr
-    assert "delta" in stdout and "linear CKA" in stdout and "kNN overlap@5" in stdout and "per-class" in stdout
+    assert "delta" in stdout and "linear CKA" in stdout and "kNN overlap" in stdout and "per-class" in stdout
+    assert "(k=5," in stdout and "task gain" in stdout and "class prompts" in stdout
 
 
 def test_history_rows_feed_predict(tmp_path, rng):
@@ -342,6 +510,23 @@ def test_bad_input_is_one_line(tmp_path, rng):
     assert rc == 2
 
 
+def test_report_axes_do_not_exaggerate_and_colours_follow_direction():
+    """A -0.003 accuracy change gets an axis of at least +-0.05 (it fills 3% of the half-axis); a measure's own
+    axis spans at least +-0.05 and +-5% of its magnitude; green/red only where better/worse is known."""
+    assert report.change_span([-0.003]) == report.MIN_HALF_SPAN == 0.05
+    assert report.change_span([-0.003, 0.3]) == pytest.approx(0.33) and report.change_span([0.99, -2]) == 1.0
+    lo, hi = report.measure_window(0.500, 0.497)
+    assert hi - lo >= 0.1 - 1e-12 and lo < 0.497 < 0.5 < hi
+    lo, hi = report.measure_window(150.0, 150.3)
+    assert hi - lo >= 15.0 - 1e-9
+    lo, hi = report.measure_window(0.1, 0.6)  # a large change still fits its axis
+    assert lo < 0.1 and hi > 0.6
+    assert report.verdict(0.01, report.direction("zeroshot_top1")) == "better"
+    assert report.verdict(-0.01, report.direction("i2t_recall@5")) == "worse"
+    assert report.verdict(-0.01, report.direction("silhouette_euclidean")) == "neutral"  # direction not known
+    assert report.verdict(None, 1) == report.verdict(0.0, 1) == "neutral"
+
+
 # -- the HTML report in headless Chromium ---------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def chromium():
@@ -415,14 +600,32 @@ def test_report_renders_in_headless_chromium(tmp_path, rng, chromium):
     page = tmp_path / "drift.html"
     res = D.compare(a.path, b.path, [f"{o[0].path}:{o[1].path}"], plot_sample=300)
     report.write(res, str(page))
-    n_img = page.read_text().count("<img ")
-    assert n_img == 5
+    text = page.read_text()
+    n_img = text.count("<img ")
+    charts = text.count('class="measure-chart"')
+    finite = [m for m, v in res.summary["delta"].items() if v is not None]
+    assert charts == len(finite) > 5  # one small chart per measure, each on its own axis
+    assert n_img == charts + 4  # + movement, per-class, projection, forgetting
     dom, ok, n_err, console = _dom(chromium, tmp_path, page)
     assert ok == str(n_img), f"images did not all decode (data-images-ok={ok!r})"
     assert dom.count("<img ") == n_img
     assert n_err == 0 and not console, (n_err, console)  # no error in the page, nothing on its console at all
-    for heading in ("Displacement", "Measures", "2-D projection", "Per-class zero-shot accuracy", "Forgetting"):
-        assert heading in dom
+    for heading in ("What did fine-tuning do?", "What moved: image side and text side", "Every measure",
+                    "2-D projection", "Per-class zero-shot accuracy", "Forgetting", "Stores and options"):
+        assert heading in dom, heading
+    for sec in ("provenance", "headline", "text-drift", "measures", "per-class", "projection", "forgetting"):
+        assert f'id="{sec}"' in dom, sec
+    head = dom[dom.index('id="headline"'):dom.index('id="text-drift"')]
+    assert "task gain" in head and "forgetting elsewhere" in head and "class prompts" in head
+    gain = res.summary["headline"]["task_gain"]
+    assert f"{gain:+.3f}" in head and ('class="value worse"' if gain < 0 else 'class="value better"') in head
+    legend = dom[dom.index("projection-legend"):]
+    assert all(f"</span>{n}</span>" in legend for n in res.summary["per_class"])  # every class named
+    # better / worse only where the direction is known
+    rows = re.findall(r'<tr class="measure-row"><td>([^<]+)<.*?<td class="(\w+)">', dom)
+    assert {m.strip() for m, c in rows if c != "neutral"} <= {"zeroshot_top1", "zeroshot_top5",
+                                                             "zeroshot_mean_per_class_recall"}
+    assert {m.strip() for m, c in rows if c == "neutral"} >= {"acs", "gap", "iimm"}
     shot = tmp_path / "shot.png"
     p = _headless(chromium, tmp_path, page, f"--screenshot={shot}", "--window-size=1200,2400", "--hide-scrollbars")
     assert p.returncode == 0 and shot.exists(), p.stderr[-2000:]

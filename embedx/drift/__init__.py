@@ -8,11 +8,20 @@ and returns:
   w1_upper_bound  = displacement mean. The empirical distributions mu = 1/N sum_i delta_{x_i} and
                   nu = 1/N sum_i delta_{y_i} are coupled by i <-> i, so W1(mu, nu) <= 1/N sum_i |y_i - x_i|.
   cka_linear      linear CKA of the normalized image rows, from streamed d x d cross-covariances
-  knn_overlap@k   mean |kNN_before(i) & kNN_after(i)| / k, cosine neighbours among the images (self excluded)
-  per_class       class stores: zero-shot top-1 per class before/after and the change
+  knn_overlap     mean |kNN_before(i) & kNN_after(i)| / k, cosine neighbours among the images (self excluded);
+                  k is ``knn_k`` beside it (a key never changes with an option)
+  text_drift      the text side (``embedx.drift.textside``): per class prompt / caption cosine and displacement,
+                  their mean / p50 / p95 / max, linear CKA of the text rows (float64)
+  per_class       class stores: zero-shot top-1 per class before/after and the change, and the class prompt's
+                  cosine / displacement
   forgetting      per other task (``others``): zero-shot top-1 after - before, and their mean
+  headline        task gain, per-class spread, forgetting, and the finetune run (``embedx.drift.headline``)
+  schema, embedx_version, created, stores, options   the shared header (``embedx.provenance``)
 
-The formulas are in ``embedx.drift.stats``; ``embedx.drift.report`` renders the HTML report.
+Undefined numbers are None (JSON null), never 0.0.
+
+The formulas are in ``embedx.drift.stats`` and ``embedx.drift.textside``; ``embedx.drift.report`` renders the
+HTML report.
 """
 import embedx.drift.stats as stats
 from embedx.drift.comparison import Drift, compare, delta, forgetting, open_others, open_pair, parse_pair

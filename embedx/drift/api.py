@@ -14,7 +14,9 @@ def drift(before, after, *, others=(), metrics=None, silhouette: str = "exact", 
     from embedx.dist.cluster import connect
     from embedx.drift import report as render
     from embedx.drift.comparison import compare
+    from embedx.outputs import check_output_file
 
+    check_output_file(None if report is None else str(report), "report", param="report")  # before any work
     with connect(cluster, client) as dask_executor:
         d = compare(str(before), str(after), others, metrics=metrics, silhouette_mode=silhouette,
                     sample_size=sample_size, seed=seed, knn=knn, knn_k=knn_k, knn_sample=knn_sample,

@@ -11,14 +11,18 @@ import numpy as np
 
 import embedx.drift.stats as stats
 from embedx.drift import statistics
+from embedx.drift.headline import headline, task_accuracy
+from embedx.drift.textside import text_drift
 from embedx.engine import registry
 from embedx.drift.stats import project_2d
 from embedx.errors import EmbedxError
 from embedx.measures import NOT_MEASURES, compute
 from embedx.measures.stream import normalized
+from embedx.provenance import provenance
 from embedx.store import Store
 
 PLOT_TEXTS_MAX = 2000
+ZEROSHOT_KEYS = ("zeroshot_top1", "zeroshot_top5", "zeroshot_mean_per_class_recall")
 
 
 @dataclass
@@ -98,16 +102,34 @@ def open_others(others) -> list[tuple[str, Store, Store]]:
     return pairs
 
 
+def labelled(s: Store) -> int:
+    """Images with a class label (paired stores: every image, its caption is its class)."""
+    return s.n_images if s.paired else int((s.labels() >= 0).sum())
+
+
+def defined(s: Store, m: dict) -> dict:
+    """``m`` (the measures of ``s``) with the zero-shot accuracies null when undefined: a class store without a
+    labelled image has no accuracy (never 0.0)."""
+    if s.paired or labelled(s):
+        return m
+    return {k: (None if k in ZEROSHOT_KEYS and k in m else v) for k, v in m.items()}
+
+
 def forgetting(pairs, **measure_opts) -> dict | None:
-    """Zero-shot top-1 after - before on each other task (negative = forgotten), and the mean change."""
+    """Zero-shot top-1 after - before on each other task (negative = forgotten), and the mean change over the
+    tasks where it is defined (null when it is nowhere)."""
     if not pairs:
         return None
     tasks = {}
     for name, sb, sa in pairs:
-        acc = [compute(s, ["zeroshot_top1"], **measure_opts)["zeroshot_top1"] for s in (sb, sa)]
-        tasks[name] = {"before": sb.path, "after": sa.path, "zeroshot_top1_before": acc[0],
-                       "zeroshot_top1_after": acc[1], "delta": acc[1] - acc[0]}
-    return {"tasks": tasks, "mean_delta": float(np.mean([t["delta"] for t in tasks.values()]))}
+        acc = [defined(s, compute(s, ["zeroshot_top1"], **measure_opts))["zeroshot_top1"] for s in (sb, sa)]
+        ok = all(isinstance(v, float) and math.isfinite(v) for v in acc)
+        tasks[name] = {"before": sb.path, "after": sa.path, "dataset": sb.meta.get("dataset"),
+                       "n_images": int(sb.n_images), "zeroshot_top1_before": acc[0] if ok else None,
+                       "zeroshot_top1_after": acc[1] if ok else None,
+                       "delta": float(acc[1] - acc[0]) if ok else None}
+    vals = [t["delta"] for t in tasks.values() if t["delta"] is not None]
+    return {"tasks": tasks, "mean_delta": float(np.mean(vals)) if vals else None}
 
 
 def _per_class(a: Store, hits) -> dict:
@@ -123,16 +145,26 @@ def _per_class(a: Store, hits) -> dict:
 
 
 def _projection(a: Store, b: Store, plot_rows: np.ndarray, pr: stats.PassResult, seed: int) -> dict:
-    """2-D PCA fitted on BEFORE's sampled images + texts; both stores projected on the same axes."""
+    """2-D PCA fitted on BEFORE's sampled images; both stores' images projected on the same axes, and each side's
+    texts moved by that side's modality gap (mean image - mean text) first, so that each class text lands among
+    the images it points at rather than across the gap (the gap itself is the ``gap`` measure; its length on each
+    side is ``gap_before`` / ``gap_after``). Class stores: ``image_labels`` (the class of each plotted image),
+    ``text_labels`` (of each plotted text) and ``class_names`` colour and name the points."""
     if a.paired:
         trows = plot_rows
     else:
         trows = stats.sample_rows(a.n_texts, PLOT_TEXTS_MAX, seed)
-    texts = [normalized(s.text_rows(trows), "texts")
-             .numpy() for s in (a, b)]
+    texts = [normalized(s.text_rows(trows), "texts").numpy().astype(np.float64) for s in (a, b)]
     xb, xa = pr.plot["images_before"], pr.plot["images_after"]
-    coords = project_2d(np.vstack([xb, texts[0]]), xb, texts[0], xa, texts[1])
-    return dict(zip(("images_before", "texts_before", "images_after", "texts_after"), coords))
+    gaps = [t.mean(0) - x.mean(0) if len(t) and len(x) else 0.0 for t, x in zip(texts, (xb, xa))]
+    coords = project_2d(xb, xb, texts[0] - gaps[0], xa, texts[1] - gaps[1])
+    out = dict(zip(("images_before", "texts_before", "images_after", "texts_after"), coords))
+    out.update(gap_before=float(np.linalg.norm(gaps[0])), gap_after=float(np.linalg.norm(gaps[1])))
+    if not a.paired:
+        out["image_labels"] = a.labels()[plot_rows] if len(plot_rows) else np.zeros(0, np.int32)
+        out["text_labels"] = np.asarray(trows)
+        out["class_names"] = [str(v) for v in a.text_names()]
+    return out
 
 
 def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode: str = "exact",
@@ -151,7 +183,7 @@ def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode
     opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn)
     timings = {}
     t0 = time.perf_counter()
-    mb, ma = (compute(s, metrics, progress=progress, executor=executor, **opts) for s in (a, b))
+    mb, ma = (defined(s, compute(s, metrics, progress=progress, executor=executor, **opts)) for s in (a, b))
     timings["measures"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -161,23 +193,39 @@ def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode
                           progress=progress, executor=executor)
     timings["drift_pass"] = time.perf_counter() - t0
 
+    per_class = _per_class(a, pr.class_hits) if pr.class_hits is not None else None
+    t0 = time.perf_counter()
+    texts = text_drift(a, b)
+    timings["text_drift"] = time.perf_counter() - t0
+    if texts and texts["per_class"] and per_class:
+        for name, row in per_class.items():  # each class: its accuracy change beside its prompt's move
+            row.update({f"prompt_{k}": v for k, v in texts["per_class"][name].items()})
+    images = {statistics.summary_key(s): s.finalize({"drift_pass": pr})
+              for s in registry.scores("drift").values()}  # the drift statistics of the registry
+    images = {k: (v if isinstance(v, (int, float)) and math.isfinite(v) else None) for k, v in images.items()}
     summary = {
         "before": dict(mb, path=before), "after": dict(ma, path=after), "delta": delta(mb, ma),
         "n_images": a.n_images, "dim": a.dim, "mode": a.meta["mode"],
-        **{statistics.summary_key(s, pr.knn_k): s.finalize({"drift_pass": pr})
-           for s in registry.scores("drift").values()},  # the drift statistics of the registry
-        "knn_k": pr.knn_k, "knn_sample_size": pr.knn_queries,
-        "per_class": _per_class(a, pr.class_hits) if pr.class_hits is not None else None,
+        **images, "knn_k": pr.knn_k, "knn_sample_size": pr.knn_queries,
+        "text_drift": texts, "per_class": per_class,
     }
     t0 = time.perf_counter()
     summary["forgetting"] = forgetting(pairs, executor=executor, **opts)
     timings["forgetting"] = time.perf_counter() - t0
+    summary["headline"] = headline(a, b, task_accuracy(pr.class_hits, mb, ma), per_class, summary["forgetting"])
     t0 = time.perf_counter()
     proj = _projection(a, b, plot_rows, pr, seed)
     timings["projection"] = time.perf_counter() - t0
-    for st in (a, b):  # every number came from the stores that were opened
+    for st in (a, b, *(s for p in pairs for s in p[1:])):  # every number came from the stores that were opened
         st.ensure_unchanged()
     summary["plot_sample_size"] = len(plot_rows)
     summary["timings_s"] = timings
+    roles = {"before": a, "after": b}
+    for n, sb, sa in pairs:
+        roles.update({f"others/{n}/before": sb, f"others/{n}/after": sa})
+    prov = provenance("drift", roles,
+                      options={"metrics": list(metrics) if metrics else None, **opts, "knn_k": knn_k,
+                               "knn_sample": knn_sample, "plot_sample": plot_sample})
+    summary = {**prov, **summary}
     return Drift(summary=summary, displacement=pr.displacement, projection=proj)
 

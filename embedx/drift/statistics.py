@@ -46,13 +46,14 @@ def cka_linear(ctx) -> float:
     return ctx["drift_pass"].cka
 
 
-@register("knn_overlap", "drift", needs=PASS, summary="mean_q |N_k^X(q) & N_k^Y(q)| / k", citation="-",
-          key="knn_overlap@{k}")
+@register("knn_overlap", "drift", needs=PASS, summary="mean_q |N_k^X(q) & N_k^Y(q)| / k (k: knn_k beside it)",
+          citation="-")
 def knn_overlap(ctx) -> float:
     """mean over queries q of |N_k^X(q) & N_k^Y(q)| / k, N_k the k rows of highest cosine to q (q excluded)."""
     return ctx["drift_pass"].knn_overlap
 
 
-def summary_key(score, knn_k: int) -> str:
-    """The key of a drift statistic in the drift summary (``knn_overlap@10``)."""
-    return score.options.get("key", score.name).format(k=knn_k)
+def summary_key(score, knn_k: int | None = None) -> str:
+    """The key of a drift statistic in the drift summary: its name, whatever the options (``knn_overlap``, with
+    ``knn_k`` beside it; a key never changes with an option)."""
+    return score.name
