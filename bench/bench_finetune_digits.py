@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
             "test_acc_before": d["before"]["zeroshot_top1"], "test_acc_after": d["after"]["zeroshot_top1"],
             "id_gain": d["delta"]["zeroshot_top1"],
             **{k: d[k] for k in ("displacement_mean", "displacement_p50", "displacement_p95", "w1_upper_bound",
-                                 "cka_linear", "knn_overlap@10")},
+                                 "cka_linear", "knn_overlap")},
             "delta": {k: d["delta"][k] for k in ("iimm", "iimm_inter", "iimm_intra", "acs", "gap",
                                                   "silhouette_euclidean", "silhouette_cosine")},
             "before_iimm": d["before"]["iimm"],
@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
     for m, r in rows.items():
         md.append(f"| {m} | {r['trainable_params']:,} | {r['test_acc_before']:.3f} -> {r['test_acc_after']:.3f} "
                   f"| **{r['id_gain']:+.3f}** | {r['displacement_mean']:.3f} / {r['displacement_p95']:.3f} "
-                  f"| {r['cka_linear']:.3f} | {r['knn_overlap@10']:.3f} | {r['delta']['iimm']:+.4f} "
+                  f"| {r['cka_linear']:.3f} | {r['knn_overlap']:.3f} | {r['delta']['iimm']:+.4f} "
                   f"| {r['delta']['silhouette_euclidean']:+.4f} | {r['run_bytes'] / 1024:.0f} KiB "
                   f"| {r['train_seconds']:.0f} s |")
     md.append(f"\n`{a.model}`, random init (seed {a.seed}; no weights can be downloaded here), fine-tuned on "

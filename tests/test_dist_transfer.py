@@ -95,10 +95,11 @@ def test_bad_row_on_cluster(rng, dask_executor, small_blocks):
 
 
 def _plain(v):
-    """A summary as comparable values, arrays as lists; timings dropped, and the measures' ``integrity`` (how
-    many chunks this process read and verified: on a cluster the workers read them)."""
+    """A summary as comparable values, arrays as lists; timings dropped, the result's creation time, and the
+    measures' ``integrity`` (how many chunks this process read and verified: on a cluster the workers read
+    them)."""
     if isinstance(v, dict):
-        return {k: _plain(w) for k, w in v.items() if k not in ("timings_s", "integrity")}
+        return {k: _plain(w) for k, w in v.items() if k not in ("timings_s", "integrity", "created")}
     if isinstance(v, (list, tuple, np.ndarray)):
         return [_plain(w) for w in v]
     return v.item() if isinstance(v, np.generic) else v
