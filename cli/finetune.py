@@ -74,11 +74,11 @@ def finetune(ctx, model, pretrained, method, data, out, train_blocks, rank, redu
       bitfit     adam       1e-2
       attention  adam       1e-3
       lora       adam       1e-2
-      adapter    adam       1e-2
+      adapter    adam       3e-3
 
-    Adam, not the papers' SGD: from random weights (--pretrained none, the offline path) SGD at the papers'
-    rates leaves the loss where it starts. From pretrained weights the papers' recipe is --optimizer sgd
-    with an --lr from their grid (1e-2 .. 1e-5), the batch size and weight decay as here.
+    Adam, not the papers' SGD: from random weights (--pretrained none, the offline path) SGD does not learn
+    in a few epochs (bench/results/finetune_defaults_sgd.md). From pretrained weights the papers' recipe is
+    --optimizer sgd with an --lr from their grid (1e-2 .. 1e-5).
 
     \b
     Examples:

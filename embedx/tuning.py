@@ -16,7 +16,8 @@ method is one ``@method(...)`` function here. Trainable sets (DESIGN.md, "Fine-t
 Each method also names its default optimizer and learning rate (:func:`recipe`), the values that train with
 ``embedx finetune`` left at its defaults. They were chosen on the offline path (the random-init
 ``embedx-tiny`` on scikit-learn digits, 2 epochs, batch 32, measured in ``bench/results/finetune_defaults.md``):
-from random weights the papers' SGD (momentum 0.9, lr 1e-5 ... 1e-2) leaves the loss where it starts, so every
+from random weights the papers' SGD (momentum 0.9) does not learn in a few epochs (at lr 1e-5 the loss stays
+where it starts; at these rates it only reaches ln C at chance accuracy, ``finetune_defaults_sgd.md``), so every
 default is Adam; the papers' SGD recipe is one ``--optimizer sgd --lr ...`` away.
 """
 from __future__ import annotations
@@ -145,7 +146,7 @@ def _lora(model: TunedCLIP, opts: dict) -> None:
         p.requires_grad_(".lora_" in name)
 
 
-@method("adapter", ("reduction",), optimizer="adam", lr=1e-2)
+@method("adapter", ("reduction",), optimizer="adam", lr=3e-3)
 def _adapter(model: TunedCLIP, opts: dict) -> None:
     d, red = model.embed_dim, opts["reduction"]
     if red > d:
