@@ -10,7 +10,7 @@ import embedx
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 HEADING = "## Walk-through: did fine-tuning help?"
-EMBEDX = os.path.join(os.path.dirname(sys.executable), "embedx")  # the venv's entry point
+EMBEDX = os.path.join(os.path.dirname(sys.executable), "embedx")  # the venv's installed console script
 
 
 def walkthrough_commands() -> list[list[str]]:
@@ -26,6 +26,7 @@ def walkthrough_commands() -> list[list[str]]:
 
 
 def test_the_readme_walkthrough_runs_and_fine_tuning_helps(tmp_path):
+    assert os.access(EMBEDX, os.X_OK), f"no installed embedx console script at {EMBEDX} (pip install -e .)"
     cmds = walkthrough_commands()
     assert [c[:2] for c in cmds] == [["embedx", "embed"], ["embedx", "finetune"], ["embedx", "embed"],
                                      ["embedx", "drift"]]
