@@ -9,31 +9,34 @@ import click
 from embedx.cli.common import progress_enabled
 from embedx.cli.options import device_option, json_option, seed_option, verbosity_options
 
-METHOD_NAMES = "full, bitfit, attention, lora, adapter"  # embedx.finetune.METHODS (not imported: keeps --help fast)
+# embedx.tuning.METHODS, not imported (keeps --help fast); tests hold these names and the --help table of
+# defaults equal to the registry
+METHOD_NAMES = ("full", "bitfit", "attention", "lora", "adapter")
 
 
 @click.command()
 @click.option("--model", "-m", required=True, help="open_clip architecture (e.g. ViT-B-32) or hf-hub:ORG/REPO.")
 @click.option("--pretrained", "-p", default="none", show_default=True,
               help="Pretrained tag, a local checkpoint file, or 'none' for seeded random weights.")
-@click.option("--method", required=True, help=f"One of: {METHOD_NAMES}.")
+@click.option("--method", required=True, type=click.Choice(METHOD_NAMES), help="The method (see above).")
 @click.option("--data", "-d", default=None,
               help="folder:PATH, csv:PATH (image + label columns), digits[:train|:test][:classes=..][:rotate=..]"
                    "[:noise=..] or synthetic[:N][:size=PX][:classes=C] (see `embedx embed --help`). Not needed "
                    "with --dry-run.")
 @click.option("--out", "-o", default=None, help="Run folder (config.json + trained parameters). Rerun to resume.")
 @click.option("--train-blocks", type=int, default=None,
-              help="bitfit, attention: train only the first K blocks of each tower, as the authors' code "
+              help="bitfit, attention only: train only the first K blocks of each tower, as the authors' code "
                    "does [default: all].")
-@click.option("--rank", type=int, default=None, help="lora: rank of the q and v updates [default: 4].")
-@click.option("--reduction", type=int, default=None, help="adapter: bottleneck d -> d/RED -> d [default: 4].")
+@click.option("--rank", type=int, default=None, help="lora only: rank of the q and v updates [default: 4].")
+@click.option("--reduction", type=int, default=None, help="adapter only: bottleneck d -> d/RED -> d [default: 4].")
 @click.option("--epochs", default=10, show_default=True, type=int)
-@click.option("--lr", default=1e-5, show_default=True, type=float,
-              help="Learning rate (the papers' grid: 1e-2 .. 1e-5).")
+@click.option("--lr", default=None, type=float,
+              help="Learning rate [default: the method's, see above] (the papers' grid: 1e-2 .. 1e-5).")
 @click.option("--weight-decay", "--wd", "weight_decay", default=1e-4, show_default=True, type=float)
-@click.option("--optimizer", default="sgd", show_default=True,
-              help="sgd (momentum 0.9) or adam (betas 0.9, 0.99).")
-@click.option("--batch-size", "-b", default=128, show_default=True, type=int)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None,
+              help="sgd (momentum 0.9, the papers') or adam (betas 0.9, 0.99) [default: the method's, see above].")
+@click.option("--batch-size", "-b", default=32, show_default=True, type=int,
+              help="Images per step (32: enough steps per epoch on small data sets such as digits).")
 @click.option("--val-fraction", default=0.1, show_default=True, type=float,
               help="Seeded hold-out slice of the training data (at most 5,000 images) that picks the best "
                    "epoch; 0 keeps the last epoch.")
@@ -46,12 +49,15 @@ METHOD_NAMES = "full, bitfit, attention, lora, adapter"  # embedx.finetune.METHO
 @click.option("--workers", type=int, default=None, help="DataLoader workers [default: 0 on <=2 cores, else cores/2].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run (finished or not) at --out.")
 @click.option("--dry-run", is_flag=True, help="Build the model, print the parameter counts, train nothing.")
+@click.option("--fail-if-flat", is_flag=True,
+              help="Exit 2 when the run never moved: hold-out accuracy never above its start and hold-out loss "
+                   "never 0.1% below it (a warning is printed either way; the run is kept).")
 @json_option("Print JSON: with --dry-run exactly {trainable_params, total_params}, else the run's config.")
 @verbosity_options
 @click.pass_context
 def finetune(ctx, model, pretrained, method, data, out, train_blocks, rank, reduction, epochs, lr, weight_decay,
              optimizer, batch_size, val_fraction, seed, templates, limit, device, workers, overwrite, dry_run,
-             as_json):
+             fail_if_flat, as_json):
     """Fine-tune an open_clip model on a labelled image source with one of the papers' methods.
 
     \b
@@ -63,7 +69,21 @@ def finetune(ctx, model, pretrained, method, data, out, train_blocks, rank, redu
       adapter    CLIP-Adapter: a bottleneck MLP on image and text features, blended 0.2/0.8
 
     \b
+    Defaults per method (when --optimizer / --lr are not given):
+      method     optimizer  lr
+      full       adam       1e-4
+      bitfit     adam       1e-2
+      attention  adam       1e-3
+      lora       adam       1e-2
+      adapter    adam       3e-3
+
+    Adam, not the papers' SGD: from random weights (--pretrained none, the offline path) SGD does not learn
+    in a few epochs (bench/results/finetune_defaults_sgd.md). From pretrained weights the papers' recipe is
+    --optimizer sgd with an --lr from their grid (1e-2 .. 1e-5).
+
+    \b
     Examples:
+      embedx finetune -m embedx-tiny --method lora --epochs 2 --data digits:train --out digits-lora
       embedx finetune -m ViT-B-32 -p openai --method lora --rank 4 --data folder:~/pets --out pets-lora
       embedx finetune -m ViT-B-32 --method attention --dry-run --json
       embedx embed --checkpoint pets-lora --data folder:~/pets --out pets-lora.zarr
@@ -72,9 +92,15 @@ def finetune(ctx, model, pretrained, method, data, out, train_blocks, rank, redu
     folder keeps only the trained parameters of the best epoch (by hold-out accuracy) and config.json.
     Resumable: rerun the same command after an interruption and it continues from the last finished
     epoch; a different configuration is refused and a finished run is kept unless --overwrite.
+    A run that never moved (see --fail-if-flat) ends with a warning. --train-blocks, --rank and --reduction
+    given to a method that does not use them are refused.
     """
     from embedx.errors import EmbedxError
-    from embedx.finetune import dry_run as count, finetune as run
+    from embedx.finetune import dry_run as count, finetune as run, methods
+
+    # refuse, before any work, the method options the user typed that this method would ignore
+    methods.check_given(method, [k for k in methods.DEFAULTS
+                                 if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT])
 
     if dry_run:
         counts = count(model, pretrained, method, seed=seed, train_blocks=train_blocks, rank=rank,
@@ -90,7 +116,7 @@ def finetune(ctx, model, pretrained, method, data, out, train_blocks, rank, redu
     cfg = run(out, data, model, pretrained, method, train_blocks=train_blocks, rank=rank, reduction=reduction,
               templates=templates, seed=seed, epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
               batch_size=batch_size, val_fraction=val_fraction, limit=limit, device=device, workers=workers,
-              overwrite=overwrite, progress=progress_enabled(ctx))
+              overwrite=overwrite, progress=progress_enabled(ctx), fail_if_flat=fail_if_flat)
     if as_json:
         click.echo(json.dumps(cfg, indent=2))
         return

@@ -173,10 +173,12 @@ def normalize_pixels(u8: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def load_encoder(model: str, pretrained: str = "none", seed: int = 0, device: str = "auto",
-                 offline: bool | None = None) -> Encoder:
+                 offline: bool | None = None, warn_random: bool = True) -> Encoder:
     """Build ``model`` (open_clip name or ``hf-hub:org/repo``) with ``pretrained`` = tag | file | ``none``.
 
     ``offline=None`` checks once whether the hub answers and, if not, loads from the local cache only.
+    ``warn_random=False``: no warning that random weights make an untrained model (the base of a fine-tuning
+    run, which is trained).
     """
     import open_clip
 
@@ -191,8 +193,9 @@ def load_encoder(model: str, pretrained: str = "none", seed: int = 0, device: st
     random_weights = pretrained.lower() in NO_WEIGHTS and not is_hub
     sha = None
     if random_weights:
-        log.warning("--pretrained none: %s gets random weights (seed %d); embeddings measure an untrained model",
-                    model, seed)
+        if warn_random:
+            log.warning("--pretrained none: %s gets random weights (seed %d); embeddings measure an untrained "
+                        "model", model, seed)
         arg = None
     elif os.path.isfile(pretrained):
         sha = file_sha256(pretrained)

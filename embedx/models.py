@@ -70,8 +70,9 @@ def load_params(path: str) -> dict[str, torch.Tensor]:
 
 def create_tuned(model: str, pretrained: str, method: str, opts: dict, seed: int = 0,
                  device: str = "auto") -> Encoder:
-    """The base open_clip model (seeded) wrapped in :class:`TunedCLIP` with ``method`` applied."""
-    enc = load_encoder(model, pretrained, seed=seed, device=device)
+    """The base open_clip model (seeded) wrapped in :class:`TunedCLIP` with ``method`` applied. Random base
+    weights (``pretrained`` none) bring no warning that the model is untrained: fine-tuning trains them."""
+    enc = load_encoder(model, pretrained, seed=seed, device=device, warn_random=False)
     net = TunedCLIP(enc.model)
     torch.manual_seed(seed)  # LoRA / adapter initialization
     tuning.apply(net, method, opts)

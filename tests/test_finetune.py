@@ -17,7 +17,8 @@ from PIL import Image
 from embedx.embed import plan_meta, resolve_templates
 from embedx.encoders import load_encoder
 from embedx.finetune import build, finetune, load_tuned, methods
-from embedx.finetune.train import _Images, class_source, evaluate
+from embedx.errors import EmbedxError
+from embedx.finetune.train import _Images, class_source, evaluate, flat
 from embedx.lora import split_attention
 from embedx.store import Store, StoreWriter
 from embedx.tunedclip import ADAPTER_RATIO
@@ -40,8 +41,9 @@ def _params(model):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_vit_b_32_dry_run_counts(method):
-    r = invoke("finetune", "--model", "ViT-B-32", "--pretrained", "none", "--method", method, "--rank", "4",
-               "--reduction", "4", "--dry-run", "--json")
+    opts = {"lora": ["--rank", "4"], "adapter": ["--reduction", "4"]}.get(method, [])
+    r = invoke("finetune", "--model", "ViT-B-32", "--pretrained", "none", "--method", method, *opts, "--dry-run",
+               "--json")
     assert r.exit_code == 0, r.stderr
     got = json.loads(r.stdout)
     assert list(got) == ["trainable_params", "total_params"]
@@ -78,7 +80,8 @@ def _expected_tiny(method, k=None, rank=4, reduction=4):
 @pytest.mark.parametrize("method,k", [(m, None) for m in METHODS] + [("bitfit", 1), ("attention", 1)])
 def test_tiny_dry_run_counts_follow_the_name_rules(method, k):
     args = ["--train-blocks", k] if k else []
-    r = invoke("finetune", "-m", TINY, "--method", method, "--rank", 4, "--reduction", 4, *args, "--dry-run", "--json")
+    args += {"lora": ["--rank", 4], "adapter": ["--reduction", 4]}.get(method, [])
+    r = invoke("finetune", "-m", TINY, "--method", method, *args, "--dry-run", "--json")
     assert r.exit_code == 0, r.stderr
     trainable, total = _expected_tiny(method, k)
     assert json.loads(r.stdout) == {"trainable_params": trainable, "total_params": total}
@@ -225,6 +228,7 @@ def test_embed_checkpoint_uses_the_tuned_model_and_records_the_run(tmp_path):
     assert invoke("embed", "-m", TINY, "--data", "digits", "--limit", 64, "--out", base).exit_code == 0
     r = invoke("embed", "--checkpoint", run, "--data", "digits", "--limit", 64, "--dtype", "float32", "--out", tuned)
     assert r.exit_code == 0, r.stderr
+    assert "untrained" not in r.stderr  # random base weights, but trained: no warning that they are not
     a, b = Store(base), Store(tuned)
     assert a.n_images == b.n_images == 64
     assert np.abs(a.images().astype(np.float32) - b.images()).max() > 1e-2
@@ -265,19 +269,29 @@ def test_bad_input_gives_one_line(tmp_path):
         csv.writer(f).writerows([["image", "caption"], ["0.png", "a dark square"], ["1.png", "a grey one"]])
     out = tmp_path / "run"
     cases = [
-        (["--method", "prompt-tuning", "--data", "digits"], "unknown method 'prompt-tuning'"),
         (["--method", "lora", "--rank", "0", "--data", "digits"], "--rank must be a positive integer"),
         (["--method", "lora", "--rank", "-2", "--dry-run"], "--rank must be a positive integer"),
         (["--method", "bitfit", "--train-blocks", "3", "--data", "digits"], "exceeds the towers' depth"),
         (["--method", "lora", "--data", f"csv:{tmp_path / 'caps.csv'}"], "image-caption source"),
         (["--method", "lora"], "--data and --out are required"),
         (["--method", "lora", "--data", "digits", "--val-fraction", "1"], "--val-fraction"),
-        (["--method", "lora", "--data", "digits", "--optimizer", "lbfgs"], "--optimizer"),
+        # options the method does not use: refused, not silently ignored
+        (["--method", "bitfit", "--rank", "4", "--data", "digits"], "--rank does not apply to method bitfit",
+         "only to lora"),
+        (["--method", "bitfit", "--rank", "4", "--dry-run"], "--rank does not apply"),
+        (["--method", "lora", "--train-blocks", "1", "--data", "digits"], "--train-blocks does not apply",
+         "only to bitfit and attention"),
+        (["--method", "full", "--reduction", "2", "--data", "digits"], "--reduction does not apply"),
+        (["--method", "adapter", "--rank", "4", "--reduction", "2", "--data", "digits"], "--rank does not apply"),
     ]
-    for args, frag in cases:
+    for args, *frags in cases:
         extra = ["--out", out] if "--data" in args else []
         r = invoke("finetune", "-m", TINY, *args, *extra)
-        assert_one_line_error(r.exit_code, r.stderr, frag)
+        assert_one_line_error(r.exit_code, r.stderr, *frags)
+    # --method and --optimizer are choices: click refuses other values and --help lists them
+    for args in (["--method", "prompt-tuning"], ["--method", "lora", "--optimizer", "lbfgs"]):
+        r = invoke("finetune", "-m", TINY, *args, "--data", "digits", "--out", out)
+        assert r.exit_code == 2 and "is not one of" in r.stderr and args[-1] in r.stderr, r.stderr
     assert not out.exists()  # every refusal comes before the run folder is made
     r = invoke("embed", "--checkpoint", tmp_path / "no-such-run", "--data", "digits", "--out", tmp_path / "s.zarr")
     assert_one_line_error(r.exit_code, r.stderr, "no finetune run at")
@@ -289,5 +303,65 @@ def test_bad_input_gives_one_line(tmp_path):
                "--overwrite")
     assert_one_line_error(r.exit_code, r.stderr, "not an embedx run")
     assert (tmp_path / "busy" / "notes.txt").exists()
-    rc, _, err = run_embedx("finetune", "-m", TINY, "--method", "nope", "--dry-run")  # the console script too
-    assert_one_line_error(rc, err, "unknown method")
+    rc, _, err = run_embedx("finetune", "-m", TINY, "--method", "bitfit", "--rank", "2", "--dry-run")  # the
+    assert_one_line_error(rc, err, "--rank does not apply")  # console script too, exit 2
+    assert rc == 2
+
+
+def test_method_choices_and_default_recipes_in_help_match_the_registry():
+    from embedx.cli.finetune import METHOD_NAMES
+
+    assert METHOD_NAMES == tuple(methods.METHODS)
+    r = invoke("finetune", "--help")
+    assert r.exit_code == 0
+    assert "--method [full|bitfit|attention|lora|adapter]" in r.stdout and "[sgd|adam]" in r.stdout
+    table = r.stdout.split("Defaults per method")[1].split("\n\n")[0].splitlines()
+    rows = {ln.split()[0]: (ln.split()[1], float(ln.split()[2])) for ln in table[2:]}
+    assert rows == {name: (m.optimizer, m.lr) for name, m in methods.METHODS.items()}
+    assert methods.recipe("lora") == (methods.METHODS["lora"].optimizer, methods.METHODS["lora"].lr)
+    assert methods.recipe("lora", "sgd", 0.5) == ("sgd", 0.5)
+
+
+def test_options_a_method_does_not_use_are_refused_by_the_library(tmp_path):
+    for method, opt in (("bitfit", {"rank": 2}), ("lora", {"train_blocks": 1}), ("attention", {"reduction": 2})):
+        with pytest.raises(EmbedxError, match=f"{next(iter(opt))} does not apply to method {method}"):
+            finetune(str(tmp_path / "run"), "digits", TINY, "none", method, **opt, **_fast())
+    assert not (tmp_path / "run").exists()
+
+
+def _cfg(history, zs_loss=2.5, zs_acc=0.1):
+    return {"method": "lora", "optimizer": "adam", "lr": 1e-9, "zeroshot_val_loss": zs_loss, "zeroshot_val_acc": zs_acc,
+            "history": [dict(zip(("val_loss", "val_acc", "train_loss", "train_acc"), h)) for h in history]}
+
+
+def test_flat_is_no_accuracy_gain_and_no_loss_fall():
+    L = 2.5
+    assert "did not move" in flat(_cfg([(L, 0.1, L, 0.1), (L * (1 - 0.0009), 0.1, L, 0.1)]))  # 0.09% lower: flat
+    assert "did not move" in flat(_cfg([(L * 1.5, 0.05, 3, 0.1)]))  # worse is not better
+    assert flat(_cfg([(L, 0.1, L, 0.1), (L * (1 - 0.0011), 0.1, L, 0.1)])) is None  # the loss fell 0.11%
+    assert flat(_cfg([(L, 0.1 + 1 / 144, L, 0.1)])) is None  # one more hold-out image right
+    # without a hold-out: the training loss and accuracy, epoch 1 as the start; one epoch is not judged
+    assert flat(_cfg([(None, None, L, 0.1)], None, None)) is None
+    assert "training loss" in flat(_cfg([(None, None, L, 0.1), (None, None, L, 0.1)], None, None))
+    assert flat(_cfg([(None, None, L, 0.1), (None, None, L * 0.9, 0.1)], None, None)) is None
+
+
+def test_a_flat_run_warns_and_fails_only_with_fail_if_flat(tmp_path):
+    args = ["finetune", "-m", TINY, "--method", "bitfit", "--epochs", "1", "--data", "digits", "--limit", "200",
+            "--batch-size", "32", "--workers", "0"]
+    r = invoke(*args, "--lr", "1e-9", "--out", tmp_path / "a")  # too small to move anything
+    assert r.exit_code == 0, r.stderr
+    assert "warning: fine-tuning did not move: hold-out accuracy" in r.stderr and "wrote" in r.stdout
+    r = invoke(*args, "--lr", "1e-9", "--out", tmp_path / "b", "--fail-if-flat")
+    lines = r.stderr.strip().splitlines()  # progress lines, the warning, then one error line
+    assert r.exit_code == 2 and [ln for ln in lines if ln.startswith("error:")] == lines[-1:], r.stderr
+    for frag in ("error: fine-tuning did not move: hold-out accuracy", "adam lr 1e-09", "(--fail-if-flat;", "kept"):
+        assert frag in lines[-1], (frag, lines[-1])
+    assert "Traceback" not in r.stderr and os.path.isfile(tmp_path / "b" / "params.safetensors")
+    # the method's defaults (no --optimizer, no --lr) learn: the same check passes
+    r = invoke(*args, "--out", tmp_path / "c", "--fail-if-flat")
+    assert r.exit_code == 0, r.stderr
+    assert "did not move" not in r.stderr
+    c = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert (c["optimizer"], c["lr"]) == methods.recipe("bitfit")
+    assert c["history"][0]["val_loss"] < c["zeroshot_val_loss"]

@@ -3,7 +3,9 @@
 The text tower stays in the loop: class-prompt features are recomputed from the prompts at every step
 (computed once per epoch only when nothing before them trains, e.g. CLIP-Adapter, whose text adapter still
 runs every step). SGD (momentum 0.9) or Adam (betas 0.9, 0.99) with weight decay, no schedule; a seeded
-hold-out slice of the training split picks the best epoch (the authors' recipe, notes section 2).
+hold-out slice of the training split picks the best epoch (the authors' recipe, notes section 2). The optimizer
+and learning rate default to the method's own (:func:`embedx.tuning.recipe`). A run that never moves is
+reported (:func:`flat`): a warning always, an error with ``fail_if_flat``.
 Each epoch's data order and random state are seeded from (seed, epoch), so a run resumed from the last
 finished epoch ends bit-identical to an uninterrupted one.
 """
@@ -31,7 +33,9 @@ from embedx.tunedclip import TunedCLIP, count_params
 
 log = logging.getLogger("embedx")
 MAX_VAL = 5000  # hold-out cap, as the authors' code
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = methods.OPTIMIZERS
+FLAT_ACC_TOL = 0.0  # flat(): the accuracy must rise above its start by more than this
+FLAT_LOSS_TOL = 1e-3  # flat(): ... or the loss fall below (1 - this) times its start
 # What identifies a run: a rerun must match all of these to resume.
 PLAN_KEYS = ("model", "pretrained", "pretrained_sha256", "seed", "method", "options", "data", "dataset_sha256",
              "limit", "classnames", "templates", "epochs", "lr", "weight_decay", "optimizer", "batch_size",
@@ -141,17 +145,21 @@ def _check_resume(out: str, cfg: dict, plan: dict) -> None:
 
 def finetune(out: str, data: str, model: str, pretrained: str = "none", method: str = "lora", *,
              train_blocks: int | None = None, rank: int | None = None, reduction: int | None = None,
-             templates=None, seed: int = 0, epochs: int = 10, lr: float = 1e-5, weight_decay: float = 1e-4,
-             optimizer: str = "sgd", batch_size: int = 128, val_fraction: float = 0.1, limit: int | None = None,
+             templates=None, seed: int = 0, epochs: int = 10, lr: float | None = None, weight_decay: float = 1e-4,
+             optimizer: str | None = None, batch_size: int = 32, val_fraction: float = 0.1, limit: int | None = None,
              device: str = "auto", workers: int | None = None, overwrite: bool = False,
-             progress: bool = True, encoder: Encoder | None = None) -> dict:
+             progress: bool = True, encoder: Encoder | None = None, fail_if_flat: bool = False) -> dict:
     """Fine-tune ``model`` on ``data`` with ``method`` into the run folder ``out``; returns its config.
 
-    Rerunning the same call resumes from the last finished epoch; another configuration is refused, and a
-    finished run is kept unless ``overwrite``. ``encoder``: an already built
-    ``build(model, pretrained, method, options, seed)``, trained in place.
+    ``optimizer``/``lr`` None: the method's defaults (:func:`embedx.tuning.recipe`). ``train_blocks``,
+    ``rank``, ``reduction``: None = the method's default; one given to a method that does not use it is
+    refused. Rerunning the same call resumes from the last finished epoch; another configuration is refused,
+    and a finished run is kept unless ``overwrite``. ``encoder``: an already built
+    ``build(model, pretrained, method, options, seed)``, trained in place. A finished run that never moved
+    (:func:`flat`) logs a warning; with ``fail_if_flat`` it then raises :class:`EmbedxError` (the run is kept).
     """
     opts = methods.resolve_options(method, {"train_blocks": train_blocks, "rank": rank, "reduction": reduction})
+    optimizer, lr = methods.recipe(method, optimizer, lr)
     _check_recipe(epochs, lr, weight_decay, optimizer, batch_size, val_fraction)
     source = class_source(data, limit)
     pretrained = (pretrained or "none").strip()
@@ -205,7 +213,41 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
         log.info("epoch %d/%d: loss %.4f, acc %.1f%%%s%s", epoch, epochs, loss, 100 * acc,
                  "" if val_acc is None else f", val acc {100 * val_acc:.1f}%", " (best)" if best else "")
         _commit(out, cfg, net, opt, epoch, best)
+    why = flat(cfg)
+    if why:
+        log.warning("%s", why)
+        if fail_if_flat:
+            raise EmbedxError(f"{why} (fail_if_flat; the run is kept at {out})", param="fail_if_flat")
     return cfg
+
+
+def flat(cfg: dict) -> str | None:
+    """Why the finished run ``cfg`` never moved (one line), or None when it did.
+
+    With a hold-out (``val_fraction`` > 0) the start is the zero-shot hold-out loss L0 and accuracy A0 measured
+    before the first step, and the run is flat when, over all its epochs,
+
+        max(val_acc) - A0 <= FLAT_ACC_TOL (0: not one more hold-out image right)   and
+        min(val_loss) > (1 - FLAT_LOSS_TOL) * L0 (FLAT_LOSS_TOL = 1e-3: the loss fell by under 0.1%).
+
+    Both must hold: a run whose loss falls while its accuracy has not yet moved is learning. Without a
+    hold-out the same test runs on the training loss and accuracy, epoch 1 as the start; a single epoch
+    without a hold-out is not judged (None).
+    """
+    h = cfg["history"]
+    if cfg.get("zeroshot_val_loss") is not None:
+        what, l0, a0 = "hold-out", cfg["zeroshot_val_loss"], cfg["zeroshot_val_acc"]
+        losses, accs = [e["val_loss"] for e in h], [e["val_acc"] for e in h]
+    elif len(h) >= 2:
+        what, l0, a0 = "training", h[0]["train_loss"], h[0]["train_acc"]
+        losses, accs = [e["train_loss"] for e in h[1:]], [e["train_acc"] for e in h[1:]]
+    else:
+        return None
+    if not losses or max(accs) - a0 > FLAT_ACC_TOL or min(losses) <= (1 - FLAT_LOSS_TOL) * l0:
+        return None
+    return (f"fine-tuning did not move: {what} accuracy {a0:.1%} -> best {max(accs):.1%}, {what} loss "
+            f"{l0:.4f} -> best {min(losses):.4f} over {len(h)} epoch{'s' * (len(h) > 1)} ({cfg['method']}, "
+            f"{cfg['optimizer']} lr {cfg['lr']:g}); try a larger lr")
 
 
 def train_step(net: TunedCLIP, enc: Encoder, opt, x: torch.Tensor, y: torch.Tensor, tokens: torch.Tensor,
