@@ -4,7 +4,8 @@ With s_j, t_j the L2-normalized text rows j of BEFORE and AFTER (class stores: o
 ensemble; paired stores: the N captions):
 
   cosine_j        <s_j, t_j>                       (1 = the prompt did not move)
-  displacement_j  |t_j - s_j| = sqrt(2 - 2 cosine_j)
+  displacement_j  |t_j - s_j|  (= sqrt(2 - 2 cosine_j); taken as the norm of the difference, which is exactly
+                  0 for a prompt that did not move, where the square root of 2 - 2 cosine_j gives ~1e-8)
   summary         mean / p50 / p95 of displacement_j (numpy's linear percentiles, every row kept), mean and
                   min cosine, and linear CKA  |Sc'Tc|_F^2 / (|Sc'Sc|_F |Tc'Tc|_F)  of the text rows
                   (Kornblith et al. 2019; null with fewer than 2 rows or no variance)
@@ -49,13 +50,14 @@ def text_drift(a: Store, b: Store, block_rows: int = TEXT_BLOCK_ROWS) -> dict | 
     if a.n_texts != b.n_texts:
         raise EmbedxError(f"{a.path} and {b.path} hold different texts: {a.n_texts} vs {b.n_texts}")
     cos = np.empty(a.n_texts, np.float64)
+    disp = np.empty(a.n_texts, np.float64)
     sums = CkaSums()
     for (start, sa), (_, sb) in zip(_text_blocks(a, block_rows), _text_blocks(b, block_rows)):
         x, y = unit64(sa, f"{a.path} texts", start), unit64(sb, f"{b.path} texts", start)
         cos[start:start + len(x)] = np.einsum("ij,ij->i", x, y)
+        disp[start:start + len(x)] = np.linalg.norm(y - x, axis=1)
         sums.add(torch.from_numpy(x), torch.from_numpy(y))
     cos = np.clip(cos, -1.0, 1.0)
-    disp = np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
     cka = sums.cka() if sums.n >= 2 else float("nan")
     out = {"rows": "captions" if a.paired else "class prompts", "n_texts": int(a.n_texts),
            "displacement_mean": float(disp.mean()), "displacement_p50": float(np.percentile(disp, 50)),
