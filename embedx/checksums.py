@@ -36,6 +36,49 @@ def _crc32c(path: str) -> int:
     return int.from_bytes(c.digest(), "big")
 
 
+_CRC_LIB: list = []  # [ctypes function or None], filled on first use
+
+
+def _crc_extend_fn():
+    """libcrc32c's ``crc32c_extend(uint32, const uint8*, size_t)`` (the library google-crc32c's wheel bundles),
+    or None where it cannot be found."""
+    if not _CRC_LIB:
+        fn = None
+        try:
+            import ctypes
+            import ctypes.util
+            import glob
+
+            import google_crc32c
+
+            pkg = os.path.dirname(os.path.dirname(os.path.abspath(google_crc32c.__file__)))
+            paths = sorted(glob.glob(os.path.join(pkg, "google_crc32c.libs", "libcrc32c*.so*")))
+            path = paths[0] if paths else ctypes.util.find_library("crc32c")
+            if path:
+                fn = ctypes.CDLL(path).crc32c_extend
+                fn.argtypes = (ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t)
+                fn.restype = ctypes.c_uint32
+        except (ImportError, OSError, AttributeError):
+            fn = None
+        _CRC_LIB.append(fn)
+    return _CRC_LIB[0]
+
+
+def crc32c_of(buf, crc: int = 0) -> int:
+    """crc32c of a C-contiguous numpy array's bytes (or a ``bytes``), extending ``crc``, without copying the bytes
+    (google-crc32c's Python API takes only ``bytes``; its C library is called directly, releasing the GIL). Falls
+    back to a ``bytes`` copy where the library is not found."""
+    import google_crc32c
+
+    if isinstance(buf, bytes):
+        return int(google_crc32c.extend(crc, buf))
+    a = np.ascontiguousarray(buf)
+    fn = _crc_extend_fn()
+    if fn is None:
+        return int(google_crc32c.extend(crc, a.tobytes()))
+    return int(fn(crc, a.ctypes.data, a.nbytes))
+
+
 def unit_hash(rows: np.ndarray) -> str:
     """The recorded form of a chunk's content checksum: 16 hex digits (JSON numbers lose bits above 2^53)."""
     return f"{content_hash(rows):016x}"

@@ -14,13 +14,14 @@ For chunk k of ``images/embeddings`` or ``texts/embeddings`` (rows r0:r1, read f
     what was just written;
   * the bytes into the chunk file (``embedx.chunkio.DirectChunks``), synced with the whole store at finalize.
 
-Each task reads its own rows (``os.pread`` into the bytes that are checked, hashed and written: no other copy), so
-memory is about (threads + queued) chunks whatever the dump's size.
+Each task reads its own rows (``preadv``) into its thread's buffer, which is then checked, hashed and written: no
+other copy, and no large allocation per chunk (which glibc's heap would keep: RSS grew to 3x a shard). Memory is
+a chunk or two per thread, whatever the dump's size.
 """
 from __future__ import annotations
 
 import os
-import warnings
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -32,21 +33,35 @@ from embedx.rows import first_bad_row
 UNIT_TOL = 1e-2  # rows whose norms are all within this of 1 keep the store's "normalized" flag
 
 
-def chunk_norms_and_sum(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 |x_i|, float64 of the float32 sum_i x_i / |x_i|; zero rows add nothing) of one chunk of rows."""
+def chunk_norms_and_sum(x: np.ndarray, scratch=None) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 |x_i|, float64 of the float32 sum_i x_i / |x_i|; zero rows add nothing) of one chunk of rows.
+    ``scratch``: a float32 tensor of at least ``x``'s size to convert into (no allocation per chunk)."""
     import torch
 
-    # rows read into bytes are read-only; torch warns that it cannot protect them (nothing here writes them)
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
-    t = torch.from_numpy(np.asarray(x)).float()
+    src = torch.from_numpy(np.asarray(x))
+    t = src.float() if scratch is None else scratch[:src.numel()].view(src.shape).copy_(src)
     n = torch.linalg.vector_norm(t, dim=1)
     w = torch.where(n > 0, 1.0 / n, torch.zeros_like(n))
     return n.numpy(), (w @ t).double().numpy()
 
 
+_local = threading.local()  # each pool thread's buffers, reused chunk after chunk (no large allocation per chunk)
+
+
+def _scratch(nbytes: int, elems: int):
+    """This thread's byte buffer of ``nbytes`` and float32 tensor of ``elems`` (grown when too small)."""
+    import torch
+
+    if getattr(_local, "raw", None) is None or len(_local.raw) < nbytes:
+        _local.raw = np.empty(nbytes, np.uint8)
+    if getattr(_local, "f32", None) is None or _local.f32.numel() < elems:
+        _local.f32 = torch.empty(elems, dtype=torch.float32)
+    return _local.raw[:nbytes], _local.f32
+
+
 @dataclass(frozen=True)
 class Segment:
-    """Rows ``s0:s1`` of one source array (``NpyRows``/``NpzMember``: ``label``, ``dtype``, ``read_bytes``)."""
+    """Rows ``s0:s1`` of one source array (``NpyRows``/``NpzMember``: ``label``, ``dtype``, ``read_into``)."""
 
     source: object
     s0: int
@@ -79,41 +94,50 @@ def plan(rows_of: list, chunk_rows: int) -> list[list[Segment]]:
     return chunks
 
 
-def _stored_rows(seg: Segment, dtype: np.dtype) -> tuple[bytes, np.ndarray, bool, np.ndarray]:
-    """(bytes as stored, those bytes as rows, all rows unit norm, sum of the normalized rows) of one segment,
-    after the row checks."""
+def _check(x: np.ndarray, seg: "Segment", dtype: np.dtype, scratch) -> tuple[bool, np.ndarray]:
+    """The row checks of one segment's rows ``x`` (as stored); (all rows unit norm, sum of the normalized rows).
+    float16 rows kept as float16 are judged by their norms from the same pass as the sum; any other rows by
+    ``importer._check_rows`` (float64: overflow, directions lost in the conversion)."""
     from embedx.importer import _check_rows
 
     src = seg.source
-    raw = src.read_bytes(seg.s0, seg.s1)
-    x = np.frombuffer(raw, dtype=src.dtype).reshape(seg.s1 - seg.s0, *src.shape[1:])
     if src.dtype == dtype == np.float16:
-        norms, total = chunk_norms_and_sum(x)
+        norms, total = chunk_norms_and_sum(x, scratch)
         bad = first_bad_row(norms)
         if bad is not None:
             raise EmbedxError(f"{src.label} row {bad[0] + seg.s0} {bad[1]}")
-        return raw, x, bool(len(norms) == 0 or np.abs(norms - 1).max() < UNIT_TOL), total
-    unit = _check_rows(x, src.label, str(dtype), offset=seg.s0)
-    if src.dtype != dtype:
-        x = np.ascontiguousarray(x.astype(dtype))
-        raw = x.tobytes()
-    return raw, x, unit, chunk_norms_and_sum(x)[1]
+        return bool(len(norms) == 0 or np.abs(norms - 1).max() < UNIT_TOL), total
+    raw = x if src.dtype == dtype else seg.source.read(seg.s0, seg.s1)  # converted rows: judged from the dump's
+    return _check_rows(raw, src.label, str(dtype), offset=seg.s0), chunk_norms_and_sum(x, scratch)[1]
 
 
 def _chunk(writer, k: int, segs: list[Segment], dtype: np.dtype) -> ChunkResult:
-    import google_crc32c
+    """Chunk ``k``: its segments read into this thread's buffer (converted to ``dtype`` where they differ), checked,
+    summed, checksummed and written."""
+    from embedx.checksums import crc32c_of, unit_hash
 
-    from embedx.checksums import unit_hash
-
-    parts = [_stored_rows(s, dtype) for s in segs]
-    raw = parts[0][0] if len(parts) == 1 else b"".join(p[0] for p in parts)
-    x = parts[0][1] if len(parts) == 1 else np.frombuffer(raw, dtype=dtype).reshape(-1, *parts[0][1].shape[1:])
-    pad = writer.write_chunk(k, raw)
-    crc = google_crc32c.value(raw)
+    rows = sum(s.s1 - s.s0 for s in segs)
+    row_elems = int(np.prod(writer.row_shape))
+    buf, scratch = _scratch(rows * writer.row_bytes, rows * row_elems)
+    unit, total, at = True, np.zeros(row_elems), 0
+    for seg in segs:
+        src, n = seg.source, seg.s1 - seg.s0
+        out = buf[at * writer.row_bytes:(at + n) * writer.row_bytes].view(dtype).reshape(n, *writer.row_shape)
+        if src.dtype == dtype:
+            src.read_into(seg.s0, seg.s1, out)
+        else:  # another dtype in the dump: stored converted
+            with np.errstate(over="ignore"):  # an overflow is the checks' one-line error
+                out[...] = src.read(seg.s0, seg.s1)
+        ok, part = _check(out, seg, dtype, scratch)
+        unit &= ok
+        total += part
+        at += n
+    x = buf.view(dtype).reshape(rows, *writer.row_shape)
+    pad = writer.write_chunk(k, buf)
+    crc = crc32c_of(buf)
     if pad:
-        crc = google_crc32c.extend(crc, pad)
-    total = parts[0][3] if len(parts) == 1 else np.sum([p[3] for p in parts], axis=0)
-    return ChunkResult(total, all(p[2] for p in parts), int(crc), unit_hash(x))
+        crc = crc32c_of(pad, crc)
+    return ChunkResult(total, unit, int(crc), unit_hash(x))
 
 
 def write_chunks(arrays: dict, dtype, threads: int | None = None, on_chunk=None, cancel=None) -> dict:

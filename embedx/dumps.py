@@ -69,23 +69,12 @@ class NpyRows:
         if os.path.getsize(path) < need:
             raise EmbedxError(f"{label}: truncated ({os.path.getsize(path)} bytes, its header promises {need})")
 
-    def read_bytes(self, start: int, stop: int) -> bytes:
-        """The bytes of rows ``start:stop`` (what ``read`` returns, as one ``bytes`` object read by ``pread``)."""
+    def read_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Rows ``start:stop`` into ``out`` (C-contiguous, this file's dtype and row shape) by ``preadv``."""
         row = int(np.prod(self.shape[1:])) * self.dtype.itemsize
-        want, pos, parts = (stop - start) * row, self.offset + start * row, []
-        with open(self.path, "rb", buffering=0) as f:
-            while want:
-                b = os.pread(f.fileno(), want, pos)
-                if not b:
-                    raise EmbedxError(f"{self.label}: truncated while reading rows {start}..{stop - 1}")
-                parts.append(b)
-                want, pos = want - len(b), pos + len(b)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        row = int(np.prod(self.shape[1:])) * self.dtype.itemsize
-        out = np.empty((stop - start,) + self.shape[1:], self.dtype)
         buf = memoryview(out.reshape(-1).view(np.uint8))
+        if len(buf) != (stop - start) * row:
+            raise ValueError(f"{self.label}: a buffer of {len(buf)} bytes for {stop - start} rows of {row}")
         with open(self.path, "rb", buffering=0) as f:
             pos, done = self.offset + start * row, 0
             while done < len(buf):
@@ -94,6 +83,9 @@ class NpyRows:
                     raise EmbedxError(f"{self.label}: truncated while reading rows {start}..{stop - 1}")
                 done += n
         return out
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.read_into(start, stop, np.empty((stop - start,) + self.shape[1:], self.dtype))
 
 
 class NpzMember:
@@ -118,8 +110,9 @@ class NpzMember:
             data = self._data
         return data[start:stop]
 
-    def read_bytes(self, start: int, stop: int) -> bytes:
-        return np.ascontiguousarray(self.read(start, stop)).tobytes()
+    def read_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        out[...] = self.read(start, stop)
+        return out
 
     def release(self) -> None:
         self._data = None
@@ -536,7 +529,7 @@ def _direct_writers(w, d: Dump) -> dict | None:
     read by row ranges (npy/npz shards), else None."""
     from embedx.chunkio import direct_writer
 
-    if d.kind == "parquet" or any(not hasattr(s.images, "read_bytes") for s in d.shards):
+    if d.kind == "parquet" or any(not hasattr(s.images, "read_into") for s in d.shards):
         return None
     names = ["images/embeddings"] + (["texts/embeddings"] if d.mode == "paired" else [])
     writers = {name: direct_writer(w.group[name]) for name in names}

@@ -250,14 +250,13 @@ def test_reads_one_block_at_a_time(tmp_path, rng, monkeypatch, codec, most):
     clip_retrieval_dir(tmp_path / "cr", rng, sizes=(300, 260), d=8)
     monkeypatch.setattr(dumps, "BLOCK_ROWS", 64)
     reads = []
-    for name in ("read", "read_bytes"):
-        real = getattr(dumps.NpyRows, name)
+    real = dumps.NpyRows.read_into  # read() reads through it too
 
-        def spy(self, start, stop, real=real):
-            reads.append(stop - start)
-            return real(self, start, stop)
+    def spy(self, start, stop, out):
+        reads.append(stop - start)
+        return real(self, start, stop, out)
 
-        monkeypatch.setattr(dumps.NpyRows, name, spy)
+    monkeypatch.setattr(dumps.NpyRows, "read_into", spy)
     import_dump(str(tmp_path / "s.zarr"), "clip-retrieval", tmp_path / "cr", chunk_rows=16, codec=codec)
     assert max(reads) == most and sum(reads) == 2 * 560
     assert Store(str(tmp_path / "s.zarr")).n_images == 560
@@ -291,11 +290,15 @@ def test_direct_chunk_path_equals_zarrs_path(tmp_path, rng, src_dtype, dtype):
         assert a.meta["integrity"]["arrays"][name] == stores["zstd1"].meta["integrity"]["arrays"][name], name
 
 
-def test_direct_path_names_a_bad_row_in_a_chunk_across_shards(tmp_path, rng):
+@pytest.mark.parametrize("src_dtype", ["float16", "float32"])
+def test_direct_path_names_a_bad_row_in_a_chunk_across_shards(tmp_path, rng, src_dtype):
     clip_retrieval_dir(tmp_path / "cr", rng, sizes=(37, 21, 50), d=24)
-    t = np.load(tmp_path / "cr" / "text_emb" / "text_emb_1.npy")
+    t = np.load(tmp_path / "cr" / "text_emb" / "text_emb_1.npy").astype(src_dtype)
     t[2, 5] = np.inf  # global row 39: chunk 2 (rows 32..47) holds rows of partitions 0 and 1
     np.save(tmp_path / "cr" / "text_emb" / "text_emb_1.npy", t)
+    for sub in ("img_emb", "text_emb"):  # every shard in the dump's dtype, stored as it is
+        for f in os.listdir(tmp_path / "cr" / sub):
+            np.save(tmp_path / "cr" / sub / f, np.load(tmp_path / "cr" / sub / f).astype(src_dtype))
     with pytest.raises(EmbedxError, match=r"text_emb/text_emb_1.npy row 2 contains NaN or inf"):
         import_dump(str(tmp_path / "s.zarr"), "clip-retrieval", tmp_path / "cr", chunk_rows=16)
     assert not os.path.exists(tmp_path / "s.zarr")
