@@ -106,3 +106,21 @@ class LazyHelp(click.Command):
     def help(self, value):
         if value is not None:
             self._text = value
+
+
+def refuse_unused(ctx, params, why: str) -> None:
+    """A one-line error (exit 2, before any work) when an option of ``params`` (Python names) was typed although
+    ``why`` says it would be ignored; defaults never trip it."""
+    from click.core import ParameterSource
+
+    from embedx.errors import EmbedxError
+
+    given = [p for p in params if ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE]
+    if not given:
+        return
+    flags = []
+    for p in ctx.command.params:
+        if p.name in given:
+            flags.append(next((o for o in p.opts if o.startswith("--")), p.opts[0]))
+    verb = "applies" if len(flags) == 1 else "apply"
+    raise EmbedxError(f"{', '.join(flags)} {verb} only {why}; leave {'it' if len(flags) == 1 else 'them'} out")

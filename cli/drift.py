@@ -5,8 +5,9 @@ import math
 
 import click
 
-from embedx.cli.common import emit_json, jsonable
-from embedx.cli.options import cluster_option, json_out_options, silhouette_options, verbosity_options
+from embedx.cli.common import emit_json, jsonable, refuse_unused
+from embedx.cli.options import (NamesOption, cluster_option, json_out_options, silhouette_options,
+                                verbosity_options)
 
 
 def _num(v, signed: bool = False) -> str:
@@ -60,7 +61,7 @@ def _render(s: dict, report: str | None) -> None:
         r = s["history_row"]
         click.echo(f"\nhistory: appended {r['task']} / {r['method']} (zs_acc {_num(r['zs_acc'])}, ft_acc "
                    f"{_num(r['ft_acc'])}, ood_delta {_num(r['ood_delta'], True)})")
-    click.echo(f"\n{sum(s['timings_s'].values()):.2f} s")
+    click.echo(f"\ntime: {sum(s['timings_s'].values()):.2f} s")
 
 
 @click.command()
@@ -72,7 +73,8 @@ def _render(s: dict, report: str | None) -> None:
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
               help="Write a self-contained HTML report (plots embedded) to FILE.")
 @json_out_options()
-@click.option("--metrics", default=None, help="Comma-separated subset of measures (default: all the stores support).")
+@click.option("--metrics", cls=NamesOption, family="measure", noun="measure", default=None,
+              help="Comma-separated subset of measures (default: all the stores support).")
 @silhouette_options("Euclidean silhouette: exact, or estimated from --sample-size points.",
                     "Seed for every sample (silhouette, kNN queries, plots).")
 @click.option("--knn", type=click.Choice(["blocked", "faiss"]), default="blocked", show_default=True,
@@ -96,7 +98,8 @@ def _render(s: dict, report: str | None) -> None:
                    "recorded in the store by `embedx embed`; else 100].")
 @cluster_option("the measures and the drift pass's sums (with --history: the predictors too)")
 @verbosity_options
-def drift(before, after, others, report, as_json, out, metrics, silhouette_mode, sample_size, seed, knn, knn_k,
+@click.pass_context
+def drift(ctx, before, after, others, report, as_json, out, metrics, silhouette_mode, sample_size, seed, knn, knn_k,
           knn_sample, plot_sample, history, task, method, history_store, logit_scale, cluster):
     """Drift between two stores of the same samples (e.g. embedded before and after fine-tuning).
 
@@ -116,7 +119,13 @@ def drift(before, after, others, report, as_json, out, metrics, silhouette_mode,
     check_output_file(report, "--report", param="report")
     check_output_file(out, "--out", param="out")
     check_output_file(history, "--history", param="history")
-    names = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    if silhouette_mode != "sample":
+        refuse_unused(ctx, ["sample_size"], "with --silhouette sample")
+    if not history:
+        refuse_unused(ctx, ["task", "method", "history_store", "logit_scale"], "with --history")
+    if not report:
+        refuse_unused(ctx, ["plot_sample"], "with --report")
+    names = metrics  # a list of registered names (NamesOption), or None
     opts = dict(metrics=names, silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn,
                 knn_k=knn_k, knn_sample=knn_sample, plot_sample=plot_sample)
     with connect(cluster) as executor:

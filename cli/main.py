@@ -103,6 +103,12 @@ class EmbedxGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: committed rows are kept; rerun the same command to resume", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except click.UsageError as e:  # a bad option value, a missing argument: one line, as every other error
+            if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+                raise
+            where = e.ctx.command_path if e.ctx is not None else "embedx"
+            click.echo(f"error: {' '.join(e.format_message().split())} (see: {where} --help)", err=True)
+            sys.exit(EXIT_BAD_INPUT)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except OSError as e:  # an expected failure of the machine (disk full, I/O error, permissions): not a bug

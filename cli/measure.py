@@ -5,7 +5,7 @@ import math
 
 import click
 
-from embedx.cli.common import LazyHelp, emit_json, progress_enabled, score_lines
+from embedx.cli.common import LazyHelp, emit_json, progress_enabled, refuse_unused, score_lines
 from embedx.cli.options import NamesOption, cluster_option, device_option, json_out_options, silhouette_options, \
     store_argument, verbosity_options
 
@@ -82,6 +82,8 @@ def measure(ctx, store, metrics, silhouette_mode, sample_size, seed, silhouette_
     from embedx.store import Store
 
     check_output_file(out, "JSON file", param="out")  # fail before the work, not after it
+    if silhouette_mode != "sample":
+        refuse_unused(ctx, ["sample_size", "seed"], "with --silhouette sample")
     st = Store(store)
     names = metrics
     if fmt == "clip-benchmark":

@@ -88,7 +88,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from tests.conftest import assert_one_line_error, embedx_cmd  # noqa: E402
+from tests.conftest import assert_one_line_error, embedx_cmd, run_embedx  # noqa: E402
 
 
 @pytest.fixture
@@ -259,3 +259,38 @@ def test_pretrained_file_that_is_no_checkpoint_says_what_it_should_hold(tmp_path
     r = invoke("embed", "-m", "embedx-tiny", "-p", tmp_path / "plain.txt", "-d", "digits:test", "--limit", "4",
                "--out", tmp_path / "e.zarr")
     assert_one_line_error(r.exit_code, r.stderr, "plain.txt", "not a checkpoint", "state dict", ".safetensors")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["finetune", "-m", "embedx-tiny", "--method", "nope", "--data", "digits", "--out", "r"],
+     ["--method", "'nope' is not one of", "embedx finetune --help"]),
+    (["measure", "{store}", "--knn", "bad"], ["--knn", "'bad' is not one of 'blocked', 'faiss'"]),
+    (["embed", "--out", "x.zarr"], ["missing option", "--data", "embedx embed --help"]),
+    (["drift", "{store}"], ["missing argument", "AFTER"]),
+])
+def test_usage_errors_are_one_line_through_the_entry_point(class_store, args, fragments):
+    """click's own errors (bad choice, missing option or argument) end as every error does: one line, exit 2."""
+    rc, _, err = run_embedx(*[a.format(store=class_store[0]) for a in args])
+    assert rc == 2
+    assert_one_line_error(rc, err, "error:", *fragments)
+
+
+@pytest.mark.parametrize("args, flags, when", [
+    (["measure", "{s}", "--sample-size", "10"], ["--sample-size"], "--silhouette sample"),
+    (["measure", "{s}", "--seed", "3", "--sample-size", "9"], ["--sample-size", "--seed"], "--silhouette sample"),
+    (["drift", "{s}", "{s}", "--sample-size", "10"], ["--sample-size"], "--silhouette sample"),
+    (["drift", "{s}", "{s}", "--task", "pets", "--logit-scale", "50"], ["--task", "--logit-scale"], "--history"),
+    (["drift", "{s}", "{s}", "--plot-sample", "100"], ["--plot-sample"], "--report"),
+])
+def test_options_that_would_be_ignored_are_refused_before_work(class_store, args, flags, when):
+    t = time.perf_counter()
+    r = invoke(*[a.format(s=class_store[0]) for a in args])
+    assert_one_line_error(r.exit_code, r.stderr, f"only with {when}", *flags)
+    assert time.perf_counter() - t < 5
+
+
+def test_options_used_by_the_mode_asked_for_are_taken(class_store):
+    r = invoke("measure", class_store[0], "--metrics", "silhouette_euclidean", "--silhouette", "sample",
+               "--sample-size", "40", "--seed", "2", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["options"]["sample_size"] == 40
