@@ -10,6 +10,7 @@ import bench_codec  # noqa: E402
 import bench_dist  # noqa: E402
 import bench_dumps  # noqa: E402
 import bench_embed  # noqa: E402
+import bench_finetune_defaults  # noqa: E402
 import bench_finetune_digits  # noqa: E402
 import bench_measures  # noqa: E402
 import bench_precision  # noqa: E402
@@ -41,6 +42,7 @@ def profile() -> dict:
 if __name__ == "__main__":
     results = {"codec": bench_codec.main(), "store_read": bench_store_read.main([]), "embed": bench_embed.main([]),
                "measures": bench_measures.main([]), "precision": bench_precision.main([]), "integrity": bench_integrity.main([]), "profile": profile(), "finetune_digits": bench_finetune_digits.main([]),
+               "finetune_defaults": bench_finetune_defaults.main([]),
                "transfer": bench_transfer.main([]), "predict_digits": bench_predict_digits.main([]), "dist": bench_dist.main([]), "sources": bench_sources.main(),
                "dumps": bench_dumps.main(),
                "startup": bench_startup.main(["--before-rev", bench_startup.ORIGINAL])}
