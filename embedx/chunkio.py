@@ -14,9 +14,9 @@ staging folder, which are synced before they are placed (``embedx.storepath``).
 zstd as the store has it) from a pyarrow string array, encoded by numpy from arrow's offsets and bytes
 (:func:`encode_vlen_utf8`; zarr's own path converts every item to a Python string first).
 
-:func:`direct_reader` (and :func:`direct_writer`, :func:`string_writer`) return None whenever the array does not qualify (remote store, a compressor or
-sharding, big-endian bytes, chunks that split rows); a short or missing chunk file makes ``read_rows`` return
-False. Callers then use zarr, which stays the reference for the format.
+:func:`direct_reader` (and :func:`direct_writer`, :func:`string_writer`) return None whenever the array does not
+qualify (remote store, a compressor or sharding, big-endian bytes, chunks that split rows); a short or missing
+chunk file makes ``read_rows`` return False. Callers then use zarr, which stays the reference for the format.
 """
 from __future__ import annotations
 
