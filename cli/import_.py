@@ -11,7 +11,8 @@ from embedx.cli.options import chunking_options, verbosity_options
 @click.option("--from", "kind", type=click.Choice(["clip-retrieval", "datacomp", "npy", "parquet"]), default=None,
               help="Import a released dump folder DIR: clip-retrieval inference output (img_emb/, text_emb/, "
                    "metadata/), a DataComp metadata folder ({shard}.npz + {shard}.parquet), or an `embedx export` "
-                   "(npy, parquet). Streamed shard by shard into a paired store.")
+                   "(npy, parquet). DIR may be a local folder or an fsspec URL (s3://, gs://, hf://, ...; "
+                   "credentials from the environment). Streamed shard by shard into a paired store.")
 @click.option("--features", default=None,
               help="--from datacomp: the feature pair NAME_img/NAME_txt [default: l14 if present, else b32].")
 @click.option("--id-column", default=None,

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from embedx import dumpfs as fsx
 from embedx import store as st
 from embedx.engine.progress import Bar, enabled
 from embedx.errors import EmbedxError
@@ -57,7 +58,7 @@ class NpyRows:
     def __init__(self, path: str, label: str):
         self.path, self.label = path, label
         try:
-            with open(path, "rb") as f:
+            with fsx.open_binary(path) as f:
                 shape, fortran, dtype = _npy_header(f)
                 self.offset = f.tell()
         except (ValueError, OSError) as e:
@@ -66,8 +67,9 @@ class NpyRows:
             raise EmbedxError(f"{label}: Fortran-ordered arrays are not supported; save it in C order")
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         need = self.offset + int(np.prod(shape)) * self.dtype.itemsize
-        if os.path.getsize(path) < need:
-            raise EmbedxError(f"{label}: truncated ({os.path.getsize(path)} bytes, its header promises {need})")
+        have = fsx.size(path)
+        if have < need:
+            raise EmbedxError(f"{label}: truncated ({have} bytes, its header promises {need})")
 
     def read_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Rows ``start:stop`` into ``out`` (C-contiguous, this file's dtype and row shape) by ``preadv``."""
@@ -75,6 +77,16 @@ class NpyRows:
         buf = memoryview(out.reshape(-1).view(np.uint8))
         if len(buf) != (stop - start) * row:
             raise ValueError(f"{self.label}: a buffer of {len(buf)} bytes for {stop - start} rows of {row}")
+        if st.is_url(self.path):  # one ranged read
+            with fsx.open_binary(self.path) as f:
+                f.seek(self.offset + start * row)
+                done = 0
+                while done < len(buf):
+                    n = f.readinto(buf[done:])
+                    if not n:
+                        raise EmbedxError(f"{self.label}: truncated while reading rows {start}..{stop - 1}")
+                    done += n
+            return out
         with open(self.path, "rb", buffering=0) as f:
             pos, done = self.offset + start * row, 0
             while done < len(buf):
@@ -95,7 +107,7 @@ class NpzMember:
         self.path, self.key, self.label = path, key, label
         self._data = None
         try:
-            with zipfile.ZipFile(path) as z, z.open(key + ".npy") as f:
+            with fsx.open_binary(path) as raw, zipfile.ZipFile(raw) as z, z.open(key + ".npy") as f:
                 shape, _, dtype = _npy_header(f)
         except (ValueError, OSError, KeyError, zipfile.BadZipFile) as e:
             raise EmbedxError(f"{label}: cannot read {key!r} ({' '.join(str(e).split())[:160]})") from None
@@ -105,7 +117,7 @@ class NpzMember:
     def read(self, start: int, stop: int) -> np.ndarray:
         with self._lock:  # decompressed once, whichever thread asks first
             if self._data is None:
-                with np.load(self.path, allow_pickle=False) as z:
+                with fsx.open_binary(self.path) as raw, np.load(raw, allow_pickle=False) as z:
                     self._data = z[self.key]
             data = self._data
         return data[start:stop]
@@ -120,7 +132,7 @@ class NpzMember:
 
 def npz_keys(path: str, label: str) -> list[str]:
     try:
-        with zipfile.ZipFile(path) as z:
+        with fsx.open_binary(path) as raw, zipfile.ZipFile(raw) as z:
             return [n[:-4] for n in z.namelist() if n.endswith(".npy")]
     except (OSError, zipfile.BadZipFile) as e:
         raise EmbedxError(f"{label}: not a readable .npz file ({' '.join(str(e).split())[:160]})") from None
@@ -163,17 +175,17 @@ class Dump:
 def _numbered(folder: str, prefix: str, ext: str, root: str) -> dict:
     """{partition number: path} of ``folder/{prefix}{digits}{ext}``; two files for one number is an error."""
     out = {}
-    if not os.path.isdir(folder):
+    if not fsx.isdir(folder):
         return out
     pat = re.compile(rf"^{re.escape(prefix)}(\d+){re.escape(ext)}$")
-    for name in os.listdir(folder):
+    for name in fsx.listdir(folder):
         m = pat.match(name)
         if not m:
             continue
         k = int(m.group(1))
         if k in out:
-            raise EmbedxError(f"{root}: two files for partition {k}: {os.path.basename(out[k])} and {name}")
-        out[k] = os.path.join(folder, name)
+            raise EmbedxError(f"{root}: two files for partition {k}: {fsx.basename(out[k])} and {name}")
+        out[k] = fsx.join(folder, name)
     return out
 
 
@@ -190,10 +202,10 @@ def _ranges(ks) -> str:
 
 def scan_clip_retrieval(path: str) -> Dump:
     """The partitions of a clip-retrieval inference output, checked from their headers."""
-    rel = lambda p: os.path.relpath(p, path)  # noqa: E731
-    img = _numbered(os.path.join(path, "img_emb"), "img_emb_", ".npy", path)
-    txt = _numbered(os.path.join(path, "text_emb"), "text_emb_", ".npy", path)
-    meta = _numbered(os.path.join(path, "metadata"), "metadata_", ".parquet", path)
+    rel = lambda p: fsx.rel(p, path)  # noqa: E731
+    img = _numbered(fsx.join(path, "img_emb"), "img_emb_", ".npy", path)
+    txt = _numbered(fsx.join(path, "text_emb"), "text_emb_", ".npy", path)
+    meta = _numbered(fsx.join(path, "metadata"), "metadata_", ".parquet", path)
     if not img and not txt:
         raise EmbedxError(f"{path}: no clip-retrieval partitions (expected img_emb/img_emb_0.npy, "
                           f"text_emb/text_emb_0.npy and metadata/metadata_0.parquet)")
@@ -222,10 +234,10 @@ def scan_clip_retrieval(path: str) -> Dump:
 def scan_datacomp(path: str, features: str | None) -> Dump:
     """The shards of a DataComp metadata folder (``{shard}.parquet`` + ``{shard}.npz``), in name order."""
     root = path
-    if not any(n.endswith((".npz", ".parquet")) for n in os.listdir(root)) and os.path.isdir(
-            os.path.join(root, "metadata")):
-        root = os.path.join(root, "metadata")  # the --data_dir of download_upstream.py
-    names = os.listdir(root)
+    if not any(n.endswith((".npz", ".parquet")) for n in fsx.listdir(root)) and fsx.isdir(
+            fsx.join(root, "metadata")):
+        root = fsx.join(root, "metadata")  # the --data_dir of download_upstream.py
+    names = fsx.listdir(root)
     npz = {n[:-4] for n in names if n.endswith(".npz")}
     pqs = {n[:-8] for n in names if n.endswith(".parquet")}
     if not npz and not pqs:
@@ -236,18 +248,18 @@ def scan_datacomp(path: str, features: str | None) -> Dump:
             raise EmbedxError(f"{path}: {lack[0]}{ext} is missing ({len(lack)} shards lack their {ext}; "
                               f"each .npz needs the .parquet of the same name)")
     stems = sorted(npz)
-    first = os.path.join(root, stems[0] + ".npz")
-    keys = npz_keys(first, os.path.basename(first))
+    first = fsx.join(root, stems[0] + ".npz")
+    keys = npz_keys(first, fsx.basename(first))
     if features is None:
         features = next((f for f in ("l14", "b32") if f"{f}_img" in keys and f"{f}_txt" in keys), None)
         if features is None:
-            raise EmbedxError(f"{os.path.basename(first)} has no l14_img/l14_txt or b32_img/b32_txt arrays (has: "
+            raise EmbedxError(f"{fsx.basename(first)} has no l14_img/l14_txt or b32_img/b32_txt arrays (has: "
                               f"{', '.join(keys)}); name the pair with --features NAME (NAME_img, NAME_txt)",
                               param="features")
     shards = []
     for s in stems:
-        f = os.path.join(root, s + ".npz")
-        label = os.path.relpath(f, path)
+        f = fsx.join(root, s + ".npz")
+        label = fsx.rel(f, path)
         have = keys if f == first else npz_keys(f, label)
         for key in (f"{features}_img", f"{features}_txt"):
             if key not in have:
@@ -255,8 +267,8 @@ def scan_datacomp(path: str, features: str | None) -> Dump:
                                   f"from the NAME_img/NAME_txt pairs present", param="features")
         x, t = NpzMember(f, f"{features}_img", label + ":" + features + "_img"), \
             NpzMember(f, f"{features}_txt", label + ":" + features + "_txt")
-        table = os.path.join(root, s + ".parquet")
-        rows = _paired_rows(x, t, table, os.path.relpath(table, path))
+        table = fsx.join(root, s + ".parquet")
+        rows = _paired_rows(x, t, table, fsx.rel(table, path))
         shards.append(Shard(label, x, t, table, rows))
     _same_dim(shards)
     model, pretrained = DATACOMP_MODELS.get(features, (None, None))
@@ -266,12 +278,12 @@ def scan_datacomp(path: str, features: str | None) -> Dump:
 
 def _export_meta(path: str) -> dict:
     """The ``embedx.json`` an ``embedx export`` left in ``path`` ({} if none)."""
-    mf = os.path.join(path, META_FILE)
-    if not os.path.isfile(mf):
+    mf = fsx.join(path, META_FILE)
+    if not fsx.isfile(mf):
         return {}
     try:
-        with open(mf, encoding="utf-8") as f:
-            meta = json.load(f)
+        with fsx.open_binary(mf) as f:
+            meta = json.loads(f.read().decode("utf-8"))
     except (OSError, ValueError) as e:
         raise EmbedxError(f"{mf}: unreadable ({' '.join(str(e).split())[:160]})") from None
     return meta if isinstance(meta, dict) else {}
@@ -303,12 +315,12 @@ def scan_export(path: str, kind: str) -> Dump:
         table = _need(path, "embeddings.parquet")
         import pyarrow.parquet as pq
 
-        pf = pq.ParquetFile(table)
+        pf = pq.ParquetFile(fsx.parquet_source(table))
         rows = pf.metadata.num_rows
         d.shards = [Shard("embeddings.parquet", None, None, table, rows, extra={"pf": pf})]
         if mode != "paired":
             tf = _need(path, "texts.parquet")
-            tt = pq.read_table(tf)
+            tt = pq.read_table(fsx.parquet_source(tf))
             d.class_names = [str(v) for v in tt.column("name").to_pylist()]
             d.class_texts = _matrix(tt.column("embedding"), "texts.parquet:embedding")
     d.source = {"files": len(d.shards)}
@@ -316,8 +328,8 @@ def scan_export(path: str, kind: str) -> Dump:
 
 
 def _need(path: str, name: str) -> str:
-    f = os.path.join(path, name)
-    if not os.path.isfile(f):
+    f = fsx.join(path, name)
+    if not fsx.isfile(f):
         raise EmbedxError(f"{path}: {name} is missing (not an embedx export?)")
     return f
 
@@ -335,7 +347,7 @@ def _table_rows(path: str, label: str) -> int:
     import pyarrow.parquet as pq
 
     try:
-        return int(pq.ParquetFile(path).metadata.num_rows)
+        return int(pq.ParquetFile(fsx.parquet_source(path)).metadata.num_rows)
     except Exception as e:
         raise EmbedxError(f"{label}: not a readable parquet file ({' '.join(str(e).split())[:160]})") from None
 
@@ -365,10 +377,10 @@ def _same_dim(shards, extra=None) -> None:
 def _column(path: str, column: str, label: str) -> list:
     import pyarrow.parquet as pq
 
-    names = pq.ParquetFile(path).schema_arrow.names
+    names = pq.ParquetFile(fsx.parquet_source(path)).schema_arrow.names
     if column not in names:
         raise EmbedxError(f"{label} has no column {column!r} (has: {', '.join(names)})")
-    return [str(v) for v in pq.read_table(path, columns=[column]).column(column).to_pylist()]
+    return [str(v) for v in pq.read_table(fsx.parquet_source(path), columns=[column]).column(column).to_pylist()]
 
 
 def _matrix(col, label: str) -> np.ndarray:
@@ -411,9 +423,9 @@ def scan(kind: str, path: str, features: str | None = None) -> Dump:
     if kind not in FORMATS:
         raise EmbedxError(f"unknown dump format {kind!r}; choose one of {', '.join(FORMATS)}")
     path = os.fspath(path)
-    if not os.path.isdir(path):
+    if not fsx.isdir(path):
         raise EmbedxError(f"{path}: no such folder")
-    if not os.listdir(path):
+    if not fsx.listdir(path):
         raise EmbedxError(f"{path} is empty: no {kind} shards")
     if features is not None and kind != "datacomp":
         raise EmbedxError("--features applies to --from datacomp", param="features")
@@ -444,9 +456,9 @@ def import_dump(out: str, kind: str, path: str, *, features: str | None = None, 
     if d.rows == 0:
         raise EmbedxError(f"{path}: the dump has no rows")
     meta = {"model": model or d.model, "pretrained": d.pretrained if not model else None, "seed": None,
-            "dataset": dataset or d.meta.get("dataset") or os.path.basename(os.path.abspath(path).rstrip("/")),
+            "dataset": dataset or d.meta.get("dataset") or fsx.basename(path),
             "mode": d.mode, "normalized": True,
-            "source": {"format": kind, **d.source, "rows": d.rows, "path": os.path.abspath(path)}}
+            "source": {"format": kind, **d.source, "rows": d.rows, "path": fsx.absolute(path)}}
     if d.meta:
         meta["source"]["exported_from"] = d.meta.get("store")
     with writer_lock(out):
@@ -600,7 +612,7 @@ def _prefetch(shards) -> None:
         return
     for s in shards:
         for a in (s.images, s.texts):
-            if isinstance(a, NpyRows):
+            if isinstance(a, NpyRows) and not st.is_url(a.path):
                 try:
                     fd = os.open(a.path, os.O_RDONLY)
                     try:
@@ -650,15 +662,15 @@ def _shard_strings(d: Dump, shard: Shard, id_column, caption_column, arrow: bool
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    label = os.path.relpath(shard.table, d.path)
-    names = pq.ParquetFile(shard.table).schema_arrow.names
+    label = fsx.rel(shard.table, d.path)
+    names = pq.ParquetFile(fsx.parquet_source(shard.table)).schema_arrow.names
     if d.kind in ("npy", "parquet"):
         id_col, cap_col = "id", ("caption" if d.mode == "paired" else None)
     else:
         id_col = _pick(names, id_column, ID_COLUMNS[d.kind], label, "id")
         cap_col = _pick(names, caption_column, CAPTION_COLUMNS[d.kind], label, "caption")
     cols = [c for c in (id_col, cap_col) if c]
-    table = pq.read_table(shard.table, columns=cols)
+    table = pq.read_table(fsx.parquet_source(shard.table), columns=cols)
     ids = table.column(id_col).cast(pa.string()).combine_chunks()
     if ids.null_count:
         row = int(np.flatnonzero(ids.is_null().to_numpy(zero_copy_only=False))[0])
