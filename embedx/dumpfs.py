@@ -68,3 +68,38 @@ def absolute(p: str) -> str:
 
 def basename(p: str) -> str:
     return p.rstrip("/").rsplit("/", 1)[-1] if is_url(p) else os.path.basename(os.path.abspath(p).rstrip("/"))
+
+
+def open_write(p: str):
+    """A binary file object for writing ``p`` (fsspec's for URLs: uploaded when closed)."""
+    if is_url(p):
+        fs, q = url_fs(p)
+        return fs.open(q, "wb", block_size=64 << 20)
+    return open(p, "wb")
+
+
+def makedirs(p: str) -> None:
+    if is_url(p):
+        fs, q = url_fs(p)
+        fs.makedirs(q, exist_ok=True)  # object stores: nothing to make
+    else:
+        os.makedirs(p, exist_ok=True)
+
+
+def exists(p: str) -> bool:
+    if is_url(p):
+        fs, q = url_fs(p)
+        return bool(fs.exists(q))
+    return os.path.exists(p)
+
+
+def remove_tree(p: str) -> None:
+    """Remove the folder ``p`` and everything under it (missing: nothing to do)."""
+    if is_url(p):
+        fs, q = url_fs(p)
+        if fs.exists(q):
+            fs.rm(q, recursive=True)
+    else:
+        import shutil
+
+        shutil.rmtree(p, ignore_errors=True)

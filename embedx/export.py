@@ -12,8 +12,9 @@
 
 Every export also writes ``embedx.json`` (the store's mode, dtype, model, dataset), so ``embedx import --from
 FORMAT DIR`` rebuilds the same arrays, dtype included. Rows are read in blocks of whole chunks (checked against
-their content checksums) and written as they come: memory is one block. The folder is staged and renamed into
-place when complete.
+their content checksums) and written as they come: memory is one block. A local folder is staged and renamed into
+place when complete; an fsspec URL (``s3://``, ...) is written in place, ``embedx.json`` last, and removed again
+if the export fails.
 """
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ import uuid
 
 import numpy as np
 
+from embedx import dumpfs as fsx
 from embedx.engine.progress import Bar, enabled
 from embedx.errors import EmbedxError
 from embedx.store import Store
+from embedx.storelayout import is_url
 
 FORMATS = ("clip-retrieval", "npy", "parquet")
 PARTITION_ROWS = 1_000_000
@@ -40,7 +43,7 @@ class NpyWriter:
 
     def __init__(self, path: str, shape: tuple, dtype):
         self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
-        self.f = open(path, "wb")
+        self.f = fsx.open_write(path)
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
         np.lib.format.write_array_header_1_0(self.f, header)
         self.rows = 0
@@ -86,27 +89,20 @@ def export_store(store: str, fmt: str, out: str, *, partition_rows: int = PARTIT
         raise EmbedxError(f"{store} has class texts, not one caption per image; the clip-retrieval layout needs a "
                           f"paired store (use --format npy or parquet)")
     out = os.fspath(out).rstrip("/")
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    if fsx.exists(out) and (not fsx.isdir(out) or fsx.listdir(out)):
         if not overwrite:
             raise EmbedxError(f"{out} exists and is not empty; pass --overwrite to replace it", param="out")
-        if not os.path.isfile(os.path.join(out, META_FILE)):
+        if not fsx.isfile(fsx.join(out, META_FILE)):
             raise EmbedxError(f"{out} is not an embedx export; refusing to replace it (choose another folder)")
+    if is_url(out):
+        return _export_url(s, store, fmt, out, partition_rows)
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):
         raise EmbedxError(f"cannot write {out}: the folder {parent} does not exist")
     tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{uuid.uuid4().hex[:8]}")
     os.makedirs(tmp)
     try:
-        bar = Bar(s.n_images, "export", enabled(None))
-        files = {"clip-retrieval": _clip_retrieval, "npy": _npy, "parquet": _parquet}[fmt](s, tmp, partition_rows,
-                                                                                         bar)
-        bar.close()
-        meta = {k: s.meta.get(k) for k in META_KEYS}
-        meta.update(format=fmt, rows=s.n_images, n_texts=s.n_texts, store=os.path.abspath(store),
-                    generation=s.generation)
-        with open(os.path.join(tmp, META_FILE), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1)
-        s.ensure_unchanged()
+        files = _write_all(s, store, fmt, tmp, partition_rows)
         if os.path.exists(out):
             old = f"{tmp}.old"
             os.replace(out, old)
@@ -117,8 +113,38 @@ def export_store(store: str, fmt: str, out: str, *, partition_rows: int = PARTIT
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return _summary(s, out, fmt, files)
+
+
+def _summary(s: Store, out: str, fmt: str, files: int) -> dict:
     return {"out": out, "format": fmt, "rows": s.n_images, "n_texts": s.n_texts, "dim": s.dim,
             "dtype": str(s.dtype), "files": files}
+
+
+def _write_all(s: Store, store: str, fmt: str, folder: str, partition_rows: int) -> int:
+    """Every file of the export into ``folder``, ``embedx.json`` last; the number of files."""
+    bar = Bar(s.n_images, "export", enabled(None))
+    files = {"clip-retrieval": _clip_retrieval, "npy": _npy, "parquet": _parquet}[fmt](s, folder, partition_rows, bar)
+    bar.close()
+    meta = {k: s.meta.get(k) for k in META_KEYS}
+    meta.update(format=fmt, rows=s.n_images, n_texts=s.n_texts, store=fsx.absolute(store), generation=s.generation)
+    with fsx.open_write(fsx.join(folder, META_FILE)) as f:
+        f.write(json.dumps(meta, indent=1).encode("utf-8"))
+    s.ensure_unchanged()
+    return files
+
+
+def _export_url(s: Store, store: str, fmt: str, out: str, partition_rows: int) -> dict:
+    """An export behind a URL: written in place (object stores have no rename), the old export removed first;
+    a failure removes what was written, and ``embedx.json`` comes last, so a partial export is never taken for
+    one."""
+    fsx.remove_tree(out)
+    try:
+        files = _write_all(s, store, fmt, out, partition_rows)
+    except BaseException:
+        fsx.remove_tree(out)
+        raise
+    return _summary(s, out, fmt, files)
 
 
 def _clip_retrieval(s: Store, out: str, partition_rows: int, bar) -> int:
@@ -129,14 +155,15 @@ def _clip_retrieval(s: Store, out: str, partition_rows: int, bar) -> int:
     parts = math.ceil(n / partition_rows)
     width = int(math.log10(parts)) + 1  # as clip_retrieval.clip_inference.writer.OutputSink numbers them
     for sub in ("img_emb", "text_emb", "metadata"):
-        os.makedirs(os.path.join(out, sub))
+        fsx.makedirs(fsx.join(out, sub))
     schema = pa.schema([("image_path", pa.string()), ("caption", pa.string())])
     for k in range(parts):
         p0, p1 = k * partition_rows, min(n, (k + 1) * partition_rows)
         tag = str(k).zfill(width)
-        xi = NpyWriter(os.path.join(out, "img_emb", f"img_emb_{tag}.npy"), (p1 - p0, d), s.dtype)
-        xt = NpyWriter(os.path.join(out, "text_emb", f"text_emb_{tag}.npy"), (p1 - p0, d), s.dtype)
-        with pq.ParquetWriter(os.path.join(out, "metadata", f"metadata_{tag}.parquet"), schema) as mw:
+        xi = NpyWriter(fsx.join(out, "img_emb", f"img_emb_{tag}.npy"), (p1 - p0, d), s.dtype)
+        xt = NpyWriter(fsx.join(out, "text_emb", f"text_emb_{tag}.npy"), (p1 - p0, d), s.dtype)
+        with fsx.open_write(fsx.join(out, "metadata", f"metadata_{tag}.parquet")) as sink, \
+                pq.ParquetWriter(sink, schema) as mw:
             for a, b in _blocks(s, p0, p1):
                 xi.write(_rows(s, "images/embeddings", a, b, d))
                 xt.write(_rows(s, "texts/embeddings", a, b, d))
@@ -153,12 +180,12 @@ def _npy(s: Store, out: str, partition_rows: int, bar) -> int:
     import pyarrow.parquet as pq
 
     n, c, d = s.n_images, s.n_texts, s.dim
-    xi = NpyWriter(os.path.join(out, "images.npy"), (n, d), s.dtype)
-    xt = NpyWriter(os.path.join(out, "texts.npy"), (c, d), s.dtype)
-    y = None if s.paired else NpyWriter(os.path.join(out, "labels.npy"), (n,), np.int32)
+    xi = NpyWriter(fsx.join(out, "images.npy"), (n, d), s.dtype)
+    xt = NpyWriter(fsx.join(out, "texts.npy"), (c, d), s.dtype)
+    y = None if s.paired else NpyWriter(fsx.join(out, "labels.npy"), (n,), np.int32)
     fields = [("id", pa.string())] + ([("caption", pa.string())] if s.paired else [])
     schema = pa.schema(fields)
-    with pq.ParquetWriter(os.path.join(out, "ids.parquet"), schema) as mw:
+    with fsx.open_write(fsx.join(out, "ids.parquet")) as sink, pq.ParquetWriter(sink, schema) as mw:
         for a, b in _blocks(s, 0, n):
             xi.write(_rows(s, "images/embeddings", a, b, d))
             cols = {"id": _strings(s, "images/ids", a, b)}
@@ -172,7 +199,8 @@ def _npy(s: Store, out: str, partition_rows: int, bar) -> int:
     if not s.paired:
         for a, b in _text_blocks(s):
             xt.write(s.read_texts(a, b))
-        pq.write_table(pa.table({"name": [str(v) for v in s.text_names()]}), os.path.join(out, "names.parquet"))
+        with fsx.open_write(fsx.join(out, "names.parquet")) as sink:
+            pq.write_table(pa.table({"name": [str(v) for v in s.text_names()]}), sink)
         y.close()
     xi.close()
     xt.close()
@@ -203,7 +231,7 @@ def _parquet(s: Store, out: str, partition_rows: int, bar) -> int:
     else:
         schema = pa.schema([("id", pa.string()), ("label", pa.int32()), ("image", vec)])
     schema = schema.with_metadata({"embedx": json.dumps({"dtype": str(s.dtype), "mode": s.meta["mode"]})})
-    with pq.ParquetWriter(os.path.join(out, "embeddings.parquet"), schema) as w:
+    with fsx.open_write(fsx.join(out, "embeddings.parquet")) as sink, pq.ParquetWriter(sink, schema) as w:
         for a, b in _blocks(s, 0, n):
             cols = {"id": pa.array(_strings(s, "images/ids", a, b), pa.string())}
             if s.paired:
@@ -219,6 +247,6 @@ def _parquet(s: Store, out: str, partition_rows: int, bar) -> int:
         return 1
     names = [str(v) for v in s.text_names()]
     texts = np.concatenate([s.read_texts(a, b) for a, b in _text_blocks(s)]) if s.n_texts else np.empty((0, d))
-    pq.write_table(pa.table({"name": pa.array(names, pa.string()), "embedding": _vectors(texts)}),
-                   os.path.join(out, "texts.parquet"))
+    with fsx.open_write(fsx.join(out, "texts.parquet")) as sink:
+        pq.write_table(pa.table({"name": pa.array(names, pa.string()), "embedding": _vectors(texts)}), sink)
     return 2
