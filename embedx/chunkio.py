@@ -69,21 +69,22 @@ class DirectRows:
 class DirectChunks(DirectRows):
     """Whole-chunk writer for one qualifying array (see the module docstring)."""
 
-    def write_chunk(self, k: int, data: bytes) -> bytes:
-        """Chunk ``k``'s rows as ``data`` (C-order bytes of whole rows; fewer rows than a chunk only for the last
-        one, then padded with the array's fill value, as zarr stores an edge chunk). Returns the padding written
-        (the file is ``data + padding``: its checksum)."""
+    def write_chunk(self, k: int, data) -> bytes:
+        """Chunk ``k``'s rows as ``data`` (C-order bytes of whole rows, or a C-contiguous array; fewer rows than a
+        chunk only for the last one, then padded with the array's fill value, as zarr stores an edge chunk).
+        Returns the padding written (the file is ``data + padding``: its checksum)."""
+        view = memoryview(data).cast("B")
         full = self.chunk_rows * self.row_bytes
-        if len(data) % self.row_bytes or len(data) > full:
-            raise ValueError(f"chunk {k}: {len(data)} bytes is not whole rows of one chunk ({self.row_bytes} a row)")
+        if len(view) % self.row_bytes or len(view) > full:
+            raise ValueError(f"chunk {k}: {len(view)} bytes is not whole rows of one chunk ({self.row_bytes} a row)")
         pad = b""
-        if len(data) < full:
+        if len(view) < full:
             fill = np.full(self.row_shape or (), self.arr.metadata.fill_value, dtype=self.dtype)
-            pad = fill.tobytes() * ((full - len(data)) // self.row_bytes)
+            pad = fill.tobytes() * ((full - len(view)) // self.row_bytes)
         path = self._chunk_file(k)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
-            f.write(data)
+            f.write(view)
             f.write(pad)
         return pad
 

@@ -94,27 +94,34 @@ def plan(rows_of: list, chunk_rows: int) -> list[list[Segment]]:
     return chunks
 
 
-def _check(x: np.ndarray, seg: "Segment", dtype: np.dtype, scratch) -> tuple[bool, np.ndarray]:
-    """The row checks of one segment's rows ``x`` (as stored); (all rows unit norm, sum of the normalized rows).
-    float16 rows kept as float16 are judged by their norms from the same pass as the sum; any other rows by
-    ``importer._check_rows`` (float64: overflow, directions lost in the conversion)."""
+def _check(src, s0: int, x: np.ndarray, raw: np.ndarray, dtype: np.dtype, scratch) -> tuple[bool, np.ndarray]:
+    """The row checks of one segment (rows ``s0:`` of ``src``; ``x`` as stored, ``raw`` as in the dump); (all rows
+    unit norm, sum of the normalized rows). float16 rows kept as float16 are judged by their norms from the same
+    pass as the sum; any other rows by ``importer._check_rows`` (float64: overflow, directions lost in the
+    conversion)."""
     from embedx.importer import _check_rows
 
-    src = seg.source
     if src.dtype == dtype == np.float16:
         norms, total = chunk_norms_and_sum(x, scratch)
         bad = first_bad_row(norms)
         if bad is not None:
-            raise EmbedxError(f"{src.label} row {bad[0] + seg.s0} {bad[1]}")
+            raise EmbedxError(f"{src.label} row {bad[0] + s0} {bad[1]}")
         return bool(len(norms) == 0 or np.abs(norms - 1).max() < UNIT_TOL), total
-    raw = x if src.dtype == dtype else seg.source.read(seg.s0, seg.s1)  # converted rows: judged from the dump's
-    return _check_rows(raw, src.label, str(dtype), offset=seg.s0), chunk_norms_and_sum(x, scratch)[1]
+    return _check_rows(raw, src.label, str(dtype), offset=s0), chunk_norms_and_sum(x, scratch)[1]
+
+
+def _file_crc(data, pad: bytes) -> int:
+    """crc32c of a chunk file: its rows' bytes, then the padding its writer added."""
+    from embedx.checksums import crc32c_of
+
+    crc = crc32c_of(data)
+    return crc32c_of(pad, crc) if pad else crc
 
 
 def _chunk(writer, k: int, segs: list[Segment], dtype: np.dtype) -> ChunkResult:
     """Chunk ``k``: its segments read into this thread's buffer (converted to ``dtype`` where they differ), checked,
     summed, checksummed and written."""
-    from embedx.checksums import crc32c_of, unit_hash
+    from embedx.checksums import unit_hash
 
     rows = sum(s.s1 - s.s0 for s in segs)
     row_elems = int(np.prod(writer.row_shape))
@@ -124,20 +131,18 @@ def _chunk(writer, k: int, segs: list[Segment], dtype: np.dtype) -> ChunkResult:
         src, n = seg.source, seg.s1 - seg.s0
         out = buf[at * writer.row_bytes:(at + n) * writer.row_bytes].view(dtype).reshape(n, *writer.row_shape)
         if src.dtype == dtype:
-            src.read_into(seg.s0, seg.s1, out)
-        else:  # another dtype in the dump: stored converted
+            raw = src.read_into(seg.s0, seg.s1, out)
+        else:  # another dtype in the dump: checked as it is, stored converted
+            raw = src.read(seg.s0, seg.s1)
             with np.errstate(over="ignore"):  # an overflow is the checks' one-line error
-                out[...] = src.read(seg.s0, seg.s1)
-        ok, part = _check(out, seg, dtype, scratch)
+                out[...] = raw
+        ok, part = _check(src, seg.s0, out, raw, dtype, scratch)
         unit &= ok
         total += part
         at += n
     x = buf.view(dtype).reshape(rows, *writer.row_shape)
     pad = writer.write_chunk(k, buf)
-    crc = crc32c_of(buf)
-    if pad:
-        crc = crc32c_of(pad, crc)
-    return ChunkResult(total, unit, int(crc), unit_hash(x))
+    return ChunkResult(total, unit, _file_crc(buf, pad), unit_hash(x))
 
 
 def write_chunks(arrays: dict, dtype, threads: int | None = None, on_chunk=None, cancel=None) -> dict:
@@ -235,8 +240,6 @@ class RowFields:
                                                                                     else join(caps))
 
     def _flush(self, n: int) -> None:
-        import google_crc32c
-
         from embedx.checksums import unit_hash
 
         ids, labels, caps = self._take(n)
@@ -244,15 +247,11 @@ class RowFields:
         if labels is None:
             labels = np.arange(r0, r0 + n, dtype=np.int32)
         labels = np.ascontiguousarray(labels, dtype=np.int32)
-        lab = self.writers["images/labels"]
-        raw = labels.tobytes()
-        pad = lab.write_chunk(self.k, raw)
-        crc = google_crc32c.value(raw)
-        self.sums["images/labels"]["crc32c"].append(int(google_crc32c.extend(crc, pad) if pad else crc))
+        pad = self.writers["images/labels"].write_chunk(self.k, labels)
+        self.sums["images/labels"]["crc32c"].append(_file_crc(labels, pad))
         self.sums["images/labels"]["content"].append(unit_hash(labels))
         for name, strings in (("images/ids", ids), ("texts/names", caps)):
             if self.writers[name] is not None:
-                self.sums[name]["crc32c"].append(int(google_crc32c.value(self.writers[name].write_chunk(self.k,
-                                                                                                        strings))))
+                self.sums[name]["crc32c"].append(_file_crc(self.writers[name].write_chunk(self.k, strings), b""))
         self.rows += n
         self.k += 1

@@ -490,7 +490,7 @@ def _stream(out, d: Dump, meta, dtype, codec, chunk_rows, id_column, caption_col
         bar = Bar(n, "import", enabled(None))
         direct = _direct_writers(w, d) if local else None  # staged: synced whole before it is placed
         if direct is not None:
-            ok, known = _write_direct(w, d, direct, dtype, id_column, caption_column, bar)
+            ok, known = _write_direct(w, d, *direct, dtype, id_column, caption_column, bar)
         else:
             ok, known = _write_blocks(w, d, dtype, id_column, caption_column, bar), None
         bar.close()
@@ -536,25 +536,27 @@ def _write_blocks(w, d: Dump, dtype, id_column, caption_column, bar) -> bool:
     return unit
 
 
-def _direct_writers(w, d: Dump) -> dict | None:
-    """{array: DirectChunks} of the embedding arrays when the store takes whole chunks directly and the dump is
-    read by row ranges (npy/npz shards), else None."""
+def _direct_writers(w, d: Dump) -> tuple | None:
+    """({array: DirectChunks} of the embedding arrays, RowFields) when the store takes whole chunks directly and
+    the dump is read by row ranges (npy/npz shards), else None."""
     from embedx.chunkio import direct_writer
+    from embedx.chunkwrite import RowFields
 
     if d.kind == "parquet" or any(not hasattr(s.images, "read_into") for s in d.shards):
         return None
     names = ["images/embeddings"] + (["texts/embeddings"] if d.mode == "paired" else [])
     writers = {name: direct_writer(w.group[name]) for name in names}
-    return None if any(v is None for v in writers.values()) else writers
+    fields = RowFields.open(w)
+    return None if fields is None or any(v is None for v in writers.values()) else (writers, fields)
 
 
-def _write_direct(w, d: Dump, writers: dict, dtype, id_column, caption_column, bar) -> tuple[bool, dict]:
+def _write_direct(w, d: Dump, writers: dict, fields, dtype, id_column, caption_column, bar) -> tuple[bool, dict]:
     """The embeddings as whole chunks on a thread pool (``embedx.chunkwrite``) while this thread writes the ids,
     labels and captions shard by shard; the sums recorded. (every row has unit norm, {array: the checksums of
     its chunks} for finalize)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from embedx.chunkwrite import RowFields, plan, write_chunks
+    from embedx.chunkwrite import plan, write_chunks
 
     cr = int(w.meta["chunk_rows"])
     sources = {"images/embeddings": "images", "texts/embeddings": "texts"}
@@ -580,22 +582,16 @@ def _write_direct(w, d: Dump, writers: dict, dtype, id_column, caption_column, b
 
     _prefetch(d.shards[:2])
     cancel = threading.Event()
-    fields = RowFields.open(w)  # None: the row fields go through zarr
     with ThreadPoolExecutor(1, thread_name_prefix="embedx-import") as bg:
         job = bg.submit(write_chunks, arrays, dtype, on_chunk=on_chunk, cancel=cancel)
         try:
-            pos = 0
             for shard in d.shards:
-                ids, caps = _shard_strings(d, shard, id_column, caption_column, arrow=fields is not None)
+                ids, caps = _shard_strings(d, shard, id_column, caption_column, arrow=True)
                 y = None
                 if d.mode != "paired":
                     y = _labels(shard.labels.read(0, shard.rows), len(d.class_names), shard.name, 0)
-                if fields is not None:
-                    fields.add(ids, y, caps)
-                else:
-                    w.write_row_fields(pos, ids, labels=y, text_names=caps)
-                pos += shard.rows
-            known = fields.close() if fields is not None else {}
+                fields.add(ids, y, caps)
+            known = fields.close()
         except BaseException:
             cancel.set()
             raise

@@ -294,20 +294,6 @@ class StoreWriter:
             p.text_emb.append(np.asarray(text_emb, dtype=self.dtype))
             p.text_names.append(np.asarray(list(text_names), dtype=str))
 
-    def write_row_fields(self, r0: int, ids: Sequence[str], labels: np.ndarray | None = None,
-                         text_names: Sequence[str] | None = None) -> None:
-        """The ids (and labels; captions of a paired store) of rows ``r0:r0+len(ids)`` written in place, beside
-        embeddings written chunk by chunk (``embedx.chunkwrite``); durable with the next ``record``/``finalize``.
-        Paired stores take no labels (row i's label is i)."""
-        self.wait()
-        r1 = r0 + len(ids)
-        g = self._arrays
-        g["images/ids"][r0:r1] = np.asarray(ids, dtype=str)
-        g["images/labels"][r0:r1] = (np.arange(r0, r1, dtype=np.int32) if self.paired
-                                     else np.asarray(labels, dtype=np.int32))
-        if self.paired:
-            g["texts/names"][r0:r1] = np.asarray(text_names, dtype=str)
-
     def skip(self, items: Sequence[dict]) -> None:
         """Record source items that could not be read (listed in attrs, never dropped silently)."""
         self._pending_skipped.extend(items)
