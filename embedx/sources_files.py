@@ -16,22 +16,13 @@ from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
 
+from embedx.dumpfs import isdir, isfile
 from embedx.errors import EmbedxError
+from embedx.storelayout import is_url, url_fs
 from embedx.sourcebase import Source
 
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 MAX_FILES = 10_000_000
-
-
-def is_url(path: str) -> bool:
-    return "://" in path
-
-
-def url_fs(path: str):
-    """(fsspec filesystem, path within it); credentials come from the environment as for stores."""
-    import fsspec
-
-    return fsspec.core.url_to_fs(path)
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -71,14 +62,14 @@ def expand_files(pattern: str, ext: str, what: str) -> list[str]:
                 if not found:
                     raise EmbedxError(f"no {what} matches {p}")
                 out.extend(found)
-            elif _isdir(p):
+            elif isdir(p):
                 found = sorted(f for f in _listdir(p) if f.lower().endswith(ext))
                 if not found:
                     raise EmbedxError(f"{p} is a folder without {ext} files")
                 out.extend(found)
             else:
                 out.append(p)
-    missing = [p for p in out if not _isfile(p)]
+    missing = [p for p in out if not isfile(p)]
     if missing:
         raise EmbedxError(f"{what} not found: {missing[0]}" + (f" ({len(missing)} of {len(out)} missing)"
                                                                 if len(missing) > 1 else ""))
@@ -91,32 +82,11 @@ def _local_glob(q: str) -> list[str]:
     return [p for p in glob.glob(q) if os.path.isfile(p)]
 
 
-def _isdir(p: str) -> bool:
-    if is_url(p):
-        fs, q = url_fs(p)
-        return fs.isdir(q)
-    return os.path.isdir(p)
-
-
-def _isfile(p: str) -> bool:
-    if is_url(p):
-        fs, q = url_fs(p)
-        return fs.isfile(q)
-    return os.path.isfile(p)
-
-
 def _listdir(p: str) -> list[str]:
     if is_url(p):
         fs, q = url_fs(p)
         return [fs.unstrip_protocol(f) for f in fs.ls(q, detail=False)]
     return [os.path.join(p, f) for f in os.listdir(p) if os.path.isfile(os.path.join(p, f))]
-
-
-def file_size(p: str) -> int:
-    if is_url(p):
-        fs, q = url_fs(p)
-        return int(fs.size(q))
-    return os.path.getsize(p)
 
 
 def read_classes(path: str) -> list[str]:

@@ -22,10 +22,11 @@ import threading
 
 import numpy as np
 
+from embedx.dumpfs import size as file_size
 from embedx.errors import EmbedxError
 from embedx.sourcebase import _pil_rgb
-from embedx.sources_files import (ShardedSource, decode_image, expand_files, file_size, is_url, label_index,
-                                  read_classes, url_fs)
+from embedx.sources_files import ShardedSource, decode_image, expand_files, label_index, read_classes
+from embedx.storelayout import is_url, url_fs
 
 IMAGE_COLS = ("image", "jpg", "png", "webp", "img", "image_bytes", "path", "filepath", "file_path", "image_path",
               "file_name", "filename", "url")

@@ -30,9 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from embedx.dumpfs import size as file_size
 from embedx.errors import EmbedxError
-from embedx.sources_files import (RangeReader, ShardedSource, decode_image, expand_files, file_size, is_url,
-                                  label_index, read_classes, url_fs)
+from embedx.sources_files import RangeReader, ShardedSource, decode_image, expand_files, label_index, read_classes
+from embedx.storelayout import is_url, url_fs
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _BASE_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's base_plus_ext (no hidden-file keys)
