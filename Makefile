@@ -1,18 +1,30 @@
-# `make demo` and `make test` work on a fresh machine: they create .venv when missing, then run.
+# `make demo` and `make test` work on a fresh machine: they create .venv when missing, from the lock, then run.
+# requirements-cpu.lock pins every package (transitive ones, torch's CPU build and the build backend included)
+# for CPython 3.11 on Linux x86_64; `make lock` regenerates it with pip-tools, `make test-latest` tries the newest.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+LOCK := requirements-cpu.lock
 CONSTRAINTS := constraints-cpu.txt
+PIP_TOOLS := pip-tools==7.7.0
+LOCK_VENV := .venv-lock
+LATEST_VENV := .venv-latest
+COMPILE = $(LOCK_VENV)/bin/pip-compile --quiet --extra test --all-build-deps --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links -c $(CONSTRAINTS) --output-file $(LOCK)
 
-.PHONY: demo test bench venv clean gpu-check
+.PHONY: demo test test-latest lock lock-upgrade bench venv clean gpu-check
 
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+# Exactly the lock, nothing resolved: --no-deps installs the pinned set, the project builds with the locked
+# setuptools (--no-build-isolation), `pip check` proves the set consistent. The lock's sha256 is left in the
+# venv so tests/test_lock.py knows this environment was built from it.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip 2>/dev/null || true
-	$(PIP) install -q -c $(CONSTRAINTS) torch==2.13.0
-	$(PIP) install -q -c $(CONSTRAINTS) -e '.[test]'
+	$(PIP) install -qq --no-deps -r $(LOCK)  # -qq: no per-package "Location ignored" lines from the local indexes
+	$(PIP) install -qq --no-deps --no-build-isolation -e .
+	$(PIP) check >/dev/null || $(PIP) check
+	sha256sum $(LOCK) | cut -d' ' -f1 > $(VENV)/embedx-lock.sha256
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -31,5 +43,29 @@ gpu-check:
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
+# Regenerate the lock from pyproject.toml's ranges: `lock` keeps the current pins where they still fit,
+# `lock-upgrade` takes the newest of everything (torch stays the CPU build: constraints-cpu.txt).
+$(LOCK_VENV)/bin/pip-compile:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q $(PIP_TOOLS)
+
+lock: $(LOCK_VENV)/bin/pip-compile
+	$(COMPILE) pyproject.toml
+
+lock-upgrade: $(LOCK_VENV)/bin/pip-compile
+	$(COMPILE) --upgrade pyproject.toml
+
+# Not in CI: a throwaway venv with the newest release of every dependency, then the suite; how upstream
+# breakage shows up here before it reaches users. Prints which packages differ from the lock.
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) -e '.[test]'
+	@echo "newer than the lock:"; $(LATEST_VENV)/bin/python -m pip freeze --exclude-editable \
+	  | grep -vxF -f $(LOCK) | sed 's/^/  /' || echo "  nothing"
+	TRITON_INTERPRET=1 $(LATEST_VENV)/bin/python -m pytest -q tests; s=$$?; rm -rf $(LATEST_VENV); \
+	  $(PIP) install -qq --no-deps --no-build-isolation -e . 2>/dev/null || true; exit $$s
+
 clean:
-	rm -rf $(VENV) embedx-demo build *.egg-info
+	rm -rf $(VENV) $(LOCK_VENV) $(LATEST_VENV) embedx-demo build *.egg-info

@@ -8,8 +8,12 @@ forces one (Triton on CPU needs ``TRITON_INTERPRET=1`` set before triton is impo
 provider (FAISS on the CPU, else :func:`topk`'s backend); :func:`zeroshot_hits` runs torch on every device.
 
 Names are re-exported lazily (PEP 562) from ``dispatch``: importing one op (``ops.content_hash`` for the store
-checksums) imports neither torch nor the other ops.
+checksums) imports neither torch nor the other ops. This folder loads only as ``embedx.kernels``: imported as a
+top-level ``kernels`` (the repository root on ``sys.path``) it hands over to that distribution (``embedx._noshadow``).
 """
+from embedx._noshadow import only_as
+
+only_as(__name__, "embedx.kernels", __file__)
 __all__ = ["backend_for", "cluster_distance_sums", "cluster_distance_pair_sums", "cluster_distance_pair_sums_reference",
            "cluster_distance_pair_sums_torch", "topk", "rank_count", "zeroshot_hits", "knn", "knn_stream",
            "knn_reference", "KNN_PROVIDERS", "cluster_distance_sums_reference", "cluster_distance_sums_torch",

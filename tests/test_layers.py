@@ -1,6 +1,7 @@
 """The layering contract, read from the source with ``ast`` (no import-linter dependency):
 
-(a) ``embedx.kernels`` imports nothing of ``embedx`` outside itself; (b) the library never imports ``embedx.cli``;
+(a) ``embedx.kernels`` imports nothing of ``embedx`` outside itself but the shadowing guard ``embedx._noshadow``,
+which imports nothing of ``embedx`` at all; (b) the library never imports ``embedx.cli``;
 (c) package ``__init__.py`` files only re-export (docstring, imports, ``__all__``, ``__version__``);
 (d) the module import graph has no cycle. The graph counts every import, module-level or inside a function,
 and the packages an import runs implicitly: importing ``embedx.a.b`` from ``m`` also runs ``embedx.a/__init__``
@@ -13,6 +14,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOTS = {"embedx": "embedx", "embedx.kernels": "kernels", "embedx.cli": "cli"}  # pyproject's package-dir
+SHADOW_GUARD = "embedx._noshadow"  # the top-level folders' only_as(...) guard (docs/DESIGN.md "No shadowing")
 
 
 
@@ -106,13 +108,13 @@ def _call_name(node) -> str:
 
 def _lazy_reexport(node) -> bool:
     """The re-export forms a package may use besides imports: a module ``__getattr__`` (PEP 562: names loaded on
-    first use; written out, or ``__getattr__ = _lazy.exports(...)``) and ``make_callable(__name__, f)`` (the
-    module is also its API function)."""
+    first use; written out, or ``__getattr__ = _lazy.exports(...)``), ``make_callable(__name__, f)`` (the
+    module is also its API function) and ``only_as(__name__, ...)`` (the top-level folders' shadowing guard)."""
     if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["__getattr__"]:
         return _call_name(node.value) == "exports"
     if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":  # a module __getattr__ (PEP 562)
         return True
-    return isinstance(node, ast.Expr) and _call_name(node.value) == "make_callable"
+    return isinstance(node, ast.Expr) and _call_name(node.value) in ("make_callable", "only_as")
 
 
 def init_logic(path):
@@ -146,8 +148,23 @@ def test_discovery_sees_the_three_roots():
 
 def test_kernels_import_nothing_of_embedx_outside_kernels():
     bad = [f"{m} imports {t} (line {line})" for m, edges in GRAPH.items() if m.startswith("embedx.kernels")
-           for t, line in edges.items() if not t.startswith("embedx.kernels")]
+           for t, line in edges.items() if not t.startswith("embedx.kernels") and t != SHADOW_GUARD]
     assert not bad, "; ".join(bad)
+
+
+def test_the_shadowing_guard_imports_nothing_of_embedx():
+    assert GRAPH[SHADOW_GUARD] == {}, f"{SHADOW_GUARD} must stay standard library only: {GRAPH[SHADOW_GUARD]}"
+
+
+def test_both_top_level_folders_are_guarded():
+    """Every package root that is a top-level folder of the repository calls only_as(__name__, its name) first."""
+    for pkg, folder in ROOTS.items():
+        if pkg == "embedx":
+            continue
+        with open(os.path.join(REPO, folder, "__init__.py")) as fh:
+            body = ast.parse(fh.read()).body
+        calls = [n.value for n in body if isinstance(n, ast.Expr) and _call_name(n.value) == "only_as"]
+        assert calls and ast.literal_eval(calls[0].args[1]) == pkg, f"{folder}/__init__.py lacks only_as(__name__, {pkg!r}, __file__)"
 
 
 def test_library_never_imports_the_cli():

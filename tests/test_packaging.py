@@ -25,3 +25,30 @@ def test_every_subpackage_is_listed_in_pyproject():
                     continue  # embedx/ never holds kernels/ or cli/: they are mapped
                 found.add(pkg)
     assert found - listed == set(), f"packages missing from pyproject's list: {sorted(found - listed)}"
+
+
+def test_the_build_is_quiet_and_ships_the_data(tmp_path):
+    """Built the way `make` installs it (the locked setuptools, no isolation), the project raises no setuptools
+    warning (no `project.license` table deprecation, no data folder "absent from packages"), and the wheel holds
+    the model configs and the shipped embeddings with their license."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"  # a copy, so the build leaves no build/ or egg-info in the repository
+    for name in ("embedx", "kernels", "cli"):
+        shutil.copytree(os.path.join(REPO, name), src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(REPO, name), src / name)
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", "-w",
+                        str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    noisy = [ln for ln in (p.stdout + p.stderr).splitlines()
+             if "Warning" in ln or "deprecat" in ln.lower() or "absent from" in ln]
+    assert not noisy, "\n".join(noisy[:20])
+    (wheel,) = (tmp_path / "dist").glob("embedx-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"embedx/model_configs/embedx-tiny.json", "embedx/data/modality_gap/LICENSE",
+            "embedx/data/modality_gap/features_clip.npy", "embedx/kernels/__init__.py", "embedx/cli/main.py",
+            "embedx/_noshadow.py"} <= names
