@@ -24,6 +24,25 @@ def run_embedx(*args, timeout=600, env=None):
     return p.returncode, p.stdout, p.stderr
 
 
+def run_bounded(*args, timeout=120, mem_gib=4, env=None, cwd=None):
+    """The console entry point in a child bounded in time and address space (``RLIMIT_AS``, set in the child):
+    a hang or a runaway allocation fails the test in ``timeout`` seconds instead of stalling CI.
+    ``(returncode, stdout, stderr)``; torch, peft and a small run fit well within 3 GiB of address space."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (mem_gib << 30, mem_gib << 30))
+
+    e = dict(os.environ, **(env or {}))
+    try:
+        p = subprocess.run(embedx_cmd(*args), capture_output=True, text=True, timeout=timeout, env=e, cwd=cwd,
+                           preexec_fn=limit)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"embedx {' '.join(map(str, args))} hung: no exit within {timeout} s "
+                    f"(stderr so far: {(exc.stderr or b'')[-500:]!r})")
+    return p.returncode, p.stdout, p.stderr
+
+
 def invoke(*args):
     """In-process CLI call (fast): the click result."""
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
