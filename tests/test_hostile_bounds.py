@@ -1,0 +1,84 @@
+"""Hostile input, slice B: memory stays bounded whatever a store or the data claims (the layout a store's metadata
+claims, caption lengths, class counts). Every CLI case runs in a child bounded in time and address space
+(``run_bounded``): the old behaviour fails by the memory cap or the timeout instead of exhausting the machine."""
+import json
+
+import numpy as np
+import pytest
+
+from embedx.importer import import_arrays
+from tests.conftest import assert_one_line_error, run_bounded
+
+TRILLION = 10 ** 12
+
+
+def _class_store(tmp_path, rng, name="s", n=300, d=8, c=5, chunk_rows=64):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    for part, arr in (("x", x), ("t", rng.standard_normal((c, d)).astype(np.float32)), ("y", rng.integers(0, c, n))):
+        np.save(tmp_path / f"{name}{part}.npy", arr)
+    out = tmp_path / f"{name}.zarr"
+    import_arrays(str(out), images=str(tmp_path / f"{name}x.npy"), texts=str(tmp_path / f"{name}t.npy"),
+                  labels=str(tmp_path / f"{name}y.npy"), chunk_rows=chunk_rows)
+    return out
+
+
+def _forge_rows(store, rows: int, chunk: int, keep_inventory: bool) -> None:
+    """What an attacker does with a few KB of edits: the image arrays claim ``rows`` rows in chunks of ``chunk``,
+    and the commit marker vouches for them (the inventory of checksums kept or dropped)."""
+    for name in ("images/embeddings", "images/labels", "images/ids"):
+        p = store / name / "zarr.json"
+        meta = json.loads(p.read_text())
+        meta["shape"][0] = rows
+        meta["chunk_grid"]["configuration"]["chunk_shape"][0] = chunk
+        p.write_text(json.dumps(meta))
+    p = store / "zarr.json"
+    meta = json.loads(p.read_text())
+    attrs = meta["attributes"]["embedx"]
+    attrs.update(rows_committed=rows, n_rows_max=rows, source_pos=rows)
+    if not keep_inventory:
+        attrs.pop("integrity")
+    p.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("keep_inventory", [True, False])
+def test_a_forged_layout_of_a_trillion_one_row_chunks_is_refused_before_any_listing(tmp_path, rng, keep_inventory):
+    """10^12 rows in 1-row chunks: info, verify, measure and transfer refuse the store at once in one line naming
+    the array and the numbers (the old code built the list of every chunk path: out of memory)."""
+    out = _class_store(tmp_path, rng)
+    _forge_rows(out, TRILLION, 1, keep_inventory)
+    for cmd in ("info", "verify", "measure", "transfer"):
+        rc, stdout, stderr = run_bounded(cmd, out, timeout=60, mem_gib=3)
+        assert rc == 2, (cmd, rc, stderr[-2000:])
+        assert "Traceback" not in stderr and "internal" not in stderr, (cmd, stderr[-2000:])
+        said = stdout + stderr
+        assert "images/embeddings: 1,000,000,000,000 committed rows in chunks of 1 row make 1,000,000,000,000 " \
+               "chunk files, above the limit of 1,000,000" in said, (cmd, said[-2000:])
+        if cmd != "verify":  # verify lists every damaged array (stdout), then one error line
+            assert_one_line_error(rc, stderr, "images/embeddings", "1,000,000,000,000")
+
+
+def test_a_forged_chunk_count_that_disagrees_with_the_inventory_is_refused_without_a_stat_per_chunk(tmp_path, rng):
+    """Within the cap (10^6 chunk files of 64 rows) but against the inventory recorded at finalize (5 chunks): the
+    count is refused from the metadata alone, naming both numbers."""
+    out = _class_store(tmp_path, rng)
+    _forge_rows(out, 64 * 10 ** 6, 64, keep_inventory=True)
+    for cmd in ("info", "measure"):
+        rc, _, stderr = run_bounded(cmd, out, timeout=60, mem_gib=3)
+        assert_one_line_error(rc, stderr, "images/embeddings: the inventory lists 5 chunks, the array has 1,000,000")
+        assert rc == 2
+
+
+def test_a_store_of_more_chunk_files_than_readers_accept_is_not_written(tmp_path):
+    """import with --chunk-rows 1 on 1,000,001 rows would make more chunk files than any reader accepts: refused
+    before anything is written (the old code started writing a million files per array)."""
+    n = 1_000_001
+    np.save(tmp_path / "x.npy", np.full((n, 2), 0.5, np.float32))
+    np.save(tmp_path / "t.npy", np.eye(2, dtype=np.float32))
+    np.save(tmp_path / "y.npy", np.zeros(n, np.int64))
+    rc, _, stderr = run_bounded("import", "--images", tmp_path / "x.npy", "--texts", tmp_path / "t.npy", "--labels",
+                                tmp_path / "y.npy", "--chunk-rows", 1, "-o", tmp_path / "s.zarr", timeout=60,
+                                mem_gib=3)
+    assert_one_line_error(rc, stderr, "--chunk-rows 1 makes 1,000,001 chunk files", "limit of 1,000,000",
+                          "at least 2 rows")
+    assert rc == 2
+    assert not (tmp_path / "s.zarr").exists()
