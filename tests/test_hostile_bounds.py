@@ -82,3 +82,54 @@ def test_a_store_of_more_chunk_files_than_readers_accept_is_not_written(tmp_path
                           "at least 2 rows")
     assert rc == 2
     assert not (tmp_path / "s.zarr").exists()
+
+
+HUGE_CAPTION = "a very long caption " * (20_000_000 // 20)  # 20 MB of text
+
+
+def test_a_20_mb_caption_in_an_imported_names_file_is_stored_cut_and_counted(tmp_path, rng):
+    """import --paired --names: one 20 MB caption among 200 (the old write made a fixed-width array of 200 x 20M
+    characters: 11 GB). It is stored as its first 1,000 characters, counted in the store's metadata and said in
+    one warning line; the other captions are untouched."""
+    from embedx.store import Store
+    from embedx.texts import MAX_TEXT_CHARS
+
+    x = rng.standard_normal((200, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "t.npy", x + 0.1 * rng.standard_normal((200, 8)).astype(np.float32))
+    with open(tmp_path / "names.txt", "w") as f:
+        f.writelines((HUGE_CAPTION if i == 5 else f"caption {i}") + "\n" for i in range(200))
+    rc, _, stderr = run_bounded("import", "--images", tmp_path / "x.npy", "--texts", tmp_path / "t.npy", "--paired",
+                                "--names", tmp_path / "names.txt", "-o", tmp_path / "s.zarr", timeout=90, mem_gib=3)
+    assert rc == 0, stderr[-2000:]
+    assert "warning: 1 captions longer than 1000 characters were cut" in stderr
+    s = Store(str(tmp_path / "s.zarr"))
+    names = s.text_names()
+    assert MAX_TEXT_CHARS == 1000 and names[5] == HUGE_CAPTION[:1000]
+    assert [str(n) for n in names[:5]] == [f"caption {i}" for i in range(5)] and names[199] == "caption 199"
+    assert s.meta["texts_truncated"] == {"count": 1, "max_chars": 1000}
+
+
+def test_a_20_mb_caption_in_a_parquet_source_is_embedded_and_stored_cut(tmp_path, rng):
+    """embed of a parquet: source whose caption 3 is 20 MB, 64 rows in one commit: embedded from its first 1,000
+    characters (the tokenizer reads 77 tokens of them), stored cut and counted."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from embedx.store import Store
+    from tests.test_sources_wds import _png
+
+    n = 64
+    img = _png(rng, 16, 16)
+    caps = [HUGE_CAPTION if i == 3 else f"caption {i}" for i in range(n)]
+    pq.write_table(pa.table({"jpg": pa.array([img] * n, pa.binary()), "text": caps}), tmp_path / "d.parquet")
+    out = tmp_path / "s.zarr"
+    rc, _, stderr = run_bounded("embed", "-m", "embedx-tiny", "--pretrained", "none", "--workers", "0",
+                                "--batch-size", 64, "--data", f"parquet:{tmp_path / 'd.parquet'}", "--out", out,
+                                timeout=180, mem_gib=4)
+    assert rc == 0, stderr[-2000:]
+    assert "1 captions or class names longer than 1000 characters were cut" in stderr
+    s = Store(str(out))
+    assert s.n_images == n and s.text_names()[3] == HUGE_CAPTION[:1000] and s.text_names()[4] == "caption 4"
+    assert s.meta["texts_truncated"] == {"count": 1, "max_chars": 1000}
+
