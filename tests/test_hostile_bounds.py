@@ -133,3 +133,87 @@ def test_a_20_mb_caption_in_a_parquet_source_is_embedded_and_stored_cut(tmp_path
     assert s.n_images == n and s.text_names()[3] == HUGE_CAPTION[:1000] and s.text_names()[4] == "caption 4"
     assert s.meta["texts_truncated"] == {"count": 1, "max_chars": 1000}
 
+
+def _million_class_store(tmp_path, rng, n=65536, labelled=200, c=10 ** 6, d=8):
+    """``n`` images (one chunk: the texts are chunked alike, 16 files) over 10^6 class texts (16 MB of float16),
+    ``labelled`` of them with a label anywhere in 0..C-1, the others -1."""
+    np.save(tmp_path / "x.npy", rng.standard_normal((n, d)).astype(np.float32))
+    np.save(tmp_path / "t.npy", rng.standard_normal((c, d)).astype(np.float32))
+    y = np.full(n, -1)
+    y[rng.choice(n, labelled, replace=False)] = rng.integers(0, c, labelled)
+    np.save(tmp_path / "y.npy", y)
+    out = tmp_path / "c.zarr"
+    import_arrays(str(out), images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"),
+                  labels=str(tmp_path / "y.npy"))
+    return out
+
+
+def test_zero_shot_over_a_million_classes_runs_in_bounded_memory(tmp_path, rng):
+    """measure's zero-shot metrics with 10^6 classes under a 4 GiB address-space cap: the rows of one zero-shot
+    step follow C (4 rows x 10^6 logits, 16 MiB), where the old pass allocated 4,096 x C comparisons (16 GB).
+    The counts equal the float64 reference's (over the labelled rows)."""
+    from embedx import kernels
+    from embedx.store import Store
+
+    out = _million_class_store(tmp_path, rng)
+    rc, stdout, stderr = run_bounded("measure", out, "--json", "--metrics", "zeroshot_top1,zeroshot_top5", timeout=180,
+                                     mem_gib=4)
+    assert rc == 0, stderr[-2000:]
+    got = json.loads(stdout)
+    s = Store(str(out))
+    y = s.labels()
+    keep = y >= 0
+    x, y, t = s.images(dtype=np.float32)[keep], y[keep], s.texts(np.float32)
+    top1, top5 = kernels.zeroshot_hits_reference(x / np.linalg.norm(x, axis=1, keepdims=True), y,
+                                                 t / np.linalg.norm(t, axis=1, keepdims=True))
+    values = got.get("measures", got)
+    assert values["zeroshot_top1"] == pytest.approx(top1.sum() / len(y), abs=1e-12)
+    assert values["zeroshot_top5"] == pytest.approx(top5.sum() / len(y), abs=1e-12)
+    assert kernels.zs_rows(10 ** 6) == 4 and kernels.zs_rows(1000) == kernels.ZS_ROWS
+
+
+def test_transfer_refuses_a_million_class_joint_in_one_line_stating_the_memory(tmp_path, rng):
+    """transfer's leep/nce hold a K x C float64 joint (7.3 TiB at 10^6 classes): refused before any allocation, in
+    one line stating the estimate; the scores whose memory grows only with K x d still run."""
+    out = _million_class_store(tmp_path, rng)
+    rc, _, stderr = run_bounded("transfer", out, timeout=120, mem_gib=3)
+    assert_one_line_error(rc, stderr, "transfer nce needs about 21.8 TiB for 1,000,000 classes",
+                          "1,000,000 x 1,000,000 float64 joint", "above the memory budget of 3.0 GiB",
+                          "(leep too)", "leave nce, leep out of --scores")
+    assert rc == 2
+    rc, stdout, stderr = run_bounded("transfer", out, "--scores", "hscore,logme,transrate", timeout=120, mem_gib=3)
+    assert rc == 0 and "hscore" in stdout and "logme" in stdout, stderr[-2000:]
+
+
+def test_leep_and_nce_over_many_rows_and_classes_compute_probabilities_in_bounded_slices(tmp_path, rng):
+    """100,000 rows x 4,000 classes at d = 8: one block's zero-shot probabilities were 100,000 x 4,000 float64
+    (3.2 GB, and temporaries); now slices of THETA_ELEMENTS // C rows, in a 3 GiB address space."""
+    n, c, d = 100_000, 4_000, 8
+    np.save(tmp_path / "x.npy", rng.standard_normal((n, d)).astype(np.float32))
+    np.save(tmp_path / "t.npy", rng.standard_normal((c, d)).astype(np.float32))
+    np.save(tmp_path / "y.npy", rng.integers(0, c, n))
+    out = tmp_path / "s.zarr"
+    import_arrays(str(out), images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"),
+                  labels=str(tmp_path / "y.npy"))
+    rc, stdout, stderr = run_bounded("transfer", out, "--json", "--scores", "leep,nce", timeout=240, mem_gib=3)
+    assert rc == 0, stderr[-2000:]
+    got = json.loads(stdout)
+    values = got.get("scores", got)
+    assert np.isfinite(values["leep"]) and np.isfinite(values["nce"])
+
+
+def test_leep_and_nce_in_slices_equal_the_reference(rng, monkeypatch):
+    """The sliced probabilities (forced small here) give the float64 reference's leep and nce."""
+    from embedx import transfer as T
+    from embedx.transfer import leep as L
+    from embedx.transfer import reference as R
+
+    x = rng.standard_normal((500, 16))
+    t = rng.standard_normal((40, 16))
+    y = rng.integers(0, 40, 500)
+    whole = T.compute_arrays(x, y, t, ["leep", "nce"])
+    monkeypatch.setattr(L, "THETA_ELEMENTS", 40 * 7)  # 7 rows at once
+    sliced = T.compute_arrays(x, y, t, ["leep", "nce"])
+    for s in ("leep", "nce"):
+        ref = getattr(R, s)(x, y, t)
+        assert sliced[s] == pytest.approx(ref, abs=1e-9) and whole[s] == pytest.approx(ref, abs=1e-9)
