@@ -35,6 +35,7 @@ from embedx.errors import EmbedxError
 from embedx.importer import BLOCK_ROWS, _check_rows
 from embedx.rows import first_bad_row
 from embedx.storepath import place, staging_path, writer_lock
+from embedx.texts import cap_arrow, note
 
 FORMATS = ("clip-retrieval", "datacomp", "npy", "parquet")
 DATACOMP_MODELS = {"l14": ("ViT-L-14", "openai"), "b32": ("ViT-B-32", "openai")}
@@ -165,6 +166,7 @@ class Dump:
     source: dict = field(default_factory=dict)
     class_names: list | None = None
     class_texts: object = None
+    texts_truncated: int = 0  # captions cut to texts.MAX_TEXT_CHARS as the shards were read
 
     @property
     def rows(self) -> int:
@@ -494,7 +496,7 @@ def _stream(out, d: Dump, meta, dtype, codec, chunk_rows, id_column, caption_col
         else:
             ok, known = _write_blocks(w, d, dtype, id_column, caption_column, bar), None
         bar.close()
-        meta = w.finalize(extra={"normalized": bool(unit and ok)}, known=known)
+        meta = w.finalize(extra=note({"normalized": bool(unit and ok)}, d.texts_truncated, "captions"), known=known)
     except BaseException:
         if w is not None:
             try:
@@ -673,7 +675,8 @@ def _shard_strings(d: Dump, shard: Shard, id_column, caption_column, arrow: bool
         raise EmbedxError(f"{label}: row {row} has no {id_col} (null); every row needs an id")
     caps = None
     if cap_col:
-        caps = pc.fill_null(table.column(cap_col).cast(pa.string()), "").combine_chunks()
+        caps, cut = cap_arrow(pc.fill_null(table.column(cap_col).cast(pa.string()), "").combine_chunks())
+        d.texts_truncated += cut
     if arrow:
         return ids, caps
     return (np.asarray(ids.to_pylist(), dtype=str),
@@ -681,6 +684,8 @@ def _shard_strings(d: Dump, shard: Shard, id_column, caption_column, arrow: bool
 
 
 def _parquet_pieces(d: Dump, shard: Shard, block: int, pos: int):
+    import pyarrow as pa
+
     pf = shard.extra["pf"]
     paired = d.mode == "paired"
     cols = ["id", "image"] + (["caption", "text"] if paired else ["label"])
@@ -698,7 +703,11 @@ def _parquet_pieces(d: Dump, shard: Shard, block: int, pos: int):
             t = _matrix(b.column("text"), f"{shard.name}:text") if paired else None
             y = b.column("label").to_numpy(zero_copy_only=False) if not paired else None
             ids = np.asarray(b.column("id").to_pylist(), dtype=str)
-            caps = np.asarray(b.column("caption").to_pylist(), dtype=str) if paired else None
+            caps = None
+            if paired:
+                capped, cut = cap_arrow(b.column("caption").cast(pa.string()))
+                d.texts_truncated += cut
+                caps = np.asarray(capped.to_pylist(), dtype=str)
             yield s, x, t, y, ids, caps
             s += m
             k += m

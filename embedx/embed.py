@@ -21,6 +21,7 @@ from embedx.models import resolve_model
 from embedx.prompts import resolve_templates
 from embedx.sources import Source, default_workers, parse_source
 from embedx.storepath import writer_lock
+from embedx.texts import note
 
 log = logging.getLogger("embedx")
 COMMIT_EVERY_S = 5.0
@@ -50,6 +51,7 @@ def plan_meta(source: Source, model: str, pretrained: str, seed: int, dtype: str
     prompts = {"captions": captions} if source.paired else \
         {"templates": templates, "classnames": list(source.classnames)}
     described = {"source": source.info} if getattr(source, "info", None) else {}  # wds:, parquet: (format, counts)
+    note(described, source.texts_truncated)  # captions or class names cut to texts.MAX_TEXT_CHARS
     return {"model": model, "pretrained": pretrained, "seed": int(seed), "checkpoint_sha256": checkpoint_sha256,
             "checkpoint": checkpoint, "dataset": source.spec, "dataset_sha256": source.fingerprint(),
             "prompts": prompts, "mode": "paired" if source.paired else "classes", "dtype": dtype,

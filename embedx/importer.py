@@ -19,6 +19,7 @@ from embedx.errors import EmbedxError
 from embedx.rowsource import as_numpy
 from embedx.rows import first_bad_row
 from embedx.storepath import place, staging_path, writer_lock
+from embedx.texts import cap_texts, note, read_line
 
 BLOCK_ROWS = 65536
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -153,23 +154,27 @@ def _check_labels(labels: np.ndarray, n: int, c: int) -> np.ndarray:
     return validate.labels(labels, n, c).astype(np.int32)
 
 
-def _read_names(path, c: int, what: str) -> list[str]:
+def _read_names(path, c: int, what: str) -> tuple[list[str], int]:
+    """(the names of the text rows, each at most ``texts.MAX_TEXT_CHARS`` characters; how many were cut)."""
     if path is None:
-        return [str(k) for k in range(c)]
+        return [str(k) for k in range(c)], 0
     if not isinstance(path, (str, os.PathLike)):  # the names themselves
-        names = [str(v) for v in path]
+        names, cut = cap_texts(str(v) for v in path)
         if len(names) != c:
             raise EmbedxError(f"names has {len(names)} entries, but there are {c} {what}")
-        return names
+        return names, cut
     if not os.path.isfile(path):
         raise EmbedxError(f"names file not found: {path}")
+    names, cut = [], 0
     with open(path, encoding="utf-8") as f:
-        names = [line.rstrip("\n") for line in f]
+        while (got := read_line(f)) is not None:  # a line of any length: its first MAX_TEXT_CHARS characters
+            names.append(got[0])
+            cut += got[1]
     while names and names[-1] == "":
         names.pop()
     if len(names) != c:
         raise EmbedxError(f"{path} has {len(names)} names, but there are {c} {what}")
-    return names
+    return names, cut
 
 
 def import_arrays(out: str, *, images: str | None = None, texts: str | None = None, labels: str | None = None,
@@ -206,13 +211,14 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
         if labels is None:
             raise EmbedxError("give --labels y.npy (class index per image) or --paired (text i pairs with image i)")
         y = _check_labels(load_array(labels, "labels"), n, c)
-    text_names = _read_names(names, c, "captions" if paired else "text rows")
+    text_names, cut = _read_names(names, c, "captions" if paired else "text rows")
     files = [os.fspath(s) for s in sources if isinstance(s, (str, os.PathLike))]
     meta = {"model": model, "pretrained": None, "seed": None,
             "dataset": dataset or (os.path.basename(files[0]) if files else "arrays"),
             "mode": "paired" if paired else "classes", "normalized": unit,
             "source": {"imported_from": [os.path.abspath(s) if not st.is_url(s) else s for s in files] or
                        ["<in-memory arrays>"]}}
+    note(meta, cut, "captions" if paired else "names")
     with writer_lock(out):  # one writer at a time; what killed writers left beside ``out`` is repaired first
         st.check_target(out, overwrite)
         return _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite)

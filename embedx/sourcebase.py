@@ -12,6 +12,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from embedx.texts import cap_texts
+
 
 @dataclass
 class Source:
@@ -26,6 +28,18 @@ class Source:
     captions: list[str] | None = None
     default_template: str = "a photo of a {}."
     excluded: list[dict] = field(default_factory=list)  # files left out when listing: {"id", "error"}
+    texts_truncated: int = 0  # captions and class names cut to texts.MAX_TEXT_CHARS (embedx.texts)
+
+    def __post_init__(self):
+        """Captions and class names longer than ``texts.MAX_TEXT_CHARS`` are cut to it here, where every data
+        source's texts enter: what is tokenized and stored is bounded whatever a caption holds."""
+        for name in ("captions", "classnames"):
+            texts = getattr(self, name)
+            if texts is not None:
+                capped, cut = cap_texts(texts)
+                if cut:
+                    setattr(self, name, capped)
+                    self.texts_truncated += cut
 
     @property
     def paired(self) -> bool:

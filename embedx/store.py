@@ -35,6 +35,7 @@ from embedx.chunkio import direct_reader
 from embedx.errors import StoreError
 from embedx.storelayout import (  # noqa: F401  (re-exported: the store's public names)
     ARRAYS,
+    MAX_CHUNK_FILES,
     SCHEMA,
     check_reachable,
     chunk_files,
@@ -204,6 +205,12 @@ class StoreWriter:
         if chunk_rows is not None and chunk_rows < 1:
             raise StoreError(f"chunk_rows must be at least 1, got {chunk_rows}")
         chunk_rows = min(chunk_rows, max(1, n_rows)) if chunk_rows else default_chunk_rows(dim, dtype, n_rows)
+        rows = max(n_rows, 0 if paired else n_texts)
+        if -(-rows // chunk_rows) > MAX_CHUNK_FILES:  # the count every reader accepts (storelayout)
+            least = -(-rows // MAX_CHUNK_FILES)
+            raise StoreError(f"chunk_rows {chunk_rows} makes {-(-rows // chunk_rows):,} chunk files of {rows:,} "
+                             f"rows, above the limit of {MAX_CHUNK_FILES:,} per array: chunks of at least {least:,} "
+                             f"rows are needed", param="chunk_rows")
         compressors = _compressors(codec)
         build = staging_path(path) if local else str(path)
         try:

@@ -14,6 +14,10 @@ from embedx.errors import StoreError
 
 SCHEMA = 1
 ARRAYS = ("images/embeddings", "images/labels", "images/ids", "texts/embeddings", "texts/names")
+# Chunk (or shard) files of one array's committed rows: a store claiming more is refused before any listing of
+# them (a forged zarr.json of 10^12 one-row chunks would otherwise take hours of stats and ever more memory).
+# Writers refuse to make more (a million files of one array: --chunk-rows 1 on a million rows).
+MAX_CHUNK_FILES = 1_000_000
 
 
 def is_url(path: str) -> bool:
@@ -33,13 +37,20 @@ def missing_files(root: str, name: str, files: list[str]) -> set[str]:
     local disk, one fresh listing of the array's folder behind a URL (never fsspec's cached listing)."""
     if not files:
         return set()
+    present = file_presence(root, name)
+    return {f for f in files if not present(f)}
+
+
+def file_presence(root: str, name: str):
+    """A function telling whether a chunk file of array ``name`` of the store at ``root`` exists: a stat on a local
+    disk; behind a URL, membership in one fresh listing of the array's folder (what exists, whatever is claimed)."""
     if not is_url(root):
-        return {f for f in files if not os.path.isfile(f)}
+        return os.path.isfile
     fs, base = url_fs(root)
     folder = f"{base.rstrip('/')}/{name}"
     fs.invalidate_cache(folder)
     have = {p.rstrip("/") for p in fs.find(folder)}
-    return {f for f in files if fs._strip_protocol(f).rstrip("/") not in have}
+    return lambda f: fs._strip_protocol(f).rstrip("/") in have
 
 
 def rows_per_file(arr) -> int:
@@ -50,16 +61,36 @@ def rows_per_file(arr) -> int:
 def chunk_files(root: str, arr, name: str, start: int, stop: int) -> list[tuple[int, str, int, int]]:
     """(k, file, first row, last row) of each chunk (or shard) file holding rows ``start:stop`` of the array
     ``name`` of the store at ``root`` (a local path, or a URL when ``root`` is one)."""
+    return list(iter_chunk_files(root, arr, name, start, stop))
+
+
+def iter_chunk_files(root: str, arr, name: str, start: int, stop: int) -> Iterator[tuple[int, str, int, int]]:
+    """:func:`chunk_files`, one at a time (nothing held whatever the count)."""
     if stop <= start:
-        return []
+        return
     per_file = rows_per_file(arr)
     join = (lambda *parts: "/".join([parts[0].rstrip("/"), *parts[1:]])) if is_url(root) else os.path.join
     folder = join(str(root), *name.split("/"))
-    out = []
     for k in range(start // per_file, (stop - 1) // per_file + 1):
         key = arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
-        out.append((k, join(folder, *key.split("/")), k * per_file, min((k + 1) * per_file, stop) - 1))
-    return out
+        yield k, join(folder, *key.split("/")), k * per_file, min((k + 1) * per_file, stop) - 1
+
+
+def chunk_count_problem(meta: dict, name: str, arr, n: int) -> str | None:
+    """One line when the ``n`` committed rows of array ``name`` cannot be what the store holds, judged before any
+    chunk is listed: more chunk files than :data:`MAX_CHUNK_FILES`, or another count than the store's inventory
+    records. None when the count is plausible."""
+    per = rows_per_file(arr)
+    count = -(-n // per) if per > 0 else None
+    layout = f"{n:,} committed rows in chunks of {per:,} row{'' if per == 1 else 's'}"
+    if count is None or count > MAX_CHUNK_FILES:
+        what = f"make {count:,} chunk files" if count is not None else "make no valid chunk grid"
+        return (f"{name}: {layout} {what}, above the limit of {MAX_CHUNK_FILES:,} chunk files per array "
+                f"(forged or damaged array metadata)")
+    listed = ((meta.get("integrity") or {}).get("arrays") or {}).get(name)
+    if isinstance(listed, list) and len(listed) != count:
+        return f"{name}: the inventory lists {len(listed):,} chunks, the array has {count:,} ({layout})"
+    return None
 
 
 def committed_rows(meta: dict, group, name: str) -> int:
@@ -79,7 +110,10 @@ def layout_problems(root: str, meta: dict, group) -> Iterator[tuple[str, str]]:
     """(array, one line) for what contradicts the commit marker: broken array metadata, a row array shorter than
     ``rows_committed`` (or, in a complete store, of another length), a missing chunk file of committed rows
     (stores that write every chunk; behind a URL one listing per array)."""
-    n = int(meta["rows_committed"])
+    n = meta.get("rows_committed")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        yield ARRAYS[0], f"the store records {n!r} committed rows, not a row count (damaged metadata)"
+        return
     rows_arrays = ARRAYS if meta.get("mode") == "paired" else ARRAYS[:3]
     for name in ARRAYS:
         try:
@@ -90,12 +124,16 @@ def layout_problems(root: str, meta: dict, group) -> Iterator[tuple[str, str]]:
         if name in rows_arrays and (arr.shape[0] < n or (meta.get("complete") and arr.shape[0] != n)):
             yield name, f"{name} has {arr.shape[0]} rows but the store records {n} committed rows"
             continue
+        committed = committed_rows(meta, group, name)
+        problem = chunk_count_problem(meta, name, arr, committed)
+        if problem is not None:
+            yield name, problem
+            continue
         if not writes_every_chunk(meta):
             continue
-        chunks = chunk_files(root, arr, name, 0, committed_rows(meta, group, name))
-        gone = missing_files(root, name, [f for _, f, _, _ in chunks])
-        for k, f, r0, r1 in chunks:
-            if f in gone:
+        present = file_presence(root, name)
+        for k, f, r0, r1 in iter_chunk_files(root, arr, name, 0, committed):  # streamed: a stat each, none kept
+            if not present(f):
                 yield name, f"{name} chunk {k} (rows {r0}..{r1}) is missing"
 
 

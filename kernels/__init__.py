@@ -19,7 +19,8 @@ __all__ = ["backend_for", "cluster_distance_sums", "cluster_distance_pair_sums",
            "knn_reference", "KNN_PROVIDERS", "cluster_distance_sums_reference", "cluster_distance_sums_torch",
            "cluster_distance_sums_triton", "triton", "rank_count_reference", "rank_count_torch", "rank_count_triton",
            "NUMBA_MIN_ELEMENTS", "stream_stats", "stream_stats_reference", "TRITON_MAX_K", "topk_reference",
-           "topk_torch", "topk_triton", "ZS_ROWS", "zeroshot_hits_reference", "zeroshot_hits_torch"]
+           "topk_torch", "topk_triton", "ZS_ELEMENTS", "ZS_ROWS", "zeroshot_hits_reference", "zeroshot_hits_torch",
+           "zs_rows"]
 
 
 def __getattr__(name):  # PEP 562; kernels import nothing of embedx outside themselves (so not embedx._lazy)

@@ -17,7 +17,7 @@ from embedx.kernels.ops.knn import PROVIDERS as KNN_PROVIDERS, knn, knn_referenc
 from embedx.kernels.ops.rank_count import rank_count_reference, rank_count_torch, rank_count_triton  # noqa: F401
 from embedx.kernels.ops.stream_stats import NUMBA_MIN_ELEMENTS, stream_stats, stream_stats_reference  # noqa: F401
 from embedx.kernels.ops.topk import TRITON_MAX_K, topk_reference, topk_torch, topk_triton  # noqa: F401
-from embedx.kernels.ops.zeroshot import ZS_ROWS, zeroshot_hits_reference, zeroshot_hits_torch  # noqa: F401
+from embedx.kernels.ops.zeroshot import ZS_ELEMENTS, ZS_ROWS, zeroshot_hits_reference, zeroshot_hits_torch, zs_rows  # noqa: F401,E501
 
 
 def cluster_distance_sums(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters: int,
@@ -68,7 +68,7 @@ def rank_count(a: torch.Tensor, b: torch.Tensor, a_thr, b_thr, b_pos, row_offset
 
 
 def zeroshot_hits(x: torch.Tensor, y: torch.Tensor, texts: torch.Tensor, top1: torch.Tensor, top5: torch.Tensor,
-                  hit: torch.Tensor, step: int = ZS_ROWS, groups=()) -> None:
+                  hit: torch.Tensor, step: int | None = None, groups=()) -> None:
     """Add per class the rows whose true class ranks first (``top1``) or in the first five (``top5``); a tie among
     identical texts (``groups``) goes to the lowest index (see ``kernels.zeroshot``). Torch on every device."""
     zeroshot_hits_torch(x, y, texts, top1, top5, hit, step=step, groups=groups)

@@ -102,7 +102,7 @@ def _hits(x: torch.Tensor, y: np.ndarray, texts: torch.Tensor, c: int, groups) -
     top1, top5 = torch.zeros(c, dtype=torch.long), torch.zeros(c, dtype=torch.long)
     if len(keep):
         xl = x if len(keep) == len(x) else x[torch.from_numpy(keep)]
-        hit = torch.empty(min(kernels.ZS_ROWS, len(keep)), c)
+        hit = torch.empty(min(kernels.zs_rows(c), len(keep)), c)
         kernels.zeroshot_hits(xl.float(), torch.from_numpy(y[keep].astype(np.int64)), texts, top1, top5, hit,
                               groups=groups)
     return top1.numpy()

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from embedx import kernels
-from embedx.kernels import ZS_ROWS, zeroshot_hits  # noqa: F401  (re-exported: the one zero-shot counter)
+from embedx.kernels import ZS_ROWS, zeroshot_hits, zs_rows  # noqa: F401  (re-exported: the one zero-shot counter)
 from embedx import validate
 from embedx.rows import first_bad_row
 
@@ -134,8 +134,9 @@ class ClassWorker:
                                 torch.zeros(c, dtype=torch.long, device=dev)) if zs else (None, None)
         self.texts = cfg.texts.to(dev) if zs else None
         self.groups = [torch.as_tensor(g, dtype=torch.long, device=dev) for g in cfg.text_groups] if zs else []
-        self.xf = torch.empty(min(rows, ZS_ROWS), dim, device=dev) if zs else None
-        self.hit = torch.empty(min(rows, ZS_ROWS), c, device=dev) if zs else None  # comparisons of one step
+        step = min(rows, zs_rows(c))  # fewer rows per step as C grows: rows x C logits stay bounded
+        self.xf = torch.empty(step, dim, device=dev) if zs else None
+        self.hit = torch.empty(step, c, device=dev) if zs else None  # comparisons of one step
 
     def add(self, x: np.ndarray, y: np.ndarray, start: int) -> None:
         """Fold rows ``x`` (raw float16/float32, global rows start..) with labels ``y`` into the sums."""
@@ -161,7 +162,7 @@ class ClassWorker:
                 xf = self.xf[: min(len(self.xf), len(xl) - z0)]
                 xf.copy_(torch.from_numpy(xl[z0:z0 + len(xf)]))
                 zeroshot_hits(xf, yt[z0:z0 + len(xf)], self.texts, self.top1, self.top5, self.hit,
-                               groups=self.groups)
+                               step=len(self.xf), groups=self.groups)
 
     def flush(self) -> None:
         """Add the float32 sums of the rows since the last flush into the float64 sums (once per unit)."""

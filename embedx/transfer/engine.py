@@ -24,7 +24,7 @@ from embedx.engine.result import Result
 from embedx.transfer import leep as _leep
 from embedx.transfer import sfda as _sfda
 from embedx.transfer import transrate as _transrate
-from embedx.transfer.moments import Moments, label_counts, n_labels, sweep, unit_rows
+from embedx.transfer.moments import Moments, block_rows, label_counts, n_labels, sweep, unit_rows
 
 FAMILY = "transfer"
 
@@ -122,6 +122,51 @@ def names(scores, has_texts: bool) -> list[str]:
     return want
 
 
+def memory_needs(score: str, k: int, kp: int, c: int, d: int, rows: int) -> tuple[int, str]:
+    """(bytes, what) of the largest float64 allocations score ``score`` makes for labels 0..``k``-1 of which
+    ``kp`` have rows, ``c`` class texts, ``d`` dimensions and blocks of ``rows`` rows: what grows with the class
+    count (K x d class sums; leep/nce the K x C joint of labels and zero-shot classes and the probabilities of
+    the rows computed at once; sfda rows x K for the classes present), never with N alone."""
+    sums = 3 * k * d * 8  # class sums and the K x d arrays derived from them
+    if score in ("leep", "nce"):
+        rows = min(rows, _leep.theta_rows(c))
+        return (sums + 3 * k * c * 8 + 3 * rows * c * 8,
+                f"{k:,} x {c:,} float64 joint of labels and zero-shot classes, x3, and {rows:,} x {c:,} "
+                f"probabilities at once")
+    if score == "sfda":
+        return sums + 4 * rows * kp * 8, f"{rows:,} x {kp:,} float64 class probabilities per block, x4"
+    if score == "transrate":
+        return (sums + min(kp * d * d * 8, _transrate.BUDGET_BYTES),
+                f"{k:,} x {d:,} float64 class sums, x3, and per-class {d} x {d} scatters")
+    return sums + (2 * k * d * 8 if score.startswith("gbc") else 0), f"{k:,} x {d:,} float64 class sums"
+
+
+ASK_ABOVE = 1 << 30  # estimates below 1 GiB are not checked against the budget
+
+
+def check_memory(source, want: list[str]) -> None:
+    """Refuse, before anything is allocated, the scores whose class-count-bound memory (:func:`memory_needs`)
+    exceeds the budget (``embedx.budget``), in one line stating the largest estimate."""
+    from embedx.budget import ENV, human_bytes, memory_budget
+
+    k, c, d, n = n_labels(source), source.n_texts, source.dim, source.n_images
+    rows = min(block_rows(source), max(1, n))
+    kp = min(k, n)  # classes with rows: at most one per row; counted (a read of the labels) only if it matters
+    if any(memory_needs(s, k, kp, c, d, rows)[0] > ASK_ABOVE for s in want if s in ("sfda", "transrate")):
+        kp = int((label_counts(source, k) > 0).sum())
+    needs = sorted(((*memory_needs(s, k, kp, c, d, rows), s) for s in want), reverse=True)
+    if not needs or needs[0][0] <= ASK_ABOVE:
+        return
+    budget = memory_budget()
+    over = [s for need, _, s in needs if need > budget]
+    if over:
+        need, what, s = needs[0]
+        also = f" ({', '.join(over[1:])} too)" if len(over) > 1 else ""
+        raise validate.error("scores", f"transfer {s} needs about {human_bytes(need)} for {k:,} classes ({what}), "
+                                       f"above the memory budget of {human_bytes(budget)} ({ENV}){also}; leave "
+                                       f"{', '.join(over)} out of scores")
+
+
 def run(source, scores=None, *, logit_scale: float, progress=None, executor=None) -> Result:
     """The scores of a class ``source`` (a ``RowSource``) -> :class:`Result` ({score: float}; ``.seconds``: per
     score its own work, under ``"shared"`` the reading and sums several scores use)."""
@@ -129,6 +174,7 @@ def run(source, scores=None, *, logit_scale: float, progress=None, executor=None
         raise validate.error("source", "transfer scores need class labels (this store is paired)")
     want = names(scores, source.n_texts > 0)
     logit_scale = validate.positive_number(logit_scale, "logit_scale")
+    check_memory(source, want)
     specs = [registry.get(FAMILY, s) for s in want]
     ctx = Context(source, specs, {"logit_scale": logit_scale}, resolve(executor), progress)
     clock = Clock(want)

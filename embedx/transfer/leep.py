@@ -18,6 +18,23 @@ from embedx.transfer.moments import Block, Mergeable
 from embedx.transfer.sfda import softmax
 
 LOGIT_SCALE = 100.0
+THETA_ELEMENTS = 1 << 22  # rows x C zero-shot probabilities computed at once at most (32 MiB of float64)
+
+
+def theta_rows(c: int) -> int:
+    """Rows whose C zero-shot probabilities are computed at once: a whole block unless C is large."""
+    return max(1, THETA_ELEMENTS // max(1, int(c)))
+
+
+def _parts(b: Block, c: int):
+    """``b`` whole, or (when its rows x C probabilities would exceed THETA_ELEMENTS) in consecutive row slices, each
+    a :class:`Block` (still sorted by label)."""
+    step = theta_rows(c)
+    if len(b) <= step:
+        yield b
+        return
+    for r0 in range(0, len(b), step):
+        yield Block(b.start + r0, b.x[r0:r0 + step], b.y[r0:r0 + step])
 
 
 class ZeroShot(Mergeable):
@@ -36,12 +53,13 @@ class ZeroShot(Mergeable):
         return softmax(self.scale * (x @ self.t.T))
 
     def update(self, b: Block) -> None:
-        th = self.theta(b.x)
-        if self.soft is not None:
-            self.soft[b.labels] += b.class_sums(th)
-        if self.hard is not None:
-            c = th.shape[1]
-            self.hard += np.bincount(b.y * c + np.argmax(th, axis=1), minlength=len(self.hard))
+        for p in _parts(b, len(self.t)):
+            th = self.theta(p.x)
+            if self.soft is not None:
+                self.soft[p.labels] += p.class_sums(th)
+            if self.hard is not None:
+                c = th.shape[1]
+                self.hard += np.bincount(p.y * c + np.argmax(th, axis=1), minlength=len(self.hard))
 
 
 def nce(zs: ZeroShot) -> float:
@@ -66,5 +84,6 @@ class LeepLikelihood(Mergeable):
         self.seconds = 0.0
 
     def update(self, b: Block) -> None:
-        th = self.zs.theta(b.x)
-        self.total += float(np.log(np.einsum("iz,iz->i", th, self.cond[b.y])).sum())
+        for p in _parts(b, len(self.zs.t)):
+            th = self.zs.theta(p.x)
+            self.total += float(np.log(np.einsum("iz,iz->i", th, self.cond[p.y])).sum())

@@ -16,7 +16,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-ZS_ROWS = 4096  # zero-shot logits per step: 4096 x C stays in cache
+ZS_ROWS = 4096  # zero-shot rows per step at most: 4096 x C logits stay in cache for C up to 1,024
+ZS_ELEMENTS = ZS_ROWS * 1024  # logits (float32) of one step at most: 16 MiB whatever C is
+
+
+def zs_rows(c: int) -> int:
+    """Rows per zero-shot step for ``c`` classes: ZS_ROWS, fewer as C grows so a step's ``rows x C`` logits stay
+    within ZS_ELEMENTS (at least one row: 10^6 classes take 4 rows, 16 MiB, per step)."""
+    return max(1, min(ZS_ROWS, ZS_ELEMENTS // max(1, int(c))))
 
 
 def zeroshot_hits_reference(x, y, texts, groups=()) -> tuple[np.ndarray, np.ndarray]:
@@ -36,15 +43,16 @@ def zeroshot_hits_reference(x, y, texts, groups=()) -> tuple[np.ndarray, np.ndar
 
 
 def zeroshot_hits_torch(x: torch.Tensor, y: torch.Tensor, texts: torch.Tensor, top1: torch.Tensor,
-                        top5: torch.Tensor, hit: torch.Tensor, step: int = ZS_ROWS, groups=()) -> None:
+                        top5: torch.Tensor, hit: torch.Tensor, step: int | None = None, groups=()) -> None:
     """Add the top-1/top-5 hits of float32 rows ``x`` with labels ``y`` (all >= 0) per class into the int64
     tensors ``top1``/``top5`` (all on one device). The true class y ranks after every class scoring strictly
     higher and, among identical class texts (``groups``: index tensors of bit-identical rows, from
     ``embedx.rows.duplicate_groups``), after those of lower index: the lowest index wins a tie, as argmax.
     Row scaling does not change the ranking. ``hit``: a float32 work buffer of at least min(step, len(x)) x C.
-    The matmul is IEEE float32 on every device (CUDA's default: no TF32). ``step`` rows per matmul:
-    cache-sized on CPU; far larger on a GPU, where each step is one launch of a few kernels."""
+    The matmul is IEEE float32 on every device (CUDA's default: no TF32). ``step`` rows per matmul (default
+    :func:`zs_rows`: fewer as C grows, so memory stays bounded by ZS_ELEMENTS whatever C is)."""
     c = len(texts)
+    step = zs_rows(c) if step is None else max(1, int(step))
     for z0 in range(0, len(x), step):  # cache-sized: matmul-bound, logits stay small
         yz = y[z0:z0 + step]
         logits = torch.nn.functional.linear(x[z0:z0 + step], texts)
