@@ -140,9 +140,11 @@ def drift(ctx, before, after, others, report, as_json, out, metrics, silhouette_
     summary = jsonable(res.summary)
     if row is not None:
         summary["history_row"] = jsonable(row)
+    if out:
+        emit_json(summary, out, False)  # the JSON first: a report that fails leaves it written
     if report:
-        rep.write(res, report)
-    emit_json(summary, out, as_json)
+        rep.write(res, report)  # atomic: a failure leaves the old report intact
     if as_json:
+        emit_json(summary, None, True)
         return
     _render(summary, report)
