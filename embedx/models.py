@@ -173,6 +173,30 @@ def load_params(path: str) -> dict[str, torch.Tensor]:
                           "the run folder was modified") from None
 
 
+def check_options_against_params(cfg: dict) -> None:
+    """Before a model is built from a run's options: the LoRA rank the config claims must be the rank of the
+    LoRA matrices in its params file (read from the file's header only), so a tampered ``options.rank`` cannot
+    make the model allocate more than the file holds."""
+    rank = (cfg.get("options") or {}).get("rank")
+    if rank is None:
+        return
+    from safetensors import safe_open
+
+    path = cfg["params_path"]
+    try:
+        with safe_open(path, "pt") as f:
+            ranks = sorted({f.get_slice(k).get_shape()[0] for k in f.keys() if ".lora_A." in k})
+    except OSError:
+        raise
+    except Exception as e:  # a garbled header
+        raise EmbedxError(f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:160]}); "
+                          "the run folder was modified") from None
+    if ranks != [rank]:
+        raise EmbedxError(f"{os.path.join(cfg['path'], CONFIG)}: options.rank = {rank} disagrees with the LoRA "
+                          f"matrices in {path} (rank {', '.join(map(str, ranks)) or 'none'}); the run folder was "
+                          "modified")
+
+
 def create_tuned(model: str, pretrained: str, method: str, opts: dict, seed: int = 0,
                  device: str = "auto") -> Encoder:
     """The base open_clip model (seeded) wrapped in :class:`TunedCLIP` with ``method`` applied. Random base
@@ -188,6 +212,7 @@ def load_tuned(run: str | dict, device: str = "auto") -> Encoder:
     """An :class:`Encoder` holding the tuned model of a finished run: the base model of its config, the
     method applied, its trained parameters loaded (adapters act on the features), in eval mode."""
     cfg = read_run(run) if isinstance(run, str) else run
+    check_options_against_params(cfg)
     enc = create_tuned(cfg["model"], cfg["pretrained"], cfg["method"], cfg["options"], cfg["seed"], device)
     if cfg.get("pretrained_sha256") and enc.checkpoint_sha256 != cfg["pretrained_sha256"]:
         raise EmbedxError(f"the base checkpoint {cfg['pretrained']} changed since the run was trained")

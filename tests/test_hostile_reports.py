@@ -188,6 +188,17 @@ def test_tampered_params_are_a_named_one_line_error(tuned, tmp_path, how, fragme
     assert_one_line_error(rc, err, *fragments)
 
 
+def test_a_tampered_lora_rank_is_refused_before_the_model_is_built(tuned, tmp_path):
+    """options.rank = 2**31 would make the model allocate LoRA matrices of billions of rows: the rank is
+    checked against the params file's header first (one line, exit 2, well inside a 4 GiB address space)."""
+    run = _copy_run(tuned, tmp_path)
+    _edit_config(run, options={"rank": 2 ** 31})
+    rc, stdout, err = run_bounded("embed", "--checkpoint", run, "--data", "digits", "--limit", 8, "--out",
+                                  tmp_path / "x.zarr", timeout=120, mem_gib=4)
+    assert rc == 2, (rc, err)
+    assert_one_line_error(rc, err, "options.rank = 2147483648 disagrees with the LoRA matrices", "(rank 2)")
+
+
 # -- plots: data strings are never mathtext; outputs are atomic, the JSON first -------------------------------
 def test_drift_report_with_mathtext_names_keeps_json_and_report(tmp_path, rng):
     """Class and --others names such as ``$^$`` (a mathtext error if parsed) draw as typed; the JSON is
