@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 
 import click
@@ -15,10 +16,34 @@ EXIT_INTERRUPTED = 130
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer its reader closed on
 
 
+# what a terminal would act on instead of showing: C0 controls (ESC starts colour codes, title changes, cursor
+# moves), DEL, C1 controls (U+009B is a one-byte CSI) and the bidirectional overrides that reorder what is shown
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_BREAKS = re.compile("[\t\n]")
+
+
+def _escape(m: re.Match) -> str:
+    c = ord(m.group(0))
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def term(text, one_line: bool = False) -> str:
+    """``text`` safe to print: every control character shown escaped (ESC as ``\\x1b``), never acted on; with
+    ``one_line`` also tab and newline (a data string, e.g. a class name, cannot start a line of its own)."""
+    text = _CONTROLS.sub(_escape, str(text))
+    return _BREAKS.sub(_escape, text) if one_line else text
+
+
+def echo(message="", err: bool = False) -> None:
+    """``click.echo`` of a line of output through :func:`term`: what the CLI prints never carries a live
+    control character, whatever the data it quotes (class, store, dataset names, errors quoting them)."""
+    click.echo(term(message), err=err)
+
+
 class _Handler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         prefix = "warning: " if record.levelno >= logging.WARNING else ""
-        click.echo(f"{prefix}{record.getMessage()}", err=True)
+        echo(f"{prefix}{record.getMessage()}", err=True)
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
@@ -54,7 +79,7 @@ def emit_json(obj, out: str | None, as_json: bool) -> None:
 
         atomic_write_bytes(out, (text + "\n").encode("utf-8"))
     if as_json:
-        click.echo(text)
+        echo(text)
 
 
 def table(rows: list[list[str]], right=(), sep: str = " | ") -> list[str]:
@@ -76,8 +101,8 @@ def exit_damaged(store: str, problems: list[str], listed: bool = True) -> None:
     """Report a damaged store (each problem as ``damaged: ...`` when ``listed``), one error line; exit 2."""
     if listed:
         for line in problems:
-            click.echo(f"damaged: {line}")
-    click.echo(f"error: {store}: {len(problems)} damaged (see above)", err=True)
+            echo(f"damaged: {term(line, one_line=True)}")
+    echo(f"error: {term(store, one_line=True)}: {len(problems)} damaged (see above)", err=True)
     sys.exit(EXIT_BAD_INPUT)
 
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import click
 
-from embedx.cli.common import emit_json
+from embedx.cli.common import echo, emit_json
 from embedx.cli.options import json_option, verbosity_options
 
 
 def _render(rows: list[dict], dataset: str, not_measures) -> None:
     """A table of every measure, trained model beside the random control, and a two-line reading of it."""
-    click.echo(f"embedx demo: {dataset}\n")
+    echo(f"embedx demo: {dataset}\n")
     table = [["", *(r["model"] for r in rows)],
              ["store", *(r["info"]["path"] for r in rows)],
              ["pairs x dim", *(f"{r['info']['n_images']} x {r['info']['dim']} {r['info']['dtype']}" for r in rows)]]
@@ -18,12 +18,12 @@ def _render(rows: list[dict], dataset: str, not_measures) -> None:
             table.append([k, *(f"{r['measures'][k]:.4f}" for r in rows)])
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
-        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
     clip, rand = rows[0]["measures"], rows[1]["measures"]
-    click.echo(f"\nThe trained model retrieves the right caption for {clip['i2t_recall@1']:.0%} of the images "
-               f"(random weights: {rand['i2t_recall@1']:.1%}), yet its image and text\nembeddings sit apart: "
-               f"modality gap {clip['gap']:.2f}, modality silhouette {clip['silhouette_euclidean']:.2f}. "
-               f"Next: `embedx measure {rows[0]['info']['path']}`.")
+    echo(f"\nThe trained model retrieves the right caption for {clip['i2t_recall@1']:.0%} of the images "
+         f"(random weights: {rand['i2t_recall@1']:.1%}), yet its image and text\nembeddings sit apart: "
+         f"modality gap {clip['gap']:.2f}, modality silhouette {clip['silhouette_euclidean']:.2f}. "
+         f"Next: `embedx measure {rows[0]['info']['path']}`.")
 
 
 @click.command()

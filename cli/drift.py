@@ -5,7 +5,7 @@ import math
 
 import click
 
-from embedx.cli.common import emit_json, jsonable, refuse_unused
+from embedx.cli.common import echo, emit_json, jsonable, refuse_unused, term
 from embedx.cli.options import (NamesOption, cluster_option, json_out_options, silhouette_options,
                                 verbosity_options)
 
@@ -16,52 +16,58 @@ def _num(v, signed: bool = False) -> str:
     return f"{v:+.4f}" if signed else f"{v:.4f}"
 
 
+def _t(v) -> str:
+    """A data string (path, class, task, method name) for one table cell: control characters escaped."""
+    return term(v, one_line=True)
+
+
 def _render(s: dict, report: str | None) -> None:
     b, a, d = s["before"], s["after"], s["delta"]
-    click.echo(f"{b['path']} -> {a['path']}: {s['n_images']} images, d={s['dim']}\n")
+    echo(f"{_t(b['path'])} -> {_t(a['path'])}: {s['n_images']} images, d={s['dim']}\n")
     w = max([len(m) for m in d] + [7])
-    click.echo(f"{'measure':<{w}}  {'before':>9}  {'after':>9}  {'delta':>9}")
+    echo(f"{'measure':<{w}}  {'before':>9}  {'after':>9}  {'delta':>9}")
     for m, v in d.items():
-        click.echo(f"{m:<{w}}  {_num(b[m]):>9}  {_num(a[m]):>9}  {_num(v, True):>9}")
+        echo(f"{m:<{w}}  {_num(b[m]):>9}  {_num(a[m]):>9}  {_num(v, True):>9}")
     h = s.get("headline") or {}
     run = h.get("run")
     if run:
         tp = run.get("trainable_params")
-        click.echo(f"\nrun: {run.get('method')} {run.get('options') or {}} on {run.get('model')}, "
-                   f"{'-' if tp is None else f'{tp:,}'} trainable, trained on {run.get('data') or '-'} ({run.get('path')})")
-    click.echo(f"task gain ({h.get('task')}): {_num(h.get('zeroshot_top1_before'))} -> "
-               f"{_num(h.get('zeroshot_top1_after'))}  {_num(h.get('task_gain'), True)}")
+        echo(f"\nrun: {_t(run.get('method'))} {_t(run.get('options') or {})} on {_t(run.get('model'))}, "
+             f"{'-' if tp is None else f'{tp:,}'} trainable, trained on {_t(run.get('data') or '-')} "
+             f"({_t(run.get('path'))})")
+    echo(f"task gain ({_t(h.get('task'))}): {_num(h.get('zeroshot_top1_before'))} -> "
+         f"{_num(h.get('zeroshot_top1_after'))}  {_num(h.get('task_gain'), True)}")
     if h.get("n_other_tasks"):
-        click.echo(f"forgetting (mean of {h['n_other_tasks']} other tasks): {_num(h.get('forgetting'), True)}")
+        echo(f"forgetting (mean of {h['n_other_tasks']} other tasks): {_num(h.get('forgetting'), True)}")
     t = s.get("text_drift") or {}
-    click.echo(f"\n{'':31}{'images':>9}  {t.get('rows', 'texts'):>13}")
+    echo(f"\n{'':31}{'images':>9}  {t.get('rows', 'texts'):>13}")
     for label, key in (("displacement mean (W1 bound)", "displacement_mean"), ("displacement p50", "displacement_p50"),
                        ("displacement p95", "displacement_p95"), ("linear CKA", "cka_linear")):
-        click.echo(f"{label:<31}{_num(s[key]):>9}  {_num(t.get(key)):>13}")
-    click.echo(f"{'kNN overlap':<31}{_num(s['knn_overlap']):>9}  {'':>13}   (k={s['knn_k']}, "
-               f"{s['knn_sample_size']} queries)")
+        echo(f"{label:<31}{_num(s[key]):>9}  {_num(t.get(key)):>13}")
+    echo(f"{'kNN overlap':<31}{_num(s['knn_overlap']):>9}  {'':>13}   (k={s['knn_k']}, "
+         f"{s['knn_sample_size']} queries)")
     pc = s.get("per_class")
     if pc:
         rows = sorted((v["delta"], n, v) for n, v in pc.items() if v["delta"] is not None)
         shown = rows if len(rows) <= 10 else rows[:5] + rows[-5:]
-        click.echo(f"\nper-class zero-shot top-1 ({'all' if shown is rows else 'largest drops and gains'}):")
+        echo(f"\nper-class zero-shot top-1 ({'all' if shown is rows else 'largest drops and gains'}):")
         for dl, n, v in shown:
-            click.echo(f"  {n[:30]:<30} {_num(v['acc_before'])} -> {_num(v['acc_after'])}  {_num(dl, True)}"
-                       f"   prompt moved {_num(v.get('prompt_displacement'))}")
+            echo(f"  {_t(n)[:30]:<30} {_num(v['acc_before'])} -> {_num(v['acc_after'])}  {_num(dl, True)}"
+                 f"   prompt moved {_num(v.get('prompt_displacement'))}")
     f = s.get("forgetting")
     if f:
-        click.echo("\nforgetting (zero-shot top-1 on other tasks):")
+        echo("\nforgetting (zero-shot top-1 on other tasks):")
         for n, t in f["tasks"].items():
-            click.echo(f"  {n[:30]:<30} {_num(t['zeroshot_top1_before'])} -> {_num(t['zeroshot_top1_after'])}  "
-                       f"{_num(t['delta'], True)}")
-        click.echo(f"  {'mean':<30} {'':16}  {_num(f['mean_delta'], True)}")
+            echo(f"  {_t(n)[:30]:<30} {_num(t['zeroshot_top1_before'])} -> {_num(t['zeroshot_top1_after'])}  "
+                 f"{_num(t['delta'], True)}")
+        echo(f"  {'mean':<30} {'':16}  {_num(f['mean_delta'], True)}")
     if report:
-        click.echo(f"\nreport: {report}")
+        echo(f"\nreport: {_t(report)}")
     if s.get("history_row"):
         r = s["history_row"]
-        click.echo(f"\nhistory: appended {r['task']} / {r['method']} (zs_acc {_num(r['zs_acc'])}, ft_acc "
-                   f"{_num(r['ft_acc'])}, ood_delta {_num(r['ood_delta'], True)})")
-    click.echo(f"\ntime: {sum(s['timings_s'].values()):.2f} s")
+        echo(f"\nhistory: appended {_t(r['task'])} / {_t(r['method'])} (zs_acc {_num(r['zs_acc'])}, ft_acc "
+             f"{_num(r['ft_acc'])}, ood_delta {_num(r['ood_delta'], True)})")
+    echo(f"\ntime: {sum(s['timings_s'].values()):.2f} s")
 
 
 @click.command()
@@ -140,9 +146,11 @@ def drift(ctx, before, after, others, report, as_json, out, metrics, silhouette_
     summary = jsonable(res.summary)
     if row is not None:
         summary["history_row"] = jsonable(row)
+    if out:
+        emit_json(summary, out, False)  # the JSON first: a report that fails leaves it written
     if report:
-        rep.write(res, report)
-    emit_json(summary, out, as_json)
+        rep.write(res, report)  # atomic: a failure leaves the old report intact
     if as_json:
+        emit_json(summary, None, True)
         return
     _render(summary, report)

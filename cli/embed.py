@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from embedx.cli.common import progress_enabled
+from embedx.cli.common import echo, progress_enabled
 from embedx.cli.options import chunking_options, cluster_option, device_option, seed_option, verbosity_options
 
 
@@ -74,4 +74,4 @@ def embed(ctx, model, pretrained, checkpoint, data, classes, image_col, caption_
     if res.tasks and res.tasks[0]:
         resumed = f" (resumed: {res.tasks[0]} of {res.tasks[1]} tasks were done)"
     skipped = f", {m['n_skipped']} unreadable skipped (listed in the store's attributes)" if m["n_skipped"] else ""
-    click.echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}{resumed}{skipped}")
+    echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}{resumed}{skipped}")

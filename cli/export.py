@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from embedx.cli.common import echo
 from embedx.cli.options import store_argument, verbosity_options
 
 
@@ -31,4 +32,4 @@ def export(store, fmt, out, partition_rows, overwrite):
 
     check_output_dir(out, "output folder", param="out")  # fail before reading the store
     r = export_store(store, fmt, out, partition_rows=partition_rows, overwrite=overwrite)
-    click.echo(f"wrote {r['out']}: {r['rows']} rows x {r['dim']} {r['dtype']} as {r['format']} ({r['files']} files)")
+    echo(f"wrote {r['out']}: {r['rows']} rows x {r['dim']} {r['dtype']} as {r['format']} ({r['files']} files)")

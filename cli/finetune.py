@@ -6,7 +6,7 @@ import os
 
 import click
 
-from embedx.cli.common import progress_enabled
+from embedx.cli.common import echo, progress_enabled
 from embedx.cli.options import device_option, json_option, seed_option, verbosity_options
 
 # embedx.tuning.METHODS, not imported (keeps --help fast); tests hold these names and the --help table of
@@ -106,10 +106,10 @@ def finetune(ctx, model, pretrained, method, data, out, train_blocks, rank, redu
         counts = count(model, pretrained, method, seed=seed, train_blocks=train_blocks, rank=rank,
                        reduction=reduction)
         if as_json:
-            click.echo(json.dumps(counts))
+            echo(json.dumps(counts))
         else:
             t, n = counts["trainable_params"], counts["total_params"]
-            click.echo(f"{method} on {model}: {t:,} trainable of {n:,} parameters ({100 * t / n:.3g}%)")
+            echo(f"{method} on {model}: {t:,} trainable of {n:,} parameters ({100 * t / n:.3g}%)")
         return
     if not data or not out:
         raise EmbedxError("--data and --out are required (unless --dry-run)")
@@ -118,10 +118,10 @@ def finetune(ctx, model, pretrained, method, data, out, train_blocks, rank, redu
               batch_size=batch_size, val_fraction=val_fraction, limit=limit, device=device, workers=workers,
               overwrite=overwrite, progress=progress_enabled(ctx), fail_if_flat=fail_if_flat)
     if as_json:
-        click.echo(json.dumps(cfg, indent=2))
+        echo(json.dumps(cfg, indent=2))
         return
     acc = cfg["best_val_acc"]
     size = os.path.getsize(os.path.join(out, cfg["params"]))
-    click.echo(f"wrote {out}: {cfg['method']}, {cfg['trainable_params']:,} trainable of {cfg['total_params']:,} "
-               f"parameters; best epoch {cfg['best_epoch']} of {cfg['epochs']}"
-               f"{'' if acc is None else f' (val acc {acc:.1%})'}; {cfg['params']} {size / 1024:.0f} KiB")
+    echo(f"wrote {out}: {cfg['method']}, {cfg['trainable_params']:,} trainable of {cfg['total_params']:,} "
+         f"parameters; best epoch {cfg['best_epoch']} of {cfg['epochs']}"
+         f"{'' if acc is None else f' (val acc {acc:.1%})'}; {cfg['params']} {size / 1024:.0f} KiB")

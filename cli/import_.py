@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from embedx.cli.common import echo
 from embedx.cli.options import chunking_options, verbosity_options
 
 
@@ -65,9 +66,9 @@ def import_(src, kind, features, id_column, caption_column, images, texts, label
                         chunk_rows=chunk_rows)
         src_ = m["source"]
         parts = src_.get("partitions", src_.get("shards", src_.get("files")))
-        click.echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}, "
-                   f"{'paired texts' if m['mode'] == 'paired' else 'class texts'}, from {parts} {kind} "
-                   f"{'partitions' if kind == 'clip-retrieval' else 'files' if kind in ('npy', 'parquet') else 'shards'}")
+        echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}, "
+             f"{'paired texts' if m['mode'] == 'paired' else 'class texts'}, from {parts} {kind} "
+             f"{'partitions' if kind == 'clip-retrieval' else 'files' if kind in ('npy', 'parquet') else 'shards'}")
         return
     if features or id_column or caption_column:
         raise click.UsageError("--features, --id-column and --caption-column go with --from")
@@ -78,4 +79,4 @@ def import_(src, kind, features, id_column, caption_column, images, texts, label
                       chunk_rows=chunk_rows, model=model, dataset=dataset)
     n_texts = m["rows_committed"] if m["mode"] == "paired" else None
     what = f"{n_texts} paired texts" if n_texts else "class texts"
-    click.echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}, {what}")
+    echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}, {what}")

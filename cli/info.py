@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from embedx.cli.common import EXIT_BAD_INPUT, emit_json, exit_damaged
+from embedx.cli.common import EXIT_BAD_INPUT, echo, emit_json, exit_damaged
 from embedx.cli.options import json_option, store_argument, verbosity_options
 
 
@@ -75,6 +75,6 @@ def info(store, as_json, quick):
     rows = _rows(d, res)
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
-        click.echo(f"{k:<{w}}  {v}")
+        echo(f"{k:<{w}}  {v}")
     if res is not None and not res["ok"]:
         exit_damaged(store, res["problems"])

@@ -13,7 +13,7 @@ import sys
 import click
 
 import embedx
-from embedx.cli.common import EXIT_BAD_INPUT, EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, setup_logging
+from embedx.cli.common import EXIT_BAD_INPUT, EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, echo, setup_logging, term
 from embedx.cli.options import verbosity_options
 from embedx.errors import EmbedxError
 
@@ -59,8 +59,9 @@ def flag_for(command: click.Command | None, param: str) -> str | None:
 
 def error_line(e: EmbedxError, command: click.Command | None) -> str:
     """``error: <message>``, each Python parameter named by ``e.param`` shown as the command's flag (its first
-    occurrence; in front of the message when the message does not spell it)."""
-    msg = str(e)
+    occurrence; in front of the message when the message does not spell it). Control characters and line breaks
+    in the message (data it quotes: a class name, a path) are shown escaped (:func:`embedx.cli.common.term`)."""
+    msg = term(e, one_line=True)
     param = getattr(e, "param", None)  # a subclass may skip EmbedxError.__init__
     names = (param,) if isinstance(param, str) else tuple(param or ())
     missing = []
@@ -96,31 +97,32 @@ class EmbedxGroup(click.Group):
             return super().invoke(ctx)
         except EmbedxError as e:
             sub = ctx.invoked_subcommand
-            click.echo(error_line(e, self.get_command(ctx, sub) if sub else None), err=True)
+            echo(error_line(e, self.get_command(ctx, sub) if sub else None), err=True)
             sys.exit(EXIT_BAD_INPUT)
         except BrokenPipeError:
             closed_pipe()
         except KeyboardInterrupt:
-            click.echo("interrupted: committed rows are kept; rerun the same command to resume", err=True)
+            echo("interrupted: committed rows are kept; rerun the same command to resume", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except click.UsageError as e:  # a bad option value, a missing argument: one line, as every other error
             if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):
                 raise
             where = e.ctx.command_path if e.ctx is not None else "embedx"
-            click.echo(f"error: {' '.join(e.format_message().split())} (see: {where} --help)", err=True)
+            echo(term(f"error: {' '.join(e.format_message().split())} (see: {where} --help)", one_line=True),
+                 err=True)
             sys.exit(EXIT_BAD_INPUT)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except OSError as e:  # an expected failure of the machine (disk full, I/O error, permissions): not a bug
             where = e.filename if e.filename is not None else "?"
-            click.echo(f"error: {where}: {e.strerror or ' '.join(str(e).split())[:300]}", err=True)
+            echo(term(f"error: {where}: {e.strerror or ' '.join(str(e).split())[:300]}", one_line=True), err=True)
             sys.exit(EXIT_BAD_INPUT)
         except Exception as e:  # a bug: still one line, the traceback on request
             if os.environ.get("EMBEDX_DEBUG"):
                 raise
             msg = " ".join(str(e).split())[:300]
-            click.echo(f"error: internal {type(e).__name__}: {msg} (set EMBEDX_DEBUG=1 for the traceback)",
-                       err=True)
+            echo(term(f"error: internal {type(e).__name__}: {msg} (set EMBEDX_DEBUG=1 for the traceback)", True),
+                 err=True)
             sys.exit(1)
 
 

@@ -5,32 +5,32 @@ import math
 
 import click
 
-from embedx.cli.common import LazyHelp, emit_json, progress_enabled, refuse_unused, score_lines
+from embedx.cli.common import LazyHelp, echo, emit_json, progress_enabled, refuse_unused, score_lines, term
 from embedx.cli.options import NamesOption, cluster_option, device_option, json_out_options, silhouette_options, \
     store_argument, verbosity_options
 
 
 def _render(store: str, res: dict, keys: list[str], per_class: bool) -> None:
     """The text report: one line per measure (with its sample interval), per-class rows, ties, checksums, time."""
-    click.echo(f"{store}: {res['n_images']} images, {res['n_texts']} texts, d={res['dim']}\n")
+    echo(f"{term(store, True)}: {res['n_images']} images, {res['n_texts']} texts, d={res['dim']}\n")
     w = max(len(k) for k in keys)
     for k in keys:
         est = res.get("estimates", {}).get(k)
         ci = f"   (sample of {est['sample_size']}, 95% CI {est['ci95'][0]:.4f} .. {est['ci95'][1]:.4f})" if est else ""
         val = f"{res[k]: .6f}" if math.isfinite(res[k]) else " undefined (needs 2+ classes/points)"
-        click.echo(f"{k:<{w}}  {val}{ci}")
+        echo(f"{k:<{w}}  {val}{ci}")
     if per_class:
-        click.echo("\nper class: images, acs, zero-shot recall, silhouette")
+        echo("\nper class: images, acs, zero-shot recall, silhouette")
         for name, row in res["per_class"].items():
             vals = [row["n_images"], row["acs"], row["zeroshot_recall"], row.get("silhouette_euclidean")]
             cells = ("-" if v is None else (f"{v}" if isinstance(v, int) else f"{v: .4f}") for v in vals)
-            click.echo(f"  {name:<20} " + "  ".join(cells))
+            echo(f"  {term(name, True):<20} " + "  ".join(cells))
     if "ties" in res:
-        click.echo(f"\nties: {res['ties']}")
+        echo(f"\nties: {res['ties']}")
     if "integrity" in res:
         i = res["integrity"]
-        click.echo(f"\nchecksums: {i['chunks_verified']} of {i['chunks_recorded']} chunks read and matched")
-    click.echo(f"\ntime: {sum(res['timings_s'].values()):.2f} s")
+        echo(f"\nchecksums: {i['chunks_verified']} of {i['chunks_recorded']} chunks read and matched")
+    echo(f"\ntime: {sum(res['timings_s'].values()):.2f} s")
 
 
 def _help() -> str:

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from embedx.cli.common import emit_json, jsonable
+from embedx.cli.common import echo, emit_json, jsonable, term
 from embedx.cli.options import cluster_option, device_option, json_out_options, silhouette_options, verbosity_options
 
 
@@ -24,42 +24,42 @@ def _p(v) -> str:
 
 def _render(res: dict, where: str) -> None:
     wh = f" where {where}" if where else ""
-    click.echo(f"{res['history']}: {res['n_rows']} rows{wh}; outcomes: {', '.join(res['outcomes']) or 'none'}")
+    echo(f"{term(res['history'], True)}: {res['n_rows']} rows{wh}; outcomes: {', '.join(res['outcomes']) or 'none'}")
     for o in res["outcomes"]:
         ranked = res["ranking"][o]
         failed = [m for m in res["predictors"] if res["fits"][m][o]["error"]]
         w = max([len(m) for m in res["predictors"]] + [9])
-        click.echo(f"\n{o} ~ predictor, by R²:")
-        click.echo(f"  {'predictor':<{w}}  {'n':>3}  {'slope':>10}  {'intercept':>10}  {'R²':>6}  {'p':>8}  "
-                   f"{'Kendall τ':>9}  {'LOO RMSE':>9}")
+        echo(f"\n{o} ~ predictor, by R²:")
+        echo(f"  {'predictor':<{w}}  {'n':>3}  {'slope':>10}  {'intercept':>10}  {'R²':>6}  {'p':>8}  "
+             f"{'Kendall τ':>9}  {'LOO RMSE':>9}")
         for m in ranked:
             f = res["fits"][m][o]
-            click.echo(f"  {m:<{w}}  {f['n']:>3}  {_n(f['slope'], '.4g'):>10}  {_n(f['intercept'], '.4g'):>10}  "
-                       f"{_n(f['r2'], '.3f'):>6}  {_p(f['p_value']):>8}  {_n(f['kendall_tau'], '+.3f'):>9}  "
-                       f"{_n(f['loo_rmse'], '.4f'):>9}")
+            echo(f"  {m:<{w}}  {f['n']:>3}  {_n(f['slope'], '.4g'):>10}  {_n(f['intercept'], '.4g'):>10}  "
+                 f"{_n(f['r2'], '.3f'):>6}  {_p(f['p_value']):>8}  {_n(f['kendall_tau'], '+.3f'):>9}  "
+                 f"{_n(f['loo_rmse'], '.4f'):>9}")
         for m in failed:
             f = res["fits"][m][o]
-            click.echo(f"  {m:<{w}}  {f['n']:>3}  no fit: {f['error']}")
+            echo(f"  {m:<{w}}  {f['n']:>3}  no fit: {f['error']}")
     for t, e in res["targets"].items():
-        click.echo(f"\ntarget {t}:")
+        echo(f"\ntarget {term(t, True)}:")
         for o in res["outcomes"]:
             order = [m for m in res["ranking"][o] if m in e["predictions"]]
             order += [m for m in e["predictions"] if m not in order]
-            click.echo(f"  {o} (95% prediction interval), best predictor first:")
+            echo(f"  {o} (95% prediction interval), best predictor first:")
             w = max([len(m) for m in order] + [9])
             for m in order:
                 p = e["predictions"][m][o]
                 x = e["measures"].get(m)
                 if p is None:
                     why = "undefined on this store" if x is None else "no fit"
-                    click.echo(f"    {m:<{w}}  -  ({why})")
+                    echo(f"    {m:<{w}}  -  ({why})")
                     continue
                 ex = "  (extrapolated)" if p["extrapolated"] else ""
                 r2 = res["fits"][m][o]["r2"]
-                click.echo(f"    {m:<{w}}  {p['value']:+.4f}  [{p['lo']:+.4f}, {p['hi']:+.4f}]   "
-                           f"{m} = {_n(x, '.4g')}, R² {r2:.3f}{ex}")
+                echo(f"    {m:<{w}}  {p['value']:+.4f}  [{p['lo']:+.4f}, {p['hi']:+.4f}]   "
+                     f"{m} = {_n(x, '.4g')}, R² {r2:.3f}{ex}")
         if e.get("not_computable"):
-            click.echo(f"  not computed from a store: {', '.join(e['not_computable'])}")
+            echo(f"  not computed from a store: {', '.join(e['not_computable'])}")
 
 
 HELP = """Fit fine-tuning outcomes on zero-shot measures of tasks you have fine-tuned, and predict them for new
@@ -151,4 +151,4 @@ def predict(history_path, targets, measures, where, silhouette_mode, sample_size
         return
     _render(doc, describe_where(res["where"]))
     if plot_path:
-        click.echo(f"\nplot: {os.path.abspath(plot_path)}")
+        echo(f"\nplot: {os.path.abspath(plot_path)}")

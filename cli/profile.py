@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from embedx.cli.common import emit_json, table
+from embedx.cli.common import echo, emit_json, table
 from embedx.cli.options import device_option, json_option, verbosity_options
 
 
@@ -11,8 +11,8 @@ def _render(res: dict, n: int, dim: int) -> None:
     """One row per kernel: time, GFLOP/s, GB/s, share of the roofline, speed-up over the reference; columns
     padded to their widest cell (text left, numbers right) and separated by " | "."""
     r = res["roofline"]
-    click.echo(f"device {res['device']} ({res['device_name']}, {res['threads']} threads): roofline "
-               f"{r['matmul_gflops']:.0f} GFLOP/s matmul, {r['copy_gbs']:.1f} GB/s copy; n={n}, d={dim}\n")
+    echo(f"device {res['device']} ({res['device_name']}, {res['threads']} threads): roofline "
+         f"{r['matmul_gflops']:.0f} GFLOP/s matmul, {r['copy_gbs']:.1f} GB/s copy; n={n}, d={dim}\n")
     rows = [["kernel", "impl", "time", "GFLOP/s", "GB/s", "roofline", "reference"]]
     for row in res["kernels"]:
         ref = (f"{row['speedup_vs_reference']:.1f}x vs {row['reference']} ({row['reference_seconds'] * 1e3:.1f} ms)"
@@ -20,7 +20,7 @@ def _render(res: dict, n: int, dim: int) -> None:
         rows.append([row["kernel"], row["impl"], f"{row['seconds'] * 1e3:.2f} ms", f"{row['gflops']:.1f}",
                      f"{row['gbs']:.2f}", f"{row['roofline_share']:.0%}", ref])
     for line in table(rows, right=(2, 3, 4, 5)):
-        click.echo(line)
+        echo(line)
 
 
 @click.command()

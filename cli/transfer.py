@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from embedx.cli.common import LazyHelp, emit_json, jsonable, progress_enabled, score_lines
+from embedx.cli.common import LazyHelp, echo, emit_json, jsonable, progress_enabled, score_lines
 from embedx.cli.options import NamesOption, cluster_option, json_out_options, store_argument, verbosity_options
 
 
@@ -60,9 +60,9 @@ def transfer(ctx, store, scores, logit_scale, cluster, as_json, out):
         return
     secs = res.seconds
     w = max(len(k) for k in values)
-    click.echo(f"{'score':<{w}}  {'value':>14}  {'seconds':>8}")
+    echo(f"{'score':<{w}}  {'value':>14}  {'seconds':>8}")
     for k, v in values.items():
         val = f"{v:14.6g}" if v is not None else f"{'undefined':>14}"
-        click.echo(f"{k:<{w}}  {val}  {secs.get(k, 0.0):8.2f}")
-    click.echo(f"\n{HIGHER}")
-    click.echo(f"{sum(secs.values()):.2f} s in all ({secs.get('shared', 0.0):.2f} s reading and shared sums)")
+        echo(f"{k:<{w}}  {val}  {secs.get(k, 0.0):8.2f}")
+    echo(f"\n{HIGHER}")
+    echo(f"{sum(secs.values()):.2f} s in all ({secs.get('shared', 0.0):.2f} s reading and shared sums)")

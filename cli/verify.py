@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from embedx.cli.common import emit_json, exit_damaged
+from embedx.cli.common import echo, emit_json, exit_damaged
 from embedx.cli.options import json_option, store_argument, verbosity_options
 
 
@@ -26,6 +26,6 @@ def verify(store, as_json):
     else:
         inv = "" if res["inventory"] else " (no checksums recorded: lengths and chunk files only)"
         if res["ok"]:
-            click.echo(f"ok: {store}: {res['chunks_checked']} chunk files checked{inv}")
+            echo(f"ok: {store}: {res['chunks_checked']} chunk files checked{inv}")
     if not res["ok"]:
         exit_damaged(store, res["problems"], listed=not as_json)

@@ -70,6 +70,14 @@ class TunedCLIP(nn.Module):
             missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
             raise EmbedxError(f"saved parameters do not match the method's trainable set (missing {missing[:3]}, "
                              f"unexpected {extra[:3]})")
+        for n, p in params.items():
+            if tuple(state[n].shape) != tuple(p.shape):
+                raise EmbedxError(f"saved parameter {n} has shape {tuple(state[n].shape)}, the method's has "
+                                  f"{tuple(p.shape)}")
+            if not state[n].is_floating_point():
+                raise EmbedxError(f"saved parameter {n} is {state[n].dtype}, not floating point")
+            if not bool(torch.isfinite(state[n]).all()):
+                raise EmbedxError(f"saved parameter {n} holds NaN or infinite values")
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(state[n])

@@ -15,7 +15,6 @@ import os
 
 import numpy as np
 
-from embedx.errors import EmbedxError
 from embedx.store import Store
 
 RUN_FIELDS = ("model", "pretrained", "seed", "data", "limit", "epochs", "lr", "weight_decay", "optimizer",
@@ -25,7 +24,9 @@ RUN_FIELDS = ("model", "pretrained", "seed", "data", "limit", "epochs", "lr", "w
 
 def run_info(store: Store) -> dict | None:
     """The finetune run ``store`` was embedded with (None for a base model): the checkpoint record the store
-    keeps, plus the run's config.json fields when the run folder is still readable (``config_found``)."""
+    keeps, plus the run's config.json fields when the run folder is still there (``config_found``). A config.json
+    that is there but tampered (not a run's, a key of the wrong type or range) is a one-line EmbedxError naming
+    the key (:func:`embedx.models.read_config`), never a value in the report."""
     ck = store.meta.get("checkpoint")
     if not isinstance(ck, dict):
         return None
@@ -37,10 +38,7 @@ def run_info(store: Store) -> dict | None:
     if path and os.path.isdir(str(path)):
         from embedx.models import read_config
 
-        try:
-            cfg = read_config(str(path))
-        except EmbedxError:
-            cfg = None
+        cfg = read_config(str(path))
     out["config_found"] = cfg is not None
     if cfg is not None:
         out.update({k: cfg.get(k) for k in RUN_FIELDS if k in cfg})

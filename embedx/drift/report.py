@@ -23,6 +23,9 @@ import math
 
 import numpy as np
 
+from embedx.atomic import atomic_write_bytes
+from embedx.plottext import literal
+
 PER_CLASS_BARS = 40  # classes shown in the per-class chart: the largest drops and gains
 LABELLED_CLASSES = 40  # class texts named in the projection (beyond: coloured, not named)
 MIN_HALF_SPAN = 0.05  # accuracy-change axes span at least +-0.05
@@ -83,10 +86,21 @@ def _ok(v) -> bool:
     return isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _e(v) -> str:
+    """Any value as HTML text (quotes escaped too, so it is also safe inside an attribute)."""
+    return html.escape(str(v), quote=True)
+
+
+def _items(d) -> list:
+    return list(d.items()) if isinstance(d, dict) else []
+
+
 def _fmt(v, signed: bool = False, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "&ndash;"
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return _e(v)  # not a number: shown as text, escaped
+    if isinstance(v, (int, np.integer)):
         return f"{v:,}"
     return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
 
@@ -177,7 +191,7 @@ def movement_plot(disp: np.ndarray, s: dict) -> str:
     if per:
         rows = sorted(per.items(), key=lambda kv: kv[1]["displacement"])[-PER_CLASS_BARS:]
         ax.barh(range(len(rows)), [v["displacement"] for _, v in rows], color="#dd8452")
-        ax.set_yticks(range(len(rows)), [k[:24] for k, _ in rows], fontsize=8 if len(rows) <= 20 else 6)
+        ax.set_yticks(range(len(rows)), [literal(k[:24]) for k, _ in rows], fontsize=8 if len(rows) <= 20 else 6)
         ax.set_title("class prompts: |t_after - t_before| per class", fontsize=10)
     elif t:
         ax.text(0.5, 0.5, f"captions: mean {t['displacement_mean']:.4f}, p95 {t['displacement_p95']:.4f}",
@@ -205,7 +219,7 @@ def per_class_plot(per_class: dict) -> str:
     ax = axes[0, 0]
     vals = [r[0] for r in rows]
     ax.barh(range(len(rows)), vals, color=[_colour(v, 1) for v in vals])
-    ax.set_yticks(range(len(rows)), [r[1][:30] for r in rows], fontsize=8)
+    ax.set_yticks(range(len(rows)), [literal(r[1][:30]) for r in rows], fontsize=8)
     half = change_span(vals)
     ax.set_xlim(-half, half)
     ax.axvline(0, color="#999", lw=0.8)
@@ -249,7 +263,7 @@ def projection_plot(p: dict) -> str:
                        linewidths=0.8, zorder=3)
             if len(tl) <= LABELLED_CLASSES:
                 for (x, y), i in zip(tx, tl):
-                    ax.annotate(names[i][:18], (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8,
+                    ax.annotate(literal(names[i][:18]), (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8,
                                 weight="bold", zorder=4,
                                 bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.7))
         else:
@@ -287,7 +301,7 @@ def forgetting_plot(forg: dict) -> str:
     vals = [forg["tasks"][n]["delta"] for n in names]
     fig, ax = plt.subplots(figsize=(7, max(1.6, 0.4 * len(names) + 0.9)))
     ax.barh(range(len(names)), vals, color=[_colour(v, 1) for v in vals], height=0.6)
-    ax.set_yticks(range(len(names)), [n[:28] for n in names], fontsize=9)
+    ax.set_yticks(range(len(names)), [literal(n[:28]) for n in names], fontsize=9)
     half = change_span(vals)
     ax.set_xlim(-half, half)
     ax.axvline(0, color="#999", lw=0.8)
@@ -305,18 +319,20 @@ def _run_block(s: dict) -> str:
     st = s.get("stores", {})
     lines = []
     if run:
-        opts = ", ".join(f"{k}={v}" for k, v in (run.get("options") or {}).items()) or "defaults"
+        opts = ", ".join(f"{k}={v}" for k, v in _items(run.get("options"))) or "defaults"
         tp, tot = run.get("trainable_params"), run.get("total_params")
         share = f" ({100 * tp / tot:.3g}% of {tot:,})" if _ok(tp) and _ok(tot) and tot else ""
+        tp_text = _fmt(tp) if _ok(tp) else "&ndash;"
         lines.append(f"<b>run</b> <code>{esc(str(run.get('path')))}</code>: method <b>{esc(str(run.get('method')))}"
                      f"</b> ({esc(opts)}) on <b>{esc(str(run.get('model')))}</b> "
                      f"(pretrained {esc(str(run.get('pretrained')))}), trainable parameters <b>"
-                     f"{_fmt(tp) if tp is not None else '&ndash;'}</b>{share}")
+                     f"{tp_text}</b>{share}")
         if run.get("config_found"):
-            lines.append(f"<b>trained on</b> <code>{esc(str(run.get('data')))}</code>: {run.get('epochs')} epochs, "
-                         f"{esc(str(run.get('optimizer')))} lr {run.get('lr')}, batch {run.get('batch_size')}, "
-                         f"weight decay {run.get('weight_decay')}; best epoch {run.get('best_epoch')} "
-                         f"(hold-out acc {_fmt(run.get('best_val_acc'), digits=3)})")
+            acc = run.get("best_val_acc")
+            lines.append(f"<b>trained on</b> <code>{_e(run.get('data'))}</code>: {_e(run.get('epochs'))} epochs, "
+                         f"{_e(run.get('optimizer'))} lr {_e(run.get('lr'))}, batch {_e(run.get('batch_size'))}, "
+                         f"weight decay {_e(run.get('weight_decay'))}; best epoch {_e(run.get('best_epoch'))} "
+                         f"(hold-out acc {_fmt(acc, digits=3) if _ok(acc) else '&ndash;'})")
         else:
             lines.append('<span class="muted">the run folder (config.json) is no longer readable: settings beyond '
                          'the store\'s checkpoint record are unknown</span>')
@@ -328,9 +344,9 @@ def _run_block(s: dict) -> str:
         r = st.get(role, {})
         lines.append(f"<b>{role}</b> <code>{esc(str(r.get('path')))}</code>: {esc(str(r.get('model')))}"
                      f"{' + ' + esc(str((r.get('checkpoint') or {}).get('method'))) if r.get('checkpoint') else ''}"
-                     f" on <code>{esc(str(r.get('dataset')))}</code>, {r.get('n_images')} images, "
-                     f"{r.get('n_texts')} texts, {esc(str(r.get('dtype')))}")
-    lines.append(f"{s['n_images']:,} images, d = {s['dim']}, {esc(s['mode'])} mode &middot; embedx "
+                     f" on <code>{esc(str(r.get('dataset')))}</code>, {_e(r.get('n_images'))} images, "
+                     f"{_e(r.get('n_texts'))} texts, {esc(str(r.get('dtype')))}")
+    lines.append(f"{s['n_images']:,} images, d = {_e(s['dim'])}, {esc(str(s['mode']))} mode &middot; embedx "
                  f"{esc(str(s.get('embedx_version')))} &middot; {esc(str(s.get('created')))}")
     return '<div class="run" id="provenance">' + "<br>".join(lines) + "</div>"
 
@@ -346,29 +362,29 @@ def _headline(s: dict) -> str:
     cards = []
     g = h.get("task_gain")
     cards.append(_card("task gain", _fmt(g, True, 3), (
-        f"{esc(h.get('accuracy', 'accuracy'))} {_fmt(h.get('zeroshot_top1_before'), digits=3)} &rarr; "
+        f"{esc(str(h.get('accuracy', 'accuracy')))} {_fmt(h.get('zeroshot_top1_before'), digits=3)} &rarr; "
         f"{_fmt(h.get('zeroshot_top1_after'), digits=3)} on <code>{esc(str(h.get('task')))}</code>"
         if g is not None else f"undefined on <code>{esc(str(h.get('task')))}</code>: no labelled images"),
         verdict(g, 1)))
     f = h.get("forgetting")
     if h.get("n_other_tasks"):
         cards.append(_card("forgetting elsewhere", _fmt(f, True, 3),
-                           f"mean zero-shot top-1 change on {h['n_other_tasks']} other task"
+                           f"mean zero-shot top-1 change on {_e(h['n_other_tasks'])} other task"
                            f"{'s' if h['n_other_tasks'] != 1 else ''} (below 0: forgotten)", verdict(f, 1)))
     else:
         cards.append(_card("forgetting elsewhere", "&ndash;", "not measured: give <code>--others "
                            "NAME=BEFORE:AFTER</code>"))
     pc = h.get("per_class")
     if pc:
-        cards.append(_card("per class", f"{pc['gained']}&uarr; {pc['lost']}&darr;",
-                           f"of {pc['classes']} classes; best <b>{esc(pc['best']['class'][:20])}</b> "
+        cards.append(_card("per class", f"{_e(pc['gained'])}&uarr; {_e(pc['lost'])}&darr;",
+                           f"of {_e(pc['classes'])} classes; best <b>{esc(pc['best']['class'][:20])}</b> "
                            f"<span class=\"{verdict(pc['best']['delta'], 1)}\">{_fmt(pc['best']['delta'], True, 2)}"
                            f"</span>, worst <b>{esc(pc['worst']['class'][:20])}</b> <span class=\""
                            f"{verdict(pc['worst']['delta'], 1)}\">{_fmt(pc['worst']['delta'], True, 2)}</span>"))
     t = s.get("text_drift")
     cards.append(_card("what moved (mean displacement)",
                        f"{_fmt(s.get('displacement_mean'), digits=3)} / {_fmt((t or {}).get('displacement_mean'), digits=3)}",
-                       f"images / {esc((t or {}).get('rows', 'texts'))}; CKA {_fmt(s.get('cka_linear'), digits=3)} / "
+                       f"images / {esc(str((t or {}).get('rows', 'texts')))}; CKA {_fmt(s.get('cka_linear'), digits=3)} / "
                        f"{_fmt((t or {}).get('cka_linear'), digits=3)}"))
     return '<section id="headline"><div class="cards">' + "".join(cards) + "</div></section>"
 
@@ -417,7 +433,7 @@ def _per_class(s: dict) -> str:
     if not pc:
         return ""
     esc = html.escape
-    rows = [f"<tr><td>{esc(n)}</td><td>{v['n_images']}</td><td>{_fmt(v['acc_before'])}</td>"
+    rows = [f"<tr><td>{esc(n)}</td><td>{_e(v['n_images'])}</td><td>{_fmt(v['acc_before'])}</td>"
             f"<td>{_fmt(v['acc_after'])}</td>{_delta_cell(v['delta'], 1)}<td>{_fmt(v.get('prompt_cosine'))}</td>"
             f"<td>{_fmt(v.get('prompt_displacement'))}</td></tr>"
             for n, v in sorted(pc.items(), key=lambda kv: (kv[1]["delta"] is None, kv[1]["delta"] or 0))]
@@ -430,7 +446,7 @@ def _per_class(s: dict) -> str:
 def _projection(drift) -> str:
     s = drift.summary
     return ('<section id="projection"><h2>2-D projection</h2>'
-            f"<p class=\"muted\">PCA fitted on the before images (a sample of {s['plot_sample_size']}); both stores "
+            f"<p class=\"muted\">PCA fitted on the before images (a sample of {_e(s['plot_sample_size'])}); both stores "
             "projected on the same axes (each panel zoomed to its points: compare positions, not spreads, across panels). Each side's texts are drawn shifted by that side's modality gap (mean image "
             f"&minus; mean text; its length {_fmt(drift.projection.get('gap_before'), digits=3)} before, "
             f"{_fmt(drift.projection.get('gap_after'), digits=3)} after), so each class text sits among the images "
@@ -443,7 +459,7 @@ def _forgetting(s: dict) -> str:
     if not f:
         return ""
     esc = html.escape
-    rows = [f"<tr><td>{esc(n)}</td><td>{esc(str(t.get('dataset')))}</td><td>{t.get('n_images')}</td>"
+    rows = [f"<tr><td>{esc(n)}</td><td>{esc(str(t.get('dataset')))}</td><td>{_e(t.get('n_images'))}</td>"
             f"<td>{_fmt(t['zeroshot_top1_before'])}</td><td>{_fmt(t['zeroshot_top1_after'])}</td>"
             f"{_delta_cell(t['delta'], 1)}</tr>" for n, t in f["tasks"].items()]
     rows.append("<tr><td><b>mean</b></td>" + "<td></td>" * 4 + f"{_delta_cell(f['mean_delta'], 1)}</tr>")
@@ -458,7 +474,7 @@ def _stores(s: dict) -> str:
             f"</td><td>{esc(str((r.get('checkpoint') or {}).get('method') or '-'))}</td>"
             f"<td>{esc(str(r.get('dataset')))}</td><td>{esc(str(r.get('generation')))}</td></tr>"
             for role, r in (s.get("stores") or {}).items()]
-    opts = ", ".join(f"{k}={v}" for k, v in (s.get("options") or {}).items())
+    opts = ", ".join(f"{k}={v}" for k, v in _items(s.get("options")))
     return ('<section id="stores"><h2>Stores and options</h2>'
             + _table(["role", "path", "model", "finetune", "data", "generation"], rows)
             + f'<p class="muted">options: {esc(opts)} &middot; schema {esc(str(s.get("schema")))}</p></section>')
@@ -475,5 +491,5 @@ def render(drift) -> str:
 
 
 def write(drift, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(render(drift))
+    """Render the whole report first, then replace ``path`` atomically: a failure leaves the old file intact."""
+    atomic_write_bytes(path, render(drift).encode("utf-8"))

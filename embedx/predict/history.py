@@ -16,6 +16,11 @@ Outcomes (paper B, Niss et al.):
 
 ``append_row`` adds a run to a history file; the file is always rewritten atomically (temporary file in the
 same folder, fsync, rename), so a crash leaves either the old file or the new one, never a torn row.
+
+Formula injection (OWASP "CSV injection"): a text cell written that starts with ``=``, ``+``, ``-``, ``@``, a
+tab or a carriage return (after any ``'``) gets a ``'`` in front, so a spreadsheet shows it as text instead of
+running it; numbers (``-0.041``) are written as they are. Reading takes that one ``'`` off again, so every cell
+reads back exactly as it was given (:func:`neutralize`, :func:`restore`).
 """
 from __future__ import annotations
 
@@ -33,6 +38,31 @@ STORE = "store"
 OUTCOMES = ("gain", "forgetting")
 RESERVED = OUTCOMES + ("row",)  # keys of the result's rows: not allowed as predictor column names
 _MISSING = ("", "nan", "na", "n/a", "none", "null")
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet would run as a formula (OWASP)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def neutralize(text: str) -> str:
+    """A CSV cell safe to open in a spreadsheet: text that would start a formula (after any ``'`` already
+    there) gets one ``'`` in front; numbers (``-0.041``, ``+1e-3``) and every other text are unchanged."""
+    if text.lstrip("'")[:1] in _FORMULA and not _numeric(text):
+        return "'" + text
+    return text
+
+
+def restore(cell: str) -> str:
+    """The value :func:`neutralize` wrote ``cell`` for: its added ``'`` taken off (``restore(neutralize(v)) == v``
+    for every ``v``)."""
+    if cell.startswith("'") and cell.lstrip("'")[:1] in _FORMULA and not _numeric(cell[1:]):
+        return cell[1:]
+    return cell
 
 
 @dataclass
@@ -111,7 +141,7 @@ def _read_table(path: str) -> tuple[list[str], list[list[str]]]:
         raise EmbedxError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); is it a CSV file?") from None
     except csv.Error as e:
         raise EmbedxError(f"{path} is not a valid CSV file: {e}") from None
-    table = [r for r in table if any(c.strip() for c in r)]  # blank lines carry nothing
+    table = [[restore(c) for c in r] for r in table if any(c.strip() for c in r)]  # blank lines carry nothing
     if not table:
         raise EmbedxError(f"{path} is empty; expected a header line with columns {', '.join(REQUIRED)}")
     header = [c.strip() for c in table[0]]
@@ -264,10 +294,10 @@ def append_row(path: str, row: dict) -> None:
         cols = _order(header + list(row))
         buf = io.StringIO(newline="")
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(cols)
+        w.writerow([neutralize(c) for c in cols])
         for r in old:
-            w.writerow([r.get(c, "") for c in cols])
-        w.writerow([_cell(row.get(c)) for c in cols])
+            w.writerow([neutralize(r.get(c, "")) for c in cols])
+        w.writerow([neutralize(_cell(row.get(c))) for c in cols])
         atomic_write_bytes(path, buf.getvalue().encode("utf-8"))
 
 

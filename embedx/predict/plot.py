@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 import embedx.predict.fit as F
+from embedx.plottext import literal
 from embedx.predict.history import atomic_write_bytes
 
 MAX_PREDICTORS = 8
@@ -60,12 +61,12 @@ def plot(result: dict, path: str, max_predictors: int = MAX_PREDICTORS, dpi: int
                 xs = [p[0] for p in pts if p[2] == meth]
                 ys = [p[1] for p in pts if p[2] == meth]
                 if xs:
-                    ax.scatter(xs, ys, s=22, color=colour[meth], label=meth or "(no method)", zorder=3)
+                    ax.scatter(xs, ys, s=22, color=colour[meth], label=literal(meth) or "(no method)", zorder=3)
             tx = [(t, e["measures"].get(m), (e["predictions"].get(m) or {}).get(o))
                   for t, e in result["targets"].items()]
             tx = [(t, x0, p) for t, x0, p in tx if x0 is not None and p is not None]
             if f.get("error"):
-                ax.set_title(f"{m} -> {o}\nno fit: {f['error']}", fontsize=8)
+                ax.set_title(literal(f"{m} -> {o}\nno fit: {f['error']}"), fontsize=8)
             else:
                 xs = [p[0] for p in pts] + [x0 for _, x0, _ in tx]
                 lo, hi = min(xs), max(xs)
@@ -76,16 +77,16 @@ def plot(result: dict, path: str, max_predictors: int = MAX_PREDICTORS, dpi: int
                 ax.plot(grid, yhat, color="0.2", lw=1.3, label="OLS fit")
                 tau = f["kendall_tau"]
                 taus = "n/a" if tau is None else f"{tau:+.2f}"
-                ax.set_title(f"{m} -> {o}  (n={f['n']})\nR² {f['r2']:.3f}   τ {taus}   p {f['p_value']:.2g}",
+                ax.set_title(f"{literal(m)} -> {literal(o)}  (n={f['n']})\nR² {f['r2']:.3f}   τ {taus}   p {f['p_value']:.2g}",
                              fontsize=9)
             for k, (t, x0, p) in enumerate(tx):
                 c = tcolours(k % 8)
                 ax.errorbar([x0], [p["value"]], yerr=[[p["value"] - p["lo"]], [p["hi"] - p["value"]]], fmt="none",
                             ecolor=c, elinewidth=1.2, capsize=4, zorder=4)
                 ax.scatter([x0], [p["value"]], marker="*", s=160, color=c, edgecolor="k", lw=0.5, zorder=5,
-                           label=f"target {_label(t)}")
-            ax.set_xlabel(m, fontsize=8)
-            ax.set_ylabel(o, fontsize=8)
+                           label=f"target {literal(_label(t))}")
+            ax.set_xlabel(literal(m), fontsize=8)
+            ax.set_ylabel(literal(o), fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.25)
     if not preds or not outcomes:
@@ -103,7 +104,7 @@ def plot(result: dict, path: str, max_predictors: int = MAX_PREDICTORS, dpi: int
     capped = f"; the best {len(preds)} of {n_all} predictors by R²" if len(preds) < n_all else ""
     where = result.get("where") or {}
     wh = (" where " + " and ".join(f"{c}={'|'.join(v)}" for c, v in where.items())) if where else ""
-    fig.suptitle(f"{_label(result['history'])}: {result['n_rows']} rows{wh}{capped}", fontsize=10)
+    fig.suptitle(literal(f"{_label(result['history'])}: {result['n_rows']} rows{wh}{capped}"), fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
