@@ -225,9 +225,9 @@ def run(executor, writer: st.StoreWriter, source, meta: dict, job_args: dict, *,
         return writer.finalize(extra), 0, 0
     plan = _plan(writer, batch_size, executor.task_bytes)
     m = writer.meta
-    job = EmbedJob(out=worker_path(out), generation=m["generation"], n_rows=int(m["n_rows_max"]), task_rows=plan["task_rows"],
-                   chunk_rows=int(m["chunk_rows"]), dtype=m["dtype"], paired=writer.paired,
-                   batch_size=batch_size, **job_args)
+    job = EmbedJob(out=worker_path(out), generation=m["generation"], n_rows=int(m["n_rows_max"]),
+                   task_rows=plan["task_rows"], chunk_rows=int(m["chunk_rows"]), dtype=m["dtype"],
+                   paired=writer.paired, batch_size=batch_size, **job_args)
     done = _flags(writer.group, job.n_tasks)
     before = int(done.sum())
     todo = [t for t in range(job.n_tasks) if not done[t]]
