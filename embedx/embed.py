@@ -135,7 +135,7 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
                 job_args = {"model": model, "pretrained": pretrained, "checkpoint": checkpoint, "seed": seed,
                             "device": device, "workers": workers, "strict": strict,
                             "normalize_on_device": normalize_on_device}
-                with connect(cluster, client, task_bytes=task_bytes) as executor:
+                with connect(cluster, client, task_bytes=task_bytes, rerun="rerun to resume") as executor:
                     final, before, n_tasks = dist_embed.run(executor, writer, source, meta, job_args,
                                                             batch_size=batch_size, progress=progress,
                                                             left_out=left_out, extra=extra)

@@ -31,6 +31,7 @@ import numpy as np
 
 from embedx import store as st
 from embedx.embedplan import Items, chunk_sums, collate, fold, stored_sums, task_rows
+from embedx.dist.executor import graph_data, worker_path
 from embedx.errors import EmbedxError, StoreError
 
 PROGRESS = "progress"
@@ -43,7 +44,7 @@ _ENCODERS_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class EmbedJob:
-    """What every task of one distributed embed needs (small: the source travels once, scattered)."""
+    """What every task of one distributed embed needs (small: the source travels once, as a task of the graph)."""
 
     out: str
     generation: str
@@ -201,8 +202,8 @@ def run_tasks(executor, job: EmbedJob, source, todo: list[int], progress: bool) 
     from tqdm.auto import tqdm
 
     client = executor.client
-    src = client.scatter(source, broadcast=True, hash=False)
     tag = uuid.uuid4().hex[:8]
+    src = graph_data(client, source, f"embedx-source-{tag}")
     futures = [client.submit(embed_task, job, src, t, pure=False, retries=RETRIES, key=f"embedx-embed-{tag}-{t}")
                for t in todo]
     with tqdm(total=job.n_rows, initial=job.n_rows - sum(map(lambda t: len(range(*job.range(t))), todo)),
@@ -224,9 +225,9 @@ def run(executor, writer: st.StoreWriter, source, meta: dict, job_args: dict, *,
         return writer.finalize(extra), 0, 0
     plan = _plan(writer, batch_size, executor.task_bytes)
     m = writer.meta
-    job = EmbedJob(out=out, generation=m["generation"], n_rows=int(m["n_rows_max"]), task_rows=plan["task_rows"],
-                   chunk_rows=int(m["chunk_rows"]), dtype=m["dtype"], paired=writer.paired,
-                   batch_size=batch_size, **job_args)
+    job = EmbedJob(out=worker_path(out), generation=m["generation"], n_rows=int(m["n_rows_max"]),
+                   task_rows=plan["task_rows"], chunk_rows=int(m["chunk_rows"]), dtype=m["dtype"],
+                   paired=writer.paired, batch_size=batch_size, **job_args)
     done = _flags(writer.group, job.n_tasks)
     before = int(done.sum())
     todo = [t for t in range(job.n_tasks) if not done[t]]

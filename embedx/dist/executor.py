@@ -6,8 +6,8 @@ fixed merge tree, so a result is the same run after run.
     sums are added in one order whatever the timing, and only the merged partial comes back.
   * :meth:`DaskExecutor.map` returns every result in item order (block-pair tasks of the pairwise kernels).
   * :meth:`DaskExecutor.ref` turns a source into what a task opens: a store becomes its path and generation id
-    (``embedx.rowsource.StoreRef``; each worker opens it once and reads directly), in-memory rows are scattered
-    once.
+    (``embedx.rowsource.StoreRef``; each worker opens it once and reads directly), in-memory rows travel once,
+    as a task of the graph (:func:`graph_data`: a worker that dies holding them has them recomputed).
 
 Tasks are retried ``RETRIES`` times on an error; a worker that dies is handled by Dask (its tasks are recomputed
 elsewhere, up to ``distributed.scheduler.allowed-failures`` deaths per task).
@@ -21,6 +21,39 @@ from embedx.engine.executor import Executor
 TASK_BYTES = 128 << 20   # stored bytes a task reads (64-256 MiB: Dask's per-task overhead is ~1 ms)
 SPLIT_EVERY = 8
 RETRIES = 2
+
+
+def worker_path(path: str) -> str:
+    """``path`` as a worker opens it: a local path made absolute (a worker may run in another folder, or on another
+    machine with the same mounts), a URL as it is."""
+    from embedx.storelayout import is_url
+
+    return path if is_url(path) else os.path.abspath(path)
+
+
+def _absolute(ref):
+    import dataclasses
+
+    path = getattr(ref, "path", None)
+    if isinstance(path, str) and worker_path(path) != path:
+        return dataclasses.replace(ref, path=worker_path(path))
+    return ref
+
+
+def _value(x):
+    return x
+
+
+def graph_data(client, value, key: str | None = None):
+    """A future of ``value`` held as a task of the graph (its argument), not scattered: the scheduler keeps the
+    task, so when every worker holding the value dies it is computed again on another one (scattered data dies
+    with its last holder, and every task that needs it is cancelled). It is sent to the scheduler once; workers
+    fetch it from each other."""
+    import warnings
+
+    with warnings.catch_warnings():  # a large source (many file names) is one graph argument, by design
+        warnings.filterwarnings("ignore", message=r".*[Ll]arge .*graph")
+        return client.submit(_value, value, pure=False, key=key)
 
 
 def _merge_all(parts: list, merge):
@@ -56,13 +89,13 @@ class DaskExecutor(Executor):
         raise NotImplementedError("the Dask executor runs row-range tasks (map_reduce), not in-process folds")
 
     def ref(self, source):
-        """What a task receives to read ``source``: a StoreRef for stores, the scattered rows otherwise."""
+        """What a task receives to read ``source``: a StoreRef for stores, the rows as a graph task otherwise."""
         make = getattr(source, "ref", None)
         if make is not None:
-            return make()
+            return _absolute(make())
         key = id(source)
         if key not in self._scattered:
-            self._scattered[key] = (source, self.client.scatter(source, broadcast=True, hash=False))
+            self._scattered[key] = (source, graph_data(self.client, source))
         return self._scattered[key][1]
 
     def row_ranges(self, n: int, unit: int, unit_bytes: int) -> list[tuple[int, int]]:
