@@ -47,8 +47,11 @@ def _parquet_file(path: str):
     try:
         return pq.ParquetFile(f)
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError for anything not Parquet
-        raise EmbedxError(f"{path} is not a readable Parquet file ({type(e).__name__}: "
-                          f"{' '.join(str(e).split())[:120]})") from None
+        raise EmbedxError(f"{path} is not a readable Parquet file ({_short(e)})") from None
+
+
+def _short(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
 
 
 def _image_kind(field) -> str:
@@ -129,19 +132,25 @@ def parquet_source(pattern: str, spec: str, *, classes: str | None = None, image
                               f"{', '.join(schema.names)})")
         if _image_kind(schema.field(icol)) != kind:
             raise EmbedxError(f"{f}: image column {icol!r} has type {schema.field(icol).type}, unlike {files[0]}")
-        table = pf.read(columns=read_cols)
-        tcol = table.column(ccol or lcol).to_pylist()
-        pcol = None
-        if kind == "path":
-            pcol = table.column(icol).to_pylist()
-        elif kind == "struct":
-            pcol = [d.get("path") if d else None for d in table.column(icol).to_pylist()]
+        try:  # corrupt pages, thrift or strings: one line naming the file, never a traceback
+            table = pf.read(columns=read_cols)
+            tcol = table.column(ccol or lcol).to_pylist()
+            pcol = None
+            if kind == "path":
+                pcol = table.column(icol).to_pylist()
+            elif kind == "struct":
+                pcol = [d.get("path") if isinstance(d, dict) else None for d in table.column(icol).to_pylist()]
+            groups = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        except (OSError, ValueError, pa.ArrowException) as e:  # ArrowInvalid is a ValueError, UnicodeError too
+            raise EmbedxError(f"{f}: unreadable Parquet data ({_short(e)})") from None
+        if sum(groups) != len(tcol) or any(n < 0 for n in groups):
+            raise EmbedxError(f"{f}: corrupt Parquet metadata (its row groups count {sum(groups)} rows, the "
+                              f"columns hold {len(tcol)})")
         base = posixpath.dirname(f) if is_url(f) else os.path.dirname(os.path.abspath(f))
         name = posixpath.basename(f)
-        md = pf.metadata
         row = 0
-        for g in range(md.num_row_groups):
-            for r in range(md.row_group(g).num_rows):
+        for g, n_group in enumerate(groups):
+            for r in range(n_group):
                 p = pcol[row] if pcol is not None else None
                 sid = p if p else f"{name}:{row}"
                 t = tcol[row]
