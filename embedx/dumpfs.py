@@ -30,6 +30,9 @@ class NotAFile(EmbedxError, OSError):
         super().__init__(f"{path} is {reason}")
         self.path, self.kind, self.reason = path, kind, reason
 
+    def __reduce__(self):  # pickled whole (Dask workers, DataLoader workers): the constructor takes three args
+        return (type(self), (self.path, self.kind, self.reason))
+
     def about(self, label: str) -> str:
         """The message with ``label`` (a shorter name) for the path."""
         return f"{label} is {self.reason}"

@@ -9,6 +9,7 @@ FIFOs made by ``os.mkfifo``, ``/dev/zero``, sparse files standing in for huge on
 import contextlib
 import gzip
 import os
+import pickle
 import random
 import resource
 import signal
@@ -198,6 +199,10 @@ def test_wds_fifo_and_device_shards_are_refused_in_one_line(tmp_path):
             parse_source(spec)
         msg = _one_line(e.value)
         assert what in msg and "not a regular file" in msg, msg
+    with pytest.raises(EmbedxError) as e:
+        read_classes(f"file://{fifo}")
+    again = pickle.loads(pickle.dumps(e.value))  # as a Dask worker would send it back
+    assert type(again) is type(e.value) and str(again) == str(e.value)
 
 
 def test_classes_file_fifo_device_and_oversize_are_refused(tmp_path, rng):
