@@ -19,6 +19,7 @@ old store). Memory: one block of rows (an ``.npz`` member is decompressed whole:
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -42,6 +43,7 @@ DATACOMP_MODELS = {"l14": ("ViT-L-14", "openai"), "b32": ("ViT-B-32", "openai")}
 ID_COLUMNS = {"clip-retrieval": ("image_path", "key", "url"), "datacomp": ("uid", "url", "key")}
 CAPTION_COLUMNS = {"clip-retrieval": ("caption",), "datacomp": ("text", "caption")}
 META_FILE = "embedx.json"  # written by embedx export: the store's mode, dtype, model, ...
+NPZ_RATIO = 100  # an .npz member decompressing to more than this many times its stored bytes is refused
 
 
 # -- array files read by header, then in row ranges ----------------------------------------------------------------
@@ -49,7 +51,15 @@ def _npy_header(f):
     """(shape, fortran_order, dtype) of the ``.npy`` stream ``f``, left at the first data byte."""
     major, _ = np.lib.format.read_magic(f)
     read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-    return read(f, max_header_size=1 << 20)
+    shape, fortran, dtype = read(f, max_header_size=1 << 20)
+    if any(int(n) < 0 for n in shape) or any(int(n) == 0 for n in shape[1:]):
+        raise ValueError(f"header shape {tuple(shape)} has a negative or zero row dimension")
+    return shape, fortran, dtype
+
+
+def _data_bytes(shape, dtype) -> int:
+    """The bytes an array of ``shape`` and ``dtype`` holds, in Python integers (no int64 overflow)."""
+    return math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize
 
 
 class NpyRows:
@@ -62,19 +72,21 @@ class NpyRows:
             with fsx.open_binary(path) as f:
                 shape, fortran, dtype = _npy_header(f)
                 self.offset = f.tell()
+        except fsx.NotAFile as e:
+            raise EmbedxError(e.about(label)) from None
         except (ValueError, OSError) as e:
             raise EmbedxError(f"{label}: not a readable .npy file ({' '.join(str(e).split())[:160]})") from None
         if fortran and len(shape) > 1:
             raise EmbedxError(f"{label}: Fortran-ordered arrays are not supported; save it in C order")
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
-        need = self.offset + int(np.prod(shape)) * self.dtype.itemsize
+        need = self.offset + _data_bytes(shape, self.dtype)
         have = fsx.size(path)
         if have < need:
             raise EmbedxError(f"{label}: truncated ({have} bytes, its header promises {need})")
 
     def read_into(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Rows ``start:stop`` into ``out`` (C-contiguous, this file's dtype and row shape) by ``preadv``."""
-        row = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        row = _data_bytes(self.shape[1:], self.dtype)
         buf = memoryview(out.reshape(-1).view(np.uint8))
         if len(buf) != (stop - start) * row:
             raise ValueError(f"{self.label}: a buffer of {len(buf)} bytes for {stop - start} rows of {row}")
@@ -88,7 +100,7 @@ class NpyRows:
                         raise EmbedxError(f"{self.label}: truncated while reading rows {start}..{stop - 1}")
                     done += n
             return out
-        with open(self.path, "rb", buffering=0) as f:
+        with fsx.open_binary(self.path, buffering=0) as f:
             pos, done = self.offset + start * row, 0
             while done < len(buf):
                 n = os.preadv(f.fileno(), [buf[done:]], pos + done)
@@ -110,9 +122,18 @@ class NpzMember:
         try:
             with fsx.open_binary(path) as raw, zipfile.ZipFile(raw) as z, z.open(key + ".npy") as f:
                 shape, _, dtype = _npy_header(f)
+                info, header = z.getinfo(key + ".npy"), f.tell()
+        except fsx.NotAFile as e:
+            raise EmbedxError(e.about(label)) from None
         except (ValueError, OSError, KeyError, zipfile.BadZipFile) as e:
             raise EmbedxError(f"{label}: cannot read {key!r} ({' '.join(str(e).split())[:160]})") from None
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        need = header + _data_bytes(shape, dtype)  # what np.load would allocate: the member must hold it
+        if info.file_size < need:
+            raise EmbedxError(f"{label}: truncated ({info.file_size} bytes, its header promises {need})")
+        if info.file_size > NPZ_RATIO * info.compress_size + (1 << 20):
+            raise EmbedxError(f"{label}: {info.file_size:,} bytes compressed into {info.compress_size:,} (over "
+                              f"{NPZ_RATIO}:1; embeddings barely compress): refused, it would be decompressed whole")
         self._lock = threading.Lock()
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -135,6 +156,8 @@ def npz_keys(path: str, label: str) -> list[str]:
     try:
         with fsx.open_binary(path) as raw, zipfile.ZipFile(raw) as z:
             return [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+    except fsx.NotAFile as e:
+        raise EmbedxError(e.about(label)) from None
     except (OSError, zipfile.BadZipFile) as e:
         raise EmbedxError(f"{label}: not a readable .npz file ({' '.join(str(e).split())[:160]})") from None
 
@@ -281,11 +304,12 @@ def scan_datacomp(path: str, features: str | None) -> Dump:
 def _export_meta(path: str) -> dict:
     """The ``embedx.json`` an ``embedx export`` left in ``path`` ({} if none)."""
     mf = fsx.join(path, META_FILE)
-    if not fsx.isfile(mf):
+    if not fsx.exists(mf):
         return {}
     try:
-        with fsx.open_binary(mf) as f:
-            meta = json.loads(f.read().decode("utf-8"))
+        meta = json.loads(fsx.read_capped(mf, fsx.SMALL_CAP, f"an {META_FILE}").decode("utf-8"))
+    except fsx.NotAFile as e:
+        raise EmbedxError(str(e)) from None
     except (OSError, ValueError) as e:
         raise EmbedxError(f"{mf}: unreadable ({' '.join(str(e).split())[:160]})") from None
     return meta if isinstance(meta, dict) else {}
@@ -332,6 +356,10 @@ def scan_export(path: str, kind: str) -> Dump:
 def _need(path: str, name: str) -> str:
     f = fsx.join(path, name)
     if not fsx.isfile(f):
+        why = fsx.file_problem(f)
+        if why and why != "no such file":
+            raise EmbedxError(f"{path}: {name} is {why}" if why.endswith("not a regular file") else
+                              f"{path}: {name}: {why}")
         raise EmbedxError(f"{path}: {name} is missing (not an embedx export?)")
     return f
 
@@ -612,7 +640,7 @@ def _prefetch(shards) -> None:
         for a in (s.images, s.texts):
             if isinstance(a, NpyRows) and not st.is_url(a.path):
                 try:
-                    fd = os.open(a.path, os.O_RDONLY)
+                    fd = os.open(a.path, os.O_RDONLY | os.O_NONBLOCK)  # checked regular; never wait on a FIFO
                     try:
                         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
                     finally:

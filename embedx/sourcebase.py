@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -68,7 +67,17 @@ class Source:
 
 
 def _pil_rgb(path: str) -> Image.Image:
-    if not os.path.isfile(path):  # a FIFO or device named *.png would block the reader forever
-        raise OSError("not a regular file" if os.path.exists(path) else "no such file")
-    with Image.open(path) as im:
+    """The image file ``path`` (local) as RGB. A FIFO or device named *.png would block the reader forever, and a
+    file above ``IMAGE_CAP`` is no image: both raise (an unreadable image) without a read."""
+    from embedx.dumpfs import IMAGE_CAP, NotAFile, open_binary, regular_size
+
+    try:
+        n = regular_size(path)
+    except NotAFile as e:
+        raise OSError(e.reason) from None
+    except FileNotFoundError:
+        raise OSError("no such file") from None
+    if n > IMAGE_CAP:
+        raise OSError(f"image file of {n:,} bytes is above the {IMAGE_CAP >> 20} MiB cap")
+    with open_binary(path) as f, Image.open(f) as im:
         return im.convert("RGB")

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
 
-from embedx.dumpfs import isdir, isfile
+from embedx.dumpfs import (SMALL_CAP, NotAFile, file_problem, isdir, isfile, local_path, open_binary,
+                           read_capped)
 from embedx.errors import EmbedxError
 from embedx.storelayout import is_url, url_fs
 from embedx.sourcebase import Source
@@ -26,11 +27,19 @@ MAX_FILES = 10_000_000
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """``a{00..02}b`` -> a00b a01b a02b; ``{x,y}`` -> x y; several braces multiply, left to right."""
-    m = re.search(r"\{([^{}]*)\}", pattern)
-    if not m:
-        return [pattern]
-    head, body, tail = pattern[:m.start()], m.group(1), pattern[m.end():]
+    """``a{00..02}b`` -> a00b a01b a02b; ``{x,y}`` -> x y; several braces multiply, left to right. The count is
+    known before anything is expanded: past ``MAX_FILES`` names in all, a one-line error."""
+    braces = [_brace(m.group(1), pattern) for m in re.finditer(r"\{([^{}]*)\}", pattern)]
+    total = 1
+    for n, _ in braces:
+        total *= n
+        if total > MAX_FILES:
+            raise EmbedxError(f"{pattern!r} names more than {MAX_FILES:,} files (its braces multiply)")
+    return _expand(pattern)
+
+
+def _brace(body: str, pattern: str):
+    """(how many items, a function making them) of the brace ``{body}``."""
     r = _RANGE.match(body)
     if r:
         a, b = int(r.group(1)), int(r.group(2))
@@ -40,12 +49,19 @@ def expand_braces(pattern: str) -> list[str]:
             raise EmbedxError(f"brace range {{{body}}} in {pattern!r} runs backwards")
         if b - a >= MAX_FILES:
             raise EmbedxError(f"brace range {{{body}}} in {pattern!r} names more than {MAX_FILES:,} files")
-        items = [str(k).zfill(width) for k in range(a, b + 1)]
-    elif "," in body:
-        items = body.split(",")
-    else:
-        raise EmbedxError(f"brace {{{body}}} in {pattern!r}: use a range like {{00000..00099}} or a list {{a,b}}")
-    return [head + it + rest for it in items for rest in expand_braces(tail)]
+        return b - a + 1, lambda: [str(k).zfill(width) for k in range(a, b + 1)]
+    if "," in body:
+        return body.count(",") + 1, lambda: body.split(",")
+    raise EmbedxError(f"brace {{{body}}} in {pattern!r}: use a range like {{00000..00099}} or a list {{a,b}}")
+
+
+def _expand(pattern: str) -> list[str]:
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    head, tail = pattern[:m.start()], pattern[m.end():]
+    rests = _expand(tail)
+    return [head + it + rest for it in _brace(m.group(1), pattern)[1]() for rest in rests]
 
 
 def expand_files(pattern: str, ext: str, what: str) -> list[str]:
@@ -69,8 +85,14 @@ def expand_files(pattern: str, ext: str, what: str) -> list[str]:
                 out.extend(found)
             else:
                 out.append(p)
+            if len(out) > MAX_FILES:
+                raise EmbedxError(f"{pattern!r} names more than {MAX_FILES:,} files")
     missing = [p for p in out if not isfile(p)]
     if missing:
+        why = file_problem(missing[0])  # a FIFO, a device, a folder: named, never opened
+        if why and why != "no such file":
+            raise EmbedxError(f"{what} {missing[0]} is {why}" if why.endswith("not a regular file") else
+                              f"{what} {missing[0]}: {why}")
         raise EmbedxError(f"{what} not found: {missing[0]}" + (f" ({len(missing)} of {len(out)} missing)"
                                                                 if len(missing) > 1 else ""))
     return out
@@ -92,17 +114,14 @@ def _listdir(p: str) -> list[str]:
 def read_classes(path: str) -> list[str]:
     """``--classes FILE``: one class name a line (UTF-8); line k names label k. Blank or repeated names are errors."""
     try:
-        if is_url(path):
-            fs, q = url_fs(path)
-            raw = fs.cat_file(q)
-        else:
-            with open(os.path.expanduser(path), "rb") as f:
-                raw = f.read()
+        raw = read_capped(path if is_url(path) else os.path.expanduser(path), SMALL_CAP, "a classes file")
         text = raw.decode("utf-8")
     except FileNotFoundError:
         raise EmbedxError(f"classes file not found: {path}") from None
-    except IsADirectoryError:
-        raise EmbedxError(f"classes file {path} is a folder (expected one class name a line)") from None
+    except NotAFile as e:
+        if e.kind == "a folder":
+            raise EmbedxError(f"classes file {path} is a folder (expected one class name a line)") from None
+        raise EmbedxError(e.about(f"classes file {path}")) from None
     except UnicodeDecodeError:
         raise EmbedxError(f"classes file {path} is not UTF-8 text (expected one class name a line)") from None
     except OSError as e:
@@ -157,19 +176,23 @@ def decode_image(data: bytes) -> Image.Image:
 
 
 class RangeReader:
-    """``read(path, offset, size)``: bytes of a local file (open, seek, read) or of a URL (one ranged request)."""
+    """``read(path, offset, size)``: bytes of a local file (open, seek, read) or of a URL (one ranged request); the
+    file checked to be a regular one first (``embedx.dumpfs``)."""
 
     def __init__(self):
         self._fs: dict = {}
 
     def read(self, path: str, offset: int, size: int) -> bytes:
-        if is_url(path):
-            if path not in self._fs:
-                self._fs[path] = url_fs(path)
-            fs, q = self._fs[path]
+        if size < 0 or offset < 0:
+            raise OSError(f"bad byte range: {size} bytes at offset {offset}")
+        if is_url(path) and path not in self._fs:
+            self._fs[path] = local_path(path) or url_fs(path)  # file:// URLs: read as local paths
+        where = self._fs.get(path, path)
+        if isinstance(where, tuple):
+            fs, q = where
             data = fs.cat_file(q, start=offset, end=offset + size)
         else:
-            with open(path, "rb") as f:
+            with open_binary(where) as f:
                 f.seek(offset)
                 data = f.read(size)
         if len(data) != size:

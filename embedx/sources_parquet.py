@@ -22,11 +22,12 @@ import threading
 
 import numpy as np
 
+from embedx.dumpfs import IMAGE_CAP, NotAFile, local_path, open_binary, read_capped
 from embedx.dumpfs import size as file_size
 from embedx.errors import EmbedxError
 from embedx.sourcebase import _pil_rgb
 from embedx.sources_files import ShardedSource, decode_image, expand_files, label_index, read_classes
-from embedx.storelayout import is_url, url_fs
+from embedx.storelayout import is_url
 
 IMAGE_COLS = ("image", "jpg", "png", "webp", "img", "image_bytes", "path", "filepath", "file_path", "image_path",
               "file_name", "filename", "url")
@@ -34,21 +35,23 @@ CAPTION_COLS = ("caption", "text", "txt", "TEXT")
 LABEL_COLS = ("label", "labels", "cls", "class")
 
 
-def _open(path: str):
-    if is_url(path):
-        fs, q = url_fs(path)
-        return fs.open(q, "rb")
-    return open(path, "rb")
-
-
 def _parquet_file(path: str):
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(_open(path))
+        f = open_binary(path)  # a regular file, checked before it is opened (embedx.dumpfs)
+    except NotAFile as e:
+        raise EmbedxError(str(e)) from None
+    except OSError as e:
+        raise EmbedxError(f"cannot read {path} ({e.strerror or ' '.join(str(e).split())[:120]})") from None
+    try:
+        return pq.ParquetFile(f)
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError for anything not Parquet
-        raise EmbedxError(f"{path} is not a readable Parquet file ({type(e).__name__}: "
-                          f"{' '.join(str(e).split())[:120]})") from None
+        raise EmbedxError(f"{path} is not a readable Parquet file ({_short(e)})") from None
+
+
+def _short(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
 
 
 def _image_kind(field) -> str:
@@ -129,19 +132,25 @@ def parquet_source(pattern: str, spec: str, *, classes: str | None = None, image
                               f"{', '.join(schema.names)})")
         if _image_kind(schema.field(icol)) != kind:
             raise EmbedxError(f"{f}: image column {icol!r} has type {schema.field(icol).type}, unlike {files[0]}")
-        table = pf.read(columns=read_cols)
-        tcol = table.column(ccol or lcol).to_pylist()
-        pcol = None
-        if kind == "path":
-            pcol = table.column(icol).to_pylist()
-        elif kind == "struct":
-            pcol = [d.get("path") if d else None for d in table.column(icol).to_pylist()]
+        try:  # corrupt pages, thrift or strings: one line naming the file, never a traceback
+            table = pf.read(columns=read_cols)
+            tcol = table.column(ccol or lcol).to_pylist()
+            pcol = None
+            if kind == "path":
+                pcol = table.column(icol).to_pylist()
+            elif kind == "struct":
+                pcol = [d.get("path") if isinstance(d, dict) else None for d in table.column(icol).to_pylist()]
+            groups = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        except (OSError, ValueError, pa.ArrowException) as e:  # ArrowInvalid is a ValueError, UnicodeError too
+            raise EmbedxError(f"{f}: unreadable Parquet data ({_short(e)})") from None
+        if sum(groups) != len(tcol) or any(n < 0 for n in groups):
+            raise EmbedxError(f"{f}: corrupt Parquet metadata (its row groups count {sum(groups)} rows, the "
+                              f"columns hold {len(tcol)})")
         base = posixpath.dirname(f) if is_url(f) else os.path.dirname(os.path.abspath(f))
         name = posixpath.basename(f)
-        md = pf.metadata
         row = 0
-        for g in range(md.num_row_groups):
-            for r in range(md.row_group(g).num_rows):
+        for g, n_group in enumerate(groups):
+            for r in range(n_group):
                 p = pcol[row] if pcol is not None else None
                 sid = p if p else f"{name}:{row}"
                 t = tcol[row]
@@ -202,10 +211,10 @@ class _PathLoad:
 
     def __call__(self, i: int):
         p = self.paths[i]
-        if is_url(p):
-            fs, q = url_fs(p)
-            return decode_image(fs.cat_file(q))
-        return _pil_rgb(p)
+        lp = local_path(p)  # a path or a file:// URL: a local file
+        if lp is None:  # a regular file of at most IMAGE_CAP bytes, or unreadable
+            return decode_image(read_capped(p, IMAGE_CAP, "an image file"))
+        return _pil_rgb(lp)
 
 
 class _BytesLoad:
@@ -250,4 +259,6 @@ class _BytesLoad:
             v = data
         if v is None:
             raise OSError("no image: null bytes")
+        if len(v) > IMAGE_CAP:
+            raise OSError(f"image of {len(v):,} bytes is above the {IMAGE_CAP >> 20} MiB cap")
         return decode_image(v)

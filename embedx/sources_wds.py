@@ -30,10 +30,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from embedx.dumpfs import IMAGE_CAP, SMALL_CAP, local_path, open_binary
 from embedx.dumpfs import size as file_size
 from embedx.errors import EmbedxError
 from embedx.sources_files import RangeReader, ShardedSource, decode_image, expand_files, label_index, read_classes
-from embedx.storelayout import is_url, url_fs
+from embedx.storelayout import url_fs
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _BASE_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's base_plus_ext (no hidden-file keys)
@@ -75,7 +76,10 @@ def wds_source(pattern: str, spec: str, *, classes: str | None = None, caption_c
     offsets, sizes = np.asarray(offsets, np.int64), np.asarray(sizes, np.int64)
 
     def load(i: int):
-        return decode_image(reader.read(shards[shard_of[i]], int(offsets[i]), int(sizes[i])))
+        n = int(sizes[i])
+        if n > IMAGE_CAP:  # an unreadable image, counted as one: never read
+            raise OSError(f"image member of {n:,} bytes is above the {IMAGE_CAP >> 20} MiB cap")
+        return decode_image(reader.read(shards[shard_of[i]], int(offsets[i]), n))
 
     info = {"format": "wds", "shards": len(shards), "samples": n_samples, "usable": len(ids),
             "left_out": len(excluded), "truncated_shards": sum(1 for e in excluded if e.get("shard"))}
@@ -176,21 +180,44 @@ def _scan_shard(shard: str, want: _Want) -> dict:
                 samples.append({"id": sid, "offset": off, "size": n, "target": target})
         cur.clear()
 
-    local = not is_url(shard)
-    if local:
-        f = open(shard, "rb")
+    local = local_path(shard)
+    if local is not None:  # a path or a file:// URL: checked to be a regular file, reads clamped to its size
+        f = _Clamped(open_binary(local), size)
     else:
         fs, q = url_fs(shard)
         f = fs.open(q, "rb", block_size=STREAM_BLOCK, cache_type="readahead")
     stopped = None
     end = 0
     try:
+        packed = _compressed(f.read(6))
+        f.seek(0)
+        if packed:
+            return _unreadable(shard, name, size, f"{packed}-compressed tar is not supported; decompress it "
+                                                  f"and point wds: at the .tar")
+        why = _bad_header(f, 0, size) if local is not None else None
+        if why:
+            return _unreadable(shard, name, size, f"not a readable tar file ({why} at byte 0)")
         try:
-            tf = tarfile.open(fileobj=f, mode="r:" if local else "r|")
-        except (tarfile.TarError, OSError, EOFError) as e:
+            tf = tarfile.open(fileobj=f, mode="r:" if local is not None else "r|")
+        except _TAR_ERRORS as e:
             return _unreadable(shard, name, size, f"not a readable tar file ({_short(e)})")
+        last = -1
         try:
-            for m in tf:
+            while True:
+                # offsets strictly increase and sizes are >= 0, or tarfile (CVE-2025-8194) seeks back to a header
+                # it has read and loops forever: the shard stops there, as a corrupt one
+                if local is not None and tf.offset > last and tf.offset < size:
+                    why = _bad_header(f, tf.offset, size)
+                    if why:
+                        stopped = f"{why} at byte {tf.offset}"
+                        break
+                m = tf.next()
+                if m is None:
+                    break
+                if m.offset <= last or m.size < 0 or m.offset_data < m.offset or m.offset_data > size:
+                    stopped = f"invalid tar header at byte {m.offset} (size {m.size}, offsets not advancing)"
+                    break
+                last = m.offset
                 end = m.offset_data + (-(-m.size // 512) * 512)
                 if not m.isreg():
                     continue
@@ -214,8 +241,11 @@ def _scan_shard(shard: str, want: _Want) -> dict:
                 elif ext in IMAGE_EXTS:
                     cur[ext] = (m.offset_data, m.size, m.name)
                 elif ext in want.small:
-                    cur[ext] = tf.extractfile(m).read()
-        except (tarfile.TarError, OSError, EOFError) as e:
+                    if m.size > SMALL_CAP:
+                        cur["__bad__"] = f"member {m.name} of {m.size:,} bytes is above the {SMALL_CAP >> 20} MiB cap"
+                    else:
+                        cur[ext] = tf.extractfile(m).read()
+        except _TAR_ERRORS as e:
             stopped = f"tar headers stop being valid after byte {end} ({_short(e)})"
         if stopped is None and end < size:  # tarfile stops silently at a bad or cut header: check what follows
             tail = RangeReader().read(shard, end, min(1024, size - end))
@@ -227,6 +257,65 @@ def _scan_shard(shard: str, want: _Want) -> dict:
     if stopped:
         excluded.append({"id": name, "error": f"{stopped}: samples after it are not read", "shard": True})
     return {"samples": samples, "excluded": excluded, "exts": exts, "size": size}
+
+
+class _Clamped:
+    """A local shard's file object whose reads never ask for more than what is left of the file: a header's
+    claimed size never becomes an allocation."""
+
+    def __init__(self, f, size: int):
+        self.f, self.size = f, size
+        self.name, self.mode = getattr(f, "name", None), "rb"
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self.size - self.f.tell())
+        return self.f.read(left if n is None or n < 0 else min(n, left))
+
+    def seek(self, *args) -> int:
+        return self.f.seek(*args)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+# what tarfile raises on a hostile header: its own errors, I/O, and a chain of long-name headers too deep to follow
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError, RecursionError)
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
+EXTENDED_HEADER_CAP = 1 << 20  # a pax or GNU long-name header above it is corrupt (real ones: under a KiB)
+
+
+def _compressed(head: bytes) -> str | None:
+    return next((what for magic, what in _MAGIC if head.startswith(magic)), None)
+
+
+def _bad_header(f, pos: int, size: int) -> str | None:
+    """Why the tar header at byte ``pos`` of a local shard must not reach tarfile (a negative size, which Python
+    3.11's tarfile follows backwards forever; an extended header larger than ``EXTENDED_HEADER_CAP``), else None
+    (tarfile judges the rest). ``f``'s position is kept."""
+    here = f.tell()
+    try:
+        f.seek(pos)
+        block = f.read(512)
+    finally:
+        f.seek(here)
+    if len(block) < 512 or not block.strip(b"\0"):
+        return None
+    field, kind = block[124:136], block[156:157]
+    if field[0] & 0x80:  # base-256 (GNU): 0x80 positive, 0xff negative
+        if field[0] == 0xFF:
+            return "invalid tar header (negative member size)"
+        n = int.from_bytes(field[1:], "big")
+    else:
+        try:
+            n = int(field.split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            return None
+    if kind in (b"x", b"g", b"L", b"K") and n > EXTENDED_HEADER_CAP:
+        return f"invalid tar header (an extended header of {n:,} bytes)"
+    return None
 
 
 def _unreadable(shard, name, size, why) -> dict:
