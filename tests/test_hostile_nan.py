@@ -5,13 +5,18 @@ every CLI case runs in a child bounded in time and memory (``run_bounded``)."""
 import hashlib
 import json
 import os
+import shutil
 
+import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from embedx.embed import embed_to_store
 from embedx.errors import EmbedxError
 from embedx.finetune import build, finetune, methods
+from embedx.models import resolve_model
+from embedx.store import Store
 from tests.conftest import assert_one_line_error, run_bounded
 
 TINY = "embedx-tiny"
@@ -83,3 +88,70 @@ def test_finetune_divergence_keeps_the_best_checkpoint_of_earlier_epochs(tmp_pat
     assert hashlib.sha256((run / cfg["params"]).read_bytes()).hexdigest() == cfg["params_sha256"]
     assert all(torch.isfinite(v).all() for v in saved.values())
     assert sorted(os.listdir(run)) == ["best-001.safetensors", "config.json", "state-001.pt"]
+
+
+# -- embed -------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory):
+    """A finished bitfit run of embedx-tiny (one epoch, a few images)."""
+    run = tmp_path_factory.mktemp("tuned") / "run"
+    finetune(str(run), "digits:train", TINY, method="bitfit", epochs=1, limit=32, progress=False, workers=0)
+    return run
+
+
+def _poisoned(run, dst, tower: str):
+    """A copy of the finished ``run`` whose trainable parameters of ``tower`` (visual: the image tower; text: the
+    rest) are NaN, its config's sha256 updated: a run folder as an embedx without the divergence check wrote it."""
+    shutil.copytree(run, dst)
+    params = load_file(dst / "params.safetensors")
+    for k, v in params.items():
+        if k.startswith("visual.") == (tower == "visual"):
+            params[k] = torch.full_like(v, float("nan"))
+    save_file(params, dst / "params.safetensors", metadata={"embedx-finetune": "bitfit"})
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["params_sha256"] = hashlib.sha256((dst / "params.safetensors").read_bytes()).hexdigest()
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+@pytest.mark.parametrize("tower,fragments", [
+    ("visual", ("images row 0 contains nan or inf", "embedding of image 'digits:")),
+    ("text", ("texts row 0 contains nan or inf", "embedding of class '0'")),
+])
+def test_embed_with_a_nan_checkpoint_commits_no_row(tmp_path, tuned_run, tower, fragments):
+    run = _poisoned(tuned_run, tmp_path / "nan-run", tower)
+    out = tmp_path / "s.zarr"
+    rc, _, err = run_bounded("-q", "embed", "--checkpoint", run, "--data", "digits:test", "--limit", "40",
+                             "--batch-size", "16", "--workers", "0", "--out", out, timeout=TIMEOUT)
+    assert_one_line_error(rc, err, *fragments, "nothing of its batch was committed")
+    assert rc == 2
+    meta = Store(str(out), allow_partial=True).meta
+    assert (meta["complete"], meta["rows_committed"]) == (False, 0)
+
+
+def test_embed_keeps_the_rows_committed_before_a_bad_row(tmp_path):
+    """The model turns bad after two batches (a parameter becomes NaN, as a fault would make it): the two
+    batches committed before stay, finite; a rerun with a sound model resumes after them."""
+    out = str(tmp_path / "s.zarr")
+    args = dict(seed=0, batch_size=16, chunk_rows=16, commit_every_s=0, limit=64, progress=False, workers=0)
+    enc = resolve_model(TINY, "none", seed=0).load("cpu")
+    calls = []
+
+    def fault(module, inputs):
+        calls.append(1)
+        if len(calls) == 3:
+            with torch.no_grad():
+                next(module.parameters()).fill_(float("nan"))
+
+    enc.model.visual.register_forward_pre_hook(fault)
+    with pytest.raises(EmbedxError, match=r"images row 32 contains NaN or inf \(16 rows in all\): the model's "
+                                          r"embedding of image 'digits:32'"):
+        embed_to_store(out, "digits", TINY, "none", encoder=enc, **args)
+    s = Store(out, allow_partial=True)
+    assert (s.complete, s.n_images) == (False, 32)
+    assert np.isfinite(s.images(dtype=np.float32)).all()
+    res = embed_to_store(out, "digits", TINY, "none", encoder=resolve_model(TINY, "none", seed=0).load("cpu"),
+                         **args)
+    assert (res.resumed_from, res.rows_written) == (32, 32)
+    s = Store(out)
+    assert s.n_images == 64 and np.isfinite(s.images(dtype=np.float32)).all()
