@@ -10,14 +10,18 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import zarr
 from safetensors.torch import load_file, save_file
 
 from embedx.embed import embed_to_store
 from embedx.errors import EmbedxError
 from embedx.finetune import build, finetune, methods
+from embedx.importer import import_arrays
+from embedx.integrity import inventory
 from embedx.models import resolve_model
 from embedx.store import Store
-from tests.conftest import assert_one_line_error, run_bounded
+from embedx.storelayout import ARRAYS
+from tests.conftest import assert_one_line_error, invoke, run_bounded, write_behind_embedx
 
 TINY = "embedx-tiny"
 TIMEOUT = 120  # s: every case here takes a few seconds; a hang fails instead of stalling CI
@@ -155,3 +159,50 @@ def test_embed_keeps_the_rows_committed_before_a_bad_row(tmp_path):
     assert (res.resumed_from, res.rows_written) == (32, 32)
     s = Store(out)
     assert s.n_images == 64 and np.isfinite(s.images(dtype=np.float32)).all()
+
+
+# -- info / verify -----------------------------------------------------------------------------------------------
+def _store(tmp_path, n=50, c=3, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    for name, a in (("x", rng.standard_normal((n, d))), ("t", rng.standard_normal((c, d))),
+                    ("y", rng.integers(0, c, n))):
+        np.save(tmp_path / f"{name}.npy", a.astype(np.float32) if name != "y" else a)
+    out = str(tmp_path / "s.zarr")
+    import_arrays(out, images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"),
+                  labels=str(tmp_path / "y.npy"), chunk_rows=16)
+    return out
+
+
+def _rewrite_with_checksums(path, name, index, values):
+    """Write ``values`` into the store and record its inventory again, as a writer that commits whatever it is
+    given (an embedx before the row check) would have finalized it: every checksum matches the rows."""
+    g = zarr.open_group(path, mode="r+")
+    g[name][index] = values
+    meta = dict(g.attrs["embedx"])
+    meta["integrity"] = inventory(path, g, meta, ARRAYS)
+    g.attrs["embedx"] = meta
+
+
+@pytest.mark.parametrize("cmd", ["verify", "info"])
+def test_info_and_verify_report_rows_no_measure_accepts(tmp_path, cmd):
+    out = _store(tmp_path)
+    r = invoke(cmd, out)
+    assert r.exit_code == 0 and "damaged" not in r.output  # sound rows: nothing reported
+    _rewrite_with_checksums(out, "images/embeddings", 20, np.full(8, np.nan, np.float16))
+    _rewrite_with_checksums(out, "images/embeddings", 41, np.zeros(8, np.float16))
+    _rewrite_with_checksums(out, "texts/embeddings", 1, np.full(8, np.inf, np.float16))
+    rc, stdout, err = run_bounded(cmd, out, timeout=TIMEOUT)
+    assert_one_line_error(rc, err, "damaged")
+    assert rc == 2
+    assert ("damaged: images/embeddings row 20 contains NaN or inf (or its norm is beyond 1e+15) (2 refused rows "
+            "in all)") in stdout
+    assert "damaged: texts/embeddings row 1 contains NaN or inf" in stdout
+    assert "checksum mismatch" not in stdout  # the bytes are as recorded: only the rows are wrong
+
+
+def test_verify_reports_bad_rows_of_a_store_without_content_checksums(tmp_path):
+    out = _store(tmp_path)
+    write_behind_embedx(out, "images/embeddings", 5, np.zeros(8, np.float16))
+    rc, stdout, err = run_bounded("verify", out, timeout=TIMEOUT)
+    assert rc == 2
+    assert "damaged: images/embeddings row 5 is all zeros" in stdout
