@@ -12,7 +12,9 @@ import pytest
 import torch
 import zarr
 from safetensors.torch import load_file, save_file
+from sklearn.metrics import silhouette_score
 
+from embedx import measures as M
 from embedx.embed import embed_to_store
 from embedx.errors import EmbedxError
 from embedx.finetune import build, finetune, methods
@@ -206,3 +208,96 @@ def test_verify_reports_bad_rows_of_a_store_without_content_checksums(tmp_path):
     rc, stdout, err = run_bounded("verify", out, timeout=TIMEOUT)
     assert rc == 2
     assert "damaged: images/embeddings row 5 is all zeros" in stdout
+
+
+# -- undefined silhouettes ---------------------------------------------------------------------------------------
+def _sk(points, labels, metric):
+    """sklearn's silhouette_score, None where sklearn says it is undefined (2 <= n_labels <= n_samples - 1)."""
+    try:
+        return float(silhouette_score(points, labels, metric=metric))
+    except ValueError as e:
+        assert "Number of labels" in str(e)
+        return None
+
+
+def _unit(a):
+    a = np.asarray(a, np.float64)
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+def _same(got, want):
+    assert (got is None) == (want is None), (got, want)
+    if want is not None:
+        assert got == pytest.approx(want, abs=1e-5)
+
+
+CASES = [  # (images, texts, paired, labels): sklearn decides which silhouettes are defined
+    (1, 1, True, None),           # a 1-pair store: 2 points, undefined
+    (2, 2, True, None),           # 4 points: defined
+    (1, 1, False, [0]),           # 1 image, 1 class: 2 points, undefined
+    (1, 2, False, [1]),           # 1 image, 2 classes: 3 points, defined; one labelled image: class undefined
+    (3, 2, False, [0, 0, 0]),     # the labelled images in one class: class silhouette undefined
+    (3, 3, False, [0, 1, 2]),     # each image its own class: class silhouette undefined
+    (3, 2, False, [-1, -1, -1]),  # no labelled image: class silhouette undefined
+    (4, 2, False, [0, 0, 1, -1]),  # defined throughout
+]
+
+
+def test_undefined_silhouettes_are_null_by_sklearns_rule(tmp_path):
+    for k, (n, c, paired, y) in enumerate(CASES):
+        _check_case(tmp_path / str(k), n, c, paired, y)
+
+
+def _check_case(tmp_path, n, c, paired, y):
+    tmp_path.mkdir()
+    rng = np.random.default_rng(n * 10 + c)
+    x, t = rng.standard_normal((n, 8)).astype(np.float32), rng.standard_normal((c, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "t.npy", t)
+    args = {"paired": True} if paired else {"labels": str(tmp_path / "y.npy")}
+    if not paired:
+        np.save(tmp_path / "y.npy", np.asarray(y))
+    out = str(tmp_path / "s.zarr")
+    import_arrays(out, images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"), dtype="float32", **args)
+    r = invoke("measure", out, "--json", *(() if paired else ("--silhouette-labels", "class")))
+    assert r.exit_code == 0, (n, c, y, r.output)
+    res = json.loads(r.output)
+    pts, modality = np.vstack([_unit(x), _unit(t)]), [1] * n + [0] * c
+    _same(res["silhouette_euclidean"], _sk(pts, modality, "euclidean"))
+    _same(res["silhouette_cosine"], _sk(pts, modality, "cosine"))
+    if not paired:
+        keep = np.asarray(y) >= 0
+        _same(res["silhouette_class_euclidean"], _sk(_unit(x)[keep], np.asarray(y)[keep], "euclidean")
+              if keep.any() else None)
+    assert res["gap"] is not None  # the other measures are still reported (gap is defined on any store)
+    # the text report: "undefined", never a number, for the same measures
+    r = invoke("measure", out, *(() if paired else ("--silhouette-labels", "class")))
+    assert r.exit_code == 0, r.output
+    for key in ("silhouette_euclidean", "silhouette_cosine") + (() if paired else ("silhouette_class_euclidean",)):
+        line = next(ln for ln in r.output.splitlines() if ln.startswith(key + " "))
+        assert ("undefined" in line) == (res[key] is None), line
+
+
+def test_default_measure_of_a_one_pair_store_reports_every_defined_measure(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("x", "t"):
+        np.save(tmp_path / f"{name}.npy", rng.standard_normal((1, 8)).astype(np.float32))
+    out = str(tmp_path / "s.zarr")
+    import_arrays(out, images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"), paired=True)
+    rc, stdout, err = run_bounded("measure", out, "--json", timeout=TIMEOUT)
+    assert rc == 0, err
+    res = json.loads(stdout)
+    assert res["silhouette_euclidean"] is None and res["silhouette_cosine"] is None
+    assert res["i2t_recall@1"] == 1.0 and res["zeroshot_top1"] == 1.0 and res["acs"] is not None
+
+
+def test_sampled_silhouette_of_two_points_is_null_too(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("x", "t"):
+        np.save(tmp_path / f"{name}.npy", rng.standard_normal((1, 8)).astype(np.float32))
+    out = str(tmp_path / "s.zarr")
+    import_arrays(out, images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"), paired=True)
+    res = M.compute(Store(out), silhouette_mode="sample")
+    assert np.isnan(res["silhouette_euclidean"]) and np.isnan(res["silhouette_cosine"])
+    assert "silhouette_euclidean" not in res.get("estimates", {})
+    assert np.isfinite(res["acs"])
