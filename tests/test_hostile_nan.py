@@ -49,6 +49,12 @@ def test_finetune_diverging_lr_stops_at_the_step_and_saves_no_nan_params(tmp_pat
     assert not [f for f in os.listdir(run) if f.endswith((".safetensors", ".pt"))]  # no checkpoint of NaN params
     cfg = _strict_json(run / "config.json")
     assert (cfg["complete"], cfg["best_epoch"], cfg["params"], cfg["history"]) == (False, None, None, [])
+    assert cfg["diverged"]["epoch"] == 1
+    # the same command again would diverge again: refused before any model loads
+    rc, _, err = run_bounded("-q", "finetune", "-m", TINY, "--method", "full", "--lr", "1e12", "--epochs", "2",
+                             "--data", "digits:train", "--limit", "64", "--batch-size", "32", "--workers", "0",
+                             "--out", run, timeout=TIMEOUT)
+    assert_one_line_error(rc, err, "refusing to resume", "diverged at epoch 1", "lower --lr and --overwrite")
 
 
 def test_finetune_parameters_that_turn_inf_stop_the_run_at_that_step(tmp_path):
@@ -94,6 +100,8 @@ def test_finetune_divergence_keeps_the_best_checkpoint_of_earlier_epochs(tmp_pat
     assert hashlib.sha256((run / cfg["params"]).read_bytes()).hexdigest() == cfg["params_sha256"]
     assert all(torch.isfinite(v).all() for v in saved.values())
     assert sorted(os.listdir(run)) == ["best-001.safetensors", "config.json", "state-001.pt"]
+    with pytest.raises(EmbedxError, match="diverged at epoch 2 .*retrain it with a lower --lr and --overwrite"):
+        resolve_model(None, None, checkpoint=str(run))  # what embed --checkpoint opens
 
 
 # -- embed -------------------------------------------------------------------------------------------------------

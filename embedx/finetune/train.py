@@ -146,6 +146,10 @@ def _check_resume(out: str, cfg: dict, plan: dict) -> None:
             old, new = repr(cfg.get(key)), repr(plan[key])
             raise EmbedxError(f"refusing to resume {out}: it was started with {key}={old[:60]}, this run asks for "
                               f"{key}={new[:60]} (use --overwrite to start over)")
+    if cfg.get("diverged"):
+        d = cfg["diverged"]
+        raise EmbedxError(f"refusing to resume {out}: it diverged at epoch {d['epoch']} ({d['what']}) and would "
+                          f"again; retrain it with a lower lr and --overwrite", param="lr")
     if cfg.get("complete"):
         raise EmbedxError(f"{out} is a finished run (best epoch {cfg['best_epoch']} of {cfg['epochs']}); pass "
                           f"--overwrite to retrain it")
@@ -216,11 +220,11 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
             loss, acc = _train_epoch(net, enc, opt, train_ds, tokens, n_classes, batch_size, workers,
                                      seed * 100_003 + epoch, f"epoch {epoch}/{epochs}", progress)
         except Diverged as d:
-            raise EmbedxError(_diverged_message(d, epoch, out, cfg), param="lr") from None
+            _stop(d, epoch, out, cfg)
         val_loss, val_acc = evaluate(net, enc, val_ds, tokens, n_classes, batch_size)
         if val_loss is not None and not math.isfinite(val_loss):  # finite parameters, overflowing logits
-            d = Diverged(f"the hold-out loss is {val_loss} after the epoch's last step", None, None)
-            raise EmbedxError(_diverged_message(d, epoch, out, cfg), param="lr")
+            _stop(Diverged(f"the hold-out loss is {val_loss} after the epoch's last step", None, None), epoch, out,
+                  cfg)
         cfg["history"].append({"epoch": epoch, "train_loss": loss, "train_acc": acc, "val_loss": val_loss,
                                "val_acc": val_acc, "seconds": round(time.perf_counter() - t0, 3)})
         best = cfg["best_epoch"] is None or val_acc is None or val_acc > cfg["best_val_acc"]
@@ -280,6 +284,15 @@ def nonfinite_param(net: TunedCLIP) -> str | None:
     if bool(ok.all()):
         return None
     return params[int((~ok).nonzero()[0, 0])][0].removeprefix("clip.")
+
+
+def _stop(d: Diverged, epoch: int, out: str, cfg: dict) -> None:
+    """Record the divergence in the run's config (its files stay as the last finished epoch left them) and raise
+    its one-line error."""
+    msg = _diverged_message(d, epoch, out, cfg)
+    cfg["diverged"] = {"epoch": epoch, "step": d.step, "what": d.what}
+    rd.write_config(out, cfg)
+    raise EmbedxError(msg, param="lr") from None
 
 
 def _diverged_message(d: Diverged, epoch: int, out: str, cfg: dict) -> str:
