@@ -143,6 +143,17 @@ def test_embed_with_a_nan_checkpoint_commits_no_row(tmp_path, tuned_run, tower, 
     assert (meta["complete"], meta["rows_committed"]) == (False, 0)
 
 
+def test_cluster_embed_with_a_nan_checkpoint_commits_no_row(tmp_path, tuned_run, dask_client):
+    run = _poisoned(tuned_run, tmp_path / "nan-run", "visual")
+    out = str(tmp_path / "s.zarr")
+    with pytest.raises(EmbedxError, match=r"images row \d+ contains NaN or inf .*: the model's embedding of image "
+                                          r"'digits:\d+'; nothing of its batch was committed"):
+        embed_to_store(out, "digits:test", None, None, checkpoint=str(run), limit=40, batch_size=16, chunk_rows=16,
+                       workers=0, progress=False, client=dask_client, task_bytes=2048)
+    meta = Store(out, allow_partial=True).meta
+    assert (meta["complete"], meta["rows_committed"]) == (False, 0)
+
+
 def test_embed_keeps_the_rows_committed_before_a_bad_row(tmp_path):
     """The model turns bad after two batches (a parameter becomes NaN, as a fault would make it): the two
     batches committed before stay, finite; a rerun with a sound model resumes after them."""
