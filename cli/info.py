@@ -56,8 +56,9 @@ def info(store, as_json, quick):
     """Describe a store: schema, model, counts, dims, dtype, chunking, size on disk, completeness, integrity.
 
     Unfinished stores are described too (complete: false), with the rows committed so far. A complete store's
-    chunks are checked against their recorded content checksums (about 20 GB/s a core; --quick skips it):
-    damage is listed and exits 2, as `embedx verify` (which also checks the files' crc32c).
+    chunks are checked against their recorded content checksums and its embedding rows against what measures
+    accept (finite, nonzero; --quick skips both): damage and such rows are listed and exit 2, as `embedx verify`
+    (which also checks the files' crc32c).
     """
     from embedx.integrity import verify as check
     from embedx.store import Store

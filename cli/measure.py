@@ -10,6 +10,9 @@ from embedx.cli.options import NamesOption, cluster_option, device_option, json_
     store_argument, verbosity_options
 
 
+UNDEFINED_SILHOUETTE = "sklearn's rule: 2 <= clusters <= points - 1"
+
+
 def _render(store: str, res: dict, keys: list[str], per_class: bool) -> None:
     """The text report: one line per measure (with its sample interval), per-class rows, ties, checksums, time."""
     echo(f"{term(store, True)}: {res['n_images']} images, {res['n_texts']} texts, d={res['dim']}\n")
@@ -17,7 +20,8 @@ def _render(store: str, res: dict, keys: list[str], per_class: bool) -> None:
     for k in keys:
         est = res.get("estimates", {}).get(k)
         ci = f"   (sample of {est['sample_size']}, 95% CI {est['ci95'][0]:.4f} .. {est['ci95'][1]:.4f})" if est else ""
-        val = f"{res[k]: .6f}" if math.isfinite(res[k]) else " undefined (needs 2+ classes/points)"
+        why = UNDEFINED_SILHOUETTE if k.startswith("silhouette") else "needs 2+ classes/points"
+        val = f"{res[k]: .6f}" if math.isfinite(res[k]) else f" undefined ({why})"
         echo(f"{k:<{w}}  {val}{ci}")
     if per_class:
         echo("\nper class: images, acs, zero-shot recall, silhouette")

@@ -14,7 +14,7 @@ from embedx.cli.options import json_option, store_argument, verbosity_options
 def verify(store, as_json):
     """Check a whole store: array lengths against its commit marker, every chunk file of the committed rows
     present, every chunk file's crc32c and every chunk's decoded rows (NH2 hash) against the inventory recorded
-    when it was finalized.
+    when it was finalized, and every embedding row against what measures accept (finite, nonzero).
 
     Prints each damaged array/chunk and exits 2 when anything is wrong; exit 0 and "ok" otherwise.
     """

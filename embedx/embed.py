@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from embedx import store as st
-from embedx.embedplan import Items, collate, stored_sums
+from embedx.embedplan import Items, accept_rows, collate, stored_sums
 from embedx.encoders import Encoder, split_preprocess
 from embedx.errors import EmbedxError
 from embedx.models import resolve_model
@@ -127,7 +127,9 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
         extra = {"device": str(enc.device), "logit_scale": model_logit_scale(enc.model)}
         try:
             if not writer.meta.get("texts_written"):
-                writer.write_texts(enc.encode_classes(source.classnames, tmpl), source.classnames)
+                texts = accept_rows(enc.encode_classes(source.classnames, tmpl), source.classnames, "texts",
+                                    "class", dtype, 0)
+                writer.write_texts(texts, source.classnames)
             if distributed:
                 from embedx.dist import embed as dist_embed
                 from embedx.dist.cluster import connect
@@ -183,7 +185,8 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, ba
     labels = source.labels
     bar = tqdm(total=len(source), initial=start, unit="img", desc="embed", disable=not progress,
                dynamic_ncols=True, smoothing=0.1)
-    pos = start
+    pos, row = start, writer.rows_committed  # row: the store row of the next image (nothing is buffered yet)
+    dtype = writer.meta["dtype"]
     try:
         for idx, good, pixels, bad in loader:
             if bad:
@@ -194,13 +197,15 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, ba
                 writer.skip([{"id": source.ids[i], "error": why} for i, why in bad])
                 bar.set_postfix(skipped=len(writer.skipped) + len(bad), refresh=False)
             if good:
-                emb = enc.encode_images(pixels, norm)
+                ids = [source.ids[i] for i in good]
+                emb = accept_rows(enc.encode_images(pixels, norm), ids, "images", "image", dtype, row)
                 if source.paired:
                     caps = [source.captions[i] for i in good]
-                    writer.append(emb, None, [source.ids[i] for i in good],
-                                  text_emb=enc.encode_texts(caps), text_names=caps)
+                    temb = accept_rows(enc.encode_texts(caps), caps, "texts", "caption", dtype, row)
+                    writer.append(emb, None, ids, text_emb=temb, text_names=caps)
                 else:
-                    writer.append(emb, labels[good], [source.ids[i] for i in good])
+                    writer.append(emb, labels[good], ids)
+                row += len(good)
             pos = idx[-1] + 1
             bar.update(len(idx))
             if writer.should_commit(writer.meta["chunk_rows"], commit_every_s):

@@ -5,6 +5,9 @@
     batches a serial run encodes (the forward pass of a batch need not equal the same rows in other batches to
     the last bit) and writes only its own chunk files.
   * **Batches** (:class:`Items`, :func:`collate`): source items by position, a failed read reported with its item.
+  * **Rows** (:func:`accept_rows`): every encoded row passes the rule ``embedx import`` applies
+    (``importer._check_rows``: finite, nonzero, a norm in range once stored) before it is buffered, so a model
+    that outputs NaN, inf or zero rows stops the run at the first such sample and no such row is ever committed.
   * **Sums** (:func:`chunk_sums`, :func:`fold`, :func:`stored_sums`): the store's float64 sums of the normalized
     rows (``meta["sums"]``) are the left fold, in chunk order, of each chunk's sum. A serial run computes them
     from its committed rows at finalize (its commits fall wherever time and batch sizes put them), a distributed
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from embedx.errors import EmbedxError
 from embedx.sources import Source
 
 
@@ -43,6 +47,30 @@ def collate(batch):
     good = [b for b in batch if b[1] is not None]
     pixels = torch.stack([b[1] for b in good]) if good else None
     return idx, [b[0] for b in good], pixels, [(b[0], b[2]) for b in batch if b[1] is None]
+
+
+def accept_rows(emb: np.ndarray, names, what: str, noun: str, dtype: str, row0: int) -> np.ndarray:
+    """``emb`` (float32 rows from the encoder, store rows ``row0``..) if the store accepts every row as it will be
+    stored in ``dtype`` (``importer._check_rows``, the rule of ``embedx import``); else one line naming the first
+    bad row and its input (``names[j]``: the ``noun`` it was encoded from). Nothing of the batch is committed."""
+    from embedx.importer import _check_rows
+
+    emb = np.asarray(emb)
+    try:
+        _check_rows(emb, what, dtype, offset=row0)
+    except EmbedxError as e:
+        j = 0
+        for j in range(len(emb)):  # the first row the same rule refuses on its own
+            try:
+                _check_rows(emb[j:j + 1], what, dtype)
+            except EmbedxError:
+                break
+        name = str(names[j])
+        name = name if len(name) <= 80 else name[:77] + "..."
+        raise EmbedxError(f"{e}: the model's embedding of {noun} {name!r}; nothing of its batch was committed "
+                          f"(rows committed before are kept); check the model's weights (a --checkpoint trained "
+                          f"with too high an lr?)") from None
+    return emb
 
 
 def task_rows(chunk_rows: int, batch_size: int, row_bytes: int, task_bytes: int) -> int:

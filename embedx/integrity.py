@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import zarr
 
 from embedx import checksums
@@ -33,9 +34,35 @@ from embedx.checksums import (  # noqa: F401  (re-exported: the inventory's name
     unit_hash,
 )
 from embedx.errors import StoreError
+from embedx.rows import first_bad_row, refused
 from embedx.store import Store
 from embedx.storelayout import ARRAYS, chunk_files, committed_rows, layout_problems, missing_files, read_meta, \
     units, writes_every_chunk
+
+
+ROW_ARRAYS = ("images/embeddings", "texts/embeddings")  # rows that must pass embedx.rows (verify checks them)
+
+
+def refused_rows(rows: np.ndarray, r0: int) -> tuple[int, str, int] | None:
+    """(first row, why, how many rows) of a block (store rows ``r0``..) that :func:`embedx.rows.first_bad_row`
+    refuses; None when every row is accepted. float16 rows: a finite nonzero row always has an acceptable norm,
+    so the bits decide (about 1.5 GB/s a core; the norms of float16 rows converted run at a sixth of that) and
+    only refused rows get a norm, for the reason; float32 rows: float32 norms."""
+    import torch
+
+    x = np.ascontiguousarray(rows)
+    if x.dtype == np.float16:
+        top = np.bitwise_and(x.view(np.uint16), 0x7FFF).max(axis=1)  # largest magnitude bits of each row
+        bad = np.flatnonzero((top == 0) | (top >= 0x7C00))  # all zeros, or an inf/NaN exponent
+        if not len(bad):
+            return None
+        i, why = first_bad_row(np.linalg.norm(x[bad].astype(np.float32), axis=1))
+        return r0 + int(bad[i]), why, len(bad)
+    norms = torch.linalg.vector_norm(torch.from_numpy(x), dim=1, dtype=torch.float32).numpy()
+    bad = first_bad_row(norms)
+    if bad is None:
+        return None
+    return r0 + bad[0], bad[1], int(refused(norms).sum())
 
 
 def inventory(root: str, group, meta: dict, arrays) -> dict:
@@ -46,7 +73,9 @@ def inventory(root: str, group, meta: dict, arrays) -> dict:
 def verify(path: str, files: bool = True, content: bool = True) -> dict:
     """Every check of a store at once: what opening it checks (``store.layout_problems``: array lengths against
     the commit marker, chunk files of the committed rows present); with ``files``, every chunk file's crc32c;
-    with ``content``, every chunk's decoded rows against their NH2 hash (when recorded). Returns {"ok",
+    with ``content``, every chunk's decoded rows against their NH2 hash (when recorded) and every embedding row
+    against :mod:`embedx.rows` (a NaN, inf or zero row that a writer before the row checks committed, or an
+    edit, is a problem: the first such row per array and their count). Returns {"ok",
     "problems": [one line each], "chunks_checked", "inventory": bool}; never raises on damage."""
     meta = read_meta(path)
     group = zarr.open_group(str(path), mode="r")
@@ -81,6 +110,7 @@ def verify(path: str, files: bool = True, content: bool = True) -> dict:
                 problems.append(f"{name} chunk {k} (rows {r0}..{r1}): checksum mismatch (overwritten, swapped or "
                                 f"from another store)")
     recorded = (integrity.get("content") or {}).get("arrays") or {}
+    bad_rows = {}  # embedding array -> [(first bad row, why, rows refused)] per unit, from the content pass
     if content and recorded and not found:
         store = Store(str(path), allow_partial=True, verify_content=False)
         for name, want in recorded.items():
@@ -99,6 +129,8 @@ def verify(path: str, files: bool = True, content: bool = True) -> dict:
                     rows = _read_unit(store, name, arr, r0, r1)
                 except StoreError as e:
                     return f"{name} chunk {k} (rows {r0}..{r1 - 1}): cannot be read ({e})"
+                if name in ROW_ARRAYS:
+                    bad_rows.setdefault(name, []).append(refused_rows(rows, r0))
                 if unit_hash(rows) != want[k]:
                     return (f"{name} chunk {k} (rows {r0}..{r1 - 1}): content checksum mismatch (overwritten, "
                             f"swapped or from another store)")
@@ -108,5 +140,22 @@ def verify(path: str, files: bool = True, content: bool = True) -> dict:
                 for (k, _, _), line in zip(us, pool.map(one, us)):
                     if line is not None and (name, k) not in bad_chunks:
                         problems.append(line)
+    if content and not found:  # stores without content checksums: the rows are read for this check alone
+        store = Store(str(path), allow_partial=True, verify_content=False)
+        for name in ROW_ARRAYS:
+            if name in bad_rows or name in damaged:
+                continue
+            arr = store.group[name]
+            us = units(arr, store.committed(name))
+            with ThreadPoolExecutor(_threads()) as pool:
+                bad_rows[name] = list(pool.map(
+                    lambda u, name=name, arr=arr: refused_rows(_read_unit(store, name, arr, u[1], u[2]), u[1]), us))
+    for name in ROW_ARRAYS:
+        parts = [p for p in bad_rows.get(name, ()) if p is not None]
+        if parts:
+            row, why, _ = min(parts)
+            count = sum(p[2] for p in parts)
+            problems.append(f"{name} row {row} {why} ({count} refused row{'s' * (count > 1)} in all): measures "
+                            f"refuse such rows; re-embed or re-import the data")
     return {"ok": not problems, "problems": problems, "chunks_checked": checked,
             "inventory": inv is not None or bool(recorded)}

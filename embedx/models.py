@@ -143,6 +143,10 @@ def read_run(run: str) -> dict:
     cfg = read_config(run)
     if cfg is None:
         raise EmbedxError(f"no finetune run at {run} (no {CONFIG})")
+    if cfg.get("diverged"):
+        d = cfg["diverged"]
+        raise EmbedxError(f"{run} is a fine-tuning run that diverged at epoch {d.get('epoch')} ({d.get('what')}); "
+                          f"retrain it with a lower --lr and --overwrite")
     if not cfg.get("complete"):
         raise EmbedxError(f"{run} is unfinished ({len(cfg.get('history', []))} of {cfg.get('epochs')} epochs); "
                           f"rerun the same `embedx finetune` command to finish it")

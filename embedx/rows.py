@@ -13,11 +13,17 @@ NORM_MIN = 1e-15
 NORM_MAX = 1e15
 
 
+def refused(norms: np.ndarray) -> np.ndarray:
+    """bool per row: its norm is not acceptable (non-finite, or outside [NORM_MIN, NORM_MAX])."""
+    norms = np.asarray(norms)
+    return ~np.isfinite(norms) | (norms < NORM_MIN) | (norms > NORM_MAX)
+
+
 def first_bad_row(norms: np.ndarray):
     """(index, reason) of the first row whose norm is not acceptable, or None. A NaN/inf element, or a norm
     too large for float32 squares, makes the computed norm non-finite."""
     norms = np.asarray(norms)
-    bad = ~np.isfinite(norms) | (norms < NORM_MIN) | (norms > NORM_MAX)
+    bad = refused(norms)
     if not bad.any():
         return None
     i = int(np.flatnonzero(bad)[0])

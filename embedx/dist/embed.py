@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedx import store as st
-from embedx.embedplan import Items, chunk_sums, collate, fold, stored_sums, task_rows
+from embedx.embedplan import Items, accept_rows, chunk_sums, collate, fold, stored_sums, task_rows
 from embedx.dist.executor import graph_data, worker_path
 from embedx.errors import EmbedxError, StoreError
 
@@ -137,12 +137,13 @@ def embed_task(job: EmbedJob, source, t: int) -> dict:
             skipped.append({"index": int(i), "id": source.ids[i], "error": why})
         if good:
             rel = np.asarray(good) - start
-            emb[rel] = np.asarray(enc.encode_images(pixels, norm), dtype=dtype)
+            emb[rel] = accept_rows(enc.encode_images(pixels, norm), [source.ids[i] for i in good], "images",
+                                   "image", job.dtype, good[0])
             for i in good:
                 ids[i - start] = source.ids[i]
             if job.paired:
                 caps = [source.captions[i] for i in good]
-                temb[rel] = np.asarray(enc.encode_texts(caps), dtype=dtype)
+                temb[rel] = accept_rows(enc.encode_texts(caps), caps, "texts", "caption", job.dtype, good[0])
                 for i, c in zip(good, caps):
                     names[i - start] = c
             else:

@@ -5,7 +5,9 @@ The text tower stays in the loop: class-prompt features are recomputed from the 
 runs every step). SGD (momentum 0.9) or Adam (betas 0.9, 0.99) with weight decay, no schedule; a seeded
 hold-out slice of the training split picks the best epoch (the authors' recipe, notes section 2). The optimizer
 and learning rate default to the method's own (:func:`embedx.tuning.recipe`). A run that never moves is
-reported (:func:`flat`): a warning always, an error with ``fail_if_flat``.
+reported (:func:`flat`): a warning always, an error with ``fail_if_flat``. A step that makes the training loss or
+a trainable parameter NaN or inf (or an epoch whose hold-out loss is) stops the run with one line naming the
+epoch and step: nothing of that epoch is saved, the epochs finished before keep their checkpoint and resume state.
 Each epoch's data order and random state are seeded from (seed, epoch), so a run resumed from the last
 finished epoch ends bit-identical to an uninterrupted one.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
 import os
 import time
 from dataclasses import replace
@@ -34,6 +37,8 @@ from embedx.tunedclip import TunedCLIP, count_params
 log = logging.getLogger("embedx")
 MAX_VAL = 5000  # hold-out cap, as the authors' code
 OPTIMIZERS = methods.OPTIMIZERS
+MAX_RATE = 1e30  # lr, weight_decay: beyond about 3e37 the optimizers' float32 step itself overflows (a crash, not
+# a divergence); anything this large diverges at once, and the run stops at that step with one line
 FLAT_ACC_TOL = 0.0  # flat(): the accuracy must rise above its start by more than this
 FLAT_LOSS_TOL = 1e-3  # flat(): ... or the loss fall below (1 - this) times its start
 # What identifies a run: a rerun must match all of these to resume.
@@ -124,7 +129,10 @@ def _optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim
 def _check_recipe(epochs, lr, weight_decay, optimizer, batch_size, val_fraction) -> None:
     for ok, param, msg in ((epochs >= 1, "epochs", f"epochs must be positive, got {epochs}"),
                            (lr > 0, "lr", f"lr must be positive, got {lr}"),
+                           (lr <= MAX_RATE, "lr", f"lr must be at most {MAX_RATE:g}, got {lr}"),
                            (weight_decay >= 0, "weight_decay", f"weight_decay must be >= 0, got {weight_decay}"),
+                           (weight_decay <= MAX_RATE, "weight_decay",
+                            f"weight_decay must be at most {MAX_RATE:g}, got {weight_decay}"),
                            (optimizer in OPTIMIZERS, "optimizer", f"optimizer must be sgd or adam, got {optimizer!r}"),
                            (batch_size >= 1, "batch_size", f"batch_size must be positive, got {batch_size}"),
                            (0 <= val_fraction < 1, "val_fraction", f"val_fraction must be in [0, 1), got {val_fraction}")):
@@ -138,6 +146,10 @@ def _check_resume(out: str, cfg: dict, plan: dict) -> None:
             old, new = repr(cfg.get(key)), repr(plan[key])
             raise EmbedxError(f"refusing to resume {out}: it was started with {key}={old[:60]}, this run asks for "
                               f"{key}={new[:60]} (use --overwrite to start over)")
+    if cfg.get("diverged"):
+        d = cfg["diverged"]
+        raise EmbedxError(f"refusing to resume {out}: it diverged at epoch {d['epoch']} ({d['what']}) and would "
+                          f"again; retrain it with a lower lr and --overwrite", param="lr")
     if cfg.get("complete"):
         raise EmbedxError(f"{out} is a finished run (best epoch {cfg['best_epoch']} of {cfg['epochs']}); pass "
                           f"--overwrite to retrain it")
@@ -204,9 +216,15 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
     workers = default_workers() if workers is None else workers
     for epoch in range(len(cfg["history"]) + 1, epochs + 1):
         t0 = time.perf_counter()
-        loss, acc = _train_epoch(net, enc, opt, train_ds, tokens, n_classes, batch_size, workers,
-                                 seed * 100_003 + epoch, f"epoch {epoch}/{epochs}", progress)
+        try:
+            loss, acc = _train_epoch(net, enc, opt, train_ds, tokens, n_classes, batch_size, workers,
+                                     seed * 100_003 + epoch, f"epoch {epoch}/{epochs}", progress)
+        except Diverged as d:
+            _stop(d, epoch, out, cfg)
         val_loss, val_acc = evaluate(net, enc, val_ds, tokens, n_classes, batch_size)
+        if val_loss is not None and not math.isfinite(val_loss):  # finite parameters, overflowing logits
+            _stop(Diverged(f"the hold-out loss is {val_loss} after the epoch's last step", None, None), epoch, out,
+                  cfg)
         cfg["history"].append({"epoch": epoch, "train_loss": loss, "train_acc": acc, "val_loss": val_loss,
                                "val_acc": val_acc, "seconds": round(time.perf_counter() - t0, 3)})
         best = cfg["best_epoch"] is None or val_acc is None or val_acc > cfg["best_val_acc"]
@@ -250,6 +268,48 @@ def flat(cfg: dict) -> str | None:
             f"{cfg['optimizer']} lr {cfg['lr']:g}); try a larger lr")
 
 
+class Diverged(Exception):
+    """A step made the loss or a trainable parameter NaN or inf (``what``: which, at ``step`` of ``steps``;
+    None: after the epoch)."""
+
+    def __init__(self, what: str, step: int | None, steps: int | None):
+        super().__init__(what)
+        self.what, self.step, self.steps = what, step, steps
+
+
+def nonfinite_param(net: TunedCLIP) -> str | None:
+    """The name of the first trainable parameter holding NaN or inf, or None (one device sync for all)."""
+    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    ok = torch.stack([torch.isfinite(p.detach()).all() for _, p in params])
+    if bool(ok.all()):
+        return None
+    return params[int((~ok).nonzero()[0, 0])][0].removeprefix("clip.")
+
+
+def _stop(d: Diverged, epoch: int, out: str, cfg: dict) -> None:
+    """Record the divergence in the run's config (its files stay as the last finished epoch left them) and raise
+    its one-line error."""
+    msg = _diverged_message(d, epoch, out, cfg)
+    cfg["diverged"] = {"epoch": epoch, "step": d.step, "what": d.what}
+    rd.write_config(out, cfg)
+    raise EmbedxError(msg, param="lr") from None
+
+
+def _diverged_message(d: Diverged, epoch: int, out: str, cfg: dict) -> str:
+    """One line: where the run diverged, what the run folder keeps, what to do."""
+    done = len(cfg["history"])
+    if cfg.get("best_epoch") is not None:
+        kept = (f"{out} keeps epoch{f's 1..{done}' if done > 1 else ' 1'} (best epoch {cfg['best_epoch']}); "
+                f"nothing of epoch {epoch} was saved")
+    else:
+        kept = f"{out} holds no trained epoch"
+    default = methods.recipe(cfg["method"])
+    hint = f" (the method's default: {default[0]} {default[1]:g})" if cfg["lr"] > default[1] else ""
+    where = f"epoch {epoch}" if d.step is None else f"epoch {epoch}, step {d.step} of {d.steps}"
+    return (f"training diverged at {where}: {d.what} ({cfg['method']}, "
+            f"{cfg['optimizer']} at learning rate {cfg['lr']:g}); {kept}; try a lower lr{hint} with --overwrite")
+
+
 def train_step(net: TunedCLIP, enc: Encoder, opt, x: torch.Tensor, y: torch.Tensor, tokens: torch.Tensor,
                n_classes: int, base: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on a batch already on the device: cross-entropy of logit_scale * cos(image, class
@@ -279,10 +339,18 @@ def _train_epoch(net: TunedCLIP, enc: Encoder, opt, ds: Dataset, tokens, n_class
             base = net.clip.encode_text(tokens)
     total = correct = n = 0
     bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True, leave=False)
-    for x, y in bar:
+    for step, (x, y) in enumerate(bar, 1):
         x, y = x.to(enc.device, non_blocking=True), y.to(enc.device, non_blocking=True)
         loss, logits = train_step(net, enc, opt, x, y, tokens, n_classes, base)
-        total += loss.item() * len(y)
+        value = loss.item()
+        if not math.isfinite(value):
+            bar.close()
+            raise Diverged(f"the training loss is {value}", step, len(loader))
+        bad = nonfinite_param(net)
+        if bad is not None:
+            bar.close()
+            raise Diverged(f"parameter {bad} holds NaN or inf after the step", step, len(loader))
+        total += value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         n += len(y)
         bar.set_postfix(loss=f"{total / n:.4f}", acc=f"{correct / n:.1%}", refresh=False)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from embedx.engine.progress import Bar, enabled
+from embedx.measures.silhouette import defined
 from embedx.measures.stream import cosine_silhouette_sum, normalized, silhouette_values
 
 HINT_EFFECT = 1e-7  # use the recorded S_x only if its error moves any a_p by less than this
@@ -20,8 +21,11 @@ COSINE_EXACT_BELOW = 1e-2  # cluster scale of cosine distances below which the e
 
 def cosine_silhouette(source, tot, sx: np.ndarray, st: np.ndarray, cfg, st_hint, text_cos: float,
                       progress=None, executor=None) -> float:
-    """The cosine silhouette of ``source`` given the stream pass (``tot``: its Partial; ``cfg``: its config)."""
+    """The cosine silhouette of ``source`` given the stream pass (``tot``: its Partial; ``cfg``: its config);
+    NaN when it is undefined (``silhouette.defined``: fewer than 3 points)."""
     n, c = source.n_images, source.n_texts
+    if not defined(n + c, int(n > 0) + int(c > 0)):
+        return float("nan")
     sx_t, st_t = torch.from_numpy(sx), torch.from_numpy(st)
     hint_ok = (cfg.sum_x_hint is not None and (not source.paired or st_hint is not None)
                and float(torch.linalg.vector_norm(cfg.sum_x_hint - sx_t)) / max(n - 1, 1) < HINT_EFFECT

@@ -121,6 +121,8 @@ def _silhouette(kind: str):
         fn = silhouette.modality_silhouette if kind == "modality" else silhouette.class_silhouette
         score, per_point = fn(ctx.source, o["silhouette_mode"], o["sample_size"], o["seed"], o["device"],
                               progress=ctx.progress, executor=ctx.executor, device_request=o["device_request"])
+        if score is None:  # undefined (sklearn's 2 <= clusters <= points - 1 fails): NaN, the rest still measured
+            return float("nan")
         name = "silhouette_euclidean" if kind == "modality" else CLASS_SILHOUETTE
         if o["silhouette_mode"] == "exact":
             ctx.results[f"{name}:per_point"] = per_point

@@ -42,6 +42,12 @@ from embedx.measures.stream import silhouette_values
 from embedx.rows import first_bad_row
 
 
+def defined(n_points: int, n_clusters: int) -> bool:
+    """sklearn's rule (silhouette_score): 2 <= clusters <= points - 1; otherwise the silhouette is undefined.
+    The store measures then report it as undefined (NaN; null in JSON) and the other measures as usual."""
+    return 2 <= n_clusters <= n_points - 1
+
+
 def silhouette_samples(points: torch.Tensor, labels: np.ndarray) -> np.ndarray:
     """Exact per-point values of in-memory points, in the input order (sklearn.metrics.silhouette_samples)."""
     pts = _ArrayPoints(points, labels)
@@ -123,7 +129,7 @@ class _StorePoints:
         self.labels = labels
         self.nbytes = nbytes  # of all normalized points (decides whether the columns are cached)
         self.sizes = np.bincount(labels)
-        if len(self.sizes) < 2 or len(self.sizes) > len(labels) - 1:
+        if not defined(len(labels), len(self.sizes)):
             raise EmbedxError(f"silhouette needs 2 <= clusters <= points - 1, got {len(self.sizes)} clusters of "
                               f"{len(labels)} points")
 
@@ -376,16 +382,22 @@ def modality_silhouette(store, mode: str = "exact", sample_size: int = 2000,
     """Silhouette of the store's images + texts labelled by modality (Euclidean), columns streamed from the
     store. exact -> (score, per-point values in image-then-text order); sample -> (estimate dict, None). A
     distributed ``executor`` runs the exact score as block-pair tasks (on each worker's ``device_request``,
-    resolved there); the sampled estimate runs here."""
-    if store.n_images + store.n_texts < 3:
-        raise EmbedxError(f"silhouette needs at least 3 points, got {store.n_images + store.n_texts}")
+    resolved there); the sampled estimate runs here. (None, None) when the silhouette is undefined
+    (:func:`defined`: fewer than 3 points)."""
+    if not defined(store.n_images + store.n_texts, int(store.n_images > 0) + int(store.n_texts > 0)):
+        return None, None
     return _score(_ModalityPoints(store), mode, sample_size, seed, device, progress, executor, device_request)
 
 
 def class_silhouette(store, mode: str = "exact", sample_size: int = 2000, seed: int = 0, device="cpu",
                      progress=None, executor=None, device_request=None):
     """Silhouette of the store's labelled images clustered by class (Euclidean), streamed like
-    :func:`modality_silhouette`: exact -> (score, per-point values), sample -> (estimate dict, None)."""
+    :func:`modality_silhouette`: exact -> (score, per-point values), sample -> (estimate dict, None); (None, None)
+    when the silhouette is undefined (:func:`defined`: the labelled images fall in one class, or each in its own)."""
+    y = store.labels()
+    y = y[y >= 0]
+    if not defined(len(y), len(np.unique(y))):
+        return None, None
     return _score(_ClassPoints(store), mode, sample_size, seed, device, progress, executor, device_request)
 
 
