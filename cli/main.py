@@ -15,7 +15,7 @@ import click
 import embedx
 from embedx.cli.common import EXIT_BAD_INPUT, EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, setup_logging
 from embedx.cli.options import verbosity_options
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, StorageError
 
 # command name -> "module:function" under embedx.cli (see click's "Lazily Loading Subcommands")
 COMMANDS = {
@@ -76,6 +76,28 @@ def error_line(e: EmbedxError, command: click.Command | None) -> str:
     return f"error: {', '.join(missing)}: {msg}" if missing else f"error: {msg}"
 
 
+def storage_failed(e: Exception) -> None:
+    """One line and exit 2 for a fault of the storage behind a URL that reached the command unnamed (no
+    credentials, an endpoint unreachable or silent: ``embedx.urlfs.storage_fault``); nothing otherwise."""
+    from embedx.urlfs import storage_fault
+
+    fault = storage_fault(e)
+    if fault is not None:
+        click.echo(error_line(fault, None), err=True)
+        quiet_teardown()
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def quiet_teardown() -> None:
+    """The process ends on a storage fault: zarr's other requests of the same read, still pending on its event loop,
+    would each be reported by the interpreter at exit ("Task was destroyed but it is pending!", "Exception ignored
+    in ..."); the one line said it all."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    sys.unraisablehook = lambda unraisable: None
+
+
 class EmbedxGroup(click.Group):
     """Loads each command on first use; turns library errors into one line on stderr and a non-zero exit,
     never a traceback."""
@@ -97,11 +119,17 @@ class EmbedxGroup(click.Group):
         except EmbedxError as e:
             sub = ctx.invoked_subcommand
             click.echo(error_line(e, self.get_command(ctx, sub) if sub else None), err=True)
+            if isinstance(e, StorageError):
+                quiet_teardown()
             sys.exit(EXIT_BAD_INPUT)
         except BrokenPipeError:
             closed_pipe()
         except KeyboardInterrupt:
-            click.echo("interrupted: committed rows are kept; rerun the same command to resume", err=True)
+            if ctx.invoked_subcommand == "import":  # imports do not resume (embedx.storelayout.finish_hint)
+                click.echo("interrupted: the import did not finish and does not resume: rerun it (with --overwrite "
+                           "when --out is a URL, where it was written in place)", err=True)
+            else:
+                click.echo("interrupted: committed rows are kept; rerun the same command to resume", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except click.UsageError as e:  # a bad option value, a missing argument: one line, as every other error
             if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):
@@ -112,10 +140,12 @@ class EmbedxGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except OSError as e:  # an expected failure of the machine (disk full, I/O error, permissions): not a bug
+            storage_failed(e)
             where = e.filename if e.filename is not None else "?"
             click.echo(f"error: {where}: {e.strerror or ' '.join(str(e).split())[:300]}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         except Exception as e:  # a bug: still one line, the traceback on request
+            storage_failed(e)
             if os.environ.get("EMBEDX_DEBUG"):
                 raise
             msg = " ".join(str(e).split())[:300]

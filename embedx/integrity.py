@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-import zarr
-
 from embedx import checksums
 from embedx.checksums import (  # noqa: F401  (re-exported: the inventory's names)
     ALGORITHM,
@@ -33,6 +31,7 @@ from embedx.checksums import (  # noqa: F401  (re-exported: the inventory's name
     unit_hash,
 )
 from embedx.errors import StoreError
+from embedx.urlfs import open_group
 from embedx.store import Store
 from embedx.storelayout import ARRAYS, chunk_files, committed_rows, layout_problems, missing_files, read_meta, \
     units, writes_every_chunk
@@ -49,7 +48,7 @@ def verify(path: str, files: bool = True, content: bool = True) -> dict:
     with ``content``, every chunk's decoded rows against their NH2 hash (when recorded). Returns {"ok",
     "problems": [one line each], "chunks_checked", "inventory": bool}; never raises on damage."""
     meta = read_meta(path)
-    group = zarr.open_group(str(path), mode="r")
+    group = open_group(path, mode="r")
     found = list(layout_problems(str(path), meta, group))
     problems = [line for _, line in found]
     damaged = {name for name, _ in found}  # arrays already reported: not checksummed as well
