@@ -88,11 +88,17 @@ def storage_failed(e: Exception) -> None:
         sys.exit(EXIT_BAD_INPUT)
 
 
+_ENTRY_POINT = False  # set by main(): this process ends with the command (not an in-process runner)
+
+
 def quiet_teardown() -> None:
     """The process ends on a storage fault: zarr's other requests of the same read, still pending on its event loop,
     would each be reported by the interpreter at exit ("Task was destroyed but it is pending!", "Exception ignored
-    in ..."); the one line said it all."""
+    in ..."); the one line said it all. Only in the console entry point: an in-process caller keeps its hooks."""
     import logging
+
+    if not _ENTRY_POINT:
+        return
 
     logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
     sys.unraisablehook = lambda unraisable: None
@@ -173,6 +179,8 @@ def cli(ctx):
 
 
 def main() -> None:
+    global _ENTRY_POINT
+    _ENTRY_POINT = True
     try:
         try:
             cli(prog_name="embedx")
