@@ -125,15 +125,15 @@ def test_a_silent_endpoint_fails_in_one_line_within_the_timeouts(tmp_path, rng):
                    AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
         # the documented defaults (3 attempts of a 10 s read): one request, about 30 s
         t0 = time.monotonic()
-        rc, _, err = run_bounded("info", "s3://bucket/s.zarr", env=env, timeout=60)
+        rc, _, err = run_bounded("info", "s3://bucket/s.zarr", env=env, timeout=90)
         assert_one_line_error(rc, err, "s3://bucket/s.zarr", f"storage endpoint {hole.endpoint}",
                               "did not answer in time", "3 attempts", "read timeout of 10 s")
-        assert rc == 2 and time.monotonic() - t0 < 50, time.monotonic() - t0
+        assert rc == 2 and time.monotonic() - t0 < 60, time.monotonic() - t0  # start-up included, on a busy machine
         env.update(FAST_LIMITS)  # the rest with 2 attempts of 1 s
         for args in (["info", "s3://bucket/s.zarr"], [*imp, "--out", "s3://bucket/s.zarr"],
                      ["import", "--from", "clip-retrieval", "s3://bucket/dump", "--out", tmp_path / "d.zarr"]):
             t0 = time.monotonic()
-            rc, _, err = run_bounded(*args, env=env, timeout=60)
+            rc, _, err = run_bounded(*args, env=env, timeout=90)
             assert rc == 2, err
             assert_one_line_error(rc, err, "s3://bucket/", f"storage endpoint {hole.endpoint}",
                                   "did not answer in time", "EMBEDX_S3_READ_TIMEOUT")
@@ -186,7 +186,9 @@ def test_an_endpoint_lost_mid_run_is_one_line_naming_it(s3, tmp_path, rng):
                           ([*imp, "--out", s3.url("lost/new.zarr")], f"PUT /{s3.bucket}/lost/new.zarr/images/")):
         proxy = _Server(_moto_address(s3), pattern.encode(), after=3)
         try:
-            rc, _, err = run_bounded(*args, env=dict(FAST_LIMITS, AWS_ENDPOINT_URL=proxy.endpoint), timeout=60)
+            # the default limits: a cut endpoint refuses at once (short read timeouts would also fail on a slow,
+            # loaded moto before the cut)
+            rc, _, err = run_bounded(*args, env={"AWS_ENDPOINT_URL": proxy.endpoint}, timeout=120)
             assert proxy.cut_done.is_set(), err
             assert rc == 2 and "internal" not in err and "damaged" not in err, err
             assert_one_line_error(rc, err, url.rsplit("/", 1)[0], f"storage endpoint {proxy.endpoint}")
@@ -276,7 +278,7 @@ def test_an_s3_store_removed_mid_read_is_named(s3, tmp_path, rng):
     proxy = _Server(_moto_address(s3), f"GET /{s3.bucket}/vanish/s.zarr/images/embeddings/c/".encode(), after=3,
                     on_match=lambda: fs.rm(f"{s3.bucket}/vanish/s.zarr", recursive=True))
     try:
-        rc, _, err = run_bounded("measure", url, env={"AWS_ENDPOINT_URL": proxy.endpoint}, timeout=60)
+        rc, _, err = run_bounded("measure", url, env={"AWS_ENDPOINT_URL": proxy.endpoint}, timeout=120)
     finally:
         proxy.close()
     assert proxy.matches >= 3
