@@ -20,7 +20,7 @@ def human_bytes(n: int) -> str:
 
 def _rows(d: dict, res: dict | None) -> list[tuple[str, object]]:
     """The (label, value) lines of the text description."""
-    state = "complete" if d["complete"] else f"UNFINISHED ({d['rows_committed']} rows committed; rerun to resume)"
+    state = "complete" if d["complete"] else f"UNFINISHED ({d['rows_committed']} rows committed; {d['to_finish']})"
     rows = [
         ("store", d["path"]), ("schema", d["schema"]), ("state", state),
         ("mode", d["mode"]), ("images", d["n_images"]), ("texts", d["n_texts"]), ("dim", d["dim"]),

@@ -15,7 +15,7 @@ import click
 import embedx
 from embedx.cli.common import EXIT_BAD_INPUT, EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, echo, setup_logging, term
 from embedx.cli.options import verbosity_options
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, StorageError
 
 # command name -> "module:function" under embedx.cli (see click's "Lazily Loading Subcommands")
 COMMANDS = {
@@ -77,6 +77,34 @@ def error_line(e: EmbedxError, command: click.Command | None) -> str:
     return f"error: {', '.join(missing)}: {msg}" if missing else f"error: {msg}"
 
 
+def storage_failed(e: Exception) -> None:
+    """One line and exit 2 for a fault of the storage behind a URL that reached the command unnamed (no
+    credentials, an endpoint unreachable or silent: ``embedx.urlfs.storage_fault``); nothing otherwise."""
+    from embedx.urlfs import storage_fault
+
+    fault = storage_fault(e)
+    if fault is not None:
+        echo(error_line(fault, None), err=True)
+        quiet_teardown()
+        sys.exit(EXIT_BAD_INPUT)
+
+
+_ENTRY_POINT = False  # set by main(): this process ends with the command (not an in-process runner)
+
+
+def quiet_teardown() -> None:
+    """The process ends on a storage fault: zarr's other requests of the same read, still pending on its event loop,
+    would each be reported by the interpreter at exit ("Task was destroyed but it is pending!", "Exception ignored
+    in ..."); the one line said it all. Only in the console entry point: an in-process caller keeps its hooks."""
+    import logging
+
+    if not _ENTRY_POINT:
+        return
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    sys.unraisablehook = lambda unraisable: None
+
+
 class EmbedxGroup(click.Group):
     """Loads each command on first use; turns library errors into one line on stderr and a non-zero exit,
     never a traceback."""
@@ -98,11 +126,17 @@ class EmbedxGroup(click.Group):
         except EmbedxError as e:
             sub = ctx.invoked_subcommand
             echo(error_line(e, self.get_command(ctx, sub) if sub else None), err=True)
+            if isinstance(e, StorageError):
+                quiet_teardown()
             sys.exit(EXIT_BAD_INPUT)
         except BrokenPipeError:
             closed_pipe()
         except KeyboardInterrupt:
-            echo("interrupted: committed rows are kept; rerun the same command to resume", err=True)
+            if ctx.invoked_subcommand == "import":  # imports do not resume (embedx.storelayout.finish_hint)
+                echo("interrupted: the import did not finish and does not resume: rerun it (with --overwrite "
+                     "when --out is a URL, where it was written in place)", err=True)
+            else:
+                echo("interrupted: committed rows are kept; rerun the same command to resume", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except click.UsageError as e:  # a bad option value, a missing argument: one line, as every other error
             if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):
@@ -114,10 +148,12 @@ class EmbedxGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
             raise
         except OSError as e:  # an expected failure of the machine (disk full, I/O error, permissions): not a bug
+            storage_failed(e)
             where = e.filename if e.filename is not None else "?"
             echo(term(f"error: {where}: {e.strerror or ' '.join(str(e).split())[:300]}", one_line=True), err=True)
             sys.exit(EXIT_BAD_INPUT)
         except Exception as e:  # a bug: still one line, the traceback on request
+            storage_failed(e)
             if os.environ.get("EMBEDX_DEBUG"):
                 raise
             msg = " ".join(str(e).split())[:300]
@@ -145,6 +181,8 @@ def cli(ctx):
 
 
 def main() -> None:
+    global _ENTRY_POINT
+    _ENTRY_POINT = True
     try:
         try:
             cli(prog_name="embedx")

@@ -37,6 +37,7 @@ from embedx.importer import BLOCK_ROWS, _check_rows
 from embedx.rows import first_bad_row
 from embedx.storepath import place, staging_path, writer_lock
 from embedx.texts import cap_arrow, note
+from embedx.urlfs import storage_faults
 
 FORMATS = ("clip-retrieval", "datacomp", "npy", "parquet")
 DATACOMP_MODELS = {"l14": ("ViT-L-14", "openai"), "b32": ("ViT-B-32", "openai")}
@@ -475,7 +476,8 @@ def import_dump(out: str, kind: str, path: str, *, features: str | None = None, 
                 chunk_rows: int | None = None) -> dict:
     """Stream the dump ``kind`` at ``path`` (``FORMATS``) into a complete store at ``out``; return its metadata.
     ``dtype`` None keeps the dump's (float16 or float32; float16 for any other)."""
-    d = scan(kind, path, features)
+    with storage_faults(path):  # no credentials, an unreachable or silent endpoint: one line naming the dump
+        d = scan(kind, path, features)
     first = d.shards[0]
     src_dtype = first.images.dtype if first.images is not None else _parquet_dtype(d)
     if dtype is None:
@@ -487,11 +489,11 @@ def import_dump(out: str, kind: str, path: str, *, features: str | None = None, 
         raise EmbedxError(f"{path}: the dump has no rows")
     meta = {"model": model or d.model, "pretrained": d.pretrained if not model else None, "seed": None,
             "dataset": dataset or d.meta.get("dataset") or fsx.basename(path),
-            "mode": d.mode, "normalized": True,
+            "mode": d.mode, "normalized": True, "written_by": "import",
             "source": {"format": kind, **d.source, "rows": d.rows, "path": fsx.absolute(path)}}
     if d.meta:
         meta["source"]["exported_from"] = d.meta.get("store")
-    with writer_lock(out):
+    with writer_lock(out), storage_faults(out):
         st.check_target(out, overwrite)
         return _stream(out, d, meta, dtype, codec, chunk_rows, id_column, caption_column)
 

@@ -17,3 +17,8 @@ class EmbedxError(Exception):
 
 class StoreError(EmbedxError):
     """A store is missing, unfinished, of another schema, or would be overwritten."""
+
+
+class StorageError(StoreError):
+    """The storage behind a URL failed: no credentials, an endpoint that cannot be reached, does not answer in time
+    or dropped the connection (``embedx.urlfs``)."""

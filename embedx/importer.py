@@ -20,6 +20,7 @@ from embedx.rowsource import as_numpy
 from embedx.rows import first_bad_row
 from embedx.storepath import place, staging_path, writer_lock
 from embedx.texts import cap_texts, note, read_line
+from embedx.urlfs import storage_faults
 
 BLOCK_ROWS = 65536
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -215,11 +216,11 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
     files = [os.fspath(s) for s in sources if isinstance(s, (str, os.PathLike))]
     meta = {"model": model, "pretrained": None, "seed": None,
             "dataset": dataset or (os.path.basename(files[0]) if files else "arrays"),
-            "mode": "paired" if paired else "classes", "normalized": unit,
+            "mode": "paired" if paired else "classes", "normalized": unit, "written_by": "import",
             "source": {"imported_from": [os.path.abspath(s) if not st.is_url(s) else s for s in files] or
                        ["<in-memory arrays>"]}}
     note(meta, cut, "captions" if paired else "names")
-    with writer_lock(out):  # one writer at a time; what killed writers left beside ``out`` is repaired first
+    with writer_lock(out), storage_faults(out):  # one writer at a time; leftovers of killed writers repaired first
         st.check_target(out, overwrite)
         return _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite)
 

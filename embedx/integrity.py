@@ -20,7 +20,6 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import zarr
 
 from embedx import checksums
 from embedx.checksums import (  # noqa: F401  (re-exported: the inventory's names)
@@ -35,6 +34,7 @@ from embedx.checksums import (  # noqa: F401  (re-exported: the inventory's name
 )
 from embedx.errors import StoreError
 from embedx.rows import first_bad_row, refused
+from embedx.urlfs import open_group
 from embedx.store import Store
 from embedx.storelayout import ARRAYS, chunk_files, committed_rows, layout_problems, missing_files, read_meta, \
     units, writes_every_chunk
@@ -78,7 +78,7 @@ def verify(path: str, files: bool = True, content: bool = True) -> dict:
     edit, is a problem: the first such row per array and their count). Returns {"ok",
     "problems": [one line each], "chunks_checked", "inventory": bool}; never raises on damage."""
     meta = read_meta(path)
-    group = zarr.open_group(str(path), mode="r")
+    group = open_group(path, mode="r")
     found = list(layout_problems(str(path), meta, group))
     problems = [line for _, line in found]
     damaged = {name for name, _ in found}  # arrays already reported: not checksummed as well

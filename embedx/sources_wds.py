@@ -35,6 +35,7 @@ from embedx.dumpfs import size as file_size
 from embedx.errors import EmbedxError
 from embedx.sources_files import RangeReader, ShardedSource, decode_image, expand_files, label_index, read_classes
 from embedx.storelayout import url_fs
+from embedx.urlfs import storage_faults
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _BASE_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's base_plus_ext (no hidden-file keys)
@@ -45,11 +46,12 @@ STREAM_BLOCK = 8 << 20
 def wds_source(pattern: str, spec: str, *, classes: str | None = None, caption_col: str | None = None,
                label_col: str | None = None) -> ShardedSource:
     """The samples of the shards ``pattern`` names, in shard then member order (see the module docstring)."""
-    shards = expand_files(pattern, ".tar", "shard")
-    classnames = read_classes(classes) if classes else None
-    want = _Want(classnames, classes, caption_col, label_col)
-    with ThreadPoolExecutor(min(SCAN_THREADS, len(shards))) as pool:
-        scans = list(pool.map(lambda s: _scan_shard(s, want), shards))
+    with storage_faults(pattern):  # no credentials, an unreachable or silent endpoint: one line naming the shards
+        shards = expand_files(pattern, ".tar", "shard")
+        classnames = read_classes(classes) if classes else None
+        want = _Want(classnames, classes, caption_col, label_col)
+        with ThreadPoolExecutor(min(SCAN_THREADS, len(shards))) as pool:
+            scans = list(pool.map(lambda s: _scan_shard(s, want), shards))
 
     ids, captions, labels, excluded = [], [], [], []
     shard_of, offsets, sizes = [], [], []

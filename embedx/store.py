@@ -32,7 +32,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from zarr.core.buffer.cpu import NDBuffer
 
 from embedx.chunkio import direct_reader
-from embedx.errors import StoreError
+from embedx.errors import StorageError, StoreError
 from embedx.storelayout import (  # noqa: F401  (re-exported: the store's public names)
     ARRAYS,
     MAX_CHUNK_FILES,
@@ -40,9 +40,12 @@ from embedx.storelayout import (  # noqa: F401  (re-exported: the store's public
     check_reachable,
     chunk_files,
     committed_rows,
+    creation_interrupted,
+    finish_hint,
     is_url,
     layout_problems,
     missing_files,
+    open_group,
     read_meta,
     rows_per_file,
     units,
@@ -50,6 +53,7 @@ from embedx.storelayout import (  # noqa: F401  (re-exported: the store's public
     writes_every_chunk,
 )
 from embedx.storepath import crash_point, place, staging_path
+from embedx.urlfs import storage_fault, storage_faults
 
 DTYPES = ("float16", "float32")
 # Chosen from bench/results/codec.md: embeddings barely compress, so the default favours read speed.
@@ -86,7 +90,7 @@ def _compressors(codec: str):
 def exists(path: str) -> bool:
     """True if a zarr group (complete or not) lives at ``path``."""
     try:
-        zarr.open_group(str(path), mode="r")
+        open_group(path, mode="r")
         return True
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError, OSError):
         return False
@@ -96,11 +100,20 @@ def check_target(path: str, overwrite: bool) -> bool:
     """May a new store be written at ``path``? True if an old store is there (to be replaced).
 
     Refuses to replace a store without ``overwrite``, and anything that is not an embedx store at all."""
+    with storage_faults(path):
+        return _check_target(path, overwrite)
+
+
+def _check_target(path: str, overwrite: bool) -> bool:
     if exists(path):
+        if overwrite and creation_interrupted(path):  # a creation killed before its metadata: nothing to lose
+            return True
         meta = read_meta(path)
         if not overwrite:
-            state = "complete" if meta.get("complete") else "unfinished"
-            raise StoreError(f"{path} already holds a {state} store; pass --overwrite to replace it")
+            if meta.get("complete"):
+                raise StoreError(f"{path} already holds a complete store; pass --overwrite to replace it")
+            hint = " (an interrupted import: imports do not resume)" if meta.get("written_by") == "import" else ""
+            raise StoreError(f"{path} already holds an unfinished store{hint}; pass --overwrite to replace it")
         return True
     if is_url(path):
         check_reachable(path)
@@ -224,12 +237,12 @@ class StoreWriter:
             if isinstance(e, OSError):
                 raise StoreError(f"{path}: cannot create the store ({e.strerror or e})") from None
             raise
-        return cls(path, zarr.open_group(str(path), mode="r+"), background=background)
+        return cls(path, open_group(path, mode="r+"), background=background)
 
     @staticmethod
     def _build(path, n_rows, dim, meta, n_texts, dtype, codec, compressors, chunk_rows, paired) -> None:
         """An empty store at ``path``: its arrays, then its metadata (a fresh generation id)."""
-        g = zarr.open_group(str(path), mode="w")
+        g = open_group(path, mode="w")
         text_rows = n_rows if paired else n_texts
         text_chunks = chunk_rows if paired else max(1, min(text_rows, chunk_rows))
         # dimension_names (zarr v3): "image" rows in images/, "text" rows in texts/, "dim" columns, so xarray
@@ -267,7 +280,7 @@ class StoreWriter:
                     f"refusing to resume {path}: it was started with {key}={_short(old.get(key))}, "
                     f"this run asks for {key}={_short(meta[key])} (use --overwrite to start over)")
         _clean_partials(path)
-        return cls(path, zarr.open_group(str(path), mode="r+"), background=background)
+        return cls(path, open_group(path, mode="r+"), background=background)
 
     # -- writing ------------------------------------------------------------------------------------------
     def write_texts(self, emb: np.ndarray, names: Sequence[str]) -> None:
@@ -328,7 +341,13 @@ class StoreWriter:
     def _commit(self, p: _Pending, skipped: list, source_pos: int) -> None:
         try:
             self._commit_rows(p, skipped, source_pos)
-        except OSError as e:  # disk full, I/O error: the committed rows stay as they were
+        except Exception as e:
+            fault = storage_fault(e, self.path) if is_url(self.path) else None
+            if fault is not None:  # the endpoint went away or stopped answering mid-write
+                raise fault from None
+            if not isinstance(e, OSError):
+                raise
+            # disk full, I/O error: the committed rows stay as they were
             raise StoreError(f"{self.path}: cannot write ({e.strerror or e}); the rows committed before are "
                              f"kept: free space and rerun to resume") from None
 
@@ -541,12 +560,16 @@ class Store:
         if not self.meta.get("complete") and not allow_partial:
             raise StoreError(
                 f"{path} is unfinished ({self.meta.get('rows_committed', 0)} of at most "
-                f"{self.meta.get('n_rows_max', '?')} rows committed); rerun the command that wrote it to resume")
+                f"{self.meta.get('n_rows_max', '?')} rows committed); {finish_hint(self.meta)}")
         self.generation = self.meta.get("generation")  # a new id each time a store is created at a path
-        self.group = zarr.open_group(self.path, mode="r")
-        for _, problem in layout_problems(self.path, self.meta, self.group):  # a stat per chunk: 8 ms at 1M rows
-            raise StoreError(f"{self.path}: {problem}; the store is damaged")
-        self._emb = self.group["images/embeddings"]
+        with storage_faults(self.path):
+            self.group = open_group(self.path, mode="r")
+            for _, problem in layout_problems(self.path, self.meta, self.group):  # a stat per chunk: 8 ms at 1M rows
+                self._still_there()  # removed between the metadata and the arrays: not damage
+                raise StoreError(f"{self.path}: {problem}; the store is damaged")
+            # each array looked up once: a store removed under its reader then fails on its data, which says so
+            self._nodes = {name: self.group[name] for name in ARRAYS}
+        self._emb = self._nodes["images/embeddings"]
         self._direct = {}  # array name -> DirectRows | None (plain chunk files read without zarr)
         self._content = self._content_inventory() if verify_content else {}
         self._verified = {name: set() for name in self._content}  # chunks a read has matched to their checksum
@@ -570,7 +593,7 @@ class Store:
     def n_texts(self) -> int:
         if self.meta["mode"] == "paired":
             return self.n_images
-        return int(self.group["texts/embeddings"].shape[0]) if self.meta.get("texts_written") else 0
+        return int(self._nodes["texts/embeddings"].shape[0]) if self.meta.get("texts_written") else 0
 
     @property
     def dim(self) -> int:
@@ -595,10 +618,12 @@ class Store:
         and a chunk deleted since reads as its fill value, which the content checksums refuse."""
         if not writes_every_chunk(self.meta) or (per_read and is_url(self.path)):
             return
-        chunks = chunk_files(self.path, self.group[name], name, start, stop)
-        gone = missing_files(self.path, name, [f for _, f, _, _ in chunks])
+        chunks = chunk_files(self.path, self._nodes[name], name, start, stop)
+        with storage_faults(self.path):
+            gone = missing_files(self.path, name, [f for _, f, _, _ in chunks])
         for k, f, r0, r1 in chunks:
             if f in gone:
+                self._still_there()
                 raise StoreError(f"{self.path}: {name} chunk {k} (rows {r0}..{r1}) is missing; the store is damaged")
 
     def committed(self, name: str) -> int:
@@ -615,7 +640,7 @@ class Store:
             return {}
         out = {}
         for name, hashes in (rec.get("arrays") or {}).items():
-            arr = self.group[name]
+            arr = self._nodes[name]
             n = self.committed(name)
             n_units = len(units(arr, n))
             if not isinstance(hashes, list) or len(hashes) != n_units:
@@ -653,15 +678,26 @@ class Store:
             k += 1
 
     def ensure_unchanged(self) -> None:
-        """Refuse numbers read across a replacement: the store at ``path`` must still be the one opened (same
-        generation id). Readers call it when they finish; a store swapped in meanwhile is an error, not a mix."""
+        """Refuse numbers read across a replacement or a removal: the store at ``path`` must still be the one
+        opened (same generation id). Readers call it when they finish, and every read that finds data missing; a
+        store swapped in meanwhile, or gone, is an error, not a mix or a number from fill values."""
         try:
             now = read_meta(self.path).get("generation")
+        except StorageError:
+            raise
         except StoreError:
+            if not exists(self.path):
+                raise StoreError(f"the store at {self.path} vanished while it was being read (removed or moved by "
+                                 f"another process); nothing was computed from it") from None
             now = "(none)"
         if now != self.generation:
             raise StoreError(f"{self.path} was replaced while it was being read (another process wrote a new store "
                              f"there), so these numbers could mix two stores; rerun")
+
+    def _still_there(self) -> None:
+        """A read found data missing: a StoreError when the whole store vanished or was replaced meanwhile (not
+        damage); nothing when it is still the store opened (the caller reports the damage)."""
+        self.ensure_unchanged()
 
     # -- data ---------------------------------------------------------------------------------------------
     def block_rows(self, target_bytes: int = 64 << 20) -> int:
@@ -674,9 +710,14 @@ class Store:
         (C-contiguous, the array's dtype). Plain local chunk files are read directly (embedx.chunkio), anything
         else through zarr. Thread-safe."""
         if name not in self._direct:
-            self._direct[name] = direct_reader(self.group[name])
+            self._direct[name] = direct_reader(self._nodes[name])
         d = self._direct[name]
-        if d is None or not d.read_rows(start, out):
+        try:
+            direct = d is not None and d.read_rows(start, out)
+        except FileNotFoundError:  # a chunk file gone: the whole store, or damage
+            self._still_there()
+            raise
+        if not direct:
             self._check_chunks(name, start, start + len(out), per_read=True)
             self._zarr_read(name, start, out)
         if name in self._content:
@@ -690,13 +731,16 @@ class Store:
                          f"lists every damaged chunk)")
 
     def _zarr_read(self, name: str, start: int, out: np.ndarray) -> None:
-        arr = self.group[name]
+        arr = self._nodes[name]
         try:
             arr.get_basic_selection(slice(start, start + len(out)), out=NDBuffer.from_numpy_array(out))
             return
-        except OSError:
-            raise
         except Exception as e:  # a truncated or garbled chunk: the store is damaged, say which
+            fault = storage_fault(e, self.path) if is_url(self.path) else None
+            if fault is not None:  # the endpoint went away or stopped answering: not damage
+                raise fault from None
+            if isinstance(e, OSError):
+                raise
             why = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
         for k, _, r0, r1 in chunk_files(self.path, arr, name, start, start + len(out)):
             a, b = max(r0, start), min(r1 + 1, start + len(out))
@@ -705,9 +749,11 @@ class Store:
             except OSError:
                 raise
             except Exception as e:
+                self._still_there()
                 why = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
                 raise StoreError(f"{self.path}: cannot read {name} rows {a}..{b - 1} ({why}); the store is "
                                  f"damaged") from None
+        self._still_there()
         raise StoreError(f"{self.path}: cannot read {name} rows {start}..{start + len(out) - 1} ({why}); the store "
                          f"is damaged")
 
@@ -775,16 +821,17 @@ class Store:
 
     def ids(self) -> np.ndarray:
         self._check_chunks("images/ids", 0, self.n_images)
-        return self.group["images/ids"][: self.n_images]
+        with storage_faults(self.path):
+            return self._nodes["images/ids"][: self.n_images]
 
     def texts(self, dtype=None) -> np.ndarray:
-        arr = self.group["texts/embeddings"]
+        arr = self._nodes["texts/embeddings"]
         out = self.read_rows_into("texts/embeddings", 0, np.empty((self.n_texts,) + arr.shape[1:], arr.dtype))
         return out if dtype is None else out.astype(dtype, copy=False)
 
     def read_texts(self, start: int, stop: int) -> np.ndarray:
         """Text rows ``start:stop`` (clipped to the texts) in the stored dtype, through the checked read path."""
-        arr = self.group["texts/embeddings"]
+        arr = self._nodes["texts/embeddings"]
         stop = min(stop, self.n_texts)
         return self.read_rows_into("texts/embeddings", start, np.empty((max(stop - start, 0),) + arr.shape[1:], arr.dtype))
 
@@ -792,7 +839,8 @@ class Store:
         """Text rows by index (random access; like ``images(rows)``, not checked against the chunk checksums)."""
         rows = np.asarray(rows, dtype=np.int64)
         self._check_chunks("texts/embeddings", 0, self.n_texts)
-        return self.group["texts/embeddings"].get_orthogonal_selection((rows, slice(None)))
+        with storage_faults(self.path):
+            return self._nodes["texts/embeddings"].get_orthogonal_selection((rows, slice(None)))
 
     def whole_chunks(self, target_rows: int) -> int:
         """About ``target_rows`` rows, rounded to whole chunks (so streamed reads check every chunk they read)."""
@@ -800,7 +848,8 @@ class Store:
 
     def text_names(self) -> np.ndarray:
         self._check_chunks("texts/names", 0, self.n_texts)
-        return self.group["texts/names"][: self.n_texts]
+        with storage_faults(self.path):
+            return self._nodes["texts/names"][: self.n_texts]
 
     # -- description --------------------------------------------------------------------------------------
     def info(self) -> dict:
@@ -818,6 +867,7 @@ class Store:
             "finished": m.get("finished"), "embedx_version": m.get("embedx_version"),
             "source": m.get("source"),
             "integrity": _describe_inventory(m.get("integrity")),
+            "to_finish": None if self.complete else finish_hint(m),
         }
 
 

@@ -10,7 +10,8 @@ from typing import Iterator
 
 import zarr
 
-from embedx.errors import StoreError
+from embedx.errors import StorageError, StoreError
+from embedx.urlfs import is_url, open_group, storage_fault, url_fs  # noqa: F401  (the one place URLs are opened)
 
 SCHEMA = 1
 ARRAYS = ("images/embeddings", "images/labels", "images/ids", "texts/embeddings", "texts/names")
@@ -18,18 +19,6 @@ ARRAYS = ("images/embeddings", "images/labels", "images/ids", "texts/embeddings"
 # them (a forged zarr.json of 10^12 one-row chunks would otherwise take hours of stats and ever more memory).
 # Writers refuse to make more (a million files of one array: --chunk-rows 1 on a million rows).
 MAX_CHUNK_FILES = 1_000_000
-
-
-def is_url(path: str) -> bool:
-    return "://" in str(path)
-
-
-def url_fs(path: str):
-    """(fsspec filesystem, path within it) of a URL store; credentials and endpoint come from the environment
-    (e.g. ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` for s3://), which Dask workers started locally inherit."""
-    import fsspec
-
-    return fsspec.core.url_to_fs(str(path))
 
 
 def missing_files(root: str, name: str, files: list[str]) -> set[str]:
@@ -152,7 +141,10 @@ def check_reachable(path: str) -> None:
     except PermissionError as e:
         raise StoreError(f"{path}: access denied ({_why(e)}); check the credentials (for s3://: AWS_ACCESS_KEY_ID "
                          f"and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)") from None
-    except Exception as e:  # an unknown protocol, a missing fsspec backend, an unreachable endpoint
+    except Exception as e:  # an unreachable or silent endpoint, no credentials, an unknown protocol or backend
+        fault = storage_fault(e, path)
+        if fault is not None:
+            raise fault from None
         raise StoreError(f"cannot reach {path} ({_why(e)})") from None
 
 
@@ -179,17 +171,54 @@ def read_meta(path: str) -> dict:
     """The ``embedx`` attributes of the store at ``path`` (complete or not); StoreError if it is none."""
     check_reachable(path)
     try:
-        g = zarr.open_group(str(path), mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, OSError):
+        g = open_group(path, mode="r")
+    except StorageError:
+        raise
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, OSError) as e:
+        fault = storage_fault(e, path) if is_url(path) else None
+        if fault is not None:
+            raise fault from None
         raise StoreError(f"no store at {path}{_missing_bucket(path)}") from None
     except (ValueError, KeyError) as e:
         raise StoreError(f"{path} is not a readable zarr store ({e})") from None
     meta = g.attrs.get("embedx")
     if not isinstance(meta, dict):
+        if _creation_interrupted(g):
+            raise StoreError(f"{path} holds a store whose creation was interrupted (its arrays were made, its "
+                             f"metadata never was); pass --overwrite to start it afresh")
         raise StoreError(f"{path} is a zarr group but not an embedx store (no 'embedx' attributes)")
     if meta.get("schema") != SCHEMA:
         raise StoreError(f"{path} has store schema {meta.get('schema')!r}; this embedx reads schema {SCHEMA}")
     return dict(meta)
+
+
+def _creation_interrupted(group, empty: bool = False) -> bool:
+    """A zarr group without attributes holding nothing but (some of, at least one of: ``empty`` allows none) a
+    store's arrays: what a writer killed while creating a store in place (behind a URL) leaves, before the
+    metadata that makes it a store."""
+    if dict(group.attrs):
+        return False
+    names = {name for name, _ in group.members(max_depth=None)}
+    return names <= {"images", "texts", *ARRAYS} and (empty or bool(names & set(ARRAYS)))
+
+
+def creation_interrupted(path: str) -> bool:
+    """True if ``path`` holds what a store creation killed before its metadata leaves (``_creation_interrupted``,
+    an empty group included); such a group holds no data, and ``--overwrite`` may replace it."""
+    try:
+        return _creation_interrupted(open_group(path, mode="r"), empty=True)
+    except StorageError:
+        raise
+    except Exception:
+        return False
+
+
+def finish_hint(meta: dict) -> str:
+    """What to do about an unfinished store: embed resumes when rerun; an import does not (imports write their
+    whole input again): rerun it with ``--overwrite``."""
+    if meta.get("written_by") == "import":
+        return "an interrupted import does not resume: rerun the import with --overwrite"
+    return "rerun the command that wrote it to resume"
 
 
 def units(arr, n: int) -> list[tuple[int, int, int]]:

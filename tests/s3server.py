@@ -79,10 +79,11 @@ def s3_server(tmp_dir: str):
             os.environ.pop(k, None)
         os.environ.update(base, AWS_ACCESS_KEY_ID="bootstrap", AWS_SECRET_ACCESS_KEY="bootstrap")
         iam = boto3.session.Session().client("iam", endpoint_url=endpoint, region_name=REGION)
-        iam.create_user(UserName="embedx")
-        iam.put_user_policy(UserName="embedx", PolicyName="all", PolicyDocument=json.dumps(
+        user = f"embedx-{uuid.uuid4().hex[:8]}"  # moto's state is process-wide: a second server must not clash
+        iam.create_user(UserName=user)
+        iam.put_user_policy(UserName=user, PolicyName="all", PolicyDocument=json.dumps(
             {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
-        key = iam.create_access_key(UserName="embedx")["AccessKey"]
+        key = iam.create_access_key(UserName=user)["AccessKey"]
         env = dict(base, AWS_ACCESS_KEY_ID=key["AccessKeyId"], AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"])
         os.environ.update(env)
         _request(endpoint, "/moto-api/reset-auth", "0")  # from now on every request must be signed by a known key

@@ -33,6 +33,7 @@ from embedx import store as st
 from embedx.embedplan import Items, accept_rows, chunk_sums, collate, fold, stored_sums, task_rows
 from embedx.dist.executor import graph_data, worker_path
 from embedx.errors import EmbedxError, StoreError
+from embedx.urlfs import open_group
 
 PROGRESS = "progress"
 RETRIES = 2
@@ -86,14 +87,13 @@ def _encoder(job: EmbedJob):
 
 def embed_task(job: EmbedJob, source, t: int) -> dict:
     """Task ``t``: encode its rows, write its chunks, its result and (last) its done flag. Runs on a worker."""
-    import zarr
     from torch.utils.data import DataLoader
 
     from embedx.encoders import split_preprocess
     from embedx.sources import default_workers
 
     start, stop = job.range(t)
-    g = zarr.open_group(job.out, mode="r+")
+    g = open_group(job.out, mode="r+")
     if g.attrs["embedx"].get("generation") != job.generation:
         raise StoreError(f"{job.out} was replaced while it was being embedded (another store was written there); "
                          f"rerun")
