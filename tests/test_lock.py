@@ -63,3 +63,9 @@ def test_installed_versions_equal_the_lock():
     diff = differences(pins(data.decode()), installed())
     assert not diff, ("installed packages differ from requirements-cpu.lock (rebuild: rm -rf .venv && make test; "
                       "or `make lock` if the change is intended):\n  " + "\n  ".join(diff))
+
+
+if __name__ == "__main__":  # `make test-latest`: what the newest releases differ in from the lock
+    with open(LOCK) as fh:
+        lines = differences(pins(fh.read()), installed())
+    print("\n".join("  " + ln for ln in lines) or "  nothing")
