@@ -297,12 +297,18 @@ def _check_case(tmp_path, n, c, paired, y):
         assert ("undefined" in line) == (res[key] is None), line
 
 
-def test_default_measure_of_a_one_pair_store_reports_every_defined_measure(tmp_path):
+def _one_pair_store(tmp_path) -> str:
+    """A paired store of one image and its caption (random 8-d rows): every silhouette is undefined there."""
     rng = np.random.default_rng(0)
     for name in ("x", "t"):
         np.save(tmp_path / f"{name}.npy", rng.standard_normal((1, 8)).astype(np.float32))
     out = str(tmp_path / "s.zarr")
     import_arrays(out, images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"), paired=True)
+    return out
+
+
+def test_default_measure_of_a_one_pair_store_reports_every_defined_measure(tmp_path):
+    out = _one_pair_store(tmp_path)
     rc, stdout, err = run_bounded("measure", out, "--json", timeout=TIMEOUT)
     assert rc == 0, err
     res = json.loads(stdout)
@@ -311,11 +317,7 @@ def test_default_measure_of_a_one_pair_store_reports_every_defined_measure(tmp_p
 
 
 def test_sampled_silhouette_of_two_points_is_null_too(tmp_path):
-    rng = np.random.default_rng(0)
-    for name in ("x", "t"):
-        np.save(tmp_path / f"{name}.npy", rng.standard_normal((1, 8)).astype(np.float32))
-    out = str(tmp_path / "s.zarr")
-    import_arrays(out, images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"), paired=True)
+    out = _one_pair_store(tmp_path)
     res = M.compute(Store(out), silhouette_mode="sample")
     assert np.isnan(res["silhouette_euclidean"]) and np.isnan(res["silhouette_cosine"])
     assert "silhouette_euclidean" not in res.get("estimates", {})
