@@ -7,15 +7,7 @@ import click
 
 from embedx.cli.common import EXIT_BAD_INPUT, echo, emit_json, exit_damaged
 from embedx.cli.options import json_option, store_argument, verbosity_options
-
-
-def human_bytes(n: int) -> str:
-    """``n`` bytes in B, KiB, MiB, GiB or TiB (powers of 1024), one decimal above bytes."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+from embedx.budget import human_bytes
 
 
 def _rows(d: dict, res: dict | None) -> list[tuple[str, object]]:

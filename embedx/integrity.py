@@ -47,9 +47,8 @@ def refused_rows(rows: np.ndarray, r0: int) -> tuple[int, str, int] | None:
     """(first row, why, how many rows) of a block (store rows ``r0``..) that :func:`embedx.rows.first_bad_row`
     refuses; None when every row is accepted. float16 rows: a finite nonzero row always has an acceptable norm,
     so the bits decide (about 1.5 GB/s a core; the norms of float16 rows converted run at a sixth of that) and
-    only refused rows get a norm, for the reason; float32 rows: float32 norms."""
-    import torch
-
+    only refused rows get a norm, for the reason; float32 rows: float32 norms, computed as import computes them
+    (numpy, no torch: ``info`` and ``verify`` stay light)."""
     x = np.ascontiguousarray(rows)
     if x.dtype == np.float16:
         top = np.bitwise_and(x.view(np.uint16), 0x7FFF).max(axis=1)  # largest magnitude bits of each row
@@ -58,7 +57,8 @@ def refused_rows(rows: np.ndarray, r0: int) -> tuple[int, str, int] | None:
             return None
         i, why = first_bad_row(np.linalg.norm(x[bad].astype(np.float32), axis=1))
         return r0 + int(bad[i]), why, len(bad)
-    norms = torch.linalg.vector_norm(torch.from_numpy(x), dim=1, dtype=torch.float32).numpy()
+    with np.errstate(over="ignore"):  # a float32 overflow is a norm out of range, reported as such
+        norms = np.sqrt((x * x).sum(axis=1, dtype=np.float32))
     bad = first_bad_row(norms)
     if bad is None:
         return None
