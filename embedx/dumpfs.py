@@ -141,7 +141,9 @@ def open_binary(p: str, buffering: int = -1):
         if kind:
             raise _refuse(p, kind)
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb", buffering=buffering)
+        f = os.fdopen(fd, "rb", buffering=buffering)
+        getattr(f, "raw", f).name = lp  # named by its path, as open() names it, not by the descriptor number
+        return f
     except BaseException:
         os.close(fd)
         raise
