@@ -106,7 +106,8 @@ def test_rank_count_kernel_matches_float64(rng, dtype, case):
     hi = K.rank_count_reference(a64, b64, a_thr - 1e-5, b_thr - 1e-5, pos, row_offset, sa, sb, ties)
     for g, low, high in zip(got, lo, hi):
         assert g.shape == low.shape and (low <= g).all() and (g <= high).all()
-    assert (lo[0] == hi[0]).mean() > 0.9 and (lo[1] == hi[1]).mean() > 0.9
+    # the band is narrow: few counts may differ across it (at most one row where there are under 20)
+    assert all((low != high).sum() <= max(1, len(low) // 10) for low, high in zip(lo[:2], hi[:2]))
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))

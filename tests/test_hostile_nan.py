@@ -115,12 +115,13 @@ def tuned_run(tmp_path_factory):
 
 def _poisoned(run, dst, tower: str):
     """A copy of the finished ``run`` whose trainable parameters of ``tower`` (visual: the image tower; text: the
-    rest) are NaN, its config's sha256 updated: a run folder as an embedx without the divergence check wrote it."""
+    rest) are finite but so large (3e38) that the tower's forward pass overflows to NaN/inf, its config's sha256
+    updated. (NaN or inf weights themselves are refused when the run is loaded: tests/test_hostile_reports.py.)"""
     shutil.copytree(run, dst)
     params = load_file(dst / "params.safetensors")
     for k, v in params.items():
         if k.startswith("visual.") == (tower == "visual"):
-            params[k] = torch.full_like(v, float("nan"))
+            params[k] = torch.full_like(v, 3e38)
     save_file(params, dst / "params.safetensors", metadata={"embedx-finetune": "bitfit"})
     cfg = json.loads((dst / "config.json").read_text())
     cfg["params_sha256"] = hashlib.sha256((dst / "params.safetensors").read_bytes()).hexdigest()
