@@ -43,6 +43,18 @@ def run_bounded(*args, timeout=120, mem_gib=4, env=None, cwd=None):
     return p.returncode, p.stdout, p.stderr
 
 
+def lora_run_and_stores(root, train_limit: int, embed_limit: int) -> tuple[str, str, str]:
+    """A real finished run (embedx-tiny, LoRA rank 2, one epoch on ``train_limit`` digits) and the stores of the
+    first ``embed_limit`` digits embedded by the base and by the tuned model: ``(run, base, tuned)`` paths."""
+    run, base, tuned = (os.path.join(str(root), n) for n in ("run", "base.zarr", "tuned.zarr"))
+    r = invoke("finetune", "-m", "embedx-tiny", "--method", "lora", "--rank", "2", "--epochs", "1", "--data", "digits",
+               "--limit", train_limit, "--batch-size", "32", "--optimizer", "adam", "--lr", "1e-2", "--out", run)
+    assert r.exit_code == 0, r.stderr
+    assert invoke("embed", "-m", "embedx-tiny", "--data", "digits", "--limit", embed_limit, "--out", base).exit_code == 0
+    assert invoke("embed", "--checkpoint", run, "--data", "digits", "--limit", embed_limit, "--out", tuned).exit_code == 0
+    return run, base, tuned
+
+
 def invoke(*args):
     """In-process CLI call (fast): the click result."""
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)

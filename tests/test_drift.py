@@ -14,7 +14,7 @@ from embedx.errors import EmbedxError
 from embedx.importer import import_arrays
 from embedx.measures import compute
 from embedx.store import Store
-from tests.conftest import assert_one_line_error, invoke, run_embedx
+from tests.conftest import assert_one_line_error, invoke, lora_run_and_stores, run_embedx
 
 
 # -- stores ---------------------------------------------------------------------------------------------------
@@ -354,13 +354,7 @@ def test_outputs_are_checked_before_any_work(tmp_path, rng):
 def test_headline_names_the_finetune_run(tmp_path):
     """A real run: finetune (1 epoch), embed base and tuned; the headline and provenance name the run as its
     config.json records it, and the text side moved."""
-    run = str(tmp_path / "run")
-    r = invoke("finetune", "-m", "embedx-tiny", "--method", "lora", "--rank", "2", "--epochs", "1", "--data", "digits",
-               "--limit", "96", "--batch-size", "32", "--optimizer", "adam", "--lr", "1e-2", "--out", run)
-    assert r.exit_code == 0, r.stderr
-    base, tuned = str(tmp_path / "base.zarr"), str(tmp_path / "tuned.zarr")
-    assert invoke("embed", "-m", "embedx-tiny", "--data", "digits", "--limit", 48, "--out", base).exit_code == 0
-    assert invoke("embed", "--checkpoint", run, "--data", "digits", "--limit", 48, "--out", tuned).exit_code == 0
+    run, base, tuned = lora_run_and_stores(tmp_path, train_limit=96, embed_limit=48)
     s = D.compare(base, tuned).summary
     cfg = json.loads(open(os.path.join(run, "config.json")).read())
     h = s["headline"]

@@ -19,7 +19,7 @@ from embedx.models import read_run
 from embedx.predict import predict
 from embedx.predict.history import append_row
 from embedx.predict.history import read as read_history
-from tests.conftest import assert_one_line_error, invoke, run_bounded
+from tests.conftest import assert_one_line_error, lora_run_and_stores, run_bounded
 from tests.test_drift import _dom, chromium  # noqa: F401  (chromium: the session fixture)
 
 SCRIPT = '<script>document.title="pwned";document.documentElement.setAttribute("data-pwned","script")</script>'
@@ -48,14 +48,7 @@ def _stores(tmp_path, rng, names, n=60, d=8, tag="s"):
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     """A real finished run (embedx-tiny, LoRA, 1 epoch) and the base / tuned stores of 24 digits."""
-    root = tmp_path_factory.mktemp("tuned")
-    run = str(root / "run")
-    r = invoke("finetune", "-m", "embedx-tiny", "--method", "lora", "--rank", "2", "--epochs", "1", "--data", "digits",
-               "--limit", "64", "--batch-size", "32", "--optimizer", "adam", "--lr", "1e-2", "--out", run)
-    assert r.exit_code == 0, r.stderr
-    base, after = str(root / "base.zarr"), str(root / "tuned.zarr")
-    assert invoke("embed", "-m", "embedx-tiny", "--data", "digits", "--limit", 24, "--out", base).exit_code == 0
-    assert invoke("embed", "--checkpoint", run, "--data", "digits", "--limit", 24, "--out", after).exit_code == 0
+    run, base, after = lora_run_and_stores(tmp_path_factory.mktemp("tuned"), train_limit=64, embed_limit=24)
     return {"run": run, "base": base, "after": after}
 
 
