@@ -71,7 +71,7 @@ def cluster(n_workers: int, malloc: str = "embedx"):
 
     from distributed import Client
 
-    from embedx.dist.cluster import local_cluster
+    from embedx.engine.cluster import local_cluster
 
     os.environ["EMBEDX_DASK_MALLOC"] = malloc
     stack = contextlib.ExitStack()
@@ -160,7 +160,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     os.makedirs(WORK, exist_ok=True)
     logging.getLogger("distributed").setLevel(logging.ERROR)
-    from embedx.dist.executor import TASK_BYTES, DaskExecutor
+    from embedx.engine.dask import TASK_BYTES, DaskExecutor
     from embedx.engine.executor import ThreadedExecutor
     from embedx.store import Store
 

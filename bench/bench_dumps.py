@@ -30,7 +30,7 @@ durable (`os.sync()` before the store is placed). The durable copy of the same b
 that makes its store durable) ran at {copy_vs_raw:.2f} of the raw rate in this run and the import at {floor_ratio:.2f}
 of the copy's rate. Both end on the VM disk's writeback, which varied about 3x over this session (the copy took
 1.9 to 6.6 s), so that ratio is noisy; the warm raw read writes nothing.
-The import's path (`embedx/chunkwrite.py`): each 4 MiB chunk is read once with `preadv` into a per-thread buffer
+The import's path (`embedx/store/sink.py`): each 4 MiB chunk is read once with `preadv` into a per-thread buffer
 that is checked (float32 norms), summed, checksummed (crc32c + NH2, handed to finalize, which no longer reads the
 store back) and written to its chunk file, on a thread pool; ids, labels and captions are encoded by numpy from
 arrow's buffers into zarr's own chunk bytes. CPU per 1M pairs, summed over threads: reads 0.7 s, writes 1.3 s,
@@ -119,10 +119,10 @@ def child_import() -> dict:
     import importlib
 
     t = time.perf_counter()
-    for mod in ("google_crc32c", "pyarrow.parquet", "torch", "zarr", "embedx.chunkwrite"):
+    for mod in ("google_crc32c", "pyarrow.parquet", "torch", "zarr", "embedx.store.sink"):
         importlib.import_module(mod)
-    from embedx.checksums import crc32c_of, unit_hash
-    from embedx.dumps import import_dump
+    from embedx.store.checksums import crc32c_of, unit_hash
+    from embedx.formats.dumps import import_dump
 
     unit_hash(np.zeros((4, 4), np.float16)), crc32c_of(np.zeros(4, np.uint8))  # numba's cached kernel loaded
     startup = time.perf_counter() - t

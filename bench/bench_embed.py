@@ -17,9 +17,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import save  # noqa: E402
 
-from embedx.embed import default_workers, embed_to_store  # noqa: E402
-from embedx.encoders import load_encoder  # noqa: E402
-from embedx.sources import digits_source  # noqa: E402
+from embedx.embedding.serial import default_workers, embed_to_store  # noqa: E402
+from embedx.models.encoder import load_encoder  # noqa: E402
+from embedx.sources.catalog import digits_source  # noqa: E402
 
 REPEATS = 3
 

@@ -37,7 +37,7 @@ CASES = {  # name: (store, what, names); what: "measure" or "transfer"
 
 CHILD = r"""
 import json, sys, time
-import embedx.encoders  # the torchvision shim, as the CLI applies it
+import embedx.models.encoder  # the torchvision shim, as the CLI applies it
 from embedx.store import Store
 path, what, names = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 s = Store(path)
@@ -47,7 +47,7 @@ if what == "measure":
     t = time.perf_counter(); r = compute(Store(path), names); dt = time.perf_counter() - t
     values = {k: r[k] for k in names}
 else:
-    from embedx.transfer import compute
+    from embedx.transferability import compute
     compute(s, names)
     t = time.perf_counter(); r = compute(Store(path), names); dt = time.perf_counter() - t
     values = {k: r[k] for k in names}

@@ -23,11 +23,11 @@ WORK = os.path.join(HERE, "_work", "finetune_defaults")
 
 
 def main(argv=None) -> dict:
-    import embedx.encoders  # noqa: F401  (torchvision shim first)
+    import embedx.models.encoder  # noqa: F401  (torchvision shim first)
     from embedx.api import measure
-    from embedx.embed import embed_to_store
+    from embedx.embedding.serial import embed_to_store
     from embedx.finetune.train import finetune, flat
-    from embedx.tuning import METHODS, recipe
+    from embedx.models.methods import METHODS, recipe
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=2)

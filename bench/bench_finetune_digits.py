@@ -45,9 +45,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--methods", default=",".join(LR))
     a = ap.parse_args(argv)
 
-    import embedx.encoders  # noqa: F401  (torchvision shim first)
-    from embedx.drift import compare
-    from embedx.embed import embed_to_store
+    import embedx.models.encoder  # noqa: F401  (torchvision shim first)
+    from embedx.drift_analysis import compare
+    from embedx.embedding.serial import embed_to_store
     from embedx.finetune.train import finetune
 
     shutil.rmtree(WORK, ignore_errors=True)

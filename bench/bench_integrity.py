@@ -111,7 +111,7 @@ def main(argv=None) -> dict:
     from bench_measures import ONE_PASS, ZEROSHOT, make_class_store, make_paired_store
     from bench_store_read import build
 
-    from embedx import integrity
+    from embedx.store import integrity
     from embedx.measures import compute
     from embedx.store import Store, read_meta
     import zarr

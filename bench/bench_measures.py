@@ -43,7 +43,7 @@ def class_data(n, c, d, seed=0):
 
 
 def make_class_store(path, n, c, d, dtype="float32"):
-    from embedx.importer import import_arrays
+    from embedx.formats.arrays import import_arrays
 
     if os.path.exists(path):
         return path

@@ -54,7 +54,7 @@ def _with(impl, fn):
 
 
 def _store(path, x, t, y):
-    from embedx.importer import import_arrays
+    from embedx.formats.arrays import import_arrays
 
     d = os.path.dirname(path)
     for k, arr in (("x", x), ("t", t), ("y", y)):

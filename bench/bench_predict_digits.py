@@ -64,10 +64,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
 
-    import embedx.encoders  # noqa: F401  (torchvision shim first)
-    from embedx.drift import compare
+    import embedx.models.encoder  # noqa: F401  (torchvision shim first)
+    from embedx.drift_analysis import compare
     from embedx.predict import experiment as hist
-    from embedx.embed import embed_to_store
+    from embedx.embedding.serial import embed_to_store
     from embedx.finetune.train import finetune
     from embedx.predict import predict
     from embedx.predict.history import append_row

@@ -67,7 +67,7 @@ def build(root: str, n: int, per_shard: int) -> dict:
 
 
 def measure(spec: str, classes: str | None) -> dict:
-    from embedx.sources import parse_source
+    from embedx.sources.catalog import parse_source
 
     t = time.perf_counter()
     src = parse_source(spec, classes=classes)

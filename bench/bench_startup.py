@@ -30,7 +30,7 @@ MODEL_STACK = ("open_clip", "timm", "peft")
 NO_MODELS = (*MODEL_STACK, "faiss", "matplotlib")
 ALLOWED = {"--help": NO_MODELS + ("torch",), "info": NO_MODELS + ("torch",), "verify": NO_MODELS + ("torch",),
            "import": NO_MODELS + ("torch",), "measure": MODEL_STACK, "transfer": MODEL_STACK}  # forbidden imports
-TORCH_NOTE = ("\nWhy torch still loads: every store open checks content checksums through `embedx.integrity`, which "
+TORCH_NOTE = ("\nWhy torch still loads: every store open checks content checksums through `embedx.store.integrity`, which "
               "imports `embedx.kernels.ops.content_hash` (numba only); importing it runs `kernels/__init__.py`, which "
               "imports torch and every op. A lazy `kernels/__init__.py` (tried locally, not in this code) left "
               "`info` with numba, scipy and zarr only.")

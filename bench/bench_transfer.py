@@ -3,7 +3,7 @@ in its own process, so peak RSS is its own VmHWM). CPU machine. Target from the 
 
   a float16 store of N = 100,000, d = 512, C = 100: every score (hscore, gbc, gbc_diagonal, transrate, logme, sfda,
   leep, nce) streamed from the store, all together in under 60 s on the 2-core CPU machine; each value equal to
-  the float64 reference (embedx.transfer.reference, every row in memory) on the same stored values.
+  the float64 reference (embedx.transferability.reference, every row in memory) on the same stored values.
 
 Synthetic clustered data (not real embeddings): Gaussian class centres (std 0.006 per dimension) plus a shared
 offset, isotropic noise of norm about 1 around them, class prompts near the centres minus the offset (a modality
@@ -31,7 +31,7 @@ child = child_runner(__file__)
 
 
 def make_store(path: str, n: int, d: int, c: int, seed: int = 0) -> str:
-    from embedx.importer import import_arrays
+    from embedx.formats.arrays import import_arrays
 
     if os.path.exists(path):
         return path
@@ -57,7 +57,7 @@ def run_child(name, args):
 
     s = Store(args[0])
     if name == "stream":
-        from embedx import transfer as T
+        from embedx import transferability as T
 
         runs = []
         for _ in range(int(args[1])):
@@ -74,7 +74,7 @@ def run_child(name, args):
         return {**best, "all_runs_s": [z["seconds"] for z in runs], "alone_s": alone, "peak_rss_mb": peak,
                 "block_rows": T.moments.block_rows(s), "chunk_rows": s.chunk_rows}
     if name == "reference":
-        from embedx.transfer import reference as R
+        from embedx.transferability import reference as R
 
         t = time.perf_counter()
         x, y, tx = s.images().astype(np.float64), s.labels(), s.texts().astype(np.float64)
@@ -121,7 +121,7 @@ def main(argv=None):
           f"Gaussian class centres, a shared offset, prompts near the centres; zero-shot top-1 accuracy "
           f"{r['zeroshot_top1']:.0%}). "
           f"Streamed from the store in blocks of {e['block_rows']} rows (chunks of {e['chunk_rows']}), float64 "
-          f"compute, against the in-memory float64 references of `embedx.transfer.reference` (every row in "
+          f"compute, against the in-memory float64 references of `embedx.transferability.reference` (every row in "
           f"memory, the authors' algorithms) on the same stored values.\n\n"
           "| score | value | streamed, all together: own s | streamed alone: s | reference: s | rel. diff |\n"
           "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"

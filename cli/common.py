@@ -75,7 +75,7 @@ def emit_json(obj, out: str | None, as_json: bool) -> None:
     """Write ``obj`` as strict JSON to ``out`` (atomically) when given, and print it with ``as_json``."""
     text = dumps(obj)
     if out:
-        from embedx.atomic import atomic_write_bytes
+        from embedx.store.atomic import atomic_write_bytes
 
         atomic_write_bytes(out, (text + "\n").encode("utf-8"))
     if as_json:

@@ -117,8 +117,8 @@ def drift(ctx, before, after, others, report, as_json, out, metrics, silhouette_
       embedx drift pets-base.zarr pets-tuned.zarr --others cars=cars-base.zarr:cars-tuned.zarr --report drift.html
       embedx drift pets-test.zarr pets-lora-test.zarr --others cars=... --history runs.csv --history-store pets-train.zarr
     """
-    from embedx.dist.cluster import connect
-    from embedx.drift import compare, report as rep
+    from embedx.engine.cluster import connect
+    from embedx.drift_analysis import compare, report as rep
     from embedx.outputs import check_output_file
 
     # every output path is checked before any work (a finished comparison must not fail on a missing folder)

@@ -60,7 +60,7 @@ def embed(ctx, model, pretrained, checkpoint, data, classes, image_col, caption_
     batch; the finished store equals an uninterrupted run. A resume with another model, checkpoint, seed,
     dataset or prompts is refused. With --cluster, rerunning skips the tasks already done.
     """
-    from embedx.embed import embed_to_store
+    from embedx.embedding.serial import embed_to_store
     from embedx.outputs import check_output_dir
 
     check_output_dir(out, "store", param="out")  # fail before loading the model, not after it

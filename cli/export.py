@@ -27,7 +27,7 @@ def export(store, fmt, out, partition_rows, overwrite):
       embedx export coco.zarr --format clip-retrieval --out coco_emb/
       embedx export coco.zarr --format parquet --out coco_pq/
     """
-    from embedx.export import export_store
+    from embedx.formats.export import export_store
     from embedx.outputs import check_output_dir
 
     check_output_dir(out, "output folder", param="out")  # fail before reading the store

@@ -9,7 +9,7 @@ import click
 from embedx.cli.common import echo, progress_enabled
 from embedx.cli.options import device_option, json_option, seed_option, verbosity_options
 
-# embedx.tuning.METHODS, not imported (keeps --help fast); tests hold these names and the --help table of
+# embedx.models.methods.METHODS, not imported (keeps --help fast); tests hold these names and the --help table of
 # defaults equal to the registry
 METHOD_NAMES = ("full", "bitfit", "attention", "lora", "adapter")
 

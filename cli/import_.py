@@ -59,7 +59,7 @@ def import_(src, kind, features, id_column, caption_column, images, texts, label
                                 ("--paired-array", paired_array), ("--names", names)) if v]
         if given:
             raise click.UsageError(f"--from reads the dump's own files; drop {', '.join(given)}")
-        from embedx.dumps import import_dump
+        from embedx.formats.dumps import import_dump
 
         m = import_dump(out, kind, src, features=features, id_column=id_column, caption_column=caption_column,
                         dtype=dtype, model=model, dataset=dataset, overwrite=overwrite, codec=codec,
@@ -72,7 +72,7 @@ def import_(src, kind, features, id_column, caption_column, images, texts, label
         return
     if features or id_column or caption_column:
         raise click.UsageError("--features, --id-column and --caption-column go with --from")
-    from embedx.importer import import_arrays
+    from embedx.formats.arrays import import_arrays
 
     m = import_arrays(out, images=images, texts=texts, labels=labels, paired=paired, names=names,
                       paired_array=paired_array, dtype=dtype or "float16", overwrite=overwrite, codec=codec,

@@ -52,7 +52,7 @@ def info(store, as_json, quick):
     accept (finite, nonzero; --quick skips both): damage and such rows are listed and exit 2, as `embedx verify`
     (which also checks the files' crc32c).
     """
-    from embedx.integrity import verify as check
+    from embedx.store.integrity import verify as check
     from embedx.store import Store
 
     d = Store(store, allow_partial=True).info()

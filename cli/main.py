@@ -79,8 +79,8 @@ def error_line(e: EmbedxError, command: click.Command | None) -> str:
 
 def storage_failed(e: Exception) -> None:
     """One line and exit 2 for a fault of the storage behind a URL that reached the command unnamed (no
-    credentials, an endpoint unreachable or silent: ``embedx.urlfs.storage_fault``); nothing otherwise."""
-    from embedx.urlfs import storage_fault
+    credentials, an endpoint unreachable or silent: ``embedx.fs.url.storage_fault``); nothing otherwise."""
+    from embedx.fs.url import storage_fault
 
     fault = storage_fault(e)
     if fault is not None:
@@ -132,7 +132,7 @@ class EmbedxGroup(click.Group):
         except BrokenPipeError:
             closed_pipe()
         except KeyboardInterrupt:
-            if ctx.invoked_subcommand == "import":  # imports do not resume (embedx.storelayout.finish_hint)
+            if ctx.invoked_subcommand == "import":  # imports do not resume (embedx.store.layout.finish_hint)
                 echo("interrupted: the import did not finish and does not resume: rerun it (with --overwrite "
                      "when --out is a URL, where it was written in place)", err=True)
             else:

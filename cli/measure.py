@@ -77,8 +77,8 @@ silhouette projected past a minute says so (then --silhouette sample estimates i
 @click.pass_context
 def measure(ctx, store, metrics, silhouette_mode, sample_size, seed, silhouette_labels, knn, per_class, device,
             cluster, as_json, out, fmt):
-    from embedx import clip_benchmark
-    from embedx.dist.cluster import connect
+    from embedx.formats import clip_benchmark
+    from embedx.engine.cluster import connect
     from embedx.errors import EmbedxError
     from embedx.measures import NOT_MEASURES, compute
     from embedx.outputs import check_output_file

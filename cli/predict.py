@@ -129,7 +129,7 @@ def predict(history_path, targets, measures, where, silhouette_mode, sample_size
     check_output_file(out, "JSON file", param="out")  # fail before the work, not after it
     check_output_file(plot_path, "plot", param="plot_path")
     names = [m.strip() for m in measures.split(",") if m.strip()] if measures else None
-    from embedx.dist.cluster import connect
+    from embedx.engine.cluster import connect
 
     with connect(cluster) as executor:
         res = run(history_path, targets, measures=names, where=list(where), silhouette_mode=silhouette_mode,

@@ -40,12 +40,12 @@ HIGHER = "higher = the features separate the classes more: expected to transfer 
 @verbosity_options
 @click.pass_context
 def transfer(ctx, store, scores, logit_scale, cluster, as_json, out):
-    from embedx.dist.cluster import connect
+    from embedx.engine.cluster import connect
     from embedx.outputs import check_output_file
     from embedx.provenance import provenance
     from embedx.store import Store
-    from embedx.transfer import compute
-    from embedx.transfer.engine import logit_scale_of
+    from embedx.transferability import compute
+    from embedx.transferability.engine import logit_scale_of
 
     check_output_file(out, "JSON file", param="out")  # fail before the work, not after it
     st = Store(store)

@@ -18,7 +18,7 @@ def verify(store, as_json):
 
     Prints each damaged array/chunk and exits 2 when anything is wrong; exit 0 and "ok" otherwise.
     """
-    from embedx.integrity import verify as check
+    from embedx.store.integrity import verify as check
 
     res = check(store)
     if as_json:

@@ -3,11 +3,13 @@ importing a package (or one of its light modules, such as a registry of scores) 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 
 def exports(package: str, names: dict[str, str]):
     """A module ``__getattr__`` for ``package`` that resolves each of ``names`` (name -> module) on first use: the
-    module's attribute ``name``, or the module itself when its last part is ``name`` (a lazily loaded module)."""
+    module's attribute ``name``, or the module itself when its last part is ``name`` (a lazily loaded module). Any
+    other submodule of ``package`` is imported when first named (``embedx.store.layout`` after ``import embedx``)."""
 
     def __getattr__(name: str):
         if name in names:
@@ -15,6 +17,8 @@ def exports(package: str, names: dict[str, str]):
             value = module if names[name].rpartition(".")[2] == name else getattr(module, name)
             setattr(importlib.import_module(package), name, value)
             return value
+        if importlib.util.find_spec(f"{package}.{name}") is not None:  # a submodule not imported yet
+            return importlib.import_module(f"{package}.{name}")
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__

@@ -1,8 +1,8 @@
-"""embedx's Python API: ``embedx.open``, ``measure`` and ``import_arrays`` here; ``embedx.transfer``,
-``embedx.drift`` and ``embedx.embed`` are callable modules whose call is ``embedx.transfer.api.transfer``,
-``embedx.drift.api.drift`` and ``embedx.embed.embed`` (all re-exported by ``embedx``). Each validates its inputs once and runs the library; errors are
-``embedx.EmbedxError`` naming the Python parameter at fault (``err.param``). Heavy imports (torch, open_clip)
-happen inside the functions, so ``import embedx`` stays light.
+"""embedx's Python API, re-exported by ``embedx``: ``open``, ``measure`` and ``import_arrays`` here; ``transfer``
+(``embedx.transferability.api``), ``drift`` (``embedx.drift_analysis.api``) and ``embed``
+(``embedx.embedding.serial``) beside their workflows. Each is a plain function: it validates its inputs once and
+runs the library; errors are ``embedx.EmbedxError`` naming the Python parameter at fault (``err.param``). Heavy
+imports (torch, open_clip) happen inside the functions, so ``import embedx`` stays light.
 
 A *source* is a store path, an open store (``embedx.open``), ``embedx.ArrayRows(images, texts, labels)`` or a
 tuple ``(images, texts[, labels])`` of numpy arrays or torch tensors.
@@ -30,7 +30,7 @@ def measure(source, metrics=None, *, device: str = "auto", silhouette: str = "ex
     ``cluster``: "local[:N]" or "tcp://HOST:PORT", or ``client``: a ``distributed.Client`` (embedx[dist]): the
     passes run as Dask tasks, equal to the in-process result to 1e-9. Same numbers as ``embedx measure`` on a
     store of the same rows."""
-    from embedx.dist.cluster import connect
+    from embedx.engine.cluster import connect
     from embedx.measures import compute
 
     with connect(cluster, client) as dask_executor:
@@ -46,7 +46,7 @@ def import_arrays(out, images, texts, labels=None, *, paired: bool | None = None
     metadata. ``labels``: class index per image (class store; ``texts`` the class prompts); without labels
     (or ``paired=True``) text i pairs with image i. Every row is checked first (NaN/inf, zero rows, a
     dimension mismatch, labels out of range, float16 overflow): nothing is written on bad input."""
-    from embedx.importer import import_arrays as run
+    from embedx.formats.arrays import import_arrays as run
 
     if paired is None:
         paired = labels is None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from embedx.data import MODALITY_GAP_DIR
-from embedx.importer import import_arrays
+from embedx.formats.arrays import import_arrays
 from embedx.measures import compute
 from embedx.store import Store
 

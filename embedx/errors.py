@@ -21,4 +21,4 @@ class StoreError(EmbedxError):
 
 class StorageError(StoreError):
     """The storage behind a URL failed: no credentials, an endpoint that cannot be reached, does not answer in time
-    or dropped the connection (``embedx.urlfs``)."""
+    or dropped the connection (``embedx.fs.url``)."""

@@ -26,7 +26,7 @@ def store_provenance(store) -> dict:
     out.update({k: meta.get(k) for k in STORE_FIELDS})
     ck = meta.get("checkpoint") or None
     out["checkpoint"] = ({k: ck.get(k) for k in ("path", "method", "options", "sha256")}
-                         if isinstance(ck, dict) else ck)  # the finetune run (embedx.models.ModelSpec.checkpoint)
+                         if isinstance(ck, dict) else ck)  # the finetune run (embedx.models.factory.ModelSpec.checkpoint)
     src = meta.get("source")
     if isinstance(src, dict) and src.get("format"):
         out["source_format"] = src.get("format")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import embedx.encoders  # noqa: F401  (applies the torchvision shim before anything imports torchvision)
+import embedx.models.encoder  # noqa: F401  (applies the torchvision shim before anything imports torchvision)
 from embedx.cli.main import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,7 +131,7 @@ def dask_client():
     workers import embedx from this checkout. Torn down at the end of the session."""
     from distributed import Client
 
-    from embedx.dist.cluster import local_cluster
+    from embedx.engine.cluster import local_cluster
 
     with local_cluster(2) as cluster, Client(cluster) as client:
         yield client
@@ -151,6 +151,6 @@ def small_tasks(monkeypatch):
 @pytest.fixture
 def dask_executor(dask_client, small_tasks):
     """A DaskExecutor on the session's 2-worker cluster with 64 KiB tasks (many tasks per test store)."""
-    from embedx.dist.executor import DaskExecutor
+    from embedx.engine.dask import DaskExecutor
 
     return DaskExecutor(dask_client, task_bytes=64 << 10)

@@ -119,7 +119,7 @@ def test_planner_reads_the_fewest_passes(rng, scores, passes):
 
 def test_plan_groups_needs_by_depth():
     specs = [registry.get("transfer", s) for s in ("sfda", "leep", "transrate")]
-    from embedx.transfer.engine import NEEDS
+    from embedx.transferability.engine import NEEDS
 
     steps = P.plan(specs, NEEDS)
     passes = [sorted(n.name for n in s.needs) for s in steps if s.kind == "pass"]
@@ -181,7 +181,8 @@ def test_bad_rows_name_the_row(rng):
 
 
 def test_registry_covers_every_score_and_drives_the_lists():
-    from embedx import measures, transfer
+    from embedx import measures
+    from embedx import transferability as transfer
 
     assert registry.names("measure", {"labels", "texts"}, defaults_only=True) == measures.BASE
     assert set(measures.RETRIEVAL) == {f"{s}_recall@{k}" for s in ("i2t", "t2i") for k in (1, 5, 10)}

@@ -94,7 +94,7 @@ from tests.conftest import assert_one_line_error, embedx_cmd, run_embedx  # noqa
 @pytest.fixture
 def class_store(tmp_path):
     """A class store of known arrays: (path, x, t, y)."""
-    from embedx.importer import import_arrays
+    from embedx.formats.arrays import import_arrays
 
     r = np.random.default_rng(15)
     x = r.standard_normal((150, 12)).astype(np.float32)
@@ -209,7 +209,7 @@ def test_measure_format_clip_benchmark_classification(tmp_path, class_store):
 
 
 def test_measure_format_clip_benchmark_retrieval(tmp_path):
-    from embedx.importer import import_arrays
+    from embedx.formats.arrays import import_arrays
 
     r_ = np.random.default_rng(7)
     x = r_.standard_normal((80, 10)).astype(np.float32)

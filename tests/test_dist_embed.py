@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import zarr
 
-from embedx.dist.cluster import environ_kept
-from embedx.embed import embed_to_store
+from embedx.engine.cluster import environ_kept
+from embedx.embedding.serial import embed_to_store
 from embedx.store import Store, read_meta
 from tests.conftest import assert_one_line_error, embedx_cmd, invoke
 from tests.test_embed import _image_folder
@@ -162,7 +162,7 @@ def test_bad_cluster_is_one_line(tmp_path):
 
 
 def test_task_plan_is_whole_chunks_on_batch_boundaries():
-    from embedx.embedplan import fold, task_rows
+    from embedx.embedding.plan import fold, task_rows
 
     assert task_rows(32, 16, 64, 2048) == 32
     assert task_rows(32, 16, 64, 1) == 32

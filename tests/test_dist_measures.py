@@ -70,8 +70,8 @@ def test_a_worker_killed_mid_measure_gives_the_same_answer(tmp_path, rng, small_
 
     from distributed import Client
 
-    from embedx.dist.cluster import local_cluster
-    from embedx.dist.executor import DaskExecutor
+    from embedx.engine.cluster import local_cluster
+    from embedx.engine.dask import DaskExecutor
 
     store = embedx.open(_class_store(tmp_path / "big.zarr", rng, n=60000, d=32, c=8))
     names = ["acs", "iimm", "gap", "zeroshot_top1"]

@@ -7,8 +7,8 @@ import pytest
 
 import embedx
 from embedx.errors import EmbedxError
-from embedx.transfer import moments
-from embedx.transfer import transrate as TR
+from embedx.transferability import moments
+from embedx.transferability import transrate as TR
 from tests.conftest import invoke
 
 SCORES = list(embedx.registry.names("transfer"))
@@ -123,7 +123,7 @@ def _same(local, dist, where="summary"):
 def test_drift_on_cluster(tmp_path, rng, dask_executor, small_blocks):
     """Every key of the drift summary (measures before/after/delta, displacement, CKA, kNN overlap, per class,
     forgetting) and the displacements themselves equal in-process."""
-    from embedx.drift import compare
+    from embedx.drift_analysis import compare
 
     x, y, t = _arrays(rng, n=1500)
     moved = x + 0.5 * rng.standard_normal(x.shape).astype(np.float32)
@@ -155,7 +155,7 @@ def test_cli_transfer_cluster(tmp_path, rng):
 
 def test_drift_pass_paired_on_cluster(tmp_path, rng, dask_executor, small_blocks):
     """Paired stores (no classes): displacements, CKA and kNN overlap of the drift pass equal in-process."""
-    from embedx.drift import stats
+    from embedx.drift_analysis import drift_pass as stats
 
     x = rng.standard_normal((1200, 16)).astype(np.float32)
     t = x + rng.standard_normal(x.shape).astype(np.float32)

@@ -8,10 +8,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from embedx import drift as D
-from embedx.drift import report
+from embedx import drift_analysis as D
+from embedx.drift_analysis import report
 from embedx.errors import EmbedxError
-from embedx.importer import import_arrays
+from embedx.formats.arrays import import_arrays
 from embedx.measures import compute
 from embedx.store import Store
 from tests.conftest import assert_one_line_error, invoke, lora_run_and_stores, run_embedx
@@ -112,7 +112,7 @@ def test_every_number_matches_brute_force(tmp_path, rng, n, c, d, dtype, paired,
     np.testing.assert_allclose(res.displacement, np.linalg.norm(_unit(y) - _unit(x), axis=1), atol=1e-6)
     assert s["cka_linear"] == pytest.approx(bf_cka(x, y), abs=1e-6)
     assert 0.05 < s["cka_linear"] < 0.999
-    rows = D.stats.sample_rows(n, knn_sample, seed)  # the query rows compare() drew
+    rows = D.drift_pass.sample_rows(n, knn_sample, seed)  # the query rows compare() drew
     assert s["knn_sample_size"] == len(rows) and s["knn_k"] == 10
     ov, ties = bf_overlap(x, y, rows, 10)
     assert abs(s["knn_overlap"] - ov) <= ties / len(rows) + 1e-12, (s["knn_overlap"], ov, ties)
@@ -177,7 +177,7 @@ def test_cka_sums_merge_whatever_the_blocking(rng):
     x, y = rng.standard_normal((200, 9)), rng.standard_normal((200, 9))
     vals = []
     for cuts in ([0, 200], [0, 1, 77, 200], list(range(0, 201, 13)) + [200]):
-        sums = D.stats.CkaSums()
+        sums = D.drift_pass.CkaSums()
         for lo, hi in zip(cuts[:-1], cuts[1:]):
             if hi > lo:
                 sums.add(torch.from_numpy(x[lo:hi]), torch.from_numpy(y[lo:hi]))
@@ -229,7 +229,7 @@ def bf_text_drift(s, t):
 @pytest.mark.parametrize("c,d,dtype,paired,block", [(7, 24, "float32", False, None), (30, 16, "float16", False, 4),
                                                       (None, 12, "float32", True, 37)])
 def test_text_drift_matches_brute_force(tmp_path, rng, c, d, dtype, paired, block):
-    from embedx.drift.textside import text_drift
+    from embedx.drift_analysis.textside import text_drift
 
     a, b = _pair(tmp_path, rng, 300, c, d, dtype, paired)
     res = D.compare(a.path, b.path, knn_sample=50)
@@ -409,7 +409,7 @@ def test_history_rows_feed_predict(tmp_path, rng):
     the zero-shot store; three experiments make a history `embedx predict` fits."""
     import csv
 
-    from embedx import transfer
+    from embedx import transferability as transfer
     from embedx.predict import DEFAULT_STORE_PREDICTORS
 
     hist = tmp_path / "h.csv"

@@ -11,11 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedx import dumps
-from embedx.dumps import import_dump
+from embedx.formats import dumps
+from embedx.formats.dumps import import_dump
 from embedx.errors import EmbedxError
-from embedx.integrity import verify
-from embedx.export import export_store
+from embedx.store.integrity import verify
+from embedx.formats.export import export_store
 from embedx.store import Store
 from tests.conftest import assert_one_line_error, invoke, run_embedx
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from embedx.embed import embed_to_store, resolve_templates
-from embedx.encoders import load_encoder
+from embedx.embedding.serial import embed_to_store, resolve_templates
+from embedx.models.encoder import load_encoder
 from embedx.errors import EmbedxError
-from embedx.sources import digits_source, parse_source
+from embedx.sources.catalog import digits_source, parse_source
 from embedx.store import Store
 from tests.conftest import assert_one_line_error, invoke, run_embedx
 
@@ -111,7 +111,7 @@ def test_synthetic_source_is_seeded_and_sized():
 
 def test_device_normalization_gives_the_same_pixels_and_store(tmp_path, rng):
     """uint8 from the loaders, x/255 and (x - mean)/std on the device: bit for bit the full transform."""
-    from embedx.encoders import normalize_pixels, split_preprocess
+    from embedx.models.encoder import normalize_pixels, split_preprocess
 
     for model in ("embedx-tiny", "ViT-B-32"):
         enc = load_encoder(model, "none", device="cpu")
@@ -324,7 +324,7 @@ def test_info_json_of_an_embedded_store(tmp_path):
 
 def test_store_records_the_models_logit_scale_for_the_zero_shot_scores(tmp_path):
     """embed records exp(logit_scale) of the model; LEEP/NCE use it unless a scale is given."""
-    from embedx import transfer
+    from embedx import transferability as transfer
 
     out = str(tmp_path / "s.zarr")
     embed_to_store(out, "digits:test:classes=0-4", "embedx-tiny", seed=0, batch_size=64, progress=False)

@@ -69,7 +69,7 @@ def test_store_contents_are_the_models_embeddings(uninterrupted):
     import open_clip
     import torch
 
-    from embedx.sources import digits_source
+    from embedx.sources.catalog import digits_source
 
     torch.manual_seed(3)
     model, _, pre = open_clip.create_model_and_transforms("ViT-S-32-alt", pretrained=None)

@@ -14,14 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
-from embedx.embed import plan_meta, resolve_templates
-from embedx.encoders import load_encoder
+from embedx.embedding.serial import plan_meta, resolve_templates
+from embedx.models.encoder import load_encoder
 from embedx.finetune import build, finetune, load_tuned, methods
 from embedx.errors import EmbedxError
 from embedx.finetune.train import _Images, class_source, evaluate, flat
-from embedx.lora import split_attention
+from embedx.models.lora import split_attention
 from embedx.store import Store, StoreWriter
-from embedx.tunedclip import ADAPTER_RATIO
+from embedx.models.tuned import ADAPTER_RATIO
 from tests.conftest import assert_one_line_error, embedx_cmd, invoke, run_embedx
 
 METHODS = ["full", "bitfit", "attention", "lora", "adapter"]

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from embedx import kernels as K
-from embedx.importer import import_arrays
+from embedx.formats.arrays import import_arrays
 from embedx.measures import compute, retrieval, silhouette
 from embedx.store import Store
 from tests.conftest import run_embedx

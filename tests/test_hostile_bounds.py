@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from embedx.importer import import_arrays
+from embedx.formats.arrays import import_arrays
 from tests.conftest import assert_one_line_error, run_bounded
 
 TRILLION = 10 ** 12
@@ -204,9 +204,9 @@ def test_leep_and_nce_over_many_rows_and_classes_compute_probabilities_in_bounde
 
 def test_leep_and_nce_in_slices_equal_the_reference(rng, monkeypatch):
     """The sliced probabilities (forced small here) give the float64 reference's leep and nce."""
-    from embedx import transfer as T
-    from embedx.transfer import leep as L
-    from embedx.transfer import reference as R
+    from embedx import transferability as T
+    from embedx.transferability import leep as L
+    from embedx.transferability import reference as R
 
     x = rng.standard_normal((500, 16))
     t = rng.standard_normal((40, 16))

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import zarr
 
-from embedx.dist.cluster import environ_kept, local_cluster
-from embedx.embed import embed_to_store
+from embedx.engine.cluster import environ_kept, local_cluster
+from embedx.embedding.serial import embed_to_store
 from tests.conftest import assert_one_line_error, embedx_cmd, run_bounded
 from tests.test_dist_embed import assert_same_store
 

@@ -15,14 +15,14 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import silhouette_score
 
 from embedx import measures as M
-from embedx.embed import embed_to_store
+from embedx.embedding.serial import embed_to_store
 from embedx.errors import EmbedxError
 from embedx.finetune import build, finetune, methods
-from embedx.importer import import_arrays
-from embedx.integrity import inventory
-from embedx.models import resolve_model
+from embedx.formats.arrays import import_arrays
+from embedx.store.integrity import inventory
+from embedx.models.factory import resolve_model
 from embedx.store import Store
-from embedx.storelayout import ARRAYS
+from embedx.store.layout import ARRAYS
 from tests.conftest import assert_one_line_error, invoke, run_bounded, write_behind_embedx
 
 TINY = "embedx-tiny"

@@ -22,11 +22,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedx import dumps
+from embedx.formats import dumps
 from embedx.errors import EmbedxError
-from embedx.sources import parse_source
-from embedx.sources_files import MAX_FILES, expand_braces, read_classes
-from embedx.sources_wds import _scan_shard, _Want
+from embedx.sources.catalog import parse_source
+from embedx.sources.files import MAX_FILES, expand_braces, read_classes
+from embedx.sources.webdataset import _scan_shard, _Want
 from embedx.store import read_meta
 from tests.conftest import assert_one_line_error, run_bounded
 from tests.test_dumps import clip_retrieval_dir, datacomp_dir

@@ -9,13 +9,13 @@ import shutil
 import numpy as np
 import pytest
 
-from embedx import drift as D
-from embedx.drift import report
-from embedx.drift.comparison import Drift
-from embedx.encoders import file_sha256
+from embedx import drift_analysis as D
+from embedx.drift_analysis import report
+from embedx.drift_analysis.comparison import Drift
+from embedx.models.encoder import file_sha256
 from embedx.errors import EmbedxError
-from embedx.importer import import_arrays
-from embedx.models import read_run
+from embedx.formats.arrays import import_arrays
+from embedx.models.factory import read_run
 from embedx.predict import predict
 from embedx.predict.history import append_row
 from embedx.predict.history import read as read_history

@@ -146,7 +146,7 @@ def test_s3_limits_are_the_documented_ones_in_every_filesystem_embedx_builds(tmp
     """The filesystems behind url_fs (dumps, sources, checksums) and behind zarr (stores) take the same limits:
     5 s connect, 10 s read, 3 attempts, s3fs's own retry loop off; EMBEDX_S3_* override them, a bad value is one
     line; other protocols are left alone."""
-    from embedx import urlfs
+    from embedx.fs import url as urlfs
 
     for env in ({}, {"EMBEDX_S3_CONNECT_TIMEOUT": "2", "EMBEDX_S3_READ_TIMEOUT": "7.5", "EMBEDX_S3_ATTEMPTS": "4"}):
         for k in ("EMBEDX_S3_CONNECT_TIMEOUT", "EMBEDX_S3_READ_TIMEOUT", "EMBEDX_S3_ATTEMPTS"):
@@ -165,7 +165,7 @@ def test_s3_limits_are_the_documented_ones_in_every_filesystem_embedx_builds(tmp
 
 
 def test_zarr_opens_s3_stores_with_the_same_limits(s3, monkeypatch):
-    from embedx import urlfs
+    from embedx.fs import url as urlfs
 
     monkeypatch.setenv("EMBEDX_S3_READ_TIMEOUT", "6")
     g = urlfs.open_group(s3.url("limits/g.zarr"), mode="w")

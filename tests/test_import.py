@@ -161,7 +161,7 @@ def test_fixed_size_lists_import_and_chunk_rows_are_capped(tmp_path, rng):
                "--out", tmp_path / "b.zarr")
     assert r.exit_code == 2 and "--chunk-rows" in r.stderr and not (tmp_path / "b.zarr").exists()
     from embedx.errors import EmbedxError
-    from embedx.importer import import_arrays
+    from embedx.formats.arrays import import_arrays
 
     with pytest.raises(EmbedxError, match="chunk_rows must be at least 1"):
         import_arrays(str(tmp_path / "c.zarr"), images=str(tmp_path / "x.npy"), texts=str(tmp_path / "t.npy"),

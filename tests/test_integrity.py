@@ -7,9 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from embedx import measures, transfer
+from embedx import measures
+from embedx import transferability as transfer
 from embedx.errors import StoreError
-from embedx.importer import import_arrays
+from embedx.formats.arrays import import_arrays
 from embedx.store import Store
 from tests.conftest import assert_one_line_error, invoke
 

@@ -218,7 +218,7 @@ def test_a_cycle_through_a_package_init_is_found(tmp_path):
 
 
 def test_planted_kernel_cli_and_init_violations_are_seen(tmp_path):
-    mods, graph = _plant(tmp_path, {"kernels/k.py": "from embedx.store import Store\n", "embedx/store.py": "",
+    mods, graph = _plant(tmp_path, {"kernels/k.py": "from embedx.store import Store\n", "embedx/store/__init__.py": "",
                                     "embedx/lib.py": "def f():\n    import embedx.cli.main\n", "cli/main.py": "",
                                     "embedx/pkg/__init__.py": '"""doc."""\nimport os\n__all__ = []\nX = os.sep\n'})
     assert graph["embedx.kernels.k"] == {"embedx.store": 1}

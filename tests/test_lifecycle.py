@@ -10,9 +10,9 @@ from PIL import Image
 
 from embedx import measures
 from embedx.errors import StoreError
-from embedx.importer import import_arrays
+from embedx.formats.arrays import import_arrays
 from embedx.store import Store
-from embedx.storepath import writer_lock
+from embedx.store.placement import writer_lock
 from tests.conftest import assert_one_line_error, invoke, run_embedx
 
 KILLED = -signal.SIGKILL
@@ -134,7 +134,7 @@ def test_a_second_writer_is_refused_in_one_line(tmp_path, rng, reference):
 
 
 def test_a_reader_never_mixes_two_stores(tmp_path, rng):
-    from embedx import transfer
+    from embedx import transferability as transfer
 
     a, _ = _arrays(tmp_path, rng, "a", n=60)
     b, _ = _arrays(tmp_path, rng, "b", n=60)

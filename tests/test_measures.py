@@ -7,7 +7,7 @@ import torch
 from sklearn.metrics import silhouette_samples, silhouette_score
 
 from embedx import measures as M
-from embedx.importer import import_arrays
+from embedx.formats.arrays import import_arrays
 from embedx.store import Store
 from tests.conftest import SHARED_DATA, assert_one_line_error, invoke, write_behind_embedx
 

@@ -190,7 +190,7 @@ def test_import_and_export_dumps_on_s3(s3, tmp_path):
     round-trips; a missing partition is one line."""
     import fsspec
 
-    from embedx.dumps import import_dump
+    from embedx.formats.dumps import import_dump
     from tests.test_dumps import _same_store, clip_retrieval_dir, datacomp_dir
 
     rng = np.random.default_rng(7)

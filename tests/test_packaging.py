@@ -49,6 +49,6 @@ def test_the_build_is_quiet_and_ships_the_data(tmp_path):
     assert not noisy, "\n".join(noisy[:20])
     (wheel,) = (tmp_path / "dist").glob("embedx-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"embedx/model_configs/embedx-tiny.json", "embedx/data/modality_gap/LICENSE",
+    assert {"embedx/models/configs/embedx-tiny.json", "embedx/data/modality_gap/LICENSE",
             "embedx/data/modality_gap/features_clip.npy", "embedx/kernels/__init__.py", "embedx/cli/main.py",
             "embedx/_noshadow.py"} <= names

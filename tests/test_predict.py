@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from embedx.errors import EmbedxError
-from embedx.importer import import_arrays
+from embedx.formats.arrays import import_arrays
 from embedx.measures import compute
 from embedx.predict import fit as F
 from embedx.predict import predict
@@ -292,7 +292,7 @@ def test_predictors_from_stores_and_targets(tmp_path, rng):
 
 def test_transfer_scores_from_stores(tmp_path, rng):
     """The default store predictors: the measures and embedx.transfer's scores, each computed once per store."""
-    from embedx import transfer
+    from embedx import transferability as transfer
     from embedx.predict import TRANSFER_SCORES
 
     assert set(TRANSFER_SCORES) == set(transfer.SCORES)

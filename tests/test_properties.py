@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from embedx import measures as M
 from embedx.errors import EmbedxError
-from embedx.importer import import_arrays
+from embedx.formats.arrays import import_arrays
 from embedx.store import Store
 from tests.test_measures import brute_force
 

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedx.embed import embed_to_store
+from embedx.embedding.serial import embed_to_store
 from embedx.errors import EmbedxError
-from embedx.sources import parse_source
+from embedx.sources.catalog import parse_source
 from embedx.store import Store, read_meta
 from tests.conftest import assert_one_line_error, invoke
 from tests.test_sources_wds import KW, _png, assert_same_rows

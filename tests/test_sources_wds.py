@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedx.embed import embed_to_store
+from embedx.embedding.serial import embed_to_store
 from embedx.errors import EmbedxError
-from embedx.sources import parse_source
+from embedx.sources.catalog import parse_source
 from embedx.store import Store, read_meta
 from tests.conftest import assert_one_line_error, embedx_cmd, invoke, run_embedx
 

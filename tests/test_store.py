@@ -201,7 +201,7 @@ def test_never_writes_over_something_that_is_not_a_store(tmp_path):
 def test_direct_chunk_reads_equal_zarr_and_fall_back_when_they_cannot(tmp_path, rng, dtype):
     from concurrent.futures import ThreadPoolExecutor
 
-    from embedx.chunkio import direct_reader
+    from embedx.store.chunkio import direct_reader
 
     n, d, chunk = 1000, 24, 64
     x = rng.standard_normal((n, d)).astype(np.float32)
@@ -250,7 +250,7 @@ def test_xarray_and_dask_open_a_store(tmp_path, rng, codec):
     import dask.array as da
     import xarray as xr  # the test extra installs it
 
-    from embedx.importer import import_arrays
+    from embedx.formats.arrays import import_arrays
 
     x, t = rng.standard_normal((70, 12)).astype(np.float32), rng.standard_normal((5, 12)).astype(np.float32)
     y = rng.integers(-1, 5, 70)
@@ -280,7 +280,7 @@ def test_string_chunk_writer_writes_zarrs_bytes(tmp_path, compressors):
     non-ASCII strings, a sliced arrow array (offset != 0), large_string input, a padded edge chunk."""
     import pyarrow as pa
 
-    from embedx.chunkio import string_writer
+    from embedx.store.chunkio import string_writer
 
     vals = ["a", "", "dé€", "x" * 300, "f", "", "g", "日本語", "i", "jj", "k"]
     arrays = {}

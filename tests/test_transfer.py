@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from embedx import transfer as T
+from embedx import transferability as T
 from embedx.errors import EmbedxError
-from embedx.importer import import_arrays
+from embedx.formats.arrays import import_arrays
 from embedx.store import Store
-from embedx.transfer import reference as R
-from embedx.transfer import transrate as TR
+from embedx.transferability import reference as R
+from embedx.transferability import transrate as TR
 from tests.conftest import assert_one_line_error, invoke, run_embedx
 
 ALL = list(T.SCORES)

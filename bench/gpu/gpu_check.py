@@ -248,7 +248,7 @@ def drive(args) -> int:
 
 def child(args) -> int:
     """Run one part in this process; its figures go to SCRATCH/part-NAME.json as they come."""
-    import embedx.encoders  # noqa: F401  (the torchvision shim before anything imports torchvision)
+    import embedx.models.encoder  # noqa: F401  (the torchvision shim before anything imports torchvision)
 
     import parts
 

@@ -99,7 +99,7 @@ def class_store(scratch: str, n: int, c: int, d: int, seed: int = 0) -> str:
     import numpy as np
     import torch
 
-    from embedx.importer import import_arrays
+    from embedx.formats.arrays import import_arrays
 
     path = os.path.join(scratch, f"class-{n}x{d}-c{c}.zarr")
     if os.path.exists(path):
@@ -124,7 +124,7 @@ def paired_store(scratch: str, n: int, d: int, seed: int = 1) -> str:
     import numpy as np
     import torch
 
-    from embedx.importer import import_arrays
+    from embedx.formats.arrays import import_arrays
 
     path = os.path.join(scratch, f"paired-{n}x{d}.zarr")
     if os.path.exists(path):
@@ -228,7 +228,7 @@ def part_silhouette(rec: Record, sz: dict, dry: bool, scratch: str, out: str) ->
     import torch
 
     from embedx import kernels
-    from embedx.importer import import_arrays
+    from embedx.formats.arrays import import_arrays
     from embedx.measures import compute, silhouette
     from embedx.store import Store
 
@@ -411,8 +411,8 @@ def part_retrieval(rec: Record, sz: dict, dry: bool, scratch: str, out: str) -> 
 def part_embed(rec: Record, sz: dict, dry: bool, scratch: str, out: str) -> None:
     import torch
 
-    from embedx.embed import default_workers, embed_to_store
-    from embedx.encoders import load_encoder
+    from embedx.embedding.serial import default_workers, embed_to_store
+    from embedx.models.encoder import load_encoder
 
     dev = device_paths(dry)
     enc = load_encoder(sz["model"], "none", seed=0, device=str(dev))
@@ -444,7 +444,7 @@ def part_embed(rec: Record, sz: dict, dry: bool, scratch: str, out: str) -> None
         shutil.rmtree(dst, ignore_errors=True)
         rec.put(pipeline_images_per_s=per_workers)
     best = max(per_workers.values())
-    from embedx.encoders import split_preprocess
+    from embedx.models.encoder import split_preprocess
 
     rec.put(default_workers=default_workers(), normalize_on_device=dev.type == "cuda"
             and split_preprocess(enc.preprocess)[1] is not None, overhead=(1 / best) / t_bare - 1,
@@ -456,8 +456,8 @@ def part_finetune(rec: Record, sz: dict, dry: bool, scratch: str, out: str) -> N
 
     from embedx.finetune import METHODS, build
     from embedx.finetune import train
-    from embedx.tuning import resolve_options
-    from embedx.tunedclip import count_params
+    from embedx.models.methods import resolve_options
+    from embedx.models.tuned import count_params
 
     dev = device_paths(dry)
     steps = {}

@@ -1,2 +1,7 @@
-"""The engine every score runs on: ``registry`` (what each score needs), ``plan`` (the fewest passes),
-``executor`` (where passes run), ``result`` (the typed result), ``progress`` (feedback on long work)."""
+"""The engine every score runs on.
+
+  registry  what each score needs        plan      the fewest passes that serve them
+  executor  where passes run (serial, threaded; one map / map_reduce interface)
+  dask      the same interface on a Dask cluster (embedx[dist]); ``cluster`` connects to one
+  result    the typed result             progress  feedback on long work      docs  the scores' tables
+"""

@@ -18,7 +18,7 @@ class Executor:
 
     threads: int = 1
     name: str = "executor"
-    distributed = False  # True: work runs as tasks in other processes (embedx.dist), reading sources by ref
+    distributed = False  # True: work runs as tasks in other processes (embedx.engine), reading sources by ref
 
     def ref(self, source):
         """What a task is handed to read ``source`` (in-process: the source itself)."""

@@ -15,8 +15,8 @@ from typing import Callable
 
 FAMILIES = ("measure", "transfer", "drift")
 #: the modules that register each family's scores (imported on first use)
-PROVIDERS = {"measure": ("embedx.measures.scores",), "transfer": ("embedx.transfer.scores",),
-             "drift": ("embedx.drift.statistics",)}
+PROVIDERS = {"measure": ("embedx.measures.scores",), "transfer": ("embedx.transferability.scores",),
+             "drift": ("embedx.drift_analysis.scores",)}
 
 _REGISTRY: dict[str, dict[str, "Score"]] = {f: {} for f in FAMILIES}
 _LOADED: set = set()

@@ -21,9 +21,9 @@ import shutil
 
 import torch
 
-from embedx.atomic import atomic_write
+from embedx.store.atomic import atomic_write
 from embedx.errors import EmbedxError
-from embedx.models import CONFIG, FORMAT, PARAMS, read_config  # noqa: F401  (FORMAT: the format this writes)
+from embedx.models.factory import CONFIG, FORMAT, PARAMS, read_config  # noqa: F401  (FORMAT: the format this writes)
 
 _OURS = ("best-", "state-", PARAMS)
 

@@ -4,7 +4,7 @@ The text tower stays in the loop: class-prompt features are recomputed from the 
 (computed once per epoch only when nothing before them trains, e.g. CLIP-Adapter, whose text adapter still
 runs every step). SGD (momentum 0.9) or Adam (betas 0.9, 0.99) with weight decay, no schedule; a seeded
 hold-out slice of the training split picks the best epoch (the authors' recipe, notes section 2). The optimizer
-and learning rate default to the method's own (:func:`embedx.tuning.recipe`). A run that never moves is
+and learning rate default to the method's own (:func:`embedx.models.methods.recipe`). A run that never moves is
 reported (:func:`flat`): a warning always, an error with ``fail_if_flat``. A step that makes the training loss or
 a trainable parameter NaN or inf (or an epoch whose hold-out loss is) stops the run with one line naming the
 epoch and step: nothing of that epoch is saved, the epochs finished before keep their checkpoint and resume state.
@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 import embedx.finetune.run as rd
-from embedx import tuning as methods
-from embedx.encoders import NO_WEIGHTS, Encoder, file_sha256
+from embedx.models import methods
+from embedx.models.encoder import NO_WEIGHTS, Encoder, file_sha256
 from embedx.errors import EmbedxError
-from embedx.models import create_tuned as build
-from embedx.prompts import resolve_templates
-from embedx.sources import Source, default_workers, parse_source
-from embedx.tunedclip import TunedCLIP, count_params
+from embedx.models.factory import create_tuned as build
+from embedx.sources.prompts import resolve_templates
+from embedx.sources.catalog import Source, default_workers, parse_source
+from embedx.models.tuned import TunedCLIP, count_params
 
 log = logging.getLogger("embedx")
 MAX_VAL = 5000  # hold-out cap, as the authors' code
@@ -163,7 +163,7 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
              progress: bool = True, encoder: Encoder | None = None, fail_if_flat: bool = False) -> dict:
     """Fine-tune ``model`` on ``data`` with ``method`` into the run folder ``out``; returns its config.
 
-    ``optimizer``/``lr`` None: the method's defaults (:func:`embedx.tuning.recipe`). ``train_blocks``,
+    ``optimizer``/``lr`` None: the method's defaults (:func:`embedx.models.methods.recipe`). ``train_blocks``,
     ``rank``, ``reduction``: None = the method's default; one given to a method that does not use it is
     refused. Rerunning the same call resumes from the last finished epoch; another configuration is refused,
     and a finished run is kept unless ``overwrite``. ``encoder``: an already built

@@ -16,7 +16,7 @@ Two ways to feed the kernel:
     all points lie so close together (mean squared distance below ``SPREAD_MIN``) that float32 unit rows would
     limit the result, the streamed path runs instead, on the same device.
 
-On a distributed executor (``embedx.dist``) the exact silhouette runs as block-pair tasks: the points are cut
+On a distributed executor (``embedx.engine``) the exact silhouette runs as block-pair tasks: the points are cut
 into row blocks of PAIR_ROWS (whole chunks), and one task per pair I <= J reads both blocks from the store
 itself, normalizes and centres them (the centre computed on the driver, as in-process) and returns, from one
 distance tile per pair (``kernels.cluster_distance_pair_sums``), S_IJ[p, k] = sum_{q in J, label k} |p - q| and

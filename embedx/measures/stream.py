@@ -218,7 +218,7 @@ def class_pass(store, cfg: PassConfig, threads: int | None = None, impl: str | N
     (``embedx.engine.executor``; default: threaded in-process) runs the workers: without zero-shot one per core
     runs the (GIL-free) kernel; with zero-shot on the CPU one worker, and the matmul takes every core. With the
     zero-shot matmul on a GPU (``cfg.device``), every worker sweeps and sends its chunks there. Workers merge in
-    their fixed order. A distributed executor (``embedx.dist``) runs tasks of whole units instead
+    their fixed order. A distributed executor (``embedx.engine``) runs tasks of whole units instead
     (:func:`class_range_partial`). ``impl`` (default by size): the numba kernel, or torch for passes too small to
     pay numba's start-up. ``bar``: a progress counter (``embedx.engine.progress.Bar``)."""
     from embedx.engine.executor import ThreadedExecutor

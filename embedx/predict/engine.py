@@ -53,7 +53,7 @@ def predict(history_path: str, targets=(), *, measures=None, where=None, silhoue
     ``measures``: predictor names (default: every predictor column, plus, when the CSV has a store column, the
     default store predictors). ``where``: {column: value or [values]} or ["COL=VALUE", ...]. The store options
     (silhouette_mode, sample_size, seed, device: ``embedx.measures.compute``; logit_scale:
-    ``embedx.transfer.compute``; executor: where both run) only matter for values computed from stores."""
+    ``embedx.transferability.compute``; executor: where both run) only matter for values computed from stores."""
     hist = H.read(history_path)
     wh = H.parse_where(where)
     rows = H.select(hist, wh)

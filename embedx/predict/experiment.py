@@ -13,13 +13,13 @@ model (AFTER), and optionally other tasks before/after (forgetting). Its row in 
   <predictors>             the measures and transfer scores of that store (``embedx.predict`` defaults)
 
 so ``embedx predict --history H.csv`` can fit gain and forgetting against every predictor without the stores.
-:func:`compare_and_record` runs the whole workflow: checks, ``embedx.drift.compare``, the row appended.
+:func:`compare_and_record` runs the whole workflow: checks, ``embedx.drift_analysis.compare``, the row appended.
 """
 from __future__ import annotations
 
 import os
 
-from embedx.drift import Drift, compare
+from embedx.drift_analysis import Drift, compare
 from embedx.errors import EmbedxError
 from embedx.predict.history import append_row
 from embedx.predict.predictors import DEFAULT_STORE_PREDICTORS, StoreCache
@@ -78,7 +78,7 @@ def row(ident: dict, summary: dict, history_store: str, *, predictors=None, meas
 def compare_and_record(before: str, after: str, others=(), *, history: str, task: str | None = None,
                        method: str | None = None, history_store: str | None = None,
                        logit_scale: float | None = None, executor=None, **compare_opts) -> tuple[Drift, dict]:
-    """``embedx.drift.compare(before, after, others, **compare_opts)`` and its experiment's row appended to the
+    """``embedx.drift_analysis.compare(before, after, others, **compare_opts)`` and its experiment's row appended to the
     history CSV ``history`` (created if missing); every input is checked before any work. -> (drift, row)."""
     ident = identify(Store(before), Store(after), task, method)
     Store(history_store or before)  # a wrong or unfinished store fails before the work

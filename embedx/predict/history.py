@@ -30,7 +30,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from embedx.atomic import atomic_write_bytes as _atomic_write_bytes
+from embedx.store.atomic import atomic_write_bytes as _atomic_write_bytes
 from embedx.errors import EmbedxError
 
 REQUIRED = ("task", "model", "method", "zs_acc", "ft_acc", "ood_delta")
@@ -233,7 +233,7 @@ def describe_where(where: dict[str, list[str]]) -> str:
 # --- writing ----------------------------------------------------------------------------------------------------
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """``data`` onto ``path`` atomically (embedx.atomic); a one-line error when the folder does not exist."""
+    """``data`` onto ``path`` atomically (embedx.store.atomic); a one-line error when the folder does not exist."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise EmbedxError(f"cannot write {path}: folder {folder} does not exist")

@@ -33,7 +33,7 @@ def computable(name: str) -> bool:
 
 class StoreCache:
     """Predictor values of stores, each store opened and each value computed at most once per run (``executor``:
-    where the measures and transfer scores run; a Dask one from ``embedx.dist``)."""
+    where the measures and transfer scores run; a Dask one from ``embedx.engine``)."""
 
     def __init__(self, *, silhouette_mode: str, sample_size: int, seed: int, logit_scale: float | None, device: str,
                  explicit: bool, warn=None, executor=None):
@@ -75,7 +75,7 @@ class StoreCache:
                 scores = []
             if scores:
                 try:
-                    from embedx import transfer
+                    from embedx import transferability as transfer
                 except ImportError as e:
                     raise EmbedxError(f"transfer scores ({', '.join(scores)}) need embedx.transfer, which "
                                       f"is not installed ({e})") from None

@@ -73,8 +73,8 @@ def test_auto_is_faiss_on_cpu_and_bad_providers_are_named(monkeypatch):
 
 
 def test_drift_knn_overlap_is_the_same_through_every_provider(tmp_path, rng):
-    from embedx.drift.stats import drift_pass
-    from embedx.importer import import_arrays
+    from embedx.drift_analysis.drift_pass import drift_pass
+    from embedx.formats.arrays import import_arrays
     from embedx.store import Store
 
     n, d = 300, 12

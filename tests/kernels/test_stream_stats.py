@@ -62,7 +62,7 @@ def test_fused_stream_stats_flag_bad_rows_and_widen_every_float16_exactly(rng, i
 
 def test_class_pass_chunks_merge_to_one_partial(tmp_path, rng):
     """Chunk partials (any split, any thread count) add up to the float64 sums of the definition."""
-    from embedx.importer import import_arrays
+    from embedx.formats.arrays import import_arrays
     from embedx.measures.stream import PassConfig, Partial, chunk_partial, class_pass, normalized
     from embedx.store import Store
 

@@ -1,0 +1,26 @@
+"""``embedx.drift(before, after, ...)``: the drift API function (``embedx.drift`` is callable as it)."""
+from __future__ import annotations
+
+
+def drift(before, after, *, others=(), metrics=None, silhouette: str = "exact", sample_size: int = 2000,
+          seed: int = 0, knn: str = "blocked", knn_k: int = 10, knn_sample: int | None = 20000,
+          plot_sample: int = 2000, report=None, executor=None, cluster=None, client=None) -> dict:
+    """What moved between two stores of the same samples (before / after fine-tuning) -> the drift summary dict:
+    every measure before/after/delta, the drift statistics of ``embedx.registry.names("drift")`` (displacement,
+    CKA, kNN overlap), per class, and forgetting on ``others`` ("[NAME=]BEFORE:AFTER" strings or (name,
+    before, after) tuples). ``report``: also write the HTML report to this path. ``cluster``: "local[:N]" or
+    "tcp://HOST:PORT", or ``client``: a ``distributed.Client`` (embedx[dist]): the measures and the drift pass's
+    sums run as Dask tasks, equal to the in-process result to 1e-9 (``executor``: an embedx executor instead)."""
+    from embedx.engine.cluster import connect
+    from embedx.drift_analysis import report as render
+    from embedx.drift_analysis.comparison import compare
+    from embedx.outputs import check_output_file
+
+    check_output_file(None if report is None else str(report), "report", param="report")  # before any work
+    with connect(cluster, client) as dask_executor:
+        d = compare(str(before), str(after), others, metrics=metrics, silhouette_mode=silhouette,
+                    sample_size=sample_size, seed=seed, knn=knn, knn_k=knn_k, knn_sample=knn_sample,
+                    plot_sample=plot_sample, executor=dask_executor or executor)
+    if report is not None:
+        render.write(d, str(report))
+    return d.summary

@@ -1,0 +1,495 @@
+"""The drift report: one self-contained HTML file answering "what did fine-tuning do?".
+
+Sections, top to bottom: the run (model, method, its settings, trainable parameters, data); the headline (task
+gain, forgetting elsewhere, per-class spread, how far images and class prompts moved); image side next to text
+side; every measure's change, each on its own small axis; per-class accuracy beside each class prompt's move;
+2-D projections coloured by class with the class texts named; forgetting per task; the stores and options.
+
+Colours mean better / worse only where the direction is known (accuracies and recalls: up is better;
+forgetting: a drop is worse); every other change is drawn neutral grey. Axes never stretch a small change: a
+change axis spans at least +-``MIN_HALF_SPAN`` (accuracy units), a measure's own axis at least +-5% of its
+magnitude (and +-0.05), so a -0.003 change looks small.
+
+Plots are base64 PNG from matplotlib's Agg backend; no external URL is referenced and nothing needs JavaScript;
+one inline script only records, on <body>, whether every plot decoded (``data-images-ok``), for automated checks
+in a headless browser.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+
+import numpy as np
+
+from embedx.store.atomic import atomic_write_bytes
+from embedx.plottext import literal
+
+PER_CLASS_BARS = 40  # classes shown in the per-class chart: the largest drops and gains
+LABELLED_CLASSES = 40  # class texts named in the projection (beyond: coloured, not named)
+MIN_HALF_SPAN = 0.05  # accuracy-change axes span at least +-0.05
+BETTER, WORSE, NEUTRAL, BEFORE = "#1a7f37", "#c62828", "#6e7781", "#9aa4ae"
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em auto;max-width:1180px;
+color:#222;padding:0 1em}
+h1{font-size:1.45em;margin-bottom:.2em}h2{font-size:1.12em;margin-top:1.8em;border-bottom:1px solid #ddd;
+padding-bottom:.2em}
+table{border-collapse:collapse;font-size:.88em;margin:.5em 0}
+td,th{padding:.2em .7em;border-bottom:1px solid #eee;text-align:right;vertical-align:middle}
+td:first-child,th:first-child{text-align:left}
+.better{color:#1a7f37;font-weight:600}.worse{color:#c62828;font-weight:600}.neutral{color:#555}
+.muted{color:#777;font-size:.85em}
+img{max-width:100%;height:auto;display:block;margin:.4em 0}
+td img{margin:0}tr.measure-row td{padding-top:.05em;padding-bottom:.05em}summary{cursor:pointer;font-size:.9em;color:#444}
+code{background:#f4f4f4;padding:0 .3em}
+.run{background:#f6f8fa;border:1px solid #e1e4e8;border-radius:6px;padding:.6em 1em;font-size:.9em;line-height:1.5}
+.cards{display:flex;flex-wrap:wrap;gap:.8em;margin:.8em 0}
+.card{flex:1 1 220px;border:1px solid #e1e4e8;border-radius:6px;padding:.6em .9em}
+.card .label{font-size:.8em;color:#666;text-transform:uppercase;letter-spacing:.04em}
+.card .value{font-size:1.7em;font-weight:600;margin:.1em 0}
+.card .sub{font-size:.85em;color:#555}
+.legend{display:flex;flex-wrap:wrap;gap:.3em 1em;font-size:.85em;margin:.3em 0}
+.legend span.sw{display:inline-block;width:.9em;height:.9em;border-radius:50%;margin-right:.3em;
+vertical-align:-.1em}
+.two{display:flex;gap:1.5em;flex-wrap:wrap}.two>div{flex:1 1 480px}
+"""
+
+_CHECK = """<script>
+window.addEventListener("load", function () {
+  var imgs = document.images, ok = imgs.length > 0;
+  for (var i = 0; i < imgs.length; i++) { if (!(imgs[i].complete && imgs[i].naturalWidth > 0)) ok = false; }
+  document.body.setAttribute("data-images-ok", ok ? String(imgs.length) : "no");
+});
+</script>"""
+
+
+# -- direction and formatting -----------------------------------------------------------------------------------
+def direction(measure: str) -> int:
+    """+1 when a larger value is better (accuracies, recalls), 0 when the direction is not known."""
+    return 1 if measure.startswith("zeroshot_") or "recall" in measure else 0
+
+
+def verdict(delta, sign: int) -> str:
+    """CSS class of a change: better / worse when the direction is known and the change is not zero."""
+    if sign == 0 or not _ok(delta) or delta == 0:
+        return "neutral"
+    return "better" if delta * sign > 0 else "worse"
+
+
+def _colour(delta, sign: int) -> str:
+    return {"better": BETTER, "worse": WORSE, "neutral": NEUTRAL}[verdict(delta, sign)]
+
+
+def _ok(v) -> bool:
+    return isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _e(v) -> str:
+    """Any value as HTML text (quotes escaped too, so it is also safe inside an attribute)."""
+    return html.escape(str(v), quote=True)
+
+
+def _items(d) -> list:
+    return list(d.items()) if isinstance(d, dict) else []
+
+
+def _fmt(v, signed: bool = False, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "&ndash;"
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return _e(v)  # not a number: shown as text, escaped
+    if isinstance(v, (int, np.integer)):
+        return f"{v:,}"
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+
+def _delta_cell(v, sign: int = 0) -> str:
+    return f'<td class="{verdict(v, sign)}">{_fmt(v, signed=True)}</td>'
+
+
+def _table(head, rows, cls: str = "") -> str:
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
+    c = f' class="{cls}"' if cls else ""
+    return f"<table{c}><tr>{h}</tr>{''.join(rows)}</table>"
+
+
+def change_span(values, min_half: float = MIN_HALF_SPAN, cap: float | None = 1.0) -> float:
+    """Half-width of a symmetric change axis: at least ``min_half``, else 10% beyond the largest |change|,
+    at most ``cap`` (accuracy changes lie in [-1, 1])."""
+    big = max([abs(v) for v in values if _ok(v)] + [0.0])
+    half = max(min_half, 1.1 * big)
+    return min(half, cap) if cap else half
+
+
+def measure_window(b: float, a: float) -> tuple[float, float]:
+    """The x-range of one measure's own axis: centred on its values, at least +-max(0.05, 5% of |value|)."""
+    mid = (a + b) / 2
+    half = max(MIN_HALF_SPAN, 0.05 * max(abs(a), abs(b)), 0.65 * abs(a - b))
+    return mid - half, mid + half
+
+
+# -- plots -------------------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig, dpi: int = 100) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    _plt().close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(fig, alt: str, cls: str = "", dpi: int = 100) -> str:
+    c = f' class="{cls}"' if cls else ""
+    return f'<img{c} alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig, dpi)}">'
+
+
+def measure_chart(name: str, b: float, a: float) -> str:
+    """One measure on its own axis: before (grey) -> after (coloured better / worse / neutral)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 0.13))
+    lo, hi = measure_window(b, a)
+    col = _colour(a - b, direction(name))
+    ax.plot([b, a], [0, 0], color=col, lw=2, solid_capstyle="butt", zorder=1, clip_on=False)
+    ax.scatter([b], [0], s=20, color=BEFORE, zorder=2, clip_on=False)
+    ax.scatter([a], [0], s=40, color=col, marker=">" if a > b else "<" if a < b else "o", zorder=3, clip_on=False)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(-1, 1)
+    ax.set_yticks([])
+    ax.locator_params(axis="x", nbins=4)
+    ax.tick_params(axis="x", labelsize=6, length=2, pad=0.5)
+    for sp in ("left", "right", "top"):
+        ax.spines[sp].set_visible(False)
+    return _img(fig, f"{name}: {b:.4f} -> {a:.4f}", "measure-chart", dpi=90)
+
+
+def movement_plot(disp: np.ndarray, s: dict) -> str:
+    """Image displacement histogram beside the text rows' displacements, on one shared x axis."""
+    plt = _plt()
+    t = s.get("text_drift")
+    per = (t or {}).get("per_class") or {}
+    top = max([float(np.max(disp)) if len(disp) else 0.0, (t or {}).get("displacement_max") or 0.0, 0.1])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 2.8), gridspec_kw={"width_ratios": [1.25, 1]})
+    ax = axes[0]
+    ax.hist(disp, bins=min(60, max(10, int(np.sqrt(len(disp))))), range=(0, top * 1.05), color="#4c72b0")
+    ax.axvline(s["displacement_mean"], color="#222", ls="-", lw=1, label=f"mean {s['displacement_mean']:.4f}")
+    ax.axvline(s["displacement_p95"], color="#222", ls=":", lw=1, label=f"p95 {s['displacement_p95']:.4f}")
+    ax.set_xlim(0, top * 1.05)
+    ax.set_title("images: |x_after - x_before|", fontsize=10)
+    ax.set_xlabel("displacement of the L2-normalized row")
+    ax.set_ylabel("images")
+    ax.legend(frameon=False, fontsize=8)
+    ax = axes[1]
+    if per:
+        rows = sorted(per.items(), key=lambda kv: kv[1]["displacement"])[-PER_CLASS_BARS:]
+        ax.barh(range(len(rows)), [v["displacement"] for _, v in rows], color="#dd8452")
+        ax.set_yticks(range(len(rows)), [literal(k[:24]) for k, _ in rows], fontsize=8 if len(rows) <= 20 else 6)
+        ax.set_title("class prompts: |t_after - t_before| per class", fontsize=10)
+    elif t:
+        ax.text(0.5, 0.5, f"captions: mean {t['displacement_mean']:.4f}, p95 {t['displacement_p95']:.4f}",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set_yticks([])
+    else:
+        ax.text(0.5, 0.5, "no texts", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlim(0, top * 1.05)
+    ax.set_xlabel("displacement of the L2-normalized row (same scale as images)")
+    fig.tight_layout()
+    return _img(fig, "image and text displacement")
+
+
+def per_class_plot(per_class: dict) -> str:
+    """Accuracy change per class (green up, red down, axis at least +-0.05) beside its prompt's displacement."""
+    plt = _plt()
+    rows = sorted(((v["delta"], k) for k, v in per_class.items() if v["delta"] is not None))
+    if len(rows) > PER_CLASS_BARS:
+        rows = rows[: PER_CLASS_BARS // 2] + rows[-PER_CLASS_BARS // 2:]
+    has_prompt = any("prompt_displacement" in per_class[k] for _, k in rows)
+    fig, axes = plt.subplots(1, 2 if has_prompt else 1, figsize=(10 if has_prompt else 7,
+                                                                   max(2.2, 0.2 * len(rows) + 0.9)),
+                             sharey=True, squeeze=False, gridspec_kw={"width_ratios": [1.6, 1][:2 if has_prompt
+                                                                                                else 1]})
+    ax = axes[0, 0]
+    vals = [r[0] for r in rows]
+    ax.barh(range(len(rows)), vals, color=[_colour(v, 1) for v in vals])
+    ax.set_yticks(range(len(rows)), [literal(r[1][:30]) for r in rows], fontsize=8)
+    half = change_span(vals)
+    ax.set_xlim(-half, half)
+    ax.axvline(0, color="#999", lw=0.8)
+    ax.set_xlabel("zero-shot top-1 change (after - before)")
+    if has_prompt:
+        ax2 = axes[0, 1]
+        pv = [per_class[k].get("prompt_displacement") or 0.0 for _, k in rows]
+        ax2.barh(range(len(rows)), pv, color="#dd8452")
+        ax2.set_xlim(0, max(0.1, 1.1 * max(pv + [0.0])))
+        ax2.set_xlabel("class prompt displacement |t_after - t_before|")
+    fig.tight_layout()
+    return _img(fig, "per-class accuracy change and class prompt displacement")
+
+
+def class_colours(c: int) -> list:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if c <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(c)]
+
+
+def projection_plot(p: dict) -> str:
+    """Before | after on the same PCA axes; class stores: images coloured by class, class texts as large
+    outlined markers of the class colour, named."""
+    plt = _plt()
+    keys = ("images_before", "texts_before", "images_after", "texts_after")
+    pts = {k: np.pad(p[k], ((0, 0), (0, max(0, 2 - p[k].shape[1])))) for k in keys}
+    names = p.get("class_names")
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.3))
+    for ax, side in zip(axes, ("before", "after")):
+        im, tx = pts[f"images_{side}"], pts[f"texts_{side}"]
+        if names is not None:
+            cols = class_colours(len(names))
+            lab = np.asarray(p["image_labels"])
+            known = lab >= 0
+            ax.scatter(im[~known, 0], im[~known, 1], s=5, alpha=0.4, color="#bbb")
+            ax.scatter(im[known, 0], im[known, 1], s=7, alpha=0.55, c=[cols[i] for i in lab[known]],
+                       linewidths=0)
+            tl = np.asarray(p["text_labels"])
+            ax.scatter(tx[:, 0], tx[:, 1], s=150, marker="*", c=[cols[i] for i in tl], edgecolors="black",
+                       linewidths=0.8, zorder=3)
+            if len(tl) <= LABELLED_CLASSES:
+                for (x, y), i in zip(tx, tl):
+                    ax.annotate(literal(names[i][:18]), (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8,
+                                weight="bold", zorder=4,
+                                bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.7))
+        else:
+            ax.scatter(im[:, 0], im[:, 1], s=5, alpha=0.5, color="#4c72b0", label=f"images ({len(im)})")
+            ax.scatter(tx[:, 0], tx[:, 1], s=5, alpha=0.5, color="#dd8452", label=f"captions ({len(tx)})")
+            ax.legend(frameon=False, loc="best", markerscale=3)
+        both = np.vstack([im, tx])
+        lo, hi = both.min(0), both.max(0)
+        pad = 0.06 * np.maximum(hi - lo, 1e-9)
+        ax.set_title(side)
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_xlabel("PC1 (fitted on before)")
+        ax.set_ylabel("PC2")
+    fig.tight_layout()
+    return _img(fig, "2-D projection before and after, coloured by class")
+
+
+def projection_legend(p: dict) -> str:
+    names = p.get("class_names")
+    if names is None:
+        return ('<div class="legend projection-legend"><span><span class="sw" style="background:#4c72b0"></span>'
+                'images</span><span><span class="sw" style="background:#dd8452"></span>captions</span></div>')
+    cols = class_colours(len(names))
+    items = [f'<span><span class="sw" style="background:rgb({int(255 * c[0])},{int(255 * c[1])},'
+             f'{int(255 * c[2])})"></span>{html.escape(n[:30])}</span>' for n, c in zip(names, cols)]
+    more = "" if len(names) <= 100 else f"<span>&hellip; {len(names) - 100} more</span>"
+    return (f'<div class="legend projection-legend">{"".join(items[:100])}{more}</div><p class="muted">dots: images, '
+            'coloured by their class; stars: the class texts (prompt ensembles), named.</p>')
+
+
+def forgetting_plot(forg: dict) -> str:
+    plt = _plt()
+    names = [n for n, t in forg["tasks"].items() if t["delta"] is not None]
+    vals = [forg["tasks"][n]["delta"] for n in names]
+    fig, ax = plt.subplots(figsize=(7, max(1.6, 0.4 * len(names) + 0.9)))
+    ax.barh(range(len(names)), vals, color=[_colour(v, 1) for v in vals], height=0.6)
+    ax.set_yticks(range(len(names)), [literal(n[:28]) for n in names], fontsize=9)
+    half = change_span(vals)
+    ax.set_xlim(-half, half)
+    ax.axvline(0, color="#999", lw=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel("zero-shot top-1 change on the other task (after - before; axis at least +-0.05)")
+    fig.tight_layout()
+    return _img(fig, "forgetting per task")
+
+
+# -- sections ------------------------------------------------------------------------------------------------
+def _run_block(s: dict) -> str:
+    esc = html.escape
+    h = s.get("headline") or {}
+    run = h.get("run")
+    st = s.get("stores", {})
+    lines = []
+    if run:
+        opts = ", ".join(f"{k}={v}" for k, v in _items(run.get("options"))) or "defaults"
+        tp, tot = run.get("trainable_params"), run.get("total_params")
+        share = f" ({100 * tp / tot:.3g}% of {tot:,})" if _ok(tp) and _ok(tot) and tot else ""
+        tp_text = _fmt(tp) if _ok(tp) else "&ndash;"
+        lines.append(f"<b>run</b> <code>{esc(str(run.get('path')))}</code>: method <b>{esc(str(run.get('method')))}"
+                     f"</b> ({esc(opts)}) on <b>{esc(str(run.get('model')))}</b> "
+                     f"(pretrained {esc(str(run.get('pretrained')))}), trainable parameters <b>"
+                     f"{tp_text}</b>{share}")
+        if run.get("config_found"):
+            acc = run.get("best_val_acc")
+            lines.append(f"<b>trained on</b> <code>{_e(run.get('data'))}</code>: {_e(run.get('epochs'))} epochs, "
+                         f"{_e(run.get('optimizer'))} lr {_e(run.get('lr'))}, batch {_e(run.get('batch_size'))}, "
+                         f"weight decay {_e(run.get('weight_decay'))}; best epoch {_e(run.get('best_epoch'))} "
+                         f"(hold-out acc {_fmt(acc, digits=3) if _ok(acc) else '&ndash;'})")
+        else:
+            lines.append('<span class="muted">the run folder (config.json) is no longer readable: settings beyond '
+                         'the store\'s checkpoint record are unknown</span>')
+    else:
+        b = st.get("before", {})
+        lines.append(f"<b>run</b>: AFTER records no finetune run (not embedded with <code>--checkpoint</code>); "
+                     f"model {esc(str(b.get('model')))}")
+    for role in ("before", "after"):
+        r = st.get(role, {})
+        lines.append(f"<b>{role}</b> <code>{esc(str(r.get('path')))}</code>: {esc(str(r.get('model')))}"
+                     f"{' + ' + esc(str((r.get('checkpoint') or {}).get('method'))) if r.get('checkpoint') else ''}"
+                     f" on <code>{esc(str(r.get('dataset')))}</code>, {_e(r.get('n_images'))} images, "
+                     f"{_e(r.get('n_texts'))} texts, {esc(str(r.get('dtype')))}")
+    lines.append(f"{s['n_images']:,} images, d = {_e(s['dim'])}, {esc(str(s['mode']))} mode &middot; embedx "
+                 f"{esc(str(s.get('embedx_version')))} &middot; {esc(str(s.get('created')))}")
+    return '<div class="run" id="provenance">' + "<br>".join(lines) + "</div>"
+
+
+def _card(label: str, value: str, sub: str, cls: str = "neutral") -> str:
+    return (f'<div class="card"><div class="label">{label}</div><div class="value {cls}">{value}</div>'
+            f'<div class="sub">{sub}</div></div>')
+
+
+def _headline(s: dict) -> str:
+    esc = html.escape
+    h = s.get("headline") or {}
+    cards = []
+    g = h.get("task_gain")
+    cards.append(_card("task gain", _fmt(g, True, 3), (
+        f"{esc(str(h.get('accuracy', 'accuracy')))} {_fmt(h.get('zeroshot_top1_before'), digits=3)} &rarr; "
+        f"{_fmt(h.get('zeroshot_top1_after'), digits=3)} on <code>{esc(str(h.get('task')))}</code>"
+        if g is not None else f"undefined on <code>{esc(str(h.get('task')))}</code>: no labelled images"),
+        verdict(g, 1)))
+    f = h.get("forgetting")
+    if h.get("n_other_tasks"):
+        cards.append(_card("forgetting elsewhere", _fmt(f, True, 3),
+                           f"mean zero-shot top-1 change on {_e(h['n_other_tasks'])} other task"
+                           f"{'s' if h['n_other_tasks'] != 1 else ''} (below 0: forgotten)", verdict(f, 1)))
+    else:
+        cards.append(_card("forgetting elsewhere", "&ndash;", "not measured: give <code>--others "
+                           "NAME=BEFORE:AFTER</code>"))
+    pc = h.get("per_class")
+    if pc:
+        cards.append(_card("per class", f"{_e(pc['gained'])}&uarr; {_e(pc['lost'])}&darr;",
+                           f"of {_e(pc['classes'])} classes; best <b>{esc(pc['best']['class'][:20])}</b> "
+                           f"<span class=\"{verdict(pc['best']['delta'], 1)}\">{_fmt(pc['best']['delta'], True, 2)}"
+                           f"</span>, worst <b>{esc(pc['worst']['class'][:20])}</b> <span class=\""
+                           f"{verdict(pc['worst']['delta'], 1)}\">{_fmt(pc['worst']['delta'], True, 2)}</span>"))
+    t = s.get("text_drift")
+    cards.append(_card("what moved (mean displacement)",
+                       f"{_fmt(s.get('displacement_mean'), digits=3)} / {_fmt((t or {}).get('displacement_mean'), digits=3)}",
+                       f"images / {esc(str((t or {}).get('rows', 'texts')))}; CKA {_fmt(s.get('cka_linear'), digits=3)} / "
+                       f"{_fmt((t or {}).get('cka_linear'), digits=3)}"))
+    return '<section id="headline"><div class="cards">' + "".join(cards) + "</div></section>"
+
+
+def _sides(drift) -> str:
+    s = drift.summary
+    t = s.get("text_drift") or {}
+    k = s["knn_k"]
+    cols = [("displacement mean", "displacement_mean"), ("p50", "displacement_p50"), ("p95", "displacement_p95"),
+            ("linear CKA", "cka_linear"), (f"kNN overlap (k={k})", "knn_overlap"), ("cosine mean", "cosine_mean"),
+            ("cosine min", "cosine_min")]
+    img = [s.get(key) if key in s else None for _, key in cols]
+    txt = [t.get(key) if key != "knn_overlap" else None for _, key in cols]
+    tab = _table(["embeddings"] + [c for c, _ in cols],
+                 [f"<tr><td>{html.escape(name)}</td>{''.join(f'<td>{_fmt(v)}</td>' for v in vals)}</tr>"
+                  for name, vals in ((f"images ({s['n_images']:,}; kNN on {s['knn_sample_size']:,} queries)", img),
+                                     (f"{t.get('rows', 'texts')} ({t.get('n_texts', 0):,})", txt))])
+    return ('<section id="text-drift"><h2>What moved: image side and text side</h2>' + tab +
+            movement_plot(drift.displacement, s) +
+            '<p class="muted">Displacement: |a &minus; b| of the L2-normalized embeddings of the same image (or the '
+            'same class prompt / caption) before and after; 0 = did not move, &radic;2 = orthogonal. Its image mean '
+            'bounds the 1-Wasserstein distance between the two image distributions. Linear CKA: centred kernel '
+            'alignment of the two embeddings (1 = the same geometry up to rotation and scale). kNN overlap: share '
+            "of each image's nearest cosine neighbours kept.</p></section>")
+
+
+def _measures(s: dict) -> str:
+    b, a, d = s["before"], s["after"], s["delta"]
+    rows = []
+    for m in d:
+        sign = direction(m)
+        chart = measure_chart(m, b[m], a[m]) if _ok(b.get(m)) and _ok(a.get(m)) else ""
+        dirn = "&uarr; better" if sign > 0 else ""
+        rows.append(f'<tr class="measure-row"><td>{html.escape(m)} <span class="muted">{dirn}</span></td>'
+                    f"<td>{_fmt(b[m])}</td><td>{_fmt(a[m])}</td>{_delta_cell(d[m], sign)}<td>{chart}</td></tr>")
+    return ('<section id="measures"><h2>Every measure, each on its own scale</h2>'
+            '<p class="muted">Grey dot: before; arrow head: after (green better, red worse, grey where better or '
+            'worse is not defined). Each axis spans at least &plusmn;0.05 and &plusmn;5% of the value around the '
+            'pair, so small changes look small.</p>'
+            + _table(["measure", "before", "after", "change", "before \u2192 after"], rows, "measures")
+            + "</section>")
+
+
+def _per_class(s: dict) -> str:
+    pc = s.get("per_class")
+    if not pc:
+        return ""
+    esc = html.escape
+    rows = [f"<tr><td>{esc(n)}</td><td>{_e(v['n_images'])}</td><td>{_fmt(v['acc_before'])}</td>"
+            f"<td>{_fmt(v['acc_after'])}</td>{_delta_cell(v['delta'], 1)}<td>{_fmt(v.get('prompt_cosine'))}</td>"
+            f"<td>{_fmt(v.get('prompt_displacement'))}</td></tr>"
+            for n, v in sorted(pc.items(), key=lambda kv: (kv[1]["delta"] is None, kv[1]["delta"] or 0))]
+    return ('<section id="per-class"><h2>Per-class zero-shot accuracy and class prompt movement</h2>'
+            + per_class_plot(pc) + f"<details><summary>every class ({len(pc)}): accuracy and prompt change</summary>"
+            + _table(["class", "images", "top-1 before", "top-1 after", "change", "prompt cosine", "prompt displacement"],
+                     rows) + "</details></section>")
+
+
+def _projection(drift) -> str:
+    s = drift.summary
+    return ('<section id="projection"><h2>2-D projection</h2>'
+            f"<p class=\"muted\">PCA fitted on the before images (a sample of {_e(s['plot_sample_size'])}); both stores "
+            "projected on the same axes (each panel zoomed to its points: compare positions, not spreads, across panels). Each side's texts are drawn shifted by that side's modality gap (mean image "
+            f"&minus; mean text; its length {_fmt(drift.projection.get('gap_before'), digits=3)} before, "
+            f"{_fmt(drift.projection.get('gap_after'), digits=3)} after), so each class text sits among the images "
+            "it points at.</p>" + projection_legend(drift.projection)
+            + projection_plot(drift.projection) + "</section>")
+
+
+def _forgetting(s: dict) -> str:
+    f = s.get("forgetting")
+    if not f:
+        return ""
+    esc = html.escape
+    rows = [f"<tr><td>{esc(n)}</td><td>{esc(str(t.get('dataset')))}</td><td>{_e(t.get('n_images'))}</td>"
+            f"<td>{_fmt(t['zeroshot_top1_before'])}</td><td>{_fmt(t['zeroshot_top1_after'])}</td>"
+            f"{_delta_cell(t['delta'], 1)}</tr>" for n, t in f["tasks"].items()]
+    rows.append("<tr><td><b>mean</b></td>" + "<td></td>" * 4 + f"{_delta_cell(f['mean_delta'], 1)}</tr>")
+    plot = forgetting_plot(f) if any(t["delta"] is not None for t in f["tasks"].values()) else ""
+    return ('<section id="forgetting"><h2>Forgetting on other tasks</h2>' + plot +
+            _table(["task", "data", "images", "top-1 before", "top-1 after", "change"], rows) + "</section>")
+
+
+def _stores(s: dict) -> str:
+    esc = html.escape
+    rows = [f"<tr><td>{esc(role)}</td><td><code>{esc(str(r.get('path')))}</code></td><td>{esc(str(r.get('model')))}"
+            f"</td><td>{esc(str((r.get('checkpoint') or {}).get('method') or '-'))}</td>"
+            f"<td>{esc(str(r.get('dataset')))}</td><td>{esc(str(r.get('generation')))}</td></tr>"
+            for role, r in (s.get("stores") or {}).items()]
+    opts = ", ".join(f"{k}={v}" for k, v in _items(s.get("options")))
+    return ('<section id="stores"><h2>Stores and options</h2>'
+            + _table(["role", "path", "model", "finetune", "data", "generation"], rows)
+            + f'<p class="muted">options: {esc(opts)} &middot; schema {esc(str(s.get("schema")))}</p></section>')
+
+
+def render(drift) -> str:
+    """The HTML document of a :class:`embedx.drift.Drift`."""
+    s = drift.summary
+    parts = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>embedx drift report</title>'
+             f"<style>{_CSS}</style></head><body>",
+             "<h1>What did fine-tuning do?</h1>", _run_block(s), _headline(s), _sides(drift), _measures(s),
+             _per_class(s), _projection(drift), _forgetting(s), _stores(s), _CHECK, "</body></html>"]
+    return "\n".join(p for p in parts if p)
+
+
+def write(drift, path: str) -> None:
+    """Render the whole report first, then replace ``path`` atomically: a failure leaves the old file intact."""
+    atomic_write_bytes(path, render(drift).encode("utf-8"))

@@ -1,0 +1,229 @@
+"""The embed workflow: a data source and an open_clip encoder streamed into a store, resumable.
+
+Loading and preprocessing run in DataLoader workers, the forward pass in the main thread, and commits
+(zarr writes + commit marker) in a background thread, so the three overlap. Commits happen after whole
+batches, so a resumed run sees exactly the batches an uninterrupted run would and writes identical rows.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from embedx import store as st
+from embedx.embedding.plan import Items, accept_rows, collate, stored_sums
+from embedx.models.encoder import Encoder, split_preprocess
+from embedx.errors import EmbedxError
+from embedx.models.factory import resolve_model
+from embedx.sources.prompts import resolve_templates
+from embedx.sources.catalog import Source, default_workers, parse_source
+from embedx.store.placement import writer_lock
+from embedx.texts import note
+
+log = logging.getLogger("embedx")
+COMMIT_EVERY_S = 5.0
+
+
+@dataclass
+class EmbedResult:
+    meta: dict
+    resumed_from: int
+    rows_written: int
+    tasks: tuple[int, int] | None = None  # distributed: (tasks done before this run, tasks in all)
+
+
+def model_logit_scale(model) -> float | None:
+    """exp(logit_scale) of an open_clip model (or the one a tuned model wraps): the zero-shot softmax scale."""
+    scale = getattr(model, "logit_scale", None)
+    if scale is None and hasattr(model, "clip"):
+        scale = getattr(model.clip, "logit_scale", None)
+    return float(scale.detach().float().exp()) if isinstance(scale, torch.Tensor) else None
+
+
+def plan_meta(source: Source, model: str, pretrained: str, seed: int, dtype: str, templates: list[str],
+              checkpoint_sha256: str | None, checkpoint: dict | None = None) -> dict:
+    """The store metadata that identifies a run (a resume must match it). ``checkpoint``: the finetune run
+    (path, method, sha256 of its params file) whose tuned model embeds, or None."""
+    captions = getattr(source, "caption_field", None) or "csv column 'caption'"  # wds:, parquet: say theirs
+    prompts = {"captions": captions} if source.paired else \
+        {"templates": templates, "classnames": list(source.classnames)}
+    described = {"source": source.info} if getattr(source, "info", None) else {}  # wds:, parquet: (format, counts)
+    note(described, source.texts_truncated)  # captions or class names cut to texts.MAX_TEXT_CHARS
+    return {"model": model, "pretrained": pretrained, "seed": int(seed), "checkpoint_sha256": checkpoint_sha256,
+            "checkpoint": checkpoint, "dataset": source.spec, "dataset_sha256": source.fingerprint(),
+            "prompts": prompts, "mode": "paired" if source.paired else "classes", "dtype": dtype,
+            "n_source_items": len(source), **described}
+
+
+def _check_checkpoint(out: str, meta: dict) -> None:
+    """Refuse to resume a store begun with another finetune checkpoint (compared by the params' sha256)."""
+    old = st.read_meta(out)
+    was, now = (c or {} for c in (old.get("checkpoint"), meta["checkpoint"]))
+    if not old.get("complete") and was.get("sha256") != now.get("sha256"):
+        raise st.StoreError(f"refusing to resume {out}: it was started with checkpoint={was.get('path')}, this "
+                            f"run asks for checkpoint={now.get('path')} (use --overwrite to start over)")
+
+
+def embed_to_store(out: str, data: str, model: str | None, pretrained: str | None = "none", *, seed: int = 0,
+                   dtype: str = "float16", batch_size: int = 64, workers: int | None = None,
+                   device: str = "auto", templates: Sequence[str] | None = None, overwrite: bool = False,
+                   strict: bool = False, codec: str = st.DEFAULT_CODEC, chunk_rows: int | None = None,
+                   commit_every_s: float = COMMIT_EVERY_S, limit: int | None = None,
+                   progress: bool = True, encoder: Encoder | None = None,
+                   checkpoint: str | None = None, normalize_on_device: bool | None = None,
+                   cluster: str | None = None, client=None, task_bytes: int | None = None,
+                   classes: str | None = None, image_col: str | None = None, caption_col: str | None = None,
+                   label_col: str | None = None) -> EmbedResult:
+    """Embed ``data`` with ``model`` into the store ``out``; rerunning the same call resumes.
+
+    ``checkpoint``: a finished ``embedx finetune`` run folder; its base model (model, pretrained, seed) with
+    the trained parameters applied embeds, and the run is recorded in the store's ``checkpoint`` attribute.
+    ``cluster`` ("local[:N]", "tcp://HOST:PORT") or ``client`` (a ``distributed.Client``): tasks of whole chunks
+    run on the Dask workers (``embedx.embedding.cluster``; ``task_bytes`` of output each, default ``EMBEDX_TASK_BYTES``
+    or 128 MiB) and the store equals the serial one byte for byte; rerunning resumes at the unfinished tasks.
+    ``normalize_on_device`` (default: on CUDA): loaders hand over uint8 pixels and the device scales and
+    normalizes them (the same pixels bit for bit, a quarter of the bytes, less CPU work per image).
+    ``classes``, ``image_col``, ``caption_col``, ``label_col``: how ``wds:``/``parquet:`` data is read
+    (:func:`embedx.sources.catalog.parse_source`).
+    """
+    if batch_size < 1:
+        raise EmbedxError(f"batch_size must be positive, got {batch_size}", param="batch_size")
+    if dtype not in st.DTYPES:
+        raise EmbedxError(f"dtype must be float16 or float32, got {dtype!r}", param="dtype")
+    source = parse_source(data, classes=classes, image_col=image_col, caption_col=caption_col, label_col=label_col)
+    if limit is not None:
+        if limit < 1:
+            raise EmbedxError(f"limit must be positive, got {limit}", param="limit")
+        source = source.head(limit)
+    tmpl = [] if source.paired else resolve_templates(templates, source)
+    spec = resolve_model(model, pretrained, checkpoint=checkpoint, seed=seed)  # loads no weights yet
+    meta = plan_meta(source, spec.model, spec.pretrained, spec.seed, dtype, tmpl, spec.pretrained_sha256,
+                     spec.checkpoint)
+
+    distributed = cluster is not None or client is not None
+    if cluster is not None:
+        from embedx.engine.cluster import parse_cluster
+
+        parse_cluster(cluster)  # a bad spec is refused before any store or model
+    with writer_lock(out):  # one writer at a time; what killed writers left beside ``out`` is repaired first
+        writer = None
+        if st.exists(out) and not overwrite:
+            _check_checkpoint(out, meta)
+            writer = st.StoreWriter.resume(out, meta)  # refuses complete stores and other inputs, before any model load
+            _check_mode(out, writer.meta, distributed)
+        else:
+            st.check_target(out, overwrite)  # refuses paths that hold something else, before any model load
+        enc = encoder or spec.load(device)
+        if writer is None:
+            writer = st.StoreWriter.create(out, n_rows=len(source), dim=enc.dim, meta=meta, dtype=dtype,
+                                           n_texts=None if source.paired else len(source.classnames),
+                                           codec=codec, chunk_rows=chunk_rows, overwrite=overwrite)
+        start = writer.source_pos
+        known = {item["id"] for item in writer.skipped}
+        left_out = [e for e in source.excluded if e["id"] not in known]  # non-regular files, undecodable names
+        extra = {"device": str(enc.device), "logit_scale": model_logit_scale(enc.model)}
+        try:
+            if not writer.meta.get("texts_written"):
+                texts = accept_rows(enc.encode_classes(source.classnames, tmpl), source.classnames, "texts",
+                                    "class", dtype, 0)
+                writer.write_texts(texts, source.classnames)
+            if distributed:
+                from embedx.embedding import cluster as dist_embed
+                from embedx.engine.cluster import connect
+
+                job_args = {"model": model, "pretrained": pretrained, "checkpoint": checkpoint, "seed": seed,
+                            "device": device, "workers": workers, "strict": strict,
+                            "normalize_on_device": normalize_on_device}
+                with connect(cluster, client, task_bytes=task_bytes, rerun="rerun to resume") as executor:
+                    final, before, n_tasks = dist_embed.run(executor, writer, source, meta, job_args,
+                                                            batch_size=batch_size, progress=progress,
+                                                            left_out=left_out, extra=extra)
+                return EmbedResult(final, 0, final["rows_committed"], (before, n_tasks))
+            if left_out:
+                writer.skip(left_out)
+            if start:
+                log.info("resuming %s at item %d of %d (%d rows committed)", out, start, len(source),
+                         writer.rows_committed)
+            rows0 = writer.rows_committed
+            on_device = enc.device.type == "cuda" if normalize_on_device is None else normalize_on_device
+            _stream(writer, enc, source, start, batch_size, workers, strict, commit_every_s, progress, on_device)
+            writer.wait()
+            if "progress" in writer.group:  # flags a cluster run left after its commit (embedx.embedding.cluster)
+                del writer.group["progress"]
+            final = writer.finalize(extra, sums=stored_sums(out, source.paired))
+        except BaseException:
+            writer.close()
+            raise
+        return EmbedResult(final, start, final["rows_committed"] - rows0)
+
+
+def _check_mode(out: str, meta: dict, distributed: bool) -> None:
+    """A store begun on a cluster resumes on a cluster, one begun in-process resumes in-process."""
+    if distributed:
+        from embedx.embedding.cluster import check_resumable
+
+        check_resumable(out, meta)
+    elif meta.get("plan") is not None:
+        raise st.StoreError(f"refusing to resume {out} without --cluster: it was begun on a cluster (rerun with "
+                            f"--cluster to resume it, or pass --overwrite)")
+
+
+def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, batch_size: int,
+            workers: int | None, strict: bool, commit_every_s: float, progress: bool,
+            normalize_on_device: bool = False) -> None:
+    from tqdm.auto import tqdm
+
+    workers = default_workers() if workers is None else workers
+    preprocess, norm = split_preprocess(enc.preprocess) if normalize_on_device else (enc.preprocess, None)
+    loader = DataLoader(Items(source, preprocess, start, len(source)), batch_size=batch_size,
+                        shuffle=False, num_workers=workers, collate_fn=collate,
+                        pin_memory=enc.device.type == "cuda", persistent_workers=False,
+                        prefetch_factor=4 if workers else None)
+    labels = source.labels
+    bar = tqdm(total=len(source), initial=start, unit="img", desc="embed", disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)
+    pos, row = start, writer.rows_committed  # row: the store row of the next image (nothing is buffered yet)
+    dtype = writer.meta["dtype"]
+    try:
+        for idx, good, pixels, bad in loader:
+            if bad:
+                if strict:
+                    i, why = bad[0]
+                    raise EmbedxError(f"cannot read image {source.ids[i]!r} ({why}); drop --strict to skip "
+                                      f"unreadable images")
+                writer.skip([{"id": source.ids[i], "error": why} for i, why in bad])
+                bar.set_postfix(skipped=len(writer.skipped) + len(bad), refresh=False)
+            if good:
+                ids = [source.ids[i] for i in good]
+                emb = accept_rows(enc.encode_images(pixels, norm), ids, "images", "image", dtype, row)
+                if source.paired:
+                    caps = [source.captions[i] for i in good]
+                    temb = accept_rows(enc.encode_texts(caps), caps, "texts", "caption", dtype, row)
+                    writer.append(emb, None, ids, text_emb=temb, text_names=caps)
+                else:
+                    writer.append(emb, labels[good], ids)
+                row += len(good)
+            pos = idx[-1] + 1
+            bar.update(len(idx))
+            if writer.should_commit(writer.meta["chunk_rows"], commit_every_s):
+                writer.commit(pos)
+    finally:
+        bar.close()
+    writer.commit(pos)
+
+
+def embed(out, data: str, model: str, pretrained: str | None = None, *, checkpoint: str | None = None,
+          seed: int = 0, device: str = "auto", batch_size: int = 64, dtype: str = "float16", progress=None,
+          **options):
+    """Embed ``data`` ("folder:DIR", "csv:FILE", "wds:SHARDS", "parquet:FILE", "digits", "synthetic:N", ...)
+    with an open_clip ``model`` into a store at ``out`` (resumable: rerun the same call after a crash) -> the
+    finished store's metadata. ``options``: the rest of ``embedx embed``'s options by their Python names
+    (templates, codec, chunk_rows, limit, workers, overwrite, strict, classes, image_col, caption_col,
+    label_col), and ``cluster`` ("local[:N]" | "tcp://HOST:PORT") or ``client`` (a ``distributed.Client``) to
+    embed on a Dask cluster (the same store, byte for byte)."""
+    res = embed_to_store(str(out), data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
+                         device=device, checkpoint=checkpoint, progress=bool(progress), **options)
+    return res.meta

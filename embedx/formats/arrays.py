@@ -1,0 +1,258 @@
+"""``embedx import``: a store from existing arrays (npy / npz / parquet).
+
+Arrays are validated completely before anything is written (NaN/inf rows, zero rows, float16 overflow,
+dimension mismatch, labels out of range), streamed in row blocks so a memory-mapped ``.npy`` of any size
+works, and written to a temporary sibling that replaces ``out`` only once it is complete: an existing
+store is never half-overwritten.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+
+from embedx import store as st
+from embedx import validate
+from embedx.engine.progress import Bar, enabled
+from embedx.errors import EmbedxError
+from embedx.rowsource import as_numpy
+from embedx.rows import first_bad_row
+from embedx.store.placement import place, staging_path, writer_lock
+from embedx.texts import cap_texts, note, read_line
+from embedx.fs.url import storage_faults
+
+BLOCK_ROWS = 65536
+FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def load_array(spec, what: str = "array") -> np.ndarray:
+    """``file.npy`` (memory-mapped), ``file.npz[:key]`` or ``file.parquet[:column]``; an in-memory numpy array or
+    torch tensor is taken as it is."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return as_numpy(spec)
+    spec = os.fspath(spec)
+    path, key = spec, None
+    for ext in (".npz", ".parquet"):
+        head, sep, tail = spec.rpartition(ext + ":")
+        if sep and head:
+            path, key = head + ext, tail
+    if not os.path.isfile(path):
+        raise EmbedxError(f"{what} file not found: {path}")
+    try:
+        if path.endswith(".npy"):
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if key is None:
+                    if len(keys) != 1:
+                        raise EmbedxError(f"{path} holds {len(keys)} arrays ({', '.join(keys)}); name one as "
+                                          f"{path}:KEY")
+                    key = keys[0]
+                if key not in keys:
+                    raise EmbedxError(f"{path} has no array {key!r} (has: {', '.join(keys)})")
+                return z[key]
+        if path.endswith(".parquet"):
+            return _parquet(path, key)
+    except EmbedxError:
+        raise
+    except Exception as e:
+        raise EmbedxError(f"cannot read {what} from {path}: {' '.join(str(e).split())[:200]}") from None
+    raise EmbedxError(f"{what}: unsupported file type {path!r} (use .npy, .npz or .parquet)")
+
+
+def _parquet(path: str, column: str | None) -> np.ndarray:
+    """One list column (each row a vector), or every numeric column as one dimension."""
+    import pyarrow.parquet as pq
+    import pyarrow.types as pt
+
+    table = pq.read_table(path, columns=[column] if column else None)
+    if column is None and table.num_columns == 1:
+        column = table.column_names[0]
+    if column is not None:
+        col = table.column(column).combine_chunks()
+        if pt.is_list(col.type) or pt.is_large_list(col.type) or pt.is_fixed_size_list(col.type):
+            return _list_matrix(col, f"{path}:{column}")
+        return col.to_numpy(zero_copy_only=False)
+    cols = [table.column(c).to_numpy() for c in table.column_names]
+    return np.stack(cols, axis=1)
+
+
+STORE_REL_ERROR = 1e-3  # float16 rounds a row by at most 2^-11 of its norm, unless its values are subnormal
+
+
+def _list_matrix(col, what: str) -> np.ndarray:
+    """A list column as a matrix: every row a list of the same length, no null row, no null value (a ragged or
+    gappy column is refused, never reshaped into a wrong matrix)."""
+    import pyarrow.compute as pc
+
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise EmbedxError(f"{what}: row {row} is null ({col.null_count} null rows); every row needs a vector")
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    if len(lengths) and lengths.min() != lengths.max():
+        row = int(np.flatnonzero(lengths != lengths[0])[0])
+        raise EmbedxError(f"{what}: ragged lists (row 0 has {lengths[0]} values, row {row} has {lengths[row]}); "
+                          f"every row needs a vector of the same length")
+    values = col.flatten()
+    if values.null_count:
+        raise EmbedxError(f"{what}: {values.null_count} null values inside the lists; every value must be a number")
+    values = values.to_numpy(zero_copy_only=False)
+    return values.reshape(len(col), -1) if len(col) else values.reshape(0, 0)
+
+
+def _check_rows(x: np.ndarray, what: str, dtype: str, offset: int = 0) -> bool:
+    """Raise on rows the store would not accept (``embedx.rows``), judged on the values as they will be stored
+    (after the conversion to ``dtype``), and on float16 overflow; return True if every row has unit norm. Rows are
+    numbered from ``offset`` in the messages."""
+    if x.ndim != 2:
+        raise EmbedxError(f"{what} must be a 2-D array (rows x dim), got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise EmbedxError(f"{what} is empty (shape {x.shape})")
+    if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
+        raise EmbedxError(f"{what} must be numeric, got dtype {x.dtype}")
+    unit = True
+    for s in range(0, x.shape[0], BLOCK_ROWS):
+        raw = np.asarray(x[s:s + BLOCK_ROWS], dtype=np.float64)
+        bad = ~np.isfinite(raw).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad) + s + offset
+            raise EmbedxError(f"{what} row {rows[0]} contains NaN or inf ({_count_nonfinite_rows(x)} rows "
+                              f"in all)")
+        if dtype == "float16" and np.abs(raw).max() > FP16_MAX:
+            raise EmbedxError(f"{what} has values beyond the float16 range (|x| > {FP16_MAX:g}); "
+                              f"use --dtype float32")
+        with np.errstate(over="ignore"):  # a float32 overflow is reported below as a norm out of range
+            b = raw.astype(dtype).astype(np.float64)  # the values as stored
+        norms = np.sqrt((b * b).sum(axis=1))
+        bad = first_bad_row(norms)
+        if bad is not None:
+            raw_ok = first_bad_row(np.sqrt((raw[bad[0]:bad[0] + 1] ** 2).sum(axis=1))) is None
+            stored = f" once stored as {dtype}" if raw_ok else ""
+            raise EmbedxError(f"{what} row {bad[0] + s + offset}{stored} {bad[1]}")
+        moved = np.sqrt(((b - raw) ** 2).sum(axis=1)) / np.sqrt((raw * raw).sum(axis=1))  # rows are nonzero here
+        lossy = np.flatnonzero(moved > STORE_REL_ERROR)
+        if len(lossy):
+            i = int(lossy[0])
+            raise EmbedxError(f"{what} row {i + s + offset} loses its direction when stored as {dtype} (it moves by "
+                              f"{moved[i]:.2g} of its norm {np.sqrt((raw[i] ** 2).sum()):.3g}: its values fall below "
+                              f"{dtype}'s normal range); L2-normalize the rows or use --dtype float32")
+        unit &= bool(np.abs(norms - 1).max() < 1e-2)
+    return unit
+
+
+def _count_nonfinite_rows(x: np.ndarray) -> int:
+    n = 0
+    for s in range(0, x.shape[0], BLOCK_ROWS):
+        b = np.asarray(x[s:s + BLOCK_ROWS], dtype=np.float64)
+        n += int((~np.isfinite(b).all(axis=1)).sum())
+    return n
+
+
+def _check_labels(labels: np.ndarray, n: int, c: int) -> np.ndarray:
+    """int32 class index per image, each in [-1, c) (``embedx.validate.labels``)."""
+    return validate.labels(labels, n, c).astype(np.int32)
+
+
+def _read_names(path, c: int, what: str) -> tuple[list[str], int]:
+    """(the names of the text rows, each at most ``texts.MAX_TEXT_CHARS`` characters; how many were cut)."""
+    if path is None:
+        return [str(k) for k in range(c)], 0
+    if not isinstance(path, (str, os.PathLike)):  # the names themselves
+        names, cut = cap_texts(str(v) for v in path)
+        if len(names) != c:
+            raise EmbedxError(f"names has {len(names)} entries, but there are {c} {what}")
+        return names, cut
+    if not os.path.isfile(path):
+        raise EmbedxError(f"names file not found: {path}")
+    names, cut = [], 0
+    with open(path, encoding="utf-8") as f:
+        while (got := read_line(f)) is not None:  # a line of any length: its first MAX_TEXT_CHARS characters
+            names.append(got[0])
+            cut += got[1]
+    while names and names[-1] == "":
+        names.pop()
+    if len(names) != c:
+        raise EmbedxError(f"{path} has {len(names)} names, but there are {c} {what}")
+    return names, cut
+
+
+def import_arrays(out: str, *, images: str | None = None, texts: str | None = None, labels: str | None = None,
+                  paired: bool = False, names: str | None = None, paired_array: str | None = None,
+                  dtype: str = "float16", overwrite: bool = False, codec: str = st.DEFAULT_CODEC,
+                  chunk_rows: int | None = None, model: str | None = None, dataset: str | None = None) -> dict:
+    """Validate the arrays, write them as a complete store at ``out``; return its metadata."""
+    if dtype not in st.DTYPES:
+        raise EmbedxError(f"dtype must be float16 or float32, got {dtype!r}", param="dtype")
+    st.check_target(out, overwrite)
+    if paired_array is not None:
+        if images is not None or texts is not None or labels is not None:
+            raise EmbedxError("--paired-array replaces --images/--texts/--labels; give one or the other")
+        both = load_array(paired_array, "paired array")
+        if both.ndim != 3 or both.shape[0] != 2:
+            raise EmbedxError(f"paired_array needs shape (2, N, d), got {both.shape}", param="paired_array")
+        x, t, paired, sources = both[0], both[1], True, [paired_array]
+    else:
+        if images is None or texts is None:
+            raise EmbedxError("give --images and --texts (or --paired-array)")
+        x, t = load_array(images, "images"), load_array(texts, "texts")
+        sources = [s for s in (images, texts, labels) if s is not None]
+    unit = _check_rows(x, "images", dtype) & _check_rows(t, "texts", dtype)
+    if x.shape[1] != t.shape[1]:
+        raise EmbedxError(f"dimension mismatch: images have d={x.shape[1]}, texts have d={t.shape[1]}")
+    n, c = x.shape[0], t.shape[0]
+    if paired:
+        if labels is not None:
+            raise EmbedxError("--paired and --labels exclude each other (paired rows are their own labels)")
+        if c != n:
+            raise EmbedxError(f"--paired needs as many text rows as image rows, got {n} images and {c} texts")
+        y = None
+    else:
+        if labels is None:
+            raise EmbedxError("give --labels y.npy (class index per image) or --paired (text i pairs with image i)")
+        y = _check_labels(load_array(labels, "labels"), n, c)
+    text_names, cut = _read_names(names, c, "captions" if paired else "text rows")
+    files = [os.fspath(s) for s in sources if isinstance(s, (str, os.PathLike))]
+    meta = {"model": model, "pretrained": None, "seed": None,
+            "dataset": dataset or (os.path.basename(files[0]) if files else "arrays"),
+            "mode": "paired" if paired else "classes", "normalized": unit, "written_by": "import",
+            "source": {"imported_from": [os.path.abspath(s) if not st.is_url(s) else s for s in files] or
+                       ["<in-memory arrays>"]}}
+    note(meta, cut, "captions" if paired else "names")
+    with writer_lock(out), storage_faults(out):  # one writer at a time; leftovers of killed writers repaired first
+        st.check_target(out, overwrite)
+        return _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite)
+
+
+def _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite) -> dict:
+    local = not st.is_url(out)
+    target = out.rstrip("/")
+    tmp = staging_path(target) if local else target
+    try:
+        w = st.StoreWriter.create(tmp, n_rows=x.shape[0], dim=x.shape[1], meta=meta,
+                                  n_texts=None if y is None else t.shape[0], dtype=dtype, codec=codec,
+                                  chunk_rows=chunk_rows, overwrite=not local and overwrite, background=False)
+        w.durable_commits = not local  # staged: finalize makes it durable before it is placed
+        if y is not None:
+            w.write_texts(np.asarray(t), text_names)
+        block = max(1, BLOCK_ROWS // w.meta["chunk_rows"]) * w.meta["chunk_rows"]  # whole chunks
+        bar = Bar(x.shape[0], "import", enabled(None))
+        for s in range(0, x.shape[0], block):
+            bar.update(min(block, x.shape[0] - s))
+            e = min(s + block, x.shape[0])
+            ids = [str(i) for i in range(s, e)]
+            if y is None:
+                w.append(np.asarray(x[s:e]), None, ids, text_emb=np.asarray(t[s:e]), text_names=text_names[s:e])
+            else:
+                w.append(np.asarray(x[s:e]), y[s:e], ids)
+            w.commit(e)
+        bar.close()
+        meta = w.finalize()
+    except BaseException:
+        if local:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if local:
+        place(tmp, target)  # atomic: the target holds the old store or the new one, whole
+    return meta

@@ -1,0 +1,252 @@
+"""``embedx export STORE --format clip-retrieval|npy|parquet --out DIR``: a store as files other tools read.
+
+* ``clip-retrieval``: ``img_emb/img_emb_{i}.npy``, ``text_emb/text_emb_{i}.npy``, ``metadata/metadata_{i}.parquet``
+  (``image_path`` = the store's id, ``caption``), partitions of ``partition_rows`` rows numbered as clip-retrieval
+  numbers them (zero-padded to ``int(log10(partitions)) + 1`` digits): what autofaiss and ``clip_retrieval index``
+  take. Paired stores only.
+* ``npy``: ``images.npy``, ``texts.npy``, ``ids.parquet`` (``id``, and ``caption`` for paired stores); class stores
+  add ``labels.npy`` (int32) and ``names.parquet`` (``name``).
+* ``parquet``: ``embeddings.parquet``, one row per image: ``id``, ``caption`` + ``image``, ``text`` (paired) or
+  ``label`` + ``image`` (class stores; their texts in ``texts.parquet``: ``name``, ``embedding``); embeddings are
+  fixed-size lists of float32 (readable by pyarrow, pandas, polars and duckdb; float16 round-trips exactly).
+
+Every export also writes ``embedx.json`` (the store's mode, dtype, model, dataset), so ``embedx import --from
+FORMAT DIR`` rebuilds the same arrays, dtype included. Rows are read in blocks of whole chunks (checked against
+their content checksums) and written as they come: memory is one block. A local folder is staged and renamed into
+place when complete; an fsspec URL (``s3://``, ...) is written in place, ``embedx.json`` last, and removed again
+if the export fails.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+
+import numpy as np
+
+from embedx.fs import files as fsx
+from embedx.engine.progress import Bar, enabled
+from embedx.errors import EmbedxError
+from embedx.store import Store
+from embedx.store.layout import is_url
+
+FORMATS = ("clip-retrieval", "npy", "parquet")
+PARTITION_ROWS = 1_000_000
+META_FILE = "embedx.json"
+META_KEYS = ("mode", "dtype", "dim", "model", "pretrained", "dataset", "normalized", "source")
+
+
+class NpyWriter:
+    """A ``.npy`` written row block by row block (header first; the shape is known up front)."""
+
+    def __init__(self, path: str, shape: tuple, dtype):
+        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
+        self.f = fsx.open_write(path)
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+        np.lib.format.write_array_header_1_0(self.f, header)
+        self.rows = 0
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        self.f.write(memoryview(rows.reshape(-1).view(np.uint8)))
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self.f.close()
+        if self.rows != self.shape[0]:
+            raise EmbedxError(f"{self.path}: wrote {self.rows} rows, expected {self.shape[0]}")
+
+
+def _strings(s: Store, name: str, a: int, b: int) -> list:
+    return [str(v) for v in s.group[name][a:b]]
+
+
+def _blocks(s: Store, start: int, stop: int):
+    """(a, b) row ranges of whole chunks covering ``start:stop`` (cut at ``stop``)."""
+    step = s.block_rows()
+    a = start
+    while a < stop:
+        b = min(stop, (a // step + 1) * step)
+        yield a, b
+        a = b
+
+
+def _rows(s: Store, name: str, a: int, b: int, dim: int) -> np.ndarray:
+    return s.read_rows_into(name, a, np.empty((b - a, dim), s.dtype))
+
+
+def export_store(store: str, fmt: str, out: str, *, partition_rows: int = PARTITION_ROWS,
+                 overwrite: bool = False) -> dict:
+    """Write the store at ``store`` as ``fmt`` (``FORMATS``) into the folder ``out``; return a summary."""
+    if fmt not in FORMATS:
+        raise EmbedxError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}", param="fmt")
+    if partition_rows < 1:
+        raise EmbedxError(f"partition_rows must be at least 1, got {partition_rows}", param="partition_rows")
+    s = Store(store)
+    if fmt == "clip-retrieval" and not s.paired:
+        raise EmbedxError(f"{store} has class texts, not one caption per image; the clip-retrieval layout needs a "
+                          f"paired store (use --format npy or parquet)")
+    out = os.fspath(out).rstrip("/")
+    if fsx.exists(out) and (not fsx.isdir(out) or fsx.listdir(out)):
+        if not overwrite:
+            raise EmbedxError(f"{out} exists and is not empty; pass --overwrite to replace it", param="out")
+        if not fsx.isfile(fsx.join(out, META_FILE)):
+            raise EmbedxError(f"{out} is not an embedx export; refusing to replace it (choose another folder)")
+    if is_url(out):
+        return _export_url(s, store, fmt, out, partition_rows)
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise EmbedxError(f"cannot write {out}: the folder {parent} does not exist")
+    tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{uuid.uuid4().hex[:8]}")
+    os.makedirs(tmp)
+    try:
+        files = _write_all(s, store, fmt, tmp, partition_rows)
+        if os.path.exists(out):
+            old = f"{tmp}.old"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _summary(s, out, fmt, files)
+
+
+def _summary(s: Store, out: str, fmt: str, files: int) -> dict:
+    return {"out": out, "format": fmt, "rows": s.n_images, "n_texts": s.n_texts, "dim": s.dim,
+            "dtype": str(s.dtype), "files": files}
+
+
+def _write_all(s: Store, store: str, fmt: str, folder: str, partition_rows: int) -> int:
+    """Every file of the export into ``folder``, ``embedx.json`` last; the number of files."""
+    bar = Bar(s.n_images, "export", enabled(None))
+    files = {"clip-retrieval": _clip_retrieval, "npy": _npy, "parquet": _parquet}[fmt](s, folder, partition_rows, bar)
+    bar.close()
+    meta = {k: s.meta.get(k) for k in META_KEYS}
+    meta.update(format=fmt, rows=s.n_images, n_texts=s.n_texts, store=fsx.absolute(store), generation=s.generation)
+    with fsx.open_write(fsx.join(folder, META_FILE)) as f:
+        f.write(json.dumps(meta, indent=1).encode("utf-8"))
+    s.ensure_unchanged()
+    return files
+
+
+def _export_url(s: Store, store: str, fmt: str, out: str, partition_rows: int) -> dict:
+    """An export behind a URL: written in place (object stores have no rename), the old export removed first;
+    a failure removes what was written, and ``embedx.json`` comes last, so a partial export is never taken for
+    one."""
+    fsx.remove_tree(out)
+    try:
+        files = _write_all(s, store, fmt, out, partition_rows)
+    except BaseException:
+        fsx.remove_tree(out)
+        raise
+    return _summary(s, out, fmt, files)
+
+
+def _clip_retrieval(s: Store, out: str, partition_rows: int, bar) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n, d = s.n_images, s.dim
+    parts = math.ceil(n / partition_rows)
+    width = int(math.log10(parts)) + 1  # as clip_retrieval.clip_inference.writer.OutputSink numbers them
+    for sub in ("img_emb", "text_emb", "metadata"):
+        fsx.makedirs(fsx.join(out, sub))
+    schema = pa.schema([("image_path", pa.string()), ("caption", pa.string())])
+    for k in range(parts):
+        p0, p1 = k * partition_rows, min(n, (k + 1) * partition_rows)
+        tag = str(k).zfill(width)
+        xi = NpyWriter(fsx.join(out, "img_emb", f"img_emb_{tag}.npy"), (p1 - p0, d), s.dtype)
+        xt = NpyWriter(fsx.join(out, "text_emb", f"text_emb_{tag}.npy"), (p1 - p0, d), s.dtype)
+        with fsx.open_write(fsx.join(out, "metadata", f"metadata_{tag}.parquet")) as sink, \
+                pq.ParquetWriter(sink, schema) as mw:
+            for a, b in _blocks(s, p0, p1):
+                xi.write(_rows(s, "images/embeddings", a, b, d))
+                xt.write(_rows(s, "texts/embeddings", a, b, d))
+                mw.write_table(pa.table({"image_path": _strings(s, "images/ids", a, b),
+                                         "caption": _strings(s, "texts/names", a, b)}, schema=schema))
+                bar.update(b - a)
+        xi.close()
+        xt.close()
+    return 3 * parts
+
+
+def _npy(s: Store, out: str, partition_rows: int, bar) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n, c, d = s.n_images, s.n_texts, s.dim
+    xi = NpyWriter(fsx.join(out, "images.npy"), (n, d), s.dtype)
+    xt = NpyWriter(fsx.join(out, "texts.npy"), (c, d), s.dtype)
+    y = None if s.paired else NpyWriter(fsx.join(out, "labels.npy"), (n,), np.int32)
+    fields = [("id", pa.string())] + ([("caption", pa.string())] if s.paired else [])
+    schema = pa.schema(fields)
+    with fsx.open_write(fsx.join(out, "ids.parquet")) as sink, pq.ParquetWriter(sink, schema) as mw:
+        for a, b in _blocks(s, 0, n):
+            xi.write(_rows(s, "images/embeddings", a, b, d))
+            cols = {"id": _strings(s, "images/ids", a, b)}
+            if s.paired:
+                xt.write(_rows(s, "texts/embeddings", a, b, d))
+                cols["caption"] = _strings(s, "texts/names", a, b)
+            else:
+                y.write(s.labels(a, b))
+            mw.write_table(pa.table(cols, schema=schema))
+            bar.update(b - a)
+    if not s.paired:
+        for a, b in _text_blocks(s):
+            xt.write(s.read_texts(a, b))
+        with fsx.open_write(fsx.join(out, "names.parquet")) as sink:
+            pq.write_table(pa.table({"name": [str(v) for v in s.text_names()]}), sink)
+        y.close()
+    xi.close()
+    xt.close()
+    return 5 if not s.paired else 3
+
+
+def _text_blocks(s: Store):
+    step = s.group["texts/embeddings"].chunks[0] * max(1, 65536 // s.group["texts/embeddings"].chunks[0])
+    for a in range(0, s.n_texts, step):
+        yield a, min(s.n_texts, a + step)
+
+
+def _vectors(rows: np.ndarray):
+    import pyarrow as pa
+
+    flat = pa.array(np.ascontiguousarray(rows, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, rows.shape[1])
+
+
+def _parquet(s: Store, out: str, partition_rows: int, bar) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n, d = s.n_images, s.dim
+    vec = pa.list_(pa.float32(), d)
+    if s.paired:
+        schema = pa.schema([("id", pa.string()), ("caption", pa.string()), ("image", vec), ("text", vec)])
+    else:
+        schema = pa.schema([("id", pa.string()), ("label", pa.int32()), ("image", vec)])
+    schema = schema.with_metadata({"embedx": json.dumps({"dtype": str(s.dtype), "mode": s.meta["mode"]})})
+    with fsx.open_write(fsx.join(out, "embeddings.parquet")) as sink, pq.ParquetWriter(sink, schema) as w:
+        for a, b in _blocks(s, 0, n):
+            cols = {"id": pa.array(_strings(s, "images/ids", a, b), pa.string())}
+            if s.paired:
+                cols["caption"] = pa.array(_strings(s, "texts/names", a, b), pa.string())
+                cols["image"] = _vectors(_rows(s, "images/embeddings", a, b, d))
+                cols["text"] = _vectors(_rows(s, "texts/embeddings", a, b, d))
+            else:
+                cols["label"] = pa.array(s.labels(a, b), pa.int32())
+                cols["image"] = _vectors(_rows(s, "images/embeddings", a, b, d))
+            w.write_table(pa.Table.from_pydict(cols, schema=schema))
+            bar.update(b - a)
+    if s.paired:
+        return 1
+    names = [str(v) for v in s.text_names()]
+    texts = np.concatenate([s.read_texts(a, b) for a, b in _text_blocks(s)]) if s.n_texts else np.empty((0, d))
+    with fsx.open_write(fsx.join(out, "texts.parquet")) as sink:
+        pq.write_table(pa.table({"name": pa.array(names, pa.string()), "embedding": _vectors(texts)}), sink)
+    return 2

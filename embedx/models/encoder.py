@@ -1,0 +1,229 @@
+"""open_clip encoders: any architecture with a pretrained tag, a local checkpoint file, or an ``hf-hub:`` id.
+
+Random weights only when asked for (``pretrained="none"``), seeded so they are reproducible. Image and text
+embeddings come back L2-normalized as float32 numpy arrays. Class texts follow open_clip's zero-shot
+classifier: every template is embedded and normalized, the templates of a class are averaged, and the mean
+is re-normalized (one template: just the normalized embedding).
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from embedx.models import _torchvision_shim
+from embedx.errors import EmbedxError
+
+_torchvision_shim.apply()  # before open_clip (and so torchvision) is imported anywhere below
+import torch  # noqa: E402
+
+from embedx.device import resolve_device  # noqa: E402,F401  (re-exported for now: import it from embedx.device)
+
+log = logging.getLogger("embedx")
+NO_WEIGHTS = ("none", "random", "")
+HUB_HOST = ("huggingface.co", 443)
+# Extra open_clip architectures shipped with embedx (e.g. ``embedx-tiny``: 2 layers, width 64, 32 px, for
+# fast tests and smoke runs); registered with open_clip on first use.
+MODEL_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+_registered = False
+
+
+def register_model_configs() -> None:
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _registered = True
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _go_offline() -> None:
+    """Use only the local cache: no 45 s of download retries on a machine without network."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as c
+
+        c.HF_HUB_OFFLINE = True
+    except ImportError:
+        pass
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """open_clip and huggingface_hub log retries and 'no pretrained weights' on the root logger."""
+    loggers = [logging.getLogger(), logging.getLogger("huggingface_hub")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR + 10)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    s = " ".join(str(e).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+@dataclass
+class Encoder:
+    model: torch.nn.Module
+    preprocess: object
+    tokenizer: object
+    device: torch.device
+    name: str
+    pretrained: str
+    seed: int
+    checkpoint_sha256: str | None
+
+    @property
+    def amp(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @property
+    def dim(self) -> int:
+        out = getattr(self.model, "embed_dim", None) or getattr(self.model.text_projection, "shape", [0, 0])[-1]
+        if not out:
+            with torch.no_grad():
+                out = self.encode_texts(["a"]).shape[1]
+        return int(out)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor, norm: tuple | None = None) -> np.ndarray:
+        """Unit image embeddings of preprocessed ``pixels``; with ``norm`` = (mean, std) from
+        :func:`split_preprocess`, ``pixels`` are uint8 and are scaled and normalized on the device."""
+        pixels = pixels.to(self.device, non_blocking=True)
+        if norm is not None:
+            pixels = normalize_pixels(pixels, *norm)
+        with self.amp:
+            feats = self.model.encode_image(pixels, normalize=True)
+        return feats.float().cpu().numpy()
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        tokens = self.tokenizer(list(texts)).to(self.device)
+        with self.amp:
+            feats = self.model.encode_text(tokens, normalize=True)
+        return feats.float().cpu().numpy()
+
+    @torch.no_grad()
+    def encode_classes(self, classnames: Sequence[str], templates: Sequence[str], batch: int = 256) -> np.ndarray:
+        """[C, d]: per class, mean of the normalized template embeddings, re-normalized."""
+        out = []
+        for c in classnames:
+            feats = []
+            texts = [t.format(c) for t in templates]
+            for k in range(0, len(texts), batch):
+                feats.append(self.encode_texts(texts[k:k + batch]))
+            f = np.concatenate(feats).astype(np.float64).mean(axis=0)
+            out.append(f / np.linalg.norm(f))
+        return np.stack(out).astype(np.float32)
+
+
+def split_preprocess(preprocess):
+    """(loader part ending in a uint8 CHW tensor, (mean, std)) when ``preprocess`` is open_clip's image
+    transform (... -> convert to RGB -> ToTensor -> Normalize); else (preprocess, None).
+
+    Loaders then send 4x fewer bytes and skip two float passes per image; :func:`normalize_pixels` finishes on
+    the device with the same correctly rounded float32 operations (x/255, then (x - mean)/std), so the pixels
+    are bit for bit those of the full transform."""
+    from torchvision import transforms as T
+
+    ts = list(getattr(preprocess, "transforms", ()))
+    rgb = len(ts) >= 3 and (getattr(ts[-3], "mode", None) == "RGB"
+                            or getattr(ts[-3], "__name__", "") == "_convert_to_rgb")
+    if not (rgb and isinstance(ts[-2], T.ToTensor) and isinstance(ts[-1], T.Normalize)):
+        return preprocess, None
+    return T.Compose(ts[:-2] + [T.PILToTensor()]), (tuple(ts[-1].mean), tuple(ts[-1].std))
+
+
+def normalize_pixels(u8: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 (x/255 - mean)/std, as torchvision's ToTensor + Normalize compute it."""
+    x = u8.float().div_(255)
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def load_encoder(model: str, pretrained: str = "none", seed: int = 0, device: str = "auto",
+                 offline: bool | None = None, warn_random: bool = True) -> Encoder:
+    """Build ``model`` (open_clip name or ``hf-hub:org/repo``) with ``pretrained`` = tag | file | ``none``.
+
+    ``offline=None`` checks once whether the hub answers and, if not, loads from the local cache only.
+    ``warn_random=False``: no warning that random weights make an untrained model (the base of a fine-tuning
+    run, which is trained).
+    """
+    import open_clip
+
+    register_model_configs()
+    dev = resolve_device(device)
+    is_hub = model.startswith("hf-hub:")
+    if not is_hub and model not in open_clip.list_models():
+        near = difflib.get_close_matches(model, open_clip.list_models(), n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else "; see `python -c 'import open_clip; print(open_clip.list_models())'`"
+        raise EmbedxError(f"unknown open_clip model {model!r}{hint}")
+    pretrained = (pretrained or "none").strip()
+    random_weights = pretrained.lower() in NO_WEIGHTS and not is_hub
+    sha = None
+    if random_weights:
+        if warn_random:
+            log.warning("--pretrained none: %s gets random weights (seed %d); embeddings measure an untrained "
+                        "model", model, seed)
+        arg = None
+    elif os.path.isfile(pretrained):
+        sha = file_sha256(pretrained)
+        arg = pretrained
+    else:
+        if os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+            raise EmbedxError(f"checkpoint file not found: {pretrained}")
+        arg = None if is_hub else pretrained
+        if offline is None:
+            offline = not hub_reachable()
+        if offline:
+            _go_offline()
+    torch.manual_seed(seed)
+    try:
+        with _quiet_root_logger():
+            net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=arg, device=dev)
+        tokenizer = open_clip.get_tokenizer(model)
+    except Exception as e:  # open_clip raises RuntimeError/ValueError/OSError/HF errors for all of these
+        what = pretrained if not is_hub else model
+        if offline and not random_weights and sha is None:
+            raise EmbedxError(f"cannot load {what!r} for {model} offline: the weights are not in the local "
+                              f"cache and the hub is unreachable ({_one_line(e, 160)}); pass a local checkpoint "
+                              f"file with --pretrained PATH or --pretrained none") from None
+        if sha is not None:  # a local file that is not a checkpoint: say what it should hold, not torch's bare reason
+            raise EmbedxError(f"cannot load {model} with pretrained={what!r}: the file is not a checkpoint of "
+                              f"{model}'s weights; --pretrained FILE takes a torch state dict (.pt/.pth/.bin, as "
+                              f"torch.save(model.state_dict())) or a .safetensors file of this architecture "
+                              f"({_one_line(e, 120)})") from None
+        raise EmbedxError(f"cannot load {model} with pretrained={what!r}: {_one_line(e)}") from None
+    net.eval()
+    return Encoder(net, preprocess, tokenizer, dev, model, "none" if random_weights else pretrained, int(seed), sha)
