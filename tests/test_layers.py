@@ -205,6 +205,9 @@ def filesystem_decisions(tree):
             out += [(node.lineno, f"imports {a.name}") for a in node.names if a.name in FS_DECIDERS]
         elif isinstance(node, ast.Call) and _call_name(node) in FS_DECIDERS:
             out.append((node.lineno, f"calls {_call_name(node)}()"))
+        elif isinstance(node, ast.Compare) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops) \
+                and isinstance(node.left, ast.Constant) and node.left.value == "://":
+            out.append((node.lineno, "tests '://' in a path"))
     return out
 
 
@@ -273,7 +276,9 @@ def test_planted_kernel_cli_and_init_violations_are_seen(tmp_path):
 
 def test_planted_filesystem_decisions_are_seen():
     tree = ast.parse("import fsspec\nfrom embedx.fs.url import is_url\nfrom s3fs import S3FileSystem\n"
-                     "def f(p):\n    return url_fs(p) if st.is_url(p) else p\n")
+                     "def f(p):\n    return url_fs(p) if st.is_url(p) else p\n"
+                     "remote = '://' in str(p)\n")
     assert sorted(filesystem_decisions(tree)) == [(1, "imports fsspec"), (2, "imports is_url"), (3, "imports s3fs"),
-                                                  (5, "calls is_url()"), (5, "calls url_fs()")]
+                                                  (5, "calls is_url()"), (5, "calls url_fs()"),
+                                                  (6, "tests '://' in a path")]
     assert filesystem_decisions(ast.parse("from embedx.fs.locations import location\nlocation(p).local\n")) == []

@@ -56,16 +56,18 @@ _LOCAL = _local_capabilities()
 def location(path) -> "Location":
     """The :class:`Location` of ``path`` (a ``str`` or ``os.PathLike``; a Location is returned as it is): a
     :class:`UrlLocation` for ``PROTOCOL://...``, else a :class:`LocalLocation`."""
-    if isinstance(path, Location):
-        return path
-    p = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
-    return UrlLocation(p) if is_url(p) else LocalLocation(p)
+    if type(path) is not str:
+        if isinstance(path, Location):
+            return path
+        path = os.fspath(path) if isinstance(path, os.PathLike) else str(path)
+    return UrlLocation(path) if is_url(path) else LocalLocation(path)
 
 
 class Location:
     """A local path or a URL, with what its storage can do (see the module docstring). ``path`` is the string as
     given (a URL keeps its protocol)."""
 
+    __slots__ = ("path",)
     local: bool = False
     capabilities: frozenset = frozenset()
 
@@ -105,6 +107,7 @@ class Location:
 class LocalLocation(Location):
     """A path on this machine's disk."""
 
+    __slots__ = ()
     local = True
     capabilities = _LOCAL
 
@@ -227,12 +230,12 @@ class LocalLocation(Location):
 class UrlLocation(Location):
     """A path in an fsspec filesystem (a URL), the filesystem built on first use by :func:`embedx.fs.url.url_fs`."""
 
+    __slots__ = ("_fs",)
     local = False
     capabilities = frozenset()
 
     def __init__(self, path: str):
-        super().__init__(path)
-        self._fs = None
+        self.path, self._fs = path, None
 
     def __getstate__(self):  # the filesystem is made again in each process
         return {"path": self.path}
