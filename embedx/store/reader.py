@@ -26,7 +26,6 @@ from embedx.store.layout import (
     writes_every_chunk,
 )
 from embedx.fs.locations import PREADV, location
-from embedx.fs.url import storage_faults
 from embedx.store.writer import exists
 
 
@@ -95,7 +94,7 @@ class Store:
                 f"{path} is unfinished ({self.meta.get('rows_committed', 0)} of at most "
                 f"{self.meta.get('n_rows_max', '?')} rows committed); {finish_hint(self.meta)}")
         self.generation = self.meta.get("generation")  # a new id each time a store is created at a path
-        with storage_faults(self.path):
+        with self.loc.faults():
             self.group = open_group(self.path, mode="r")
             for _, problem in layout_problems(self.path, self.meta, self.group):  # a stat per chunk: 8 ms at 1M rows
                 self._still_there()  # removed between the metadata and the arrays: not damage
@@ -152,7 +151,7 @@ class Store:
         if not writes_every_chunk(self.meta) or (per_read and not self.loc.local):
             return
         chunks = chunk_files(self.path, self._nodes[name], name, start, stop)
-        with storage_faults(self.path):
+        with self.loc.faults():
             gone = missing_files(self.path, name, [f for _, f, _, _ in chunks])
         for k, f, r0, r1 in chunks:
             if f in gone:
@@ -354,7 +353,7 @@ class Store:
 
     def ids(self) -> np.ndarray:
         self._check_chunks("images/ids", 0, self.n_images)
-        with storage_faults(self.path):
+        with self.loc.faults():
             return self._nodes["images/ids"][: self.n_images]
 
     def texts(self, dtype=None) -> np.ndarray:
@@ -372,7 +371,7 @@ class Store:
         """Text rows by index (random access; like ``images(rows)``, not checked against the chunk checksums)."""
         rows = np.asarray(rows, dtype=np.int64)
         self._check_chunks("texts/embeddings", 0, self.n_texts)
-        with storage_faults(self.path):
+        with self.loc.faults():
             return self._nodes["texts/embeddings"].get_orthogonal_selection((rows, slice(None)))
 
     def whole_chunks(self, target_rows: int) -> int:
@@ -381,7 +380,7 @@ class Store:
 
     def text_names(self) -> np.ndarray:
         self._check_chunks("texts/names", 0, self.n_texts)
-        with storage_faults(self.path):
+        with self.loc.faults():
             return self._nodes["texts/names"][: self.n_texts]
 
     # -- description --------------------------------------------------------------------------------------
