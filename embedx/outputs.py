@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from embedx.errors import EmbedxError
+from embedx.fs.locations import location
 
 
 def check_output_file(path: str | None, what: str = "output", param: str | None = None) -> None:
@@ -12,7 +13,7 @@ def check_output_file(path: str | None, what: str = "output", param: str | None 
     if not path or path == "-":
         return
     p = os.path.expanduser(str(path))
-    if "://" in p:
+    if not location(p).local:
         return  # remote outputs are checked by their writer
     folder = os.path.dirname(os.path.abspath(p)) or "."
     if os.path.isdir(p):
@@ -31,7 +32,7 @@ def check_output_dir(path: str | None, what: str = "output folder", param: str |
     if not path:
         return
     p = os.path.expanduser(str(path))
-    if "://" in p:
+    if not location(p).local:
         return
     if os.path.isfile(p):
         raise EmbedxError(f"{what} {path} is a file; give a folder", param=param)

@@ -47,7 +47,9 @@ def provenance(kind: str, stores: dict, options: dict | None = None) -> dict:
 def relative_to(path: str, base_file: str) -> str:
     """``path`` relative to the folder of ``base_file`` (a history CSV records stores this way), or as given
     when it is a URL or on another drive."""
-    if "://" in str(path):
+    from embedx.fs.locations import location
+
+    if not location(path).local:
         return str(path)
     try:
         return os.path.relpath(os.path.abspath(path), os.path.dirname(os.path.abspath(base_file)))

@@ -183,6 +183,53 @@ def test_import_graph_has_no_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+# One filesystem seam (docs/DESIGN.md "Filesystems"): local path or URL is decided in embedx.fs alone (a Location
+# and its capabilities); nothing else builds a filesystem, asks is_url/url_fs, or imports fsspec. The input readers
+# (embedx.fs, embedx.sources) import nothing of the store.
+FS_PACKAGE = "embedx.fs"
+FS_DECIDERS = {"is_url", "url_fs", "storage_options", "_filesystem"}
+FILESYSTEM_LIBS = {"fsspec", "s3fs", "gcsfs", "adlfs"}
+READERS = ("embedx.fs", "embedx.sources")
+
+
+def filesystem_decisions(tree):
+    """``(line, what)`` for each place a module decides local vs URL itself: it imports a filesystem library,
+    imports or calls one of ``FS_DECIDERS``."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, f"imports {a.name}") for a in node.names if a.name.split(".")[0] in FILESYSTEM_LIBS]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.level == 0 and node.module.split(".")[0] in FILESYSTEM_LIBS:
+                out.append((node.lineno, f"imports {node.module}"))
+            out += [(node.lineno, f"imports {a.name}") for a in node.names if a.name in FS_DECIDERS]
+        elif isinstance(node, ast.Call) and _call_name(node) in FS_DECIDERS:
+            out.append((node.lineno, f"calls {_call_name(node)}()"))
+        elif isinstance(node, ast.Compare) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops) \
+                and isinstance(node.left, ast.Constant) and node.left.value == "://":
+            out.append((node.lineno, "tests '://' in a path"))
+    return out
+
+
+def _outside_fs(name):
+    return name != FS_PACKAGE and not name.startswith(FS_PACKAGE + ".")
+
+
+def test_only_embedx_fs_decides_local_or_url():
+    bad = []
+    for m in sorted(MODS):
+        if _outside_fs(m):
+            with open(MODS[m]) as fh:
+                bad += [f"{m} line {line}: {what}" for line, what in filesystem_decisions(ast.parse(fh.read()))]
+    assert not bad, "local vs URL decided outside embedx.fs (ask embedx.fs.locations.location(path)): " + "; ".join(bad)
+
+
+def test_input_readers_import_nothing_of_the_store():
+    bad = [f"{m} imports {t} (line {line})" for m, edges in GRAPH.items() if m.startswith(READERS)
+           for t, line in edges.items() if t == "embedx.store" or t.startswith("embedx.store.")]
+    assert not bad, "; ".join(bad)
+
+
 # The checks above must be able to fail: plant each violation in a copy of the tree's shape.
 def _plant(tmp_path, files):
     for rel, text in files.items():
@@ -225,3 +272,13 @@ def test_planted_kernel_cli_and_init_violations_are_seen(tmp_path):
     assert "embedx.cli.main" in graph["embedx.lib"]
     assert init_logic(mods["embedx.pkg"]) == ["line 4: Assign"]
     assert init_logic(mods["embedx"]) == []
+
+
+def test_planted_filesystem_decisions_are_seen():
+    tree = ast.parse("import fsspec\nfrom embedx.fs.url import is_url\nfrom s3fs import S3FileSystem\n"
+                     "def f(p):\n    return url_fs(p) if st.is_url(p) else p\n"
+                     "remote = '://' in str(p)\n")
+    assert sorted(filesystem_decisions(tree)) == [(1, "imports fsspec"), (2, "imports is_url"), (3, "imports s3fs"),
+                                                  (5, "calls is_url()"), (5, "calls url_fs()"),
+                                                  (6, "tests '://' in a path")]
+    assert filesystem_decisions(ast.parse("from embedx.fs.locations import location\nlocation(p).local\n")) == []

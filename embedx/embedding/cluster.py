@@ -256,10 +256,11 @@ def run(executor, writer: st.StoreWriter, source, meta: dict, job_args: dict, *,
 def _compact(writer: st.StoreWriter, job: EmbedJob, meta: dict, bad: set, skipped: list, extra: dict) -> dict:
     """The readable rows, in order, copied into a store staged beside the target, finalized there and swapped in
     (what a serial run writes: skipped items take no row)."""
+    from embedx.fs.locations import RENAME, location
     from embedx.store.placement import place, staging_path
 
     out, m = writer.path, writer.meta
-    if st.is_url(out):
+    if not location(out).can(RENAME):
         raise StoreError(f"{out}: {len(bad)} unreadable items were skipped; compacting a store behind a URL is not "
                          f"supported on a cluster yet (rerun without --cluster)")
     src = st.Store(out, allow_partial=True, verify_content=False)

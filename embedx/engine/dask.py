@@ -26,9 +26,9 @@ RETRIES = 2
 def worker_path(path: str) -> str:
     """``path`` as a worker opens it: a local path made absolute (a worker may run in another folder, or on another
     machine with the same mounts), a URL as it is."""
-    from embedx.store.layout import is_url
+    from embedx.fs.locations import location
 
-    return path if is_url(path) else os.path.abspath(path)
+    return location(path).absolute()
 
 
 def _absolute(ref):

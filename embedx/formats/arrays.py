@@ -20,6 +20,7 @@ from embedx.rowsource import as_numpy
 from embedx.rows import first_bad_row
 from embedx.store.placement import place, staging_path, writer_lock
 from embedx.texts import cap_texts, note, read_line
+from embedx.fs.locations import RENAME, location
 from embedx.fs.url import storage_faults
 
 BLOCK_ROWS = 65536
@@ -217,7 +218,7 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
     meta = {"model": model, "pretrained": None, "seed": None,
             "dataset": dataset or (os.path.basename(files[0]) if files else "arrays"),
             "mode": "paired" if paired else "classes", "normalized": unit, "written_by": "import",
-            "source": {"imported_from": [os.path.abspath(s) if not st.is_url(s) else s for s in files] or
+            "source": {"imported_from": [location(s).absolute() for s in files] or
                        ["<in-memory arrays>"]}}
     note(meta, cut, "captions" if paired else "names")
     with writer_lock(out), storage_faults(out):  # one writer at a time; leftovers of killed writers repaired first
@@ -226,7 +227,7 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
 
 
 def _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite) -> dict:
-    local = not st.is_url(out)
+    local = location(out).can(RENAME)
     target = out.rstrip("/")
     tmp = staging_path(target) if local else target
     try:

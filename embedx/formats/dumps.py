@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embedx.fs import files as fsx
+from embedx.fs.locations import FADVISE, PREADV, RENAME, location
 from embedx import store as st
 from embedx.engine.progress import Bar, enabled
 from embedx.errors import EmbedxError
@@ -91,7 +92,7 @@ class NpyRows:
         buf = memoryview(out.reshape(-1).view(np.uint8))
         if len(buf) != (stop - start) * row:
             raise ValueError(f"{self.label}: a buffer of {len(buf)} bytes for {stop - start} rows of {row}")
-        if st.is_url(self.path):  # one ranged read
+        if not location(self.path).can(PREADV):  # behind a URL: one ranged read
             with fsx.open_binary(self.path) as f:
                 f.seek(self.offset + start * row)
                 done = 0
@@ -503,7 +504,7 @@ def _parquet_dtype(d: Dump):
 
 
 def _stream(out, d: Dump, meta, dtype, codec, chunk_rows, id_column, caption_column) -> dict:
-    local = not st.is_url(out)
+    local = location(out).can(RENAME)
     target = out.rstrip("/")
     tmp = staging_path(target) if local else target
     n = d.rows
@@ -640,7 +641,7 @@ def _prefetch(shards) -> None:
         return
     for s in shards:
         for a in (s.images, s.texts):
-            if isinstance(a, NpyRows) and not st.is_url(a.path):
+            if isinstance(a, NpyRows) and location(a.path).can(FADVISE):
                 try:
                     fd = os.open(a.path, os.O_RDONLY | os.O_NONBLOCK)  # checked regular; never wait on a FIFO
                     try:

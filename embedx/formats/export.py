@@ -27,10 +27,10 @@ import uuid
 import numpy as np
 
 from embedx.fs import files as fsx
+from embedx.fs.locations import RENAME, location
 from embedx.engine.progress import Bar, enabled
 from embedx.errors import EmbedxError
 from embedx.store import Store
-from embedx.store.layout import is_url
 
 FORMATS = ("clip-retrieval", "npy", "parquet")
 PARTITION_ROWS = 1_000_000
@@ -94,7 +94,7 @@ def export_store(store: str, fmt: str, out: str, *, partition_rows: int = PARTIT
             raise EmbedxError(f"{out} exists and is not empty; pass --overwrite to replace it", param="out")
         if not fsx.isfile(fsx.join(out, META_FILE)):
             raise EmbedxError(f"{out} is not an embedx export; refusing to replace it (choose another folder)")
-    if is_url(out):
+    if not location(out).can(RENAME):  # behind a URL: written in place, embedx.json last
         return _export_url(s, store, fmt, out, partition_rows)
     parent = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(parent):

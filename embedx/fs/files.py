@@ -1,6 +1,7 @@
 """Where a dump lives: a local folder or an fsspec URL (``s3://``, ``gs://``, ``hf://``, ...), read through one
 small set of calls, so ``embedx import --from ...`` scans and streams either the same way. Credentials and
-endpoints come from the environment, as for stores (``embedx.store.layout.url_fs``).
+endpoints come from the environment, as for stores (``embedx.fs.url``). Local or URL is decided by
+:func:`embedx.fs.locations.location`; the functions here take and return path strings.
 
 **Regular files only.** Every file a source or a dump reads is opened here (:func:`open_binary`,
 :func:`read_capped`, :func:`parquet_source`) or checked here first (:func:`regular_size`): a local path or a
@@ -15,7 +16,7 @@ import os
 import stat as _stat
 
 from embedx.errors import EmbedxError
-from embedx.store.layout import is_url, url_fs
+from embedx.fs.locations import location
 
 IMAGE_CAP = 256 << 20  # an image file (or tar member) above it is unreadable: counted and listed, never read
 SMALL_CAP = 64 << 20  # a classes file, a caption member, an embedx.json: text, never this large
@@ -52,12 +53,7 @@ def _kind(mode: int) -> str | None:
 def local_path(p: str) -> str | None:
     """The path on this machine's disk of ``p``: ``p`` itself, or the path of a ``file://`` (fsspec local) URL;
     None for any other URL."""
-    if not is_url(p):
-        return p
-    from fsspec.implementations.local import LocalFileSystem
-
-    fs, q = url_fs(p)
-    return q if isinstance(fs, LocalFileSystem) else None
+    return location(p).local_path
 
 
 def _refuse(p: str, kind: str):
@@ -67,15 +63,15 @@ def _refuse(p: str, kind: str):
 def regular_size(p: str) -> int:
     """The size of the regular file ``p``, checked without opening it (a ``stat``; an fsspec ``info`` for a URL):
     :class:`NotAFile` for a FIFO, device, socket or folder, ``FileNotFoundError`` for nothing there."""
-    lp = local_path(p)
+    loc = location(p)
+    lp = loc.local_path
     if lp is not None:
         st = os.stat(lp)
         kind = _kind(st.st_mode)
         if kind:
             raise _refuse(p, kind)
         return st.st_size
-    fs, q = url_fs(p)
-    info = fs.info(q)
+    info = loc.info()
     if info.get("type") != "file":
         raise _refuse(p, "a folder" if info.get("type") == "directory" else "not a regular file")
     return int(info.get("size") or 0)
@@ -95,29 +91,20 @@ def file_problem(p: str) -> str | None:
 
 
 def join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts]) if is_url(root) else os.path.join(root, *parts)
+    return location(root).join(*parts).path
 
 
 def isdir(p: str) -> bool:
-    if is_url(p):
-        fs, q = url_fs(p)
-        return bool(fs.isdir(q))
-    return os.path.isdir(p)
+    return location(p).isdir()
 
 
 def isfile(p: str) -> bool:
-    if is_url(p):
-        fs, q = url_fs(p)
-        return bool(fs.isfile(q))
-    return os.path.isfile(p)
+    return location(p).isfile()
 
 
 def listdir(p: str) -> list[str]:
     """The names in folder ``p`` (not paths)."""
-    if is_url(p):
-        fs, q = url_fs(p)
-        return [str(e).rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(q, detail=False)]
-    return os.listdir(p)
+    return location(p).listdir()
 
 
 def size(p: str) -> int:
@@ -129,11 +116,11 @@ def open_binary(p: str, buffering: int = -1):
     """A seekable binary file object of the regular file ``p`` (fsspec's for a URL other than ``file://``, read in
     blocks of 8 MiB). Checked first (:func:`regular_size`), and a local file is then opened without blocking and
     checked again on the open descriptor, so a FIFO put in its place meanwhile is refused too, never waited on."""
-    lp = local_path(p)
+    loc = location(p)
+    lp = loc.local_path
     if lp is None:
         regular_size(p)
-        fs, q = url_fs(p)
-        return fs.open(q, "rb", block_size=8 << 20)
+        return loc.open("rb", block_size=8 << 20)
     regular_size(p)
     fd = os.open(lp, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
@@ -169,7 +156,7 @@ def _mib(n: int) -> str:
 def parquet_source(p: str):
     """What pyarrow's parquet reader takes for the regular file ``p`` (checked, :func:`regular_size`): a local
     path, or an open fsspec file for a URL."""
-    if not is_url(p):
+    if location(p).local:
         regular_size(p)
         return p
     return open_binary(p)
@@ -177,50 +164,30 @@ def parquet_source(p: str):
 
 def rel(p: str, root: str) -> str:
     """``p`` relative to ``root`` (for messages and shard names)."""
-    if is_url(root):
-        r = root.rstrip("/") + "/"
-        return p[len(r):] if p.startswith(r) else p
-    return os.path.relpath(p, root)
+    return location(root).rel(p)
 
 
 def absolute(p: str) -> str:
-    return p.rstrip("/") if is_url(p) else os.path.abspath(p)
+    return location(p).absolute()
 
 
 def basename(p: str) -> str:
-    return p.rstrip("/").rsplit("/", 1)[-1] if is_url(p) else os.path.basename(os.path.abspath(p).rstrip("/"))
+    return location(p).basename()
 
 
 def open_write(p: str):
     """A binary file object for writing ``p`` (fsspec's for URLs: uploaded when closed)."""
-    if is_url(p):
-        fs, q = url_fs(p)
-        return fs.open(q, "wb", block_size=64 << 20)
-    return open(p, "wb")
+    return location(p).open("wb", block_size=64 << 20)
 
 
 def makedirs(p: str) -> None:
-    if is_url(p):
-        fs, q = url_fs(p)
-        fs.makedirs(q, exist_ok=True)  # object stores: nothing to make
-    else:
-        os.makedirs(p, exist_ok=True)
+    location(p).makedirs()
 
 
 def exists(p: str) -> bool:
-    if is_url(p):
-        fs, q = url_fs(p)
-        return bool(fs.exists(q))
-    return os.path.exists(p)
+    return location(p).exists()
 
 
 def remove_tree(p: str) -> None:
     """Remove the folder ``p`` and everything under it (missing: nothing to do)."""
-    if is_url(p):
-        fs, q = url_fs(p)
-        if fs.exists(q):
-            fs.rm(q, recursive=True)
-    else:
-        import shutil
-
-        shutil.rmtree(p, ignore_errors=True)
+    location(p).remove(ignore_errors=True)

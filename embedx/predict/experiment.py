@@ -24,7 +24,8 @@ from embedx.errors import EmbedxError
 from embedx.predict.history import append_row
 from embedx.predict.predictors import DEFAULT_STORE_PREDICTORS, StoreCache
 from embedx.provenance import relative_to
-from embedx.store import Store, is_url
+from embedx.fs.locations import location
+from embedx.store import Store
 
 
 def identify(before: Store, after: Store, task: str | None, method: str | None) -> dict:
@@ -59,7 +60,7 @@ def row(ident: dict, summary: dict, history_store: str, *, predictors=None, meas
         acc.append(v)
     forgot = summary.get("forgetting")
     out = {**ident, "zs_acc": acc[0], "ft_acc": acc[1], "ood_delta": forgot["mean_delta"] if forgot else None,
-           "store": history_store if is_url(history_store) else os.path.abspath(history_store)}
+           "store": location(history_store).absolute()}
     want = list(predictors or DEFAULT_STORE_PREDICTORS)
     known = {}
     if os.path.abspath(history_store) == os.path.abspath(summary["before"]["path"]):

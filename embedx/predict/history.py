@@ -121,11 +121,12 @@ def _number(cell: str, path: str, i: int, task: str, col: str) -> float | None:
 
 def resolve_store(cell: str, csv_path: str) -> str:
     """A store cell: URLs and absolute paths as given, relative paths from the CSV's folder."""
-    from embedx.store import is_url
+    from embedx.fs.locations import location
 
-    cell = os.path.expanduser(cell)
-    if is_url(cell) or os.path.isabs(cell):
-        return cell
+    loc = location(cell).expanduser()
+    if not loc.local or os.path.isabs(loc.path):
+        return loc.path
+    cell = loc.path
     return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(csv_path)), cell))
 
 

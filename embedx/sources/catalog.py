@@ -82,7 +82,9 @@ def csv_source(path: str, spec: str) -> Source:
         raise EmbedxError(f"{path} has no rows")
     base = os.path.dirname(os.path.abspath(path))
     ids = [r["image"] or "" for r in rows]
-    urls = [p for p in ids if "://" in p]
+    from embedx.fs.locations import location
+
+    urls = [p for p in ids if not location(p).local]
     if urls:
         raise EmbedxError(f"{path}: {len(urls)} of {len(ids)} images are URLs (first: {urls[0][:80]}); embedx reads "
                           f"local files: download them first (e.g. with img2dataset)")

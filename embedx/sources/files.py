@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 
 from PIL import Image, UnidentifiedImageError
 
-from embedx.fs.files import (SMALL_CAP, NotAFile, file_problem, isdir, isfile, local_path, open_binary,
-                           read_capped)
+from embedx.fs.files import SMALL_CAP, NotAFile, file_problem, isdir, isfile, open_binary, read_capped
+from embedx.fs.locations import location
 from embedx.errors import EmbedxError
-from embedx.store.layout import is_url, url_fs
 from embedx.sources.base import Source
 
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
@@ -68,18 +67,15 @@ def expand_files(pattern: str, ext: str, what: str) -> list[str]:
     """The files a pattern names, in order; a missing one is a one-line error (a typo, not data to skip)."""
     out: list[str] = []
     for part in pattern.split("::"):
-        part = part if is_url(part) else os.path.expanduser(part)
+        part = location(part).expanduser().path
         for p in expand_braces(part):
             if any(c in p for c in "*?["):
-                fs, q = url_fs(p) if is_url(p) else (None, p)
-                found = sorted(fs.glob(q)) if fs else sorted(_local_glob(q))
-                if fs:
-                    found = [fs.unstrip_protocol(f) for f in found]
+                found = location(p).glob()  # sorted; local: regular files only
                 if not found:
                     raise EmbedxError(f"no {what} matches {p}")
                 out.extend(found)
             elif isdir(p):
-                found = sorted(f for f in _listdir(p) if f.lower().endswith(ext))
+                found = sorted(f for f in location(p).files() if f.lower().endswith(ext))
                 if not found:
                     raise EmbedxError(f"{p} is a folder without {ext} files")
                 out.extend(found)
@@ -98,23 +94,10 @@ def expand_files(pattern: str, ext: str, what: str) -> list[str]:
     return out
 
 
-def _local_glob(q: str) -> list[str]:
-    import glob
-
-    return [p for p in glob.glob(q) if os.path.isfile(p)]
-
-
-def _listdir(p: str) -> list[str]:
-    if is_url(p):
-        fs, q = url_fs(p)
-        return [fs.unstrip_protocol(f) for f in fs.ls(q, detail=False)]
-    return [os.path.join(p, f) for f in os.listdir(p) if os.path.isfile(os.path.join(p, f))]
-
-
 def read_classes(path: str) -> list[str]:
     """``--classes FILE``: one class name a line (UTF-8); line k names label k. Blank or repeated names are errors."""
     try:
-        raw = read_capped(path if is_url(path) else os.path.expanduser(path), SMALL_CAP, "a classes file")
+        raw = read_capped(location(path).expanduser().path, SMALL_CAP, "a classes file")
         text = raw.decode("utf-8")
     except FileNotFoundError:
         raise EmbedxError(f"classes file not found: {path}") from None
@@ -180,19 +163,19 @@ class RangeReader:
     file checked to be a regular one first (``embedx.fs.files``)."""
 
     def __init__(self):
-        self._fs: dict = {}
+        self._where: dict = {}  # path -> (Location, its local path or None)
 
     def read(self, path: str, offset: int, size: int) -> bytes:
         if size < 0 or offset < 0:
             raise OSError(f"bad byte range: {size} bytes at offset {offset}")
-        if is_url(path) and path not in self._fs:
-            self._fs[path] = local_path(path) or url_fs(path)  # file:// URLs: read as local paths
-        where = self._fs.get(path, path)
-        if isinstance(where, tuple):
-            fs, q = where
-            data = fs.cat_file(q, start=offset, end=offset + size)
+        if path not in self._where:
+            loc = location(path)
+            self._where[path] = loc, loc.local_path  # file:// URLs: read as local paths
+        loc, local = self._where[path]
+        if local is None:
+            data = loc.read_range(offset, offset + size)
         else:
-            with open_binary(where) as f:
+            with open_binary(local) as f:
                 f.seek(offset)
                 data = f.read(size)
         if len(data) != size:
@@ -200,7 +183,7 @@ class RangeReader:
         return data
 
     def __getstate__(self):  # filesystems are re-made in each process
-        return {"_fs": {}}
+        return {"_where": {}}
 
 
 @dataclass

@@ -16,7 +16,6 @@ Rows with a null image, caption or label are left out and listed (id ``FILE:ROW`
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 import threading
 
@@ -27,7 +26,7 @@ from embedx.fs.files import size as file_size
 from embedx.errors import EmbedxError
 from embedx.sources.base import _pil_rgb
 from embedx.sources.files import ShardedSource, decode_image, expand_files, label_index, read_classes
-from embedx.store.layout import is_url
+from embedx.fs.locations import location
 
 IMAGE_COLS = ("image", "jpg", "png", "webp", "img", "image_bytes", "path", "filepath", "file_path", "image_path",
               "file_name", "filename", "url")
@@ -146,7 +145,7 @@ def parquet_source(pattern: str, spec: str, *, classes: str | None = None, image
         if sum(groups) != len(tcol) or any(n < 0 for n in groups):
             raise EmbedxError(f"{f}: corrupt Parquet metadata (its row groups count {sum(groups)} rows, the "
                               f"columns hold {len(tcol)})")
-        base = posixpath.dirname(f) if is_url(f) else os.path.dirname(os.path.abspath(f))
+        base = location(f).parent()  # relative image paths are relative to it
         name = posixpath.basename(f)
         row = 0
         for g, n_group in enumerate(groups):
@@ -166,14 +165,13 @@ def parquet_source(pattern: str, spec: str, *, classes: str | None = None, image
                     rg_of.append(g)
                     row_of.append(r)
                     if kind == "path":
-                        paths.append(p if is_url(p) or os.path.isabs(p) else
-                                     (posixpath.join(base, p) if is_url(base) else os.path.join(base, p)))
+                        paths.append(base.resolve(p))
                 row += 1
         n_rows += row
     if not ids:
         why = f"; first problem: {excluded[0]['id']}: {excluded[0]['error']}" if excluded else ""
         raise EmbedxError(f"{pattern}: no usable rows in {len(files)} Parquet file(s){why}")
-    if kind == "path" and not any(is_url(p) for p in paths) and not any(os.path.isfile(p) for p in paths):
+    if kind == "path" and all(loc.local and not loc.isfile() for loc in map(location, paths)):
         raise EmbedxError(f"{pattern}: none of its {len(paths)} image paths is a file (first: {paths[0][:120]}); "
                           f"paths are relative to the Parquet file's folder")
 
@@ -252,10 +250,7 @@ class _BytesLoad:
                 if not path:
                     raise OSError("no image: null bytes and no path")
                 f = self.files[k]
-                base = posixpath.dirname(f) if is_url(f) else os.path.dirname(os.path.abspath(f))
-                full = path if is_url(path) or os.path.isabs(path) else (
-                    posixpath.join(base, path) if is_url(base) else os.path.join(base, path))
-                return _PathLoad([full])(0)
+                return _PathLoad([location(f).parent().resolve(path)])(0)
             v = data
         if v is None:
             raise OSError("no image: null bytes")

@@ -32,9 +32,9 @@ import numpy as np
 
 from embedx.fs.files import IMAGE_CAP, SMALL_CAP, local_path, open_binary
 from embedx.fs.files import size as file_size
+from embedx.fs.locations import location
 from embedx.errors import EmbedxError
 from embedx.sources.files import RangeReader, ShardedSource, decode_image, expand_files, label_index, read_classes
-from embedx.store.layout import url_fs
 from embedx.fs.url import storage_faults
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -186,8 +186,7 @@ def _scan_shard(shard: str, want: _Want) -> dict:
     if local is not None:  # a path or a file:// URL: checked to be a regular file, reads clamped to its size
         f = _Clamped(open_binary(local), size)
     else:
-        fs, q = url_fs(shard)
-        f = fs.open(q, "rb", block_size=STREAM_BLOCK, cache_type="readahead")
+        f = location(shard).open("rb", block_size=STREAM_BLOCK, cache_type="readahead")
     stopped = None
     end = 0
     try:

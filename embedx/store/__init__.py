@@ -16,6 +16,6 @@ __all__ = ["ARRAYS", "CODECS", "DEFAULT_CODEC", "DTYPES", "SCHEMA", "StorageErro
 __getattr__ = _lazy.exports(__name__, {
     "Store": "embedx.store.reader", "StoreRef": "embedx.store.reader", "open_ref": "embedx.store.reader", "opened_verified": "embedx.store.reader",
     "StoreWriter": "embedx.store.writer", "DTYPES": "embedx.store.writer", "CODECS": "embedx.store.writer", "DEFAULT_CODEC": "embedx.store.writer", "TARGET_CHUNK_BYTES": "embedx.store.writer", "check_target": "embedx.store.writer", "exists": "embedx.store.writer", "default_chunk_rows": "embedx.store.writer", "normalized_sum": "embedx.store.writer", "sync_tree": "embedx.store.writer",
-    "ARRAYS": "embedx.store.layout", "SCHEMA": "embedx.store.layout", "read_meta": "embedx.store.layout", "is_url": "embedx.store.layout",
+    "ARRAYS": "embedx.store.layout", "SCHEMA": "embedx.store.layout", "read_meta": "embedx.store.layout", "is_url": "embedx.fs.url",
     "StoreError": "embedx.errors", "StorageError": "embedx.errors",
 })

@@ -14,7 +14,8 @@ import numpy as np
 
 from embedx.kernels.ops.content_hash import ALGORITHM as CONTENT_ALGORITHM
 from embedx.kernels.ops.content_hash import content_hash
-from embedx.store.layout import chunk_files, committed_rows, is_url, units, url_fs
+from embedx.fs.locations import location
+from embedx.store.layout import chunk_files, committed_rows, units
 
 ALGORITHM = "crc32c"
 CONTENT_ARRAYS = ("images/embeddings", "images/labels", "texts/embeddings")
@@ -25,12 +26,7 @@ def _crc32c(path: str) -> int:
     import google_crc32c
 
     c = google_crc32c.Checksum()
-    if is_url(path):
-        fs, p = url_fs(path)
-        opened = fs.open(p, "rb", block_size=8 << 20)
-    else:
-        opened = open(path, "rb")
-    with opened as f:
+    with location(path).open("rb", block_size=8 << 20) as f:
         for block in iter(lambda: f.read(8 << 20), b""):
             c.update(block)
     return int.from_bytes(c.digest(), "big")

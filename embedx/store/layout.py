@@ -5,13 +5,13 @@ The layer under ``store``, ``storepath`` and ``integrity``: it knows zarr's file
 """
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import zarr
 
 from embedx.errors import StorageError, StoreError
-from embedx.fs.url import is_url, open_group, storage_fault, url_fs  # noqa: F401  (the one place URLs are opened)
+from embedx.fs.locations import location
+from embedx.fs.url import open_group
 
 SCHEMA = 1
 ARRAYS = ("images/embeddings", "images/labels", "images/ids", "texts/embeddings", "texts/names")
@@ -33,13 +33,7 @@ def missing_files(root: str, name: str, files: list[str]) -> set[str]:
 def file_presence(root: str, name: str):
     """A function telling whether a chunk file of array ``name`` of the store at ``root`` exists: a stat on a local
     disk; behind a URL, membership in one fresh listing of the array's folder (what exists, whatever is claimed)."""
-    if not is_url(root):
-        return os.path.isfile
-    fs, base = url_fs(root)
-    folder = f"{base.rstrip('/')}/{name}"
-    fs.invalidate_cache(folder)
-    have = {p.rstrip("/") for p in fs.find(folder)}
-    return lambda f: fs._strip_protocol(f).rstrip("/") in have
+    return location(root).join(name).presence()
 
 
 def rows_per_file(arr) -> int:
@@ -58,11 +52,10 @@ def iter_chunk_files(root: str, arr, name: str, start: int, stop: int) -> Iterat
     if stop <= start:
         return
     per_file = rows_per_file(arr)
-    join = (lambda *parts: "/".join([parts[0].rstrip("/"), *parts[1:]])) if is_url(root) else os.path.join
-    folder = join(str(root), *name.split("/"))
+    folder = location(root).join(*name.split("/"))
     for k in range(start // per_file, (stop - 1) // per_file + 1):
         key = arr.metadata.encode_chunk_key((k,) + (0,) * (arr.ndim - 1))
-        yield k, join(folder, *key.split("/")), k * per_file, min((k + 1) * per_file, stop) - 1
+        yield k, folder.join(*key.split("/")).path, k * per_file, min((k + 1) * per_file, stop) - 1
 
 
 def chunk_count_problem(meta: dict, name: str, arr, n: int) -> str | None:
@@ -130,19 +123,19 @@ def check_reachable(path: str) -> None:
     """Behind a URL, a StoreError saying so when the location cannot be read at all (credentials refused, endpoint
     unreachable), before zarr (whose concurrent requests would report it as "no store" and leave the others'
     errors for the interpreter to print at exit). Nothing for a local path or a store that is merely absent."""
-    if not is_url(path):
+    loc = location(path)
+    if loc.local:
         return
     try:
-        fs, p = url_fs(path)
-        fs.invalidate_cache(p)
-        fs.info(f"{p.rstrip('/')}/zarr.json")
+        loc.invalidate()
+        loc.join("zarr.json").info()
     except FileNotFoundError:
         return
     except PermissionError as e:
         raise StoreError(f"{path}: access denied ({_why(e)}); check the credentials (for s3://: AWS_ACCESS_KEY_ID "
                          f"and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)") from None
     except Exception as e:  # an unreachable or silent endpoint, no credentials, an unknown protocol or backend
-        fault = storage_fault(e, path)
+        fault = loc.fault(e)
         if fault is not None:
             raise fault from None
         raise StoreError(f"cannot reach {path} ({_why(e)})") from None
@@ -150,16 +143,14 @@ def check_reachable(path: str) -> None:
 
 def _missing_bucket(path: str) -> str:
     """" (the bucket B does not exist)" for a URL whose bucket (first path part) is missing, else ""."""
-    if not is_url(path):
+    loc = location(path)
+    if loc.local:
         return ""
     try:
-        fs, p = url_fs(path)
-        bucket = p.strip("/").split("/")[0]
-        if p.startswith("/") or not bucket or fs.exists(bucket):
-            return ""
+        bucket = loc.missing_bucket()
     except Exception:
         return ""
-    return f" (the bucket {bucket} does not exist)"
+    return f" (the bucket {bucket} does not exist)" if bucket else ""
 
 
 def _why(e: Exception) -> str:
@@ -175,7 +166,7 @@ def read_meta(path: str) -> dict:
     except StorageError:
         raise
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, OSError) as e:
-        fault = storage_fault(e, path) if is_url(path) else None
+        fault = location(path).fault(e)
         if fault is not None:
             raise fault from None
         raise StoreError(f"no store at {path}{_missing_bucket(path)}") from None

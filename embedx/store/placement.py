@@ -27,7 +27,8 @@ import uuid
 
 from embedx.store.atomic import fsync_dir
 from embedx.errors import StoreError
-from embedx.store.layout import is_url, read_meta
+from embedx.fs.locations import FLOCK, location
+from embedx.store.layout import read_meta
 
 log = logging.getLogger("embedx")
 STAGING = ".tmp-"
@@ -113,7 +114,7 @@ def recover(target: str) -> list[str]:
 def writer_lock(target: str):
     """Hold the only right to write ``target`` for the duration (a second writer gets a one-line StoreError),
     and first repair what killed writers left beside it (:func:`recover`; each repair logged as a warning)."""
-    if is_url(target):
+    if not location(target).can(FLOCK):  # behind a URL: no lock (writes go in place)
         yield
         return
     import fcntl

@@ -2,7 +2,6 @@
 commit marker) and :class:`StoreRef` / :func:`open_ref`, a store as a task in another process opens it."""
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,17 +17,15 @@ from embedx.store.layout import (
     chunk_files,
     committed_rows,
     finish_hint,
-    is_url,
     layout_problems,
     missing_files,
     open_group,
     read_meta,
     rows_per_file,
     units,
-    url_fs,
     writes_every_chunk,
 )
-from embedx.fs.url import storage_fault, storage_faults
+from embedx.fs.locations import PREADV, location
 from embedx.store.writer import exists
 
 
@@ -90,13 +87,14 @@ class Store:
 
     def __init__(self, path: str, allow_partial: bool = False, verify_content: bool = True):
         self.path = str(path)
+        self.loc = location(self.path)  # local or URL, decided once: what reads may take
         self.meta = read_meta(self.path)
         if not self.meta.get("complete") and not allow_partial:
             raise StoreError(
                 f"{path} is unfinished ({self.meta.get('rows_committed', 0)} of at most "
                 f"{self.meta.get('n_rows_max', '?')} rows committed); {finish_hint(self.meta)}")
         self.generation = self.meta.get("generation")  # a new id each time a store is created at a path
-        with storage_faults(self.path):
+        with self.loc.faults():
             self.group = open_group(self.path, mode="r")
             for _, problem in layout_problems(self.path, self.meta, self.group):  # a stat per chunk: 8 ms at 1M rows
                 self._still_there()  # removed between the metadata and the arrays: not damage
@@ -150,10 +148,10 @@ class Store:
         zarr's fallback, which would read a chunk deleted since as its fill value: a silently wrong number).
         Behind a URL the check is a listing, so row reads (``per_read``) skip it: opening checked the listing,
         and a chunk deleted since reads as its fill value, which the content checksums refuse."""
-        if not writes_every_chunk(self.meta) or (per_read and is_url(self.path)):
+        if not writes_every_chunk(self.meta) or (per_read and not self.loc.local):
             return
         chunks = chunk_files(self.path, self._nodes[name], name, start, stop)
-        with storage_faults(self.path):
+        with self.loc.faults():
             gone = missing_files(self.path, name, [f for _, f, _, _ in chunks])
         for k, f, r0, r1 in chunks:
             if f in gone:
@@ -244,7 +242,7 @@ class Store:
         (C-contiguous, the array's dtype). Plain local chunk files are read directly (embedx.store.chunkio), anything
         else through zarr. Thread-safe."""
         if name not in self._direct:
-            self._direct[name] = direct_reader(self._nodes[name])
+            self._direct[name] = direct_reader(self._nodes[name]) if self.loc.can(PREADV) else None
         d = self._direct[name]
         try:
             direct = d is not None and d.read_rows(start, out)
@@ -270,7 +268,7 @@ class Store:
             arr.get_basic_selection(slice(start, start + len(out)), out=NDBuffer.from_numpy_array(out))
             return
         except Exception as e:  # a truncated or garbled chunk: the store is damaged, say which
-            fault = storage_fault(e, self.path) if is_url(self.path) else None
+            fault = self.loc.fault(e)
             if fault is not None:  # the endpoint went away or stopped answering: not damage
                 raise fault from None
             if isinstance(e, OSError):
@@ -355,7 +353,7 @@ class Store:
 
     def ids(self) -> np.ndarray:
         self._check_chunks("images/ids", 0, self.n_images)
-        with storage_faults(self.path):
+        with self.loc.faults():
             return self._nodes["images/ids"][: self.n_images]
 
     def texts(self, dtype=None) -> np.ndarray:
@@ -373,7 +371,7 @@ class Store:
         """Text rows by index (random access; like ``images(rows)``, not checked against the chunk checksums)."""
         rows = np.asarray(rows, dtype=np.int64)
         self._check_chunks("texts/embeddings", 0, self.n_texts)
-        with storage_faults(self.path):
+        with self.loc.faults():
             return self._nodes["texts/embeddings"].get_orthogonal_selection((rows, slice(None)))
 
     def whole_chunks(self, target_rows: int) -> int:
@@ -382,7 +380,7 @@ class Store:
 
     def text_names(self) -> np.ndarray:
         self._check_chunks("texts/names", 0, self.n_texts)
-        with storage_faults(self.path):
+        with self.loc.faults():
             return self._nodes["texts/names"][: self.n_texts]
 
     # -- description --------------------------------------------------------------------------------------
@@ -416,15 +414,4 @@ def _describe_inventory(inv: dict | None) -> str | None:
 
 
 def _size_on_disk(path: str) -> int:
-    if is_url(path):
-        fs, p = url_fs(path)
-        fs.invalidate_cache(p)
-        return int(sum(fs.du(p, total=False).values())) if fs.exists(p) else 0
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(root, f))
-            except OSError:
-                pass
-    return total
+    return location(path).du()

@@ -36,14 +36,13 @@ from embedx.store.layout import (
     SCHEMA,
     check_reachable,
     creation_interrupted,
-    is_url,
     open_group,
     read_meta,
-    url_fs,
     writes_every_chunk,
 )
 from embedx.store.placement import crash_point, place, staging_path
-from embedx.fs.url import storage_fault, storage_faults
+from embedx.fs.locations import RENAME, location
+from embedx.fs.url import storage_faults
 
 DTYPES = ("float16", "float32")
 # Chosen from bench/results/codec.md: embeddings barely compress, so the default favours read speed.
@@ -105,28 +104,14 @@ def _check_target(path: str, overwrite: bool) -> bool:
             hint = " (an interrupted import: imports do not resume)" if meta.get("written_by") == "import" else ""
             raise StoreError(f"{path} already holds an unfinished store{hint}; pass --overwrite to replace it")
         return True
-    if is_url(path):
-        check_reachable(path)
-        fs, p = url_fs(path)
-        fs.invalidate_cache(p)
-        taken = fs.exists(p)
-    else:
-        taken = os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path))
-    if taken:
+    check_reachable(path)  # behind a URL: credentials and endpoint first (nothing for a local path)
+    if location(path).holds_anything():
         raise StoreError(f"{path} exists and is not an embedx store; refusing to write over it (choose another path)")
     return False
 
 
 def _remove(path: str) -> None:
-    if is_url(path):
-        fs, p = url_fs(path)
-        fs.invalidate_cache(p)
-        if fs.exists(p):
-            fs.rm(p, recursive=True)
-    elif os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.remove(path)
+    location(path).remove()
 
 
 def _now() -> str:
@@ -135,8 +120,7 @@ def _now() -> str:
 
 def sync_tree(path: str) -> None:
     """Make the data written so far durable before the commit marker is (local stores only)."""
-    if not is_url(path) and hasattr(os, "sync"):
-        os.sync()
+    location(path).sync()
 
 
 @dataclass
@@ -199,7 +183,7 @@ class StoreWriter:
             raise StoreError("nothing to write: the input has no rows")
         if dim < 1:
             raise StoreError(f"embedding dimension must be positive, got {dim}")
-        local = not is_url(path)
+        local = location(path).can(RENAME)
         if check_target(path, overwrite) and not local:
             _remove(path)  # remote: in place; local stores are staged and swapped in whole (embedx.store.placement)
         paired = meta.get("mode") == "paired"
@@ -332,7 +316,7 @@ class StoreWriter:
         try:
             self._commit_rows(p, skipped, source_pos)
         except Exception as e:
-            fault = storage_fault(e, self.path) if is_url(self.path) else None
+            fault = location(self.path).fault(e)
             if fault is not None:  # the endpoint went away or stopped answering mid-write
                 raise fault from None
             if not isinstance(e, OSError):
@@ -412,7 +396,7 @@ class StoreWriter:
         self.meta.update(extra or {})
         # crc32c of every chunk file (embedx.store.integrity; `embedx verify` checks them), behind a URL too (URL stores
         # from before it may lack chunks of fill values: none for them)
-        if not is_url(self.path) or writes_every_chunk(self.meta):
+        if location(self.path).local or writes_every_chunk(self.meta):
             from embedx.store.checksums import inventory  # kernels (and torch) only when a store is finalized
 
             meta = dict(self.meta, rows_committed=n)
@@ -482,7 +466,7 @@ def _version() -> str:
 
 def _clean_partials(path: str) -> None:
     """Remove temporary files a killed atomic write left behind (local stores)."""
-    if is_url(path):
+    if not location(path).local:
         return
     for root, _, files in os.walk(path):
         for f in files:
