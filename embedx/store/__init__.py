@@ -15,7 +15,7 @@ from embedx import _lazy
 __all__ = ["ARRAYS", "CODECS", "DEFAULT_CODEC", "DTYPES", "SCHEMA", "StorageError", "Store", "StoreError", "StoreRef", "StoreWriter", "TARGET_CHUNK_BYTES", "check_target", "default_chunk_rows", "exists", "is_url", "normalized_sum", "open_ref", "opened_verified", "read_meta", "sync_tree"]
 __getattr__ = _lazy.exports(__name__, {
     "Store": "embedx.store.reader", "StoreRef": "embedx.store.reader", "open_ref": "embedx.store.reader", "opened_verified": "embedx.store.reader",
-    "StoreWriter": "embedx.store.writer", "DTYPES": "embedx.store.writer", "CODECS": "embedx.store.writer", "DEFAULT_CODEC": "embedx.store.writer", "TARGET_CHUNK_BYTES": "embedx.store.writer", "check_target": "embedx.store.writer", "exists": "embedx.store.writer", "default_chunk_rows": "embedx.store.writer", "normalized_sum": "embedx.store.writer", "sync_tree": "embedx.store.writer",
+    "StoreWriter": "embedx.store.writer", "DTYPES": "embedx.store.writer", "CODECS": "embedx.store.writer", "DEFAULT_CODEC": "embedx.store.writer", "TARGET_CHUNK_BYTES": "embedx.store.writer", "check_target": "embedx.store.writer", "exists": "embedx.store.layout", "default_chunk_rows": "embedx.store.writer", "normalized_sum": "embedx.store.writer", "sync_tree": "embedx.store.writer",
     "ARRAYS": "embedx.store.layout", "SCHEMA": "embedx.store.layout", "read_meta": "embedx.store.layout", "is_url": "embedx.fs.url",
     "StoreError": "embedx.errors", "StorageError": "embedx.errors",
 })

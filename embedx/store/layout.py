@@ -21,6 +21,15 @@ ARRAYS = ("images/embeddings", "images/labels", "images/ids", "texts/embeddings"
 MAX_CHUNK_FILES = 1_000_000
 
 
+def exists(path: str) -> bool:
+    """True if a zarr group (complete or not) lives at ``path``."""
+    try:
+        open_group(path, mode="r")
+        return True
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError, OSError):
+        return False
+
+
 def missing_files(root: str, name: str, files: list[str]) -> set[str]:
     """The ``files`` (chunk files of array ``name`` of the store at ``root``) that do not exist: a stat each on a
     local disk, one fresh listing of the array's folder behind a URL (never fsspec's cached listing)."""

@@ -13,6 +13,7 @@ from zarr.core.buffer.cpu import NDBuffer
 from embedx.store.chunkio import direct_reader
 from embedx.errors import StorageError, StoreError
 from embedx.store.layout import (
+    exists,
     ARRAYS,
     chunk_files,
     committed_rows,
@@ -26,7 +27,6 @@ from embedx.store.layout import (
     writes_every_chunk,
 )
 from embedx.fs.locations import PREADV, location
-from embedx.store.writer import exists
 
 
 @dataclass(frozen=True)

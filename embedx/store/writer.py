@@ -31,6 +31,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from embedx.errors import StoreError
 from embedx.store.layout import (
+    exists,
     ARRAYS,
     MAX_CHUNK_FILES,
     SCHEMA,
@@ -74,15 +75,6 @@ def _compressors(codec: str):
         raise StoreError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
     c = CODECS[codec]()
     return None if c is None else [c]
-
-
-def exists(path: str) -> bool:
-    """True if a zarr group (complete or not) lives at ``path``."""
-    try:
-        open_group(path, mode="r")
-        return True
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError, OSError):
-        return False
 
 
 def check_target(path: str, overwrite: bool) -> bool:
