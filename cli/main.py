@@ -15,7 +15,7 @@ import click
 import embedx
 from embedx.cli.common import EXIT_BAD_INPUT, EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, echo, setup_logging, term
 from embedx.cli.options import verbosity_options
-from embedx.errors import EmbedxError, StorageError
+from embedx.errors import EmbedxError, StorageError, one_line
 
 # command name -> "module:function" under embedx.cli (see click's "Lazily Loading Subcommands")
 COMMANDS = {
@@ -142,7 +142,7 @@ class EmbedxGroup(click.Group):
             if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):
                 raise
             where = e.ctx.command_path if e.ctx is not None else "embedx"
-            echo(term(f"error: {' '.join(e.format_message().split())} (see: {where} --help)", one_line=True),
+            echo(term(f"error: {one_line(e.format_message())} (see: {where} --help)", one_line=True),
                  err=True)
             sys.exit(EXIT_BAD_INPUT)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
@@ -150,13 +150,13 @@ class EmbedxGroup(click.Group):
         except OSError as e:  # an expected failure of the machine (disk full, I/O error, permissions): not a bug
             storage_failed(e)
             where = e.filename if e.filename is not None else "?"
-            echo(term(f"error: {where}: {e.strerror or ' '.join(str(e).split())[:300]}", one_line=True), err=True)
+            echo(term(f"error: {where}: {e.strerror or one_line(e, 300)}", one_line=True), err=True)
             sys.exit(EXIT_BAD_INPUT)
         except Exception as e:  # a bug: still one line, the traceback on request
             storage_failed(e)
             if os.environ.get("EMBEDX_DEBUG"):
                 raise
-            msg = " ".join(str(e).split())[:300]
+            msg = one_line(e, 300)
             echo(term(f"error: internal {type(e).__name__}: {msg} (set EMBEDX_DEBUG=1 for the traceback)", True),
                  err=True)
             sys.exit(1)

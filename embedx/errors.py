@@ -22,3 +22,10 @@ class StoreError(EmbedxError):
 class StorageError(StoreError):
     """The storage behind a URL failed: no credentials, an endpoint that cannot be reached, does not answer in time
     or dropped the connection (``embedx.fs.url``)."""
+
+
+def one_line(x, limit: int | None = None) -> str:
+    """``str(x)`` (an exception, or any text) on one line: every run of whitespace (newlines too) becomes one
+    space; cut to its first ``limit`` characters when given. Library errors quote third-party exceptions with it."""
+    text = " ".join(str(x).split())
+    return text if limit is None else text[:limit]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.sources.catalog import Source
 
 
@@ -39,7 +39,7 @@ class Items(Dataset):
         try:
             return i, self.preprocess(self.source.load(i)), None
         except Exception as e:  # unreadable/corrupt image: reported, never dropped silently
-            return i, None, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+            return i, None, f"{type(e).__name__}: {one_line(e, 200)}"
 
 
 def collate(batch):

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 import embedx.finetune.run as rd
 from embedx.models import methods
 from embedx.models.encoder import NO_WEIGHTS, Encoder, file_sha256
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.models.factory import create_tuned as build
 from embedx.sources.prompts import resolve_templates
 from embedx.sources.catalog import Source, default_workers, parse_source
@@ -90,7 +90,7 @@ class _Images(Dataset):
         try:
             image = self.source.load(i)
         except Exception as e:
-            raise EmbedxError(f"cannot read image {self.source.ids[i]!r}: {' '.join(str(e).split())[:200]}") from None
+            raise EmbedxError(f"cannot read image {self.source.ids[i]!r}: {one_line(e, 200)}") from None
         return self.preprocess(image), int(self.source.labels[i])
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from embedx import store as st
 from embedx import validate
 from embedx.engine.progress import Bar, enabled
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.rowsource import as_numpy
 from embedx.rows import first_bad_row
 from embedx.store.placement import place, staging_path, writer_lock
@@ -58,7 +58,7 @@ def load_array(spec, what: str = "array") -> np.ndarray:
     except EmbedxError:
         raise
     except Exception as e:
-        raise EmbedxError(f"cannot read {what} from {path}: {' '.join(str(e).split())[:200]}") from None
+        raise EmbedxError(f"cannot read {what} from {path}: {one_line(e, 200)}") from None
     raise EmbedxError(f"{what}: unsupported file type {path!r} (use .npy, .npz or .parquet)")
 
 

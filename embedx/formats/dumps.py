@@ -32,7 +32,7 @@ import numpy as np
 from embedx.fs import files as fsx
 from embedx import store as st
 from embedx.engine.progress import Bar, enabled
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.formats.arrays import BLOCK_ROWS, _check_rows
 from embedx.rows import first_bad_row
 from embedx.store.placement import place, staging_path, writer_lock
@@ -76,7 +76,7 @@ class NpyRows:
         except fsx.NotAFile as e:
             raise EmbedxError(e.about(label)) from None
         except (ValueError, OSError) as e:
-            raise EmbedxError(f"{label}: not a readable .npy file ({' '.join(str(e).split())[:160]})") from None
+            raise EmbedxError(f"{label}: not a readable .npy file ({one_line(e, 160)})") from None
         if fortran and len(shape) > 1:
             raise EmbedxError(f"{label}: Fortran-ordered arrays are not supported; save it in C order")
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
@@ -127,7 +127,7 @@ class NpzMember:
         except fsx.NotAFile as e:
             raise EmbedxError(e.about(label)) from None
         except (ValueError, OSError, KeyError, zipfile.BadZipFile) as e:
-            raise EmbedxError(f"{label}: cannot read {key!r} ({' '.join(str(e).split())[:160]})") from None
+            raise EmbedxError(f"{label}: cannot read {key!r} ({one_line(e, 160)})") from None
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         need = header + _data_bytes(shape, dtype)  # what np.load would allocate: the member must hold it
         if info.file_size < need:
@@ -160,7 +160,7 @@ def npz_keys(path: str, label: str) -> list[str]:
     except fsx.NotAFile as e:
         raise EmbedxError(e.about(label)) from None
     except (OSError, zipfile.BadZipFile) as e:
-        raise EmbedxError(f"{label}: not a readable .npz file ({' '.join(str(e).split())[:160]})") from None
+        raise EmbedxError(f"{label}: not a readable .npz file ({one_line(e, 160)})") from None
 
 
 @dataclass
@@ -312,7 +312,7 @@ def _export_meta(path: str) -> dict:
     except fsx.NotAFile as e:
         raise EmbedxError(str(e)) from None
     except (OSError, ValueError) as e:
-        raise EmbedxError(f"{mf}: unreadable ({' '.join(str(e).split())[:160]})") from None
+        raise EmbedxError(f"{mf}: unreadable ({one_line(e, 160)})") from None
     return meta if isinstance(meta, dict) else {}
 
 
@@ -380,7 +380,7 @@ def _table_rows(path: str, label: str) -> int:
     try:
         return int(pq.ParquetFile(fsx.parquet_source(path)).metadata.num_rows)
     except Exception as e:
-        raise EmbedxError(f"{label}: not a readable parquet file ({' '.join(str(e).split())[:160]})") from None
+        raise EmbedxError(f"{label}: not a readable parquet file ({one_line(e, 160)})") from None
 
 
 def _agree(a: int, b: int, la: str, lb: str) -> None:

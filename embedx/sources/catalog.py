@@ -14,7 +14,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.sources.base import Source, _pil_rgb  # Source: defined there, imported from here as before
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -74,7 +74,7 @@ def csv_source(path: str, spec: str) -> Source:
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as e:
         raise EmbedxError(f"{path} is not a UTF-8 CSV text file ({type(e).__name__}: "
-                          f"{' '.join(str(e).split())[:120]})") from None
+                          f"{one_line(e, 120)})") from None
     if "image" not in cols or not ({"label", "caption"} & cols):
         raise EmbedxError(f"{path} needs a column 'image' and a column 'label' or 'caption' (has: "
                           f"{', '.join(sorted(cols)) or 'none'})")

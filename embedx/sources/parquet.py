@@ -24,7 +24,7 @@ import numpy as np
 
 from embedx.fs.files import IMAGE_CAP, NotAFile, local_path, open_binary, read_capped
 from embedx.fs.files import size as file_size
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.sources.base import _pil_rgb
 from embedx.sources.files import ShardedSource, decode_image, expand_files, label_index, read_classes
 from embedx.store.layout import is_url
@@ -43,7 +43,7 @@ def _parquet_file(path: str):
     except NotAFile as e:
         raise EmbedxError(str(e)) from None
     except OSError as e:
-        raise EmbedxError(f"cannot read {path} ({e.strerror or ' '.join(str(e).split())[:120]})") from None
+        raise EmbedxError(f"cannot read {path} ({e.strerror or one_line(e, 120)})") from None
     try:
         return pq.ParquetFile(f)
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError for anything not Parquet
@@ -51,7 +51,7 @@ def _parquet_file(path: str):
 
 
 def _short(e: BaseException) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+    return f"{type(e).__name__}: {one_line(e, 120)}"
 
 
 def _image_kind(field) -> str:

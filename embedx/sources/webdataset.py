@@ -32,7 +32,7 @@ import numpy as np
 
 from embedx.fs.files import IMAGE_CAP, SMALL_CAP, local_path, open_binary
 from embedx.fs.files import size as file_size
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.sources.files import RangeReader, ShardedSource, decode_image, expand_files, label_index, read_classes
 from embedx.store.layout import url_fs
 from embedx.fs.url import storage_faults
@@ -325,4 +325,4 @@ def _unreadable(shard, name, size, why) -> dict:
 
 
 def _short(e: BaseException) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+    return f"{type(e).__name__}: {one_line(e, 120)}"

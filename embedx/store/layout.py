@@ -10,7 +10,7 @@ from typing import Iterator
 
 import zarr
 
-from embedx.errors import StorageError, StoreError
+from embedx.errors import StorageError, StoreError, one_line
 from embedx.fs.url import is_url, open_group, storage_fault, url_fs  # noqa: F401  (the one place URLs are opened)
 
 SCHEMA = 1
@@ -108,7 +108,7 @@ def layout_problems(root: str, meta: dict, group) -> Iterator[tuple[str, str]]:
         try:
             arr = group[name]
         except Exception as e:  # a missing or garbled array metadata file
-            yield name, f"{name}: broken array metadata ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
+            yield name, f"{name}: broken array metadata ({type(e).__name__}: {one_line(e, 160)})"
             continue
         if name in rows_arrays and (arr.shape[0] < n or (meta.get("complete") and arr.shape[0] != n)):
             yield name, f"{name} has {arr.shape[0]} rows but the store records {n} committed rows"
@@ -163,7 +163,7 @@ def _missing_bucket(path: str) -> str:
 
 
 def _why(e: Exception) -> str:
-    text = " ".join(str(getattr(e, "strerror", None) or e).split())[:200]
+    text = one_line(getattr(e, "strerror", None) or e, 200)
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
