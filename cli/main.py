@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
 
 import click
 
 import embedx
-from embedx.cli.common import EXIT_BAD_INPUT, EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, echo, setup_logging, term
+from embedx.cli.common import EXIT_BAD_INPUT, EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, echo, setup_logging, term, with_flags
+from embedx.cli.common import flag_for  # noqa: F401  (re-exported: the flag of a parameter, by command)
 from embedx.cli.options import verbosity_options
 from embedx.errors import EmbedxError, StorageError, one_line
 
@@ -47,33 +47,14 @@ def closed_pipe() -> None:
     sys.exit(EXIT_CLOSED_PIPE)
 
 
-def flag_for(command: click.Command | None, param: str) -> str | None:
-    """The command's flag for Python parameter ``param`` (``knn_k`` -> ``--knn-k``; an argument -> ``STORE``)."""
-    for p in getattr(command, "params", ()):
-        if p.name == param:
-            if isinstance(p, click.Option):
-                return next((o for o in p.opts if o.startswith("--")), p.opts[0])
-            return p.human_readable_name
-    return None
-
-
 def error_line(e: EmbedxError, command: click.Command | None) -> str:
-    """``error: <message>``, each Python parameter named by ``e.param`` shown as the command's flag (its first
-    occurrence; in front of the message when the message does not spell it). Control characters and line breaks
-    in the message (data it quotes: a class name, a path) are shown escaped (:func:`embedx.cli.common.term`)."""
-    msg = term(e, one_line=True)
+    """``error: <message>``, each Python parameter the message names shown as the command's flag
+    (:func:`embedx.cli.common.with_flags`); a parameter of ``e.param`` the message does not spell is named in
+    front. Control characters and line breaks in the message (data it quotes: a class name, a path) are shown
+    escaped (:func:`embedx.cli.common.term`)."""
     param = getattr(e, "param", None)  # a subclass may skip EmbedxError.__init__
     names = (param,) if isinstance(param, str) else tuple(param or ())
-    missing = []
-    for name in names:
-        flag = flag_for(command, name)
-        if flag is None:
-            continue
-        pattern = rf"(?<![\w-]){re.escape(name)}(?![\w-])"
-        if re.search(pattern, msg):
-            msg = re.sub(pattern, flag, msg, count=1)
-        else:
-            missing.append(flag)
+    msg, missing = with_flags(term(e, one_line=True), command, names)
     return f"error: {', '.join(missing)}: {msg}" if missing else f"error: {msg}"
 
 

@@ -9,6 +9,14 @@ tuple ``(images, texts[, labels])`` of numpy arrays or torch tensors.
 """
 from __future__ import annotations
 
+from embedx.constraints import (DISTRIBUTED, PROGRESS, SEED, ArrayFile, Bool, Device, Either, Int, Names, OneOf,
+                                Optional, Path, Source, Text, TextList, constraints)
+
+SILHOUETTE = OneOf("exact", "sample")
+KNN = OneOf("blocked", "faiss")
+DTYPE = OneOf("float16", "float32")
+CODEC = OneOf(of="embedx.store.writer:CODECS")
+
 
 def open(path, *, allow_partial: bool = False, verify_content: bool = True):  # noqa: A001  (embedx.open)
     """Open the store at ``path`` (local or fsspec URL) for reading -> ``embedx.store.Store``.
@@ -19,6 +27,9 @@ def open(path, *, allow_partial: bool = False, verify_content: bool = True):  # 
     return Store(str(path), allow_partial=allow_partial, verify_content=verify_content)
 
 
+@constraints(source=Source(), metrics=Optional(Names("measure", "metric")), device=Device(), silhouette=SILHOUETTE,
+             sample_size=Int(min=2), seed=SEED, silhouette_labels=OneOf("modality", "class"), knn=KNN,
+             per_class=Bool(), progress=PROGRESS, **DISTRIBUTED)
 def measure(source, metrics=None, *, device: str = "auto", silhouette: str = "exact", sample_size: int = 2000,
             seed: int = 0, silhouette_labels: str = "modality", knn: str = "blocked", per_class: bool = False,
             progress=None, executor=None, cluster=None, client=None):
@@ -39,13 +50,19 @@ def measure(source, metrics=None, *, device: str = "auto", silhouette: str = "ex
                        progress=progress, executor=dask_executor or executor)
 
 
+@constraints(out=Path(), images=Optional(ArrayFile(2)), texts=Optional(ArrayFile(2)),
+             labels=Optional(ArrayFile(1, whole=True)), paired=Optional(Bool()),
+             names=Optional(Either(Path(exists="file"), TextList())), dtype=DTYPE, overwrite=Bool(),
+             model=Optional(Text()), dataset=Optional(Text()),
+             paired_array=Optional(ArrayFile(3)), codec=CODEC, chunk_rows=Optional(Int(min=1)))  # **options
 def import_arrays(out, images, texts, labels=None, *, paired: bool | None = None, names=None,
                   dtype: str = "float16", overwrite: bool = False, model: str | None = None,
                   dataset: str | None = None, **options):
     """Write arrays (numpy, torch, or .npy/.npz/.parquet paths) as a complete store at ``out`` -> the store's
     metadata. ``labels``: class index per image (class store; ``texts`` the class prompts); without labels
     (or ``paired=True``) text i pairs with image i. Every row is checked first (NaN/inf, zero rows, a
-    dimension mismatch, labels out of range, float16 overflow): nothing is written on bad input."""
+    dimension mismatch, labels out of range, float16 overflow): nothing is written on bad input. ``options``:
+    ``paired_array`` (one (2, N, d) array instead of images and texts), ``codec``, ``chunk_rows``."""
     from embedx.formats.arrays import import_arrays as run
 
     if paired is None:

@@ -68,7 +68,7 @@ def accept_rows(emb: np.ndarray, names, what: str, noun: str, dtype: str, row0: 
         name = str(names[j])
         name = name if len(name) <= 80 else name[:77] + "..."
         raise EmbedxError(f"{e}: the model's embedding of {noun} {name!r}; nothing of its batch was committed "
-                          f"(rows committed before are kept); check the model's weights (a --checkpoint trained "
+                          f"(rows committed before are kept); check the model's weights (a checkpoint trained "
                           f"with too high an lr?)") from None
     return emb
 

@@ -280,7 +280,7 @@ def scan_datacomp(path: str, features: str | None) -> Dump:
         features = next((f for f in ("l14", "b32") if f"{f}_img" in keys and f"{f}_txt" in keys), None)
         if features is None:
             raise EmbedxError(f"{fsx.basename(first)} has no l14_img/l14_txt or b32_img/b32_txt arrays (has: "
-                              f"{', '.join(keys)}); name the pair with --features NAME (NAME_img, NAME_txt)",
+                              f"{', '.join(keys)}); name the pair with features=NAME (NAME_img, NAME_txt)",
                               param="features")
     shards = []
     for s in stems:
@@ -289,7 +289,7 @@ def scan_datacomp(path: str, features: str | None) -> Dump:
         have = keys if f == first else npz_keys(f, label)
         for key in (f"{features}_img", f"{features}_txt"):
             if key not in have:
-                raise EmbedxError(f"{label} has no array {key!r} (has: {', '.join(have)}); choose --features "
+                raise EmbedxError(f"{label} has no array {key!r} (has: {', '.join(have)}); choose features "
                                   f"from the NAME_img/NAME_txt pairs present", param="features")
         x, t = NpzMember(f, f"{features}_img", label + ":" + features + "_img"), \
             NpzMember(f, f"{features}_txt", label + ":" + features + "_txt")
@@ -459,7 +459,7 @@ def scan(kind: str, path: str, features: str | None = None) -> Dump:
     if not fsx.listdir(path):
         raise EmbedxError(f"{path} is empty: no {kind} shards")
     if features is not None and kind != "datacomp":
-        raise EmbedxError("--features applies to --from datacomp", param="features")
+        raise EmbedxError("features applies to kind='datacomp'", param=("features", "kind"))
     if kind == "datacomp":
         return scan_datacomp(path, features)
     if kind in ("npy", "parquet"):

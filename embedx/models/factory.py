@@ -146,7 +146,7 @@ def read_run(run: str) -> dict:
     if cfg.get("diverged"):
         d = cfg["diverged"]
         raise EmbedxError(f"{run} is a fine-tuning run that diverged at epoch {d.get('epoch')} ({d.get('what')}); "
-                          f"retrain it with a lower --lr and --overwrite")
+                          f"retrain it with a lower lr and overwrite=True")
     if not cfg.get("complete"):
         raise EmbedxError(f"{run} is unfinished ({len(cfg.get('history', []))} of {cfg.get('epochs')} epochs); "
                           f"rerun the same `embedx finetune` command to finish it")
@@ -257,8 +257,8 @@ def _checkpoint_run(checkpoint: str, model: str | None, pretrained: str | None) 
         pretrained = "none"
     for key, asked in (("model", model), ("pretrained", pretrained)):
         if asked and asked != run[key]:
-            raise EmbedxError(f"--{key} {asked} disagrees with the checkpoint, which tunes {key} {run[key]!r} "
-                              f"(leave --{key} out with --checkpoint)")
+            raise EmbedxError(f"{key}={asked!r} disagrees with the checkpoint, which tunes {run[key]!r}: leave it "
+                              f"out with a checkpoint", param=key)
     return run
 
 
@@ -270,7 +270,7 @@ def resolve_model(model: str | None, pretrained: str | None = "none", *, checkpo
         run = _checkpoint_run(checkpoint, model, pretrained)
         model, pretrained, seed = run["model"], run["pretrained"], run["seed"]
     elif not model:
-        raise EmbedxError("--model is required (or --checkpoint RUN)")
+        raise EmbedxError("model is required (or checkpoint=RUN)", param=("model", "checkpoint"))
     pretrained = (pretrained or "none").strip()
     sha = None
     if model.startswith("hf-hub:"):

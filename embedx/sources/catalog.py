@@ -227,8 +227,9 @@ def parse_source(spec: str, *, classes: str | None = None, image_col: str | None
     takes = {"wds": ("classes", "caption_col", "label_col"), "parquet": tuple(opts)}.get(kind, ())
     if any(k not in takes for k in given):
         k = next(k for k in given if k not in takes)
-        raise EmbedxError(f"--{k.replace('_', '-')} applies to "
-                          f"{'parquet: sources' if k == 'image_col' else 'wds: and parquet: sources'}, not {spec!r}")
+        raise EmbedxError(f"{k} applies to "
+                          f"{'parquet: sources' if k == 'image_col' else 'wds: and parquet: sources'}, not {spec!r}",
+                          param=k)
     if kind == "wds" and arg:
         from embedx.sources.webdataset import wds_source
 

@@ -72,7 +72,7 @@ def _pick(schema, given: str | None, defaults: tuple, what: str, path: str, opti
     names = schema.names
     if given:
         if given not in names:
-            raise EmbedxError(f"{path} has no column {given!r} ({option}; columns: {', '.join(names)})")
+            raise EmbedxError(f"{path} has no column {given!r} ({option}; columns: {', '.join(names)})", param=option)
         return given
     return next((c for c in defaults if c in names), None)
 
@@ -95,28 +95,29 @@ def parquet_source(pattern: str, spec: str, *, classes: str | None = None, image
 
     files = expand_files(pattern, ".parquet", "parquet file")
     first = _parquet_file(files[0]).schema_arrow
-    icol = _pick(first, image_col, IMAGE_COLS, "image", files[0], "--image-col")
+    icol = _pick(first, image_col, IMAGE_COLS, "image", files[0], "image_col")
     if icol is None:
         raise EmbedxError(f"{files[0]} has no image column (tried {', '.join(IMAGE_COLS)}; columns: "
-                          f"{', '.join(first.names)}): name it with --image-col")
+                          f"{', '.join(first.names)}): name it with image_col", param="image_col")
     kind = _image_kind(first.field(icol))
     if caption_col and (label_col or classes):
-        raise EmbedxError("--caption-col makes a paired store, --label-col/--classes a class store: pass one")
+        raise EmbedxError("caption_col makes a paired store, label_col and classes a class store: pass one",
+                          param=("caption_col", "label_col", "classes"))
     ccol = None if (label_col or classes) else _pick(first, caption_col, CAPTION_COLS, "caption", files[0],
-                                                     "--caption-col")
+                                                     "caption_col")
     lcol = None
     if ccol is None:
-        lcol = _pick(first, label_col, LABEL_COLS, "label", files[0], "--label-col")
+        lcol = _pick(first, label_col, LABEL_COLS, "label", files[0], "label_col")
         if lcol is None:
             raise EmbedxError(f"{files[0]} has no caption column ({', '.join(CAPTION_COLS)}) nor label column "
                               f"({', '.join(LABEL_COLS)}) (columns: {', '.join(first.names)}): name one with "
-                              f"--caption-col or --label-col")
+                              f"caption_col or label_col", param=("caption_col", "label_col"))
     classnames = read_classes(classes) if classes else None
     if lcol and classnames is None and pa.types.is_integer(first.field(lcol).type):
         classnames = _hf_classnames(first, lcol)
         if classnames is None:
-            raise EmbedxError(f"{files[0]}: label column {lcol!r} holds integers: pass --classes NAMES.txt (one "
-                              f"class name a line, line k naming label k)")
+            raise EmbedxError(f"{files[0]}: label column {lcol!r} holds integers: pass classes=NAMES.txt (one "
+                              f"class name a line, line k naming label k)", param="classes")
 
     read_cols = [c for c in (ccol, lcol) if c] + ([icol] if kind == "path" else [f"{icol}.path"]
                                                  if kind == "struct" else [])

@@ -69,7 +69,7 @@ def wds_source(pattern: str, spec: str, *, classes: str | None = None, caption_c
     if not ids:
         if classnames is None and not seen_exts & {"txt"} and seen_exts & {"cls", "json"}:
             raise EmbedxError(f"{pattern}: the samples have labels ({', '.join(sorted(seen_exts & {'cls', 'json'}))}"
-                              f") but no captions (txt): pass --classes NAMES.txt for a class store")
+                              f") but no captions (txt): pass classes=NAMES.txt for a class store", param="classes")
         why = f"; first problem: {excluded[0]['id']}: {excluded[0]['error']}" if excluded else ""
         raise EmbedxError(f"{pattern}: no usable samples in {len(shards)} shard(s) (an image member "
                           f"({'/'.join(IMAGE_EXTS)}) and a {want.describe()} per sample){why}")
@@ -100,9 +100,11 @@ class _Want:
         self.classnames, self.classes_path = classnames, classes_path
         self.caption_col, self.label_col = caption_col, label_col
         if classnames is None and label_col:
-            raise EmbedxError("--label-col needs --classes NAMES.txt (the class names, one a line)")
+            raise EmbedxError("label_col needs classes=NAMES.txt (the class names, one a line)",
+                              param=("label_col", "classes"))
         if classnames is not None and caption_col:
-            raise EmbedxError("--caption-col makes a paired store; drop --classes (or --caption-col)")
+            raise EmbedxError("caption_col makes a paired store and classes a class store: drop one",
+                              param=("caption_col", "classes"))
 
     @property
     def small(self) -> tuple[str, ...]:

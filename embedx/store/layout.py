@@ -185,7 +185,7 @@ def read_meta(path: str) -> dict:
     if not isinstance(meta, dict):
         if _creation_interrupted(g):
             raise StoreError(f"{path} holds a store whose creation was interrupted (its arrays were made, its "
-                             f"metadata never was); pass --overwrite to start it afresh")
+                             f"metadata never was); pass overwrite=True to start it afresh")
         raise StoreError(f"{path} is a zarr group but not an embedx store (no 'embedx' attributes)")
     if meta.get("schema") != SCHEMA:
         raise StoreError(f"{path} has store schema {meta.get('schema')!r}; this embedx reads schema {SCHEMA}")
@@ -215,9 +215,9 @@ def creation_interrupted(path: str) -> bool:
 
 def finish_hint(meta: dict) -> str:
     """What to do about an unfinished store: embed resumes when rerun; an import does not (imports write their
-    whole input again): rerun it with ``--overwrite``."""
+    whole input again): rerun it with ``overwrite=True``."""
     if meta.get("written_by") == "import":
-        return "an interrupted import does not resume: rerun the import with --overwrite"
+        return "an interrupted import does not resume: rerun the import with overwrite=True"
     return "rerun the command that wrote it to resume"
 
 
