@@ -40,7 +40,7 @@ def term(text, one_line: bool = False) -> str:
 # and ``measure`` quoting an unfinished import's "rerun the import with overwrite=True") read as flags too.
 PARAM_FLAGS = {"overwrite": "--overwrite", "strict": "--strict"}
 
-_PATH_CHARS = r"/\\"  # a name next to one of these is part of a path the message quotes (``out/s.zarr``), not the name
+_PATH_CHARS = r"/\\"  # a name next to one of these is part of a path the message quotes (``out/s.zarr``)
 
 
 def flag_for(command: click.Command | None, param: str) -> str | None:
@@ -65,8 +65,9 @@ def with_flags(message: str, command: click.Command | None = None, params=()) ->
     it does not spell. In this order: every ``name=True`` of a switch becomes its flag (``overwrite=True`` ->
     ``--overwrite``); for each name of ``params`` with a flag of ``command``, every ``name=VALUE`` becomes
     ``--flag VALUE`` (``dtype='float32'`` -> ``--dtype float32``), or else its first bare occurrence becomes the
-    flag (``knn_k must be >= 1`` -> ``--knn-k must be >= 1``; not inside a longer identifier nor a quoted path:
-    ``out/s.zarr`` stays), or else the flag is listed as not spelled (the caller names it in front)."""
+    flag (``knn_k must be >= 1`` -> ``--knn-k must be >= 1``; not inside a longer identifier nor a path the
+    message quotes: ``out/s.zarr`` stays), or else the flag is listed as not spelled (the caller names it in
+    front). ``command`` None: only the switches of :data:`PARAM_FLAGS`."""
     def switch(m: re.Match) -> str:
         return _switch(command, m.group(1)) or m.group(0)
 

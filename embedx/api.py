@@ -10,7 +10,7 @@ tuple ``(images, texts[, labels])`` of numpy arrays or torch tensors.
 from __future__ import annotations
 
 from embedx.constraints import (DISTRIBUTED, PROGRESS, SEED, ArrayFile, Bool, Device, Either, Int, Names, OneOf,
-                                Optional, Path, Source, Text, TextList, constraints)
+                                Optional, Path, Source, StorePath, Text, TextList, constraints)
 
 SILHOUETTE = OneOf("exact", "sample")
 KNN = OneOf("blocked", "faiss")
@@ -18,6 +18,7 @@ DTYPE = OneOf("float16", "float32")
 CODEC = OneOf(of="embedx.store.writer:CODECS")
 
 
+@constraints(path=StorePath(), allow_partial=Bool(), verify_content=Bool())
 def open(path, *, allow_partial: bool = False, verify_content: bool = True):  # noqa: A001  (embedx.open)
     """Open the store at ``path`` (local or fsspec URL) for reading -> ``embedx.store.Store``.
     ``allow_partial``: an unfinished store too (its committed rows); ``verify_content``: check every whole chunk

@@ -453,7 +453,7 @@ class StorePath(Path):
         super().check(value, name)
         path = str(os.fspath(value))
         if not _is_url(path) and not os.path.exists(path):
-            raise self.fail(name, value, f"{name}: no store at {path}")
+            raise self.fail(name, value, f"no store at {path}")
         return value
 
 

@@ -24,8 +24,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 METRICS = sorted(n for n, f in vars(metrics).items()
                  if inspect.isfunction(f) and not n.startswith("_") and f.__module__ == metrics.__name__)
-PUBLIC = {"measure": embedx.measure, "transfer": embedx.transfer, "drift": embedx.drift, "embed": embedx.embed,
-          "import_arrays": embedx.import_arrays, **{f"metrics.{n}": getattr(metrics, n) for n in METRICS}}
+PUBLIC = {"open": embedx.open, "measure": embedx.measure, "transfer": embedx.transfer, "drift": embedx.drift,
+          "embed": embedx.embed, "import_arrays": embedx.import_arrays,
+          **{f"metrics.{n}": getattr(metrics, n) for n in METRICS}}
 CASES = [(f, p) for f, fn in PUBLIC.items() for p in C.declared(fn)]
 
 
@@ -58,6 +59,8 @@ def valid(name: str, D) -> dict:
         return dict(source=(x, t, y), scores=["hscore"], progress=False)
     if name == "drift":
         return dict(before=D.a, after=D.b, metrics=["acs"])
+    if name == "open":
+        return dict(path=D.a)
     if name == "embed":
         return dict(out=out, data="synthetic:8", model="embedx-tiny", progress=False)
     if name == "import_arrays":
