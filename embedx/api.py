@@ -1,8 +1,9 @@
 """embedx's Python API, re-exported by ``embedx``: ``open``, ``measure`` and ``import_arrays`` here; ``transfer``
 (``embedx.transferability.api``), ``drift`` (``embedx.drift_analysis.api``) and ``embed``
-(``embedx.embedding.serial``) beside their workflows. Each is a plain function: it validates its inputs once and
-runs the library; errors are ``embedx.EmbedxError`` naming the Python parameter at fault (``err.param``). Heavy
-imports (torch, open_clip) happen inside the functions, so ``import embedx`` stays light.
+(``embedx.embedding.serial``) beside their workflows. Each is a plain function that declares what each parameter
+accepts (``@constraints``, ``embedx.constraints``), checked on call before any work, and runs the library; errors
+are ``embedx.EmbedxError`` naming the Python parameter at fault (``err.param``). Heavy imports (torch, open_clip)
+happen inside the functions, so ``import embedx`` stays light.
 
 A *source* is a store path, an open store (``embedx.open``), ``embedx.ArrayRows(images, texts, labels)`` or a
 tuple ``(images, texts[, labels])`` of numpy arrays or torch tensors.
