@@ -34,6 +34,61 @@ def term(text, one_line: bool = False) -> str:
     return _BREAKS.sub(_escape, text) if one_line else text
 
 
+# Library messages name Python parameters, never flags; the CLI shows each as its flag here, in one place.
+# A switch a message spells as ``name=True`` ("pass overwrite=True to replace it") is shown as the running
+# command's flag of that name, else as the flag below: the hints that name another command's switch (``info``
+# and ``measure`` quoting an unfinished import's "rerun the import with overwrite=True") read as flags too.
+PARAM_FLAGS = {"overwrite": "--overwrite", "strict": "--strict"}
+
+_PATH_CHARS = r"/\\"  # a name next to one of these is part of a path the message quotes (``out/s.zarr``)
+
+
+def flag_for(command: click.Command | None, param: str) -> str | None:
+    """The command's flag for Python parameter ``param`` (``knn_k`` -> ``--knn-k``; an argument -> ``STORE``)."""
+    for p in getattr(command, "params", ()):
+        if p.name == param:
+            if isinstance(p, click.Option):
+                return next((o for o in p.opts if o.startswith("--")), p.opts[0])
+            return p.human_readable_name
+    return None
+
+
+def _switch(command: click.Command | None, name: str) -> str | None:
+    for p in getattr(command, "params", ()):
+        if p.name == name:
+            return flag_for(command, name) if getattr(p, "is_flag", False) else None
+    return PARAM_FLAGS.get(name)
+
+
+def with_flags(message: str, command: click.Command | None = None, params=()) -> tuple[str, list[str]]:
+    """``message`` (a library message naming Python parameters) as the CLI shows it, and the flags of ``params``
+    it does not spell. In this order: every ``name=True`` of a switch becomes its flag (``overwrite=True`` ->
+    ``--overwrite``); for each name of ``params`` with a flag of ``command``, every ``name=VALUE`` becomes
+    ``--flag VALUE`` (``dtype='float32'`` -> ``--dtype float32``), or else its first bare occurrence becomes the
+    flag (``knn_k must be >= 1`` -> ``--knn-k must be >= 1``; not inside a longer identifier nor a path the
+    message quotes: ``out/s.zarr`` stays), or else the flag is listed as not spelled (the caller names it in
+    front). ``command`` None: only the switches of :data:`PARAM_FLAGS`."""
+    def switch(m: re.Match) -> str:
+        return _switch(command, m.group(1)) or m.group(0)
+
+    msg = re.sub(r"(?<![\w.-])([a-z_][a-z0-9_]*)=True\b", switch, message)
+    missing = []
+    for name in params:
+        flag = flag_for(command, name)
+        if flag is None:
+            continue
+        spelled = rf"(?<![\w.-]){re.escape(name)}=(?:'([^']*)'|\"([^\"]*)\"|([^\s,;)]+))"
+        if re.search(spelled, msg):
+            msg = re.sub(spelled, lambda m: f"{flag} {next(g for g in m.groups() if g is not None)}", msg)
+            continue
+        bare = rf"(?<![\w{_PATH_CHARS}.-]){re.escape(name)}(?![\w{_PATH_CHARS}-]|\.\w)"
+        if re.search(bare, msg):
+            msg = re.sub(bare, lambda m: flag, msg, count=1)
+        else:
+            missing.append(flag)
+    return msg, missing
+
+
 def echo(message="", err: bool = False) -> None:
     """``click.echo`` of a line of output through :func:`term`: what the CLI prints never carries a live
     control character, whatever the data it quotes (class, store, dataset names, errors quoting them)."""

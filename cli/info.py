@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from embedx.cli.common import EXIT_BAD_INPUT, echo, emit_json, exit_damaged
+from embedx.cli.common import EXIT_BAD_INPUT, echo, emit_json, exit_damaged, with_flags
 from embedx.cli.options import json_option, store_argument, verbosity_options
 from embedx.budget import human_bytes
 
@@ -56,6 +56,8 @@ def info(store, as_json, quick):
     from embedx.store import Store
 
     d = Store(store, allow_partial=True).info()
+    if d.get("to_finish"):  # the library's hint names Python parameters ("overwrite=True"): shown as flags
+        d["to_finish"] = with_flags(d["to_finish"])[0]
     res = None
     if d["complete"] and d["integrity"] and not quick:
         res = check(store, files=False, content=True)

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
 
 import click
 
 import embedx
-from embedx.cli.common import EXIT_BAD_INPUT, EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, echo, setup_logging, term
+from embedx.cli.common import EXIT_BAD_INPUT, EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, echo, setup_logging, term, with_flags
+from embedx.cli.common import flag_for  # noqa: F401  (re-exported: the flag of a parameter, by command)
 from embedx.cli.options import verbosity_options
-from embedx.errors import EmbedxError, StorageError
+from embedx.errors import EmbedxError, StorageError, one_line
 
 # command name -> "module:function" under embedx.cli (see click's "Lazily Loading Subcommands")
 COMMANDS = {
@@ -47,33 +47,14 @@ def closed_pipe() -> None:
     sys.exit(EXIT_CLOSED_PIPE)
 
 
-def flag_for(command: click.Command | None, param: str) -> str | None:
-    """The command's flag for Python parameter ``param`` (``knn_k`` -> ``--knn-k``; an argument -> ``STORE``)."""
-    for p in getattr(command, "params", ()):
-        if p.name == param:
-            if isinstance(p, click.Option):
-                return next((o for o in p.opts if o.startswith("--")), p.opts[0])
-            return p.human_readable_name
-    return None
-
-
 def error_line(e: EmbedxError, command: click.Command | None) -> str:
-    """``error: <message>``, each Python parameter named by ``e.param`` shown as the command's flag (its first
-    occurrence; in front of the message when the message does not spell it). Control characters and line breaks
-    in the message (data it quotes: a class name, a path) are shown escaped (:func:`embedx.cli.common.term`)."""
-    msg = term(e, one_line=True)
+    """``error: <message>``, each Python parameter the message names shown as the command's flag
+    (:func:`embedx.cli.common.with_flags`); a parameter of ``e.param`` the message does not spell is named in
+    front. Control characters and line breaks in the message (data it quotes: a class name, a path) are shown
+    escaped (:func:`embedx.cli.common.term`)."""
     param = getattr(e, "param", None)  # a subclass may skip EmbedxError.__init__
     names = (param,) if isinstance(param, str) else tuple(param or ())
-    missing = []
-    for name in names:
-        flag = flag_for(command, name)
-        if flag is None:
-            continue
-        pattern = rf"(?<![\w-]){re.escape(name)}(?![\w-])"
-        if re.search(pattern, msg):
-            msg = re.sub(pattern, flag, msg, count=1)
-        else:
-            missing.append(flag)
+    msg, missing = with_flags(term(e, one_line=True), command, names)
     return f"error: {', '.join(missing)}: {msg}" if missing else f"error: {msg}"
 
 
@@ -142,7 +123,7 @@ class EmbedxGroup(click.Group):
             if isinstance(e, getattr(click.exceptions, "NoArgsIsHelpError", ())):
                 raise
             where = e.ctx.command_path if e.ctx is not None else "embedx"
-            echo(term(f"error: {' '.join(e.format_message().split())} (see: {where} --help)", one_line=True),
+            echo(term(f"error: {one_line(e.format_message())} (see: {where} --help)", one_line=True),
                  err=True)
             sys.exit(EXIT_BAD_INPUT)
         except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
@@ -150,13 +131,13 @@ class EmbedxGroup(click.Group):
         except OSError as e:  # an expected failure of the machine (disk full, I/O error, permissions): not a bug
             storage_failed(e)
             where = e.filename if e.filename is not None else "?"
-            echo(term(f"error: {where}: {e.strerror or ' '.join(str(e).split())[:300]}", one_line=True), err=True)
+            echo(term(f"error: {where}: {e.strerror or one_line(e, 300)}", one_line=True), err=True)
             sys.exit(EXIT_BAD_INPUT)
         except Exception as e:  # a bug: still one line, the traceback on request
             storage_failed(e)
             if os.environ.get("EMBEDX_DEBUG"):
                 raise
-            msg = " ".join(str(e).split())[:300]
+            msg = one_line(e, 300)
             echo(term(f"error: internal {type(e).__name__}: {msg} (set EMBEDX_DEBUG=1 for the traceback)", True),
                  err=True)
             sys.exit(1)

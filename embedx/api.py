@@ -1,15 +1,25 @@
 """embedx's Python API, re-exported by ``embedx``: ``open``, ``measure`` and ``import_arrays`` here; ``transfer``
 (``embedx.transferability.api``), ``drift`` (``embedx.drift_analysis.api``) and ``embed``
-(``embedx.embedding.serial``) beside their workflows. Each is a plain function: it validates its inputs once and
-runs the library; errors are ``embedx.EmbedxError`` naming the Python parameter at fault (``err.param``). Heavy
-imports (torch, open_clip) happen inside the functions, so ``import embedx`` stays light.
+(``embedx.embedding.serial``) beside their workflows. Each is a plain function that declares what each parameter
+accepts (``@constraints``, ``embedx.constraints``), checked on call before any work, and runs the library; errors
+are ``embedx.EmbedxError`` naming the Python parameter at fault (``err.param``). Heavy imports (torch, open_clip)
+happen inside the functions, so ``import embedx`` stays light.
 
 A *source* is a store path, an open store (``embedx.open``), ``embedx.ArrayRows(images, texts, labels)`` or a
 tuple ``(images, texts[, labels])`` of numpy arrays or torch tensors.
 """
 from __future__ import annotations
 
+from embedx.constraints import (DISTRIBUTED, PROGRESS, SEED, ArrayFile, Bool, Device, Either, Int, Names, OneOf,
+                                Optional, Path, Source, StorePath, Text, TextList, constraints)
 
+SILHOUETTE = OneOf("exact", "sample")
+KNN = OneOf("blocked", "faiss")
+DTYPE = OneOf("float16", "float32")
+CODEC = OneOf(of="embedx.store.writer:CODECS")
+
+
+@constraints(path=StorePath(), allow_partial=Bool(), verify_content=Bool())
 def open(path, *, allow_partial: bool = False, verify_content: bool = True):  # noqa: A001  (embedx.open)
     """Open the store at ``path`` (local or fsspec URL) for reading -> ``embedx.store.Store``.
     ``allow_partial``: an unfinished store too (its committed rows); ``verify_content``: check every whole chunk
@@ -19,6 +29,9 @@ def open(path, *, allow_partial: bool = False, verify_content: bool = True):  # 
     return Store(str(path), allow_partial=allow_partial, verify_content=verify_content)
 
 
+@constraints(source=Source(), metrics=Optional(Names("measure", "metric")), device=Device(), silhouette=SILHOUETTE,
+             sample_size=Int(min=2), seed=SEED, silhouette_labels=OneOf("modality", "class"), knn=KNN,
+             per_class=Bool(), progress=PROGRESS, **DISTRIBUTED)
 def measure(source, metrics=None, *, device: str = "auto", silhouette: str = "exact", sample_size: int = 2000,
             seed: int = 0, silhouette_labels: str = "modality", knn: str = "blocked", per_class: bool = False,
             progress=None, executor=None, cluster=None, client=None):
@@ -39,13 +52,19 @@ def measure(source, metrics=None, *, device: str = "auto", silhouette: str = "ex
                        progress=progress, executor=dask_executor or executor)
 
 
+@constraints(out=Path(), images=Optional(ArrayFile(2)), texts=Optional(ArrayFile(2)),
+             labels=Optional(ArrayFile(1, whole=True)), paired=Optional(Bool()),
+             names=Optional(Either(Path(exists="file"), TextList())), dtype=DTYPE, overwrite=Bool(),
+             model=Optional(Text()), dataset=Optional(Text()),
+             paired_array=Optional(ArrayFile(3)), codec=CODEC, chunk_rows=Optional(Int(min=1)))  # **options
 def import_arrays(out, images, texts, labels=None, *, paired: bool | None = None, names=None,
                   dtype: str = "float16", overwrite: bool = False, model: str | None = None,
                   dataset: str | None = None, **options):
     """Write arrays (numpy, torch, or .npy/.npz/.parquet paths) as a complete store at ``out`` -> the store's
     metadata. ``labels``: class index per image (class store; ``texts`` the class prompts); without labels
     (or ``paired=True``) text i pairs with image i. Every row is checked first (NaN/inf, zero rows, a
-    dimension mismatch, labels out of range, float16 overflow): nothing is written on bad input."""
+    dimension mismatch, labels out of range, float16 overflow): nothing is written on bad input. ``options``:
+    ``paired_array`` (one (2, N, d) array instead of images and texts), ``codec``, ``chunk_rows``."""
     from embedx.formats.arrays import import_arrays as run
 
     if paired is None:

@@ -6,8 +6,10 @@ class EmbedxError(Exception):
     """Bad input or a refused operation, explained in one line.
 
     ``param`` names the Python parameter at fault (``EmbedxError("knn_k must be >= 1, got 0", param="knn_k")``),
-    or a tuple of them when several clash (``param=("paired", "labels")``). The message spells each name as
-    the identifier; the CLI shows the command's flag in its place (the first occurrence: ``--knn-k``).
+    or a tuple of them when several clash (``param=("paired", "labels")``). Messages never name a CLI flag: they
+    spell a parameter as Python does (``knn_k``, ``dtype='float32'``, a switch as ``overwrite=True``), and the CLI
+    shows the command's flag in its place (``--knn-k``, ``--dtype float32``, ``--overwrite``:
+    ``embedx.cli.common.with_flags``).
     """
 
     def __init__(self, message: str = "", param: str | tuple[str, ...] | None = None):
@@ -22,3 +24,10 @@ class StoreError(EmbedxError):
 class StorageError(StoreError):
     """The storage behind a URL failed: no credentials, an endpoint that cannot be reached, does not answer in time
     or dropped the connection (``embedx.fs.url``)."""
+
+
+def one_line(x, limit: int | None = None) -> str:
+    """``str(x)`` (an exception, or any text) on one line: every run of whitespace (newlines too) becomes one
+    space; cut to its first ``limit`` characters when given. Library errors quote third-party exceptions with it."""
+    text = " ".join(str(x).split())
+    return text if limit is None else text[:limit]

@@ -155,11 +155,11 @@ def test_adding_a_score_is_one_registration(rng):
     (lambda x, t, y: metrics.iimm(x, t, np.where(y == 0, 99, y)), "labels"),
     (lambda x, t, y: metrics.iimm(x, t, y[:-1]), "labels"),
     (lambda x, t, y: embedx.measure((x, t, y), metrics=["nope"]), "metrics"),
-    (lambda x, t, y: embedx.measure((x, t, y), silhouette="fast"), "silhouette_mode"),
+    (lambda x, t, y: embedx.measure((x, t, y), silhouette="fast"), "silhouette"),
     (lambda x, t, y: embedx.transfer((x, t, y), logit_scale=-1.0), "logit_scale"),
     (lambda x, t, y: embedx.transfer((x, t, y), scores=["hscore", "foo"]), "scores"),
     (lambda x, t, y: metrics.zeroshot_accuracy(x, t, y, k=3), "k"),
-    (lambda x, t, y: embedx.measure("no/such/store.zarr"), None),
+    (lambda x, t, y: embedx.measure("no/such/store.zarr"), "source"),
 ])
 def test_errors_name_the_python_parameter(rng, call, param):
     x, t, y = _class_data(rng, 50, 4, 8)

@@ -42,10 +42,23 @@ def test_error_line_puts_the_flag_in_place_of_the_parameter():
     assert (error_line(EmbedxError("knn_k_max and knn_k differ", param="knn_k"), command("drift"))
             == "error: knn_k_max and --knn-k differ")
     # several parameters: each shown as its flag, once
-    clash = EmbedxError("paired_array replaces images/texts/labels; give one or the other (images: x.npy)",
+    clash = EmbedxError("paired_array replaces images, texts and labels; give one or the other (images: x.npy)",
                         param=("paired_array", "images", "texts", "labels"))
-    assert error_line(clash, command("import")) == ("error: --paired-array replaces --images/--texts/--labels; give "
-                                                    "one or the other (images: x.npy)")
+    assert error_line(clash, command("import")) == ("error: --paired-array replaces --images, --texts and --labels; "
+                                                    "give one or the other (images: x.npy)")
+    # a name inside a path the message quotes is data: the flag goes in front
+    assert (error_line(EmbedxError("out/s.zarr and a/out exist", param="out"), command("import"))
+            == "error: --out: out/s.zarr and a/out exist")
+    # spelled as Python: name=VALUE is the flag and its value; a switch's name=True is the flag, whatever the
+    # command (PARAM_FLAGS: a hint naming another command's switch)
+    assert (error_line(EmbedxError("a row overflows float16; use dtype='float32'", param="dtype"), command("import"))
+            == "error: a row overflows float16; use --dtype float32")
+    assert (error_line(EmbedxError("no rows left with val_fraction=0.9", param="val_fraction"), command("finetune"))
+            == "error: no rows left with --val-fraction 0.9")
+    assert (error_line(StoreError("x is unfinished; rerun the import with overwrite=True"), command("measure"))
+            == "error: x is unfinished; rerun the import with --overwrite")
+    assert (error_line(EmbedxError("cannot read 'a.jpg'; drop strict=True to skip it"), command("embed"))
+            == "error: cannot read 'a.jpg'; drop --strict to skip it")
     # no parameter, or one the command has no flag for (a Python-API-only argument): the message as it is
     assert error_line(StoreError("no store at x"), command("info")) == "error: no store at x"
     assert error_line(EmbedxError("knn_k must be >= 1", param="knn_k"), command("info")) == "error: knn_k must be >= 1"

@@ -347,8 +347,9 @@ def test_outputs_are_checked_before_any_work(tmp_path, rng):
     rc, _, err = run_embedx("drift", a.path, b.path, "--report", "nodir/r.html")
     assert_one_line_error(rc, err, "--report", "nodir")
     assert rc == 2 and not missing.exists() and not os.path.exists("nodir")
-    with pytest.raises(EmbedxError, match="does not exist"):
+    with pytest.raises(EmbedxError, match="does not exist") as e:
         embedx.drift(a.path, b.path, report=missing / "r.html")
+    assert e.value.param == "report"
     assert not missing.exists()
 
 

@@ -100,7 +100,7 @@ def test_finetune_divergence_keeps_the_best_checkpoint_of_earlier_epochs(tmp_pat
     assert hashlib.sha256((run / cfg["params"]).read_bytes()).hexdigest() == cfg["params_sha256"]
     assert all(torch.isfinite(v).all() for v in saved.values())
     assert sorted(os.listdir(run)) == ["best-001.safetensors", "config.json", "state-001.pt"]
-    with pytest.raises(EmbedxError, match="diverged at epoch 2 .*retrain it with a lower --lr and --overwrite"):
+    with pytest.raises(EmbedxError, match="diverged at epoch 2 .*retrain it with a lower lr and overwrite=True"):
         resolve_model(None, None, checkpoint=str(run))  # what embed --checkpoint opens
 
 

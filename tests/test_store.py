@@ -140,7 +140,7 @@ def test_complete_store_is_never_overwritten_without_flag(tmp_path, rng):
     path = str(tmp_path / "s.zarr")
     x = rng.standard_normal((20, 4)).astype(np.float32)
     _write_classes(path, x, x[:2], np.zeros(20, np.int32))
-    with pytest.raises(StoreError, match="complete store.*--overwrite"):
+    with pytest.raises(StoreError, match="complete store.*overwrite=True"):
         st.StoreWriter.create(path, n_rows=5, dim=4, n_texts=2, meta=_meta())
     with pytest.raises(StoreError, match="already complete"):
         st.StoreWriter.resume(path, _meta())

@@ -230,7 +230,7 @@ class TestStoreConformance:
         np.testing.assert_array_equal(np.load(io.BytesIO(backend.read(out, "images.npy"))), x)
         np.testing.assert_array_equal(np.load(io.BytesIO(backend.read(out, "texts.npy"))), t)
         np.testing.assert_array_equal(np.load(io.BytesIO(backend.read(out, "labels.npy"))), y)
-        with pytest.raises(embedx.errors.EmbedxError, match="exists and is not empty; pass --overwrite"):
+        with pytest.raises(embedx.errors.EmbedxError, match="exists and is not empty; pass overwrite=True"):
             export_store(path, "npy", out)
         export_store(path, "npy", out, overwrite=True)
         again = backend.path("again.zarr")
@@ -285,7 +285,7 @@ class TestStoreConformance:
         part = Store(path, allow_partial=True)
         assert part.n_images == 128 and not part.complete
         np.testing.assert_array_equal(part.images(), x[:128])
-        with pytest.raises(StoreError, match="already holds an unfinished store; pass --overwrite"):
+        with pytest.raises(StoreError, match="already holds an unfinished store; pass overwrite=True"):
             embedx.import_arrays(path, x, t, y)
         w = StoreWriter.resume(path, {"model": "m", "dataset": "d", "mode": "classes"}, background=False)
         w.append(x[128:], y[128:], [str(i) for i in range(128, 300)])
@@ -300,7 +300,7 @@ class TestStoreConformance:
         embedx.import_arrays(path, x, t, y, names=NAMES, dtype="float32", chunk_rows=64)
         first = Store(path).generation
         x2 = -x
-        with pytest.raises(StoreError, match="already holds a complete store; pass --overwrite to replace it"):
+        with pytest.raises(StoreError, match="already holds a complete store; pass overwrite=True to replace it"):
             embedx.import_arrays(path, x2, t, y)
         np.testing.assert_array_equal(Store(path).images(), x)  # refused: nothing changed
         embedx.import_arrays(path, x2, t, y, dtype="float32", chunk_rows=64, overwrite=True)

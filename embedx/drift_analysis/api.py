@@ -1,7 +1,14 @@
 """``embedx.drift(before, after, ...)``: the drift API function (``embedx.drift`` is callable as it)."""
 from __future__ import annotations
 
+from embedx.constraints import (DISTRIBUTED, SEED, Int, Names, OneOf, Optional, OutputFile, Pairs, StorePath,
+                                constraints)
 
+
+@constraints(before=StorePath(), after=StorePath(), others=Pairs(), metrics=Optional(Names("measure", "metric")),
+             silhouette=OneOf("exact", "sample"), sample_size=Int(min=2), seed=SEED, knn=OneOf("blocked", "faiss"),
+             knn_k=Int(min=1), knn_sample=Optional(Int(min=1)), plot_sample=Int(min=0),
+             report=Optional(OutputFile("report")), **DISTRIBUTED)
 def drift(before, after, *, others=(), metrics=None, silhouette: str = "exact", sample_size: int = 2000,
           seed: int = 0, knn: str = "blocked", knn_k: int = 10, knn_sample: int | None = 20000,
           plot_sample: int = 2000, report=None, executor=None, cluster=None, client=None) -> dict:
@@ -14,9 +21,6 @@ def drift(before, after, *, others=(), metrics=None, silhouette: str = "exact", 
     from embedx.engine.cluster import connect
     from embedx.drift_analysis import report as render
     from embedx.drift_analysis.comparison import compare
-    from embedx.outputs import check_output_file
-
-    check_output_file(None if report is None else str(report), "report", param="report")  # before any work
     with connect(cluster, client) as dask_executor:
         d = compare(str(before), str(after), others, metrics=metrics, silhouette_mode=silhouette,
                     sample_size=sample_size, seed=seed, knn=knn, knn_k=knn_k, knn_sample=knn_sample,

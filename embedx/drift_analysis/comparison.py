@@ -96,7 +96,7 @@ def open_others(others) -> list[tuple[str, Store, Store]]:
     for spec in others:
         name, pb, pa = parse_pair(spec) if isinstance(spec, str) else spec
         if name in seen:
-            raise EmbedxError(f"two --others pairs are named {name!r}; name them NAME=BEFORE:AFTER")
+            raise EmbedxError(f"two others pairs are named {name!r}; name them NAME=BEFORE:AFTER", param="others")
         seen.add(name)
         pairs.append((name, *open_pair(pb, pa)))
     return pairs

@@ -338,7 +338,7 @@ def _run_block(s: dict) -> str:
                          'the store\'s checkpoint record are unknown</span>')
     else:
         b = st.get("before", {})
-        lines.append(f"<b>run</b>: AFTER records no finetune run (not embedded with <code>--checkpoint</code>); "
+        lines.append(f"<b>run</b>: AFTER records no finetune run (not embedded from a finetune checkpoint); "
                      f"model {esc(str(b.get('model')))}")
     for role in ("before", "after"):
         r = st.get(role, {})
@@ -372,8 +372,8 @@ def _headline(s: dict) -> str:
                            f"mean zero-shot top-1 change on {_e(h['n_other_tasks'])} other task"
                            f"{'s' if h['n_other_tasks'] != 1 else ''} (below 0: forgotten)", verdict(f, 1)))
     else:
-        cards.append(_card("forgetting elsewhere", "&ndash;", "not measured: give <code>--others "
-                           "NAME=BEFORE:AFTER</code>"))
+        cards.append(_card("forgetting elsewhere", "&ndash;", "not measured: give other tasks "
+                           "(<code>others</code>: NAME=BEFORE:AFTER)"))
     pc = h.get("per_class")
     if pc:
         cards.append(_card("per class", f"{_e(pc['gained'])}&uarr; {_e(pc['lost'])}&darr;",

@@ -132,7 +132,7 @@ def embed_task(job: EmbedJob, source, t: int) -> dict:
     for idx, good, pixels, bad in loader:  # the serial run's batches: the same forward passes, the same rows
         for i, why in bad:
             if job.strict:
-                raise EmbedxError(f"cannot read image {source.ids[i]!r} ({why}); drop --strict to skip "
+                raise EmbedxError(f"cannot read image {source.ids[i]!r} ({why}); drop strict=True to skip "
                                   f"unreadable images")
             skipped.append({"index": int(i), "id": source.ids[i], "error": why})
         if good:
@@ -166,8 +166,8 @@ def check_resumable(path: str, meta: dict) -> None:
     """An unfinished store that a serial run has begun is resumed by a serial run (its rows are compacted)."""
     if meta.get("plan") is None and (meta.get("rows_committed") or meta.get("skipped")) \
             and int(meta.get("source_pos") or 0) < int(meta.get("n_rows_max") or 0):
-        raise StoreError(f"refusing to resume {path} on a cluster: it was begun by an embed without --cluster "
-                         f"(rerun without --cluster to resume it, or pass --overwrite)")
+        raise StoreError(f"refusing to resume {path} with cluster: an in-process embed began it (rerun without it "
+                         f"to resume, or pass overwrite=True)", param="cluster")
 
 
 def _plan(writer: st.StoreWriter, batch_size: int, task_bytes: int) -> dict:
@@ -261,8 +261,8 @@ def _compact(writer: st.StoreWriter, job: EmbedJob, meta: dict, bad: set, skippe
 
     out, m = writer.path, writer.meta
     if not location(out).can(RENAME):
-        raise StoreError(f"{out}: {len(bad)} unreadable items were skipped; compacting a store behind a URL is not "
-                         f"supported on a cluster yet (rerun without --cluster)")
+        raise StoreError(f"{out}: {len(bad)} unreadable items were skipped; a distributed embed cannot compact a "
+                         f"store behind a URL yet (rerun without cluster)", param="cluster")
     src = st.Store(out, allow_partial=True, verify_content=False)
     stage = staging_path(out)
     w = st.StoreWriter.create(stage, n_rows=job.n_rows, dim=int(m["dim"]), meta=meta, dtype=m["dtype"],

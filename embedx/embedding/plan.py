@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.sources.catalog import Source
 
 
@@ -39,7 +39,7 @@ class Items(Dataset):
         try:
             return i, self.preprocess(self.source.load(i)), None
         except Exception as e:  # unreadable/corrupt image: reported, never dropped silently
-            return i, None, f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+            return i, None, f"{type(e).__name__}: {one_line(e, 200)}"
 
 
 def collate(batch):
@@ -68,7 +68,7 @@ def accept_rows(emb: np.ndarray, names, what: str, noun: str, dtype: str, row0: 
         name = str(names[j])
         name = name if len(name) <= 80 else name[:77] + "..."
         raise EmbedxError(f"{e}: the model's embedding of {noun} {name!r}; nothing of its batch was committed "
-                          f"(rows committed before are kept); check the model's weights (a --checkpoint trained "
+                          f"(rows committed before are kept); check the model's weights (a checkpoint trained "
                           f"with too high an lr?)") from None
     return emb
 

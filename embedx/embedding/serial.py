@@ -14,6 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from embedx import store as st
+from embedx.constraints import (PROGRESS, SEED, Bool, Client, Cluster, Device, Int, OneOf, Optional, Path, Text,
+                                TextList, constraints)
 from embedx.embedding.plan import Items, accept_rows, collate, stored_sums
 from embedx.models.encoder import Encoder, split_preprocess
 from embedx.errors import EmbedxError
@@ -64,7 +66,7 @@ def _check_checkpoint(out: str, meta: dict) -> None:
     was, now = (c or {} for c in (old.get("checkpoint"), meta["checkpoint"]))
     if not old.get("complete") and was.get("sha256") != now.get("sha256"):
         raise st.StoreError(f"refusing to resume {out}: it was started with checkpoint={was.get('path')}, this "
-                            f"run asks for checkpoint={now.get('path')} (use --overwrite to start over)")
+                            f"run asks for checkpoint={now.get('path')} (use overwrite=True to start over)")
 
 
 def embed_to_store(out: str, data: str, model: str | None, pretrained: str | None = "none", *, seed: int = 0,
@@ -167,8 +169,8 @@ def _check_mode(out: str, meta: dict, distributed: bool) -> None:
 
         check_resumable(out, meta)
     elif meta.get("plan") is not None:
-        raise st.StoreError(f"refusing to resume {out} without --cluster: it was begun on a cluster (rerun with "
-                            f"--cluster to resume it, or pass --overwrite)")
+        raise st.StoreError(f"refusing to resume {out} in-process: a distributed embed began it (rerun with "
+                            f"cluster to resume it, or pass overwrite=True)", param="cluster")
 
 
 def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, batch_size: int,
@@ -192,7 +194,7 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, ba
             if bad:
                 if strict:
                     i, why = bad[0]
-                    raise EmbedxError(f"cannot read image {source.ids[i]!r} ({why}); drop --strict to skip "
+                    raise EmbedxError(f"cannot read image {source.ids[i]!r} ({why}); drop strict=True to skip "
                                       f"unreadable images")
                 writer.skip([{"id": source.ids[i], "error": why} for i, why in bad])
                 bar.set_postfix(skipped=len(writer.skipped) + len(bad), refresh=False)
@@ -215,6 +217,15 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, ba
     writer.commit(pos)
 
 
+@constraints(out=Path(), data=Text(), model=Optional(Text()), pretrained=Optional(Text()),
+             checkpoint=Optional(Path(exists="dir")), seed=SEED, device=Device(), batch_size=Int(min=1),
+             dtype=OneOf("float16", "float32"), progress=PROGRESS,
+             # **options: embed_to_store's keywords a caller may give
+             templates=Optional(TextList()), codec=OneOf(of="embedx.store.writer:CODECS"),
+             chunk_rows=Optional(Int(min=1)), limit=Optional(Int(min=1)), workers=Optional(Int(min=0)),
+             overwrite=Bool(), strict=Bool(), classes=Optional(Path()), image_col=Optional(Text()),
+             caption_col=Optional(Text()), label_col=Optional(Text()), cluster=Optional(Cluster()),
+             client=Optional(Client()), task_bytes=Optional(Int(min=1)), normalize_on_device=Optional(Bool()))
 def embed(out, data: str, model: str, pretrained: str | None = None, *, checkpoint: str | None = None,
           seed: int = 0, device: str = "auto", batch_size: int = 64, dtype: str = "float16", progress=None,
           **options):
@@ -222,8 +233,8 @@ def embed(out, data: str, model: str, pretrained: str | None = None, *, checkpoi
     with an open_clip ``model`` into a store at ``out`` (resumable: rerun the same call after a crash) -> the
     finished store's metadata. ``options``: the rest of ``embedx embed``'s options by their Python names
     (templates, codec, chunk_rows, limit, workers, overwrite, strict, classes, image_col, caption_col,
-    label_col), and ``cluster`` ("local[:N]" | "tcp://HOST:PORT") or ``client`` (a ``distributed.Client``) to
-    embed on a Dask cluster (the same store, byte for byte)."""
+    label_col, task_bytes, normalize_on_device), and ``cluster`` ("local[:N]" | "tcp://HOST:PORT") or ``client``
+    (a ``distributed.Client``) to embed on a Dask cluster (the same store, byte for byte)."""
     res = embed_to_store(str(out), data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
                          device=device, checkpoint=checkpoint, progress=bool(progress), **options)
     return res.meta

@@ -16,7 +16,7 @@ import os
 import re
 
 from embedx import validate
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 
 MMAP_THRESHOLD = str(128 << 20)
 CONNECT_TIMEOUT_S = 30
@@ -72,7 +72,7 @@ def environ_kept():
 
 
 def _why(e: BaseException) -> str:
-    return " ".join(str(e).split())[:200] or type(e).__name__
+    return one_line(e, 200) or type(e).__name__
 
 
 def _logs_level() -> int:

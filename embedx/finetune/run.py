@@ -69,7 +69,7 @@ def existing(run: str) -> dict | None:
         raise EmbedxError(f"{run} exists and is not a folder")
     cfg = read_config(run) if os.path.isdir(run) else None
     if cfg is None and os.path.isdir(run) and any(".tmp-" not in n for n in os.listdir(run)):
-        raise EmbedxError(f"{run} exists, is not empty and is not an embedx run; choose another --out")
+        raise EmbedxError(f"{run} exists, is not empty and is not an embedx run; choose another out", param="out")
     return cfg
 
 

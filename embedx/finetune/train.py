@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 import embedx.finetune.run as rd
 from embedx.models import methods
 from embedx.models.encoder import NO_WEIGHTS, Encoder, file_sha256
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.models.factory import create_tuned as build
 from embedx.sources.prompts import resolve_templates
 from embedx.sources.catalog import Source, default_workers, parse_source
@@ -73,7 +73,8 @@ def split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarra
     """(train, validation) item indices: a seeded random ``val_fraction`` of the items (at most 5,000)."""
     n_val = 0 if val_fraction == 0 else max(1, min(MAX_VAL, int(round(val_fraction * n))))
     if n - n_val < 1:
-        raise EmbedxError(f"{n} images leave nothing to train on with --val-fraction {val_fraction}")
+        raise EmbedxError(f"{n} images leave nothing to train on with val_fraction={val_fraction}",
+                          param="val_fraction")
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
@@ -90,7 +91,7 @@ class _Images(Dataset):
         try:
             image = self.source.load(i)
         except Exception as e:
-            raise EmbedxError(f"cannot read image {self.source.ids[i]!r}: {' '.join(str(e).split())[:200]}") from None
+            raise EmbedxError(f"cannot read image {self.source.ids[i]!r}: {one_line(e, 200)}") from None
         return self.preprocess(image), int(self.source.labels[i])
 
 
@@ -145,14 +146,14 @@ def _check_resume(out: str, cfg: dict, plan: dict) -> None:
         if cfg.get(key) != plan[key]:
             old, new = repr(cfg.get(key)), repr(plan[key])
             raise EmbedxError(f"refusing to resume {out}: it was started with {key}={old[:60]}, this run asks for "
-                              f"{key}={new[:60]} (use --overwrite to start over)")
+                              f"{key}={new[:60]} (use overwrite=True to start over)")
     if cfg.get("diverged"):
         d = cfg["diverged"]
         raise EmbedxError(f"refusing to resume {out}: it diverged at epoch {d['epoch']} ({d['what']}) and would "
-                          f"again; retrain it with a lower lr and --overwrite", param="lr")
+                          f"again; retrain it with a lower lr and overwrite=True", param="lr")
     if cfg.get("complete"):
         raise EmbedxError(f"{out} is a finished run (best epoch {cfg['best_epoch']} of {cfg['epochs']}); pass "
-                          f"--overwrite to retrain it")
+                          f"overwrite=True to retrain it")
 
 
 def finetune(out: str, data: str, model: str, pretrained: str = "none", method: str = "lora", *,
@@ -307,7 +308,7 @@ def _diverged_message(d: Diverged, epoch: int, out: str, cfg: dict) -> str:
     hint = f" (the method's default: {default[0]} {default[1]:g})" if cfg["lr"] > default[1] else ""
     where = f"epoch {epoch}" if d.step is None else f"epoch {epoch}, step {d.step} of {d.steps}"
     return (f"training diverged at {where}: {d.what} ({cfg['method']}, "
-            f"{cfg['optimizer']} at learning rate {cfg['lr']:g}); {kept}; try a lower lr{hint} with --overwrite")
+            f"{cfg['optimizer']} at learning rate {cfg['lr']:g}); {kept}; try a lower lr{hint} with overwrite=True")
 
 
 def train_step(net: TunedCLIP, enc: Encoder, opt, x: torch.Tensor, y: torch.Tensor, tokens: torch.Tensor,

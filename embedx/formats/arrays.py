@@ -15,7 +15,7 @@ import numpy as np
 from embedx import store as st
 from embedx import validate
 from embedx.engine.progress import Bar, enabled
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.rowsource import as_numpy
 from embedx.rows import first_bad_row
 from embedx.store.placement import place, staging_path, writer_lock
@@ -59,7 +59,7 @@ def load_array(spec, what: str = "array") -> np.ndarray:
     except EmbedxError:
         raise
     except Exception as e:
-        raise EmbedxError(f"cannot read {what} from {path}: {' '.join(str(e).split())[:200]}") from None
+        raise EmbedxError(f"cannot read {what} from {path}: {one_line(e, 200)}") from None
     raise EmbedxError(f"{what}: unsupported file type {path!r} (use .npy, .npz or .parquet)")
 
 
@@ -123,7 +123,7 @@ def _check_rows(x: np.ndarray, what: str, dtype: str, offset: int = 0) -> bool:
                               f"in all)")
         if dtype == "float16" and np.abs(raw).max() > FP16_MAX:
             raise EmbedxError(f"{what} has values beyond the float16 range (|x| > {FP16_MAX:g}); "
-                              f"use --dtype float32")
+                              f"use dtype='float32'", param="dtype")
         with np.errstate(over="ignore"):  # a float32 overflow is reported below as a norm out of range
             b = raw.astype(dtype).astype(np.float64)  # the values as stored
         norms = np.sqrt((b * b).sum(axis=1))
@@ -138,7 +138,7 @@ def _check_rows(x: np.ndarray, what: str, dtype: str, offset: int = 0) -> bool:
             i = int(lossy[0])
             raise EmbedxError(f"{what} row {i + s + offset} loses its direction when stored as {dtype} (it moves by "
                               f"{moved[i]:.2g} of its norm {np.sqrt((raw[i] ** 2).sum()):.3g}: its values fall below "
-                              f"{dtype}'s normal range); L2-normalize the rows or use --dtype float32")
+                              f"{dtype}'s normal range); L2-normalize the rows or use dtype='float32'", param="dtype")
         unit &= bool(np.abs(norms - 1).max() < 1e-2)
     return unit
 
@@ -189,14 +189,15 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
     st.check_target(out, overwrite)
     if paired_array is not None:
         if images is not None or texts is not None or labels is not None:
-            raise EmbedxError("--paired-array replaces --images/--texts/--labels; give one or the other")
+            raise EmbedxError("paired_array replaces images, texts and labels; give one or the other",
+                              param=("paired_array", "images", "texts", "labels"))
         both = load_array(paired_array, "paired array")
         if both.ndim != 3 or both.shape[0] != 2:
             raise EmbedxError(f"paired_array needs shape (2, N, d), got {both.shape}", param="paired_array")
         x, t, paired, sources = both[0], both[1], True, [paired_array]
     else:
         if images is None or texts is None:
-            raise EmbedxError("give --images and --texts (or --paired-array)")
+            raise EmbedxError("give images and texts (or paired_array)", param=("images", "texts", "paired_array"))
         x, t = load_array(images, "images"), load_array(texts, "texts")
         sources = [s for s in (images, texts, labels) if s is not None]
     unit = _check_rows(x, "images", dtype) & _check_rows(t, "texts", dtype)
@@ -205,13 +206,16 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
     n, c = x.shape[0], t.shape[0]
     if paired:
         if labels is not None:
-            raise EmbedxError("--paired and --labels exclude each other (paired rows are their own labels)")
+            raise EmbedxError("paired and labels exclude each other (paired rows are their own labels)",
+                              param=("paired", "labels"))
         if c != n:
-            raise EmbedxError(f"--paired needs as many text rows as image rows, got {n} images and {c} texts")
+            raise EmbedxError(f"paired needs as many text rows as image rows, got {n} images and {c} texts",
+                              param="paired")
         y = None
     else:
         if labels is None:
-            raise EmbedxError("give --labels y.npy (class index per image) or --paired (text i pairs with image i)")
+            raise EmbedxError("give labels (class index per image) or paired=True (text i pairs with image i)",
+                              param="labels")
         y = _check_labels(load_array(labels, "labels"), n, c)
     text_names, cut = _read_names(names, c, "captions" if paired else "text rows")
     files = [os.fspath(s) for s in sources if isinstance(s, (str, os.PathLike))]

@@ -33,7 +33,7 @@ from embedx.fs import files as fsx
 from embedx.fs.locations import FADVISE, PREADV, RENAME, location
 from embedx import store as st
 from embedx.engine.progress import Bar, enabled
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.formats.arrays import BLOCK_ROWS, _check_rows
 from embedx.rows import first_bad_row
 from embedx.store.placement import place, staging_path, writer_lock
@@ -77,7 +77,7 @@ class NpyRows:
         except fsx.NotAFile as e:
             raise EmbedxError(e.about(label)) from None
         except (ValueError, OSError) as e:
-            raise EmbedxError(f"{label}: not a readable .npy file ({' '.join(str(e).split())[:160]})") from None
+            raise EmbedxError(f"{label}: not a readable .npy file ({one_line(e, 160)})") from None
         if fortran and len(shape) > 1:
             raise EmbedxError(f"{label}: Fortran-ordered arrays are not supported; save it in C order")
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
@@ -128,7 +128,7 @@ class NpzMember:
         except fsx.NotAFile as e:
             raise EmbedxError(e.about(label)) from None
         except (ValueError, OSError, KeyError, zipfile.BadZipFile) as e:
-            raise EmbedxError(f"{label}: cannot read {key!r} ({' '.join(str(e).split())[:160]})") from None
+            raise EmbedxError(f"{label}: cannot read {key!r} ({one_line(e, 160)})") from None
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         need = header + _data_bytes(shape, dtype)  # what np.load would allocate: the member must hold it
         if info.file_size < need:
@@ -161,7 +161,7 @@ def npz_keys(path: str, label: str) -> list[str]:
     except fsx.NotAFile as e:
         raise EmbedxError(e.about(label)) from None
     except (OSError, zipfile.BadZipFile) as e:
-        raise EmbedxError(f"{label}: not a readable .npz file ({' '.join(str(e).split())[:160]})") from None
+        raise EmbedxError(f"{label}: not a readable .npz file ({one_line(e, 160)})") from None
 
 
 @dataclass
@@ -281,7 +281,7 @@ def scan_datacomp(path: str, features: str | None) -> Dump:
         features = next((f for f in ("l14", "b32") if f"{f}_img" in keys and f"{f}_txt" in keys), None)
         if features is None:
             raise EmbedxError(f"{fsx.basename(first)} has no l14_img/l14_txt or b32_img/b32_txt arrays (has: "
-                              f"{', '.join(keys)}); name the pair with --features NAME (NAME_img, NAME_txt)",
+                              f"{', '.join(keys)}); name the pair with features=NAME (NAME_img, NAME_txt)",
                               param="features")
     shards = []
     for s in stems:
@@ -290,7 +290,7 @@ def scan_datacomp(path: str, features: str | None) -> Dump:
         have = keys if f == first else npz_keys(f, label)
         for key in (f"{features}_img", f"{features}_txt"):
             if key not in have:
-                raise EmbedxError(f"{label} has no array {key!r} (has: {', '.join(have)}); choose --features "
+                raise EmbedxError(f"{label} has no array {key!r} (has: {', '.join(have)}); choose features "
                                   f"from the NAME_img/NAME_txt pairs present", param="features")
         x, t = NpzMember(f, f"{features}_img", label + ":" + features + "_img"), \
             NpzMember(f, f"{features}_txt", label + ":" + features + "_txt")
@@ -313,7 +313,7 @@ def _export_meta(path: str) -> dict:
     except fsx.NotAFile as e:
         raise EmbedxError(str(e)) from None
     except (OSError, ValueError) as e:
-        raise EmbedxError(f"{mf}: unreadable ({' '.join(str(e).split())[:160]})") from None
+        raise EmbedxError(f"{mf}: unreadable ({one_line(e, 160)})") from None
     return meta if isinstance(meta, dict) else {}
 
 
@@ -381,7 +381,7 @@ def _table_rows(path: str, label: str) -> int:
     try:
         return int(pq.ParquetFile(fsx.parquet_source(path)).metadata.num_rows)
     except Exception as e:
-        raise EmbedxError(f"{label}: not a readable parquet file ({' '.join(str(e).split())[:160]})") from None
+        raise EmbedxError(f"{label}: not a readable parquet file ({one_line(e, 160)})") from None
 
 
 def _agree(a: int, b: int, la: str, lb: str) -> None:
@@ -460,7 +460,7 @@ def scan(kind: str, path: str, features: str | None = None) -> Dump:
     if not fsx.listdir(path):
         raise EmbedxError(f"{path} is empty: no {kind} shards")
     if features is not None and kind != "datacomp":
-        raise EmbedxError("--features applies to --from datacomp", param="features")
+        raise EmbedxError("features applies to kind='datacomp'", param=("features", "kind"))
     if kind == "datacomp":
         return scan_datacomp(path, features)
     if kind in ("npy", "parquet"):

@@ -87,11 +87,11 @@ def export_store(store: str, fmt: str, out: str, *, partition_rows: int = PARTIT
     s = Store(store)
     if fmt == "clip-retrieval" and not s.paired:
         raise EmbedxError(f"{store} has class texts, not one caption per image; the clip-retrieval layout needs a "
-                          f"paired store (use --format npy or parquet)")
+                          f"paired store (use fmt='npy' or fmt='parquet')", param="fmt")
     out = os.fspath(out).rstrip("/")
     if fsx.exists(out) and (not fsx.isdir(out) or fsx.listdir(out)):
         if not overwrite:
-            raise EmbedxError(f"{out} exists and is not empty; pass --overwrite to replace it", param="out")
+            raise EmbedxError(f"{out} exists and is not empty; pass overwrite=True to replace it", param="out")
         if not fsx.isfile(fsx.join(out, META_FILE)):
             raise EmbedxError(f"{out} is not an embedx export; refusing to replace it (choose another folder)")
     if not location(out).can(RENAME):  # behind a URL: written in place, embedx.json last

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import stat as _stat
 
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.fs.locations import location
 
 IMAGE_CAP = 256 << 20  # an image file (or tar member) above it is unreadable: counted and listed, never read
@@ -86,7 +86,7 @@ def file_problem(p: str) -> str | None:
     except FileNotFoundError:
         return "no such file"
     except OSError as e:
-        return e.strerror or " ".join(str(e).split())[:120]
+        return e.strerror or one_line(e, 120)
     return None
 
 

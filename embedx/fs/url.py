@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from embedx.errors import StorageError
+from embedx.errors import StorageError, one_line
 
 S3_CONNECT_TIMEOUT_S = 5.0
 S3_READ_TIMEOUT_S = 10.0
@@ -165,7 +165,7 @@ def endpoint(url=None, e: BaseException | None = None) -> str:
 
 
 def _why(x: BaseException) -> str:
-    text = " ".join(str(x).split())[:200]
+    text = one_line(x, 200)
     return f"{type(x).__name__}: {text}" if text else type(x).__name__
 
 

@@ -352,7 +352,7 @@ class _CostClock:
         eta = (time.perf_counter() - self.t0) * rows / rows_done
         if eta > NOTICE_SECONDS:
             notice(f"exact silhouette of {self.rows:,} x {self.cols:,} point pairs: about {_human(eta)} on this "
-                   f"machine ({self.dev.type}); silhouette_mode='sample' (CLI: --silhouette sample) estimates it "
+                   f"machine ({self.dev.type}); the sampled estimate (silhouette='sample') gives it "
                    f"with a 95% interval in seconds")
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from embedx.models import _torchvision_shim
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 
 _torchvision_shim.apply()  # before open_clip (and so torchvision) is imported anywhere below
 import torch  # noqa: E402
@@ -83,11 +83,6 @@ def _quiet_root_logger():
     finally:
         for lg, lv in zip(loggers, levels):
             lg.setLevel(lv)
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    s = " ".join(str(e).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 @dataclass
@@ -194,7 +189,7 @@ def load_encoder(model: str, pretrained: str = "none", seed: int = 0, device: st
     sha = None
     if random_weights:
         if warn_random:
-            log.warning("--pretrained none: %s gets random weights (seed %d); embeddings measure an untrained "
+            log.warning("pretrained='none': %s gets random weights (seed %d); embeddings measure an untrained "
                         "model", model, seed)
         arg = None
     elif os.path.isfile(pretrained):
@@ -217,13 +212,13 @@ def load_encoder(model: str, pretrained: str = "none", seed: int = 0, device: st
         what = pretrained if not is_hub else model
         if offline and not random_weights and sha is None:
             raise EmbedxError(f"cannot load {what!r} for {model} offline: the weights are not in the local "
-                              f"cache and the hub is unreachable ({_one_line(e, 160)}); pass a local checkpoint "
-                              f"file with --pretrained PATH or --pretrained none") from None
+                              f"cache and the hub is unreachable ({one_line(e, 160)}); pass a local checkpoint "
+                              f"file with pretrained=PATH or pretrained='none'", param="pretrained") from None
         if sha is not None:  # a local file that is not a checkpoint: say what it should hold, not torch's bare reason
             raise EmbedxError(f"cannot load {model} with pretrained={what!r}: the file is not a checkpoint of "
-                              f"{model}'s weights; --pretrained FILE takes a torch state dict (.pt/.pth/.bin, as "
+                              f"{model}'s weights; a pretrained file is a torch state dict (.pt/.pth/.bin, as "
                               f"torch.save(model.state_dict())) or a .safetensors file of this architecture "
-                              f"({_one_line(e, 120)})") from None
-        raise EmbedxError(f"cannot load {model} with pretrained={what!r}: {_one_line(e)}") from None
+                              f"({one_line(e, 120)})", param="pretrained") from None
+        raise EmbedxError(f"cannot load {model} with pretrained={what!r}: {one_line(e, 300)}") from None
     net.eval()
     return Encoder(net, preprocess, tokenizer, dev, model, "none" if random_weights else pretrained, int(seed), sha)

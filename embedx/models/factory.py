@@ -22,7 +22,7 @@ import torch
 
 from embedx.models import methods as tuning
 from embedx.models.encoder import NO_WEIGHTS, Encoder, file_sha256, load_encoder
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.models.tuned import TunedCLIP
 
 CONFIG = "config.json"  # a run folder's commit marker (embedx.finetune.run writes it)
@@ -128,7 +128,7 @@ def read_config(run: str) -> dict | None:
         with open(path, encoding="utf-8") as f:
             cfg = json.load(f)
     except (OSError, ValueError, RecursionError) as e:
-        raise EmbedxError(f"{path} is unreadable ({' '.join(str(e).split())[:200]})") from None
+        raise EmbedxError(f"{path} is unreadable ({one_line(e, 200)})") from None
     if not isinstance(cfg, dict):
         raise EmbedxError(f"{path} is not a JSON object; {run} is not an embedx finetune run")
     if cfg.get("embedx_run") != FORMAT:
@@ -146,7 +146,7 @@ def read_run(run: str) -> dict:
     if cfg.get("diverged"):
         d = cfg["diverged"]
         raise EmbedxError(f"{run} is a fine-tuning run that diverged at epoch {d.get('epoch')} ({d.get('what')}); "
-                          f"retrain it with a lower --lr and --overwrite")
+                          f"retrain it with a lower lr and overwrite=True")
     if not cfg.get("complete"):
         raise EmbedxError(f"{run} is unfinished ({len(cfg.get('history', []))} of {cfg.get('epochs')} epochs); "
                           f"rerun the same `embedx finetune` command to finish it")
@@ -173,7 +173,7 @@ def load_params(path: str) -> dict[str, torch.Tensor]:
     except OSError:
         raise
     except Exception as e:  # safetensors raises its own SafetensorError (and ValueError) on a garbled file
-        raise EmbedxError(f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:160]}); "
+        raise EmbedxError(f"{path} is not a readable safetensors file ({one_line(e, 160)}); "
                           "the run folder was modified") from None
 
 
@@ -193,7 +193,7 @@ def check_options_against_params(cfg: dict) -> None:
     except OSError:
         raise
     except Exception as e:  # a garbled header
-        raise EmbedxError(f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:160]}); "
+        raise EmbedxError(f"{path} is not a readable safetensors file ({one_line(e, 160)}); "
                           "the run folder was modified") from None
     if ranks != [rank]:
         raise EmbedxError(f"{os.path.join(cfg['path'], CONFIG)}: options.rank = {rank} disagrees with the LoRA "
@@ -257,8 +257,8 @@ def _checkpoint_run(checkpoint: str, model: str | None, pretrained: str | None) 
         pretrained = "none"
     for key, asked in (("model", model), ("pretrained", pretrained)):
         if asked and asked != run[key]:
-            raise EmbedxError(f"--{key} {asked} disagrees with the checkpoint, which tunes {key} {run[key]!r} "
-                              f"(leave --{key} out with --checkpoint)")
+            raise EmbedxError(f"{key}={asked!r} disagrees with the checkpoint, which tunes {run[key]!r}: leave it "
+                              f"out with a checkpoint", param=key)
     return run
 
 
@@ -270,7 +270,7 @@ def resolve_model(model: str | None, pretrained: str | None = "none", *, checkpo
         run = _checkpoint_run(checkpoint, model, pretrained)
         model, pretrained, seed = run["model"], run["pretrained"], run["seed"]
     elif not model:
-        raise EmbedxError("--model is required (or --checkpoint RUN)")
+        raise EmbedxError("model is required (or checkpoint=RUN)", param=("model", "checkpoint"))
     pretrained = (pretrained or "none").strip()
     sha = None
     if model.startswith("hf-hub:"):

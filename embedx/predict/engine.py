@@ -24,17 +24,18 @@ def _choose_predictors(hist: H.History, measures) -> list[str]:
         names = list(dict.fromkeys(m.strip() for m in measures if m.strip()))
         for m in names:
             if m in H.REQUIRED or m == H.STORE or m in H.RESERVED:
-                raise EmbedxError(f"--measures: {m} is not a predictor (it is a required column or an outcome)")
+                raise EmbedxError(f"measures: {m} is not a predictor (it is a required column or an outcome)",
+                                  param="measures")
             if m in hist.predictors:
                 continue
             if not computable(m):
                 cols = ", ".join(hist.predictors) or "none"
-                raise EmbedxError(f"--measures: unknown predictor {m!r}: not a column of {hist.path} (predictor "
+                raise EmbedxError(f"measures: unknown predictor {m!r}: not a column of {hist.path} (predictor "
                                   f"columns: {cols}) and not a measure or transfer score embedx computes "
-                                  f"({', '.join(DEFAULT_MEASURES + TRANSFER_SCORES)}, ...)")
+                                  f"({', '.join(DEFAULT_MEASURES + TRANSFER_SCORES)}, ...)", param="measures")
             if not hist.has_store:
-                raise EmbedxError(f"--measures: {m} is not a column of {hist.path}, and the file has no store "
-                                  "column to compute it from")
+                raise EmbedxError(f"measures: {m} is not a column of {hist.path}, and the file has no store "
+                                  "column to compute it from", param="measures")
         return names
     names = list(hist.predictors)
     if hist.has_store:
@@ -58,8 +59,9 @@ def predict(history_path: str, targets=(), *, measures=None, where=None, silhoue
     wh = H.parse_where(where)
     rows = H.select(hist, wh)
     if len(rows) < F.MIN_ROWS:
-        what = f" match --where {H.describe_where(wh)}" if wh else ""
-        raise EmbedxError(f"{hist.path}: {len(rows)} row(s){what}; a fit needs at least {F.MIN_ROWS}")
+        what = f" match where {H.describe_where(wh)}" if wh else ""
+        raise EmbedxError(f"{hist.path}: {len(rows)} row(s){what}; a fit needs at least {F.MIN_ROWS}",
+                          param="where" if wh else None)
     names = _choose_predictors(hist, measures)
     warnings: list[str] = []
 

@@ -31,12 +31,12 @@ from embedx.store import Store
 def identify(before: Store, after: Store, task: str | None, method: str | None) -> dict:
     """task / model / method of the experiment, checked before any work (one-line errors)."""
     if before.paired:
-        raise EmbedxError("--history needs class stores (zero-shot accuracy); these stores are paired")
+        raise EmbedxError("history needs class stores (zero-shot accuracy); these stores are paired", param="history")
     ckpt = after.meta.get("checkpoint") or {}
     method = method or ckpt.get("method")
     if not method:
-        raise EmbedxError(f"{after.path} records no finetune run (it was not embedded with --checkpoint); "
-                          "give the method with --method")
+        raise EmbedxError(f"{after.path} records no finetune run (it was not embedded from a finetune checkpoint); "
+                          "give the method as method=NAME", param="method")
     model = before.meta.get("model") or "unknown"
     pre = before.meta.get("pretrained")
     if pre and str(pre).lower() != "none":

@@ -213,7 +213,7 @@ def parse_where(specs) -> dict[str, list[str]]:
     for s in specs:
         col, eq, val = str(s).partition("=")
         if not eq or not col.strip():
-            raise EmbedxError(f"--where needs COLUMN=VALUE, got {s!r}")
+            raise EmbedxError(f"where needs COLUMN=VALUE, got {s!r}", param="where")
         out.setdefault(col.strip(), []).append(val.strip())
     return out
 
@@ -222,8 +222,8 @@ def select(history: History, where: dict[str, list[str]]) -> list[Row]:
     """The rows matching every ``where`` column (exact string match on the stripped cell)."""
     unknown = [c for c in where if c not in history.columns]
     if unknown:
-        raise EmbedxError(f"--where: {history.path} has no column {', '.join(unknown)} "
-                          f"(columns: {', '.join(history.columns)})")
+        raise EmbedxError(f"where: {history.path} has no column {', '.join(unknown)} "
+                          f"(columns: {', '.join(history.columns)})", param="where")
     return [r for r in history.rows if all(r.cells[c] in vals for c, vals in where.items())]
 
 

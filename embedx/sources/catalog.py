@@ -14,7 +14,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.sources.base import Source, _pil_rgb  # Source: defined there, imported from here as before
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -74,7 +74,7 @@ def csv_source(path: str, spec: str) -> Source:
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as e:
         raise EmbedxError(f"{path} is not a UTF-8 CSV text file ({type(e).__name__}: "
-                          f"{' '.join(str(e).split())[:120]})") from None
+                          f"{one_line(e, 120)})") from None
     if "image" not in cols or not ({"label", "caption"} & cols):
         raise EmbedxError(f"{path} needs a column 'image' and a column 'label' or 'caption' (has: "
                           f"{', '.join(sorted(cols)) or 'none'})")
@@ -229,8 +229,9 @@ def parse_source(spec: str, *, classes: str | None = None, image_col: str | None
     takes = {"wds": ("classes", "caption_col", "label_col"), "parquet": tuple(opts)}.get(kind, ())
     if any(k not in takes for k in given):
         k = next(k for k in given if k not in takes)
-        raise EmbedxError(f"--{k.replace('_', '-')} applies to "
-                          f"{'parquet: sources' if k == 'image_col' else 'wds: and parquet: sources'}, not {spec!r}")
+        raise EmbedxError(f"{k} applies to "
+                          f"{'parquet: sources' if k == 'image_col' else 'wds: and parquet: sources'}, not {spec!r}",
+                          param=k)
     if kind == "wds" and arg:
         from embedx.sources.webdataset import wds_source
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from embedx.fs.files import IMAGE_CAP, NotAFile, local_path, open_binary, read_capped
 from embedx.fs.files import size as file_size
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.sources.base import _pil_rgb
 from embedx.sources.files import ShardedSource, decode_image, expand_files, label_index, read_classes
 from embedx.fs.locations import location
@@ -42,7 +42,7 @@ def _parquet_file(path: str):
     except NotAFile as e:
         raise EmbedxError(str(e)) from None
     except OSError as e:
-        raise EmbedxError(f"cannot read {path} ({e.strerror or ' '.join(str(e).split())[:120]})") from None
+        raise EmbedxError(f"cannot read {path} ({e.strerror or one_line(e, 120)})") from None
     try:
         return pq.ParquetFile(f)
     except Exception as e:  # pyarrow raises ArrowInvalid/OSError for anything not Parquet
@@ -50,7 +50,7 @@ def _parquet_file(path: str):
 
 
 def _short(e: BaseException) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+    return f"{type(e).__name__}: {one_line(e, 120)}"
 
 
 def _image_kind(field) -> str:
@@ -71,7 +71,7 @@ def _pick(schema, given: str | None, defaults: tuple, what: str, path: str, opti
     names = schema.names
     if given:
         if given not in names:
-            raise EmbedxError(f"{path} has no column {given!r} ({option}; columns: {', '.join(names)})")
+            raise EmbedxError(f"{path} has no column {given!r} ({option}; columns: {', '.join(names)})", param=option)
         return given
     return next((c for c in defaults if c in names), None)
 
@@ -94,28 +94,29 @@ def parquet_source(pattern: str, spec: str, *, classes: str | None = None, image
 
     files = expand_files(pattern, ".parquet", "parquet file")
     first = _parquet_file(files[0]).schema_arrow
-    icol = _pick(first, image_col, IMAGE_COLS, "image", files[0], "--image-col")
+    icol = _pick(first, image_col, IMAGE_COLS, "image", files[0], "image_col")
     if icol is None:
         raise EmbedxError(f"{files[0]} has no image column (tried {', '.join(IMAGE_COLS)}; columns: "
-                          f"{', '.join(first.names)}): name it with --image-col")
+                          f"{', '.join(first.names)}): name it with image_col", param="image_col")
     kind = _image_kind(first.field(icol))
     if caption_col and (label_col or classes):
-        raise EmbedxError("--caption-col makes a paired store, --label-col/--classes a class store: pass one")
+        raise EmbedxError("caption_col makes a paired store, label_col and classes a class store: pass one",
+                          param=("caption_col", "label_col", "classes"))
     ccol = None if (label_col or classes) else _pick(first, caption_col, CAPTION_COLS, "caption", files[0],
-                                                     "--caption-col")
+                                                     "caption_col")
     lcol = None
     if ccol is None:
-        lcol = _pick(first, label_col, LABEL_COLS, "label", files[0], "--label-col")
+        lcol = _pick(first, label_col, LABEL_COLS, "label", files[0], "label_col")
         if lcol is None:
             raise EmbedxError(f"{files[0]} has no caption column ({', '.join(CAPTION_COLS)}) nor label column "
                               f"({', '.join(LABEL_COLS)}) (columns: {', '.join(first.names)}): name one with "
-                              f"--caption-col or --label-col")
+                              f"caption_col or label_col", param=("caption_col", "label_col"))
     classnames = read_classes(classes) if classes else None
     if lcol and classnames is None and pa.types.is_integer(first.field(lcol).type):
         classnames = _hf_classnames(first, lcol)
         if classnames is None:
-            raise EmbedxError(f"{files[0]}: label column {lcol!r} holds integers: pass --classes NAMES.txt (one "
-                              f"class name a line, line k naming label k)")
+            raise EmbedxError(f"{files[0]}: label column {lcol!r} holds integers: pass classes=NAMES.txt (one "
+                              f"class name a line, line k naming label k)", param="classes")
 
     read_cols = [c for c in (ccol, lcol) if c] + ([icol] if kind == "path" else [f"{icol}.path"]
                                                  if kind == "struct" else [])

@@ -33,7 +33,7 @@ import numpy as np
 from embedx.fs.files import IMAGE_CAP, SMALL_CAP, local_path, open_binary
 from embedx.fs.files import size as file_size
 from embedx.fs.locations import location
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.sources.files import RangeReader, ShardedSource, decode_image, expand_files, label_index, read_classes
 from embedx.fs.url import storage_faults
 
@@ -69,7 +69,7 @@ def wds_source(pattern: str, spec: str, *, classes: str | None = None, caption_c
     if not ids:
         if classnames is None and not seen_exts & {"txt"} and seen_exts & {"cls", "json"}:
             raise EmbedxError(f"{pattern}: the samples have labels ({', '.join(sorted(seen_exts & {'cls', 'json'}))}"
-                              f") but no captions (txt): pass --classes NAMES.txt for a class store")
+                              f") but no captions (txt): pass classes=NAMES.txt for a class store", param="classes")
         why = f"; first problem: {excluded[0]['id']}: {excluded[0]['error']}" if excluded else ""
         raise EmbedxError(f"{pattern}: no usable samples in {len(shards)} shard(s) (an image member "
                           f"({'/'.join(IMAGE_EXTS)}) and a {want.describe()} per sample){why}")
@@ -100,9 +100,11 @@ class _Want:
         self.classnames, self.classes_path = classnames, classes_path
         self.caption_col, self.label_col = caption_col, label_col
         if classnames is None and label_col:
-            raise EmbedxError("--label-col needs --classes NAMES.txt (the class names, one a line)")
+            raise EmbedxError("label_col needs classes=NAMES.txt (the class names, one a line)",
+                              param=("label_col", "classes"))
         if classnames is not None and caption_col:
-            raise EmbedxError("--caption-col makes a paired store; drop --classes (or --caption-col)")
+            raise EmbedxError("caption_col makes a paired store and classes a class store: drop one",
+                              param=("caption_col", "classes"))
 
     @property
     def small(self) -> tuple[str, ...]:
@@ -324,4 +326,4 @@ def _unreadable(shard, name, size, why) -> dict:
 
 
 def _short(e: BaseException) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+    return f"{type(e).__name__}: {one_line(e, 120)}"

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import zarr
 
-from embedx.errors import StorageError, StoreError
+from embedx.errors import StorageError, StoreError, one_line
 from embedx.fs.locations import location
 from embedx.fs.url import open_group
 
@@ -110,7 +110,7 @@ def layout_problems(root: str, meta: dict, group) -> Iterator[tuple[str, str]]:
         try:
             arr = group[name]
         except Exception as e:  # a missing or garbled array metadata file
-            yield name, f"{name}: broken array metadata ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
+            yield name, f"{name}: broken array metadata ({type(e).__name__}: {one_line(e, 160)})"
             continue
         if name in rows_arrays and (arr.shape[0] < n or (meta.get("complete") and arr.shape[0] != n)):
             yield name, f"{name} has {arr.shape[0]} rows but the store records {n} committed rows"
@@ -163,7 +163,7 @@ def _missing_bucket(path: str) -> str:
 
 
 def _why(e: Exception) -> str:
-    text = " ".join(str(getattr(e, "strerror", None) or e).split())[:200]
+    text = one_line(getattr(e, "strerror", None) or e, 200)
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
@@ -185,7 +185,7 @@ def read_meta(path: str) -> dict:
     if not isinstance(meta, dict):
         if _creation_interrupted(g):
             raise StoreError(f"{path} holds a store whose creation was interrupted (its arrays were made, its "
-                             f"metadata never was); pass --overwrite to start it afresh")
+                             f"metadata never was); pass overwrite=True to start it afresh")
         raise StoreError(f"{path} is a zarr group but not an embedx store (no 'embedx' attributes)")
     if meta.get("schema") != SCHEMA:
         raise StoreError(f"{path} has store schema {meta.get('schema')!r}; this embedx reads schema {SCHEMA}")
@@ -215,9 +215,9 @@ def creation_interrupted(path: str) -> bool:
 
 def finish_hint(meta: dict) -> str:
     """What to do about an unfinished store: embed resumes when rerun; an import does not (imports write their
-    whole input again): rerun it with ``--overwrite``."""
+    whole input again): rerun it with ``overwrite=True``."""
     if meta.get("written_by") == "import":
-        return "an interrupted import does not resume: rerun the import with --overwrite"
+        return "an interrupted import does not resume: rerun the import with overwrite=True"
     return "rerun the command that wrote it to resume"
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from zarr.core.buffer.cpu import NDBuffer
 
 from embedx.store.chunkio import direct_reader
-from embedx.errors import StorageError, StoreError
+from embedx.errors import StorageError, StoreError, one_line
 from embedx.store.layout import (
     exists,
     ARRAYS,
@@ -273,7 +273,7 @@ class Store:
                 raise fault from None
             if isinstance(e, OSError):
                 raise
-            why = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+            why = f"{type(e).__name__}: {one_line(e, 160)}"
         for k, _, r0, r1 in chunk_files(self.path, arr, name, start, start + len(out)):
             a, b = max(r0, start), min(r1 + 1, start + len(out))
             try:
@@ -282,7 +282,7 @@ class Store:
                 raise
             except Exception as e:
                 self._still_there()
-                why = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+                why = f"{type(e).__name__}: {one_line(e, 160)}"
                 raise StoreError(f"{self.path}: cannot read {name} rows {a}..{b - 1} ({why}); the store is "
                                  f"damaged") from None
         self._still_there()

@@ -92,9 +92,9 @@ def _check_target(path: str, overwrite: bool) -> bool:
         meta = read_meta(path)
         if not overwrite:
             if meta.get("complete"):
-                raise StoreError(f"{path} already holds a complete store; pass --overwrite to replace it")
+                raise StoreError(f"{path} already holds a complete store; pass overwrite=True to replace it")
             hint = " (an interrupted import: imports do not resume)" if meta.get("written_by") == "import" else ""
-            raise StoreError(f"{path} already holds an unfinished store{hint}; pass --overwrite to replace it")
+            raise StoreError(f"{path} already holds an unfinished store{hint}; pass overwrite=True to replace it")
         return True
     check_reachable(path)  # behind a URL: credentials and endpoint first (nothing for a local path)
     if location(path).holds_anything():
@@ -239,12 +239,12 @@ class StoreWriter:
         """Reopen an unfinished store, refusing when it was started with other inputs."""
         old = read_meta(path)
         if old.get("complete"):
-            raise StoreError(f"{path} is already complete; pass --overwrite to replace it")
+            raise StoreError(f"{path} is already complete; pass overwrite=True to replace it")
         for key in FINGERPRINT_KEYS:
             if key in meta and old.get(key) != meta[key]:
                 raise StoreError(
                     f"refusing to resume {path}: it was started with {key}={_short(old.get(key))}, "
-                    f"this run asks for {key}={_short(meta[key])} (use --overwrite to start over)")
+                    f"this run asks for {key}={_short(meta[key])} (use overwrite=True to start over)")
         _clean_partials(path)
         return cls(path, open_group(path, mode="r+"), background=background)
 

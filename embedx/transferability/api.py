@@ -1,6 +1,7 @@
 """The transfer scores' entry points: a store (or any ``RowSource``), or in-memory arrays."""
 from __future__ import annotations
 
+from embedx.constraints import DISTRIBUTED, PROGRESS, Names, Number, Optional, Source, constraints
 from embedx.engine import registry
 from embedx.engine.plan import SHARED  # noqa: F401  (key of Result.seconds: reading and sums several scores use)
 from embedx.engine.result import Result  # noqa: F401
@@ -42,6 +43,8 @@ def compute_arrays(x, y, texts=None, scores=None, logit_scale: float = LOGIT_SCA
                       executor=executor)
 
 
+@constraints(source=Source(), scores=Optional(Names("transfer", "transfer score", empty=False)),
+             logit_scale=Optional(Number(above=0)), progress=PROGRESS, **DISTRIBUTED)
 def transfer(source, scores=None, *, logit_scale: float | None = None, progress=None, executor=None, cluster=None,
              client=None):
     """Transferability scores (hscore, gbc, transrate, logme, sfda, leep, nce) of a class ``source`` -> Result
