@@ -98,6 +98,20 @@ def expand_files(pattern: str, ext: str, what: str) -> list[str]:
     return out
 
 
+def names_files(pattern: str, ext: str) -> bool:
+    """Whether ``pattern`` reads as files with the extension ``ext`` (the ``can_open`` of ``wds:`` and ``parquet:``):
+    every ``::`` part ends with ``ext`` (a file, a brace pattern or a glob; a local path or a URL) or is a local folder
+    holding such a file. Nothing is listed behind a URL."""
+    for part in pattern.split("::") if pattern else ():
+        if part.lower().endswith(ext):
+            continue
+        folder = None if is_url(part) else os.path.expanduser(part)
+        if not (folder and os.path.isdir(folder) and any(e.name.lower().endswith(ext) and e.is_file()
+                                                         for e in os.scandir(folder))):
+            return False
+    return bool(pattern)
+
+
 def _local_glob(q: str) -> list[str]:
     import glob
 
