@@ -48,15 +48,19 @@ def embed(ctx, model, pretrained, checkpoint, data, classes, image_col, caption_
     batch; the finished store equals an uninterrupted run. A resume with another model, checkpoint, seed,
     dataset or prompts is refused. With --cluster, rerunning skips the tasks already done.
     """
+    from embedx.embedding.options import ClusterOptions, EncodeOptions, SourceOptions, WriteOptions
     from embedx.embedding.serial import embed_to_store
     from embedx.outputs import check_output_dir
 
     check_output_dir(out, "store", param="out")  # fail before loading the model, not after it
-    res = embed_to_store(out, data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
-                         workers=workers, device=device, templates=templates, overwrite=overwrite, strict=strict,
-                         codec=codec, chunk_rows=chunk_rows, limit=limit, progress=progress_enabled(ctx),
-                         checkpoint=checkpoint, cluster=cluster, classes=classes, image_col=image_col,
-                         caption_col=caption_col, label_col=label_col)
+    res = embed_to_store(
+        out, data, model, pretrained, seed=seed, checkpoint=checkpoint, progress=progress_enabled(ctx),
+        source=SourceOptions(classes=classes, image_col=image_col, caption_col=caption_col, label_col=label_col,
+                             limit=limit),
+        encode=EncodeOptions(batch_size=batch_size, workers=workers, device=device, templates=templates,
+                             strict=strict),
+        write=WriteOptions(dtype=dtype, codec=codec, chunk_rows=chunk_rows, overwrite=overwrite),
+        cluster=ClusterOptions(cluster=cluster))
     m = res.meta
     resumed = f" (resumed at item {res.resumed_from})" if res.resumed_from else ""
     if res.tasks and res.tasks[0]:

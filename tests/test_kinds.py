@@ -41,7 +41,8 @@ def test_a_bare_path_reads_as_the_kind_that_recognises_it(tmp_path, rng):
     os.makedirs(tmp_path / "pq")
     pq.write_table(pa.table({"jpg": pa.array([_png(rng)], pa.binary()), "text": ["d"]}), tmp_path / "pq" / "a.parquet")
     for bare, kind, opts in [(str(folder), "folder", {}), (str(tmp_path / "caps.csv"), "csv", {}),
-                             (pattern, "wds", {"classes": names}), (str(tmp_path / "shards"), "wds", {"classes": names}),
+                             (pattern, "wds", {"classes": names}),
+                             (str(tmp_path / "shards"), "wds", {"classes": names}),
                              (str(tmp_path / "t.parquet"), "parquet", {}), (str(tmp_path / "pq"), "parquet", {})]:
         assert source_kind(bare)[0].name == kind, bare
         got = parse_source(bare, **opts)
@@ -58,8 +59,9 @@ def test_paths_no_kind_or_several_kinds_read_are_one_line(tmp_path, rng):
     with pytest.raises(EmbedxError, match=r"can be read as folder or wds: name the kind \(folder:.*, wds:.*\)"):
         parse_source(str(folder))
     (tmp_path / "notes.txt").write_text("x")
-    for spec, msg in [(str(tmp_path / "notes.txt"), "no kind reads what is there"), (str(tmp_path / "nope"), "use folder:PATH"),
-                      ("csv:", "csv needs a path"), ("", "unknown data source")]:
+    for spec, msg in [(str(tmp_path / "notes.txt"), "no kind reads what is there"),
+                      (str(tmp_path / "nope"), "use folder:PATH"), ("csv:", "csv needs a path"),
+                      ("", "unknown data source")]:
         with pytest.raises(EmbedxError, match=msg) as e:
             parse_source(spec)
         assert "\n" not in str(e.value)
@@ -81,7 +83,8 @@ def test_options_a_kind_does_not_take_are_refused_with_their_parameter(tmp_path,
         assert e.value.param == next(iter(opts))
     # in-spec options: each key once, only the kind's own
     for spec, msg in [("digits:classes=0-4:classes=5-9", "unknown digits option 'classes=5-9'"),
-                      ("synthetic:n=5", "unknown synthetic option 'n=5'"), ("digits:train:test", "unknown digits option")]:
+                      ("synthetic:n=5", "unknown synthetic option 'n=5'"),
+                      ("digits:train:test", "unknown digits option")]:
         with pytest.raises(EmbedxError, match=msg):
             parse_source(spec)
     src = parse_source("synthetic:12:size=8:classes=3:seed=4")

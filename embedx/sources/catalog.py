@@ -172,8 +172,9 @@ def digits_source(spec: str = "digits") -> Source:
                 summary="scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), upscaled: a real "
                         "labelled image set that works offline")
 def open_digits(arg: str, spec: str, *, split, classes, rotate, noise) -> Source:
-    """The digits (the summary above), upscaled to DIGITS_SIZE pixels a side. ``digits:train`` / ``digits:test`` are its first 1,437 / last 360 images
-    (the customary 80/20 split, disjoint writers' blocks in file order); ids keep the global index.
+    """The digits (the summary above), upscaled to ``DIGITS_SIZE`` pixels a side. ``digits:train`` /
+    ``digits:test`` are its first 1,437 / last 360 images (the customary 80/20 split, disjoint writers' blocks in
+    file order); ids keep the global index.
 
     Tasks of different difficulty from the same images: ``classes=3,5,8`` (or ``0-4``) keeps those digits,
     labels renumbered 0..k-1 in order, class names the digits; ``rotate=DEG`` turns every image (a shifted
@@ -223,7 +224,8 @@ SYNTHETIC_OPTIONS = (
 
 
 def synthetic_source(spec: str = "synthetic") -> Source:
-    """Seeded noise images as the spec ``synthetic[:N][:size=PX][:classes=C][:seed=S]`` asks (:func:`open_synthetic`)."""
+    """Seeded noise images as the spec ``synthetic[:N][:size=PX][:classes=C][:seed=S]`` asks
+    (:func:`open_synthetic`)."""
     return open_synthetic(spec.partition(":")[2], spec, **kinds.spec_options(spec, SYNTHETIC_OPTIONS, SYNTHETIC_SPEC))
 
 
