@@ -157,7 +157,7 @@ def recognise(family: str, path: str) -> list[Kind]:
         try:
             if k.can_open is not None and k.can_open(path):
                 found.append(k)
-        except OSError:  # an unreadable folder is no kind's: the caller's message names the path
+        except PermissionError:  # an unreadable folder is no kind's: the caller's message names the path
             pass
     return found
 
