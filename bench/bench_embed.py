@@ -17,6 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import save  # noqa: E402
 
+from embedx.embedding.options import EncodeOptions, SourceOptions, WriteOptions  # noqa: E402
 from embedx.embedding.serial import default_workers, embed_to_store  # noqa: E402
 from embedx.models.encoder import load_encoder  # noqa: E402
 from embedx.sources.catalog import digits_source  # noqa: E402
@@ -34,8 +35,9 @@ def bare(enc, batches) -> float:
 def pipeline(enc, n, batch, workers, tmp) -> float:
     out = os.path.join(tmp, "s.zarr")
     t = time.perf_counter()
-    embed_to_store(out, "digits", enc.name, seed=enc.seed, batch_size=batch, workers=workers, limit=n,
-                   progress=False, encoder=enc, overwrite=True)
+    embed_to_store(out, "digits", enc.name, seed=enc.seed, source=SourceOptions(limit=n),
+                   encode=EncodeOptions(batch_size=batch, workers=workers), write=WriteOptions(overwrite=True),
+                   progress=False, encoder=enc)
     dt = time.perf_counter() - t
     shutil.rmtree(out)
     return dt

@@ -47,13 +47,14 @@ def main(argv=None) -> dict:
 
     import embedx.models.encoder  # noqa: F401  (torchvision shim first)
     from embedx.drift_analysis import compare
+    from embedx.embedding.options import EncodeOptions
     from embedx.embedding.serial import embed_to_store
     from embedx.finetune.train import finetune
 
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
     before = os.path.join(WORK, "before.zarr")
-    embed_to_store(before, "digits:test", a.model, "none", seed=a.seed, batch_size=a.batch_size)
+    embed_to_store(before, "digits:test", a.model, "none", seed=a.seed, encode=EncodeOptions(batch_size=a.batch_size))
     rows = {}
     for method in a.methods.split(","):
         run = os.path.join(WORK, f"run-{method}")
@@ -62,7 +63,7 @@ def main(argv=None) -> dict:
                        optimizer=a.optimizer, batch_size=a.batch_size, progress=False)
         train_s = time.perf_counter() - t
         after = os.path.join(WORK, f"after-{method}.zarr")
-        embed_to_store(after, "digits:test", None, None, checkpoint=run, batch_size=a.batch_size)
+        embed_to_store(after, "digits:test", None, None, checkpoint=run, encode=EncodeOptions(batch_size=a.batch_size))
         d = compare(before, after).summary
         run_bytes = sum(os.path.getsize(os.path.join(run, f)) for f in os.listdir(run))
         rows[method] = {

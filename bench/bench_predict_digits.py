@@ -67,6 +67,7 @@ def main(argv=None) -> dict:
     import embedx.models.encoder  # noqa: F401  (torchvision shim first)
     from embedx.drift_analysis import compare
     from embedx.predict import experiment as hist
+    from embedx.embedding.options import EncodeOptions
     from embedx.embedding.serial import embed_to_store
     from embedx.finetune.train import finetune
     from embedx.predict import predict
@@ -76,7 +77,7 @@ def main(argv=None) -> dict:
     t_all = time.perf_counter()
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
-    quiet = dict(progress=False, batch_size=a.batch_size)
+    quiet = dict(progress=False, encode=EncodeOptions(batch_size=a.batch_size))
 
     t = time.perf_counter()
     base_run = os.path.join(WORK, "base")

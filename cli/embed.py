@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from embedx.cli.common import echo, progress_enabled
-from embedx.cli.options import chunking_options, cluster_option, device_option, seed_option, verbosity_options
+from embedx.cli.options import (KindsOption, chunking_options, cluster_option, device_option, seed_option,
+                                verbosity_options)
 
 
 @click.command()
@@ -16,26 +17,13 @@ from embedx.cli.options import chunking_options, cluster_option, device_option, 
 @click.option("--checkpoint", default=None,
               help="A finished `embedx finetune` run folder: embed with its tuned model (its model, pretrained "
                    "weights and seed) and record the run in the store.")
-@click.option("--data", "-d", required=True,
-              help="folder:PATH (one subfolder per class), csv:PATH (image + label|caption columns), "
-                   "wds:PATTERN (WebDataset tar shards, e.g. shards/{00000..00099}.tar, local or URL: jpg/png/webp "
-                   "with txt captions, or cls/json labels with --classes), parquet:PATTERN (an image bytes or path "
-                   "column and a caption or label column; see --image-col) or "
-                   "digits[:train|:test][:classes=0-4][:rotate=DEG][:noise=SIGMA] (scikit-learn's digits, 80/20; a "
-                   "subset of classes, turned or noisy images make tasks of other difficulty), or "
-                   "synthetic[:N][:size=PX][:classes=C][:seed=S] (seeded noise images, for throughput checks).")
-@click.option("--classes", default=None,
-              help="wds:/parquet: a class store: a file of class names, one a line (line k names label k).")
-@click.option("--image-col", default=None,
-              help="parquet: the image column (bytes, {bytes, path} struct or path) [default: the first of image, "
-                   "jpg, png, webp, img, image_bytes, path, filepath, file_path, image_path, file_name, filename, "
-                   "url].")
-@click.option("--caption-col", default=None,
-              help="parquet: the caption column [default: caption, text, txt or TEXT]; wds: a field of the json "
-                   "member [default: the txt member].")
-@click.option("--label-col", default=None,
-              help="parquet: the label column [default: label, labels, cls or class]; wds: a field of the json "
-                   "member [default: the cls member, else json 'label'].")
+@click.option("--data", "-d", required=True, cls=KindsOption, family="source",
+              help="The images: KIND:ARG, or a path that one kind recognises (a folder of class subfolders, a .csv, "
+                   ".tar shards, .parquet files). Kinds:")
+@click.option("--classes", default=None, cls=KindsOption, family="source", kind_option="classes")
+@click.option("--image-col", default=None, cls=KindsOption, family="source", kind_option="image_col")
+@click.option("--caption-col", default=None, cls=KindsOption, family="source", kind_option="caption_col")
+@click.option("--label-col", default=None, cls=KindsOption, family="source", kind_option="label_col")
 @click.option("--out", "-o", required=True, help="Store path (local or fsspec URL). Rerun to resume.")
 @seed_option("Seed for random weights (--pretrained none).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
@@ -60,15 +48,19 @@ def embed(ctx, model, pretrained, checkpoint, data, classes, image_col, caption_
     batch; the finished store equals an uninterrupted run. A resume with another model, checkpoint, seed,
     dataset or prompts is refused. With --cluster, rerunning skips the tasks already done.
     """
+    from embedx.embedding.options import ClusterOptions, EncodeOptions, SourceOptions, WriteOptions
     from embedx.embedding.serial import embed_to_store
     from embedx.outputs import check_output_dir
 
     check_output_dir(out, "store", param="out")  # fail before loading the model, not after it
-    res = embed_to_store(out, data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
-                         workers=workers, device=device, templates=templates, overwrite=overwrite, strict=strict,
-                         codec=codec, chunk_rows=chunk_rows, limit=limit, progress=progress_enabled(ctx),
-                         checkpoint=checkpoint, cluster=cluster, classes=classes, image_col=image_col,
-                         caption_col=caption_col, label_col=label_col)
+    res = embed_to_store(
+        out, data, model, pretrained, seed=seed, checkpoint=checkpoint, progress=progress_enabled(ctx),
+        source=SourceOptions(classes=classes, image_col=image_col, caption_col=caption_col, label_col=label_col,
+                             limit=limit),
+        encode=EncodeOptions(batch_size=batch_size, workers=workers, device=device, templates=templates,
+                             strict=strict),
+        write=WriteOptions(dtype=dtype, codec=codec, chunk_rows=chunk_rows, overwrite=overwrite),
+        cluster=ClusterOptions(cluster=cluster))
     m = res.meta
     resumed = f" (resumed at item {res.resumed_from})" if res.resumed_from else ""
     if res.tasks and res.tasks[0]:

@@ -4,22 +4,17 @@ from __future__ import annotations
 import click
 
 from embedx.cli.common import echo
-from embedx.cli.options import chunking_options, verbosity_options
+from embedx.cli.options import KindChoice, KindsOption, chunking_options, verbosity_options
 
 
 @click.command("import")
 @click.argument("src", required=False, metavar="[DIR]")
-@click.option("--from", "kind", type=click.Choice(["clip-retrieval", "datacomp", "npy", "parquet"]), default=None,
-              help="Import a released dump folder DIR: clip-retrieval inference output (img_emb/, text_emb/, "
-                   "metadata/), a DataComp metadata folder ({shard}.npz + {shard}.parquet), or an `embedx export` "
-                   "(npy, parquet). DIR may be a local folder or an fsspec URL (s3://, gs://, hf://, ...; "
-                   "credentials from the environment). Streamed shard by shard into a paired store.")
-@click.option("--features", default=None,
-              help="--from datacomp: the feature pair NAME_img/NAME_txt [default: l14 if present, else b32].")
-@click.option("--id-column", default=None,
-              help="--from clip-retrieval/datacomp: metadata column of the ids [default: image_path, uid, key, url].")
-@click.option("--caption-column", default=None,
-              help="--from clip-retrieval/datacomp: metadata column of the captions [default: caption, text].")
+@click.option("--from", "kind", type=KindChoice("dump"), default=None, cls=KindsOption, family="dump",
+              help="Import a released dump folder DIR, local or an fsspec URL (s3://, gs://, hf://, ...; credentials "
+                   "from the environment), streamed shard by shard [default: the format DIR's files show]. Formats:")
+@click.option("--features", default=None, cls=KindsOption, family="dump", kind_option="features")
+@click.option("--id-column", default=None, cls=KindsOption, family="dump", kind_option="id_column")
+@click.option("--caption-column", default=None, cls=KindsOption, family="dump", kind_option="caption_column")
 @click.option("--images", help="Image embeddings: .npy, .npz[:KEY] or .parquet[:COLUMN], shape (N, d).")
 @click.option("--texts", help="Text embeddings, shape (C, d): one row per class, or per caption with --paired.")
 @click.option("--labels", help="Class index per image (N,), in 0..C-1 (-1 = none).")
@@ -53,25 +48,25 @@ def import_(src, kind, features, id_column, caption_column, images, texts, label
 
     check_output_dir(out, "store", param="out")  # fail before reading any input
     if kind is not None or src is not None:
-        if kind is None or src is None:
-            raise click.UsageError("give both --from FORMAT and the dump folder DIR")
+        if src is None:
+            raise click.UsageError("give the dump folder DIR after --from FORMAT")
         given = [f for f, v in (("--images", images), ("--texts", texts), ("--labels", labels), ("--paired", paired),
                                 ("--paired-array", paired_array), ("--names", names)) if v]
         if given:
-            raise click.UsageError(f"--from reads the dump's own files; drop {', '.join(given)}")
+            raise click.UsageError(f"a dump folder DIR is read from its own files; drop {', '.join(given)}")
         from embedx.formats.dumps import import_dump
 
         m = import_dump(out, kind, src, features=features, id_column=id_column, caption_column=caption_column,
                         dtype=dtype, model=model, dataset=dataset, overwrite=overwrite, codec=codec,
                         chunk_rows=chunk_rows)
-        src_ = m["source"]
+        src_, kind = m["source"], m["source"]["format"]
         parts = src_.get("partitions", src_.get("shards", src_.get("files")))
         echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}, "
              f"{'paired texts' if m['mode'] == 'paired' else 'class texts'}, from {parts} {kind} "
              f"{'partitions' if kind == 'clip-retrieval' else 'files' if kind in ('npy', 'parquet') else 'shards'}")
         return
     if features or id_column or caption_column:
-        raise click.UsageError("--features, --id-column and --caption-column go with --from")
+        raise click.UsageError("--features, --id-column and --caption-column go with a dump folder DIR")
     from embedx.formats.arrays import import_arrays
 
     m = import_arrays(out, images=images, texts=texts, labels=labels, paired=paired, names=names,

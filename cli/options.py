@@ -80,6 +80,44 @@ class NamesOption(click.Option):
         return names or None
 
 
+class KindChoice(click.Choice):
+    """``click.Choice`` of the registered kinds of ``family`` (``embedx.engine.kinds``: "source", "dump"), read from
+    the registry only when a value is checked or help is shown (start-up stays light)."""
+
+    def __init__(self, family: str):
+        self.family, self.case_sensitive = family, True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from embedx.engine import kinds
+
+        return kinds.names(self.family)
+
+
+class KindsOption(click.Option):
+    """An option whose help comes from the kinds registry (read only when help is shown): ``kinds_help`` appends
+    the family's kinds (``usage: summary``, one a line), or ``kind_option`` is the name of a keyword option of the
+    family's kinds and the help is theirs (``KIND: help [default: ...]``), after the ``help`` given."""
+
+    def __init__(self, *args, family: str, kind_option: str | None = None, **kwargs):
+        self.family, self.kind_option = family, kind_option
+        super().__init__(*args, **kwargs)
+
+    def get_help_record(self, ctx):
+        from embedx.engine import kinds
+
+        if self.kind_option is not None:
+            extra = kinds.option_help(self.family, self.kind_option, "--from " if self.family == "dump" else "") + "."
+        else:
+            extra = " ".join(f"{k.usage}: {k.summary};" for k in kinds.kinds(self.family).values())[:-1] + "."
+        given = self.help
+        self.help = f"{given} {extra}" if given else extra
+        try:
+            return super().get_help_record(ctx)  # click adds [default: ...] / [required] after the whole text
+        finally:
+            self.help = given
+
+
 def device_option(help: str = DEVICE_HELP):
     """--device (auto, cpu, cuda, cuda:N)."""
     return click.option("--device", default="auto", show_default=True, help=help)

@@ -56,21 +56,22 @@ def measure(source, metrics=None, *, device: str = "auto", silhouette: str = "ex
              labels=Optional(ArrayFile(1, whole=True)), paired=Optional(Bool()),
              names=Optional(Either(Path(exists="file"), TextList())), dtype=DTYPE, overwrite=Bool(),
              model=Optional(Text()), dataset=Optional(Text()),
-             paired_array=Optional(ArrayFile(3)), codec=CODEC, chunk_rows=Optional(Int(min=1)))  # **options
+             codec=Optional(CODEC), chunk_rows=Optional(Int(min=1)))
 def import_arrays(out, images, texts, labels=None, *, paired: bool | None = None, names=None,
                   dtype: str = "float16", overwrite: bool = False, model: str | None = None,
-                  dataset: str | None = None, **options):
+                  dataset: str | None = None, codec: str | None = None, chunk_rows: int | None = None):
     """Write arrays (numpy, torch, or .npy/.npz/.parquet paths) as a complete store at ``out`` -> the store's
     metadata. ``labels``: class index per image (class store; ``texts`` the class prompts); without labels
     (or ``paired=True``) text i pairs with image i. Every row is checked first (NaN/inf, zero rows, a
-    dimension mismatch, labels out of range, float16 overflow): nothing is written on bad input. ``options``:
-    ``paired_array`` (one (2, N, d) array instead of images and texts), ``codec``, ``chunk_rows``."""
+    dimension mismatch, labels out of range, float16 overflow): nothing is written on bad input. ``codec`` (None:
+    the store's default, ``embedx.store.DEFAULT_CODEC``) and ``chunk_rows`` (None: about 4 MiB) shape the arrays."""
     from embedx.formats.arrays import import_arrays as run
 
     if paired is None:
         paired = labels is None
+    layout = {"chunk_rows": chunk_rows} if codec is None else {"chunk_rows": chunk_rows, "codec": codec}
     return run(str(out), images=images, texts=texts, labels=labels, paired=paired, names=names, dtype=dtype,
-               overwrite=overwrite, model=model, dataset=dataset, **options)
+               overwrite=overwrite, model=model, dataset=dataset, **layout)
 
 
 def _source(source):

@@ -190,3 +190,44 @@ def test_registry_covers_every_score_and_drives_the_lists():
     for family in ("measure", "transfer"):
         for s in registry.scores(family).values():
             assert s.formula and s.citation and s.summary, s.name
+
+
+# The public functions as documented (README "Python API", their docstrings): every parameter by name, in order.
+PUBLIC_SIGNATURES = {
+    "open": ["path", "allow_partial", "verify_content"],
+    "measure": ["source", "metrics", "device", "silhouette", "sample_size", "seed", "silhouette_labels", "knn",
+                "per_class", "progress", "executor", "cluster", "client"],
+    "transfer": ["source", "scores", "logit_scale", "progress", "executor", "cluster", "client"],
+    "drift": ["before", "after", "others", "metrics", "silhouette", "sample_size", "seed", "knn", "knn_k",
+              "knn_sample", "plot_sample", "report", "executor", "cluster", "client"],
+    "embed": ["out", "data", "model", "pretrained", "checkpoint", "seed", "device", "batch_size", "dtype", "progress",
+              "templates", "codec", "chunk_rows", "limit", "workers", "overwrite", "strict", "classes", "image_col",
+              "caption_col", "label_col", "cluster", "client", "task_bytes"],
+    "import_arrays": ["out", "images", "texts", "labels", "paired", "names", "dtype", "overwrite", "model", "dataset",
+                      "codec", "chunk_rows"],
+    "metrics.iimm": ["images", "texts", "labels"], "metrics.iimm_inter": ["images", "texts", "labels"],
+    "metrics.iimm_intra": ["images"], "metrics.acs": ["images", "texts", "labels"],
+    "metrics.modality_gap": ["images", "texts"],
+    "metrics.modality_silhouette": ["images", "texts", "metric", "sample_size", "seed", "device"],
+    "metrics.silhouette": ["points", "labels"], "metrics.zeroshot_accuracy": ["images", "texts", "labels", "k"],
+    "metrics.recall_at_k": ["images", "texts", "k", "direction"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC_SIGNATURES))
+def test_public_functions_have_real_signatures(name):
+    """``help(embedx.X)`` and tab completion see each public function's own parameters: a plain function (not a
+    callable module), no ``*args``/``**kwargs`` standing in for them, the documented names in order."""
+    import inspect
+    import pydoc
+
+    f = embedx
+    for part in name.split("."):
+        f = getattr(f, part)
+    assert inspect.isfunction(f), f"embedx.{name} is {type(f).__name__}, not a function"
+    sig = inspect.signature(f)
+    assert not [p for p in sig.parameters.values() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)], sig
+    assert list(sig.parameters) == PUBLIC_SIGNATURES[name]
+    short = name.split(".")[-1]
+    assert f"{short}{sig}" in pydoc.render_doc(f, renderer=pydoc.plaintext)  # what help() prints
+    assert f.__doc__ and f.__doc__.strip()

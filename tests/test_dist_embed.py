@@ -14,6 +14,7 @@ import pytest
 import zarr
 
 from embedx.engine.cluster import environ_kept
+from embedx.embedding.options import ClusterOptions, EncodeOptions, SourceOptions, WriteOptions
 from embedx.embedding.serial import embed_to_store
 from embedx.store import Store, read_meta
 from tests.conftest import assert_one_line_error, embedx_cmd, invoke
@@ -22,8 +23,9 @@ from tests.test_embed import _image_folder
 # 480 digits in chunks of 32 rows (64 B a row): tasks of one chunk (2 KiB) make 15 tasks
 ARGS = ["-m", "embedx-tiny", "--seed", "1", "--data", "digits:train", "--limit", "480", "--batch-size", "16",
         "--chunk-rows", "32", "--workers", "0"]
-KW = dict(data="digits:train", model="embedx-tiny", pretrained="none", seed=1, batch_size=16, chunk_rows=32,
-          limit=480, workers=0, progress=False)
+KW = dict(data="digits:train", model="embedx-tiny", pretrained="none", seed=1, progress=False,
+          source=SourceOptions(limit=480), encode=EncodeOptions(batch_size=16, workers=0),
+          write=WriteOptions(chunk_rows=32))
 TASK_BYTES = 2048
 VOLATILE = ("created", "finished", "generation")
 
@@ -65,7 +67,7 @@ def serial(tmp_path_factory):
 
 def test_cluster_embed_equals_serial_byte_for_byte(tmp_path, serial, dask_client):
     out = str(tmp_path / "s.zarr")
-    res = embed_to_store(out, client=dask_client, task_bytes=TASK_BYTES, **KW)
+    res = embed_to_store(out, cluster=ClusterOptions(client=dask_client, task_bytes=TASK_BYTES), **KW)
     assert res.tasks == (0, 15) and res.meta["rows_committed"] == 480
     assert_same_store(serial, out)
     s = Store(out)
@@ -80,7 +82,8 @@ def test_killed_worker_is_retried_and_the_store_is_the_same(tmp_path, serial, da
 
     def drive():
         try:
-            box["res"] = embed_to_store(out, client=dask_client, task_bytes=TASK_BYTES, **KW)
+            box["res"] = embed_to_store(out, cluster=ClusterOptions(client=dask_client, task_bytes=TASK_BYTES),
+                                        **KW)
         except BaseException as e:  # reported below
             box["err"] = e
 
@@ -144,12 +147,12 @@ def test_unreadable_items_are_skipped_and_counted_as_in_serial(tmp_path, rng, da
         w.writerows([[f"imgs/{p}", f"caption {k}"] for k, p in enumerate(
             ["cat/0.png", "dog/broken.png", "cat/1.png", "dog/0.png", "cat/2.png", "dog/1.png", "dog/2.png"])])
     for data in (f"folder:{folder}", f"csv:{tmp_path / 'caps.csv'}"):
-        kw = dict(data=data, model="embedx-tiny", pretrained="none", seed=2, batch_size=2, chunk_rows=2,
-                  workers=0, progress=False)
+        kw = dict(data=data, model="embedx-tiny", pretrained="none", seed=2, progress=False,
+                  encode=EncodeOptions(batch_size=2, workers=0), write=WriteOptions(chunk_rows=2))
         tag = data.split(":")[0]
         a, b = str(tmp_path / f"{tag}-serial.zarr"), str(tmp_path / f"{tag}-dist.zarr")
         embed_to_store(a, **kw)
-        res = embed_to_store(b, client=dask_client, task_bytes=1, **kw)
+        res = embed_to_store(b, cluster=ClusterOptions(client=dask_client, task_bytes=1), **kw)
         assert res.tasks[1] >= 3 and res.meta["n_skipped"] == 1
         assert res.meta["skipped"][0]["id"].endswith("broken.png")
         assert_same_store(a, b)

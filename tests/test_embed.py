@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from embedx.embedding.options import EncodeOptions, SourceOptions, WriteOptions
 from embedx.embedding.serial import embed_to_store, resolve_templates
 from embedx.models.encoder import load_encoder
 from embedx.errors import EmbedxError
@@ -127,8 +128,8 @@ def test_device_normalization_gives_the_same_pixels_and_store(tmp_path, rng):
     outs = []
     for on_device in (False, True):
         out = str(tmp_path / f"{on_device}.zarr")
-        embed_to_store(out, "digits", "embedx-tiny", seed=1, batch_size=16, workers=0, limit=50, progress=False,
-                       normalize_on_device=on_device)
+        embed_to_store(out, "digits", "embedx-tiny", seed=1, source=SourceOptions(limit=50), progress=False,
+                       encode=EncodeOptions(batch_size=16, workers=0, normalize_on_device=on_device))
         outs.append(Store(out).images())
     assert np.array_equal(outs[0], outs[1])
 
@@ -221,7 +222,8 @@ def test_pretrained_tag_offline_fails_fast_with_one_line():
 def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, rng):
     root = _image_folder(tmp_path / "imgs", rng)
     out = str(tmp_path / "s.zarr")
-    res = embed_to_store(out, f"folder:{root}", "embedx-tiny", seed=2, batch_size=3, progress=False, workers=0)
+    res = embed_to_store(out, f"folder:{root}", "embedx-tiny", seed=2, encode=EncodeOptions(batch_size=3, workers=0),
+                         progress=False)
     s = Store(out)
     assert s.n_images == 7 and res.meta["n_skipped"] == 1
     assert s.meta["skipped"][0]["id"] == "dog/broken.png" and "Error" in s.meta["skipped"][0]["error"]
@@ -240,7 +242,8 @@ def test_fifos_and_undecodable_names_are_skipped_and_listed(tmp_path, rng):
     bad_name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
     Image.fromarray(rng.integers(0, 255, (9, 9, 3), dtype=np.uint8)).save(os.path.join(root / "dog", bad_name))
     out = str(tmp_path / "s.zarr")
-    res = embed_to_store(out, f"folder:{root}", "embedx-tiny", seed=0, batch_size=4, progress=False, workers=0)
+    res = embed_to_store(out, f"folder:{root}", "embedx-tiny", seed=0, encode=EncodeOptions(batch_size=4, workers=0),
+                         progress=False)
     assert res.meta["rows_committed"] == 7
     skipped = {s["id"]: s["error"] for s in Store(out).meta["skipped"]}
     assert skipped == {os.path.join("cat", "pipe.png"): "not a regular file",
@@ -262,10 +265,11 @@ def test_csv_sources_that_cannot_work_are_refused_before_any_store(tmp_path):
 
 
 def test_workers_do_not_change_the_result(tmp_path):
-    a = embed_to_store(str(tmp_path / "a.zarr"), "digits", "embedx-tiny", seed=1, batch_size=16, workers=0,
-                       limit=100, progress=False)
-    b = embed_to_store(str(tmp_path / "b.zarr"), "digits", "embedx-tiny", seed=1, batch_size=16, workers=2,
-                       limit=100, progress=False, dtype="float32")
+    a = embed_to_store(str(tmp_path / "a.zarr"), "digits", "embedx-tiny", seed=1, source=SourceOptions(limit=100),
+                       encode=EncodeOptions(batch_size=16, workers=0), progress=False)
+    b = embed_to_store(str(tmp_path / "b.zarr"), "digits", "embedx-tiny", seed=1, source=SourceOptions(limit=100),
+                       encode=EncodeOptions(batch_size=16, workers=2), write=WriteOptions(dtype="float32"),
+                       progress=False)
     assert a.meta["rows_committed"] == b.meta["rows_committed"] == 100
     np.testing.assert_allclose(Store(str(tmp_path / "a.zarr")).images().astype(np.float32),
                                Store(str(tmp_path / "b.zarr")).images(), atol=1e-3)
@@ -279,7 +283,8 @@ def test_captions_make_a_paired_store(tmp_path, rng):
         w.writerow(["image", "caption"])
         w.writerows([[f"imgs/cat/{k}.png", f"cat number {k}"] for k in range(3)])
     out = str(tmp_path / "p.zarr")
-    embed_to_store(out, f"csv:{tmp_path / 'caps.csv'}", "embedx-tiny", seed=0, batch_size=2, progress=False)
+    embed_to_store(out, f"csv:{tmp_path / 'caps.csv'}", "embedx-tiny", seed=0, encode=EncodeOptions(batch_size=2),
+                   progress=False)
     s = Store(out)
     assert s.paired and s.n_images == s.n_texts == 3
     np.testing.assert_array_equal(s.labels(), [0, 1, 2])
@@ -311,7 +316,7 @@ def test_console_script_error_has_no_traceback(tmp_path):
 
 def test_info_json_of_an_embedded_store(tmp_path):
     out = str(tmp_path / "s.zarr")
-    embed_to_store(out, "digits", "embedx-tiny", seed=0, batch_size=64, limit=130, progress=False)
+    embed_to_store(out, "digits", "embedx-tiny", seed=0, source=SourceOptions(limit=130), progress=False)
     r = invoke("info", out, "--json")
     assert r.exit_code == 0
     import json
@@ -327,7 +332,7 @@ def test_store_records_the_models_logit_scale_for_the_zero_shot_scores(tmp_path)
     from embedx import transferability as transfer
 
     out = str(tmp_path / "s.zarr")
-    embed_to_store(out, "digits:test:classes=0-4", "embedx-tiny", seed=0, batch_size=64, progress=False)
+    embed_to_store(out, "digits:test:classes=0-4", "embedx-tiny", seed=0, progress=False)
     enc = load_encoder("embedx-tiny", "none", seed=0, device="cpu")
     scale = float(enc.model.logit_scale.detach().exp())
     s = Store(out)

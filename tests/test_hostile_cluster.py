@@ -15,6 +15,7 @@ import pytest
 import zarr
 
 from embedx.engine.cluster import environ_kept, local_cluster
+from embedx.embedding.options import ClusterOptions, EncodeOptions, SourceOptions, WriteOptions
 from embedx.embedding.serial import embed_to_store
 from tests.conftest import assert_one_line_error, embedx_cmd, run_bounded
 from tests.test_dist_embed import assert_same_store
@@ -22,8 +23,9 @@ from tests.test_dist_embed import assert_same_store
 from distributed.diagnostics.plugin import WorkerPlugin  # noqa: E402  (the extra embedx[dist] is a test dependency)
 
 # 192 digits in chunks of 32 rows (64 B a row): tasks of one chunk (2 KiB) make 6 tasks
-KW = dict(data="digits:train", model="embedx-tiny", pretrained="none", seed=1, batch_size=16, chunk_rows=32,
-          limit=192, workers=0, progress=False)
+KW = dict(data="digits:train", model="embedx-tiny", pretrained="none", seed=1, progress=False,
+          source=SourceOptions(limit=192), encode=EncodeOptions(batch_size=16, workers=0),
+          write=WriteOptions(chunk_rows=32))
 ARGS = ["-m", "embedx-tiny", "--seed", "1", "--data", "digits:train", "--limit", "192", "--batch-size", "16",
         "--chunk-rows", "32", "--workers", "0"]
 TASK_BYTES = 2048
@@ -75,7 +77,7 @@ def test_workers_killed_while_holding_tasks_rerun_them_and_the_store_is_the_same
     out = str(tmp_path / "s.zarr")
     with environ_kept(), local_cluster(2) as lc, Client(lc) as client:
         client.register_plugin(KillOnTask(str(marks), {"0": (1,), "1": (1,)}))
-        res = embed_to_store(out, client=client, task_bytes=TASK_BYTES, **KW)
+        res = embed_to_store(out, cluster=ClusterOptions(client=client, task_bytes=TASK_BYTES), **KW)
     assert sorted(os.listdir(marks)) == ["0-1", "1-1"], "each worker was to be killed once"
     assert res.tasks == (0, 6)
     assert_same_store(serial, out)
@@ -96,7 +98,8 @@ def test_a_task_whose_workers_keep_dying_is_one_line(tmp_path):
         client.register_plugin(KillOnTask(str(marks), {"0": (1,)}))
         with pytest.raises(EmbedxError, match=r"Dask workers at tcp://\S+ kept dying while running task "
                                               r"embedx-embed-.*then rerun to resume$"):
-            embed_to_store(str(tmp_path / "s.zarr"), client=client, task_bytes=TASK_BYTES, **KW)
+            embed_to_store(str(tmp_path / "s.zarr"), cluster=ClusterOptions(client=client, task_bytes=TASK_BYTES),
+                           **KW)
     assert os.listdir(marks) == ["0-1"]
 
 

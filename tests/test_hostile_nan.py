@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from sklearn.metrics import silhouette_score
 
 from embedx import measures as M
+from embedx.embedding.options import ClusterOptions, EncodeOptions, SourceOptions, WriteOptions
 from embedx.embedding.serial import embed_to_store
 from embedx.errors import EmbedxError
 from embedx.finetune import build, finetune, methods
@@ -149,8 +150,9 @@ def test_cluster_embed_with_a_nan_checkpoint_commits_no_row(tmp_path, tuned_run,
     out = str(tmp_path / "s.zarr")
     with pytest.raises(EmbedxError, match=r"images row \d+ contains NaN or inf .*: the model's embedding of image "
                                           r"'digits:\d+'; nothing of its batch was committed"):
-        embed_to_store(out, "digits:test", None, None, checkpoint=str(run), limit=40, batch_size=16, chunk_rows=16,
-                       workers=0, progress=False, client=dask_client, task_bytes=2048)
+        embed_to_store(out, "digits:test", None, None, checkpoint=str(run), source=SourceOptions(limit=40),
+                       encode=EncodeOptions(batch_size=16, workers=0), write=WriteOptions(chunk_rows=16),
+                       cluster=ClusterOptions(client=dask_client, task_bytes=2048), progress=False)
     meta = Store(out, allow_partial=True).meta
     assert (meta["complete"], meta["rows_committed"]) == (False, 0)
 
@@ -159,7 +161,8 @@ def test_embed_keeps_the_rows_committed_before_a_bad_row(tmp_path):
     """The model turns bad after two batches (a parameter becomes NaN, as a fault would make it): the two
     batches committed before stay, finite; a rerun with a sound model resumes after them."""
     out = str(tmp_path / "s.zarr")
-    args = dict(seed=0, batch_size=16, chunk_rows=16, commit_every_s=0, limit=64, progress=False, workers=0)
+    args = dict(seed=0, source=SourceOptions(limit=64), encode=EncodeOptions(batch_size=16, workers=0),
+                write=WriteOptions(chunk_rows=16, commit_every_s=0), progress=False)
     enc = resolve_model(TINY, "none", seed=0).load("cpu")
     calls = []
 

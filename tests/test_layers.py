@@ -6,6 +6,10 @@ which imports nothing of ``embedx`` at all; (b) the library never imports ``embe
 (d) the module import graph has no cycle. The graph counts every import, module-level or inside a function,
 and the packages an import runs implicitly: importing ``embedx.a.b`` from ``m`` also runs ``embedx.a/__init__``
 (an edge ``m -> embedx.a``) unless ``embedx.a`` is ``m`` itself or one of its own packages (already running).
+A module that imports *through* one of its own packages (``from embedx.a import x``, a submodule or not, or
+``import embedx.a``) reads that package's namespace, so it depends on ``embedx.a/__init__`` (an edge): a package
+``__init__`` that imports such a module is a cycle (the package is half-initialized while the module reads it).
+``import embedx.a.b`` and ``from embedx.a.b import x`` name the module itself and add no edge to its package.
 """
 import ast
 import os
@@ -42,33 +46,32 @@ def _ancestors(name):
 
 
 def imported_modules(tree, mods):
-    """``(module, line, runs_its_code)`` for every ``embedx`` module an AST imports, anywhere in it.
-    ``runs_its_code`` is False for a package named only as the place of the submodules taken from it
-    (``from embedx.p import sub``): the package still runs first, but as an ancestor, not for its names."""
+    """``(module, line)`` for every ``embedx`` module an AST imports, anywhere in it: ``from embedx.p import a, b``
+    names ``embedx.p`` (whose namespace it reads, even for a submodule ``a``) and each submodule taken."""
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out += [(a.name, node.lineno, True) for a in node.names if a.name.split(".")[0] == "embedx"]
+            out += [(a.name, node.lineno) for a in node.names if a.name.split(".")[0] == "embedx"]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
                 and node.module.split(".")[0] == "embedx":
-            subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in mods]
-            out.append((node.module, node.lineno, len(subs) < len(node.names)))
-            out += [(sub, node.lineno, True) for sub in subs]
+            out.append((node.module, node.lineno))
+            out += [(f"{node.module}.{a.name}", node.lineno) for a in node.names if f"{node.module}.{a.name}" in mods]
     return out
 
 
 def import_graph(mods):
     """``{module: {imported module: first line}}``, implicit package edges included (see the module docstring):
-    an import of ``m``'s own package counts only when it takes names defined there."""
+    ``m``'s own package counts only when ``m`` imports through it (names it as the module imported or imported
+    from), not when it is only the ancestor of the module imported."""
     graph = {}
     for name, path in mods.items():
         with open(path) as fh:
             tree = ast.parse(fh.read(), path)
         own = set(_ancestors(name)) | {name}
         edges = graph.setdefault(name, {})
-        for target, line, uses_names in imported_modules(tree, mods):
+        for target, line in imported_modules(tree, mods):
             for t in _ancestors(target) + [target]:
-                if t in mods and t != name and (t not in own or (t == target and uses_names)):
+                if t in mods and t != name and (t not in own or t == target):
                     edges.setdefault(t, line)
     return graph
 
@@ -253,15 +256,37 @@ def test_a_cycle_through_a_package_init_is_found(tmp_path):
     mods, graph = _plant(tmp_path, {"embedx/p/__init__.py": "from embedx.q import y\n",
                                     "embedx/p/m.py": "", "embedx/q.py": "from embedx.p.m import z\n"})
     assert find_cycle(graph) == ["embedx.p", "embedx.q", "embedx.p"]
-    # a package's own modules importing each other is not a cycle through the package
+    # a package's own modules importing each other by their full names is not a cycle through the package
     mods, graph = _plant(tmp_path / "2", {"embedx/p/__init__.py": "from embedx.p.m import z\n",
-                                          "embedx/p/m.py": "from embedx.p import n\nimport embedx.p.n\n",
+                                          "embedx/p/m.py": "from embedx.p.n import w\nimport embedx.p.n\n",
                                           "embedx/p/n.py": ""})
     assert find_cycle(graph) is None
     # but a module taking a name its own package's __init__ defines (or re-exports) depends on that __init__
     mods, graph = _plant(tmp_path / "3", {"embedx/p/__init__.py": "from embedx.p.m import z\nX = 1\n",
                                           "embedx/p/m.py": "from embedx.p import X\n"})
     assert find_cycle(graph) == ["embedx.p", "embedx.p.m", "embedx.p"]
+
+
+def test_an_init_importing_a_module_that_imports_back_through_the_package_is_a_cycle(tmp_path):
+    """issue 23: ``drift/__init__`` imported ``comparison``, which did ``from embedx.drift import statistics``: it
+    reads the half-initialized package (a submodule name or not), so it counts; so does ``import embedx.p`` and
+    attribute use. A lazy ``__init__`` (names loaded on first use) is no cycle."""
+    for k, m in enumerate(["from embedx.p import stats\n", "from embedx.p import stats as s, other\n",
+                           "import embedx.p\nX = embedx.p.stats\n", "def f():\n    from embedx.p import stats\n"]):
+        mods, graph = _plant(tmp_path / str(k), {"embedx/p/__init__.py": "from embedx.p.comparison import compare\n",
+                                                 "embedx/p/comparison.py": m, "embedx/p/stats.py": "",
+                                                 "embedx/p/other.py": ""})
+        assert find_cycle(graph) == ["embedx.p", "embedx.p.comparison", "embedx.p"], m
+    # through a module outside the package that the __init__ imports
+    mods, graph = _plant(tmp_path / "out", {"embedx/p/__init__.py": "import embedx.q\n", "embedx/p/stats.py": "",
+                                            "embedx/q.py": "from embedx.p import stats\n"})
+    assert find_cycle(graph) == ["embedx.p", "embedx.q", "embedx.p"]
+    # the same modules under a lazy __init__ (a PEP 562 re-export): nothing runs at import, no cycle
+    mods, graph = _plant(tmp_path / "lazy", {
+        "embedx/p/__init__.py": 'from embedx import _lazy\n__getattr__ = _lazy.exports(__name__, {"compare": '
+                                '"embedx.p.comparison"})\n',
+        "embedx/_lazy.py": "", "embedx/p/comparison.py": "from embedx.p import stats\n", "embedx/p/stats.py": ""})
+    assert find_cycle(graph) is None and init_logic(mods["embedx.p"]) == []
 
 
 def test_planted_kernel_cli_and_init_violations_are_seen(tmp_path):

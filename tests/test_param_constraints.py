@@ -233,11 +233,21 @@ def test_checks_convert_once_and_keep_the_callers_arrays():
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 
 
+DOC_KEYWORDS = ("summary", "help")  # a registered kind's documentation (README tables, --help), not a message
+DOC_RENDERERS = ("table",)  # functions that render the README's tables of the CLI
+
+
 def _message_strings(path):
-    """(line, text) of every string literal of a module but its docstrings: messages, hints, report text."""
+    """(line, text) of every string literal of a module but its docstrings and the documentation it renders
+    (``summary=``/``help=`` of a registration, the README table renderers): messages, hints, report text."""
     with open(path) as fh:
         tree = ast.parse(fh.read(), path)
     docs = set()
+    for node in ast.walk(tree):
+        doc = (isinstance(node, ast.keyword) and node.arg in DOC_KEYWORDS) or \
+              (isinstance(node, ast.FunctionDef) and node.name in DOC_RENDERERS)
+        if doc:
+            docs.update(id(n) for n in ast.walk(node) if isinstance(n, ast.Constant))
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
             first = node.body[0]

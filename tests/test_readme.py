@@ -1,4 +1,4 @@
-"""The README's Python examples run, and its score tables are the registry's."""
+"""The README's Python examples run, and its tables are the registries': scores, data sources, dump formats."""
 import os
 import re
 
@@ -21,7 +21,21 @@ def test_python_examples_run(tmp_path, monkeypatch):
     assert os.path.isdir(tmp_path / "coco.zarr")
 
 
-def test_score_tables_come_from_the_registry():
+def test_score_and_kind_tables_come_from_the_registries():
     text = _text()
-    assert "<!-- registry:measure -->" in text and "<!-- registry:transfer -->" in text
+    for family in ("measure", "transfer", "source", "dump"):
+        assert f"<!-- registry:{family} -->" in text, f"the README has no {family} table"
     assert docs.render(text) == text, "README tables are stale: run python -m embedx.engine.docs README.md"
+
+
+def test_kind_tables_list_every_registered_kind():
+    """The source and dump tables name each registered kind once, with its spec and options: the table changes
+    when the registry does (a kind registered in a new module shows without editing the README)."""
+    from embedx.engine import kinds
+
+    for family in kinds.FAMILIES:
+        table = docs.table(family)
+        rows = table.splitlines()[2:]
+        assert [r.split("|")[1].strip().strip("`") for r in rows] == list(kinds.names(family))
+        for k, row in zip(kinds.kinds(family).values(), rows):
+            assert all(f"`{o.name}" in row for o in k.options)

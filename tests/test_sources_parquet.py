@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from embedx.embedding.options import SourceOptions
 from embedx.embedding.serial import embed_to_store
 from embedx.errors import EmbedxError
 from embedx.sources.catalog import parse_source
@@ -90,7 +91,7 @@ def test_parquet_class_stores(tmp_path, rng):
     for name, (table, opts) in tables.items():
         pq.write_table(table, tmp_path / f"{name}.parquet", row_group_size=2)
         out = str(tmp_path / f"{name}.zarr")
-        embed_to_store(out, f"parquet:{tmp_path / f'{name}.parquet'}", **KW, **opts)
+        embed_to_store(out, f"parquet:{tmp_path / f'{name}.parquet'}", source=SourceOptions(**opts), **KW)
         s = Store(out)
         assert_same_rows(Store(ref), s, ids_a=s.ids())
 

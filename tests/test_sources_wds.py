@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from embedx.embedding.options import ClusterOptions, EncodeOptions, SourceOptions, WriteOptions
 from embedx.embedding.serial import embed_to_store
 from embedx.errors import EmbedxError
 from embedx.sources.catalog import parse_source
 from embedx.store import Store, read_meta
 from tests.conftest import assert_one_line_error, embedx_cmd, invoke, run_embedx
 
-KW = dict(model="embedx-tiny", pretrained="none", seed=1, batch_size=4, chunk_rows=4, workers=0, progress=False)
+KW = dict(model="embedx-tiny", pretrained="none", seed=1, encode=EncodeOptions(batch_size=4, workers=0),
+          write=WriteOptions(chunk_rows=4), progress=False)
 
 
 def _png(rng, h=20, w=17) -> bytes:
@@ -81,7 +83,7 @@ def test_wds_class_store_equals_the_folder(tmp_path, rng):
     assert src.ids[:4] == ["00000.tar/cat/0.png", "00000.tar/cat/1.png", "00000.tar/cat/2.png", "00001.tar/dog/0.png"]
     a, b = str(tmp_path / "folder.zarr"), str(tmp_path / "wds.zarr")
     embed_to_store(a, f"folder:{folder}", **KW)
-    embed_to_store(b, f"wds:{pattern}", classes=names, **KW)
+    embed_to_store(b, f"wds:{pattern}", source=SourceOptions(classes=names), **KW)
     sa, sb = Store(a), Store(b)
     assert sb.n_images == 7
     assert_same_rows(sa, sb, ids_a=sb.ids())  # ids differ only by the shard prefix
@@ -278,6 +280,6 @@ def test_wds_on_a_cluster_equals_the_serial_store(tmp_path, rng, dask_client):
     os.makedirs(os.path.dirname(serial))
     os.makedirs(os.path.dirname(dist))
     embed_to_store(serial, data, **KW)
-    res = embed_to_store(dist, data, client=dask_client, task_bytes=2048, **KW)
+    res = embed_to_store(dist, data, cluster=ClusterOptions(client=dask_client, task_bytes=2048), **KW)
     assert res.tasks[1] > 1 and res.meta["n_skipped"] == 1
     assert_same_store(serial, dist)

@@ -411,6 +411,7 @@ def part_retrieval(rec: Record, sz: dict, dry: bool, scratch: str, out: str) -> 
 def part_embed(rec: Record, sz: dict, dry: bool, scratch: str, out: str) -> None:
     import torch
 
+    from embedx.embedding.options import EncodeOptions, WriteOptions
     from embedx.embedding.serial import default_workers, embed_to_store
     from embedx.models.encoder import load_encoder
 
@@ -437,8 +438,8 @@ def part_embed(rec: Record, sz: dict, dry: bool, scratch: str, out: str) -> None
     for w in sorted({default_workers(), max(1, (os.cpu_count() or 2) - 2)}):
         dst = os.path.join(scratch, "embed.zarr")
         t = time.perf_counter()
-        embed_to_store(dst, spec, sz["model"], "none", batch_size=b, workers=w, progress=False, encoder=enc,
-                       overwrite=True)
+        embed_to_store(dst, spec, sz["model"], "none", encode=EncodeOptions(batch_size=b, workers=w),
+                       write=WriteOptions(overwrite=True), progress=False, encoder=enc)
         sec = time.perf_counter() - t
         per_workers[str(w)] = n / sec
         shutil.rmtree(dst, ignore_errors=True)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,8 +26,26 @@ from embedx.errors import EmbedxError, one_line
 from embedx.sources.catalog import Source
 
 
+class Item(NamedTuple):
+    """One source item as a loader worker hands it over: its position, its pixels, or why it could not be read."""
+
+    index: int
+    pixels: torch.Tensor | None
+    error: str | None
+
+
+class Batch(NamedTuple):
+    """A batch of items (:func:`collate`): ``items`` their positions, ``good`` those read, ``pixels`` theirs stacked
+    (None if none was), ``bad`` ``(position, reason)`` of those that could not be read."""
+
+    items: list
+    good: list
+    pixels: torch.Tensor | None
+    bad: list
+
+
 class Items(Dataset):
-    """Source items from ``start`` on; a failed read yields ``(index, None, reason)``."""
+    """Source items from ``start`` on, as :class:`Item`; a failed read has ``pixels`` None and its reason."""
 
     def __init__(self, source: Source, preprocess, start: int, stop: int):
         self.source, self.preprocess, self.start, self.stop = source, preprocess, start, stop
@@ -37,16 +56,16 @@ class Items(Dataset):
     def __getitem__(self, k: int):
         i = self.start + k
         try:
-            return i, self.preprocess(self.source.load(i)), None
+            return Item(i, self.preprocess(self.source.load(i)), None)
         except Exception as e:  # unreadable/corrupt image: reported, never dropped silently
-            return i, None, f"{type(e).__name__}: {one_line(e, 200)}"
+            return Item(i, None, f"{type(e).__name__}: {one_line(e, 200)}")
 
 
-def collate(batch):
-    idx = [b[0] for b in batch]
-    good = [b for b in batch if b[1] is not None]
-    pixels = torch.stack([b[1] for b in good]) if good else None
-    return idx, [b[0] for b in good], pixels, [(b[0], b[2]) for b in batch if b[1] is None]
+def collate(items: list[Item]) -> Batch:
+    good = [it for it in items if it.pixels is not None]
+    return Batch([it.index for it in items], [it.index for it in good],
+                 torch.stack([it.pixels for it in good]) if good else None,
+                 [(it.index, it.error) for it in items if it.pixels is None])
 
 
 def accept_rows(emb: np.ndarray, names, what: str, noun: str, dtype: str, row0: int) -> np.ndarray:

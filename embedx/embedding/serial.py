@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -16,6 +15,7 @@ from torch.utils.data import DataLoader
 from embedx import store as st
 from embedx.constraints import (PROGRESS, SEED, Bool, Client, Cluster, Device, Int, OneOf, Optional, Path, Text,
                                 TextList, constraints)
+from embedx.embedding.options import ClusterOptions, EncodeOptions, SourceOptions, WriteOptions, split
 from embedx.embedding.plan import Items, accept_rows, collate, stored_sums
 from embedx.models.encoder import Encoder, split_preprocess
 from embedx.errors import EmbedxError
@@ -26,7 +26,6 @@ from embedx.store.placement import writer_lock
 from embedx.texts import note
 
 log = logging.getLogger("embedx")
-COMMIT_EVERY_S = 5.0
 
 
 @dataclass
@@ -70,59 +69,54 @@ def _check_checkpoint(out: str, meta: dict) -> None:
 
 
 def embed_to_store(out: str, data: str, model: str | None, pretrained: str | None = "none", *, seed: int = 0,
-                   dtype: str = "float16", batch_size: int = 64, workers: int | None = None,
-                   device: str = "auto", templates: Sequence[str] | None = None, overwrite: bool = False,
-                   strict: bool = False, codec: str = st.DEFAULT_CODEC, chunk_rows: int | None = None,
-                   commit_every_s: float = COMMIT_EVERY_S, limit: int | None = None,
-                   progress: bool = True, encoder: Encoder | None = None,
-                   checkpoint: str | None = None, normalize_on_device: bool | None = None,
-                   cluster: str | None = None, client=None, task_bytes: int | None = None,
-                   classes: str | None = None, image_col: str | None = None, caption_col: str | None = None,
-                   label_col: str | None = None) -> EmbedResult:
+                   checkpoint: str | None = None, source: SourceOptions | None = None,
+                   encode: EncodeOptions | None = None, write: WriteOptions | None = None,
+                   cluster: ClusterOptions | None = None, encoder: Encoder | None = None,
+                   progress: bool = True) -> EmbedResult:
     """Embed ``data`` with ``model`` into the store ``out``; rerunning the same call resumes.
 
     ``checkpoint``: a finished ``embedx finetune`` run folder; its base model (model, pretrained, seed) with
     the trained parameters applied embeds, and the run is recorded in the store's ``checkpoint`` attribute.
-    ``cluster`` ("local[:N]", "tcp://HOST:PORT") or ``client`` (a ``distributed.Client``): tasks of whole chunks
-    run on the Dask workers (``embedx.embedding.cluster``; ``task_bytes`` of output each, default ``EMBEDX_TASK_BYTES``
-    or 128 MiB) and the store equals the serial one byte for byte; rerunning resumes at the unfinished tasks.
-    ``normalize_on_device`` (default: on CUDA): loaders hand over uint8 pixels and the device scales and
-    normalizes them (the same pixels bit for bit, a quarter of the bytes, less CPU work per image).
-    ``classes``, ``image_col``, ``caption_col``, ``label_col``: how ``wds:``/``parquet:`` data is read
-    (:func:`embedx.sources.catalog.parse_source`).
+    ``source``, ``encode``, ``write``, ``cluster``: the run's options (``embedx.embedding.options``; None: the
+    defaults). On a cluster, tasks of whole chunks run on the Dask workers (``embedx.embedding.cluster``) and the
+    store equals the serial one byte for byte; rerunning resumes at the unfinished tasks. ``encoder``: an encoder
+    already loaded (it must be ``model``'s: tests and benchmarks).
     """
+    source_opts, encode, write = source or SourceOptions(), encode or EncodeOptions(), write or WriteOptions()
+    cluster = cluster or ClusterOptions()
+    batch_size, dtype, limit = encode.batch_size, write.dtype, source_opts.limit
     if batch_size < 1:
         raise EmbedxError(f"batch_size must be positive, got {batch_size}", param="batch_size")
     if dtype not in st.DTYPES:
         raise EmbedxError(f"dtype must be float16 or float32, got {dtype!r}", param="dtype")
-    source = parse_source(data, classes=classes, image_col=image_col, caption_col=caption_col, label_col=label_col)
+    source = parse_source(data, **source_opts.kind_options())
     if limit is not None:
         if limit < 1:
             raise EmbedxError(f"limit must be positive, got {limit}", param="limit")
         source = source.head(limit)
-    tmpl = [] if source.paired else resolve_templates(templates, source)
+    tmpl = [] if source.paired else resolve_templates(encode.templates, source)
     spec = resolve_model(model, pretrained, checkpoint=checkpoint, seed=seed)  # loads no weights yet
     meta = plan_meta(source, spec.model, spec.pretrained, spec.seed, dtype, tmpl, spec.pretrained_sha256,
                      spec.checkpoint)
 
-    distributed = cluster is not None or client is not None
-    if cluster is not None:
+    distributed = cluster.distributed
+    if cluster.cluster is not None:
         from embedx.engine.cluster import parse_cluster
 
-        parse_cluster(cluster)  # a bad spec is refused before any store or model
+        parse_cluster(cluster.cluster)  # a bad spec is refused before any store or model
     with writer_lock(out):  # one writer at a time; what killed writers left beside ``out`` is repaired first
         writer = None
-        if st.exists(out) and not overwrite:
+        if st.exists(out) and not write.overwrite:
             _check_checkpoint(out, meta)
             writer = st.StoreWriter.resume(out, meta)  # refuses complete stores and other inputs, before any model load
             _check_mode(out, writer.meta, distributed)
         else:
-            st.check_target(out, overwrite)  # refuses paths that hold something else, before any model load
-        enc = encoder or spec.load(device)
+            st.check_target(out, write.overwrite)  # refuses paths that hold something else, before any model load
+        enc = encoder or spec.load(encode.device)
         if writer is None:
             writer = st.StoreWriter.create(out, n_rows=len(source), dim=enc.dim, meta=meta, dtype=dtype,
                                            n_texts=None if source.paired else len(source.classnames),
-                                           codec=codec, chunk_rows=chunk_rows, overwrite=overwrite)
+                                           codec=write.codec, chunk_rows=write.chunk_rows, overwrite=write.overwrite)
         start = writer.source_pos
         known = {item["id"] for item in writer.skipped}
         left_out = [e for e in source.excluded if e["id"] not in known]  # non-regular files, undecodable names
@@ -137,9 +131,10 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
                 from embedx.engine.cluster import connect
 
                 job_args = {"model": model, "pretrained": pretrained, "checkpoint": checkpoint, "seed": seed,
-                            "device": device, "workers": workers, "strict": strict,
-                            "normalize_on_device": normalize_on_device}
-                with connect(cluster, client, task_bytes=task_bytes, rerun="rerun to resume") as executor:
+                            "device": encode.device, "workers": encode.workers, "strict": encode.strict,
+                            "normalize_on_device": encode.normalize_on_device}
+                with connect(cluster.cluster, cluster.client, task_bytes=cluster.task_bytes,
+                             rerun="rerun to resume") as executor:
                     final, before, n_tasks = dist_embed.run(executor, writer, source, meta, job_args,
                                                             batch_size=batch_size, progress=progress,
                                                             left_out=left_out, extra=extra)
@@ -150,8 +145,9 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
                 log.info("resuming %s at item %d of %d (%d rows committed)", out, start, len(source),
                          writer.rows_committed)
             rows0 = writer.rows_committed
-            on_device = enc.device.type == "cuda" if normalize_on_device is None else normalize_on_device
-            _stream(writer, enc, source, start, batch_size, workers, strict, commit_every_s, progress, on_device)
+            on_device = encode.normalize_on_device
+            on_device = enc.device.type == "cuda" if on_device is None else on_device
+            _stream(writer, enc, source, start, encode, write.commit_every_s, progress, on_device)
             writer.wait()
             if "progress" in writer.group:  # flags a cluster run left after its commit (embedx.embedding.cluster)
                 del writer.group["progress"]
@@ -173,14 +169,15 @@ def _check_mode(out: str, meta: dict, distributed: bool) -> None:
                             f"cluster to resume it, or pass overwrite=True)", param="cluster")
 
 
-def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, batch_size: int,
-            workers: int | None, strict: bool, commit_every_s: float, progress: bool,
-            normalize_on_device: bool = False) -> None:
+def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, encode: EncodeOptions,
+            commit_every_s: float, progress: bool, normalize_on_device: bool = False) -> None:
+    """The source's items from ``start`` on, encoded in ``encode.batch_size`` batches and appended; whole batches
+    committed every ``commit_every_s`` (and at the end)."""
     from tqdm.auto import tqdm
 
-    workers = default_workers() if workers is None else workers
+    workers = default_workers() if encode.workers is None else encode.workers
     preprocess, norm = split_preprocess(enc.preprocess) if normalize_on_device else (enc.preprocess, None)
-    loader = DataLoader(Items(source, preprocess, start, len(source)), batch_size=batch_size,
+    loader = DataLoader(Items(source, preprocess, start, len(source)), batch_size=encode.batch_size,
                         shuffle=False, num_workers=workers, collate_fn=collate,
                         pin_memory=enc.device.type == "cuda", persistent_workers=False,
                         prefetch_factor=4 if workers else None)
@@ -190,9 +187,10 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, ba
     pos, row = start, writer.rows_committed  # row: the store row of the next image (nothing is buffered yet)
     dtype = writer.meta["dtype"]
     try:
-        for idx, good, pixels, bad in loader:
+        for batch in loader:
+            idx, good, pixels, bad = batch.items, batch.good, batch.pixels, batch.bad
             if bad:
-                if strict:
+                if encode.strict:
                     i, why = bad[0]
                     raise EmbedxError(f"cannot read image {source.ids[i]!r} ({why}); drop strict=True to skip "
                                       f"unreadable images")
@@ -220,21 +218,30 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, ba
 @constraints(out=Path(), data=Text(), model=Optional(Text()), pretrained=Optional(Text()),
              checkpoint=Optional(Path(exists="dir")), seed=SEED, device=Device(), batch_size=Int(min=1),
              dtype=OneOf("float16", "float32"), progress=PROGRESS,
-             # **options: embed_to_store's keywords a caller may give
              templates=Optional(TextList()), codec=OneOf(of="embedx.store.writer:CODECS"),
              chunk_rows=Optional(Int(min=1)), limit=Optional(Int(min=1)), workers=Optional(Int(min=0)),
              overwrite=Bool(), strict=Bool(), classes=Optional(Path()), image_col=Optional(Text()),
              caption_col=Optional(Text()), label_col=Optional(Text()), cluster=Optional(Cluster()),
-             client=Optional(Client()), task_bytes=Optional(Int(min=1)), normalize_on_device=Optional(Bool()))
+             client=Optional(Client()), task_bytes=Optional(Int(min=1)))
 def embed(out, data: str, model: str, pretrained: str | None = None, *, checkpoint: str | None = None,
           seed: int = 0, device: str = "auto", batch_size: int = 64, dtype: str = "float16", progress=None,
-          **options):
-    """Embed ``data`` ("folder:DIR", "csv:FILE", "wds:SHARDS", "parquet:FILE", "digits", "synthetic:N", ...)
-    with an open_clip ``model`` into a store at ``out`` (resumable: rerun the same call after a crash) -> the
-    finished store's metadata. ``options``: the rest of ``embedx embed``'s options by their Python names
-    (templates, codec, chunk_rows, limit, workers, overwrite, strict, classes, image_col, caption_col,
-    label_col, task_bytes, normalize_on_device), and ``cluster`` ("local[:N]" | "tcp://HOST:PORT") or ``client``
-    (a ``distributed.Client``) to embed on a Dask cluster (the same store, byte for byte)."""
-    res = embed_to_store(str(out), data, model, pretrained, seed=seed, dtype=dtype, batch_size=batch_size,
-                         device=device, checkpoint=checkpoint, progress=bool(progress), **options)
+          templates=None, codec: str = st.DEFAULT_CODEC, chunk_rows: int | None = None, limit: int | None = None,
+          workers: int | None = None, overwrite: bool = False, strict: bool = False, classes: str | None = None,
+          image_col: str | None = None, caption_col: str | None = None, label_col: str | None = None,
+          cluster: str | None = None, client=None, task_bytes: int | None = None) -> dict:
+    """Embed ``data`` (a source spec: "folder:DIR", "csv:FILE", "wds:SHARDS", "parquet:FILE", "digits",
+    "synthetic:N", ..., or a bare path one kind recognises; ``embedx.engine.kinds``) with an open_clip ``model``
+    into a store at ``out`` (resumable: rerun the same call after a crash) -> the finished store's metadata.
+
+    The options are ``embedx embed``'s by their Python names: ``templates`` (class prompts, default the source's),
+    ``codec``, ``chunk_rows``, ``limit`` (the first N items), ``workers``, ``overwrite``, ``strict`` (fail on an
+    unreadable image), ``classes``/``image_col``/``caption_col``/``label_col`` (how ``wds:``/``parquet:`` data is
+    read), and ``cluster`` ("local[:N]" | "tcp://HOST:PORT") or ``client`` (a ``distributed.Client``) to embed on a
+    Dask cluster in tasks of ``task_bytes`` (the same store, byte for byte)."""
+    opts = split(batch_size=batch_size, workers=workers, device=device, templates=templates, strict=strict,
+                 dtype=dtype, codec=codec, chunk_rows=chunk_rows, overwrite=overwrite, limit=limit, classes=classes,
+                 image_col=image_col, caption_col=caption_col, label_col=label_col, cluster=cluster, client=client,
+                 task_bytes=task_bytes)
+    res = embed_to_store(str(out), data, model, pretrained, seed=seed, checkpoint=checkpoint,
+                         progress=bool(progress), **opts)
     return res.meta

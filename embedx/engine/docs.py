@@ -1,20 +1,25 @@
-"""Keep the README's score tables in step with the registry: ``python -m embedx.engine.docs README.md``.
+"""Keep the README's tables in step with the registries: ``python -m embedx.engine.docs README.md``.
 
 Each table sits between ``<!-- registry:FAMILY -->`` and ``<!-- /registry:FAMILY -->``; :func:`render` returns
-the text with every such block regenerated from ``registry.table(FAMILY)`` (a test checks the README is current).
+the text with every such block regenerated from ``registry.table(FAMILY)`` (scores: measure, transfer, drift) or
+``kinds.table(FAMILY)`` (inputs: source, dump); a test checks the README is current.
 """
 from __future__ import annotations
 
 import re
 import sys
 
-from embedx.engine import registry
+from embedx.engine import kinds, registry
 
 BLOCK = re.compile(r"(<!-- registry:(\w+) -->\n)(.*?)(<!-- /registry:\2 -->)", re.S)
 
 
+def table(family: str) -> str:
+    return kinds.table(family) if family in kinds.FAMILIES else registry.table(family)
+
+
 def render(text: str) -> str:
-    return BLOCK.sub(lambda m: m.group(1) + registry.table(m.group(2)) + "\n" + m.group(4), text)
+    return BLOCK.sub(lambda m: m.group(1) + table(m.group(2)) + "\n" + m.group(4), text)
 
 
 def main(argv=None) -> int:

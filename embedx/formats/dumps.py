@@ -11,6 +11,10 @@ Formats (layouts read from the writers' sources, see the commit that added this 
   ViT-L/14 features); shards are hashes, taken in name order.
 * ``npy`` and ``parquet``: what ``embedx export --format npy|parquet`` writes (``embedx.formats.export``).
 
+Each format is a registered kind (``embedx.engine.kinds``: name, summary, options, opener = the scan below,
+``can_open(DIR)``); :func:`scan` reads a dump through the registry and :func:`recognise` names the format of a folder
+when ``--from`` is left out.
+
 Every layout problem (a missing or extra partition, a ragged shard, row counts that disagree) is found from the
 file headers before anything is read; rows are then checked as ``embedx import`` checks them, shard by shard, and
 streamed in blocks into a staged store that replaces ``out`` only when complete: an error leaves nothing (or the
@@ -32,6 +36,8 @@ import numpy as np
 from embedx.fs import files as fsx
 from embedx.fs.locations import FADVISE, PREADV, RENAME, location
 from embedx import store as st
+from embedx.engine import kinds
+from embedx.engine.kinds import Option
 from embedx.engine.progress import Bar, enabled
 from embedx.errors import EmbedxError, one_line
 from embedx.formats.arrays import BLOCK_ROWS, _check_rows
@@ -40,7 +46,6 @@ from embedx.store.placement import place, staging_path, writer_lock
 from embedx.texts import cap_arrow, note
 from embedx.fs.url import storage_faults
 
-FORMATS = ("clip-retrieval", "datacomp", "npy", "parquet")
 DATACOMP_MODELS = {"l14": ("ViT-L-14", "openai"), "b32": ("ViT-B-32", "openai")}
 ID_COLUMNS = {"clip-retrieval": ("image_path", "key", "url"), "datacomp": ("uid", "url", "key")}
 CAPTION_COLUMNS = {"clip-retrieval": ("caption",), "datacomp": ("text", "caption")}
@@ -450,35 +455,109 @@ def check_block(x: np.ndarray, what: str, dtype: str, offset: int) -> bool:
 
 
 # -- import -------------------------------------------------------------------------------------------------------
-def scan(kind: str, path: str, features: str | None = None) -> Dump:
-    """The dump at ``path`` (layout checked from the headers; nothing read yet)."""
-    if kind not in FORMATS:
-        raise EmbedxError(f"unknown dump format {kind!r}; choose one of {', '.join(FORMATS)}")
-    path = os.fspath(path)
-    if not fsx.isdir(path):
-        raise EmbedxError(f"{path}: no such folder")
-    if not fsx.listdir(path):
-        raise EmbedxError(f"{path} is empty: no {kind} shards")
-    if features is not None and kind != "datacomp":
-        raise EmbedxError("features applies to kind='datacomp'", param=("features", "kind"))
-    if kind == "datacomp":
-        return scan_datacomp(path, features)
-    if kind in ("npy", "parquet"):
-        return scan_export(path, kind)
+ID_COLUMN = "metadata column of the ids"
+CAPTION_COLUMN = "metadata column of the captions"
+
+
+def _first_of(names) -> str:
+    return names[0] if len(names) == 1 else f"the first of {', '.join(names)}"
+
+
+def _has(*names: str):
+    """``can_open``: the folder holds one of ``names`` (a file, or a folder for a name ending in ``/``)."""
+    def can_open(path: str) -> bool:
+        return any(fsx.isdir(fsx.join(path, n[:-1])) if n.endswith("/") else fsx.isfile(fsx.join(path, n))
+                   for n in names)
+    return can_open
+
+
+def _datacomp_folder(path: str) -> bool:
+    """``can_open`` of ``datacomp``: ``{shard}.npz`` files in the folder or in its ``metadata/``."""
+    for folder in (path, fsx.join(path, "metadata")):
+        if fsx.isdir(folder) and any(n.endswith(".npz") for n in fsx.listdir(folder)):
+            return True
+    return False
+
+
+@kinds.register("dump", "clip-retrieval", can_open=_has("img_emb/", "text_emb/"),
+                summary="clip-retrieval `inference` output (what autofaiss indexes): `img_emb/img_emb_{i}.npy`, "
+                        "`text_emb/text_emb_{i}.npy`, `metadata/metadata_{i}.parquet`",
+                options=(Option("id_column", ID_COLUMN, _first_of(ID_COLUMNS["clip-retrieval"])),
+                         Option("caption_column", CAPTION_COLUMN, _first_of(CAPTION_COLUMNS["clip-retrieval"]))))
+def open_clip_retrieval(path: str, **_) -> Dump:
+    """The partitions (:func:`scan_clip_retrieval`); an embedx export in this layout gives its model and dtype.
+    The id and caption columns are read as the rows stream (``import_dump``)."""
     d = scan_clip_retrieval(path)
-    d.meta = _export_meta(path)  # an embedx export in this layout: its model and dtype
+    d.meta = _export_meta(path)
     d.model, d.pretrained = d.meta.get("model"), d.meta.get("pretrained")
     return d
 
 
-def import_dump(out: str, kind: str, path: str, *, features: str | None = None, id_column: str | None = None,
+@kinds.register("dump", "datacomp", can_open=_datacomp_folder,
+                summary="a DataComp / CommonPool metadata folder: `{shard}.npz` (OpenAI CLIP features) beside "
+                        "`{shard}.parquet` (uid, url, text)",
+                options=(Option("features", "the feature pair NAME_img/NAME_txt", "l14 if present, else b32"),
+                         Option("id_column", ID_COLUMN, _first_of(ID_COLUMNS["datacomp"])),
+                         Option("caption_column", CAPTION_COLUMN, _first_of(CAPTION_COLUMNS["datacomp"]))))
+def open_datacomp(path: str, features: str | None = None, **_) -> Dump:
+    return scan_datacomp(path, features)
+
+
+@kinds.register("dump", "npy", can_open=_has("images.npy"),
+                summary="`embedx export --format npy`: images.npy, texts.npy, ids.parquet (+ labels.npy, "
+                        "names.parquet)")
+def open_npy(path: str) -> Dump:
+    return scan_export(path, "npy")
+
+
+@kinds.register("dump", "parquet", can_open=_has("embeddings.parquet"),
+                summary="`embedx export --format parquet`: embeddings.parquet (+ texts.parquet)")
+def open_parquet(path: str) -> Dump:
+    return scan_export(path, "parquet")
+
+
+def recognise(path: str) -> str:
+    """The format of the dump folder ``path``: the one kind whose ``can_open`` recognises it; else one line."""
+    found = kinds.recognise("dump", path)
+    if len(found) == 1:
+        return found[0].name
+    names = ", ".join(kinds.names("dump"))
+    if found:
+        raise EmbedxError(f"{path} reads as {' and as '.join(k.name for k in found)}: name the format (one of "
+                          f"{names})", param="kind")
+    raise EmbedxError(f"{path}: no dump format recognises it (clip-retrieval: img_emb/ and text_emb/; datacomp: "
+                      f"{{shard}}.npz; npy: images.npy; parquet: embeddings.parquet): name the format (one of "
+                      f"{names})", param="kind")
+
+
+def scan(kind: str | None, path: str, features: str | None = None, **options) -> Dump:
+    """The dump of format ``kind`` (``embedx.engine.kinds``; None: :func:`recognise`) at ``path``, its layout
+    checked from the headers, nothing read yet. ``features`` and ``options`` (``id_column``, ``caption_column``):
+    the kind's options; one it does not take is refused."""
+    path = os.fspath(path)
+    k = kinds.get("dump", kind) if kind is not None else None
+    if kind is not None and k is None:
+        raise EmbedxError(f"unknown dump format {kind!r}; choose one of {', '.join(kinds.names('dump'))}",
+                          param="kind")
+    if not fsx.isdir(path):
+        raise EmbedxError(f"{path}: no such folder")
+    if not fsx.listdir(path):
+        raise EmbedxError(f"{path} is empty: no {kind or 'dump'} shards")
+    if k is None:
+        k = kinds.get("dump", recognise(path))
+    return k.open(path, {"features": features, **options})
+
+
+def import_dump(out: str, kind: str | None, path: str, *, features: str | None = None, id_column: str | None = None,
                 caption_column: str | None = None, dtype: str | None = None, model: str | None = None,
                 dataset: str | None = None, overwrite: bool = False, codec: str = st.DEFAULT_CODEC,
                 chunk_rows: int | None = None) -> dict:
-    """Stream the dump ``kind`` at ``path`` (``FORMATS``) into a complete store at ``out``; return its metadata.
-    ``dtype`` None keeps the dump's (float16 or float32; float16 for any other)."""
+    """Stream the dump of format ``kind`` at ``path`` (a registered kind, ``embedx.engine.kinds``; None: the one
+    that recognises ``path``) into a complete store at ``out``; return its metadata. ``dtype`` None keeps the
+    dump's (float16 or float32; float16 for any other)."""
     with storage_faults(path):  # no credentials, an unreachable or silent endpoint: one line naming the dump
-        d = scan(kind, path, features)
+        d = scan(kind, path, features, id_column=id_column, caption_column=caption_column)
+    kind = d.kind
     first = d.shards[0]
     src_dtype = first.images.dtype if first.images is not None else _parquet_dtype(d)
     if dtype is None:

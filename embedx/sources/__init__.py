@@ -1,7 +1,8 @@
 """Data sources for ``embed``: an ordered list of items (id, label or caption) and a loader to a PIL image.
 
   base        :class:`Source`, what every kind builds
-  catalog     ``parse_source(spec)``: folder, csv, digits, synthetic, and the kinds below
+  catalog     ``parse_source(spec)`` through the kinds registry (``embedx.engine.kinds``); folder, csv, digits,
+              synthetic
   files       local or URL image files listed from a folder or CSV
   webdataset  WebDataset tar shards
   parquet     image bytes or paths in Parquet files

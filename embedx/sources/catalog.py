@@ -1,6 +1,8 @@
-"""Data sources: ``folder:PATH``, ``csv:PATH``, ``wds:PATTERN`` (WebDataset tar shards, ``embedx.sources.webdataset``),
-``parquet:PATTERN`` (image bytes or paths in Parquet files, ``embedx.sources.parquet``), ``digits`` and ``synthetic``
-(seeded noise images, benchmarks).
+"""Data sources: ``folder:PATH``, ``csv:PATH``, ``digits`` and ``synthetic`` (seeded noise images, benchmarks) here;
+``wds:PATTERN`` (WebDataset tar shards, ``embedx.sources.webdataset``) and ``parquet:PATTERN`` (image bytes or paths
+in Parquet files, ``embedx.sources.parquet``) there. Each is a registered kind (``embedx.engine.kinds``): its name,
+summary, options, opener and ``can_open(path)``; :func:`parse_source` reads a spec through the registry, and a bare
+path is read by the one kind that recognises it.
 
 A source is an ordered list of items (an id, a class label or a caption) plus a loader that turns an item
 into a PIL image. Order is deterministic (sorted paths), so a resumed run sees the same items at the same
@@ -14,6 +16,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from embedx.engine import kinds
+from embedx.engine.kinds import Option
 from embedx.errors import EmbedxError, one_line
 from embedx.sources.base import Source, _pil_rgb  # Source: defined there, imported from here as before
 
@@ -30,6 +34,18 @@ def _listed_name(rel: str) -> str | None:
         return rel
     except UnicodeEncodeError:
         return None
+
+
+def _class_folder(path: str) -> bool:
+    """A local folder with a subfolder (``folder:``'s layout: one a class)."""
+    path = os.path.expanduser(path)
+    return os.path.isdir(path) and any(e.is_dir() for e in os.scandir(path))
+
+
+@kinds.register("source", "folder", usage="folder:PATH", can_open=_class_folder,
+                summary="one subfolder per class (sorted; its name is the class name), images anywhere below it")
+def _open_folder(arg: str, spec: str) -> Source:
+    return folder_source(os.path.expanduser(arg), spec)
 
 
 def folder_source(path: str, spec: str) -> Source:
@@ -60,6 +76,17 @@ def folder_source(path: str, spec: str) -> Source:
         raise EmbedxError(f"{path} has class subfolders but no images ({', '.join(IMAGE_EXTENSIONS)})")
     return Source(spec, ids, lambda i: _pil_rgb(os.path.join(path, ids[i])), classnames=classes,
                   labels=np.asarray(labels, dtype=np.int32), excluded=excluded)
+
+
+def _csv_file(path: str) -> bool:
+    return path.lower().endswith(".csv") and os.path.isfile(os.path.expanduser(path))
+
+
+@kinds.register("source", "csv", usage="csv:PATH", can_open=_csv_file,
+                summary="a CSV with columns `image` (paths relative to the CSV) and `label` (class names) or "
+                        "`caption` (a paired store)")
+def _open_csv(arg: str, spec: str) -> Source:
+    return csv_source(os.path.expanduser(arg), spec)
 
 
 def csv_source(path: str, spec: str) -> Source:
@@ -128,31 +155,28 @@ def _digit_classes(value: str) -> list[int]:
     return sorted(out)
 
 
-def _digits_options(spec: str) -> tuple[str, list[int], float, float]:
-    """(split, classes, rotate degrees, noise sigma) of a digits spec; one-line errors for anything else."""
-    parts = spec.split(":")[1:]
-    split = parts.pop(0) if parts and "=" not in parts[0] else ""
-    if split not in DIGITS_SPLITS:
-        raise EmbedxError(f"unknown digits split {split!r}; use {DIGITS_SPEC}")
-    opts = {"classes": "0-9", "rotate": "0", "noise": "0"}
-    for p in parts:
-        key, eq, value = p.partition("=")
-        if not eq or key not in opts:
-            raise EmbedxError(f"unknown digits option {p!r}; use {DIGITS_SPEC}")
-        opts[key] = value
-    try:
-        rotate, noise = float(opts["rotate"]), float(opts["noise"])
-    except ValueError:
-        raise EmbedxError(f"digits rotate= and noise= take numbers, got {spec!r}") from None
-    if not 0 <= noise <= 10:
-        raise EmbedxError(f"digits noise={noise} must be in [0, 10] (pixel noise std / 255)")
-    return split, _digit_classes(opts["classes"]), rotate, noise
+DIGITS_OPTIONS = (
+    Option("split", "`train`: the first 1,437 images, `test`: the last 360 (80/20 in file order); all 1,797 when "
+                    "left out", "", in_spec=True, positional=True),
+    Option("classes", "the digits kept, e.g. 3,5,8 or 0-4 (labels renumbered 0..k-1 in order)", "0-9", in_spec=True),
+    Option("rotate", "every image turned by DEG degrees (a shifted domain)", 0, in_spec=True),
+    Option("noise", "Gaussian pixel noise of std SIGMA*255 in [0, 10], seeded by the image", 0, in_spec=True),
+)
 
 
 def digits_source(spec: str = "digits") -> Source:
-    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), upscaled: a real labelled
-    image set that works offline. ``digits:train`` / ``digits:test`` are its first 1,437 / last 360 images
-    (the customary 80/20 split, disjoint writers' blocks in file order); ids keep the global index.
+    """scikit-learn's digits as the spec ``digits[:train|:test][:classes=LIST][:rotate=DEG][:noise=SIGMA]`` asks
+    (:func:`open_digits`)."""
+    return open_digits(spec.partition(":")[2], spec, **kinds.spec_options(spec, DIGITS_OPTIONS, DIGITS_SPEC))
+
+
+@kinds.register("source", "digits", usage=DIGITS_SPEC, options=DIGITS_OPTIONS,
+                summary="scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), upscaled: a real "
+                        "labelled image set that works offline")
+def open_digits(arg: str, spec: str, *, split, classes, rotate, noise) -> Source:
+    """The digits (the summary above), upscaled to ``DIGITS_SIZE`` pixels a side. ``digits:train`` /
+    ``digits:test`` are its first 1,437 / last 360 images (the customary 80/20 split, disjoint writers' blocks in
+    file order); ids keep the global index.
 
     Tasks of different difficulty from the same images: ``classes=3,5,8`` (or ``0-4``) keeps those digits,
     labels renumbered 0..k-1 in order, class names the digits; ``rotate=DEG`` turns every image (a shifted
@@ -161,7 +185,15 @@ def digits_source(spec: str = "digits") -> Source:
     """
     from sklearn.datasets import load_digits
 
-    split, classes, rotate, noise = _digits_options(spec)
+    if split not in DIGITS_SPLITS:
+        raise EmbedxError(f"unknown digits split {split!r}; use {DIGITS_SPEC}")
+    try:
+        rotate, noise = float(rotate), float(noise)
+    except ValueError:
+        raise EmbedxError(f"digits rotate= and noise= take numbers, got {spec!r}") from None
+    if not 0 <= noise <= 10:
+        raise EmbedxError(f"digits noise={noise} must be in [0, 10] (pixel noise std / 255)")
+    classes = _digit_classes(str(classes))
     d = load_digits()
     keep = np.arange(len(d.target))[DIGITS_SPLITS[split]]
     keep = keep[np.isin(d.target[keep], classes)]
@@ -185,23 +217,28 @@ def digits_source(spec: str = "digits") -> Source:
 
 
 SYNTHETIC_SPEC = "synthetic[:N][:size=PX][:classes=C][:seed=S]"
+SYNTHETIC_OPTIONS = (
+    Option("n", "the number of images", 10000, in_spec=True, positional=True),
+    Option("size", "pixels per side", 224, in_spec=True),
+    Option("classes", "labels: image i has label i mod C", 10, in_spec=True),
+    Option("seed", "image i is drawn from a generator seeded by (S, i)", 0, in_spec=True),
+)
 
 
 def synthetic_source(spec: str = "synthetic") -> Source:
+    """Seeded noise images as the spec ``synthetic[:N][:size=PX][:classes=C][:seed=S]`` asks
+    (:func:`open_synthetic`)."""
+    return open_synthetic(spec.partition(":")[2], spec, **kinds.spec_options(spec, SYNTHETIC_OPTIONS, SYNTHETIC_SPEC))
+
+
+@kinds.register("source", "synthetic", usage=SYNTHETIC_SPEC, options=SYNTHETIC_OPTIONS,
+                summary="seeded RGB noise images: no disk, the same everywhere (throughput and smoke checks)")
+def open_synthetic(arg: str, spec: str, *, n, size, classes, seed) -> Source:
     """N (default 10,000) RGB noise images of PX x PX pixels (default 224: no resize work for most models),
     image i drawn from a generator seeded by (S, i), label i mod C (default 10), class names ``class k``.
     For throughput benchmarks and smoke tests: it costs no disk and reads the same everywhere."""
-    parts = spec.split(":")[1:]
-    opts = {"n": "10000", "size": "224", "classes": "10", "seed": "0"}
-    if parts and "=" not in parts[0]:
-        opts["n"] = parts.pop(0)
-    for p in parts:
-        key, eq, value = p.partition("=")
-        if not eq or key not in opts or key == "n":
-            raise EmbedxError(f"unknown synthetic option {p!r}; use {SYNTHETIC_SPEC}")
-        opts[key] = value
     try:
-        n, size, classes, seed = (int(opts[k]) for k in ("n", "size", "classes", "seed"))
+        n, size, classes, seed = (int(v) for v in (n, size, classes, seed))
     except ValueError:
         raise EmbedxError(f"synthetic options take integers, got {spec!r}; use {SYNTHETIC_SPEC}") from None
     if n < 1 or size < 1 or classes < 1 or seed < 0:
@@ -217,39 +254,40 @@ def synthetic_source(spec: str = "synthetic") -> Source:
 
 def parse_source(spec: str, *, classes: str | None = None, image_col: str | None = None,
                  caption_col: str | None = None, label_col: str | None = None) -> Source:
-    """``folder:PATH`` | ``csv:PATH`` | ``wds:PATTERN`` | ``parquet:PATTERN`` |
-    ``digits[:train|:test][:classes=..][:rotate=..][:noise=..]`` | ``synthetic[:N][:size=PX][:classes=C][:seed=S]``.
+    """The source ``spec`` names: ``KIND:ARG`` for a registered kind (``embedx.engine.kinds``; ``folder:PATH``,
+    ``csv:PATH``, ``wds:PATTERN``, ``parquet:PATTERN``, ``digits[...]``, ``synthetic[...]``), or a bare path that
+    exactly one kind recognises (``can_open``), read as ``KIND:PATH`` (the spec the store records).
 
     ``classes`` (a class-names file, one a line), ``caption_col``, ``label_col`` apply to ``wds:`` and ``parquet:``
     (``image_col`` to ``parquet:`` only): see :func:`embedx.sources.webdataset.wds_source` and
-    :func:`embedx.sources.parquet.parquet_source`."""
-    kind, _, arg = spec.partition(":")
-    opts = {"classes": classes, "image_col": image_col, "caption_col": caption_col, "label_col": label_col}
-    given = [k for k, v in opts.items() if v]
-    takes = {"wds": ("classes", "caption_col", "label_col"), "parquet": tuple(opts)}.get(kind, ())
-    if any(k not in takes for k in given):
-        k = next(k for k in given if k not in takes)
-        raise EmbedxError(f"{k} applies to "
-                          f"{'parquet: sources' if k == 'image_col' else 'wds: and parquet: sources'}, not {spec!r}",
-                          param=k)
-    if kind == "wds" and arg:
-        from embedx.sources.webdataset import wds_source
+    :func:`embedx.sources.parquet.parquet_source`; the registry refuses them for the other kinds."""
+    kind, spec = source_kind(spec)
+    return kind.open(spec, {"classes": classes, "image_col": image_col, "caption_col": caption_col,
+                            "label_col": label_col})
 
-        return wds_source(arg, spec, classes=classes, caption_col=caption_col, label_col=label_col)
-    if kind == "parquet" and arg:
-        from embedx.sources.parquet import parquet_source
 
-        return parquet_source(arg, spec, **opts)
-    if kind == "digits":
-        return digits_source(spec)
-    if kind == "synthetic":
-        return synthetic_source(spec)
-    if kind == "folder" and arg:
-        return folder_source(os.path.expanduser(arg), spec)
-    if kind == "csv" and arg:
-        return csv_source(os.path.expanduser(arg), spec)
-    raise EmbedxError(f"unknown data source {spec!r}; use folder:PATH, csv:PATH, wds:PATTERN, parquet:PATTERN, "
-                      f"{DIGITS_SPEC} or {SYNTHETIC_SPEC}")
+def source_kind(spec: str) -> tuple[kinds.Kind, str]:
+    """(the kind ``spec`` names, the spec as ``KIND:ARG``): by its prefix, else the one kind whose ``can_open``
+    recognises ``spec`` as a path. One line naming the kinds for anything else."""
+    name, colon, rest = spec.partition(":")
+    kind = kinds.get("source", name)
+    if kind is not None:
+        if kind.takes_path and not rest:
+            raise EmbedxError(f"unknown data source {spec!r}: {name} needs a path ({kind.usage}); "
+                              f"use {_usages()}")
+        return kind, spec
+    found = kinds.recognise("source", spec) if spec else []
+    if len(found) == 1:
+        return found[0], f"{found[0].name}:{spec}"
+    if found:
+        raise EmbedxError(f"{spec!r} can be read as {' or '.join(k.name for k in found)}: name the kind "
+                          f"({', '.join(f'{k.name}:{spec}' for k in found)})")
+    there = " (no kind reads what is there)" if spec and os.path.exists(os.path.expanduser(spec)) else ""
+    raise EmbedxError(f"unknown data source {spec!r}{there}; use {_usages()}")
+
+
+def _usages() -> str:
+    return ", ".join(k.usage for k in kinds.kinds("source").values())
 
 
 def default_workers() -> int:

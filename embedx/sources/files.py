@@ -94,6 +94,20 @@ def expand_files(pattern: str, ext: str, what: str) -> list[str]:
     return out
 
 
+def names_files(pattern: str, ext: str) -> bool:
+    """Whether ``pattern`` reads as files with the extension ``ext`` (the ``can_open`` of ``wds:`` and ``parquet:``):
+    every ``::`` part ends with ``ext`` (a file, a brace pattern or a glob; a local path or a URL) or is a local folder
+    holding such a file. Nothing is listed behind a URL."""
+    for part in pattern.split("::") if pattern else ():
+        if part.lower().endswith(ext):
+            continue
+        loc = location(os.path.expanduser(part))
+        if not (loc.local and os.path.isdir(loc.path) and any(e.name.lower().endswith(ext) and e.is_file()
+                                                              for e in os.scandir(loc.path))):
+            return False
+    return bool(pattern)
+
+
 def read_classes(path: str) -> list[str]:
     """``--classes FILE``: one class name a line (UTF-8); line k names label k. Blank or repeated names are errors."""
     try:

@@ -23,10 +23,13 @@ import numpy as np
 
 from embedx.fs.files import IMAGE_CAP, NotAFile, local_path, open_binary, read_capped
 from embedx.fs.files import size as file_size
+from embedx.engine import kinds
+from embedx.engine.kinds import Option
 from embedx.errors import EmbedxError, one_line
-from embedx.sources.base import _pil_rgb
-from embedx.sources.files import ShardedSource, decode_image, expand_files, label_index, read_classes
 from embedx.fs.locations import location
+from embedx.sources.base import _pil_rgb
+from embedx.sources.files import ShardedSource, decode_image, expand_files, label_index, names_files, read_classes
+from embedx.sources.webdataset import CLASSES
 
 IMAGE_COLS = ("image", "jpg", "png", "webp", "img", "image_bytes", "path", "filepath", "file_path", "image_path",
               "file_name", "filename", "url")
@@ -87,6 +90,14 @@ def _hf_classnames(schema, col: str) -> list[str] | None:
     return [str(n) for n in names] if names else None
 
 
+@kinds.register("source", "parquet", usage="parquet:PATTERN", can_open=lambda p: names_files(p, ".parquet"),
+                summary="Parquet files (img2dataset, Hugging Face exports; local or fsspec URL): an image bytes, "
+                        "{bytes, path} or path column and a caption or label column",
+                options=(CLASSES,
+                         Option("image_col", "the image column (bytes, {bytes, path} struct or path)",
+                                f"the first of {', '.join(IMAGE_COLS)}"),
+                         Option("caption_col", "the caption column", f"the first of {', '.join(CAPTION_COLS)}"),
+                         Option("label_col", "the label column", f"the first of {', '.join(LABEL_COLS)}")))
 def parquet_source(pattern: str, spec: str, *, classes: str | None = None, image_col: str | None = None,
                    caption_col: str | None = None, label_col: str | None = None) -> ShardedSource:
     """The rows of the Parquet files ``pattern`` names, in file then row order (see the module docstring)."""

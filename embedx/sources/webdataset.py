@@ -32,9 +32,12 @@ import numpy as np
 
 from embedx.fs.files import IMAGE_CAP, SMALL_CAP, local_path, open_binary
 from embedx.fs.files import size as file_size
-from embedx.fs.locations import location
+from embedx.engine import kinds
+from embedx.engine.kinds import Option
 from embedx.errors import EmbedxError, one_line
-from embedx.sources.files import RangeReader, ShardedSource, decode_image, expand_files, label_index, read_classes
+from embedx.fs.locations import location
+from embedx.sources.files import (RangeReader, ShardedSource, decode_image, expand_files, label_index, names_files,
+                                  read_classes)
 from embedx.fs.url import storage_faults
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -43,6 +46,15 @@ SCAN_THREADS = 8
 STREAM_BLOCK = 8 << 20
 
 
+CLASSES = Option("classes", "a class store: a file of class names, one a line (line k names label k)")
+
+
+@kinds.register("source", "wds", usage="wds:PATTERN", can_open=lambda p: names_files(p, ".tar"),
+                summary="WebDataset tar shards (brace patterns, globs, a folder; local or fsspec URL): jpg/png/webp "
+                        "with txt captions, or cls/json labels with `classes`",
+                options=(CLASSES,
+                         Option("caption_col", "a field of the json member", "the txt member"),
+                         Option("label_col", "a field of the json member", "the cls member, else json 'label'")))
 def wds_source(pattern: str, spec: str, *, classes: str | None = None, caption_col: str | None = None,
                label_col: str | None = None) -> ShardedSource:
     """The samples of the shards ``pattern`` names, in shard then member order (see the module docstring)."""
