@@ -14,10 +14,9 @@ import numpy as np
 
 from embedx.kernels.ops.content_hash import ALGORITHM as CONTENT_ALGORITHM
 from embedx.kernels.ops.content_hash import content_hash
-from embedx.store.layout import chunk_files, committed_rows, is_url, units, url_fs
+from embedx.store.layout import CONTENT_ARRAYS, chunk_files, committed_rows, is_url, units, url_fs
 
 ALGORITHM = "crc32c"
-CONTENT_ARRAYS = ("images/embeddings", "images/labels", "texts/embeddings")
 
 
 def _crc32c(path: str) -> int:

@@ -27,7 +27,7 @@ import uuid
 
 from embedx.store.atomic import fsync_dir
 from embedx.errors import StoreError
-from embedx.store.layout import is_url, read_meta
+from embedx.store.layout import is_url, read_meta, url_fs
 
 log = logging.getLogger("embedx")
 STAGING = ".tmp-"
@@ -78,6 +78,41 @@ def place(staged: str, target: str) -> None:
         os.replace(staged, target)
         shutil.rmtree(old, ignore_errors=True)
     fsync_dir(os.path.dirname(os.path.abspath(target)))
+
+
+@contextlib.contextmanager
+def staged(target: str, *, overwrite: bool = False):
+    """Build a store for ``target``: yields the path to write it at. Locally a fresh staging sibling
+    (:func:`staging_path`), moved onto ``target`` when the block ends (:func:`place`: an old store there is
+    replaced whole) and removed when it raises or is interrupted, so ``target`` never holds half a store. Behind a
+    URL (no rename) the store is written in place: ``target`` itself, its old store first removed when
+    ``overwrite`` (the caller has checked that one is there, ``writer.check_target``)."""
+    if is_url(target):
+        if overwrite:
+            remove_store(target)
+        yield target
+        return
+    stage = staging_path(target)
+    try:
+        yield stage
+        place(stage, target)
+    except BaseException:
+        if os.path.isdir(stage):
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def remove_store(path: str) -> None:
+    """Remove whatever is at ``path`` (a store folder, a file, an object prefix behind a URL)."""
+    if is_url(path):
+        fs, p = url_fs(path)
+        fs.invalidate_cache(p)
+        if fs.exists(p):
+            fs.rm(p, recursive=True)
+    elif os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
 
 
 def _is_complete_store(path: str) -> bool:

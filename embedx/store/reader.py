@@ -29,7 +29,7 @@ from embedx.store.layout import (
     writes_every_chunk,
 )
 from embedx.fs.url import storage_fault, storage_faults
-from embedx.store.writer import exists
+from embedx.store.layout import exists
 
 
 @dataclass(frozen=True)
