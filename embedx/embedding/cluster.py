@@ -30,10 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedx import store as st
-from embedx.embedding.plan import Items, accept_rows, chunk_sums, collate, fold, stored_sums, task_rows
+from embedx.embedding.plan import Items, accept_rows, collate, fold, task_rows
 from embedx.engine.dask import graph_data, worker_path
 from embedx.errors import EmbedxError, StoreError
 from embedx.fs.url import open_group
+from embedx.store.sink import ChunkSink
 
 PROGRESS = "progress"
 RETRIES = 2
@@ -98,13 +99,15 @@ def embed_task(job: EmbedJob, source, t: int) -> dict:
         raise StoreError(f"{job.out} was replaced while it was being embedded (another store was written there); "
                          f"rerun")
     enc = _encoder(job)
-    arrays = {k: g[k].with_config(_WRITE_ALL) for k in st.ARRAYS}
+    names = st.ARRAYS if job.paired else st.ARRAYS[:3]
+    sink = ChunkSink(g, job.out, names, summed=("images/embeddings", "texts/embeddings"),
+                     first_chunk=start // job.chunk_rows)
     dtype, n, per = np.dtype(job.dtype), stop - start, job.chunk_rows
-    emb = np.zeros((n, arrays["images/embeddings"].shape[1]), dtype)
+    emb = np.zeros((n, g["images/embeddings"].shape[1]), dtype)
     labels = np.arange(start, stop, dtype=np.int32) if job.paired else np.full(n, -1, np.int32)
     ids = [""] * n
     temb = np.zeros_like(emb) if job.paired else None
-    names = [""] * n if job.paired else None
+    captions = [""] * n if job.paired else None
     on_device = enc.device.type == "cuda" if job.normalize_on_device is None else job.normalize_on_device
     preprocess, norm = split_preprocess(enc.preprocess) if on_device else (enc.preprocess, None)
     workers = default_workers() if job.workers is None else job.workers
@@ -118,15 +121,14 @@ def embed_task(job: EmbedJob, source, t: int) -> dict:
 
     def flush(upto: int) -> None:  # whole chunks (the task's last one may be short) as soon as they are encoded
         nonlocal flushed
-        a, b = flushed - start, upto - start
-        arrays["images/embeddings"][flushed:upto] = emb[a:b]
-        arrays["images/labels"][flushed:upto] = labels[a:b]
-        arrays["images/ids"][flushed:upto] = np.asarray(ids[a:b], dtype=str)
-        sums.extend(chunk_sums(emb[a:b], per))
-        if job.paired:
-            arrays["texts/embeddings"][flushed:upto] = temb[a:b]
-            arrays["texts/names"][flushed:upto] = np.asarray(names[a:b], dtype=str)
-            text_sums.extend(chunk_sums(temb[a:b], per))
+        for r in range(flushed, upto, per):  # through the sink: written whole, checksummed and summed
+            k, a, b = r // per, r - start, min(r + per, upto) - start
+            sums.append(sink.put("images/embeddings", k, emb[a:b]).sum)
+            sink.put("images/labels", k, labels[a:b])
+            sink.put("images/ids", k, np.asarray(ids[a:b], dtype=str))
+            if job.paired:
+                text_sums.append(sink.put("texts/embeddings", k, temb[a:b]).sum)
+                sink.put("texts/names", k, np.asarray(captions[a:b], dtype=str))
         flushed = upto
 
     for idx, good, pixels, bad in loader:  # the serial run's batches: the same forward passes, the same rows
@@ -145,7 +147,7 @@ def embed_task(job: EmbedJob, source, t: int) -> dict:
                 caps = [source.captions[i] for i in good]
                 temb[rel] = accept_rows(enc.encode_texts(caps), caps, "texts", "caption", job.dtype, good[0])
                 for i, c in zip(good, caps):
-                    names[i - start] = c
+                    captions[i - start] = c
             else:
                 labels[rel] = source.labels[good]
         upto = start + (idx[-1] + 1 - start) // per * per
@@ -154,7 +156,8 @@ def embed_task(job: EmbedJob, source, t: int) -> dict:
     if stop > flushed:
         flush(stop)
     result = {"skipped": skipped, "device": str(enc.device),
-              "sums": [s.tolist() for s in sums], "text_sums": [s.tolist() for s in text_sums]}
+              "sums": [s.tolist() for s in sums], "text_sums": [s.tolist() for s in text_sums],
+              "chunks": sink.known()}  # each chunk's checksums, for the driver's inventory
     g[f"{PROGRESS}/result"][t] = json.dumps(result)
     st.sync_tree(job.out)  # the rows and the result are durable before the flag says so
     g[f"{PROGRESS}/done"][t] = 1
@@ -250,48 +253,62 @@ def run(executor, writer: st.StoreWriter, source, meta: dict, job_args: dict, *,
         sums["texts"] = fold(p for r in results for p in r["text_sums"])
     writer.record(rows_committed=job.n_rows, source_pos=job.n_rows, skipped=skipped, sums=sums, plan=None)
     drop_progress(writer.group)
-    return writer.finalize(extra), before, job.n_tasks
+    return writer.finalize(extra, known=_known(results)), before, job.n_tasks
+
+
+def _known(results: list[dict]) -> dict | None:
+    """The checksums of every chunk the tasks wrote, in task (so chunk) order: {array: {"crc32c", "content"}}
+    (None when a task's result has none: one written by an embedx before the sink, whose chunks finalize reads)."""
+    if any("chunks" not in r for r in results):
+        return None
+    out: dict = {}
+    for r in results:
+        for name, got in r["chunks"].items():
+            o = out.setdefault(name, {k: [] for k in got})
+            for k, v in got.items():
+                o[k].extend(v)
+    return out
 
 
 def _compact(writer: st.StoreWriter, job: EmbedJob, meta: dict, bad: set, skipped: list, extra: dict) -> dict:
     """The readable rows, in order, copied into a store staged beside the target, finalized there and swapped in
     (what a serial run writes: skipped items take no row)."""
     from embedx.fs.locations import RENAME, location
-    from embedx.store.placement import place, staging_path
+    from embedx.store.placement import staged
 
     out, m = writer.path, writer.meta
     if not location(out).can(RENAME):
         raise StoreError(f"{out}: {len(bad)} unreadable items were skipped; a distributed embed cannot compact a "
                          f"store behind a URL yet (rerun without cluster)", param="cluster")
     src = st.Store(out, allow_partial=True, verify_content=False)
-    stage = staging_path(out)
-    w = st.StoreWriter.create(stage, n_rows=job.n_rows, dim=int(m["dim"]), meta=meta, dtype=m["dtype"],
-                              n_texts=None if writer.paired else int(src.group["texts/embeddings"].shape[0]),
-                              codec=m["codec"], chunk_rows=job.chunk_rows, background=False)
-    try:
-        if not writer.paired:
-            w.write_texts(src.texts(), list(src.text_names()))
-        w.skip(skipped)
-        block = src.whole_chunks(max(1, COPY_BYTES // (int(m["dim"]) * np.dtype(m["dtype"]).itemsize)))
-        g = src.group
-        for a in range(0, job.n_rows, block):
-            b = min(a + block, job.n_rows)
-            keep = np.asarray([i not in bad for i in range(a, b)])
-            if not keep.any():
-                continue
-            emb = src.read_rows_into("images/embeddings", a, np.empty((b - a, int(m["dim"])), m["dtype"]))[keep]
-            ids = g["images/ids"][a:b][keep]
-            if writer.paired:
-                temb = src.read_rows_into("texts/embeddings", a, np.empty((b - a, int(m["dim"])), m["dtype"]))[keep]
-                w.append(emb, None, ids, text_emb=temb, text_names=g["texts/names"][a:b][keep])
-            else:
-                w.append(emb, g["images/labels"][a:b][keep], ids)
-            w.commit(b)
-        w.commit(job.n_rows)
-        final = w.finalize(extra, sums=stored_sums(stage, writer.paired))
-        writer.close()
-        place(stage, out)
-    except BaseException:
-        w.close()
-        raise
+    with staged(out) as stage:  # placed over the positional store once finalized; removed if anything fails
+        w = st.StoreWriter.create(stage, n_rows=job.n_rows, dim=int(m["dim"]), meta=meta, dtype=m["dtype"],
+                                  n_texts=None if writer.paired else int(src.group["texts/embeddings"].shape[0]),
+                                  codec=m["codec"], chunk_rows=job.chunk_rows, background=False)
+        try:
+            if not writer.paired:
+                w.write_texts(src.texts(), list(src.text_names()))
+            w.skip(skipped)
+            block = src.whole_chunks(max(1, COPY_BYTES // (int(m["dim"]) * np.dtype(m["dtype"]).itemsize)))
+            g = src.group
+            for a in range(0, job.n_rows, block):
+                b = min(a + block, job.n_rows)
+                keep = np.asarray([i not in bad for i in range(a, b)])
+                if not keep.any():
+                    continue
+                emb = src.read_rows_into("images/embeddings", a, np.empty((b - a, int(m["dim"])), m["dtype"]))[keep]
+                ids = g["images/ids"][a:b][keep]
+                if writer.paired:
+                    temb = src.read_rows_into("texts/embeddings", a,
+                                              np.empty((b - a, int(m["dim"])), m["dtype"]))[keep]
+                    w.append(emb, None, ids, text_emb=temb, text_names=g["texts/names"][a:b][keep])
+                else:
+                    w.append(emb, g["images/labels"][a:b][keep], ids)
+                w.commit(b)
+            w.commit(job.n_rows)
+            final = w.finalize(extra)  # sums and checksums from its sink: the stage is not read back
+            writer.close()
+        except BaseException:
+            w.close()
+            raise
     return final

@@ -6,12 +6,13 @@
     the last bit) and writes only its own chunk files.
   * **Batches** (:class:`Items`, :func:`collate`): source items by position, a failed read reported with its item.
   * **Rows** (:func:`accept_rows`): every encoded row passes the rule ``embedx import`` applies
-    (``importer._check_rows``: finite, nonzero, a norm in range once stored) before it is buffered, so a model
+    (``embedx.rows.check_block``: finite, nonzero, a norm in range once stored) before it is buffered, so a model
     that outputs NaN, inf or zero rows stops the run at the first such sample and no such row is ever committed.
-  * **Sums** (:func:`chunk_sums`, :func:`fold`, :func:`stored_sums`): the store's float64 sums of the normalized
-    rows (``meta["sums"]``) are the left fold, in chunk order, of each chunk's sum. A serial run computes them
-    from its committed rows at finalize (its commits fall wherever time and batch sizes put them), a distributed
-    run from the per-chunk sums its tasks return: the same additions in the same order either way.
+  * **Sums and checksums** (:func:`fold`): the store's float64 sums of the normalized rows (``meta["sums"]``) are
+    the left fold, in chunk order, of each chunk's sum, and its inventory lists each chunk's checksums. Both are
+    taken as the chunks are written (``embedx.store.sink.ChunkSink``): a serial run's sink whenever its commits
+    complete a chunk (they fall wherever time and batch sizes put them), a distributed run's tasks for their own
+    chunks, folded by the driver in task order: the same additions in the same order either way.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from embedx.errors import EmbedxError, one_line
+from embedx.rows import check_block
 from embedx.sources.catalog import Source
 
 
@@ -70,18 +72,16 @@ def collate(items: list[Item]) -> Batch:
 
 def accept_rows(emb: np.ndarray, names, what: str, noun: str, dtype: str, row0: int) -> np.ndarray:
     """``emb`` (float32 rows from the encoder, store rows ``row0``..) if the store accepts every row as it will be
-    stored in ``dtype`` (``importer._check_rows``, the rule of ``embedx import``); else one line naming the first
+    stored in ``dtype`` (``embedx.rows.check_block``, the rule of ``embedx import``); else one line naming the first
     bad row and its input (``names[j]``: the ``noun`` it was encoded from). Nothing of the batch is committed."""
-    from embedx.formats.arrays import _check_rows
-
     emb = np.asarray(emb)
     try:
-        _check_rows(emb, what, dtype, offset=row0)
+        check_block(emb, what, dtype, offset=row0)
     except EmbedxError as e:
         j = 0
         for j in range(len(emb)):  # the first row the same rule refuses on its own
             try:
-                _check_rows(emb[j:j + 1], what, dtype)
+                check_block(emb[j:j + 1], what, dtype)
             except EmbedxError:
                 break
         name = str(names[j])
@@ -98,37 +98,10 @@ def task_rows(chunk_rows: int, batch_size: int, row_bytes: int, task_bytes: int)
     return unit * max(1, int(task_bytes) // max(1, unit * int(row_bytes)))
 
 
-def chunk_sums(rows: np.ndarray, chunk_rows: int) -> list[np.ndarray]:
-    """The float64 sum of the normalized rows of each chunk of ``rows`` (which start on a chunk boundary)."""
-    from embedx.store import normalized_sum
-
-    return [normalized_sum(rows[a:a + chunk_rows]) for a in range(0, len(rows), chunk_rows)]
-
-
 def fold(parts) -> np.ndarray | None:
-    """``((p0 + p1) + p2) + ...`` in float64 (None for no parts)."""
+    """``((0 + p0) + p1) + ...`` in float64, the fold ``embedx.store.sink`` takes of chunk sums (None for no parts)."""
     out = None
     for p in parts:
         p = np.asarray(p, dtype=np.float64)
-        out = p if out is None else out + p
-    return out
-
-
-def stored_sums(path: str, paired: bool) -> dict:
-    """{"images": fold of the chunk sums of the committed image rows} (and "texts" for paired stores) of the
-    unfinished store at ``path``, read chunk by chunk."""
-    from embedx.store import Store
-
-    s = Store(path, allow_partial=True, verify_content=False)
-    names = {"images": "images/embeddings", **({"texts": "texts/embeddings"} if paired else {})}
-    out = {}
-    for key, name in names.items():
-        arr = s.group[name]
-        per, n = int(arr.chunks[0]), s.committed(name)
-        buf = np.empty((per,) + arr.shape[1:], arr.dtype)
-        parts = []
-        for a in range(0, n, per):
-            rows = s.read_rows_into(name, a, buf[:min(per, n - a)])
-            parts.extend(chunk_sums(rows, per))
-        out[key] = fold(parts)
+        out = (np.zeros(len(p)) if out is None else out) + p
     return out

@@ -16,7 +16,7 @@ from embedx import store as st
 from embedx.constraints import (PROGRESS, SEED, Bool, Client, Cluster, Device, Int, OneOf, Optional, Path, Text,
                                 TextList, constraints)
 from embedx.embedding.options import ClusterOptions, EncodeOptions, SourceOptions, WriteOptions, split
-from embedx.embedding.plan import Items, accept_rows, collate, stored_sums
+from embedx.embedding.plan import Items, accept_rows, collate
 from embedx.models.encoder import Encoder, split_preprocess
 from embedx.errors import EmbedxError
 from embedx.models.factory import resolve_model
@@ -151,7 +151,7 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
             writer.wait()
             if "progress" in writer.group:  # flags a cluster run left after its commit (embedx.embedding.cluster)
                 del writer.group["progress"]
-            final = writer.finalize(extra, sums=stored_sums(out, source.paired))
+            final = writer.finalize(extra)  # the sums and checksums its sink took as it wrote
         except BaseException:
             writer.close()
             raise

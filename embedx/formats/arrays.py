@@ -8,7 +8,6 @@ store is never half-overwritten.
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 
@@ -17,14 +16,13 @@ from embedx import validate
 from embedx.engine.progress import Bar, enabled
 from embedx.errors import EmbedxError, one_line
 from embedx.rowsource import as_numpy
-from embedx.rows import first_bad_row
-from embedx.store.placement import place, staging_path, writer_lock
+from embedx.rows import check_block
+from embedx.store.placement import staged, writer_lock
 from embedx.texts import cap_texts, note, read_line
-from embedx.fs.locations import RENAME, location
+from embedx.fs.locations import location
 from embedx.fs.url import storage_faults
 
 BLOCK_ROWS = 65536
-FP16_MAX = float(np.finfo(np.float16).max)
 
 
 def load_array(spec, what: str = "array") -> np.ndarray:
@@ -80,9 +78,6 @@ def _parquet(path: str, column: str | None) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-STORE_REL_ERROR = 1e-3  # float16 rounds a row by at most 2^-11 of its norm, unless its values are subnormal
-
-
 def _list_matrix(col, what: str) -> np.ndarray:
     """A list column as a matrix: every row a list of the same length, no null row, no null value (a ragged or
     gappy column is refused, never reshaped into a wrong matrix)."""
@@ -101,54 +96,6 @@ def _list_matrix(col, what: str) -> np.ndarray:
         raise EmbedxError(f"{what}: {values.null_count} null values inside the lists; every value must be a number")
     values = values.to_numpy(zero_copy_only=False)
     return values.reshape(len(col), -1) if len(col) else values.reshape(0, 0)
-
-
-def _check_rows(x: np.ndarray, what: str, dtype: str, offset: int = 0) -> bool:
-    """Raise on rows the store would not accept (``embedx.rows``), judged on the values as they will be stored
-    (after the conversion to ``dtype``), and on float16 overflow; return True if every row has unit norm. Rows are
-    numbered from ``offset`` in the messages."""
-    if x.ndim != 2:
-        raise EmbedxError(f"{what} must be a 2-D array (rows x dim), got shape {x.shape}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise EmbedxError(f"{what} is empty (shape {x.shape})")
-    if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
-        raise EmbedxError(f"{what} must be numeric, got dtype {x.dtype}")
-    unit = True
-    for s in range(0, x.shape[0], BLOCK_ROWS):
-        raw = np.asarray(x[s:s + BLOCK_ROWS], dtype=np.float64)
-        bad = ~np.isfinite(raw).all(axis=1)
-        if bad.any():
-            rows = np.flatnonzero(bad) + s + offset
-            raise EmbedxError(f"{what} row {rows[0]} contains NaN or inf ({_count_nonfinite_rows(x)} rows "
-                              f"in all)")
-        if dtype == "float16" and np.abs(raw).max() > FP16_MAX:
-            raise EmbedxError(f"{what} has values beyond the float16 range (|x| > {FP16_MAX:g}); "
-                              f"use dtype='float32'", param="dtype")
-        with np.errstate(over="ignore"):  # a float32 overflow is reported below as a norm out of range
-            b = raw.astype(dtype).astype(np.float64)  # the values as stored
-        norms = np.sqrt((b * b).sum(axis=1))
-        bad = first_bad_row(norms)
-        if bad is not None:
-            raw_ok = first_bad_row(np.sqrt((raw[bad[0]:bad[0] + 1] ** 2).sum(axis=1))) is None
-            stored = f" once stored as {dtype}" if raw_ok else ""
-            raise EmbedxError(f"{what} row {bad[0] + s + offset}{stored} {bad[1]}")
-        moved = np.sqrt(((b - raw) ** 2).sum(axis=1)) / np.sqrt((raw * raw).sum(axis=1))  # rows are nonzero here
-        lossy = np.flatnonzero(moved > STORE_REL_ERROR)
-        if len(lossy):
-            i = int(lossy[0])
-            raise EmbedxError(f"{what} row {i + s + offset} loses its direction when stored as {dtype} (it moves by "
-                              f"{moved[i]:.2g} of its norm {np.sqrt((raw[i] ** 2).sum()):.3g}: its values fall below "
-                              f"{dtype}'s normal range); L2-normalize the rows or use dtype='float32'", param="dtype")
-        unit &= bool(np.abs(norms - 1).max() < 1e-2)
-    return unit
-
-
-def _count_nonfinite_rows(x: np.ndarray) -> int:
-    n = 0
-    for s in range(0, x.shape[0], BLOCK_ROWS):
-        b = np.asarray(x[s:s + BLOCK_ROWS], dtype=np.float64)
-        n += int((~np.isfinite(b).all(axis=1)).sum())
-    return n
 
 
 def _check_labels(labels: np.ndarray, n: int, c: int) -> np.ndarray:
@@ -200,9 +147,8 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
             raise EmbedxError("give images and texts (or paired_array)", param=("images", "texts", "paired_array"))
         x, t = load_array(images, "images"), load_array(texts, "texts")
         sources = [s for s in (images, texts, labels) if s is not None]
-    unit = _check_rows(x, "images", dtype) & _check_rows(t, "texts", dtype)
-    if x.shape[1] != t.shape[1]:
-        raise EmbedxError(f"dimension mismatch: images have d={x.shape[1]}, texts have d={t.shape[1]}")
+    unit = check_block(x, "images", dtype)
+    unit &= check_block(t, "texts", dtype, dim=x.shape[1], dim_of="images")
     n, c = x.shape[0], t.shape[0]
     if paired:
         if labels is not None:
@@ -231,10 +177,9 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
 
 
 def _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite) -> dict:
-    local = location(out).can(RENAME)
     target = out.rstrip("/")
-    tmp = staging_path(target) if local else target
-    try:
+    with staged(target) as tmp:  # atomic: the target holds the old store or the new one, whole
+        local = tmp != target
         w = st.StoreWriter.create(tmp, n_rows=x.shape[0], dim=x.shape[1], meta=meta,
                                   n_texts=None if y is None else t.shape[0], dtype=dtype, codec=codec,
                                   chunk_rows=chunk_rows, overwrite=not local and overwrite, background=False)
@@ -253,11 +198,4 @@ def _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite) 
                 w.append(np.asarray(x[s:e]), y[s:e], ids)
             w.commit(e)
         bar.close()
-        meta = w.finalize()
-    except BaseException:
-        if local:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if local:
-        place(tmp, target)  # atomic: the target holds the old store or the new one, whole
-    return meta
+        return w.finalize()

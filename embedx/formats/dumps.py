@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import shutil
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -40,9 +39,9 @@ from embedx.engine import kinds
 from embedx.engine.kinds import Option
 from embedx.engine.progress import Bar, enabled
 from embedx.errors import EmbedxError, one_line
-from embedx.formats.arrays import BLOCK_ROWS, _check_rows
-from embedx.rows import first_bad_row
-from embedx.store.placement import place, staging_path, writer_lock
+from embedx.formats.arrays import BLOCK_ROWS
+from embedx.rows import check_block
+from embedx.store.placement import staged, writer_lock
 from embedx.texts import cap_arrow, note
 from embedx.fs.url import storage_faults
 
@@ -438,22 +437,6 @@ def _pick(names, wanted, candidates, label: str, what: str):
                       f"with --{'id' if what == 'id' else 'caption'}-column")
 
 
-# -- checks -------------------------------------------------------------------------------------------------------
-def check_block(x: np.ndarray, what: str, dtype: str, offset: int) -> bool:
-    """Raise on a row the store would refuse (as ``embedx import``; rows numbered from ``offset``); return True if
-    every row has unit norm. float16 rows take a fast path: stored exactly in either dtype, and any finite nonzero
-    float16 row has an acceptable norm, so finiteness and norms (float32) decide."""
-    if x.dtype != np.float16 or x.ndim != 2:
-        return _check_rows(x, what, dtype, offset=offset)
-    import torch
-
-    norms = torch.linalg.vector_norm(torch.from_numpy(np.ascontiguousarray(x)), dim=1, dtype=torch.float32).numpy()
-    bad = first_bad_row(norms)
-    if bad is not None:
-        raise EmbedxError(f"{what} row {bad[0] + offset} {bad[1]}")
-    return bool(len(norms) == 0 or np.abs(norms - 1).max() < 1e-2)
-
-
 # -- import -------------------------------------------------------------------------------------------------------
 ID_COLUMN = "metadata column of the ids"
 CAPTION_COLUMN = "metadata column of the captions"
@@ -583,42 +566,39 @@ def _parquet_dtype(d: Dump):
 
 
 def _stream(out, d: Dump, meta, dtype, codec, chunk_rows, id_column, caption_column) -> dict:
-    local = location(out).can(RENAME)
     target = out.rstrip("/")
-    tmp = staging_path(target) if local else target
     n = d.rows
     dim = _dim(d)
-    w = None
-    try:
-        w = st.StoreWriter.create(tmp, n_rows=n, dim=dim, meta=meta, dtype=dtype, codec=codec,
-                                  chunk_rows=chunk_rows, n_texts=None if d.mode == "paired" else len(d.class_names),
-                                  background=True)
-        w.durable_commits = not local  # staged: finalize makes it durable before it is placed
-        unit = True
-        if d.mode != "paired":
-            t = d.class_texts if isinstance(d.class_texts, np.ndarray) else d.class_texts.read(0, d.class_texts.shape[0])
-            unit &= check_block(t, "texts", dtype, 0)
-            w.write_texts(t, d.class_names)
-        bar = Bar(n, "import", enabled(None))
-        direct = _direct_writers(w, d) if local else None  # staged: synced whole before it is placed
-        if direct is not None:
-            ok, known = _write_direct(w, d, *direct, dtype, id_column, caption_column, bar)
-        else:
-            ok, known = _write_blocks(w, d, dtype, id_column, caption_column, bar), None
-        bar.close()
-        meta = w.finalize(extra=note({"normalized": bool(unit and ok)}, d.texts_truncated, "captions"), known=known)
-    except BaseException:
-        if w is not None:
-            try:
-                w.close()
-            except BaseException:
-                pass
-        if local:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if local:
-        place(tmp, target)
-    return meta
+    with staged(target) as tmp:  # the target holds the old store or the new one, whole
+        local = tmp != target
+        w = None
+        try:
+            w = st.StoreWriter.create(tmp, n_rows=n, dim=dim, meta=meta, dtype=dtype, codec=codec,
+                                      chunk_rows=chunk_rows, background=True,
+                                      n_texts=None if d.mode == "paired" else len(d.class_names))
+            w.durable_commits = not local  # staged: finalize makes it durable before it is placed
+            unit = True
+            if d.mode != "paired":
+                t = d.class_texts if isinstance(d.class_texts, np.ndarray) else \
+                    d.class_texts.read(0, d.class_texts.shape[0])
+                unit &= check_block(t, "texts", dtype, 0)
+                w.write_texts(t, d.class_names)
+            bar = Bar(n, "import", enabled(None))
+            sink = _direct_sink(w, d) if local else None  # staged: synced whole before it is placed
+            if sink is not None:
+                ok, known = _write_direct(w, d, sink, dtype, id_column, caption_column, bar)
+            else:
+                ok, known = _write_blocks(w, d, dtype, id_column, caption_column, bar), None
+            bar.close()
+            return w.finalize(extra=note({"normalized": bool(unit and ok)}, d.texts_truncated, "captions"),
+                              known=known)
+        except BaseException:
+            if w is not None:
+                try:
+                    w.close()
+                except BaseException:
+                    pass
+            raise
 
 
 def _write_blocks(w, d: Dump, dtype, id_column, caption_column, bar) -> bool:
@@ -648,32 +628,31 @@ def _write_blocks(w, d: Dump, dtype, id_column, caption_column, bar) -> bool:
     return unit
 
 
-def _direct_writers(w, d: Dump) -> tuple | None:
-    """({array: DirectChunks} of the embedding arrays, RowFields) when the store takes whole chunks directly and
+def _direct_sink(w, d: Dump):
+    """A sink writing the chunk files itself (``ChunkSink.direct``) when the store takes whole chunks directly and
     the dump is read by row ranges (npy/npz shards), else None."""
-    from embedx.store.chunkio import direct_writer
-    from embedx.store.sink import RowFields
+    from embedx.store.sink import ChunkSink
 
     if d.kind == "parquet" or any(not hasattr(s.images, "read_into") for s in d.shards):
         return None
-    names = ["images/embeddings"] + (["texts/embeddings"] if d.mode == "paired" else [])
-    writers = {name: direct_writer(w.group[name]) for name in names}
-    fields = RowFields.open(w)
-    return None if fields is None or any(v is None for v in writers.values()) else (writers, fields)
+    names = ["images/embeddings", "images/labels", "images/ids"] + \
+        (["texts/embeddings", "texts/names"] if d.mode == "paired" else [])
+    return ChunkSink.direct(w.group, w.path, names, summed=())
 
 
-def _write_direct(w, d: Dump, writers: dict, fields, dtype, id_column, caption_column, bar) -> tuple[bool, dict]:
-    """The embeddings as whole chunks on a thread pool (``embedx.store.sink``) while this thread writes the ids,
-    labels and captions shard by shard; the sums recorded. (every row has unit norm, {array: the checksums of
-    its chunks} for finalize)."""
+def _write_direct(w, d: Dump, sink, dtype, id_column, caption_column, bar) -> tuple[bool, dict]:
+    """The embeddings as whole chunks on a thread pool (``embedx.store.sink.write_chunks``) while this thread
+    writes the ids, labels and captions shard by shard, all through ``sink``; the sums recorded. (every row has
+    unit norm, {array: the checksums of its chunks} for finalize)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from embedx.store.sink import plan, write_chunks
+    from embedx.store.sink import RowFields, plan, write_chunks
 
     cr = int(w.meta["chunk_rows"])
     sources = {"images/embeddings": "images", "texts/embeddings": "texts"}
-    arrays = {name: (wr, plan([(getattr(s, sources[name]), s.rows) for s in d.shards], cr))
-              for name, wr in writers.items()}
+    arrays = {name: plan([(getattr(s, key), s.rows) for s in d.shards], cr)
+              for name, key in sources.items() if d.mode == "paired" or name == "images/embeddings"}
+    fields = RowFields(sink, cr, d.mode == "paired")
     ends = np.cumsum([s.rows for s in d.shards])
     released = [0]
 
@@ -695,7 +674,7 @@ def _write_direct(w, d: Dump, writers: dict, fields, dtype, id_column, caption_c
     _prefetch(d.shards[:2])
     cancel = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="embedx-import") as bg:
-        job = bg.submit(write_chunks, arrays, dtype, on_chunk=on_chunk, cancel=cancel)
+        job = bg.submit(write_chunks, sink, arrays, dtype, on_chunk=on_chunk, cancel=cancel)
         try:
             for shard in d.shards:
                 ids, caps = _shard_strings(d, shard, id_column, caption_column, arrow=True)
@@ -703,14 +682,13 @@ def _write_direct(w, d: Dump, writers: dict, fields, dtype, id_column, caption_c
                 if d.mode != "paired":
                     y = _labels(shard.labels.read(0, shard.rows), len(d.class_names), shard.name, 0)
                 fields.add(ids, y, caps)
-            known = fields.close()
+            fields.close()
         except BaseException:
             cancel.set()
             raise
-        res = job.result()
-    w.record(rows_committed=d.rows, source_pos=d.rows, sums={k.split("/")[0]: v["sum"] for k, v in res.items()})
-    known.update({k: {"crc32c": v["crc32c"], "content": v["content"]} for k, v in res.items()})
-    return all(v["unit"] for v in res.values()), known
+        unit = job.result()
+    w.record(rows_committed=d.rows, source_pos=d.rows, sums={k.split("/")[0]: v for k, v in sink.sums().items()})
+    return unit, sink.known()
 
 
 def _prefetch(shards) -> None:

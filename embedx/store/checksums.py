@@ -15,10 +15,9 @@ import numpy as np
 from embedx.kernels.ops.content_hash import ALGORITHM as CONTENT_ALGORITHM
 from embedx.kernels.ops.content_hash import content_hash
 from embedx.fs.locations import location
-from embedx.store.layout import chunk_files, committed_rows, units
+from embedx.store.layout import CONTENT_ARRAYS, chunk_files, committed_rows, units
 
 ALGORITHM = "crc32c"
-CONTENT_ARRAYS = ("images/embeddings", "images/labels", "texts/embeddings")
 
 
 def _crc32c(path: str) -> int:

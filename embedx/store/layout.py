@@ -15,6 +15,7 @@ from embedx.fs.url import open_group
 
 SCHEMA = 1
 ARRAYS = ("images/embeddings", "images/labels", "images/ids", "texts/embeddings", "texts/names")
+CONTENT_ARRAYS = ("images/embeddings", "images/labels", "texts/embeddings")  # with a content hash per chunk
 # Chunk (or shard) files of one array's committed rows: a store claiming more is refused before any listing of
 # them (a forged zarr.json of 10^12 one-row chunks would otherwise take hours of stats and ever more memory).
 # Writers refuse to make more (a million files of one array: --chunk-rows 1 on a million rows).
@@ -165,6 +166,15 @@ def _missing_bucket(path: str) -> str:
 def _why(e: Exception) -> str:
     text = one_line(getattr(e, "strerror", None) or e, 200)
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def exists(path: str) -> bool:
+    """True if a zarr group (complete or not) lives at ``path``."""
+    try:
+        open_group(path, mode="r")
+        return True
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError, OSError):
+        return False
 
 
 def read_meta(path: str) -> dict:

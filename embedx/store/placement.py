@@ -27,7 +27,7 @@ import uuid
 
 from embedx.store.atomic import fsync_dir
 from embedx.errors import StoreError
-from embedx.fs.locations import FLOCK, location
+from embedx.fs.locations import FLOCK, RENAME, location
 from embedx.store.layout import read_meta
 
 log = logging.getLogger("embedx")
@@ -79,6 +79,33 @@ def place(staged: str, target: str) -> None:
         os.replace(staged, target)
         shutil.rmtree(old, ignore_errors=True)
     fsync_dir(os.path.dirname(os.path.abspath(target)))
+
+
+@contextlib.contextmanager
+def staged(target: str, *, overwrite: bool = False):
+    """Build a store for ``target``: yields the path to write it at. Locally a fresh staging sibling
+    (:func:`staging_path`), moved onto ``target`` when the block ends (:func:`place`: an old store there is
+    replaced whole) and removed when it raises or is interrupted, so ``target`` never holds half a store. Behind a
+    URL (no rename) the store is written in place: ``target`` itself, its old store first removed when
+    ``overwrite`` (the caller has checked that one is there, ``writer.check_target``)."""
+    if not location(target).can(RENAME):  # behind a URL
+        if overwrite:
+            remove_store(target)
+        yield target
+        return
+    stage = staging_path(target)
+    try:
+        yield stage
+        place(stage, target)
+    except BaseException:
+        if os.path.isdir(stage):
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def remove_store(path: str) -> None:
+    """Remove whatever is at ``path`` (a store folder, a file, an object prefix behind a URL)."""
+    location(path).remove()
 
 
 def _is_complete_store(path: str) -> bool:

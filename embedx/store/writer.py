@@ -13,12 +13,14 @@ Writes are crash-safe: rows are committed in whole batches, data first and the c
 (``rows_committed``, ``source_pos``) last; every key is replaced atomically (zarr's LocalStore writes to a
 temporary file and renames), so a SIGKILL loses at most the uncommitted buffer and a rerun continues from
 ``source_pos``. Readers never look past ``rows_committed``.
+
+Rows reach the chunk files through the store's :class:`embedx.store.sink.ChunkSink`: whole chunks, with their
+crc32c, content hashes and sums taken as they are written, so :meth:`StoreWriter.finalize` reads nothing back.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import os
-import shutil
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,8 +43,10 @@ from embedx.store.layout import (
     read_meta,
     writes_every_chunk,
 )
-from embedx.store.placement import crash_point, place, staging_path
-from embedx.fs.locations import RENAME, location
+from embedx.store.placement import crash_point, staged
+from embedx.store.sink import WRITE_ALL as _WRITE_ALL
+from embedx.store.sink import ChunkSink, normalized_sum  # noqa: F401  (normalized_sum: embedx.store's export)
+from embedx.fs.locations import location
 from embedx.fs.url import storage_faults
 
 DTYPES = ("float16", "float32")
@@ -55,10 +59,7 @@ CODECS = {
     "blosc-lz4": lambda: BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
     "blosc-zstd": lambda: BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"),
 }
-# Embedding chunks are never all fill value; skipping zarr's per-chunk emptiness scan makes writes ~7x faster.
-_WRITE_ALL = {"write_empty_chunks": True}
 TARGET_CHUNK_BYTES = 4 << 20  # whole rows, about 4 MiB per chunk
-SUM_SLICE = 4096  # rows per float64 slice of normalized_sum
 # Metadata keys whose values must match for a resume to be accepted.
 FINGERPRINT_KEYS = ("model", "pretrained", "checkpoint_sha256", "seed", "dataset", "dataset_sha256",
                     "prompts", "mode", "dtype", "dim")
@@ -100,10 +101,6 @@ def _check_target(path: str, overwrite: bool) -> bool:
     if location(path).holds_anything():
         raise StoreError(f"{path} exists and is not an embedx store; refusing to write over it (choose another path)")
     return False
-
-
-def _remove(path: str) -> None:
-    location(path).remove()
 
 
 def _now() -> str:
@@ -156,6 +153,9 @@ class StoreWriter:
         # write_empty_chunks is a runtime setting, not stored: without it zarr skips (and deletes) a chunk that
         # equals the fill value, e.g. labels all -1, which readers would then take for a missing, damaged chunk
         self._arrays = {k: group[k].with_config(_WRITE_ALL) for k in ARRAYS}
+        # every row goes through the sink: whole chunks, checksummed and summed as they are written
+        self.sink = ChunkSink(group, self.path, ARRAYS,
+                              summed=("images/embeddings", "texts/embeddings") if self.paired else ("images/embeddings",))
         # At most one commit is in flight; the caller's thread touches meta/rows only after wait().
         self._inflight: Future | None = None
         self._last_commit = time.monotonic()
@@ -175,9 +175,7 @@ class StoreWriter:
             raise StoreError("nothing to write: the input has no rows")
         if dim < 1:
             raise StoreError(f"embedding dimension must be positive, got {dim}")
-        local = location(path).can(RENAME)
-        if check_target(path, overwrite) and not local:
-            _remove(path)  # remote: in place; local stores are staged and swapped in whole (embedx.store.placement)
+        replace = check_target(path, overwrite)
         paired = meta.get("mode") == "paired"
         if not paired and n_texts is None:
             raise StoreError("n_texts is required for stores with class texts")
@@ -191,18 +189,13 @@ class StoreWriter:
                              f"rows, above the limit of {MAX_CHUNK_FILES:,} per array: chunks of at least {least:,} "
                              f"rows are needed", param="chunk_rows")
         compressors = _compressors(codec)
-        build = staging_path(path) if local else str(path)
-        try:
-            cls._build(build, n_rows, dim, meta, n_texts, dtype, codec, compressors, chunk_rows, paired)
-            if local:
-                crash_point("create:staged")
-                place(build, path)
-        except BaseException as e:
-            if local and os.path.isdir(build):
-                shutil.rmtree(build, ignore_errors=True)
-            if isinstance(e, OSError):
-                raise StoreError(f"{path}: cannot create the store ({e.strerror or e})") from None
-            raise
+        try:  # local: staged and swapped in whole; behind a URL in place, an old store removed first
+            with staged(str(path), overwrite=replace) as build:
+                cls._build(build, n_rows, dim, meta, n_texts, dtype, codec, compressors, chunk_rows, paired)
+                if build != str(path):
+                    crash_point("create:staged")
+        except OSError as e:
+            raise StoreError(f"{path}: cannot create the store ({e.strerror or e})") from None
         return cls(path, open_group(path, mode="r+"), background=background)
 
     @staticmethod
@@ -246,7 +239,17 @@ class StoreWriter:
                     f"refusing to resume {path}: it was started with {key}={_short(old.get(key))}, "
                     f"this run asks for {key}={_short(meta[key])} (use overwrite=True to start over)")
         _clean_partials(path)
-        return cls(path, open_group(path, mode="r+"), background=background)
+        w = cls(path, open_group(path, mode="r+"), background=background)
+        w._resume_sink()
+        return w
+
+    def _resume_sink(self) -> None:
+        """The sink continues after the committed rows: they (and written class texts) are read back once, here,
+        so that finalize need not."""
+        rows = ARRAYS if self.paired else ARRAYS[:3]
+        self.sink.resume(rows, self.rows_committed)
+        if not self.paired and self.meta.get("texts_written"):
+            self.sink.resume(ARRAYS[3:], int(self.group["texts/embeddings"].shape[0]), complete=True)
 
     # -- writing ------------------------------------------------------------------------------------------
     def write_texts(self, emb: np.ndarray, names: Sequence[str]) -> None:
@@ -256,10 +259,10 @@ class StoreWriter:
         arr = self._arrays["texts/embeddings"]
         if emb.shape != arr.shape:
             raise StoreError(f"text embeddings have shape {emb.shape}, the store expects {arr.shape}")
-        stored = emb.astype(self.dtype)
-        arr[:] = stored
-        self._arrays["texts/names"][:] = np.asarray(list(names), dtype=str)
-        self._sums["texts"] = normalized_sum(stored)
+        stored = np.ascontiguousarray(emb.astype(self.dtype))
+        self.sink.write_all("texts/embeddings", stored)
+        self.sink.write_all("texts/names", np.asarray(list(names), dtype=str))
+        self._sums["texts"] = normalized_sum(stored)  # of all class texts at once
         self.meta["texts_written"] = True
         self._write_meta()
 
@@ -324,17 +327,17 @@ class StoreWriter:
         if r1 > g["images/embeddings"].shape[0]:
             raise StoreError(f"more rows than the store was created for ({r1} > {g['images/embeddings'].shape[0]})")
         if n:
-            emb = _joined(p.emb)
-            g["images/embeddings"][r0:r1] = emb
-            self._sums["images"] = _add(self._sums["images"], normalized_sum(emb))
-            g["images/labels"][r0:r1] = (np.arange(r0, r1, dtype=np.int32) if self.paired
-                                         else _joined(p.labels))
-            g["images/ids"][r0:r1] = _joined(p.ids)
+            sink = self.sink
+            sink.append("images/embeddings", _joined(p.emb))
+            sink.append("images/labels", np.arange(r0, r1, dtype=np.int32) if self.paired else _joined(p.labels))
+            sink.append("images/ids", _joined(p.ids))
             if self.paired:
-                temb = _joined(p.text_emb)
-                g["texts/embeddings"][r0:r1] = temb
-                self._sums["texts"] = _add(self._sums["texts"], normalized_sum(temb))
-                g["texts/names"][r0:r1] = _joined(p.text_names)
+                sink.append("texts/embeddings", _joined(p.text_emb))
+                sink.append("texts/names", _joined(p.text_names))
+            sink.flush()  # the partly filled last chunk too: committed rows are durable
+            self._sums["images"] = sink.sum("images/embeddings")
+            if self.paired:
+                self._sums["texts"] = sink.sum("texts/embeddings")
             if self.durable_commits:
                 sync_tree(self.path)
             crash_point("commit:data")
@@ -367,10 +370,11 @@ class StoreWriter:
 
     def finalize(self, extra: dict | None = None, sums: dict | None = None, known: dict | None = None) -> dict:
         """Trim unused rows (skipped inputs) and mark the store complete. Every row must be committed.
-        ``sums``: the committed rows' sums as the caller computed them ({"images", "texts"}; embedx.embedding.plan
-        folds them chunk by chunk, so they do not depend on when commits happened). ``known``: checksums the
-        caller took of the bytes it wrote ({name: {"crc32c": [...], "content": [...]}}, embedx.store.sink);
-        those arrays are not read back."""
+        ``sums``: the committed rows' sums when others wrote them ({"images", "texts"}: a cluster's tasks, the
+        import's thread pool); else the writer's own, folded chunk by chunk by its sink. ``known``: the checksums
+        of the chunks others wrote ({name: {"crc32c": [...], "content": [...]}}, as ``ChunkSink.known`` gives
+        them); the writer's sink knows the rest. Nothing is read back (only an array none of them knows: a store
+        begun by an embedx before the sink)."""
         self.wait()
         self._set_sums(sums)
         if len(self._pending) or self._pending_skipped:
@@ -392,9 +396,12 @@ class StoreWriter:
             from embedx.store.checksums import inventory  # kernels (and torch) only when a store is finalized
 
             meta = dict(self.meta, rows_committed=n)
-            from embedx.store.reader import Store
+            known = {**self.sink.known(), **(known or {})}
+            reader = None
+            if any(name not in known for name in ARRAYS):
+                from embedx.store.reader import Store
 
-            reader = Store(self.path, allow_partial=True, verify_content=False)
+                reader = Store(self.path, allow_partial=True, verify_content=False)
             self.meta["integrity"] = inventory(self.path, self.group, meta, ARRAYS, reader, known=known)
         self.meta["complete"] = True
         self.meta["finished"] = _now()
@@ -420,29 +427,9 @@ class StoreWriter:
         self.group.attrs["embedx"] = self.meta
 
 
-def normalized_sum(rows: np.ndarray) -> np.ndarray | None:
-    """float64 sum of the L2-normalized rows (zero rows contribute nothing). Stores keep these sums of the
-    committed rows in attrs["embedx"]["sums"], so measures needing sum_i x_i up front run in one pass.
-
-    sum_i x_i / |x_i| in float64 slices of SUM_SLICE rows: per slice the norms, then one weighted row sum, both
-    numpy einsum loops (single-threaded, so the same bits on any machine; no full-size temporaries: ~30x the
-    speed of normalizing a float64 copy of every row)."""
-    x = np.asarray(rows)
-    out = np.zeros(x.shape[1])
-    for a in range(0, len(x), SUM_SLICE):
-        s = x[a:a + SUM_SLICE].astype(np.float64)
-        n = np.sqrt(np.einsum("ij,ij->i", s, s))
-        out += np.einsum("i,ij->j", np.divide(1.0, n, out=np.zeros_like(n), where=n > 0), s)
-    return out
-
-
 def _joined(parts: list) -> np.ndarray:
     """The buffered pieces as one array (the piece itself when there is one: no copy)."""
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def _add(a, b):
-    return b if a is None else a + b
 
 
 def _short(v, n: int = 60) -> str:
