@@ -24,7 +24,9 @@ Order of a run:
 Compared: every recorded value (identical, or within ``--rtol``, else DIFFERENT) and every timing (min over the
 bench's own repeats and the rounds; after / before). Written: OUT/redesign_side_by_side.{json,md} (OUT defaults
 to the after checkout's bench/results). Sizes (``--size full``): measures (a)-(d) and dumps at their recorded
-(fixed) sizes, transfer and embed at their defaults, dist at 1,000,000 rows instead of 4,000,000 (its ``--rows``).
+(fixed) sizes, transfer at its default, dist at 1,000,000 rows instead of 4,000,000 (its ``--rows``), embed on
+256 digits instead of 512 (its ``--n``): about 25 minutes on the quiet 2-core CPU machine with the data already
+built under ``--work`` (building it once adds about 3 minutes).
 """
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -55,7 +57,7 @@ UNITS = {
     "dist": ("bench_dist.py", {"full": ["--rows", "1000000"], "smoke": ["--rows", "200000", "--repeats", "1"]},
              "dist"),
     "dumps": ("bench_dumps.py", {"full": [], "smoke": []}, "dumps"),
-    "embed": ("bench_embed.py", {"full": [], "smoke": ["--n", "64"]}, "embed_pipeline"),
+    "embed": ("bench_embed.py", {"full": ["--n", "256"], "smoke": ["--n", "64"]}, "embed_pipeline"),
 }
 SIZES = {  # what the table says about the sizes
     "measures:a": "N=20,000, d=512, C=100 (as recorded)",
@@ -65,7 +67,7 @@ SIZES = {  # what the table says about the sizes
     "transfer": {"full": "N=100,000, d=512, C=100 (as recorded)", "smoke": "N=20,000 (recorded: 100,000)"},
     "dist": {"full": "1,000,000 x 512 fp16 (recorded: 4,000,000)", "smoke": "200,000 x 512 fp16, 1 round"},
     "dumps": "1,000,000 x 512 fp16 pairs (as recorded)",
-    "embed": {"full": "512 digits, ViT-S-32-alt (as recorded)", "smoke": "64 digits (recorded: 512)"},
+    "embed": {"full": "256 digits, ViT-S-32-alt (recorded: 512)", "smoke": "64 digits (recorded: 512)"},
 }
 STREAM = ["acs", "iimm", "iimm_inter", "iimm_intra", "text_intra", "gap", "silhouette_cosine"]
 ZEROSHOT = STREAM + ["zeroshot_top1", "zeroshot_top5"]
@@ -108,8 +110,17 @@ class Side:
         self.rev = git_rev(self.checkout)
 
     def run(self, argv: list, timeout: float, cwd: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(argv, cwd=cwd or self.checkout, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        """``argv`` in its own process group; past ``timeout`` the whole group (the script, its child processes,
+        its Dask workers) is killed and the result has returncode -9 and the reason last in stderr."""
+        p = subprocess.Popen(argv, cwd=cwd or self.checkout, env=self.env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
+            err = (err or "") + f"\ntimed out after {timeout:.0f} s (process group killed)"
+        return subprocess.CompletedProcess(argv, p.returncode, out, err)
 
     def py(self, code: str, *args: str, timeout: float = 1800) -> dict:
         """Run ``code`` with this side's interpreter; it prints one JSON line last."""
@@ -185,7 +196,7 @@ def sha(a):
     if a is None:
         return None
     a = np.asarray(a)
-    if a.dtype == object:
+    if a.dtype.kind in "OTUS":  # strings: their text (a StringDType array's bytes hold pointers)
         return hashlib.sha256("\x00".join(map(str, a.tolist())).encode()).hexdigest()
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest() + f" {a.dtype} {a.shape}"
 out = {"sha256": {k: sha(getattr(s, k)) for k in ("images", "texts", "labels", "ids", "text_names")},
@@ -261,7 +272,8 @@ def extract(unit: str, r: dict, pr: dict) -> dict:
     elif unit == "measures:b":
         b = r["b_silhouette"]
         V = {"silhouette embedx": b["embedx"]["value"], "silhouette sklearn": b["sklearn"]["value"]}
-        T = {"exact silhouette, embedx": [b["embedx"]["seconds"]], "sklearn silhouette_score": [b["sklearn"]["seconds"]]}
+        T = {"exact silhouette, embedx": [b["embedx"]["seconds"]],
+             "sklearn silhouette_score": [b["sklearn"]["seconds"]]}
         C = {"embedx peak RSS MB < sklearn's": (b["embedx"]["peak_rss_mb"], b["sklearn"]["peak_rss_mb"])}
         ctl = {"sklearn silhouette_score"}
     elif unit == "measures:c":
@@ -285,7 +297,7 @@ def extract(unit: str, r: dict, pr: dict) -> dict:
         e, ref = r["embedx"], r["reference"]
         V = {**{f"streamed {k}": v for k, v in e["values"].items()},
              **{f"reference {k}": v for k, v in ref["values"].items()},
-             "zeroshot_top1": ref["zeroshot_top1"], "block_rows": e["block_rows"], "chunk_rows": e["chunk_rows"]}
+             "zeroshot_top1": ref["zeroshot_top1"]}
         T = {"all 8 scores streamed together": e["all_runs_s"],
              "each score alone (sum)": [sum(e["alone_s"].values())],
              **{f"{k} alone": [v] for k, v in e["alone_s"].items()},
@@ -300,7 +312,8 @@ def extract(unit: str, r: dict, pr: dict) -> dict:
         T["cluster start, 1 worker"] = [r["cluster_start_s"]["1"]]
         T["cluster start, 2 workers"] = [r["cluster_start_s"]["2"]]
         o = r["overhead"]
-        T.update({"2,000 no-op tasks (per task)": [o["noop_task_s"]], "stream pass, 4 MiB tasks": [o["pass_4MiB_tasks_s"]],
+        T.update({"2,000 no-op tasks (per task)": [o["noop_task_s"]],
+                  "stream pass, 4 MiB tasks": [o["pass_4MiB_tasks_s"]],
                   "stream pass, 128 MiB tasks": [o["pass_128MiB_tasks_s"]]})
         for s2, rows in r["malloc"].items():
             T[f"zero-shot pass, 2 workers, malloc={s2}"] = [x["seconds"] for x in rows]
@@ -330,6 +343,15 @@ def extract(unit: str, r: dict, pr: dict) -> dict:
         C = {"default overhead <= 15% (medians)": (r["default_overhead"], 0.15)}
         ctl = {"bare encode_image"}
     return {"values": V, "timings": T, "checks": C, "control": sorted(ctl)}
+
+
+def compact(pr: dict) -> dict:
+    """A probe as saved: the array digests and one digest of the metadata (all of it is compared in the run)."""
+    if "meta" not in pr:
+        return pr
+    meta = json.dumps(pr["meta"], sort_keys=True, default=str)
+    return {**{k: v for k, v in pr.items() if k != "meta"}, "meta_sha256": hashlib.sha256(meta.encode()).hexdigest(),
+            "meta_leaves": len(flat("", pr["meta"]))}
 
 
 def probe_values(pr: dict) -> dict:
@@ -380,7 +402,8 @@ def compare(unit: str, before: list, after: list, rtol: float) -> dict:
         ratio = min(ta) / min(tb) if min(tb) > 0 else float("nan")
         timings.append({"name": k, "before_s": min(tb), "after_s": min(ta), "ratio": ratio,
                         "before_runs": tb, "after_runs": ta, "control": k in before[0]["control"],
-                        "spread": max(max(tb) / min(tb), max(ta) / min(ta)) - 1 if min(tb) > 0 and min(ta) > 0 else None,
+                        "spread": (max(max(tb) / min(tb), max(ta) / min(ta)) - 1
+                                   if min(tb) > 0 and min(ta) > 0 else None),
                         "flag": None if abs(ratio - 1) <= NOISE else ("slower" if ratio > 1 else "faster")})
     out["timings"] = timings
     checks = []
@@ -422,7 +445,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", default=None, help="shared data folder [default: AFTER/bench/_work]")
     ap.add_argument("--out", default=None, help="folder of redesign_side_by_side.{json,md} [AFTER/bench/results]")
     ap.add_argument("--rtol", type=float, default=1e-9, help="values: relative tolerance beyond 'identical'")
-    ap.add_argument("--timeout", type=float, default=1800, help="seconds per bench script run")
+    ap.add_argument("--timeout", type=float, default=1200,
+                    help="seconds per bench script run (then its process group is killed and it counts as failed)")
+    ap.add_argument("--prepare-only", action="store_true", help="build the data under --work and stop")
     ap.add_argument("--markdown-from", metavar="JSON", help="only rewrite the .md (to stdout) from a saved .json")
     a = ap.parse_args(argv)
     if a.markdown_from:
@@ -455,8 +480,13 @@ def main(argv=None) -> dict:
         os.sync()
         prepare_s = time.perf_counter() - t
         log(f"data ready in {prepare_s:.0f} s")
+        if a.prepare_only:
+            return {"prepare_s": prepare_s}
         for s in sides.values():
-            s.py(WARM)
+            try:
+                s.py(WARM)
+            except RuntimeError as exc:  # the runs will show what fails; the warm-up is only a convenience
+                log(f"{s.name}: warm-up failed: {str(exc)[-500:]}")
         log("both sides warm")
         runs = {u: {"before": [], "after": []} for u in units}
         probes = {u: {} for u in units}
@@ -500,7 +530,7 @@ def main(argv=None) -> dict:
            "load_average_start": load0, "load_average_end": os.getloadavg(),
            "max_load_before_a_run": max(x["load_before"][0] for u in units for n in runs[u] for x in runs[u][n]),
            "prepare_s": prepare_s, "total_s": time.perf_counter() - t0,
-           "compared": compared, "probes": probes,
+           "compared": compared, "probes": {u: {n: compact(x) for n, x in v.items()} for u, v in probes.items()},
            "runs": {u: {n: [{k2: v for k2, v in x.items()} for x in runs[u][n]] for n in runs[u]} for u in units}}
     try:
         from module_stats import stats
@@ -542,7 +572,8 @@ def markdown(res: dict) -> str:
             f"the in-process measures on the dist store), compared exactly (tolerance {res['rtol']:g} relative). "
             f"Times: the benchmark's own timings, min over its repeats; after / before beyond +-{NOISE:.0%} is "
             f"marked.\n\n")
-    rows = ["| benchmark | size | values equal? | case | before s | after s | after / before |", "|---|---|---|---|---|---|---|"]
+    rows = ["| benchmark | size | values equal? | case | before s | after s | after / before |",
+            "|---|---|---|---|---|---|---|"]
     detail = ["| benchmark | timing | before s (runs) | after s (runs) | after / before |", "|---|---|---|---|---|"]
     fails = []
     for u in res["units"]:
@@ -565,8 +596,9 @@ def markdown(res: dict) -> str:
         heads = [t for t in c["timings"] if not t["control"]][:2] or c["timings"][:1]
         for i, t in enumerate(heads):
             flag = f" ({t['flag']})" if t["flag"] else ""
-            rows.append(f"| {LABELS[u] if i == 0 else ''} | {res['sizes'][u] if i == 0 else ''} | {eq if i == 0 else ''} "
-                        f"| {t['name']} | {fmt_s(t['before_s'])} | {fmt_s(t['after_s'])} | **{t['ratio']:.2f}**{flag} |")
+            first = (LABELS[u], res["sizes"][u], eq) if i == 0 else ("", "", "")
+            rows.append(f"| {' | '.join(first)} | {t['name']} | {fmt_s(t['before_s'])} | {fmt_s(t['after_s'])} | "
+                        f"**{t['ratio']:.2f}**{flag} |")
         for t in c["timings"]:
             runs = lambda xs: ", ".join(fmt_s(x) for x in xs) if len(xs) > 1 else fmt_s(xs[0])  # noqa: E731
             ctl = " (control)" if t["control"] else ""
