@@ -129,7 +129,8 @@ def test_measures_transfer_and_drift_are_the_same_bits_on_every_executor(tmp_pat
     """The passes of every family, serial, threaded and on a 2-worker Dask cluster: equal values, not close."""
     from embedx.transferability import moments
 
-    monkeypatch.setattr(moments, "BLOCK_BYTES", 64 * 16 * 8)  # transfer blocks of one chunk: many items
+    monkeypatch.setattr(moments, "BLOCK_BYTES", 64 * 16 * 8)  # transfer blocks of one chunk, runs of 2 blocks:
+    monkeypatch.setattr(moments, "RUN_BYTES", 2 * 64 * 16 * 2)  # many items
     store = _class_store(tmp_path, rng)
     measures = ["acs", "iimm", "gap", "silhouette_cosine", "zeroshot_top1"]
     scores = list(embedx.registry.names("transfer"))

@@ -202,8 +202,9 @@ def executor_kind_branches(tree) -> list[str]:
         elif isinstance(node, ast.Call) and _call_name(node) in ("isinstance", "issubclass") and len(node.args) == 2:
             classes = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
             named = {c.attr if isinstance(c, ast.Attribute) else getattr(c, "id", None) for c in classes}
-            if named & EXECUTOR_CLASSES:
-                out.append(f"line {node.lineno}: {_call_name(node)}(..., {', '.join(sorted(named & EXECUTOR_CLASSES))})")
+            hit = sorted(named & EXECUTOR_CLASSES)
+            if hit:
+                out.append(f"line {node.lineno}: {_call_name(node)}(..., {', '.join(hit)})")
     return out
 
 
@@ -265,7 +266,8 @@ def test_planted_executor_kind_branches_are_seen(tmp_path):
         "embedx/algo/b.py": "def run(ex):\n    return ex.distributed\n",
         "embedx/algo/c.py": "from embedx.engine.dask import DaskExecutor\n"
                             "def run(ex):\n    return isinstance(ex, (int, DaskExecutor))\n",
-        "embedx/algo/d.py": "import embedx.engine.executor as E\ndef run(ex):\n    return isinstance(ex, E.SerialExecutor)\n",
+        "embedx/algo/d.py": "import embedx.engine.executor as E\n"
+                            "def run(ex):\n    return isinstance(ex, E.SerialExecutor)\n",
         "embedx/algo/ok.py": "from distributed import Client\nimport distributed\n"
                              "def run(ex, items):\n    return ex.map_reduce(len, items, max)\n",
         "embedx/engine/dask.py": "class DaskExecutor:\n    distributed = True\n    def f(self):\n"

@@ -57,9 +57,9 @@ def graph_data(client, value, key: str | None = None):
         return client.submit(_value, value, pure=False, key=key)
 
 
-def _leaf(group: list, fn, merge, split_every: int, *args):
+def _leaf(group: list, fn, merge, merge_into, split_every: int, *args):
     """A task: the subtree of the merge tree over ``group`` (consecutive items, a whole subtree)."""
-    return tree_reduce((fn(item, *args) for item in group), merge, split_every)
+    return tree_reduce((fn(item, *args) for item in group), merge, split_every, merge_into)
 
 
 def _batch(group: list, fn, *args) -> list:
@@ -166,10 +166,11 @@ class DaskExecutor(Executor):
             for f in pending:
                 f.cancel()
 
-    def map_reduce(self, fn, items, merge, *args, bar=None, sizes=None, parallel=True, item_bytes=0):
+    def map_reduce(self, fn, items, merge, *args, bar=None, sizes=None, parallel=True, item_bytes=0, merge_into=None):
         """The fixed merge tree of ``fn(item, *args)`` over ``items``: one task per subtree of
         ``split_every**k`` items (about ``task_bytes`` of reads), then level by level, groups of ``split_every``
-        consecutive results merge left to right on a worker; only the root comes back."""
+        consecutive results merge left to right on a worker (``merge``: the inputs are other tasks' results; a
+        subtree task merges its own partials with ``merge_into``); only the root comes back."""
         items = list(items)
         if not items:
             raise ValueError("map_reduce over no items")
@@ -177,7 +178,7 @@ class DaskExecutor(Executor):
         s = self.split_every
         g = self._items_per_task(item_bytes, power_of=s)
         cuts = range(0, len(items), g)
-        leaves = level = self._submit(_leaf, [items[i:i + g] for i in cuts], fn, merge, s, *args)
+        leaves = level = self._submit(_leaf, [items[i:i + g] for i in cuts], fn, merge, merge_into, s, *args)
         while len(level) > 1:
             level = self._submit(fold, [level[i:i + s] for i in range(0, len(level), s)], merge)
         self._progress(leaves, bar, [sum(sizes[i:i + g]) for i in cuts])

@@ -45,51 +45,55 @@ def fold(parts: Sequence, merge: Callable):
 class MergeTree:
     """The fixed merge tree, fed one result at a time in item order: level 0 holds the results; each group of
     ``split_every`` consecutive entries of a level (the last group may be shorter) folds left to right
-    (:func:`fold`) into one entry of the next level, until a level has one entry. A full group folds as soon as
-    it is complete, so at most ``split_every - 1`` entries per level are held: O(split_every log n) results.
+    (:func:`fold`) into one entry of the next level, until a level has one entry. A group is folded as its entries
+    come (a left fold is sequential), so one partial per level is held: O(log n) results at most.
 
-    Any subtree of ``split_every**k`` consecutive items starting at a multiple of that size is itself a
-    ``MergeTree`` of those items, so an executor may compute it anywhere (one Dask task) and feed the tree from
-    level k on (:meth:`push` with ``level=k``) and get the same result."""
+    ``merge_into(a, b)``: ``merge(a, b)`` computed into ``a`` (the same arithmetic), used on the partials the tree
+    holds (they are its own: fed results, or merges). Any subtree of ``split_every**k`` consecutive items starting
+    at a multiple of that size is itself a ``MergeTree`` of those items, so an executor may compute it anywhere (one
+    Dask task) and feed it in at level k (:meth:`push`) with the same result."""
 
-    def __init__(self, merge: Callable, split_every: int = SPLIT_EVERY):
+    def __init__(self, merge: Callable, split_every: int = SPLIT_EVERY, merge_into: Callable | None = None):
         self.merge, self.split_every = merge, max(2, int(split_every))
-        self.levels: list[list] = []
-        self.count = 0
+        self.merge_into = merge_into or merge
+        self.levels: list = []  # per level None, or [the left fold of the group so far, its entries]
 
     def push(self, result, level: int = 0) -> None:
         """Add the next entry of ``level`` (results: level 0)."""
-        self.count += 1
         while True:
             while len(self.levels) <= level:
-                self.levels.append([])
+                self.levels.append(None)
             lv = self.levels[level]
-            lv.append(result)
-            if len(lv) < self.split_every:
+            if lv is None:
+                lv = self.levels[level] = [result, 1]
+            else:
+                lv[0], lv[1] = self.merge_into(lv[0], result), lv[1] + 1
+            if lv[1] < self.split_every:
                 return
-            result = fold(lv, self.merge)
-            self.levels[level] = []
-            level += 1
+            self.levels[level] = None
+            result, level = lv[0], level + 1
 
     def result(self):
         """The root: the incomplete groups fold bottom up (each into the end of the level above)."""
-        if not self.count:
+        held = [j for j, lv in enumerate(self.levels) if lv is not None]
+        if not held:
             raise ValueError("a merge tree of no results")
-        top = max(j for j, lv in enumerate(self.levels) if lv)
         carry = None
-        for j in range(top + 1):
-            lv = self.levels[j] + ([] if carry is None else [carry])
-            if j == top and len(lv) == 1:
-                return lv[0]
-            carry = fold(lv, self.merge) if lv else None
-            if j == top:
-                return carry
-        raise AssertionError("unreachable")
+        for j in range(held[-1] + 1):
+            lv = self.levels[j]
+            if lv is None:
+                acc = carry
+            else:
+                acc = lv[0] if carry is None else self.merge_into(lv[0], carry)
+            carry = acc
+        self.levels = []
+        return carry
 
 
-def tree_reduce(results: Iterable, merge: Callable, split_every: int = SPLIT_EVERY):
+def tree_reduce(results: Iterable, merge: Callable, split_every: int = SPLIT_EVERY,
+                merge_into: Callable | None = None):
     """The root of the fixed merge tree over ``results`` (in item order)."""
-    tree = MergeTree(merge, split_every)
+    tree = MergeTree(merge, split_every, merge_into)
     for r in results:
         tree.push(r)
     return tree.result()
@@ -170,23 +174,24 @@ class Executor:
             yield res
 
     def map_reduce(self, fn: Callable, items: Sequence, merge: Callable, *args, bar=None, sizes=None,
-                   parallel: bool = True, item_bytes: int = 0):
+                   parallel: bool = True, item_bytes: int = 0, merge_into: Callable | None = None):
         """The fixed merge tree (:class:`MergeTree`) of ``fn(item, *args)`` over ``items``; ``merge(a, b)`` must
-        not modify its arguments. Options as :meth:`map`."""
+        not modify its arguments; ``merge_into(a, b)`` may (it adds ``b`` into ``a`` and returns it, with the
+        arithmetic of ``merge``: the tree uses it on the partials it owns). Options as :meth:`map`."""
         items = list(items)
         if not items:
             raise ValueError("map_reduce over no items")
         return tree_reduce(self.map(fn, items, *args, bar=bar, sizes=sizes, parallel=parallel,
-                                    item_bytes=item_bytes), merge, self.split_every)
+                                    item_bytes=item_bytes), merge, self.split_every, merge_into)
 
     def _results(self, fn, items: list, args: tuple, parallel: bool, result_bytes: int) -> Iterator:
-        """The results in item order: tasks on a pool of ``threads`` (1 unless ``parallel``), at most a window of
-        them submitted and not yet taken. A failed task raises when its turn comes (the earliest failure in item
-        order wins, whatever the timing); the tasks not yet started are cancelled."""
+        """The results in item order: tasks on a pool of ``threads`` (``parallel``; else one task at a time), at
+        most a window of them submitted and not yet taken. A failed task raises when its turn comes (the earliest
+        failure in item order wins, whatever the timing); the tasks not yet started are cancelled."""
         if not items:
             return
         threads = min(self.threads if parallel else 1, len(items))
-        window = max(threads, min(2 * threads, RESULT_BYTES // max(1, result_bytes)))
+        window = 1 if not parallel else max(threads, min(2 * threads, RESULT_BYTES // max(1, result_bytes)))
         pool = ThreadPoolExecutor(threads, thread_name_prefix="embedx-task")
         pending: deque = deque()
         try:

@@ -1,7 +1,8 @@
 """The streaming pass: mergeable partial sums over chunks of image rows (one pass, O(N d)).
 
-Every quantity is a sum, so a unit of rows (on any thread, or any worker of a cluster) gives a
-:class:`Partial` and partials merge by addition, in the executor's fixed tree (``embedx.engine.executor``); ``embedx.measures.compute`` turns the total into the measures.
+Every quantity is a sum, so a unit of rows (on any thread, or any worker of a cluster) gives a :class:`Partial`
+and partials merge by addition, in the executor's fixed tree (``embedx.engine.executor``);
+``embedx.measures.compute`` turns the total into the measures.
 With x^ = x/|x|:
 
   M_c   = sum_{i: y_i = c} x^_i          (per-class sums: acs = sum_c M_c.t_c / n_lab,

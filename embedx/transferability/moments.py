@@ -39,6 +39,7 @@ from embedx import validate
 from embedx.engine.progress import Bar, enabled
 
 BLOCK_BYTES = 32 << 20  # float64 bytes of one block: 8,192 rows at d = 512
+RUN_BYTES = 128 << 20   # stored bytes of one run of blocks: a pass's item (a task, on a cluster)
 LABEL_BLOCK = 1 << 20
 
 
@@ -178,6 +179,11 @@ class _Zeros:
         return np.zeros(self.shape, self.dtype, order=self.order)
 
 
+def _same_layout(a: np.ndarray, b: np.ndarray) -> bool:
+    return (a.shape == b.shape and a.dtype == b.dtype and a.flags.c_contiguous == b.flags.c_contiguous
+            and a.flags.f_contiguous == b.flags.f_contiguous)
+
+
 class Mergeable:
     """An accumulator whose ``ADDITIVE`` fields (arrays, numbers, or nested Mergeables; None = unused) are sums
     over rows, so partials over disjoint blocks add up: ``fresh()`` is an empty copy keeping every other field
@@ -229,6 +235,27 @@ class Mergeable:
         out.seconds = self.seconds + other.seconds
         return out
 
+    def take_sums(self, other) -> None:
+        """Hold this object's sums plus ``other``'s (a pass's merged partial, of the same fields), computed into
+        ``other``'s arrays (``b + a`` is ``a + b`` exactly) which this object then holds: its own arrays, zeros no
+        pass has written, are only read (untouched pages take no memory), so a pass's sums are never held twice.
+        ``other`` is used up."""
+        for f in self.ADDITIVE:
+            a, b = getattr(self, f), getattr(other, f)
+            if b is None:
+                continue
+            if isinstance(a, Mergeable):
+                a.take_sums(b)
+            elif isinstance(a, np.ndarray):
+                if _same_layout(a, b) and b.flags.writeable:
+                    b += a
+                    setattr(self, f, b)
+                else:  # a copy from elsewhere (read-only, or laid out otherwise): add in place, as absorb
+                    a += b
+            else:
+                setattr(self, f, b if a is None else a + b)
+        self.seconds += other.seconds
+
     def absorb(self, other) -> None:
         """Add ``other``'s sums into this object, in place (arrays keep their identity and memory order)."""
         for f in self.ADDITIVE:
@@ -263,67 +290,84 @@ def _merge_parts(a, b):
     return [x.merge(y) for x, y in zip(a[0], b[0])], None, a[2] + b[2]
 
 
-def block_task(rng: tuple[int, int], ref, specs: list, check: bool):
-    """A task: rows ``rng`` (one block) of the source ``ref`` (``embedx.rowsource.resolve``), prepared
-    (:func:`prepare`) and folded into ``[s.fresh() for s in specs]`` -> (accumulators, None, seconds reading and
-    preparing), or (None, (row, reason), seconds) at the block's first bad row (``check``)."""
+def _merge_parts_into(a, b):
+    """:func:`_merge_parts` with ``a``'s accumulators taking the sums in place (the same additions)."""
+    if a[1] is not None or b[1] is not None:
+        return _merge_parts(a, b)
+    for x, y in zip(a[0], b[0]):
+        x.absorb(y)
+    return a[0], None, a[2] + b[2]
+
+
+def run_task(rng: tuple[int, int], ref, block: int, specs: list, check: bool):
+    """A task: rows ``rng`` (a run of whole blocks) of the source ``ref`` (``embedx.rowsource.resolve``), block by
+    block (block starts are multiples of ``block``) prepared (:func:`prepare`) and folded into
+    ``[s.fresh() for s in specs]`` -> (accumulators, None, seconds reading and preparing), or (None, (row,
+    reason), seconds) at the first bad row (``check``)."""
     from embedx.rowsource import resolve
     from embedx.rows import first_bad_row
 
-    t0 = time.perf_counter()
     src = resolve(ref)
-    start, stop = rng
-    raw = read_raw(src, start, stop, reuse=True)
-    if check:
-        xb = np.asarray(raw, dtype=np.float64)
-        bad = first_bad_row(np.sqrt(np.einsum("ij,ij->i", xb, xb)))
-        if bad is not None:
-            return None, (start + bad[0], bad[1]), time.perf_counter() - t0
-    b = prepare(start, raw, src.labels(start, stop), False)
-    prep = time.perf_counter() - t0
     accs = [s.fresh() for s in specs]
-    if len(b):
-        for acc in accs:
-            t = time.perf_counter()
-            acc.update(b)
-            acc.seconds += time.perf_counter() - t
+    prep = 0.0
+    for start in range(rng[0], rng[1], block):
+        t0 = time.perf_counter()
+        stop = min(start + block, rng[1])
+        raw = read_raw(src, start, stop, reuse=True)
+        if check:
+            xb = np.asarray(raw, dtype=np.float64)
+            bad = first_bad_row(np.sqrt(np.einsum("ij,ij->i", xb, xb)))
+            del xb  # not held beside prepare's copies
+            if bad is not None:
+                return None, (start + bad[0], bad[1]), prep + time.perf_counter() - t0
+        b = prepare(start, raw, src.labels(start, stop), False)
+        prep += time.perf_counter() - t0
+        if len(b):
+            for acc in accs:
+                t = time.perf_counter()
+                acc.update(b)
+                acc.seconds += time.perf_counter() - t
     return accs, None, prep
 
 
 def sweep(source, accumulators, *, check: bool = False, progress=None, desc: str = "pass", executor=None) -> float:
-    """One pass over the image rows of ``source`` (a ``RowSource``) in blocks of :func:`block_rows` rows: the
-    ``executor`` (default: in-process) runs :func:`block_task` on every block (one at a time in-process: the
-    float64 BLAS takes every core), each folding its block into empty copies of the ``accumulators`` (which must
-    be :class:`Mergeable`), merges them in its fixed tree and the sums are added into ``accumulators``; each
-    accumulator's ``seconds`` grows by its own time. Fixed parameters set from the data are set first: each
-    accumulator's ``prime(block)`` (Moments' shift) sees the first block with labelled rows, read here. ``check``:
-    refuse bad rows (the first pass does; the error names the first one). Returns the seconds spent reading and
-    preparing the blocks."""
+    """One pass over the image rows of ``source`` (a ``RowSource``) in blocks of :func:`block_rows` rows, cut into
+    runs of about RUN_BYTES of stored rows (whole blocks): the ``executor`` (default: in-process) runs
+    :func:`run_task` on every run (one at a time in-process: the float64 BLAS takes every core), each folding its
+    blocks into empty copies of the ``accumulators`` (which must be :class:`Mergeable`), merges them in its fixed
+    tree, and the sums are added into ``accumulators`` (:meth:`Mergeable.take_sums`); each accumulator's
+    ``seconds`` grows by its own time. A run, not a block, is the item so that a pass holds few copies of the
+    accumulators (one per level of the merge tree, and the run being folded; TransRate's may be 1 GiB). Fixed
+    parameters set from the data are set first: each accumulator's ``prime(block)`` (Moments' shift) sees the first
+    block with labelled rows, read here. ``check``: refuse bad rows (the first pass does; the error names the first
+    one). Returns the seconds spent reading and preparing the blocks."""
     from embedx.engine.executor import resolve, row_units
 
     executor = resolve(executor)
     t0 = time.perf_counter()
     n, block = source.n_images, block_rows(source)
-    units = row_units(n, block)
     primers = [a for a in accumulators if getattr(a, "needs_prime", lambda: False)()]
-    for start, stop in units if primers else ():
+    for start, stop in row_units(n, block) if primers else ():
         b = prepare(start, read_raw(source, start, stop), source.labels(start, stop), check)
         if len(b):
             for a in primers:
                 a.prime(b)
             break
-    if not units:
+    run_bytes = block * source.dim * np.dtype(source.dtype).itemsize
+    runs = row_units(n, block * max(1, RUN_BYTES // run_bytes))
+    if not runs:
         return time.perf_counter() - t0
     prime = time.perf_counter() - t0
     with Bar(n, f"transfer {desc}", enabled(progress)) as bar:
-        accs, bad, prep = executor.map_reduce(block_task, units, _merge_parts, executor.ref(source),
+        accs, bad, prep = executor.map_reduce(run_task, runs, _merge_parts, executor.ref(source), block,
                                               [a.spec() for a in accumulators], check, bar=bar,
-                                              sizes=[b - a for a, b in units], parallel=False,
-                                              item_bytes=block * source.dim * np.dtype(source.dtype).itemsize)
+                                              sizes=[b - a for a, b in runs], parallel=False,
+                                              item_bytes=(runs[0][1] - runs[0][0]) * source.dim *
+                                              np.dtype(source.dtype).itemsize, merge_into=_merge_parts_into)
     if bad is not None:
         raise validate.error("images", f"images row {bad[0]} {bad[1]}")
     for a, part in zip(accumulators, accs):
-        a.absorb(part)
+        a.take_sums(part)
     return prime + prep
 
 
