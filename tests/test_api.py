@@ -99,7 +99,8 @@ def test_result_is_typed_and_its_dict_is_the_json(rng):
 
 
 class CountingRows(ArrayRows):
-    """ArrayRows that counts full passes over the image rows (a pass starts at row 0)."""
+    """ArrayRows that counts full passes over the image rows: reads of the last row (a pass reads its blocks in
+    tasks, ``read_images_into``; the shift of the first pass reads only the first block)."""
 
     passes = 0
 
@@ -107,10 +108,17 @@ class CountingRows(ArrayRows):
         CountingRows.passes += 1
         return super().iter_images(*a, **k)
 
+    def read_images_into(self, start, out):
+        CountingRows.passes += start + len(out) == self.n_images
+        return super().read_images_into(start, out)
+
 
 @pytest.mark.parametrize("scores,passes", [(["hscore", "logme", "gbc"], 1), (["nce"], 1), (["leep"], 2),
                                            (["sfda"], 3), (["hscore", "leep", "sfda", "nce"], 3)])
-def test_planner_reads_the_fewest_passes(rng, scores, passes):
+def test_planner_reads_the_fewest_passes(rng, monkeypatch, scores, passes):
+    from embedx.transferability import moments
+
+    monkeypatch.setattr(moments, "BLOCK_BYTES", 32 * 8 * 8)  # blocks of 32 rows: 5 blocks a pass
     x, t, y = _class_data(rng, 150, 5, 8)
     CountingRows.passes = 0
     embedx.transfer(CountingRows(x, t, y), scores=scores)

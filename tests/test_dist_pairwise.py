@@ -1,8 +1,8 @@
 """The pairwise measures on a Dask cluster of 2 worker processes: the exact Euclidean silhouette (by modality and
-by class) as block-pair tasks equals the in-process one (1e-9) and scikit-learn's (1e-6); retrieval rank counts
-as tile tasks give recall identical to the in-process counts and to a float64 brute force, with several captions
-per image and exact ties (duplicate captions, duplicate images). Block sizes are patched on the driver, so every
-store splits into many block pairs / tiles (tasks receive their sizes as arguments)."""
+by class) as block-pair tasks equals the in-process one (the same tasks: the same bits) and scikit-learn's (1e-6);
+retrieval rank counts as tile tasks give recall identical to the in-process counts and to a float64 brute force,
+with several captions per image and exact ties (duplicate captions, duplicate images). Block sizes are patched on
+the driver, so every store splits into many block pairs / tiles (tasks receive their sizes as arguments)."""
 import numpy as np
 import pytest
 from sklearn.metrics import silhouette_score
@@ -23,8 +23,10 @@ def _unit64(a):
 @pytest.fixture
 def small_pairs(monkeypatch):
     """Row blocks of 128 points (2 chunks of 64): a store of ~1000 points makes ~36 block pairs."""
+    from embedx.engine import dask
+
     monkeypatch.setattr(silhouette, "PAIR_ROWS", 128)
-    monkeypatch.setattr(silhouette, "WAVE_PER_WORKER", 3)  # several waves: results consumed across waves in order
+    monkeypatch.setattr(dask, "WAVE_PER_WORKER", 1)  # a window of 2 tasks: results consumed in order as they come
 
 
 def test_modality_silhouette_on_cluster(tmp_path, rng, dask_executor, small_pairs):
@@ -35,7 +37,7 @@ def test_modality_silhouette_on_cluster(tmp_path, rng, dask_executor, small_pair
     store = embedx.open(str(tmp_path / "p.zarr"))
     local = compute(store, ["silhouette_euclidean"])
     dist = compute(store, ["silhouette_euclidean"], executor=dask_executor)
-    assert dist.values["silhouette_euclidean"] == pytest.approx(local.values["silhouette_euclidean"], abs=1e-9)
+    assert dist.values["silhouette_euclidean"] == local.values["silhouette_euclidean"]
     pts = np.vstack([_unit64(store.images()), _unit64(store.texts())])  # the stored (float16) rows, normalized
     ref = silhouette_score(pts, np.r_[np.ones(n), np.zeros(n)])
     assert dist.values["silhouette_euclidean"] == pytest.approx(ref, abs=1e-6)
@@ -57,7 +59,7 @@ def test_class_silhouette_on_cluster(tmp_path, rng, dask_executor, small_pairs):
     local = compute(store, names, silhouette_labels="class")
     dist = compute(store, names, silhouette_labels="class", executor=dask_executor)
     for k in (CLASS, "silhouette_euclidean"):
-        assert dist.values[k] == pytest.approx(local.values[k], abs=1e-9), k
+        assert dist.values[k] == local.values[k], k
     keep = y >= 0
     ref = silhouette_score(_unit64(store.images()[keep]), y[keep])
     assert dist.values[CLASS] == pytest.approx(ref, abs=1e-6)
@@ -110,15 +112,20 @@ def test_retrieval_on_cluster_with_ties(tmp_path, rng, monkeypatch, dask_executo
     assert 0 < dist.values["i2t_recall@1"] < 1
 
 
-def test_distinct_bounds_are_the_in_process_row_blocks(tmp_path, rng, monkeypatch):
-    """The tile rows the driver cuts from ``first`` alone are the row blocks the in-process sweep reads."""
+def test_distinct_bounds_cut_whole_store_blocks(tmp_path, rng, monkeypatch):
+    """The tile rows cut from ``first`` alone: every distinct image once, in order, at least ROW_BLOCK a block but
+    the last, each block ending at a store block's end; their unit rows are the stored rows normalized."""
     monkeypatch.setattr(retrieval, "ROW_BLOCK", 40)
     ids = rng.permutation(np.repeat(np.arange(120), rng.integers(1, 4, 120)))
     x = rng.standard_normal((len(ids), 4)).astype(np.float32)
     store = embedx.open(_paired_store_with_ids(str(tmp_path / "r.zarr"), x, x, ids))
     first, _ = retrieval._items(retrieval.groups_from_ids(store.ids()))
-    blocks = [(u0, u0 + len(q)) for u0, q, _ in retrieval._distinct_blocks(store, first)]
-    assert retrieval._distinct_bounds(store, first) == blocks and len(blocks) > 2
+    blocks = retrieval._distinct_bounds(store, first)
     step = retrieval._rows(store, retrieval.ROW_BLOCK)
-    for (u0, u1), (_, q, _) in zip(blocks, retrieval._distinct_blocks(store, first)):
-        assert np.array_equal(retrieval._distinct_rows(store, first[u0:u1], step).numpy(), q.numpy())
+    assert len(blocks) > 2 and blocks[0][0] == 0 and blocks[-1][1] == len(first)
+    assert all(b[1] == c[0] for b, c in zip(blocks, blocks[1:]))
+    assert all(u1 - u0 >= 40 for u0, u1 in blocks[:-1])
+    assert all(first[u1 - 1] // step < first[u1] // step for _, u1 in blocks[:-1])
+    for u0, u1 in blocks:
+        q = retrieval._distinct_rows(store, first[u0:u1], step).numpy()
+        np.testing.assert_allclose(q, _unit64(store.images()[first[u0:u1]]), atol=1e-6)

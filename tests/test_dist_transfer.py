@@ -1,5 +1,5 @@
-"""Transfer scores and drift on a Dask cluster of 2 worker processes equal the in-process ones (to 1e-9), run
-after run; a bad row is the same one-line error through the cluster."""
+"""Transfer scores and drift on a Dask cluster of 2 worker processes equal the in-process ones (the same tasks and
+merge tree: the same bits), run after run; a bad row is the same one-line error through the cluster."""
 import json
 
 import numpy as np
@@ -16,9 +16,11 @@ SCORES = list(embedx.registry.names("transfer"))
 
 @pytest.fixture
 def small_blocks(monkeypatch, dask_executor):
-    """Transfer blocks of 64 rows (one chunk at d = 16) and tasks of 4 blocks (float16 rows): a test store splits
-    into many blocks and tasks. Driver-side sizes: tasks receive their ranges and block size as arguments."""
+    """Transfer blocks of 64 rows (one chunk at d = 16), runs (a pass's items) of 4 blocks, tasks of one run
+    (float16 rows): a test store splits into many blocks, runs and tasks. Driver-side sizes: tasks receive their
+    ranges and block size as arguments."""
     monkeypatch.setattr(moments, "BLOCK_BYTES", 64 * 16 * 8)
+    monkeypatch.setattr(moments, "RUN_BYTES", 4 * 64 * 16 * 2)
     monkeypatch.setattr(dask_executor, "task_bytes", 4 * 64 * 16 * 2)
 
 
@@ -41,7 +43,7 @@ def _class_store(path, x, y, t):
 def _close(local, dist):
     assert set(local) == set(dist)
     for k, v in local.items():
-        assert dist[k] == pytest.approx(v, abs=1e-9, nan_ok=True), (k, dist[k], v)
+        assert dist[k] == v or (v != v and dist[k] != dist[k]), (k, dist[k], v)
 
 
 def test_transfer_scores_on_cluster(tmp_path, rng, dask_client, dask_executor, small_blocks):
@@ -53,7 +55,7 @@ def test_transfer_scores_on_cluster(tmp_path, rng, dask_client, dask_executor, s
     with get_task_stream(dask_client) as ts:
         first = embedx.transfer(store, SCORES, executor=dask_executor)
     again = embedx.transfer(store, SCORES, executor=dask_executor)
-    folds = [task for task in ts.data if task["key"].startswith("blocks_task")]
+    folds = [task for task in ts.data if task["key"].startswith("_leaf")]
     assert len(folds) >= 3 * 4  # three passes (sfda), each of several tasks of whole blocks
     assert all(np.isfinite(v) for v in local.values.values())
     _close(dict(local), dict(first))
@@ -78,6 +80,7 @@ def test_transrate_groups_on_cluster(tmp_path, rng, dask_executor, small_blocks,
     monkeypatch.setattr(TR, "BUDGET_BYTES", 2 * 16 * 16 * 8)  # two classes a group: three groups
     assert len(TR.groups(np.arange(6), 16)) == 3
     grouped = embedx.transfer(store, ["transrate"], executor=dask_executor)
+    # three groups add their coding rates in another order than one group: equal to round-off, not bit for bit
     assert grouped["transrate"] == pytest.approx(local["transrate"], abs=1e-9)
 
 
@@ -115,7 +118,7 @@ def _same(local, dist, where="summary"):
         for i, (a, b) in enumerate(zip(local, dist)):
             _same(a, b, f"{where}[{i}]")
     elif isinstance(local, float):
-        assert dist == pytest.approx(local, abs=1e-9, nan_ok=True), (where, dist, local)
+        assert dist == local or (local != local and dist != dist), (where, dist, local)
     else:
         assert dist == local, where
 
@@ -150,7 +153,7 @@ def test_cli_transfer_cluster(tmp_path, rng):
     a, b = ({k: v for k, v in json.loads(r.output).items() if k not in head} for r in (local, dist))
     assert set(a) == set(b) == set(embedx.registry.names("transfer", defaults_only=True))
     for k, v in a.items():
-        assert b[k] == pytest.approx(v, abs=1e-9), k
+        assert b[k] == v, k
 
 
 def test_drift_pass_paired_on_cluster(tmp_path, rng, dask_executor, small_blocks):
@@ -168,4 +171,4 @@ def test_drift_pass_paired_on_cluster(tmp_path, rng, dask_executor, small_blocks
     dist = stats.drift_pass(*stores, executor=dask_executor, **opts)
     assert local.class_hits is None and dist.class_hits is None
     assert np.array_equal(local.displacement, dist.displacement)
-    assert dist.cka == pytest.approx(local.cka, abs=1e-9) and dist.knn_overlap == local.knn_overlap
+    assert dist.cka == local.cka and dist.knn_overlap == local.knn_overlap

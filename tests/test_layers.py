@@ -3,7 +3,9 @@
 (a) ``embedx.kernels`` imports nothing of ``embedx`` outside itself but the shadowing guard ``embedx._noshadow``,
 which imports nothing of ``embedx`` at all; (b) the library never imports ``embedx.cli``;
 (c) package ``__init__.py`` files only re-export (docstring, imports, ``__all__``, ``__version__``);
-(d) the module import graph has no cycle. The graph counts every import, module-level or inside a function,
+(d) the module import graph has no cycle; (e) no algorithm branches on the kind of executor (outside
+``embedx.engine``, nothing reads an executor's ``distributed`` flag or tests an executor's class: every pass
+calls the one executor interface). The graph counts every import, module-level or inside a function,
 and the packages an import runs implicitly: importing ``embedx.a.b`` from ``m`` also runs ``embedx.a/__init__``
 (an edge ``m -> embedx.a``) unless ``embedx.a`` is ``m`` itself or one of its own packages (already running).
 A module that imports *through* one of its own packages (``from embedx.a import x``, a submodule or not, or
@@ -233,6 +235,47 @@ def test_input_readers_import_nothing_of_the_store():
     assert not bad, "; ".join(bad)
 
 
+EXECUTOR_CLASSES = {"Executor", "SerialExecutor", "ThreadedExecutor", "DaskExecutor"}
+KIND_FLAG = "distributed"
+
+
+def executor_kind_branches(tree) -> list[str]:
+    """Where an AST asks which kind of executor it has: an attribute ``.distributed``, ``getattr``/``hasattr``
+    of "distributed", or ``isinstance``/``type`` against an executor class."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == KIND_FLAG:
+            out.append(f"line {node.lineno}: .{KIND_FLAG}")
+        elif isinstance(node, ast.Call) and _call_name(node) in ("getattr", "hasattr", "setattr") \
+                and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and node.args[1].value == KIND_FLAG:
+            out.append(f"line {node.lineno}: {_call_name(node)}(..., {KIND_FLAG!r})")
+        elif isinstance(node, ast.Call) and _call_name(node) in ("isinstance", "issubclass") and len(node.args) == 2:
+            classes = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+            named = {c.attr if isinstance(c, ast.Attribute) else getattr(c, "id", None) for c in classes}
+            hit = sorted(named & EXECUTOR_CLASSES)
+            if hit:
+                out.append(f"line {node.lineno}: {_call_name(node)}(..., {', '.join(hit)})")
+    return out
+
+
+def _branches(mods):
+    bad = []
+    for m in sorted(mods):
+        if m == "embedx.engine" or m.startswith("embedx.engine."):
+            continue
+        with open(mods[m]) as fh:
+            found = executor_kind_branches(ast.parse(fh.read(), mods[m]))
+        bad += [f"{m} {f}" for f in found]
+    return bad
+
+
+def test_no_algorithm_branches_on_the_executor_kind():
+    """Serial, threaded and Dask executors share one interface (map, map_reduce, ref, chunks_verified,
+    task_device); outside embedx.engine nothing may ask which one it has."""
+    bad = _branches(MODS)
+    assert not bad, "executor-kind branch outside embedx.engine: " + "; ".join(bad)
+
+
 # The checks above must be able to fail: plant each violation in a copy of the tree's shape.
 def _plant(tmp_path, files):
     for rel, text in files.items():
@@ -287,6 +330,25 @@ def test_an_init_importing_a_module_that_imports_back_through_the_package_is_a_c
                                 '"embedx.p.comparison"})\n',
         "embedx/_lazy.py": "", "embedx/p/comparison.py": "from embedx.p import stats\n", "embedx/p/stats.py": ""})
     assert find_cycle(graph) is None and init_logic(mods["embedx.p"]) == []
+
+
+def test_planted_executor_kind_branches_are_seen(tmp_path):
+    mods, _ = _plant(tmp_path, {
+        "embedx/algo/a.py": "def run(executor):\n    if getattr(executor, 'distributed', False):\n        return 1\n",
+        "embedx/algo/b.py": "def run(ex):\n    return ex.distributed\n",
+        "embedx/algo/c.py": "from embedx.engine.dask import DaskExecutor\n"
+                            "def run(ex):\n    return isinstance(ex, (int, DaskExecutor))\n",
+        "embedx/algo/d.py": "import embedx.engine.executor as E\n"
+                            "def run(ex):\n    return isinstance(ex, E.SerialExecutor)\n",
+        "embedx/algo/ok.py": "from distributed import Client\nimport distributed\n"
+                             "def run(ex, items):\n    return ex.map_reduce(len, items, max)\n",
+        "embedx/engine/dask.py": "class DaskExecutor:\n    distributed = True\n    def f(self):\n"
+                                 "        return self.distributed\n",
+    })
+    assert _branches(mods) == ["embedx.algo.a line 2: getattr(..., 'distributed')",
+                               "embedx.algo.b line 2: .distributed",
+                               "embedx.algo.c line 3: isinstance(..., DaskExecutor)",
+                               "embedx.algo.d line 3: isinstance(..., SerialExecutor)"]
 
 
 def test_planted_kernel_cli_and_init_violations_are_seen(tmp_path):

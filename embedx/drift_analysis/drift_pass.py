@@ -12,13 +12,14 @@ With x_i, y_i the L2-normalized image rows of BEFORE and AFTER (N rows, float32 
   per class     zero-shot top-1 hits per class: the true class is top-1 when no class scores strictly
                 higher (embedx.kernels.zeroshot_hits, as embedx.measures counts them).
 
-On a distributed executor (``embedx.engine``) the O(N d) part (displacements, CKA sums, per-class hits) runs as
-tasks of whole blocks (:func:`sums_task`, the blocks of the in-process pass), merged in the executor's fixed
-tree; the driver meanwhile streams the kNN database blocks for the sampled queries and keeps the plot rows (and,
-reading every row in order, names the first bad row as in-process).
+The O(N d) part (displacements, CKA sums, per-class hits) runs on the executor (``embedx.engine.executor``: in
+one process, or a cluster) as tasks of one block each (:func:`sums_task`), merged in its fixed tree; the driver
+meanwhile streams the kNN database blocks for the sampled queries and keeps the plot rows (and, reading every
+row in order, names the first bad row).
 """
 from __future__ import annotations
 
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -155,19 +156,24 @@ def _empty(start: int, stop: int, cls: _Classes | None) -> SumsPart:
     return SumsPart(start, np.empty(stop - start, np.float32), CkaSums(), hits)
 
 
-def sums_task(rng: tuple[int, int], refs: tuple, block: int, cls: _Classes | None) -> SumsPart:
-    """A distributed task: rows ``rng`` of both stores (``embedx.rowsource.resolve``) in blocks of ``block`` rows
-    (starts multiples of ``block``: the in-process pass's blocks) -> their :class:`SumsPart`."""
+def sums_task(rng: tuple[int, int], refs: tuple, cls: _Classes | None) -> SumsPart:
+    """A task: rows ``rng`` (one block) of both stores (``embedx.rowsource.resolve``) -> their :class:`SumsPart`."""
+    from embedx.engine.executor import scratch
     from embedx.rowsource import resolve
 
     a, b = (resolve(r) for r in refs)
-    part = _empty(*rng, cls)
-    for start in range(rng[0], rng[1], block):
-        stop = min(start + block, rng[1])
-        raw = [s.read_images_into(start, np.empty((stop - start, s.dim), s.dtype)).astype(np.float32, copy=False)
-               for s in (a, b)]
-        _fold(part, [normalized(raw[0], f"{a.path} images", start), normalized(raw[1], f"{b.path} images", start)],
-              start, cls, None if cls is None else a.labels(start, stop))
+    start, stop = rng
+    part = _empty(start, stop, cls)
+    raw = []
+    for j, s in enumerate((a, b)):
+        x = s.read_images_into(start, scratch(f"drift pass rows {j}", stop - start, s.dim, s.dtype))
+        if x.dtype != np.float32:
+            f = scratch(f"drift pass float32 rows {j}", stop - start, s.dim, np.float32)
+            np.copyto(f, x)
+            x = f
+        raw.append(x)
+    _fold(part, [normalized(raw[0], f"{a.path} images", start), normalized(raw[1], f"{b.path} images", start)],
+          start, cls, None if cls is None else a.labels(start, stop))
     return part
 
 
@@ -175,8 +181,15 @@ def drift_pass(a: Store, b: Store, *, knn_k: int = 10, knn_rows: np.ndarray | No
                plot_rows: np.ndarray | None = None, block_rows: int | None = None,
                knn_provider: str = "auto", progress=None, executor=None) -> PassResult:
     """One pass over the image rows of both stores: displacements, CKA sums, kNN top-k (``knn_provider``: see
-    ``embedx.kernels.ops.knn``), per-class hits. ``executor``: a distributed one (``embedx.engine``) runs the
-    displacements, CKA sums and hits as tasks (see the module docstring); anything else runs here."""
+    ``embedx.kernels.ops.knn``), per-class hits. The ``executor`` (default: in-process) runs the displacements,
+    CKA sums and hits as tasks of one block each (:func:`sums_task`, one at a time in-process: the float64
+    products take every core) merged in its fixed tree, while this thread streams the kNN database blocks and
+    keeps the plot rows (reading every row in order, it names the first bad row)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from embedx.engine.executor import resolve, row_units
+
+    executor = resolve(executor)
     n = a.n_images
     if n < 2:
         raise EmbedxError("drift needs at least 2 images")
@@ -188,16 +201,11 @@ def drift_pass(a: Store, b: Store, *, knn_k: int = 10, knn_rows: np.ndarray | No
                                 exclude=knn_rows, provider=knn_provider) for s in (a, b)]
     cls = _classes(a, b)
     labels = None if cls is None else a.labels()
-    tasks = None
-    if getattr(executor, "distributed", False):
-        from concurrent.futures import ThreadPoolExecutor
-
-        ranges = executor.row_ranges(n, block_rows, 2 * block_rows * a.dim * a.dtype.itemsize)  # both stores
-        pool = ThreadPoolExecutor(1, thread_name_prefix="embedx-drift-tasks")
-        tasks = pool.submit(executor.map_reduce, sums_task, ranges, SumsPart.merge,
-                            (executor.ref(a), executor.ref(b)), block_rows, cls)
-        pool.shutdown(wait=False)
-    whole = _empty(0, n, cls) if tasks is None else None
+    units = row_units(n, block_rows)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="embedx-drift-tasks")
+    tasks = pool.submit(executor.map_reduce, sums_task, units, SumsPart.merge, (executor.ref(a), executor.ref(b)),
+                        cls, parallel=False, item_bytes=2 * block_rows * a.dim * a.dtype.itemsize)  # both stores
+    pool.shutdown(wait=False)
     plot = [[], []]
     its = [s.iter_images(block_rows=block_rows, dtype=np.float32, reuse=True) for s in (a, b)]
     bar = Bar(n, "drift pass", enabled(progress))
@@ -206,20 +214,17 @@ def drift_pass(a: Store, b: Store, *, knn_k: int = 10, knn_rows: np.ndarray | No
             bar.update(len(xa))
             stop = start + len(xa)
             xs = [normalized(xa, f"{a.path} images", start), normalized(xb, f"{b.path} images", start)]
-            if whole is not None:
-                _fold(whole, xs, start, cls, None if cls is None else labels[start:stop])
             sel = plot_rows[(plot_rows >= start) & (plot_rows < stop)] - start
             for j, x in enumerate(xs):
                 heaps[j].add(x.numpy(), start)
                 plot[j].append(x[torch.from_numpy(sel)].numpy().copy())
-    except BaseException:
-        if tasks is not None:
-            tasks.cancel()
+    except Exception:
+        tasks.cancel()
+        wait([tasks])  # no task of this pass outlives it (a bad row stops the tasks there too)
         raise
     finally:
         bar.close()
-    if tasks is not None:
-        whole = tasks.result()
+    whole = tasks.result()
     res = [h.result() for h in heaps]
     out = PassResult(displacement=whole.disp, cka=whole.sums.cka(), knn_overlap=float(overlap(*res).mean()),
                      knn_queries=len(knn_rows), knn_k=k,

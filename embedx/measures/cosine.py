@@ -17,6 +17,7 @@ from embedx.measures.stream import cosine_silhouette_sum, normalized, silhouette
 
 HINT_EFFECT = 1e-7  # use the recorded S_x only if its error moves any a_p by less than this
 COSINE_EXACT_BELOW = 1e-2  # cluster scale of cosine distances below which the exact float64 passes run
+COSINE_PARALLEL = False  # second pass: blocks at once in-process (False: one at a time, torch on every core)
 
 
 def cosine_silhouette(source, tot, sx: np.ndarray, st: np.ndarray, cfg, st_hint, text_cos: float,
@@ -88,45 +89,37 @@ def cosine_exact(source) -> float:
 
 
 def cosine_pass(source, sx: torch.Tensor, st: torch.Tensor, progress=None, executor=None):
-    """Second pass: cosine-silhouette sums of the images (and paired texts) with the exact S_x, S_t; blocks of
-    ``source.block_rows()`` rows, in-process or as tasks of whole blocks on a distributed executor."""
-    n = source.n_images
+    """Second pass: cosine-silhouette sums (images, paired texts) with the exact S_x, S_t: the ``executor``'s merge
+    tree (default: in-process) of :func:`cosine_block` over blocks of ``source.block_rows()`` rows."""
+    from embedx.engine.executor import resolve, row_units
+
+    executor = resolve(executor)
     block = source.block_rows()
-    with Bar(n, "cosine silhouette pass", enabled(progress)) as bar:
-        if getattr(executor, "distributed", False):
-            ranges = executor.row_ranges(n, block, block * source.dim * np.dtype(source.dtype).itemsize)
-            return executor.map_reduce(cosine_range, ranges, add_pairs, executor.ref(source), sx, st, block,
-                                       bar=bar, sizes=[b - a for a, b in ranges])
-        img, txt = 0.0, 0.0
-        for start, x in source.iter_images(block_rows=block, reuse=True):
-            i, t = _cosine_block(source, start, x, sx, st)
-            img, txt = img + i, txt + t
-            bar.update(len(x))
-    return img, txt
+    units = row_units(source.n_images, block)
+    if not units:
+        return 0.0, 0.0
+    with Bar(source.n_images, "cosine silhouette pass", enabled(progress)) as bar:
+        return executor.map_reduce(cosine_block, units, add_pairs, executor.ref(source), sx, st, bar=bar,
+                                   sizes=[b - a for a, b in units], parallel=COSINE_PARALLEL,
+                                   item_bytes=block * source.dim * np.dtype(source.dtype).itemsize)
 
 
-def _cosine_block(source, start: int, block, sx: torch.Tensor, st: torch.Tensor) -> tuple[float, float]:
+def cosine_block(rng: tuple[int, int], ref, sx: torch.Tensor, st: torch.Tensor) -> tuple[float, float]:
+    """A task: the cosine-silhouette sums (images, paired texts) of image rows ``rng`` (one block) of ``ref``."""
+    from embedx.engine.executor import scratch
+    from embedx.rowsource import resolve
+
+    source = resolve(ref)
+    start, stop = rng
+    block = source.read_images_into(start, scratch("cosine pass rows", stop - start, source.dim, source.dtype))
     n, c = source.n_images, source.n_texts
     both = torch.stack([sx, st], 1)
     w = normalized(block, "images", start).double() @ both
     img = cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), n, c)
     txt = 0.0
     if source.paired:
-        w = normalized(source.read_texts(start, start + len(block)), "texts", start).double() @ both
+        w = normalized(source.read_texts(start, stop), "texts", start).double() @ both
         txt = cosine_silhouette_sum(w[:, 1].numpy(), w[:, 0].numpy(), c, n)
-    return img, txt
-
-
-def cosine_range(rng: tuple[int, int], ref, sx: torch.Tensor, st: torch.Tensor, block: int) -> tuple[float, float]:
-    """A distributed task: :func:`cosine_pass`'s sums over image rows ``rng`` (whole blocks of ``block`` rows)."""
-    from embedx.rowsource import resolve
-
-    source = resolve(ref)
-    img, txt = 0.0, 0.0
-    for start in range(rng[0], rng[1], block):
-        x = source.read_images_into(start, np.empty((min(block, rng[1] - start), source.dim), source.dtype))
-        i, t = _cosine_block(source, start, x, sx, st)
-        img, txt = img + i, txt + t
     return img, txt
 
 

@@ -186,8 +186,8 @@ def run(source, metrics=None, *, silhouette_mode: str = "exact", sample_size: in
     opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn,
                 device=resolve_device(device), device_request=str(device))
     ctx = Context(source, specs, opts, resolve(executor), progress)
-    if ctx.executor.distributed and source.content_chunks():
-        ctx.executor.chunks_verified(source, reset=True)  # count this run's reads only
+    if source.content_chunks():
+        ctx.executor.chunks_verified(source, reset=True)  # reads made elsewhere: count this run's only
     clock = Clock(shared=False)
     extra = [_PerClass()] if per_class else []
     execute(plan(specs + extra, NEEDS, source.paired), ctx, None, {}, clock)
@@ -199,9 +199,8 @@ def run(source, metrics=None, *, silhouette_mode: str = "exact", sample_size: in
     recorded = source.content_chunks()
     if recorded:  # what the reads checked against the chunk checksums recorded at finalize (arrays read)
         seen = {k: set(v) for k, v in source.chunks_verified().items()}
-        if ctx.executor.distributed:  # the workers' reads too
-            for k, v in ctx.executor.chunks_verified(source).items():
-                seen.setdefault(k, set()).update(v)
+        for k, v in ctx.executor.chunks_verified(source).items():  # the reads of tasks in other processes
+            seen.setdefault(k, set()).update(v)
         seen = {k: v for k, v in seen.items() if v}
         info["integrity"] = {"chunks_verified": sum(len(v) for v in seen.values()),
                              "chunks_recorded": sum(recorded[k] for k in seen)}

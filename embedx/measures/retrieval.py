@@ -15,14 +15,14 @@ it iff its index is lower, and so does an image identical to pos(j) (t2i); these
 thresholds p* come from one O(N d) float64 pass over the aligned rows; both sides' counts from one sweep of
 ``kernels.rank_count`` over the U x N tiles (distinct images as row blocks, texts as column blocks).
 
-``recall_at_k_streamed`` reads the store in blocks (memory O(block d + N)), or on a distributed executor runs the
-thresholds pass as tasks of whole blocks and the sweep as one task per tile, each reading its rows from the store
-and returning (i2t counts of its rows, t2i counts of its columns); ``recall_at_k`` takes rows held in
-memory and also serves ``knn="faiss"`` (FAISS exact inner-product top-k, which needs every row in memory).
+``recall_at_k_streamed`` reads the store in blocks (memory O(block d + N)): the executor runs the thresholds pass
+as tasks of whole blocks and the sweep as one task per tile, each reading its rows from the store and returning
+(i2t counts of its rows, t2i counts of its columns); ``recall_at_k`` takes rows held in memory and also serves
+``knn="faiss"`` (FAISS exact inner-product top-k, which needs every row in memory).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
 
 import numpy as np
 import torch
@@ -166,45 +166,53 @@ def _faiss_recall(q: torch.Tensor, texts: torch.Tensor, pos: np.ndarray, ks) -> 
 
 
 def recall_at_k_streamed(store, ks=KS, device="cpu", progress=None, executor=None, device_request=None) -> dict:
-    """Recall of a paired store read in blocks: the thresholds pass, then the count sweep with the distinct
-    images as row blocks and the texts as column blocks (kept normalized in memory up to CACHE_BYTES, else
-    re-read per row block). Memory O(block d + N) whatever N. On a GPU where images and texts fit
-    ``resident_budget``, both sit on the device in their stored precision (float16 on the tensor cores, exact)
-    with float32 inverse norms as scales, and each sweep call takes a row block sized to fill the device. A
-    distributed ``executor`` runs both passes as tasks (:func:`_distributed_counts`)."""
-    n = store.n_images
+    """Recall of a paired store read in blocks, memory O(block d + N) whatever N: the thresholds pass as tasks of
+    whole blocks (:func:`thresholds_task`), the tie plan here (O(N)), then the count sweep as one task per tile
+    (:func:`count_task`: a row block of distinct images x a column block of texts), all on ``executor`` (default:
+    in-process, one task at a time with torch on every core); the integer counts of the tiles add up. Where the
+    tasks run on a GPU here (``executor.task_device``) and images and texts fit ``resident_budget``, the sweep runs
+    here instead with both on the device in their stored precision (float16 on the tensor cores, exact) with
+    float32 inverse norms as scales, each call a row block sized to fill the device."""
+    from embedx.engine.executor import resolve, row_units
+
+    executor = resolve(executor)
+    n, d = store.n_images, store.dim
     first, pos = _items(groups_from_ids(store.ids()))
     item_row = first[pos]                       # the image row of each text's item (never after the text)
-    if getattr(executor, "distributed", False):
-        return _recall(*_distributed_counts(store, first, pos, item_row, executor, device_request, progress), ks)
-    dev = torch.device(device)
-    resident = 2 * n * store.dim * store.dtype.itemsize <= resident_budget(dev)
-    cache = [] if n * store.dim * 4 <= CACHE_BYTES and not resident else None
-    b_thr = np.empty(n)
-    i_hash, t_hash = np.empty(n, np.uint64), np.empty(n, np.uint64)  # identical unit rows: exact ties
-    for start, block in store.iter_images(block_rows=_rows(store, ROW_BLOCK), reuse=True):
-        stop = start + len(block)
-        b_thr[start:stop], i_hash[start:stop], t_hash[start:stop], t = _threshold_block(store, start, block,
-                                                                                         item_row[start:stop])
-        if cache is not None:
-            cache.append((start, t.to(dev), None))
+    request = str(device) if device_request is None else device_request
+    where = executor.task_device(request)
+    ref = executor.ref(store)
+    step = _rows(store, ROW_BLOCK)
+    units = row_units(n, step)
+    with Bar(n, "retrieval thresholds", enabled(progress)) as bar:
+        parts = list(executor.map(thresholds_task, [(a, b, item_row[a:b]) for a, b in units], ref, bar=bar,
+                                  sizes=[b - a for a, b in units], parallel=False,
+                                  item_bytes=2 * step * d * store.dtype.itemsize))  # image and text rows
+    b_thr, i_hash, t_hash = (np.concatenate(v) for v in zip(*parts))
     a_thr = _image_thresholds(b_thr, pos, len(first))
     plan = _tie_plan(store, first, pos, b_thr, i_hash, t_hash)
-    if resident:  # rows checked by the thresholds pass above
-        texts, t_scale = _on_device(store.texts(), dev)
-        images, i_scale = _on_device(store.images(None if len(first) == n else first), dev)
-        step = resident_rows(dev)
-        rows = ((u0, images[u0:u0 + step], i_scale[u0:u0 + step]) for u0 in range(0, len(first), step))
-        return _recall(*_count_sweep(rows, lambda: [(0, texts, t_scale)], a_thr, b_thr, pos, dev, plan, progress), ks)
-
-    def col_blocks():
-        if cache is not None:
-            return cache
-        step = store.whole_chunks(COL_BLOCK)
-        return ((j0, normalized(store.read_texts(j0, j0 + step), "texts", j0), None) for j0 in range(0, n, step))
-
-    return _recall(*_count_sweep(_distinct_blocks(store, first), col_blocks, a_thr, b_thr, pos, dev, plan, progress),
-                   ks)
+    if where is not None and 2 * n * d * store.dtype.itemsize <= resident_budget(where):
+        texts, t_scale = _on_device(store.texts(), where)  # rows checked by the thresholds pass above
+        images, i_scale = _on_device(store.images(None if len(first) == n else first), where)
+        rows = resident_rows(where)
+        blocks = ((u0, images[u0:u0 + rows], i_scale[u0:u0 + rows]) for u0 in range(0, len(first), rows))
+        return _recall(*_count_sweep(blocks, lambda: [(0, texts, t_scale)], a_thr, b_thr, pos, where, plan,
+                                     progress), ks)
+    cached = n * d * 4 <= CACHE_BYTES
+    col_step = step if cached else store.whole_chunks(COL_BLOCK)
+    tiles = [(u0, u1, j0, min(j0 + col_step, n)) for u0, u1 in _distinct_bounds(store, first)
+             for j0 in range(0, n, col_step)]
+    i2t, t2i = np.zeros(len(first), np.int64), np.zeros(n, np.int64)
+    sweep = executor.ref(SweepPlan(first, a_thr, b_thr, pos, plan, step, cached))
+    counts = executor.map(count_task, tiles, ref, sweep, request, parallel=False,
+                          result_bytes=8 * (ROW_BLOCK + col_step))
+    with Bar(len(first), "retrieval rank counts", enabled(progress), unit="queries") as bar:
+        for (u0, u1, j0, j1), (rows, cols) in zip(tiles, counts):
+            i2t[u0:u1] += rows
+            t2i[j0:j1] += cols
+            if j1 == n:
+                bar.update(u1 - u0)
+    return _recall(i2t + plan.i2t_extra, t2i + plan.t2i_extra, ks)
 
 
 def _threshold_block(store, start: int, block, r: np.ndarray):
@@ -231,46 +239,78 @@ def _tie_plan(store, first, pos, b_thr, i_hash, t_hash) -> _TiePlan:
                     pos, b_thr, len(first))
 
 
-# --- both passes as tasks on a distributed executor ------------------------------------------------------------
-def thresholds_task(item, ref, step: int):
-    """A distributed task: rows ``a..b`` of the thresholds pass (``item = (a, b, item_row[a:b])``), in blocks of
-    ``step`` rows at multiples of ``step`` (the in-process blocks) -> (b_thr, image hashes, text hashes)."""
+# --- the tasks -----------------------------------------------------------------------------------------------
+def thresholds_task(item, ref):
+    """A task: rows ``a..b`` (one block) of the thresholds pass (``item = (a, b, item_row[a:b])``) ->
+    (b_thr, image hashes, text hashes)."""
+    from embedx.engine.executor import scratch
     from embedx.rowsource import resolve
 
     store = resolve(ref)
     a, b, item_row = item
-    buf = np.empty((min(step, b - a), store.dim), store.dtype)
-    parts = []
-    for start in range(a, b, step):
-        block = store.read_images_into(start, buf[: min(step, b - start)])
-        parts.append(_threshold_block(store, start, block, item_row[start - a:start - a + len(block)])[:3])
-    return tuple(np.concatenate(v) for v in zip(*parts))
+    block = store.read_images_into(a, scratch("retrieval rows", b - a, store.dim, store.dtype))
+    return _threshold_block(store, a, block, item_row)[:3]
 
 
-@dataclass
 class SweepPlan:
-    """What every count task reads (scattered to the workers once): the distinct images' rows ``first``, the
-    thresholds, the positives ``pos`` and the tie plan."""
+    """What every count task reads (one copy per worker process on a cluster): the distinct images' rows
+    ``first``, the thresholds, the positives ``pos``, the tie plan, the store blocks of ``step`` rows the images are
+    normalized in, and whether the normalized texts are cached (``cache``: they fit CACHE_BYTES).
 
-    first: np.ndarray
-    a_thr: np.ndarray
-    b_thr: np.ndarray
-    pos: np.ndarray
-    plan: _TiePlan
+    The process that made the plan keeps, for its own tasks, the unit rows of the last row block of distinct
+    images and (``cache``) every column block of texts, so in-process tiles in row-major order read each image row
+    once and the texts once, as one sweep would. A copy sent to another process keeps nothing (a cluster worker's
+    memory stays what its tile needs) and reads both per tile."""
+
+    def __init__(self, first, a_thr, b_thr, pos, plan: _TiePlan, step: int, cache: bool):
+        self.first, self.a_thr, self.b_thr, self.pos, self.plan, self.step = first, a_thr, b_thr, pos, plan, step
+        self.cache = cache
+        self._kept: dict | None = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_kept"], state["_lock"] = None, None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def image_rows(self, store, u0: int, u1: int) -> torch.Tensor:
+        """Unit rows of the distinct images u0..u1-1 (this process keeps the last row block asked for)."""
+        if self._kept is None:
+            return _distinct_rows(store, self.first[u0:u1], self.step)
+        with self._lock:
+            got = self._kept.get(("images", u0, u1))
+            if got is None:
+                for k in [k for k in self._kept if k[0] == "images"]:
+                    del self._kept[k]
+                got = self._kept[("images", u0, u1)] = _distinct_rows(store, self.first[u0:u1], self.step)
+            return got
+
+    def text_rows(self, store, j0: int, j1: int) -> torch.Tensor:
+        """Unit rows of the texts j0..j1-1 (this process keeps them when ``cache``)."""
+        if self._kept is None or not self.cache:
+            return normalized(store.read_texts(j0, j1), "texts", j0)
+        with self._lock:
+            got = self._kept.get(("texts", j0, j1))
+            if got is None:
+                got = self._kept[("texts", j0, j1)] = normalized(store.read_texts(j0, j1), "texts", j0)
+            return got
 
 
-def count_task(tile, ref, sweep: SweepPlan, step: int, device_request: str | None):
-    """A distributed task: the tile (distinct images u0..u1-1) x (texts j0..j1-1) through ``kernels.rank_count``
-    -> (i2t counts of its rows, t2i counts of its columns), int64. Image rows are normalized per ``step``-row
-    store block as :func:`_distinct_blocks` does; on this worker's device (``device_request`` resolved here)."""
+def count_task(tile, ref, sweep: SweepPlan, device_request: str | None):
+    """A task: the tile (distinct images u0..u1-1) x (texts j0..j1-1) through ``kernels.rank_count`` ->
+    (i2t counts of its rows, t2i counts of its columns), int64. Image rows are normalized per ``step``-row store
+    block; on this process's device (``device_request`` resolved here)."""
     from embedx.device import resolve_device
     from embedx.rowsource import resolve
 
     store = resolve(ref)
     dev = resolve_device(device_request or "auto")
     u0, u1, j0, j1 = tile
-    q = _distinct_rows(store, sweep.first[u0:u1], step).to(dev)
-    t = normalized(store.read_texts(j0, j1), "texts", j0).to(dev)
+    q = sweep.image_rows(store, u0, u1).to(dev)
+    t = sweep.text_rows(store, j0, j1).to(dev)
     ties = sweep.plan.ties(u0, u1, j0, j1)
     if ties is not None:
         ties = tuple(torch.from_numpy(v).to(dev) for v in ties)
@@ -279,42 +319,9 @@ def count_task(tile, ref, sweep: SweepPlan, step: int, device_request: str | Non
     return i2t.cpu().numpy(), t2i.cpu().numpy()
 
 
-def _distributed_counts(store, first, pos, item_row, executor, device_request=None, progress=None):
-    """better_u and better_j on a distributed executor: the thresholds pass as tasks of whole blocks (about
-    ``executor.task_bytes`` each), the tie plan on the driver (O(N)), then one count task per tile (row block of
-    distinct images, as :func:`_distinct_blocks` cuts them) x (column block of texts, as in-process); the integer
-    counts add up to exactly the in-process ones, tile by tile the same ``kernels.rank_count`` calls."""
-    from embedx.measures.silhouette import ordered_waves
-
-    n, d = store.n_images, store.dim
-    step = _rows(store, ROW_BLOCK)
-    ref = executor.ref(store)
-    ranges = executor.row_ranges(n, step, 2 * step * d * store.dtype.itemsize)  # image and text rows
-    with Bar(n, "retrieval thresholds", enabled(progress)) as bar:
-        parts = executor.map(thresholds_task, [(a, b, item_row[a:b]) for a, b in ranges], ref, step, bar=bar,
-                             sizes=[b - a for a, b in ranges])
-    b_thr, i_hash, t_hash = (np.concatenate(v) for v in zip(*parts))
-    a_thr = _image_thresholds(b_thr, pos, len(first))
-    plan = _tie_plan(store, first, pos, b_thr, i_hash, t_hash)
-    col_step = step if n * d * 4 <= CACHE_BYTES else store.whole_chunks(COL_BLOCK)  # the in-process columns
-    tiles = [(u0, u1, j0, min(j0 + col_step, n)) for u0, u1 in _distinct_bounds(store, first)
-             for j0 in range(0, n, col_step)]
-    i2t, t2i = np.zeros(len(first), np.int64), np.zeros(n, np.int64)
-
-    def consume(k: int, res) -> None:
-        u0, u1, j0, j1 = tiles[k]
-        i2t[u0:u1] += res[0]
-        t2i[j0:j1] += res[1]
-
-    sweep = SweepPlan(first, a_thr, b_thr, pos, plan)
-    with Bar(len(tiles), "retrieval tiles", enabled(progress), unit="tiles") as bar:
-        ordered_waves(executor, count_task, tiles, (ref, executor.ref(sweep), step, device_request), consume,
-                      8 * (ROW_BLOCK + col_step), bar)
-    return i2t + plan.i2t_extra, t2i + plan.t2i_extra
-
-
 def _distinct_bounds(store, first: np.ndarray) -> list[tuple[int, int]]:
-    """The (u0, u1) row blocks of :func:`_distinct_blocks`, from ``first`` alone (nothing read)."""
+    """The (u0, u1) row blocks of the distinct images, from ``first`` alone (nothing read): at least ROW_BLOCK
+    distinct images each (but the last), whole store blocks of ``_rows(store, ROW_BLOCK)`` rows."""
     step = _rows(store, ROW_BLOCK)
     counts = np.bincount(first // step, minlength=-(-store.n_images // step))
     out, u0, size = [], 0, 0
@@ -329,8 +336,7 @@ def _distinct_bounds(store, first: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _distinct_rows(store, rows: np.ndarray, step: int) -> torch.Tensor:
-    """Unit rows of the image rows ``rows`` (sorted), normalized per ``step``-row store block as
-    :func:`_distinct_blocks` does."""
+    """Unit rows of the image rows ``rows`` (sorted), normalized per ``step``-row store block."""
     lo, hi = int(rows[0]), int(rows[-1]) + 1
     parts = []
     for s in range(lo // step * step, hi, step):
@@ -351,20 +357,3 @@ def _on_device(rows: np.ndarray, dev: torch.device) -> tuple[torch.Tensor, torch
 def _rows(store, target: int) -> int:
     """About ``target`` rows in whole chunks."""
     return store.whole_chunks(target)
-
-
-def _distinct_blocks(store, first: np.ndarray):
-    """(u0, unit rows of the distinct images u0, u0+1, ..., None) in blocks of at least ROW_BLOCK (but the last)."""
-    is_first = np.zeros(store.n_images, dtype=bool)
-    is_first[first] = True
-    u0, parts, size = 0, [], 0
-    for start, block in store.iter_images(block_rows=_rows(store, ROW_BLOCK), reuse=True):
-        keep = np.flatnonzero(is_first[start:start + len(block)])
-        if len(keep):
-            parts.append(normalized(block[keep], "images", start))
-            size += len(keep)
-        if size >= ROW_BLOCK:
-            yield u0, torch.cat(parts), None
-            u0, parts, size = u0 + size, [], 0
-    if parts:
-        yield u0, torch.cat(parts), None

@@ -16,14 +16,14 @@ Two ways to feed the kernel:
     all points lie so close together (mean squared distance below ``SPREAD_MIN``) that float32 unit rows would
     limit the result, the streamed path runs instead, on the same device.
 
-On a distributed executor (``embedx.engine``) the exact silhouette runs as block-pair tasks: the points are cut
-into row blocks of PAIR_ROWS (whole chunks), and one task per pair I <= J reads both blocks from the store
-itself, normalizes and centres them (the centre computed on the driver, as in-process) and returns, from one
-distance tile per pair (``kernels.cluster_distance_pair_sums``), S_IJ[p, k] = sum_{q in J, label k} |p - q| and
-S_JI; the driver adds each block's sums over the pairs in their fixed order and finishes exactly as in-process.
-By symmetry each distance is computed once: N^2/2 + O(N * PAIR_ROWS) distances instead of N^2. The exact
-silhouette on the CPU runs the same block pairs in-process (one after another, torch on every core), so a
-cluster and one process compute the very same tiles and agree to float64 round-off.
+The exact silhouette on the CPU, or wherever the executor's tasks run elsewhere (``task_device`` None: a cluster),
+runs as block-pair tasks through the executor's ``map``: the points are cut into row blocks of PAIR_ROWS (whole
+chunks), and one task per pair I <= J reads both blocks from the store itself, normalizes and centres them (the
+centre computed on the driver) and returns, from one distance tile per pair (``kernels.cluster_distance_pair_sums``),
+S_IJ[p, k] = sum_{q in J, label k} |p - q| and S_JI; the driver adds each block's sums over the pairs in their
+fixed order. By symmetry each distance is computed once: N^2/2 + O(N * PAIR_ROWS) distances instead of N^2. In
+one process the tasks run one after another (torch on every core); a cluster computes the very same tiles, so
+both give the same bits.
 """
 from __future__ import annotations
 
@@ -362,15 +362,20 @@ def _human(seconds: float) -> str:
 
 def _score(points: _StorePoints, mode: str, sample_size: int, seed: int, device, progress=None, executor=None,
            device_request=None):
+    """The exact score of every point as block-pair tasks on ``executor`` when its tasks run on the CPU (or
+    elsewhere: ``task_device`` None) and the points do not fit ``resident_budget``; a sample (its rows against
+    every point), or every point on a GPU here, streamed or resident."""
+    from embedx.engine.executor import resolve
+
     total = len(points.labels)
     ids = np.arange(total) if mode == "exact" else _sample_ids(total, sample_size, seed)
-    if len(ids) == total and getattr(executor, "distributed", False):
-        vals = _pair_values(points, executor, device_request, progress)
-    elif (len(ids) == total and torch.device(device).type == "cpu"
-          and points.raw_bytes() > resident_budget(torch.device(device))):  # CPU: the same block pairs, one
-        # after another (resident_budget is 0 on the CPU; the GPU lane's dry run raises it to run the GPU paths)
-        vals = _pair_values(points, _InProcess(), "cpu", progress)
-    else:  # a sample (its rows against every point), or a GPU: streamed or resident, here
+    request = str(device) if device_request is None else device_request
+    executor = resolve(executor)
+    where = executor.task_device(request) if len(ids) == total else None
+    if len(ids) == total and (where is None or (where.type == "cpu" and points.raw_bytes() > resident_budget(where))):
+        # resident_budget is 0 on the CPU; the GPU lane's dry run raises it to run the GPU paths
+        vals = _pair_values(points, executor, request, progress)
+    else:
         vals = _streamed_values(points, ids, device, progress)
     if mode == "exact":
         return float(vals.mean()), vals
@@ -380,9 +385,9 @@ def _score(points: _StorePoints, mode: str, sample_size: int, seed: int, device,
 def modality_silhouette(store, mode: str = "exact", sample_size: int = 2000,
                         seed: int = 0, device="cpu", progress=None, executor=None, device_request=None):
     """Silhouette of the store's images + texts labelled by modality (Euclidean), columns streamed from the
-    store. exact -> (score, per-point values in image-then-text order); sample -> (estimate dict, None). A
-    distributed ``executor`` runs the exact score as block-pair tasks (on each worker's ``device_request``,
-    resolved there); the sampled estimate runs here. (None, None) when the silhouette is undefined
+    store. exact -> (score, per-point values in image-then-text order); sample -> (estimate dict, None). The
+    ``executor`` runs the exact score's block-pair tasks (on ``device_request``, resolved where they run); the
+    sampled estimate runs here. (None, None) when the silhouette is undefined
     (:func:`defined`: fewer than 3 points)."""
     if not defined(store.n_images + store.n_texts, int(store.n_images > 0) + int(store.n_texts > 0)):
         return None, None
@@ -401,25 +406,8 @@ def class_silhouette(store, mode: str = "exact", sample_size: int = 2000, seed: 
     return _score(_ClassPoints(store), mode, sample_size, seed, device, progress, executor, device_request)
 
 
-# --- the exact silhouette as block-pair tasks on a distributed executor ---------------------------------------
+# --- the exact silhouette as block-pair tasks ------------------------------------------------------------------
 PAIR_ROWS = 4096          # points per row block (whole chunks): a block pair is ~2 PAIR_ROWS^2 d flops, a task
-RESULT_BYTES = 256 << 20  # results a distributed pass holds on the driver at once (tasks go out in waves)
-WAVE_PER_WORKER = 4       # at least this many tasks per worker in a wave
-
-
-def ordered_waves(executor, fn, items, args, consume, result_bytes: int, bar=None) -> None:
-    """``consume(t, fn(items[t], *args))`` for every item, in item order (so float sums add in a fixed order):
-    the tasks go out in waves of at least WAVE_PER_WORKER per worker and about RESULT_BYTES of results
-    (``result_bytes`` per task), so the driver never holds every task's result at once."""
-    workers = getattr(executor, "n_workers", 1)
-    wave = max(WAVE_PER_WORKER * workers, RESULT_BYTES // max(1, result_bytes))
-    for w0 in range(0, len(items), wave):
-        part = items[w0:w0 + wave]
-        for t, res in enumerate(executor.map(fn, part, *args, bar=bar, sizes=None if bar is None else [1] * len(part)),
-                                w0):
-            consume(t, res)
-
-
 @dataclass(frozen=True)
 class PointSpec:
     """What a block-pair task needs to read its points: ``kind`` (modality: image rows then text rows, labels
@@ -475,7 +463,7 @@ def read_block(store, spec: PointSpec, block) -> tuple[torch.Tensor, torch.Tenso
 
 
 def block_pair_sums(pair, ref, spec: PointSpec, device_request: str | None):
-    """A distributed task: the block pair ``(I, J)`` (J None: the diagonal block I) of the points of store
+    """A task: the block pair ``(I, J)`` (J None: the diagonal block I) of the points of store
     ``ref`` -> (S_IJ, S_JI) as float64 numpy (``kernels.cluster_distance_pair_sums``; S_JI None on the diagonal),
     on this worker's device (``device_request`` resolved here: a worker without a GPU runs on its CPU)."""
     from embedx.device import resolve_device
@@ -491,36 +479,11 @@ def block_pair_sums(pair, ref, spec: PointSpec, device_request: str | None):
     return sx.cpu().numpy(), None if sy is None else sy.cpu().numpy()
 
 
-class _InProcess:
-    """The block-pair tasks run here, one after another (torch takes every core in each tile): the exact
-    silhouette on the CPU computes the very tiles a cluster computes, so both give the same values (a float32
-    tile's round-off depends on its blocking: two blockings differed by ~3e-9 in the score)."""
-
-    distributed = False
-    n_workers = 1
-
-    def __init__(self):
-        self.clock = None
-
-    def ref(self, source):
-        return source
-
-    def map(self, fn, items, *args, bar=None, sizes=None) -> list:
-        out = []
-        for t, item in enumerate(items):
-            out.append(fn(item, *args))
-            if bar is not None:
-                bar.update(1)
-            if self.clock is not None:
-                self.clock.done(t + 1, len(items))
-        return out
-
-
 def _pair_values(points: _StorePoints, executor, device_request=None, progress=None) -> np.ndarray:
     """Exact silhouette values of every point from block-pair tasks (see the module docstring): the driver
     adds each block's per-cluster sums over its pairs in pair order (I, J) lexicographic, and finishes a block
     with :func:`_finish` once its last pair (I, last) is in. Memory on the driver: the open blocks' sums,
-    O(N k) float64. ``executor``: a distributed one, or :class:`_InProcess`."""
+    O(N k) float64. ``executor`` runs the tasks (in-process: one at a time, torch on every core)."""
     store = points.store
     cols = points.columns()  # the centre: the mean unit row of the first column block, as in-process
     next(cols, None)
@@ -551,9 +514,12 @@ def _pair_values(points: _StorePoints, executor, device_request=None, progress=N
             out[p0:p1] = _finish(points, np.arange(p0, p1), acc.pop(i))
 
     size = blocks[0][1] - blocks[0][0]
-    if isinstance(executor, _InProcess):
-        executor.clock = _CostClock(total, total, torch.device("cpu"))
+    clock = _CostClock(total, total, torch.device("cpu"))
+    tasks = executor.map(block_pair_sums, pairs, executor.ref(store), spec, device_request, parallel=False,
+                         result_bytes=2 * size * k * 8)
     with Bar(len(pairs), "silhouette block pairs", enabled(progress), unit="pairs") as bar:
-        ordered_waves(executor, block_pair_sums, pairs, (executor.ref(store), spec, device_request), consume,
-                      2 * size * k * 8, bar)
+        for t, res in enumerate(tasks):
+            consume(t, res)
+            bar.update(1)
+            clock.done(t + 1, len(pairs))
     return out

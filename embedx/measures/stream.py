@@ -1,7 +1,8 @@
 """The streaming pass: mergeable partial sums over chunks of image rows (one pass, O(N d)).
 
-Every quantity is a sum, so a chunk (on any thread, or any worker of a distributed engine) gives a
-:class:`Partial` and partials merge by addition; ``embedx.measures.compute`` turns the total into the measures.
+Every quantity is a sum, so a unit of rows (on any thread, or any worker of a cluster) gives a :class:`Partial`
+and partials merge by addition, in the executor's fixed tree (``embedx.engine.executor``);
+``embedx.measures.compute`` turns the total into the measures.
 With x^ = x/|x|:
 
   M_c   = sum_{i: y_i = c} x^_i          (per-class sums: acs = sum_c M_c.t_c / n_lab,
@@ -34,9 +35,9 @@ from embedx.rows import first_bad_row
 SUB_BLOCK = 65536   # paired pass: rows per torch sub-block
 SUM_ROWS = 8192     # paired pass: rows per float64 slice of S_x
 PAIRED_BLOCK_BYTES = 64 << 20  # paired pass: stored bytes of image rows per block (whole chunks)
-TASK_ROWS = 4096    # class pass: rows per task (whole chunks; at least this many)
-SEGMENT_ROWS = 1 << 20  # class pass: labels are read per segment (4 MiB of int32), so memory is bounded
-FLUSH_ROWS = 65536  # class pass: float32 class sums are added into float64 after this many rows per thread
+TASK_ROWS = 4096    # class pass: rows per read buffer (whole chunks; at least this many)
+FLUSH_ROWS = 65536  # class pass: rows per unit (its float32 class sums are added into float64 once per unit)
+PAIRED_PARALLEL = False  # paired pass: blocks at once in-process (False: one at a time, torch on every core)
 
 
 def check_rows(x: torch.Tensor, what: str, start: int) -> torch.Tensor:
@@ -115,16 +116,21 @@ class PassConfig:
 
 
 class ClassWorker:
-    """One thread's share of the class-store pass: a chunk buffer, float32 per-class sums (flushed into float64
-    every FLUSH_ROWS rows), counts, cosine-silhouette and zero-shot sums. ``partial()`` is its :class:`Partial`."""
+    """The class-store pass over one unit of rows: a chunk buffer, float32 per-class sums (added into float64 once,
+    at the end of the unit), counts, cosine-silhouette and zero-shot sums. ``partial()`` is its :class:`Partial`.
+    The buffers (chunk, float32 sums, zero-shot steps) are the thread's own (``engine.executor.thread_local``),
+    reused by every unit the thread folds."""
 
     def __init__(self, cfg: PassConfig, dim: int, dtype, rows: int, impl: str = "numba"):
+        from embedx.engine.executor import scratch, thread_local
+
         c = cfg.n_texts
         self.cfg, self.dim, self.impl = cfg, dim, impl
-        self.buf = np.empty((rows, dim), dtype)
+        self.buf = scratch("class pass rows", rows, dim, dtype)
         self.vs = cfg.cos_vectors(dim)
-        self.acc = np.zeros((c + 1, dim), np.float32)
-        self.sums = np.zeros((c + 1, dim))
+        self.acc = scratch("class pass sums", c + 1, dim, np.float32)
+        self.acc[:] = 0
+        self.sums = None                 # float64 (C + 1) x d, from the float32 sums at the end
         self.counts = np.zeros(c, np.int64)
         self.cos = 0.0
         self.n = 0
@@ -135,8 +141,8 @@ class ClassWorker:
         self.texts = cfg.texts.to(dev) if zs else None
         self.groups = [torch.as_tensor(g, dtype=torch.long, device=dev) for g in cfg.text_groups] if zs else []
         step = min(rows, zs_rows(c))  # fewer rows per step as C grows: rows x C logits stay bounded
-        self.xf = torch.empty(step, dim, device=dev) if zs else None
-        self.hit = torch.empty(step, c, device=dev) if zs else None  # comparisons of one step
+        self.xf, self.hit = thread_local("class pass zero-shot", (step, dim, c, str(dev)), lambda: (
+            torch.empty(step, dim, device=dev), torch.empty(step, c, device=dev))) if zs else (None, None)
 
     def add(self, x: np.ndarray, y: np.ndarray, start: int) -> None:
         """Fold rows ``x`` (raw float16/float32, global rows start..) with labels ``y`` into the sums."""
@@ -164,33 +170,25 @@ class ClassWorker:
                 zeroshot_hits(xf, yt[z0:z0 + len(xf)], self.texts, self.top1, self.top5, self.hit,
                                step=len(self.xf), groups=self.groups)
 
-    def flush(self) -> None:
-        """Add the float32 sums of the rows since the last flush into the float64 sums (once per unit)."""
-        self.sums += self.acc
-        self.acc[:] = 0
-
-    def fold_unit(self, store, u0: int, u1: int, y: np.ndarray, y0: int, bar=None) -> None:
-        """Rows ``u0:u1`` (one unit: whole read buffers) with labels ``y`` (``y[0]`` is row ``y0``), then a flush:
-        the float32 sums cover exactly one unit whichever worker folds it, so the float64 total is the same
-        (up to the order of float64 additions) in-process and on a cluster."""
+    def fold_unit(self, store, u0: int, u1: int, y: np.ndarray, y0: int) -> None:
+        """Rows ``u0:u1`` (one unit: whole read buffers) with labels ``y`` (``y[0]`` is row ``y0``)."""
         rows = len(self.buf)
         for s0 in range(u0, u1, rows):
             x = store.read_images_into(s0, self.buf[: min(rows, u1 - s0)])
             self.add(x, y[s0 - y0:s0 - y0 + len(x)], s0)
-            if bar is not None:
-                bar.update(len(x))
-        self.flush()
 
     def partial(self) -> Partial:
-        self.flush()
+        """The float32 sums of every row added, in float64, with the counts and hits."""
+        if self.sums is None:
+            self.sums = self.acc.astype(np.float64)
         c = self.cfg.n_texts
         top1, top5 = ((None, None) if self.top1 is None else (self.top1.cpu().numpy(), self.top5.cpu().numpy()))
-        return Partial(n=self.n, sum_x=self.sums.sum(0), class_sum=self.sums[:c].copy(), class_count=self.counts,
+        return Partial(n=self.n, sum_x=self.sums.sum(0), class_sum=self.sums[:c], class_count=self.counts,
                        n_labelled=int(self.counts.sum()), top1=top1, top5=top5, cos_sum=self.cos)
 
 
 def chunk_partial(x: np.ndarray, y: np.ndarray, cfg: PassConfig, start: int = 0, impl: str = "numba") -> Partial:
-    """The :class:`Partial` of one chunk of raw rows (class stores): the unit a distributed engine maps."""
+    """The :class:`Partial` of one chunk of raw rows (class stores)."""
     w = ClassWorker(cfg, x.shape[1], x.dtype, 1, impl)
     w.add(np.asarray(x), np.ascontiguousarray(y, dtype=np.int32), start)
     if w.bad is not None:
@@ -200,63 +198,40 @@ def chunk_partial(x: np.ndarray, y: np.ndarray, cfg: PassConfig, start: int = 0,
 
 def pass_units(store) -> tuple[int, int]:
     """(rows per read buffer: whole chunks, at least TASK_ROWS; rows per unit: whole buffers, about FLUSH_ROWS).
-    A unit is the class pass's unit of work and of float32 accumulation."""
+    A unit is the class pass's item: its unit of work and of float32 accumulation."""
     rows = store.chunk_rows * max(1, TASK_ROWS // store.chunk_rows)
     return rows, rows * max(1, FLUSH_ROWS // rows)
 
 
-def _bad(workers) -> None:
-    bad = min((w.bad for w in workers if w.bad is not None), default=None)
-    if bad is not None:
-        raise validate.error("images", f"images row {bad[0]} {bad[1]}")
-
-
 def class_pass(store, cfg: PassConfig, threads: int | None = None, impl: str | None = None, executor=None,
                bar=None) -> Partial:
-    """Sweep a class store unit by unit (:func:`pass_units`): each worker reads whole chunks into its buffer
-    (``store.read_images_into``, no allocation) and folds them in while they are in cache. The ``executor``
-    (``embedx.engine.executor``; default: threaded in-process) runs the workers: without zero-shot one per core
-    runs the (GIL-free) kernel; with zero-shot on the CPU one worker, and the matmul takes every core. With the
-    zero-shot matmul on a GPU (``cfg.device``), every worker sweeps and sends its chunks there. Workers merge in
-    their fixed order. A distributed executor (``embedx.engine``) runs tasks of whole units instead
-    (:func:`class_range_partial`). ``impl`` (default by size): the numba kernel, or torch for passes too small to
-    pay numba's start-up. ``bar``: a progress counter (``embedx.engine.progress.Bar``)."""
-    from embedx.engine.executor import ThreadedExecutor
+    """Sweep a class store unit by unit (:func:`pass_units`): the ``executor`` (``embedx.engine.executor``; default:
+    threaded in-process, ``threads`` threads) runs :func:`class_unit_partial` on every unit and merges the
+    partials in its fixed tree. A task reads whole chunks into its thread's buffer (``store.read_images_into``,
+    no allocation) and folds them in while they are in cache. Without zero-shot the (GIL-free) kernel runs one
+    task per core; with zero-shot on the CPU (``cfg.device``) one task at a time, and the matmul takes every
+    core (unless ``threads`` is given); with the zero-shot matmul on a GPU every task sends its chunks there.
+    ``impl`` (default by size): the numba kernel, or torch for passes too small to pay numba's start-up.
+    ``bar``: a progress counter (``embedx.engine.progress.Bar``)."""
+    from embedx.engine.executor import ThreadedExecutor, row_units
 
     n, d = store.n_images, store.dim
     rows, unit = pass_units(store)
     if impl is None:
         impl = "numba" if n * d >= kernels.NUMBA_MIN_ELEMENTS else "torch"
-    if getattr(executor, "distributed", False):
-        ranges = executor.row_ranges(n, unit, unit * d * store.dtype.itemsize)
-        return executor.map_reduce(class_range_partial, ranges, Partial.merge, executor.ref(store), cfg, impl,
-                                   rows, unit, bar=bar, sizes=[b - a for a, b in ranges])
+    if n == 0:
+        return ClassWorker(cfg, d, store.dtype, rows, impl).partial()
     executor = executor if executor is not None else ThreadedExecutor(threads)
-    if threads is None:
-        threads = 1 if cfg.zeroshot and cfg.device.type == "cpu" else executor.threads
-    workers = [ClassWorker(cfg, d, store.dtype, rows, impl) for _ in range(threads)]
-    seg = max(unit, SEGMENT_ROWS // unit * unit)
-
-    for seg0 in range(0, n, seg):
-        y_seg = store.labels(seg0, seg0 + seg)
-        validate.label_range(y_seg, cfg.n_texts)
-
-        def fold(w: ClassWorker, starts, y_seg=y_seg, seg0=seg0) -> None:
-            for u0 in starts:
-                w.fold_unit(store, u0, min(u0 + unit, n), y_seg, seg0, bar)
-
-        executor.partitioned(fold, workers, list(range(seg0, min(seg0 + seg, n), unit)))
-        _bad(workers)
-    tot = Partial()
-    for w in workers:
-        tot = tot.merge(w.partial())
-    return tot
+    units = row_units(n, unit)
+    parallel = threads is not None or not (cfg.zeroshot and cfg.device.type == "cpu")
+    return executor.map_reduce(class_unit_partial, units, Partial.merge, executor.ref(store), cfg, impl, rows,
+                               bar=bar, sizes=[b - a for a, b in units], parallel=parallel,
+                               item_bytes=unit * d * store.dtype.itemsize)
 
 
-def class_range_partial(rng: tuple[int, int], ref, cfg: PassConfig, impl: str, rows: int, unit: int) -> Partial:
-    """A distributed task: the :class:`Partial` of image rows ``rng`` (whole units of ``unit`` rows, read ``rows``
-    at a time) of the store ``ref`` (``embedx.rowsource.resolve``), folded unit by unit as :func:`class_pass`
-    does in-process."""
+def class_unit_partial(rng: tuple[int, int], ref, cfg: PassConfig, impl: str, rows: int) -> Partial:
+    """A task: the :class:`Partial` of image rows ``rng`` (one unit, read ``rows`` at a time) of the store ``ref``
+    (``embedx.rowsource.resolve``); the zero-shot device is this process's (``cfg.device_request``)."""
     from embedx.device import worker_device
     from embedx.rowsource import resolve
 
@@ -266,9 +241,9 @@ def class_range_partial(rng: tuple[int, int], ref, cfg: PassConfig, impl: str, r
     y = store.labels(start, stop)
     validate.label_range(y, cfg.n_texts)
     w = ClassWorker(cfg, store.dim, store.dtype, rows, impl)
-    for u0 in range(start, stop, unit):
-        w.fold_unit(store, u0, min(u0 + unit, stop), y, start)
-        _bad([w])
+    w.fold_unit(store, start, stop, y, start)
+    if w.bad is not None:
+        raise validate.error("images", f"images row {w.bad[0]} {w.bad[1]}")
     return w.partial()
 
 
@@ -298,23 +273,16 @@ def block_partial(block, cfg: PassConfig, t_block: torch.Tensor, start: int = 0,
     return p
 
 
-def paired_blocks_partial(rng: tuple[int, int], ref, cfg: PassConfig, block: int):
-    """Paired stores: image rows ``rng`` of the source ``ref`` in blocks of ``block`` rows (block starts are
-    multiples of ``block``: the same blocks whether one process or a cluster task reads them) ->
-    (Partial, texts' cosine-silhouette sum, S_t of the paired texts). The paired pass's unit of work."""
+def paired_block_partial(rng: tuple[int, int], ref, cfg: PassConfig):
+    """A task (paired stores): image rows ``rng`` (one block) of the source ``ref`` and their paired texts ->
+    (Partial, texts' cosine-silhouette sum, S_t of the paired texts)."""
+    from embedx.engine.executor import scratch
     from embedx.rowsource import resolve
 
     src = resolve(ref)
-    out = None
-    buf = np.empty((min(block, rng[1] - rng[0]), src.dim), src.dtype)
-    for start in range(rng[0], rng[1], block):
-        part = _paired_block(src, cfg, start, src.read_images_into(start, buf[: min(block, rng[1] - start)]))
-        out = part if out is None else merge_paired(out, part)
-    return out
-
-
-def _paired_block(src, cfg: PassConfig, start: int, x: np.ndarray):
-    tb = normalized(src.read_texts(start, start + len(x)), "texts", start)
+    start, stop = rng
+    x = src.read_images_into(start, scratch("paired pass rows", stop - start, src.dim, src.dtype))
+    tb = normalized(src.read_texts(start, stop), "texts", start)
     st = tb.double().sum(0).numpy()
     text_cos = 0.0
     if cfg.sum_x_hint is not None:
@@ -324,23 +292,21 @@ def _paired_block(src, cfg: PassConfig, start: int, x: np.ndarray):
 
 
 def merge_paired(a, b):
-    """Merge two :func:`paired_blocks_partial` results."""
+    """Merge two :func:`paired_block_partial` results."""
     return a[0].merge(b[0]), a[1] + b[1], a[2] + b[2]
 
 
 def paired_pass(src, cfg: PassConfig, executor=None, bar=None):
-    """The paired pass over every image row: (Partial, texts' cosine sum, S_t) from :func:`paired_blocks_partial`,
-    block by block in-process, or as tasks of whole blocks on a distributed executor."""
+    """The paired pass over every image row: (Partial, texts' cosine sum, S_t), the ``executor``'s merge tree
+    (default: in-process) of :func:`paired_block_partial` over blocks of about PAIRED_BLOCK_BYTES (whole chunks);
+    each block's torch work takes every core, so in-process the blocks run one at a time."""
+    from embedx.engine.executor import resolve, row_units
+
+    executor = resolve(executor)
     block = src.block_rows(PAIRED_BLOCK_BYTES)
-    n = src.n_images
-    if getattr(executor, "distributed", False):
-        ranges = executor.row_ranges(n, block, block * src.dim * np.dtype(src.dtype).itemsize)
-        return executor.map_reduce(paired_blocks_partial, ranges, merge_paired, executor.ref(src), cfg, block,
-                                   bar=bar, sizes=[b - a for a, b in ranges])
-    out = None
-    for start, x in src.iter_images(block_rows=block, reuse=True):  # the next block is read meanwhile
-        part = _paired_block(src, cfg, start, x)
-        out = part if out is None else merge_paired(out, part)
-        if bar is not None:
-            bar.update(len(x))
-    return out
+    units = row_units(src.n_images, block)
+    if not units:
+        return None
+    return executor.map_reduce(paired_block_partial, units, merge_paired, executor.ref(src), cfg, bar=bar,
+                               sizes=[b - a for a, b in units], parallel=PAIRED_PARALLEL,
+                               item_bytes=block * src.dim * np.dtype(src.dtype).itemsize)

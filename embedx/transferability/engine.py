@@ -5,10 +5,10 @@ the requested scores ask for; TransRate's first class group; the zero-shot joint
 sfda's ConfMix sums; pass 3 sfda's second FDA. TransRate's further class groups (beyond its memory budget) read
 one more pass each.
 
-On a distributed executor (``embedx.engine``) each pass runs as tasks of whole blocks (``moments.distributed_sweep``):
-the accumulators are ``moments.Mergeable`` (partials over disjoint blocks add), and the first pass's shift is
-fixed from the first block before the tasks go out, so the scores equal the in-process ones up to the order of
-float64 additions.
+Each pass runs on the executor as tasks of one block each (``moments.sweep``): the accumulators are
+``moments.Mergeable`` (partials over disjoint blocks add, in the executor's fixed merge tree), and the first
+pass's shift is fixed from the first block before the tasks go out, so in one process or on a cluster the scores
+are the same bits.
 """
 from __future__ import annotations
 

@@ -20,10 +20,10 @@ from which, with N = sum_c n_c, a = sum_c a_c and mu = s + a/N:
     Gram             F^T F = sum_i x_i x_i^T            = P + s a^T + a s^T + N s s^T
     class variances  var_c = q_c / n_c - (a_c / n_c)**2 (population, ddof 0)
 
-Every accumulator is :class:`Mergeable`: its sums over disjoint blocks add. On a distributed executor
-:func:`distributed_sweep` fixes the shift from the first block with labelled rows (as in-process), then tasks fold
-whole blocks (the same blocks as in-process) into empty copies and the driver adds their merged sums, so only the
-order of the float64 additions differs.
+Every accumulator is :class:`Mergeable`: its sums over disjoint blocks add. :func:`sweep` fixes the shift from
+the first block with labelled rows, then the executor's tasks fold one block each into empty copies, merged in
+its fixed tree (``embedx.engine.executor``): in one process or on a cluster, the same float64 additions in the
+same order.
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ from embedx import validate
 from embedx.engine.progress import Bar, enabled
 
 BLOCK_BYTES = 32 << 20  # float64 bytes of one block: 8,192 rows at d = 512
+RUN_BYTES = 128 << 20   # stored bytes of one run of blocks: a pass's item (a task, on a cluster)
 LABEL_BLOCK = 1 << 20
 
 
@@ -164,34 +165,7 @@ def prepare(start: int, raw: np.ndarray, lab: np.ndarray, check: bool) -> Block:
     return Block(start, x, lab[order])
 
 
-def sweep(source, accumulators, *, check: bool = False, progress=None, desc: str = "pass", executor=None) -> float:
-    """One pass over the image rows of ``source`` (a ``RowSource``): every accumulator's ``update(block)`` sees
-    each block; each accumulator's ``seconds`` grows by its own time. ``check``: refuse bad rows (the first pass
-    does). A distributed ``executor`` (``embedx.engine``) folds the same blocks as tasks (:func:`distributed_sweep`).
-    Returns the seconds spent reading and preparing the blocks (distributed: the pass's wall time)."""
-    if getattr(executor, "distributed", False):
-        return distributed_sweep(source, accumulators, executor, check=check, progress=progress, desc=desc)
-    prep = 0.0
-    bar = Bar(source.n_images, f"transfer {desc}", enabled(progress))
-    t0 = time.perf_counter()
-    try:
-        blocks = source.iter_images(block_rows=block_rows(source), with_labels=True, reuse=True)
-        for start, raw, lab in blocks:
-            block = prepare(start, raw, lab, check)
-            prep += time.perf_counter() - t0
-            if len(block):
-                for acc in accumulators:
-                    t = time.perf_counter()
-                    acc.update(block)
-                    acc.seconds += time.perf_counter() - t
-            bar.update(len(lab))
-            t0 = time.perf_counter()
-    finally:
-        bar.close()
-    return prep + (time.perf_counter() - t0)
-
-
-# -- the pass on a cluster -------------------------------------------------------------------------------------
+# -- the pass as tasks ------------------------------------------------------------------------------------------
 class _Zeros:
     """A zero array still to be made (what a task is sent instead of the zeros themselves)."""
 
@@ -203,6 +177,11 @@ class _Zeros:
 
     def make(self) -> np.ndarray:
         return np.zeros(self.shape, self.dtype, order=self.order)
+
+
+def _same_layout(a: np.ndarray, b: np.ndarray) -> bool:
+    return (a.shape == b.shape and a.dtype == b.dtype and a.flags.c_contiguous == b.flags.c_contiguous
+            and a.flags.f_contiguous == b.flags.f_contiguous)
 
 
 class Mergeable:
@@ -256,6 +235,27 @@ class Mergeable:
         out.seconds = self.seconds + other.seconds
         return out
 
+    def take_sums(self, other) -> None:
+        """Hold this object's sums plus ``other``'s (a pass's merged partial, of the same fields), computed into
+        ``other``'s arrays (``b + a`` is ``a + b`` exactly) which this object then holds: its own arrays, zeros no
+        pass has written, are only read (untouched pages take no memory), so a pass's sums are never held twice.
+        ``other`` is used up."""
+        for f in self.ADDITIVE:
+            a, b = getattr(self, f), getattr(other, f)
+            if b is None:
+                continue
+            if isinstance(a, Mergeable):
+                a.take_sums(b)
+            elif isinstance(a, np.ndarray):
+                if _same_layout(a, b) and b.flags.writeable:
+                    b += a
+                    setattr(self, f, b)
+                else:  # a copy from elsewhere (read-only, or laid out otherwise): add in place, as absorb
+                    a += b
+            else:
+                setattr(self, f, b if a is None else a + b)
+        self.seconds += other.seconds
+
     def absorb(self, other) -> None:
         """Add ``other``'s sums into this object, in place (arrays keep their identity and memory order)."""
         for f in self.ADDITIVE:
@@ -271,79 +271,104 @@ class Mergeable:
         self.seconds += other.seconds
 
 
-def read_raw(src, start: int, stop: int) -> np.ndarray:
-    """Image rows ``start:stop`` as ``iter_images`` yields them: the stored dtype (in-memory rows: their own)."""
+def read_raw(src, start: int, stop: int, reuse: bool = False) -> np.ndarray:
+    """Image rows ``start:stop`` as ``iter_images`` yields them: the stored dtype (in-memory rows: their own);
+    ``reuse``: into this thread's buffer (``engine.executor.scratch``), else a new array."""
+    from embedx.engine.executor import scratch
     from embedx.rowsource import ArrayRows
 
     dtype = src.x.dtype if isinstance(src, ArrayRows) else src.dtype
-    return src.read_images_into(start, np.empty((stop - start, src.dim), dtype))
+    out = scratch("transfer rows", stop - start, src.dim, dtype) if reuse else np.empty((stop - start, src.dim), dtype)
+    return src.read_images_into(start, out)
 
 
 def _merge_parts(a, b):
-    """Merge two task results (accumulators, first bad row): the lower bad row wins, else the sums add."""
+    """Merge two task results (accumulators, first bad row, seconds reading and preparing): the lower bad row
+    wins, else the sums add."""
     if a[1] is not None or b[1] is not None:
-        return None, min(x[1] for x in (a, b) if x[1] is not None)
-    return [x.merge(y) for x, y in zip(a[0], b[0])], None
+        return None, min(x[1] for x in (a, b) if x[1] is not None), a[2] + b[2]
+    return [x.merge(y) for x, y in zip(a[0], b[0])], None, a[2] + b[2]
 
 
-def blocks_task(rng: tuple[int, int], ref, block: int, specs: list, check: bool):
-    """A distributed task: rows ``rng`` of the source ``ref`` (``embedx.rowsource.resolve``) in blocks of
-    ``block`` rows (block starts are multiples of ``block``: the blocks the in-process sweep folds), folded
-    into ``[s.fresh() for s in specs]`` -> (accumulators, None), or (None, (row, reason)) at the first bad row
-    (``check``)."""
+def _merge_parts_into(a, b):
+    """:func:`_merge_parts` with ``a``'s accumulators taking the sums in place (the same additions)."""
+    if a[1] is not None or b[1] is not None:
+        return _merge_parts(a, b)
+    for x, y in zip(a[0], b[0]):
+        x.absorb(y)
+    return a[0], None, a[2] + b[2]
+
+
+def run_task(rng: tuple[int, int], ref, block: int, specs: list, check: bool):
+    """A task: rows ``rng`` (a run of whole blocks) of the source ``ref`` (``embedx.rowsource.resolve``), block by
+    block (block starts are multiples of ``block``) prepared (:func:`prepare`) and folded into
+    ``[s.fresh() for s in specs]`` -> (accumulators, None, seconds reading and preparing), or (None, (row,
+    reason), seconds) at the first bad row (``check``)."""
     from embedx.rowsource import resolve
     from embedx.rows import first_bad_row
 
     src = resolve(ref)
     accs = [s.fresh() for s in specs]
+    prep = 0.0
     for start in range(rng[0], rng[1], block):
+        t0 = time.perf_counter()
         stop = min(start + block, rng[1])
-        raw = read_raw(src, start, stop)
+        raw = read_raw(src, start, stop, reuse=True)
         if check:
             xb = np.asarray(raw, dtype=np.float64)
             bad = first_bad_row(np.sqrt(np.einsum("ij,ij->i", xb, xb)))
+            del xb  # not held beside prepare's copies
             if bad is not None:
-                return None, (start + bad[0], bad[1])
+                return None, (start + bad[0], bad[1]), prep + time.perf_counter() - t0
         b = prepare(start, raw, src.labels(start, stop), False)
+        prep += time.perf_counter() - t0
         if len(b):
             for acc in accs:
                 t = time.perf_counter()
                 acc.update(b)
                 acc.seconds += time.perf_counter() - t
-    return accs, None
+    return accs, None, prep
 
 
-def distributed_sweep(source, accumulators, executor, *, check: bool = False, progress=None,
-                      desc: str = "pass") -> float:
-    """:func:`sweep` as tasks of whole blocks (about ``executor.task_bytes`` of stored rows each), merged in the
-    executor's fixed tree and added into ``accumulators`` (which must be :class:`Mergeable`). Fixed parameters
-    set from the data are set first, as in-process: each accumulator's ``prime(block)`` (Moments' shift) sees
-    the first block with labelled rows, read here. Only the order of the float64 additions differs from
-    in-process. A bad row (``check``) is the one-line error naming the first one."""
+def sweep(source, accumulators, *, check: bool = False, progress=None, desc: str = "pass", executor=None) -> float:
+    """One pass over the image rows of ``source`` (a ``RowSource``) in blocks of :func:`block_rows` rows, cut into
+    runs of about RUN_BYTES of stored rows (whole blocks): the ``executor`` (default: in-process) runs
+    :func:`run_task` on every run (one at a time in-process: the float64 BLAS takes every core), each folding its
+    blocks into empty copies of the ``accumulators`` (which must be :class:`Mergeable`), merges them in its fixed
+    tree, and the sums are added into ``accumulators`` (:meth:`Mergeable.take_sums`); each accumulator's
+    ``seconds`` grows by its own time. A run, not a block, is the item so that a pass holds few copies of the
+    accumulators (one per level of the merge tree, and the run being folded; TransRate's may be 1 GiB). Fixed
+    parameters set from the data are set first: each accumulator's ``prime(block)`` (Moments' shift) sees the first
+    block with labelled rows, read here. ``check``: refuse bad rows (the first pass does; the error names the first
+    one). Returns the seconds spent reading and preparing the blocks."""
+    from embedx.engine.executor import resolve, row_units
+
+    executor = resolve(executor)
     t0 = time.perf_counter()
     n, block = source.n_images, block_rows(source)
-    starts = range(0, n, block)
     primers = [a for a in accumulators if getattr(a, "needs_prime", lambda: False)()]
-    for start in starts if primers else ():
-        stop = min(start + block, n)
+    for start, stop in row_units(n, block) if primers else ():
         b = prepare(start, read_raw(source, start, stop), source.labels(start, stop), check)
         if len(b):
             for a in primers:
                 a.prime(b)
             break
-    ranges = executor.row_ranges(n, block, block * source.dim * np.dtype(source.dtype).itemsize)
-    bar = Bar(n, f"transfer {desc}", enabled(progress))
-    try:
-        accs, bad = executor.map_reduce(blocks_task, ranges, _merge_parts, executor.ref(source), block,
-                                        [a.spec() for a in accumulators], check, bar=bar,
-                                        sizes=[b - a for a, b in ranges])
-    finally:
-        bar.close()
+    run_bytes = block * source.dim * np.dtype(source.dtype).itemsize
+    runs = row_units(n, block * max(1, RUN_BYTES // run_bytes))
+    if not runs:
+        return time.perf_counter() - t0
+    prime = time.perf_counter() - t0
+    with Bar(n, f"transfer {desc}", enabled(progress)) as bar:
+        accs, bad, prep = executor.map_reduce(run_task, runs, _merge_parts, executor.ref(source), block,
+                                              [a.spec() for a in accumulators], check, bar=bar,
+                                              sizes=[b - a for a, b in runs], parallel=False,
+                                              item_bytes=(runs[0][1] - runs[0][0]) * source.dim *
+                                              np.dtype(source.dtype).itemsize, merge_into=_merge_parts_into)
     if bad is not None:
         raise validate.error("images", f"images row {bad[0]} {bad[1]}")
     for a, part in zip(accumulators, accs):
-        a.absorb(part)
-    return time.perf_counter() - t0
+        a.take_sums(part)
+    return prime + prep
 
 
 class Moments(Mergeable):
