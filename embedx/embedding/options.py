@@ -75,7 +75,8 @@ class ClusterOptions:
     task_bytes: int | None = None
 
     @property
-    def distributed(self) -> bool:
+    def on_cluster(self) -> bool:
+        """A cluster or client was given: the run is the cluster embed (embedx.embedding.cluster)."""
         return self.cluster is not None or self.client is not None
 
 

@@ -99,7 +99,7 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
     meta = plan_meta(source, spec.model, spec.pretrained, spec.seed, dtype, tmpl, spec.pretrained_sha256,
                      spec.checkpoint)
 
-    distributed = cluster.distributed
+    distributed = cluster.on_cluster
     if cluster.cluster is not None:
         from embedx.engine.cluster import parse_cluster
 
