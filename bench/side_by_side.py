@@ -120,6 +120,9 @@ class Side:
             os.killpg(p.pid, signal.SIGKILL)
             out, err = p.communicate()
             err = (err or "") + f"\ntimed out after {timeout:.0f} s (process group killed)"
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): take the script's processes down too
+            os.killpg(p.pid, signal.SIGKILL)
+            raise
         return subprocess.CompletedProcess(argv, p.returncode, out, err)
 
     def py(self, code: str, *args: str, timeout: float = 1800) -> dict:
@@ -445,7 +448,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", default=None, help="shared data folder [default: AFTER/bench/_work]")
     ap.add_argument("--out", default=None, help="folder of redesign_side_by_side.{json,md} [AFTER/bench/results]")
     ap.add_argument("--rtol", type=float, default=1e-9, help="values: relative tolerance beyond 'identical'")
-    ap.add_argument("--timeout", type=float, default=1200,
+    ap.add_argument("--timeout", type=float, default=2400,
                     help="seconds per bench script run (then its process group is killed and it counts as failed)")
     ap.add_argument("--prepare-only", action="store_true", help="build the data under --work and stop")
     ap.add_argument("--markdown-from", metavar="JSON", help="only rewrite the .md (to stdout) from a saved .json")
@@ -465,6 +468,7 @@ def main(argv=None) -> dict:
     out = os.path.abspath(a.out or os.path.join(after_root, "bench", "results"))
     os.makedirs(work, exist_ok=True)
     os.makedirs(out, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("side_by_side: terminated"))  # so the cleanup runs
     scratch = tempfile.mkdtemp(prefix="side_by_side-")
     t0 = time.perf_counter()
     load0 = os.getloadavg()
