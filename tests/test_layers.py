@@ -113,13 +113,13 @@ def _call_name(node) -> str:
 
 def _lazy_reexport(node) -> bool:
     """The re-export forms a package may use besides imports: a module ``__getattr__`` (PEP 562: names loaded on
-    first use; written out, or ``__getattr__ = _lazy.exports(...)``), ``make_callable(__name__, f)`` (the
-    module is also its API function) and ``only_as(__name__, ...)`` (the top-level folders' shadowing guard)."""
+    first use; written out, or ``__getattr__ = _lazy.exports(...)``) and ``only_as(__name__, ...)`` (the top-level
+    folders' shadowing guard). Callable modules are gone: the API functions are plain functions."""
     if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["__getattr__"]:
         return _call_name(node.value) == "exports"
     if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":  # a module __getattr__ (PEP 562)
         return True
-    return isinstance(node, ast.Expr) and _call_name(node.value) in ("make_callable", "only_as")
+    return isinstance(node, ast.Expr) and _call_name(node.value) == "only_as"
 
 
 def init_logic(path):

@@ -168,15 +168,6 @@ def _why(e: Exception) -> str:
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
-def exists(path: str) -> bool:
-    """True if a zarr group (complete or not) lives at ``path``."""
-    try:
-        open_group(path, mode="r")
-        return True
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError, OSError):
-        return False
-
-
 def read_meta(path: str) -> dict:
     """The ``embedx`` attributes of the store at ``path`` (complete or not); StoreError if it is none."""
     check_reachable(path)
