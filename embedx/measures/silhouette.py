@@ -374,7 +374,7 @@ def _score(points: _StorePoints, mode: str, sample_size: int, seed: int, device,
     where = executor.task_device(request) if len(ids) == total else None
     if len(ids) == total and (where is None or (where.type == "cpu" and points.raw_bytes() > resident_budget(where))):
         # resident_budget is 0 on the CPU; the GPU lane's dry run raises it to run the GPU paths
-        vals = _pair_values(points, executor, request, progress)
+        vals = _pair_values(points, executor, request, progress, where)
     else:
         vals = _streamed_values(points, ids, device, progress)
     if mode == "exact":
@@ -479,11 +479,12 @@ def block_pair_sums(pair, ref, spec: PointSpec, device_request: str | None):
     return sx.cpu().numpy(), None if sy is None else sy.cpu().numpy()
 
 
-def _pair_values(points: _StorePoints, executor, device_request=None, progress=None) -> np.ndarray:
+def _pair_values(points: _StorePoints, executor, device_request=None, progress=None, where=None) -> np.ndarray:
     """Exact silhouette values of every point from block-pair tasks (see the module docstring): the driver
     adds each block's per-cluster sums over its pairs in pair order (I, J) lexicographic, and finishes a block
     with :func:`_finish` once its last pair (I, last) is in. Memory on the driver: the open blocks' sums,
-    O(N k) float64. ``executor`` runs the tasks (in-process: one at a time, torch on every core)."""
+    O(N k) float64. ``executor`` runs the tasks (in-process: one at a time, torch on every core); ``where``: the
+    device they run on here (the time is projected from the first pair and announced), None elsewhere."""
     store = points.store
     cols = points.columns()  # the centre: the mean unit row of the first column block, as in-process
     next(cols, None)
@@ -514,12 +515,13 @@ def _pair_values(points: _StorePoints, executor, device_request=None, progress=N
             out[p0:p1] = _finish(points, np.arange(p0, p1), acc.pop(i))
 
     size = blocks[0][1] - blocks[0][0]
-    clock = _CostClock(total, total, torch.device("cpu"))
+    clock = None if where is None else _CostClock(total, total, where)
     tasks = executor.map(block_pair_sums, pairs, executor.ref(store), spec, device_request, parallel=False,
                          result_bytes=2 * size * k * 8)
     with Bar(len(pairs), "silhouette block pairs", enabled(progress), unit="pairs") as bar:
         for t, res in enumerate(tasks):
             consume(t, res)
             bar.update(1)
-            clock.done(t + 1, len(pairs))
+            if clock is not None:
+                clock.done(t + 1, len(pairs))
     return out

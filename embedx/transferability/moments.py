@@ -271,15 +271,12 @@ class Mergeable:
         self.seconds += other.seconds
 
 
-def read_raw(src, start: int, stop: int, reuse: bool = False) -> np.ndarray:
-    """Image rows ``start:stop`` as ``iter_images`` yields them: the stored dtype (in-memory rows: their own);
-    ``reuse``: into this thread's buffer (``engine.executor.scratch``), else a new array."""
-    from embedx.engine.executor import scratch
+def read_raw(src, start: int, stop: int) -> np.ndarray:
+    """Image rows ``start:stop`` as ``iter_images`` yields them: the stored dtype (in-memory rows: their own)."""
     from embedx.rowsource import ArrayRows
 
     dtype = src.x.dtype if isinstance(src, ArrayRows) else src.dtype
-    out = scratch("transfer rows", stop - start, src.dim, dtype) if reuse else np.empty((stop - start, src.dim), dtype)
-    return src.read_images_into(start, out)
+    return src.read_images_into(start, np.empty((stop - start, src.dim), dtype))
 
 
 def _merge_parts(a, b):
@@ -301,32 +298,45 @@ def _merge_parts_into(a, b):
 
 def run_task(rng: tuple[int, int], ref, block: int, specs: list, check: bool):
     """A task: rows ``rng`` (a run of whole blocks) of the source ``ref`` (``embedx.rowsource.resolve``), block by
-    block (block starts are multiples of ``block``) prepared (:func:`prepare`) and folded into
-    ``[s.fresh() for s in specs]`` -> (accumulators, None, seconds reading and preparing), or (None, (row,
-    reason), seconds) at the first bad row (``check``)."""
-    from embedx.rowsource import resolve
+    block (block starts are multiples of ``block``; the next block is read meanwhile) prepared (:func:`prepare`)
+    and folded into ``[s.fresh() for s in specs]`` -> (accumulators, None, seconds reading and preparing), or
+    (None, (row, reason), seconds) at the first bad row (``check``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from embedx.engine.executor import scratch
+    from embedx.rowsource import ArrayRows, resolve
     from embedx.rows import first_bad_row
 
     src = resolve(ref)
+    dtype = src.x.dtype if isinstance(src, ArrayRows) else src.dtype
+    starts = list(range(rng[0], rng[1], block))
+
+    def read(k: int):
+        start, stop = starts[k], min(starts[k] + block, rng[1])
+        buf = scratch("transfer rows", stop - start, src.dim, dtype)  # the reader's: prepare copied the last
+        return src.read_images_into(start, buf), src.labels(start, stop)
+
     accs = [s.fresh() for s in specs]
     prep = 0.0
-    for start in range(rng[0], rng[1], block):
-        t0 = time.perf_counter()
-        stop = min(start + block, rng[1])
-        raw = read_raw(src, start, stop, reuse=True)
-        if check:
-            xb = np.asarray(raw, dtype=np.float64)
-            bad = first_bad_row(np.sqrt(np.einsum("ij,ij->i", xb, xb)))
-            del xb  # not held beside prepare's copies
-            if bad is not None:
-                return None, (start + bad[0], bad[1]), prep + time.perf_counter() - t0
-        b = prepare(start, raw, src.labels(start, stop), False)
-        prep += time.perf_counter() - t0
-        if len(b):
-            for acc in accs:
-                t = time.perf_counter()
-                acc.update(b)
-                acc.seconds += time.perf_counter() - t
+    with ThreadPoolExecutor(1, thread_name_prefix="embedx-reader") as pool:
+        nxt = pool.submit(read, 0)
+        for k, start in enumerate(starts):
+            t0 = time.perf_counter()
+            raw, lab = nxt.result()
+            if check:
+                xb = np.asarray(raw, dtype=np.float64)
+                bad = first_bad_row(np.sqrt(np.einsum("ij,ij->i", xb, xb)))
+                del xb  # not held beside prepare's copies
+                if bad is not None:
+                    return None, (start + bad[0], bad[1]), prep + time.perf_counter() - t0
+            b = prepare(start, raw, lab, False)
+            nxt = pool.submit(read, k + 1) if k + 1 < len(starts) else None  # raw is no longer read
+            prep += time.perf_counter() - t0
+            if len(b):
+                for acc in accs:
+                    t = time.perf_counter()
+                    acc.update(b)
+                    acc.seconds += time.perf_counter() - t
     return accs, None, prep
 
 
