@@ -36,7 +36,7 @@ import numpy as np
 from zarr.storage import WrapperStore
 
 from embedx.errors import EmbedxError
-from embedx.rows import UNIT_TOL, check_block
+from embedx.rows import check_block
 from embedx.store.layout import ARRAYS, CONTENT_ARRAYS, chunk_files
 
 SUM_SLICE = 4096  # rows per float64 slice of normalized_sum
