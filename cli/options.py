@@ -165,4 +165,4 @@ def cluster_option(what: str = "the passes"):
         "--cluster", default=None, metavar="local[:N]|tcp://HOST:PORT",
         help=f"Run {what} on a Dask cluster: 'local' (a worker process per core) or 'local:N' starts one for this "
              f"command; tcp://HOST:PORT uses a running `dask scheduler` (its workers need embedx installed and "
-             f"read the store themselves). Results equal the in-process ones to 1e-9. Needs embedx[dist].")
+             f"read the store themselves). Results are the same bits as in-process. Needs embedx[dist].")

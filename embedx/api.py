@@ -41,7 +41,7 @@ def measure(source, metrics=None, *, device: str = "auto", silhouette: str = "ex
     ``metrics``: names from ``embedx.registry.names("measure")`` (default: every one the source supports).
     ``silhouette``: "exact" or "sample" (``sample_size`` points, ``seed``). ``device``: "auto", "cpu", "cuda".
     ``cluster``: "local[:N]" or "tcp://HOST:PORT", or ``client``: a ``distributed.Client`` (embedx[dist]): the
-    passes run as Dask tasks, equal to the in-process result to 1e-9. Same numbers as ``embedx measure`` on a
+    passes run as Dask tasks, the same bits as the in-process result. Same numbers as ``embedx measure`` on a
     store of the same rows."""
     from embedx.engine.cluster import connect
     from embedx.measures import compute

@@ -17,7 +17,7 @@ def drift(before, after, *, others=(), metrics=None, silhouette: str = "exact", 
     CKA, kNN overlap), per class, and forgetting on ``others`` ("[NAME=]BEFORE:AFTER" strings or (name,
     before, after) tuples). ``report``: also write the HTML report to this path. ``cluster``: "local[:N]" or
     "tcp://HOST:PORT", or ``client``: a ``distributed.Client`` (embedx[dist]): the measures and the drift pass's
-    sums run as Dask tasks, equal to the in-process result to 1e-9 (``executor``: an embedx executor instead)."""
+    sums run as Dask tasks, the same bits as the in-process result (``executor``: an embedx executor instead)."""
     from embedx.engine.cluster import connect
     from embedx.drift_analysis import report as render
     from embedx.drift_analysis.comparison import compare

@@ -50,8 +50,8 @@ def transfer(source, scores=None, *, logit_scale: float | None = None, progress=
     """Transferability scores (hscore, gbc, transrate, logme, sfda, leep, nce) of a class ``source`` -> Result
     ({score: value}; ``.seconds`` per score). ``logit_scale``: the zero-shot scale for leep/nce (None: the one
     recorded in the store, else 100). ``cluster``: "local[:N]" or "tcp://HOST:PORT", or ``client``: a
-    ``distributed.Client`` (embedx[dist]): the passes run as Dask tasks of whole blocks, equal to the in-process
-    result to 1e-9 (``executor``: an embedx executor instead)."""
+    ``distributed.Client`` (embedx[dist]): the passes run as Dask tasks of whole blocks, the same bits as the in-
+    process result (``executor``: an embedx executor instead)."""
     from embedx.engine.cluster import connect
 
     with connect(cluster, client) as dask_executor:
