@@ -155,7 +155,7 @@ def test_adding_a_score_is_one_registration(rng):
             "transfer", defaults_only=True)
         assert "`class_balance`" in registry.table("transfer")
     finally:
-        registry._REGISTRY["transfer"].pop("class_balance")
+        registry.unregister("transfer", "class_balance")
 
 
 @pytest.mark.parametrize("call,param", [

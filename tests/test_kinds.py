@@ -163,7 +163,7 @@ def tiles_kind():
 
     kinds.kinds("source")  # the shipped kinds first (their modules register on first use)
     yield
-    del kinds._REGISTRY["source"]["tiles"]
+    kinds.unregister("source", "tiles")
 
 
 def test_a_new_kind_is_read_listed_and_documented(tiles_kind):

@@ -14,7 +14,6 @@ from embedx.drift_analysis import scores as drift_scores
 from embedx.drift_analysis.headline import headline, task_accuracy
 from embedx.drift_analysis.textside import text_drift
 from embedx.engine import registry
-from embedx.drift_analysis.drift_pass import project_2d
 from embedx.errors import EmbedxError
 from embedx.measures import NOT_MEASURES, compute
 from embedx.measures.stream import normalized
@@ -157,7 +156,7 @@ def _projection(a: Store, b: Store, plot_rows: np.ndarray, pr: stats.PassResult,
     texts = [normalized(s.text_rows(trows), "texts").numpy().astype(np.float64) for s in (a, b)]
     xb, xa = pr.plot["images_before"], pr.plot["images_after"]
     gaps = [t.mean(0) - x.mean(0) if len(t) and len(x) else 0.0 for t, x in zip(texts, (xb, xa))]
-    coords = project_2d(xb, xb, texts[0] - gaps[0], xa, texts[1] - gaps[1])
+    coords = stats.project_2d(xb, xb, texts[0] - gaps[0], xa, texts[1] - gaps[1])
     out = dict(zip(("images_before", "texts_before", "images_after", "texts_after"), coords))
     out.update(gap_before=float(np.linalg.norm(gaps[0])), gap_after=float(np.linalg.norm(gaps[1])))
     if not a.paired:

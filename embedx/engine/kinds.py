@@ -14,9 +14,10 @@ This module imports nothing heavy: the implementing modules are imported on the 
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Callable
+
+from embedx.engine.lazyreg import LazyRegistry
 
 FAMILIES = ("source", "dump")
 #: the modules that register each family's kinds (imported on first use), in the order the kinds are listed
@@ -24,8 +25,7 @@ PROVIDERS = {"source": ("embedx.sources.catalog", "embedx.sources.webdataset", "
              "dump": ("embedx.formats.dumps",)}
 NOUN = {"source": "data source", "dump": "dump format"}
 
-_REGISTRY: dict[str, dict[str, "Kind"]] = {f: {} for f in FAMILIES}
-_LOADED: set = set()
+_REGISTRY = LazyRegistry(PROVIDERS, "kind")
 
 
 @dataclass(frozen=True)
@@ -115,30 +115,19 @@ def spec_options(spec: str, options: tuple, usage: str) -> dict:
 
 def register(family: str, name: str, *, summary: str, usage: str = "", options=(), can_open=None):
     """Decorator: register ``opener`` as the kind ``name`` of ``family``. Returns the function unchanged."""
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    _REGISTRY.check_family(family)
 
     def deco(opener):
-        old = _REGISTRY[family].get(name)
-        if old is not None and old.opener is not opener:
-            raise ValueError(f"{family} kind {name!r} is registered twice")
-        _REGISTRY[family][name] = Kind(name, family, summary, opener, usage or name, tuple(options), can_open)
+        _REGISTRY.add(family, name, Kind(name, family, summary, opener, usage or name, tuple(options), can_open),
+                      lambda old: old.opener is opener)
         return opener
 
     return deco
 
 
-def _load(family: str) -> None:
-    if family not in _LOADED:
-        _LOADED.add(family)
-        for mod in PROVIDERS[family]:
-            importlib.import_module(mod)
-
-
 def kinds(family: str) -> dict[str, Kind]:
     """Every registered kind of ``family``, in registration order."""
-    _load(family)
-    return dict(_REGISTRY[family])
+    return _REGISTRY.entries(family)
 
 
 def names(family: str) -> tuple[str, ...]:
@@ -185,3 +174,8 @@ def table(family: str) -> str:
         cells = [f"`{k.name}`"] + ([f"`{k.usage}`"] if family == "source" else []) + [k.summary, opts or "-"]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")  # a pipe would split the cell
     return "\n".join(rows)
+
+
+def unregister(family: str, name: str) -> None:
+    """Remove the kind ``name`` of ``family`` (what :func:`register` added)."""
+    _REGISTRY.remove(family, name)

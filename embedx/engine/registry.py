@@ -9,17 +9,17 @@ registry. This module imports nothing heavy: the implementing modules are import
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Callable
+
+from embedx.engine.lazyreg import LazyRegistry
 
 FAMILIES = ("measure", "transfer", "drift")
 #: the modules that register each family's scores (imported on first use)
 PROVIDERS = {"measure": ("embedx.measures.scores",), "transfer": ("embedx.transferability.scores",),
              "drift": ("embedx.drift_analysis.scores",)}
 
-_REGISTRY: dict[str, dict[str, "Score"]] = {f: {} for f in FAMILIES}
-_LOADED: set = set()
+_REGISTRY = LazyRegistry(PROVIDERS, "score")
 
 
 @dataclass(frozen=True)
@@ -49,31 +49,20 @@ class Score:
 def register(name: str, family: str, *, needs=(), requires=(), citation: str = "", summary: str = "",
              default: bool = True, **options):
     """Decorator: register ``finalize`` as the score ``name`` of ``family``. Returns the function unchanged."""
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    _REGISTRY.check_family(family)
 
     def deco(finalize):
-        if name in _REGISTRY[family] and _REGISTRY[family][name].finalize is not finalize:
-            raise ValueError(f"{family} score {name!r} is registered twice")
         need = {k: tuple(v) for k, v in needs.items()} if isinstance(needs, dict) else tuple(needs)
-        _REGISTRY[family][name] = Score(name, family, finalize, need, frozenset(requires), citation,
-                                        summary, default, dict(options))
+        _REGISTRY.add(family, name, Score(name, family, finalize, need, frozenset(requires), citation, summary,
+                                          default, dict(options)), lambda old: old.finalize is finalize)
         return finalize
 
     return deco
 
 
-def _load(family: str) -> None:
-    if family not in _LOADED:
-        _LOADED.add(family)
-        for mod in PROVIDERS[family]:
-            importlib.import_module(mod)
-
-
 def scores(family: str) -> dict[str, Score]:
     """Every registered score of ``family``, in registration order."""
-    _load(family)
-    return dict(_REGISTRY[family])
+    return _REGISTRY.entries(family)
 
 
 def get(family: str, name: str) -> Score:
@@ -95,3 +84,8 @@ def table(family: str) -> str:
         rows.append(f"| `{s.name}` | {', '.join(needs) or '-'} | {', '.join(sorted(s.requires)) or '-'} | "
                     f"{s.summary} | {s.citation} |")
     return "\n".join(rows)
+
+
+def unregister(family: str, name: str) -> None:
+    """Remove the score ``name`` of ``family`` (what :func:`register` added)."""
+    _REGISTRY.remove(family, name)

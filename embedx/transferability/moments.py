@@ -240,32 +240,30 @@ class Mergeable:
         ``other``'s arrays (``b + a`` is ``a + b`` exactly) which this object then holds: its own arrays, zeros no
         pass has written, are only read (untouched pages take no memory), so a pass's sums are never held twice.
         ``other`` is used up."""
-        for f in self.ADDITIVE:
-            a, b = getattr(self, f), getattr(other, f)
-            if b is None:
-                continue
-            if isinstance(a, Mergeable):
-                a.take_sums(b)
-            elif isinstance(a, np.ndarray):
-                if _same_layout(a, b) and b.flags.writeable:
-                    b += a
-                    setattr(self, f, b)
-                else:  # a copy from elsewhere (read-only, or laid out otherwise): add in place, as absorb
-                    a += b
-            else:
-                setattr(self, f, b if a is None else a + b)
-        self.seconds += other.seconds
+        self._add(other, take=True)
 
     def absorb(self, other) -> None:
         """Add ``other``'s sums into this object, in place (arrays keep their identity and memory order)."""
+        self._add(other, take=False)
+
+    def _add(self, other, take: bool) -> None:
+        """The one loop of :meth:`absorb` and :meth:`take_sums`: ``take`` adds into ``other``'s writable arrays of
+        the same layout and keeps them; anything else adds in place."""
         for f in self.ADDITIVE:
             a, b = getattr(self, f), getattr(other, f)
             if b is None:
                 continue
             if isinstance(a, Mergeable):
-                a.absorb(b)
+                if take:
+                    a.take_sums(b)
+                else:
+                    a.absorb(b)
             elif isinstance(a, np.ndarray):
-                a += b
+                if take and _same_layout(a, b) and b.flags.writeable:
+                    b += a
+                    setattr(self, f, b)
+                else:
+                    a += b
             else:
                 setattr(self, f, b if a is None else a + b)
         self.seconds += other.seconds
