@@ -32,9 +32,12 @@ def _render(s: dict, report: str | None) -> None:
     run = h.get("run")
     if run:
         tp = run.get("trainable_params")
-        echo(f"\nrun: {_t(run.get('method'))} {_t(run.get('options') or {})} on {_t(run.get('model'))}, "
+        fam = f" ({_t(run['family'])})" if run.get("family") else ""
+        echo(f"\nrun: {_t(run.get('method'))} {_t(run.get('options') or {})} on {_t(run.get('model'))}{fam}, "
              f"{'-' if tp is None else f'{tp:,}'} trainable, trained on {_t(run.get('data') or '-')} "
              f"({_t(run.get('path'))})")
+        if run.get("rule"):
+            echo(f"rule ({_t(run.get('towers') or 'both')} towers): {_t(run['rule'])}")
     echo(f"task gain ({_t(h.get('task'))}): {_num(h.get('zeroshot_top1_before'))} -> "
          f"{_num(h.get('zeroshot_top1_after'))}  {_num(h.get('task_gain'), True)}")
     if h.get("n_other_tasks"):

@@ -27,6 +27,9 @@ METHOD_NAMES = ("full", "bitfit", "attention", "lora", "adapter")
 @click.option("--train-blocks", type=int, default=None,
               help="bitfit, attention only: train only the first K blocks of each tower, as the authors' code "
                    "does [default: all].")
+@click.option("--towers", type=click.Choice(["both", "image", "text"]), default="both", show_default=True,
+              help="The towers the method tunes; a tower where it finds nothing (attention or lora on a CNN image "
+                   "tower) is refused, naming the other choice.")
 @click.option("--rank", type=int, default=None, help="lora only: rank of the q and v updates [default: 4].")
 @click.option("--reduction", type=int, default=None, help="adapter only: bottleneck d -> d/RED -> d [default: 4].")
 @click.option("--epochs", default=10, show_default=True, type=int)
@@ -52,21 +55,24 @@ METHOD_NAMES = ("full", "bitfit", "attention", "lora", "adapter")
 @click.option("--fail-if-flat", is_flag=True,
               help="Exit 2 when the run never moved: hold-out accuracy never above its start and hold-out loss "
                    "never 0.1% below it (a warning is printed either way; the run is kept).")
-@json_option("Print JSON: with --dry-run exactly {trainable_params, total_params}, else the run's config.")
+@json_option("Print JSON: with --dry-run {trainable_params, total_params, family, towers, per_tower, what}, else "
+             "the run's config.")
 @verbosity_options
 @click.pass_context
-def finetune(ctx, model, pretrained, method, data, out, train_blocks, rank, reduction, epochs, lr, weight_decay,
+def finetune(ctx, model, pretrained, method, data, out, train_blocks, towers, rank, reduction, epochs, lr, weight_decay,
              optimizer, batch_size, val_fraction, seed, templates, limit, device, workers, overwrite, dry_run,
              fail_if_flat, as_json):
     """Fine-tune an open_clip model on a labelled image source with one of the papers' methods.
 
     \b
-    Methods (trainable parameters):
-      full       everything
-      bitfit     biases inside the transformer blocks of both towers
-      attention  A-CLIP: attn.in_proj_weight (stacked q, k, v) of every block of both towers
-      lora       peft LoRA on the q and v projections of every block of both towers
-      adapter    CLIP-Adapter: a bottleneck MLP on image and text features, blended 0.2/0.8
+    Methods (trainable parameters, in the towers chosen by --towers; the same rule for every open_clip
+    family: CLIP, CoCa, SigLIP, EVA-02, ConvNeXt, RN50, MobileCLIP, Hugging Face text towers):
+      full       everything (both towers: the whole model, CoCa's decoder included)
+      bitfit     the biases inside the blocks (resblocks, timm blocks, residual blocks)
+      attention  A-CLIP: the q, k, v input-projection weights of every attention block
+                 (in_proj_weight, qkv.weight, q_proj/k_proj/v_proj, HF query/key/value)
+      lora       peft LoRA on the q and v projections of every attention block
+      adapter    CLIP-Adapter: a bottleneck MLP on the features, blended 0.2/0.8
 
     \b
     Defaults per method (when --optimizer / --lr are not given):
@@ -86,6 +92,7 @@ def finetune(ctx, model, pretrained, method, data, out, train_blocks, rank, redu
       embedx finetune -m embedx-tiny --method lora --epochs 2 --data digits:train --out digits-lora
       embedx finetune -m ViT-B-32 -p openai --method lora --rank 4 --data folder:~/pets --out pets-lora
       embedx finetune -m ViT-B-32 --method attention --dry-run --json
+      embedx finetune -m convnext_base --method lora --towers text --dry-run
       embedx embed --checkpoint pets-lora --data folder:~/pets --out pets-lora.zarr
 
     Objective: cross-entropy over logit_scale * cos(image, class prompt), the text tower in the loop. The run
@@ -103,17 +110,22 @@ def finetune(ctx, model, pretrained, method, data, out, train_blocks, rank, redu
                                  if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT])
 
     if dry_run:
-        counts = count(model, pretrained, method, seed=seed, train_blocks=train_blocks, rank=rank,
+        counts = count(model, pretrained, method, seed=seed, towers=towers, train_blocks=train_blocks, rank=rank,
                        reduction=reduction)
         if as_json:
             echo(json.dumps(counts))
         else:
             t, n = counts["trainable_params"], counts["total_params"]
-            echo(f"{method} on {model}: {t:,} trainable of {n:,} parameters ({100 * t / n:.3g}%)")
+            echo(f"{method} on {model} ({counts['family']}): {t:,} trainable of {n:,} parameters ({100 * t / n:.3g}%)")
+            for tower, c in counts["per_tower"].items():
+                what = counts["what"].get(tower, "the logit scale" + (" and the captioning decoder"
+                                                                      if counts["family"] == "CoCa" else ""))
+                echo(f"  {tower:<6} {c:>12,}  {what}")
         return
     if not data or not out:
         raise EmbedxError("--data and --out are required (unless --dry-run)")
-    cfg = run(out, data, model, pretrained, method, train_blocks=train_blocks, rank=rank, reduction=reduction,
+    cfg = run(out, data, model, pretrained, method, train_blocks=train_blocks, towers=towers, rank=rank,
+              reduction=reduction,
               templates=templates, seed=seed, epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
               batch_size=batch_size, val_fraction=val_fraction, limit=limit, device=device, workers=workers,
               overwrite=overwrite, progress=progress_enabled(ctx), fail_if_flat=fail_if_flat)

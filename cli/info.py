@@ -34,7 +34,8 @@ def _rows(d: dict, res: dict | None) -> list[tuple[str, object]]:
         rows.append(("checkpoint sha256", d["checkpoint_sha256"]))
     if d.get("checkpoint"):
         c = d["checkpoint"]
-        run = f"{c.get('path')} ({c.get('method')}, params sha256 {str(c.get('sha256'))[:12]}...)"
+        fam = f", {c['family']}, {c.get('towers') or 'both'} towers" if c.get("family") else ""
+        run = f"{c.get('path')} ({c.get('method')}{fam}, params sha256 {str(c.get('sha256'))[:12]}...)"
         rows.append(("fine-tuned run", run))
     return rows
 

@@ -46,7 +46,9 @@ def test_vit_b_32_dry_run_counts(method):
                "--json")
     assert r.exit_code == 0, r.stderr
     got = json.loads(r.stdout)
-    assert list(got) == ["trainable_params", "total_params"]
+    assert list(got) == ["trainable_params", "total_params", "family", "towers", "per_tower", "what"]
+    assert got["family"] == "CLIP" and got["towers"] == "both"
+    assert sum(got["per_tower"].values()) == got["trainable_params"]
     assert got["trainable_params"] == VIT_B_32[method]
     added = VIT_B_32[method] if method in ("lora", "adapter") else 0  # new modules add to the total
     assert got["total_params"] == VIT_B_32["full"] + added
@@ -84,7 +86,8 @@ def test_tiny_dry_run_counts_follow_the_name_rules(method, k):
     r = invoke("finetune", "-m", TINY, "--method", method, *args, "--dry-run", "--json")
     assert r.exit_code == 0, r.stderr
     trainable, total = _expected_tiny(method, k)
-    assert json.loads(r.stdout) == {"trainable_params": trainable, "total_params": total}
+    got = json.loads(r.stdout)
+    assert (got["trainable_params"], got["total_params"]) == (trainable, total)
     human = invoke("finetune", "-m", TINY, "--method", method, *args, "--dry-run")  # --data not needed
     assert f"{trainable:,} trainable of {total:,}" in human.stdout
 
@@ -235,7 +238,10 @@ def test_embed_checkpoint_uses_the_tuned_model_and_records_the_run(tmp_path):
     assert np.abs(a.texts().astype(np.float32) - b.texts()).max() > 1e-2
     sha = hashlib.sha256(open(os.path.join(run, "params.safetensors"), "rb").read()).hexdigest()
     assert b.meta["checkpoint"] == {"path": os.path.abspath(run), "method": "lora", "options": {"rank": 8},
-                                    "sha256": sha}
+                                    "towers": "both", "family": "CLIP", "sha256": sha,
+                                    "rule": "image: rank-8 LoRA on 4 q/v layers in 2 open_clip VisionTransformer "
+                                            "blocks; text: rank-8 LoRA on 4 q/v layers in 2 open_clip TextTransformer "
+                                            "blocks"}
     assert b.meta["model"] == TINY and b.meta["pretrained"] == "none" and a.meta["checkpoint"] is None
     # the stored rows are the tuned model's embeddings
     enc = load_tuned(run, device="cpu")

@@ -30,7 +30,7 @@ def run_info(store: Store) -> dict | None:
     ck = store.meta.get("checkpoint")
     if not isinstance(ck, dict):
         return None
-    out = {k: ck.get(k) for k in ("path", "method", "options", "sha256")}
+    out = {k: ck.get(k) for k in ("path", "method", "options", "towers", "family", "rule", "sha256")}
     out.update({k: None for k in RUN_FIELDS})
     out["model"], out["pretrained"] = store.meta.get("model"), store.meta.get("pretrained")
     cfg = None

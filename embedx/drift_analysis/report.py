@@ -325,8 +325,11 @@ def _run_block(s: dict) -> str:
         tp_text = _fmt(tp) if _ok(tp) else "&ndash;"
         lines.append(f"<b>run</b> <code>{esc(str(run.get('path')))}</code>: method <b>{esc(str(run.get('method')))}"
                      f"</b> ({esc(opts)}) on <b>{esc(str(run.get('model')))}</b> "
+                     f"{'(' + esc(str(run['family'])) + ') ' if run.get('family') else ''}"
                      f"(pretrained {esc(str(run.get('pretrained')))}), trainable parameters <b>"
                      f"{tp_text}</b>{share}")
+        if run.get("rule"):
+            lines.append(f"<b>rule</b> ({esc(str(run.get('towers') or 'both'))} towers): {esc(str(run['rule']))}")
         if run.get("config_found"):
             acc = run.get("best_val_acc")
             lines.append(f"<b>trained on</b> <code>{_e(run.get('data'))}</code>: {_e(run.get('epochs'))} epochs, "

@@ -42,18 +42,22 @@ MAX_RATE = 1e30  # lr, weight_decay: beyond about 3e37 the optimizers' float32 s
 FLAT_ACC_TOL = 0.0  # flat(): the accuracy must rise above its start by more than this
 FLAT_LOSS_TOL = 1e-3  # flat(): ... or the loss fall below (1 - this) times its start
 # What identifies a run: a rerun must match all of these to resume.
-PLAN_KEYS = ("model", "pretrained", "pretrained_sha256", "seed", "method", "options", "data", "dataset_sha256",
-             "limit", "classnames", "templates", "epochs", "lr", "weight_decay", "optimizer", "batch_size",
+PLAN_KEYS = ("model", "pretrained", "pretrained_sha256", "seed", "method", "options", "towers", "data",
+             "dataset_sha256", "limit", "classnames", "templates", "epochs", "lr", "weight_decay", "optimizer", "batch_size",
              "val_fraction")
 
 
-def dry_run(model: str, pretrained: str = "none", method: str = "lora", *, seed: int = 0,
+def dry_run(model: str, pretrained: str = "none", method: str = "lora", *, seed: int = 0, towers: str = "both",
             **options) -> dict:
-    """``{"trainable_params": ..., "total_params": ...}`` of ``method`` on ``model``; trains nothing."""
+    """What ``method`` would train on ``towers`` of ``model``, training nothing and needing no tokenizer:
+    ``{"trainable_params", "total_params", "family", "towers", "per_tower": {tower: count}, "what": {tower: rule}}``
+    (``per_tower`` holds "other" for the parameters of neither tower that ``full`` trains: logit scale, decoder)."""
     opts = methods.resolve_options(method, options)
-    enc = build(model, pretrained, method, opts, seed, device="cpu")
+    enc = build(model, pretrained, method, opts, seed, device="cpu", towers=towers)
     trainable, total = count_params(enc.model)
-    return {"trainable_params": trainable, "total_params": total}
+    sel = enc.model.selection
+    return {"trainable_params": trainable, "total_params": total, "family": sel.family, "towers": towers,
+            "per_tower": sel.counts, "what": sel.what}
 
 
 def class_source(data: str, limit: int | None = None) -> Source:
@@ -143,8 +147,9 @@ def _check_recipe(epochs, lr, weight_decay, optimizer, batch_size, val_fraction)
 
 def _check_resume(out: str, cfg: dict, plan: dict) -> None:
     for key in PLAN_KEYS:
-        if cfg.get(key) != plan[key]:
-            old, new = repr(cfg.get(key)), repr(plan[key])
+        was = cfg.get(key, "both" if key == "towers" else None)  # runs from before --towers tuned both
+        if was != plan[key]:
+            old, new = repr(was), repr(plan[key])
             raise EmbedxError(f"refusing to resume {out}: it was started with {key}={old[:60]}, this run asks for "
                               f"{key}={new[:60]} (use overwrite=True to start over)")
     if cfg.get("diverged"):
@@ -158,13 +163,16 @@ def _check_resume(out: str, cfg: dict, plan: dict) -> None:
 
 def finetune(out: str, data: str, model: str, pretrained: str = "none", method: str = "lora", *,
              train_blocks: int | None = None, rank: int | None = None, reduction: int | None = None,
-             templates=None, seed: int = 0, epochs: int = 10, lr: float | None = None, weight_decay: float = 1e-4,
+             towers: str = "both", templates=None, seed: int = 0, epochs: int = 10, lr: float | None = None,
+             weight_decay: float = 1e-4,
              optimizer: str | None = None, batch_size: int = 32, val_fraction: float = 0.1, limit: int | None = None,
              device: str = "auto", workers: int | None = None, overwrite: bool = False,
              progress: bool = True, encoder: Encoder | None = None, fail_if_flat: bool = False) -> dict:
     """Fine-tune ``model`` on ``data`` with ``method`` into the run folder ``out``; returns its config.
 
-    ``optimizer``/``lr`` None: the method's defaults (:func:`embedx.models.methods.recipe`). ``train_blocks``,
+    ``towers``: "both", "image" or "text", the towers the method tunes (a tower where the method finds nothing is
+    refused before any work). ``optimizer``/``lr`` None: the method's defaults
+    (:func:`embedx.models.methods.recipe`). ``train_blocks``,
     ``rank``, ``reduction``: None = the method's default; one given to a method that does not use it is
     refused. Rerunning the same call resumes from the last finished epoch; another configuration is refused,
     and a finished run is kept unless ``overwrite``. ``encoder``: an already built
@@ -172,6 +180,7 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
     (:func:`flat`) logs a warning; with ``fail_if_flat`` it then raises :class:`EmbedxError` (the run is kept).
     """
     opts = methods.resolve_options(method, {"train_blocks": train_blocks, "rank": rank, "reduction": reduction})
+    methods.check_towers(towers)
     optimizer, lr = methods.recipe(method, optimizer, lr)
     _check_recipe(epochs, lr, weight_decay, optimizer, batch_size, val_fraction)
     source = class_source(data, limit)
@@ -179,7 +188,7 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
     pretrained = "none" if pretrained.lower() in NO_WEIGHTS else pretrained
     plan = {"model": model, "pretrained": pretrained,
             "pretrained_sha256": file_sha256(pretrained) if os.path.isfile(pretrained) else None,
-            "seed": int(seed), "method": method, "options": opts, "data": data,
+            "seed": int(seed), "method": method, "options": opts, "towers": towers, "data": data,
             "dataset_sha256": source.fingerprint(), "limit": limit, "classnames": list(source.classnames),
             "templates": resolve_templates(templates, source), "epochs": int(epochs), "lr": float(lr),
             "weight_decay": float(weight_decay), "optimizer": optimizer, "batch_size": int(batch_size),
@@ -188,20 +197,24 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
     if cfg is not None and not overwrite:
         _check_resume(out, cfg, plan)  # before the model loads, so a refusal is quick
 
-    enc = encoder or build(model, pretrained, method, opts, seed, device)
+    enc = encoder or build(model, pretrained, method, opts, seed, device, towers=towers)
+    # the tokenizer (a download for SigLIP and Hugging Face text towers) before anything is said or written
+    tokens = enc.tokenizer([t.format(c) for c in source.classnames for t in plan["templates"]]).to(enc.device)
     net: TunedCLIP = enc.model
     trainable, total = count_params(net)
-    log.info("%s on %s: %s trainable of %s parameters (%.3g%%)", method, model, f"{trainable:,}", f"{total:,}",
-             100 * trainable / total)
+    sel = net.selection
+    log.info("%s on %s (%s): %s trainable of %s parameters (%.3g%%); %s", method, model,
+             sel.family if sel else "?", f"{trainable:,}", f"{total:,}", 100 * trainable / total,
+             sel.rule if sel else "")
     train_ds, val_ds = (_Images(source, idx, enc.preprocess) for idx in split(len(source), val_fraction, seed))
-    tokens = enc.tokenizer([t.format(c) for c in source.classnames for t in plan["templates"]]).to(enc.device)
     n_classes = len(source.classnames)
     opt = _optimizer(optimizer, [p for p in net.parameters() if p.requires_grad], lr, weight_decay)
     rd.start(out, replace=overwrite and cfg is not None)  # an old run goes only once the new model has loaded
 
     if overwrite or cfg is None or not cfg["history"]:
         zs_loss, zs_acc = evaluate(net, enc, val_ds, tokens, n_classes, batch_size)
-        cfg = {"embedx_run": rd.FORMAT, **plan, "trainable_params": trainable, "total_params": total,
+        cfg = {"embedx_run": rd.FORMAT, **plan, "selection": sel.record() if sel else None,
+               "trainable_params": trainable, "total_params": total,
                "n_train": len(train_ds), "n_val": len(val_ds), "zeroshot_val_loss": zs_loss,
                "zeroshot_val_acc": zs_acc, "history": [], "best_epoch": None, "best_val_acc": None,
                "params": None, "params_sha256": None, "state": None, "complete": False,
@@ -334,6 +347,7 @@ def _train_epoch(net: TunedCLIP, enc: Encoder, opt, ds: Dataset, tokens, n_class
                         generator=torch.Generator().manual_seed(epoch_seed),
                         pin_memory=enc.device.type == "cuda")
     net.train()
+    freeze_batch_norm(net)
     base = None
     if net.text_tower_frozen():
         with torch.no_grad(), enc.amp:
@@ -357,6 +371,15 @@ def _train_epoch(net: TunedCLIP, enc: Encoder, opt, ds: Dataset, tokens, n_class
         bar.set_postfix(loss=f"{total / n:.4f}", acc=f"{correct / n:.1%}", refresh=False)
     bar.close()
     return total / n, correct / n
+
+
+def freeze_batch_norm(net: torch.nn.Module) -> None:
+    """BatchNorm layers (CNN image towers: RN50's ModifiedResNet, MobileCLIP's FastViT) stay in eval mode while
+    training: their running statistics are buffers, not parameters, so a run that updated them could not be
+    reproduced from the trained parameters it saves, and a frozen tower would drift."""
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def _commit(out: str, cfg: dict, net: TunedCLIP, opt, epoch: int, best: bool) -> None:

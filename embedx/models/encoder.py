@@ -40,6 +40,9 @@ def register_model_configs() -> None:
     if not _registered:
         import open_clip
 
+        from embedx.models import tiny
+
+        tiny.register()  # the shrunken timm trunks the embedx-tiny-* configs name
         open_clip.add_model_config(MODEL_CONFIG_DIR)
         _registered = True
 
@@ -85,6 +88,38 @@ def _quiet_root_logger():
             lg.setLevel(lv)
 
 
+class LazyTokenizer:
+    """``open_clip.get_tokenizer(model)``, built on first use: a ``--dry-run``, an image-only embed or a parameter
+    count never needs it (SigLIP's and Hugging Face text towers' tokenizers are downloads). A tokenizer that cannot
+    be had offline is a one-line :class:`EmbedxError`."""
+
+    def __init__(self, model: str, offline: bool | None):
+        self.model, self.offline, self._tok = model, offline, None
+
+    def get(self):
+        if self._tok is None:
+            import open_clip
+
+            cfg = open_clip.get_model_config(self.model) or {}
+            if self.offline is None and (cfg.get("text_cfg") or {}).get("hf_tokenizer_name") and not hub_reachable():
+                _go_offline()  # a hub tokenizer: no 45 s of retries when the hub does not answer
+            try:
+                with _quiet_root_logger():
+                    self._tok = open_clip.get_tokenizer(self.model)
+            except Exception as e:  # HF raises OSError / its own errors when the files are neither cached nor reachable
+                raise EmbedxError(f"cannot load the tokenizer of {self.model}: {one_line(e, 200)} (it is a download: "
+                                  f"put it in the Hugging Face cache, HF_HOME, on a machine with network)") from None
+        return self._tok
+
+    def __call__(self, texts, *args, **kwargs):
+        return self.get()(texts, *args, **kwargs)
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name in ("model", "offline"):
+            raise AttributeError(name)
+        return getattr(self.get(), name)
+
+
 @dataclass
 class Encoder:
     model: torch.nn.Module
@@ -104,11 +139,9 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        out = getattr(self.model, "embed_dim", None) or getattr(self.model.text_projection, "shape", [0, 0])[-1]
-        if not out:
-            with torch.no_grad():
-                out = self.encode_texts(["a"]).shape[1]
-        return int(out)
+        from embedx.models.tuned import feature_dim
+
+        return int(getattr(self.model, "embed_dim", None) or feature_dim(self.model))
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, norm: tuple | None = None) -> np.ndarray:
@@ -206,8 +239,10 @@ def load_encoder(model: str, pretrained: str = "none", seed: int = 0, device: st
     torch.manual_seed(seed)
     try:
         with _quiet_root_logger():
-            net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=arg, device=dev)
-        tokenizer = open_clip.get_tokenizer(model)
+            # pretrained_text: a Hugging Face text tower gets random weights too when asked for none
+            net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=arg, device=dev,
+                                                                       pretrained_text=not random_weights)
+        tokenizer = LazyTokenizer(model, offline)
     except Exception as e:  # open_clip raises RuntimeError/ValueError/OSError/HF errors for all of these
         what = pretrained if not is_hub else model
         if offline and not random_weights and sha is None:

@@ -74,6 +74,8 @@ CONFIG_SCHEMA = {
     "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "method": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
     "options": (_options, "an object of positive integers (or null)"),
+    "towers": (lambda v: v in tuning.TOWER_CHOICES, "one of " + ", ".join(tuning.TOWER_CHOICES)),
+    "selection": (lambda v: isinstance(v, dict), "an object"),
     "data": (lambda v: isinstance(v, str), "a string"),
     "dataset_sha256": (_nullable(lambda v: isinstance(v, str)), "a string or null"),
     "limit": (_nullable(lambda v: _is_int(v) and v >= 1), "an integer >= 1 or null"),
@@ -202,13 +204,15 @@ def check_options_against_params(cfg: dict) -> None:
 
 
 def create_tuned(model: str, pretrained: str, method: str, opts: dict, seed: int = 0,
-                 device: str = "auto") -> Encoder:
-    """The base open_clip model (seeded) wrapped in :class:`TunedCLIP` with ``method`` applied. Random base
-    weights (``pretrained`` none) bring no warning that the model is untrained: fine-tuning trains them."""
+                 device: str = "auto", towers: str = "both") -> Encoder:
+    """The base open_clip model (seeded) wrapped in :class:`TunedCLIP` with ``method`` applied to ``towers``
+    (``model.selection`` says what it trains). Random base weights (``pretrained`` none) bring no warning that the
+    model is untrained: fine-tuning trains them."""
+    tuning.check_towers(towers)
     enc = load_encoder(model, pretrained, seed=seed, device=device, warn_random=False)
     net = TunedCLIP(enc.model)
     torch.manual_seed(seed)  # LoRA / adapter initialization
-    tuning.apply(net, method, opts)
+    tuning.apply(net, method, opts, towers)
     return replace(enc, model=net)
 
 
@@ -217,7 +221,8 @@ def load_tuned(run: str | dict, device: str = "auto") -> Encoder:
     method applied, its trained parameters loaded (adapters act on the features), in eval mode."""
     cfg = read_run(run) if isinstance(run, str) else run
     check_options_against_params(cfg)
-    enc = create_tuned(cfg["model"], cfg["pretrained"], cfg["method"], cfg["options"], cfg["seed"], device)
+    enc = create_tuned(cfg["model"], cfg["pretrained"], cfg["method"], cfg["options"], cfg["seed"], device,
+                       cfg.get("towers", "both"))
     if cfg.get("pretrained_sha256") and enc.checkpoint_sha256 != cfg["pretrained_sha256"]:
         raise EmbedxError(f"the base checkpoint {cfg['pretrained']} changed since the run was trained")
     enc.model.load_trainable(load_params(cfg["params_path"]))
@@ -240,7 +245,9 @@ class ModelSpec:
         """The store's record of the finetune run: path, method, options, sha256 of its params file."""
         if self.run is None:
             return None
+        sel = self.run.get("selection") or {}
         return {"path": self.run["path"], "method": self.run["method"], "options": self.run["options"],
+                "towers": self.run.get("towers", "both"), "family": sel.get("family"), "rule": sel.get("rule"),
                 "sha256": self.run["params_sha256"]}
 
     def load(self, device: str = "auto") -> Encoder:

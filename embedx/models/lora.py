@@ -1,11 +1,17 @@
-"""LoRA on open_clip through HF ``peft``: low-rank updates of the q and v projections of every block.
+"""LoRA through HF ``peft`` on every open_clip family: low-rank updates of the q and v projections of every attention
+block of the chosen towers.
 
-open_clip's blocks use ``nn.MultiheadAttention``, whose q, k and v projections are one stacked
-``in_proj_weight`` (3d x d) that peft cannot target by slice. :func:`split_attention` swaps each one for
-:class:`QKVAttention`, the same computation with separate ``q_proj``/``k_proj``/``v_proj`` Linear layers
-(weights copied exactly), and :func:`apply_lora` injects peft LoRA layers into ``q_proj`` and ``v_proj``.
-peft keeps the base weights frozen and untouched (unlike the authors' code, which adds the update into the
-stored weight in place on every forward).
+Attention is found by :mod:`embedx.models.families`. Where q, k and v are one fused weight, peft cannot target a slice,
+so :func:`split_attention` first swaps in an equivalent module with separate ``q_proj``/``k_proj``/``v_proj`` Linear
+layers (weights copied exactly):
+
+* ``nn.MultiheadAttention`` (open_clip's blocks: a stacked ``in_proj_weight``) becomes :class:`QKVAttention`;
+* a fused ``qkv`` Linear (timm ViT, FastViT) becomes :class:`SplitQKV`, ``cat(q(x), k(x), v(x))``.
+
+Separate projections (timm EVA's ``q_proj``/``v_proj``, Hugging Face ``query``/``value``) are targeted as they are.
+:func:`apply_lora` then injects peft LoRA layers into exactly those q and v Linear layers (by full module name). peft
+keeps the base weights frozen and untouched (unlike the authors' code, which adds the update into the stored weight in
+place on every forward).
 """
 from __future__ import annotations
 
@@ -14,9 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedx.errors import EmbedxError
+from embedx.models.families import Tower, towers as find_towers
 
-TOWERS = ("visual.transformer", "transformer")  # open_clip's image and text transformers
-TARGETS = r".*resblocks\.\d+\.attn\.(q_proj|v_proj)"  # peft: a string is a full-match regex on module names
 LORA_SCALING = 0.2  # the authors' fixed scaling of B·A (peft: lora_alpha / r)
 
 
@@ -56,6 +61,8 @@ class QKVAttention(nn.Module):
 
         if attn_mask is not None and attn_mask.dtype == torch.bool:  # MHA: True = masked; SDPA: True = kept
             attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill(attn_mask, float("-inf"))
+        if attn_mask is not None and attn_mask.dim() == 3:  # MHA: (batch * heads, L, S); SDPA: (batch, heads, L, S)
+            attn_mask = attn_mask.view(b, h, *attn_mask.shape[1:])
         out = F.scaled_dot_product_attention(heads(query, self.q_proj), heads(key, self.k_proj),
                                              heads(value, self.v_proj), attn_mask=attn_mask,
                                              dropout_p=self.dropout if self.training else 0.0)
@@ -63,30 +70,68 @@ class QKVAttention(nn.Module):
         return (out if self.batch_first else out.transpose(0, 1)), None
 
 
-def _blocks(clip: nn.Module):
-    for tower in TOWERS:
-        try:
-            blocks = clip.get_submodule(f"{tower}.resblocks")
-        except AttributeError:
-            raise EmbedxError(f"lora needs open_clip's built-in transformer towers; this model has no "
-                              f"{tower}.resblocks") from None
-        yield from blocks
+class SplitQKV(nn.Module):
+    """A fused ``qkv`` Linear (d -> 3e) as three Linear layers ``q_proj``, ``k_proj``, ``v_proj`` (d -> e, weights and
+    biases copied exactly); ``forward(x) = cat(q_proj(x), k_proj(x), v_proj(x))``, the fused layer's output."""
+
+    def __init__(self, qkv: nn.Linear):
+        super().__init__()
+        if qkv.out_features % 3:
+            raise EmbedxError(f"a fused qkv layer of {qkv.out_features} outputs does not split in three")
+        e, w = qkv.out_features // 3, qkv.weight.detach()
+        self.in_features, self.out_features = qkv.in_features, qkv.out_features
+        for k, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            lin = nn.Linear(qkv.in_features, e, bias=qkv.bias is not None, device=w.device, dtype=w.dtype)
+            with torch.no_grad():
+                lin.weight.copy_(w[k * e:(k + 1) * e])
+                if qkv.bias is not None:
+                    lin.bias.copy_(qkv.bias.detach()[k * e:(k + 1) * e])
+            setattr(self, name, lin)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
 
 
-def split_attention(clip: nn.Module) -> nn.Module:
-    """Replace, in place, every block's ``nn.MultiheadAttention`` by an equivalent :class:`QKVAttention`."""
-    for block in _blocks(clip):
-        if isinstance(block.attn, nn.MultiheadAttention):
-            block.attn = QKVAttention(block.attn)
-        elif not isinstance(block.attn, QKVAttention):
-            raise EmbedxError(f"lora needs nn.MultiheadAttention blocks, found {type(block.attn).__name__}")
-    return clip
+def _set(clip: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(clip.get_submodule(parent) if parent else clip, leaf, module)
 
 
-def apply_lora(clip: nn.Module, rank: int) -> nn.Module:
-    """Split the attention projections and inject peft LoRA (rank ``rank``) into q and v of both towers."""
+def _split_one(clip: nn.Module, att) -> None:
+    if isinstance(att.module, nn.MultiheadAttention):
+        _set(clip, att.name, QKVAttention(att.module))
+    elif getattr(att.module, "q_bias", None) is not None:  # timm EVA with qkv_fused: F.linear(x, qkv.weight, biases)
+        raise EmbedxError(f"lora cannot split {att.name} ({type(att.module).__name__}): it adds separate q and v "
+                          "biases to its fused qkv weight")
+    else:
+        att.module.qkv = SplitQKV(att.module.qkv)
+
+
+def split_attention(clip: nn.Module, towers: list[Tower] | None = None) -> list[str]:
+    """Split, in place, every fused q/k/v projection in the attention blocks of ``towers`` (default: both) into
+    equivalent separate layers; -> the full names of the q and v Linear layers LoRA targets."""
+    towers = list(find_towers(clip).values()) if towers is None else towers
+    targets = []
+    for tower in towers:
+        for atts in tower.attention:
+            for att in atts:
+                if att.kind.split:
+                    _split_one(clip, att)
+                targets += [f"{att.name}.{t}" for t in att.kind.lora]
+    for t in targets:
+        if not isinstance(clip.get_submodule(t), nn.Linear):
+            raise EmbedxError(f"lora: {t} is {type(clip.get_submodule(t)).__name__}, not a Linear layer")
+    return targets
+
+
+def apply_lora(clip: nn.Module, rank: int, towers: list[Tower] | None = None) -> list[str]:
+    """Split the attention projections of ``towers`` and inject peft LoRA (rank ``rank``, scaling
+    :data:`LORA_SCALING`) into their q and v layers; -> the targeted module names."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    split_attention(clip)
-    cfg = LoraConfig(r=rank, lora_alpha=LORA_SCALING * rank, lora_dropout=0.0, bias="none", target_modules=TARGETS)
-    return inject_adapter_in_model(cfg, clip)
+    targets = split_attention(clip, towers)
+    if not targets:
+        raise EmbedxError("lora found no attention blocks to adapt", param="towers")
+    cfg = LoraConfig(r=rank, lora_alpha=LORA_SCALING * rank, lora_dropout=0.0, bias="none", target_modules=targets)
+    inject_adapter_in_model(cfg, clip)
+    return targets

@@ -33,12 +33,13 @@ class TunedCLIP(nn.Module):
     def __init__(self, clip: nn.Module):
         super().__init__()
         self.clip = clip
-        self.adapters: nn.ModuleDict | None = None
+        self.adapters: nn.ModuleDict | None = None  # CLIP-Adapter: one per tuned tower ("image", "text")
+        self.selection = None  # what embedx.models.methods.apply chose (a Selection)
         self.embed_dim = feature_dim(clip)
 
     def head(self, kind: str, feats: torch.Tensor, normalize: bool) -> torch.Tensor:
         """Tower output -> features: the adapter blend (if any) on the unnormalized features, then L2."""
-        if self.adapters is not None:
+        if self.adapters is not None and kind in self.adapters:
             feats = ADAPTER_RATIO * self.adapters[kind](feats) + (1 - ADAPTER_RATIO) * feats
         return F.normalize(feats, dim=-1) if normalize else feats
 
@@ -88,13 +89,23 @@ def _strip(name: str) -> str:
 
 
 def feature_dim(clip: nn.Module) -> int:
-    d = getattr(getattr(clip, "visual", None), "output_dim", None)
-    if d:
-        return int(d)
-    proj = getattr(clip, "text_projection", None)
-    if isinstance(proj, nn.Linear):
-        return proj.out_features
-    return int(proj.shape[-1])
+    """The embedding dimension of an open_clip model: the image tower's ``output_dim``, the text tower's, the
+    text projection's width, else the width of one encoded blank image (timm image towers record none)."""
+    for owner in (getattr(clip, "visual", None), getattr(clip, "text", None)):
+        d = getattr(owner, "output_dim", None)
+        if isinstance(d, int) and d > 0:
+            return d
+    for owner in (clip, getattr(clip, "text", None)):
+        proj = getattr(owner, "text_projection", None)
+        if isinstance(proj, nn.Linear):
+            return proj.out_features
+        if isinstance(proj, torch.Tensor):
+            return int(proj.shape[-1])
+    size = getattr(getattr(clip, "visual", None), "image_size", 224)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    p = next(clip.parameters())
+    with torch.no_grad():
+        return int(clip.encode_image(torch.zeros(1, 3, h, w, device=p.device, dtype=p.dtype)).shape[-1])
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
