@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass
 
 from embedx.store.atomic import atomic_write_bytes
-from embedx.study.spec import Spec
+from embedx.studies.spec import Spec
 
 MARKER = "done.json"
 

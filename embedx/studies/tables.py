@@ -2,7 +2,7 @@
 
 results: identity (study, model, model_name, pretrained, task, method, method_name, seed), the recipe (epochs,
   lr, optimizer, trainable_params, total_params), outcomes (zs_acc, ft_acc, gain, norm_gain, forgetting,
-  n_others; :mod:`embedx.study.run`), drift (displacement_mean, cka_linear, knn_overlap), the predictors of the
+  n_others; :mod:`embedx.studies.run`), drift (displacement_mean, cka_linear, knn_overlap), the predictors of the
   task's zero-shot train store (every measure, every transfer score: :data:`PREDICTORS`), provenance
   (embedx_version, spec_sha256). The column set is fixed, so several studies' tables concatenate.
 

@@ -85,7 +85,7 @@ class Spec:
 
 
 def _bad(key: str, msg: str) -> EmbedxError:
-    return EmbedxError(f"study file: {key}: {msg}", param="spec_path")
+    return EmbedxError(f"{key}: {msg}", param="spec_path")
 
 
 def _check_keys(table: dict, allowed, key: str) -> None:

@@ -21,8 +21,8 @@ import time
 
 from embedx.errors import EmbedxError
 from embedx.store.atomic import atomic_write_bytes
-from embedx.study import cells as C
-from embedx.study.spec import Spec, load
+from embedx.studies import cells as C
+from embedx.studies.spec import Spec, load
 
 STATE = "study.json"
 OUTPUTS = ("cells", "results.parquet", "results.csv", "tables", "study.html", STATE, "STUDY.toml")
@@ -142,13 +142,13 @@ def run_cell(out: str, cell: C.Cell, spec: Spec) -> dict:
 
 
 def study(spec_path, out, overwrite: bool = False, cluster=None, progress: bool = True) -> dict:
-    """Run the study declared in ``spec_path`` (STUDY.toml, see ``embedx.study.spec``) into folder ``out``
+    """Run the study declared in ``spec_path`` (STUDY.toml, see ``embedx.studies.spec``) into folder ``out``
     -> {"results": path of results.parquet, "rows": number of rows, "tables": {name: path}, "report": path,
     "cells": total, "ran": cells run now, "skipped": cells already finished}.
 
     Resumable: a rerun skips finished cells (their markers); a changed file is refused unless ``overwrite``
     (which removes the folder's study outputs and starts over). ``cluster`` is not supported yet."""
-    from embedx.study import report, tables
+    from embedx.studies import report, tables
 
     if cluster is not None:
         raise EmbedxError("study: cluster runs are not supported yet; run without cluster", param="cluster")
