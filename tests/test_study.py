@@ -228,7 +228,7 @@ def test_changed_file_is_refused_unless_overwrite(done, tmp_path):
     out = os.path.join(d, "out")
     with pytest.raises(EmbedxError) as e:
         embedx.study(changed, out, progress=False)
-    assert e.value.param == "overwrite" and "\n" not in str(e.value) and "--overwrite" in str(e.value)
+    assert e.value.param == "overwrite" and "\n" not in str(e.value) and "overwrite=True" in str(e.value)
     rc, _, err = run_embedx("study", changed, "--out", out)
     assert rc == 2
     assert_one_line_error(rc, err, "--overwrite")

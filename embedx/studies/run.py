@@ -114,14 +114,15 @@ def _state(out: str, spec: Spec, overwrite: bool) -> None:
             old = {}
         if old.get("spec_sha256") != spec.sha256:
             if not overwrite:
-                raise EmbedxError(f"{out} holds another study (its file changed: sha256 {str(old.get('spec_sha256'))[:12]}"
-                                  f" there, {spec.sha256[:12]} now): rerun with --overwrite to start it over, or "
-                                  f"use another --out", param="overwrite")
+                was = str(old.get("spec_sha256"))[:12]
+                raise EmbedxError(f"{out} holds another study (its file changed: sha256 {was} there, "
+                                  f"{spec.sha256[:12]} now): rerun with overwrite=True to start it over, or "
+                                  f"choose another out folder", param="overwrite")
             for name in OUTPUTS:
                 p = os.path.join(out, name)
                 shutil.rmtree(p) if os.path.isdir(p) else (os.path.exists(p) and os.remove(p))
     elif os.path.isdir(out) and os.listdir(out) and not overwrite:
-        raise EmbedxError(f"{out} exists and is not a study folder: choose another --out", param="out")
+        raise EmbedxError(f"{out} exists and is not a study folder: choose another out folder", param="out")
     os.makedirs(os.path.join(out, "cells"), exist_ok=True)
     with open(spec.path, "rb") as f:
         atomic_write_bytes(os.path.join(out, "STUDY.toml"), f.read())
