@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from embedx.cli.common import echo, emit_json, term
-from embedx.cli.options import json_option, verbosity_options
+from embedx.cli.options import cluster_option, json_option, verbosity_options
 
 
 @click.command()
@@ -14,10 +14,12 @@ from embedx.cli.options import json_option, verbosity_options
                    "results.csv, tables/*.csv, study.html. Rerunning into it resumes.")
 @click.option("--overwrite", is_flag=True,
               help="Start over when STUDY.toml changed since the folder was made (else refused).")
+@cluster_option("one cell per Dask task (zero-shot cells, then tuned cells; GPU workers where dask-cuda sees GPUs; "
+                "the workers must see --out and the data)")
 @json_option("Print the JSON summary (paths of the results, tables and report; cells run and skipped).")
 @verbosity_options
 @click.pass_context
-def study(ctx, spec_path, out, overwrite, as_json):
+def study(ctx, spec_path, out, overwrite, cluster, as_json):
     """Run the study declared in STUDY.toml: models x tasks x methods x seeds.
 
     \b
@@ -40,12 +42,12 @@ def study(ctx, spec_path, out, overwrite, as_json):
       [[methods]]
       name = "lora"
       epochs = 1
-    Example: embedx study STUDY.toml --out study/
+    Example: embedx study STUDY.toml --out study/ [--cluster local:2]
     """
     from embedx.studies.run import study as run
 
     quiet = bool((ctx.obj or {}).get("quiet"))
-    res = run(spec_path, out, overwrite=overwrite, progress=not quiet)
+    res = run(spec_path, out, overwrite=overwrite, cluster=cluster, progress=not quiet)
     emit_json(res, None, as_json)
     if not as_json:
         echo(f"{res['cells']} cells ({res['ran']} run now, {res['skipped']} already finished); "

@@ -221,6 +221,18 @@ def test_kill_and_resume_gives_the_same_results(done, tmp_path):
     assert both.dtypes.equals(pd.read_parquet(res["results"]).dtypes)
 
 
+def test_cluster_run_equals_in_process(done, tmp_path):
+    """embedx study --cluster local:2 (the real CLI, one cell per Dask task): the same table as in-process."""
+    d, spec, _ = done
+    rc, out, err = run_embedx("study", spec, "--out", tmp_path / "c", "--cluster", "local:2", "--json")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["ran"] == 6 and "6/6 cells done" in err
+    a = pd.read_parquet(res["results"]).drop(columns=VOLATILE)
+    b = pd.read_parquet(os.path.join(d, "out", "results.parquet")).drop(columns=VOLATILE)
+    pd.testing.assert_frame_equal(a, b)
+
+
 def test_changed_file_is_refused_unless_overwrite(done, tmp_path):
     d, spec, _ = done
     changed = tmp_path / "STUDY.toml"

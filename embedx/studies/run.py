@@ -142,38 +142,64 @@ def run_cell(out: str, cell: C.Cell, spec: Spec) -> dict:
     return C.mark(cells_dir, cell, res, time.perf_counter() - t0)
 
 
+def _cell_task(cell: C.Cell, out: str, spec: Spec) -> dict:
+    """One cell as one Dask task (the worker writes its marker into ``out``, which it must see)."""
+    return run_cell(out, cell, spec)
+
+
+def _phase(cells: list, out: str, spec: Spec, executor, on_done) -> None:
+    """Run the unfinished ``cells`` (in-process one after another, or one Dask task each); ``on_done(cell,
+    marker, ran)`` is called in grid order as each finishes."""
+    cells_dir = os.path.join(out, "cells")
+    todo = []
+    for cell in cells:
+        was = C.finished(cells_dir, cell)
+        if was is not None:
+            on_done(cell, was, False)
+        else:
+            todo.append(cell)
+    if executor is None:
+        for cell in todo:
+            on_done(cell, run_cell(out, cell, spec), True)
+    else:
+        for cell, marker in zip(todo, executor.map(_cell_task, todo, out, spec)):
+            on_done(cell, marker, True)
+
+
 def study(spec_path, out, overwrite: bool = False, cluster=None, progress: bool = True) -> dict:
     """Run the study declared in ``spec_path`` (STUDY.toml, see ``embedx.studies.spec``) into folder ``out``
     -> {"results": path of results.parquet, "rows": number of rows, "tables": {name: path}, "report": path,
     "cells": total, "ran": cells run now, "skipped": cells already finished}.
 
     Resumable: a rerun skips finished cells (their markers); a changed file is refused unless ``overwrite``
-    (which removes the folder's study outputs and starts over). ``cluster`` is not supported yet."""
+    (which removes the folder's study outputs and starts over). ``cluster``: "local[:N]" or "tcp://HOST:PORT"
+    (embedx[dist]): each cell is one Dask task (zero-shot cells first, then tuned cells; GPU workers where
+    dask-cuda sees GPUs); the workers must see ``out`` and the data. Results equal the in-process ones."""
+    from embedx.engine.cluster import connect
     from embedx.studies import report, tables
 
-    if cluster is not None:
-        raise EmbedxError("study: cluster runs are not supported yet; run without cluster", param="cluster")
     spec = load(str(spec_path))
-    out = str(out)
+    out = os.path.abspath(str(out))
     _state(out, spec, overwrite)
     zs, tuned = C.grid(spec)
-    total, ran, skipped, spent = len(zs) + len(tuned), 0, 0, 0.0
-    markers = {}
-    for i, cell in enumerate([*zs, *tuned], 1):
-        t0 = time.perf_counter()
-        was = C.finished(os.path.join(out, "cells"), cell)
-        markers[cell.id] = was or run_cell(out, cell, spec)
-        if was is None:
-            ran += 1
-            spent += time.perf_counter() - t0
-        else:
-            skipped += 1
+    total = len(zs) + len(tuned)
+    markers, count = {}, {"ran": 0, "skipped": 0, "i": 0}
+    t_start = time.perf_counter()
+
+    def on_done(cell, marker, ran):
+        markers[cell.id] = marker
+        count["i"] += 1
+        count["ran" if ran else "skipped"] += 1
         if progress:
-            rate = f", {spent / ran:.1f} s per cell" if ran else ""
-            print(f"study: {i}/{total} cells done ({cell.kind} {cell.describe()}"
-                  f"{', already finished' if was else ''}){rate}", file=sys.stderr, flush=True)
+            rate = (f", {(time.perf_counter() - t_start) / count['ran']:.1f} s per cell" if count["ran"] else "")
+            print(f"study: {count['i']}/{total} cells done ({cell.kind} {cell.describe()}"
+                  f"{'' if ran else ', already finished'}){rate}", file=sys.stderr, flush=True)
+
+    with connect(cluster) as executor:
+        _phase(zs, out, spec, executor, on_done)
+        _phase(tuned, out, spec, executor, on_done)
     df = tables.results(spec, zs, tuned, markers)
     paths = tables.write(df, out)
     paths["report"] = report.write(df, paths, os.path.join(out, "study.html"), spec)
     return {"results": paths["results"], "rows": len(df), "tables": paths["tables"], "report": paths["report"],
-            "cells": total, "ran": ran, "skipped": skipped}
+            "cells": total, "ran": count["ran"], "skipped": count["skipped"]}
