@@ -39,7 +39,8 @@ def fig_iimm_gain(df) -> str:
 
     plt = _plt()
     methods = list(dict.fromkeys(df["method"]))
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.8 * len(methods), 3.2), squeeze=False,
+                             layout="constrained")
     for ax, m in zip(axes[0], methods):
         g = df[df["method"] == m]
         x, y = g["iimm"].to_numpy(float), g["gain"].to_numpy(float)
