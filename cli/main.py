@@ -29,6 +29,7 @@ COMMANDS = {
     "measure": "measure:measure",
     "predict": "predict:predict",
     "profile": "profile:profile",
+    "study": "study:study",
     "transfer": "transfer:transfer",
     "verify": "verify:verify",
 }
