@@ -42,7 +42,7 @@ def _class_folder(path: str) -> bool:
     return os.path.isdir(path) and any(e.is_dir() for e in os.scandir(path))
 
 
-@kinds.register("source", "folder", usage="folder:PATH[:names=SET]", can_open=_class_folder,
+@kinds.register("source", "folder", usage="folder:PATH", can_open=_class_folder,
                 summary="one subfolder per class (sorted; its name is the class name), images anywhere below it; "
                         "`:names=cifar10|cifar100|imagenet1k|stl10` names the classes of a public set held as "
                         "folders (ImageNet: WordNet-id folders) in English, with its prompt template")

