@@ -21,7 +21,8 @@ from embedx.engine.lazyreg import LazyRegistry
 
 FAMILIES = ("source", "dump")
 #: the modules that register each family's kinds (imported on first use), in the order the kinds are listed
-PROVIDERS = {"source": ("embedx.sources.catalog", "embedx.sources.webdataset", "embedx.sources.parquet"),
+PROVIDERS = {"source": ("embedx.sources.catalog", "embedx.sources.webdataset", "embedx.sources.parquet",
+                        "embedx.sources.tasks"),
              "dump": ("embedx.formats.dumps",)}
 NOUN = {"source": "data source", "dump": "dump format"}
 

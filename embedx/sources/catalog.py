@@ -43,18 +43,30 @@ def _class_folder(path: str) -> bool:
 
 
 @kinds.register("source", "folder", usage="folder:PATH", can_open=_class_folder,
-                summary="one subfolder per class (sorted; its name is the class name), images anywhere below it")
+                summary="one subfolder per class (sorted; its name is the class name), images anywhere below it; "
+                        "`:names=cifar10|cifar100|imagenet1k|stl10` names the classes of a public set held as "
+                        "folders (ImageNet: WordNet-id folders) in English, with its prompt template")
 def _open_folder(arg: str, spec: str) -> Source:
-    return folder_source(os.path.expanduser(arg), spec)
+    path, sep, names = arg.rpartition(":names=")
+    if not sep or "/" in names:
+        path, names = arg, None
+    return folder_source(os.path.expanduser(path), spec, names=names)
 
 
-def folder_source(path: str, spec: str) -> Source:
-    """One subfolder per class (sorted); images anywhere below it."""
+def folder_source(path: str, spec: str, names: str | None = None) -> Source:
+    """One subfolder per class (sorted); images anywhere below it. ``names``: a public set
+    (:mod:`embedx.sources.public_sets`) whose English class names replace the subfolder names, which must be
+    exactly that set's classes."""
     if not os.path.isdir(path):
         raise EmbedxError(f"folder not found: {path}")
     classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
     if not classes:
         raise EmbedxError(f"{path} has no class subfolders (expected one subfolder per class)")
+    english = None
+    if names is not None:
+        from embedx.sources import public_sets
+
+        english = public_sets.class_names(names, classes, path)
     ids, labels, excluded = [], [], []
     for c, name in enumerate(classes):
         for root, dirs, files in os.walk(os.path.join(path, name)):
@@ -74,8 +86,9 @@ def folder_source(path: str, spec: str) -> Source:
                         labels.append(c)
     if not ids:
         raise EmbedxError(f"{path} has class subfolders but no images ({', '.join(IMAGE_EXTENSIONS)})")
-    return Source(spec, ids, lambda i: _pil_rgb(os.path.join(path, ids[i])), classnames=classes,
-                  labels=np.asarray(labels, dtype=np.int32), excluded=excluded)
+    extra = {} if english is None else {"default_template": public_sets.TEMPLATE}
+    return Source(spec, ids, lambda i: _pil_rgb(os.path.join(path, ids[i])), classnames=english or classes,
+                  labels=np.asarray(labels, dtype=np.int32), excluded=excluded, **extra)
 
 
 def _csv_file(path: str) -> bool:
