@@ -46,7 +46,7 @@ def register_model_configs() -> None:
         tiny.register()  # the shrunken timm trunks the embedx-tiny-* configs name
         open_clip.add_model_config(MODEL_CONFIG_DIR)
         _registered = True
-    from embedx.models import lit
+    from embedx.models.lit import model as lit
 
     lit.register()  # embedx-lit: its text tower is this machine's wheel folder (again after a rescan)
 
@@ -222,7 +222,7 @@ def load_encoder(model: str, pretrained: str = "none", seed: int = 0, device: st
     """
     import open_clip
 
-    from embedx.models import lit
+    from embedx.models.lit import model as lit
 
     register_model_configs()
     dev = resolve_device(device)

