@@ -212,3 +212,41 @@ def test_embed_cli_with_the_shipped_heads_equals_the_encoder(enc, tmp_path):
     want = enc.encode_images(torch.stack([enc.preprocess(src.load(i)) for i in range(6)]))
     assert got.shape == (6, lit.EMBED_DIM)
     np.testing.assert_allclose(got, want, atol=2e-3)  # the store keeps float16
+
+
+def test_captions_are_the_title_and_up_to_8_subject_keywords():
+    from embedx.models.lit.pairs import caption
+
+    svg = ("<svg><metadata><cc:Work><dc:title>Red &amp; Apple</dc:title><dc:subject><rdf:Bag>"
+           + "".join(f"<rdf:li>k{i}</rdf:li>" for i in range(10)) + "<rdf:li></rdf:li></rdf:Bag></dc:subject>"
+           "<dc:creator><cc:Agent><dc:title>Someone</dc:title></cc:Agent></dc:creator></cc:Work></metadata></svg>")
+    assert caption(svg, "x") == "Red & Apple, " + ", ".join(f"k{i}" for i in range(8))
+    assert caption("<svg/>", "blue_car_01") == "blue car 01"
+
+
+def test_images_are_composited_on_white_and_refused_ones_skipped(tmp_path):
+    from PIL import Image
+
+    from embedx.models.lit.pairs import load_rgb
+
+    im = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    im.putpixel((0, 0), (255, 0, 0, 255))
+    im.save(tmp_path / "a.png")
+    got = np.asarray(load_rgb(str(tmp_path / "a.png")))
+    assert tuple(got[0, 0]) == (255, 0, 0) and tuple(got[1, 1]) == (255, 255, 255)
+    (tmp_path / "b.png").write_bytes(b"\x89PNG not really")
+    assert load_rgb(str(tmp_path / "b.png")) is None
+
+
+def test_head_training_is_bit_for_bit_repeatable_and_aligns_paired_features():
+    from embedx.models.lit.train import retrieval_at_1, train_heads
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((300, 16))  # a shared latent: paired features are two views of it
+    x = z @ rng.standard_normal((16, 64)) + 0.1 * rng.standard_normal((300, 64)) + 3.0
+    y = z @ rng.standard_normal((16, 32)) + 0.1 * rng.standard_normal((300, 32))
+    a, hist = train_heads(x[:250], y[:250], dim=16, epochs=30, batch=64, lr=1e-2)
+    b, _ = train_heads(x[:250], y[:250], dim=16, epochs=30, batch=64, lr=1e-2)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert hist[-1] < 0.5 * hist[0]
+    assert retrieval_at_1(x[250:], y[250:], a) > 10 / 50  # chance 1/50 on held-out pairs
