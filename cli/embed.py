@@ -33,6 +33,9 @@ from embedx.cli.options import (KindsOption, chunking_options, cluster_option, d
 @click.option("--template", "templates", multiple=True,
               help="Prompt template with {} (repeat for an ensemble), 'simple' or 'openai' (open_clip's "
                    "ImageNet ensembles), or @FILE. Default: the data source's own template.")
+@click.option("--per-class", type=int, default=None,
+              help="At most N items of every class (the first ones, in the source's order): a class-balanced "
+                   "subset of a source grouped by class. Applied before --limit.")
 @click.option("--limit", type=int, default=None, help="Only the first N items of the source.")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (complete or not) at --out.")
@@ -41,7 +44,7 @@ from embedx.cli.options import (KindsOption, chunking_options, cluster_option, d
 @verbosity_options
 @click.pass_context
 def embed(ctx, model, pretrained, checkpoint, data, classes, image_col, caption_col, label_col, out, seed, dtype,
-          batch_size, workers, device, templates, limit, strict, overwrite, codec, chunk_rows, cluster):
+          batch_size, workers, device, templates, per_class, limit, strict, overwrite, codec, chunk_rows, cluster):
     """Embed images (and class prompts or captions) into a chunked Zarr store.
 
     Resumable: if the run is killed, rerun the same command and it continues from the last committed
@@ -56,7 +59,7 @@ def embed(ctx, model, pretrained, checkpoint, data, classes, image_col, caption_
     res = embed_to_store(
         out, data, model, pretrained, seed=seed, checkpoint=checkpoint, progress=progress_enabled(ctx),
         source=SourceOptions(classes=classes, image_col=image_col, caption_col=caption_col, label_col=label_col,
-                             limit=limit),
+                             limit=limit, per_class=per_class),
         encode=EncodeOptions(batch_size=batch_size, workers=workers, device=device, templates=templates,
                              strict=strict),
         write=WriteOptions(dtype=dtype, codec=codec, chunk_rows=chunk_rows, overwrite=overwrite),

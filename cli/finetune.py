@@ -47,6 +47,9 @@ METHOD_NAMES = ("full", "bitfit", "attention", "lora", "adapter")
 @click.option("--template", "templates", multiple=True,
               help="Prompt template with {} (repeat for an ensemble), 'simple', 'openai' or @FILE. "
                    "Default: the data source's own template.")
+@click.option("--per-class", type=int, default=None,
+              help="At most N items of every class (the first ones, in the source's order): a class-balanced "
+                   "subset of a source grouped by class. Applied before --limit.")
 @click.option("--limit", type=int, default=None, help="Only the first N items of the source.")
 @device_option()
 @click.option("--workers", type=int, default=None, help="DataLoader workers [default: 0 on <=2 cores, else cores/2].")
@@ -60,8 +63,8 @@ METHOD_NAMES = ("full", "bitfit", "attention", "lora", "adapter")
 @verbosity_options
 @click.pass_context
 def finetune(ctx, model, pretrained, method, data, out, train_blocks, towers, rank, reduction, epochs, lr, weight_decay,
-             optimizer, batch_size, val_fraction, seed, templates, limit, device, workers, overwrite, dry_run,
-             fail_if_flat, as_json):
+             optimizer, batch_size, val_fraction, seed, templates, per_class, limit, device, workers, overwrite,
+             dry_run, fail_if_flat, as_json):
     """Fine-tune an open_clip model on a labelled image source with one of the papers' methods.
 
     \b
@@ -127,7 +130,8 @@ def finetune(ctx, model, pretrained, method, data, out, train_blocks, towers, ra
     cfg = run(out, data, model, pretrained, method, train_blocks=train_blocks, towers=towers, rank=rank,
               reduction=reduction,
               templates=templates, seed=seed, epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
-              batch_size=batch_size, val_fraction=val_fraction, limit=limit, device=device, workers=workers,
+              batch_size=batch_size, val_fraction=val_fraction, limit=limit, per_class=per_class, device=device,
+              workers=workers,
               overwrite=overwrite, progress=progress_enabled(ctx), fail_if_flat=fail_if_flat)
     if as_json:
         echo(json.dumps(cfg, indent=2))

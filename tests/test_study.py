@@ -17,11 +17,13 @@ import embedx
 from embedx.errors import EmbedxError
 from embedx.studies import cells as C, run as R, spec as S, tables as T
 from tests.conftest import assert_one_line_error, run_embedx
+from tests.test_drift import chromium  # noqa: F401  (the fixture: Debian's chromium, installed when missing)
 
 TOML = """
 [study]
 name = "tiny-digits"
 seeds = [0]
+per_class = 12
 limit = 30
 
 [[models]]
@@ -31,6 +33,7 @@ name = "embedx-tiny"
 name = "d012"
 train = "digits:train:classes=0,1,2"
 test = "digits:test:classes=0,1,2"
+classnames = ["nought", "one", "two"]
 
 [[tasks]]
 name = "d345"
@@ -107,6 +110,28 @@ def test_gain_and_forgetting_from_the_stores(done):
         assert row["forgetting"] == pytest.approx(oa - ob, abs=1e-12)
 
 
+def test_stores_hold_the_task_classnames_and_the_class_balanced_subset(done):
+    """per_class = 12 then limit = 30: the first 12 of each class in the source's order, then the first 30 of
+    those (brute force over the source's labels); d012's class names are the file's, d345's the source's."""
+    from embedx.sources.catalog import parse_source
+
+    d, spec, _ = done
+    zs, _ = C.grid(S.load(str(spec)))
+    for cell in zs:
+        t = cell.config["task"]
+        for split in ("train", "test"):
+            src = parse_source(t[split])
+            kept, n = [], {}
+            for i, lab in enumerate(src.labels.tolist()):
+                if n.get(lab, 0) < 12:
+                    kept.append(i)
+                    n[lab] = n.get(lab, 0) + 1
+            s = embedx.open(os.path.join(d, "out", "cells", cell.folder, f"{split}.zarr"))
+            assert [str(i) for i in s.ids()] == [src.ids[i] for i in kept[:30]]
+            names = [str(n) for n in s.text_names()]
+            assert names == (["nought", "one", "two"] if t["name"] == "d012" else src.classnames)
+
+
 def test_fits_equal_scipy(done):
     d, _, _ = done
     df = pd.read_parquet(os.path.join(d, "out", "results.parquet"))
@@ -158,6 +183,24 @@ def test_paper_a_equals_scipy():
     assert lora["forgetting_std"] == pytest.approx(df[df["method"] == "lora"]["forgetting"].std())
 
 
+def test_fits_within_each_domain_equal_scipy():
+    """Domains of >= 3 tasks get their own fits (over their rows, and per method); smaller ones none."""
+    rng = np.random.default_rng(3)
+    df = _synthetic(n_tasks=7)
+    for p in T.PREDICTORS:
+        if p not in df:
+            df[p] = rng.uniform(size=len(df))
+    df["domain"] = df["task"].map({"t0": "a", "t1": "a", "t2": "a", "t3": "a", "t4": "b", "t5": "b", "t6": ""})
+    fits = T.paper_b(df)
+    assert set(fits["group"]) == {"all", "lora", "full", "domain=a", "domain=a/lora", "domain=a/full"}
+    for group, rows in (("domain=a", df[df["domain"] == "a"]),
+                        ("domain=a/full", df[(df["domain"] == "a") & (df["method"] == "full")])):
+        f = fits[(fits["group"] == group) & (fits["predictor"] == "iimm") & (fits["outcome"] == "gain")].iloc[0]
+        lr = stats.linregress(rows["iimm"], rows["gain"])
+        assert f["n"] == len(rows) and f["r2"] == pytest.approx(lr.rvalue ** 2, abs=1e-9)
+        assert f["kendall_tau"] == pytest.approx(stats.kendalltau(rows["iimm"], rows["gain"]).statistic, abs=1e-12)
+
+
 def test_leave_one_task_out_equals_scipy():
     """Each held-out task predicted from a linregress fit on the other tasks, with the t prediction interval."""
     df = _synthetic()
@@ -188,6 +231,31 @@ def test_report_references_the_figures(done):
         assert f'id="{fid}"' in page
     assert page.count('src="data:image/png;base64,') == 3
     assert "d012" in page and "Kendall" in page
+
+
+def test_report_renders_in_headless_chromium(done, tmp_path, chromium):
+    """study.html in Debian's Chromium: every figure decodes, nothing on the console, the sections are there, and
+    a screenshot is a page of plots (the drift report's checks, tests/test_drift.py)."""
+    import shutil
+
+    from matplotlib.image import imread
+
+    from tests.test_drift import _dom, _headless
+
+    exe = chromium
+    _, _, res = done
+    page = tmp_path / "study.html"
+    shutil.copy(res["report"], page)
+    dom, ok, n_err, console = _dom(exe, tmp_path, page)
+    assert ok == "3" and n_err == 0 and not console, (ok, n_err, console)
+    for heading in ("IIMM vs gain per method", "Forgetting per method", "Paper A", "Paper B",
+                    "Within one image domain", "leave-one-task-out"):
+        assert heading in dom, heading
+    shot = tmp_path / "shot.png"
+    p = _headless(exe, tmp_path, page, f"--screenshot={shot}", "--window-size=1200,1600", "--hide-scrollbars")
+    assert p.returncode == 0 and shot.exists(), p.stderr[-2000:]
+    pix = imread(str(shot))[..., :3]
+    assert pix.std() > 0.05 and len(np.unique((pix.reshape(-1, 3) * 255).astype(np.uint8), axis=0)) > 50
 
 
 def test_kill_and_resume_gives_the_same_results(done, tmp_path):
@@ -267,6 +335,10 @@ def test_changed_file_is_refused_unless_overwrite(done, tmp_path):
     (TOML.replace('seeds = [0]', 'seeds = [0]\nothers = ["nope"]'), "study.others"),
     (TOML.replace('name = "d345"', 'name = "d012"'), "tasks.name"),
     (TOML.replace('["a drawing of the digit {}."]', '["no slot"]'), "tasks[1].templates"),
+    (TOML.replace("per_class = 12", "per_class = 0"), "study.per_class"),
+    (TOML.replace('classnames = ["nought", "one", "two"]', 'classnames = ["nought"]'), "tasks[0].classnames"),
+    (TOML.replace('classnames = ["nought", "one", "two"]', 'classnames = ["a", "a", "b"]'), "tasks[0].classnames"),
+    (TOML.replace('classnames = ["nought", "one", "two"]', 'domain = ""'), "tasks[0].domain"),
     ("[[models]\n", "not valid TOML"),
 ])
 def test_bad_file_is_one_line(tmp_path, text, key):

@@ -120,6 +120,35 @@ def test_emoji_groups_are_emoji_test_txt_and_every_glyph_renders():
             assert (np.ptp(im.reshape(-1, 3), axis=0) > 100).all()  # color, not gray
 
 
+@pytest.mark.parametrize("task", sorted(tasks.EMOJI_SUBGROUPS))
+def test_emoji_subgroup_tasks_are_emoji_test_txt_subgroups(task):
+    """Each class is one subgroup of the task's group, read here with regular expressions: its fully-qualified
+    emoji without skin tones, in the file's order; every subgroup kept holds at least EMOJI_SUBGROUP_MIN."""
+    group, names = tasks.EMOJI_SUBGROUPS[task]
+    text = open(tasks.located("emoji-test"), encoding="utf-8").read()
+    body = re.split(r"^# group: ", text, flags=re.M)
+    (body,) = [b.split("\n", 1)[1] for b in body[1:] if b.split("\n", 1)[0].strip() == group]
+    expect = []
+    for block in re.split(r"^# subgroup: ", body, flags=re.M)[1:]:
+        sub, rest = block.split("\n", 1)
+        for cps in re.findall(r"^([0-9A-F ]+?)\s*; fully-qualified", rest, flags=re.M):
+            if sub.strip() in names and not re.search(r"\b1F3F[B-F]\b", cps):
+                expect.append(("emoji:" + "_".join(cps.split()), list(names).index(sub.strip())))
+    whole, train, test = (parse_source(task + s) for s in ("", ":train", ":test"))
+    assert list(zip(whole.ids, whole.labels.tolist())) == expect
+    assert whole.classnames == list(names.values()) and whole.default_template == tasks.TEMPLATES[task]
+    assert np.bincount(whole.labels).min() >= tasks.EMOJI_SUBGROUP_MIN
+    assert not set(train.ids) & set(test.ids) and len(train) + len(test) == len(whole)
+    # the stratified split: within each class every fifth item (rank 4 mod 5) is test
+    ranks = {}
+    for i, lab in zip(whole.ids, whole.labels.tolist()):
+        ranks[i] = ranks.setdefault(("n", lab), 0)
+        ranks[("n", lab)] += 1
+    assert all(ranks[i] % 5 == 4 for i in test.ids) and all(ranks[i] % 5 != 4 for i in train.ids)
+    im = np.asarray(test.load(0))
+    assert im.shape == (136, 136, 3) and im.min() < 200
+
+
 def test_unknown_split_and_option_are_one_line():
     for spec, msg in (("animal-mnist:val", "unknown animal-mnist split 'val'"),
                       ("emoji:test:size=3", "unknown emoji option 'size=3'")):

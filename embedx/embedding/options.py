@@ -1,6 +1,6 @@
 """The options of an ``embed`` run, grouped by what they decide (``embed_to_store`` takes one object of each):
 
-  SourceOptions   how the data is read: its kind's keyword options (``embedx.engine.kinds``) and ``limit``
+  SourceOptions   how the data is read: its kind's keyword options (``embedx.engine.kinds``) and ``per_class``/``limit``
   EncodeOptions   how items become rows: batches, loader workers, device, prompt templates, unreadable images
   WriteOptions    how rows are stored: dtype, codec, chunk size, overwrite, commit interval
   ClusterOptions  where the encoding runs: in this process, or on a Dask cluster (``cluster`` or ``client``)
@@ -22,13 +22,17 @@ COMMIT_EVERY_S = 5.0
 @dataclass(frozen=True)
 class SourceOptions:
     """``classes`` (a class-names file), ``image_col``, ``caption_col``, ``label_col``: the keyword options of the
-    data's kind (``wds:`` and ``parquet:``; refused for other kinds); ``limit``: only the first N items."""
+    data's kind (``wds:`` and ``parquet:``; refused for other kinds). ``per_class``: at most N
+    items of every class (the first ones, the source's order kept); ``limit``: only the first N items (after
+    ``per_class``); ``classnames``: names that replace the source's own class names, one per class in its order."""
 
     classes: str | None = None
     image_col: str | None = None
     caption_col: str | None = None
     label_col: str | None = None
+    per_class: int | None = None
     limit: int | None = None
+    classnames: Sequence[str] | None = None
 
     def kind_options(self) -> dict:
         """The options ``parse_source`` hands to the data's kind."""

@@ -90,6 +90,12 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
     if dtype not in st.DTYPES:
         raise EmbedxError(f"dtype must be float16 or float32, got {dtype!r}", param="dtype")
     source = parse_source(data, **source_opts.kind_options())
+    if source_opts.classnames is not None:
+        source = source.renamed(source_opts.classnames)
+    if source_opts.per_class is not None:
+        if source_opts.per_class < 1:
+            raise EmbedxError(f"per_class must be positive, got {source_opts.per_class}", param="per_class")
+        source = source.per_class(source_opts.per_class)
     if limit is not None:
         if limit < 1:
             raise EmbedxError(f"limit must be positive, got {limit}", param="limit")
@@ -219,14 +225,17 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, en
              checkpoint=Optional(Path(exists="dir")), seed=SEED, device=Device(), batch_size=Int(min=1),
              dtype=OneOf("float16", "float32"), progress=PROGRESS,
              templates=Optional(TextList()), codec=OneOf(of="embedx.store.writer:CODECS"),
-             chunk_rows=Optional(Int(min=1)), limit=Optional(Int(min=1)), workers=Optional(Int(min=0)),
+             chunk_rows=Optional(Int(min=1)), limit=Optional(Int(min=1)), per_class=Optional(Int(min=1)),
+             classnames=Optional(TextList()), workers=Optional(Int(min=0)),
              overwrite=Bool(), strict=Bool(), classes=Optional(Path()), image_col=Optional(Text()),
              caption_col=Optional(Text()), label_col=Optional(Text()), cluster=Optional(Cluster()),
              client=Optional(Client()), task_bytes=Optional(Int(min=1)))
 def embed(out, data: str, model: str, pretrained: str | None = None, *, checkpoint: str | None = None,
           seed: int = 0, device: str = "auto", batch_size: int = 64, dtype: str = "float16", progress=None,
-          templates=None, codec: str = st.DEFAULT_CODEC, chunk_rows: int | None = None, limit: int | None = None,
-          workers: int | None = None, overwrite: bool = False, strict: bool = False, classes: str | None = None,
+          templates=None, codec: str = st.DEFAULT_CODEC, chunk_rows: int | None = None,
+          limit: int | None = None, per_class: int | None = None, classnames=None, workers: int | None = None,
+          overwrite: bool = False,
+          strict: bool = False, classes: str | None = None,
           image_col: str | None = None, caption_col: str | None = None, label_col: str | None = None,
           cluster: str | None = None, client=None, task_bytes: int | None = None) -> dict:
     """Embed ``data`` (a source spec: "folder:DIR", "csv:FILE", "wds:SHARDS", "parquet:FILE", "digits",
@@ -234,12 +243,15 @@ def embed(out, data: str, model: str, pretrained: str | None = None, *, checkpoi
     into a store at ``out`` (resumable: rerun the same call after a crash) -> the finished store's metadata.
 
     The options are ``embedx embed``'s by their Python names: ``templates`` (class prompts, default the source's),
-    ``codec``, ``chunk_rows``, ``limit`` (the first N items), ``workers``, ``overwrite``, ``strict`` (fail on an
+    ``codec``, ``chunk_rows``, ``limit`` (the first N items), ``per_class`` (at
+    most N items of every class, applied before ``limit``), ``classnames`` (replace the source's class
+    names, one per class), ``workers``, ``overwrite``, ``strict`` (fail on an
     unreadable image), ``classes``/``image_col``/``caption_col``/``label_col`` (how ``wds:``/``parquet:`` data is
     read), and ``cluster`` ("local[:N]" | "tcp://HOST:PORT") or ``client`` (a ``distributed.Client``) to embed on a
     Dask cluster in tasks of ``task_bytes`` (the same store, byte for byte)."""
     opts = split(batch_size=batch_size, workers=workers, device=device, templates=templates, strict=strict,
-                 dtype=dtype, codec=codec, chunk_rows=chunk_rows, overwrite=overwrite, limit=limit, classes=classes,
+                 dtype=dtype, codec=codec, chunk_rows=chunk_rows, overwrite=overwrite, limit=limit, per_class=per_class,
+                 classnames=classnames, classes=classes,
                  image_col=image_col, caption_col=caption_col, label_col=label_col, cluster=cluster, client=client,
                  task_bytes=task_bytes)
     res = embed_to_store(str(out), data, model, pretrained, seed=seed, checkpoint=checkpoint,

@@ -140,8 +140,30 @@ def local_cluster(n: int | None = None, threads_per_worker: int = 1):
     try:
         yield cluster
     finally:
-        cluster.close()
+        _close_quietly(cluster, "cluster")
         _restore_environ(saved)  # again: a worker restarted meanwhile wrote it
+
+
+def _close_quietly(obj, what: str) -> None:
+    """Close a local Dask cluster or its client. Its work is finished (or already failed) here: a close that
+    times out on a loaded machine is one warning line, not an error that would hide finished results (its
+    worker processes are the nanny's children and end with it)."""
+    try:
+        obj.close()
+    except TimeoutError as e:  # asyncio.TimeoutError is TimeoutError from Python 3.11
+        logging.getLogger("embedx").warning("the local Dask %s took too long to close (%s); its worker "
+                                            "processes end with this one", what, _why(e) or "timeout")
+
+
+@contextlib.contextmanager
+def _local_client(cluster):
+    from distributed import Client
+
+    c = Client(cluster)
+    try:
+        yield c
+    finally:
+        _close_quietly(c, "client")
 
 
 def lost_scheduler(client, address: str, e: BaseException) -> str | None:
@@ -199,7 +221,7 @@ def connect(cluster=None, client=None, *, task_bytes: int | None = None, rerun: 
             return
         kind, arg = parse_cluster(cluster)
         if kind == "local":
-            with local_cluster(arg) as lc, Client(lc) as c, _faults(c, lc.scheduler_address, rerun, logs):
+            with local_cluster(arg) as lc, _local_client(lc) as c, _faults(c, lc.scheduler_address, rerun, logs):
                 yield DaskExecutor(c, task_bytes=task_bytes)
             return
         timeout = float(os.environ.get("EMBEDX_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))

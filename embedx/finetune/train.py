@@ -43,8 +43,8 @@ FLAT_ACC_TOL = 0.0  # flat(): the accuracy must rise above its start by more tha
 FLAT_LOSS_TOL = 1e-3  # flat(): ... or the loss fall below (1 - this) times its start
 # What identifies a run: a rerun must match all of these to resume.
 PLAN_KEYS = ("model", "pretrained", "pretrained_sha256", "seed", "method", "options", "towers", "data",
-             "dataset_sha256", "limit", "classnames", "templates", "epochs", "lr", "weight_decay", "optimizer", "batch_size",
-             "val_fraction")
+             "per_class", "limit", "classnames", "dataset_sha256", "templates", "epochs", "lr", "weight_decay",
+             "optimizer", "batch_size", "val_fraction")
 
 
 def dry_run(model: str, pretrained: str = "none", method: str = "lora", *, seed: int = 0, towers: str = "both",
@@ -60,12 +60,20 @@ def dry_run(model: str, pretrained: str = "none", method: str = "lora", *, seed:
             "per_tower": sel.counts, "what": sel.what}
 
 
-def class_source(data: str, limit: int | None = None) -> Source:
-    """A labelled source (``folder:``, ``csv:`` with a label column, ``digits``), optionally its first items."""
+def class_source(data: str, limit: int | None = None, per_class: int | None = None,
+                 classnames=None) -> Source:
+    """A labelled source (``folder:``, ``csv:`` with a label column, ``digits``), optionally with ``classnames``
+    for its classes, at most ``per_class`` items of every class and then its first ``limit`` items."""
     src = parse_source(data)
     if src.paired:
         raise EmbedxError(f"finetune needs class labels; {data} is an image-caption source (use folder:PATH, "
                           f"csv:PATH with a 'label' column, or digits)")
+    if classnames is not None:
+        src = src.renamed(classnames)
+    if per_class is not None:
+        if per_class < 1:
+            raise EmbedxError(f"per_class must be positive, got {per_class}", param="per_class")
+        src = src.per_class(per_class)
     if limit is not None:
         if limit < 2:
             raise EmbedxError(f"limit must be at least 2, got {limit}", param="limit")
@@ -166,15 +174,18 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
              towers: str = "both", templates=None, seed: int = 0, epochs: int = 10, lr: float | None = None,
              weight_decay: float = 1e-4,
              optimizer: str | None = None, batch_size: int = 32, val_fraction: float = 0.1, limit: int | None = None,
-             device: str = "auto", workers: int | None = None, overwrite: bool = False,
-             progress: bool = True, encoder: Encoder | None = None, fail_if_flat: bool = False) -> dict:
+             per_class: int | None = None, classnames=None, device: str = "auto", workers: int | None = None,
+             overwrite: bool = False, progress: bool = True, encoder: Encoder | None = None,
+             fail_if_flat: bool = False) -> dict:
     """Fine-tune ``model`` on ``data`` with ``method`` into the run folder ``out``; returns its config.
 
     ``towers``: "both", "image" or "text", the towers the method tunes (a tower where the method finds nothing is
     refused before any work). ``optimizer``/``lr`` None: the method's defaults
     (:func:`embedx.models.methods.recipe`). ``train_blocks``,
     ``rank``, ``reduction``: None = the method's default; one given to a method that does not use it is
-    refused. Rerunning the same call resumes from the last finished epoch; another configuration is refused,
+    refused. ``classnames`` replace the source's class names (one per class); ``per_class`` keeps at most N
+    items of every class and ``limit`` the first N items. Rerunning the same call resumes from the last finished
+    epoch; another configuration is refused,
     and a finished run is kept unless ``overwrite``. ``encoder``: an already built
     ``build(model, pretrained, method, options, seed)``, trained in place. A finished run that never moved
     (:func:`flat`) logs a warning; with ``fail_if_flat`` it then raises :class:`EmbedxError` (the run is kept).
@@ -183,13 +194,14 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
     methods.check_towers(towers)
     optimizer, lr = methods.recipe(method, optimizer, lr)
     _check_recipe(epochs, lr, weight_decay, optimizer, batch_size, val_fraction)
-    source = class_source(data, limit)
+    source = class_source(data, limit, per_class, classnames)
     pretrained = (pretrained or "none").strip()
     pretrained = "none" if pretrained.lower() in NO_WEIGHTS else pretrained
     plan = {"model": model, "pretrained": pretrained,
             "pretrained_sha256": file_sha256(pretrained) if os.path.isfile(pretrained) else None,
             "seed": int(seed), "method": method, "options": opts, "towers": towers, "data": data,
-            "dataset_sha256": source.fingerprint(), "limit": limit, "classnames": list(source.classnames),
+            "dataset_sha256": source.fingerprint(), "per_class": per_class, "limit": limit,
+            "classnames": list(source.classnames),
             "templates": resolve_templates(templates, source), "epochs": int(epochs), "lr": float(lr),
             "weight_decay": float(weight_decay), "optimizer": optimizer, "batch_size": int(batch_size),
             "val_fraction": float(val_fraction)}

@@ -56,6 +56,42 @@ class Source:
                        labels=None if self.labels is None else self.labels[:n],
                        captions=None if self.captions is None else self.captions[:n])
 
+    def per_class(self, n: int) -> "Source":
+        """At most ``n`` items of every class, the first ones in the source's order, the order kept (``--per-class``:
+        a class-balanced subset where ``head`` would take the first classes of a source grouped by class)."""
+        from dataclasses import replace
+
+        from embedx.errors import EmbedxError
+
+        if self.labels is None:
+            raise EmbedxError(f"per_class needs class labels; {self.spec} is an image-caption source",
+                              param="per_class")
+        labels = np.asarray(self.labels)
+        rank = np.zeros(len(labels), dtype=np.int64)
+        seen: dict[int, int] = {}
+        for i, c in enumerate(labels.tolist()):
+            rank[i] = seen.get(c, 0)
+            seen[c] = rank[i] + 1
+        keep = np.flatnonzero(rank < n)
+        return replace(self, spec=f"{self.spec}[per_class={n}]", ids=[self.ids[i] for i in keep],
+                       labels=labels[keep], load=_Subset(self.load, keep))
+
+    def renamed(self, names) -> "Source":
+        """The same items with ``names`` as the class names (one per class, in the source's class order)."""
+        from dataclasses import replace
+
+        from embedx.errors import EmbedxError
+
+        names = [names] if isinstance(names, str) else list(names)
+        if self.classnames is None:
+            raise EmbedxError(f"classnames need class labels; {self.spec} is an image-caption source",
+                              param="classnames")
+        if len(names) != len(self.classnames) or not all(isinstance(n, str) and n.strip() for n in names):
+            raise EmbedxError(f"classnames: {len(self.classnames)} non-empty names needed for {self.spec} "
+                              f"({', '.join(self.classnames[:4])}{', ...' if len(self.classnames) > 4 else ''}), "
+                              f"got {len(names)}", param="classnames")
+        return replace(self, classnames=[n.strip() for n in names])
+
     def fingerprint(self) -> str:
         """sha256 over the ordered ids, labels/captions and class names."""
         h = hashlib.sha256()
@@ -64,6 +100,16 @@ class Source:
             tail = self.captions[i] if self.paired else int(self.labels[i])
             h.update(json.dumps([item, tail]).encode())
         return h.hexdigest()
+
+
+class _Subset:
+    """``load`` of a subset: item ``j`` is the parent's item ``keep[j]`` (a class, so loader workers can pickle it)."""
+
+    def __init__(self, load: Callable[[int], Image.Image], keep: np.ndarray):
+        self.parent, self.keep = load, keep
+
+    def __call__(self, j: int) -> Image.Image:
+        return self.parent(int(self.keep[j]))
 
 
 def _pil_rgb(path: str) -> Image.Image:

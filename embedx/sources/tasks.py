@@ -80,9 +80,28 @@ EMOJI_NAMES = {"Smileys & Emotion": "smileys and emotions", "People & Body": "pe
                "Travel & Places": "travel and places", "Activities": "activities", "Objects": "objects",
                "Symbols": "symbols", "Flags": "flags"}
 
+#: the fine-grained emoji tasks, one per group: task -> (emoji-test.txt group, {subgroup: English class name}),
+#: the subgroups that hold at least ``EMOJI_SUBGROUP_MIN`` emoji (as the group's file lists them)
+EMOJI_SUBGROUP_MIN = 10
+EMOJI_SUBGROUPS = {
+    "emoji-animals": ("Animals & Nature", {"animal-mammal": "mammal", "animal-bird": "bird",
+                                           "animal-marine": "sea animal", "animal-bug": "bug",
+                                           "plant-flower": "flower", "plant-other": "plant"}),
+    "emoji-food": ("Food & Drink", {"food-fruit": "fruit", "food-vegetable": "vegetable",
+                                    "food-prepared": "prepared food", "food-asian": "asian food",
+                                    "food-sweet": "sweet", "drink": "drink"}),
+    "emoji-travel": ("Travel & Places", {"place-building": "building", "place-other": "place",
+                                         "transport-ground": "land vehicle", "transport-air": "aircraft",
+                                         "time": "clock or timer", "sky & weather": "sky or weather"}),
+    "emoji-objects": ("Objects", {"clothing": "clothing", "musical-instrument": "musical instrument",
+                                  "computer": "computer", "light & video": "light or video",
+                                  "book-paper": "book or paper", "money": "money", "mail": "mail",
+                                  "office": "office supply", "tool": "tool", "household": "household item"}),
+}
+
 TEMPLATES = {"fashion-mnist": "a photo of a {}.", "animal-mnist": "a silhouette of a {}.",
              "mnist-5k": 'a photo of the number: "{}".', "tuxpaint": "a clip art picture of {}.",
-             "emoji": "an emoji of {}.", "openclipart": "a clip art picture of {}.",
+             "emoji": "an emoji of {}.", **{k: "an emoji of a {}." for k in EMOJI_SUBGROUPS}, "openclipart": "a clip art picture of {}.",
              "openclipart-objects": "a clip art picture of a {}."}
 
 
@@ -393,14 +412,16 @@ def open_openclipart_objects(arg: str, spec: str, *, split) -> Source:
 
 # -- Noto emoji groups ---------------------------------------------------------------------------------------------
 
-def emoji_list(path: str) -> tuple[list[tuple[int, ...]], list[str]]:
+def emoji_list(path: str, subgroups: bool = False) -> tuple[list[tuple[int, ...]], list]:
     """(code points, group) of each fully-qualified emoji of ``emoji-test.txt`` without a skin-tone modifier,
-    in the file's order, for the groups of :data:`EMOJI_NAMES`."""
-    out, groups, group = [], [], None
+    in the file's order, for the groups of :data:`EMOJI_NAMES`; with ``subgroups`` each is (group, subgroup)."""
+    out, groups, group, sub = [], [], None, None
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.startswith("# group:"):
                 group = line.split(":", 1)[1].strip()
+            elif line.startswith("# subgroup:"):
+                sub = line.split(":", 1)[1].strip()
             elif line.strip() and not line.startswith("#"):
                 points, _, status = line.partition(";")
                 if status.split("#")[0].strip() != "fully-qualified" or group not in EMOJI_NAMES:
@@ -408,7 +429,7 @@ def emoji_list(path: str) -> tuple[list[tuple[int, ...]], list[str]]:
                 cps = tuple(int(c, 16) for c in points.split())
                 if not any(0x1F3FB <= c <= 0x1F3FF for c in cps):
                     out.append(cps)
-                    groups.append(group)
+                    groups.append((group, sub) if subgroups else group)
     return out, groups
 
 
@@ -463,3 +484,40 @@ def open_emoji(arg: str, spec: str, *, split) -> Source:
     return Source(spec, ["emoji:" + "_".join(f"{c:04X}" for c in points[k]) for k in keep], load,
                   classnames=list(EMOJI_NAMES.values()), labels=labels[keep].astype(np.int32),
                   default_template=TEMPLATES["emoji"])
+
+
+def _emoji_subgroup_source(task: str, spec: str, split: str) -> Source:
+    """The emoji of one group of :data:`EMOJI_SUBGROUPS`, class = subgroup; split as :func:`open_emoji`."""
+    group, names = EMOJI_SUBGROUPS[task]
+    test_file = located("emoji-test")
+    font_path = located("emoji-font")
+    points, tags = emoji_list(test_file, subgroups=True)
+    order = list(names)
+    rows = [i for i, (g, sub) in enumerate(tags) if g == group and sub in names]
+    points = [points[i] for i in rows]
+    labels = np.asarray([order.index(tags[i][1]) for i in rows], np.int64)
+    keep = _split_index(split, labels, task)
+
+    def load(i: int) -> Image.Image:
+        return render_emoji(_font(font_path), points[keep[i]])
+
+    return Source(spec, ["emoji:" + "_".join(f"{c:04X}" for c in points[k]) for k in keep], load,
+                  classnames=list(names.values()), labels=labels[keep].astype(np.int32),
+                  default_template=TEMPLATES[task])
+
+
+def _register_emoji_subgroups() -> None:
+    for task, (group, names) in EMOJI_SUBGROUPS.items():
+        def opener(arg: str, spec: str, *, split, _task=task) -> Source:
+            return _emoji_subgroup_source(_task, spec, split)
+
+        opener.__name__ = opener.__qualname__ = "open_" + task.replace("-", "_")
+        opener.__doc__ = f"Emoji of the {group!r} group, class = subgroup (:data:`EMOJI_SUBGROUPS`)."
+        kinds.register("source", task, usage=f"{task}[:train|:test]",
+                       options=_split_option("every fifth emoji of a subgroup (in emoji-test.txt order) is "
+                                             "`test`, the rest `train`"),
+                       summary=f"Noto Color Emoji of the {group!r} group in {len(names)} subgroups "
+                               f"({', '.join(list(names.values())[:3])}, ...), 136x136")(opener)
+
+
+_register_emoji_subgroups()

@@ -61,12 +61,20 @@ def base_seed(model, seed: int) -> int:
 
 
 def _task_cfg(t) -> dict:
-    return {"name": t.name, "train": t.train, "test": t.test, "templates": t.templates}
+    cfg = {"name": t.name, "train": t.train, "test": t.test, "templates": t.templates}
+    if t.classnames is not None:  # only when given: the ids of studies without it stay as they were
+        cfg["classnames"] = t.classnames
+    return cfg
+
+
+def _subset(spec: Spec) -> dict:
+    """The subset keys of a cell's configuration (``per_class`` only when given, as for ``_task_cfg``)."""
+    return {"limit": spec.limit, **({"per_class": spec.per_class} if spec.per_class is not None else {})}
 
 
 def zeroshot_cell(spec: Spec, model, task, seed: int) -> Cell:
     cfg = {"model": model.name, "pretrained": model.pretrained, "seed": base_seed(model, seed),
-           "task": _task_cfg(task), "limit": spec.limit, "batch_size": spec.batch_size}
+           "task": _task_cfg(task), **_subset(spec), "batch_size": spec.batch_size}
     return _make("zeroshot", cfg, {"model": model.label, "task": task.name, "seed": cfg["seed"]})
 
 
@@ -79,7 +87,7 @@ def tuned_cell(spec: Spec, model, task, method, seed: int) -> Cell:
          "batch_size": method.batch_size, "weight_decay": method.weight_decay, "towers": method.towers,
          "options": dict(method.options)}
     cfg = {"model": model.name, "pretrained": model.pretrained, "seed": seed, "task": _task_cfg(task),
-           "method": m, "others": [_task_cfg(o) for o in others_of(spec, task)], "limit": spec.limit,
+           "method": m, "others": [_task_cfg(o) for o in others_of(spec, task)], **_subset(spec),
            "batch_size": spec.batch_size,
            "zeroshot": {t.name: zeroshot_cell(spec, model, t, seed).id for t in [task, *others_of(spec, task)]}}
     return _make("tuned", cfg, {"model": model.label, "task": task.name, "method": method.label, "seed": seed})

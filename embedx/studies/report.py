@@ -1,8 +1,10 @@
 """study.html: one self-contained page (figures as inline PNG from matplotlib's Agg backend, tables as HTML).
 
 Figures: (1) IIMM of the zero-shot train store vs gain, one panel per method, with the OLS fit line
-(``embedx.predict.fit``); (2) forgetting per method (mean bar, one dot per row); (3) every measure and transfer
-score ranked by |Kendall tau| against gain over all rows.
+(``embedx.predict.fit``), points coloured by the task's domain; (2) forgetting per method (mean bar, one dot per
+row); (3) every measure and transfer score ranked by |Kendall tau| against gain over all rows. Tables: the results,
+paper A's, paper B's (over all rows, per method, and within each domain of >= 3 tasks). A small script marks
+``data-images-ok`` on the body once every figure has decoded (what the headless-browser check reads).
 """
 from __future__ import annotations
 
@@ -16,6 +18,14 @@ import numpy as np
 from embedx.store.atomic import atomic_write_bytes
 
 FIGURES = ("fig-iimm-gain", "fig-forgetting", "fig-ranking")
+WITHIN_PREDICTORS = ("iimm", "acs", "silhouette_euclidean", "gap")
+_CHECK = """<script>
+window.addEventListener("load", function () {
+  var imgs = document.images, ok = imgs.length > 0;
+  for (var i = 0; i < imgs.length; i++) { if (!(imgs[i].complete && imgs[i].naturalWidth > 0)) ok = false; }
+  document.body.setAttribute("data-images-ok", ok ? String(imgs.length) : "no");
+});
+</script>"""
 
 
 def _plt():
@@ -41,18 +51,25 @@ def fig_iimm_gain(df) -> str:
     methods = list(dict.fromkeys(df["method"]))
     fig, axes = plt.subplots(1, len(methods), figsize=(3.8 * len(methods), 3.2), squeeze=False,
                              layout="constrained")
+    domains = list(dict.fromkeys(df["domain"])) if "domain" in df else [""]
+    colour = {d: f"C{i % 10}" for i, d in enumerate(domains)}
     for ax, m in zip(axes[0], methods):
         g = df[df["method"] == m]
         x, y = g["iimm"].to_numpy(float), g["gain"].to_numpy(float)
         ok = np.isfinite(x) & np.isfinite(y)
-        ax.scatter(x[ok], y[ok], s=18)
+        dom = g["domain"].to_numpy() if "domain" in g else np.full(len(g), "")
+        for d in domains:
+            sel = ok & (dom == d)
+            if sel.any():
+                ax.scatter(x[sel], y[sel], s=18, color=colour[d], label=d or None)
         for xi, yi, t in zip(x[ok], y[ok], g["task"][ok]):
             ax.annotate(str(t), (xi, yi), fontsize=7, alpha=0.7)
         f = fit(x[ok], y[ok])
         if not f["error"]:
             xs = np.linspace(f["x_min"], f["x_max"], 20)
             ax.plot(xs, f["intercept"] + f["slope"] * xs, color="tab:red",
-                    label=f"R²={f['r2']:.2f}, τ={f['kendall_tau']:.2f}")
+                    label=f"all: R²={f['r2']:.2f}, τ={f['kendall_tau']:.2f}")
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         ax.set_title(m)
         ax.set_xlabel("IIMM (zero-shot, train)")
@@ -99,6 +116,15 @@ def _table(df, digits: int = 4) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _within(fits) -> str:
+    """Paper B's fits of a few measures vs gain and forgetting within each domain (groups ``domain=...``)."""
+    w = fits[fits["group"].str.startswith("domain=") & fits["predictor"].isin(WITHIN_PREDICTORS)
+             & fits["outcome"].isin(["gain", "forgetting"])]
+    if not len(w):
+        return "<p>No domain holds 3 or more tasks (give tasks a <code>domain</code> in STUDY.toml).</p>"
+    return _table(w[["group", "outcome", "predictor", "n", "r2", "kendall_tau", "kendall_p", "slope", "error"]])
+
+
 def write(df, paths: dict, out: str, spec) -> str:
     """Render the report of results ``df`` and the tables in ``paths["frames"]`` to ``out`` -> ``out``."""
     from embedx.version import __version__
@@ -110,7 +136,7 @@ def write(df, paths: dict, out: str, spec) -> str:
                 frames["paperB_fits"]))}
     fits = frames["paperB_fits"]
     best = fits[fits["outcome"].isin(["gain", "forgetting"])].copy()
-    show = ["model", "task", "method", "seed", "zs_acc", "ft_acc", "gain", "norm_gain", "forgetting", "iimm",
+    show = ["model", "task", "domain", "method", "seed", "zs_acc", "ft_acc", "gain", "norm_gain", "forgetting", "iimm",
             "silhouette_euclidean", "acs", "trainable_params"]
     parts = [f"<h1>Study {html.escape(spec.name)}</h1>",
              f"<p>embedx {html.escape(__version__)}, study file sha256 {spec.sha256[:16]}, {len(df)} rows "
@@ -126,11 +152,13 @@ def write(df, paths: dict, out: str, spec) -> str:
               "<h2>Paper B: R² and Kendall τ of every predictor vs gain and forgetting</h2>",
               _table(best[["group", "outcome", "predictor", "n", "r2", "kendall_tau", "kendall_p", "slope",
                            "error"]]),
+              "<h2>Within one image domain: fits over the tasks of each domain (>= 3 tasks)</h2>",
+              _within(fits),
               "<h2>Paper B: leave-one-task-out prediction of gain from IIMM (95% intervals)</h2>",
               _table(frames["paperB_loto_summary"]), _table(frames["paperB_loto"])]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>embedx study</title><style>"
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px;margin:1em 0}"
             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>"
-            + "\n".join(parts) + "</body></html>")
+            + "\n".join(parts) + _CHECK + "</body></html>")
     atomic_write_bytes(out, page.encode("utf-8"))
     return out

@@ -41,11 +41,16 @@ def _clean(v):
     return v
 
 
-def _embed(out, data, model, pretrained, seed, templates, spec: Spec, checkpoint=None) -> None:
+def _embed(out, data, model, pretrained, seed, task: dict, spec: Spec, checkpoint=None) -> None:
     from embedx.embedding.serial import embed
 
-    embed(out, data, model, pretrained, checkpoint=checkpoint, seed=seed, templates=list(templates) if templates
-          else None, limit=spec.limit, batch_size=spec.batch_size, progress=False, overwrite=True)
+    embed(out, data, model, pretrained, checkpoint=checkpoint, seed=seed, templates=_list(task["templates"]),
+          classnames=_list(task.get("classnames")), limit=spec.limit, per_class=spec.per_class,
+          batch_size=spec.batch_size, progress=False, overwrite=True)
+
+
+def _list(v):
+    return list(v) if v else None
 
 
 def run_zeroshot(folder: str, cell: C.Cell, spec: Spec) -> dict:
@@ -55,8 +60,7 @@ def run_zeroshot(folder: str, cell: C.Cell, spec: Spec) -> dict:
 
     c, t = cell.config, cell.config["task"]
     for split in ("train", "test"):
-        _embed(os.path.join(folder, f"{split}.zarr"), t[split], c["model"], c["pretrained"], c["seed"],
-               t["templates"], spec)
+        _embed(os.path.join(folder, f"{split}.zarr"), t[split], c["model"], c["pretrained"], c["seed"], t, spec)
     m = measure(os.path.join(folder, "train.zarr"))
     measures = {k: v for k, v in m.values.items() if not k.startswith("zeroshot_")}
     scores = dict(transfer(os.path.join(folder, "train.zarr")).values)
@@ -75,16 +79,17 @@ def run_tuned(folder: str, cell: C.Cell, spec: Spec, cells_dir: str) -> dict:
     run = os.path.join(folder, "run")
     t0 = time.perf_counter()
     cfg = finetune(run, t["train"], c["model"], c["pretrained"], k["name"], **k["options"], towers=k["towers"],
-                   templates=list(t["templates"]) if t["templates"] else None, seed=c["seed"], epochs=k["epochs"],
-                   lr=k["lr"], weight_decay=k["weight_decay"], optimizer=k["optimizer"], batch_size=k["batch_size"],
-                   limit=spec.limit, overwrite=True, progress=False)
+                   templates=_list(t["templates"]), classnames=_list(t.get("classnames")), seed=c["seed"],
+                   epochs=k["epochs"], lr=k["lr"], weight_decay=k["weight_decay"], optimizer=k["optimizer"],
+                   batch_size=k["batch_size"], limit=spec.limit, per_class=spec.per_class, overwrite=True,
+                   progress=False)
     train_s = time.perf_counter() - t0
     after = os.path.join(folder, "test.zarr")
-    _embed(after, t["test"], None, None, c["seed"], t["templates"], spec, checkpoint=run)
+    _embed(after, t["test"], None, None, c["seed"], t, spec, checkpoint=run)
     pairs = []
     for o in c["others"]:
         a = os.path.join(folder, f"other-{len(pairs)}.zarr")
-        _embed(a, o["test"], None, None, c["seed"], o["templates"], spec, checkpoint=run)
+        _embed(a, o["test"], None, None, c["seed"], o, spec, checkpoint=run)
         pairs.append((o["name"], zs[o["name"]], a))
     d = drift(zs[t["name"]], after, others=pairs)
     before, after_acc = d["before"]["zeroshot_top1"], d["after"]["zeroshot_top1"]

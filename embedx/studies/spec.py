@@ -3,7 +3,8 @@
     [study]                      # optional table
     name = "digits-small"        # label recorded in every row (default: the file's stem)
     seeds = [0]                  # training seeds; with pretrained = "none" the seed also draws the base weights
-    limit = 60                   # optional: the first N images of every split
+    per_class = 20               # optional: at most N images of every class in every split (class-balanced)
+    limit = 60                   # optional: the first N images of every split (after per_class)
     batch_size = 32              # embedding batch size
     others = ["a", "b"]          # tasks that count as "other tasks" for forgetting (default: every task)
 
@@ -17,6 +18,8 @@
     train = "folder:pets/train"  # data source specs (embedx embed --data)
     test = "folder:pets/test"
     templates = ["a photo of a {}."]   # optional class prompts (default: the source's)
+    classnames = ["cat", "dog"]  # optional: replace the source's class names (one per class, in its order)
+    domain = "photos"            # optional label: the fits are also made within each domain
 
     [[methods]]                  # one or more
     name = "lora"                # full | bitfit | attention | lora | adapter
@@ -55,6 +58,8 @@ class Task:
     train: str
     test: str
     templates: tuple[str, ...] | None = None
+    classnames: tuple[str, ...] | None = None
+    domain: str = ""
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class Spec:
     seeds: tuple[int, ...] = (0,)
     limit: int | None = None
     batch_size: int = 32
+    per_class: int | None = None
     others: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -150,14 +156,20 @@ def _model(t: dict, i: int) -> Model:
 
 def _task(t: dict, i: int) -> Task:
     key = f"tasks[{i}]"
-    _check_keys(t, ("name", "train", "test", "templates"), key)
+    _check_keys(t, ("name", "train", "test", "templates", "classnames", "domain"), key)
     tpl = t.get("templates")
     if tpl is not None:
         if not isinstance(tpl, list) or not tpl or not all(isinstance(s, str) and "{}" in s for s in tpl):
             raise _bad(f"{key}.templates", "must be a list of strings, each with one '{}' for the class name")
         tpl = tuple(tpl)
+    names = t.get("classnames")
+    if names is not None:
+        if not isinstance(names, list) or len(names) < 2 or not all(isinstance(s, str) and s.strip() for s in names):
+            raise _bad(f"{key}.classnames", "must be a list of at least 2 non-empty strings, one per class")
+        _unique(names, f"{key}.classnames")
+        names = tuple(s.strip() for s in names)
     return Task(_str(t, "name", key, required=True), _str(t, "train", key, required=True),
-                _str(t, "test", key, required=True), tpl)
+                _str(t, "test", key, required=True), tpl, names, _str(t, "domain", key, ""))
 
 
 def _method(t: dict, i: int) -> Method:
@@ -196,7 +208,7 @@ def parse(text: str, path: str = "STUDY.toml", sha256: str | None = None) -> Spe
     head = doc.get("study", {})
     if not isinstance(head, dict):
         raise _bad("study", "must be a [study] table")
-    _check_keys(head, ("name", "seeds", "limit", "batch_size", "others"), "study")
+    _check_keys(head, ("name", "seeds", "limit", "per_class", "batch_size", "others"), "study")
     models = tuple(_model(t, i) for i, t in enumerate(_tables(doc, "models")))
     tasks = tuple(_task(t, i) for i, t in enumerate(_tables(doc, "tasks")))
     methods = tuple(_method(t, i) for i, t in enumerate(_tables(doc, "methods")))
@@ -218,7 +230,7 @@ def parse(text: str, path: str = "STUDY.toml", sha256: str | None = None) -> Spe
     stem = os.path.splitext(os.path.basename(path))[0]
     return Spec(_str(head, "name", "study", stem), path, sha256 or hashlib.sha256(text.encode()).hexdigest(),
                 models, tasks, methods, tuple(seeds), _int(head, "limit", "study"),
-                _int(head, "batch_size", "study", 32), tuple(others))
+                _int(head, "batch_size", "study", 32), _int(head, "per_class", "study"), tuple(others))
 
 
 def load(path: str) -> Spec:

@@ -1,6 +1,7 @@
 """The study's tables: ``results.parquet``/``.csv`` (one row per model x task x method x seed) and the papers'.
 
-results: identity (study, model, model_name, pretrained, task, method, method_name, seed), the recipe (epochs,
+results: identity (study, model, model_name, pretrained, task, domain (the task's label, "" when not given),
+  method, method_name, seed), the recipe (epochs,
   lr, optimizer, trainable_params, total_params), outcomes (zs_acc, ft_acc, gain, norm_gain, forgetting,
   n_others; :mod:`embedx.studies.run`), drift (displacement_mean, cka_linear, knn_overlap), the predictors of the
   task's zero-shot train store (every measure, every transfer score: :data:`PREDICTORS`), provenance
@@ -10,8 +11,9 @@ Paper A (tables/paperA_difficulty.csv): per model, across tasks, Spearman rho an
   p) of silhouette_euclidean, silhouette_cosine and acs against difficulty = 1 - zs_acc (zero-shot values
   averaged over seeds per task; needs >= 3 tasks, else null). tables/paperA_methods.csv: per model and method,
   mean and standard deviation of gain, norm_gain and forgetting over tasks and seeds.
-Paper B (tables/paperB_fits.csv): per method and over all methods ("all"), for every predictor x outcome (gain,
-  norm_gain, forgetting): the OLS fit of ``embedx.predict.fit`` (R², slope, p; Kendall tau-b and p).
+Paper B (tables/paperB_fits.csv): per method and over all methods ("all"), and, when tasks carry domains, within
+  each domain holding at least 3 tasks ("domain=D" over its methods, "domain=D/METHOD"), for every predictor x
+  outcome (gain, norm_gain, forgetting): the OLS fit of ``embedx.predict.fit`` (R², slope, p; Kendall tau-b and p).
   tables/paperB_loto.csv: leave-one-task-out: for each task, fit outcome ~ iimm on the other tasks' rows, predict
   this task's rows with the 95% prediction interval; error = predicted - actual, inside = actual in the interval.
   tables/paperB_loto_summary.csv: per group and outcome, mean |error|, RMSE and interval coverage.
@@ -25,7 +27,7 @@ import numpy as np
 
 from embedx.engine import registry
 
-ID = ("study", "model", "model_name", "pretrained", "task", "method", "method_name", "seed")
+ID = ("study", "model", "model_name", "pretrained", "task", "domain", "method", "method_name", "seed")
 RECIPE = ("epochs", "lr", "optimizer", "trainable_params", "total_params")
 OUTCOMES = ("gain", "norm_gain", "forgetting")
 RESULT = ("zs_acc", "ft_acc", "gain", "norm_gain", "forgetting", "n_others", "displacement_mean", "cka_linear",
@@ -58,12 +60,14 @@ def results(spec, zs_cells, tuned_cells, markers: dict):
 
     models = {m.label: m for m in spec.models}
     methods = {m.label: m for m in spec.methods}
+    domains = {t.name: t.domain for t in spec.tasks}
     rows = []
     for cell in tuned_cells:
         r, lab = markers[cell.id]["result"], cell.labels
         z = markers[cell.config["zeroshot"][lab["task"]]]["result"]
         row = {"study": spec.name, "model": lab["model"], "model_name": models[lab["model"]].name,
-               "pretrained": models[lab["model"]].pretrained, "task": lab["task"], "method": lab["method"],
+               "pretrained": models[lab["model"]].pretrained, "task": lab["task"], "domain": domains[lab["task"]],
+               "method": lab["method"],
                "method_name": methods[lab["method"]].name, "seed": int(lab["seed"]),
                "epochs": cell.config["method"]["epochs"], "lr": r["lr"], "optimizer": r["optimizer"],
                "trainable_params": r["trainable_params"], "total_params": r["total_params"],
@@ -75,7 +79,8 @@ def results(spec, zs_cells, tuned_cells, markers: dict):
         rows.append(row)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     for k in COLUMNS:
-        if k not in ("study", "model", "model_name", "pretrained", "task", "method", "method_name", "optimizer",
+        if k not in ("study", "model", "model_name", "pretrained", "task", "domain", "method", "method_name",
+                     "optimizer",
                      "embedx_version", "spec_sha256"):
             df[k] = df[k].astype("int64" if k in ("seed", "epochs", "trainable_params", "total_params", "n_others",
                                                   "n_train", "n_test") else "float64")
@@ -112,10 +117,22 @@ def paper_a(df):
     return pd.DataFrame(diff), agg.reset_index()
 
 
+MIN_DOMAIN_TASKS = 3
+
+
 def _groups(df):
+    """("all", every row), (method, its rows), then per domain with >= MIN_DOMAIN_TASKS tasks:
+    ("domain=D", its rows) and ("domain=D/METHOD", its rows of that method)."""
     yield "all", df
     for method, g in df.groupby("method", sort=False):
         yield method, g
+    if "domain" not in df:
+        return
+    for domain, d in df[df["domain"] != ""].groupby("domain", sort=False):
+        if d["task"].nunique() >= MIN_DOMAIN_TASKS:
+            yield f"domain={domain}", d
+            for method, g in d.groupby("method", sort=False):
+                yield f"domain={domain}/{method}", g
 
 
 def paper_b(df):
