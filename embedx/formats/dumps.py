@@ -534,10 +534,12 @@ def scan(kind: str | None, path: str, features: str | None = None, **options) ->
 def import_dump(out: str, kind: str | None, path: str, *, features: str | None = None, id_column: str | None = None,
                 caption_column: str | None = None, dtype: str | None = None, model: str | None = None,
                 dataset: str | None = None, overwrite: bool = False, codec: str = st.DEFAULT_CODEC,
-                chunk_rows: int | None = None) -> dict:
+                chunk_rows: int | None = None, pretrained: str | None = None) -> dict:
     """Stream the dump of format ``kind`` at ``path`` (a registered kind, ``embedx.engine.kinds``; None: the one
     that recognises ``path``) into a complete store at ``out``; return its metadata. ``dtype`` None keeps the
-    dump's (float16 or float32; float16 for any other)."""
+    dump's (float16 or float32; float16 for any other). ``model``/``pretrained``: the model and weights recorded
+    (default: what the dump records: DataComp's features name both, an embedx export its store's; clip-retrieval
+    records neither)."""
     with storage_faults(path):  # no credentials, an unreachable or silent endpoint: one line naming the dump
         d = scan(kind, path, features, id_column=id_column, caption_column=caption_column)
     kind = d.kind
@@ -550,7 +552,9 @@ def import_dump(out: str, kind: str | None, path: str, *, features: str | None =
     st.check_target(out, overwrite)
     if d.rows == 0:
         raise EmbedxError(f"{path}: the dump has no rows")
-    meta = {"model": model or d.model, "pretrained": d.pretrained if not model else None, "seed": None,
+    if pretrained is None and model is None:
+        pretrained = d.pretrained or d.meta.get("pretrained")
+    meta = {"model": model or d.model or d.meta.get("model"), "pretrained": pretrained, "seed": None,
             "dataset": dataset or d.meta.get("dataset") or fsx.basename(path),
             "mode": d.mode, "normalized": True, "written_by": "import",
             "source": {"format": kind, **d.source, "rows": d.rows, "path": fsx.absolute(path)}}
