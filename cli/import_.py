@@ -23,14 +23,17 @@ from embedx.cli.options import KindChoice, KindsOption, chunking_options, verbos
 @click.option("--names", type=click.Path(), help="Text file, one class name (or caption) per text row.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
               help="Stored dtype [default: float16; with --from, the dump's own].")
-@click.option("--model", default=None, help="Record the model that made these embeddings.")
+@click.option("--model", default=None, help="Record the model that made these embeddings (open_clip name).")
+@click.option("--pretrained", default=None,
+              help="Record the weights the model was run with (open_clip pretrained tag or a path); `measure "
+                   "--format clip-benchmark` writes it, \"unknown\" when nothing was recorded.")
 @click.option("--dataset", default=None, help="Record the dataset name.")
 @click.option("--out", "-o", required=True, help="Store path (local or fsspec URL).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out (only once the new one is complete).")
 @chunking_options
 @verbosity_options
 def import_(src, kind, features, id_column, caption_column, images, texts, labels, paired, paired_array, names, dtype,
-            model, dataset, out, overwrite, codec, chunk_rows):
+            model, pretrained, dataset, out, overwrite, codec, chunk_rows):
     """Build a store from existing embedding arrays.
 
     \b
@@ -38,7 +41,8 @@ def import_(src, kind, features, id_column, caption_column, images, texts, label
       embedx import --images X.npy --texts T.npy --labels y.npy --names classes.txt --out s.zarr
       embedx import --images X.npy --texts captions.npy --paired --out coco.zarr
       embedx import --paired-array features_clip.npy --out coco.zarr
-      embedx import --from clip-retrieval embeddings_folder/ --model ViT-B-32 --out laion.zarr
+      embedx import --from clip-retrieval embeddings_folder/ --model ViT-B-32 --pretrained laion2b_s34b_b79k \\
+          --out laion.zarr
       embedx import --from datacomp datacomp_small/metadata --features b32 --out pool.zarr
 
     Every row is checked before anything is written: NaN/inf or all-zero rows, a dimension mismatch,
@@ -57,8 +61,8 @@ def import_(src, kind, features, id_column, caption_column, images, texts, label
         from embedx.formats.dumps import import_dump
 
         m = import_dump(out, kind, src, features=features, id_column=id_column, caption_column=caption_column,
-                        dtype=dtype, model=model, dataset=dataset, overwrite=overwrite, codec=codec,
-                        chunk_rows=chunk_rows)
+                        dtype=dtype, model=model, pretrained=pretrained, dataset=dataset, overwrite=overwrite,
+                        codec=codec, chunk_rows=chunk_rows)
         src_, kind = m["source"], m["source"]["format"]
         parts = src_.get("partitions", src_.get("shards", src_.get("files")))
         echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}, "
@@ -71,7 +75,7 @@ def import_(src, kind, features, id_column, caption_column, images, texts, label
 
     m = import_arrays(out, images=images, texts=texts, labels=labels, paired=paired, names=names,
                       paired_array=paired_array, dtype=dtype or "float16", overwrite=overwrite, codec=codec,
-                      chunk_rows=chunk_rows, model=model, dataset=dataset)
+                      chunk_rows=chunk_rows, model=model, pretrained=pretrained, dataset=dataset)
     n_texts = m["rows_committed"] if m["mode"] == "paired" else None
     what = f"{n_texts} paired texts" if n_texts else "class texts"
     echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}, {what}")

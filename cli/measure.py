@@ -105,6 +105,12 @@ def measure(ctx, store, metrics, silhouette_mode, sample_size, seed, silhouette_
         "seed": seed if silhouette_mode == "sample" else None, "silhouette_labels": silhouette_labels,
         "knn": knn})
     if fmt == "clip-benchmark":
+        missing = clip_benchmark.placeholders(st.meta)
+        if missing:
+            flags = " ".join(f"--{k} NAME" for k in missing)
+            echo(f"note: {store} records no {' or '.join(missing)}; wrote \"{clip_benchmark.UNKNOWN}\" for "
+                 f"{'them' if len(missing) > 1 else 'it'} (record {'them' if len(missing) > 1 else 'it'} with "
+                 f"`embedx import ... {flags}`)", err=True)
         emit_json(clip_benchmark.result(res, st, head), out, as_json)
         return
     emit_json({**head, **res}, out, as_json)

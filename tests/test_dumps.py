@@ -188,9 +188,6 @@ def _bad(root, rng, what):
         t = np.load(root / "text_emb" / "text_emb_1.npy")
         t[4] = 0
         np.save(root / "text_emb" / "text_emb_1.npy", t)
-    elif what == "gap":
-        for sub, ext in (("img_emb", "npy"), ("text_emb", "npy"), ("metadata", "parquet")):
-            os.rename(root / sub / f"{sub}_2.{ext}", root / sub / f"{sub}_3.{ext}")
     elif what == "lone":
         os.remove(root / "metadata" / "metadata_0.parquet")
 
@@ -200,7 +197,6 @@ BAD = [("ragged", ["ragged dump", "img_emb/img_emb_1.npy has d=15", "img_emb/img
        ("imgtext", ["row count mismatch", "img_emb_2.npy has 25 rows", "text_emb/text_emb_2.npy has 24"]),
        ("nan", ["img_emb/img_emb_2.npy row 7 contains NaN"]),
        ("zero", ["text_emb/text_emb_1.npy row 4 is all zeros"]),
-       ("gap", ["partition 2 is missing", "found partitions 0-1, 3"]),
        ("lone", ["metadata/metadata_0.parquet is missing"])]
 
 

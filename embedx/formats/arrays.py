@@ -129,8 +129,10 @@ def _read_names(path, c: int, what: str) -> tuple[list[str], int]:
 def import_arrays(out: str, *, images: str | None = None, texts: str | None = None, labels: str | None = None,
                   paired: bool = False, names: str | None = None, paired_array: str | None = None,
                   dtype: str = "float16", overwrite: bool = False, codec: str = st.DEFAULT_CODEC,
-                  chunk_rows: int | None = None, model: str | None = None, dataset: str | None = None) -> dict:
-    """Validate the arrays, write them as a complete store at ``out``; return its metadata."""
+                  chunk_rows: int | None = None, model: str | None = None, dataset: str | None = None,
+                  pretrained: str | None = None) -> dict:
+    """Validate the arrays, write them as a complete store at ``out``; return its metadata. ``model``,
+    ``pretrained``: recorded as the model and weights that made the rows (CLIP_benchmark's result files name them)."""
     if dtype not in st.DTYPES:
         raise EmbedxError(f"dtype must be float16 or float32, got {dtype!r}", param="dtype")
     st.check_target(out, overwrite)
@@ -165,7 +167,7 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
         y = _check_labels(load_array(labels, "labels"), n, c)
     text_names, cut = _read_names(names, c, "captions" if paired else "text rows")
     files = [os.fspath(s) for s in sources if isinstance(s, (str, os.PathLike))]
-    meta = {"model": model, "pretrained": None, "seed": None,
+    meta = {"model": model, "pretrained": pretrained, "seed": None,
             "dataset": dataset or (os.path.basename(files[0]) if files else "arrays"),
             "mode": "paired" if paired else "classes", "normalized": unit, "written_by": "import",
             "source": {"imported_from": [location(s).absolute() for s in files] or

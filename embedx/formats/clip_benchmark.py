@@ -11,6 +11,12 @@ with, for zeroshot_classification, ``acc1``, ``acc5`` (None below 5 classes) and
 queries ranking the texts: our i2t). Our values are the same definitions (``embedx.measures``); undefined -> None.
 Where the numbers came from goes under the extra key ``embedx`` (``embedx.provenance``), so the layout's own
 keys stay as CLIP_benchmark's readers expect them.
+
+``model`` and ``pretrained`` are always strings, as CLIP_benchmark's ``build`` needs them (it joins them into
+``model_fullname``): the store's recorded model and weights (a fine-tuned store: its checkpoint's path); a store
+embedded by embedx without weights: ``"none"`` (open_clip's random initialisation, its seed in ``embedx``); a value
+nobody recorded (``embedx import`` without ``--model``/``--pretrained``): the placeholder ``"unknown"``, listed by
+:func:`placeholders` so the CLI can say so.
 """
 from __future__ import annotations
 
@@ -47,13 +53,30 @@ def result(values: dict, store, header: dict | None = None, language: str = "en"
     metrics = {theirs: _value(values.get(ours)) for theirs, ours in mapping.items()}
     if not paired and store.n_texts < 5:
         metrics["acc5"] = None  # as CLIP_benchmark: no top-5 below 5 classes
-    ck = meta.get("checkpoint")
-    pretrained = meta.get("pretrained")
-    if isinstance(ck, dict) and ck.get("path"):
-        pretrained = ck["path"]
+    model, pretrained = names(meta)
     out = {"dataset": meta.get("dataset") or os.path.basename(str(store.path).rstrip("/")),
-           "model": meta.get("model"), "pretrained": pretrained, "task": task(paired), "metrics": metrics,
+           "model": model, "pretrained": pretrained, "task": task(paired), "metrics": metrics,
            "language": language}
     if header is not None:
         out["embedx"] = header
     return out
+
+
+UNKNOWN = "unknown"
+
+
+def names(meta: dict) -> tuple[str, str]:
+    """(model, pretrained) as strings for the layout (see the module docstring for the placeholders)."""
+    model = meta.get("model") or UNKNOWN
+    pretrained = meta.get("pretrained")
+    ck = meta.get("checkpoint")
+    if isinstance(ck, dict) and ck.get("path"):
+        pretrained = ck["path"]
+    if not pretrained:
+        pretrained = "none" if meta.get("written_by") != "import" and meta.get("model") else UNKNOWN
+    return str(model), str(pretrained)
+
+
+def placeholders(meta: dict) -> list[str]:
+    """The fields written as ``"unknown"`` because the store does not record them (``model``, ``pretrained``)."""
+    return [k for k, v in zip(("model", "pretrained"), names(meta)) if v == UNKNOWN and not meta.get(k)]

@@ -23,6 +23,7 @@ old store). Memory: one block of rows (an ``.npz`` member is decompressed whole:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -45,6 +46,7 @@ from embedx.store.placement import staged, writer_lock
 from embedx.texts import cap_arrow, note
 from embedx.fs.url import storage_faults
 
+log = logging.getLogger("embedx")
 DATACOMP_MODELS = {"l14": ("ViT-L-14", "openai"), "b32": ("ViT-B-32", "openai")}
 ID_COLUMNS = {"clip-retrieval": ("image_path", "key", "url"), "datacomp": ("uid", "url", "key")}
 CAPTION_COLUMNS = {"clip-retrieval": ("caption",), "datacomp": ("text", "caption")}
@@ -244,10 +246,9 @@ def scan_clip_retrieval(path: str) -> Dump:
         if not have:
             raise EmbedxError(f"{path}: no {what}/ partitions; a paired store needs img_emb, text_emb and metadata")
     every = set(img) | set(txt) | set(meta)
-    missing = sorted(set(range(max(every) + 1)) - every)
-    if missing:
-        raise EmbedxError(f"{path}: partition {missing[0]} is missing ({len(missing)} missing in all; found "
-                          f"partitions {_ranges(every)}); a gap would misnumber the rows")
+    # a number with no file at all: clip-retrieval's writer writes nothing for a partition with no rows (an input
+    # shard whose images all failed), and each partition's rows carry their ids: taken as empty, with a note
+    empty = sorted(set(range(max(every) + 1)) - every)
     for what, have, ext in (("img_emb", img, "npy"), ("text_emb", txt, "npy"), ("metadata", meta, "parquet")):
         lack = sorted(every - set(have))
         if lack:
@@ -257,9 +258,20 @@ def scan_clip_retrieval(path: str) -> Dump:
     for k in sorted(every):
         x, t = NpyRows(img[k], rel(img[k])), NpyRows(txt[k], rel(txt[k]))
         rows = _paired_rows(x, t, meta[k], rel(meta[k]))
-        shards.append(Shard(rel(img[k]), x, t, meta[k], rows))
+        shards.append(Shard(rel(img[k]), x, t, meta[k], rows, extra={"partition": k}))
     _same_dim(shards)
-    return Dump("clip-retrieval", path, shards, source={"partitions": len(shards)})
+    return Dump("clip-retrieval", path, shards,
+                source={"partitions": len(shards), **({"empty_partitions": empty} if empty else {})})
+
+
+def empty_note(source: dict) -> str | None:
+    """The note for a clip-retrieval dump whose numbering skips partitions (None when it skips none)."""
+    empty = source.get("empty_partitions")
+    if not empty:
+        return None
+    return (f"partition{'s' if len(empty) > 1 else ''} {_ranges(empty)} of {source.get('path', 'the dump')} "
+            f"{'have' if len(empty) > 1 else 'has'} no files: taken as empty (clip-retrieval writes no files for a "
+            f"partition without rows)")
 
 
 def scan_datacomp(path: str, features: str | None) -> Dump:
@@ -534,12 +546,17 @@ def scan(kind: str | None, path: str, features: str | None = None, **options) ->
 def import_dump(out: str, kind: str | None, path: str, *, features: str | None = None, id_column: str | None = None,
                 caption_column: str | None = None, dtype: str | None = None, model: str | None = None,
                 dataset: str | None = None, overwrite: bool = False, codec: str = st.DEFAULT_CODEC,
-                chunk_rows: int | None = None) -> dict:
+                chunk_rows: int | None = None, pretrained: str | None = None) -> dict:
     """Stream the dump of format ``kind`` at ``path`` (a registered kind, ``embedx.engine.kinds``; None: the one
     that recognises ``path``) into a complete store at ``out``; return its metadata. ``dtype`` None keeps the
-    dump's (float16 or float32; float16 for any other)."""
+    dump's (float16 or float32; float16 for any other). ``model``/``pretrained``: the model and weights recorded
+    (default: what the dump records: DataComp's features name both, an embedx export its store's; clip-retrieval
+    records neither)."""
     with storage_faults(path):  # no credentials, an unreachable or silent endpoint: one line naming the dump
         d = scan(kind, path, features, id_column=id_column, caption_column=caption_column)
+    msg = empty_note({**d.source, "path": path})
+    if msg:
+        log.warning(msg)
     kind = d.kind
     first = d.shards[0]
     src_dtype = first.images.dtype if first.images is not None else _parquet_dtype(d)
@@ -550,7 +567,9 @@ def import_dump(out: str, kind: str | None, path: str, *, features: str | None =
     st.check_target(out, overwrite)
     if d.rows == 0:
         raise EmbedxError(f"{path}: the dump has no rows")
-    meta = {"model": model or d.model, "pretrained": d.pretrained if not model else None, "seed": None,
+    if pretrained is None and model is None:
+        pretrained = d.pretrained or d.meta.get("pretrained")
+    meta = {"model": model or d.model or d.meta.get("model"), "pretrained": pretrained, "seed": None,
             "dataset": dataset or d.meta.get("dataset") or fsx.basename(path),
             "mode": d.mode, "normalized": True, "written_by": "import",
             "source": {"format": kind, **d.source, "rows": d.rows, "path": fsx.absolute(path)}}
@@ -559,6 +578,48 @@ def import_dump(out: str, kind: str | None, path: str, *, features: str | None =
     with writer_lock(out), storage_faults(out):
         st.check_target(out, overwrite)
         return _stream(out, d, meta, dtype, codec, chunk_rows, id_column, caption_column)
+
+
+# -- the dump's own metadata tables, kept in the store ------------------------------------------------------------
+KEPT = "source_metadata"  # the store's metadata key, and the folder inside the store that holds the copies
+COPY_BLOCK = 1 << 22
+
+
+def copy_file(src: str, dst: str) -> str:
+    """Copy ``src`` to ``dst`` byte for byte (local paths or fsspec URLs); the sha256 of the bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with fsx.open_binary(src) as fi, fsx.open_write(dst) as fo:
+        while True:
+            b = fi.read(COPY_BLOCK)
+            if not b:
+                break
+            h.update(b)
+            fo.write(b)
+    return h.hexdigest()
+
+
+def keep_metadata(d: Dump, store: str, id_column=None, caption_column=None) -> dict:
+    """Copy every partition's metadata parquet of the clip-retrieval dump ``d`` into ``store/source_metadata/``
+    under its own name, byte for byte: every column (url, similarity, NSFW, width, height, key, ... beyond the ids
+    and captions the store's arrays hold), so ``embedx export --format clip-retrieval`` gives them back. Returns
+    the record for the store's metadata: the files with their partition number, rows and sha256, and the id and
+    caption columns the import read."""
+    import pyarrow.parquet as pq
+
+    folder = fsx.join(store, KEPT)
+    fsx.makedirs(folder)
+    files = []
+    for shard in d.shards:
+        name = fsx.basename(shard.table)
+        files.append({"file": name, "partition": int(shard.extra["partition"]), "rows": int(shard.rows),
+                      "sha256": copy_file(shard.table, fsx.join(folder, name))})
+    label = fsx.rel(d.shards[0].table, d.path)
+    names = pq.ParquetFile(fsx.parquet_source(d.shards[0].table)).schema_arrow.names
+    return {"format": d.kind, "folder": KEPT, "files": files,
+            "id_column": _pick(names, id_column, ID_COLUMNS[d.kind], label, "id"),
+            "caption_column": _pick(names, caption_column, CAPTION_COLUMNS[d.kind], label, "caption")}
 
 
 def _parquet_dtype(d: Dump):
@@ -590,8 +651,10 @@ def _stream(out, d: Dump, meta, dtype, codec, chunk_rows, id_column, caption_col
             else:
                 ok, known = _write_blocks(w, d, dtype, id_column, caption_column, bar), None
             bar.close()
-            return w.finalize(extra=note({"normalized": bool(unit and ok)}, d.texts_truncated, "captions"),
-                              known=known)
+            extra = note({"normalized": bool(unit and ok)}, d.texts_truncated, "captions")
+            if d.kind == "clip-retrieval":
+                extra[KEPT] = keep_metadata(d, tmp, id_column, caption_column)
+            return w.finalize(extra=extra, known=known)
         except BaseException:
             if w is not None:
                 try:

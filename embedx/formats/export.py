@@ -1,9 +1,19 @@
 """``embedx export STORE --format clip-retrieval|npy|parquet --out DIR``: a store as files other tools read.
 
-* ``clip-retrieval``: ``img_emb/img_emb_{i}.npy``, ``text_emb/text_emb_{i}.npy``, ``metadata/metadata_{i}.parquet``
-  (``image_path`` = the store's id, ``caption``), partitions of ``partition_rows`` rows numbered as clip-retrieval
-  numbers them (zero-padded to ``int(log10(partitions)) + 1`` digits): what autofaiss and ``clip_retrieval index``
-  take. Paired stores only.
+* ``clip-retrieval``: ``img_emb/img_emb_{i}.npy``, ``text_emb/text_emb_{i}.npy``, ``metadata/metadata_{i}.parquet``,
+  partitions of ``partition_rows`` rows numbered as clip-retrieval numbers them (zero-padded to
+  ``int(log10(partitions)) + 1`` digits): what autofaiss, embedding-reader and ``clip_retrieval index`` take.
+  Paired stores only. A store imported from a clip-retrieval dump keeps that dump's metadata tables
+  (``embedx.formats.dumps.keep_metadata``): they come back with every column under its own name (url, similarity,
+  NSFW, width, height, key, ...), byte for byte, and without ``partition_rows`` in the dump's own partitions and
+  file names (the metadata files are then the very files imported, checked against their recorded sha256). Other
+  stores get ``image_path`` (the store's id) and ``caption``.
+  Rows are written as float32 L2-normalized in float32, as embedx's measures normalize them before scoring
+  (``x.float() / ||x||``): the stored float16 rows are unit length only to float16 rounding (~1e-3), which changes
+  an index's inner-product ranking and so its recall (autofaiss recall@5 0.764 against 0.766); an index built on
+  the export ranks exactly as ``embedx measure --knn faiss`` does. Float32 stores are written as stored (unit rows
+  already: their import checked it). ``embedx import`` of the export casts back to the dtype in ``embedx.json``:
+  float16 rows come back bit for bit (renormalizing moves a float16 row by far less than half a float16 step).
 * ``npy``: ``images.npy``, ``texts.npy``, ``ids.parquet`` (``id``, and ``caption`` for paired stores); class stores
   add ``labels.npy`` (int32) and ``names.parquet`` (``name``).
 * ``parquet``: ``embeddings.parquet``, one row per image: ``id``, ``caption`` + ``image``, ``text`` (paired) or
@@ -77,12 +87,14 @@ def _rows(s: Store, name: str, a: int, b: int, dim: int) -> np.ndarray:
     return s.read_rows_into(name, a, np.empty((b - a, dim), s.dtype))
 
 
-def export_store(store: str, fmt: str, out: str, *, partition_rows: int = PARTITION_ROWS,
+def export_store(store: str, fmt: str, out: str, *, partition_rows: int | None = None,
                  overwrite: bool = False) -> dict:
-    """Write the store at ``store`` as ``fmt`` (``FORMATS``) into the folder ``out``; return a summary."""
+    """Write the store at ``store`` as ``fmt`` (``FORMATS``) into the folder ``out``; return a summary.
+    ``partition_rows`` (clip-retrieval): rows per partition; None: the partitions of the clip-retrieval dump the
+    store was imported from, else ``PARTITION_ROWS``."""
     if fmt not in FORMATS:
         raise EmbedxError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}", param="fmt")
-    if partition_rows < 1:
+    if partition_rows is not None and partition_rows < 1:
         raise EmbedxError(f"partition_rows must be at least 1, got {partition_rows}", param="partition_rows")
     s = Store(store)
     if fmt == "clip-retrieval" and not s.paired:
@@ -118,7 +130,7 @@ def export_store(store: str, fmt: str, out: str, *, partition_rows: int = PARTIT
 
 def _summary(s: Store, out: str, fmt: str, files: int) -> dict:
     return {"out": out, "format": fmt, "rows": s.n_images, "n_texts": s.n_texts, "dim": s.dim,
-            "dtype": str(s.dtype), "files": files}
+            "dtype": "float32" if fmt == "clip-retrieval" else str(s.dtype), "files": files}
 
 
 def _write_all(s: Store, store: str, fmt: str, folder: str, partition_rows: int) -> int:
@@ -147,32 +159,140 @@ def _export_url(s: Store, store: str, fmt: str, out: str, partition_rows: int) -
     return _summary(s, out, fmt, files)
 
 
-def _clip_retrieval(s: Store, out: str, partition_rows: int, bar) -> int:
+def _unit_rows(s: Store, name: str, a: int, b: int, d: int) -> np.ndarray:
+    """Rows ``a:b`` as the export writes them: float16 stores L2-normalized in float32 exactly as the measures do
+    (``embedx.measures.stream.normalized``: torch float32 norm and division); float32 stores as stored."""
+    x = _rows(s, name, a, b, d)
+    if x.dtype == np.float32:
+        return x
+    import torch
+
+    t = torch.from_numpy(x).float()
+    return (t / torch.linalg.vector_norm(t, dim=1)[:, None]).numpy()
+
+
+def kept_metadata(s: Store) -> dict | None:
+    """The clip-retrieval metadata tables the store's import kept (``dumps.keep_metadata``), when they still
+    describe every row of the store; else None."""
+    kept = s.meta.get("source_metadata")
+    if not isinstance(kept, dict) or kept.get("format") != "clip-retrieval" or not kept.get("files"):
+        return None
+    if sum(int(f["rows"]) for f in kept["files"]) != s.n_images:
+        return None
+    return kept
+
+
+def _layout(s: Store, kept: dict | None, partition_rows: int | None) -> list:
+    """[(tag, first row, end row, kept file record or None)] of the export's partitions."""
+    n = s.n_images
+    if partition_rows is None and kept is not None:  # the dump's own partitions and numbering
+        out, a = [], 0
+        for f in kept["files"]:
+            tag = f["file"][len("metadata_"):-len(".parquet")] if f["file"].startswith("metadata_") else \
+                str(f["partition"])
+            out.append((tag, a, a + int(f["rows"]), f))
+            a += int(f["rows"])
+        return out
+    rows = partition_rows or PARTITION_ROWS
+    parts = max(1, math.ceil(n / rows))
+    width = int(math.log10(parts)) + 1  # as clip_retrieval.clip_inference.writer.OutputSink numbers them
+    return [(str(k).zfill(width), k * rows, min(n, (k + 1) * rows), None) for k in range(parts)]
+
+
+class KeptTables:
+    """Row ranges of the kept metadata tables, read one source partition at a time (checked by sha256 once)."""
+
+    def __init__(self, store: Store, kept: dict):
+        self.folder = fsx.join(store.path, kept["folder"])
+        self.files = kept["files"]
+        self.ends = np.cumsum([int(f["rows"]) for f in self.files])
+        self._k, self._table = -1, None
+
+    def path(self, f: dict) -> str:
+        return fsx.join(self.folder, f["file"])
+
+    def check(self, f: dict) -> None:
+        import hashlib
+
+        h = hashlib.sha256()
+        with fsx.open_binary(self.path(f)) as fh:
+            for b in iter(lambda: fh.read(1 << 22), b""):
+                h.update(b)
+        if h.hexdigest() != f["sha256"]:
+            raise EmbedxError(f"{self.path(f)}: the metadata table kept at import changed (sha256 "
+                              f"{h.hexdigest()[:12]}..., recorded {f['sha256'][:12]}...); re-import the dump")
+
+    def _read(self, k: int):
+        import pyarrow.parquet as pq
+
+        if k != self._k:
+            f = self.files[k]
+            self.check(f)
+            self._k, self._table = k, pq.read_table(fsx.parquet_source(self.path(f)))
+        return self._table
+
+    def rows(self, a: int, b: int):
+        """The metadata rows ``a:b`` as one table (the parts of several source partitions concatenated)."""
+        import pyarrow as pa
+
+        parts = []
+        k = int(np.searchsorted(self.ends, a, side="right"))
+        while a < b:
+            start = int(self.ends[k - 1]) if k else 0
+            t = self._read(k)
+            e = min(b, int(self.ends[k]))
+            parts.append(t.slice(a - start, e - a))
+            a, k = e, k + 1
+        if len(parts) == 1:
+            return parts[0]
+        return pa.concat_tables(parts, promote_options="default")
+
+
+def _check_ids(s: Store, table, column: str, a: int, b: int) -> None:
+    ids = table.column(column).cast("string").to_pylist()
+    if ids != _strings(s, "images/ids", a, b):
+        raise EmbedxError(f"{s.path}: the ids of rows {a}..{b - 1} differ from the clip-retrieval metadata kept at "
+                          f"import (column {column!r}); re-import the dump")
+
+
+def _clip_retrieval(s: Store, out: str, partition_rows: int | None, bar) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    n, d = s.n_images, s.dim
-    parts = math.ceil(n / partition_rows)
-    width = int(math.log10(parts)) + 1  # as clip_retrieval.clip_inference.writer.OutputSink numbers them
+    d = s.dim
+    kept = kept_metadata(s)
+    tables = KeptTables(s, kept) if kept is not None else None
     for sub in ("img_emb", "text_emb", "metadata"):
         fsx.makedirs(fsx.join(out, sub))
     schema = pa.schema([("image_path", pa.string()), ("caption", pa.string())])
-    for k in range(parts):
-        p0, p1 = k * partition_rows, min(n, (k + 1) * partition_rows)
-        tag = str(k).zfill(width)
-        xi = NpyWriter(fsx.join(out, "img_emb", f"img_emb_{tag}.npy"), (p1 - p0, d), s.dtype)
-        xt = NpyWriter(fsx.join(out, "text_emb", f"text_emb_{tag}.npy"), (p1 - p0, d), s.dtype)
-        with fsx.open_write(fsx.join(out, "metadata", f"metadata_{tag}.parquet")) as sink, \
-                pq.ParquetWriter(sink, schema) as mw:
-            for a, b in _blocks(s, p0, p1):
-                xi.write(_rows(s, "images/embeddings", a, b, d))
-                xt.write(_rows(s, "texts/embeddings", a, b, d))
-                mw.write_table(pa.table({"image_path": _strings(s, "images/ids", a, b),
-                                         "caption": _strings(s, "texts/names", a, b)}, schema=schema))
-                bar.update(b - a)
+    layout = _layout(s, kept, partition_rows)
+    for tag, p0, p1, f in layout:
+        xi = NpyWriter(fsx.join(out, "img_emb", f"img_emb_{tag}.npy"), (p1 - p0, d), np.float32)
+        xt = NpyWriter(fsx.join(out, "text_emb", f"text_emb_{tag}.npy"), (p1 - p0, d), np.float32)
+        meta_path = fsx.join(out, "metadata", f"metadata_{tag}.parquet")
+        if f is not None:  # the very file imported, byte for byte
+            tables.check(f)
+            _check_ids(s, tables.rows(p0, p1), kept["id_column"], p0, p1)
+            from embedx.formats.dumps import copy_file
+
+            copy_file(tables.path(f), meta_path)
+        elif tables is not None:  # the kept tables' rows of this partition, every column
+            t = tables.rows(p0, p1)
+            _check_ids(s, t, kept["id_column"], p0, p1)
+            with fsx.open_write(meta_path) as sink:
+                pq.write_table(t, sink)
+        for a, b in _blocks(s, p0, p1):
+            xi.write(_unit_rows(s, "images/embeddings", a, b, d))
+            xt.write(_unit_rows(s, "texts/embeddings", a, b, d))
+            bar.update(b - a)
+        if tables is None:
+            with fsx.open_write(meta_path) as sink, pq.ParquetWriter(sink, schema) as mw:
+                for a, b in _blocks(s, p0, p1):
+                    mw.write_table(pa.table({"image_path": _strings(s, "images/ids", a, b),
+                                             "caption": _strings(s, "texts/names", a, b)}, schema=schema))
         xi.close()
         xt.close()
-    return 3 * parts
+    return 3 * len(layout)
 
 
 def _npy(s: Store, out: str, partition_rows: int, bar) -> int:

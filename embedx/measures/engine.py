@@ -28,6 +28,9 @@ FAMILY = "measure"
 CLASS_SILHOUETTE = "silhouette_class_euclidean"
 TIES = ("lowest index wins (as argmax and stable sorting): among candidates scoring exactly the same, the lower "
         "index ranks first")
+TIES_FAISS = ("FAISS's own order for retrieval (knn='faiss': IndexFlatIP top-k on float32 BLAS scores; among "
+              "candidates scoring the same, FAISS's result heap decides, not the lower index); zero-shot: lowest "
+              "index wins")
 NOT_MEASURES = ("n_images", "n_texts", "dim", "timings_s", "estimates", "per_class", "ties",
                 "integrity")  # other result keys
 
@@ -194,8 +197,9 @@ def run(source, metrics=None, *, silhouette_mode: str = "exact", sample_size: in
     values = {s.name: float(s.finalize(ctx)) for s in specs}
     source.ensure_unchanged()  # every number above came from the store that was opened
     info = dict(n_images=source.n_images, n_texts=source.n_texts, dim=source.dim)
-    if any(m.startswith("zeroshot") or "paired" in registry.get(FAMILY, m).requires for m in want):
-        info["ties"] = TIES
+    retrieval_asked = any("paired" in registry.get(FAMILY, m).requires for m in want)
+    if retrieval_asked or any(m.startswith("zeroshot") for m in want):
+        info["ties"] = TIES_FAISS if knn == "faiss" and retrieval_asked else TIES  # what the chosen path did
     recorded = source.content_chunks()
     if recorded:  # what the reads checked against the chunk checksums recorded at finalize (arrays read)
         seen = {k: set(v) for k, v in source.chunks_verified().items()}
