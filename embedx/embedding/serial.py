@@ -218,7 +218,7 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, en
 @constraints(out=Path(), data=Text(), model=Optional(Text()), pretrained=Optional(Text()),
              checkpoint=Optional(Path(exists="dir")), seed=SEED, device=Device(), batch_size=Int(min=1),
              dtype=OneOf("float16", "float32"), progress=PROGRESS,
-             templates=Optional(TextList()), codec=OneOf(of="embedx.store.writer:CODECS"),
+             templates=Optional(TextList(one=True)), codec=OneOf(of="embedx.store.writer:CODECS"),
              chunk_rows=Optional(Int(min=1)), limit=Optional(Int(min=1)), workers=Optional(Int(min=0)),
              overwrite=Bool(), strict=Bool(), classes=Optional(Path()), image_col=Optional(Text()),
              caption_col=Optional(Text()), label_col=Optional(Text()), cluster=Optional(Cluster()),
