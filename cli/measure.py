@@ -110,4 +110,4 @@ def measure(ctx, store, metrics, silhouette_mode, sample_size, seed, silhouette_
     body = res.to_dict(provenance=False)  # the head above names the options as the command took them
     emit_json({**head, **body}, out, as_json)
     if not as_json:
-        _render(store, {**body, **res}, list(res), per_class)  # the measures as floats (NaN: undefined)
+        _render(store, body, list(res), per_class)

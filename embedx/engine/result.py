@@ -16,7 +16,6 @@ their generation ids, the options that change numbers), ``estimates`` (sampled s
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 #: keys a result's provenance holds (the head of the CLI's JSON, ``embedx.provenance.provenance``)
@@ -68,8 +67,9 @@ class Result(Mapping):
         return str(self.info.get("store", self.info.get("path", self.kind)))
 
     def to_dict(self, provenance: bool = True) -> dict:
-        """Everything as plain JSON-able data: the provenance head (unless ``provenance=False``), the scores, the
-        info (n_images, n_texts, dim first), ``timings_s``, ``estimates`` and ``per_class``: the CLI's JSON."""
+        """Everything as plain data (dicts, lists, numbers, strings): the provenance head (unless
+        ``provenance=False``), the scores, the info (n_images, n_texts, dim first), ``timings_s``, ``estimates``
+        and ``per_class``: the CLI's JSON (where an undefined score, NaN here, is null)."""
         if self._document is not None:
             body = _plain(self._document)
             if not provenance:
@@ -122,8 +122,8 @@ def _float(v) -> float:
 
 
 def _plain(x):
-    """``x`` as JSON-able plain data: dicts, lists, str, int, float (numpy scalars/arrays converted; NaN and inf
-    become None, as the CLI writes them)."""
+    """``x`` as plain data: dicts, lists, str, int, float (numpy scalars/arrays converted). An undefined score
+    stays NaN, as it always was in this dict (``json.dumps`` writes NaN; the CLI writes null)."""
     if isinstance(x, Result):
         return x.to_dict()
     if isinstance(x, Mapping):
@@ -132,6 +132,4 @@ def _plain(x):
         return [_plain(v) for v in x]
     if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):  # numpy scalar or array
         return _plain(x.tolist())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
     return x
