@@ -73,21 +73,15 @@ def import_arrays(out, images, texts, labels=None, *, paired: bool | None = None
     appearance in ``ids``). Every row is checked first (NaN/inf, zero rows, a dimension mismatch, labels out of
     range, float16 overflow): nothing is written on bad input. ``codec`` (None: the store's default,
     ``embedx.store.DEFAULT_CODEC``) and ``chunk_rows`` (None: about 4 MiB) shape the arrays."""
-    from embedx.engine.result import Result
+    from embedx.engine.result import store_result
     from embedx.formats.arrays import import_arrays as run
-    from embedx.provenance import provenance
-    from embedx.store import Store
 
     if paired is None:
         paired = labels is None
     layout = {"chunk_rows": chunk_rows} if codec is None else {"chunk_rows": chunk_rows, "codec": codec}
     meta = run(str(out), images=images, texts=texts, labels=labels, paired=paired, names=names, ids=ids,
                dtype=dtype, overwrite=overwrite, model=model, dataset=dataset, **layout)
-    st = Store(str(out), verify_content=False)
-    info = {"store": str(out), "n_images": st.n_images, "n_texts": st.n_texts, "dim": st.dim,
-            **{k: meta.get(k) for k in ("mode", "dtype", "codec", "chunk_rows", "dataset", "model", "normalized")}}
-    prov = provenance("import", {"store": st}, options={"dtype": dtype})
-    return Result({}, info=info, provenance=prov, kind="import", document=meta)
+    return store_result(str(out), meta, "import", options={"dtype": dtype})
 
 
 def _source(source):

@@ -124,6 +124,15 @@ def test_every_call_returns_a_result_that_pandas_takes(stores):
     assert im.to_dict()["rows_committed"] == 90 and im.provenance["stores"]["store"]["generation"]
 
 
+def test_embed_returns_the_same_result_type(tmp_path):
+    out = str(tmp_path / "e.zarr")
+    r = embedx.embed(out, "synthetic:8", "embedx-tiny", device="cpu", progress=False)
+    assert isinstance(r, embedx.Result) and r.kind == "embed" and len(r) == 0
+    assert (r.info["store"], r.info["n_images"], r.info["model"]) == (out, 8, "embedx-tiny")
+    assert r.to_dict()["complete"] and r.provenance["stores"]["store"]["generation"] == embedx.open(out).meta[
+        "generation"]
+
+
 def test_to_dict_is_the_json_the_cli_writes(stores, tmp_path):
     r = embedx.measure(stores.a, metrics=["acs", "gap", "zeroshot_top1"], progress=False)
     d = json.loads(invoke("measure", stores.a, "--json", "--metrics", "acs,gap,zeroshot_top1").stdout)

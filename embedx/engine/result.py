@@ -27,7 +27,7 @@ _HEAD = ("n_images", "n_texts", "dim")
 
 class Result(Mapping):
     """Scores as a read-only mapping {name: value}, with ``timings``, ``info``, ``provenance``, ``estimates``,
-    ``per_class`` beside it (module docstring). ``kind``: "measure", "transfer", "drift" or "import".
+    ``per_class`` beside it (module docstring). ``kind``: "measure", "transfer", "drift", "import" or "embed".
 
     ``document``: the JSON-able dict ``to_dict()`` returns, when the call has its own layout (drift's summary, an
     import's store metadata); otherwise ``to_dict()`` builds the measures' layout."""
@@ -111,6 +111,20 @@ class Result(Mapping):
 
     def _repr_pretty_(self, p, cycle):  # IPython
         p.text(repr(self))
+
+
+def store_result(path: str, meta: Mapping, kind: str, options: Mapping | None = None) -> Result:
+    """The result of a call that writes a store (``import_arrays``, ``embed``): no scores; ``info`` the store's
+    path, counts and layout; ``provenance`` its generation id; ``to_dict()`` its whole metadata (``meta``)."""
+    from embedx.provenance import provenance
+    from embedx.store import Store
+
+    st = Store(str(path), verify_content=False)
+    info = {"store": str(path), "n_images": st.n_images, "n_texts": st.n_texts, "dim": st.dim,
+            **{k: meta.get(k) for k in ("mode", "dtype", "codec", "chunk_rows", "model", "pretrained", "dataset",
+                                        "normalized", "n_skipped")}}
+    return Result({}, info=info, provenance=provenance(kind, {"store": st}, options=options), kind=kind,
+                  document=meta)
 
 
 def _short(v) -> str:
