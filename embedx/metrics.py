@@ -3,7 +3,9 @@
 ``images`` (N, d) and ``texts`` (C, d) rows need not be normalized (every measure L2-normalizes first);
 ``labels`` (N,) class indices in [-1, C) (-1 = none). Without ``labels``, text i is image i's caption (paired).
 Each function runs the same engine as ``embedx measure`` on a store of these rows (float32 compute, float64
-sums), so the numbers agree with the CLI's; the formulas are in ``embedx.measures.scores``. Each declares what its
+sums), so the numbers agree with the CLI's; the formulas are in ``embedx.measures.scores``. Beyond the CLI's
+measures: ``zeroshot_accuracy`` for any k (float32 logits, the same tie rule) and ``silhouette`` with
+sklearn's ``metric``/``sample_size``/``random_state`` (its cosine form in float64 from per-cluster sums). Each declares what its
 parameters accept (``embedx.constraints``): a bad argument is an ``embedx.EmbedxError`` naming it, before any work.
 """
 from __future__ import annotations
