@@ -211,7 +211,7 @@ MEASURE = r"""
 import json, sys
 import embedx
 r = embedx.measure(sys.argv[1], sys.argv[2].split(","), progress=False)
-v = getattr(r, "values", None) or {k: r[k] for k in sys.argv[2].split(",")}
+v = {k: r[k] for k in sys.argv[2].split(",")}  # a Result (a mapping of the measures), or an older dict
 print(json.dumps({k: float(v[k]) for k in v}))
 """
 

@@ -80,7 +80,7 @@ def measure(ctx, store, metrics, silhouette_mode, sample_size, seed, silhouette_
     from embedx.formats import clip_benchmark
     from embedx.engine.cluster import connect
     from embedx.errors import EmbedxError
-    from embedx.measures import NOT_MEASURES, compute
+    from embedx.measures import compute
     from embedx.outputs import check_output_file
     from embedx.provenance import provenance
     from embedx.store import Store
@@ -113,6 +113,7 @@ def measure(ctx, store, metrics, silhouette_mode, sample_size, seed, silhouette_
                  f"`embedx import ... {flags}`)", err=True)
         emit_json(clip_benchmark.result(res, st, head), out, as_json)
         return
-    emit_json({**head, **res}, out, as_json)
+    body = res.to_dict(provenance=False)  # the head above names the options as the command took them
+    emit_json({**head, **body}, out, as_json)
     if not as_json:
-        _render(store, res, [k for k in res if k not in NOT_MEASURES], per_class)
+        _render(store, body, list(res), per_class)

@@ -58,7 +58,7 @@ def transfer(ctx, store, scores, logit_scale, cluster, as_json, out):
     emit_json({**head, **values}, out, as_json)
     if as_json:
         return
-    secs = res.seconds
+    secs = res.timings
     w = max(len(k) for k in values)
     echo(f"{'score':<{w}}  {'value':>14}  {'seconds':>8}")
     for k, v in values.items():

@@ -22,3 +22,13 @@ def exports(package: str, names: dict[str, str]):
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     return __getattr__
+
+
+def public(names: list[str]):
+    """A module ``__dir__`` (PEP 562) listing ``names`` (the package's ``__all__``): ``dir(package)`` and tab
+    completion show the public API, not the submodules imported so far."""
+
+    def __dir__() -> list[str]:
+        return sorted(names)
+
+    return __dir__

@@ -35,10 +35,13 @@ def open(path, *, allow_partial: bool = False, verify_content: bool = True):  # 
 def measure(source, metrics=None, *, device: str = "auto", silhouette: str = "exact", sample_size: int = 2000,
             seed: int = 0, silhouette_labels: str = "modality", knn: str = "blocked", per_class: bool = False,
             progress=None, executor=None, cluster=None, client=None):
-    """The papers' measures of ``source`` -> ``embedx.engine.result.Result`` (a dict of {name: value, n_images,
-    n_texts, dim, timings_s, ...}; ``.values`` holds the measures alone).
+    """The papers' measures of ``source`` -> ``embedx.Result``: a mapping {measure: value} (``pd.Series(r)``,
+    ``pd.DataFrame([r1, r2])``), with ``.info`` (n_images, n_texts, dim, store, ties, integrity), ``.timings``
+    (seconds per step), ``.provenance``, ``.estimates`` (sampled silhouette), ``.per_class``; ``to_dict()`` is
+    the JSON ``embedx measure --json`` writes.
 
-    ``metrics``: names from ``embedx.registry.names("measure")`` (default: every one the source supports).
+    ``metrics``: names from ``embedx.registry.names("measure")``: a list, one name or "acs,gap" (default: every
+    one the source supports).
     ``silhouette``: "exact" or "sample" (``sample_size`` points, ``seed``). ``device``: "auto", "cpu", "cuda".
     ``cluster``: "local[:N]" or "tcp://HOST:PORT", or ``client``: a ``distributed.Client`` (embedx[dist]): the
     passes run as Dask tasks, the same bits as the in-process result. Same numbers as ``embedx measure`` on a
@@ -54,24 +57,33 @@ def measure(source, metrics=None, *, device: str = "auto", silhouette: str = "ex
 
 @constraints(out=Path(), images=Optional(ArrayFile(2)), texts=Optional(ArrayFile(2)),
              labels=Optional(ArrayFile(1, whole=True)), paired=Optional(Bool()),
-             names=Optional(Either(Path(exists="file"), TextList())), dtype=DTYPE, overwrite=Bool(),
-             model=Optional(Text()), dataset=Optional(Text()),
-             codec=Optional(CODEC), chunk_rows=Optional(Int(min=1)))
-def import_arrays(out, images, texts, labels=None, *, paired: bool | None = None, names=None,
+             names=Optional(Either(Path(exists="file"), TextList())), ids=Optional(ArrayFile(1, numeric=False)),
+             dtype=DTYPE, overwrite=Bool(), model=Optional(Text()), pretrained=Optional(Text()),
+             dataset=Optional(Text()), codec=Optional(CODEC), chunk_rows=Optional(Int(min=1)))
+def import_arrays(out, images, texts, labels=None, *, paired: bool | None = None, names=None, ids=None,
                   dtype: str = "float16", overwrite: bool = False, model: str | None = None,
-                  dataset: str | None = None, codec: str | None = None, chunk_rows: int | None = None):
-    """Write arrays (numpy, torch, or .npy/.npz/.parquet paths) as a complete store at ``out`` -> the store's
-    metadata. ``labels``: class index per image (class store; ``texts`` the class prompts); without labels
-    (or ``paired=True``) text i pairs with image i. Every row is checked first (NaN/inf, zero rows, a
-    dimension mismatch, labels out of range, float16 overflow): nothing is written on bad input. ``codec`` (None:
-    the store's default, ``embedx.store.DEFAULT_CODEC``) and ``chunk_rows`` (None: about 4 MiB) shape the arrays."""
+                  pretrained: str | None = None, dataset: str | None = None, codec: str | None = None,
+                  chunk_rows: int | None = None):
+    """Write arrays (numpy, torch, or .npy/.npz/.parquet paths) as a complete store at ``out`` -> ``embedx.Result``
+    (no scores; ``.info``: the store's path, n_images, n_texts, dim, dtype, mode, ...; ``.provenance``: its
+    generation id; ``to_dict()``: the store's whole metadata, checksums and sums included). ``labels``: class index
+    per image (class store; ``texts`` the class prompts); without labels (or ``paired=True``) text i pairs with
+    image i. ``ids``: the source id of each row; in a paired store rows that share an id are one image with several
+    captions (every caption a positive of retrieval recall): COCO-style, ``texts`` holds every caption, ``ids`` one
+    id per caption, and ``images`` either one row per caption or one row per distinct id (in order of first
+    appearance in ``ids``). Every row is checked first (NaN/inf, zero rows, a dimension mismatch, labels out of
+    range, float16 overflow): nothing is written on bad input. ``model``, ``pretrained``: the model and weights that
+    made the rows (recorded; CLIP_benchmark result files name them). ``codec`` (None: the store's default,
+    ``embedx.store.DEFAULT_CODEC``) and ``chunk_rows`` (None: about 4 MiB) shape the arrays."""
+    from embedx.engine.result import store_result
     from embedx.formats.arrays import import_arrays as run
 
     if paired is None:
         paired = labels is None
     layout = {"chunk_rows": chunk_rows} if codec is None else {"chunk_rows": chunk_rows, "codec": codec}
-    return run(str(out), images=images, texts=texts, labels=labels, paired=paired, names=names, dtype=dtype,
-               overwrite=overwrite, model=model, dataset=dataset, **layout)
+    meta = run(str(out), images=images, texts=texts, labels=labels, paired=paired, names=names, ids=ids,
+               dtype=dtype, overwrite=overwrite, model=model, pretrained=pretrained, dataset=dataset, **layout)
+    return store_result(str(out), meta, "import", options={"dtype": dtype})
 
 
 def _source(source):

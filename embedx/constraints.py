@@ -8,8 +8,9 @@ Every argument the caller passed is checked before the function runs, in the ord
 violation raises :class:`~embedx.errors.EmbedxError` with a one-line message whose ``param`` is the parameter's
 Python name (defaults are valid by construction, and tests/test_param_constraints.py checks that they are). A
 check returns the value the function then receives: the same value, except that :class:`Array` gives a numpy
-array (a torch tensor is copied to the host once) and :class:`Source` opens the store or wraps the arrays
-(``embedx.rowsource.as_source``), so nothing is opened or converted twice.
+array (a torch tensor is copied to the host once), :class:`Source` opens the store or wraps the arrays
+(``embedx.rowsource.as_source``), so nothing is opened or converted twice, and a list of names (:class:`Names`,
+:class:`TextList`) is a list: one string is one name (``metrics="gap"``, ``metrics="acs,gap"``).
 
 What one parameter cannot say alone (labels in [-1, C) for C texts; images and texts of one dimension) the
 function checks itself (``embedx.validate``). ``Free(why)`` marks a parameter that takes anything. Every
@@ -259,17 +260,24 @@ class OutputFile(Path):
 
 
 class TextList(Constraint):
-    """A list (or tuple) of strings, one per row."""
+    """A list (or tuple) of strings, one per row; with ``one``, a single string is a list of one -> a list."""
 
-    what = "a list of strings"
+    def __init__(self, one: bool = False):
+        self.one = one
+
+    @property
+    def what(self) -> str:
+        return "a string or a list of strings" if self.one else "a list of strings"
 
     def accepts_type(self, value) -> bool:
-        return isinstance(value, (list, tuple))
+        return isinstance(value, (list, tuple)) or (self.one and isinstance(value, str))
 
     def check(self, value, name):
+        if self.one and isinstance(value, str):
+            return [value]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise self.fail(name, value)
-        return value
+        return list(value)
 
 
 def _numpy(value):
@@ -355,8 +363,8 @@ class ArrayFile(Array):
 
 
 class Names(Constraint):
-    """Score names of the registry's ``family``: a list or a comma-separated string; ``empty``: whether none at
-    all is allowed (the function's default set)."""
+    """Score names of the registry's ``family``: a list, one name, or one comma-separated string -> a list of the
+    names (None when none is given); ``empty``: whether none at all is allowed (the function's default set)."""
 
     def __init__(self, family: str, noun: str, empty: bool = True):
         self.family, self.noun, self.empty = family, noun, empty
@@ -378,7 +386,7 @@ class Names(Constraint):
         for v in want:
             if v not in known:
                 raise self.fail(name, value, f"unknown {self.noun} {v!r}; choose from {', '.join(known)}")
-        return value
+        return want or None  # a list (one string is one name, or several comma-separated); none asked: None
 
 
 class Device(Constraint):
@@ -462,10 +470,12 @@ class StorePath(Path):
 class Pairs(Constraint):
     """Other tasks' store pairs: a list of "[NAME=]BEFORE:AFTER" strings or (name, before, after) tuples."""
 
-    what = "a list of [NAME=]BEFORE:AFTER strings or (name, before, after) tuples"
+    what = "a [NAME=]BEFORE:AFTER string, or a list of them or of (name, before, after) tuples"
 
     def check(self, value, name):
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        if isinstance(value, str):  # one pair
+            value = [value]
+        if not isinstance(value, (list, tuple)):
             raise self.fail(name, value)
         from embedx.drift_analysis.comparison import parse_pair
 

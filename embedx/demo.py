@@ -29,5 +29,6 @@ def run_demo(out_dir: str = "embedx-demo") -> list[dict]:
         import_arrays(path, paired_array=os.path.join(MODALITY_GAP_DIR, fname), overwrite=True,
                       model=model, dataset=DATASET)
         store = Store(path)
-        rows.append({"name": key, "model": model, "info": store.info(), "measures": compute(store)})
+        measures = compute(store).to_dict(provenance=False)  # the measures, n_images, timings_s, ...
+        rows.append({"name": key, "model": model, "info": store.info(), "measures": measures})
     return rows

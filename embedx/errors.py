@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 
-class EmbedxError(Exception):
-    """Bad input or a refused operation, explained in one line.
+class EmbedxError(ValueError):
+    """Bad input or a refused operation, explained in one line. A ``ValueError`` (scikit-learn's habit: ``except
+    ValueError`` catches a bad argument); code that catches ValueError around embedx calls re-raises it first.
 
     ``param`` names the Python parameter at fault (``EmbedxError("knn_k must be >= 1, got 0", param="knn_k")``),
     or a tuple of them when several clash (``param=("paired", "labels")``). Messages never name a CLI flag: they

@@ -17,6 +17,15 @@ def error(param: str | None, message: str) -> EmbedxError:
     return EmbedxError(message, param=param)
 
 
+def names(value) -> list[str] | None:
+    """Names as a list: one string (``"gap"``, or several comma-separated: ``"acs,gap"``) or a list/tuple of them,
+    each stripped, blanks and repeats dropped; None stays None."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    return list(dict.fromkeys(v.strip() for v in items if isinstance(v, str) and v.strip()))
+
+
 def matrix(a: np.ndarray, param: str) -> None:
     """``a`` is a non-empty 2-D numeric array (rows x dim)."""
     if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:

@@ -80,7 +80,7 @@ def test_arrays_and_a_store_of_the_same_rows_give_the_same_numbers(tmp_path, rng
     embedx.import_arrays(tmp_path / "s.zarr", x32, t32, y, dtype="float32")
     from_store = embedx.measure(embedx.open(tmp_path / "s.zarr"), progress=False)
     from_arrays = embedx.measure((x32, t32, y), progress=False)
-    for k in from_store.values:  # the store's recorded sums let the cosine silhouette join the first pass; arrays
+    for k in from_store:  # the store's recorded sums let the cosine silhouette join the first pass; arrays
         # take a second pass: float32 dots summed in another order (both within 1e-5 of float64, tested elsewhere)
         assert from_arrays[k] == pytest.approx(from_store[k], abs=1e-7 if k == "silhouette_cosine" else 1e-9), k
     tr_store = embedx.transfer(tmp_path / "s.zarr")
@@ -92,10 +92,12 @@ def test_result_is_typed_and_its_dict_is_the_json(rng):
     x, t, y = _class_data(rng, 120, 4, 8)
     r = embedx.measure((x, t, y), metrics=["acs", "silhouette_euclidean"], silhouette="sample", sample_size=50,
                        progress=False)
-    assert set(r.values) == {"acs", "silhouette_euclidean"}
-    assert r.to_dict() == dict(r)
+    assert set(r) == {"acs", "silhouette_euclidean"}
+    d = r.to_dict()
+    assert {k: d[k] for k in r} == dict(r) and d["n_images"] == 120 and d["timings_s"] == r.timings
+    assert d["estimates"] == r.estimates and d["schema"] == "embedx.measure/1"
     assert r.estimates["silhouette_euclidean"]["sample_size"] == 50
-    assert r["n_images"] == 120 and r.info["dim"] == 8 and "silhouette_euclidean" in r.timings
+    assert r.info["n_images"] == 120 and r.info["dim"] == 8 and "silhouette_euclidean" in r.timings
 
 
 class CountingRows(ArrayRows):
@@ -166,7 +168,7 @@ def test_adding_a_score_is_one_registration(rng):
     (lambda x, t, y: embedx.measure((x, t, y), silhouette="fast"), "silhouette"),
     (lambda x, t, y: embedx.transfer((x, t, y), logit_scale=-1.0), "logit_scale"),
     (lambda x, t, y: embedx.transfer((x, t, y), scores=["hscore", "foo"]), "scores"),
-    (lambda x, t, y: metrics.zeroshot_accuracy(x, t, y, k=3), "k"),
+    (lambda x, t, y: metrics.zeroshot_accuracy(x, t, y, k=0), "k"),
     (lambda x, t, y: embedx.measure("no/such/store.zarr"), "source"),
 ])
 def test_errors_name_the_python_parameter(rng, call, param):
@@ -211,13 +213,13 @@ PUBLIC_SIGNATURES = {
     "embed": ["out", "data", "model", "pretrained", "checkpoint", "seed", "device", "batch_size", "dtype", "progress",
               "templates", "codec", "chunk_rows", "limit", "workers", "overwrite", "strict", "classes", "image_col",
               "caption_col", "label_col", "cluster", "client", "task_bytes"],
-    "import_arrays": ["out", "images", "texts", "labels", "paired", "names", "dtype", "overwrite", "model", "dataset",
-                      "codec", "chunk_rows"],
+    "import_arrays": ["out", "images", "texts", "labels", "paired", "names", "ids", "dtype", "overwrite", "model",
+                      "dataset", "codec", "chunk_rows"],
     "metrics.iimm": ["images", "texts", "labels"], "metrics.iimm_inter": ["images", "texts", "labels"],
     "metrics.iimm_intra": ["images"], "metrics.acs": ["images", "texts", "labels"],
     "metrics.modality_gap": ["images", "texts"],
     "metrics.modality_silhouette": ["images", "texts", "metric", "sample_size", "seed", "device"],
-    "metrics.silhouette": ["points", "labels"], "metrics.zeroshot_accuracy": ["images", "texts", "labels", "k"],
+    "metrics.silhouette": ["points", "labels", "metric", "sample_size", "random_state"], "metrics.zeroshot_accuracy": ["images", "texts", "labels", "k"],
     "metrics.recall_at_k": ["images", "texts", "k", "direction"],
 }
 

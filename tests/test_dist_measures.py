@@ -32,8 +32,8 @@ def same(a, b) -> bool:
 
 
 def _close(a, b):
-    for k in a.values:
-        assert same(b.values[k], a.values[k]), (k, b.values[k], a.values[k])
+    for k in a:
+        assert same(b[k], a[k]), (k, b[k], a[k])
 
 
 def test_class_stream_measures_on_cluster(tmp_path, rng, dask_executor):
@@ -43,7 +43,7 @@ def test_class_stream_measures_on_cluster(tmp_path, rng, dask_executor):
     first = compute(store, names, executor=dask_executor)
     again = compute(store, names, executor=dask_executor)
     _close(local, first)
-    assert first.values == again.values  # the fixed merge tree: the same bits run after run
+    assert dict(first) == dict(again)  # the fixed merge tree: the same bits run after run
     # every chunk the pass read was checked against its recorded checksum, on the workers as in-process
     assert again.info["integrity"] == local.info["integrity"]
     assert local.info["integrity"]["chunks_verified"] == local.info["integrity"]["chunks_recorded"]
@@ -95,7 +95,7 @@ def test_a_worker_killed_mid_measure_gives_the_same_answer(tmp_path, rng, small_
         os.kill(pids[0], signal.SIGKILL)
         run.join(120)
         assert "r" in out, "the pass did not finish after a worker was killed"
-        assert out["r"].values == clean.values
+        assert dict(out["r"]) == dict(clean)
         _close(local, out["r"])
 
 
@@ -138,7 +138,7 @@ def test_every_default_measure_on_cluster(tmp_path, rng, dask_executor, monkeypa
     opts = {} if paired else {"silhouette_labels": "class"}
     local = compute(store, **opts)
     cluster = compute(store, executor=dask_executor, **opts)
-    assert set(cluster.values) == set(local.values) and len(local.values) >= (10 if paired else 12)
+    assert set(cluster) == set(local) and len(local) >= (10 if paired else 12)
     _close(local, cluster)
 
 

@@ -57,7 +57,7 @@ def test_transfer_scores_on_cluster(tmp_path, rng, dask_client, dask_executor, s
     again = embedx.transfer(store, SCORES, executor=dask_executor)
     folds = [task for task in ts.data if task["key"].startswith("_leaf")]
     assert len(folds) >= 3 * 4  # three passes (sfda), each of several tasks of whole blocks
-    assert all(np.isfinite(v) for v in local.values.values())
+    assert all(np.isfinite(v) for v in local.values())
     _close(dict(local), dict(first))
     assert dict(first) == dict(again)  # the fixed merge tree: the same bits run after run
 

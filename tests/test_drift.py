@@ -439,7 +439,7 @@ def test_history_rows_feed_predict(tmp_path, rng):
         assert float(got["ood_delta"]) == pytest.approx(oa - ob, abs=1e-15)
         assert got["store"] == os.path.relpath(train.path, tmp_path)  # relative to the CSV's folder
         assert not os.path.isabs(got["store"])
-        ref = compute(train, ["iimm", "iimm_inter", "iimm_intra", "acs", "gap", "silhouette_euclidean"])
+        ref = dict(compute(train, ["iimm", "iimm_inter", "iimm_intra", "acs", "gap", "silhouette_euclidean"]))
         ref.update(transfer.compute(train, scores=["hscore", "gbc", "transrate", "logme", "sfda", "leep", "nce"]))
         for m in DEFAULT_STORE_PREDICTORS:
             assert float(got[m]) == pytest.approx(ref[m], rel=1e-12, abs=1e-15), m

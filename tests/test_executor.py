@@ -138,7 +138,7 @@ def test_measures_transfer_and_drift_are_the_same_bits_on_every_executor(tmp_pat
     for name, ex in (("serial", SerialExecutor()), ("threaded", ThreadedExecutor(3)), ("dask", dask_executor)):
         m = embedx.measure(store, measures, executor=ex)
         t = embedx.transfer(store, scores, executor=ex)
-        runs[name] = ({k: m.values[k] for k in measures}, dict(t))
+        runs[name] = ({k: m[k] for k in measures}, dict(t))
     assert all(np.isfinite(v) for v in runs["serial"][0].values())
     assert runs["threaded"] == runs["serial"]
     assert runs["dask"] == runs["serial"]

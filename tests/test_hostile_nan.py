@@ -324,5 +324,5 @@ def test_sampled_silhouette_of_two_points_is_null_too(tmp_path):
     out = _one_pair_store(tmp_path)
     res = M.compute(Store(out), silhouette_mode="sample")
     assert np.isnan(res["silhouette_euclidean"]) and np.isnan(res["silhouette_cosine"])
-    assert "silhouette_euclidean" not in res.get("estimates", {})
+    assert "silhouette_euclidean" not in res.estimates
     assert np.isfinite(res["acs"])

@@ -44,7 +44,7 @@ def test_every_reader_checks_every_chunk_it_reads(tmp_path, rng, paired):
         read = ("images/embeddings", "texts/embeddings") + (("images/labels",) if labels else ())
         assert s.chunks_verified() == {k: list(range(v)) if k in read else [] for k, v in s.content_chunks().items()}
         n = 10 if paired else 6 + 5 * labels
-        assert res["integrity"] == {"chunks_verified": n, "chunks_recorded": n}
+        assert res.info["integrity"] == {"chunks_verified": n, "chunks_recorded": n}
     if not paired:
         s = Store(out)
         transfer.compute(s)

@@ -113,10 +113,12 @@ def _call_name(node) -> str:
 
 def _lazy_reexport(node) -> bool:
     """The re-export forms a package may use besides imports: a module ``__getattr__`` (PEP 562: names loaded on
-    first use; written out, or ``__getattr__ = _lazy.exports(...)``) and ``only_as(__name__, ...)`` (the top-level
+    first use; written out, or ``__getattr__ = _lazy.exports(...)``), ``__dir__ = _lazy.public(__all__)`` and ``only_as(__name__, ...)`` (the top-level
     folders' shadowing guard). Callable modules are gone: the API functions are plain functions."""
     if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["__getattr__"]:
         return _call_name(node.value) == "exports"
+    if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["__dir__"]:
+        return _call_name(node.value) == "public"  # dir(package): its __all__ (_lazy.public)
     if isinstance(node, ast.FunctionDef) and node.name == "__getattr__":  # a module __getattr__ (PEP 562)
         return True
     return isinstance(node, ast.Expr) and _call_name(node.value) == "only_as"

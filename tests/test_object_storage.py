@@ -65,7 +65,7 @@ def test_import_open_info_verify(s3, rng):
     url = s3.url("roundtrip/s.zarr")
     meta = embedx.import_arrays(url, x, t, y, names=[f"c{k}" for k in range(len(t))], dtype="float32",
                                 chunk_rows=48)
-    assert meta["complete"]
+    assert meta.to_dict()["complete"] and meta.info["store"] == url
     s = embedx.open(url)
     np.testing.assert_array_equal(s.images(), x)  # float32, as given
     np.testing.assert_array_equal(s.labels(), y)

@@ -64,7 +64,7 @@ def valid(name: str, D) -> dict:
     if name == "embed":
         return dict(out=out, data="synthetic:8", model="embedx-tiny", progress=False)
     if name == "import_arrays":
-        return dict(out=out, images=x, texts=t, labels=y, names=["a", "b", "c"])
+        return dict(out=out, images=x, texts=t, labels=y, names=["a", "b", "c"], ids=np.arange(len(x)))
     if name == "metrics.silhouette":
         return dict(points=x, labels=y)
     if name == "metrics.recall_at_k":  # paired: caption i of image i
@@ -115,8 +115,8 @@ def invalid(c: C.Constraint, base, D) -> list:
         return [42, str(missing / "report.html"), str(D.dir)]
     if isinstance(c, C.Path):
         return [42, ""] + ([str(missing)] if c.exists else [])
-    if isinstance(c, C.TextList):
-        return ["abc", ["a", 1], 42]
+    if isinstance(c, C.TextList):  # one string is a list of one where the declaration says so (templates)
+        return ([] if c.one else ["abc"]) + [["a", 1], 42]
     if isinstance(c, C.Array):
         a = np.asarray(base)
         out = ["abc", {"a": 1}, None, a[..., None], a.reshape(-1)[0], a[:0]]
@@ -145,7 +145,7 @@ def invalid(c: C.Constraint, base, D) -> list:
     if isinstance(c, C.Source):
         return [42, None, object(), (D.x,), (D.x, D.t[:, :3], D.y), (D.x[0], D.t), str(missing / "s.zarr")]
     if isinstance(c, C.Pairs):
-        return ["a.zarr:b.zarr", 42, ["nocolon"], [("name", 1, 2)]]
+        return ["nocolon", 42, ["nocolon"], [("name", 1, 2)]]
     if isinstance(c, C.Free):
         return []
     raise AssertionError(f"no invalid values for {type(c).__name__}: add them here")

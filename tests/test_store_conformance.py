@@ -139,7 +139,7 @@ class TestStoreConformance:
     def test_import_then_every_read_path_gives_the_rows_back(self, backend, rng):
         x, t, y = _data(rng)
         path = backend.path("s.zarr")
-        meta = embedx.import_arrays(path, x, t, y, names=NAMES, dtype="float32", chunk_rows=48)
+        meta = embedx.import_arrays(path, x, t, y, names=NAMES, dtype="float32", chunk_rows=48).to_dict()
         assert meta["complete"] and meta["rows_committed"] == 500
         s = Store(path)
         assert (s.n_images, s.n_texts, s.dim, s.chunk_rows, str(s.dtype)) == (500, 6, 24, 48, "float32")

@@ -70,7 +70,7 @@ def test_streamed_scores_equal_reference(tmp_path, rng, n, c, d, dtype):
     # default: every score but gbc_diagonal; without texts, the label-only scores
     assert list(T.compute(str(tmp_path / "s.zarr"))) == list(T.DEFAULT)
     assert set(T.compute_arrays(xs, ys)) == set(T.DEFAULT) - {"leep", "nce"}
-    assert set(got.seconds) == set(ALL) | {T.SHARED} and all(v >= 0 for v in got.seconds.values())
+    assert set(got.timings) == set(ALL) | {T.SHARED} and all(v >= 0 for v in got.timings.values())
 
 
 def test_singleton_and_empty_classes_are_finite(rng):

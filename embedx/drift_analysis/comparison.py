@@ -182,7 +182,8 @@ def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode
     opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn)
     timings = {}
     t0 = time.perf_counter()
-    mb, ma = (defined(s, compute(s, metrics, progress=progress, executor=executor, **opts)) for s in (a, b))
+    mb, ma = (defined(s, compute(s, metrics, progress=progress, executor=executor, **opts).to_dict(provenance=False))
+              for s in (a, b))  # each store's measures with n_images, timings_s, ...: its JSON as measure writes it
     timings["measures"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

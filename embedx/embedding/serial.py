@@ -224,7 +224,7 @@ def _stream(writer: st.StoreWriter, enc: Encoder, source: Source, start: int, en
 @constraints(out=Path(), data=Text(), model=Optional(Text()), pretrained=Optional(Text()),
              checkpoint=Optional(Path(exists="dir")), seed=SEED, device=Device(), batch_size=Int(min=1),
              dtype=OneOf("float16", "float32"), progress=PROGRESS,
-             templates=Optional(TextList()), codec=OneOf(of="embedx.store.writer:CODECS"),
+             templates=Optional(TextList(one=True)), codec=OneOf(of="embedx.store.writer:CODECS"),
              chunk_rows=Optional(Int(min=1)), limit=Optional(Int(min=1)), per_class=Optional(Int(min=1)),
              classnames=Optional(TextList()), workers=Optional(Int(min=0)),
              overwrite=Bool(), strict=Bool(), classes=Optional(Path()), image_col=Optional(Text()),
@@ -237,10 +237,12 @@ def embed(out, data: str, model: str, pretrained: str | None = None, *, checkpoi
           overwrite: bool = False,
           strict: bool = False, classes: str | None = None,
           image_col: str | None = None, caption_col: str | None = None, label_col: str | None = None,
-          cluster: str | None = None, client=None, task_bytes: int | None = None) -> dict:
+          cluster: str | None = None, client=None, task_bytes: int | None = None):
     """Embed ``data`` (a source spec: "folder:DIR", "csv:FILE", "wds:SHARDS", "parquet:FILE", "digits",
     "synthetic:N", ..., or a bare path one kind recognises; ``embedx.engine.kinds``) with an open_clip ``model``
-    into a store at ``out`` (resumable: rerun the same call after a crash) -> the finished store's metadata.
+    into a store at ``out`` (resumable: rerun the same call after a crash) -> ``embedx.Result`` (no scores;
+    ``.info``: the store's path, counts, model; ``.provenance``: its generation id; ``to_dict()``: the finished
+    store's metadata).
 
     The options are ``embedx embed``'s by their Python names: ``templates`` (class prompts, default the source's),
     ``codec``, ``chunk_rows``, ``limit`` (the first N items), ``per_class`` (at
@@ -256,4 +258,6 @@ def embed(out, data: str, model: str, pretrained: str | None = None, *, checkpoi
                  task_bytes=task_bytes)
     res = embed_to_store(str(out), data, model, pretrained, seed=seed, checkpoint=checkpoint,
                          progress=bool(progress), **opts)
-    return res.meta
+    from embedx.engine.result import store_result
+
+    return store_result(str(out), res.meta, "embed", options={"seed": seed, "dtype": dtype})

@@ -48,7 +48,8 @@ class Score:
 
 def register(name: str, family: str, *, needs=(), requires=(), citation: str = "", summary: str = "",
              default: bool = True, **options):
-    """Decorator: register ``finalize`` as the score ``name`` of ``family``. Returns the function unchanged."""
+    """Decorator: register ``finalize`` as the score ``name`` of ``family``. Returns the function unchanged.
+    ``**options``: the score's own settings, kept as ``Score.options`` (any keywords: the score reads them)."""
     _REGISTRY.check_family(family)
 
     def deco(finalize):
@@ -66,6 +67,7 @@ def scores(family: str) -> dict[str, Score]:
 
 
 def get(family: str, name: str) -> Score:
+    """The registered score ``name`` of ``family`` (a KeyError when there is none)."""
     return scores(family)[name]
 
 

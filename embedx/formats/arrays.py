@@ -130,9 +130,10 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
                   paired: bool = False, names: str | None = None, paired_array: str | None = None,
                   dtype: str = "float16", overwrite: bool = False, codec: str = st.DEFAULT_CODEC,
                   chunk_rows: int | None = None, model: str | None = None, dataset: str | None = None,
-                  pretrained: str | None = None) -> dict:
+                  pretrained: str | None = None, ids=None) -> dict:
     """Validate the arrays, write them as a complete store at ``out``; return its metadata. ``model``,
-    ``pretrained``: recorded as the model and weights that made the rows (CLIP_benchmark's result files name them)."""
+    ``pretrained``: recorded as the model and weights that made the rows (CLIP_benchmark's result files name them).
+    ``ids``: the source id of each row (:func:`expand_ids`; default the row index)."""
     if dtype not in st.DTYPES:
         raise EmbedxError(f"dtype must be float16 or float32, got {dtype!r}", param="dtype")
     st.check_target(out, overwrite)
@@ -156,15 +157,19 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
         if labels is not None:
             raise EmbedxError("paired and labels exclude each other (paired rows are their own labels)",
                               param=("paired", "labels"))
-        if c != n:
-            raise EmbedxError(f"paired needs as many text rows as image rows, got {n} images and {c} texts",
-                              param="paired")
-        y = None
+        if ids is not None:
+            row_ids, x = expand_ids(ids, x, c)
+        if c != x.shape[0]:
+            raise EmbedxError(f"paired needs as many text rows as image rows, got {n} images and {c} texts (with "
+                              "several captions per image, give ids: one per caption)", param="paired")
+        n, y = c, None
     else:
         if labels is None:
             raise EmbedxError("give labels (class index per image) or paired=True (text i pairs with image i)",
                               param="labels")
         y = _check_labels(load_array(labels, "labels"), n, c)
+        if ids is not None:
+            row_ids, _ = expand_ids(ids, x, n)
     text_names, cut = _read_names(names, c, "captions" if paired else "text rows")
     files = [os.fspath(s) for s in sources if isinstance(s, (str, os.PathLike))]
     meta = {"model": model, "pretrained": pretrained, "seed": None,
@@ -175,10 +180,34 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
     note(meta, cut, "captions" if paired else "names")
     with writer_lock(out), storage_faults(out):  # one writer at a time; leftovers of killed writers repaired first
         st.check_target(out, overwrite)
-        return _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite)
+        return _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite,
+                      row_ids if ids is not None else None)
 
 
-def _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite) -> dict:
+def expand_ids(ids, x: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(one id string per stored row, the image rows) from ``ids``: a 1-D array (or .npy/.npz/.parquet spec) of
+    ``n_rows`` ids, one per text row of a paired store (per image of a class store). Rows that share an id are one
+    item: an image with several captions, each caption a positive of that image for retrieval recall. The images
+    come either one per row (``len(x) == n_rows``, an image repeated beside each of its captions, as clip-retrieval
+    writes them) or once per distinct id (COCO-style: ``len(x)`` = the number of distinct ids, ``x[k]`` the
+    image of the k-th distinct id in order of first appearance in ``ids``), and are then repeated row by row."""
+    a = np.asarray(load_array(ids, "ids") if isinstance(ids, (str, os.PathLike)) else as_numpy(ids))
+    if a.ndim != 1 or len(a) != n_rows:
+        raise EmbedxError(f"ids needs one id per row ({n_rows}: one per caption of a paired store, per image of a "
+                          f"class store), got shape {a.shape}", param="ids")
+    a = a.astype(str)
+    if len(x) == n_rows:
+        return a, x
+    uniq, first, inv = np.unique(a, return_index=True, return_inverse=True)
+    if len(uniq) != len(x):
+        raise EmbedxError(f"ids has {len(uniq)} distinct ids for {len(x)} image rows: give one image row per "
+                          f"distinct id (in order of first appearance) or one per id ({n_rows})", param="ids")
+    rank = np.empty(len(uniq), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(uniq))  # distinct id -> its image row
+    return a, np.asarray(x)[rank[inv.reshape(-1)]]
+
+
+def _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite, row_ids=None) -> dict:
     target = out.rstrip("/")
     with staged(target) as tmp:  # atomic: the target holds the old store or the new one, whole
         local = tmp != target
@@ -193,7 +222,7 @@ def _write(out, x, t, y, text_names, meta, dtype, codec, chunk_rows, overwrite) 
         for s in range(0, x.shape[0], block):
             bar.update(min(block, x.shape[0] - s))
             e = min(s + block, x.shape[0])
-            ids = [str(i) for i in range(s, e)]
+            ids = [str(i) for i in range(s, e)] if row_ids is None else row_ids[s:e]
             if y is None:
                 w.append(np.asarray(x[s:e]), None, ids, text_emb=np.asarray(t[s:e]), text_names=text_names[s:e])
             else:

@@ -82,6 +82,8 @@ class NpyRows:
                 self.offset = f.tell()
         except fsx.NotAFile as e:
             raise EmbedxError(e.about(label)) from None
+        except EmbedxError:  # a ValueError too: a storage fault or a cap, already one line
+            raise
         except (ValueError, OSError) as e:
             raise EmbedxError(f"{label}: not a readable .npy file ({one_line(e, 160)})") from None
         if fortran and len(shape) > 1:
@@ -133,6 +135,8 @@ class NpzMember:
                 info, header = z.getinfo(key + ".npy"), f.tell()
         except fsx.NotAFile as e:
             raise EmbedxError(e.about(label)) from None
+        except EmbedxError:  # a ValueError too: a storage fault or a cap, already one line
+            raise
         except (ValueError, OSError, KeyError, zipfile.BadZipFile) as e:
             raise EmbedxError(f"{label}: cannot read {key!r} ({one_line(e, 160)})") from None
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
@@ -328,6 +332,8 @@ def _export_meta(path: str) -> dict:
         meta = json.loads(fsx.read_capped(mf, fsx.SMALL_CAP, f"an {META_FILE}").decode("utf-8"))
     except fsx.NotAFile as e:
         raise EmbedxError(str(e)) from None
+    except EmbedxError:  # a ValueError too: a storage fault or a cap, already one line
+        raise
     except (OSError, ValueError) as e:
         raise EmbedxError(f"{mf}: unreadable ({one_line(e, 160)})") from None
     return meta if isinstance(meta, dict) else {}

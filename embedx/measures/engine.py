@@ -22,6 +22,7 @@ from embedx.engine.result import Result
 from embedx.measures import retrieval, silhouette
 from embedx.measures.cosine import cosine_silhouette
 from embedx.measures.stream import Partial, PassConfig, class_pass, normalized, paired_pass
+from embedx.provenance import provenance
 from embedx.rows import duplicate_groups
 
 FAMILY = "measure"
@@ -46,7 +47,9 @@ def available(source) -> tuple[str, ...]:
 
 def _check_metrics(source, metrics) -> list[str]:
     have = available(source)
-    want = list(have) if not metrics else list(dict.fromkeys(metrics))
+    want = list(have) if not metrics else validate.names(metrics)  # "gap", "acs,gap" or a list
+    if not want:
+        raise validate.error("metrics", f"no metric asked for; choose from {', '.join(have)}")
     reg = registry.scores(FAMILY)
     for m in want:
         if m not in have and m != CLASS_SILHOUETTE:
@@ -210,7 +213,12 @@ def run(source, metrics=None, *, silhouette_mode: str = "exact", sample_size: in
                              "chunks_recorded": sum(recorded[k] for k in seen)}
     table = _per_class(source, ctx["sums"], ctx.results.get("silhouette_euclidean:per_point")) if per_class else None
     timings = {k: v for k, v in clock.seconds.items() if k}
-    return Result(values, timings, ctx.results.get("estimates", {}), table, info)
+    info["store"] = str(source.path)
+    prov = provenance("measure", {"store": source}, options={
+        "metrics": list(metrics) if metrics else None, "silhouette": silhouette_mode,
+        "sample_size": sample_size if silhouette_mode == "sample" else None,
+        "seed": seed if silhouette_mode == "sample" else None, "silhouette_labels": silhouette_labels, "knn": knn})
+    return Result(values, timings, ctx.results.get("estimates", {}), table, info, provenance=prov, kind="measure")
 
 
 def _per_class(source, s: Sums, per_point) -> dict:

@@ -129,6 +129,8 @@ def read_config(run: str) -> dict | None:
                               "config holds; it is not an embedx run config")
         with open(path, encoding="utf-8") as f:
             cfg = json.load(f)
+    except EmbedxError:  # a ValueError too: a storage fault or a cap, already one line
+        raise
     except (OSError, ValueError, RecursionError) as e:
         raise EmbedxError(f"{path} is unreadable ({one_line(e, 200)})") from None
     if not isinstance(cfg, dict):

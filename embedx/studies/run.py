@@ -62,11 +62,12 @@ def run_zeroshot(folder: str, cell: C.Cell, spec: Spec) -> dict:
     for split in ("train", "test"):
         _embed(os.path.join(folder, f"{split}.zarr"), t[split], c["model"], c["pretrained"], c["seed"], t, spec)
     m = measure(os.path.join(folder, "train.zarr"))
-    measures = {k: v for k, v in m.values.items() if not k.startswith("zeroshot_")}
-    scores = dict(transfer(os.path.join(folder, "train.zarr")).values)
+    measures = {k: v for k, v in m.items() if not k.startswith("zeroshot_")}
+    scores = dict(transfer(os.path.join(folder, "train.zarr")))
     test = measure(os.path.join(folder, "test.zarr"), ["zeroshot_top1"])
-    return _clean({"zs_acc": test["zeroshot_top1"], "train_zs_acc": m.values.get("zeroshot_top1"),
-                   "measures": measures, "transfer": scores, "n_train": m["n_images"], "n_test": test["n_images"]})
+    return _clean({"zs_acc": test["zeroshot_top1"], "train_zs_acc": m.get("zeroshot_top1"),
+                   "measures": measures, "transfer": scores, "n_train": m.info["n_images"],
+                   "n_test": test.info["n_images"]})
 
 
 def run_tuned(folder: str, cell: C.Cell, spec: Spec, cells_dir: str) -> dict:
@@ -91,7 +92,7 @@ def run_tuned(folder: str, cell: C.Cell, spec: Spec, cells_dir: str) -> dict:
         a = os.path.join(folder, f"other-{len(pairs)}.zarr")
         _embed(a, o["test"], None, None, c["seed"], o, spec, checkpoint=run)
         pairs.append((o["name"], zs[o["name"]], a))
-    d = drift(zs[t["name"]], after, others=pairs)
+    d = drift(zs[t["name"]], after, others=pairs).to_dict()
     before, after_acc = d["before"]["zeroshot_top1"], d["after"]["zeroshot_top1"]
     gain = after_acc - before
     f = d.get("forgetting") or {}

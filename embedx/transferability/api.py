@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from embedx.constraints import DISTRIBUTED, PROGRESS, Names, Number, Optional, Source, constraints
 from embedx.engine import registry
-from embedx.engine.plan import SHARED  # noqa: F401  (key of Result.seconds: reading and sums several scores use)
+from embedx.engine.plan import SHARED  # noqa: F401  (key of Result.timings: reading and sums several scores use)
 from embedx.engine.result import Result  # noqa: F401
 from embedx.rowsource import ArrayRows, as_source
 from embedx.transferability import engine
@@ -21,7 +21,7 @@ def compute(store_or_path, scores=None, *, logit_scale: float | None = None, pro
     ``scores``: names (a list or a comma-separated string), default ``DEFAULT`` (all but gbc_diagonal).
     ``logit_scale`` scales the zero-shot logits of leep/nce; None = the model's own, recorded by ``embed`` in
     the store (``meta["logit_scale"]``), else 100 (CLIP's trained value). Returns a :class:`Result`
-    ({score: float}, with ``.seconds``)."""
+    ({score: float}, with ``.timings``)."""
     source = as_source(store_or_path)
     if logit_scale is None:
         logit_scale = engine.logit_scale_of(source)
@@ -47,11 +47,12 @@ def compute_arrays(x, y, texts=None, scores=None, logit_scale: float = LOGIT_SCA
              logit_scale=Optional(Number(above=0)), progress=PROGRESS, **DISTRIBUTED)
 def transfer(source, scores=None, *, logit_scale: float | None = None, progress=None, executor=None, cluster=None,
              client=None):
-    """Transferability scores (hscore, gbc, transrate, logme, sfda, leep, nce) of a class ``source`` -> Result
-    ({score: value}; ``.seconds`` per score). ``logit_scale``: the zero-shot scale for leep/nce (None: the one
-    recorded in the store, else 100). ``cluster``: "local[:N]" or "tcp://HOST:PORT", or ``client``: a
-    ``distributed.Client`` (embedx[dist]): the passes run as Dask tasks of whole blocks, the same bits as the in-
-    process result (``executor``: an embedx executor instead)."""
+    """Transferability scores (hscore, gbc, transrate, logme, sfda, leep, nce) of a class ``source`` ->
+    ``embedx.Result`` ({score: value}; ``.timings`` seconds per score, "shared" the reading and shared sums).
+    ``scores``: a list, one name or "hscore,logme" (default: every default score). ``logit_scale``: the zero-shot
+    scale for leep/nce (None: the one recorded in the store, else 100). ``cluster``: "local[:N]" or
+    "tcp://HOST:PORT", or ``client``: a ``distributed.Client`` (embedx[dist]): the passes run as Dask tasks of
+    whole blocks, the same bits as the in-process result (``executor``: an embedx executor instead)."""
     from embedx.engine.cluster import connect
 
     with connect(cluster, client) as dask_executor:

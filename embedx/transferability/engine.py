@@ -21,6 +21,7 @@ from embedx.engine import registry
 from embedx.engine.executor import resolve
 from embedx.engine.plan import Clock, Context, Need, execute, plan, users
 from embedx.engine.result import Result
+from embedx.provenance import provenance
 from embedx.transferability import leep as _leep
 from embedx.transferability import sfda as _sfda
 from embedx.transferability import transrate as _transrate
@@ -168,7 +169,7 @@ def check_memory(source, want: list[str]) -> None:
 
 
 def run(source, scores=None, *, logit_scale: float, progress=None, executor=None) -> Result:
-    """The scores of a class ``source`` (a ``RowSource``) -> :class:`Result` ({score: float}; ``.seconds``: per
+    """The scores of a class ``source`` (a ``RowSource``) -> :class:`Result` ({score: float}; ``.timings``: per
     score its own work, under ``"shared"`` the reading and sums several scores use)."""
     if source.paired:
         raise validate.error("source", "transfer scores need class labels (this store is paired)")
@@ -188,7 +189,9 @@ def run(source, scores=None, *, logit_scale: float, progress=None, executor=None
     values = {}
     for s in specs:
         values[s.name] = float(clock.timed(s.name, lambda: s.finalize(ctx)))
-    return Result(values, clock.seconds, timings_key=None)
+    info = {"n_images": source.n_images, "n_texts": source.n_texts, "dim": source.dim, "store": str(source.path)}
+    prov = provenance("transfer", {"store": source}, options={"scores": list(values), "logit_scale": logit_scale})
+    return Result(values, clock.seconds, info=info, provenance=prov, kind="transfer")
 
 
 def logit_scale_of(source) -> float:
