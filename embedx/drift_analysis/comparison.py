@@ -54,7 +54,7 @@ def open_pair(before: str, after: str, force: bool = False) -> tuple[Store, Stor
     why = sample_mismatch(a, b)
     if why and not force:
         raise EmbedxError(f"{what} hold different samples: {why} (drift compares the same samples embedded "
-                          "twice; force=True compares row i with row i anyway)", param="force")
+                          "twice; force=True compares row i with row i anyway)")
     return a, b
 
 

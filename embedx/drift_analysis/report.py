@@ -453,12 +453,28 @@ def _run_block(s: dict, base: str | None = None) -> str:
                      f"{_e(r.get('n_texts'))} texts, {esc(str(r.get('dtype')))}")
     lines.append(f"{s['n_images']:,} images, d = {_e(s['dim'])}, {esc(str(s['mode']))} mode &middot; embedx "
                  f"{esc(str(s.get('embedx_version')))} &middot; {esc(str(s.get('created')))}")
-    for w in s.get("warnings") or []:
-        lines.append(f'<span class="worse">warning: {esc(str(w))}</span>')
+    for label, rb, ra in _role_pairs(st):  # the pairs that look swapped (``comparison.looks_swapped``)
+        ck = rb.get("checkpoint")
+        if isinstance(ck, dict) and not isinstance(ra.get("checkpoint"), dict):
+            lines.append(f'<span class="worse">warning: {esc(label)}BEFORE <code>{esc(shown_path(rb.get("path"), base))}'
+                         f'</code> was embedded with the finetune run <code>{esc(shown_path(ck.get("path"), base))}'
+                         f'</code> ({esc(str(ck.get("method")))}) and AFTER <code>'
+                         f'{esc(shown_path(ra.get("path"), base))}</code> with the base model: the two look swapped '
+                         "(every change reads AFTER &minus; BEFORE)</span>")
     for f in s.get("forced") or []:
         lines.append(f'<span class="worse">compared with force, although the stores hold different samples: '
                      f"{esc(str(f))}</span>")
     return '<div class="run" id="provenance">' + "<br>".join(lines) + "</div>"
+
+
+def _role_pairs(stores: dict) -> list:
+    """(label, before record, after record) of the compared pair and of each other task, from ``stores``."""
+    out = [("", stores.get("before") or {}, stores.get("after") or {})]
+    for role, r in _items(stores):
+        if role.startswith("others/") and role.endswith("/before"):
+            name = role[len("others/"):-len("/before")]
+            out.append((f"others {name}: ", r or {}, stores.get(f"others/{name}/after") or {}))
+    return out
 
 
 def _card(label: str, value: str, sub: str, cls: str = "neutral") -> str:
