@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import click
 
@@ -33,9 +34,12 @@ def _render(s: dict, report: str | None) -> None:
     if run:
         tp = run.get("trainable_params")
         fam = f" ({_t(run['family'])})" if run.get("family") else ""
-        echo(f"\nrun: {_t(run.get('method'))} {_t(run.get('options') or {})} on {_t(run.get('model'))}{fam}, "
+        from embedx.drift_analysis.report import plain, shown_path
+
+        opts = ", ".join(f"{k} {plain(v)}" for k, v in (run.get("options") or {}).items())
+        echo(f"\nrun: {_t(run.get('method'))}{f' ({_t(opts)})' if opts else ''} on {_t(run.get('model'))}{fam}, "
              f"{'-' if tp is None else f'{tp:,}'} trainable, trained on {_t(run.get('data') or '-')} "
-             f"({_t(run.get('path'))})")
+             f"({_t(shown_path(run.get('path'), os.getcwd()))})")
         if run.get("rule"):
             echo(f"rule ({_t(run.get('towers') or 'both')} towers): {_t(run['rule'])}")
     echo(f"task gain ({_t(h.get('task'))}): {_num(h.get('zeroshot_top1_before'))} -> "

@@ -63,6 +63,7 @@ code{background:#f4f4f4;padding:0 .3em}
 vertical-align:-.1em}
 .two{display:flex;gap:1.5em;flex-wrap:wrap}.two>div{flex:1 1 480px}
 h3.group{font-size:1em;margin:1.2em 0 .2em}td.def{text-align:left;color:#444;font-size:.95em;max-width:34em}
+table.measures th:nth-child(2){text-align:left}
 """
 
 _CHECK = """<script>
