@@ -158,8 +158,10 @@ def measure_groups(s: dict) -> dict:
 def shown_path(path, base: str | None = None) -> str:
     """``path`` as the report shows it (module docstring): a URL or a relative path as given, an absolute path
     relative to ``base`` (the report's folder) when below it, else ``.../`` and its last component."""
+    from embedx.fs.locations import location
+
     p = str(path)
-    if "://" in p or not os.path.isabs(p):
+    if not location(p).local or not os.path.isabs(p):
         return p
     if base:
         rel = os.path.relpath(p, base)
