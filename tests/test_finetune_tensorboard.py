@@ -121,3 +121,52 @@ options = { rank = 2 }
     assert len(s["holdout/acc"]) == 1 + cfg["epochs"]
     zs = [c for c in os.listdir(cells) if c != tuned[0] and (cells / c).is_dir()]
     assert zs and not any((cells / c / "tensorboard").exists() for c in zs)  # zero-shot cells train nothing
+
+
+def test_sigkill_then_resume_logs_each_step_once(tmp_path):
+    """A run killed inside epoch 2 (after some of its step events reached the file) and rerun: the resumed
+    session purges what the killed epoch had logged, so TensorBoard's reader sees every step once, equal to the
+    step losses of the finished run's config.json."""
+    import signal
+    import time
+
+    from tests.conftest import embedx_cmd
+
+    run, logs = tmp_path / "run", tmp_path / "tb"
+    args = ["finetune", "-m", "embedx-tiny", "--method", "bitfit", "--epochs", "3", "--seed", "5", "--data", "digits",
+            "--limit", "160", "--batch-size", "8", "--optimizer", "sgd", "--lr", "0.05", "--out", run,
+            "--log-dir", logs]
+
+    def history():
+        try:
+            return len(json.loads((run / "config.json").read_text())["history"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def logged():
+        return sum(os.path.getsize(logs / f) for f in os.listdir(logs)) if logs.is_dir() else 0
+
+    proc = subprocess.Popen(embedx_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while history() < 1 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        after_epoch1 = logged()
+        while logged() == after_epoch1 and history() < 2 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)  # some of epoch 2's step events are in the file
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    done = history()
+    assert 1 <= done < 3
+    r = invoke(*args)
+    assert r.exit_code == 0, r.stderr
+    assert f"after epoch {done} of 3" in r.stderr
+    cfg = json.loads((run / "config.json").read_text())
+    steps = math.ceil(cfg["n_train"] / cfg["batch_size"])
+    s = _scalars(logs)
+    assert [st for st, _ in s["train/loss"]] == list(range(1, 3 * steps + 1))  # each step once, in order
+    assert [v for _, v in s["train/loss"]] == [f32(v) for e in cfg["history"] for v in e["step_loss"]]
+    assert [st for st, _ in s["holdout/acc"]] == [0, steps, 2 * steps, 3 * steps]
