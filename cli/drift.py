@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import click
 
@@ -33,15 +34,19 @@ def _render(s: dict, report: str | None) -> None:
     if run:
         tp = run.get("trainable_params")
         fam = f" ({_t(run['family'])})" if run.get("family") else ""
-        echo(f"\nrun: {_t(run.get('method'))} {_t(run.get('options') or {})} on {_t(run.get('model'))}{fam}, "
+        from embedx.drift_analysis.report import plain, shown_path
+
+        opts = ", ".join(f"{k} {plain(v)}" for k, v in (run.get("options") or {}).items())
+        echo(f"\nrun: {_t(run.get('method'))}{f' ({_t(opts)})' if opts else ''} on {_t(run.get('model'))}{fam}, "
              f"{'-' if tp is None else f'{tp:,}'} trainable, trained on {_t(run.get('data') or '-')} "
-             f"({_t(run.get('path'))})")
+             f"({_t(shown_path(run.get('path'), os.getcwd()))})")
         if run.get("rule"):
             echo(f"rule ({_t(run.get('towers') or 'both')} towers): {_t(run['rule'])}")
     echo(f"task gain ({_t(h.get('task'))}): {_num(h.get('zeroshot_top1_before'))} -> "
          f"{_num(h.get('zeroshot_top1_after'))}  {_num(h.get('task_gain'), True)}")
     if h.get("n_other_tasks"):
-        echo(f"forgetting (mean of {h['n_other_tasks']} other tasks): {_num(h.get('forgetting'), True)}")
+        echo(f"change on other tasks (mean of {h['n_other_tasks']}; below 0: forgotten): "
+             f"{_num(h.get('forgetting'), True)}")
     t = s.get("text_drift") or {}
     echo(f"\n{'':31}{'images':>9}  {t.get('rows', 'texts'):>13}")
     for label, key in (("displacement mean (W1 bound)", "displacement_mean"), ("displacement p50", "displacement_p50"),
@@ -59,11 +64,13 @@ def _render(s: dict, report: str | None) -> None:
                  f"   prompt moved {_num(v.get('prompt_displacement'))}")
     f = s.get("forgetting")
     if f:
-        echo("\nforgetting (zero-shot top-1 on other tasks):")
+        echo("\nother tasks, zero-shot top-1 after - before (below 0: forgotten):")
         for n, t in f["tasks"].items():
             echo(f"  {_t(n)[:30]:<30} {_num(t['zeroshot_top1_before'])} -> {_num(t['zeroshot_top1_after'])}  "
                  f"{_num(t['delta'], True)}")
         echo(f"  {'mean':<30} {'':16}  {_num(f['mean_delta'], True)}")
+    for f in s.get("forced") or []:
+        echo(f"\nforced: the stores hold different samples ({_t(f)})")
     if report:
         echo(f"\nreport: {_t(report)}")
     if s.get("history_row"):
@@ -105,11 +112,14 @@ def _render(s: dict, report: str | None) -> None:
 @click.option("--logit-scale", default=None, type=float,
               help="--history: zero-shot softmax scale for the LEEP/NCE predictors [default: the model's own, "
                    "recorded in the store by `embedx embed`; else 100].")
+@click.option("--force", is_flag=True,
+              help="Compare stores that hold different samples (other ids, dataset spec or split, as their "
+                   "metadata records it) row by row anyway; refused without it.")
 @cluster_option("the measures and the drift pass's sums (with --history: the predictors too)")
 @verbosity_options
 @click.pass_context
 def drift(ctx, before, after, others, report, as_json, out, metrics, silhouette_mode, sample_size, seed, knn, knn_k,
-          knn_sample, plot_sample, history, task, method, history_store, logit_scale, cluster):
+          knn_sample, plot_sample, history, task, method, history_store, logit_scale, force, cluster):
     """Drift between two stores of the same samples (e.g. embedded before and after fine-tuning).
 
     \b
@@ -136,7 +146,7 @@ def drift(ctx, before, after, others, report, as_json, out, metrics, silhouette_
         refuse_unused(ctx, ["plot_sample"], "with --report")
     names = metrics  # a list of registered names (NamesOption), or None
     opts = dict(metrics=names, silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn,
-                knn_k=knn_k, knn_sample=knn_sample, plot_sample=plot_sample)
+                knn_k=knn_k, knn_sample=knn_sample, plot_sample=plot_sample, force=force)
     with connect(cluster) as executor:
         if history:
             from embedx.predict.experiment import compare_and_record

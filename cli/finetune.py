@@ -6,7 +6,7 @@ import os
 
 import click
 
-from embedx.cli.common import echo, progress_enabled
+from embedx.cli.common import echo, progress_enabled, refuse_unused
 from embedx.cli.options import device_option, json_option, seed_option, verbosity_options
 
 # embedx.models.methods.METHODS, not imported (keeps --help fast); tests hold these names and the --help table of
@@ -58,13 +58,17 @@ METHOD_NAMES = ("full", "bitfit", "attention", "lora", "adapter")
 @click.option("--fail-if-flat", is_flag=True,
               help="Exit 2 when the run never moved: hold-out accuracy never above its start and hold-out loss "
                    "never 0.1% below it (a warning is printed either way; the run is kept).")
+@click.option("--log-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Also write TensorBoard event files to DIR: the loss and learning rate of every step, the "
+                   "hold-out loss and accuracy per epoch (`tensorboard --logdir DIR`; needs "
+                   "pip install 'embedx[tensorboard]').")
 @json_option("Print JSON: with --dry-run {trainable_params, total_params, family, towers, per_tower, what}, else "
              "the run's config.")
 @verbosity_options
 @click.pass_context
 def finetune(ctx, model, pretrained, method, data, out, train_blocks, towers, rank, reduction, epochs, lr, weight_decay,
              optimizer, batch_size, val_fraction, seed, templates, per_class, limit, device, workers, overwrite,
-             dry_run, fail_if_flat, as_json):
+             dry_run, fail_if_flat, log_dir, as_json):
     """Fine-tune an open_clip model on a labelled image source with one of the papers' methods.
 
     \b
@@ -103,7 +107,8 @@ def finetune(ctx, model, pretrained, method, data, out, train_blocks, towers, ra
     Resumable: rerun the same command after an interruption and it continues from the last finished
     epoch; a different configuration is refused and a finished run is kept unless --overwrite.
     A run that never moved (see --fail-if-flat) ends with a warning. --train-blocks, --rank and --reduction
-    given to a method that does not use them are refused.
+    given to a method that does not use them are refused. config.json keeps every step's training loss;
+    --log-dir writes them, the learning rate and the hold-out metrics as TensorBoard events too.
     """
     from embedx.errors import EmbedxError
     from embedx.finetune import dry_run as count, finetune as run, methods
@@ -113,6 +118,7 @@ def finetune(ctx, model, pretrained, method, data, out, train_blocks, towers, ra
                                  if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT])
 
     if dry_run:
+        refuse_unused(ctx, ["log_dir"], "to a run that trains (not with --dry-run)")
         counts = count(model, pretrained, method, seed=seed, towers=towers, train_blocks=train_blocks, rank=rank,
                        reduction=reduction)
         if as_json:
@@ -131,8 +137,8 @@ def finetune(ctx, model, pretrained, method, data, out, train_blocks, towers, ra
               reduction=reduction,
               templates=templates, seed=seed, epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
               batch_size=batch_size, val_fraction=val_fraction, limit=limit, per_class=per_class, device=device,
-              workers=workers,
-              overwrite=overwrite, progress=progress_enabled(ctx), fail_if_flat=fail_if_flat)
+              workers=workers, overwrite=overwrite, progress=progress_enabled(ctx), fail_if_flat=fail_if_flat,
+              log_dir=log_dir)
     if as_json:
         echo(json.dumps(cfg, indent=2))
         return

@@ -25,6 +25,10 @@ def _p(v) -> str:
 def _render(res: dict, where: str) -> None:
     wh = f" where {where}" if where else ""
     echo(f"{term(res['history'], True)}: {res['n_rows']} rows{wh}; outcomes: {', '.join(res['outcomes']) or 'none'}")
+    c = res.get("caution")
+    if c:
+        echo(f"caution: {c['n_runs']} runs, below {c['min_runs']}: R² up to {c['chance_r2']:.2f} arises by chance "
+             "one time in 20 (see the warning)")
     for o in res["outcomes"]:
         ranked = res["ranking"][o]
         failed = [m for m in res["predictors"] if res["fits"][m][o]["error"]]
@@ -55,6 +59,9 @@ def _render(res: dict, where: str) -> None:
                     echo(f"    {m:<{w}}  -  ({why})")
                     continue
                 ex = "  (extrapolated)" if p["extrapolated"] else ""
+                if p.get("clipped"):
+                    lo, hi = p["range"]
+                    ex += f"  (clipped to the possible range [{_n(lo, '+.4f')}, {_n(hi, '+.4f')}])"
                 r2 = res["fits"][m][o]["r2"]
                 echo(f"    {m:<{w}}  {p['value']:+.4f}  [{p['lo']:+.4f}, {p['hi']:+.4f}]   "
                      f"{m} = {_n(x, '.4g')}, R² {r2:.3f}{ex}")
@@ -86,7 +93,10 @@ Outcomes:
 
 \b
 For every predictor and outcome: OLS slope, intercept, R², two-sided p of the slope, Kendall τ (tau-b)
-and leave-one-out prediction error; targets get each fit's prediction with a 95% prediction interval.
+and leave-one-out prediction error; targets get each fit's prediction with a 95% prediction interval,
+clipped to the range the outcome can take (gain in [-zs/(1-zs), 1], zs the target's own zero-shot top-1;
+forgetting in [-1, 1]). Fewer than 10 runs give a warning: with n runs a predictor unrelated to the
+outcome reaches R² >= t²/(t² + n - 2) one time in 20 (0.90 for n = 4).
 Default predictors: every numeric column, plus with a store column iimm, iimm_inter, iimm_intra, acs,
 gap, silhouette_euclidean, hscore, gbc, transrate, logme, sfda, leep, nce. The paper fits per model,
 often per method: --where model=ViT-B-32 --where method=lora.

@@ -209,7 +209,7 @@ PUBLIC_SIGNATURES = {
                 "per_class", "progress", "executor", "cluster", "client"],
     "transfer": ["source", "scores", "logit_scale", "progress", "executor", "cluster", "client"],
     "drift": ["before", "after", "others", "metrics", "silhouette", "sample_size", "seed", "knn", "knn_k",
-              "knn_sample", "plot_sample", "report", "executor", "cluster", "client"],
+              "knn_sample", "plot_sample", "report", "force", "executor", "cluster", "client"],
     "embed": ["out", "data", "model", "pretrained", "checkpoint", "seed", "device", "batch_size", "dtype", "progress",
               "templates", "codec", "chunk_rows", "limit", "workers", "overwrite", "strict", "classes", "image_col",
               "caption_col", "label_col", "cluster", "client", "task_bytes"],

@@ -395,7 +395,7 @@ def test_cli_json_out_report_and_table(tmp_path, rng):
     assert d["knn_sample_size"] == 60 and d["before"]["estimates"]["silhouette_euclidean"]["sample_size"] == 50
     assert set(d["forgetting"]["tasks"]) == {"task"}
     text = html_path.read_text()
-    assert text.count("<img ") == 4 + text.count('class="measure-chart"') and "Forgetting" in text
+    assert text.count("<img ") == 4 + text.count('class="measure-chart"') and "Other tasks: accuracy change" in text
     assert "Per-class" in text and 'id="text-drift"' in text
     # self-contained: every src is a data: URI, nothing is fetched from anywhere
     assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'src="([^"]*)"', text))
@@ -507,16 +507,14 @@ def test_bad_input_is_one_line(tmp_path, rng):
 
 
 def test_report_axes_do_not_exaggerate_and_colours_follow_direction():
-    """A -0.003 accuracy change gets an axis of at least +-0.05 (it fills 3% of the half-axis); a measure's own
-    axis spans at least +-0.05 and +-5% of its magnitude; green/red only where better/worse is known."""
+    """A -0.003 accuracy change gets an axis of at least +-0.05 (it fills 3% of the half-axis); a group's shared
+    axis spans every value and at least 0.1; green/red only where better/worse is known."""
     assert report.change_span([-0.003]) == report.MIN_HALF_SPAN == 0.05
     assert report.change_span([-0.003, 0.3]) == pytest.approx(0.33) and report.change_span([0.99, -2]) == 1.0
-    lo, hi = report.measure_window(0.500, 0.497)
+    lo, hi = report.group_window([0.500, 0.497])
     assert hi - lo >= 0.1 - 1e-12 and lo < 0.497 < 0.5 < hi
-    lo, hi = report.measure_window(150.0, 150.3)
-    assert hi - lo >= 15.0 - 1e-9
-    lo, hi = report.measure_window(0.1, 0.6)  # a large change still fits its axis
-    assert lo < 0.1 and hi > 0.6
+    lo, hi = report.group_window([0.1, 0.6, -0.3, None])  # a group's large change still fits its axis
+    assert lo < -0.3 and hi > 0.6 and hi - lo == pytest.approx(0.9 * 1.16)
     assert report.verdict(0.01, report.direction("zeroshot_top1")) == "better"
     assert report.verdict(-0.01, report.direction("i2t_recall@5")) == "worse"
     assert report.verdict(-0.01, report.direction("silhouette_euclidean")) == "neutral"  # direction not known
@@ -600,25 +598,26 @@ def test_report_renders_in_headless_chromium(tmp_path, rng, chromium):
     n_img = text.count("<img ")
     charts = text.count('class="measure-chart"')
     finite = [m for m, v in res.summary["delta"].items() if v is not None]
-    assert charts == len(finite) > 5  # one small chart per measure, each on its own axis
+    groups = report.measure_groups(res.summary)
+    assert charts == len(groups) == 3 and len(finite) > 5  # one chart per group of measures, on its shared axis
     assert n_img == charts + 4  # + movement, per-class, projection, forgetting
     dom, ok, n_err, console = _dom(chromium, tmp_path, page)
     assert ok == str(n_img), f"images did not all decode (data-images-ok={ok!r})"
     assert dom.count("<img ") == n_img
     assert n_err == 0 and not console, (n_err, console)  # no error in the page, nothing on its console at all
     for heading in ("What did fine-tuning do?", "What moved: image side and text side", "Every measure",
-                    "2-D projection", "Per-class zero-shot accuracy", "Forgetting", "Stores and options"):
+                    "2-D projection", "Per-class zero-shot accuracy", "Other tasks", "Stores and options"):
         assert heading in dom, heading
     for sec in ("provenance", "headline", "text-drift", "measures", "per-class", "projection", "forgetting"):
         assert f'id="{sec}"' in dom, sec
     head = dom[dom.index('id="headline"'):dom.index('id="text-drift"')]
-    assert "task gain" in head and "forgetting elsewhere" in head and "class prompts" in head
+    assert "task gain" in head and "change on other tasks" in head and "class prompts" in head
     gain = res.summary["headline"]["task_gain"]
     assert f"{gain:+.3f}" in head and ('class="value worse"' if gain < 0 else 'class="value better"') in head
     legend = dom[dom.index("projection-legend"):]
     assert all(f"</span>{n}</span>" in legend for n in res.summary["per_class"])  # every class named
     # better / worse only where the direction is known
-    rows = re.findall(r'<tr class="measure-row"><td>([^<]+)<.*?<td class="(\w+)">', dom)
+    rows = re.findall(r'<tr class="measure-row"><td>([^<]+)<.*?<td>[^<]*</td><td>[^<]*</td><td class="(\w+)">', dom)
     assert {m.strip() for m, c in rows if c != "neutral"} <= {"zeroshot_top1", "zeroshot_top5",
                                                              "zeroshot_mean_per_class_recall"}
     assert {m.strip() for m, c in rows if c == "neutral"} >= {"acs", "gap", "iimm"}

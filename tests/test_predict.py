@@ -269,6 +269,9 @@ def test_predictors_from_stores_and_targets(tmp_path, rng):
             want = given if (m == "iimm" and i == 1) else ref[stores[i]][m]
             assert r[m] == pytest.approx(want, abs=1e-12), (i, m)
     t = res["targets"][target]
+    # the possible range of each outcome: gain <= 1 and >= -zs / (1 - zs) (zs: the target's zero-shot top-1)
+    zs = compute(Store(target), ["zeroshot_top1"])["zeroshot_top1"]
+    assert t["zeroshot_top1"] == zs and t["ranges"] == {"gain": [-zs / (1 - zs), 1.0], "forgetting": [-1.0, 1.0]}
     for m in MEAS:
         assert t["measures"][m] == pytest.approx(ref[target][m], abs=1e-12)
         xs = np.array([r[m] for r in res["rows"]])
@@ -277,8 +280,13 @@ def test_predictors_from_stores_and_targets(tmp_path, rng):
             f = res["fits"][m][o]
             check_fit(f, xs, ys)
             p = t["predictions"][m][o]
-            assert p["value"] == pytest.approx(f["slope"] * ref[target][m] + f["intercept"], **TOL)
-            assert (p["value"], p["lo"], p["hi"]) == pytest.approx(pred_interval(xs, ys, ref[target][m]), **TOL)
+            raw = pred_interval(xs, ys, ref[target][m])
+            assert raw[0] == pytest.approx(f["slope"] * ref[target][m] + f["intercept"], **TOL)
+            assert (p["value"], p["lo"], p["hi"]) == pytest.approx(tuple(np.clip(raw, *t["ranges"][o])), **TOL)
+            assert p["clipped"] == (not np.allclose(np.clip(raw, *t["ranges"][o]), raw, rtol=0, atol=0))
+            if p["clipped"]:
+                u = p["unclipped"]
+                assert (u["value"], u["lo"], u["hi"]) == pytest.approx(raw, **TOL)
     for o in ("gain", "forgetting"):
         assert t["best"][o] == res["ranking"][o][0]
     # the plot with targets (stars and interval bars) reads back as an image
@@ -490,3 +498,46 @@ def test_paired_stores_skip_transfer_scores_by_default(tmp_path, rng):
     assert res["fits"]["hscore"]["gain"]["error"] and not res["fits"]["iimm"]["gain"]["error"]
     with pytest.raises(EmbedxError):  # asked for by name: the transfer module's own error, with the row
         predict(str(tmp_path / "h.csv"), measures=["hscore"])
+
+
+def test_few_runs_warn_with_the_reason_and_intervals_stay_possible(tmp_path, rng):
+    """Issue 26: 4 runs and several predictors: one warning giving the R² reached by chance (the critical R² of
+    the slope's t test, from scipy), and every target interval inside the range the outcome can take, the
+    clipping said in the table."""
+    stores = [make_store(tmp_path / f"s{i}.zarr", rng, 40, 3, 6, 0.3 + 0.5 * i) for i in range(4)]
+    target = make_store(tmp_path / "target.zarr", rng, 50, 3, 6, 3.0)
+    rows = [[f"task{i}", "M", "lora", repr(0.3 + 0.05 * i), repr(0.9 + 0.02 * i), repr(-0.01 * i),
+             os.path.basename(s), ""] for i, s in enumerate(stores)]
+    hp = write_csv(tmp_path / "h.csv", list(REQUIRED) + ["store", "x"], rows)
+    res = predict(hp, [target], measures=MEAS)
+    t = stats.t.ppf(0.975, 2)
+    assert res["caution"] == {"n_runs": 4, "min_runs": 10, "chance_r2": pytest.approx(t * t / (t * t + 2), rel=1e-12)}
+    few = [w for w in res["warnings"] if w.startswith("only 4 runs")]
+    assert len(few) == 1 and "R² ≥ 0.90 one time in 20" in few[0] and "ranking 5 predictors" in few[0]
+    # the chance R² is the R² at which the slope's two-sided p-value is 0.05 (t = r sqrt((n-2) / (1-r²)))
+    for n in (4, 7, 10):
+        r2 = F.chance_r2(n)
+        p = 2 * stats.t.sf(math.sqrt(r2 * (n - 2) / (1 - r2)), n - 2)
+        assert p == pytest.approx(0.05, rel=1e-9), n
+    assert F.chance_r2(10) == pytest.approx(0.3993, abs=1e-4) and F.chance_r2(2) is None
+    zs = res["targets"][target]["zeroshot_top1"]
+    lo_gain = -zs / (1 - zs)
+    clipped = 0
+    for m, by in res["targets"][target]["predictions"].items():
+        for o, p in by.items():
+            if p is None:
+                continue
+            a, b = (lo_gain, 1.0) if o == "gain" else (-1.0, 1.0)
+            assert a - 1e-12 <= p["lo"] <= p["value"] <= p["hi"] <= b + 1e-12, (m, o, p)
+            clipped += p["clipped"]
+    assert clipped > 0  # with 4 runs (t = 4.30) some interval reaches past a gain of 1
+    rc, out, err = run_embedx("predict", "--history", hp, "--target", target, "--measures", ",".join(MEAS))
+    assert rc == 0, err
+    warn = [ln for ln in err.splitlines() if ln.startswith("warning: only 4 runs")]
+    assert len(warn) == 1 and "add runs" in warn[0]
+    assert "caution: 4 runs, below 10" in out and "(clipped to the possible range [" in out
+    # 10 runs: no caution
+    rows = [[f"task{i}", "M", "lora", repr(0.3 + 0.02 * i), repr(0.6 + 0.004 * i * i), repr(-0.01 * i), "",
+             repr(0.1 * i + 0.01 * (i % 3))] for i in range(10)]
+    res = predict(write_csv(tmp_path / "h10.csv", list(REQUIRED) + ["store", "x"], rows), measures=["x"])
+    assert res["caution"] is None and not [w for w in res["warnings"] if "runs" in w]

@@ -14,6 +14,7 @@ from embedx.drift_analysis import scores as drift_scores
 from embedx.drift_analysis.headline import headline, task_accuracy
 from embedx.drift_analysis.textside import text_drift
 from embedx.engine import registry
+from embedx.engine.progress import notice
 from embedx.errors import EmbedxError
 from embedx.measures import NOT_MEASURES, compute
 from embedx.measures.stream import normalized
@@ -33,8 +34,13 @@ class Drift:
     projection: dict
 
 
-def open_pair(before: str, after: str) -> tuple[Store, Store]:
-    """Open two complete stores and check that they hold the same samples (one-line error otherwise)."""
+def open_pair(before: str, after: str, force: bool = False) -> tuple[Store, Store]:
+    """Open two complete stores and check that they hold the same samples (one-line error otherwise).
+
+    Always refused (nothing to pair row by row): a different number of images, dimension or mode. Refused
+    unless ``force`` (row i is then compared with row i anyway): different ids, labels or class names, and, as
+    the store metadata records them, a different dataset spec or dataset fingerprint (both stores embedded from
+    a source by ``embedx embed``) or split (:func:`sample_mismatch`)."""
     a, b = Store(before), Store(after)
     what = f"{before} and {after}"
     if a.n_images != b.n_images:
@@ -45,21 +51,57 @@ def open_pair(before: str, after: str) -> tuple[Store, Store]:
                           "drift compares embeddings of one dimension")
     if a.paired != b.paired:
         raise EmbedxError(f"{what} differ in mode ({a.meta['mode']} vs {b.meta['mode']})")
-    _same(what, "ids", a.ids(), b.ids())
-    if not a.paired:
-        _same(what, "class names", a.text_names(), b.text_names())
-        _same(what, "labels", a.labels(), b.labels())
+    why = sample_mismatch(a, b)
+    if why and not force:
+        raise EmbedxError(f"{what} hold different samples: {why} (drift compares the same samples embedded "
+                          "twice; force=True compares row i with row i anyway)")
     return a, b
 
 
-def _same(what: str, name: str, x: np.ndarray, y: np.ndarray) -> None:
+def sample_mismatch(a: Store, b: Store) -> str | None:
+    """Why ``a`` and ``b`` (same N, d and mode) do not hold the same samples, or None. Checked in this order:
+    the dataset spec (``digits:test`` vs ``digits:test:rotate=90``) and, the specs equal, the dataset fingerprint
+    (sha256 of the source's ids, labels or captions and class names) when both stores were embedded from a
+    source (imported stores name their dataset after a file: not compared); the split when both record one;
+    the ids; for class stores the class names and the labels."""
+    ma, mb = a.meta, b.meta
+    if ma.get("dataset_sha256") and mb.get("dataset_sha256"):
+        if ma.get("dataset") != mb.get("dataset"):
+            return f"dataset {ma.get('dataset')!r} vs {mb.get('dataset')!r}"
+        if ma["dataset_sha256"] != mb["dataset_sha256"]:
+            return (f"the data behind {ma.get('dataset')!r} changed between the two embeds (dataset fingerprint "
+                    f"{ma['dataset_sha256'][:12]} vs {mb['dataset_sha256'][:12]})")
+    if ma.get("split") is not None and mb.get("split") is not None and ma["split"] != mb["split"]:
+        return f"split {ma['split']!r} vs {mb['split']!r}"
+    checks = [("ids", a.ids, b.ids)]
+    if not a.paired:
+        checks += [("class names", a.text_names, b.text_names), ("labels", a.labels, b.labels)]
+    for name, x, y in checks:
+        why = _differ(name, x(), y())
+        if why:
+            return why
+    return None
+
+
+def looks_swapped(a: Store, b: Store) -> str | None:
+    """A warning when BEFORE was embedded with a finetune checkpoint and AFTER was not (the arguments look
+    swapped: every change would read with the wrong sign), else None."""
+    ck_a, ck_b = (s.meta.get("checkpoint") for s in (a, b))
+    if isinstance(ck_a, dict) and not isinstance(ck_b, dict):
+        return (f"BEFORE ({a.path}) was embedded with the finetune run {ck_a.get('path')} "
+                f"({ck_a.get('method')}) and AFTER ({b.path}) with the base model: the two look swapped "
+                "(every change reads AFTER - BEFORE)")
+    return None
+
+
+def _differ(name: str, x: np.ndarray, y: np.ndarray) -> str | None:
     if len(x) != len(y):
-        raise EmbedxError(f"{what} have different {name}: {len(x)} vs {len(y)}")
+        return f"{name}: {len(x)} vs {len(y)}"
     diff = np.flatnonzero(np.asarray(x) != np.asarray(y))
     if len(diff):
         i = int(diff[0])
-        raise EmbedxError(f"{what} hold different samples: {name} differ at row {i} ({str(x[i])!r} vs "
-                          f"{str(y[i])!r}; {len(diff)} rows differ)")
+        return f"{name} differ at row {i} ({str(x[i])!r} vs {str(y[i])!r}; {len(diff)} rows differ)"
+    return None
 
 
 def parse_pair(spec: str) -> tuple[str, str, str]:
@@ -89,15 +131,16 @@ def delta(before: dict, after: dict) -> dict:
     return out
 
 
-def open_others(others) -> list[tuple[str, Store, Store]]:
-    """``[NAME=]BEFORE:AFTER`` specs (or (name, before, after) tuples) -> checked pairs of open stores."""
+def open_others(others, force: bool = False) -> list[tuple[str, Store, Store]]:
+    """``[NAME=]BEFORE:AFTER`` specs (or (name, before, after) tuples) -> checked pairs of open stores
+    (:func:`open_pair`)."""
     pairs, seen = [], set()
     for spec in others:
         name, pb, pa = parse_pair(spec) if isinstance(spec, str) else spec
         if name in seen:
             raise EmbedxError(f"two others pairs are named {name!r}; name them NAME=BEFORE:AFTER", param="others")
         seen.add(name)
-        pairs.append((name, *open_pair(pb, pa)))
+        pairs.append((name, *open_pair(pb, pa, force)))
     return pairs
 
 
@@ -169,16 +212,25 @@ def _projection(a: Store, b: Store, plot_rows: np.ndarray, pr: stats.PassResult,
 def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode: str = "exact",
             sample_size: int = 2000, seed: int = 0, knn: str = "blocked", knn_k: int = 10,
             knn_sample: int | None = 20000, plot_sample: int = 2000, block_rows: int | None = None,
-            progress=None, executor=None) -> Drift:
+            progress=None, executor=None, force: bool = False) -> Drift:
     """Drift between two stores of the same samples; see the module docstring for every key. ``executor``
     (``embedx.engine.executor``; a Dask one from ``embedx.engine``) runs the measures of every store and the drift
-    pass's sums."""
+    pass's sums. Stores that hold different samples are refused unless ``force`` (:func:`open_pair`); a pair
+    that looks swapped (:func:`looks_swapped`) is compared with a warning, logged and kept in ``warnings``."""
     if knn_k < 1:
         raise EmbedxError(f"knn_k must be >= 1, got {knn_k}", param="knn_k")
     if knn_sample is not None and knn_sample < 1:
         raise EmbedxError(f"knn_sample must be >= 1, got {knn_sample}", param="knn_sample")
-    a, b = open_pair(before, after)
-    pairs = open_others(others)  # every input is checked before any work
+    a, b = open_pair(before, after, force)
+    pairs = open_others(others, force)  # every input is checked before any work
+    warnings = []
+    for label, sb, sa in (("", a, b), *((f"others {n}: ", sb, sa) for n, sb, sa in pairs)):
+        why = looks_swapped(sb, sa)
+        if why:
+            warnings.append(label + why)
+            notice(label + why)
+    forced = [f"{n}: {w}" for n, sb, sa in (("BEFORE/AFTER", a, b), *pairs)
+              for w in [sample_mismatch(sb, sa)] if w] if force else []
     opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn)
     timings = {}
     t0 = time.perf_counter()
@@ -218,6 +270,8 @@ def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode
     timings["projection"] = time.perf_counter() - t0
     for st in (a, b, *(s for p in pairs for s in p[1:])):  # every number came from the stores that were opened
         st.ensure_unchanged()
+    summary["warnings"] = warnings
+    summary["forced"] = forced  # force=True: the sample checks it overrode (empty: there was nothing to force)
     summary["plot_sample_size"] = len(plot_rows)
     summary["timings_s"] = timings
     roles = {"before": a, "after": b}

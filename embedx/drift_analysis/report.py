@@ -1,14 +1,20 @@
 """The drift report: one self-contained HTML file answering "what did fine-tuning do?".
 
 Sections, top to bottom: the run (model, method, its settings, trainable parameters, data); the headline (task
-gain, forgetting elsewhere, per-class spread, how far images and class prompts moved); image side next to text
-side; every measure's change, each on its own small axis; per-class accuracy beside each class prompt's move;
-2-D projections coloured by class with the class texts named; forgetting per task; the stores and options.
+gain, the change on other tasks, per-class spread, how far images and class prompts moved); image side next to
+text side; every measure before -> after, one chart per group of measures (``embedx.drift_analysis.glossary``:
+accuracies, cosines and silhouettes, distances) on one scale shared by the group, each measure defined in one
+line; per-class accuracy beside each class prompt's move; 2-D projections coloured by class with the class texts
+named, both panels on the same ranges; the accuracy change on each other task; the stores and options, in words.
 
-Colours mean better / worse only where the direction is known (accuracies and recalls: up is better;
-forgetting: a drop is worse); every other change is drawn neutral grey. Axes never stretch a small change: a
-change axis spans at least +-``MIN_HALF_SPAN`` (accuracy units), a measure's own axis at least +-5% of its
-magnitude (and +-0.05), so a -0.003 change looks small.
+Colours mean better / worse only where the direction is known, and agree with the sign of the change shown:
+accuracies and recalls, and the change on other tasks (after - before: above 0 better, below 0 forgotten), are
+green when they rise and red when they fall; every other change is drawn neutral grey. Axes never stretch a small
+change: a change axis spans at least +-``MIN_HALF_SPAN`` (accuracy units), a group's shared axis at least
+2 * ``MIN_HALF_SPAN``, so a -0.003 change looks small and a -0.05 change looks a tenth of a -0.5 one.
+
+Paths are shown as the report's reader can use them: relative to the report's folder when below it, as given
+when relative, else by their last component (``.../run``): no absolute path of the machine that wrote it.
 
 Plots are base64 PNG from matplotlib's Agg backend; no external URL is referenced and nothing needs JavaScript;
 one inline script only records, on <body>, whether every plot decoded (``data-images-ok``), for automated checks
@@ -20,9 +26,11 @@ import base64
 import html
 import io
 import math
+import os
 
 import numpy as np
 
+from embedx.drift_analysis import glossary
 from embedx.store.atomic import atomic_write_bytes
 from embedx.plottext import literal
 
@@ -54,6 +62,8 @@ code{background:#f4f4f4;padding:0 .3em}
 .legend span.sw{display:inline-block;width:.9em;height:.9em;border-radius:50%;margin-right:.3em;
 vertical-align:-.1em}
 .two{display:flex;gap:1.5em;flex-wrap:wrap}.two>div{flex:1 1 480px}
+h3.group{font-size:1em;margin:1.2em 0 .2em}td.def{text-align:left;color:#444;font-size:.95em;max-width:34em}
+table.measures th:nth-child(2){text-align:left}
 """
 
 _CHECK = """<script>
@@ -66,9 +76,7 @@ window.addEventListener("load", function () {
 
 
 # -- direction and formatting -----------------------------------------------------------------------------------
-def direction(measure: str) -> int:
-    """+1 when a larger value is better (accuracies, recalls), 0 when the direction is not known."""
-    return 1 if measure.startswith("zeroshot_") or "recall" in measure else 0
+direction = glossary.direction  # +1: larger is better (accuracies, recalls); 0: not known
 
 
 def verdict(delta, sign: int) -> str:
@@ -123,11 +131,76 @@ def change_span(values, min_half: float = MIN_HALF_SPAN, cap: float | None = 1.0
     return min(half, cap) if cap else half
 
 
-def measure_window(b: float, a: float) -> tuple[float, float]:
-    """The x-range of one measure's own axis: centred on its values, at least +-max(0.05, 5% of |value|)."""
-    mid = (a + b) / 2
-    half = max(MIN_HALF_SPAN, 0.05 * max(abs(a), abs(b)), 0.65 * abs(a - b))
-    return mid - half, mid + half
+def group_window(values) -> tuple[float, float]:
+    """The x-range shared by a group of measures: every before and after value, 8% of the span beyond each end,
+    at least 2 * ``MIN_HALF_SPAN`` wide (centred on the values when they span less)."""
+    vals = [float(v) for v in values if _ok(v)] or [0.0]
+    lo, hi = min(vals), max(vals)
+    pad = 0.08 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    if hi - lo < 2 * MIN_HALF_SPAN:
+        mid = (lo + hi) / 2
+        lo, hi = mid - MIN_HALF_SPAN, mid + MIN_HALF_SPAN
+    return lo, hi
+
+
+def measure_groups(s: dict) -> dict:
+    """The measures of a summary by group (``glossary.GROUPS`` order): {group: {"measures": [names], "window":
+    (lo, hi) shared by them (:func:`group_window` of their defined before / after values)}}."""
+    out = {}
+    for m in s["delta"]:
+        out.setdefault(glossary.group(m), []).append(m)
+    return {g: {"measures": out[g], "window": group_window([s[side].get(m) for m in out[g]
+                                                            for side in ("before", "after")])}
+            for g in glossary.GROUPS if g in out}
+
+
+def shown_path(path, base: str | None = None) -> str:
+    """``path`` as the report shows it (module docstring): a URL or a relative path as given, an absolute path
+    relative to ``base`` (the report's folder) when below it, else ``.../`` and its last component."""
+    from embedx.fs.locations import location
+
+    p = str(path)
+    if not location(p).local or not os.path.isabs(p):
+        return p
+    if base:
+        rel = os.path.relpath(p, base)
+        if rel != ".." and not rel.startswith(".." + os.sep):
+            return rel
+    return ".../" + (os.path.basename(p.rstrip("/")) or p)
+
+
+def plain(v) -> str:
+    """An option value in words: None -> "default", True/False -> "yes"/"no", a list or tuple -> "a, b"."""
+    if v is None:
+        return "default"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(plain(x) for x in v) or "none"
+    if isinstance(v, (int, np.integer)):
+        return f"{v:,}" if abs(v) >= 10000 else str(v)
+    if isinstance(v, (float, np.floating)):
+        return f"{v:g}"
+    return str(v)
+
+
+OPTION_WORDS = {"metrics": "measures", "silhouette_mode": "silhouette", "sample_size": "silhouette sample size",
+                "knn": "retrieval recall", "knn_k": "kNN overlap k", "knn_sample": "kNN queries (at most)",
+                "plot_sample": "images plotted"}
+
+
+def option_text(options) -> str:
+    """The options of a summary as plain text: ``measures: all the stores support · silhouette: exact · ...``."""
+    out = []
+    for k, v in _items(options):
+        if k == "metrics" and v is None:
+            out.append("measures: all the stores support")
+        elif k == "knn_sample" and v is None:
+            out.append("kNN queries: every image")
+        else:
+            out.append(f"{OPTION_WORDS.get(k, str(k).replace('_', ' '))}: {plain(v)}")
+    return " \u00b7 ".join(out)
 
 
 # -- plots -------------------------------------------------------------------------------------------------------
@@ -152,23 +225,37 @@ def _img(fig, alt: str, cls: str = "", dpi: int = 100) -> str:
     return f'<img{c} alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig, dpi)}">'
 
 
-def measure_chart(name: str, b: float, a: float) -> str:
-    """One measure on its own axis: before (grey) -> after (coloured better / worse / neutral)."""
+def group_chart(title: str, measures: list, s: dict, window: tuple) -> str:
+    """:func:`group_figure` as an <img>."""
+    return _img(group_figure(title, measures, s, window), f"{title}: before and after on one scale", "measure-chart")
+
+
+def group_figure(title: str, measures: list, s: dict, window: tuple):
+    """The measures of one group on one shared axis ``window``: per row, before (grey dot) -> after (arrow head,
+    coloured better / worse / neutral), so equal changes have equal lengths."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.6, 0.13))
-    lo, hi = measure_window(b, a)
-    col = _colour(a - b, direction(name))
-    ax.plot([b, a], [0, 0], color=col, lw=2, solid_capstyle="butt", zorder=1, clip_on=False)
-    ax.scatter([b], [0], s=20, color=BEFORE, zorder=2, clip_on=False)
-    ax.scatter([a], [0], s=40, color=col, marker=">" if a > b else "<" if a < b else "o", zorder=3, clip_on=False)
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(-1, 1)
-    ax.set_yticks([])
-    ax.locator_params(axis="x", nbins=4)
-    ax.tick_params(axis="x", labelsize=6, length=2, pad=0.5)
+    from matplotlib.ticker import MaxNLocator
+
+    rows = [m for m in measures if _ok(s["before"].get(m)) and _ok(s["after"].get(m))]
+    fig, ax = plt.subplots(figsize=(7.2, 0.34 * len(rows) + 0.75))
+    for i, m in enumerate(rows):
+        b, a = float(s["before"][m]), float(s["after"][m])
+        col = _colour(a - b, direction(m))
+        ax.plot([b, a], [i, i], color=col, lw=2.2, solid_capstyle="butt", zorder=1)
+        ax.scatter([b], [i], s=28, color=BEFORE, zorder=2)
+        ax.scatter([a], [i], s=55, color=col, marker=">" if a > b else "<" if a < b else "o", zorder=3)
+    ax.set_yticks(range(len(rows)), [literal(m) for m in rows], fontsize=9)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlim(*window)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+    ax.tick_params(axis="x", labelsize=9)
+    ax.grid(axis="x", color="#e5e5e5", lw=0.8, zorder=0)
+    ax.set_axisbelow(True)
     for sp in ("left", "right", "top"):
         ax.spines[sp].set_visible(False)
-    return _img(fig, f"{name}: {b:.4f} -> {a:.4f}", "measure-chart", dpi=90)
+    ax.set_xlabel(f"{title}: before (grey dot) \u2192 after (arrow head), one scale for the group", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def movement_plot(disp: np.ndarray, s: dict) -> str:
@@ -241,13 +328,31 @@ def class_colours(c: int) -> list:
     return [cmap(i % cmap.N) for i in range(c)]
 
 
+def projection_limits(p: dict) -> tuple:
+    """((x0, x1), (y0, y1)) shared by the before and after panels: every plotted point of both, 6% beyond."""
+    pts = [np.asarray(p[k], dtype=np.float64)[:, :2] for k in ("images_before", "texts_before", "images_after",
+                                                              "texts_after") if len(p[k])]
+    both = np.vstack(pts) if pts else np.zeros((1, 2))
+    if both.shape[1] < 2:
+        both = np.pad(both, ((0, 0), (0, 2 - both.shape[1])))
+    lo, hi = both.min(0), both.max(0)
+    pad = 0.06 * np.maximum(hi - lo, 1e-9)
+    return (float(lo[0] - pad[0]), float(hi[0] + pad[0])), (float(lo[1] - pad[1]), float(hi[1] + pad[1]))
+
+
 def projection_plot(p: dict) -> str:
-    """Before | after on the same PCA axes; class stores: images coloured by class, class texts as large
-    outlined markers of the class colour, named."""
+    """:func:`projection_figure` as an <img>."""
+    return _img(projection_figure(p), "2-D projection before and after, coloured by class")
+
+
+def projection_figure(p: dict):
+    """Before | after on the same PCA axes and the same ranges (:func:`projection_limits`); class stores: images
+    coloured by class, class texts as large outlined markers of the class colour, named."""
     plt = _plt()
     keys = ("images_before", "texts_before", "images_after", "texts_after")
     pts = {k: np.pad(p[k], ((0, 0), (0, max(0, 2 - p[k].shape[1])))) for k in keys}
     names = p.get("class_names")
+    lims = projection_limits(pts)
     fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.3))
     for ax, side in zip(axes, ("before", "after")):
         im, tx = pts[f"images_{side}"], pts[f"texts_{side}"]
@@ -270,16 +375,13 @@ def projection_plot(p: dict) -> str:
             ax.scatter(im[:, 0], im[:, 1], s=5, alpha=0.5, color="#4c72b0", label=f"images ({len(im)})")
             ax.scatter(tx[:, 0], tx[:, 1], s=5, alpha=0.5, color="#dd8452", label=f"captions ({len(tx)})")
             ax.legend(frameon=False, loc="best", markerscale=3)
-        both = np.vstack([im, tx])
-        lo, hi = both.min(0), both.max(0)
-        pad = 0.06 * np.maximum(hi - lo, 1e-9)
         ax.set_title(side)
-        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
-        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_xlim(*lims[0])
+        ax.set_ylim(*lims[1])
         ax.set_xlabel("PC1 (fitted on before)")
         ax.set_ylabel("PC2")
     fig.tight_layout()
-    return _img(fig, "2-D projection before and after, coloured by class")
+    return fig
 
 
 def projection_legend(p: dict) -> str:
@@ -306,24 +408,27 @@ def forgetting_plot(forg: dict) -> str:
     ax.set_xlim(-half, half)
     ax.axvline(0, color="#999", lw=0.8)
     ax.invert_yaxis()
-    ax.set_xlabel("zero-shot top-1 change on the other task (after - before; axis at least +-0.05)")
+    ax.set_xlabel("zero-shot top-1 change on the other task (after - before; below 0: forgotten)")
     fig.tight_layout()
     return _img(fig, "forgetting per task")
 
 
 # -- sections ------------------------------------------------------------------------------------------------
-def _run_block(s: dict) -> str:
+def _run_block(s: dict, base: str | None = None) -> str:
     esc = html.escape
     h = s.get("headline") or {}
     run = h.get("run")
     st = s.get("stores", {})
     lines = []
     if run:
-        opts = ", ".join(f"{k}={v}" for k, v in _items(run.get("options"))) or "defaults"
+        opts = ", ".join(f"{str(k).replace('_', ' ')} {plain(v)}" for k, v in _items(run.get("options"))) \
+            or "its defaults"
         tp, tot = run.get("trainable_params"), run.get("total_params")
         share = f" ({100 * tp / tot:.3g}% of {tot:,})" if _ok(tp) and _ok(tot) and tot else ""
         tp_text = _fmt(tp) if _ok(tp) else "&ndash;"
-        lines.append(f"<b>run</b> <code>{esc(str(run.get('path')))}</code>: method <b>{esc(str(run.get('method')))}"
+        sha = run.get("sha256")
+        sha = f" (params sha256 {esc(sha[:12])})" if isinstance(sha, str) and sha else ""
+        lines.append(f"<b>run</b> <code>{esc(shown_path(run.get('path'), base))}</code>{sha}: method <b>{esc(str(run.get('method')))}"
                      f"</b> ({esc(opts)}) on <b>{esc(str(run.get('model')))}</b> "
                      f"{'(' + esc(str(run['family'])) + ') ' if run.get('family') else ''}"
                      f"(pretrained {esc(str(run.get('pretrained')))}), trainable parameters <b>"
@@ -345,13 +450,34 @@ def _run_block(s: dict) -> str:
                      f"model {esc(str(b.get('model')))}")
     for role in ("before", "after"):
         r = st.get(role, {})
-        lines.append(f"<b>{role}</b> <code>{esc(str(r.get('path')))}</code>: {esc(str(r.get('model')))}"
+        lines.append(f"<b>{role}</b> <code>{esc(shown_path(r.get('path'), base))}</code>: {esc(str(r.get('model')))}"
                      f"{' + ' + esc(str((r.get('checkpoint') or {}).get('method'))) if r.get('checkpoint') else ''}"
                      f" on <code>{esc(str(r.get('dataset')))}</code>, {_e(r.get('n_images'))} images, "
                      f"{_e(r.get('n_texts'))} texts, {esc(str(r.get('dtype')))}")
     lines.append(f"{s['n_images']:,} images, d = {_e(s['dim'])}, {esc(str(s['mode']))} mode &middot; embedx "
                  f"{esc(str(s.get('embedx_version')))} &middot; {esc(str(s.get('created')))}")
+    for label, rb, ra in _role_pairs(st):  # the pairs that look swapped (``comparison.looks_swapped``)
+        ck = rb.get("checkpoint")
+        if isinstance(ck, dict) and not isinstance(ra.get("checkpoint"), dict):
+            lines.append(f'<span class="worse">warning: {esc(label)}BEFORE <code>{esc(shown_path(rb.get("path"), base))}'
+                         f'</code> was embedded with the finetune run <code>{esc(shown_path(ck.get("path"), base))}'
+                         f'</code> ({esc(str(ck.get("method")))}) and AFTER <code>'
+                         f'{esc(shown_path(ra.get("path"), base))}</code> with the base model: the two look swapped '
+                         "(every change reads AFTER &minus; BEFORE)</span>")
+    for f in s.get("forced") or []:
+        lines.append(f'<span class="worse">compared with force, although the stores hold different samples: '
+                     f"{esc(str(f))}</span>")
     return '<div class="run" id="provenance">' + "<br>".join(lines) + "</div>"
+
+
+def _role_pairs(stores: dict) -> list:
+    """(label, before record, after record) of the compared pair and of each other task, from ``stores``."""
+    out = [("", stores.get("before") or {}, stores.get("after") or {})]
+    for role, r in _items(stores):
+        if role.startswith("others/") and role.endswith("/before"):
+            name = role[len("others/"):-len("/before")]
+            out.append((f"others {name}: ", r or {}, stores.get(f"others/{name}/after") or {}))
+    return out
 
 
 def _card(label: str, value: str, sub: str, cls: str = "neutral") -> str:
@@ -371,11 +497,12 @@ def _headline(s: dict) -> str:
         verdict(g, 1)))
     f = h.get("forgetting")
     if h.get("n_other_tasks"):
-        cards.append(_card("forgetting elsewhere", _fmt(f, True, 3),
-                           f"mean zero-shot top-1 change on {_e(h['n_other_tasks'])} other task"
-                           f"{'s' if h['n_other_tasks'] != 1 else ''} (below 0: forgotten)", verdict(f, 1)))
+        cards.append(_card("change on other tasks", _fmt(f, True, 3),
+                           f"mean zero-shot top-1 after &minus; before on {_e(h['n_other_tasks'])} other task"
+                           f"{'s' if h['n_other_tasks'] != 1 else ''}: above 0 better, below 0 forgotten",
+                           verdict(f, 1)))
     else:
-        cards.append(_card("forgetting elsewhere", "&ndash;", "not measured: give other tasks "
+        cards.append(_card("change on other tasks", "&ndash;", "not measured (forgetting): give other tasks "
                            "(<code>others</code>: NAME=BEFORE:AFTER)"))
     pc = h.get("per_class")
     if pc:
@@ -416,19 +543,25 @@ def _sides(drift) -> str:
 
 def _measures(s: dict) -> str:
     b, a, d = s["before"], s["after"], s["delta"]
-    rows = []
-    for m in d:
-        sign = direction(m)
-        chart = measure_chart(m, b[m], a[m]) if _ok(b.get(m)) and _ok(a.get(m)) else ""
-        dirn = "&uarr; better" if sign > 0 else ""
-        rows.append(f'<tr class="measure-row"><td>{html.escape(m)} <span class="muted">{dirn}</span></td>'
-                    f"<td>{_fmt(b[m])}</td><td>{_fmt(a[m])}</td>{_delta_cell(d[m], sign)}<td>{chart}</td></tr>")
-    return ('<section id="measures"><h2>Every measure, each on its own scale</h2>'
+    parts = []
+    for g, info in measure_groups(s).items():
+        title, scale = glossary.GROUPS[g]
+        rows = []
+        for m in info["measures"]:
+            sign = direction(m)
+            dirn = " &uarr; better" if sign > 0 else ""
+            rows.append(f'<tr class="measure-row"><td>{html.escape(m)}<span class="muted">{dirn}</span></td>'
+                        f'<td class="def">{html.escape(glossary.definition(m))}</td><td>{_fmt(b[m])}</td>'
+                        f"<td>{_fmt(a[m])}</td>{_delta_cell(d[m], sign)}</tr>")
+        drawn = any(_ok(b.get(m)) and _ok(a.get(m)) for m in info["measures"])
+        chart = group_chart(title, info["measures"], s, info["window"]) if drawn else ""
+        parts.append(f'<h3 class="group" id="group-{g}">{html.escape(title)} <span class="muted">'
+                     f"({html.escape(scale)})</span></h3>{chart}"
+                     + _table(["measure", "what it is", "before", "after", "change"], rows, "measures"))
+    return ('<section id="measures"><h2>Every measure, one scale per group</h2>'
             '<p class="muted">Grey dot: before; arrow head: after (green better, red worse, grey where better or '
-            'worse is not defined). Each axis spans at least &plusmn;0.05 and &plusmn;5% of the value around the '
-            'pair, so small changes look small.</p>'
-            + _table(["measure", "before", "after", "change", "before \u2192 after"], rows, "measures")
-            + "</section>")
+            'worse is not defined). The measures of a group share one axis, so equal changes have equal lengths; '
+            'an axis spans at least 0.1, so small changes look small.</p>' + "".join(parts) + "</section>")
 
 
 def _per_class(s: dict) -> str:
@@ -450,7 +583,8 @@ def _projection(drift) -> str:
     s = drift.summary
     return ('<section id="projection"><h2>2-D projection</h2>'
             f"<p class=\"muted\">PCA fitted on the before images (a sample of {_e(s['plot_sample_size'])}); both stores "
-            "projected on the same axes (each panel zoomed to its points: compare positions, not spreads, across panels). Each side's texts are drawn shifted by that side's modality gap (mean image "
+            "projected on the same axes and drawn on the same ranges, so positions and spreads compare across the "
+            "panels. Each side's texts are drawn shifted by that side's modality gap (mean image "
             f"&minus; mean text; its length {_fmt(drift.projection.get('gap_before'), digits=3)} before, "
             f"{_fmt(drift.projection.get('gap_after'), digits=3)} after), so each class text sits among the images "
             "it points at.</p>" + projection_legend(drift.projection)
@@ -467,32 +601,35 @@ def _forgetting(s: dict) -> str:
             f"{_delta_cell(t['delta'], 1)}</tr>" for n, t in f["tasks"].items()]
     rows.append("<tr><td><b>mean</b></td>" + "<td></td>" * 4 + f"{_delta_cell(f['mean_delta'], 1)}</tr>")
     plot = forgetting_plot(f) if any(t["delta"] is not None for t in f["tasks"].values()) else ""
-    return ('<section id="forgetting"><h2>Forgetting on other tasks</h2>' + plot +
+    return ('<section id="forgetting"><h2>Other tasks: accuracy change (forgetting below 0)</h2>'
+            '<p class="muted">Zero-shot top-1 after &minus; before on each other task: above 0 (green) the tuned '
+            'model does better there, below 0 (red) it forgot.</p>' + plot +
             _table(["task", "data", "images", "top-1 before", "top-1 after", "change"], rows) + "</section>")
 
 
-def _stores(s: dict) -> str:
+def _stores(s: dict, base: str | None = None) -> str:
     esc = html.escape
-    rows = [f"<tr><td>{esc(role)}</td><td><code>{esc(str(r.get('path')))}</code></td><td>{esc(str(r.get('model')))}"
+    rows = [f"<tr><td>{esc(role)}</td><td><code>{esc(shown_path(r.get('path'), base))}</code></td><td>{esc(str(r.get('model')))}"
             f"</td><td>{esc(str((r.get('checkpoint') or {}).get('method') or '-'))}</td>"
             f"<td>{esc(str(r.get('dataset')))}</td><td>{esc(str(r.get('generation')))}</td></tr>"
             for role, r in (s.get("stores") or {}).items()]
-    opts = ", ".join(f"{k}={v}" for k, v in _items(s.get("options")))
+    opts = option_text(s.get("options"))
     return ('<section id="stores"><h2>Stores and options</h2>'
             + _table(["role", "path", "model", "finetune", "data", "generation"], rows)
             + f'<p class="muted">options: {esc(opts)} &middot; schema {esc(str(s.get("schema")))}</p></section>')
 
 
-def render(drift) -> str:
-    """The HTML document of a :class:`embedx.drift.Drift`."""
+def render(drift, base: str | None = None) -> str:
+    """The HTML document of a :class:`embedx.drift.Drift`; ``base``: the folder the report is written to (paths
+    are shown relative to it, :func:`shown_path`)."""
     s = drift.summary
     parts = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>embedx drift report</title>'
              f"<style>{_CSS}</style></head><body>",
-             "<h1>What did fine-tuning do?</h1>", _run_block(s), _headline(s), _sides(drift), _measures(s),
-             _per_class(s), _projection(drift), _forgetting(s), _stores(s), _CHECK, "</body></html>"]
+             "<h1>What did fine-tuning do?</h1>", _run_block(s, base), _headline(s), _sides(drift), _measures(s),
+             _per_class(s), _projection(drift), _forgetting(s), _stores(s, base), _CHECK, "</body></html>"]
     return "\n".join(p for p in parts if p)
 
 
 def write(drift, path: str) -> None:
     """Render the whole report first, then replace ``path`` atomically: a failure leaves the old file intact."""
-    atomic_write_bytes(path, render(drift).encode("utf-8"))
+    atomic_write_bytes(path, render(drift, os.path.dirname(os.path.abspath(path))).encode("utf-8"))

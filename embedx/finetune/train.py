@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+import embedx.finetune.events as ev
 import embedx.finetune.run as rd
 from embedx.models import methods
 from embedx.models.encoder import NO_WEIGHTS, Encoder, file_sha256
@@ -176,7 +177,7 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
              optimizer: str | None = None, batch_size: int = 32, val_fraction: float = 0.1, limit: int | None = None,
              per_class: int | None = None, classnames=None, device: str = "auto", workers: int | None = None,
              overwrite: bool = False, progress: bool = True, encoder: Encoder | None = None,
-             fail_if_flat: bool = False) -> dict:
+             fail_if_flat: bool = False, log_dir: str | None = None) -> dict:
     """Fine-tune ``model`` on ``data`` with ``method`` into the run folder ``out``; returns its config.
 
     ``towers``: "both", "image" or "text", the towers the method tunes (a tower where the method finds nothing is
@@ -189,11 +190,19 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
     and a finished run is kept unless ``overwrite``. ``encoder``: an already built
     ``build(model, pretrained, method, options, seed)``, trained in place. A finished run that never moved
     (:func:`flat`) logs a warning; with ``fail_if_flat`` it then raises :class:`EmbedxError` (the run is kept).
+    Each epoch's record in config.json keeps the training loss of every step (``step_loss``). ``log_dir``: also
+    write TensorBoard event files there (step loss, learning rate, hold-out metrics per epoch;
+    :mod:`embedx.finetune.events`; needs the ``tensorboard`` extra).
     """
     opts = methods.resolve_options(method, {"train_blocks": train_blocks, "rank": rank, "reduction": reduction})
     methods.check_towers(towers)
     optimizer, lr = methods.recipe(method, optimizer, lr)
     _check_recipe(epochs, lr, weight_decay, optimizer, batch_size, val_fraction)
+    if log_dir is not None:
+        log_dir = os.fspath(log_dir)
+        if os.path.exists(log_dir) and not os.path.isdir(log_dir):
+            raise EmbedxError(f"log_dir {log_dir} exists and is not a folder", param="log_dir")
+        ev.writer_class()  # a missing tensorboard package is said before any work
     source = class_source(data, limit, per_class, classnames)
     pretrained = (pretrained or "none").strip()
     pretrained = "none" if pretrained.lower() in NO_WEIGHTS else pretrained
@@ -223,8 +232,23 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
     opt = _optimizer(optimizer, [p for p in net.parameters() if p.requires_grad], lr, weight_decay)
     rd.start(out, replace=overwrite and cfg is not None)  # an old run goes only once the new model has loaded
 
-    if overwrite or cfg is None or not cfg["history"]:
+    steps = math.ceil(len(train_ds) / batch_size)  # optimizer steps per epoch (the last batch may be short)
+    fresh = overwrite or cfg is None or not cfg["history"]
+    events = ev.EventLog(log_dir, purge_step=0 if fresh else len(cfg["history"]) * steps + 1)
+    try:
+        return _run(out, cfg, plan, fresh, net, enc, opt, sel, trainable, total, train_ds, val_ds, tokens, n_classes,
+                    batch_size, epochs, seed, workers, progress, fail_if_flat, steps, events)
+    finally:
+        events.close()
+
+
+def _run(out, cfg, plan, fresh, net, enc, opt, sel, trainable, total, train_ds, val_ds, tokens, n_classes, batch_size,
+         epochs, seed, workers, progress, fail_if_flat, steps, events) -> dict:
+    """The epochs of :func:`finetune` after the model is built: the zero-shot hold-out (a fresh run) or the resume
+    state, then each epoch trained, evaluated, logged and committed."""
+    if fresh:
         zs_loss, zs_acc = evaluate(net, enc, val_ds, tokens, n_classes, batch_size)
+        events.holdout(0, zs_loss, zs_acc)
         cfg = {"embedx_run": rd.FORMAT, **plan, "selection": sel.record() if sel else None,
                "trainable_params": trainable, "total_params": total,
                "n_train": len(train_ds), "n_val": len(val_ds), "zeroshot_val_loss": zs_loss,
@@ -240,11 +264,18 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
     rd.clean(out, cfg)
 
     workers = default_workers() if workers is None else workers
+    lr = float(opt.param_groups[0]["lr"])
     for epoch in range(len(cfg["history"]) + 1, epochs + 1):
         t0 = time.perf_counter()
+        first = (epoch - 1) * steps  # the global step before this epoch's first
+
+        def on_step(step: int, value: float) -> None:
+            events.step(first + step, value, lr)
+
         try:
-            loss, acc = _train_epoch(net, enc, opt, train_ds, tokens, n_classes, batch_size, workers,
-                                     seed * 100_003 + epoch, f"epoch {epoch}/{epochs}", progress)
+            loss, acc, step_loss = _train_epoch(net, enc, opt, train_ds, tokens, n_classes, batch_size, workers,
+                                                seed * 100_003 + epoch, f"epoch {epoch}/{epochs}", progress,
+                                                on_step)
         except Diverged as d:
             _stop(d, epoch, out, cfg)
         val_loss, val_acc = evaluate(net, enc, val_ds, tokens, n_classes, batch_size)
@@ -252,7 +283,9 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
             _stop(Diverged(f"the hold-out loss is {val_loss} after the epoch's last step", None, None), epoch, out,
                   cfg)
         cfg["history"].append({"epoch": epoch, "train_loss": loss, "train_acc": acc, "val_loss": val_loss,
-                               "val_acc": val_acc, "seconds": round(time.perf_counter() - t0, 3)})
+                               "val_acc": val_acc, "seconds": round(time.perf_counter() - t0, 3),
+                               "step_loss": step_loss})
+        events.epoch(first + len(step_loss), cfg["history"][-1])
         best = cfg["best_epoch"] is None or val_acc is None or val_acc > cfg["best_val_acc"]
         log.info("epoch %d/%d: loss %.4f, acc %.1f%%%s%s", epoch, epochs, loss, 100 * acc,
                  "" if val_acc is None else f", val acc {100 * val_acc:.1f}%", " (best)" if best else "")
@@ -351,7 +384,10 @@ def train_step(net: TunedCLIP, enc: Encoder, opt, x: torch.Tensor, y: torch.Tens
 
 
 def _train_epoch(net: TunedCLIP, enc: Encoder, opt, ds: Dataset, tokens, n_classes: int, batch_size: int,
-                 workers: int, epoch_seed: int, desc: str, progress: bool) -> tuple[float, float]:
+                 workers: int, epoch_seed: int, desc: str, progress: bool,
+                 on_step=None) -> tuple[float, float, list[float]]:
+    """One epoch -> (mean training loss, training accuracy, the loss of each step); ``on_step(step, loss)``
+    after each step (step counted from 1)."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(epoch_seed)
@@ -365,6 +401,7 @@ def _train_epoch(net: TunedCLIP, enc: Encoder, opt, ds: Dataset, tokens, n_class
         with torch.no_grad(), enc.amp:
             base = net.clip.encode_text(tokens)
     total = correct = n = 0
+    losses = []
     bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True, leave=False)
     for step, (x, y) in enumerate(bar, 1):
         x, y = x.to(enc.device, non_blocking=True), y.to(enc.device, non_blocking=True)
@@ -380,9 +417,12 @@ def _train_epoch(net: TunedCLIP, enc: Encoder, opt, ds: Dataset, tokens, n_class
         total += value * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         n += len(y)
+        losses.append(value)
+        if on_step is not None:
+            on_step(step, value)
         bar.set_postfix(loss=f"{total / n:.4f}", acc=f"{correct / n:.1%}", refresh=False)
     bar.close()
-    return total / n, correct / n
+    return total / n, correct / n, losses
 
 
 def freeze_batch_norm(net: torch.nn.Module) -> None:

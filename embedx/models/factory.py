@@ -59,7 +59,9 @@ def _options(v) -> bool:
 def _history(v) -> bool:
     return isinstance(v, list) and all(
         isinstance(e, dict) and _is_int(e.get("epoch")) and e["epoch"] >= 1
-        and all(e[k] is None or _is_num(e[k]) for k in e if k != "epoch") for e in v)
+        and all(e[k] is None or _is_num(e[k]) for k in e if k not in ("epoch", "step_loss"))
+        and (isinstance(e.get("step_loss", []), list) and all(_is_num(x) for x in e.get("step_loss", [])))
+        for e in v)
 
 
 def _nullable(check):
@@ -93,7 +95,8 @@ CONFIG_SCHEMA = {
     "n_val": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "zeroshot_val_loss": (_nullable(_is_num), "a finite number or null"),
     "zeroshot_val_acc": (_nullable(lambda v: _is_num(v) and 0 <= v <= 1), "a number in [0, 1] or null"),
-    "history": (_history, "a list of epoch records (epoch: an integer >= 1, the rest finite numbers or null)"),
+    "history": (_history, "a list of epoch records (epoch: an integer >= 1, step_loss: a list of finite "
+                "numbers, the rest finite numbers or null)"),
     "best_epoch": (_nullable(lambda v: _is_int(v) and v >= 1), "an integer >= 1 or null"),
     "best_val_acc": (_nullable(lambda v: _is_num(v) and 0 <= v <= 1), "a number in [0, 1] or null"),
     "params": (_nullable(_file_name), "a file name inside the run folder (no folder part, no '..') or null"),

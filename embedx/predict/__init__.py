@@ -11,7 +11,10 @@ history of fine-tuning runs (format: ``embedx.predict.history``):
   fits         per predictor and outcome, OLS + Kendall τ + leave-one-out errors (``embedx.predict.fit``)
   ranking      per outcome, the predictors by R² (highest first)
   targets      for each new store, its predictor values and every fit's prediction with a 95% prediction
-               interval
+               interval, clipped to the range the outcome can take (gain <= 1 and >= -zs / (1 - zs) with zs the
+               store's own zero-shot top-1; forgetting in [-1, 1])
+  caution      fewer than 10 runs: a warning, and the R² a predictor unrelated to the outcome reaches one time
+               in 20 (``embedx.predict.fit.chance_r2``)
 
 The paper fits per model, often per method: filter rows with ``where`` (``{"model": "ViT-B-32"}``).
 """

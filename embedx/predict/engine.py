@@ -19,6 +19,23 @@ def _finite(v) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
+def outcome_range(outcome: str, zs: float | None) -> tuple[float | None, float | None]:
+    """The values ``outcome`` can take (None: unbounded on that side). gain = (ft - zs) / (1 - zs) with ft in
+    [0, 1] lies in [-zs / (1 - zs), 1] (zs: the target's zero-shot accuracy; unknown: (-inf, 1]); forgetting, a
+    mean accuracy change, in [-1, 1]."""
+    if outcome == "gain":
+        return (-zs / (1.0 - zs) if zs is not None and 0.0 <= zs < 1.0 else None), 1.0
+    return -1.0, 1.0
+
+
+def _target_zs(cache: StoreCache, path: str) -> float | None:
+    """The target store's own zero-shot top-1 (it stands for the task's zs_acc in the gain's range); None for a
+    paired store or where undefined."""
+    if cache._store(path).paired:
+        return None
+    return _finite(cache.get(path, ["zeroshot_top1"])["zeroshot_top1"])
+
+
 def _choose_predictors(hist: H.History, measures) -> list[str]:
     if measures:
         names = list(dict.fromkeys(m.strip() for m in measures if m.strip()))
@@ -54,7 +71,12 @@ def predict(history_path: str, targets=(), *, measures=None, where=None, silhoue
     ``measures``: predictor names (default: every predictor column, plus, when the CSV has a store column, the
     default store predictors). ``where``: {column: value or [values]} or ["COL=VALUE", ...]. The store options
     (silhouette_mode, sample_size, seed, device: ``embedx.measures.compute``; logit_scale:
-    ``embedx.transferability.compute``; executor: where both run) only matter for values computed from stores."""
+    ``embedx.transferability.compute``; executor: where both run) only matter for values computed from stores.
+
+    Fewer than ``fit.MIN_RUNS`` runs give a warning with its reason (``caution``: the runs, the minimum and the
+    R² a predictor reaches by chance). Each target's predictions and 95% intervals are clipped to the range the
+    outcome can take (:func:`outcome_range`, the gain's from the target store's own zero-shot top-1): ``range``,
+    ``clipped`` and the OLS numbers as ``unclipped`` beside them."""
     hist = H.read(history_path)
     wh = H.parse_where(where)
     rows = H.select(hist, wh)
@@ -115,6 +137,19 @@ def predict(history_path: str, targets=(), *, measures=None, where=None, silhoue
             continue
         outcomes.append(o)
 
+    counts = {o: sum(r.outcome(o) is not None for r in rows) for o in outcomes}
+    caution = None
+    if counts and min(counts.values()) < F.MIN_RUNS:
+        n = min(counts.values())
+        r2 = F.chance_r2(n)
+        caution = {"n_runs": n, "min_runs": F.MIN_RUNS, "chance_r2": r2}
+        k = len(names)
+        few = "" if len(set(counts.values())) == 1 else f" with a {min(counts, key=counts.get)} value"
+        warn(f"only {n} runs{few}: "
+             f"below {F.MIN_RUNS} the fits are fragile (with {n} runs a predictor unrelated to the outcome reaches "
+             f"R² ≥ {r2:.2f} one time in 20{f', and ranking {k} predictors favours such flukes' if k > 1 else ''}"
+             "); add runs before trusting the ranking or the intervals")
+
     fits: dict = {}
     for m in names:
         fits[m] = {}
@@ -136,9 +171,12 @@ def predict(history_path: str, targets=(), *, measures=None, where=None, silhoue
             vals = {m: _finite(v) for m, v in cache.get(t, tn).items()}
         except EmbedxError as e:
             raise EmbedxError(f"target {t}: {e}") from None
-        preds = {m: {o: F.predict(fits[m][o], vals[m]) for o in outcomes} for m in tn}
+        zs = _target_zs(cache, t) if "gain" in outcomes else None
+        bounds = {o: outcome_range(o, zs) for o in outcomes}
+        preds = {m: {o: F.clip(F.predict(fits[m][o], vals[m]), *bounds[o]) for o in outcomes} for m in tn}
         best = {o: next((m for m in ranking[o] if preds.get(m, {}).get(o)), None) for o in outcomes}
-        entry = {"measures": vals, "predictions": preds, "best": best}
+        entry = {"measures": vals, "zeroshot_top1": zs, "ranges": {o: list(b) for o, b in bounds.items()},
+                 "predictions": preds, "best": best}
         if not_comp:
             entry["not_computable"] = not_comp
         tout[t] = entry
@@ -147,4 +185,5 @@ def predict(history_path: str, targets=(), *, measures=None, where=None, silhoue
              "from a store")
 
     return {"history": hist.path, "n_rows": len(rows), "where": wh, "outcomes": outcomes, "predictors": names,
-            "rows": out_rows, "fits": fits, "ranking": ranking, "targets": tout, "warnings": warnings}
+            "rows": out_rows, "fits": fits, "ranking": ranking, "targets": tout, "caution": caution,
+            "warnings": warnings}

@@ -16,7 +16,12 @@ For the n rows where both x (predictor) and y (outcome) are present, with x̄, �
            ŷ ± t_{0.975, n-2} · s · sqrt(1 + 1/n + (x0 - x̄)² / Sxx)
 
 A fit needs n ≥ 3 and a predictor and outcome that vary; otherwise it carries an ``error`` string and null
-numbers instead of raising.
+numbers instead of raising. Below ``MIN_RUNS`` rows a fit is made but is fragile: a predictor unrelated to the
+outcome reaches R² ≥ ``chance_r2(n)`` = t²/(t² + n - 2), t = t_{0.975, n-2}, one time in 20 (the R² at which the
+slope's p-value is 0.05: 0.90 for n = 4, 0.40 for n = 10), and ranking many predictors favours such flukes.
+
+``clip`` bounds a prediction and its interval to the range the outcome can take (``embedx.predict.engine``
+says which): a prediction interval is a statement about a new value, and no value lies outside that range.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import math
 import numpy as np
 
 MIN_ROWS = 3
+MIN_RUNS = 10  # below: a warning (chance_r2)
 LEVEL = 0.95
 NUMBERS = ("slope", "intercept", "r", "r2", "p_value", "stderr", "intercept_stderr", "kendall_tau", "kendall_p",
            "loo_rmse", "loo_mae", "residual_std", "x_mean", "x_sxx", "x_min", "x_max")
@@ -104,3 +110,28 @@ def predict(f: dict, x0: float | None) -> dict | None:
     yhat, lo, hi = interval(f, x0)
     return {"value": float(yhat), "lo": float(lo), "hi": float(hi),
             "extrapolated": bool(x0 < f["x_min"] or x0 > f["x_max"])}
+
+
+def chance_r2(n: int, level: float = LEVEL) -> float | None:
+    """The R² a predictor unrelated to the outcome reaches with probability 1 - ``level`` on n rows (module doc);
+    None below 3 rows."""
+    from scipy import stats
+
+    if n < MIN_ROWS:
+        return None
+    t = float(stats.t.ppf(0.5 + level / 2, n - 2))
+    return t * t / (t * t + n - 2)
+
+
+def clip(p: dict | None, lo: float | None, hi: float | None) -> dict | None:
+    """``p`` (:func:`predict`) with value, lo and hi clipped to [lo, hi] (None: unbounded on that side):
+    ``range`` [lo, hi], ``clipped`` (whether anything moved) and, when it did, ``unclipped`` (the OLS numbers)."""
+    if p is None:
+        return None
+    a = -math.inf if lo is None else lo
+    b = math.inf if hi is None else hi
+    out = {**p, **{k: float(min(max(p[k], a), b)) for k in ("value", "lo", "hi")}, "range": [lo, hi]}
+    out["clipped"] = any(out[k] != p[k] for k in ("value", "lo", "hi"))
+    if out["clipped"]:
+        out["unclipped"] = {k: p[k] for k in ("value", "lo", "hi")}
+    return out

@@ -25,6 +25,7 @@ from embedx.studies import cells as C
 from embedx.studies.spec import Spec, load
 
 STATE = "study.json"
+TENSORBOARD = "tensorboard"  # a tuned cell's event files (STUDY.toml: tensorboard = true), beside its run/
 OUTPUTS = ("cells", "results.parquet", "results.csv", "tables", "study.html", STATE, "STUDY.toml")
 
 
@@ -83,7 +84,7 @@ def run_tuned(folder: str, cell: C.Cell, spec: Spec, cells_dir: str) -> dict:
                    templates=_list(t["templates"]), classnames=_list(t.get("classnames")), seed=c["seed"],
                    epochs=k["epochs"], lr=k["lr"], weight_decay=k["weight_decay"], optimizer=k["optimizer"],
                    batch_size=k["batch_size"], limit=spec.limit, per_class=spec.per_class, overwrite=True,
-                   progress=False)
+                   progress=False, log_dir=os.path.join(folder, TENSORBOARD) if spec.tensorboard else None)
     train_s = time.perf_counter() - t0
     after = os.path.join(folder, "test.zarr")
     _embed(after, t["test"], None, None, c["seed"], t, spec, checkpoint=run)
@@ -185,6 +186,10 @@ def study(spec_path, out, overwrite: bool = False, cluster=None, progress: bool 
     from embedx.studies import report, tables
 
     spec = load(str(spec_path))
+    if spec.tensorboard:
+        from embedx.finetune.events import writer_class
+
+        writer_class()  # a missing tensorboard package is one line before any work
     out = os.path.abspath(str(out))
     _state(out, spec, overwrite)
     zs, tuned = C.grid(spec)

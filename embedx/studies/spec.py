@@ -7,6 +7,8 @@
     limit = 60                   # optional: the first N images of every split (after per_class)
     batch_size = 32              # embedding batch size
     others = ["a", "b"]          # tasks that count as "other tasks" for forgetting (default: every task)
+    tensorboard = true           # optional: each tuned cell's training logs TensorBoard events into
+                                 # cells/<cell>/tensorboard/ (the tensorboard extra; default false)
 
     [[models]]                   # one or more
     name = "ViT-B-32"            # an open_clip model name
@@ -88,6 +90,7 @@ class Spec:
     batch_size: int = 32
     per_class: int | None = None
     others: tuple[str, ...] = field(default_factory=tuple)
+    tensorboard: bool = False  # tuned cells log TensorBoard events into their folder's tensorboard/
 
 
 def _bad(key: str, msg: str) -> EmbedxError:
@@ -208,7 +211,10 @@ def parse(text: str, path: str = "STUDY.toml", sha256: str | None = None) -> Spe
     head = doc.get("study", {})
     if not isinstance(head, dict):
         raise _bad("study", "must be a [study] table")
-    _check_keys(head, ("name", "seeds", "limit", "per_class", "batch_size", "others"), "study")
+    _check_keys(head, ("name", "seeds", "limit", "per_class", "batch_size", "others", "tensorboard"), "study")
+    tensorboard = head.get("tensorboard", False)
+    if not isinstance(tensorboard, bool):
+        raise _bad("study.tensorboard", f"must be true or false, got {tensorboard!r}")
     models = tuple(_model(t, i) for i, t in enumerate(_tables(doc, "models")))
     tasks = tuple(_task(t, i) for i, t in enumerate(_tables(doc, "tasks")))
     methods = tuple(_method(t, i) for i, t in enumerate(_tables(doc, "methods")))
@@ -230,7 +236,8 @@ def parse(text: str, path: str = "STUDY.toml", sha256: str | None = None) -> Spe
     stem = os.path.splitext(os.path.basename(path))[0]
     return Spec(_str(head, "name", "study", stem), path, sha256 or hashlib.sha256(text.encode()).hexdigest(),
                 models, tasks, methods, tuple(seeds), _int(head, "limit", "study"),
-                _int(head, "batch_size", "study", 32), _int(head, "per_class", "study"), tuple(others))
+                _int(head, "batch_size", "study", 32), _int(head, "per_class", "study"), tuple(others),
+                tensorboard)
 
 
 def load(path: str) -> Spec:
