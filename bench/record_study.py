@@ -78,8 +78,8 @@ def summary(out: str) -> str:
         "## Paper A: gain and forgetting per method", "", _md(t["paperA_methods"]), "",
         "## Paper B: fits of a few predictors (all rows, per method, within a domain)", "", _md(key), "",
         "## Paper B: leave-one-task-out prediction of gain from IIMM", "", _md(t["paperB_loto_summary"]), "",
-        "Seconds per tuned cell (train + re-embed), median: "
-        f"{df['train_seconds'].median():.0f} s of training.", ""]
+        f"Fine-tuning seconds per tuned cell (training only, 2 shared cores under other load): median "
+        f"{df['train_seconds'].median():.0f} s, max {df['train_seconds'].max():.0f} s.", ""]
     return "\n".join(lines)
 
 

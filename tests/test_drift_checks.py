@@ -58,10 +58,10 @@ def test_different_datasets_are_refused_unless_forced(digits, tmp_path):
     r = invoke("drift", a, rot, "--force", "--knn-sample", 20)
     assert r.exit_code == 0, r.stderr
     assert "forced: the stores hold different samples" in r.stdout and "rotate=90" in r.stdout
-    d = embedx.drift(a, rot, force=True, knn_sample=20)
+    d = embedx.drift(a, rot, force=True, knn_sample=20).to_dict()
     assert len(d["forced"]) == 1 and "rotate=90" in d["forced"][0] and d["warnings"] == []
     # the same spec embedded twice is the same samples: no refusal, nothing forced
-    d = embedx.drift(a, digits["test2"], knn_sample=20)
+    d = embedx.drift(a, digits["test2"], knn_sample=20).to_dict()
     assert d["forced"] == [] and d["displacement_mean"] == 0.0
 
 

@@ -49,11 +49,15 @@ def fig_iimm_gain(df) -> str:
 
     plt = _plt()
     methods = list(dict.fromkeys(df["method"]))
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.8 * len(methods), 3.2), squeeze=False,
+    ncols = min(3, len(methods))
+    nrows = -(-len(methods) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False,
                              layout="constrained")
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
     domains = list(dict.fromkeys(df["domain"])) if "domain" in df else [""]
     colour = {d: f"C{i % 10}" for i, d in enumerate(domains)}
-    for ax, m in zip(axes[0], methods):
+    for i, (ax, m) in enumerate(zip(axes.flat, methods)):
         g = df[df["method"] == m]
         x, y = g["iimm"].to_numpy(float), g["gain"].to_numpy(float)
         ok = np.isfinite(x) & np.isfinite(y)
@@ -61,7 +65,7 @@ def fig_iimm_gain(df) -> str:
         for d in domains:
             sel = ok & (dom == d)
             if sel.any():
-                ax.scatter(x[sel], y[sel], s=18, color=colour[d], label=d or None)
+                ax.scatter(x[sel], y[sel], s=18, color=colour[d], label=(d or None) if i == 0 else None)
         for xi, yi, t in zip(x[ok], y[ok], g["task"][ok]):
             ax.annotate(str(t), (xi, yi), fontsize=7, alpha=0.7)
         f = fit(x[ok], y[ok])
@@ -89,7 +93,7 @@ def fig_forgetting(df) -> str:
             ax.scatter(np.full(len(v), i), v, s=12, color="k")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(methods)), methods)
-    ax.set_ylabel("forgetting (mean top-1 change, other tasks)")
+    ax.set_ylabel("change on other tasks\n(mean top-1; < 0: forgotten)")
     return _png(fig)
 
 
@@ -116,6 +120,10 @@ def _table(df, digits: int = 4) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _n(items, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
 def _within(fits) -> str:
     """Paper B's fits of a few measures vs gain and forgetting within each domain (groups ``domain=...``)."""
     w = fits[fits["group"].str.startswith("domain=") & fits["predictor"].isin(WITHIN_PREDICTORS)
@@ -131,17 +139,18 @@ def write(df, paths: dict, out: str, spec) -> str:
 
     frames = paths["frames"]
     figs = {"fig-iimm-gain": ("IIMM vs gain per method, with the OLS fit", fig_iimm_gain(df)),
-            "fig-forgetting": ("Forgetting per method", fig_forgetting(df)),
+            "fig-forgetting": ("Forgetting per method: the top-1 change on the other tasks", fig_forgetting(df)),
             "fig-ranking": ("Measures and transfer scores ranked by |Kendall τ| with gain", fig_ranking(
                 frames["paperB_fits"]))}
     fits = frames["paperB_fits"]
     best = fits[fits["outcome"].isin(["gain", "forgetting"])].copy()
-    show = ["model", "task", "domain", "method", "seed", "zs_acc", "ft_acc", "gain", "norm_gain", "forgetting", "iimm",
+    show = ["model", "task", "domain", "method", "seed", "zs_acc", "ft_acc", "gain", "norm_gain", "forgetting",
+            "iimm",
             "silhouette_euclidean", "acs", "trainable_params"]
     parts = [f"<h1>Study {html.escape(spec.name)}</h1>",
              f"<p>embedx {html.escape(__version__)}, study file sha256 {spec.sha256[:16]}, {len(df)} rows "
-             f"({len(spec.models)} models x {len(spec.tasks)} tasks x {len(spec.methods)} methods x "
-             f"{len(spec.seeds)} seeds).</p>"]
+             f"({_n(spec.models, 'model')} x {_n(spec.tasks, 'task')} x {_n(spec.methods, 'method')} x "
+             f"{_n(spec.seeds, 'seed')}).</p>"]
     for fid, (title, png) in figs.items():
         parts.append(f'<h2>{html.escape(title)}</h2><img id="{fid}" alt="{html.escape(title)}" '
                      f'src="data:image/png;base64,{png}">')
@@ -158,7 +167,7 @@ def write(df, paths: dict, out: str, spec) -> str:
               _table(frames["paperB_loto_summary"]), _table(frames["paperB_loto"])]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>embedx study</title><style>"
             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px;margin:1em 0}"
-            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>"
+            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}</style></head><body>"
             + "\n".join(parts) + _CHECK + "</body></html>")
     atomic_write_bytes(out, page.encode("utf-8"))
     return out
