@@ -102,6 +102,15 @@ class EmbedxGroup(click.Group):
         self.commands[cmd_name] = cmd
         return cmd
 
+    def resolve_command(self, ctx, args):
+        """click's lookup; an unknown command is one usage line naming the nearest command (difflib), if any."""
+        name = args[0] if args else None
+        if name is not None and not name.startswith("-") and self.get_command(ctx, name) is None:
+            from embedx.cli.options import did_you_mean
+
+            raise click.UsageError(f"no such command {name!r}{did_you_mean(name, self.list_commands(ctx))}", ctx)
+        return super().resolve_command(ctx, args)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)

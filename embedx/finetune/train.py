@@ -60,9 +60,10 @@ def dry_run(model: str, pretrained: str = "none", method: str = "lora", *, seed:
             "per_tower": sel.counts, "what": sel.what}
 
 
-def class_source(data: str, limit: int | None = None) -> Source:
-    """A labelled source (``folder:``, ``csv:`` with a label column, ``digits``), optionally its first items."""
-    src = parse_source(data)
+def class_source(data: str, limit: int | None = None, classes: str | None = None) -> Source:
+    """A labelled source (``folder:``, ``csv:`` with a label column, ``digits``), optionally its first items;
+    ``classes``: a class-names file (``folder:``, ``wds:``, ``parquet:``; :func:`embedx.sources.parse_source`)."""
+    src = parse_source(data, classes=classes)
     if src.paired:
         raise EmbedxError(f"finetune needs class labels; {data} is an image-caption source (use folder:PATH, "
                           f"csv:PATH with a 'label' column, or digits)")
@@ -167,7 +168,8 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
              weight_decay: float = 1e-4,
              optimizer: str | None = None, batch_size: int = 32, val_fraction: float = 0.1, limit: int | None = None,
              device: str = "auto", workers: int | None = None, overwrite: bool = False,
-             progress: bool = True, encoder: Encoder | None = None, fail_if_flat: bool = False) -> dict:
+             progress: bool = True, encoder: Encoder | None = None, fail_if_flat: bool = False,
+             classes: str | None = None) -> dict:
     """Fine-tune ``model`` on ``data`` with ``method`` into the run folder ``out``; returns its config.
 
     ``towers``: "both", "image" or "text", the towers the method tunes (a tower where the method finds nothing is
@@ -175,7 +177,8 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
     (:func:`embedx.models.methods.recipe`). ``train_blocks``,
     ``rank``, ``reduction``: None = the method's default; one given to a method that does not use it is
     refused. Rerunning the same call resumes from the last finished epoch; another configuration is refused,
-    and a finished run is kept unless ``overwrite``. ``encoder``: an already built
+    and a finished run is kept unless ``overwrite``. ``classes``: a file naming the classes of ``data``
+    (:func:`embedx.sources.parse_source`). ``encoder``: an already built
     ``build(model, pretrained, method, options, seed)``, trained in place. A finished run that never moved
     (:func:`flat`) logs a warning; with ``fail_if_flat`` it then raises :class:`EmbedxError` (the run is kept).
     """
@@ -183,7 +186,7 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
     methods.check_towers(towers)
     optimizer, lr = methods.recipe(method, optimizer, lr)
     _check_recipe(epochs, lr, weight_decay, optimizer, batch_size, val_fraction)
-    source = class_source(data, limit)
+    source = class_source(data, limit, classes)
     pretrained = (pretrained or "none").strip()
     pretrained = "none" if pretrained.lower() in NO_WEIGHTS else pretrained
     plan = {"model": model, "pretrained": pretrained,
