@@ -13,6 +13,7 @@ import click
 
 import embedx
 from embedx.cli.common import EXIT_BAD_INPUT, EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, echo, setup_logging, term, with_flags
+from embedx.cli.common import reader_command
 from embedx.cli.common import flag_for  # noqa: F401  (re-exported: the flag of a parameter, by command)
 from embedx.cli.options import verbosity_options
 from embedx.errors import EmbedxError, StorageError, one_line
@@ -56,6 +57,9 @@ def error_line(e: EmbedxError, command: click.Command | None) -> str:
     param = getattr(e, "param", None)  # a subclass may skip EmbedxError.__init__
     names = (param,) if isinstance(param, str) else tuple(param or ())
     msg, missing = with_flags(term(e, one_line=True), command, names)
+    hint = getattr(e, "hint", None)
+    if hint is not None:  # "no store at X: it looks like ..." (embedx.store.looks_like): the command that reads it
+        msg += f": {term(reader_command(hint), one_line=True)}"
     return f"error: {', '.join(missing)}: {msg}" if missing else f"error: {msg}"
 
 
