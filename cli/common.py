@@ -118,7 +118,8 @@ def echo(message="", err: bool = False) -> None:
 class _Handler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         prefix = "warning: " if record.levelno >= logging.WARNING else ""
-        echo(f"{prefix}{record.getMessage()}", err=True)
+        # a library message names a switch as Python does (strict=True); shown as its flag (--strict)
+        echo(f"{prefix}{with_flags(record.getMessage())[0]}", err=True)
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:

@@ -153,9 +153,16 @@ def csv_source(path: str, spec: str) -> Source:
         raise EmbedxError(f"{path}: {len(urls)} of {len(ids)} images are URLs (first: {urls[0][:80]}); embedx reads "
                           f"local files: download them first (e.g. with img2dataset)")
     files = [p if os.path.isabs(p) else os.path.join(base, p) for p in ids]
-    if not any(os.path.isfile(p) for p in files):
+    missing = [i for i, p in enumerate(files) if not os.path.isfile(p)]
+    if len(missing) == len(files):
         raise EmbedxError(f"{path}: none of its {len(files)} image paths is a file (first: {files[0][:120]}); paths "
                           f"are relative to the CSV's folder")
+    if missing:
+        shown = ", ".join(ids[i][:80] for i in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3
+                                                                 else "")
+        log.warning(f"{path}: {len(missing)} of its {len(files)} image paths ({len(missing) / len(files):.0%}) are "
+                    f"not files: {shown} (paths are relative to the CSV's folder); they are skipped as unreadable "
+                    f"unless strict=True")
 
     def load(i: int) -> Image.Image:
         return _pil_rgb(files[i])
