@@ -118,8 +118,12 @@ def echo(message="", err: bool = False) -> None:
 class _Handler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         prefix = "warning: " if record.levelno >= logging.WARNING else ""
-        # a library message names a switch as Python does (strict=True); shown as its flag (--strict)
-        echo(f"{prefix}{with_flags(record.getMessage())[0]}", err=True)
+        # a library message names parameters as Python does (strict=True; classes=FILE with extra={"param":
+        # "classes"}, as EmbedxError's param): shown as the running command's flags (--strict, --classes FILE)
+        param = getattr(record, "param", None)
+        params = (param,) if isinstance(param, str) else tuple(param or ())
+        ctx = click.get_current_context(silent=True)
+        echo(f"{prefix}{with_flags(record.getMessage(), ctx.command if ctx else None, params)[0]}", err=True)
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:

@@ -89,7 +89,8 @@ def folder_source(path: str, spec: str, names: str | None = None, classes: str |
         if auto is not None:
             english = auto[0]
             log.info(f"folder {path}: its {len(folders)} WordNet-id subfolders are named from {auto[1]} "
-                     f"({folders[0]} -> {english[0]!r}); a classes file (classes=FILE) names them otherwise")
+                     f"({folders[0]} -> {english[0]!r}); classes=FILE names them otherwise",
+                     extra={"param": "classes"})
     classes = folders
     ids, labels, excluded = [], [], []
     for c, name in enumerate(classes):
@@ -161,8 +162,7 @@ def csv_source(path: str, spec: str) -> Source:
         shown = ", ".join(ids[i][:80] for i in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3
                                                                  else "")
         log.warning(f"{path}: {len(missing)} of its {len(files)} image paths ({len(missing) / len(files):.0%}) are "
-                    f"not files: {shown} (paths are relative to the CSV's folder); they are skipped as unreadable "
-                    f"unless strict=True")
+                    f"not files: {shown} (paths are relative to the CSV's folder)")
 
     def load(i: int) -> Image.Image:
         return _pil_rgb(files[i])

@@ -130,11 +130,12 @@ def auto_names(folders: list[str], root: str) -> tuple[list[str], str] | None:
         got = public_sets.wordnet_names(folders)
     except EmbedxError as e:
         log.warning(f"folder {root}: its subfolders are WordNet ids, kept as class names ({e}); pass classes=FILE "
-                    f"to name them")
+                    f"to name them", extra={"param": "classes"})
         return None
     if got is None:
         unknown = [f for f in folders if f not in public_sets.synset_lemmas()]
         log.warning(f"folder {root}: its subfolders look like WordNet ids but {_few(unknown)} are not ImageNet "
-                    f"synsets; kept the folder names as class names (pass classes=FILE to name them)")
+                    f"synsets; kept the folder names as class names (pass classes=FILE to name them)",
+                    extra={"param": "classes"})
         return None
     return got
