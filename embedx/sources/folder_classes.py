@@ -49,7 +49,7 @@ def _few(items, n: int = 3) -> str:
     return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
-def _from_json(text: str, path: str, folders: list[str]) -> list[str] | dict[str, str]:
+def _from_json(text: str, path: str) -> list[str] | dict[str, str]:
     try:
         obj = json.loads(text)
     except ValueError as e:
@@ -90,7 +90,7 @@ def read_folder_classes(path: str, folders: list[str], root: str) -> list[str]:
     folders' order; one line naming what does not fit otherwise."""
     text = _read_text(path)
     is_json = path.lower().endswith(".json") or text.lstrip().startswith(("{", "["))
-    got = _from_json(text, path, folders) if is_json else _from_lines(text, path, folders)
+    got = _from_json(text, path) if is_json else _from_lines(text, path, folders)
     if isinstance(got, dict):
         missing = [f for f in folders if f not in got]
         if missing:
