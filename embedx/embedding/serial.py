@@ -258,8 +258,8 @@ def embed(out, data: str, model: str, pretrained: str | None = None, *, checkpoi
 
     The options are ``embedx embed``'s by their Python names: ``templates`` (class prompts, default the source's),
     ``codec``, ``chunk_rows``, ``limit`` (the first N items), ``workers``, ``overwrite``, ``strict`` (fail on an
-    unreadable image), ``classes``/``image_col``/``caption_col``/``label_col`` (how ``wds:``/``parquet:`` data is
-    read), and ``cluster`` ("local[:N]" | "tcp://HOST:PORT") or ``client`` (a ``distributed.Client``) to embed on a
+    unreadable image), ``classes`` (a class-names file for ``folder:``, ``wds:``, ``parquet:``),
+    ``image_col``/``caption_col``/``label_col`` (how ``wds:``/``parquet:`` data is read), and ``cluster`` ("local[:N]" | "tcp://HOST:PORT") or ``client`` (a ``distributed.Client``) to embed on a
     Dask cluster in tasks of ``task_bytes`` (the same store, byte for byte)."""
     opts = split(batch_size=batch_size, workers=workers, device=device, templates=templates, strict=strict,
                  dtype=dtype, codec=codec, chunk_rows=chunk_rows, overwrite=overwrite, limit=limit, classes=classes,

@@ -91,9 +91,8 @@ def folder_source(path: str, spec: str, names: str | None = None, classes: str |
             log.info(f"folder {path}: its {len(folders)} WordNet-id subfolders are named from {auto[1]} "
                      f"({folders[0]} -> {english[0]!r}); classes=FILE names them otherwise",
                      extra={"param": "classes"})
-    classes = folders
     ids, labels, excluded = [], [], []
-    for c, name in enumerate(classes):
+    for c, name in enumerate(folders):
         for root, dirs, files in os.walk(os.path.join(path, name)):
             dirs.sort()
             for f in sorted(files):
@@ -112,7 +111,7 @@ def folder_source(path: str, spec: str, names: str | None = None, classes: str |
     if not ids:
         raise EmbedxError(f"{path} has class subfolders but no images ({', '.join(IMAGE_EXTENSIONS)})")
     extra = {} if english is None else {"default_template": public_sets.TEMPLATE}
-    return Source(spec, ids, lambda i: _pil_rgb(os.path.join(path, ids[i])), classnames=english or classes,
+    return Source(spec, ids, lambda i: _pil_rgb(os.path.join(path, ids[i])), classnames=english or folders,
                   labels=np.asarray(labels, dtype=np.int32), excluded=excluded, **extra)
 
 
