@@ -127,6 +127,18 @@ def test_repeated_metrics_and_scores_accumulate(tmp_path, rng):
     assert {"logme", "hscore"} <= set(got) and not {"leep", "nce", "gbc"} & set(got)
 
 
+def test_repeated_predict_measures_accumulate(tmp_path, rng):
+    from tests.test_predict import random_history
+
+    random_history(tmp_path / "h.csv", rng, 12)
+    r = invoke("predict", "--history", tmp_path / "h.csv", "--measures", "a", "--measures", "c", "--json")
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["options"]["measures"] == ["a", "c"] and set(doc["fits"]) == {"a", "c"}
+    once = json.loads(invoke("predict", "--history", tmp_path / "h.csv", "--measures", "a,c", "--json").stdout)
+    assert once["fits"] == doc["fits"]
+
+
 # -- 5. nearest names ----------------------------------------------------------------------------------------------
 
 def test_nearest_names_for_commands_metrics_sources_and_models(tmp_path, rng):
