@@ -89,6 +89,26 @@ def with_flags(message: str, command: click.Command | None = None, params=()) ->
     return msg, missing
 
 
+def reader_command(hint) -> str:
+    """The command that reads what a :class:`embedx.store.looks_like.Hint` describes into a store."""
+    import shlex
+
+    path = shlex.quote(str(hint.path))
+    stem = os.path.splitext(os.path.basename(os.path.normpath(str(hint.path))))[0] or "store"
+    out = shlex.quote(f"{stem}.zarr")
+    if hint.reader == "dump":
+        return f"embedx import --from {hint.arg[0]} {path} --out {out}"
+    if hint.reader == "paired_array":
+        return f"embedx import --paired-array {path} --out {out}"
+    if hint.reader == "images":
+        return f"embedx import --images {path} --texts TEXTS.npy [--labels LABELS.npy | --paired] --out {out}"
+    if hint.reader in ("npz", "parquet"):
+        key = hint.arg[0] if hint.arg else "KEY"
+        return (f"embedx import --images {shlex.quote(f'{hint.path}:{key}')} --texts ... (.{hint.reader}:KEY picks "
+                f"an array{', here one of ' + ', '.join(hint.arg[:6]) if hint.arg else ''}) --out {out}")
+    return f"embedx embed --model MODEL --data {shlex.quote(hint.arg[0])} --out {out}"
+
+
 def echo(message="", err: bool = False) -> None:
     """``click.echo`` of a line of output through :func:`term`: what the CLI prints never carries a live
     control character, whatever the data it quotes (class, store, dataset names, errors quoting them)."""
@@ -98,7 +118,12 @@ def echo(message="", err: bool = False) -> None:
 class _Handler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         prefix = "warning: " if record.levelno >= logging.WARNING else ""
-        echo(f"{prefix}{record.getMessage()}", err=True)
+        # a library message names parameters as Python does (strict=True; classes=FILE with extra={"param":
+        # "classes"}, as EmbedxError's param): shown as the running command's flags (--strict, --classes FILE)
+        param = getattr(record, "param", None)
+        params = (param,) if isinstance(param, str) else tuple(param or ())
+        ctx = click.get_current_context(silent=True)
+        echo(f"{prefix}{with_flags(record.getMessage(), ctx.command if ctx else None, params)[0]}", err=True)
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:

@@ -68,5 +68,6 @@ def embed(ctx, model, pretrained, checkpoint, data, classes, image_col, caption_
     resumed = f" (resumed at item {res.resumed_from})" if res.resumed_from else ""
     if res.tasks and res.tasks[0]:
         resumed = f" (resumed: {res.tasks[0]} of {res.tasks[1]} tasks were done)"
-    skipped = f", {m['n_skipped']} unreadable skipped (listed in the store's attributes)" if m["n_skipped"] else ""
+    skipped = (f", {m['n_skipped']} of {m['rows_committed'] + m['n_skipped']} unreadable skipped (listed in the "
+               f"store's attributes; --strict fails on the first instead)" if m["n_skipped"] else "")
     echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}{resumed}{skipped}")

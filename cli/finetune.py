@@ -7,7 +7,7 @@ import os
 import click
 
 from embedx.cli.common import echo, progress_enabled, refuse_unused
-from embedx.cli.options import device_option, json_option, seed_option, verbosity_options
+from embedx.cli.options import KindsOption, device_option, json_option, seed_option, verbosity_options
 
 # embedx.models.methods.METHODS, not imported (keeps --help fast); tests hold these names and the --help table of
 # defaults equal to the registry
@@ -23,6 +23,7 @@ METHOD_NAMES = ("full", "bitfit", "attention", "lora", "adapter")
               help="folder:PATH, csv:PATH (image + label columns), digits[:train|:test][:classes=..][:rotate=..]"
                    "[:noise=..] or synthetic[:N][:size=PX][:classes=C] (see `embedx embed --help`). Not needed "
                    "with --dry-run.")
+@click.option("--classes", default=None, cls=KindsOption, family="source", kind_option="classes")
 @click.option("--out", "-o", default=None, help="Run folder (config.json + trained parameters). Rerun to resume.")
 @click.option("--train-blocks", type=int, default=None,
               help="bitfit, attention only: train only the first K blocks of each tower, as the authors' code "
@@ -66,9 +67,9 @@ METHOD_NAMES = ("full", "bitfit", "attention", "lora", "adapter")
              "the run's config.")
 @verbosity_options
 @click.pass_context
-def finetune(ctx, model, pretrained, method, data, out, train_blocks, towers, rank, reduction, epochs, lr, weight_decay,
-             optimizer, batch_size, val_fraction, seed, templates, per_class, limit, device, workers, overwrite,
-             dry_run, fail_if_flat, log_dir, as_json):
+def finetune(ctx, model, pretrained, method, data, classes, out, train_blocks, towers, rank, reduction, epochs, lr,
+             weight_decay, optimizer, batch_size, val_fraction, seed, templates, per_class, limit, device, workers,
+             overwrite, dry_run, fail_if_flat, log_dir, as_json):
     """Fine-tune an open_clip model on a labelled image source with one of the papers' methods.
 
     \b
@@ -138,7 +139,7 @@ def finetune(ctx, model, pretrained, method, data, out, train_blocks, towers, ra
               templates=templates, seed=seed, epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
               batch_size=batch_size, val_fraction=val_fraction, limit=limit, per_class=per_class, device=device,
               workers=workers, overwrite=overwrite, progress=progress_enabled(ctx), fail_if_flat=fail_if_flat,
-              log_dir=log_dir)
+              log_dir=log_dir, classes=classes)
     if as_json:
         echo(json.dumps(cfg, indent=2))
         return

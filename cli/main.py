@@ -13,6 +13,7 @@ import click
 
 import embedx
 from embedx.cli.common import EXIT_BAD_INPUT, EXIT_CLOSED_PIPE, EXIT_INTERRUPTED, echo, setup_logging, term, with_flags
+from embedx.cli.common import reader_command
 from embedx.cli.common import flag_for  # noqa: F401  (re-exported: the flag of a parameter, by command)
 from embedx.cli.options import verbosity_options
 from embedx.errors import EmbedxError, StorageError, one_line
@@ -56,6 +57,9 @@ def error_line(e: EmbedxError, command: click.Command | None) -> str:
     param = getattr(e, "param", None)  # a subclass may skip EmbedxError.__init__
     names = (param,) if isinstance(param, str) else tuple(param or ())
     msg, missing = with_flags(term(e, one_line=True), command, names)
+    hint = getattr(e, "hint", None)
+    if hint is not None:  # "no store at X: it looks like ..." (embedx.store.looks_like): the command that reads it
+        msg += f": {term(reader_command(hint), one_line=True)}"
     return f"error: {', '.join(missing)}: {msg}" if missing else f"error: {msg}"
 
 
@@ -101,6 +105,15 @@ class EmbedxGroup(click.Group):
         cmd = getattr(importlib.import_module(f"embedx.cli.{module}"), attr)
         self.commands[cmd_name] = cmd
         return cmd
+
+    def resolve_command(self, ctx, args):
+        """click's lookup; an unknown command is one usage line naming the nearest command (difflib), if any."""
+        name = args[0] if args else None
+        if name is not None and not name.startswith("-") and self.get_command(ctx, name) is None:
+            from embedx.cli.options import did_you_mean
+
+            raise click.UsageError(f"no such command {name!r}{did_you_mean(name, self.list_commands(ctx))}", ctx)
+        return super().resolve_command(ctx, args)
 
     def invoke(self, ctx):
         try:

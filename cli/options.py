@@ -43,14 +43,27 @@ def verbosity_options(f):
     )(f)
 
 
+def did_you_mean(word: str, choices) -> str:
+    """`` (did you mean X?)`` for the choice nearest ``word`` (difflib's ratio, at least 0.6; case ignored), else
+    ""."""
+    import difflib
+
+    choices = list(choices)
+    lower = {c.lower(): c for c in choices}
+    near = difflib.get_close_matches(str(word).lower(), list(lower), n=1, cutoff=0.6)
+    return f" (did you mean {lower[near[0]]}?)" if near else ""
+
+
 class NamesOption(click.Option):
-    """A comma-separated list of registered score names (``family``: "measure", "transfer"): the help lists them
-    (read from the registry only when help is shown, which keeps start-up light) and an unknown name is refused
-    with one line naming the valid ones before any work. The value is a list of names, or None."""
+    """Registered score names (``family``: "measure", "transfer"), comma-separated and/or the option repeated
+    (``--metrics acs --metrics gap,iimm`` = all three, in that order, each once): the help lists them (read from
+    the registry only when help is shown, which keeps start-up light) and an unknown name is refused with one line
+    naming the nearest valid one and all of them, before any work. The value is a list of names, or None."""
 
     def __init__(self, *args, family: str, noun: str = "name", **kwargs):
         self.family, self.noun = family, noun
         kwargs.setdefault("metavar", "NAME[,NAME...]")
+        kwargs["multiple"] = True
         super().__init__(*args, **kwargs)
 
     def names(self) -> tuple[str, ...]:
@@ -62,21 +75,23 @@ class NamesOption(click.Option):
         rec = super().get_help_record(ctx)
         if rec is None:
             return rec
-        return rec[0], f"{rec[1]} Names: {', '.join(self.names())}."
+        return rec[0], f"{rec[1]} Repeat the option to add more. Names: {', '.join(self.names())}."
 
     def process_value(self, ctx, value):
         value = super().process_value(ctx, value)
-        if value is None:
+        if not value:
             return None
-        names = [m.strip() for m in str(value).split(",") if m.strip()]
+        if isinstance(value, str):
+            value = (value,)
+        names = list(dict.fromkeys(m.strip() for v in value for m in str(v).split(",") if m.strip()))
         valid = self.names()
         bad = [m for m in names if m not in valid]
         if bad:
             from embedx.errors import EmbedxError
 
             flag = next(o for o in self.opts if o.startswith("--"))
-            raise EmbedxError(f"{flag}: unknown {self.noun} {', '.join(map(repr, bad))}; choose from "
-                              f"{', '.join(valid)}")
+            raise EmbedxError(f"{flag}: unknown {self.noun} {', '.join(map(repr, bad))}{did_you_mean(bad[0], valid)};"
+                              f" choose from {', '.join(valid)}")
         return names or None
 
 

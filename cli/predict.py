@@ -112,8 +112,9 @@ Example:
               help="History CSV of fine-tuning runs (format above).")
 @click.option("--target", "targets", multiple=True, metavar="STORE",
               help="Zero-shot store of a new task to predict (repeat).")
-@click.option("--measures", default=None,
-              help="Comma-separated predictors (CSV columns and/or names computed from stores) [default: all].")
+@click.option("--measures", multiple=True,
+              help="Comma-separated predictors (CSV columns and/or names computed from stores; repeat the option "
+                   "to add more) [default: all].")
 @click.option("--where", "where", multiple=True, metavar="COL=VALUE",
               help="Keep rows whose COL equals VALUE (repeat: AND across columns, OR within one column).")
 @silhouette_options("Euclidean silhouette computed from stores: exact, or estimated from --sample-size points.",
@@ -138,7 +139,7 @@ def predict(history_path, targets, measures, where, silhouette_mode, sample_size
 
     check_output_file(out, "JSON file", param="out")  # fail before the work, not after it
     check_output_file(plot_path, "plot", param="plot_path")
-    names = [m.strip() for m in measures.split(",") if m.strip()] if measures else None
+    names = list(dict.fromkeys(m.strip() for v in measures for m in v.split(",") if m.strip())) or None
     from embedx.engine.cluster import connect
 
     with connect(cluster) as executor:

@@ -463,7 +463,9 @@ class StorePath(Path):
         super().check(value, name)
         path = str(os.fspath(value))
         if not _is_url(path) and not os.path.exists(path):
-            raise self.fail(name, value, f"no store at {path}")
+            from embedx.store.looks_like import NoStoreError
+
+            raise NoStoreError(path, param=name)
         return value
 
 

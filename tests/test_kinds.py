@@ -74,7 +74,10 @@ def test_paths_no_kind_or_several_kinds_read_are_one_line(tmp_path, rng):
 
 def test_options_a_kind_does_not_take_are_refused_with_their_parameter(tmp_path, rng):
     folder, pattern, names = class_dataset(tmp_path, rng)
-    for spec, opts, frag in [(f"folder:{folder}", {"classes": names}, "classes applies to wds: and parquet: sources"),
+    table = tmp_path / "d.csv"  # csv: takes no classes file (its labels are names)
+    table.write_text("image,label\nx.png,a\n")
+    for spec, opts, frag in [(f"csv:{table}", {"classes": names},
+                              "classes applies to folder: and wds: and parquet: sources"),
                              (f"wds:{pattern}", {"image_col": "jpg"}, "image_col applies to parquet: sources"),
                              ("digits", {"label_col": "y"}, "label_col applies to wds: and parquet:"),
                              (str(folder), {"caption_col": "c"}, "caption_col applies to wds: and parquet:")]:

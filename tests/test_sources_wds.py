@@ -238,7 +238,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, rng):
         (["--data", f"wds:{pattern}"], "pass --classes"),
         (["--data", f"wds:{tmp_path / 'shards'}/{{00000..00009}}.tar", "--classes", names], "7 of 10 missing"),
         (["--data", f"wds:{tmp_path / 'shards'}/{{9..0}}.tar"], "runs backwards"),
-        (["--data", f"folder:{folder}", "--classes", names], "applies to wds: and parquet:"),
+        (["--data", "digits", "--classes", names], "applies to folder: and wds: and parquet:"),
         (["--data", f"wds:{pattern}", "--image-col", "jpg"], "applies to parquet:"),
     ]
     for extra, frag in cases:

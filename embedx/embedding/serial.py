@@ -18,7 +18,7 @@ from embedx.constraints import (PROGRESS, SEED, Bool, Client, Cluster, Device, I
 from embedx.embedding.options import ClusterOptions, EncodeOptions, SourceOptions, WriteOptions, split
 from embedx.embedding.plan import Items, accept_rows, collate
 from embedx.models.encoder import Encoder, split_preprocess
-from embedx.errors import EmbedxError
+from embedx.errors import EmbedxError, one_line
 from embedx.models.factory import resolve_model
 from embedx.sources.prompts import resolve_templates
 from embedx.sources.catalog import Source, default_workers, parse_source
@@ -144,6 +144,7 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
                     final, before, n_tasks = dist_embed.run(executor, writer, source, meta, job_args,
                                                             batch_size=batch_size, progress=progress,
                                                             left_out=left_out, extra=extra)
+                report_skipped(out, final, len(source))
                 return EmbedResult(final, 0, final["rows_committed"], (before, n_tasks))
             if left_out:
                 writer.skip(left_out)
@@ -161,7 +162,29 @@ def embed_to_store(out: str, data: str, model: str | None, pretrained: str | Non
         except BaseException:
             writer.close()
             raise
+        report_skipped(out, final, len(source))
         return EmbedResult(final, start, final["rows_committed"] - rows0)
+
+
+def skipped_summary(meta: dict, n_items: int, first: int = 3) -> str:
+    """``K of N images (P%) could not be read and were skipped: ID (why), ... and M more`` for a store's metadata
+    (its ``skipped`` list), or "" when none was."""
+    skipped = meta.get("skipped") or []
+    if not skipped:
+        return ""
+    shown = ", ".join(f"{s['id']} ({one_line(s['error'], 80)})" for s in skipped[:first])
+    more = f" and {len(skipped) - first} more" if len(skipped) > first else ""
+    n = max(n_items, len(skipped))
+    return f"{len(skipped)} of {n} images ({len(skipped) / n:.0%}) could not be read and were skipped: {shown}{more}"
+
+
+def report_skipped(out: str, meta: dict, n_items: int) -> None:
+    """One warning when an embed skipped unreadable images: how many of how many, the first few, and that
+    ``strict=True`` fails on the first instead. The store lists them all (``meta["skipped"]``)."""
+    text = skipped_summary(meta, n_items)
+    if text:
+        log.warning(f"{text}; the store {out} lists them all; pass strict=True to fail on the first unreadable "
+                    f"image instead")
 
 
 def _check_mode(out: str, meta: dict, distributed: bool) -> None:
@@ -248,8 +271,9 @@ def embed(out, data: str, model: str, pretrained: str | None = None, *, checkpoi
     ``codec``, ``chunk_rows``, ``limit`` (the first N items), ``per_class`` (at
     most N items of every class, applied before ``limit``), ``classnames`` (replace the source's class
     names, one per class), ``workers``, ``overwrite``, ``strict`` (fail on an
-    unreadable image), ``classes``/``image_col``/``caption_col``/``label_col`` (how ``wds:``/``parquet:`` data is
-    read), and ``cluster`` ("local[:N]" | "tcp://HOST:PORT") or ``client`` (a ``distributed.Client``) to embed on a
+    unreadable image), ``classes`` (a class-names file for ``folder:``, ``wds:``, ``parquet:``),
+    ``image_col``/``caption_col``/``label_col`` (how ``wds:``/``parquet:`` data is read), and ``cluster``
+    ("local[:N]" | "tcp://HOST:PORT") or ``client`` (a ``distributed.Client``) to embed on a
     Dask cluster in tasks of ``task_bytes`` (the same store, byte for byte)."""
     opts = split(batch_size=batch_size, workers=workers, device=device, templates=templates, strict=strict,
                  dtype=dtype, codec=codec, chunk_rows=chunk_rows, overwrite=overwrite, limit=limit, per_class=per_class,

@@ -62,10 +62,11 @@ def dry_run(model: str, pretrained: str = "none", method: str = "lora", *, seed:
 
 
 def class_source(data: str, limit: int | None = None, per_class: int | None = None,
-                 classnames=None) -> Source:
+                 classnames=None, classes: str | None = None) -> Source:
     """A labelled source (``folder:``, ``csv:`` with a label column, ``digits``), optionally with ``classnames``
-    for its classes, at most ``per_class`` items of every class and then its first ``limit`` items."""
-    src = parse_source(data)
+    for its classes, at most ``per_class`` items of every class and then its first ``limit`` items; ``classes``:
+    a class-names file (``folder:``, ``wds:``, ``parquet:``; :func:`embedx.sources.parse_source`)."""
+    src = parse_source(data, classes=classes)
     if src.paired:
         raise EmbedxError(f"finetune needs class labels; {data} is an image-caption source (use folder:PATH, "
                           f"csv:PATH with a 'label' column, or digits)")
@@ -177,7 +178,7 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
              optimizer: str | None = None, batch_size: int = 32, val_fraction: float = 0.1, limit: int | None = None,
              per_class: int | None = None, classnames=None, device: str = "auto", workers: int | None = None,
              overwrite: bool = False, progress: bool = True, encoder: Encoder | None = None,
-             fail_if_flat: bool = False, log_dir: str | None = None) -> dict:
+             fail_if_flat: bool = False, log_dir: str | None = None, classes: str | None = None) -> dict:
     """Fine-tune ``model`` on ``data`` with ``method`` into the run folder ``out``; returns its config.
 
     ``towers``: "both", "image" or "text", the towers the method tunes (a tower where the method finds nothing is
@@ -185,7 +186,8 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
     (:func:`embedx.models.methods.recipe`). ``train_blocks``,
     ``rank``, ``reduction``: None = the method's default; one given to a method that does not use it is
     refused. ``classnames`` replace the source's class names (one per class); ``per_class`` keeps at most N
-    items of every class and ``limit`` the first N items. Rerunning the same call resumes from the last finished
+    items of every class and ``limit`` the first N items. ``classes``: a file naming the classes of ``data``
+    (:func:`embedx.sources.parse_source`). Rerunning the same call resumes from the last finished
     epoch; another configuration is refused,
     and a finished run is kept unless ``overwrite``. ``encoder``: an already built
     ``build(model, pretrained, method, options, seed)``, trained in place. A finished run that never moved
@@ -203,7 +205,7 @@ def finetune(out: str, data: str, model: str, pretrained: str = "none", method: 
         if os.path.exists(log_dir) and not os.path.isdir(log_dir):
             raise EmbedxError(f"log_dir {log_dir} exists and is not a folder", param="log_dir")
         ev.writer_class()  # a missing tensorboard package is said before any work
-    source = class_source(data, limit, per_class, classnames)
+    source = class_source(data, limit, per_class, classnames, classes)
     pretrained = (pretrained or "none").strip()
     pretrained = "none" if pretrained.lower() in NO_WEIGHTS else pretrained
     plan = {"model": model, "pretrained": pretrained,

@@ -37,6 +37,11 @@ def load_array(spec, what: str = "array") -> np.ndarray:
         if sep and head:
             path, key = head + ext, tail
     if not os.path.isfile(path):
+        from embedx.fs.locations import location
+
+        if not location(path).local:  # never read: no credentials, no endpoint involved
+            raise EmbedxError(f"{what} {path} is a URL; arrays are read from local files (copy it here first, or "
+                              f"import a dump folder at a URL as a whole)")
         raise EmbedxError(f"{what} file not found: {path}")
     try:
         if path.endswith(".npy"):

@@ -230,7 +230,11 @@ def load_encoder(model: str, pretrained: str = "none", seed: int = 0, device: st
     if model == lit.NAME:
         lit.check_wheels(pretrained=(pretrained or "").strip() == lit.TAG)
     if not is_hub and model not in open_clip.list_models():
-        near = difflib.get_close_matches(model, open_clip.list_models(), n=3)
+        names = open_clip.list_models()  # open_clip's architectures and embedx's configs (registered above)
+        lower = {}
+        for n in names:
+            lower.setdefault(n.lower(), n)
+        near = [lower[n] for n in difflib.get_close_matches(model.lower(), list(lower), n=3)]  # case ignored
         hint = f"; did you mean {', '.join(near)}?" if near else "; see `python -c 'import open_clip; print(open_clip.list_models())'`"
         raise EmbedxError(f"unknown open_clip model {model!r}{hint}")
     pretrained = (pretrained or "none").strip()

@@ -11,6 +11,7 @@ positions; :meth:`Source.fingerprint` hashes the listing so a resume on changed 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 
 import numpy as np
@@ -20,6 +21,8 @@ from embedx.engine import kinds
 from embedx.engine.kinds import Option
 from embedx.errors import EmbedxError, one_line
 from embedx.sources.base import Source, _pil_rgb  # Source: defined there, imported from here as before
+
+log = logging.getLogger("embedx")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DIGIT_NAMES = tuple(str(k) for k in range(10))  # as MNIST in the IIMM code
@@ -42,33 +45,54 @@ def _class_folder(path: str) -> bool:
     return os.path.isdir(path) and any(e.is_dir() for e in os.scandir(path))
 
 
-@kinds.register("source", "folder", usage="folder:PATH", can_open=_class_folder,
-                summary="one subfolder per class (sorted; its name is the class name), images anywhere below it; "
+FOLDER_CLASSES = Option("classes", "the subfolders' class names: a file of one name a line (line k names the k-th "
+                                   "sorted subfolder), of `FOLDER NAME` lines (ImageNet's LOC_synset_mapping.txt), "
+                                   "or JSON (a list, {folder: name}, or imagenet_class_index.json) [default: the "
+                                   "subfolder names; WordNet ids (n01440764) named in English]")
+
+
+@kinds.register("source", "folder", usage="folder:PATH", can_open=_class_folder, options=(FOLDER_CLASSES,),
+                summary="one subfolder per class (sorted; its name is the class name, WordNet-id folders such as "
+                        "n01440764 named in English: `tench`), images anywhere below it; "
                         "`:names=cifar10|cifar100|imagenet1k|stl10` names the classes of a public set held as "
-                        "folders (ImageNet: WordNet-id folders) in English, with its prompt template")
-def _open_folder(arg: str, spec: str) -> Source:
+                        "folders in English, with its prompt template")
+def _open_folder(arg: str, spec: str, classes: str | None = None) -> Source:
     path, sep, names = arg.rpartition(":names=")
     if not sep or "/" in names:
         path, names = arg, None
-    return folder_source(os.path.expanduser(path), spec, names=names)
+    return folder_source(os.path.expanduser(path), spec, names=names, classes=classes)
 
 
-def folder_source(path: str, spec: str, names: str | None = None) -> Source:
-    """One subfolder per class (sorted); images anywhere below it. ``names``: a public set
+def folder_source(path: str, spec: str, names: str | None = None, classes: str | None = None) -> Source:
+    """One subfolder per class (sorted); images anywhere below it. The class names: ``names``, a public set
     (:mod:`embedx.sources.public_sets`) whose English class names replace the subfolder names, which must be
-    exactly that set's classes."""
+    exactly that set's classes; or ``classes``, a classes file (:mod:`embedx.sources.folder_classes`); else the
+    subfolder names, except that WordNet-id subfolders (an ImageNet-style tree) are named in English
+    (:func:`embedx.sources.public_sets.wordnet_names`) with the template ``a photo of a {}.``."""
     if not os.path.isdir(path):
         raise EmbedxError(f"folder not found: {path}")
-    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
-    if not classes:
+    folders = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    if not folders:
         raise EmbedxError(f"{path} has no class subfolders (expected one subfolder per class)")
+    from embedx.sources import folder_classes, public_sets
+
+    if names is not None and classes is not None:
+        raise EmbedxError(f"names={names} and classes={classes} both name the classes of {path}: drop one",
+                          param="classes")
     english = None
     if names is not None:
-        from embedx.sources import public_sets
-
-        english = public_sets.class_names(names, classes, path)
+        english = public_sets.class_names(names, folders, path)
+    elif classes is not None:
+        english = folder_classes.read_folder_classes(classes, folders, path)
+    else:
+        auto = folder_classes.auto_names(folders, path)
+        if auto is not None:
+            english = auto[0]
+            log.info(f"folder {path}: its {len(folders)} WordNet-id subfolders are named from {auto[1]} "
+                     f"({folders[0]} -> {english[0]!r}); classes=FILE names them otherwise",
+                     extra={"param": "classes"})
     ids, labels, excluded = [], [], []
-    for c, name in enumerate(classes):
+    for c, name in enumerate(folders):
         for root, dirs, files in os.walk(os.path.join(path, name)):
             dirs.sort()
             for f in sorted(files):
@@ -87,7 +111,7 @@ def folder_source(path: str, spec: str, names: str | None = None) -> Source:
     if not ids:
         raise EmbedxError(f"{path} has class subfolders but no images ({', '.join(IMAGE_EXTENSIONS)})")
     extra = {} if english is None else {"default_template": public_sets.TEMPLATE}
-    return Source(spec, ids, lambda i: _pil_rgb(os.path.join(path, ids[i])), classnames=english or classes,
+    return Source(spec, ids, lambda i: _pil_rgb(os.path.join(path, ids[i])), classnames=english or folders,
                   labels=np.asarray(labels, dtype=np.int32), excluded=excluded, **extra)
 
 
@@ -129,9 +153,15 @@ def csv_source(path: str, spec: str) -> Source:
         raise EmbedxError(f"{path}: {len(urls)} of {len(ids)} images are URLs (first: {urls[0][:80]}); embedx reads "
                           f"local files: download them first (e.g. with img2dataset)")
     files = [p if os.path.isabs(p) else os.path.join(base, p) for p in ids]
-    if not any(os.path.isfile(p) for p in files):
+    missing = [i for i, p in enumerate(files) if not os.path.isfile(p)]
+    if len(missing) == len(files):
         raise EmbedxError(f"{path}: none of its {len(files)} image paths is a file (first: {files[0][:120]}); paths "
                           f"are relative to the CSV's folder")
+    if missing:
+        shown = ", ".join(ids[i][:80] for i in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3
+                                                                 else "")
+        log.warning(f"{path}: {len(missing)} of its {len(files)} image paths ({len(missing) / len(files):.0%}) are "
+                    f"not files: {shown} (paths are relative to the CSV's folder)")
 
     def load(i: int) -> Image.Image:
         return _pil_rgb(files[i])
@@ -295,8 +325,33 @@ def source_kind(spec: str) -> tuple[kinds.Kind, str]:
     if found:
         raise EmbedxError(f"{spec!r} can be read as {' or '.join(k.name for k in found)}: name the kind "
                           f"({', '.join(f'{k.name}:{spec}' for k in found)})")
-    there = " (no kind reads what is there)" if spec and os.path.exists(os.path.expanduser(spec)) else ""
-    raise EmbedxError(f"unknown data source {spec!r}{there}; use {_usages()}")
+    hint = _nearest(spec)
+    raise EmbedxError(f"unknown data source {spec!r}{hint}" + ("" if hint.startswith(":") else f"; use {_usages()}"))
+
+
+def _nearest(spec: str) -> str:
+    """What ``spec`` (no kind's) was most likely meant as: ``folder:PATH`` for an existing folder (saying why it does
+    not read as one as it is), ``KIND[:REST]`` for a misspelt kind (difflib), else " (no kind reads what is there)"
+    for an existing path, or ""."""
+    import difflib
+
+    path = os.path.expanduser(spec) if spec else ""
+    if path and os.path.isdir(path):
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            entries = []
+        images = sum(e.name.lower().endswith(IMAGE_EXTENSIONS) for e in entries)
+        what = f"{images} images directly in it" if images else "no subfolder"
+        return (f": did you mean folder:{spec}? (folder: reads one subfolder per class, named after its class; "
+                f"{spec} holds {what})")
+    if path and os.path.exists(path):
+        return " (no kind reads what is there)"
+    name, colon, rest = spec.partition(":")
+    near = difflib.get_close_matches(name.lower(), list(kinds.names("source")), n=1, cutoff=0.6)
+    if near:
+        return f" (did you mean {near[0]}{colon}{rest}?)"
+    return ""
 
 
 def _usages() -> str:

@@ -9,6 +9,10 @@ onto the set's class names, the way CLIP_benchmark names them.
   label order, named by open_clip's ``IMAGENET_CLASSNAMES`` (read from ``open_clip/zero_shot_metadata.py``, a data
   file, without importing open_clip).
 
+Any folder of WordNet-id subfolders (the whole of ImageNet-1k or a subset such as Imagenette; ImageNet-21k ids too) is
+named without ``names=`` by :func:`wordnet_names`: open_clip's name for an ImageNet-1k id, timm's first lemma
+(``imagenet_synset_to_lemma.txt``) for any other.
+
 A subfolder name matches when equal after lower-casing and writing spaces and hyphens as ``_``. A folder whose
 subfolders are not exactly the set's classes is refused in one line naming what is missing or extra.
 """
@@ -41,10 +45,10 @@ TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet1k": "ImageNe
 def _package_file(module: str, *parts: str) -> str:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise EmbedxError(f"names=imagenet1k needs the package {module} (pip install {module})")
+        raise EmbedxError(f"ImageNet class names need the package {module} (pip install {module})")
     path = os.path.join(list(spec.submodule_search_locations)[0], *parts)
     if not os.path.isfile(path):
-        raise EmbedxError(f"names=imagenet1k: {path} not found in the installed {module}")
+        raise EmbedxError(f"ImageNet class names: {path} not found in the installed {module}")
     return path
 
 
@@ -62,6 +66,41 @@ def imagenet() -> tuple[tuple[str, ...], tuple[str, ...]]:
         raise EmbedxError(f"names=imagenet1k: expected 1,000 sorted WordNet ids and 1,000 names, found "
                           f"{len(wnids)} and {len(names)}")
     return wnids, names
+
+
+@functools.lru_cache(maxsize=1)
+def synset_lemmas() -> dict[str, str]:
+    """WordNet id -> its first lemma (``n01440764`` -> ``tench``), for the 21,843 ImageNet-21k synsets: timm's
+    ``imagenet_synset_to_lemma.txt`` (``ID<TAB>lemma, lemma, ...``), read as a data file."""
+    out = {}
+    with open(_package_file("timm", "data", "_info", "imagenet_synset_to_lemma.txt"), encoding="utf-8") as f:
+        for line in f:
+            wnid, _, lemmas = line.rstrip("\n").partition("\t")
+            if wnid and lemmas:
+                out[wnid] = lemmas.split(",")[0].strip()
+    return out
+
+
+def wordnet_names(wnids: list[str]) -> tuple[list[str], str] | None:
+    """(English names of the WordNet ids ``wnids``, where they come from), or None if one of them is not an
+    ImageNet synset. An ImageNet-1k id gets open_clip's class name (``IMAGENET_CLASSNAMES``, CLIP's curated names:
+    ``tench``, ``goldfish``), any other ImageNet-21k id timm's first lemma; a name two ids share gets the id in
+    brackets (``crane (n03126707)``) so that the prompts differ."""
+    ids, names = imagenet()
+    english = dict(zip(ids, names))
+    lemmas = synset_lemmas() if any(w not in english for w in wnids) else {}
+    if any(w not in english and w not in lemmas for w in wnids):
+        return None
+    out = [english.get(w) or lemmas[w] for w in wnids]
+    counts: dict[str, int] = {}
+    for n in out:
+        counts[n] = counts.get(n, 0) + 1
+    out = [f"{n} ({w})" if counts[n] > 1 else n for n, w in zip(out, wnids)]
+    n_1k = sum(w in english for w in wnids)
+    where = ("open_clip's ImageNet-1k class names" if n_1k == len(wnids) else
+             f"open_clip's ImageNet-1k class names ({n_1k}) and timm's WordNet lemmas ({len(wnids) - n_1k})"
+             if n_1k else "timm's WordNet lemmas")
+    return out, where
 
 
 def folder_ids(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -179,7 +179,9 @@ def read_meta(path: str) -> dict:
         fault = location(path).fault(e)
         if fault is not None:
             raise fault from None
-        raise StoreError(f"no store at {path}{_missing_bucket(path)}") from None
+        from embedx.store.looks_like import NoStoreError
+
+        raise NoStoreError(path, _missing_bucket(path)) from None
     except (ValueError, KeyError) as e:
         raise StoreError(f"{path} is not a readable zarr store ({e})") from None
     meta = g.attrs.get("embedx")
