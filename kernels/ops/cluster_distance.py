@@ -168,8 +168,12 @@ def cluster_distance_pair_sums_reference(x, y, x_labels, y_labels, n_clusters: i
             cluster_distance_sums_reference(y, x, x_labels, n_clusters))
 
 
+PAIR_GEMM_MIN = 1 << 24  # CPU block pairs of at least this many rows x cols x d go through pair_gemm
+
+
 def cluster_distance_pair_sums_torch(x: torch.Tensor, y: torch.Tensor | None, x_labels: torch.Tensor,
-                                     y_labels: torch.Tensor | None, n_clusters: int, block: int = 2048):
+                                     y_labels: torch.Tensor | None, n_clusters: int, block: int = 2048,
+                                     impl: str = "auto"):
     """Both one-sided per-cluster sums of a block pair (I, J) of one point set from one pass over its tiles:
 
       S_xy[p, k] = sum_{q in J: y_labels[q] = k} ||x_p - y_q||     (I's rows over J's columns)
@@ -180,7 +184,20 @@ def cluster_distance_pair_sums_torch(x: torch.Tensor, y: torch.Tensor | None, x_
     the ``block`` x ``block`` sub-tiles on and above the diagonal are computed. Every distance is computed once
     where two calls of :func:`cluster_distance_sums_torch` would compute it twice. Tiles and their reductions
     are float32 with the same precision handling (centring, ``NEAR`` recompute: :func:`_distance_tile`), each
-    added into the float64 sums; inputs may be float16 (upcast per tile)."""
+    added into the float64 sums; inputs may be float16 (upcast per tile).
+
+    ``impl``: "tiles" (the torch tiles above, any device), "gemm" (CPU: :mod:`.pair_gemm`, BLAS sgemm tiles
+    reduced by one fused numba pass, rows and columns sorted by label), "auto": gemm for CPU pairs of at least
+    PAIR_GEMM_MIN rows x cols x d (below, numba's start-up in a fresh process costs more than it saves)."""
+    if impl not in ("auto", "gemm", "tiles"):
+        raise ValueError(f"impl must be auto, gemm or tiles, got {impl!r}")
+    if impl == "auto":
+        size = len(x) * (len(x) if y is None else len(y)) * x.shape[1]
+        impl = "gemm" if x.device.type == "cpu" and size >= PAIR_GEMM_MIN else "tiles"
+    if impl == "gemm":
+        from embedx.kernels.ops.pair_gemm import pair_sums_gemm
+
+        return pair_sums_gemm(x, y, x_labels, y_labels, n_clusters, block=block)
     diagonal = y is None
     ys, ylab = (x, x_labels) if diagonal else (y, y_labels)
     dev = x.device

@@ -69,16 +69,31 @@ def test_silhouette_through_the_triton_kernel_matches_sklearn(rng, monkeypatch):
     assert got == pytest.approx(silhouette_score(np.vstack([x, t]).astype(np.float64), [1] * 70 + [0] * 4), abs=1e-6)
 
 
+@pytest.mark.parametrize("impl", ["tiles", "gemm"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("case", ["ragged", "diagonal", "one_cluster", "singletons", "many_clusters", "tight"])
-def test_cluster_distance_pair_sums_match_two_one_sided_references(rng, dtype, case):
-    """The symmetric block-pair op (one tile, reduced both ways) against two float64 one-sided brute forces."""
+@pytest.mark.parametrize("case", ["ragged", "diagonal", "one_cluster", "singletons", "many_clusters", "tight",
+                                  "tight_diagonal"])
+def test_cluster_distance_pair_sums_match_two_one_sided_references(rng, monkeypatch, impl, dtype, case):
+    """The symmetric block-pair op (one tile, reduced both ways) against two float64 one-sided brute forces; the
+    gemm path (sgemm + fused numba pass) with its tile rows split between up to three threads."""
+    from embedx.kernels.ops import pair_gemm
+
+    monkeypatch.setattr(pair_gemm, "PART_ROWS", int(rng.integers(1, 8)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        _pair_case(rng, impl, dtype, case)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pair_case(rng, impl, dtype, case):
     d = int(rng.integers(1, 40))
     m, n = int(rng.integers(1, 120)), int(rng.integers(1, 120))
     k = {"one_cluster": 1, "many_clusters": 80}.get(case, int(rng.integers(2, 6)))
     x = rng.standard_normal((m, d))
     y = rng.standard_normal((n, d))
-    if case == "tight":  # all points within 1e-3 of one direction: the centring and NEAR recompute matter
+    if case.startswith("tight"):  # all points within 1e-3 of one direction: the centring and NEAR recompute matter
         x, y = 5.0 + 1e-3 * x, 5.0 + 1e-3 * y
         x[: m // 3] = y[: m // 3] if m // 3 <= n else x[: m // 3]  # exact duplicates across the blocks
     x, y = x.astype(dtype), y.astype(dtype)
@@ -86,11 +101,13 @@ def test_cluster_distance_pair_sums_match_two_one_sided_references(rng, dtype, c
     if case == "singletons":  # the clusters k-1, k-2 have one member each (one in I, one in J), k-3 none
         k += 3
         xl[0], yl[-1] = k - 1, k - 2
+    if case == "tight_diagonal":  # exact duplicates inside the diagonal block, across its tiles
+        x[m // 2:] = x[: m - m // 2]
     block = int(rng.integers(3, 50))
-    if case == "diagonal":
+    if case in ("diagonal", "tight_diagonal"):
         ref_x, ref_y = K.cluster_distance_pair_sums_reference(x.astype(np.float64), None, xl, None, k)
         got_x, got_y = K.cluster_distance_pair_sums_torch(torch.from_numpy(x), None, torch.from_numpy(xl), None, k,
-                                                          block=block)
+                                                          block=block, impl=impl)
         assert ref_y is None and got_y is None
         # the diagonal block equals the one-sided sums with every row its own column (self-pairs 0)
         one = K.cluster_distance_sums_reference(x.astype(np.float64), x.astype(np.float64), xl, k,
@@ -100,14 +117,14 @@ def test_cluster_distance_pair_sums_match_two_one_sided_references(rng, dtype, c
         ref_x, ref_y = K.cluster_distance_pair_sums_reference(x.astype(np.float64), y.astype(np.float64), xl, yl, k)
         got_x, got_y = K.cluster_distance_pair_sums_torch(torch.from_numpy(x), torch.from_numpy(y),
                                                           torch.from_numpy(xl), torch.from_numpy(yl), k,
-                                                          block=block)
+                                                          block=block, impl=impl)
         assert got_y.dtype == torch.float64 and got_y.shape == (n, k)
         np.testing.assert_allclose(got_y.numpy(), ref_y, rtol=1e-5, atol=1e-4 if case != "tight" else 1e-6)
         # independent check of the reference itself: the transposed brute-force distance matrix
         dm = np.sqrt(((x.astype(np.float64)[:, None] - y.astype(np.float64)[None]) ** 2).sum(-1))
         np.testing.assert_allclose(ref_y, np.stack([dm[xl == c].sum(0) for c in range(k)], 1), rtol=1e-12)
     assert got_x.dtype == torch.float64 and got_x.shape == (m, k)
-    np.testing.assert_allclose(got_x.numpy(), ref_x, rtol=1e-5, atol=1e-4 if case != "tight" else 1e-6)
+    np.testing.assert_allclose(got_x.numpy(), ref_x, rtol=1e-5, atol=1e-4 if not case.startswith("tight") else 1e-6)
     if case == "singletons":
         assert (got_x.numpy()[:, k - 3] == 0).all()
 

@@ -1,0 +1,201 @@
+"""The symmetric block-pair op on the CPU at GEMM speed: BLAS sgemm tiles, reduced by one fused numba pass.
+
+For a block pair (I, J) of one point set (``y`` None: the diagonal block J = I):
+
+  S_xy[p, k] = sum_{q in J: y_labels[q] = k} ||x_p - y_q||     (I's rows over J's columns)
+  S_yx[q, k] = sum_{p in I: x_labels[p] = k} ||x_p - y_q||     (J's rows over I's columns)
+
+Rows and columns are first sorted by label (stable), so a tile's columns of one cluster are one contiguous
+segment and its rows of one cluster consecutive rows. Each ``block`` x ``block`` tile is then
+
+  1. ``G = X Y^T``: one float32 BLAS GEMM (torch.mm, every thread) into a preallocated buffer (no page faults);
+  2. one numba pass over G, row by row while the row is in L1: ``d2 = |x|^2 + |y|^2 - 2 G`` (float32), the pairs
+     with ``d2 < NEAR * (|x|^2 + |y|^2)`` (cancellation: near-duplicates) recomputed as ``sum_k (x_k - y_k)^2``
+     with float64 differences, ``d = sqrt(max(d2, 0))``, and both reductions: the row's segment sums (float64)
+     into S_xy and the running column sums of the current row cluster (float64) into S_yx^T, flushed when the
+     row label changes.
+
+Every distance is computed once (the diagonal block: only the tiles on and above the diagonal; a diagonal tile
+is reduced along rows only, its self-pairs exactly 0). A concentrated column tile (``|mean|^2 > CONCENTRATED *
+mean |y|^2``) is centred on its mean before the GEMM, as in the torch tiles (distances do not change under a
+shift; the cancellation shrinks with the norms). The near-pair recompute costs O(d) for each near pair only;
+a row without one never leaves the vectorized loops. Float64 partial sums everywhere: the float32 distances
+are the only rounding, so the sums agree with the float64 brute force to ~1e-7 relative.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+
+from embedx.kernels.ops.cluster_distance import CONCENTRATED, NEAR
+
+PART_ROWS = 256    # a tile's rows are split between threads in parts of at least this many rows
+PAIR_BLOCK = 2048  # rows/cols per GEMM tile: 2 x 2048 x 2048 x d flops each, a 16 MiB float32 tile
+
+
+@njit(cache=True, fastmath=True, nogil=True)
+def _reduce_tile(g, x, y, xsq, ysq, xlab, seg_start, seg_lab, sx, syt, c0, self_off, both, near_c, first):
+    """The fused pass over one GEMM tile ``g`` = x @ y.T (float32, overwritten with the distances).
+
+    ``seg_start``/``seg_lab``: the column segments of one label (sorted columns), ``seg_start[-1] = n``;
+    ``sx`` (m, k) float64 += row sums; ``syt`` (k, N) float64, columns ``c0 .. c0 + n``, += column sums per row
+    label (``both``); ``self_off`` >= 0: row p is column p + self_off
+    (its self-pair 0, not a near pair); ``first`` (n,) float64, when
+    not empty, takes the column sums of the first row label instead of ``syt`` (a thread's rows may share it with
+    the rows before them)."""
+    m, n = g.shape
+    dim = x.shape[1]
+    nseg = len(seg_lab)
+    colacc = np.zeros(n, np.float64)
+    cur = xlab[0] if m > 0 else 0
+    private = len(first) > 0
+    for p in range(m):
+        lp = xlab[p]
+        if both and lp != cur:  # rows are sorted by label: flush the finished cluster's column sums
+            if private:
+                for q in range(n):
+                    first[q] += colacc[q]
+                    colacc[q] = 0.0
+                private = False
+            else:
+                for q in range(n):
+                    syt[cur, c0 + q] += colacc[q]
+                    colacc[q] = 0.0
+            cur = lp
+        row = g[p]
+        a = xsq[p]
+        cnt = 0
+        for q in range(n):
+            s = a + ysq[q]
+            v = s - 2.0 * row[q]
+            row[q] = v
+            cnt += v < near_c * s
+        j = p + self_off if self_off >= 0 else -1
+        if j >= 0:
+            if row[j] < near_c * (a + ysq[j]):
+                cnt -= 1
+            row[j] = 0.0
+        if cnt > 0:  # rare: near pairs, recomputed directly (float64 differences of the float32 coordinates)
+            for q in range(n):
+                if row[q] < near_c * (a + ysq[q]) and q != j:
+                    e = 0.0
+                    for t in range(dim):
+                        u = np.float64(x[p, t]) - np.float64(y[q, t])
+                        e += u * u
+                    row[q] = e
+        for q in range(n):
+            row[q] = np.sqrt(max(row[q], np.float32(0.0)))
+        for s in range(nseg):
+            acc = 0.0
+            for q in range(seg_start[s], seg_start[s + 1]):
+                acc += np.float64(row[q])
+            sx[p, seg_lab[s]] += acc
+        if both:
+            for q in range(n):
+                colacc[q] += np.float64(row[q])
+    if both and m > 0:
+        if private:
+            for q in range(n):
+                first[q] += colacc[q]
+        else:
+            for q in range(n):
+                syt[cur, c0 + q] += colacc[q]
+
+
+_POOL = None
+NO_FIRST = np.zeros(0, np.float64)
+
+
+def _reduce_parallel(g, xr, yc, xsq, ysq, xl, seg_start, seg_lab, sx, syt, c0, diag: bool, both: bool, near):
+    """:func:`_reduce_tile` on the tile's rows split between torch's thread count of threads (numba releases
+    the GIL); a part's first-label column sums go to a private row, added after the join (the part before may
+    hold the same label), so no two threads write one element."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    global _POOL
+    m = len(g)
+    parts = max(1, min(torch.get_num_threads(), m // PART_ROWS))
+    if parts == 1:
+        _reduce_tile(g, xr, yc, xsq, ysq, xl, seg_start, seg_lab, sx, syt, c0, 0 if diag else -1, both, near, NO_FIRST)
+        return
+    if _POOL is None or _POOL._max_workers < parts:
+        _POOL = ThreadPoolExecutor(parts, thread_name_prefix="embedx-pair")
+    cuts = [m * i // parts for i in range(parts + 1)]
+    firsts = [NO_FIRST] + [np.zeros(g.shape[1]) if both else NO_FIRST for _ in range(parts - 1)]
+    futs = []
+    for i in range(parts):
+        a, b = cuts[i], cuts[i + 1]
+        futs.append(_POOL.submit(_reduce_tile, g[a:b], xr[a:b], yc, xsq[a:b], ysq, xl[a:b], seg_start, seg_lab,
+                                 sx[a:b], syt, c0, a if diag else -1, both, near, firsts[i]))
+    for f in futs:
+        f.result()
+    if both:
+        for i in range(1, parts):
+            syt[xl[cuts[i]], c0:c0 + g.shape[1]] += firsts[i]
+
+
+def _segments(lab: np.ndarray):
+    """(starts with the end appended, labels) of the runs of equal values of sorted ``lab``."""
+    if len(lab) == 0:
+        return np.zeros(1, np.int64), np.zeros(0, np.int64)
+    cut = np.flatnonzero(lab[1:] != lab[:-1]) + 1
+    return np.r_[0, cut, len(lab)].astype(np.int64), lab[np.r_[0, cut]].astype(np.int64)
+
+
+def _sorted(v: torch.Tensor, lab: torch.Tensor):
+    """float32 numpy rows sorted by label (stable), their labels, and the order."""
+    lab = lab.detach().cpu().numpy().astype(np.int64)
+    order = np.argsort(lab, kind="stable")
+    pts = v.detach().cpu().float().numpy()
+    return np.ascontiguousarray(pts[order]), lab[order], order
+
+
+def _sqnorms(v: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", v, v, dtype=np.float32)
+
+
+def pair_sums_gemm(x: torch.Tensor, y: torch.Tensor | None, x_labels: torch.Tensor, y_labels: torch.Tensor | None,
+                   n_clusters: int, block: int = PAIR_BLOCK):
+    """(S_xy, S_yx) float64 torch tensors of a block pair on the CPU (see the module docstring); ``y`` None: the
+    diagonal block, (S_xx, None)."""
+    diagonal = y is None
+    xs, xl, xo = _sorted(x, x_labels)
+    ys, yl, yo = (xs, xl, xo) if diagonal else _sorted(y, y_labels)
+    m, n, k = len(xs), len(ys), int(n_clusters)
+    sx = np.zeros((m, k))
+    syt = np.zeros((k, n))
+    if m and n:
+        xsq_all, ysq_all = _sqnorms(xs), (None if diagonal else _sqnorms(ys))
+        ysq_all = xsq_all if diagonal else ysq_all
+        buf = torch.empty(min(block, m) * min(block, n), dtype=torch.float32)
+        xt, yt = torch.from_numpy(xs), torch.from_numpy(ys)
+        near = np.float32(NEAR)
+        for c0 in range(0, n, block):
+            c1 = min(c0 + block, n)
+            yc, ysq = yt[c0:c1], ysq_all[c0:c1]
+            seg_start, seg_lab = _segments(yl[c0:c1])
+            centre = yc.mean(0)
+            concentrated = float(centre @ centre) > CONCENTRATED * float(ysq.mean())
+            if concentrated:  # a tight block: centre it (and the rows) on its mean first
+                yc = yc - centre
+                ysq = _sqnorms(yc.numpy())
+            for r0 in range(0, c1 if diagonal else m, block):
+                r1 = min(r0 + block, m)
+                xr, xsq = xt[r0:r1], xsq_all[r0:r1]
+                if concentrated:
+                    xr = xr - centre
+                    xsq = _sqnorms(xr.numpy())
+                g = buf[:(r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+                torch.mm(xr, yc.T, out=g)
+                on_diag = diagonal and r0 == c0
+                _reduce_parallel(g.numpy(), xr.numpy(), yc.numpy(), xsq, ysq, xl[r0:r1], seg_start, seg_lab,
+                                 sx[r0:r1], syt, c0, on_diag, not on_diag, near)
+    out_x = np.empty_like(sx)
+    if diagonal:  # the tiles above the diagonal gave the rows' sums over the columns left of them
+        out_x[xo] = sx + syt.T
+        return torch.from_numpy(out_x), None
+    out_x[xo] = sx
+    out_y = np.empty((n, k))
+    out_y[yo] = syt.T
+    return torch.from_numpy(out_x), torch.from_numpy(out_y)
