@@ -573,7 +573,7 @@ def _tight_store(tmp_path, rng, kind, dtype):
 
 
 @pytest.mark.parametrize("kind,dtype", [("tight", "float32"), ("duplicates", "float32"), ("duplicates", "float16")])
-@pytest.mark.parametrize("path", ["streamed", "uncached", "resident_triton"])
+@pytest.mark.parametrize("path", ["streamed", "uncached", "resident_triton", "gemm"])
 def test_silhouettes_stay_exact_on_tight_data_and_near_duplicates(tmp_path, rng, monkeypatch, kind, dtype, path):
     """Within 1e-5 of sklearn's float64 silhouette whatever the spread: float32 |x|^2 + |y|^2 - 2x.y cancels
     for close points, so tiles are centred and near pairs recomputed directly (kernels.cluster_distance)."""
@@ -592,6 +592,8 @@ def test_silhouettes_stay_exact_on_tight_data_and_near_duplicates(tmp_path, rng,
         monkeypatch.setenv("EMBEDX_KERNEL", "triton")
         monkeypatch.setattr(silhouette, "resident_budget", lambda dev: 1 << 40)
         monkeypatch.setattr(silhouette, "resident_rows", lambda dev: 150)
+    if path == "gemm":
+        _gemm_pairs(monkeypatch)
     got = M.compute(s, ["silhouette_euclidean"], silhouette_labels="class")
     ref_mod = silhouette_score(np.vstack([x, t]), [1] * len(x) + [0] * len(t))
     ref_cls = silhouette_score(x, y)
@@ -628,7 +630,18 @@ def test_cosine_silhouette_stays_exact_when_tight_clusters_overlap(tmp_path, rng
         abs=1e-5)
 
 
-@pytest.mark.parametrize("path", ["streamed", "resident_triton"])
+def _gemm_pairs(monkeypatch):
+    """The exact silhouette's block pairs through kernels.ops.pair_gemm (sgemm + fused numba pass) at any size,
+    several row blocks, tile rows split between threads."""
+    from embedx.kernels.ops import cluster_distance, pair_gemm
+    from embedx.measures import silhouette
+
+    monkeypatch.setattr(cluster_distance, "PAIR_GEMM_MIN", 0)
+    monkeypatch.setattr(pair_gemm, "PART_ROWS", 16)
+    monkeypatch.setattr(silhouette, "PAIR_ROWS", 128)
+
+
+@pytest.mark.parametrize("path", ["streamed", "resident_triton", "gemm"])
 @pytest.mark.parametrize("spread,dtype", [(1e-3, "float32"), (1e-4, "float32"), (1e-2, "float16")])
 def test_euclidean_silhouettes_stay_exact_when_everything_lies_near_one_direction(tmp_path, rng, monkeypatch,
                                                                                   path, spread, dtype):
@@ -654,6 +667,8 @@ def test_euclidean_silhouettes_stay_exact_when_everything_lies_near_one_directio
         monkeypatch.setenv("EMBEDX_KERNEL", "triton")
         monkeypatch.setattr(silhouette, "resident_budget", lambda dev: 1 << 40)
         monkeypatch.setattr(silhouette, "resident_rows", lambda dev: 100)
+    if path == "gemm":
+        _gemm_pairs(monkeypatch)
     got = M.compute(s, ["silhouette_euclidean"], silhouette_labels="class")
     assert got["silhouette_euclidean"] == pytest.approx(
         silhouette_score(np.vstack([xs, ts]), [1] * n + [0] * c), abs=1e-5)

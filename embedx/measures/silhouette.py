@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -419,6 +420,7 @@ class PointSpec:
     centre: np.ndarray
     k: int
     classes: np.ndarray | None = None
+    run: str = ""  # one exact silhouette: the key of the blocks a process keeps read (READ_CACHE_BYTES)
 
 
 def _pair_blocks(points: _StorePoints, rows: int) -> list[tuple[int, int, int, int]]:
@@ -462,6 +464,33 @@ def read_block(store, spec: PointSpec, block) -> tuple[torch.Tensor, torch.Tenso
     return torch.cat(parts).sub_(centre).float(), torch.from_numpy(np.concatenate(labels))
 
 
+READ_CACHE_BYTES = 256 << 20  # a process keeps the blocks it read for one run up to this size (each read once)
+_kept: dict = {"run": None, "bytes": 0, "blocks": {}}
+
+
+def _kept_block(store, spec: PointSpec, block):
+    """:func:`read_block`, each block read once per run (``spec.run``) while the kept blocks fit
+    READ_CACHE_BYTES: block i pairs with every block J >= i, so without it the blocks are read ~nb/2 times each.
+    A new run drops the last run's blocks."""
+    if not spec.run:
+        return read_block(store, spec, block)
+    if _kept["run"] != spec.run:
+        _kept.update(run=spec.run, bytes=0, blocks={})
+    got = _kept["blocks"].get(block)
+    if got is None:
+        got = read_block(store, spec, block)
+        size = got[0].numel() * got[0].element_size()
+        if _kept["bytes"] + size <= READ_CACHE_BYTES:
+            _kept["blocks"][block] = got
+            _kept["bytes"] += size
+    return got
+
+
+def _drop_kept(run: str) -> None:
+    if _kept["run"] == run:
+        _kept.update(run=None, bytes=0, blocks={})
+
+
 def block_pair_sums(pair, ref, spec: PointSpec, device_request: str | None):
     """A task: the block pair ``(I, J)`` (J None: the diagonal block I) of the points of store
     ``ref`` -> (S_IJ, S_JI) as float64 numpy (``kernels.cluster_distance_pair_sums``; S_JI None on the diagonal),
@@ -472,8 +501,8 @@ def block_pair_sums(pair, ref, spec: PointSpec, device_request: str | None):
     store = resolve(ref)
     dev = resolve_device(device_request or "auto")
     bi, bj = pair
-    xi, li = read_block(store, spec, bi)
-    xj, lj = (None, None) if bj is None else read_block(store, spec, bj)
+    xi, li = _kept_block(store, spec, bi)
+    xj, lj = (None, None) if bj is None else _kept_block(store, spec, bj)
     sx, sy = kernels.cluster_distance_pair_sums(xi.to(dev), None if xj is None else xj.to(dev), li.to(dev),
                                                 None if lj is None else lj.to(dev), spec.k)
     return sx.cpu().numpy(), None if sy is None else sy.cpu().numpy()
@@ -491,7 +520,7 @@ def _pair_values(points: _StorePoints, executor, device_request=None, progress=N
     cols.close()
     total, k = len(points.labels), len(points.sizes)
     spec = PointSpec("class" if isinstance(points, _ClassPoints) else "modality", store.n_images,
-                     points.centre.numpy(), k, getattr(points, "classes", None))
+                     points.centre.numpy(), k, getattr(points, "classes", None), uuid.uuid4().hex)
     blocks = _pair_blocks(points, store.whole_chunks(PAIR_ROWS))
     nb = len(blocks)
     index = [(i, j) for i in range(nb) for j in range(i, nb)]
@@ -518,10 +547,13 @@ def _pair_values(points: _StorePoints, executor, device_request=None, progress=N
     clock = None if where is None else _CostClock(total, total, where)
     tasks = executor.map(block_pair_sums, pairs, executor.ref(store), spec, device_request, parallel=False,
                          result_bytes=2 * size * k * 8)
-    with Bar(len(pairs), "silhouette block pairs", enabled(progress), unit="pairs") as bar:
-        for t, res in enumerate(tasks):
-            consume(t, res)
-            bar.update(1)
-            if clock is not None:
-                clock.done(t + 1, len(pairs))
+    try:
+        with Bar(len(pairs), "silhouette block pairs", enabled(progress), unit="pairs") as bar:
+            for t, res in enumerate(tasks):
+                consume(t, res)
+                bar.update(1)
+                if clock is not None:
+                    clock.done(t + 1, len(pairs))
+    finally:
+        _drop_kept(spec.run)  # in-process tasks kept their blocks here
     return out

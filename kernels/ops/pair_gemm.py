@@ -146,9 +146,11 @@ def _segments(lab: np.ndarray):
 def _sorted(v: torch.Tensor, lab: torch.Tensor):
     """float32 numpy rows sorted by label (stable), their labels, and the order."""
     lab = lab.detach().cpu().numpy().astype(np.int64)
+    pts = np.ascontiguousarray(v.detach().cpu().float().numpy())
+    if len(lab) < 2 or (lab[1:] >= lab[:-1]).all():  # already sorted (images then texts): no copy
+        return pts, lab, np.arange(len(lab))
     order = np.argsort(lab, kind="stable")
-    pts = v.detach().cpu().float().numpy()
-    return np.ascontiguousarray(pts[order]), lab[order], order
+    return pts[order], lab[order], order
 
 
 def _sqnorms(v: np.ndarray) -> np.ndarray:
