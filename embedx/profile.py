@@ -53,7 +53,9 @@ def _row(name, impl, seconds, flops, nbytes, roof, ref_seconds=None, ref_name=No
 
 
 def profile(n: int = 4096, d: int = 512, k: int = 10, device: str = "auto", impls=None, seed: int = 0) -> dict:
-    """Kernels at ``n`` points of dimension ``d``: cluster distance sums (n x n, 2 clusters), top-k (n queries
+    """Kernels at ``n`` points of dimension ``d``: cluster distance sums (n x n, 2 clusters), on the CPU the
+    exact silhouette's block pair (n/2 x n/2, both reductions; GFLOP/s and share of the sgemm rate: its roofline
+    share, the op being compute-bound), top-k (n queries
     x n gallery), retrieval rank counts (n x n), and the fused streaming sweep over an n x d float16 block (C = 100; one thread, as each
     thread of the pass runs it)."""
     dev = resolve_device(device)
@@ -78,6 +80,27 @@ def profile(n: int = 4096, d: int = 512, k: int = 10, device: str = "auto", impl
         fn = kernels.cluster_distance_sums_torch if impl == "torch" else kernels.cluster_distance_sums_triton
         t = _best(lambda: fn(x, x, lab, 2, rid), dev)
         rows.append(_row("cluster_distance_sums", impl, t, flops_cd, bytes_cd, roof, ref_t, "dense float64 cdist + sums"))
+
+    if dev.type == "cpu":  # the exact silhouette's block pair: every distance once, reduced both ways
+        h = n // 2
+        xa, xb, la, lb = x[:h], x[h:], lab[:h], lab[h:]
+        flops_pair = 2.0 * h * (n - h) * d
+
+        def dense_pair():
+            dist = torch.cdist(xa.double(), xb.double())
+            return (torch.stack([dist[:, lb == 0].sum(1), dist[:, lb == 1].sum(1)], 1),
+                    torch.stack([dist[la == 0].sum(0), dist[la == 1].sum(0)], 1))
+
+        ref_t = _best(dense_pair, dev, repeats=1)
+        tiles_t = None
+        for impl in ("tiles", "gemm"):  # the torch tiles, then sgemm tiles + the fused numba pass (the default)
+            t = _best(lambda: kernels.cluster_distance_pair_sums_torch(xa, xb, la, lb, 2, impl=impl), dev)
+            row = _row("silhouette block pair (I < J)", impl, t, flops_pair, n * d * 4.0 + n * 2 * 8, roof,
+                       ref_t, "dense float64 cdist + both sums")
+            row["share_of_sgemm"] = row["gflops"] / roof["matmul_gflops"]
+            row["speedup_vs_tiles"] = tiles_t / t if tiles_t else None
+            rows.append(row)
+            tiles_t = t
 
     def dense_topk():
         return (x @ x.T).topk(k, dim=1).indices
