@@ -316,11 +316,15 @@ def test_per_class_and_class_label_silhouette(tmp_path, rng):
     assert r["silhouette_class_euclidean"] == pytest.approx(silhouette_score(xn, y), abs=1e-5)
 
 
-@pytest.mark.parametrize("cached", [True, False])
+@pytest.mark.parametrize("cached", [True, False, "gemm"])
 def test_streamed_class_silhouette_matches_sklearn(tmp_path, rng, monkeypatch, cached):
     """Class-label silhouette read from the store in column blocks (re-read per row block when not cached),
-    unlabelled rows left out, a singleton and an empty class: sklearn on the labelled rows."""
+    unlabelled rows left out, a singleton and an empty class: sklearn on the labelled rows; "gemm": the block
+    pairs and the sampled rows through the CPU sgemm tiles (kernels.ops.pair_gemm)."""
     from embedx.measures import silhouette as S
+
+    if cached == "gemm":
+        _gemm_pairs(monkeypatch)
 
     monkeypatch.setattr(S, "STREAM_COLS", 64)
     monkeypatch.setattr(S, "STREAM_ROWS", 50)

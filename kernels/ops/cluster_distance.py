@@ -138,10 +138,16 @@ def _reduce_rows(d: torch.Tensor, lab: torch.Tensor, n_clusters: int) -> torch.T
 
 def cluster_distance_sums_torch(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters: int,
                                 row_ids: torch.Tensor | None = None, col_offset: int = 0,
-                                block: int = 2048, x_scale=None, y_scale=None) -> torch.Tensor:
+                                block: int = 2048, x_scale=None, y_scale=None, impl: str = "auto") -> torch.Tensor:
     """Blocked torch: (len(x), n_clusters) float64. ``y`` may stay float16: it is upcast block by block. A
     concentrated column block is centred on its mean first; near pairs are recomputed directly (see ``NEAR``).
-    Each ``block``-column tile is reduced in float32 and added into the float64 sums."""
+    Each ``block``-column tile is reduced in float32 and added into the float64 sums. ``impl`` as
+    :func:`cluster_distance_pair_sums_torch` ("gemm": :func:`.pair_gemm.sums_gemm`, the CPU sgemm tiles)."""
+    if _pick(impl, x, len(y)) == "gemm":
+        from embedx.kernels.ops.pair_gemm import sums_gemm
+
+        return sums_gemm(x, y, labels, n_clusters, row_ids, col_offset, block=block, x_scale=x_scale,
+                         y_scale=y_scale)
     x = _scaled(x.float(), x_scale, torch.float32)
     labels = labels.to(device=y.device, dtype=torch.long)
     out = torch.zeros(len(x), n_clusters, dtype=torch.float64, device=x.device)
@@ -168,7 +174,17 @@ def cluster_distance_pair_sums_reference(x, y, x_labels, y_labels, n_clusters: i
             cluster_distance_sums_reference(y, x, x_labels, n_clusters))
 
 
-PAIR_GEMM_MIN = 1 << 24  # CPU block pairs of at least this many rows x cols x d go through pair_gemm
+PAIR_GEMM_MIN = 1 << 24  # CPU calls of at least this many rows x cols x d go through pair_gemm
+
+
+def _pick(impl: str, x: torch.Tensor, cols: int) -> str:
+    """"gemm" or "tiles" for ``impl`` ("auto": gemm on the CPU from PAIR_GEMM_MIN rows x cols x d)."""
+    if impl not in ("auto", "gemm", "tiles"):
+        raise ValueError(f"impl must be auto, gemm or tiles, got {impl!r}")
+    if impl == "auto":
+        size = len(x) * cols * (x.shape[1] if x.dim() == 2 else 1)
+        return "gemm" if x.device.type == "cpu" and size >= PAIR_GEMM_MIN else "tiles"
+    return impl
 
 
 def cluster_distance_pair_sums_torch(x: torch.Tensor, y: torch.Tensor | None, x_labels: torch.Tensor,
@@ -189,12 +205,7 @@ def cluster_distance_pair_sums_torch(x: torch.Tensor, y: torch.Tensor | None, x_
     ``impl``: "tiles" (the torch tiles above, any device), "gemm" (CPU: :mod:`.pair_gemm`, BLAS sgemm tiles
     reduced by one fused numba pass, rows and columns sorted by label), "auto": gemm for CPU pairs of at least
     PAIR_GEMM_MIN rows x cols x d (below, numba's start-up in a fresh process costs more than it saves)."""
-    if impl not in ("auto", "gemm", "tiles"):
-        raise ValueError(f"impl must be auto, gemm or tiles, got {impl!r}")
-    if impl == "auto":
-        size = len(x) * (len(x) if y is None else len(y)) * x.shape[1]
-        impl = "gemm" if x.device.type == "cpu" and size >= PAIR_GEMM_MIN else "tiles"
-    if impl == "gemm":
+    if _pick(impl, x, len(x) if y is None else len(y)) == "gemm":
         from embedx.kernels.ops.pair_gemm import pair_sums_gemm
 
         return pair_sums_gemm(x, y, x_labels, y_labels, n_clusters, block=block)

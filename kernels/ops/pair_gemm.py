@@ -35,13 +35,13 @@ PAIR_BLOCK = 2048  # rows/cols per GEMM tile: 2 x 2048 x 2048 x d flops each, a 
 
 
 @njit(cache=True, fastmath=True, nogil=True)
-def _reduce_tile(g, x, y, xsq, ysq, xlab, seg_start, seg_lab, sx, syt, c0, self_off, both, near_c, first):
+def _reduce_tile(g, x, y, xsq, ysq, xlab, seg_start, seg_lab, sx, syt, c0, self_col, both, near_c, first):
     """The fused pass over one GEMM tile ``g`` = x @ y.T (float32, overwritten with the distances).
 
     ``seg_start``/``seg_lab``: the column segments of one label (sorted columns), ``seg_start[-1] = n``;
     ``sx`` (m, k) float64 += row sums; ``syt`` (k, N) float64, columns ``c0 .. c0 + n``, += column sums per row
-    label (``both``); ``self_off`` >= 0: row p is column p + self_off
-    (its self-pair 0, not a near pair); ``first`` (n,) float64, when
+    label (``both``); ``self_col[p]`` >= 0: row p is that column
+    (its self-pair 0, not a near pair; -1: none); ``first`` (n,) float64, when
     not empty, takes the column sums of the first row label instead of ``syt`` (a thread's rows may share it with
     the rows before them)."""
     m, n = g.shape
@@ -71,7 +71,7 @@ def _reduce_tile(g, x, y, xsq, ysq, xlab, seg_start, seg_lab, sx, syt, c0, self_
             v = s - 2.0 * row[q]
             row[q] = v
             cnt += v < near_c * s
-        j = p + self_off if self_off >= 0 else -1
+        j = self_col[p]
         if j >= 0:
             if row[j] < near_c * (a + ysq[j]):
                 cnt -= 1
@@ -107,7 +107,7 @@ _POOL = None
 NO_FIRST = np.zeros(0, np.float64)
 
 
-def _reduce_parallel(g, xr, yc, xsq, ysq, xl, seg_start, seg_lab, sx, syt, c0, diag: bool, both: bool, near):
+def _reduce_parallel(g, xr, yc, xsq, ysq, xl, seg_start, seg_lab, sx, syt, c0, self_col, both: bool, near):
     """:func:`_reduce_tile` on the tile's rows split between torch's thread count of threads (numba releases
     the GIL); a part's first-label column sums go to a private row, added after the join (the part before may
     hold the same label), so no two threads write one element."""
@@ -117,7 +117,7 @@ def _reduce_parallel(g, xr, yc, xsq, ysq, xl, seg_start, seg_lab, sx, syt, c0, d
     m = len(g)
     parts = max(1, min(torch.get_num_threads(), m // PART_ROWS))
     if parts == 1:
-        _reduce_tile(g, xr, yc, xsq, ysq, xl, seg_start, seg_lab, sx, syt, c0, 0 if diag else -1, both, near, NO_FIRST)
+        _reduce_tile(g, xr, yc, xsq, ysq, xl, seg_start, seg_lab, sx, syt, c0, self_col, both, near, NO_FIRST)
         return
     if _POOL is None or _POOL._max_workers < parts:
         _POOL = ThreadPoolExecutor(parts, thread_name_prefix="embedx-pair")
@@ -127,7 +127,7 @@ def _reduce_parallel(g, xr, yc, xsq, ysq, xl, seg_start, seg_lab, sx, syt, c0, d
     for i in range(parts):
         a, b = cuts[i], cuts[i + 1]
         futs.append(_POOL.submit(_reduce_tile, g[a:b], xr[a:b], yc, xsq[a:b], ysq, xl[a:b], seg_start, seg_lab,
-                                 sx[a:b], syt, c0, a if diag else -1, both, near, firsts[i]))
+                                 sx[a:b], syt, c0, self_col[a:b], both, near, firsts[i]))
     for f in futs:
         f.result()
     if both:
@@ -191,8 +191,9 @@ def pair_sums_gemm(x: torch.Tensor, y: torch.Tensor | None, x_labels: torch.Tens
                 g = buf[:(r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
                 torch.mm(xr, yc.T, out=g)
                 on_diag = diagonal and r0 == c0
+                self_col = np.arange(r1 - r0) if on_diag else np.full(r1 - r0, -1)
                 _reduce_parallel(g.numpy(), xr.numpy(), yc.numpy(), xsq, ysq, xl[r0:r1], seg_start, seg_lab,
-                                 sx[r0:r1], syt, c0, on_diag, not on_diag, near)
+                                 sx[r0:r1], syt, c0, self_col, not on_diag, near)
     out_x = np.empty_like(sx)
     if diagonal:  # the tiles above the diagonal gave the rows' sums over the columns left of them
         out_x[xo] = sx + syt.T
@@ -201,3 +202,59 @@ def pair_sums_gemm(x: torch.Tensor, y: torch.Tensor | None, x_labels: torch.Tens
     out_y = np.empty((n, k))
     out_y[yo] = syt.T
     return torch.from_numpy(out_x), torch.from_numpy(out_y)
+
+
+def sums_gemm(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters: int, row_ids=None,
+              col_offset: int = 0, block: int = PAIR_BLOCK, x_scale=None, y_scale=None) -> torch.Tensor:
+    """The one-sided sums ``S[p, k] = sum_{q: labels[q] = k} ||x_p - y_q||`` (float64, (len(x), k)) on the CPU by
+    the same sgemm tiles and fused pass (row sums only): columns sorted by label, row p's self-pair (the column
+    ``row_ids[p] - col_offset``, when in range) exactly 0; ``x_scale``/``y_scale``: the points are the rows
+    times them (float32, as the torch tiles)."""
+    xf = x.detach().cpu().float()
+    yf = y.detach().cpu().float()
+    if x_scale is not None:
+        xf = xf * torch.as_tensor(x_scale, dtype=torch.float32).cpu()[:, None]
+    if y_scale is not None:
+        yf = yf * torch.as_tensor(y_scale, dtype=torch.float32).cpu()[:, None]
+    ys, yl, yo = _sorted(yf, labels)
+    xs = np.ascontiguousarray(xf.numpy())
+    m, n, k = len(xs), len(ys), int(n_clusters)
+    sx = np.zeros((m, k))
+    self_all = np.full(m, -1, np.int64)
+    if row_ids is not None and m:
+        inv = np.empty(n, np.int64)
+        inv[yo] = np.arange(n)
+        j = np.asarray(row_ids.cpu() if isinstance(row_ids, torch.Tensor) else row_ids, np.int64) - col_offset
+        inside = (j >= 0) & (j < n)
+        self_all[inside] = inv[j[inside]]
+    if m and n:
+        xsq_all, ysq_all = _sqnorms(xs), _sqnorms(ys)
+        buf = torch.empty(min(block, m) * min(block, n), dtype=torch.float32)
+        xt, yt = torch.from_numpy(xs), torch.from_numpy(ys)
+        near = np.float32(NEAR)
+        no_lab = np.zeros(min(block, m), np.int64)
+        for c0 in range(0, n, block):
+            c1 = min(c0 + block, n)
+            yc, ysq = yt[c0:c1], ysq_all[c0:c1]
+            seg_start, seg_lab = _segments(yl[c0:c1])
+            centre = yc.mean(0)
+            concentrated = float(centre @ centre) > CONCENTRATED * float(ysq.mean())
+            if concentrated:
+                yc = yc - centre
+                ysq = _sqnorms(yc.numpy())
+            for r0 in range(0, m, block):
+                r1 = min(r0 + block, m)
+                xr, xsq = xt[r0:r1], xsq_all[r0:r1]
+                if concentrated:
+                    xr = xr - centre
+                    xsq = _sqnorms(xr.numpy())
+                g = buf[:(r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
+                torch.mm(xr, yc.T, out=g)
+                sc = self_all[r0:r1] - c0
+                sc[(sc < 0) | (sc >= c1 - c0)] = -1
+                _reduce_parallel(g.numpy(), xr.numpy(), yc.numpy(), xsq, ysq, no_lab[:r1 - r0], seg_start, seg_lab,
+                                 sx[r0:r1], NO_SYT, c0, sc, False, near)
+    return torch.from_numpy(sx)
+
+
+NO_SYT = np.zeros((0, 0), np.float64)

@@ -12,27 +12,33 @@ from tests.kernels.conftest import IMPLS, requires_interpreter
 def _run(rng, impl, x, y, lab, k, rid, col_offset=0):
     tx, ty, tl = torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(lab)
     rid = None if rid is None else torch.from_numpy(rid)
-    if impl == "torch":
-        return K.cluster_distance_sums_torch(tx, ty, tl, k, rid, col_offset,
-                                             block=int(rng.integers(5, 40))).numpy()
+    if impl in ("torch", "gemm"):  # gemm: the CPU sgemm tiles + fused numba pass, rows split between threads
+        return K.cluster_distance_sums_torch(tx, ty, tl, k, rid, col_offset, block=int(rng.integers(5, 40)),
+                                             impl="tiles" if impl == "torch" else "gemm").numpy()
     return K.cluster_distance_sums_triton(tx, ty, tl, k, rid, col_offset).numpy()
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", IMPLS + ["gemm"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("case", ["ragged", "self", "one_cluster", "empty_and_singleton", "many_clusters"])
-def test_cluster_distance_sums_match_reference(rng, impl, dtype, case):
+@pytest.mark.parametrize("case", ["ragged", "self", "one_cluster", "empty_and_singleton", "many_clusters",
+                                  "unsorted"])
+def test_cluster_distance_sums_match_reference(rng, monkeypatch, impl, dtype, case):
+    from embedx.kernels.ops import pair_gemm
+
+    monkeypatch.setattr(pair_gemm, "PART_ROWS", 3)
     m, d = int(rng.integers(2, 150)), int(rng.integers(1, 70))
     k = {"one_cluster": 1, "many_clusters": 80}.get(case, int(rng.integers(2, 6)))
     y = rng.standard_normal((m, d)).astype(dtype)
     lab = np.sort(rng.integers(0, k, m))
+    if case == "unsorted":  # columns in any label order (the gemm path sorts them; self-pairs follow)
+        lab = rng.permutation(lab)
     if case == "empty_and_singleton":
         k += 2                       # two clusters with no member
         lab[-1] = k - 1              # ... make the last one a singleton
         lab = np.sort(lab)
         lab[lab == k - 2] = 0
     rid, col_offset = None, 0
-    if case == "self":  # rows are a random sample of the columns, which are a block at col_offset
+    if case in ("self", "unsorted"):  # rows are a random sample of the columns, which are a block at col_offset
         col_offset = int(rng.integers(0, 1000))
         pick = rng.choice(m, int(rng.integers(1, m + 1)), replace=False)
         x = y[pick].copy()
