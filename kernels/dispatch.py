@@ -10,7 +10,9 @@ from embedx.kernels.ops.cluster_distance import (  # noqa: F401
     cluster_distance_pair_sums_torch,
     cluster_distance_sums_reference,
     cluster_distance_sums_torch,
+    cluster_distance_sums_sym_triton,
     cluster_distance_sums_triton,
+    split_precision,
     triton,
 )
 from embedx.kernels.ops.knn import PROVIDERS as KNN_PROVIDERS, knn, knn_reference, knn_stream  # noqa: F401

@@ -27,7 +27,7 @@ try:  # Triton is optional: CPU installs may lack it
     import triton
     import triton.language as tl
 
-    from embedx.kernels.ops.tiles import launch_config, native_dot, tile_dot
+    from embedx.kernels.ops.tiles import launch_config, native_dot, tile_dot, tile_dot_3xtf32
 except ImportError:  # pragma: no cover - exercised only without triton
     triton = None
 
@@ -279,6 +279,109 @@ if triton is not None:
                 part = tl.sum(tl.where(lab[None, :] == k, d, 0.0), axis=1)
                 ptr = out_ptr + rows * stride_out + k
                 tl.store(ptr, tl.load(ptr, mask=rmask, other=0.0) + part.to(tl.float64), mask=rmask)
+
+
+if triton is not None:
+
+    @triton.jit(do_not_specialize=["n", "i0"])
+    def _cluster_distance_sym_kernel(x_ptr, lab_ptr, out_ptr, xsq_ptr, xs_ptr, n, dim, stride_x, stride_out, i0,
+                                     BT: tl.constexpr, BK: tl.constexpr, HAS_SCALE: tl.constexpr,
+                                     NATIVE: tl.constexpr, SPLIT: tl.constexpr, NEAR_C: tl.constexpr):
+        """Tile (I, J) of one point set, I = i0 + program_id(0) <= J = program_id(1) (J < I exits): the distance
+        tile once, its rows reduced per column label into out[I's rows] and, off the diagonal, its columns per
+        row label into out[J's rows] (float64 atomic adds)."""
+        ti = i0 + tl.program_id(0)
+        tj = tl.program_id(1)
+        if tj >= ti:
+            rows = ti * BT + tl.arange(0, BT)
+            cols = tj * BT + tl.arange(0, BT)
+            rmask = rows < n
+            cmask = cols < n
+            if SPLIT:
+                acc = tile_dot_3xtf32(x_ptr, x_ptr, rows, cols, rmask, cmask, dim, stride_x, stride_x, BT, BT, BK)
+            else:
+                acc = tile_dot(x_ptr, x_ptr, rows, cols, rmask, cmask, dim, stride_x, stride_x, BT, BT, BK, NATIVE)
+            if HAS_SCALE:
+                xs = tl.load(xs_ptr + rows, mask=rmask, other=0.0)
+                ys = tl.load(xs_ptr + cols, mask=cmask, other=0.0)
+                acc = acc * xs[:, None] * ys[None, :]
+            xsq = tl.load(xsq_ptr + rows, mask=rmask, other=0.0)
+            ysq = tl.load(xsq_ptr + cols, mask=cmask, other=0.0)
+            d2 = xsq[:, None] + ysq[None, :] - 2.0 * acc
+            valid = rmask[:, None] & cmask[None, :] & (rows[:, None] != cols[None, :])
+            near = valid & (d2 < NEAR_C * (xsq[:, None] + ysq[None, :]))
+            if tl.sum(near.to(tl.int32)) > 0:  # rare: close pairs, recomputed as sum_k (x_k - y_k)^2
+                e2 = tl.zeros((BT, BT), dtype=tl.float32)
+                for k in range(0, dim):
+                    xv = tl.load(x_ptr + rows * stride_x + k, mask=rmask, other=0.0).to(tl.float32)
+                    yv = tl.load(x_ptr + cols * stride_x + k, mask=cmask, other=0.0).to(tl.float32)
+                    if HAS_SCALE:
+                        xv = xv * xs
+                        yv = yv * ys
+                    diff = xv[:, None] - yv[None, :]
+                    e2 += diff * diff
+                d2 = tl.where(near, e2, d2)
+            d = tl.where(valid, tl.sqrt(tl.maximum(d2, 0.0)), 0.0)
+            labc = tl.load(lab_ptr + cols, mask=cmask, other=-1)
+            k_lo = tl.min(tl.where(cmask, labc, 2147483647), axis=0)
+            k_hi = tl.max(labc, axis=0)
+            for k in range(k_lo, k_hi + 1):  # points are sorted by label: a tile spans few clusters
+                part = tl.sum(tl.where(labc[None, :] == k, d, 0.0), axis=1)
+                tl.atomic_add(out_ptr + rows * stride_out + k, part.to(tl.float64), mask=rmask)
+            if tj > ti:  # the transposed tile: J's rows over I's columns
+                labr = tl.load(lab_ptr + rows, mask=rmask, other=-1)
+                r_lo = tl.min(tl.where(rmask, labr, 2147483647), axis=0)
+                r_hi = tl.max(labr, axis=0)
+                for k in range(r_lo, r_hi + 1):
+                    part = tl.sum(tl.where(labr[:, None] == k, d, 0.0), axis=0)
+                    tl.atomic_add(out_ptr + cols * stride_out + k, part.to(tl.float64), mask=cmask)
+
+
+def split_precision(x: torch.Tensor, precision: str = "auto") -> bool:
+    """Whether float32 ``x`` multiplies as 3xTF32 (:func:`.tiles.tile_dot_3xtf32`): ``precision`` "tf32x3"
+    yes (any device: the interpreter computes the same products), "ieee" no, "auto" for float32 on a GPU."""
+    if precision not in ("auto", "ieee", "tf32x3"):
+        raise ValueError(f"precision must be auto, ieee or tf32x3, got {precision!r}")
+    if precision == "auto":
+        return x.dtype == torch.float32 and x.is_cuda and not native_dot(x, x)
+    return precision == "tf32x3" and x.dtype not in (torch.float16, torch.bfloat16)
+
+
+def cluster_distance_sums_sym_triton(x: torch.Tensor, labels: torch.Tensor, n_clusters: int, x_scale=None,
+                                     precision: str = "auto", tiles: tuple[int, int] | None = None,
+                                     out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+    """Every point's per-cluster distance sums over the whole set ``x`` (self-pairs 0), (len(x), k) float64, by
+    the symmetric Triton kernel: each distance tile (I, J) with I <= J computed once and reduced both ways, so
+    half the flops of the one-sided kernel. Points sorted by label for speed (tiles span few clusters).
+    ``tiles``: only the row tiles I in [t0, t1) (their pairs with every J >= I), added into ``out``: a caller
+    may launch in chunks (progress) and read the sums once all chunks are in. ``precision``: see
+    :func:`split_precision`. The sums are float64 atomic adds: the last bits may vary run to run."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    x = x.contiguous()
+    dev = x.device
+    n = len(x)
+    labels = labels.to(device=dev, dtype=torch.int32).contiguous()
+    xs = None if x_scale is None else torch.as_tensor(x_scale, device=dev, dtype=torch.float32).contiguous()
+    xsq = (_scaled(x.float(), xs, torch.float32) ** 2).sum(1).contiguous()
+    if out is None:
+        out = torch.zeros(n, n_clusters, dtype=torch.float64, device=dev)
+    if n == 0:
+        return out
+    split = split_precision(x, precision)
+    native = native_dot(x, x) and not split
+    cfg = dict(config or launch_config(native))
+    bt = cfg.pop("BM")
+    cfg.pop("BN", None)
+    nt = triton.cdiv(n, bt)
+    t0, t1 = (0, nt) if tiles is None else tiles
+    if t1 <= t0:
+        return out
+    grid = (t1 - t0, nt)
+    _cluster_distance_sym_kernel[grid](x, labels, out, xsq, xs if xs is not None else xsq, n, x.shape[1],
+                                       x.stride(0), out.stride(0), t0, BT=bt, HAS_SCALE=xs is not None,
+                                       NATIVE=native, SPLIT=split, NEAR_C=NEAR, **cfg)
+    return out
 
 
 def cluster_distance_sums_triton(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters: int,

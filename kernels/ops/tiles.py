@@ -62,3 +62,37 @@ if triton is not None:
             else:
                 acc += tl.dot(a.to(tl.float32), tl.trans(b.to(tl.float32)), input_precision="ieee")
         return acc
+
+    @triton.jit
+    def _tf32(v):
+        """``v`` truncated to TF32 (its top 10 mantissa bits): what a tensor core multiplies, made explicit so
+        the interpreter computes the same products (an 11-bit x 11-bit product is exact in float32)."""
+        return (v.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def tile_dot_3xtf32(x_ptr, y_ptr, rows, cols, rmask, cmask, dim, stride_x, stride_y,
+                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        """(BM, BN) float32 tile of x[rows] . y[cols]^T for float32 inputs on TF32 tensor cores, split-precision:
+        a = a_hi + a_lo with a_hi, a_lo TF32 (a_lo = tf32(a - a_hi)), and a.b ~ a_hi.b_hi + a_hi.b_lo + a_lo.b_hi.
+        The dropped a_lo.b_lo and the truncation of the low parts leave a relative error per product of about
+        2^-21 (|a_lo| <= 2^-10 |a|, truncated to 2^-10 of itself), so |error of x.y| <= ~5e-7 |x||y| plus float32
+        accumulation: the same order as the IEEE float32 FMA path, within the 1e-5 contract (near pairs, where
+        the expansion cancels, are recomputed from differences either way). 3xBF16 does not fit: bf16's 8-bit
+        mantissa leaves ~2^-16 (1.5e-5 |x||y|) per product."""
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, dim, BK):
+            ks = k0 + tl.arange(0, BK)
+            kmask = ks < dim
+            a = tl.load(x_ptr + rows[:, None] * stride_x + ks[None, :], mask=rmask[:, None] & kmask[None, :],
+                        other=0.0).to(tl.float32)
+            b = tl.load(y_ptr + cols[:, None] * stride_y + ks[None, :], mask=cmask[:, None] & kmask[None, :],
+                        other=0.0).to(tl.float32)
+            a_hi = _tf32(a)
+            b_hi = _tf32(b)
+            a_lo = _tf32(a - a_hi)
+            b_lo = _tf32(b - b_hi)
+            bt_hi = tl.trans(b_hi)
+            acc = tl.dot(a_lo, bt_hi, acc, input_precision="tf32")  # small terms first
+            acc = tl.dot(a_hi, tl.trans(b_lo), acc, input_precision="tf32")
+            acc = tl.dot(a_hi, bt_hi, acc, input_precision="tf32")
+        return acc

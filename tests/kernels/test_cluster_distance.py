@@ -157,3 +157,62 @@ def test_pair_sums_add_up_to_the_one_sided_sums(rng, monkeypatch, backend):
                 acc[b0:b1] += sy.numpy()
     ref = K.cluster_distance_sums_reference(p.astype(np.float64), p.astype(np.float64), lab, k, np.arange(n), 0)
     np.testing.assert_allclose(acc, ref, rtol=1e-5, atol=1e-4)
+
+
+@requires_interpreter
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("case", ["ragged", "one_cluster", "empty_and_singleton", "unsorted", "scaled", "tight"])
+def test_symmetric_triton_kernel_matches_reference(rng, precision, dtype, case):
+    """The symmetric Triton kernel (tiles I <= J, each reduced both ways with float64 atomics), plain float32 and
+    3xTF32 split precision, against the float64 one-sided brute force of every point over every point."""
+    n, d = int(rng.integers(2, 140)), int(rng.integers(1, 50))
+    k = 1 if case == "one_cluster" else int(rng.integers(2, 6))
+    x = rng.standard_normal((n, d))
+    if case == "tight":  # all within 1e-3 of one point, duplicates: the near-pair recompute carries it
+        x = 3.0 + 1e-3 * x
+        x[n // 2:] = x[: n - n // 2]
+    x = x.astype(dtype)
+    lab = np.sort(rng.integers(0, k, n))
+    if case == "empty_and_singleton":
+        k += 2
+        lab[-1] = k - 1
+    if case == "unsorted":
+        lab = rng.permutation(lab)
+    scale = rng.uniform(0.5, 2.0, n).astype(np.float32) if case == "scaled" else None
+    xs = x.astype(np.float64) * (1.0 if scale is None else scale.astype(np.float64)[:, None])
+    ref = K.cluster_distance_sums_reference(xs, xs, lab, k, np.arange(n), 0)
+    got = K.cluster_distance_sums_sym_triton(torch.from_numpy(x), torch.from_numpy(lab), k, x_scale=scale,
+                                             precision=precision).numpy()
+    assert got.dtype == np.float64 and got.shape == (n, k)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6 if case == "tight" else 1e-4)
+    # in row-tile chunks added into one output: the same sums
+    nt = -(-n // 32)
+    out = torch.zeros(n, k, dtype=torch.float64)
+    for t0 in range(0, nt, 2):
+        K.cluster_distance_sums_sym_triton(torch.from_numpy(x), torch.from_numpy(lab), k, x_scale=scale,
+                                           precision=precision, tiles=(t0, min(t0 + 2, nt)), out=out)
+    np.testing.assert_allclose(out.numpy(), got, rtol=1e-12, atol=1e-9)
+
+
+@requires_interpreter
+def test_3xtf32_split_is_far_closer_than_one_tf32_product(rng):
+    """The split product keeps float32 accuracy where one TF32 product (10-bit mantissas) would not: the dot
+    products of unit rows through the kernel's tile against float64, next to a 1xTF32 emulation."""
+    n, d = 64, 256
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    lab = np.zeros(n, np.int64)
+    ref = K.cluster_distance_sums_reference(x.astype(np.float64), x.astype(np.float64), lab, 1, np.arange(n), 0)
+    got = K.cluster_distance_sums_sym_triton(torch.from_numpy(x), torch.from_numpy(lab), 1,
+                                             precision="tf32x3").numpy()
+    t = (x.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32).astype(np.float64)  # 1xTF32 operands
+    g1 = t @ t.T
+    d1 = np.sqrt(np.maximum(2.0 - 2.0 * g1, 0.0))
+    np.fill_diagonal(d1, 0.0)
+    err_split = np.abs(got - ref).max() / n
+    err_one = np.abs(d1.sum(1, keepdims=True) - ref).max() / n
+    assert err_split < 1e-6 < err_one, (err_split, err_one)
+    assert K.split_precision(torch.zeros(2, 2), "auto") is False  # CPU: plain IEEE unless asked
+    with pytest.raises(ValueError, match="precision"):
+        K.split_precision(torch.zeros(2, 2), "bf16x3")
