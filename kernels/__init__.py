@@ -17,7 +17,7 @@ only_as(__name__, "embedx.kernels", __file__)
 __all__ = ["backend_for", "cluster_distance_sums", "cluster_distance_pair_sums", "cluster_distance_pair_sums_reference",
            "cluster_distance_pair_sums_torch", "topk", "rank_count", "zeroshot_hits", "knn", "knn_stream",
            "knn_reference", "KNN_PROVIDERS", "cluster_distance_sums_reference", "cluster_distance_sums_torch",
-           "cluster_distance_sums_triton", "cluster_distance_sums_sym_triton", "split_precision", "triton", "rank_count_reference", "rank_count_torch", "rank_count_triton",
+           "cluster_distance_sums_triton", "cluster_distance_sums_sym_triton", "split_precision", "sym_tile_count", "triton", "rank_count_reference", "rank_count_torch", "rank_count_triton",
            "NUMBA_MIN_ELEMENTS", "stream_stats", "stream_stats_reference", "TRITON_MAX_K", "topk_reference",
            "topk_torch", "topk_triton", "ZS_ELEMENTS", "ZS_ROWS", "zeroshot_hits_reference", "zeroshot_hits_torch",
            "zs_rows"]

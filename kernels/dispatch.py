@@ -13,6 +13,7 @@ from embedx.kernels.ops.cluster_distance import (  # noqa: F401
     cluster_distance_sums_sym_triton,
     cluster_distance_sums_triton,
     split_precision,
+    sym_tile_count,
     triton,
 )
 from embedx.kernels.ops.knn import PROVIDERS as KNN_PROVIDERS, knn, knn_reference, knn_stream  # noqa: F401
@@ -38,14 +39,13 @@ def cluster_distance_pair_sums(x: torch.Tensor, y: torch.Tensor | None, x_labels
     ``S_xy[p, k] = sum_{q: y_labels[q] = k} ||x_p - y_q||`` and ``S_yx[q, k] = sum_{p: x_labels[p] = k}
     ||x_p - y_q||`` (float64); ``y`` None: the diagonal block, ``(S_xx, None)`` with self-pairs 0.
 
-    torch (CPU): one distance tile serves both sides (every distance computed once). Triton (CUDA): the fused
-    one-sided kernel twice (no tile is ever written to memory, so symmetry would save its flops but cost a tile
-    round trip; the GPU's in-process resident path makes the same choice)."""
+    torch (CPU): one distance tile serves both sides (every distance computed once). Triton (CUDA): the
+    diagonal block through the symmetric kernel (tiles I <= J, both reductions by float64 atomics), an
+    off-diagonal pair as the fused one-sided kernel twice."""
     if backend_for(x.device) != "triton":
         return cluster_distance_pair_sums_torch(x, y, x_labels, y_labels, n_clusters)
-    if y is None:
-        ids = torch.arange(len(x), device=x.device)
-        return cluster_distance_sums_triton(x, x, x_labels, n_clusters, ids, 0), None
+    if y is None:  # the diagonal block: the symmetric kernel (each tile I <= J once)
+        return cluster_distance_sums_sym_triton(x, x_labels, n_clusters), None
     return (cluster_distance_sums_triton(x, y, y_labels, n_clusters),
             cluster_distance_sums_triton(y, x, x_labels, n_clusters))
 

@@ -282,6 +282,8 @@ def _resident_values(points: _StorePoints, ids: np.ndarray, dev: torch.device, p
     cols = where[torch.from_numpy(ids.astype(np.int64)).to(dev)]
     out = np.empty(len(ids))
     clock = _CostClock(len(ids), len(points.labels), dev)
+    if len(ids) == len(points.labels) and kernels.backend_for(dev) == "triton":  # every point: symmetric tiles
+        return _resident_symmetric(points, ids, pts, scale, lab, cols, clock, progress)
     with Bar(len(ids), "silhouette rows", enabled(progress)) as bar:
         for r0 in range(0, len(ids), step):
             c = cols[r0:r0 + step]
@@ -291,6 +293,27 @@ def _resident_values(points: _StorePoints, ids: np.ndarray, dev: torch.device, p
             clock.done(len(c))
             bar.update(len(c))
     return out
+
+
+SYM_TILE_CHUNK = 64  # row tiles per launch of the symmetric kernel (progress; the sums are read at the end)
+
+
+def _resident_symmetric(points, ids, pts, scale, lab, cols, clock, progress) -> np.ndarray:
+    """Every point's exact value from the symmetric Triton kernel (each distance tile I <= J once, reduced both
+    ways: half the flops of the row sweep), launched in chunks of row tiles for the progress bar."""
+    k = len(points.sizes)
+    n = len(pts)
+    sums = torch.zeros(n, k, dtype=torch.float64, device=pts.device)
+    nt = kernels.sym_tile_count(pts)
+    work = [(nt - t) for t in range(nt)]  # tile pairs per row tile: the bar counts pairs
+    with Bar(sum(work), "silhouette tile pairs", enabled(progress), unit="pairs") as bar:
+        for t0 in range(0, nt, SYM_TILE_CHUNK):
+            t1 = min(t0 + SYM_TILE_CHUNK, nt)
+            kernels.cluster_distance_sums_sym_triton(pts, lab, k, x_scale=scale, tiles=(t0, t1), out=sums)
+            done = sum(work[t0:t1])
+            clock.done(sum(work[:t1]), sum(work))
+            bar.update(done)
+    return _finish(points, ids, sums[cols].cpu().numpy())
 
 
 def _streamed_values(points: _StorePoints, ids: np.ndarray, device="cpu", progress=None) -> np.ndarray:

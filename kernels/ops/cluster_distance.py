@@ -347,6 +347,12 @@ def split_precision(x: torch.Tensor, precision: str = "auto") -> bool:
     return precision == "tf32x3" and x.dtype not in (torch.float16, torch.bfloat16)
 
 
+def sym_tile_count(x: torch.Tensor, precision: str = "auto", config: dict | None = None) -> int:
+    """Row tiles of ``x`` in :func:`cluster_distance_sums_sym_triton` (its ``tiles`` range up to this)."""
+    native = native_dot(x, x) and not split_precision(x, precision)
+    return triton.cdiv(len(x), (config or launch_config(native))["BM"])
+
+
 def cluster_distance_sums_sym_triton(x: torch.Tensor, labels: torch.Tensor, n_clusters: int, x_scale=None,
                                      precision: str = "auto", tiles: tuple[int, int] | None = None,
                                      out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
