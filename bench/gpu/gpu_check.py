@@ -194,6 +194,15 @@ def markdown(report: dict) -> str:
         flat = {k: v for k, v in p["figures"].items() if isinstance(v, (int, float, str, bool)) or v is None}
         shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in flat.items())
         lines.append(f"- **{name}**: {shown or '-'}")
+    kv = report["parts"].get("silhouette", {}).get("figures", {}).get("kernel_variants")
+    if kv:  # issue 27: the symmetric kernel and the 3xTF32 product against the plain float32 kernel
+        lines += ["", f"Silhouette kernels on {kv['m']:,} float32 unit rows, d = {kv['d']} (effective rate 2 m^2 d):",
+                  "", "| kernel | seconds | TFLOP/s | speed-up | max error of the sums | silhouette error |",
+                  "|---|---|---|---|---|---|"]
+        for name in ("plain_fp32", "symmetric_fp32", "symmetric_3xtf32"):
+            v = kv[name]
+            lines.append(f"| {name} | {v['seconds']:.4g} | {v['tflops_effective']:.3g} | {v['speedup']:.2f}x | "
+                         f"{v['max_abs_err_sums']:.2e} | {v['silhouette_abs_err']:.2e} |")
     return "\n".join(lines) + "\n"
 
 

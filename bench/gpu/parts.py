@@ -223,6 +223,50 @@ def silhouette_float64(points, labels, n_clusters: int, tile: int = 8192) -> flo
     return float(torch.cat(vals).mean())
 
 
+def kernel_variants(dev, m: int, d: int, dry: bool) -> dict:
+    """The silhouette kernels on ``m`` float32 unit rows (2 clusters, sorted) against the plain float32 kernel
+    (one-sided, IEEE FMAs): the symmetric kernel (tiles I <= J) in IEEE float32 and in 3xTF32 split precision.
+    Per variant: seconds, effective TFLOP/s (2 m^2 d), speed-up over the plain kernel, and the largest error of
+    the per-cluster sums and of the silhouette against float64 on the device."""
+    import torch
+
+    from embedx import kernels
+
+    g = torch.Generator().manual_seed(0)
+    pts = torch.randn(m, d, generator=g)
+    pts[: m // 2] += 0.5  # two separated clusters, sorted
+    pts = (pts / pts.norm(dim=1, keepdim=True)).to(dev)
+    lab = (torch.arange(m) >= m // 2).long().to(dev)
+    ids = torch.arange(m, device=dev)
+    p64 = pts.double()
+    ref = torch.zeros(m, 2, dtype=torch.float64, device=dev)
+    for r0 in range(0, m, 4096):
+        dist = torch.cdist(p64[r0:r0 + 4096], p64)
+        dist[torch.arange(len(dist)), torch.arange(r0, r0 + len(dist))] = 0.0
+        ref[r0:r0 + 4096] = torch.stack([dist[:, lab == 0].sum(1), dist[:, lab == 1].sum(1)], 1)
+
+    def score(s):
+        sizes = torch.bincount(lab, minlength=2).double()
+        ar = torch.arange(m, device=dev)
+        a = s[ar, lab] / (sizes[lab] - 1)
+        b = s[ar, 1 - lab] / sizes[1 - lab]
+        return float(((b - a) / torch.maximum(a, b)).mean())
+
+    variants = {"plain_fp32": lambda: kernels.cluster_distance_sums_triton(pts, pts, lab, 2, ids, 0),
+                "symmetric_fp32": lambda: kernels.cluster_distance_sums_sym_triton(pts, lab, 2, precision="ieee"),
+                "symmetric_3xtf32": lambda: kernels.cluster_distance_sums_sym_triton(pts, lab, 2,
+                                                                                      precision="tf32x3")}
+    out, base = {"m": m, "d": d}, None
+    for name, fn in variants.items():
+        sec = timed(fn, dev, reps=1 if dry else 3, warmup=0 if dry else 1)
+        got = fn()
+        base = base or sec
+        out[name] = {"seconds": sec, "tflops_effective": 2.0 * m * m * d / sec / 1e12, "speedup": base / sec,
+                     "max_abs_err_sums": float((got - ref).abs().max()),
+                     "silhouette_abs_err": abs(score(got) - score(ref))}
+    return out
+
+
 def part_silhouette(rec: Record, sz: dict, dry: bool, scratch: str, out: str) -> None:
     import numpy as np
     import torch
@@ -237,17 +281,20 @@ def part_silhouette(rec: Record, sz: dict, dry: bool, scratch: str, out: str) ->
     t = time.perf_counter()
     path = class_store(scratch, n, c, d)
     rec.put(store_seconds=time.perf_counter() - t, n=n, c=c, dim=d)
-    clock = KernelClock("cluster_distance_sums", dev)
+    clocks = [KernelClock("cluster_distance_sums", dev), KernelClock("cluster_distance_sums_sym_triton", dev)]
     t = time.perf_counter()
     res = compute(Store(path), ["silhouette_euclidean"], device=str(dev))
     total = time.perf_counter() - t
-    clock.close()
-    flops = 2.0 * (n + c) ** 2 * d
+    for clock in clocks:
+        clock.close()
+    ksec = max(sum(cl.seconds for cl in clocks), 1e-9)
+    flops = 2.0 * (n + c) ** 2 * d  # every ordered pair: the symmetric kernel's rate is an effective one
     rates = _rates(scratch)
-    rec.put(silhouette=res["silhouette_euclidean"], end_to_end_seconds=total, kernel_seconds=clock.seconds,
-            kernel_calls=clock.calls, tflops=flops / clock.seconds / 1e12,
-            share_of_tf32=(flops / clock.seconds / 1e12 / rates["tf32_tflops"]) if rates.get("tf32_tflops") else None,
-            share_of_bf16=(flops / clock.seconds / 1e12 / rates["bf16_tflops"]) if rates.get("bf16_tflops") else None)
+    rec.put(silhouette=res["silhouette_euclidean"], end_to_end_seconds=total, kernel_seconds=ksec,
+            kernel_calls={cl.name: cl.calls for cl in clocks}, tflops=flops / ksec / 1e12,
+            share_of_tf32=(flops / ksec / 1e12 / rates["tf32_tflops"]) if rates.get("tf32_tflops") else None,
+            share_of_bf16=(flops / ksec / 1e12 / rates["bf16_tflops"]) if rates.get("bf16_tflops") else None)
+    rec.put(kernel_variants=kernel_variants(dev, min(sz["sil_subset"], 256 if dry else 32768), d, dry))
 
     # the value on a subset of the same pipeline against a float64 tiled torch reference
     m = min(sz["sil_subset"], n)
