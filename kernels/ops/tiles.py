@@ -2,8 +2,9 @@
 
 ``tile_dot`` multiplies in the inputs' own precision where that is exact: float16 x float16 and bfloat16 x
 bfloat16 products are exact in float32, so on a GPU they go to the tensor cores (``NATIVE``) with float32
-accumulation, the same arithmetic as upcasting first. float32 inputs use IEEE float32 FMAs (never TF32, whose
-10-bit mantissa would break the 1e-5 contract). The interpreter upcasts everything (it has no bf16 dot).
+accumulation, the same arithmetic as upcasting first. float32 inputs use IEEE float32 FMAs (never plain TF32,
+whose 10-bit mantissa would break the 1e-5 contract), or ``tile_dot_3xtf32``: three TF32 tensor-core products
+of the split operands, float32-grade accuracy. The interpreter upcasts everything (it has no bf16 dot).
 
 ``launch_config`` picks tile sizes by dtype and device: large tiles that feed Hopper/Ampere tensor cores for
 16-bit inputs, smaller ones for the float32 FMA path, and small ones under the interpreter (tests).
