@@ -15,8 +15,11 @@ Three implementations, held together by tests/kernels/test_cluster_distance.py:
 
 The symmetric block-pair op for a point set split into row blocks (the distributed exact silhouette: one task
 per block pair I <= J): ``cluster_distance_pair_sums_torch`` computes each distance tile once and reduces it
-both ways, I's rows over J's columns and J's rows over I's columns (torch on CPU and GPU; no Triton kernel);
-``cluster_distance_pair_sums_reference`` is two one-sided float64 references.
+both ways, I's rows over J's columns and J's rows over I's columns (torch tiles on any device; on the CPU from
+PAIR_GEMM_MIN the sgemm tiles + fused numba pass of :mod:`.pair_gemm`, which also serves the one-sided op);
+``cluster_distance_pair_sums_reference`` is two one-sided float64 references. On the GPU,
+``cluster_distance_sums_sym_triton`` is the symmetric Triton kernel over one whole point set (tiles I <= J,
+both reductions by float64 atomic adds), with float32 inputs as 3xTF32 split products (``tiles.tile_dot_3xtf32``).
 """
 from __future__ import annotations
 
