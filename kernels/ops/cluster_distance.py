@@ -36,13 +36,9 @@ except ImportError:  # pragma: no cover - exercised only without triton
 
 ONEHOT_MAX_CLUSTERS = 64  # below this, reduce with a matmul against one-hot labels; above, index_add
 REDUCE_COLS = 128         # one-hot reduction: float32 sums over this many tile columns, then float64
-# Precision: |x|^2 + |y|^2 - 2 x.y cancels when x and y are close. Pairs with d^2 < NEAR * (|x|^2 + |y|^2) are
-# recomputed as sum_k (x_k - y_k)^2, which keeps the distance's absolute error near float32 round-off of the
-# coordinates (~1e-7 of the norms) down to near-duplicates. The torch path first centres each concentrated
-# column block on its mean, so |x|^2 + |y|^2 shrinks to the spread of the data and tight data stays fast.
-NEAR = 1e-2
-NEAR_PAIRS = 1 << 16  # near pairs recomputed per step (memory: NEAR_PAIRS x d floats)
-CONCENTRATED = 0.25   # centre a column block when |mean|^2 exceeds this share of its mean squared norm
+# Precision (near.py): pairs with d^2 < NEAR * (|x|^2 + |y|^2) are recomputed from differences; concentrated
+# column blocks are centred first.
+from embedx.kernels.ops.near import CONCENTRATED, NEAR, NEAR_PAIRS  # noqa: E402,F401
 
 
 def _scaled(v, scale, dtype):

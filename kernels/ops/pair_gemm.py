@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from embedx.kernels.ops.cluster_distance import CONCENTRATED, NEAR
+from embedx.kernels.ops.near import CONCENTRATED, NEAR
 
 PART_ROWS = 256    # a tile's rows are split between threads in parts of at least this many rows
 PAIR_BLOCK = 2048  # rows/cols per GEMM tile: 2 x 2048 x 2048 x d flops each, a 16 MiB float32 tile
