@@ -642,6 +642,7 @@ def _gemm_pairs(monkeypatch):
 
     monkeypatch.setattr(cluster_distance, "PAIR_GEMM_MIN", 0)
     monkeypatch.setattr(pair_gemm, "PART_ROWS", 16)
+    monkeypatch.setattr(pair_gemm, "REDUCE_THREADS", 2)
     monkeypatch.setattr(silhouette, "PAIR_ROWS", 128)
 
 

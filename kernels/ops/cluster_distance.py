@@ -137,7 +137,7 @@ def _reduce_rows(d: torch.Tensor, lab: torch.Tensor, n_clusters: int) -> torch.T
 
 def cluster_distance_sums_torch(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters: int,
                                 row_ids: torch.Tensor | None = None, col_offset: int = 0,
-                                block: int = 2048, x_scale=None, y_scale=None, impl: str = "auto") -> torch.Tensor:
+                                block: int | None = None, x_scale=None, y_scale=None, impl: str = "auto") -> torch.Tensor:
     """Blocked torch: (len(x), n_clusters) float64. ``y`` may stay float16: it is upcast block by block. A
     concentrated column block is centred on its mean first; near pairs are recomputed directly (see ``NEAR``).
     Each ``block``-column tile is reduced in float32 and added into the float64 sums. ``impl`` as
@@ -145,8 +145,9 @@ def cluster_distance_sums_torch(x: torch.Tensor, y: torch.Tensor, labels: torch.
     if _pick(impl, x, len(y)) == "gemm":
         from embedx.kernels.ops.pair_gemm import sums_gemm
 
-        return sums_gemm(x, y, labels, n_clusters, row_ids, col_offset, block=block, x_scale=x_scale,
-                         y_scale=y_scale)
+        return sums_gemm(x, y, labels, n_clusters, row_ids, col_offset, block=block or PAIR_BLOCK,
+                         x_scale=x_scale, y_scale=y_scale)
+    block = block or 2048
     x = _scaled(x.float(), x_scale, torch.float32)
     labels = labels.to(device=y.device, dtype=torch.long)
     out = torch.zeros(len(x), n_clusters, dtype=torch.float64, device=x.device)
@@ -173,6 +174,7 @@ def cluster_distance_pair_sums_reference(x, y, x_labels, y_labels, n_clusters: i
             cluster_distance_sums_reference(y, x, x_labels, n_clusters))
 
 
+PAIR_BLOCK = 4096  # the gemm path's tile (pair_gemm.PAIR_BLOCK, not imported here: numba loads on first use)
 PAIR_GEMM_MIN = 1 << 24  # CPU calls of at least this many rows x cols x d go through pair_gemm
 
 
@@ -187,7 +189,7 @@ def _pick(impl: str, x: torch.Tensor, cols: int) -> str:
 
 
 def cluster_distance_pair_sums_torch(x: torch.Tensor, y: torch.Tensor | None, x_labels: torch.Tensor,
-                                     y_labels: torch.Tensor | None, n_clusters: int, block: int = 2048,
+                                     y_labels: torch.Tensor | None, n_clusters: int, block: int | None = None,
                                      impl: str = "auto"):
     """Both one-sided per-cluster sums of a block pair (I, J) of one point set from one pass over its tiles:
 
@@ -207,7 +209,8 @@ def cluster_distance_pair_sums_torch(x: torch.Tensor, y: torch.Tensor | None, x_
     if _pick(impl, x, len(x) if y is None else len(y)) == "gemm":
         from embedx.kernels.ops.pair_gemm import pair_sums_gemm
 
-        return pair_sums_gemm(x, y, x_labels, y_labels, n_clusters, block=block)
+        return pair_sums_gemm(x, y, x_labels, y_labels, n_clusters, block=block or PAIR_BLOCK)
+    block = block or 2048
     diagonal = y is None
     ys, ylab = (x, x_labels) if diagonal else (y, y_labels)
     dev = x.device

@@ -31,7 +31,12 @@ from numba import njit
 from embedx.kernels.ops.near import CONCENTRATED, NEAR
 
 PART_ROWS = 256    # a tile's rows are split between threads in parts of at least this many rows
-PAIR_BLOCK = 2048  # rows/cols per GEMM tile: 2 x 2048 x 2048 x d flops each, a 16 MiB float32 tile
+# threads of the fused pass: measured on the 2-core VM, one thread was as fast or faster than two (torch's
+# OpenMP workers still spin after the GEMM); >1 splits a tile's rows (tests run it)
+REDUCE_THREADS = 1
+# rows/cols per GEMM tile: a 4096 x 4096 tile (64 MiB) ran sgemm at 84-94% of the 4096^3 rate, 2048 at 75-86%,
+# 1024 at 48%; the diagonal block uses half tiles (3 of 4 computed instead of the whole square)
+PAIR_BLOCK = 4096
 
 
 @njit(cache=True, fastmath=True, nogil=True)
@@ -108,14 +113,14 @@ NO_FIRST = np.zeros(0, np.float64)
 
 
 def _reduce_parallel(g, xr, yc, xsq, ysq, xl, seg_start, seg_lab, sx, syt, c0, self_col, both: bool, near):
-    """:func:`_reduce_tile` on the tile's rows split between torch's thread count of threads (numba releases
+    """:func:`_reduce_tile` on the tile's rows split between up to REDUCE_THREADS threads (numba releases
     the GIL); a part's first-label column sums go to a private row, added after the join (the part before may
     hold the same label), so no two threads write one element."""
     from concurrent.futures import ThreadPoolExecutor
 
     global _POOL
     m = len(g)
-    parts = max(1, min(torch.get_num_threads(), m // PART_ROWS))
+    parts = max(1, min(REDUCE_THREADS, m // PART_ROWS))
     if parts == 1:
         _reduce_tile(g, xr, yc, xsq, ysq, xl, seg_start, seg_lab, sx, syt, c0, self_col, both, near, NO_FIRST)
         return
@@ -162,6 +167,8 @@ def pair_sums_gemm(x: torch.Tensor, y: torch.Tensor | None, x_labels: torch.Tens
     """(S_xy, S_yx) float64 torch tensors of a block pair on the CPU (see the module docstring); ``y`` None: the
     diagonal block, (S_xx, None)."""
     diagonal = y is None
+    if diagonal:  # half tiles: the tiles on and above the diagonal are 3/4 of the square, not all of it
+        block = max(1, block // 2)
     xs, xl, xo = _sorted(x, x_labels)
     ys, yl, yo = (xs, xl, xo) if diagonal else _sorted(y, y_labels)
     m, n, k = len(xs), len(ys), int(n_clusters)

@@ -26,6 +26,7 @@ def test_cluster_distance_sums_match_reference(rng, monkeypatch, impl, dtype, ca
     from embedx.kernels.ops import pair_gemm
 
     monkeypatch.setattr(pair_gemm, "PART_ROWS", 3)
+    monkeypatch.setattr(pair_gemm, "REDUCE_THREADS", 3)
     m, d = int(rng.integers(2, 150)), int(rng.integers(1, 70))
     k = {"one_cluster": 1, "many_clusters": 80}.get(case, int(rng.integers(2, 6)))
     y = rng.standard_normal((m, d)).astype(dtype)
@@ -85,6 +86,7 @@ def test_cluster_distance_pair_sums_match_two_one_sided_references(rng, monkeypa
     from embedx.kernels.ops import pair_gemm
 
     monkeypatch.setattr(pair_gemm, "PART_ROWS", int(rng.integers(1, 8)))
+    monkeypatch.setattr(pair_gemm, "REDUCE_THREADS", 3)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
