@@ -272,6 +272,11 @@ def class_pass(store, cfg: PassConfig, threads: int | None = None, impl: str | N
     rows, unit = pass_units(store)
     if impl is None:
         impl = "numba" if n * d >= NUMBA_MIN_ELEMENTS else "numpy"
+    if impl != "numba":  # a small pass: at least one unit per core (whole buffers), so every core sweeps
+        import os
+
+        per_core = -(-n // max(1, threads or os.cpu_count() or 1))
+        unit = min(unit, max(rows, -(-per_core // rows) * rows))
     if n == 0:
         return ClassWorker(cfg, d, store.dtype, rows, impl).partial()
     executor = executor if executor is not None else ThreadedExecutor(threads)

@@ -102,9 +102,10 @@ def numba_kernel():
     """The numba kernel (``content_hash_numba.nh2``), loaded now: later calls of :func:`content_hash` use it."""
     global _numba
     if _numba is None:
-        from embedx.kernels.ops.content_hash_numba import nh2
+        from embedx.kernels.ops import content_hash_numba
 
-        _numba = nh2
+        assert content_hash_numba.BLOCK_WORDS == BLOCK_WORDS
+        _numba = content_hash_numba.nh2
     return _numba
 
 

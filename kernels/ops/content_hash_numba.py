@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedx.kernels.ops.content_hash import BLOCK_WORDS
 from embedx.kernels.ops.jit import njit_cached
+
+BLOCK_WORDS = 256  # content_hash.BLOCK_WORDS (this module does not import it: content_hash loads this one)
 
 
 @njit_cached(nogil=True)

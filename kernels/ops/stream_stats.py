@@ -26,12 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-F16_EXP_BIAS_SHIFT = np.float32(2.0 ** 112)  # 2^(127 - 15): moves a float16 exponent into float32 range
-# widened this way an inf/NaN float16 becomes a finite value >= 2^16 (finite float16 stop at 65504), so a row
-# holding one has a sum of squares >= 2^32; only such rows get the exact (integer) test
-F16_NONFINITE_SQ = np.float32(2.0 ** 32)
-TINY_NORM = np.float32(2.0 ** -15)
-NUMBA_MIN_ELEMENTS = 1 << 25  # rows x dim of a pass from which the numba kernel pays for its start-up  # below this, 2^112 / |x| overflows float32 (rows of subnormal float16)
+NUMBA_MIN_ELEMENTS = 1 << 25  # rows x dim of a pass from which the numba kernel pays for its start-up
 
 
 def stream_stats_reference(x, labels, vs, n_classes: int):
@@ -56,18 +51,23 @@ def _stream_stats_numpy(x: np.ndarray, lab: np.ndarray, v: np.ndarray, n_classes
         norms = np.sqrt(np.einsum("ij,ij->i", xf, xf))
         ok = np.isfinite(norms) & (norms > 0)
         inv = np.where(ok, np.float32(1.0) / np.where(ok, norms, np.float32(1.0)), np.float32(0.0))
-        xn = xf * inv[:, None]
-    dots = xn @ v.T
-    cls = np.where(lab < 0, n_classes, lab)[ok]
-    if len(cls):
-        rows = xn if ok.all() else xn[ok]
-        if len(cls) > 1 and (cls[1:] < cls[:-1]).any():
-            order = np.argsort(cls, kind="stable")
-            cls, rows = cls[order], rows[order]
-        cuts = np.flatnonzero(cls[1:] != cls[:-1]) + 1
-        for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(cls)].tolist()):
-            acc[cls[a]] += rows[a:b].sum(0)
-    return norms, dots.astype(np.float32, copy=False)
+        if v.any():
+            dots = (xf @ v.T).astype(np.float32, copy=False) * inv[:, None]
+            dots[~ok] = 0.0
+        else:  # the class pass without the cosine silhouette dots with zeros
+            dots = np.zeros((len(xf), 2), np.float32)
+        cls = np.where(lab < 0, n_classes, lab)
+        pick = np.flatnonzero(ok)
+        if len(pick) > 1 and (cls[pick[1:]] < cls[pick[:-1]]).any():
+            pick = pick[np.argsort(cls[pick], kind="stable")]
+        if len(pick):
+            rows = np.take(xf, pick, axis=0)
+            rows *= inv[pick][:, None]       # the normalized rows, grouped by class
+            cs = cls[pick]
+            cuts = np.flatnonzero(cs[1:] != cs[:-1]) + 1
+            for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(cs)].tolist()):
+                acc[cs[a]] += rows[a:b].sum(0)
+    return norms, dots
 
 
 def _stream_stats_torch(x: np.ndarray, lab: np.ndarray, v: np.ndarray, n_classes: int, acc: np.ndarray):

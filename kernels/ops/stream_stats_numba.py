@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from embedx.kernels.ops.jit import njit_cached
-from embedx.kernels.ops.stream_stats import F16_EXP_BIAS_SHIFT, F16_NONFINITE_SQ, TINY_NORM
+
+F16_EXP_BIAS_SHIFT = np.float32(2.0 ** 112)  # 2^(127 - 15): moves a float16 exponent into float32 range
+# widened this way an inf/NaN float16 becomes a finite value >= 2^16 (finite float16 stop at 65504), so a row
+# holding one has a sum of squares >= 2^32; only such rows get the exact (integer) test
+F16_NONFINITE_SQ = np.float32(2.0 ** 32)
+TINY_NORM = np.float32(2.0 ** -15)  # below this, 2^112 / |x| overflows float32 (rows of subnormal float16)
 
 
 @njit_cached(nogil=True)
