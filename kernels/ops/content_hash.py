@@ -80,10 +80,11 @@ _L_KEYS = (np.empty(0, np.uint64), np.empty(0, np.uint64))  # L_{2b}, L_{2b+1} f
 def _block_keys(n: int) -> tuple[np.ndarray, np.ndarray]:
     """(L_{2b}, L_{2b+1}) for b < n, kept and grown (a read of one chunk size needs the same keys every time)."""
     global _L_KEYS
-    if len(_L_KEYS[0]) < n:
-        i = np.arange(max(n, 2 * len(_L_KEYS[0])), dtype=np.uint64)
-        _L_KEYS = (splitmix64(L_OFFSET + 2 * i) & MASK32, splitmix64(L_OFFSET + 2 * i + np.uint64(1)) & MASK32)
-    return _L_KEYS[0][:n], _L_KEYS[1][:n]
+    keys = _L_KEYS  # this thread's view: another thread may swap in a longer (or, racing, shorter) pair
+    if len(keys[0]) < n:
+        i = np.arange(max(n, 2 * len(keys[0])), dtype=np.uint64)
+        keys = _L_KEYS = (splitmix64(L_OFFSET + 2 * i) & MASK32, splitmix64(L_OFFSET + 2 * i + np.uint64(1)) & MASK32)
+    return keys[0][:n], keys[1][:n]
 
 
 def content_hash_numpy(data) -> int:
