@@ -38,7 +38,7 @@ import torch
 from embedx import kernels
 from embedx.errors import EmbedxError
 from embedx import validate
-from embedx.engine.progress import Bar, enabled, notice
+from embedx.engine.progress import Bar, enabled, log, notice
 from embedx.measures.stream import silhouette_values
 from embedx.rows import first_bad_row
 
@@ -423,9 +423,9 @@ def _score(points: _StorePoints, mode: str, sample_size: int, seed: int, device,
             vals = values(np.arange(total), limit)
             return float(vals.mean()), vals
         except _TooSlow as slow:
-            notice(f"silhouette: exact projected at about {_human(slow.eta)} on this machine, over the auto limit of "
-                   f"{limit:g} s: estimating it from {min(int(sample_size), total):,} sampled points "
-                   f"(--silhouette exact computes it)")
+            log.warning(f"silhouette: exact projected at about {_human(slow.eta)} on this machine, over the auto "
+                        f"limit of {limit:g} s: estimating it from {min(int(sample_size), total):,} sampled points "
+                        f"(silhouette_mode='exact' computes it)", extra={"param": "silhouette_mode"})
             est = _estimate(values(_sample_ids(total, sample_size, seed)), total, seed)
             est["auto"] = {"projected_exact_s": slow.eta, "limit_s": limit}
             return est, None
