@@ -65,7 +65,6 @@ Only the passes the asked measures need are read; progress bars show each on a t
 is printed as it finishes: the streaming ones within seconds, retrieval and the Euclidean silhouette
 last (--json: one document at the end). Ctrl-C prints the measures finished so far and exits 130.
 
-\b
 The Euclidean silhouette (O(N^2 d)) is --silhouette auto by default: exact when its time, projected
 from its first block on this machine, is under a minute; else an unbiased estimate from --sample-size
 points (seeded by --seed) with its 95% interval, labelled "sampled" (JSON: silhouette_method and
@@ -91,7 +90,8 @@ estimates), naming the exact command: --silhouette exact always computes it exac
 @click.option("--knn", type=click.Choice(["blocked", "faiss"]), default="blocked", show_default=True,
               help="Retrieval recall: blocked = exact rank counts streamed from the store (bounded memory); "
                    "faiss = FAISS top-k with every row in memory.")
-@click.option("--per-class", is_flag=True, help="Also acs, zero-shot recall and silhouette per class.")
+@click.option("--per-class", is_flag=True, help="Also acs, zero-shot recall and silhouette per class (the silhouette column when the "
+                   "silhouette is exact).")
 @device_option("Where the pairwise kernels run (Euclidean silhouette, retrieval): auto (CUDA + Triton when "
                "available), cpu, cuda or cuda:N.")
 @cluster_option()
