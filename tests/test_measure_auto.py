@@ -142,3 +142,16 @@ def test_ctrl_c_prints_the_finished_measures_and_exits_130(tmp_path):
     assert names == ["gap", "silhouette_cosine"], out  # finished and printed; the silhouette was cut
     assert "interrupted: 2 measures finished (above)" in err and "nothing resumes" in err, err
     assert "Traceback" not in err
+
+
+def test_drift_gives_after_the_method_auto_chose_for_before(tmp_path, monkeypatch):
+    a, _, _ = _store(tmp_path, 4600, 8, name="a.zarr")
+    b, _, _ = _store(tmp_path, 4600, 8, seed=1, name="b.zarr")
+    monkeypatch.setenv(AUTO_ENV, "0")
+    d = embedx.drift(a.path, b.path, metrics=["gap", "silhouette_euclidean"], sample_size=300, force=True)
+    s = d.to_dict()
+    for side in ("before", "after"):
+        assert s[side]["silhouette_method"] == {"silhouette_euclidean": "sampled"}
+        assert s[side]["estimates"]["silhouette_euclidean"]["sample_size"] == 300
+    assert "auto" in s["before"]["estimates"]["silhouette_euclidean"]  # AFTER was asked for "sample" outright
+    assert "auto" not in s["after"]["estimates"]["silhouette_euclidean"]
