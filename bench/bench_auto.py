@@ -100,6 +100,8 @@ def main(argv=None):
     streamed = [t for t, ln in before["stdout"] if ln.startswith("silhouette_cosine")]
     before_sil = _projection_s(before["stderr"])
     after = run_timed(["measure", path])
+    as_json = run_timed(["measure", path, "--json"])  # the same default run: its JSON, timings per step
+    doc = json.loads("\n".join(ln for _, ln in as_json["stdout"]))
     sil = next((ln for _, ln in after["stdout"] if ln.startswith("silhouette_euclidean")), "")
     hint = next((ln.strip() for _, ln in after["stdout"] if "--silhouette exact" in ln), "")
     first = next((t for t, ln in after["stdout"] if ln.startswith("acs")), None)
@@ -111,7 +113,10 @@ def main(argv=None):
                       "lines_printed": [ln for _, ln in before["stdout"]]},
            "after": {"command": "embedx measure S", "wall_s": after["wall_s"], "rc": after["rc"],
                      "first_measure_printed_s": first, "silhouette_line": sil, "exact_hint": hint,
-                     "stdout": after["stdout"], "stderr_tail": after["stderr"][-600:]}}
+                     "stdout": after["stdout"], "stderr_tail": after["stderr"][-600:]},
+           "after_json": {"wall_s": as_json["wall_s"], "timings_s": doc["timings_s"],
+                          "silhouette_method": doc.get("silhouette_method"), "estimates": doc.get("estimates")}}
+    auto = (doc.get("estimates") or {}).get("silhouette_euclidean", {}).get("auto", {})
     total_before = (streamed[0] if streamed else 0) + before_sil if before_sil else before["wall_s"]
     how_before = (f"exact, projected {before_sil:.0f} s ({before_sil / 60:.0f} min) from its first block pair"
                   if before_sil else "exact, measured (finished: no projection printed)")
@@ -126,6 +131,10 @@ side by side in one run (`python bench/bench_auto.py`; each command a fresh CLI 
 | streaming measures printed | {streamed[0] if streamed else float('nan'):.1f} s | {first if first is not None else float('nan'):.1f} s |
 | Euclidean silhouette | {how_before} | {how_after} |
 | whole command | {whole_before} | **{after['wall_s']:.1f} s** measured (exit {after['rc']}) |
+
+After, the same default command with `--json` ({as_json['wall_s']:.1f} s wall): `silhouette_method`
+{doc.get('silhouette_method')}, the exact silhouette projected at {auto.get('projected_exact_s', float('nan')):.0f} s by auto from its
+first block pair (threshold {auto.get('limit_s', float('nan')):.0f} s); seconds per step: {', '.join(f'{k} {v:.1f}' for k, v in doc['timings_s'].items())}.
 
 After, the silhouette line as printed:
 
