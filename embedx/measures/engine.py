@@ -16,7 +16,7 @@ import numpy as np
 from embedx import validate
 from embedx.engine import registry
 from embedx.engine.executor import resolve
-from embedx.engine.plan import Clock, Context, Need, execute, plan
+from embedx.engine.plan import Clock, Context, Need, Step, execute, needs_of, plan
 from embedx.engine.progress import Bar, enabled
 from embedx.engine.result import Result
 from embedx.measures.stream import Partial, PassConfig, class_pass, normalized, normalized_numpy, paired_pass
@@ -31,7 +31,7 @@ TIES_FAISS = ("FAISS's own order for retrieval (knn='faiss': IndexFlatIP top-k o
               "candidates scoring the same, FAISS's result heap decides, not the lower index); zero-shot: lowest "
               "index wins")
 NOT_MEASURES = ("n_images", "n_texts", "dim", "timings_s", "estimates", "per_class", "ties",
-                "integrity")  # other result keys
+                "integrity", "silhouette_method")  # other result keys
 
 
 def kinds(source) -> set:
@@ -142,9 +142,12 @@ def _silhouette(kind: str):
         if score is None:  # undefined (sklearn's 2 <= clusters <= points - 1 fails): NaN, the rest still measured
             return float("nan")
         name = "silhouette_euclidean" if kind == "modality" else CLASS_SILHOUETTE
-        if o["silhouette_mode"] == "exact":
+        method = ctx.results.setdefault("silhouette_method", {})
+        if not isinstance(score, dict):  # exact (asked, or auto under its threshold)
             ctx.results[f"{name}:per_point"] = per_point
+            method[name] = "exact"
             return score
+        method[name] = "sampled"
         ctx.results.setdefault("estimates", {})[name] = score
         return score["estimate"]
 
@@ -184,13 +187,31 @@ class _PerClass:
     options: dict = None
 
 
-def run(source, metrics=None, *, silhouette_mode: str = "exact", sample_size: int = 2000, seed: int = 0,
+LAST = ("rank_counts", "silhouette_modality", "silhouette_class")  # the O(N^2) needs, in this order, after the rest
+
+
+def _ordered(steps: list[Step]) -> list[Step]:
+    """The plan's steps, one need per work step, with the pairwise O(N^2) needs last (retrieval, then the
+    silhouettes; no need comes after them): the streaming measures finish, and are reported, within seconds."""
+    head, tail = [], []
+    for step in steps:
+        if step.kind == "pass":
+            head.append(step)
+            continue
+        for need in step.needs:
+            (tail if need.name in LAST else head).append(Step(step.depth, "work", [need]))
+    return head + sorted(tail, key=lambda st: LAST.index(st.needs[0].name))
+
+
+def run(source, metrics=None, *, silhouette_mode: str = "auto", sample_size: int = 2000, seed: int = 0,
         knn: str = "blocked", per_class: bool = False, silhouette_labels: str = "modality", device="auto",
-        progress=None, executor=None) -> Result:
-    """Requested measures of ``source`` (a ``RowSource``) -> :class:`Result`; see ``embedx.measures.compute``."""
+        progress=None, executor=None, on_value=None) -> Result:
+    """Requested measures of ``source`` (a ``RowSource``) -> :class:`Result`; see ``embedx.measures.compute``.
+    ``on_value(name, value, estimate)``: called for each measure as soon as its needs are done (estimate: the
+    sampled silhouette's dict, else None)."""
     want = _check_metrics(source, metrics)
     validate.choice(silhouette_labels, "silhouette_labels", ("modality", "class"))
-    validate.choice(silhouette_mode, "silhouette_mode", ("exact", "sample"))
+    validate.choice(silhouette_mode, "silhouette_mode", silhouette.MODES)
     validate.choice(knn, "knn", ("blocked", "faiss"))
     if silhouette_labels == "class":
         if source.paired:
@@ -216,10 +237,19 @@ def run(source, metrics=None, *, silhouette_mode: str = "exact", sample_size: in
         ctx.executor.chunks_verified(source, reset=True)  # reads made elsewhere: count this run's only
     clock = Clock(shared=False)
     extra = [_PerClass()] if per_class else []
-    execute(plan(specs + extra, NEEDS, source.paired), ctx, None, {}, clock)
-    values = {s.name: float(s.finalize(ctx)) for s in specs}
+    values = {}
+    for step in _ordered(plan(specs + extra, NEEDS, source.paired)):
+        execute([step], ctx, None, {}, clock)
+        for s in specs:
+            if s.name not in values and all(n in ctx.results for n in needs_of(s, source.paired)):
+                values[s.name] = float(s.finalize(ctx))
+                if on_value is not None:
+                    on_value(s.name, values[s.name], ctx.results.get("estimates", {}).get(s.name))
+    values = {s.name: values[s.name] for s in specs}  # the asked order
     source.ensure_unchanged()  # every number above came from the store that was opened
     info = dict(n_images=source.n_images, n_texts=source.n_texts, dim=source.dim)
+    if ctx.results.get("silhouette_method"):
+        info["silhouette_method"] = ctx.results["silhouette_method"]  # name -> "exact" | "sampled"
     retrieval_asked = any("paired" in registry.get(FAMILY, m).requires for m in want)
     if retrieval_asked or any(m.startswith("zeroshot") for m in want):
         info["ties"] = TIES_FAISS if knn == "faiss" and retrieval_asked else TIES  # what the chosen path did
@@ -236,8 +266,8 @@ def run(source, metrics=None, *, silhouette_mode: str = "exact", sample_size: in
     info["store"] = str(source.path)
     prov = provenance("measure", {"store": source}, options={
         "metrics": list(metrics) if metrics else None, "silhouette": silhouette_mode,
-        "sample_size": sample_size if silhouette_mode == "sample" else None,
-        "seed": seed if silhouette_mode == "sample" else None, "silhouette_labels": silhouette_labels, "knn": knn})
+        "sample_size": sample_size if silhouette_mode != "exact" else None,
+        "seed": seed if silhouette_mode != "exact" else None, "silhouette_labels": silhouette_labels, "knn": knn})
     return Result(values, timings, ctx.results.get("estimates", {}), table, info, provenance=prov, kind="measure")
 
 
