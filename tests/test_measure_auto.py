@@ -155,3 +155,10 @@ def test_drift_gives_after_the_method_auto_chose_for_before(tmp_path, monkeypatc
         assert s[side]["estimates"]["silhouette_euclidean"]["sample_size"] == 300
     assert "auto" in s["before"]["estimates"]["silhouette_euclidean"]  # AFTER was asked for "sample" outright
     assert "auto" not in s["after"]["estimates"]["silhouette_euclidean"]
+
+
+def test_the_engine_checks_the_silhouette_modes_the_silhouette_module_has():
+    """The engine keeps its own copy of the mode names (importing the silhouette module imports torch)."""
+    from embedx.measures import engine, silhouette
+
+    assert engine.SILHOUETTE_MODES == silhouette.MODES

@@ -187,6 +187,7 @@ class _PerClass:
     options: dict = None
 
 
+SILHOUETTE_MODES = ("auto", "exact", "sample")  # embedx.measures.silhouette.MODES (that module imports torch)
 LAST = ("rank_counts", "silhouette_modality", "silhouette_class")  # the O(N^2) needs, in this order, after the rest
 
 
@@ -211,7 +212,7 @@ def run(source, metrics=None, *, silhouette_mode: str = "auto", sample_size: int
     sampled silhouette's dict, else None)."""
     want = _check_metrics(source, metrics)
     validate.choice(silhouette_labels, "silhouette_labels", ("modality", "class"))
-    validate.choice(silhouette_mode, "silhouette_mode", silhouette.MODES)
+    validate.choice(silhouette_mode, "silhouette_mode", SILHOUETTE_MODES)
     validate.choice(knn, "knn", ("blocked", "faiss"))
     if silhouette_labels == "class":
         if source.paired:
