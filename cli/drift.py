@@ -91,8 +91,9 @@ def _render(s: dict, report: str | None) -> None:
 @json_out_options()
 @click.option("--metrics", cls=NamesOption, family="measure", noun="measure", default=None,
               help="Comma-separated subset of measures (default: all the stores support).")
-@silhouette_options("Euclidean silhouette: exact, or estimated from --sample-size points.",
-                    "Seed for every sample (silhouette, kNN queries, plots).")
+@silhouette_options("Euclidean silhouette: auto = exact when projected under a minute on this machine (for BEFORE; "
+                    "AFTER takes the same method), else sampled; exact; or sample = estimated from --sample-size "
+                    "points.", "Seed for every sample (silhouette, kNN queries, plots).", default="auto")
 @click.option("--knn", type=click.Choice(["blocked", "faiss"]), default="blocked", show_default=True,
               help="Retrieval recall: blocked = exact rank counts streamed (bounded memory); faiss = FAISS "
                    "top-k, all rows in memory.")
@@ -138,8 +139,8 @@ def drift(ctx, before, after, others, report, as_json, out, metrics, silhouette_
     check_output_file(report, "--report", param="report")
     check_output_file(out, "--out", param="out")
     check_output_file(history, "--history", param="history")
-    if silhouette_mode != "sample":
-        refuse_unused(ctx, ["sample_size"], "with --silhouette sample")
+    if silhouette_mode == "exact":
+        refuse_unused(ctx, ["sample_size"], "with --silhouette sample or auto")
     if not history:
         refuse_unused(ctx, ["task", "method", "history_store", "logit_scale"], "with --history")
     if not report:

@@ -164,12 +164,14 @@ def chunking_options(f):
     )(f)
 
 
-def silhouette_options(silhouette_help: str, seed_help: str):
-    """--silhouette exact|sample, --sample-size, --seed."""
+def silhouette_options(silhouette_help: str, seed_help: str, default: str = "exact"):
+    """--silhouette [auto|]exact|sample (auto offered where it is the ``default``), --sample-size, --seed."""
+    modes = ["auto", "exact", "sample"] if default == "auto" else ["exact", "sample"]
+    used = "--silhouette sample or auto" if default == "auto" else "--silhouette sample"
     return bundle(
-        click.option("--silhouette", "silhouette_mode", type=click.Choice(["exact", "sample"]), default="exact",
+        click.option("--silhouette", "silhouette_mode", type=click.Choice(modes), default=default,
                      show_default=True, help=silhouette_help),
-        click.option("--sample-size", default=2000, show_default=True, help="Points for --silhouette sample."),
+        click.option("--sample-size", default=2000, show_default=True, help=f"Points for {used}."),
         seed_option(seed_help),
     )
 

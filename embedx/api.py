@@ -13,7 +13,7 @@ from __future__ import annotations
 from embedx.constraints import (DISTRIBUTED, PROGRESS, SEED, ArrayFile, Bool, Device, Either, Int, Names, OneOf,
                                 Optional, Path, Source, StorePath, Text, TextList, constraints)
 
-SILHOUETTE = OneOf("exact", "sample")
+SILHOUETTE = OneOf("auto", "exact", "sample")
 KNN = OneOf("blocked", "faiss")
 DTYPE = OneOf("float16", "float32")
 CODEC = OneOf(of="embedx.store.writer:CODECS")
@@ -32,7 +32,7 @@ def open(path, *, allow_partial: bool = False, verify_content: bool = True):  # 
 @constraints(source=Source(), metrics=Optional(Names("measure", "metric")), device=Device(), silhouette=SILHOUETTE,
              sample_size=Int(min=2), seed=SEED, silhouette_labels=OneOf("modality", "class"), knn=KNN,
              per_class=Bool(), progress=PROGRESS, **DISTRIBUTED)
-def measure(source, metrics=None, *, device: str = "auto", silhouette: str = "exact", sample_size: int = 2000,
+def measure(source, metrics=None, *, device: str = "auto", silhouette: str = "auto", sample_size: int = 2000,
             seed: int = 0, silhouette_labels: str = "modality", knn: str = "blocked", per_class: bool = False,
             progress=None, executor=None, cluster=None, client=None):
     """The papers' measures of ``source`` -> ``embedx.Result``: a mapping {measure: value} (``pd.Series(r)``,
@@ -42,7 +42,9 @@ def measure(source, metrics=None, *, device: str = "auto", silhouette: str = "ex
 
     ``metrics``: names from ``embedx.registry.names("measure")``: a list, one name or "acs,gap" (default: every
     one the source supports).
-    ``silhouette``: "exact" or "sample" (``sample_size`` points, ``seed``). ``device``: "auto", "cpu", "cuda".
+    ``silhouette``: "auto" (exact when projected under a minute on this machine, else sampled: see
+    ``.info["silhouette_method"]``), "exact" or "sample" (``sample_size`` points drawn with ``seed``).
+    ``device``: "auto", "cpu", "cuda".
     ``cluster``: "local[:N]" or "tcp://HOST:PORT", or ``client``: a ``distributed.Client`` (embedx[dist]): the
     passes run as Dask tasks, the same bits as the in-process result. Same numbers as ``embedx measure`` on a
     store of the same rows."""

@@ -1,13 +1,14 @@
 """Device names: ``auto`` (CUDA when torch sees one, else CPU), ``cpu``, ``cuda``, ``cuda:N``."""
 from __future__ import annotations
 
-import torch
-
 from embedx.errors import EmbedxError
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """The torch device named by ``device``; EmbedxError for an unknown name or CUDA without a CUDA device."""
+def resolve_device(device: str = "auto"):
+    """The torch device named by ``device``; EmbedxError for an unknown name or CUDA without a CUDA device.
+    Imports torch (this module does not)."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -289,9 +289,12 @@ def test_usage_errors_are_one_line_through_the_entry_point(class_store, args, fr
 
 
 @pytest.mark.parametrize("args, flags, when", [
-    (["measure", "{s}", "--sample-size", "10"], ["--sample-size"], "--silhouette sample"),
-    (["measure", "{s}", "--seed", "3", "--sample-size", "9"], ["--sample-size", "--seed"], "--silhouette sample"),
-    (["drift", "{s}", "{s}", "--sample-size", "10"], ["--sample-size"], "--silhouette sample"),
+    (["measure", "{s}", "--silhouette", "exact", "--sample-size", "10"], ["--sample-size"],
+     "--silhouette sample or auto"),
+    (["measure", "{s}", "--silhouette", "exact", "--seed", "3", "--sample-size", "9"], ["--sample-size", "--seed"],
+     "--silhouette sample or auto"),
+    (["drift", "{s}", "{s}", "--silhouette", "exact", "--sample-size", "10"], ["--sample-size"],
+     "--silhouette sample or auto"),
     (["drift", "{s}", "{s}", "--task", "pets", "--logit-scale", "50"], ["--task", "--logit-scale"], "--history"),
     (["drift", "{s}", "{s}", "--plot-sample", "100"], ["--plot-sample"], "--report"),
 ])

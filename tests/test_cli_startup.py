@@ -1,6 +1,9 @@
 """Start-up: a command loads only what it uses. Each command runs in a fresh interpreter, which then reports
-the heavy packages it imported (a behavioural check, not a timing; bench/bench_startup.py has the times)."""
+the heavy packages it imported (a behavioural check, not a timing; bench/bench_startup.py has the cold-process
+wall times, bench/results/startup.md). The numba kernels compile once per installation: a second process loads
+them from the cache; where no cache location is writable they compile in each process, with one debug line."""
 import json
+import os
 import subprocess
 import sys
 
@@ -8,7 +11,7 @@ import numpy as np
 import pytest
 
 MODEL_STACK = ("open_clip", "timm", "peft")
-HEAVY = ("torch", *MODEL_STACK, "faiss", "matplotlib")
+HEAVY = ("torch", *MODEL_STACK, "faiss", "matplotlib", "numba", "scipy", "triton")
 
 RUN = """
 import json, sys
@@ -75,3 +78,59 @@ def test_measure_and_transfer_load_torch_but_no_model_stack(store):
     assert "torch" in measure  # the probe sees a heavy import: the empty sets above mean something
     assert not measure & set(MODEL_STACK)
     assert not loaded("transfer", store, "--json") & set(MODEL_STACK)
+
+
+@pytest.mark.parametrize("metrics", ["iimm", "acs,gap,iimm_intra,iimm_inter,text_intra"])
+def test_streamed_class_measures_import_neither_torch_nor_numba(store, metrics):
+    """The O(N d) class pass of a small store runs on numpy: no torch, no numba, no scipy, no device."""
+    assert loaded("measure", store, "--metrics", metrics, "--json") == set()
+
+
+def test_zero_shot_still_loads_torch(store):
+    assert "torch" in loaded("measure", store, "--metrics", "zeroshot_top1", "--json")
+
+
+KERNELS = """
+import logging, sys
+import numpy as np
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+logging.getLogger("embedx.kernels").setLevel(logging.DEBUG)
+from embedx.kernels.ops import content_hash as ch
+from embedx.kernels.ops.stream_stats import stream_stats, stream_stats_reference
+x = (np.arange(64 * 16) % 7 - 3).reshape(64, 16).astype(np.float16)
+y = np.arange(64) % 3
+data = x.tobytes()
+got = int(ch.numba_kernel()(np.frombuffer(data, "<u4"), ch.BLOCK_KEYS, len(data) // 1024, np.empty(0, np.uint32)))
+assert got == ch.content_hash_reference(data), "nh2"
+_, _, acc = stream_stats(x, y, np.zeros((2, 16)), 3, impl="numba")
+np.testing.assert_allclose(acc, stream_stats_reference(x, y, np.zeros((2, 16)), 3)[2], atol=1e-5)
+print("OK")
+"""
+
+
+def _kernels(env: dict) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-c", KERNELS], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, **env})
+    assert p.returncode == 0 and p.stdout.strip().splitlines()[-1] == "OK", p.stderr
+    return p
+
+
+def test_numba_kernels_compile_once_per_installation(tmp_path):
+    """A fresh cache folder (as in a new venv or CI): the first process compiles and writes the cache, the second
+    loads every kernel it calls from it and compiles none."""
+    env = {"NUMBA_CACHE_DIR": str(tmp_path), "NUMBA_DEBUG_CACHE": "1"}
+    first = _kernels(env)
+    assert "[cache] data saved" in first.stdout + first.stderr
+    second = _kernels(env)
+    log = second.stdout + second.stderr
+    assert "[cache] data saved" not in log
+    for kernel in ("content_hash_numba.nh2", "stream_stats_numba._sweep_f16"):
+        assert f"[cache] data loaded from '{tmp_path}" in log and kernel in log, log
+
+
+def test_read_only_install_compiles_per_process_with_one_debug_line():
+    """No writable cache location (numba finds no locator for the kernels' files): the kernels still run,
+    compiled in this process, and the logger ``embedx.kernels`` says so once."""
+    p = _kernels({"NUMBA_CACHE_LOCATOR_CLASSES": "IPythonCacheLocator"})
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("DEBUG:embedx.kernels")]
+    assert len(lines) == 1 and "compile in each process" in lines[0], p.stderr

@@ -6,10 +6,11 @@ from embedx.constraints import (DISTRIBUTED, SEED, Bool, Int, Names, OneOf, Opti
 
 
 @constraints(before=StorePath(), after=StorePath(), others=Pairs(), metrics=Optional(Names("measure", "metric")),
-             silhouette=OneOf("exact", "sample"), sample_size=Int(min=2), seed=SEED, knn=OneOf("blocked", "faiss"),
+             silhouette=OneOf("auto", "exact", "sample"), sample_size=Int(min=2), seed=SEED,
+             knn=OneOf("blocked", "faiss"),
              knn_k=Int(min=1), knn_sample=Optional(Int(min=1)), plot_sample=Int(min=0),
              report=Optional(OutputFile("report")), force=Bool(), **DISTRIBUTED)
-def drift(before, after, *, others=(), metrics=None, silhouette: str = "exact", sample_size: int = 2000,
+def drift(before, after, *, others=(), metrics=None, silhouette: str = "auto", sample_size: int = 2000,
           seed: int = 0, knn: str = "blocked", knn_k: int = 10, knn_sample: int | None = 20000,
           plot_sample: int = 2000, report=None, force: bool = False, executor=None, cluster=None,
           client=None):

@@ -209,7 +209,7 @@ def _projection(a: Store, b: Store, plot_rows: np.ndarray, pr: stats.PassResult,
     return out
 
 
-def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode: str = "exact",
+def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode: str = "auto",
             sample_size: int = 2000, seed: int = 0, knn: str = "blocked", knn_k: int = 10,
             knn_sample: int | None = 20000, plot_sample: int = 2000, block_rows: int | None = None,
             progress=None, executor=None, force: bool = False) -> Drift:
@@ -234,8 +234,11 @@ def compare(before: str, after: str, others=(), *, metrics=None, silhouette_mode
     opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn)
     timings = {}
     t0 = time.perf_counter()
-    mb, ma = (defined(s, compute(s, metrics, progress=progress, executor=executor, **opts).to_dict(provenance=False))
-              for s in (a, b))  # each store's measures with n_images, timings_s, ...: its JSON as measure writes it
+    mb = defined(a, compute(a, metrics, progress=progress, executor=executor, **opts).to_dict(provenance=False))
+    if silhouette_mode == "auto":  # AFTER takes the method auto chose for BEFORE: the deltas compare like with like
+        opts["silhouette_mode"] = "sample" if "sampled" in (mb.get("silhouette_method") or {}).values() else "exact"
+    ma = defined(b, compute(b, metrics, progress=progress, executor=executor, **opts).to_dict(provenance=False))
+    # each store's measures with n_images, timings_s, ...: its JSON as measure writes it
     timings["measures"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

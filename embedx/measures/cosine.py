@@ -29,14 +29,14 @@ def cosine_silhouette(source, tot, sx: np.ndarray, st: np.ndarray, cfg, st_hint,
         return float("nan")
     sx_t, st_t = torch.from_numpy(sx), torch.from_numpy(st)
     hint_ok = (cfg.sum_x_hint is not None and (not source.paired or st_hint is not None)
-               and float(torch.linalg.vector_norm(cfg.sum_x_hint - sx_t)) / max(n - 1, 1) < HINT_EFFECT
-               and (not source.paired or float(torch.linalg.vector_norm(st_hint - st_t)) / max(c - 1, 1) < HINT_EFFECT))
+               and float(np.linalg.norm(cfg.sum_x_hint - sx)) / max(n - 1, 1) < HINT_EFFECT
+               and (not source.paired or float(np.linalg.norm(st_hint - st)) / max(c - 1, 1) < HINT_EFFECT))
     if hint_ok:
         img_cos = tot.cos_sum
     else:  # the recorded sums are missing or stale: a second pass with the exact sums
         img_cos, text_cos = cosine_pass(source, sx_t, st_t, progress, executor)
     if cfg.texts is not None:
-        w = cfg.texts.double() @ torch.stack([st_t, sx_t], 1)
+        w = torch.from_numpy(cfg.texts).double() @ torch.stack([st_t, sx_t], 1)
         text_cos = cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), c, n)
     value = (img_cos + text_cos) / (n + c)
     if cosine_scale(sx, st, n, c) < COSINE_EXACT_BELOW:  # tight clusters close together: float32 is not enough

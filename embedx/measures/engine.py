@@ -4,24 +4,22 @@ Rows are L2-normalized first (float32 compute, float64 sums). One streaming pass
 and zero-shot accuracy (``stream``); the cosine silhouette joins that pass when the store's recorded sum of image
 rows checks out, else it takes a second pass. Euclidean silhouette and retrieval go through the kernels in
 ``embedx.kernels``. Needs not asked for do not run: ``--metrics silhouette_euclidean`` reads no stream pass.
+The modules of the pairwise measures (and torch) load when a need runs them: ``--metrics iimm`` on a class store
+imports neither torch nor numba (a small pass) and resolves no device.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from embedx import validate
-from embedx.device import resolve_device
 from embedx.engine import registry
 from embedx.engine.executor import resolve
-from embedx.engine.plan import Clock, Context, Need, execute, plan
+from embedx.engine.plan import Clock, Context, Need, Step, execute, needs_of, plan
 from embedx.engine.progress import Bar, enabled
 from embedx.engine.result import Result
-from embedx.measures import retrieval, silhouette
-from embedx.measures.cosine import cosine_silhouette
-from embedx.measures.stream import Partial, PassConfig, class_pass, normalized, paired_pass
+from embedx.measures.stream import Partial, PassConfig, class_pass, normalized, normalized_numpy, paired_pass
 from embedx.provenance import provenance
 from embedx.rows import duplicate_groups
 
@@ -33,7 +31,7 @@ TIES_FAISS = ("FAISS's own order for retrieval (knn='faiss': IndexFlatIP top-k o
               "candidates scoring the same, FAISS's result heap decides, not the lower index); zero-shot: lowest "
               "index wins")
 NOT_MEASURES = ("n_images", "n_texts", "dim", "timings_s", "estimates", "per_class", "ties",
-                "integrity")  # other result keys
+                "integrity", "silhouette_method")  # other result keys
 
 
 def kinds(source) -> set:
@@ -71,7 +69,7 @@ class Sums:
     st: np.ndarray
     correct: float        # class stores: sum_c M_c.t_c
     text_cos: float       # paired stores: the texts' cosine-silhouette sum (with the recorded sums)
-    cfg: PassConfig       # the pass's config; cfg.texts: class stores' normalized class texts (torch), else None
+    cfg: PassConfig       # the pass's config; cfg.texts: class stores' normalized class texts (numpy), else None
 
 
 def _texts(ctx):
@@ -79,8 +77,18 @@ def _texts(ctx):
     src = ctx.source
     if src.paired:
         return None
-    t = normalized(src.texts(), "texts")
-    return t, t.double().sum(0), tuple(duplicate_groups(t.numpy()))
+    t = normalized_numpy(src.texts(), "texts")
+    return t, t.astype(np.float64).sum(0), tuple(duplicate_groups(t))
+
+
+def _device(ctx):
+    """The torch device of the run, resolved on first use ("auto" and "cpu" wait: a pass that runs nothing on a
+    device never imports torch)."""
+    if ctx.options["device"] is None:
+        from embedx.device import resolve_device
+
+        ctx.options["device"] = resolve_device(ctx.options["device_request"])
+    return ctx.options["device"]
 
 
 def _stream(ctx):
@@ -88,13 +96,13 @@ def _stream(ctx):
     aligned image and text blocks."""
     src, texts = ctx.source, ctx.results.get("texts")
     hints = src.meta.get("sums") or {}
-    sx_hint = torch.tensor(hints["images"], dtype=torch.float64) if hints.get("images") else None
-    st_hint = torch.tensor(hints["texts"], dtype=torch.float64) if hints.get("texts") else None
+    sx_hint = np.array(hints["images"], dtype=np.float64) if hints.get("images") else None
+    st_hint = np.array(hints["texts"], dtype=np.float64) if hints.get("texts") else None
     t, text_sum, groups = texts if texts is not None else (None, st_hint, ())
+    zeroshot = not src.paired and any(s.name.startswith("zeroshot") for s in ctx.scores)
     cfg = PassConfig(texts=t, text_sum=text_sum, n_texts=src.n_texts, n_images=src.n_images,
                      sum_x_hint=sx_hint if ctx.wants("silhouette_cosine") and text_sum is not None else None,
-                     zeroshot=not src.paired and any(s.name.startswith("zeroshot") for s in ctx.scores),
-                     device=ctx.options["device"], text_groups=groups)
+                     zeroshot=zeroshot, device=_device(ctx) if zeroshot else None, text_groups=groups)
     cfg.device_request = ctx.options["device_request"]
     bar = Bar(src.n_images, "measures pass", enabled(ctx.progress))
     with bar:
@@ -109,30 +117,37 @@ def _sums(ctx) -> Sums:
     tot, text_cos, st_pass, cfg, _ = ctx["stream"]
     n, c = src.n_images, src.n_texts
     sx = tot.sum_x if tot.sum_x is not None else np.full(src.dim, np.nan)
-    st = st_pass if src.paired else cfg.text_sum.numpy()
+    st = st_pass if src.paired else cfg.text_sum
     correct = float("nan")
     if not src.paired and tot.class_sum is not None:
-        correct = float((tot.class_sum * cfg.texts.double().numpy()).sum())
+        correct = float((tot.class_sum * cfg.texts.astype(np.float64)).sum())
     return Sums(src.paired, n, c, tot, sx, st, correct, text_cos, cfg)
 
 
 def _cosine(ctx) -> float:
+    from embedx.measures.cosine import cosine_silhouette
+
     s, st_hint = ctx["sums"], ctx["stream"][4]
     return cosine_silhouette(ctx.source, s.tot, s.sx, s.st, s.cfg, st_hint, s.text_cos, ctx.progress, ctx.executor)
 
 
 def _silhouette(kind: str):
     def run(ctx):
+        from embedx.measures import silhouette
+
         o = ctx.options
         fn = silhouette.modality_silhouette if kind == "modality" else silhouette.class_silhouette
-        score, per_point = fn(ctx.source, o["silhouette_mode"], o["sample_size"], o["seed"], o["device"],
+        score, per_point = fn(ctx.source, o["silhouette_mode"], o["sample_size"], o["seed"], _device(ctx),
                               progress=ctx.progress, executor=ctx.executor, device_request=o["device_request"])
         if score is None:  # undefined (sklearn's 2 <= clusters <= points - 1 fails): NaN, the rest still measured
             return float("nan")
         name = "silhouette_euclidean" if kind == "modality" else CLASS_SILHOUETTE
-        if o["silhouette_mode"] == "exact":
+        method = ctx.results.setdefault("silhouette_method", {})
+        if not isinstance(score, dict):  # exact (asked, or auto under its threshold)
             ctx.results[f"{name}:per_point"] = per_point
+            method[name] = "exact"
             return score
+        method[name] = "sampled"
         ctx.results.setdefault("estimates", {})[name] = score
         return score["estimate"]
 
@@ -140,9 +155,11 @@ def _silhouette(kind: str):
 
 
 def _rank_counts(ctx) -> dict:
+    from embedx.measures import retrieval
+
     src, o = ctx.source, ctx.options
     if o["knn"] == "blocked":  # rank counts streamed from the store: memory bounded, not O(N d)
-        return retrieval.recall_at_k_streamed(src, device=o["device"], progress=ctx.progress, executor=ctx.executor,
+        return retrieval.recall_at_k_streamed(src, device=_device(ctx), progress=ctx.progress, executor=ctx.executor,
                                               device_request=o["device_request"])
     # faiss holds every normalized image and text row in memory
     return retrieval.recall_at_k(normalized(src.images(dtype=np.float32), "images"),
@@ -170,13 +187,32 @@ class _PerClass:
     options: dict = None
 
 
-def run(source, metrics=None, *, silhouette_mode: str = "exact", sample_size: int = 2000, seed: int = 0,
+SILHOUETTE_MODES = ("auto", "exact", "sample")  # embedx.measures.silhouette.MODES (that module imports torch)
+LAST = ("rank_counts", "silhouette_modality", "silhouette_class")  # the O(N^2) needs, in this order, after the rest
+
+
+def _ordered(steps: list[Step]) -> list[Step]:
+    """The plan's steps, one need per work step, with the pairwise O(N^2) needs last (retrieval, then the
+    silhouettes; no need comes after them): the streaming measures finish, and are reported, within seconds."""
+    head, tail = [], []
+    for step in steps:
+        if step.kind == "pass":
+            head.append(step)
+            continue
+        for need in step.needs:
+            (tail if need.name in LAST else head).append(Step(step.depth, "work", [need]))
+    return head + sorted(tail, key=lambda st: LAST.index(st.needs[0].name))
+
+
+def run(source, metrics=None, *, silhouette_mode: str = "auto", sample_size: int = 2000, seed: int = 0,
         knn: str = "blocked", per_class: bool = False, silhouette_labels: str = "modality", device="auto",
-        progress=None, executor=None) -> Result:
-    """Requested measures of ``source`` (a ``RowSource``) -> :class:`Result`; see ``embedx.measures.compute``."""
+        progress=None, executor=None, on_value=None) -> Result:
+    """Requested measures of ``source`` (a ``RowSource``) -> :class:`Result`; see ``embedx.measures.compute``.
+    ``on_value(name, value, estimate)``: called for each measure as soon as its needs are done (estimate: the
+    sampled silhouette's dict, else None)."""
     want = _check_metrics(source, metrics)
     validate.choice(silhouette_labels, "silhouette_labels", ("modality", "class"))
-    validate.choice(silhouette_mode, "silhouette_mode", ("exact", "sample"))
+    validate.choice(silhouette_mode, "silhouette_mode", SILHOUETTE_MODES)
     validate.choice(knn, "knn", ("blocked", "faiss"))
     if silhouette_labels == "class":
         if source.paired:
@@ -189,17 +225,32 @@ def run(source, metrics=None, *, silhouette_mode: str = "exact", sample_size: in
         raise validate.error("texts", f"{source.path} has no text rows")
     want = list(dict.fromkeys(want))
     specs = [registry.get(FAMILY, m) for m in want]
-    opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn,
-                device=resolve_device(device), device_request=str(device))
+    if device in ("auto", "cpu"):  # resolved when a need uses it (``_device``): nothing to check
+        dev = None
+    else:
+        from embedx.device import resolve_device
+
+        dev = resolve_device(device)  # a bad name or a missing GPU fails here, before any pass
+    opts = dict(silhouette_mode=silhouette_mode, sample_size=sample_size, seed=seed, knn=knn, device=dev,
+                device_request=str(device))
     ctx = Context(source, specs, opts, resolve(executor), progress)
     if source.content_chunks():
         ctx.executor.chunks_verified(source, reset=True)  # reads made elsewhere: count this run's only
     clock = Clock(shared=False)
     extra = [_PerClass()] if per_class else []
-    execute(plan(specs + extra, NEEDS, source.paired), ctx, None, {}, clock)
-    values = {s.name: float(s.finalize(ctx)) for s in specs}
+    values = {}
+    for step in _ordered(plan(specs + extra, NEEDS, source.paired)):
+        execute([step], ctx, None, {}, clock)
+        for s in specs:
+            if s.name not in values and all(n in ctx.results for n in needs_of(s, source.paired)):
+                values[s.name] = float(s.finalize(ctx))
+                if on_value is not None:
+                    on_value(s.name, values[s.name], ctx.results.get("estimates", {}).get(s.name))
+    values = {s.name: values[s.name] for s in specs}  # the asked order
     source.ensure_unchanged()  # every number above came from the store that was opened
     info = dict(n_images=source.n_images, n_texts=source.n_texts, dim=source.dim)
+    if ctx.results.get("silhouette_method"):
+        info["silhouette_method"] = ctx.results["silhouette_method"]  # name -> "exact" | "sampled"
     retrieval_asked = any("paired" in registry.get(FAMILY, m).requires for m in want)
     if retrieval_asked or any(m.startswith("zeroshot") for m in want):
         info["ties"] = TIES_FAISS if knn == "faiss" and retrieval_asked else TIES  # what the chosen path did
@@ -216,8 +267,8 @@ def run(source, metrics=None, *, silhouette_mode: str = "exact", sample_size: in
     info["store"] = str(source.path)
     prov = provenance("measure", {"store": source}, options={
         "metrics": list(metrics) if metrics else None, "silhouette": silhouette_mode,
-        "sample_size": sample_size if silhouette_mode == "sample" else None,
-        "seed": seed if silhouette_mode == "sample" else None, "silhouette_labels": silhouette_labels, "knn": knn})
+        "sample_size": sample_size if silhouette_mode != "exact" else None,
+        "seed": seed if silhouette_mode != "exact" else None, "silhouette_labels": silhouette_labels, "knn": knn})
     return Result(values, timings, ctx.results.get("estimates", {}), table, info, provenance=prov, kind="measure")
 
 
@@ -227,7 +278,7 @@ def _per_class(source, s: Sums, per_point) -> dict:
     names = [str(v) for v in source.text_names()]
     y = source.labels()
     out = {}
-    tn = s.cfg.texts.double().numpy()
+    tn = s.cfg.texts.astype(np.float64)
     for k, name in enumerate(names):
         cnt = int(tot.class_count[k])
         row = {"n_images": cnt, "acs": float(tot.class_sum[k] @ tn[k] / cnt) if cnt else None,

@@ -28,6 +28,7 @@ both give the same bits.
 from __future__ import annotations
 
 import math
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ import torch
 from embedx import kernels
 from embedx.errors import EmbedxError
 from embedx import validate
-from embedx.engine.progress import Bar, enabled, notice
+from embedx.engine.progress import Bar, enabled, log, notice
 from embedx.measures.stream import silhouette_values
 from embedx.rows import first_bad_row
 
@@ -271,7 +272,8 @@ def _resident(points: _StorePoints, dev: torch.device):
     return pts[order].contiguous(), scale, labels[order].contiguous(), where
 
 
-def _resident_values(points: _StorePoints, ids: np.ndarray, dev: torch.device, progress=None) -> np.ndarray:
+def _resident_values(points: _StorePoints, ids: np.ndarray, dev: torch.device, progress=None,
+                     limit: float | None = None) -> np.ndarray:
     """Exact silhouette values with every point resident on ``dev`` (see the module docstring)."""
     res = _resident(points, dev)
     if res is None:
@@ -281,7 +283,7 @@ def _resident_values(points: _StorePoints, ids: np.ndarray, dev: torch.device, p
     step = resident_rows(dev)
     cols = where[torch.from_numpy(ids.astype(np.int64)).to(dev)]
     out = np.empty(len(ids))
-    clock = _CostClock(len(ids), len(points.labels), dev)
+    clock = _CostClock(len(ids), len(points.labels), dev, limit)
     if len(ids) == len(points.labels) and kernels.backend_for(dev) == "triton":  # every point: symmetric tiles
         return _resident_symmetric(points, ids, pts, scale, lab, cols, clock, progress)
     with Bar(len(ids), "silhouette rows", enabled(progress)) as bar:
@@ -316,13 +318,15 @@ def _resident_symmetric(points, ids, pts, scale, lab, cols, clock, progress) -> 
     return _finish(points, ids, sums[cols].cpu().numpy())
 
 
-def _streamed_values(points: _StorePoints, ids: np.ndarray, device="cpu", progress=None) -> np.ndarray:
+def _streamed_values(points: _StorePoints, ids: np.ndarray, device="cpu", progress=None,
+                     limit: float | None = None) -> np.ndarray:
     """Exact silhouette values of the points ``ids`` (sorted), columns streamed from the store: per row block,
     every column block adds its per-cluster distance sums (fused kernel on ``device``, float64 sums). On a GPU
-    where every point fits :func:`resident_budget`, the resident path runs instead."""
+    where every point fits :func:`resident_budget`, the resident path runs instead. ``limit``: mode auto's
+    threshold (:class:`_CostClock`)."""
     dev = torch.device(device)
     if points.raw_bytes() <= resident_budget(dev):
-        vals = _resident_values(points, ids, dev, progress)
+        vals = _resident_values(points, ids, dev, progress, limit)
         if vals is not None:
             return vals
     sizes = points.sizes
@@ -339,7 +343,7 @@ def _streamed_values(points: _StorePoints, ids: np.ndarray, device="cpu", progre
         rows = torch.cat([cols for _, cols, _ in cached])
     else:
         rows = points.rows(ids).to(dev)
-    clock = _CostClock(len(ids), len(points.labels), dev)
+    clock = _CostClock(len(ids), len(points.labels), dev, limit)
     with Bar(len(ids), "silhouette rows", enabled(progress)) as bar:
         for r0 in range(0, len(ids), STREAM_ROWS):
             sums = torch.zeros(min(STREAM_ROWS, len(ids) - r0), k, dtype=torch.float64, device=dev)
@@ -354,19 +358,47 @@ def _streamed_values(points: _StorePoints, ids: np.ndarray, device="cpu", progre
 
 
 NOTICE_SECONDS = 60.0  # an exact silhouette projected to take longer than this is announced
+AUTO_SECONDS = 60.0    # mode "auto": exact when projected under this many seconds on this machine, else sampled
+AUTO_ENV = "EMBEDX_SILHOUETTE_AUTO_SECONDS"  # overrides AUTO_SECONDS (tests set 0 to take the sampled branch)
+MODES = ("auto", "exact", "sample")
+
+
+def auto_seconds() -> float:
+    """The auto threshold: ``$EMBEDX_SILHOUETTE_AUTO_SECONDS`` when set, else AUTO_SECONDS."""
+    raw = os.environ.get(AUTO_ENV, "").strip()
+    if not raw:
+        return AUTO_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise EmbedxError(f"{AUTO_ENV}={raw!r} is not a number of seconds >= 0")
+    return value
+
+
+class _TooSlow(Exception):
+    """Mode auto: the exact silhouette's projected time (``eta`` seconds) passed the threshold."""
+
+    def __init__(self, eta: float):
+        super().__init__(eta)
+        self.eta = eta
 
 
 class _CostClock:
-    """Projects an exact silhouette's time from its first row block on this machine and, beyond NOTICE_SECONDS,
-    says so once (naming the sampled estimate that takes seconds)."""
+    """Projects an exact silhouette's time from its first row block (or block pair) on this machine: the
+    elapsed time scaled by work done / work total, the measured rate of this run on this data. Mode auto
+    (``limit`` seconds): beyond it, raises :class:`_TooSlow` (the caller samples instead); otherwise, beyond
+    NOTICE_SECONDS, says so once (naming the sampled estimate that takes seconds). Work already done whole
+    (one block) is never abandoned."""
 
-    def __init__(self, rows: int, cols: int, dev: torch.device):
-        self.rows, self.cols, self.dev = rows, cols, dev
+    def __init__(self, rows: int, cols: int, dev: torch.device, limit: float | None = None):
+        self.rows, self.cols, self.dev, self.limit = rows, cols, dev, limit
         self.t0 = time.perf_counter()
         self.told = False
 
-    def done(self, rows_done: int, rows: int | None = None) -> None:
-        """``rows_done`` of ``rows`` (default: the point rows; block pairs for the pair path) are done."""
+    def done(self, rows_done: float, rows: float | None = None) -> None:
+        """``rows_done`` of ``rows`` (default: the point rows; distances for the pair path) are done."""
         rows = self.rows if rows is None else rows
         if self.told or rows_done >= rows:
             return
@@ -374,6 +406,8 @@ class _CostClock:
         if self.dev.type == "cuda":
             torch.cuda.synchronize(self.dev)
         eta = (time.perf_counter() - self.t0) * rows / rows_done
+        if self.limit is not None and eta > self.limit:
+            raise _TooSlow(eta)
         if eta > NOTICE_SECONDS:
             notice(f"exact silhouette of {self.rows:,} x {self.cols:,} point pairs: about {_human(eta)} on this "
                    f"machine ({self.dev.type}); the sampled estimate (silhouette='sample') gives it "
@@ -381,6 +415,8 @@ class _CostClock:
 
 
 def _human(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
@@ -388,28 +424,43 @@ def _score(points: _StorePoints, mode: str, sample_size: int, seed: int, device,
            device_request=None):
     """The exact score of every point as block-pair tasks on ``executor`` when its tasks run on the CPU (or
     elsewhere: ``task_device`` None) and the points do not fit ``resident_budget``; a sample (its rows against
-    every point), or every point on a GPU here, streamed or resident."""
+    every point), or every point on a GPU here, streamed or resident. Mode auto: the exact score, unless its
+    time projected from the first block (pair) passes :func:`auto_seconds`; then the sampled estimate (seeded:
+    the same points for the same ``seed``), its ``auto`` entry naming the projection and the threshold."""
     from embedx.engine.executor import resolve
 
     total = len(points.labels)
-    ids = np.arange(total) if mode == "exact" else _sample_ids(total, sample_size, seed)
     request = str(device) if device_request is None else device_request
     executor = resolve(executor)
-    where = executor.task_device(request) if len(ids) == total else None
-    if len(ids) == total and (where is None or (where.type == "cpu" and points.raw_bytes() > resident_budget(where))):
-        # resident_budget is 0 on the CPU; the GPU lane's dry run raises it to run the GPU paths
-        vals = _pair_values(points, executor, request, progress, where)
-    else:
-        vals = _streamed_values(points, ids, device, progress)
-    if mode == "exact":
-        return float(vals.mean()), vals
-    return _estimate(vals, total, seed), None
+
+    def values(ids, limit=None):
+        where = executor.task_device(request) if len(ids) == total else None
+        if len(ids) == total and (where is None or (where.type == "cpu"
+                                                    and points.raw_bytes() > resident_budget(where))):
+            # resident_budget is 0 on the CPU; the GPU lane's dry run raises it to run the GPU paths
+            return _pair_values(points, executor, request, progress, where, limit)
+        return _streamed_values(points, ids, device, progress, limit)
+
+    if mode != "sample":
+        limit = auto_seconds() if mode == "auto" else None
+        try:
+            vals = values(np.arange(total), limit)
+            return float(vals.mean()), vals
+        except _TooSlow as slow:
+            log.warning(f"silhouette: exact projected at about {_human(slow.eta)} on this machine, over the auto "
+                        f"limit of {limit:g} s: estimating it from {min(int(sample_size), total):,} sampled points "
+                        f"(silhouette_mode='exact' computes it)", extra={"param": "silhouette_mode"})
+            est = _estimate(values(_sample_ids(total, sample_size, seed)), total, seed)
+            est["auto"] = {"projected_exact_s": slow.eta, "limit_s": limit}
+            return est, None
+    return _estimate(values(_sample_ids(total, sample_size, seed)), total, seed), None
 
 
 def modality_silhouette(store, mode: str = "exact", sample_size: int = 2000,
                         seed: int = 0, device="cpu", progress=None, executor=None, device_request=None):
     """Silhouette of the store's images + texts labelled by modality (Euclidean), columns streamed from the
-    store. exact -> (score, per-point values in image-then-text order); sample -> (estimate dict, None). The
+    store. exact -> (score, per-point values in image-then-text order); sample -> (estimate dict, None); auto ->
+    either, by the projected time of the exact score (:func:`_score`). The
     ``executor`` runs the exact score's block-pair tasks (on ``device_request``, resolved where they run); the
     sampled estimate runs here. (None, None) when the silhouette is undefined
     (:func:`defined`: fewer than 3 points)."""
@@ -421,8 +472,9 @@ def modality_silhouette(store, mode: str = "exact", sample_size: int = 2000,
 def class_silhouette(store, mode: str = "exact", sample_size: int = 2000, seed: int = 0, device="cpu",
                      progress=None, executor=None, device_request=None):
     """Silhouette of the store's labelled images clustered by class (Euclidean), streamed like
-    :func:`modality_silhouette`: exact -> (score, per-point values), sample -> (estimate dict, None); (None, None)
-    when the silhouette is undefined (:func:`defined`: the labelled images fall in one class, or each in its own)."""
+    :func:`modality_silhouette`: exact -> (score, per-point values), sample -> (estimate dict, None), auto ->
+    either; (None, None) when the silhouette is undefined (:func:`defined`: the labelled images fall in one class,
+    or each in its own)."""
     y = store.labels()
     y = y[y >= 0]
     if not defined(len(y), len(np.unique(y))):
@@ -531,12 +583,15 @@ def block_pair_sums(pair, ref, spec: PointSpec, device_request: str | None):
     return sx.cpu().numpy(), None if sy is None else sy.cpu().numpy()
 
 
-def _pair_values(points: _StorePoints, executor, device_request=None, progress=None, where=None) -> np.ndarray:
+def _pair_values(points: _StorePoints, executor, device_request=None, progress=None, where=None,
+                 limit: float | None = None) -> np.ndarray:
     """Exact silhouette values of every point from block-pair tasks (see the module docstring): the driver
     adds each block's per-cluster sums over its pairs in pair order (I, J) lexicographic, and finishes a block
     with :func:`_finish` once its last pair (I, last) is in. Memory on the driver: the open blocks' sums,
     O(N k) float64. ``executor`` runs the tasks (in-process: one at a time, torch on every core); ``where``: the
-    device they run on here (the time is projected from the first pair and announced), None elsewhere."""
+    device they run on here (the time is projected from the first pair and announced), None elsewhere;
+    ``limit``: mode auto's threshold, the projection timed on the driver wherever the tasks run (work: the
+    distances of each pair, b_I b_J off the diagonal, b_I (b_I + 1) / 2 on it)."""
     store = points.store
     cols = points.columns()  # the centre: the mean unit row of the first column block, as in-process
     next(cols, None)
@@ -567,7 +622,10 @@ def _pair_values(points: _StorePoints, executor, device_request=None, progress=N
             out[p0:p1] = _finish(points, np.arange(p0, p1), acc.pop(i))
 
     size = blocks[0][1] - blocks[0][0]
-    clock = None if where is None else _CostClock(total, total, where)
+    bs = [b[1] - b[0] for b in blocks]
+    work = np.cumsum([bs[i] * (bs[i] + 1) / 2 if i == j else bs[i] * bs[j] for i, j in index])
+    timed = where is not None or limit is not None
+    clock = _CostClock(total, total, where or torch.device("cpu"), limit) if timed else None
     tasks = executor.map(block_pair_sums, pairs, executor.ref(store), spec, device_request, parallel=False,
                          result_bytes=2 * size * k * 8)
     try:
@@ -576,7 +634,10 @@ def _pair_values(points: _StorePoints, executor, device_request=None, progress=N
                 consume(t, res)
                 bar.update(1)
                 if clock is not None:
-                    clock.done(t + 1, len(pairs))
+                    clock.done(float(work[t]), float(work[-1]))
     finally:
+        close = getattr(tasks, "close", None)
+        if close is not None:
+            close()
         _drop_kept(spec.run)  # in-process tasks kept their blocks here
     return out

@@ -18,17 +18,18 @@ Class stores run :func:`class_pass`: whole Zarr chunks (about 4 MiB, cache-sized
 per-thread buffer and swept by the fused kernel (``kernels.stream_stats``) while hot, one thread per core; the
 zero-shot matmul, when asked, runs on the same chunk with every core (or on the GPU, ``PassConfig.device``).
 Paired stores run :func:`block_partial` (torch) over aligned image and text blocks.
+
+torch is imported by the paths that use it (zero-shot, the paired pass, :func:`normalized`), not by this module:
+a class store's pass without zero-shot runs on numpy (small passes) or numba (``kernels.stream_stats``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from embedx import kernels
-from embedx.kernels import ZS_ROWS, zeroshot_hits, zs_rows  # noqa: F401  (re-exported: the one zero-shot counter)
 from embedx import validate
+from embedx.kernels.ops.stream_stats import NUMBA_MIN_ELEMENTS, stream_stats
 from embedx.rows import first_bad_row
 
 
@@ -40,18 +41,40 @@ FLUSH_ROWS = 65536  # class pass: rows per unit (its float32 class sums are adde
 PAIRED_PARALLEL = False  # paired pass: blocks at once in-process (False: one at a time, torch on every core)
 
 
-def check_rows(x: torch.Tensor, what: str, start: int) -> torch.Tensor:
-    """Row norms of a float32 block; rows outside ``embedx.rows`` (NaN/inf, zero, a norm outside [NORM_MIN,
-    NORM_MAX]) are input errors (one line, with the row)."""
+def __getattr__(name):  # the one zero-shot counter, re-exported (loads torch: only when asked for)
+    if name in ("ZS_ROWS", "zeroshot_hits", "zs_rows"):
+        from embedx import kernels
+
+        return getattr(kernels, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def check_rows(x, what: str, start: int):
+    """Row norms of a float32 block (a torch tensor); rows outside ``embedx.rows`` (NaN/inf, zero, a norm outside
+    [NORM_MIN, NORM_MAX]) are input errors (one line, with the row)."""
+    import torch
+
     nrm = torch.linalg.vector_norm(x, dim=1)
     validate.rows(nrm.numpy(), what, start)
     return nrm
 
 
-def normalized(block, what: str = "rows", start: int = 0) -> torch.Tensor:
-    """float32 L2-normalized rows of a block, after :func:`check_rows`."""
+def normalized(block, what: str = "rows", start: int = 0):
+    """float32 L2-normalized rows of a block (a torch tensor), after :func:`check_rows`."""
+    import torch
+
     x = torch.as_tensor(np.asarray(block)).float()
     return x / check_rows(x, what, start)[:, None]
+
+
+def normalized_numpy(block, what: str = "rows", start: int = 0) -> np.ndarray:
+    """:func:`normalized` in numpy (float32 rows, float32 norms; no torch): the same checks, the same values up to
+    the last bit of a norm (the order of the float32 sum of squares)."""
+    x = np.asarray(block, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        nrm = np.sqrt(np.einsum("ij,ij->i", x, x)) if x.size else np.zeros(len(x), np.float32)
+    validate.rows(nrm, what, start)
+    return x / nrm[:, None]
 
 
 def silhouette_values(own_sum, own_size, other_mean) -> np.ndarray:
@@ -96,23 +119,42 @@ class Partial:
                        self.cos_sum + o.cos_sum)
 
 
+def _numpy(a, dtype):
+    """A CPU torch tensor or an array as a numpy array of ``dtype`` (None stays None)."""
+    if a is None:
+        return None
+    return np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a, dtype=dtype)
+
+
 @dataclass
 class PassConfig:
-    texts: torch.Tensor | None          # C x d normalized class texts (class stores)
-    text_sum: torch.Tensor              # S_t (float64)
+    """The pass's inputs. The vectors are numpy (torch tensors given are taken as numpy): the class pass without
+    zero-shot never needs torch."""
+
+    texts: np.ndarray | None            # C x d normalized class texts (class stores), float32
+    text_sum: np.ndarray                # S_t (float64)
     n_texts: int
     n_images: int
-    sum_x_hint: torch.Tensor | None     # S_x known up front (store attrs): cosine silhouette in this pass
+    sum_x_hint: np.ndarray | None       # S_x known up front (store attrs): cosine silhouette in this pass (float64)
     zeroshot: bool
-    device: torch.device = torch.device("cpu")  # where the zero-shot matmul and counts run
+    device: object = None               # torch.device of the zero-shot matmul and counts; None: the CPU
     device_request: str = "auto"        # what was asked ("auto", "cpu", "cuda"): a cluster worker resolves it
     text_groups: tuple = ()             # bit-identical class texts (rows.duplicate_groups): ties by index
+
+    def __post_init__(self):
+        self.texts = _numpy(self.texts, np.float32)
+        self.text_sum = _numpy(self.text_sum, np.float64)
+        self.sum_x_hint = _numpy(self.sum_x_hint, np.float64)
+
+    @property
+    def device_type(self) -> str:
+        return "cpu" if self.device is None else self.device.type
 
     def cos_vectors(self, dim: int) -> np.ndarray:
         """The two vectors the sweep dots every normalized row with: S_x (hint) and S_t; zeros if unused."""
         if self.sum_x_hint is None:
             return np.zeros((2, dim), np.float32)
-        return np.stack([self.sum_x_hint.numpy(), self.text_sum.numpy()]).astype(np.float32)
+        return np.stack([self.sum_x_hint, self.text_sum]).astype(np.float32)
 
 
 class ClassWorker:
@@ -135,21 +177,28 @@ class ClassWorker:
         self.cos = 0.0
         self.n = 0
         self.bad = None  # (global row, reason) of the first bad row this worker met
-        zs, dev = cfg.zeroshot, cfg.device
-        self.top1, self.top5 = (torch.zeros(c, dtype=torch.long, device=dev),
-                                torch.zeros(c, dtype=torch.long, device=dev)) if zs else (None, None)
-        self.texts = cfg.texts.to(dev) if zs else None
-        self.groups = [torch.as_tensor(g, dtype=torch.long, device=dev) for g in cfg.text_groups] if zs else []
-        step = min(rows, zs_rows(c))  # fewer rows per step as C grows: rows x C logits stay bounded
-        self.xf, self.hit = thread_local("class pass zero-shot", (step, dim, c, str(dev)), lambda: (
-            torch.empty(step, dim, device=dev), torch.empty(step, c, device=dev))) if zs else (None, None)
+        self.top1 = self.top5 = self.texts = self.xf = self.hit = None
+        self.groups = []
+        if cfg.zeroshot:  # torch: the zero-shot matmul (on cfg.device)
+            import torch
+
+            from embedx.kernels.ops.zeroshot import zs_rows
+
+            dev = cfg.device if cfg.device is not None else torch.device("cpu")
+            self.top1, self.top5 = torch.zeros(c, dtype=torch.long, device=dev), torch.zeros(c, dtype=torch.long,
+                                                                                              device=dev)
+            self.texts = torch.from_numpy(cfg.texts).to(dev)
+            self.groups = [torch.as_tensor(g, dtype=torch.long, device=dev) for g in cfg.text_groups]
+            step = min(rows, zs_rows(c))  # fewer rows per step as C grows: rows x C logits stay bounded
+            self.xf, self.hit = thread_local("class pass zero-shot", (step, dim, c, str(dev)), lambda: (
+                torch.empty(step, dim, device=dev), torch.empty(step, c, device=dev)))
 
     def add(self, x: np.ndarray, y: np.ndarray, start: int) -> None:
         """Fold rows ``x`` (raw float16/float32, global rows start..) with labels ``y`` into the sums."""
         if self.bad is not None:
             return
         cfg = self.cfg
-        norms, dots, _ = kernels.stream_stats(x, y, self.vs, cfg.n_texts, self.acc, impl=self.impl)
+        norms, dots, _ = stream_stats(x, y, self.vs, cfg.n_texts, self.acc, impl=self.impl)
         bad = first_bad_row(norms)
         if bad is not None:
             self.bad = (start + bad[0], bad[1])
@@ -162,8 +211,12 @@ class ClassWorker:
         if cfg.sum_x_hint is not None:
             self.cos += cosine_silhouette_sum(dots[:, 0], dots[:, 1], cfg.n_images, cfg.n_texts)
         if cfg.zeroshot and len(yl):
+            import torch
+
+            from embedx.kernels import zeroshot_hits
+
             xl = x if all_labelled else x[keep]
-            yt = torch.from_numpy(yl.astype(np.int64)).to(cfg.device)
+            yt = torch.from_numpy(yl.astype(np.int64)).to(self.texts.device)
             for z0 in range(0, len(xl), len(self.xf)):
                 xf = self.xf[: min(len(self.xf), len(xl) - z0)]
                 xf.copy_(torch.from_numpy(xl[z0:z0 + len(xf)]))
@@ -211,19 +264,24 @@ def class_pass(store, cfg: PassConfig, threads: int | None = None, impl: str | N
     no allocation) and folds them in while they are in cache. Without zero-shot the (GIL-free) kernel runs one
     task per core; with zero-shot on the CPU (``cfg.device``) one task at a time, and the matmul takes every
     core (unless ``threads`` is given); with the zero-shot matmul on a GPU every task sends its chunks there.
-    ``impl`` (default by size): the numba kernel, or torch for passes too small to pay numba's start-up.
+    ``impl`` (default by size): the numba kernel, or numpy for passes too small to pay numba's start-up.
     ``bar``: a progress counter (``embedx.engine.progress.Bar``)."""
     from embedx.engine.executor import ThreadedExecutor, row_units
 
     n, d = store.n_images, store.dim
     rows, unit = pass_units(store)
     if impl is None:
-        impl = "numba" if n * d >= kernels.NUMBA_MIN_ELEMENTS else "torch"
+        impl = "numba" if n * d >= NUMBA_MIN_ELEMENTS else "numpy"
+    if impl != "numba":  # a small pass: at least one unit per core (whole buffers), so every core sweeps
+        import os
+
+        per_core = -(-n // max(1, threads or os.cpu_count() or 1))
+        unit = min(unit, max(rows, -(-per_core // rows) * rows))
     if n == 0:
         return ClassWorker(cfg, d, store.dtype, rows, impl).partial()
     executor = executor if executor is not None else ThreadedExecutor(threads)
     units = row_units(n, unit)
-    parallel = threads is not None or not (cfg.zeroshot and cfg.device.type == "cpu")
+    parallel = threads is not None or not (cfg.zeroshot and cfg.device_type == "cpu")
     return executor.map_reduce(class_unit_partial, units, Partial.merge, executor.ref(store), cfg, impl, rows,
                                bar=bar, sizes=[b - a for a, b in units], parallel=parallel,
                                item_bytes=unit * d * store.dtype.itemsize)
@@ -237,7 +295,7 @@ def class_unit_partial(rng: tuple[int, int], ref, cfg: PassConfig, impl: str, ro
 
     store = resolve(ref)
     start, stop = rng
-    cfg = worker_device(cfg)
+    cfg = worker_device(cfg) if cfg.zeroshot else cfg  # the device runs the zero-shot matmul only
     y = store.labels(start, stop)
     validate.label_range(y, cfg.n_texts)
     w = ClassWorker(cfg, store.dim, store.dtype, rows, impl)
@@ -247,16 +305,18 @@ def class_unit_partial(rng: tuple[int, int], ref, cfg: PassConfig, impl: str, ro
     return w.partial()
 
 
-def block_partial(block, cfg: PassConfig, t_block: torch.Tensor, start: int = 0, sub_rows: int = SUB_BLOCK) -> Partial:
+def block_partial(block, cfg: PassConfig, t_block, start: int = 0, sub_rows: int = SUB_BLOCK) -> Partial:
     """Paired stores: partial sums of one block of raw image rows and their normalized paired text rows
     ``t_block`` (S_x, sum_i x^_i.t^_i, cosine-silhouette sum). Dots in float32, sums in float64 (S_x in
     float64 slices, so the result does not depend on the BLAS thread count)."""
+    import torch
+
     block = np.asarray(block)
     n = len(block)
     p = Partial(n=n, n_labelled=n)
     buf = torch.empty(min(sub_rows, n), block.shape[1])
     sum_x = torch.zeros(block.shape[1], dtype=torch.float64)
-    cos_w = None if cfg.sum_x_hint is None else torch.stack([cfg.sum_x_hint.float(), cfg.text_sum.float()])
+    cos_w = None if cfg.sum_x_hint is None else torch.from_numpy(cfg.cos_vectors(block.shape[1]))
     correct = 0.0
     for s0 in range(0, n, sub_rows):
         x = buf[: min(sub_rows, n - s0)]
@@ -276,6 +336,8 @@ def block_partial(block, cfg: PassConfig, t_block: torch.Tensor, start: int = 0,
 def paired_block_partial(rng: tuple[int, int], ref, cfg: PassConfig):
     """A task (paired stores): image rows ``rng`` (one block) of the source ``ref`` and their paired texts ->
     (Partial, texts' cosine-silhouette sum, S_t of the paired texts)."""
+    import torch
+
     from embedx.engine.executor import scratch
     from embedx.rowsource import resolve
 
@@ -286,7 +348,7 @@ def paired_block_partial(rng: tuple[int, int], ref, cfg: PassConfig):
     st = tb.double().sum(0).numpy()
     text_cos = 0.0
     if cfg.sum_x_hint is not None:
-        w = tb.double() @ torch.stack([cfg.text_sum, cfg.sum_x_hint], 1)
+        w = tb.double() @ torch.from_numpy(np.stack([cfg.text_sum, cfg.sum_x_hint], 1))
         text_cos = cosine_silhouette_sum(w[:, 0].numpy(), w[:, 1].numpy(), cfg.n_texts, cfg.n_images)
     return block_partial(x, cfg, tb, start), text_cos, st
 

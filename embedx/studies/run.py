@@ -62,7 +62,7 @@ def run_zeroshot(folder: str, cell: C.Cell, spec: Spec) -> dict:
     c, t = cell.config, cell.config["task"]
     for split in ("train", "test"):
         _embed(os.path.join(folder, f"{split}.zarr"), t[split], c["model"], c["pretrained"], c["seed"], t, spec)
-    m = measure(os.path.join(folder, "train.zarr"))
+    m = measure(os.path.join(folder, "train.zarr"), silhouette="exact")  # not auto: the same values on any machine
     measures = {k: v for k, v in m.items() if not k.startswith("zeroshot_")}
     scores = dict(transfer(os.path.join(folder, "train.zarr")))
     test = measure(os.path.join(folder, "test.zarr"), ["zeroshot_top1"])

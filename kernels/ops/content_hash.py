@@ -19,12 +19,15 @@ Its inner loop is one 32 x 32 -> 64-bit multiply per two words (``vpmuludq``): a
 google-crc32c here (bench/results/integrity.md), which is what lets every read verify what it reads.
 
   * ``content_hash_reference``: numpy, whole arrays (the definition).
-  * ``content_hash``: the numba kernel (serial, GIL-free: readers call it from their own threads).
+  * ``content_hash``: the same hash, exactly (integer arithmetic): numpy (uint32 lanes widened once, about
+    3.5 GB/s) until this process has hashed ``NUMBA_AFTER_BYTES`` or loaded the numba kernels, then the numba
+    kernel (``content_hash_numba``: serial, GIL-free, readers call it from their own threads). A command that
+    reads a few MiB (``info``, ``verify`` or ``measure`` of a small store) never pays numba's start-up (about
+    0.3 s to import, 0.5 s more for a first call even from its cache).
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 ALGORITHM = "nh2-1k"   # the name stores record with the hashes
 BLOCK_WORDS = 256      # 1 KiB blocks
@@ -68,42 +71,52 @@ def content_hash_reference(data) -> int:
         return int(((((h & MASK32) + l0) & MASK32) * (((h >> np.uint64(32)) + l1) & MASK32)).sum(dtype=np.uint64))
 
 
-@njit(cache=True, nogil=True)
-def _splitmix64(i):  # pragma: no cover - compiled
-    z = i + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+NUMBA_AFTER_BYTES = 256 << 20  # bytes hashed in numpy (about 75 ms) before the numba kernel takes over
+_hashed = 0        # bytes this process has hashed in numpy
+_numba = None      # the numba kernel, once loaded
+_L_KEYS = (np.empty(0, np.uint64), np.empty(0, np.uint64))  # L_{2b}, L_{2b+1} for the blocks seen so far
 
 
-@njit(cache=True, nogil=True, fastmath=True)
-def _nh2(w, keys, n_full, tail):  # pragma: no cover - compiled
-    """NH2 of the words ``w``: ``n_full`` whole blocks read in place, then the zero-padded ``tail`` block(s)."""
-    t = np.empty(BLOCK_WORDS, np.uint32)
-    t64 = t.view(np.uint64)
-    q = BLOCK_WORDS // 4
-    m = np.uint64(0xFFFFFFFF)
-    s32 = np.uint64(32)
-    total = np.uint64(0)
-    n_tail = tail.shape[0] // BLOCK_WORDS
-    for b in range(n_full + n_tail):
-        src = w[b * BLOCK_WORDS:(b + 1) * BLOCK_WORDS] if b < n_full else \
-            tail[(b - n_full) * BLOCK_WORDS:(b - n_full + 1) * BLOCK_WORDS]
-        for j in range(BLOCK_WORDS):  # (w_j + K_j) mod 2^32, as 32-bit lanes
-            t[j] = src[j] + keys[j]
-        h = np.uint64(0)
-        for j in range(q):  # word pairs (2j, 2j+128) and (2j+1, 2j+129): the low and high halves of two qwords
-            a = t64[j]
-            c = t64[j + q]
-            h += (a & m) * (c & m) + (a >> s32) * (c >> s32)
-        l0 = _splitmix64(np.uint64(1 << 32) + np.uint64(2 * b)) & m
-        l1 = _splitmix64(np.uint64(1 << 32) + np.uint64(2 * b + 1)) & m
-        total += (((h & m) + l0) & m) * (((h >> s32) + l1) & m)
-    return total
+def _block_keys(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(L_{2b}, L_{2b+1}) for b < n, kept and grown (a read of one chunk size needs the same keys every time)."""
+    global _L_KEYS
+    keys = _L_KEYS  # this thread's view: another thread may swap in a longer (or, racing, shorter) pair
+    if len(keys[0]) < n:
+        i = np.arange(max(n, 2 * len(keys[0])), dtype=np.uint64)
+        keys = _L_KEYS = (splitmix64(L_OFFSET + 2 * i) & MASK32, splitmix64(L_OFFSET + 2 * i + np.uint64(1)) & MASK32)
+    return keys[0][:n], keys[1][:n]
+
+
+def content_hash_numpy(data) -> int:
+    """NH2 in numpy, with the reference's arithmetic: the uint32 sums (w_j + K_j) wrap mod 2^32 in place, and
+    only their products are taken in uint64."""
+    w = _words(data).reshape(-1, BLOCK_WORDS)
+    a = (w[:, :HALF] + BLOCK_KEYS[:HALF]).astype(np.uint64)
+    a *= (w[:, HALF:] + BLOCK_KEYS[HALF:])
+    h = a.sum(axis=1, dtype=np.uint64)
+    l0, l1 = _block_keys(len(h))
+    with np.errstate(over="ignore"):
+        return int(((((h & MASK32) + l0) & MASK32) * (((h >> np.uint64(32)) + l1) & MASK32)).sum(dtype=np.uint64))
+
+
+def numba_kernel():
+    """The numba kernel (``content_hash_numba.nh2``), loaded now: later calls of :func:`content_hash` use it."""
+    global _numba
+    if _numba is None:
+        from embedx.kernels.ops import content_hash_numba
+
+        assert content_hash_numba.BLOCK_WORDS == BLOCK_WORDS
+        _numba = content_hash_numba.nh2
+    return _numba
 
 
 def content_hash(data) -> int:
     """NH2 of the bytes of ``data`` (a C-contiguous array of any dtype, or bytes): see the module docstring."""
+    global _hashed
+    if _numba is None and _hashed < NUMBA_AFTER_BYTES:
+        h = content_hash_numpy(data)
+        _hashed += np.asarray(data).nbytes if not isinstance(data, (bytes, bytearray, memoryview)) else len(data)
+        return h
     raw = np.frombuffer(memoryview(np.ascontiguousarray(data)).cast("B"), np.uint8)
     full = len(raw) // (4 * BLOCK_WORDS)
     if len(raw) == 0 or full * 4 * BLOCK_WORDS < len(raw):
@@ -111,4 +124,4 @@ def content_hash(data) -> int:
     else:
         tail = np.empty(0, np.uint32)
     body = raw[: full * 4 * BLOCK_WORDS].view("<u4")
-    return int(_nh2(body, BLOCK_KEYS, full, tail))
+    return int(numba_kernel()(body, BLOCK_KEYS, full, tail))

@@ -17,22 +17,16 @@ chunks).
 
   * ``stream_stats_reference``: float64 numpy (the definition).
   * ``stream_stats(impl="numba")``: the fused kernel for float16 / float32 rows.
-  * ``stream_stats(impl="torch")``: the same contract in a few torch calls (no JIT: numba's first call in a
-    process costs ~0.3 s of runtime start-up, which small passes never win back; the pass picks torch below
-    ``NUMBA_MIN_ELEMENTS``).
+  * ``stream_stats(impl="numpy")``: the same contract in a few numpy calls (float32, as the kernel): no JIT and
+    no torch, since numba's first call in a process costs about 0.8 s of start-up (import, then the kernels
+    loaded from their cache), which small passes never win back; the pass picks numpy below
+    ``NUMBA_MIN_ELEMENTS``. ``impl="torch"``: the same in torch (kept for comparison).
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
-from numba import njit
 
-F16_EXP_BIAS_SHIFT = np.float32(2.0 ** 112)  # 2^(127 - 15): moves a float16 exponent into float32 range
-# widened this way an inf/NaN float16 becomes a finite value >= 2^16 (finite float16 stop at 65504), so a row
-# holding one has a sum of squares >= 2^32; only such rows get the exact (integer) test
-F16_NONFINITE_SQ = np.float32(2.0 ** 32)
-TINY_NORM = np.float32(2.0 ** -15)
-NUMBA_MIN_ELEMENTS = 1 << 25  # rows x dim of a pass from which the numba kernel pays for its start-up  # below this, 2^112 / |x| overflows float32 (rows of subnormal float16)
+NUMBA_MIN_ELEMENTS = 1 << 25  # rows x dim of a pass from which the numba kernel pays for its start-up
 
 
 def stream_stats_reference(x, labels, vs, n_classes: int):
@@ -48,132 +42,37 @@ def stream_stats_reference(x, labels, vs, n_classes: int):
     return norms, dots, sums
 
 
-@njit(cache=True, nogil=True)
-def _class_order(labels, n_classes):  # pragma: no cover - compiled
-    """(rows grouped by class, the class of each visit) by a counting sort; label -1 is class n_classes.
-    Rows of a class are summed in L1 and added to the accumulator once per chunk instead of once per row."""
-    n = labels.shape[0]
-    cls = np.empty(n, np.int64)
-    counts = np.zeros(n_classes + 2, np.int64)
-    for i in range(n):
-        cls[i] = labels[i] if labels[i] >= 0 else n_classes
-        counts[cls[i] + 1] += 1
-    for c in range(n_classes + 1):
-        counts[c + 1] += counts[c]
-    order = np.empty(n, np.int64)
-    for i in range(n):
-        order[counts[cls[i]]] = i
-        counts[cls[i]] += 1
-    return order, cls[order]
-
-
-@njit(cache=True, fastmath=True, nogil=True)
-def _switch_class(run, acc, cur, c):  # pragma: no cover - compiled
-    """Add the finished run of class ``cur`` into ``acc`` (and clear it) when the visit moves to class ``c``."""
-    if c != cur and cur >= 0:
-        ac = acc[cur]
-        for j in range(run.shape[0]):
-            ac[j] += run[j]
-            run[j] = np.float32(0.0)
-    return c
-
-
-@njit(cache=True, nogil=True, fastmath=False)  # explicit: callees inherit fastmath, which would fold the two multiplies
-def _add_in_order(run, tmp, scale, inv):  # pragma: no cover - compiled
-    for j in range(tmp.shape[0]):
-        run[j] += (tmp[j] * scale) * inv
-
-
-@njit(cache=True, fastmath=True, nogil=True)
-def _row_done(i, tmp, scale, s, a0, a1, bad, run, norms, dots):  # pragma: no cover - compiled
-    """Norm and dots of row i (its values are tmp * scale); add its normalized values to the class run."""
-    if bad:
-        norms[i] = np.float32(-1.0)  # marked; the wrapper turns it into NaN
-        dots[i, 0] = np.float32(0.0)
-        dots[i, 1] = np.float32(0.0)
-        return
-    nr = np.sqrt(s)
-    norms[i] = nr
-    if nr == 0:
-        dots[i, 0] = np.float32(0.0)
-        dots[i, 1] = np.float32(0.0)
-        return
-    inv = np.float32(1.0) / nr
-    dots[i, 0] = a0 * inv
-    dots[i, 1] = a1 * inv
-    if nr < TINY_NORM:  # scale * inv could overflow float32: multiply in two steps, in this order
-        _add_in_order(run, tmp, scale, inv)
-        return
-    w = scale * inv
-    for j in range(tmp.shape[0]):
-        run[j] += tmp[j] * w
-
-
-@njit(cache=True, nogil=True)
-def _has_nonfinite_f16(hi):  # pragma: no cover - compiled
-    for j in range(hi.shape[0]):
-        if (hi[j] & 0x7C00) == 0x7C00:
-            return True
-    return False
-
-
-@njit(cache=True, fastmath=True, nogil=True)
-def _sweep_f16(h, labels, vs, n_classes, acc, norms, dots):  # pragma: no cover - compiled
-    n, d = h.shape
-    bits = np.empty(d, np.uint32)
-    tmp = bits.view(np.float32)       # x * 2^-112: the float16 bits moved into float32 position
-    run = np.zeros(d, np.float32)
-    v0, v1 = vs[0], vs[1]
-    order, cls = _class_order(labels, n_classes)
-    cur = -1
-    for k in range(n):
-        i = order[k]
-        cur = _switch_class(run, acc, cur, cls[k])
-        hi = h[i]
-        for j in range(d):
-            u = np.uint32(hi[j])
-            bits[j] = ((u & np.uint32(0x7FFF)) << np.uint32(13)) | ((u & np.uint32(0x8000)) << np.uint32(16))
-        s = np.float32(0.0)
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        for j in range(d):
-            v = tmp[j] * F16_EXP_BIAS_SHIFT
-            s += v * v
-            a0 += v * v0[j]
-            a1 += v * v1[j]
-        bad = s >= F16_NONFINITE_SQ and _has_nonfinite_f16(hi)  # finite test first: it costs nothing
-        _row_done(i, tmp, F16_EXP_BIAS_SHIFT, s, a0, a1, bad, run, norms, dots)
-    _switch_class(run, acc, cur, -1)
-
-
-@njit(cache=True, fastmath=True, nogil=True)
-def _sweep_f32(x, labels, vs, n_classes, acc, norms, dots):  # pragma: no cover - compiled
-    n, d = x.shape
-    run = np.zeros(d, np.float32)
-    v0, v1 = vs[0], vs[1]
-    order, cls = _class_order(labels, n_classes)
-    ubits = x.view(np.uint32)
-    cur = -1
-    for k in range(n):
-        i = order[k]
-        cur = _switch_class(run, acc, cur, cls[k])
-        xi = x[i]
-        ui = ubits[i]
-        flag = np.uint32(0)
-        s = np.float32(0.0)
-        a0 = np.float32(0.0)
-        a1 = np.float32(0.0)
-        for j in range(d):
-            v = xi[j]
-            s += v * v
-            a0 += v * v0[j]
-            a1 += v * v1[j]
-            flag |= (ui[j] & np.uint32(0x7F800000)) + np.uint32(0x00800000)  # bit 31 iff exponent all ones
-        _row_done(i, xi, np.float32(1.0), s, a0, a1, (flag & np.uint32(0x80000000)) != 0, run, norms, dots)
-    _switch_class(run, acc, cur, -1)
+def _stream_stats_numpy(x: np.ndarray, lab: np.ndarray, v: np.ndarray, n_classes: int, acc: np.ndarray):
+    """float32 throughout, as the kernel: norms from the row sums of squares, rows scaled by 1/|x|, per-class
+    sums over the rows grouped by a stable sort on the labels (each class's rows added in order, float32; one
+    ``sum`` per class present: ``np.add.reduceat`` and ``np.add.at`` are 40-80x slower here)."""
+    xf = x.astype(np.float32, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->i", xf, xf))
+        ok = np.isfinite(norms) & (norms > 0)
+        inv = np.where(ok, np.float32(1.0) / np.where(ok, norms, np.float32(1.0)), np.float32(0.0))
+        if v.any():
+            dots = (xf @ v.T).astype(np.float32, copy=False) * inv[:, None]
+            dots[~ok] = 0.0
+        else:  # the class pass without the cosine silhouette dots with zeros
+            dots = np.zeros((len(xf), 2), np.float32)
+        cls = np.where(lab < 0, n_classes, lab)
+        pick = np.flatnonzero(ok)
+        if len(pick) > 1 and (cls[pick[1:]] < cls[pick[:-1]]).any():
+            pick = pick[np.argsort(cls[pick], kind="stable")]
+        if len(pick):
+            rows = np.take(xf, pick, axis=0)
+            rows *= inv[pick][:, None]       # the normalized rows, grouped by class
+            cs = cls[pick]
+            cuts = np.flatnonzero(cs[1:] != cs[:-1]) + 1
+            for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(cs)].tolist()):
+                acc[cs[a]] += rows[a:b].sum(0)
+    return norms, dots
 
 
 def _stream_stats_torch(x: np.ndarray, lab: np.ndarray, v: np.ndarray, n_classes: int, acc: np.ndarray):
+    import torch
+
     xf = torch.from_numpy(x).float()
     norms = torch.linalg.vector_norm(xf, dim=1)
     ok = torch.isfinite(norms) & (norms > 0)
@@ -189,7 +88,7 @@ def stream_stats(x: np.ndarray, labels: np.ndarray, vs: np.ndarray, n_classes: i
     """(norms float32 [n], dots float32 [n, 2], acc) for a float16 or float32 block ``x``; ``acc`` (float32,
     [n_classes + 1, d], allocated when None) has this block's per-class sums of normalized rows added to it.
     ``vs`` holds up to two vectors (missing ones count as zero). A row holding NaN/inf gets norm NaN, a zero
-    row norm 0; neither adds to ``acc``. ``impl``: "numba" (fused kernel) or "torch"."""
+    row norm 0; neither adds to ``acc``. ``impl``: "numba" (fused kernel), "numpy" or "torch"."""
     x = np.ascontiguousarray(x)
     n, d = x.shape
     v = np.zeros((2, d), np.float32)
@@ -202,12 +101,15 @@ def stream_stats(x: np.ndarray, labels: np.ndarray, vs: np.ndarray, n_classes: i
         raise ValueError(f"labels must lie in [-1, {n_classes}); got {lab.min()}..{lab.max()}")
     if x.dtype not in (np.float16, np.float32):
         raise TypeError(f"stream_stats takes float16 or float32 rows, got {x.dtype}")
-    if impl == "torch":
-        norms, dots = _stream_stats_torch(x, lab, v, int(n_classes), acc)
+    if impl in ("numpy", "torch"):
+        fn = _stream_stats_numpy if impl == "numpy" else _stream_stats_torch
+        norms, dots = fn(x, lab, v, int(n_classes), acc)
         norms[~np.isfinite(norms)] = np.nan
         return norms, dots, acc
     if impl != "numba":
-        raise ValueError(f"impl must be numba or torch, got {impl!r}")
+        raise ValueError(f"impl must be numba, numpy or torch, got {impl!r}")
+    from embedx.kernels.ops.stream_stats_numba import _sweep_f16, _sweep_f32
+
     norms = np.empty(n, np.float32)
     dots = np.empty((n, 2), np.float32)
     if x.dtype == np.float16:

@@ -3,7 +3,20 @@ Python integers, on ragged arrays, and its sensitivity to any bit flip, swap or 
 import numpy as np
 import pytest
 
-from embedx.kernels.ops.content_hash import BLOCK_WORDS, content_hash, content_hash_reference
+from embedx.kernels.ops import content_hash as ch
+from embedx.kernels.ops.content_hash import BLOCK_WORDS, content_hash, content_hash_numpy, content_hash_reference
+
+
+def _numba_hash(data) -> int:
+    """``content_hash`` on its numba path (the one a process takes once it has hashed NUMBA_AFTER_BYTES)."""
+    raw = np.frombuffer(memoryview(np.ascontiguousarray(data)).cast("B"), np.uint8)
+    full = len(raw) // (4 * BLOCK_WORDS)
+    tail = ch._words(raw[full * 4 * BLOCK_WORDS:]) if len(raw) == 0 or len(raw) % (4 * BLOCK_WORDS) else \
+        np.empty(0, np.uint32)
+    return int(ch.numba_kernel()(raw[: full * 4 * BLOCK_WORDS].view("<u4"), ch.BLOCK_KEYS, full, tail))
+
+
+IMPLS = {"default": content_hash, "numpy": content_hash_numpy, "numba": _numba_hash}
 
 M64 = (1 << 64) - 1
 M32 = (1 << 32) - 1
@@ -37,14 +50,29 @@ def test_nh2_kernel_and_reference_follow_the_formula(rng, n_bytes):
     data = rng.integers(0, 256, n_bytes, dtype=np.uint8).tobytes()
     want = _nh2_literal(data)
     assert content_hash_reference(data) == want
-    assert content_hash(data) == want
+    assert {name: f(data) for name, f in IMPLS.items()} == dict.fromkeys(IMPLS, want)
 
 
 @pytest.mark.parametrize("dtype,shape", [("float16", (257, 512)), ("float32", (33, 7)), ("int32", (1001,)),
                                          ("float16", (1, 3))])
 def test_nh2_kernel_matches_the_reference_on_ragged_arrays(rng, dtype, shape):
     x = (rng.standard_normal(shape) * 100).astype(dtype)
-    assert content_hash(x) == content_hash_reference(x) == content_hash(x.tobytes())
+    want = content_hash_reference(x)
+    for f in IMPLS.values():
+        assert f(x) == want == f(x.tobytes())
+    assert content_hash_numpy(x[:, ::2] if x.ndim == 2 else x[::2]) == content_hash_reference(
+        np.ascontiguousarray(x[:, ::2] if x.ndim == 2 else x[::2]))  # strided views hash their values
+
+
+def test_content_hash_switches_to_numba_after_numpy_budget(rng, monkeypatch):
+    """A process hashes in numpy until NUMBA_AFTER_BYTES, then in numba: the same values either way."""
+    monkeypatch.setattr(ch, "_numba", None)
+    monkeypatch.setattr(ch, "_hashed", 0)
+    monkeypatch.setattr(ch, "NUMBA_AFTER_BYTES", 3000)
+    xs = [rng.standard_normal(700).astype(np.float32) for _ in range(3)]
+    got = [content_hash(x) for x in xs]
+    assert ch._numba is not None and ch._hashed == 2 * 2800  # two in numpy, the third in numba
+    assert got == [content_hash_reference(x) for x in xs]
 
 
 def test_nh2_changes_with_any_bit_flip_swap_or_move(rng):

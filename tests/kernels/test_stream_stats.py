@@ -7,7 +7,7 @@ import torch
 from embedx import kernels as K
 
 
-@pytest.mark.parametrize("impl", ["numba", "torch"])
+@pytest.mark.parametrize("impl", ["numba", "numpy", "torch"])
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 @pytest.mark.parametrize("case", ["ragged", "one_class", "empty_classes_and_unlabelled", "one_vector"])
 def test_fused_stream_stats_match_reference(rng, case, dtype, impl):
@@ -28,7 +28,7 @@ def test_fused_stream_stats_match_reference(rng, case, dtype, impl):
     np.testing.assert_allclose(acc - acc0, ref[2], atol=1e-4)
 
 
-@pytest.mark.parametrize("impl", ["numba", "torch"])
+@pytest.mark.parametrize("impl", ["numba", "numpy", "torch"])
 def test_fused_stream_stats_flag_bad_rows_and_widen_every_float16_exactly(rng, impl):
     # every finite float16 bit pattern (subnormals included), 512 to a row: norms as float64 of the same values
     h = np.arange(65536, dtype=np.uint16).view(np.float16)
@@ -88,6 +88,7 @@ def test_class_pass_chunks_merge_to_one_partial(tmp_path, rng):
     yl = y[y >= 0]
     better = (logits > logits[np.arange(len(yl)), yl][:, None]).sum(1)
     passes = [class_pass(s, cfg, threads=k, impl="numba") for k in (1, 2, 3)] + [class_pass(s, cfg, impl="torch"),
+                                                                              class_pass(s, cfg, impl="numpy"),
                                                                               class_pass(s, cfg)]
     for p in [split] + passes:
         np.testing.assert_allclose(p.class_sum, ref_sums, atol=1e-4)
