@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit
 
+from embedx.kernels.ops.jit import njit_cached
 from embedx.kernels.ops.near import CONCENTRATED, NEAR
 
 PART_ROWS = 256    # a tile's rows are split between threads in parts of at least this many rows
@@ -39,7 +39,7 @@ REDUCE_THREADS = 1
 PAIR_BLOCK = 4096
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@njit_cached(fastmath=True, nogil=True)
 def _reduce_tile(g, x, y, xsq, ysq, xlab, seg_start, seg_lab, sx, syt, c0, self_col, both, near_c, first):
     """The fused pass over one GEMM tile ``g`` = x @ y.T (float32, overwritten with the distances).
 
