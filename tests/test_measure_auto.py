@@ -118,8 +118,9 @@ def test_cli_exact_refuses_the_sample_options(two_blocks):
 
 
 def test_ctrl_c_prints_the_finished_measures_and_exits_130(tmp_path):
-    """A real SIGINT while the exact silhouette runs (30,000 x 64 rows: a few seconds of block pairs)."""
-    s, _, _ = _store(tmp_path, 30_000, 64, c=10)
+    """A real SIGINT while the exact silhouette runs (30,000 x 512 rows: about 1e12 flops of block pairs, several
+    seconds even on a quiet machine; at 30,000 x 64 a quiet machine finished before the signal arrived)."""
+    s, _, _ = _store(tmp_path, 30_000, 512, c=10)
     p = subprocess.Popen(embedx_cmd("measure", s.path, "--silhouette", "exact", "--metrics",
                                     "gap,silhouette_cosine,silhouette_euclidean"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
