@@ -170,3 +170,30 @@ def test_sigkill_then_resume_logs_each_step_once(tmp_path):
     assert [st for st, _ in s["train/loss"]] == list(range(1, 3 * steps + 1))  # each step once, in order
     assert [v for _, v in s["train/loss"]] == [f32(v) for e in cfg["history"] for v in e["step_loss"]]
     assert [st for st, _ in s["holdout/acc"]] == [0, steps, 2 * steps, 3 * steps]
+
+
+def test_a_session_resumed_within_the_same_second_sorts_after_the_killed_one(tmp_path):
+    """TensorBoard reads event files in name order (events.out.tfevents.<second>.<host>.<pid>...): a killed run's
+    file from this very second with a higher pid would sort after the resumed session's, and the reader would
+    purge the resumed steps as out of order (the flake of the SIGKILL test on a quiet, fast machine)."""
+    import socket
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from embedx.finetune.events import EventLog
+
+    logs = tmp_path / "tb"
+    w = SummaryWriter(str(logs))
+    for s in range(1, 30):
+        w.add_scalar("train/loss", float(s), s)
+    w.close()
+    (old,) = os.listdir(logs)
+    now = int(time.time())
+    host = socket.gethostname()  # this second, this host, a higher pid than ours: it sorts after a file opened now
+    os.rename(logs / old, logs / f"events.out.tfevents.{now}.{host}.{2 ** 31 - 1}.0")
+    log = EventLog(str(logs), purge_step=20)
+    for s in range(20, 40):
+        log.step(s, float(s), 0.1)
+    log.close()
+    assert [st for st, _ in _scalars(logs)["train/loss"]] == list(range(1, 40))

@@ -14,9 +14,16 @@ ceil(n_train / batch_size)):
   holdout/acc        step (g = 0: the zero-shot model)
 
 The events of each epoch are flushed when it is committed. A resumed run purges what a killed epoch had logged
-beyond its last finished epoch (``purge_step``), so the curves hold each step once.
+beyond its last finished epoch (``purge_step``), so the curves hold each step once. TensorBoard reads a folder's
+event files in the order of their names, ``events.out.tfevents.<unix second>.<host>.<pid>...``: a session's file
+must sort after the files already there, so one started within the same second as the newest of them waits for
+the next second (a run killed within a second of its start and resumed at once: its pid decided the order).
 """
 from __future__ import annotations
+
+import os
+import re
+import time
 
 from embedx.errors import EmbedxError
 
@@ -33,6 +40,23 @@ def writer_class():
     return SummaryWriter
 
 
+_STAMP = re.compile(r"events\.out\.tfevents\.(\d+)\.")
+
+
+def after_newest_file(log_dir: str) -> None:
+    """Wait until the current unix second is later than the stamp of every event file in ``log_dir``, so the file
+    a writer opens now sorts (by name) after them."""
+    try:
+        names = os.listdir(log_dir)
+    except OSError:
+        return
+    stamps = [int(m.group(1)) for m in map(_STAMP.match, names) if m]
+    if stamps:
+        newest = max(stamps)
+        while int(time.time()) <= newest:
+            time.sleep(min(1.0, newest + 1 - time.time()) + 0.01)
+
+
 class EventLog:
     """The run's event file in ``log_dir`` (None: logs nothing). ``purge_step``: the first global step this
     session writes (0 for a fresh run: whatever an earlier run left in the folder is superseded)."""
@@ -40,7 +64,9 @@ class EventLog:
     def __init__(self, log_dir: str | None, purge_step: int = 0):
         self.writer = None
         if log_dir is not None:
-            self.writer = writer_class()(log_dir=str(log_dir), purge_step=purge_step)
+            cls = writer_class()
+            after_newest_file(str(log_dir))
+            self.writer = cls(log_dir=str(log_dir), purge_step=purge_step)
 
     def step(self, global_step: int, loss: float, lr: float) -> None:
         if self.writer is not None:

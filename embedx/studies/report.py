@@ -15,17 +15,11 @@ import math
 
 import numpy as np
 
+from embedx.drift_analysis.report import _CHECK  # the same image-decode check as the drift report
 from embedx.store.atomic import atomic_write_bytes
 
 FIGURES = ("fig-iimm-gain", "fig-forgetting", "fig-ranking")
 WITHIN_PREDICTORS = ("iimm", "acs", "silhouette_euclidean", "gap")
-_CHECK = """<script>
-window.addEventListener("load", function () {
-  var imgs = document.images, ok = imgs.length > 0;
-  for (var i = 0; i < imgs.length; i++) { if (!(imgs[i].complete && imgs[i].naturalWidth > 0)) ok = false; }
-  document.body.setAttribute("data-images-ok", ok ? String(imgs.length) : "no");
-});
-</script>"""
 
 
 def _plt():
