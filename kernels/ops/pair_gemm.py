@@ -31,9 +31,11 @@ from embedx.kernels.ops.jit import njit_cached
 from embedx.kernels.ops.near import CONCENTRATED, NEAR
 
 PART_ROWS = 256    # a tile's rows are split between threads in parts of at least this many rows
-# threads of the fused pass: measured on the 2-core VM, one thread was as fast or faster than two (torch's
-# OpenMP workers still spin after the GEMM); >1 splits a tile's rows (tests run it)
-REDUCE_THREADS = 1
+# threads per tile (each: its rows' single-threaded GEMM, then their fused pass); 0: torch's intra-op thread
+# count. Measured on the 2-core VM, 4096 x 4096 x 512 tile: one 2-thread GEMM then a 1-thread pass 0.133 s
+# (the pass 0.020 s; a 2-thread pass gained nothing, torch's OpenMP team spinning), two threads each doing
+# half the rows' GEMM and pass 0.107 s, the GEMM alone 0.093 s
+REDUCE_THREADS = 0
 # rows/cols per GEMM tile: a 4096 x 4096 tile (64 MiB) ran sgemm at 84-94% of the 4096^3 rate, 2048 at 75-86%,
 # 1024 at 48%; the diagonal block uses half tiles (3 of 4 computed instead of the whole square)
 PAIR_BLOCK = 4096
@@ -109,35 +111,76 @@ def _reduce_tile(g, x, y, xsq, ysq, xlab, seg_start, seg_lab, sx, syt, c0, self_
 
 
 _POOL = None
+_BUFFERS: dict = {}  # (thread slot) -> a float32 GEMM buffer kept between calls (no page faults per tile)
 NO_FIRST = np.zeros(0, np.float64)
 
 
-def _reduce_parallel(g, xr, yc, xsq, ysq, xl, seg_start, seg_lab, sx, syt, c0, self_col, both: bool, near):
-    """:func:`_reduce_tile` on the tile's rows split between up to REDUCE_THREADS threads (numba releases
-    the GIL); a part's first-label column sums go to a private row, added after the join (the part before may
-    hold the same label), so no two threads write one element."""
+def _buffer(slot: int, size: int) -> torch.Tensor:
+    """A float32 buffer of at least ``size`` values for one thread's part of a tile, reused between tiles and
+    calls (a fresh 64 MiB tile cost 10-20 ms of page faults each)."""
+    b = _BUFFERS.get(slot)
+    if b is None or b.numel() < size:
+        b = _BUFFERS[slot] = torch.empty(size, dtype=torch.float32)
+    return b
+
+
+class _SerialBlas:
+    """Inside: torch (and its BLAS) run one thread per call, so that each of :func:`_tile`'s threads computes
+    its own rows' GEMM and reduces them while they are in cache, with no OpenMP team spinning through the
+    reduction; the previous thread count is restored after. Process-wide while it lasts: torch work in other
+    threads meanwhile runs single-threaded (slower, never different)."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def __enter__(self):
+        self.before = torch.get_num_threads()
+        if self.threads > 1:
+            torch.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        if torch.get_num_threads() != self.before:
+            torch.set_num_threads(self.before)
+
+
+def tile_threads() -> int:
+    """Threads of :func:`_tile`: REDUCE_THREADS when set, else torch's intra-op thread count."""
+    return REDUCE_THREADS or torch.get_num_threads()
+
+
+def _tile(xr, yc, xsq, ysq, xl, seg_start, seg_lab, sx, syt, c0, self_col, both: bool, near, threads: int):
+    """One tile: ``G = xr @ yc.T`` and :func:`_reduce_tile`, its rows split between up to ``threads`` threads,
+    each computing its part's GEMM (torch.mm, single-threaded inside :class:`_SerialBlas`; GIL released) into
+    its own buffer and reducing it at once (numba, GIL released). A part's first-label column sums go to a
+    private row, added after the join (the part before may hold the same label), so no two threads write one
+    element."""
     from concurrent.futures import ThreadPoolExecutor
 
     global _POOL
-    m = len(g)
-    parts = max(1, min(REDUCE_THREADS, m // PART_ROWS))
+    m, n = len(xr), len(yc)
+    parts = max(1, min(threads, m // PART_ROWS))
+    cuts = [m * i // parts for i in range(parts + 1)]
+    firsts = [NO_FIRST] + [np.zeros(n) if both else NO_FIRST for _ in range(parts - 1)]
+    xn, yn = xr.numpy(), yc.numpy()
+
+    def part(i):
+        a, b = cuts[i], cuts[i + 1]
+        g = _buffer(i, (b - a) * n)[:(b - a) * n].view(b - a, n)
+        torch.mm(xr[a:b], yc.T, out=g)
+        _reduce_tile(g.numpy(), xn[a:b], yn, xsq[a:b], ysq, xl[a:b], seg_start, seg_lab, sx[a:b], syt, c0,
+                     self_col[a:b], both, near, firsts[i])
+
     if parts == 1:
-        _reduce_tile(g, xr, yc, xsq, ysq, xl, seg_start, seg_lab, sx, syt, c0, self_col, both, near, NO_FIRST)
+        part(0)
         return
     if _POOL is None or _POOL._max_workers < parts:
         _POOL = ThreadPoolExecutor(parts, thread_name_prefix="embedx-pair")
-    cuts = [m * i // parts for i in range(parts + 1)]
-    firsts = [NO_FIRST] + [np.zeros(g.shape[1]) if both else NO_FIRST for _ in range(parts - 1)]
-    futs = []
-    for i in range(parts):
-        a, b = cuts[i], cuts[i + 1]
-        futs.append(_POOL.submit(_reduce_tile, g[a:b], xr[a:b], yc, xsq[a:b], ysq, xl[a:b], seg_start, seg_lab,
-                                 sx[a:b], syt, c0, self_col[a:b], both, near, firsts[i]))
-    for f in futs:
+    for f in [_POOL.submit(part, i) for i in range(parts)]:
         f.result()
     if both:
         for i in range(1, parts):
-            syt[xl[cuts[i]], c0:c0 + g.shape[1]] += firsts[i]
+            syt[xl[cuts[i]], c0:c0 + n] += firsts[i]
 
 
 def _segments(lab: np.ndarray):
@@ -177,30 +220,29 @@ def pair_sums_gemm(x: torch.Tensor, y: torch.Tensor | None, x_labels: torch.Tens
     if m and n:
         xsq_all, ysq_all = _sqnorms(xs), (None if diagonal else _sqnorms(ys))
         ysq_all = xsq_all if diagonal else ysq_all
-        buf = torch.empty(min(block, m) * min(block, n), dtype=torch.float32)
         xt, yt = torch.from_numpy(xs), torch.from_numpy(ys)
         near = np.float32(NEAR)
-        for c0 in range(0, n, block):
-            c1 = min(c0 + block, n)
-            yc, ysq = yt[c0:c1], ysq_all[c0:c1]
-            seg_start, seg_lab = _segments(yl[c0:c1])
-            centre = yc.mean(0)
-            concentrated = float(centre @ centre) > CONCENTRATED * float(ysq.mean())
-            if concentrated:  # a tight block: centre it (and the rows) on its mean first
-                yc = yc - centre
-                ysq = _sqnorms(yc.numpy())
-            for r0 in range(0, c1 if diagonal else m, block):
-                r1 = min(r0 + block, m)
-                xr, xsq = xt[r0:r1], xsq_all[r0:r1]
-                if concentrated:
-                    xr = xr - centre
-                    xsq = _sqnorms(xr.numpy())
-                g = buf[:(r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
-                torch.mm(xr, yc.T, out=g)
-                on_diag = diagonal and r0 == c0
-                self_col = np.arange(r1 - r0) if on_diag else np.full(r1 - r0, -1)
-                _reduce_parallel(g.numpy(), xr.numpy(), yc.numpy(), xsq, ysq, xl[r0:r1], seg_start, seg_lab,
-                                 sx[r0:r1], syt, c0, self_col, not on_diag, near)
+        threads = tile_threads()
+        with _SerialBlas(threads):
+            for c0 in range(0, n, block):
+                c1 = min(c0 + block, n)
+                yc, ysq = yt[c0:c1], ysq_all[c0:c1]
+                seg_start, seg_lab = _segments(yl[c0:c1])
+                centre = yc.mean(0)
+                concentrated = float(centre @ centre) > CONCENTRATED * float(ysq.mean())
+                if concentrated:  # a tight block: centre it (and the rows) on its mean first
+                    yc = yc - centre
+                    ysq = _sqnorms(yc.numpy())
+                for r0 in range(0, c1 if diagonal else m, block):
+                    r1 = min(r0 + block, m)
+                    xr, xsq = xt[r0:r1], xsq_all[r0:r1]
+                    if concentrated:
+                        xr = xr - centre
+                        xsq = _sqnorms(xr.numpy())
+                    on_diag = diagonal and r0 == c0
+                    self_col = np.arange(r1 - r0) if on_diag else np.full(r1 - r0, -1)
+                    _tile(xr, yc, xsq, ysq, xl[r0:r1], seg_start, seg_lab, sx[r0:r1], syt, c0, self_col, not on_diag,
+                          near, threads)
     out_x = np.empty_like(sx)
     if diagonal:  # the tiles above the diagonal gave the rows' sums over the columns left of them
         out_x[xo] = sx + syt.T
@@ -236,31 +278,30 @@ def sums_gemm(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters
         self_all[inside] = inv[j[inside]]
     if m and n:
         xsq_all, ysq_all = _sqnorms(xs), _sqnorms(ys)
-        buf = torch.empty(min(block, m) * min(block, n), dtype=torch.float32)
         xt, yt = torch.from_numpy(xs), torch.from_numpy(ys)
         near = np.float32(NEAR)
         no_lab = np.zeros(min(block, m), np.int64)
-        for c0 in range(0, n, block):
-            c1 = min(c0 + block, n)
-            yc, ysq = yt[c0:c1], ysq_all[c0:c1]
-            seg_start, seg_lab = _segments(yl[c0:c1])
-            centre = yc.mean(0)
-            concentrated = float(centre @ centre) > CONCENTRATED * float(ysq.mean())
-            if concentrated:
-                yc = yc - centre
-                ysq = _sqnorms(yc.numpy())
-            for r0 in range(0, m, block):
-                r1 = min(r0 + block, m)
-                xr, xsq = xt[r0:r1], xsq_all[r0:r1]
+        threads = tile_threads()
+        with _SerialBlas(threads):
+            for c0 in range(0, n, block):
+                c1 = min(c0 + block, n)
+                yc, ysq = yt[c0:c1], ysq_all[c0:c1]
+                seg_start, seg_lab = _segments(yl[c0:c1])
+                centre = yc.mean(0)
+                concentrated = float(centre @ centre) > CONCENTRATED * float(ysq.mean())
                 if concentrated:
-                    xr = xr - centre
-                    xsq = _sqnorms(xr.numpy())
-                g = buf[:(r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
-                torch.mm(xr, yc.T, out=g)
-                sc = self_all[r0:r1] - c0
-                sc[(sc < 0) | (sc >= c1 - c0)] = -1
-                _reduce_parallel(g.numpy(), xr.numpy(), yc.numpy(), xsq, ysq, no_lab[:r1 - r0], seg_start, seg_lab,
-                                 sx[r0:r1], NO_SYT, c0, sc, False, near)
+                    yc = yc - centre
+                    ysq = _sqnorms(yc.numpy())
+                for r0 in range(0, m, block):
+                    r1 = min(r0 + block, m)
+                    xr, xsq = xt[r0:r1], xsq_all[r0:r1]
+                    if concentrated:
+                        xr = xr - centre
+                        xsq = _sqnorms(xr.numpy())
+                    sc = self_all[r0:r1] - c0
+                    sc[(sc < 0) | (sc >= c1 - c0)] = -1
+                    _tile(xr, yc, xsq, ysq, no_lab[:r1 - r0], seg_start, seg_lab, sx[r0:r1], NO_SYT, c0, sc, False,
+                          near, threads)
     return torch.from_numpy(sx)
 
 
