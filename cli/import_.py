@@ -21,6 +21,10 @@ from embedx.cli.options import KindChoice, KindsOption, chunking_options, verbos
 @click.option("--paired", is_flag=True, help="Text row i pairs with image row i (captions).")
 @click.option("--paired-array", help="One (2, N, d) array of paired rows: [0] images, [1] texts.")
 @click.option("--names", type=click.Path(), help="Text file, one class name (or caption) per text row.")
+@click.option("--ids", help="Source id of each row: .txt (one per line), .npy, .npz[:KEY] or .parquet[:COLUMN]. With "
+                            "--paired, one per caption; captions that share an id are one image's (each a positive "
+                            "for retrieval recall), and --images holds one row per caption or one per distinct id, "
+                            "in order of first appearance (COCO style).")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default=None,
               help="Stored dtype [default: float16; with --from, the dump's own].")
 @click.option("--model", default=None, help="Record the model that made these embeddings (open_clip name).")
@@ -32,14 +36,15 @@ from embedx.cli.options import KindChoice, KindsOption, chunking_options, verbos
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out (only once the new one is complete).")
 @chunking_options
 @verbosity_options
-def import_(src, kind, features, id_column, caption_column, images, texts, labels, paired, paired_array, names, dtype,
-            model, pretrained, dataset, out, overwrite, codec, chunk_rows):
+def import_(src, kind, features, id_column, caption_column, images, texts, labels, paired, paired_array, names, ids,
+            dtype, model, pretrained, dataset, out, overwrite, codec, chunk_rows):
     """Build a store from existing embedding arrays.
 
     \b
     Examples:
       embedx import --images X.npy --texts T.npy --labels y.npy --names classes.txt --out s.zarr
       embedx import --images X.npy --texts captions.npy --paired --out coco.zarr
+      embedx import --images per_image.npy --texts captions.npy --paired --ids image_ids.txt --out coco.zarr
       embedx import --paired-array features_clip.npy --out coco.zarr
       embedx import --from clip-retrieval embeddings_folder/ --model ViT-B-32 --pretrained laion2b_s34b_b79k \\
           --out laion.zarr
@@ -55,7 +60,7 @@ def import_(src, kind, features, id_column, caption_column, images, texts, label
         if src is None:
             raise click.UsageError("give the dump folder DIR after --from FORMAT")
         given = [f for f, v in (("--images", images), ("--texts", texts), ("--labels", labels), ("--paired", paired),
-                                ("--paired-array", paired_array), ("--names", names)) if v]
+                                ("--paired-array", paired_array), ("--names", names), ("--ids", ids)) if v]
         if given:
             raise click.UsageError(f"a dump folder DIR is read from its own files; drop {', '.join(given)}")
         from embedx.formats.dumps import import_dump
@@ -75,7 +80,7 @@ def import_(src, kind, features, id_column, caption_column, images, texts, label
 
     m = import_arrays(out, images=images, texts=texts, labels=labels, paired=paired, names=names,
                       paired_array=paired_array, dtype=dtype or "float16", overwrite=overwrite, codec=codec,
-                      chunk_rows=chunk_rows, model=model, pretrained=pretrained, dataset=dataset)
+                      chunk_rows=chunk_rows, model=model, pretrained=pretrained, dataset=dataset, ids=ids)
     n_texts = m["rows_committed"] if m["mode"] == "paired" else None
     what = f"{n_texts} paired texts" if n_texts else "class texts"
     echo(f"wrote {out}: {m['rows_committed']} images x {m['dim']} {m['dtype']}, {what}")

@@ -235,3 +235,39 @@ def test_cli_codec_choices_are_the_stores():
     from embedx.store import CODECS as STORE_CODECS
 
     assert CODECS == list(STORE_CODECS)
+
+
+def test_import_ids_from_the_cli_coco_style(tmp_path, rng):
+    """`--ids FILE` (one id per caption): captions that share an id are one image's; --images one row per
+    distinct id, in order of first appearance. Recall against float64 brute force with every caption of the
+    image a positive."""
+    m, per, d = 12, 5, 16
+    images = rng.standard_normal((m, d)).astype(np.float32)
+    item = rng.permutation(np.repeat(np.arange(m), per))  # caption j shows image item[j]
+    texts = (images[item] + 0.8 * rng.standard_normal((m * per, d))).astype(np.float32)
+    _, first = np.unique(item, return_index=True)
+    order = item[np.sort(first)]
+    np.save(tmp_path / "x.npy", images[order])
+    np.save(tmp_path / "t.npy", texts)
+    ids = [f"img {v}" for v in item]  # spaces are part of an id
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    out = tmp_path / "coco.zarr"
+    r = invoke("import", "--images", tmp_path / "x.npy", "--texts", tmp_path / "t.npy", "--paired", "--ids",
+               tmp_path / "ids.txt", "--dtype", "float32", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    s = Store(str(out))
+    assert list(s.ids()) == ids
+    np.testing.assert_array_equal(s.images(), images[item])
+    r = invoke("measure", out, "--metrics", "i2t_recall@1", "--json")
+    assert r.exit_code == 0, r.stderr
+    xn = images / np.linalg.norm(images, axis=1, keepdims=True)
+    tn = texts / np.linalg.norm(texts, axis=1, keepdims=True)
+    sim = xn.astype(np.float64) @ tn.astype(np.float64).T
+    want = np.mean([sim[u].argmax() in np.flatnonzero(item == u) for u in range(m)])
+    assert json.loads(r.stdout)["i2t_recall@1"] == pytest.approx(want, abs=1e-12)
+
+    (tmp_path / "short.txt").write_text("\n".join(ids[:-1]) + "\n")
+    bad = invoke("import", "--images", tmp_path / "x.npy", "--texts", tmp_path / "t.npy", "--paired", "--ids",
+                 tmp_path / "short.txt", "--out", tmp_path / "bad.zarr")
+    assert_one_line_error(bad, "one id per row")
+    assert not (tmp_path / "bad.zarr").exists()

@@ -189,14 +189,29 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
                       row_ids if ids is not None else None)
 
 
+def _text_lines(path: str, what: str) -> list[str]:
+    """The lines of a UTF-8 text file, without their line ends (a last empty line dropped)."""
+    if not os.path.isfile(path):
+        raise EmbedxError(f"{what} file not found: {path}", param=what)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise EmbedxError(f"cannot read {what} from {path}: {one_line(e, 200)}", param=what) from None
+
+
 def expand_ids(ids, x: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """(one id string per stored row, the image rows) from ``ids``: a 1-D array (or .npy/.npz/.parquet spec) of
+    """(one id string per stored row, the image rows) from ``ids``: a 1-D array (or .npy/.npz/.parquet spec, or a
+    .txt file of one id per line) of
     ``n_rows`` ids, one per text row of a paired store (per image of a class store). Rows that share an id are one
     item: an image with several captions, each caption a positive of that image for retrieval recall. The images
     come either one per row (``len(x) == n_rows``, an image repeated beside each of its captions, as clip-retrieval
     writes them) or once per distinct id (COCO-style: ``len(x)`` = the number of distinct ids, ``x[k]`` the
     image of the k-th distinct id in order of first appearance in ``ids``), and are then repeated row by row."""
-    a = np.asarray(load_array(ids, "ids") if isinstance(ids, (str, os.PathLike)) else as_numpy(ids))
+    if isinstance(ids, (str, os.PathLike)) and os.fspath(ids).endswith(".txt"):
+        a = np.array(_text_lines(os.fspath(ids), "ids"), dtype=object)
+    else:
+        a = np.asarray(load_array(ids, "ids") if isinstance(ids, (str, os.PathLike)) else as_numpy(ids))
     if a.ndim != 1 or len(a) != n_rows:
         raise EmbedxError(f"ids needs one id per row ({n_rows}: one per caption of a paired store, per image of a "
                           f"class store), got shape {a.shape}", param="ids")
