@@ -222,3 +222,24 @@ def test_import_and_export_dumps_on_s3(s3, tmp_path):
     fs.rm(f"{s3.bucket}/dumps/cr/img_emb/img_emb_1.npy")
     r = invoke("import", "--from", "clip-retrieval", s3.url("dumps/cr"), "--out", str(tmp_path / "bad.zarr"))
     assert_one_line_error(r.exit_code, r.stderr, "img_emb/img_emb_1.npy is missing")
+
+
+def test_json_out_to_s3(pair, s3, tmp_path, monkeypatch):
+    """``measure --out s3://...`` uploads the JSON (it once wrote a local ``s3:/...`` path); a missing bucket is
+    one line."""
+    from tests.s3server import clear_fsspec_instances
+
+    monkeypatch.chdir(tmp_path)
+    local = pair["local", "before"]
+    url = s3.url("reports/m.json")
+    r = invoke("measure", local, "--metrics", "acs", "--out", url)
+    assert r.exit_code == 0, r.output + r.stderr
+    clear_fsspec_instances()
+    import boto3
+
+    body = boto3.client("s3", endpoint_url=s3.endpoint).get_object(Bucket=s3.bucket, Key="reports/m.json")["Body"]
+    got = json.loads(body.read())
+    assert got["acs"] == _json(invoke("measure", local, "--metrics", "acs", "--json"))["acs"]
+    assert not (tmp_path / "s3:").exists() and not list(tmp_path.iterdir())  # nothing written here
+    r = invoke("measure", local, "--metrics", "acs", "--out", "s3://no-such-bucket-embedx/m.json")
+    assert_one_line_error(r, "no-such-bucket-embedx")

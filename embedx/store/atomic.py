@@ -34,7 +34,22 @@ def fsync_dir(folder: str) -> None:
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """``data`` onto ``path`` atomically (see :func:`atomic_write`)."""
+    """``data`` onto ``path`` atomically (see :func:`atomic_write`). A URL (s3://, gs://, ...) is written as one
+    object through fsspec (object stores replace a whole object at once: readers see the old or the new one);
+    its storage errors are one line (:meth:`Location.faults`)."""
+    from embedx.fs.locations import location
+
+    loc = location(path)
+    if not loc.local:
+        with loc.faults():
+            bucket = loc.missing_bucket()
+            if bucket:
+                from embedx.errors import EmbedxError
+
+                raise EmbedxError(f"cannot write {path}: bucket {bucket!r} does not exist")
+            with loc.open("wb") as f:
+                f.write(data)
+        return
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
