@@ -24,6 +24,8 @@ are the only rounding, so the sums agree with the float64 brute force to ~1e-7 r
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -111,37 +113,49 @@ def _reduce_tile(g, x, y, xsq, ysq, xlab, seg_start, seg_lab, sx, syt, c0, self_
 
 
 _POOL = None
-_BUFFERS: dict = {}  # (thread slot) -> a float32 GEMM buffer kept between calls (no page faults per tile)
+_BUFFERS = threading.local()  # each thread's float32 GEMM buffer, kept between tiles and calls
 NO_FIRST = np.zeros(0, np.float64)
 
 
-def _buffer(slot: int, size: int) -> torch.Tensor:
-    """A float32 buffer of at least ``size`` values for one thread's part of a tile, reused between tiles and
-    calls (a fresh 64 MiB tile cost 10-20 ms of page faults each)."""
-    b = _BUFFERS.get(slot)
+def _buffer(size: int) -> torch.Tensor:
+    """This thread's float32 buffer of at least ``size`` values for its part of a tile, reused between tiles
+    and calls (a fresh 64 MiB tile cost 10-20 ms of page faults each); per thread, so concurrent calls never
+    share one."""
+    b = getattr(_BUFFERS, "buf", None)
     if b is None or b.numel() < size:
-        b = _BUFFERS[slot] = torch.empty(size, dtype=torch.float32)
+        b = _BUFFERS.buf = torch.empty(size, dtype=torch.float32)
     return b
 
 
 class _SerialBlas:
     """Inside: torch (and its BLAS) run one thread per call, so that each of :func:`_tile`'s threads computes
     its own rows' GEMM and reduces them while they are in cache, with no OpenMP team spinning through the
-    reduction; the previous thread count is restored after. Process-wide while it lasts: torch work in other
-    threads meanwhile runs single-threaded (slower, never different)."""
+    reduction. Process-wide while it lasts (torch work in other threads meanwhile runs single-threaded: slower,
+    never different); nested or concurrent uses are counted, and the last one out restores the thread count the
+    first one found."""
+
+    _lock = threading.Lock()
+    _depth = 0
+    _saved = 1
 
     def __init__(self, threads: int):
         self.threads = threads
 
     def __enter__(self):
-        self.before = torch.get_num_threads()
         if self.threads > 1:
-            torch.set_num_threads(1)
+            with _SerialBlas._lock:
+                if _SerialBlas._depth == 0:
+                    _SerialBlas._saved = torch.get_num_threads()
+                    torch.set_num_threads(1)
+                _SerialBlas._depth += 1
         return self
 
     def __exit__(self, *exc):
-        if torch.get_num_threads() != self.before:
-            torch.set_num_threads(self.before)
+        if self.threads > 1:
+            with _SerialBlas._lock:
+                _SerialBlas._depth -= 1
+                if _SerialBlas._depth == 0:
+                    torch.set_num_threads(_SerialBlas._saved)
 
 
 def tile_threads() -> int:
@@ -166,7 +180,7 @@ def _tile(xr, yc, xsq, ysq, xl, seg_start, seg_lab, sx, syt, c0, self_col, both:
 
     def part(i):
         a, b = cuts[i], cuts[i + 1]
-        g = _buffer(i, (b - a) * n)[:(b - a) * n].view(b - a, n)
+        g = _buffer((b - a) * n)[:(b - a) * n].view(b - a, n)
         torch.mm(xr[a:b], yc.T, out=g)
         _reduce_tile(g.numpy(), xn[a:b], yn, xsq[a:b], ysq, xl[a:b], seg_start, seg_lab, sx[a:b], syt, c0,
                      self_col[a:b], both, near, firsts[i])

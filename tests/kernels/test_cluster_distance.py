@@ -218,3 +218,39 @@ def test_3xtf32_split_is_far_closer_than_one_tf32_product(rng):
     assert K.split_precision(torch.zeros(2, 2), "auto") is False  # CPU: plain IEEE unless asked
     with pytest.raises(ValueError, match="precision"):
         K.split_precision(torch.zeros(2, 2), "bf16x3")
+
+
+def test_gemm_path_in_concurrent_threads_restores_torch_threads(rng, monkeypatch):
+    """The gemm path sets torch to one thread while its own threads split a tile (``_SerialBlas``): calls from
+    several threads at once each equal the float64 reference, and the thread count found before is restored
+    once the last call ends (a naive save/restore in each call left the process single-threaded)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from embedx.kernels.ops import pair_gemm
+
+    monkeypatch.setattr(pair_gemm, "PART_ROWS", 8)
+    monkeypatch.setattr(pair_gemm, "REDUCE_THREADS", 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cases = []
+        for _ in range(6):
+            m, n, d, k = int(rng.integers(20, 90)), int(rng.integers(20, 90)), int(rng.integers(3, 30)), 3
+            x, y = rng.standard_normal((m, d)).astype(np.float32), rng.standard_normal((n, d)).astype(np.float32)
+            xl, yl = rng.integers(0, k, m), rng.integers(0, k, n)
+            cases.append((x, y, xl, yl, k))
+
+        def one(c):
+            x, y, xl, yl, k = c
+            return K.cluster_distance_pair_sums_torch(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(xl),
+                                                      torch.from_numpy(yl), k, block=16, impl="gemm")
+
+        with ThreadPoolExecutor(3) as pool:
+            got = list(pool.map(one, cases))
+        assert torch.get_num_threads() == 2
+        for (x, y, xl, yl, k), (gx, gy) in zip(cases, got):
+            rx, ry = K.cluster_distance_pair_sums_reference(x.astype(np.float64), y.astype(np.float64), xl, yl, k)
+            np.testing.assert_allclose(gx.numpy(), rx, rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(gy.numpy(), ry, rtol=1e-5, atol=1e-4)
+    finally:
+        torch.set_num_threads(before)
