@@ -47,7 +47,7 @@ def study(ctx, spec_path, out, overwrite, cluster, as_json):
     from embedx.studies.run import study as run
 
     quiet = bool((ctx.obj or {}).get("quiet"))
-    res = run(spec_path, out, overwrite=overwrite, cluster=cluster, progress=not quiet)
+    res = run(spec_path, out, overwrite=overwrite, cluster=cluster, progress=not quiet).info
     emit_json(res, None, as_json)
     if not as_json:
         echo(f"{res['cells']} cells ({res['ran']} run now, {res['skipped']} already finished); "

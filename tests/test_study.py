@@ -73,9 +73,18 @@ def _top1(store) -> np.ndarray:
 
 def test_results_rows_and_columns(done):
     d, spec, res = done
-    df = pd.read_parquet(res["results"])
+    df = pd.read_parquet(res.info["results"])
     assert list(df.columns) == list(T.COLUMNS)
-    assert len(df) == res["rows"] == 4 and res["cells"] == 6 and res["ran"] == 6
+    assert len(df) == res.info["rows"] == 4 and res.info["cells"] == 6 and res.info["ran"] == 6
+    # the Result: the table itself, paper B's headline as its tables give it (CSV: 1e-12), --json's info
+    assert res.kind == "study" and isinstance(res, embedx.Result)
+    pd.testing.assert_frame_equal(res.table.reset_index(drop=True), df)
+    fits = pd.read_csv(res.info["tables"]["paperB_fits"])
+    for p in T.PREDICTORS:
+        for outcome in ("gain", "forgetting"):
+            want = fits[(fits["group"] == "all") & (fits["outcome"] == outcome) & (fits["predictor"] == p)]["r2"]
+            np.testing.assert_allclose(res[f"r2_{outcome}_{p}"], float(want.iloc[0]), rtol=1e-12)  # NaN == NaN
+    assert res.to_dict() == res.info
     assert sorted(zip(df["task"], df["method"])) == [("d012", "bitfit"), ("d012", "lora"), ("d345", "bitfit"),
                                                      ("d345", "lora")]
     assert set(df["embedx_version"]) == {embedx.__version__}
@@ -86,6 +95,34 @@ def test_results_rows_and_columns(done):
     csv = pd.read_csv(os.path.join(d, "out", "results.csv"))
     assert list(csv.columns) == list(T.COLUMNS) and len(csv) == 4
     np.testing.assert_allclose(csv["gain"], df["gain"])
+
+
+def test_study_headline_against_scipy(rng):
+    """``run.headline`` of the papers' tables made from a synthetic results table: each R² equals scipy's
+    linregress r² on the rows, the leave-one-task-out coverage/MAE the fraction/mean recomputed from the rows."""
+    from scipy import stats
+
+    n_tasks, methods = 6, ("full", "lora")
+    rows = []
+    for t in range(n_tasks):
+        for m in methods:
+            r = {"task": f"t{t}", "method": m, "domain": "", "model": "m", "seed": 0}
+            r.update({p: float(rng.normal()) for p in T.PREDICTORS})
+            r.update(gain=0.3 * r["iimm"] + 0.1 * float(rng.normal()), norm_gain=float(rng.normal()),
+                     forgetting=float(rng.normal()))
+            rows.append(r)
+    df = pd.DataFrame(rows)
+    pred, summ = T.loto(df)
+    h = R.headline({"paperB_fits": T.paper_b(df), "paperB_loto_summary": summ})
+    for p in ("iimm", T.PREDICTORS[0], T.PREDICTORS[-1]):
+        for outcome in ("gain", "forgetting"):
+            want = stats.linregress(df[p].to_numpy(float), df[outcome].to_numpy(float)).rvalue ** 2
+            assert h[f"r2_{outcome}_{p}"] == pytest.approx(want, rel=1e-9)
+    g = pred[(pred["group"] == "all") & (pred["outcome"] == "gain")]
+    assert h["loto_mae_gain"] == pytest.approx(float(np.mean(np.abs(g["predicted"] - g["actual"]))))
+    inside = (g["lo"] <= g["actual"]) & (g["actual"] <= g["hi"])
+    assert h["loto_coverage_gain"] == pytest.approx(float(inside.mean())) and 0 < h["loto_coverage_gain"] <= 1
+
 
 
 def test_gain_and_forgetting_from_the_stores(done):
@@ -226,7 +263,7 @@ def test_leave_one_task_out_equals_scipy():
 
 def test_report_references_the_figures(done):
     d, _, res = done
-    page = open(res["report"], encoding="utf-8").read()
+    page = open(res.info["report"], encoding="utf-8").read()
     for fid in ("fig-iimm-gain", "fig-forgetting", "fig-ranking"):
         assert f'id="{fid}"' in page
     assert page.count('src="data:image/png;base64,') == 3
@@ -245,7 +282,7 @@ def test_report_renders_in_headless_chromium(done, tmp_path, chromium):
     exe = chromium
     _, _, res = done
     page = tmp_path / "study.html"
-    shutil.copy(res["report"], page)
+    shutil.copy(res.info["report"], page)
     dom, ok, n_err, console = _dom(exe, tmp_path, page)
     assert ok == "3" and n_err == 0 and not console, (ok, n_err, console)
     for heading in ("IIMM vs gain per method", "Forgetting per method", "Paper A", "Paper B",
@@ -278,15 +315,15 @@ def test_kill_and_resume_gives_the_same_results(done, tmp_path):
     n_marked = len(list((out / "cells").glob("*/done.json")))
     assert 1 <= n_marked < 6 and not (out / "results.parquet").exists()
     res = embedx.study(spec, out, progress=False)
-    assert res["skipped"] == n_marked and res["ran"] == 6 - n_marked
-    a = pd.read_parquet(res["results"]).drop(columns=VOLATILE)
+    assert res.info["skipped"] == n_marked and res.info["ran"] == 6 - n_marked
+    a = pd.read_parquet(res.info["results"]).drop(columns=VOLATILE)
     b = pd.read_parquet(os.path.join(d, "out", "results.parquet")).drop(columns=VOLATILE)
     pd.testing.assert_frame_equal(a, b)
     # several studies' tables concatenate into one with the same columns
-    both = pd.concat([pd.read_parquet(res["results"]), pd.read_parquet(os.path.join(d, "out", "results.parquet"))],
+    both = pd.concat([pd.read_parquet(res.info["results"]), pd.read_parquet(os.path.join(d, "out", "results.parquet"))],
                      ignore_index=True)
     assert list(both.columns) == list(T.COLUMNS) and len(both) == 8
-    assert both.dtypes.equals(pd.read_parquet(res["results"]).dtypes)
+    assert both.dtypes.equals(pd.read_parquet(res.info["results"]).dtypes)
 
 
 def test_cluster_run_equals_in_process(done, tmp_path):
@@ -321,7 +358,7 @@ def test_changed_file_is_refused_unless_overwrite(done, tmp_path):
     assert json.loads((copy / "study.json").read_text())["spec_sha256"] == S.load(str(changed)).sha256
     # the unchanged file is accepted and runs nothing
     res = embedx.study(spec, out, progress=False)
-    assert res["ran"] == 0 and res["skipped"] == 6
+    assert res.info["ran"] == 0 and res.info["skipped"] == 6
 
 
 @pytest.mark.parametrize("text, key", [

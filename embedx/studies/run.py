@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 
+from embedx.engine.result import Result
 from embedx.errors import EmbedxError
 from embedx.store.atomic import atomic_write_bytes
 from embedx.studies import cells as C
@@ -173,10 +174,15 @@ def _phase(cells: list, out: str, spec: Spec, executor, on_done) -> None:
             on_done(cell, marker, True)
 
 
-def study(spec_path, out, overwrite: bool = False, cluster=None, progress: bool = True) -> dict:
+def study(spec_path, out, overwrite: bool = False, cluster=None, progress: bool = True):
     """Run the study declared in ``spec_path`` (STUDY.toml, see ``embedx.studies.spec``) into folder ``out``
-    -> {"results": path of results.parquet, "rows": number of rows, "tables": {name: path}, "report": path,
-    "cells": total, "ran": cells run now, "skipped": cells already finished}.
+    -> an :class:`embedx.Result` (kind "study"): its scores are paper B's headline over every row
+    (``r2_<outcome>_<predictor>``: the R² of the OLS fit outcome ~ predictor, for gain and forgetting, every
+    predictor; ``loto_coverage_gain``/
+    ``loto_mae_gain``: the leave-one-task-out IIMM intervals' coverage and mean |error|), ``.table`` the results
+    table (a pandas DataFrame, one row per model x task x method x seed), ``.tables`` the papers' tables, and
+    ``.info`` {"results": path of results.parquet, "rows", "tables": {name: path}, "report": path of
+    study.html, "cells": total, "ran": cells run now, "skipped": cells already finished} (``to_dict()``: info).
 
     Resumable: a rerun skips finished cells (their markers); a changed file is refused unless ``overwrite``
     (which removes the folder's study outputs and starts over). ``cluster``: "local[:N]" or "tcp://HOST:PORT"
@@ -212,5 +218,24 @@ def study(spec_path, out, overwrite: bool = False, cluster=None, progress: bool 
     df = tables.results(spec, zs, tuned, markers)
     paths = tables.write(df, out)
     paths["report"] = report.write(df, paths, os.path.join(out, "study.html"), spec)
-    return {"results": paths["results"], "rows": len(df), "tables": paths["tables"], "report": paths["report"],
+    info = {"results": paths["results"], "rows": len(df), "tables": paths["tables"], "report": paths["report"],
             "cells": total, "ran": count["ran"], "skipped": count["skipped"]}
+    res = Result(headline(paths["frames"]), info=info, kind="study", document=info,
+                 provenance={"schema": "embedx.study/1", "spec_sha256": spec.sha256})
+    res.table, res.tables = df, paths["frames"]
+    return res
+
+
+def headline(frames: dict) -> dict:
+    """Paper B over every row ("all"): {r2_<outcome>_<predictor>} for gain and forgetting, and the
+    leave-one-task-out coverage and mean |error| of the gain (NaN where a fit was impossible)."""
+    out = {}
+    fits = frames["paperB_fits"]
+    for outcome in ("gain", "forgetting"):
+        for _, r in fits[(fits["group"] == "all") & (fits["outcome"] == outcome)].iterrows():
+            out[f"r2_{outcome}_{r['predictor']}"] = float(r["r2"])
+    summ = frames["paperB_loto_summary"]
+    row = summ[(summ["group"] == "all") & (summ["outcome"] == "gain")]
+    out["loto_coverage_gain"] = float(row["coverage"].iloc[0]) if len(row) else float("nan")
+    out["loto_mae_gain"] = float(row["mae"].iloc[0]) if len(row) else float("nan")
+    return out
