@@ -1,4 +1,5 @@
-"""``Result``: what every public call returns (``measure``, ``transfer``, ``drift``, ``import_arrays``).
+"""``Result``: what every public call returns (``measure``, ``transfer``, ``drift``, ``import_arrays``, ``embed``,
+``study``).
 
 A result is a read-only ``Mapping`` of score name -> value (the measures, transfer scores or drift statistics
 alone), so it behaves as pandas and scikit-learn users expect::
@@ -27,7 +28,8 @@ _HEAD = ("n_images", "n_texts", "dim")
 
 class Result(Mapping):
     """Scores as a read-only mapping {name: value}, with ``timings``, ``info``, ``provenance``, ``estimates``,
-    ``per_class`` beside it (module docstring). ``kind``: "measure", "transfer", "drift", "import" or "embed".
+    ``per_class`` beside it (module docstring). ``kind``: "measure", "transfer", "drift", "import", "embed" or
+    "study".
 
     ``document``: the JSON-able dict ``to_dict()`` returns, when the call has its own layout (drift's summary, an
     import's store metadata); otherwise ``to_dict()`` builds the measures' layout."""
