@@ -49,7 +49,7 @@ demo: $(STAMP)
 	$(VENV)/bin/embedx demo
 
 test: $(STAMP)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
+	TRITON_INTERPRET=1 $(PY) -m pytest -q --durations=25 tests
 
 # The GPU lane: every CUDA path checked and timed in <= 8 min (bench/gpu/). Without CUDA: a one-line notice and
 # the dry run on the CPU. No venv prerequisite: on a GPU machine it uses that machine's own torch.
