@@ -302,6 +302,13 @@ def test_lora_at_initialization_is_the_base_model_bit_for_bit(model, hf_model):
 UNREACHED = re.compile(r"^text_decoder\.")
 
 
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit (torch.equal calls NaN != NaN: open_clip leaves CoCa's unused text_decoder.text_projection as
+    torch.empty, whose memory may hold NaN patterns, which then "changed" without a write)."""
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.detach().contiguous().view(-1).view(torch.uint8), b.detach().contiguous().view(-1).view(torch.uint8))
+
+
 @pytest.mark.parametrize("model", ALL_TINY)
 @pytest.mark.parametrize("method", METHODS)
 def test_steps_move_only_the_trainable_set_and_lora_keeps_the_base(model, method, hf_model):
@@ -329,9 +336,9 @@ def test_steps_move_only_the_trainable_set_and_lora_keeps_the_base(model, method
     for _ in range(2):
         train_step(net, enc, opt, x, y, _tokens(name, 3, seed=1), 3)
     params = dict(net.named_parameters())
-    changed = {n for n, p in params.items() if not torch.equal(p, before[n])}
-    assert changed <= trainable and all(torch.equal(params[n], before[n]) for n in params if n not in trainable)
-    assert all(torch.equal(b, buffers[n]) for n, b in net.named_buffers()), "a buffer (BatchNorm statistics) moved"
+    changed = {n for n, p in params.items() if not _same_bits(p, before[n])}
+    assert changed <= trainable and all(_same_bits(params[n], before[n]) for n in params if n not in trainable)
+    assert all(_same_bits(b, buffers[n]) for n, b in net.named_buffers()), "a buffer (BatchNorm statistics) moved"
     graded = {n for n in trainable if params[n].grad is not None}
     assert graded == {n for n in trainable if not UNREACHED.match(n.removeprefix("clip."))}
     assert len(changed) >= 0.75 * len(graded), sorted(graded - changed)[:5]
@@ -396,7 +403,7 @@ def test_local_tokenizer_trains_siglip_and_hf_text_towers(tmp_path, model, hf_mo
     before = {n: p.detach().clone() for n, p in enc.model.named_parameters()}
     out, cfg = _one_epoch(tmp_path, name, "lora", encoder=enc)
     after = dict(enc.model.named_parameters())
-    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    moved = {n for n in before if not _same_bits(before[n], after[n])}
     assert moved and all(".lora_" in n for n in moved)
     assert cfg["selection"]["family"] == ("SigLIP" if model != "hf" else "CLIP (Hugging Face text tower)")
 
