@@ -199,6 +199,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--save-before", action="store_true",
                     help=f"Record this code's numbers as the 'before' column ({BEFORE}).")
     a = ap.parse_args(argv)
+    load = os.getloadavg()[0]
     from bench_measures import WORK, make_class_store
 
     big = make_class_store(os.path.join(WORK, "iimm-20000.zarr"), 20_000, 100, 512)
@@ -232,12 +233,13 @@ def main(argv=None) -> dict:
     goals["end_to_end_100x"] = authors["seconds"] / issue["after"][m]["seconds"] >= 100
     res = {"pass": not missed and all(goals.values()), "goals": goals, "missed": missed, "runs": a.runs,
            "before_rev": before_rev,
-           "note": "2-core VM shared with other jobs; median wall time of `python -m embedx.cli.main -q CMD` "
+           "load_average_at_start": load,
+           "note": f"{os.cpu_count()}-core machine, 1-min load average {load:.2f} at the start; median wall time of `python -m embedx.cli.main -q CMD` "
                    f"in a fresh process; {how}",
            "issue27": {**issue, "authors_iimm": authors}, "before": before, "after": rows}
     md = [f"Median of {a.runs} cold processes (`python -m embedx.cli.main -q CMD`, each a fresh interpreter; one "
-          f"untimed run first: numba's cache is per installation) per version; 2-core VM shared with other "
-          f"jobs; before: git {before_rev}; after: this code.\n",
+          f"untimed run first: numba's cache is per installation) per version; {os.cpu_count()} cores, 1-min load "
+          f"average {load:.2f} at the start; before: git {before_rev}; after: this code.\n",
           *_issue_table(issue, authors, how),
           "\nGoals (after): " + ", ".join(f"{k} {'met' if ok else 'MISSED'}" for k, ok in goals.items()) + ".",
           "\n## Every command on a tiny class store (64 x 16, 4 classes)\n",
