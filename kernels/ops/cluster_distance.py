@@ -235,6 +235,27 @@ def cluster_distance_pair_sums_torch(x: torch.Tensor, y: torch.Tensor | None, x_
 
 if triton is not None:
 
+    @triton.jit
+    def _near_recomputed(x_ptr, y_ptr, xs_ptr, ys_ptr, rows, cols, rmask, cmask, near, d2, dim, stride_x, stride_y,
+                         BM: tl.constexpr, BN: tl.constexpr, HAS_SCALE: tl.constexpr):
+        """``d2`` with the ``near`` pairs (where |x|^2 + |y|^2 - 2 x.y cancels) recomputed as sum_k (x_k - y_k)^2
+        from the stored rows (times their scales); rare: a tile without one returns ``d2`` as it is."""
+        if tl.sum(near.to(tl.int32)) > 0:
+            if HAS_SCALE:
+                xs = tl.load(xs_ptr + rows, mask=rmask, other=0.0)
+                ys = tl.load(ys_ptr + cols, mask=cmask, other=0.0)
+            e2 = tl.zeros((BM, BN), dtype=tl.float32)
+            for k in range(0, dim):
+                xv = tl.load(x_ptr + rows * stride_x + k, mask=rmask, other=0.0).to(tl.float32)
+                yv = tl.load(y_ptr + cols * stride_y + k, mask=cmask, other=0.0).to(tl.float32)
+                if HAS_SCALE:
+                    xv = xv * xs
+                    yv = yv * ys
+                diff = xv[:, None] - yv[None, :]
+                e2 += diff * diff
+            d2 = tl.where(near, e2, d2)
+        return d2
+
     @triton.jit(do_not_specialize=["n_rows", "n_cols", "col_offset"])
     def _cluster_distance_kernel(x_ptr, y_ptr, lab_ptr, out_ptr, xsq_ptr, ysq_ptr, xs_ptr, ys_ptr, rid_ptr, n_rows,
                                  n_cols, dim, col_offset, stride_x, stride_y, stride_out,
@@ -261,17 +282,8 @@ if triton is not None:
             if HAS_SELF:
                 valid = valid & (rid[:, None] != cols[None, :])
             near = valid & (d2 < NEAR_C * (xsq[:, None] + ysq[None, :]))
-            if tl.sum(near.to(tl.int32)) > 0:  # rare: close pairs, recomputed as sum_k (x_k - y_k)^2
-                e2 = tl.zeros((BM, BN), dtype=tl.float32)
-                for k in range(0, dim):
-                    xv = tl.load(x_ptr + rows * stride_x + k, mask=rmask, other=0.0).to(tl.float32)
-                    yv = tl.load(y_ptr + cols * stride_y + k, mask=cmask, other=0.0).to(tl.float32)
-                    if HAS_SCALE:
-                        xv = xv * xs
-                        yv = yv * ys
-                    diff = xv[:, None] - yv[None, :]
-                    e2 += diff * diff
-                d2 = tl.where(near, e2, d2)
+            d2 = _near_recomputed(x_ptr, y_ptr, xs_ptr, ys_ptr, rows, cols, rmask, cmask, near, d2, dim, stride_x,
+                                  stride_y, BM, BN, HAS_SCALE)
             d = tl.sqrt(tl.maximum(d2, 0.0))
             d = tl.where(valid, d, 0.0)
             lab = tl.load(lab_ptr + cols, mask=cmask, other=-1)
@@ -312,17 +324,8 @@ if triton is not None:
             d2 = xsq[:, None] + ysq[None, :] - 2.0 * acc
             valid = rmask[:, None] & cmask[None, :] & (rows[:, None] != cols[None, :])
             near = valid & (d2 < NEAR_C * (xsq[:, None] + ysq[None, :]))
-            if tl.sum(near.to(tl.int32)) > 0:  # rare: close pairs, recomputed as sum_k (x_k - y_k)^2
-                e2 = tl.zeros((BT, BT), dtype=tl.float32)
-                for k in range(0, dim):
-                    xv = tl.load(x_ptr + rows * stride_x + k, mask=rmask, other=0.0).to(tl.float32)
-                    yv = tl.load(x_ptr + cols * stride_x + k, mask=cmask, other=0.0).to(tl.float32)
-                    if HAS_SCALE:
-                        xv = xv * xs
-                        yv = yv * ys
-                    diff = xv[:, None] - yv[None, :]
-                    e2 += diff * diff
-                d2 = tl.where(near, e2, d2)
+            d2 = _near_recomputed(x_ptr, x_ptr, xs_ptr, xs_ptr, rows, cols, rmask, cmask, near, d2, dim, stride_x,
+                                  stride_x, BT, BT, HAS_SCALE)
             d = tl.where(valid, tl.sqrt(tl.maximum(d2, 0.0)), 0.0)
             labc = tl.load(lab_ptr + cols, mask=cmask, other=-1)
             k_lo = tl.min(tl.where(cmask, labc, 2147483647), axis=0)

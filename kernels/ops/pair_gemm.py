@@ -219,6 +219,33 @@ def _sqnorms(v: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", v, v, dtype=np.float32)
 
 
+def _tiles(xs: np.ndarray, ys: np.ndarray, yl: np.ndarray, block: int, diagonal: bool):
+    """The GEMM tiles of rows ``xs`` x columns ``ys`` (float32, columns sorted by label ``yl``; ``diagonal``: xs is
+    ys, only the tiles on and above the diagonal) -> (r0, r1, c0, rows, their |x|^2, columns, their |y|^2, the
+    columns' label segments (start, label)), as torch tensors over the arrays. A concentrated column block
+    (``|mean|^2 > CONCENTRATED * mean |y|^2``) and its rows are centred on the block's mean first."""
+    m, n = len(xs), len(ys)
+    xsq_all = _sqnorms(xs)
+    ysq_all = xsq_all if diagonal else _sqnorms(ys)
+    xt, yt = torch.from_numpy(xs), torch.from_numpy(ys)
+    for c0 in range(0, n, block):
+        c1 = min(c0 + block, n)
+        yc, ysq = yt[c0:c1], ysq_all[c0:c1]
+        seg_start, seg_lab = _segments(yl[c0:c1])
+        centre = yc.mean(0)
+        concentrated = float(centre @ centre) > CONCENTRATED * float(ysq.mean())
+        if concentrated:  # a tight block: centre it (and the rows) on its mean first
+            yc = yc - centre
+            ysq = _sqnorms(yc.numpy())
+        for r0 in range(0, c1 if diagonal else m, block):
+            r1 = min(r0 + block, m)
+            xr, xsq = xt[r0:r1], xsq_all[r0:r1]
+            if concentrated:
+                xr = xr - centre
+                xsq = _sqnorms(xr.numpy())
+            yield r0, r1, c0, xr, xsq, yc, ysq, seg_start, seg_lab
+
+
 def pair_sums_gemm(x: torch.Tensor, y: torch.Tensor | None, x_labels: torch.Tensor, y_labels: torch.Tensor | None,
                    n_clusters: int, block: int = PAIR_BLOCK):
     """(S_xy, S_yx) float64 torch tensors of a block pair on the CPU (see the module docstring); ``y`` None: the
@@ -232,31 +259,13 @@ def pair_sums_gemm(x: torch.Tensor, y: torch.Tensor | None, x_labels: torch.Tens
     sx = np.zeros((m, k))
     syt = np.zeros((k, n))
     if m and n:
-        xsq_all, ysq_all = _sqnorms(xs), (None if diagonal else _sqnorms(ys))
-        ysq_all = xsq_all if diagonal else ysq_all
-        xt, yt = torch.from_numpy(xs), torch.from_numpy(ys)
-        near = np.float32(NEAR)
         threads = tile_threads()
         with _SerialBlas(threads):
-            for c0 in range(0, n, block):
-                c1 = min(c0 + block, n)
-                yc, ysq = yt[c0:c1], ysq_all[c0:c1]
-                seg_start, seg_lab = _segments(yl[c0:c1])
-                centre = yc.mean(0)
-                concentrated = float(centre @ centre) > CONCENTRATED * float(ysq.mean())
-                if concentrated:  # a tight block: centre it (and the rows) on its mean first
-                    yc = yc - centre
-                    ysq = _sqnorms(yc.numpy())
-                for r0 in range(0, c1 if diagonal else m, block):
-                    r1 = min(r0 + block, m)
-                    xr, xsq = xt[r0:r1], xsq_all[r0:r1]
-                    if concentrated:
-                        xr = xr - centre
-                        xsq = _sqnorms(xr.numpy())
-                    on_diag = diagonal and r0 == c0
-                    self_col = np.arange(r1 - r0) if on_diag else np.full(r1 - r0, -1)
-                    _tile(xr, yc, xsq, ysq, xl[r0:r1], seg_start, seg_lab, sx[r0:r1], syt, c0, self_col, not on_diag,
-                          near, threads)
+            for r0, r1, c0, xr, xsq, yc, ysq, seg_start, seg_lab in _tiles(xs, ys, yl, block, diagonal):
+                on_diag = diagonal and r0 == c0
+                self_col = np.arange(r1 - r0) if on_diag else np.full(r1 - r0, -1)
+                _tile(xr, yc, xsq, ysq, xl[r0:r1], seg_start, seg_lab, sx[r0:r1], syt, c0, self_col, not on_diag,
+                      np.float32(NEAR), threads)
     out_x = np.empty_like(sx)
     if diagonal:  # the tiles above the diagonal gave the rows' sums over the columns left of them
         out_x[xo] = sx + syt.T
@@ -291,31 +300,14 @@ def sums_gemm(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, n_clusters
         inside = (j >= 0) & (j < n)
         self_all[inside] = inv[j[inside]]
     if m and n:
-        xsq_all, ysq_all = _sqnorms(xs), _sqnorms(ys)
-        xt, yt = torch.from_numpy(xs), torch.from_numpy(ys)
-        near = np.float32(NEAR)
         no_lab = np.zeros(min(block, m), np.int64)
         threads = tile_threads()
         with _SerialBlas(threads):
-            for c0 in range(0, n, block):
-                c1 = min(c0 + block, n)
-                yc, ysq = yt[c0:c1], ysq_all[c0:c1]
-                seg_start, seg_lab = _segments(yl[c0:c1])
-                centre = yc.mean(0)
-                concentrated = float(centre @ centre) > CONCENTRATED * float(ysq.mean())
-                if concentrated:
-                    yc = yc - centre
-                    ysq = _sqnorms(yc.numpy())
-                for r0 in range(0, m, block):
-                    r1 = min(r0 + block, m)
-                    xr, xsq = xt[r0:r1], xsq_all[r0:r1]
-                    if concentrated:
-                        xr = xr - centre
-                        xsq = _sqnorms(xr.numpy())
-                    sc = self_all[r0:r1] - c0
-                    sc[(sc < 0) | (sc >= c1 - c0)] = -1
-                    _tile(xr, yc, xsq, ysq, no_lab[:r1 - r0], seg_start, seg_lab, sx[r0:r1], NO_SYT, c0, sc, False,
-                          near, threads)
+            for r0, r1, c0, xr, xsq, yc, ysq, seg_start, seg_lab in _tiles(xs, ys, yl, block, False):
+                sc = self_all[r0:r1] - c0
+                sc[(sc < 0) | (sc >= len(yc))] = -1
+                _tile(xr, yc, xsq, ysq, no_lab[:r1 - r0], seg_start, seg_lab, sx[r0:r1], NO_SYT, c0, sc, False,
+                      np.float32(NEAR), threads)
     return torch.from_numpy(sx)
 
 
