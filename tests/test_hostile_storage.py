@@ -117,19 +117,18 @@ def _moto_address(s3):
 
 def test_a_silent_endpoint_fails_in_one_line_within_the_timeouts(tmp_path, rng):
     """Before: botocore's and s3fs's retries of a 15-60 s read timeout blocked about 410 s. Now each request gets
-    EMBEDX_S3_ATTEMPTS attempts of EMBEDX_S3_READ_TIMEOUT seconds: one line naming the URL and the endpoint."""
+    EMBEDX_S3_ATTEMPTS attempts of EMBEDX_S3_READ_TIMEOUT seconds: one line naming the URL and the endpoint. (The
+    defaults, 3 attempts of a 10 s read, are checked in every filesystem by the next test, not waited for: 30 s.)"""
     hole = _Server()
     try:
         _, _, _, imp = _arrays(tmp_path, rng)
         env = dict(AWS_ENDPOINT_URL=hole.endpoint, AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="s",
-                   AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
-        # the documented defaults (3 attempts of a 10 s read): one request, about 30 s
+                   AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true", **FAST_LIMITS)
         t0 = time.monotonic()
         rc, _, err = run_bounded("info", "s3://bucket/s.zarr", env=env, timeout=90)
         assert_one_line_error(rc, err, "s3://bucket/s.zarr", f"storage endpoint {hole.endpoint}",
-                              "did not answer in time", "3 attempts", "read timeout of 10 s")
-        assert rc == 2 and time.monotonic() - t0 < 60, time.monotonic() - t0  # start-up included, on a busy machine
-        env.update(FAST_LIMITS)  # the rest with 2 attempts of 1 s
+                              "did not answer in time", "2 attempts", "read timeout of 1 s")
+        assert rc == 2 and time.monotonic() - t0 < 45, time.monotonic() - t0  # start-up included, on a busy machine
         for args in (["info", "s3://bucket/s.zarr"], [*imp, "--out", "s3://bucket/s.zarr"],
                      ["import", "--from", "clip-retrieval", "s3://bucket/dump", "--out", tmp_path / "d.zarr"]):
             t0 = time.monotonic()
