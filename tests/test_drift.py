@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 
 import numpy as np
 import pytest
@@ -527,20 +528,33 @@ def chromium():
     """Debian's chromium; installed with apt-get when missing (the test fails, never skips, if that fails)."""
     exe = shutil.which("chromium")
     if exe is None:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
-        log = []
-        for cmd in (install, ["apt-get", "update", "-q"], install):
-            print("chromium missing: running", " ".join(cmd), flush=True)
-            p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-            log.append(f"$ {' '.join(cmd)} -> exit {p.returncode}\n{p.stdout[-1500:]}{p.stderr[-1500:]}")
-            print(log[-1], flush=True)
-            if cmd is install and p.returncode == 0:
-                break
-        exe = shutil.which("chromium")
-        if exe is None:
-            pytest.fail("the drift report test needs Chromium (/usr/bin/chromium) and `apt-get install chromium` "
-                        "failed:\n" + "\n".join(log), pytrace=False)
+        import fcntl
+
+        # pytest-xdist workers may ask at once: one apt-get at a time (dpkg's lock refuses a second), the
+        # others find it installed
+        with open(os.path.join(tempfile.gettempdir(), "embedx-tests-chromium.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            exe = shutil.which("chromium") or _install_chromium()
+    return exe
+
+
+def _install_chromium() -> str:
+    """``apt-get install chromium`` (after ``apt-get update`` when the first try fails); fails the test if it
+    cannot."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+    log = []
+    for cmd in (install, ["apt-get", "update", "-q"], install):
+        print("chromium missing: running", " ".join(cmd), flush=True)
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        log.append(f"$ {' '.join(cmd)} -> exit {p.returncode}\n{p.stdout[-1500:]}{p.stderr[-1500:]}")
+        print(log[-1], flush=True)
+        if cmd is install and p.returncode == 0:
+            break
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.fail("the drift report test needs Chromium (/usr/bin/chromium) and `apt-get install chromium` "
+                    "failed:\n" + "\n".join(log), pytrace=False)
     return exe
 
 
