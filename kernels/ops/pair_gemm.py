@@ -6,9 +6,11 @@ For a block pair (I, J) of one point set (``y`` None: the diagonal block J = I):
   S_yx[q, k] = sum_{p in I: x_labels[p] = k} ||x_p - y_q||     (J's rows over I's columns)
 
 Rows and columns are first sorted by label (stable), so a tile's columns of one cluster are one contiguous
-segment and its rows of one cluster consecutive rows. Each ``block`` x ``block`` tile is then
+segment and its rows of one cluster consecutive rows. Each ``block`` x ``block`` tile's rows are cut into one
+part per thread, and each thread, for its part:
 
-  1. ``G = X Y^T``: one float32 BLAS GEMM (torch.mm, every thread) into a preallocated buffer (no page faults);
+  1. ``G = X Y^T``: one float32 BLAS GEMM (torch.mm, single-threaded: the threads are the parts) into the
+     thread's own buffer, kept between tiles (no page faults);
   2. one numba pass over G, row by row while the row is in L1: ``d2 = |x|^2 + |y|^2 - 2 G`` (float32), the pairs
      with ``d2 < NEAR * (|x|^2 + |y|^2)`` (cancellation: near-duplicates) recomputed as ``sum_k (x_k - y_k)^2``
      with float64 differences, ``d = sqrt(max(d2, 0))``, and both reductions: the row's segment sums (float64)
