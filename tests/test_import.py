@@ -271,3 +271,10 @@ def test_import_ids_from_the_cli_coco_style(tmp_path, rng):
                  tmp_path / "short.txt", "--out", tmp_path / "bad.zarr")
     assert_one_line_error(bad, "one id per row")
     assert not (tmp_path / "bad.zarr").exists()
+    from embedx.texts import MAX_TEXT_CHARS
+
+    (tmp_path / "long.txt").write_text("\n".join(["x" * (MAX_TEXT_CHARS + 5)] + ids[1:]) + "\n")
+    bad = invoke("import", "--images", tmp_path / "x.npy", "--texts", tmp_path / "t.npy", "--paired", "--ids",
+                 tmp_path / "long.txt", "--out", tmp_path / "bad.zarr")
+    assert_one_line_error(bad, "longer than")  # a cut id could equal another: refused
+    assert not (tmp_path / "bad.zarr").exists()

@@ -18,7 +18,7 @@ from embedx.errors import EmbedxError, one_line
 from embedx.rowsource import as_numpy
 from embedx.rows import check_block
 from embedx.store.placement import staged, writer_lock
-from embedx.texts import cap_texts, note, read_line
+from embedx.texts import MAX_TEXT_CHARS, cap_texts, note, read_line
 from embedx.fs.locations import location
 from embedx.fs.url import storage_faults
 
@@ -117,15 +117,7 @@ def _read_names(path, c: int, what: str) -> tuple[list[str], int]:
         if len(names) != c:
             raise EmbedxError(f"names has {len(names)} entries, but there are {c} {what}")
         return names, cut
-    if not os.path.isfile(path):
-        raise EmbedxError(f"names file not found: {path}")
-    names, cut = [], 0
-    with open(path, encoding="utf-8") as f:
-        while (got := read_line(f)) is not None:  # a line of any length: its first MAX_TEXT_CHARS characters
-            names.append(got[0])
-            cut += got[1]
-    while names and names[-1] == "":
-        names.pop()
+    names, cut = _file_lines(path, "names")
     if len(names) != c:
         raise EmbedxError(f"{path} has {len(names)} names, but there are {c} {what}")
     return names, cut
@@ -189,15 +181,22 @@ def import_arrays(out: str, *, images: str | None = None, texts: str | None = No
                       row_ids if ids is not None else None)
 
 
-def _text_lines(path: str, what: str) -> list[str]:
-    """The lines of a UTF-8 text file, without their line ends (a last empty line dropped)."""
+def _file_lines(path, what: str) -> tuple[list[str], int]:
+    """(the lines of UTF-8 text file ``path`` without their newlines, trailing empty lines dropped, each at most
+    ``texts.MAX_TEXT_CHARS`` characters; how many were cut). A missing or unreadable file is one line."""
     if not os.path.isfile(path):
         raise EmbedxError(f"{what} file not found: {path}", param=what)
+    lines, cut = [], 0
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
+            while (got := read_line(f)) is not None:  # a line of any length: its first MAX_TEXT_CHARS characters
+                lines.append(got[0])
+                cut += got[1]
     except (OSError, UnicodeDecodeError) as e:
         raise EmbedxError(f"cannot read {what} from {path}: {one_line(e, 200)}", param=what) from None
+    while lines and lines[-1] == "":
+        lines.pop()
+    return lines, cut
 
 
 def expand_ids(ids, x: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -209,7 +208,10 @@ def expand_ids(ids, x: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]
     writes them) or once per distinct id (COCO-style: ``len(x)`` = the number of distinct ids, ``x[k]`` the
     image of the k-th distinct id in order of first appearance in ``ids``), and are then repeated row by row."""
     if isinstance(ids, (str, os.PathLike)) and os.fspath(ids).endswith(".txt"):
-        a = np.array(_text_lines(os.fspath(ids), "ids"), dtype=object)
+        lines, cut = _file_lines(os.fspath(ids), "ids")
+        if cut:  # a cut id could equal another one: refused, not merged
+            raise EmbedxError(f"{ids}: {cut} ids are longer than {MAX_TEXT_CHARS} characters", param="ids")
+        a = np.array(lines, dtype=object)
     else:
         a = np.asarray(load_array(ids, "ids") if isinstance(ids, (str, os.PathLike)) else as_numpy(ids))
     if a.ndim != 1 or len(a) != n_rows:
